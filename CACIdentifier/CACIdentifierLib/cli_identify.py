@@ -1,0 +1,121 @@
+"""``cac identify``: CAC ROIs in a cine, written as a segmentation, a report and a picture."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import CacError
+
+DEFAULT_MODEL = "default"
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "identify",
+        help="find CAC regions of interest on the non-contrast frames of a cine",
+        description=(
+            "Synchronize the cine, run the double-head ResUNet-18 on the non-contrast frames paired with "
+            "contrast frames, refine the ROIs and write DIR/roi.seg.nrrd, DIR/report.json and DIR/overlay.png."
+        ),
+    )
+    p.add_argument("cine", help="DICOM XA file, folder of DICOM or PNG/JPEG frames, .nrrd or .seq.nrrd")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="model .safetensors file (default: the shipped model)")
+    p.add_argument(
+        "--annotations", nargs="+", metavar="SEG", help="annotators' .seg.nrrd files (majority vote = truth)"
+    )
+    p.add_argument("--out", default="cac-output", help="output folder (default: ./cac-output)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--onset", type=int, help="contrast onset frame (0-based), overrides detection")
+    p.add_argument("--sigma", type=float, help="refinement Gaussian sigma in pixels")
+    p.add_argument("--min-island", type=int, dest="min_island_px", help="smallest ROI island kept, in pixels")
+    p.add_argument("--threshold", type=float, help="ROI threshold after the Gaussian")
+    p.add_argument("--spacing", type=float, help="pixel spacing in mm, for image folders without one")
+    p.add_argument("--frame-time", type=float, dest="frame_time_ms", help="frame time in ms, if the file has none")
+    p.add_argument("--batch-frames", type=int, default=8, help="frames per forward pass")
+    p.add_argument("--no-autocast", action="store_true", help="run the network in fp32 on CPU")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from .cine_io import load_cine
+    from .fileutil import atomic_directory
+    from .modelio import default_model_path, load_model
+    from .progress import terminal_progress
+    from .report import build_report, evaluate_against_annotations, save_overlay_png, write_json
+
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise CacError(f"{out} already exists; pass --overwrite to replace it or choose another --out folder")
+    spacing = (args.spacing, args.spacing) if args.spacing else None
+    cine = load_cine(args.cine, spacing_mm=spacing, frame_time_ms=args.frame_time_ms)
+    model_path = default_model_path() if args.model == DEFAULT_MODEL else Path(args.model)
+    model, metadata = load_model(model_path)
+
+    annotations = None
+    if args.annotations:
+        from .mrml import read_seg_nrrd
+
+        annotations = []
+        for path in args.annotations:
+            seg = read_seg_nrrd(path, expected_shape=cine.frames.shape)
+            annotations.append(_union(seg.segments, path))
+
+    from .inference import identify
+
+    result = identify(
+        cine,
+        model,
+        metadata,
+        device=args.device,
+        batch_frames=args.batch_frames,
+        onset=args.onset,
+        min_island_px=args.min_island_px,
+        sigma=args.sigma,
+        threshold=args.threshold,
+        use_autocast=not args.no_autocast,
+        progress=terminal_progress(),
+    )
+    evaluation = None
+    truth = None
+    if annotations is not None:
+        evaluation = evaluate_against_annotations(result, annotations, cine.spacing_mm)
+        truth = evaluation["truth"]
+    model_info = {"path": str(model_path), "name": metadata.get("name", model_path.stem)}
+    report = build_report(result, cine, evaluation, model_info)
+
+    from .mrml import write_seg_nrrd
+
+    with atomic_directory(out, overwrite=args.overwrite) as tmp:
+        write_seg_nrrd(tmp / "roi.seg.nrrd", {"CAC ROI": result.roi}, cine.spacing_mm, colors={"CAC ROI": (1.0, 0.18, 0.69)})
+        write_json(tmp / "report.json", report)
+        save_overlay_png(tmp / "overlay.png", cine, result, truth)
+
+    if args.json:
+        json.dump(report, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        n_roi = sum(1 for row in report["frames"] if (row["roi_area_mm2"] or 0) > 0 or result.roi[row["index"]].any())
+        print(f"{len(result.frames)} non-contrast frames analysed (onset at frame {report['onset_frame']}); "
+              f"ROI found on {n_roi} frames")
+        if evaluation is not None:
+            s = evaluation["summary"]
+            print(f"against annotators: IoM median {s['iom']['median']}, HD median {s['hd_mm']['median']} mm")
+        print(f"outputs: {out / 'roi.seg.nrrd'}, {out / 'report.json'}, {out / 'overlay.png'}")
+    return 0
+
+
+def _union(segments: dict, path) -> object:
+    import numpy as np
+
+    if not segments:
+        raise CacError(f"{path} has no segment; give an annotation with the calcium drawn")
+    masks = list(segments.values())
+    out = np.zeros_like(masks[0], dtype=bool)
+    for m in masks:
+        out |= m.astype(bool)
+    return out

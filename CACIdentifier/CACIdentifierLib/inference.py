@@ -1,0 +1,216 @@
+"""Identification of CAC regions of interest in a cine: the paper's Steps 1-3 for every non-contrast frame.
+
+For each non-contrast frame ``k`` paired (by :mod:`.sync`) with contrast frame ``j``:
+
+1. both frames are normalised and cut into the five overlapping 256x256 patches
+   (:mod:`.patches`);
+2. the double-head classifier scores each patch pair (Step 1);
+3. the U-Net-like decoder runs only on the patches the classifier calls positive
+   (classifier gating, paper Fig. 3: the ROI of a negative patch is zero, so it
+   need not be computed), the patch ROI probabilities are stitched back to the
+   frame (Step 2);
+4. the frame ROI is refined: small islands removed, Gaussian, threshold (Step 3).
+
+Frames are processed in batches (``batch_frames`` frames = 5x as many patch
+pairs per forward pass) under :func:`.device.autocast` (bf16 on CPUs with AMX
+or AVX512-BF16, where it is several times faster than fp32; the agreement is
+measured by ``benchmarks/bench_identify.py``).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .cine import Cine
+from .errors import CacError
+from .progress import ProgressCallback, no_progress
+
+
+@dataclass
+class IdentifyResult:
+    """What :func:`identify` found.
+
+    Attributes
+    ----------
+    frames : list of int
+        The non-contrast frames analysed (0-based), in order.
+    contrast_frames : list of int
+        The contrast frame paired with each of ``frames``.
+    probabilities : ndarray (len(frames),)
+        Frame-level CAC probability: the highest patch probability of the frame.
+    patch_probabilities : ndarray (len(frames), 5)
+        Classifier probability of each patch pair (patch order of :mod:`.patches`).
+    roi : ndarray of bool (n_frames, rows, columns)
+        The refined ROI of every frame of the cine (all False for frames not analysed).
+    roi_area_mm2 : ndarray (len(frames),)
+        ROI area per analysed frame in mm^2, NaN when the spacing is unknown.
+    sync : SyncResult
+        The synchronization used (onset, period, phase, pairs).
+    timings : dict
+        Seconds spent in each stage ("sync", "network", "refinement", "total").
+    """
+
+    frames: list[int]
+    contrast_frames: list[int]
+    probabilities: np.ndarray
+    patch_probabilities: np.ndarray
+    roi: np.ndarray
+    roi_area_mm2: np.ndarray
+    sync: object
+    timings: dict = field(default_factory=dict)
+    parameters: dict = field(default_factory=dict)
+
+
+def _refinement_parameters(metadata: dict, overrides: dict) -> dict:
+    params = dict(min_island_px=1000, sigma=3.0, threshold=0.5)
+    params.update(metadata.get("refinement", {}))
+    params.update({k: v for k, v in overrides.items() if v is not None})
+    return params
+
+
+def identify(
+    cine: Cine,
+    model,
+    metadata: dict,
+    sync=None,
+    *,
+    device: str = "auto",
+    batch_frames: int = 8,
+    onset: int | None = None,
+    min_island_px: int | None = None,
+    sigma: float | None = None,
+    threshold: float | None = None,
+    classifier_threshold: float | None = None,
+    use_autocast: bool = True,
+    progress: ProgressCallback | None = None,
+) -> IdentifyResult:
+    """Find CAC ROIs on the non-contrast frames of ``cine``.
+
+    Parameters
+    ----------
+    cine : Cine
+        The angiography run.
+    model, metadata
+        A ``ResUNet18`` and its metadata, as returned by :func:`.modelio.load_model`.
+    sync : SyncResult, optional
+        A synchronization to reuse; computed with :func:`.sync.synchronize_cine` if omitted.
+    device : {"auto", "cpu", "cuda", "mps"}
+    batch_frames : int
+        Frames per forward pass (5 patch pairs each).
+    onset : int, optional
+        Manual contrast onset frame (overrides detection) when ``sync`` is not given.
+    min_island_px, sigma, threshold
+        Refinement overrides (default: the model's metadata, else 1000 px, 3 px, 0.5).
+    classifier_threshold : float, optional
+        Patch probability above which a patch is called positive (default: metadata, else 0.5).
+    progress : callable, optional
+        ``progress(done, total, message)``; may raise ``progress.Cancelled``.
+    """
+    import torch
+
+    from . import patches as P
+    from .device import autocast, choose_device
+    from .refinement import refine
+
+    progress = progress or no_progress
+    t_start = time.perf_counter()
+    if cine.n_frames < 2:
+        raise CacError("the cine has a single frame; identification needs a run with non-contrast and contrast frames")
+
+    if sync is None:
+        from .sync import synchronize_cine
+
+        progress(0, 1, "synchronizing")
+        sync = synchronize_cine(cine, onset=onset)
+    t_sync = time.perf_counter()
+    pairs = [(int(a), int(b)) for a, b in sync.pairs]
+    if not pairs:
+        raise CacError(
+            "no non-contrast frame was found before the contrast onset; "
+            "check the cine or give the onset frame with --onset"
+        )
+
+    refine_params = _refinement_parameters(
+        metadata, dict(min_island_px=min_island_px, sigma=sigma, threshold=threshold)
+    )
+    cls_thr = classifier_threshold if classifier_threshold is not None else metadata.get("classifier_threshold", 0.5)
+
+    dev = choose_device(device)
+    model = model.to(dev).eval()
+    n = len(pairs)
+    frames_nc = [p[0] for p in pairs]
+    frames_c = [p[1] for p in pairs]
+    patch_probs = np.zeros((n, 5), dtype=np.float32)
+    roi = np.zeros((cine.n_frames, cine.rows, cine.columns), dtype=bool)
+
+    spacing = cine.spacing_mm
+    t_net = 0.0
+    t_ref = 0.0
+    total_steps = n
+    progress(0, total_steps, "identifying")
+    for start in range(0, n, batch_frames):
+        stop = min(n, start + batch_frames)
+        t0 = time.perf_counter()
+        nc_batch, c_batch, scales = [], [], []
+        for k in range(start, stop):
+            f_nc, _, scale = P.prepare_frame(cine.frames[frames_nc[k]], spacing)
+            f_c, _, _ = P.prepare_frame(cine.frames[frames_c[k]], spacing)
+            nc_batch.append(P.extract_patches(P.normalize_frame(f_nc)))
+            c_batch.append(P.extract_patches(P.normalize_frame(f_c)))
+            scales.append(scale)
+        nc_t = torch.from_numpy(np.stack(nc_batch).reshape(-1, 1, P.PATCH_SIZE, P.PATCH_SIZE)).to(dev)
+        c_t = torch.from_numpy(np.stack(c_batch).reshape(-1, 1, P.PATCH_SIZE, P.PATCH_SIZE)).to(dev)
+        with torch.inference_mode(), autocast(dev, enabled=use_autocast):
+            features = model.encode(nc_t, c_t)
+            cls_prob = torch.sigmoid(model.head_logit(features).float())
+            positive = cls_prob >= cls_thr
+            roi_prob = torch.zeros((nc_t.shape[0], P.PATCH_SIZE, P.PATCH_SIZE), device=dev)
+            if bool(positive.any()):
+                # Gating: the decoder runs only where the classifier says CAC.
+                sub = {name: feat[positive] for name, feat in features.items()}
+                roi_prob[positive] = torch.sigmoid(model.decode(sub).float())[:, 0]
+        cls_np = cls_prob.cpu().numpy().reshape(-1, 5)
+        roi_np = roi_prob.cpu().numpy().reshape(-1, 5, P.PATCH_SIZE, P.PATCH_SIZE)
+        t1 = time.perf_counter()
+        t_net += t1 - t0
+        for i, k in enumerate(range(start, stop)):
+            patch_probs[k] = cls_np[i]
+            if cls_np[i].max() < cls_thr:
+                continue
+            prob512 = P.stitch(roi_np[i])
+            mask512 = refine(prob512, **refine_params)
+            roi[frames_nc[k]] = P.restore_mask(mask512, cine.rows, cine.columns)
+        t_ref += time.perf_counter() - t1
+        progress(stop, total_steps, f"frame {frames_nc[stop - 1]}")
+
+    probabilities = patch_probs.max(axis=1) if n else np.zeros(0, np.float32)
+    if spacing is not None:
+        pixel_area = float(spacing[0]) * float(spacing[1])
+        areas = np.array([roi[f].sum() * pixel_area for f in frames_nc], dtype=float)
+    else:
+        areas = np.full(n, np.nan)
+    t_end = time.perf_counter()
+    timings = {
+        "sync": round(t_sync - t_start, 4),
+        "network": round(t_net, 4),
+        "refinement": round(t_ref, 4),
+        "total": round(t_end - t_start, 4),
+        "frames": n,
+        "seconds_per_frame": round((t_net + t_ref) / max(n, 1), 4),
+        "device": str(dev),
+    }
+    params = dict(refine_params, classifier_threshold=float(cls_thr), device=str(dev))
+    return IdentifyResult(
+        frames=frames_nc,
+        contrast_frames=frames_c,
+        probabilities=probabilities,
+        patch_probabilities=patch_probs,
+        roi=roi,
+        roi_area_mm2=areas,
+        sync=sync,
+        timings=timings,
+        parameters=params,
+    )

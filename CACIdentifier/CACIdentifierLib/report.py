@@ -1,0 +1,147 @@
+"""Reports of an identification: the per-frame JSON, the comparison with annotators, the overlay picture.
+
+Shared by ``cac identify`` and the Slicer Logic so both give the same numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+
+def _num(value, digits: int = 4):
+    """JSON-safe number: None for NaN/inf/None, rounded float otherwise."""
+    if value is None:
+        return None
+    value = float(value)
+    if not math.isfinite(value):
+        return None
+    return round(value, digits)
+
+
+def frame_rows(result, evaluation: dict | None = None) -> list[dict]:
+    """One dict per analysed (non-contrast) frame: index, contrast_frame, probability, roi_area_mm2 (+ iom, hd_mm)."""
+    per_frame = {}
+    if evaluation is not None:
+        per_frame = {row["index"]: row for row in evaluation["frames"]}
+    rows = []
+    for k, frame in enumerate(result.frames):
+        row = {
+            "index": int(frame),
+            "contrast_frame": int(result.contrast_frames[k]),
+            "probability": _num(result.probabilities[k]),
+            "roi_area_mm2": _num(result.roi_area_mm2[k], 2),
+        }
+        if evaluation is not None:
+            ev = per_frame.get(int(frame), {})
+            row["iom"] = _num(ev.get("iom"))
+            row["hd_mm"] = _num(ev.get("hd_mm"), 3)
+        rows.append(row)
+    return rows
+
+
+def evaluate_against_annotations(result, annotator_masks: list[np.ndarray], spacing_mm) -> dict:
+    """IoM and HD (mm) of the AI ROI against the annotators' majority vote, on the analysed frames.
+
+    ``annotator_masks`` are (n_frames, rows, columns) bool arrays, one per annotator;
+    several annotators are combined by strict majority (as the paper's ground truth).
+    Returns ``{"frames": [...], "summary": {...}, "truth": majority}`` as ``cac evaluate``.
+    """
+    from .metrics import evaluate_masks, majority_vote
+
+    truth = annotator_masks[0] if len(annotator_masks) == 1 else majority_vote(annotator_masks)
+    frames = list(result.frames)
+    ev = evaluate_masks(result.roi[frames], truth[frames], spacing_mm)
+    # evaluate_masks indexes the stack it was given: map back to cine frame numbers.
+    for row in ev["frames"]:
+        row["index"] = int(frames[row["index"]])
+    ev["truth"] = truth
+    return ev
+
+
+def build_report(result, cine, evaluation: dict | None = None, model_info: dict | None = None) -> dict:
+    """The ``report.json`` content of ``cac identify``."""
+    sync = result.sync
+    report = {
+        "source": cine.source,
+        "frames": frame_rows(result, evaluation),
+        "onset_frame": int(sync.onset_frame) if sync.onset_frame is not None else None,
+        "period_frames": _num(sync.period_frames),
+        "heart_rate_bpm": _num(getattr(sync, "heart_rate_bpm", None), 1),
+        "sync_confidence": _num(getattr(sync, "confidence", None), 3),
+        "ecg_used": bool(getattr(sync, "ecg_used", False)),
+        "spacing_mm": list(cine.spacing_mm) if cine.spacing_mm is not None else None,
+        "spacing_source": cine.spacing_source,
+        "parameters": result.parameters,
+        "timings": result.timings,
+        "warnings": list(getattr(sync, "warnings", []) or []),
+    }
+    if model_info is not None:
+        report["model"] = model_info
+    if evaluation is not None:
+        report["summary"] = evaluation["summary"]
+    return report
+
+
+def write_json(path: Path, data: dict) -> None:
+    Path(path).write_text(json.dumps(data, indent=2) + "\n")
+
+
+def frames_that_matter(result, truth: np.ndarray | None = None, limit: int = 4) -> list[int]:
+    """Rows of the overlay: the most probable frames with an ROI, then annotated frames, at most ``limit``."""
+    order = np.argsort(-np.asarray(result.probabilities))
+    # Leave room for annotated frames when there are annotations.
+    roi_quota = (limit + 1) // 2 if truth is not None else limit
+    chosen: list[int] = []
+    for k in order:
+        f = int(result.frames[k])
+        if len(chosen) >= roi_quota:
+            break
+        if result.roi[f].any():
+            chosen.append(f)
+    if truth is not None:
+        for f in result.frames:
+            if truth[f].any() and f not in chosen:
+                chosen.append(int(f))
+            if len(chosen) >= limit:
+                break
+    if not chosen and result.frames:
+        chosen = [int(result.frames[int(order[0])])]
+    return sorted(chosen[:limit])
+
+
+def save_overlay_png(path: Path, cine, result, truth: np.ndarray | None = None, frames: list[int] | None = None) -> None:
+    """Non-contrast frame, paired contrast frame, AI ROI contour (and annotation contour) per row."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    frames = frames if frames is not None else frames_that_matter(result, truth)
+    pair = dict(zip(result.frames, result.contrast_frames))
+    prob = dict(zip(result.frames, result.probabilities))
+    nrows = max(1, len(frames))
+    fig, axes = plt.subplots(nrows, 2, figsize=(8, 4 * nrows), squeeze=False)
+    for r, f in enumerate(frames):
+        c = pair[f]
+        for ax, idx, title in (
+            (axes[r, 0], f, f"non-contrast frame {f}  p(CAC)={prob[f]:.2f}"),
+            (axes[r, 1], c, f"paired contrast frame {c}"),
+        ):
+            ax.imshow(cine.frames[idx], cmap="gray")
+            if result.roi[f].any():
+                ax.contour(result.roi[f], levels=[0.5], colors=["#ff2fb0"], linewidths=1.5)
+            if truth is not None and truth[f].any():
+                ax.contour(truth[f], levels=[0.5], colors=["#30ff30"], linewidths=1.0)
+            ax.set_title(title, fontsize=9)
+            ax.axis("off")
+    handles = [plt.Line2D([], [], color="#ff2fb0", label="AI ROI")]
+    if truth is not None:
+        handles.append(plt.Line2D([], [], color="#30ff30", label="annotators (majority)"))
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles))
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
