@@ -1,0 +1,131 @@
+"""Model files: safetensors + metadata round trip, checksum, architecture checks, no pickle."""
+
+import ast
+import json
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+from CACIdentifierLib import modelio
+from CACIdentifierLib.errors import CacError
+from CACIdentifierLib.modelio import load_model, read_metadata, save_model
+from CACIdentifierLib.network import ResUNet18
+
+SMALL = {"width": 16, "decoder_channels": (32, 16, 16, 8, 8)}
+
+
+@pytest.fixture(autouse=True)
+def no_pickle(monkeypatch):
+    def refuse(*a, **k):
+        raise AssertionError("unpickling used")
+
+    monkeypatch.setattr(pickle, "load", refuse)
+    monkeypatch.setattr(pickle, "loads", refuse)
+    monkeypatch.setattr(torch, "load", refuse)
+
+
+def trained_like(seed=0, **arch):
+    torch.manual_seed(seed)
+    m = ResUNet18(**{**SMALL, **arch})
+    with torch.no_grad():  # non-trivial BN statistics and weights
+        for b in m.modules():
+            if isinstance(b, torch.nn.BatchNorm2d):
+                b.running_mean.uniform_(-0.1, 0.1)
+                b.running_var.uniform_(0.8, 1.2)
+                b.weight.uniform_(0.5, 1.5)
+    return m.eval()
+
+
+@pytest.mark.parametrize("dtype,tol", [(None, 0.0), (torch.float16, 2e-2)])
+def test_round_trip(tmp_path, dtype, tol):
+    m = trained_like()
+    meta = {"training": {"epochs": 3, "seed": 7}, "metrics": {"f1": 0.9}}
+    path = tmp_path / "m.safetensors"
+    card = save_model(path, m, meta, dtype=dtype)
+    assert (tmp_path / "m.json").is_file()
+    assert card["sha256"] == modelio.sha256_file(path)
+    m2, meta2 = load_model(path)
+    assert meta2["training"] == {"epochs": 3, "seed": 7} and meta2["metrics"] == {"f1": 0.9}
+    assert meta2["architecture"] == m.arch_dict() and meta2["format"] == "cac-resunet18"
+    assert meta2["refinement"] == {"min_island_px": 1000, "sigma": 3.0, "threshold": 0.5}
+    assert not m2.training and all(p.dtype == torch.float32 for p in m2.parameters())
+    x = torch.rand(2, 1, 64, 64)
+    with torch.no_grad():
+        a, b = m(x, x), m2(x, x)
+    torch.testing.assert_close(torch.sigmoid(b[0]), torch.sigmoid(a[0]), atol=tol, rtol=0)
+    torch.testing.assert_close(torch.sigmoid(b[1]), torch.sigmoid(a[1]), atol=tol, rtol=0)
+    with pytest.raises(CacError, match="already exists"):
+        save_model(path, m, meta)
+    save_model(path, m, meta, overwrite=True)
+
+
+def test_fp16_file_is_half_size(tmp_path):
+    m = trained_like()
+    save_model(tmp_path / "a.safetensors", m, dtype=None)
+    save_model(tmp_path / "b.safetensors", m)
+    sa, sb = (tmp_path / "a.safetensors").stat().st_size, (tmp_path / "b.safetensors").stat().st_size
+    assert sb < 0.55 * sa
+
+
+def test_tampered_file_is_rejected(tmp_path):
+    path = tmp_path / "m.safetensors"
+    save_model(path, trained_like())
+    data = bytearray(path.read_bytes())
+    data[-10] ^= 0xFF  # flip bits in the last tensor
+    path.write_bytes(bytes(data))
+    with pytest.raises(CacError, match="corrupt or modified"):
+        load_model(path)
+    # without the card there is no checksum; the file itself still loads
+    (tmp_path / "m.json").unlink()
+    load_model(path)
+
+
+def test_wrong_architecture_is_rejected(tmp_path):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "m.safetensors"
+    save_model(path, trained_like())
+    meta = read_metadata(path)
+    other = ResUNet18(**{**SMALL, "width": 8}).state_dict()
+    bad = tmp_path / "bad.safetensors"
+    save_file({k: v.contiguous() for k, v in other.items()}, str(bad), metadata={"cac": json.dumps(meta)})
+    with pytest.raises(CacError, match="wrong shape"):
+        load_model(bad)
+    meta2 = dict(meta, architecture={**meta["architecture"], "blocks_per_stage": 2})
+    save_file({k: v.contiguous() for k, v in trained_like().state_dict().items()}, str(bad),
+              metadata={"cac": json.dumps(meta2)})
+    with pytest.raises(CacError, match="missing"):
+        load_model(bad)
+    meta3 = dict(meta, architecture={**meta["architecture"], "heads": 3})
+    save_file({"x": torch.zeros(1)}, str(bad), metadata={"cac": json.dumps(meta3)})
+    with pytest.raises(CacError, match="unsupported architecture"):
+        load_model(bad)
+
+
+def test_not_a_model(tmp_path):
+    from safetensors.torch import save_file
+
+    with pytest.raises(CacError, match="not found"):
+        load_model(tmp_path / "none.safetensors")
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"\x00" * 100)
+    with pytest.raises(CacError, match="not a readable"):
+        load_model(junk)
+    plain = tmp_path / "plain.safetensors"
+    save_file({"x": torch.zeros(1)}, str(plain))
+    with pytest.raises(CacError, match="no CAC metadata"):
+        load_model(plain)
+    save_file({"x": torch.zeros(1)}, str(plain), metadata={"cac": json.dumps({"format": "cac-resunet18", "version": 99})})
+    with pytest.raises(CacError, match="version"):
+        load_model(plain)
+
+
+def test_source_never_unpickles():
+    src = (Path(__file__).resolve().parents[1] / "CACIdentifier" / "CACIdentifierLib" / "modelio.py").read_text()
+    for node in ast.walk(ast.parse(src)):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+            assert (node.value.id, node.attr) != ("torch", "load")
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            names = [a.name for a in node.names] + [getattr(node, "module", None) or ""]
+            assert not any("pickle" in n for n in names)
