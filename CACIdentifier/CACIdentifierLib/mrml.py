@@ -1,0 +1,1032 @@
+"""Cines, masks and results as MRML nodes and as the files 3D Slicer reads.
+
+Everything that touches Slicer's MRML classes lives here; the workflow core
+works on :class:`~CACIdentifierLib.cine.Cine` and numpy arrays.  The same code
+runs inside the Slicer application (on ``slicer.mrmlScene``) and headless
+through the slicer-core wheel (see :mod:`CACIdentifierLib.slicercore`).
+
+Geometry (docs/ARCHITECTURE.md, "Geometry of files")
+----------------------------------------------------
+- A frame is a 2D scalar volume: column index along image x, row index along
+  image y, spacing ``(column_spacing, row_spacing, 1)`` mm, origin 0, and
+  IJK-to-RAS directions ``diag(-1, -1, 1)``, i.e. identity directions in LPS,
+  the way Slicer shows an image read from DICOM (column to the screen's right,
+  row down in the axial view).
+- The frame-stack volume stacks the frames along k (slice ``k`` = frame
+  ``k``, slice spacing 1); ``slicer.util.arrayFromVolume`` gives
+  ``[k, row, col]``.  ``.seg.nrrd`` files use exactly this geometry, so an
+  annotation drawn in Slicer over the frame-stack volume lines up with the
+  cine frame by frame.
+- Unknown spacing is written as 1.0 with ``CAC_spacing_source:=unknown``; the
+  frame time (``CAC_frame_time_ms``) and the R waves travel as key-value pairs
+  too.  A Sequence node is indexed by time in ms (index name ``time``, unit
+  ``ms``) or, when the frame time is unknown, by frame number (index name
+  ``frame``, no unit).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import slicercore
+from .cine import Cine
+from .errors import CacError
+from .fileutil import atomic_output
+
+# Node attributes (written as NRRD key-value pairs by Slicer's NRRD writers).
+ATTR_SPACING_SOURCE = "CAC_spacing_source"
+ATTR_FRAME_TIME_MS = "CAC_frame_time_ms"
+ATTR_R_WAVE_FRAMES = "CAC_r_wave_frames"
+ATTR_SOURCE = "CAC_source"
+ATTR_ROLE = "CAC_role"
+
+# IJK-to-RAS direction cosines of every frame: identity in LPS.
+FRAME_DIRECTIONS_RAS = ((-1.0, 0.0, 0.0), (0.0, -1.0, 0.0), (0.0, 0.0, 1.0))
+
+DEFAULT_SEGMENT_COLORS = (
+    (1.0, 0.85, 0.0),  # CAC ROI: yellow
+    (0.9, 0.2, 0.2),
+    (0.2, 0.7, 0.3),
+    (0.25, 0.45, 0.95),
+    (0.8, 0.4, 0.9),
+    (0.95, 0.55, 0.2),
+)
+
+_VTK_TYPES = {
+    np.dtype(np.uint8): "VTK_UNSIGNED_CHAR",
+    np.dtype(np.int8): "VTK_SIGNED_CHAR",
+    np.dtype(np.uint16): "VTK_UNSIGNED_SHORT",
+    np.dtype(np.int16): "VTK_SHORT",
+    np.dtype(np.uint32): "VTK_UNSIGNED_INT",
+    np.dtype(np.int32): "VTK_INT",
+    np.dtype(np.float32): "VTK_FLOAT",
+    np.dtype(np.float64): "VTK_DOUBLE",
+}
+
+
+@dataclass
+class SegFile:
+    """The segments of one ``.seg.nrrd`` file on the frame-stack geometry.
+
+    ``segments`` maps each segment name to a bool array ``(n_frames, rows,
+    columns)`` in frame order; ``spacing_mm`` is ``(row_spacing,
+    column_spacing)`` in mm as stored in the file (1.0 when the cine's spacing
+    was unknown); ``colors`` maps segment names to RGB in [0, 1].
+    """
+
+    segments: dict[str, np.ndarray]
+    spacing_mm: tuple[float, float]
+    colors: dict[str, tuple[float, float, float]] = field(default_factory=dict)
+    path: str = ""
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        first = next(iter(self.segments.values()), None)
+        return tuple(first.shape) if first is not None else (0, 0, 0)
+
+    def union(self) -> np.ndarray:
+        """The union of all segments, ``(n_frames, rows, columns)`` bool."""
+        masks = list(self.segments.values())
+        out = np.zeros(self.shape, dtype=bool)
+        for m in masks:
+            out |= m
+        return out
+
+
+@dataclass
+class SyncNodes:
+    """The nodes :func:`sync_to_scene` creates."""
+
+    signal_table: object
+    chart: object
+    pairs_table: object
+    beats_table: object | None = None
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _slicer():
+    return slicercore.import_slicer()
+
+
+def _vtk():
+    import vtk
+
+    return vtk
+
+
+def _numpy_support():
+    from vtkmodules.util import numpy_support
+
+    return numpy_support
+
+
+_SCRATCH = None
+
+
+def _scratch_scene():
+    """A private headless scene for file I/O, so reading a file never adds nodes to the user's scene."""
+    global _SCRATCH
+    if _SCRATCH is None:
+        _SCRATCH = slicercore.new_scene()
+    return _SCRATCH
+
+
+@contextlib.contextmanager
+def _scratch_nodes():
+    """Yield the scratch scene; remove every node added to it inside the block."""
+    scene = _scratch_scene()
+    before = {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
+    try:
+        yield scene
+    finally:
+        added = [
+            scene.GetNthNode(i)
+            for i in range(scene.GetNumberOfNodes())
+            if scene.GetNthNode(i).GetID() not in before
+        ]
+        for node in added:
+            if scene.IsNodePresent(node):
+                scene.RemoveNode(node)
+
+
+def _image_from_array(array: np.ndarray):
+    """A ``vtkImageData`` holding ``array`` ``(slices, rows, columns)`` (deep copy), x = column."""
+    vtk = _vtk()
+    array = np.ascontiguousarray(array)
+    if array.dtype == np.bool_:
+        array = array.astype(np.uint8)
+    if array.dtype not in _VTK_TYPES:
+        raise CacError(f"pixel type {array.dtype} is not supported; convert the cine to uint8/uint16")
+    image = vtk.vtkImageData()
+    image.SetDimensions(array.shape[2], array.shape[1], array.shape[0])
+    image.AllocateScalars(getattr(vtk, _VTK_TYPES[array.dtype]), 1)
+    _numpy_support().vtk_to_numpy(image.GetPointData().GetScalars())[:] = array.ravel()
+    return image
+
+
+def _array_from_image(image) -> np.ndarray:
+    """``(slices, rows, columns)`` copy of a single-component ``vtkImageData``."""
+    scalars = image.GetPointData().GetScalars()
+    if scalars is None:
+        raise CacError("the volume has no pixel data; load it again")
+    if scalars.GetNumberOfComponents() != 1:
+        raise CacError(
+            f"the volume has {scalars.GetNumberOfComponents()} components per pixel; "
+            "an angiography cine must be grayscale (convert colour frames to gray first)"
+        )
+    nx, ny, nz = image.GetDimensions()
+    return _numpy_support().vtk_to_numpy(scalars).reshape(nz, ny, nx).copy()
+
+
+def _xy_spacing(cine: Cine) -> tuple[float, float]:
+    """(column spacing, row spacing) in mm for the x and y axes; 1.0 when unknown."""
+    if cine.spacing_mm is None:
+        return 1.0, 1.0
+    row, col = cine.spacing_mm
+    return float(col), float(row)
+
+
+def _set_frame_geometry(volume_node, cine_or_spacing) -> None:
+    if isinstance(cine_or_spacing, Cine):
+        sx, sy = _xy_spacing(cine_or_spacing)
+    else:
+        sx, sy = cine_or_spacing
+    volume_node.SetSpacing(sx, sy, 1.0)
+    volume_node.SetOrigin(0.0, 0.0, 0.0)
+    d = FRAME_DIRECTIONS_RAS
+    volume_node.SetIJKToRASDirections(*d[0], *d[1], *d[2])
+
+
+def _format_number(value: float) -> str:
+    return format(float(value), ".10g")
+
+
+def _cine_attributes(cine: Cine) -> dict[str, str]:
+    attrs = {
+        ATTR_SPACING_SOURCE: cine.spacing_source if cine.spacing_mm is not None else "unknown",
+        ATTR_FRAME_TIME_MS: "unknown" if cine.frame_time_ms is None else _format_number(cine.frame_time_ms),
+    }
+    if cine.r_wave_frames:
+        attrs[ATTR_R_WAVE_FRAMES] = " ".join(str(int(k)) for k in cine.r_wave_frames)
+    if cine.source:
+        attrs[ATTR_SOURCE] = str(cine.source)
+    return attrs
+
+
+def _apply_attributes(cine: Cine, get_attribute) -> None:
+    """Fill ``cine``'s metadata from ``CAC_*`` attributes (``get_attribute(name) -> str | None``)."""
+    source = get_attribute(ATTR_SPACING_SOURCE)
+    if source == "unknown":
+        cine.spacing_mm = None
+        cine.spacing_source = "unknown"
+    elif source:
+        cine.spacing_source = source
+    frame_time = get_attribute(ATTR_FRAME_TIME_MS)
+    if frame_time and frame_time != "unknown":
+        with contextlib.suppress(ValueError):
+            cine.frame_time_ms = float(frame_time)
+    r_waves = get_attribute(ATTR_R_WAVE_FRAMES)
+    if r_waves:
+        with contextlib.suppress(ValueError):
+            cine.r_wave_frames = [int(v) for v in r_waves.split()]
+
+
+def _round_spacing(value: float) -> float:
+    # NRRD stores spacings as direction vectors; the round trip adds noise in the 17th digit.
+    return float(f"{value:.12g}")
+
+
+def _spacing_from_node(volume_node) -> tuple[float, float]:
+    sx, sy, _ = volume_node.GetSpacing()
+    return _round_spacing(sy), _round_spacing(sx)
+
+
+def _frame_times(cine: Cine) -> tuple[list[float], str, str]:
+    """Index values, index name and unit of a cine's Sequence node."""
+    times = cine.frame_times_ms()
+    if times is None:
+        return [float(k) for k in range(cine.n_frames)], "frame", ""
+    return [float(t) for t in times], "time", "ms"
+
+
+# --------------------------------------------------------------------------- cine <-> nodes
+
+
+def _frame_volume(slicer, cine: Cine, k: int, name: str):
+    node = slicer.vtkMRMLScalarVolumeNode()
+    node.SetName(f"{name}_{k:04d}")
+    node.SetAndObserveImageData(_image_from_array(cine.frames[k][None]))
+    _set_frame_geometry(node, cine)
+    return node
+
+
+def _build_sequence(scene, cine: Cine, name: str):
+    slicer = _slicer()
+    _check_cine(cine)
+    values, index_name, unit = _frame_times(cine)
+    sequence = scene.AddNewNodeByClass("vtkMRMLSequenceNode", name)
+    sequence.SetIndexName(index_name)
+    sequence.SetIndexUnit(unit)
+    sequence.SetIndexType(sequence.NumericIndex)
+    for key, value in _cine_attributes(cine).items():
+        sequence.SetAttribute(key, value)
+    for k, value in enumerate(values):
+        # SetDataNodeAtValue deep-copies the node into the sequence's internal scene.
+        sequence.SetDataNodeAtValue(_frame_volume(slicer, cine, k, name), _format_number(value))
+    return sequence
+
+
+def _check_cine(cine: Cine) -> None:
+    frames = np.asarray(cine.frames)
+    if frames.ndim != 3 or min(frames.shape) < 1:
+        raise CacError(f"a cine must have frames of shape (n_frames, rows, columns), got {frames.shape}")
+
+
+def cine_to_sequence(scene, cine: Cine, name: str = "cine"):
+    """Add ``cine`` to ``scene`` as a Sequence of 2D scalar volumes with a Sequence Browser.
+
+    Returns ``(sequence_node, browser_node)``.  The sequence is indexed by the
+    frame time in ms (``index name`` "time", unit "ms") or by the frame number
+    when the frame time is unknown; its proxy volume (named ``name``) shows the
+    browser's selected frame.  Spacing is ``cine.spacing_mm`` or 1.0 mm with
+    the attribute ``CAC_spacing_source`` = "unknown".
+    """
+    sequence = _build_sequence(scene, cine, f"{name} sequence")
+    browser = scene.AddNewNodeByClass("vtkMRMLSequenceBrowserNode", f"{name} browser")
+    browser.SetAndObserveMasterSequenceNodeID(sequence.GetID())
+    if cine.frame_time_ms:
+        browser.SetPlaybackRateFps(1000.0 / float(cine.frame_time_ms))
+    browser.SetSelectedItemNumber(0)
+    _update_proxies(scene, browser)
+    proxy = browser.GetProxyNode(sequence)
+    if proxy is not None:
+        proxy.SetName(name)
+        browser.SetOverwriteProxyName(sequence, False)
+        for key, value in _cine_attributes(cine).items():
+            proxy.SetAttribute(key, value)
+    return sequence, browser
+
+
+def _update_proxies(scene, browser) -> None:
+    slicercore.logic(scene, "sequences").UpdateProxyNodesFromSequences(browser)
+    for proxy in _proxy_nodes(browser):
+        if hasattr(proxy, "CreateDefaultDisplayNodes") and proxy.GetDisplayNode() is None:
+            proxy.CreateDefaultDisplayNodes()
+
+
+def _proxy_nodes(browser) -> list:
+    vtk = _vtk()
+    collection = vtk.vtkCollection()
+    browser.GetAllProxyNodes(collection)
+    return [collection.GetItemAsObject(i) for i in range(collection.GetNumberOfItems())]
+
+
+def sequence_to_cine(sequence_node) -> Cine:
+    """The :class:`Cine` held by a Sequence of 2D scalar volumes (e.g. from :func:`cine_to_sequence`).
+
+    Pixels are kept as stored; spacing comes from the first frame (``None``
+    when the attribute ``CAC_spacing_source`` says "unknown"); the frame time
+    from ``CAC_frame_time_ms`` or, for an index in ms or s, from the median
+    step of the index values.
+    """
+    n = sequence_node.GetNumberOfDataNodes()
+    if n == 0:
+        raise CacError(f"sequence {sequence_node.GetName()!r} is empty; load a cine into it first")
+    frames = []
+    for k in range(n):
+        node = sequence_node.GetNthDataNode(k)
+        if node is None or not node.IsA("vtkMRMLScalarVolumeNode") or node.GetImageData() is None:
+            raise CacError(
+                f"item {k} of sequence {sequence_node.GetName()!r} is not a scalar volume; "
+                "choose a sequence of grayscale frames"
+            )
+        array = _array_from_image(node.GetImageData())
+        if array.shape[0] != 1:
+            raise CacError(
+                f"item {k} of sequence {sequence_node.GetName()!r} has {array.shape[0]} slices; "
+                "each item of a cine sequence must be one 2D frame"
+            )
+        if frames and array.shape != frames[0].shape:
+            raise CacError(
+                f"frames of sequence {sequence_node.GetName()!r} differ in size "
+                f"({frames[0].shape[1:]} vs {array.shape[1:]}); a cine needs equal frames"
+            )
+        frames.append(array)
+    first = sequence_node.GetNthDataNode(0)
+    cine = Cine(
+        frames=np.concatenate(frames, axis=0),
+        spacing_mm=_spacing_from_node(first),
+        spacing_source="sequence",
+        source=sequence_node.GetName() or "",
+    )
+    unit = (sequence_node.GetIndexUnit() or "").strip().lower()
+    if unit in ("ms", "s") and n > 1:
+        try:
+            values = np.array([float(sequence_node.GetNthIndexValue(k)) for k in range(n)])
+            step = float(np.median(np.diff(values)))
+            if step > 0:
+                cine.frame_time_ms = step * (1000.0 if unit == "s" else 1.0)
+        except ValueError:
+            pass
+    _apply_attributes(cine, sequence_node.GetAttribute)
+    return cine
+
+
+def cine_to_frame_stack_volume(scene, cine: Cine, name: str = "cine frames"):
+    """Add ``cine`` as one scalar volume, slice ``k`` = frame ``k`` (slice spacing 1).
+
+    This is the volume to draw annotations on in Slicer's Segment Editor: the
+    ``.seg.nrrd`` files of this project use its geometry.
+    """
+    _check_cine(cine)
+    volume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
+    volume.SetAndObserveImageData(_image_from_array(np.asarray(cine.frames)))
+    _set_frame_geometry(volume, cine)
+    for key, value in _cine_attributes(cine).items():
+        volume.SetAttribute(key, value)
+    if volume.GetScene() is not None and volume.GetDisplayNode() is None:
+        volume.CreateDefaultDisplayNodes()
+    return volume
+
+
+def frame_stack_volume_to_cine(volume_node) -> Cine:
+    """The :class:`Cine` of a frame-stack scalar volume (array ``[k, row, col]``)."""
+    image = volume_node.GetImageData()
+    if image is None:
+        raise CacError(f"volume {volume_node.GetName()!r} has no pixel data; load it again")
+    cine = Cine(
+        frames=_array_from_image(image),
+        spacing_mm=_spacing_from_node(volume_node),
+        spacing_source="nrrd",
+        source=volume_node.GetName() or "",
+    )
+    _apply_attributes(cine, volume_node.GetAttribute)
+    return cine
+
+
+# --------------------------------------------------------------------------- masks -> segmentations
+
+
+def _oriented_image(mask: np.ndarray, spacing_xy: tuple[float, float]):
+    slicer = _slicer()
+    image = _image_from_array(np.asarray(mask, dtype=np.uint8))
+    oriented = slicer.vtkOrientedImageData()
+    oriented.ShallowCopy(image)
+    oriented.SetSpacing(spacing_xy[0], spacing_xy[1], 1.0)
+    oriented.SetOrigin(0.0, 0.0, 0.0)
+    oriented.SetDirections([list(row) for row in FRAME_DIRECTIONS_RAS])
+    return oriented
+
+
+def _fill_segmentation(segmentation_node, segments: dict[str, np.ndarray], spacing_xy, colors) -> None:
+    """Add one binary-labelmap segment per entry of ``segments`` on the frame-stack geometry."""
+    slicer = _slicer()
+    shape = next(iter(segments.values())).shape
+    converter = slicer.vtkSegmentationConverter
+    geometry = _oriented_image(np.zeros((1, 1, 1), np.uint8), spacing_xy)
+    geometry.SetExtent(0, shape[2] - 1, 0, shape[1] - 1, 0, shape[0] - 1)
+    segmentation = segmentation_node.GetSegmentation()
+    segmentation_node.SetSourceRepresentationToBinaryLabelmap()
+    segmentation.SetConversionParameter(
+        converter.GetReferenceImageGeometryParameterName(), converter.SerializeImageGeometry(geometry)
+    )
+    extent = [0, shape[2] - 1, 0, shape[1] - 1, 0, shape[0] - 1]
+    for i, (name, mask) in enumerate(segments.items()):
+        color = colors.get(name) if colors else None
+        if color is None:
+            color = DEFAULT_SEGMENT_COLORS[i % len(DEFAULT_SEGMENT_COLORS)]
+        segment_id = segmentation.AddEmptySegment(name, name, [float(c) for c in color[:3]])
+        segment = segmentation.GetSegment(segment_id)
+        segment.SetNameAutoGenerated(False)
+        segment.SetColorAutoGenerated(False)
+        slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
+            _oriented_image(mask, spacing_xy),
+            segmentation_node,
+            segment_id,
+            slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE,
+            extent,
+        )
+
+
+def _normalize_segments(segments, what: str = "segments") -> dict[str, np.ndarray]:
+    if isinstance(segments, np.ndarray):
+        segments = {"CAC ROI": segments}
+    if not segments:
+        raise CacError(f"no {what} to write; give at least one named mask array")
+    out: dict[str, np.ndarray] = {}
+    shape = None
+    for name, mask in segments.items():
+        mask = np.asarray(mask)
+        if mask.ndim == 2:
+            mask = mask[None]
+        if mask.ndim != 3:
+            raise CacError(f"segment {name!r} must be a (n_frames, rows, columns) mask, got shape {mask.shape}")
+        if shape is None:
+            shape = mask.shape
+        elif mask.shape != shape:
+            raise CacError(f"segment {name!r} has shape {mask.shape} but the others have {shape}")
+        out[str(name)] = mask.astype(bool)
+    return out
+
+
+def masks_to_frame_stack_segmentation(scene, masks, cine: Cine, name: str = "CAC ROI", segments=None,
+                                      colors=None, reference_volume=None):
+    """Add a Segmentation node holding ``masks`` over the cine's frame-stack geometry.
+
+    ``masks`` is one ``(n_frames, rows, columns)`` bool array (its segment is
+    named ``segments`` if that is a string, else "CAC ROI") or a dict of
+    them, one segment each.  ``reference_volume`` (the frame-stack volume, if
+    in the scene) is set as the segmentation's source geometry for Slicer's
+    Segment Editor.
+    """
+    if isinstance(masks, np.ndarray):
+        masks = {segments if isinstance(segments, str) else "CAC ROI": masks}
+    masks = _normalize_segments(masks)
+    shape = next(iter(masks.values())).shape
+    if shape != tuple(np.asarray(cine.frames).shape):
+        raise CacError(f"masks have shape {shape} but the cine is {tuple(np.asarray(cine.frames).shape)}")
+    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
+    node.CreateDefaultDisplayNodes()
+    _fill_segmentation(node, masks, _xy_spacing(cine), colors or {})
+    if reference_volume is not None:
+        node.SetNodeReferenceID(node.GetReferenceImageGeometryReferenceRole(), reference_volume.GetID())
+    return node
+
+
+def masks_to_segmentation_sequence(scene, masks: np.ndarray, cine_sequence, browser, name: str = "CAC ROI",
+                                   segment_name: str = "CAC ROI", color=DEFAULT_SEGMENT_COLORS[0]):
+    """Add per-frame masks as a Sequence of Segmentation nodes synchronized in ``browser``.
+
+    ``masks`` is ``(n_frames, rows, columns)`` bool, one frame per item of
+    ``cine_sequence`` (same index values); each item is a segmentation with one
+    segment ``segment_name`` on that frame's 2D geometry.  The browser's proxy
+    segmentation (named ``name``) then shows the ROI of the selected frame.
+    Returns the segmentation sequence node.
+    """
+    slicer = _slicer()
+    masks = np.asarray(masks).astype(bool)
+    n = cine_sequence.GetNumberOfDataNodes()
+    if masks.ndim != 3 or masks.shape[0] != n:
+        raise CacError(f"masks have shape {masks.shape} but the cine sequence has {n} frames")
+    first = cine_sequence.GetNthDataNode(0)
+    dims = first.GetImageData().GetDimensions()
+    if (masks.shape[2], masks.shape[1]) != (dims[0], dims[1]):
+        raise CacError(f"masks are {masks.shape[1:]} (rows, columns) but frames are {(dims[1], dims[0])}")
+    spacing_xy = tuple(first.GetSpacing()[:2])
+    sequence = scene.AddNewNodeByClass("vtkMRMLSequenceNode", f"{name} sequence")
+    sequence.SetIndexName(cine_sequence.GetIndexName())
+    sequence.SetIndexUnit(cine_sequence.GetIndexUnit())
+    sequence.SetIndexType(cine_sequence.GetIndexType())
+    sequence.SetAttribute(ATTR_ROLE, "roi")
+    for k in range(n):
+        item = slicer.vtkMRMLSegmentationNode()
+        item.SetName(f"{name}_{k:04d}")
+        _fill_segmentation(item, {segment_name: masks[k][None]}, spacing_xy, {segment_name: color})
+        sequence.SetDataNodeAtValue(item, cine_sequence.GetNthIndexValue(k))
+    browser.AddSynchronizedSequenceNodeID(sequence.GetID())
+    _update_proxies(scene, browser)
+    proxy = browser.GetProxyNode(sequence)
+    if proxy is not None:
+        proxy.SetName(name)
+        browser.SetOverwriteProxyName(sequence, False)
+    return sequence
+
+
+def segmentation_masks(segmentation_node, shape=None) -> dict[str, np.ndarray]:
+    """Each segment of a (frame-stack) Segmentation node as a ``(n_frames, rows, columns)`` bool array.
+
+    The full geometry is the segmentation's reference image geometry (or
+    ``shape``); labelmaps with a smaller extent (drawn in the Segment Editor)
+    are padded back to it.
+    """
+    full = _reference_geometry(segmentation_node, shape)
+    return {name: mask for name, (mask, _) in _segments_on_grid(segmentation_node, full).items()}
+
+
+# --------------------------------------------------------------------------- .seg.nrrd
+
+
+def write_seg_nrrd(path, segments: dict[str, np.ndarray], spacing_mm, colors=None, overwrite: bool = False) -> Path:
+    """Write named per-frame masks as a ``.seg.nrrd`` that 3D Slicer opens over the frame-stack volume.
+
+    Parameters
+    ----------
+    path : str or Path
+        Output file; should end in ``.seg.nrrd``.
+    segments : dict[str, ndarray]
+        Segment name -> bool mask ``(n_frames, rows, columns)`` (frame ``k`` =
+        slice ``k``); all the same shape.  Segments may overlap.
+    spacing_mm : (float, float) or None
+        ``(row_spacing, column_spacing)`` in mm; ``None`` (unknown) writes 1.0.
+    colors : dict[str, (r, g, b)], optional
+        Segment colours in [0, 1]; missing ones come from a fixed palette.
+    overwrite : bool
+        Replace an existing file.
+
+    The file is written by slicer-core's ``vtkMRMLSegmentationStorageNode``
+    with the full frame-stack extent (also for empty masks), through
+    :func:`~CACIdentifierLib.fileutil.atomic_output`.
+    """
+    slicer = _slicer()
+    segments = _normalize_segments(segments)
+    spacing_xy = (1.0, 1.0) if spacing_mm is None else (float(spacing_mm[1]), float(spacing_mm[0]))
+    if min(spacing_xy) <= 0:
+        raise CacError(f"spacing must be positive, got {spacing_mm}")
+    with atomic_output(path, overwrite) as tmp, _scratch_nodes() as scene:
+        node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", Path(path).name.split(".")[0])
+        _fill_segmentation(node, segments, spacing_xy, colors or {})
+        storage = slicer.vtkMRMLSegmentationStorageNode()
+        scene.AddNode(storage)
+        storage.SetFileName(str(tmp))
+        storage.SetUseCompression(True)
+        if not storage.WriteData(node):
+            raise CacError(f"could not write {path}; check the folder is writable")
+    return Path(path)
+
+
+def _matrix_ijk_to_ras(oriented) -> np.ndarray:
+    vtk = _vtk()
+    m = vtk.vtkMatrix4x4()
+    oriented.GetImageToWorldMatrix(m)
+    return np.array([[m.GetElement(i, j) for j in range(4)] for i in range(4)])
+
+
+@dataclass
+class _Grid:
+    ijk_to_ras: np.ndarray  # 4x4
+    extent: tuple[int, int, int, int, int, int]
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        e = self.extent
+        return (e[5] - e[4] + 1, e[3] - e[2] + 1, e[1] - e[0] + 1)
+
+    @property
+    def spacing_xyz(self) -> np.ndarray:
+        return np.linalg.norm(self.ijk_to_ras[:3, :3], axis=0)
+
+
+def _reference_geometry(segmentation_node, shape=None) -> _Grid | None:
+    """The frame-stack grid the segmentation was drawn on (reference image geometry), if known."""
+    slicer = _slicer()
+    converter = slicer.vtkSegmentationConverter
+    text = segmentation_node.GetSegmentation().GetConversionParameter(
+        converter.GetReferenceImageGeometryParameterName()
+    )
+    if text:
+        geometry = slicer.vtkOrientedImageData()
+        if converter.DeserializeImageGeometry(text, geometry, False):
+            return _Grid(_matrix_ijk_to_ras(geometry), tuple(int(v) for v in geometry.GetExtent()))
+    return None
+
+
+def _segments_on_grid(segmentation_node, full: _Grid | None) -> dict[str, tuple[np.ndarray, _Grid]]:
+    """Each segment as a bool array on ``full`` (or on its own labelmap grid when ``full`` is None)."""
+    slicer = _slicer()
+    segmentation = segmentation_node.GetSegmentation()
+    name_rep = slicer.vtkSegmentationConverter.GetSegmentationBinaryLabelmapRepresentationName()
+    out: dict[str, tuple[np.ndarray, _Grid]] = {}
+    for i in range(segmentation.GetNumberOfSegments()):
+        segment = segmentation.GetNthSegment(i)
+        labelmap = segment.GetRepresentation(name_rep)
+        if labelmap is None:
+            raise CacError(
+                f"segment {segment.GetName()!r} has no binary labelmap; in Slicer convert the "
+                "segmentation to a binary labelmap before saving"
+            )
+        extent = tuple(int(v) for v in labelmap.GetExtent())
+        own = _Grid(_matrix_ijk_to_ras(labelmap), extent)
+        if extent[1] < extent[0] or extent[3] < extent[2] or extent[5] < extent[4]:
+            values = np.zeros((0, 0, 0), dtype=bool)
+        else:
+            values = _array_from_image(labelmap) == segment.GetLabelValue()
+        grid = full or _Grid(own.ijk_to_ras, (0, max(extent[1], 0), 0, max(extent[3], 0), 0, max(extent[5], 0)))
+        out[segment.GetName()] = (_paste(values, own, grid, segment.GetName()), grid)
+    return out
+
+
+def _paste(values: np.ndarray, own: _Grid, full: _Grid, name: str) -> np.ndarray:
+    """Place a labelmap ``values`` on grid ``own`` into a zero array on ``full`` (same voxel lattice)."""
+    out = np.zeros(full.shape, dtype=bool)
+    if values.size == 0:
+        return out
+    if not np.allclose(own.ijk_to_ras[:3, :3], full.ijk_to_ras[:3, :3], rtol=1e-4, atol=1e-6):
+        raise CacError(
+            f"segment {name!r} is not on the frame-stack grid (different spacing or orientation); "
+            "draw it over the cine's frame-stack volume"
+        )
+    # Index of the labelmap's first voxel in the full grid (exact integers on a shared lattice).
+    start_ras = own.ijk_to_ras @ np.array([own.extent[0], own.extent[2], own.extent[4], 1.0])
+    ijk = np.linalg.solve(full.ijk_to_ras, start_ras)[:3]
+    if not np.allclose(ijk, np.round(ijk), atol=1e-3):
+        raise CacError(f"segment {name!r} is shifted off the frame-stack grid; draw it over the frame-stack volume")
+    i0, j0, k0 = (int(v) for v in np.round(ijk))
+    i0 -= full.extent[0]
+    j0 -= full.extent[2]
+    k0 -= full.extent[4]
+    nk, nj, ni = values.shape
+    # Clip to the full grid: Slicer can grow a labelmap past the volume when painting at the border.
+    src = values[
+        max(0, -k0) : nk - max(0, k0 + nk - full.shape[0]),
+        max(0, -j0) : nj - max(0, j0 + nj - full.shape[1]),
+        max(0, -i0) : ni - max(0, i0 + ni - full.shape[2]),
+    ]
+    ks, js, is_ = max(0, k0), max(0, j0), max(0, i0)
+    out[ks : ks + src.shape[0], js : js + src.shape[1], is_ : is_ + src.shape[2]] = src
+    return out
+
+
+def read_seg_nrrd(path, expected_shape=None, expected_spacing_mm=None) -> SegFile:
+    """Read a ``.seg.nrrd`` (written here or drawn in Slicer over the frame-stack volume).
+
+    Returns a :class:`SegFile` whose masks are ``(n_frames, rows, columns)``
+    bool arrays on the full frame-stack geometry: labelmaps Slicer saved with a
+    smaller extent (the default when drawing) are padded back using the
+    segmentation's reference image geometry, or ``expected_shape`` when the
+    file has none.  ``expected_shape`` ``(n_frames, rows, columns)`` and
+    ``expected_spacing_mm`` ``(row, column)`` are checked when given: a
+    mismatch raises :class:`CacError` (annotations of another cine).
+    """
+    slicer = _slicer()
+    path = Path(path)
+    if not path.is_file():
+        raise CacError(f"segmentation file {path} not found")
+    with _scratch_nodes() as scene:
+        node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", path.name)
+        storage = slicer.vtkMRMLSegmentationStorageNode()
+        scene.AddNode(storage)
+        storage.SetFileName(str(path))
+        if not storage.ReadData(node) or node.GetSegmentation() is None:
+            raise CacError(f"{path} is not a readable segmentation (.seg.nrrd); save it from Slicer's Segmentations module")
+        full = _reference_geometry(node)
+        if full is None and expected_shape is not None:
+            # No reference geometry stored: assume the frame-stack convention (origin 0, the labelmap's axes).
+            first = _first_labelmap(node)
+            if first is not None:
+                n, r, c = expected_shape
+                matrix = _matrix_ijk_to_ras(first)
+                matrix[:3, 3] = 0.0
+                full = _Grid(matrix, (0, c - 1, 0, r - 1, 0, n - 1))
+        pasted = _segments_on_grid(node, full)
+        if not pasted:
+            raise CacError(f"{path} has no segments")
+        grid = full or next(iter(pasted.values()))[1]
+        colors = {}
+        segmentation = node.GetSegmentation()
+        for i in range(segmentation.GetNumberOfSegments()):
+            segment = segmentation.GetNthSegment(i)
+            colors[segment.GetName()] = tuple(float(c) for c in segment.GetColor())
+    spacing = grid.spacing_xyz
+    result = SegFile(
+        segments={name: mask for name, (mask, _) in pasted.items()},
+        spacing_mm=(_round_spacing(spacing[1]), _round_spacing(spacing[0])),
+        colors=colors,
+        path=str(path),
+    )
+    if expected_shape is not None and tuple(result.shape) != tuple(int(v) for v in expected_shape):
+        raise CacError(
+            f"{path} covers {result.shape[0]} frames of {result.shape[1]}x{result.shape[2]} px but the cine has "
+            f"{expected_shape[0]} frames of {expected_shape[1]}x{expected_shape[2]} px; "
+            "use the annotation made on this cine"
+        )
+    if expected_spacing_mm is not None and not np.allclose(result.spacing_mm, expected_spacing_mm, rtol=1e-3):
+        raise CacError(
+            f"{path} has pixel spacing {result.spacing_mm} mm but the cine has {tuple(expected_spacing_mm)} mm; "
+            "use the annotation made on this cine"
+        )
+    return result
+
+
+def _first_labelmap(node):
+    slicer = _slicer()
+    name_rep = slicer.vtkSegmentationConverter.GetSegmentationBinaryLabelmapRepresentationName()
+    segmentation = node.GetSegmentation()
+    for i in range(segmentation.GetNumberOfSegments()):
+        labelmap = segmentation.GetNthSegment(i).GetRepresentation(name_rep)
+        if labelmap is not None:
+            return labelmap
+    return None
+
+
+def read_seg_nrrds(paths, expected_shape=None, expected_spacing_mm=None) -> list[SegFile]:
+    """Read several annotators' ``.seg.nrrd`` files of one cine; all must share one geometry."""
+    files = [read_seg_nrrd(p, expected_shape, expected_spacing_mm) for p in paths]
+    if not files:
+        raise CacError("no segmentation files given")
+    for f in files[1:]:
+        if f.shape != files[0].shape or not np.allclose(f.spacing_mm, files[0].spacing_mm, rtol=1e-3):
+            raise CacError(
+                f"{f.path} ({f.shape}, {f.spacing_mm} mm) does not match {files[0].path} "
+                f"({files[0].shape}, {files[0].spacing_mm} mm); all annotations must be of the same cine"
+            )
+    return files
+
+
+# --------------------------------------------------------------------------- NRRD cines
+
+
+def _nrrd_header(path: Path) -> dict[str, str]:
+    """Fields and key-value pairs of a NRRD header (text up to the first blank line)."""
+    fields: dict[str, str] = {}
+    with open(path, "rb") as f:
+        magic = f.readline()
+        if not magic.startswith(b"NRRD"):
+            raise CacError(f"{path} is not a NRRD file (no NRRD magic); give a .nrrd or .seq.nrrd file")
+        for raw in f:
+            line = raw.decode("latin-1").rstrip("\r\n")
+            if not line:
+                break
+            if line.startswith("#"):
+                continue
+            if ":=" in line:
+                key, value = line.split(":=", 1)
+            elif ":" in line:
+                key, value = line.split(":", 1)
+            else:
+                continue
+            fields[key.strip()] = value.strip()
+    return fields
+
+
+def read_nrrd_cine(path) -> Cine:
+    """Read a cine from a ``.nrrd`` frame stack (slice ``k`` = frame ``k``) or a ``.seq.nrrd`` sequence.
+
+    Uses slicer-core's ``vtkMRMLVolumeSequenceStorageNode`` (sequences) and
+    ``vtkMRMLNRRDStorageNode`` (volumes).  Spacing, frame time and R waves
+    written by this project (``CAC_*`` keys) come back; otherwise spacing is
+    the file's (``spacing_source`` "nrrd") and the frame time comes from a
+    list axis in ms or s.
+    """
+    slicer = _slicer()
+    path = Path(path)
+    if not path.is_file():
+        raise CacError(f"{path} not found")
+    header = _nrrd_header(path)
+    kinds = header.get("kinds", "").split()
+    is_sequence = path.name.lower().endswith(".seq.nrrd") or (
+        "list" in kinds and "DataNodeClassName" in header
+    )
+    with _scratch_nodes() as scene:
+        if is_sequence:
+            sequence = scene.AddNewNodeByClass("vtkMRMLSequenceNode", path.name)
+            storage = slicer.vtkMRMLVolumeSequenceStorageNode()
+            scene.AddNode(storage)
+            storage.SetFileName(str(path))
+            if not storage.ReadData(sequence):
+                raise CacError(f"could not read {path} as a volume sequence; save it from Slicer's Sequences module")
+            cine = sequence_to_cine(sequence)
+        else:
+            volume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", path.name)
+            storage = slicer.vtkMRMLNRRDStorageNode()
+            scene.AddNode(storage)
+            storage.SetFileName(str(path))
+            if not storage.ReadData(volume):
+                storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
+                scene.AddNode(storage)
+                storage.SetFileName(str(path))
+                if not storage.ReadData(volume):
+                    raise CacError(f"could not read {path} as a scalar volume")
+            cine = frame_stack_volume_to_cine(volume)
+            # vtkMRMLNRRDStorageNode turns key-value pairs into attributes; read them from the header too.
+            _apply_attributes(cine, header.get)
+    cine.source = str(path)
+    return cine
+
+
+def write_seq_nrrd(cine: Cine, path, overwrite: bool = False) -> Path:
+    """Write ``cine`` as a ``.seq.nrrd`` volume sequence (slicer-core's ``vtkMRMLVolumeSequenceStorageNode``).
+
+    3D Slicer opens it as a Sequence with a browser (drag and drop).  The
+    index is the time in ms, or the frame number when unknown; ``CAC_*`` keys
+    carry the spacing source, frame time and R waves.
+    """
+    slicer = _slicer()
+    with atomic_output(path, overwrite) as tmp, _scratch_nodes() as scene:
+        sequence = _build_sequence(scene, cine, Path(path).name.split(".")[0])
+        storage = slicer.vtkMRMLVolumeSequenceStorageNode()
+        scene.AddNode(storage)
+        storage.SetFileName(str(tmp))
+        storage.SetUseCompression(True)
+        if not storage.WriteData(sequence):
+            raise CacError(f"could not write {path}; check the folder is writable")
+    return Path(path)
+
+
+def write_frame_stack_nrrd(cine: Cine, path, overwrite: bool = False) -> Path:
+    """Write ``cine`` as a 3D ``.nrrd`` frame stack (slicer-core's ``vtkMRMLNRRDStorageNode``).
+
+    Slice ``k`` = frame ``k``, in-plane spacing = ``cine.spacing_mm`` (1.0 and
+    ``CAC_spacing_source:=unknown`` when unknown), slice spacing 1, origin 0;
+    the volume to annotate in Slicer.
+    """
+    slicer = _slicer()
+    with atomic_output(path, overwrite) as tmp, _scratch_nodes() as scene:
+        volume = cine_to_frame_stack_volume(scene, cine, Path(path).name.split(".")[0])
+        storage = slicer.vtkMRMLNRRDStorageNode()
+        scene.AddNode(storage)
+        storage.SetFileName(str(tmp))
+        storage.SetUseCompression(True)
+        if not storage.WriteData(volume):
+            raise CacError(f"could not write {path}; check the folder is writable")
+    return Path(path)
+
+
+# --------------------------------------------------------------------------- tables and plots
+
+
+def table_from_columns(scene, name: str, columns: dict[str, list]):
+    """Add a ``vtkMRMLTableNode`` with one column per entry (ints, floats, bools or strings).
+
+    All columns must have the same length; ``None`` in a numeric column
+    becomes NaN.
+    """
+    vtk = _vtk()
+    lengths = {key: len(values) for key, values in columns.items()}
+    if len(set(lengths.values())) > 1:
+        raise CacError(f"table {name!r}: columns differ in length {lengths}")
+    table = scene.AddNewNodeByClass("vtkMRMLTableNode", name)
+    vtable = table.GetTable()
+    for key, values in columns.items():
+        values = list(values.tolist() if isinstance(values, np.ndarray) else values)
+        present = [v for v in values if v is not None]
+        if present and all(isinstance(v, (bool, np.bool_, int, np.integer)) for v in present) and len(present) == len(values):
+            array = vtk.vtkIntArray()
+            for v in values:
+                array.InsertNextValue(int(v))
+        elif all(isinstance(v, (bool, int, float, np.number, np.bool_)) for v in present):
+            array = vtk.vtkDoubleArray()
+            for v in values:
+                array.InsertNextValue(float("nan") if v is None else float(v))
+        else:
+            array = vtk.vtkStringArray()
+            for v in values:
+                array.InsertNextValue("" if v is None else str(v))
+        array.SetName(str(key))
+        vtable.AddColumn(array)
+    table.Modified()
+    return table
+
+
+_MARKERS = {"none": "MarkerStyleNone", "circle": "MarkerStyleCircle", "square": "MarkerStyleSquare",
+            "diamond": "MarkerStyleDiamond", "cross": "MarkerStyleCross", "plus": "MarkerStylePlus"}
+_LINES = {"none": "LineStyleNone", "solid": "LineStyleSolid", "dash": "LineStyleDash", "dot": "LineStyleDot"}
+
+
+def plot_from_table(scene, table, x_column: str, y_columns, title: str = "", x_label: str = "",
+                    y_label: str = "", markers=None, line_styles=None, colors=None, chart=None):
+    """Plot ``y_columns`` of ``table`` against ``x_column`` in a ``vtkMRMLPlotChartNode``.
+
+    One ``vtkMRMLPlotSeriesNode`` (scatter type, named after the column) per y
+    column.  ``markers`` / ``line_styles`` / ``colors`` map a y column to
+    "circle"... / "solid", "dash", "none"... / RGB.  Pass ``chart`` to add the
+    series to an existing chart.  Returns the chart node.
+    """
+    slicer = _slicer()
+    if isinstance(y_columns, str):
+        y_columns = [y_columns]
+    names = [table.GetColumnName(i) for i in range(table.GetNumberOfColumns())]
+    for column in [x_column, *y_columns]:
+        if column not in names:
+            raise CacError(f"table {table.GetName()!r} has no column {column!r} (columns: {names})")
+    if chart is None:
+        chart = scene.AddNewNodeByClass("vtkMRMLPlotChartNode", title or f"{table.GetName()} chart")
+    chart.SetTitle(title)
+    chart.SetXAxisTitle(x_label or x_column)
+    chart.SetYAxisTitle(y_label)
+    for column in y_columns:
+        series = scene.AddNewNodeByClass("vtkMRMLPlotSeriesNode", column)
+        series.SetAndObserveTableNodeID(table.GetID())
+        series.SetXColumnName(x_column)
+        series.SetYColumnName(column)
+        series.SetPlotType(slicer.vtkMRMLPlotSeriesNode.PlotTypeScatter)
+        marker = (markers or {}).get(column, "none")
+        series.SetMarkerStyle(getattr(slicer.vtkMRMLPlotSeriesNode, _MARKERS.get(marker, "MarkerStyleNone")))
+        line = (line_styles or {}).get(column, "solid")
+        series.SetLineStyle(getattr(slicer.vtkMRMLPlotSeriesNode, _LINES.get(line, "LineStyleSolid")))
+        if colors and column in colors:
+            series.SetColor(*[float(c) for c in colors[column][:3]])
+        else:
+            series.SetUniqueColor()
+        chart.AddAndObservePlotSeriesNodeID(series.GetID())
+    return chart
+
+
+def _beat_frames(sync_result) -> list[int]:
+    beats = getattr(sync_result, "beat_frames", None)
+    if beats is not None:
+        return [int(b) for b in beats]
+    phase = getattr(sync_result, "phase", None)
+    if phase is None:
+        return []
+    phase = np.asarray(phase, dtype=float)
+    # A beat starts where the phase wraps from near 1 back to near 0.
+    wraps = np.flatnonzero(np.diff(phase) < -0.5) + 1
+    starts = [0] if phase.size and phase[0] < 0.05 else []
+    return starts + [int(k) for k in wraps]
+
+
+def sync_to_scene(scene, sync_result, name: str = "CAC sync", frame_time_ms=None) -> SyncNodes:
+    """Show a synchronization result in Slicer: signal table + plot chart, beat markers, pairs table.
+
+    ``sync_result`` is read duck-typed: ``signal`` (one value per frame, the
+    ECG-like signal of the paper's eq. 1), ``phase`` (per frame, in [0, 1)),
+    ``pairs`` (list of ``[non_contrast_frame, contrast_frame]``),
+    ``period_frames``, ``onset_frame`` and optionally ``beat_frames``.  The
+    chart plots the signal against the frame number and marks the beats with a
+    second series.  Returns :class:`SyncNodes`.
+    """
+    signal = np.asarray(getattr(sync_result, "signal", None) if getattr(sync_result, "signal", None) is not None
+                        else [], dtype=float)
+    n = signal.size
+    phase = getattr(sync_result, "phase", None)
+    phase = np.full(n, np.nan) if phase is None else np.asarray(phase, dtype=float)
+    if phase.size != n:
+        raise CacError(f"sync result has {n} signal values but {phase.size} phases")
+    beats = [b for b in _beat_frames(sync_result) if 0 <= b < n]
+    onset = getattr(sync_result, "onset_frame", None)
+    columns = {
+        "frame": list(range(n)),
+        "signal": signal.tolist(),
+        "phase": phase.tolist(),
+        "beat": [int(k in beats) for k in range(n)],
+        "contrast": [int(onset is not None and k >= int(onset)) for k in range(n)],
+    }
+    if frame_time_ms:
+        columns["time_ms"] = [k * float(frame_time_ms) for k in range(n)]
+    signal_table = table_from_columns(scene, f"{name} signal", columns)
+    period = getattr(sync_result, "period_frames", None)
+    for key, value in (("period_frames", period), ("onset_frame", onset)):
+        signal_table.SetAttribute(f"CAC_{key}", "" if value is None else _format_number(value))
+    beats_table = table_from_columns(
+        scene, f"{name} beats", {"frame": beats, "signal": [float(signal[b]) for b in beats]}
+    )
+    title = f"{name}: ECG-like signal"
+    if period:
+        title += f" (period {float(period):.1f} frames"
+        title += f", onset frame {int(onset)})" if onset is not None else ")"
+    chart = plot_from_table(scene, signal_table, "frame", ["signal"], title=title, x_label="frame",
+                            y_label="signal (a.u.)", colors={"signal": (0.2, 0.4, 0.9)})
+    chart.SetName(f"{name} chart")
+    plot_from_table(scene, beats_table, "frame", ["signal"], title=title, x_label="frame",
+                    y_label="signal (a.u.)", markers={"signal": "diamond"}, line_styles={"signal": "none"},
+                    colors={"signal": (0.9, 0.1, 0.1)}, chart=chart)
+    chart.GetNthPlotSeriesNode(1).SetName(f"{name} beats")
+    chart.GetNthPlotSeriesNode(0).SetName(f"{name} signal")
+    pairs = [tuple(int(v) for v in p) for p in (getattr(sync_result, "pairs", None) or [])]
+    pairs_table = table_from_columns(
+        scene,
+        f"{name} pairs",
+        {
+            "pair": list(range(len(pairs))),
+            "non_contrast_frame": [p[0] for p in pairs],
+            "contrast_frame": [p[1] for p in pairs],
+        },
+    )
+    return SyncNodes(signal_table=signal_table, chart=chart, pairs_table=pairs_table, beats_table=beats_table)
+
