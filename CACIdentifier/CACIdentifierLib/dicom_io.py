@@ -607,9 +607,9 @@ def read_dicom_cine(path, *, spacing_mm=None, frame_time_ms=None) -> Cine:
 
     path = Path(path)
     ds, messages = _read_dataset(path)
-    modality = _check_modality(ds, path)
     frames = _decode_pixels(ds, path, messages)
     _check_frames(frames, path)
+    modality = _check_modality(ds, path)
     return _build_cine(ds, frames, path, spacing_mm, frame_time_ms, modality, detect_blank_frames)
 
 
