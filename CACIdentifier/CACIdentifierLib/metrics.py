@@ -1,0 +1,192 @@
+"""Evaluation metrics of the paper: patch classification and ROI identification.
+
+Conventions
+-----------
+- Classification (patch level): precision, recall and F1 from the counts of
+  true/false positives/negatives.  A 0/0 ratio is 1.0 when there is nothing
+  to find and nothing was claimed (all-negative truth and prediction: perfect
+  agreement), else 0.0 (scikit-learn's ``zero_division=0``).
+- IoM, intersection over minimum (paper ref. 23):
+  ``|A ∩ B| / min(|A|, |B|)``; both empty -> None (undefined), one empty ->
+  0.0.  1.0 whenever one region lies inside the other - it rewards a ROI that
+  encloses the calcifications (the paper's goal) without penalising its
+  extra area.
+- Hausdorff distance (HD, paper ref. 24): the symmetric Hausdorff distance
+  between the *sets of foreground pixel centres* of the two masks, in
+  millimetres with the (row, col) pixel spacing:
+  ``max(max_{a in A} d(a, B), max_{b in B} d(b, A))``, exact (Euclidean
+  distance transform).  This is the convention of SimpleITK's
+  ``HausdorffDistanceImageFilter`` (checked in the tests); it is *not* a
+  boundary/surface-voxel variant or a percentile HD.  Any empty mask -> None.
+- Summaries: median and quartiles (numpy's linear interpolation) over the
+  defined values; None/NaN values are left out and counted in ``n`` only
+  when defined.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+from scipy import ndimage
+
+from .errors import CacError
+
+
+def _ratio(num: int, den: int, both_empty: bool) -> float:
+    if den:
+        return num / den
+    return 1.0 if both_empty else 0.0
+
+
+def precision_recall_f1(y_true: Sequence, y_pred: Sequence) -> dict:
+    """Precision, recall, F1 of binary labels; returns also ``tp, fp, fn, tn``.
+
+    See the module docstring for the 0/0 cases.
+    """
+    t = np.asarray(y_true).astype(bool).ravel()
+    p = np.asarray(y_pred).astype(bool).ravel()
+    if t.shape != p.shape:
+        raise CacError(f"{t.size} true labels but {p.size} predictions; give one prediction per patch")
+    tp = int(np.sum(t & p))
+    fp = int(np.sum(~t & p))
+    fn = int(np.sum(t & ~p))
+    tn = int(np.sum(~t & ~p))
+    nothing = tp + fp + fn == 0
+    precision = _ratio(tp, tp + fp, nothing)
+    recall = _ratio(tp, tp + fn, nothing)
+    f1 = _ratio(2 * tp, 2 * tp + fp + fn, nothing)
+    return {"precision": precision, "recall": recall, "f1": f1, "tp": tp, "fp": fp, "fn": fn, "tn": tn}
+
+
+def _masks(a, b) -> tuple[np.ndarray, np.ndarray]:
+    a = np.asarray(a).astype(bool)
+    b = np.asarray(b).astype(bool)
+    if a.shape != b.shape:
+        raise CacError(f"masks of different shapes {a.shape} and {b.shape}; they must share the frame grid")
+    return a, b
+
+
+def iom(a: np.ndarray, b: np.ndarray) -> float | None:
+    """Intersection over minimum ``|A ∩ B| / min(|A|, |B|)``; None if both are empty, 0.0 if one is."""
+    a, b = _masks(a, b)
+    na, nb = int(a.sum()), int(b.sum())
+    if na == 0 and nb == 0:
+        return None
+    if na == 0 or nb == 0:
+        return 0.0
+    return float(np.sum(a & b)) / min(na, nb)
+
+
+def hausdorff_mm(a: np.ndarray, b: np.ndarray, spacing_mm: Sequence[float] | None = (1.0, 1.0)) -> float | None:
+    """Symmetric Hausdorff distance between the foreground pixels of ``a`` and ``b``, in mm.
+
+    ``spacing_mm`` is the (row, col) pixel spacing (None: pixels).  Returns
+    None when either mask is empty (undefined).  Computed with Euclidean
+    distance transforms (``scipy.ndimage.distance_transform_edt`` with
+    ``sampling``), exact, ~10 ms on 512x512.
+    """
+    a, b = _masks(a, b)
+    if not a.any() or not b.any():
+        return None
+    sampling = None if spacing_mm is None else tuple(float(s) for s in spacing_mm)
+    if sampling is not None and len(sampling) != a.ndim:
+        raise CacError(f"spacing {spacing_mm} does not match {a.ndim}D masks")
+    # Restrict to the common bounding box grown to include both sets: distances between the
+    # sets never need pixels outside it (the nearest point of a set lies inside its box).
+    both = a | b
+    box = tuple(slice(int(ix.min()), int(ix.max()) + 1) for ix in np.nonzero(both))
+    a, b = a[box], b[box]
+    d_to_b = ndimage.distance_transform_edt(~b, sampling=sampling)
+    d_to_a = ndimage.distance_transform_edt(~a, sampling=sampling)
+    return float(max(d_to_b[a].max(), d_to_a[b].max()))
+
+
+def _defined(values: Iterable) -> np.ndarray:
+    out = []
+    for v in values:
+        if v is None:
+            continue
+        v = float(v)
+        if not math.isnan(v):
+            out.append(v)
+    return np.asarray(out, dtype=float)
+
+
+def median_iqr(values: Iterable) -> dict:
+    """``{"median", "q1", "q3", "n"}`` of the defined values (None and NaN ignored); None entries when n == 0."""
+    v = _defined(values)
+    if v.size == 0:
+        return {"median": None, "q1": None, "q3": None, "n": 0}
+    q1, med, q3 = np.percentile(v, [25, 50, 75])
+    return {"median": float(med), "q1": float(q1), "q3": float(q3), "n": int(v.size)}
+
+
+def wilcoxon(a: Sequence, b: Sequence) -> dict:
+    """Paired two-sided Wilcoxon signed-rank test (``scipy.stats.wilcoxon``) of ``a`` vs ``b``.
+
+    Pairs where either value is None/NaN are dropped.  Returns
+    ``{"statistic", "p", "n"}``; with no pair, or all differences zero
+    (the test is undefined), statistic and p are None.
+    """
+    from scipy import stats
+
+    if len(a) != len(b):
+        raise CacError(f"paired test needs equal lengths, got {len(a)} and {len(b)}")
+    pairs = [
+        (float(x), float(y))
+        for x, y in zip(a, b)
+        if x is not None and y is not None and not (math.isnan(float(x)) or math.isnan(float(y)))
+    ]
+    n = len(pairs)
+    if n == 0 or all(x == y for x, y in pairs):
+        return {"statistic": None, "p": None, "n": n}
+    x, y = np.array(pairs).T
+    res = stats.wilcoxon(x, y, alternative="two-sided")
+    return {"statistic": float(res.statistic), "p": float(res.pvalue), "n": n}
+
+
+def majority_vote(masks: Sequence[np.ndarray]) -> np.ndarray:
+    """Strict majority of several annotators' masks: a pixel is set when more than half set it.
+
+    (With two annotators that is both; with three, at least two - the paper's
+    ground truth.)  All masks must have the same shape.
+    """
+    if len(masks) == 0:
+        raise CacError("majority vote of no masks; give at least one annotation")
+    arrs = [np.asarray(m).astype(bool) for m in masks]
+    shape = arrs[0].shape
+    for m in arrs[1:]:
+        if m.shape != shape:
+            raise CacError(f"annotations of different shapes {shape} and {m.shape}; they must share the frame grid")
+    votes = np.sum(np.stack(arrs), axis=0, dtype=np.int32)
+    return votes * 2 > len(arrs)
+
+
+def evaluate_masks(pred: np.ndarray, truth: np.ndarray, spacing_mm: Sequence[float] | None) -> dict:
+    """IoM and HD (mm) per frame and their median (quartiles) for ROI masks vs ground truth.
+
+    ``pred`` and ``truth`` are (N, H, W) masks on the same grid; frames where
+    both are empty are skipped (nothing to find, nothing found).  Returns
+    ``{"frames": [{"index", "iom", "hd_mm"}...], "summary": {"iom": {"median",
+    "q1", "q3"}, "hd_mm": {...}}}`` with None where undefined (HD when one
+    mask is empty, or everything when ``spacing_mm`` is None for HD).
+    """
+    pred, truth = _masks(pred, truth)
+    if pred.ndim == 2:
+        pred, truth = pred[None], truth[None]
+    if pred.ndim != 3:
+        raise CacError(f"expected (frames, rows, cols) masks, got shape {pred.shape}")
+    frames = []
+    for k in range(pred.shape[0]):
+        p, t = pred[k], truth[k]
+        if not p.any() and not t.any():
+            continue
+        hd = None if spacing_mm is None else hausdorff_mm(p, t, spacing_mm)
+        frames.append({"index": k, "iom": iom(p, t), "hd_mm": hd})
+    summary = {}
+    for key in ("iom", "hd_mm"):
+        s = median_iqr(f[key] for f in frames)
+        summary[key] = {"median": s["median"], "q1": s["q1"], "q3": s["q3"]}
+    return {"frames": frames, "summary": summary}

@@ -1,0 +1,71 @@
+"""ROI refinement: island removal (against skimage's label areas), smoothing, threshold."""
+
+import numpy as np
+import pytest
+from CACIdentifierLib.errors import CacError
+from CACIdentifierLib.refinement import refine, remove_small_islands
+from skimage.measure import label, regionprops
+
+
+def blobs(rng, n=25, shape=(512, 512)):
+    img = np.zeros(shape, bool)
+    rr, cc = np.mgrid[: shape[0], : shape[1]]
+    for _ in range(n):
+        r, c = rng.integers(0, shape[0]), rng.integers(0, shape[1])
+        a, b = rng.uniform(4, 35, size=2)
+        img |= ((rr - r) / a) ** 2 + ((cc - c) / b) ** 2 <= 1
+    return img
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_islands_below_min_size_removed_against_label_areas(seed):
+    img = blobs(np.random.default_rng(seed))
+    out = remove_small_islands(img, 1000)
+    lab = label(img, connectivity=1)
+    expected = np.zeros_like(img)
+    for region in regionprops(lab):
+        if region.area >= 1000:
+            expected[lab == region.label] = True
+    np.testing.assert_array_equal(out, expected)
+    assert out.any() and (img & ~out).any()  # the case is not trivial
+
+
+def test_exact_boundary_1000_kept_999_removed():
+    img = np.zeros((200, 200), bool)
+    img[10:30, 10:60] = True  # 1000 px
+    img[100:127, 100:137] = True  # 27 x 37 = 999 px
+    assert img[100:127, 100:137].sum() == 999
+    out = remove_small_islands(img, 1000)
+    assert out[10:30, 10:60].all() and not out[100:127, 100:137].any()
+
+
+def test_refine_order_and_threshold_keep_area_round_outline():
+    prob = np.zeros((512, 512), np.float32)
+    prob[100:200, 100:200] = 0.9  # large square: kept, corners rounded
+    prob[300:320, 300:320] = 0.95  # 400 px: removed as an island
+    prob[400:450, 400:450] = 0.3  # below the probability threshold
+    out = refine(prob)
+    assert out.dtype == bool
+    assert not out[300:320, 300:320].any() and not out[400:450, 400:450].any()
+    area = out.sum()
+    assert 0.97 * 10000 < area <= 10000  # area nearly kept
+    assert not out[100, 100] and out[150, 150]  # corner rounded off
+    np.testing.assert_array_equal(refine(prob > 0.5, sigma=0), remove_small_islands(prob > 0.5, 1000))
+    # a notch narrower than sigma is filled by the smoothing
+    notch = np.zeros((256, 256), bool)
+    notch[50:150, 50:150] = True
+    notch[50:100, 99:101] = False
+    assert refine(notch, sigma=3)[60:90, 99:101].all()
+
+
+def test_refine_anisotropic_and_errors():
+    prob = np.zeros((128, 128), np.float32)
+    prob[30:90, 30:90] = 1
+    iso = refine(prob, min_island_px=0, sigma=4)
+    aniso_same = refine(prob, min_island_px=0, sigma=4, spacing_mm=(0.3, 0.3))
+    np.testing.assert_array_equal(iso, aniso_same)
+    assert refine(np.zeros((64, 64)), sigma=3).sum() == 0
+    with pytest.raises(CacError):
+        refine(prob, threshold=1.5)
+    with pytest.raises(CacError):
+        refine(np.zeros((2, 8, 8)))
