@@ -126,7 +126,7 @@ def decoder_problem(uid: str) -> str | None:
             f"pixel data in {name} ({uid}) cannot be decoded: pydicom has no decoder for this transfer "
             "syntax; export the frames (e.g. with ffmpeg or dcmtk's dcmj2pnm) and load the folder of images"
         )
-    if decoder.available_plugins:
+    if not UID(uid).is_compressed or decoder.available_plugins:  # native syntaxes need no plugin
         return None
     missing = "; ".join(decoder.missing_dependencies) or "a pydicom decoding plugin"
     return f"pixel data in {name} ({uid}) cannot be decoded with the installed packages; install one of: {missing}"
