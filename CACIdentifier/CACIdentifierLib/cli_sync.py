@@ -1,0 +1,99 @@
+"""``cac sync``: cardiac synchronization of a cine (contrast onset, period, phase, frame pairs)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from .errors import CacError
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "sync",
+        help="pair non-contrast frames with contrast frames of the same cardiac phase",
+        description=(
+            "Detect the contrast onset, estimate the cardiac period and each frame's phase (from the ECG when "
+            "the file has one, else from the images), and pair every non-contrast frame with the contrast "
+            "frame of the nearest phase.  Frames are 0-based."
+        ),
+    )
+    p.add_argument("cine", help="DICOM XA file, folder of DICOM or PNG/JPEG frames, .nrrd or .seq.nrrd")
+    p.add_argument("--onset", type=int, metavar="N", help="first contrast frame (0-based), overriding detection")
+    p.add_argument(
+        "--method",
+        choices=("default", "paper"),
+        default="default",
+        help="default: the improved method; paper: eq. 1 + FFT period as in De Rose et al. 2025",
+    )
+    p.add_argument("--no-ecg", action="store_true", help="ignore the file's ECG; use the image-based estimate")
+    p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+    p.add_argument("--plot", metavar="OUT.png", help="write a PNG of the signal with beats and pairs")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --plot file")
+    p.add_argument(
+        "--frame-time",
+        type=float,
+        dest="frame_time_ms",
+        metavar="MS",
+        help="time between frames in ms, used when the file has none",
+    )
+    p.set_defaults(func=run)
+
+
+def summary(result, n_frames: int) -> str:
+    """A readable summary of a :class:`~.sync.SyncResult`."""
+    lines = []
+    src = "ECG" if result.ecg_used else f"images ({result.method} method)"
+    lines.append(f"frames: {n_frames}, phase from {src}")
+    lines.append(
+        f"contrast onset: frame {result.onset_frame} (fully arrived from frame {result.contrast_start}"
+        f"{'' if result.onset_detected else ', not detected: assumed'})"
+    )
+    if result.period_frames is None:
+        lines.append("period: none found (no clear periodicity)")
+    else:
+        hr = "" if result.heart_rate_bpm is None else f", {result.heart_rate_bpm:.1f} bpm"
+        lines.append(f"period: {result.period_frames:.2f} frames{hr}")
+    lines.append(f"confidence: {result.confidence:.2f} ({'periodic' if result.periodic else 'not periodic'})")
+    if result.beat_frames:
+        lines.append("beats (phase 0) at frames: " + ", ".join(f"{b:.1f}" for b in result.beat_frames))
+    if result.ecg_used and result.image is not None:
+        im = result.image
+        if im.period_frames is not None:
+            lines.append(f"image-based estimate: period {im.period_frames:.2f} frames, confidence {im.confidence:.2f}")
+        else:
+            lines.append("image-based estimate: no periodicity found")
+    shown = result.pairs[:12]
+    more = f" ... ({len(result.pairs)} pairs)" if len(result.pairs) > len(shown) else ""
+    lines.append("pairs (non-contrast -> contrast): " + ", ".join(f"{a}->{b}" for a, b in shown) + more)
+    for w in result.warnings:
+        lines.append(f"warning: {w}")
+    return "\n".join(lines)
+
+
+def run(args) -> int:
+    import warnings
+
+    from .cine_io import load_cine
+    from .fileutil import check_writable
+    from .sync import plot_sync, synchronize_cine
+
+    if args.plot:
+        if not args.plot.lower().endswith(".png"):
+            raise CacError(f"--plot writes a PNG; give a name ending in .png, not {args.plot}")
+        check_writable(args.plot, args.overwrite)
+    cine = load_cine(args.cine, frame_time_ms=args.frame_time_ms)
+    with warnings.catch_warnings():
+        # The result carries its warnings; print them once below instead of twice.
+        warnings.simplefilter("ignore")
+        result = synchronize_cine(cine, onset=args.onset, method=args.method, use_ecg=not args.no_ecg)
+    if args.plot:
+        plot_sync(result, args.plot, overwrite=args.overwrite, title=str(args.cine))
+    if args.json:
+        json.dump(result.to_json(), sys.stdout)
+        sys.stdout.write("\n")
+        for w in result.warnings:
+            print(f"cac: warning: {w}", file=sys.stderr)
+    else:
+        print(summary(result, cine.n_frames))
+    return 0
