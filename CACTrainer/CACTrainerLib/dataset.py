@@ -1,0 +1,411 @@
+"""Training samples: paired (non-contrast, contrast) 256x256 patches with labels and ROI_GT.
+
+What a sample is (paper, "Data" and Fig. 1): an *annotated non-contrast*
+frame is paired with a contrast-enhanced frame of the same cardiac phase
+(:func:`CACIdentifierLib.sync.synchronize`), both frames are brought to the
+network's 512x512 grid and normalised exactly as in inference
+(``patches.prepare_frame`` then ``patches.normalize_frame``) and cut into the
+five overlapping 256x256 patches; each patch pair gets the CAC-presence label
+and the ROI_GT patch of :mod:`CACTrainerLib.targets`, computed from the
+majority-vote calcium mask of the non-contrast frame.
+
+Memory: the frames are kept whole (patches overlap, and translation jitter
+needs the surroundings) as normalised ``float16`` (2 bytes/pixel: 1 MiB per
+frame pair) with the calcium mask and the ROI_GT as ``bool``; patches are cut
+when a batch is made.  Which frames: the non-contrast frames of the sync pairs
+(the annotators drew calcium on non-contrast frames only), subsampled to
+``frames_per_acquisition`` evenly spaced frames -- adjacent frames are nearly
+identical, so a few frames per cardiac cycle carry most of the information
+and keep CPU training affordable.  Every frame remembers its acquisition and
+patient so that cross-validation folds never split an acquisition (or, by
+default, a patient).
+
+Augmentation (training only, :class:`Augment`): a random flip and a random
+multiple of 90 degrees applied identically to both patches and the targets,
+translation jitter of the patch window by up to ``shift_px`` pixels (the
+label is recomputed for the shifted window with the same rule), and for each
+of the two patches independently a small gain, offset and gamma change and
+Gaussian noise (the two frames come from different moments of the run, so
+their exposure differs anyway).  Balanced sampling (:func:`epoch_indices`)
+draws as many negative as positive patches per epoch.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from CACIdentifierLib.errors import CacError
+from CACIdentifierLib.progress import ProgressCallback, no_progress
+
+from . import targets
+
+FRAME = 512
+PATCH = 256
+
+
+@dataclass
+class FrameSet:
+    """Paired, normalised 512x512 frames with their targets (one row per non-contrast frame).
+
+    Attributes
+    ----------
+    nc, c : (F, 512, 512) float16
+        Normalised non-contrast and paired contrast frames (0..1).
+    calcium : (F, 512, 512) bool
+        Majority-vote calcium mask of the non-contrast frame.
+    roi : (F, 512, 512) bool
+        ROI_GT of that mask (:func:`targets.roi_gt`).
+    labels : (F, 5) float32
+        Patch labels (:func:`targets.patch_labels`).
+    spacing_mm : (F, 2) float
+        Pixel spacing of the 512 grid (NaN when unknown).
+    frame_index, contrast_index : (F,) int
+        0-based frame numbers in the original cine.
+    acquisition, patient : list of str (F,)
+    """
+
+    nc: np.ndarray
+    c: np.ndarray
+    calcium: np.ndarray
+    roi: np.ndarray
+    labels: np.ndarray
+    spacing_mm: np.ndarray
+    frame_index: np.ndarray
+    contrast_index: np.ndarray
+    acquisition: list = field(default_factory=list)
+    patient: list = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return int(self.nc.shape[0])
+
+    @property
+    def n_patches(self) -> int:
+        return len(self) * 5
+
+    @property
+    def patch_labels(self) -> np.ndarray:
+        """(F*5,) labels; patch id ``k`` is frame ``k // 5``, patch ``k % 5``."""
+        return self.labels.reshape(-1)
+
+    def subset(self, rows) -> FrameSet:
+        rows = np.asarray(rows)
+        if rows.dtype == bool:
+            rows = np.nonzero(rows)[0]
+        return FrameSet(
+            self.nc[rows], self.c[rows], self.calcium[rows], self.roi[rows], self.labels[rows],
+            self.spacing_mm[rows], self.frame_index[rows], self.contrast_index[rows],
+            [self.acquisition[i] for i in rows], [self.patient[i] for i in rows],
+        )
+
+    def select(self, *, patients=None, acquisitions=None, exclude=False) -> FrameSet:
+        """Frames of the given patients/acquisitions (or all others with ``exclude``)."""
+        keep = np.ones(len(self), bool)
+        if patients is not None:
+            keep &= np.isin(np.array(self.patient, dtype=object), list(patients))
+        if acquisitions is not None:
+            keep &= np.isin(np.array(self.acquisition, dtype=object), list(acquisitions))
+        return self.subset(~keep if exclude else keep)
+
+    @staticmethod
+    def concat(sets: Sequence[FrameSet]) -> FrameSet:
+        sets = [s for s in sets if len(s)]
+        if not sets:
+            raise CacError("no training frames: the dataset has no non-contrast frames with a contrast pair")
+        return FrameSet(
+            *(np.concatenate([getattr(s, k) for s in sets]) for k in (
+                "nc", "c", "calcium", "roi", "labels", "spacing_mm", "frame_index", "contrast_index")),
+            [a for s in sets for a in s.acquisition], [p for s in sets for p in s.patient],
+        )
+
+    def summary(self) -> dict:
+        lab = self.patch_labels
+        return {
+            "frames": len(self),
+            "patches": int(lab.size),
+            "positive_patches": int(lab.sum()),
+            "acquisitions": len(set(self.acquisition)),
+            "patients": len(set(self.patient)),
+        }
+
+
+def _to_512_mask(mask: np.ndarray) -> np.ndarray:
+    from CACIdentifierLib import patches
+
+    if mask.shape == (FRAME, FRAME):
+        return mask.astype(bool)
+    prob, _, _ = patches.prepare_frame(mask.astype(np.float32), None)
+    return prob >= 0.5
+
+
+def choose_frames(pairs: Sequence[Sequence[int]], n: int | None) -> list[tuple[int, int]]:
+    """``n`` evenly spaced pairs (all of them if ``n`` is None or larger), in frame order."""
+    pairs = sorted((int(a), int(b)) for a, b in pairs)
+    if n is None or n >= len(pairs):
+        return pairs
+    if n <= 0:
+        raise CacError(f"frames per acquisition must be positive, got {n}")
+    idx = np.unique(np.round(np.linspace(0, len(pairs) - 1, n)).astype(int))
+    return [pairs[i] for i in idx]
+
+
+def frames_from_arrays(frames: np.ndarray, majority: np.ndarray, *, frame_time_ms: float | None,
+                       spacing_mm=None, onset: int | None = None, pairs=None,
+                       frames_per_acquisition: int | None = 8, acquisition: str = "", patient: str = "",
+                       roi_iterations: int = targets.DEFAULT_ITERATIONS,
+                       roi_step_px: int = targets.DEFAULT_STEP_PX,
+                       min_deposit_fraction: float = targets.DEFAULT_MIN_DEPOSIT_FRACTION) -> FrameSet:
+    """Training frames of one acquisition held in memory.
+
+    Parameters
+    ----------
+    frames : (N, rows, cols) integer or float array
+        The cine as stored.
+    majority : (N, rows, cols) bool
+        Majority-vote calcium mask per frame.
+    frame_time_ms : float or None
+        Time between frames (for synchronization).
+    spacing_mm : (row, col) mm or None
+    onset : int or None
+        First contrast frame when known (the annotation defines which frames
+        are non-contrast); None lets synchronization detect it.
+    pairs : list of [non_contrast, contrast] or None
+        Precomputed pairs; None runs :func:`CACIdentifierLib.sync.synchronize`.
+    frames_per_acquisition : int or None
+        Evenly spaced subsample of the paired non-contrast frames (None: all).
+    """
+    from CACIdentifierLib import patches
+
+    frames = np.asarray(frames)
+    majority = np.asarray(majority).astype(bool)
+    if frames.ndim != 3 or majority.shape != frames.shape:
+        raise CacError(f"{acquisition or 'acquisition'}: frames {frames.shape} and calcium masks "
+                       f"{majority.shape} must both be (n_frames, rows, cols)")
+    if pairs is None:
+        from CACIdentifierLib.sync import synchronize
+
+        pairs = synchronize(frames, frame_time_ms, onset=onset).pairs
+    chosen = choose_frames(pairs, frames_per_acquisition)
+    n = len(chosen)
+    nc = np.empty((n, FRAME, FRAME), np.float16)
+    c = np.empty((n, FRAME, FRAME), np.float16)
+    cal = np.empty((n, FRAME, FRAME), bool)
+    roi = np.empty((n, FRAME, FRAME), bool)
+    labels = np.empty((n, 5), np.float32)
+    spacing512 = None
+    origins = patches.patch_origins(FRAME, FRAME)
+    for i, (k_nc, k_c) in enumerate(chosen):
+        f_nc, spacing512, _ = patches.prepare_frame(frames[k_nc], spacing_mm)
+        f_c, _, _ = patches.prepare_frame(frames[k_c], spacing_mm)
+        nc[i] = patches.normalize_frame(f_nc)
+        c[i] = patches.normalize_frame(f_c)
+        cal[i] = _to_512_mask(majority[k_nc])
+        roi[i] = targets.roi_gt(cal[i], roi_iterations, roi_step_px)
+        labels[i] = targets.patch_labels(cal[i], origins, PATCH, min_deposit_fraction)
+    sp = np.full((n, 2), np.nan) if spacing512 is None else np.tile(np.asarray(spacing512, float), (n, 1))
+    return FrameSet(nc, c, cal, roi, labels, sp, np.array([p[0] for p in chosen], int),
+                    np.array([p[1] for p in chosen], int), [acquisition] * n, [patient] * n)
+
+
+def _truth_onset(truth: dict) -> int | None:
+    for key in ("onset_frame", "contrast_onset_frame", "onset", "contrast_onset"):
+        value = truth.get(key)
+        if isinstance(value, dict):
+            value = value.get("frame")
+        if value is not None:
+            return int(value)
+    return None
+
+
+def frames_from_acquisition(acq, *, acquisition: str = "", patient: str = "", **kw) -> FrameSet:
+    """Training frames of an in-memory phantom ``Acquisition`` (``phantom.generate_acquisition``).
+
+    Uses the majority-vote annotation, the truth's contrast onset and the
+    acquisition's frame time and spacing.
+    """
+    truth = dict(getattr(acq, "truth", {}) or {})
+    majority = getattr(acq, "majority", None)
+    if majority is None:
+        from CACIdentifierLib.metrics import majority_vote
+
+        majority = np.stack([majority_vote([a[k] for a in acq.annotators]) for k in range(len(acq.frames))])
+    frame_time = getattr(acq, "frame_time_ms", None) or truth.get("frame_time_ms")
+    spacing = getattr(acq, "spacing_mm", None) or truth.get("spacing_mm")
+    return frames_from_arrays(acq.frames, majority, frame_time_ms=frame_time, spacing_mm=spacing,
+                              onset=kw.pop("onset", _truth_onset(truth)), acquisition=acquisition,
+                              patient=patient, **kw)
+
+
+def frames_from_record(record: dict, **kw) -> FrameSet:
+    """Training frames of one manifest record (``phantom.load_manifest`` layout, absolute paths).
+
+    Reads the cine (``cine_io.load_cine``), the majority-vote ``.seg.nrrd``
+    (union of its segments) -- or, if the record has no majority file, the
+    per-pixel majority of the annotators' files -- and the contrast onset from
+    ``truth.json`` when present.
+    """
+    from CACIdentifierLib import mrml
+    from CACIdentifierLib.cine_io import load_cine
+
+    acq_id = str(record.get("id", ""))
+    cine = load_cine(record["cine"])
+    shape = cine.frames.shape
+    if record.get("majority"):
+        majority = mrml.read_seg_nrrd(record["majority"], expected_shape=shape).union()
+    elif record.get("annotators"):
+        from CACIdentifierLib.metrics import majority_vote
+
+        stacks = [mrml.read_seg_nrrd(p, expected_shape=shape).union() for p in record["annotators"]]
+        majority = np.stack([majority_vote([s[k] for s in stacks]) for k in range(shape[0])])
+    else:
+        raise CacError(f"acquisition {acq_id}: the manifest lists no majority or annotator segmentation")
+    onset = None
+    if record.get("truth") and Path(record["truth"]).exists():
+        onset = _truth_onset(json.loads(Path(record["truth"]).read_text()))
+    return frames_from_arrays(cine.frames, majority, frame_time_ms=cine.frame_time_ms,
+                              spacing_mm=cine.spacing_mm, onset=kw.pop("onset", onset), acquisition=acq_id,
+                              patient=str(record.get("patient", acq_id)), **kw)
+
+
+def load_records(dataset) -> list[dict]:
+    """Manifest records of a dataset folder (``manifest.json``), or the list itself."""
+    if isinstance(dataset, (list, tuple)):
+        return list(dataset)
+    path = Path(dataset)
+    if not (path / "manifest.json").exists():
+        raise CacError(f"{path} has no manifest.json; create a dataset with `cac phantom` or point to one")
+    from .phantom import load_manifest
+
+    return load_manifest(path)
+
+
+def build_frameset(dataset, *, frames_per_acquisition: int | None = 8, progress: ProgressCallback = no_progress,
+                   **kw) -> FrameSet:
+    """All training frames of a dataset (folder with ``manifest.json`` or list of records)."""
+    records = load_records(dataset)
+    if not records:
+        raise CacError("the dataset manifest lists no acquisitions")
+    sets = []
+    for i, rec in enumerate(records):
+        progress(i, len(records), f"loading {rec.get('id', i)}")
+        sets.append(frames_from_record(rec, frames_per_acquisition=frames_per_acquisition, **kw))
+    progress(len(records), len(records), "dataset loaded")
+    return FrameSet.concat(sets)
+
+
+# -- sampling and augmentation ------------------------------------------------------------------
+
+
+@dataclass
+class Augment:
+    """Training-time augmentation parameters (all ranges symmetric around "no change").
+
+    flips : random horizontal flip and random k*90 degree rotation (same for
+        both patches and the targets).
+    shift_px : translation jitter of the patch window, uniform in
+        [-shift_px, shift_px] per axis (clipped to the frame).
+    gain : multiplicative factor range ``[1-gain, 1+gain]``.
+    offset : additive offset range ``[-offset, offset]`` (normalised units).
+    gamma : exponent ``exp(U[-log(1+gamma), log(1+gamma)])``.
+    noise : Gaussian noise standard deviation drawn in ``[0, noise]``.
+    """
+
+    flips: bool = True
+    shift_px: int = 8
+    gain: float = 0.1
+    offset: float = 0.05
+    gamma: float = 0.2
+    noise: float = 0.02
+
+    def intensity(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        g = 1.0 + rng.uniform(-self.gain, self.gain)
+        o = rng.uniform(-self.offset, self.offset)
+        lg = np.log1p(self.gamma)
+        gamma = float(np.exp(rng.uniform(-lg, lg)))
+        sd = rng.uniform(0.0, self.noise)
+        y = np.clip(x, 0.0, 1.0) ** gamma * g + o
+        if sd > 0:
+            y = y + rng.normal(0.0, sd, size=x.shape).astype(np.float32)
+        return np.clip(y, 0.0, 1.0).astype(np.float32)
+
+
+def epoch_indices(labels: np.ndarray, rng: np.random.Generator, *, balanced: bool = True,
+                  samples: int | None = None) -> np.ndarray:
+    """Patch ids of one training epoch, shuffled.
+
+    ``balanced``: every positive patch once and as many negatives drawn
+    without replacement (all of them if fewer); otherwise every patch once.
+    ``samples`` caps (or, drawing with replacement, extends) the epoch length.
+    """
+    labels = np.asarray(labels).reshape(-1)
+    pos = np.nonzero(labels > 0.5)[0]
+    neg = np.nonzero(labels <= 0.5)[0]
+    if balanced and len(pos) and len(neg):
+        n_neg = min(len(neg), max(len(pos), 1))
+        ids = np.concatenate([pos, rng.choice(neg, size=n_neg, replace=False)])
+    else:
+        ids = np.arange(labels.size)
+    ids = rng.permutation(ids)
+    if samples is not None and samples != len(ids):
+        ids = ids[:samples] if samples < len(ids) else rng.choice(ids, size=samples, replace=True)
+    return ids
+
+
+def make_batch(fs: FrameSet, ids: Sequence[int], rng: np.random.Generator | None = None,
+               augment: Augment | None = None, *, with_dist: bool = False,
+               min_deposit_fraction: float = targets.DEFAULT_MIN_DEPOSIT_FRACTION) -> dict:
+    """Cut the patches ``ids`` (frame ``id // 5``, patch ``id % 5``) into arrays ready for torch.
+
+    Returns a dict of float32 arrays: ``nc``, ``c`` (B, 1, 256, 256),
+    ``label`` (B,), ``roi`` (B, 1, 256, 256) and, with ``with_dist``, the
+    boundary-loss ``dist`` maps (B, 1, 256, 256, pixels).  Without
+    ``augment`` the patches are exactly those of inference.
+    """
+    from CACIdentifierLib import patches
+
+    from .losses import signed_distance_map
+
+    origins = patches.patch_origins(FRAME, FRAME)
+    b = len(ids)
+    nc = np.empty((b, 1, PATCH, PATCH), np.float32)
+    c = np.empty_like(nc)
+    roi = np.empty_like(nc)
+    label = np.empty(b, np.float32)
+    for j, pid in enumerate(ids):
+        f, p = divmod(int(pid), 5)
+        r, q = origins[p]
+        shifted = False
+        if augment is not None and augment.shift_px > 0:
+            dr, dq = rng.integers(-augment.shift_px, augment.shift_px + 1, size=2)
+            r2 = int(np.clip(r + dr, 0, FRAME - PATCH))
+            q2 = int(np.clip(q + dq, 0, FRAME - PATCH))
+            shifted = (r2, q2) != (r, q)
+            r, q = r2, q2
+        win = (slice(r, r + PATCH), slice(q, q + PATCH))
+        x_nc = fs.nc[f][win].astype(np.float32)
+        x_c = fs.c[f][win].astype(np.float32)
+        y_roi = fs.roi[f][win]
+        if shifted:
+            label[j] = targets.patch_labels(fs.calcium[f], [(r, q)], PATCH, min_deposit_fraction)[0]
+        else:
+            label[j] = fs.labels[f, p]
+        if augment is not None:
+            if augment.flips:
+                k = int(rng.integers(4))
+                flip = bool(rng.integers(2))
+                x_nc, x_c, y_roi = (np.rot90(a, k) for a in (x_nc, x_c, y_roi))
+                if flip:
+                    x_nc, x_c, y_roi = (a[:, ::-1] for a in (x_nc, x_c, y_roi))
+            x_nc = augment.intensity(x_nc, rng)
+            x_c = augment.intensity(x_c, rng)
+        nc[j, 0] = x_nc
+        c[j, 0] = x_c
+        roi[j, 0] = y_roi
+    out = {"nc": nc, "c": c, "label": label, "roi": roi}
+    if with_dist:
+        out["dist"] = signed_distance_map(roi[:, 0] > 0.5)[:, None]
+    return out

@@ -1,0 +1,470 @@
+"""Two-stage training of the double-head ResUNet-18 (paper, "Experimental details").
+
+Stage 1 trains the classifier (both heads, Block3..Block6, fc) with binary
+cross-entropy, Adam, learning rate 1e-4, batch 32, 100 epochs; the F1-score
+on the validation patches is computed after every epoch and the best epoch's
+weights are kept.  Stage 2 starts from those weights, freezes the classifier
+(no gradients, BatchNorm statistics frozen: ``ResUNet18.freeze_classifier``)
+and trains the U-Net-like decoder with Adam, learning rate 1e-3, batch 32, 100
+epochs on ``alpha * GDL + (1 - alpha) * boundary`` with the rebalance schedule
+(:mod:`CACTrainerLib.losses`); after every epoch the validation IoM is
+computed *on whole frames as inference does it*: the five patches' ROI
+probabilities gated by the classifier, stitched (max), refined (islands <
+1000 px removed, Gaussian sigma 3, threshold 0.5) and compared with the
+majority-vote calcium mask of the frame; the epoch with the best mean IoM over
+the validation frames (mean rather than median: steadier on few frames) is
+kept.  Without a validation set the last epoch of each stage is kept.
+
+Repeatability: every epoch draws its order and augmentation from
+``numpy.random.default_rng([seed, stage, epoch])`` and reseeds torch the same
+way, so a run depends only on the seed, and a run resumed from the checkpoint
+of epoch k (model, best model and Adam state in safetensors, the rest in
+JSON -- nothing is ever unpickled) continues exactly as the uninterrupted run
+would have (on CPU, same thread count).
+
+Progress: ``emit(dict)`` receives JSON-serialisable events (``start``,
+``epoch``, ``stage_done``, ``done``); the CLI prints them as JSON lines on
+stdout, which the CACTrainer widget parses.  ``progress(done, total, msg)``
+is called after every batch (terminal progress bar, GUI Cancel).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from CACIdentifierLib.errors import CacError
+from CACIdentifierLib.fileutil import atomic_output
+from CACIdentifierLib.progress import ProgressCallback, no_progress
+
+from . import dataset as D
+from . import losses as L
+from . import targets
+
+CHECKPOINT = "checkpoint.safetensors"
+CHECKPOINT_JSON = "checkpoint.json"
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters; defaults are the paper's."""
+
+    epochs1: int = 100
+    epochs2: int = 100
+    batch_size: int = 32
+    lr1: float = 1e-4
+    lr2: float = 1e-3
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True  # bf16 autocast where the device supports it
+    balanced: bool = True
+    augment: bool = True
+    samples_per_epoch: int | None = None
+    roi_iterations: int = targets.DEFAULT_ITERATIONS
+    roi_step_px: int = targets.DEFAULT_STEP_PX
+    min_deposit_fraction: float = targets.DEFAULT_MIN_DEPOSIT_FRACTION
+    rebalance_start: float = 1.0
+    rebalance_step: float = 0.01
+    rebalance_floor: float = 0.01
+    classifier_threshold: float = 0.5
+    refinement: dict = field(default_factory=lambda: {"min_island_px": 1000, "sigma": 3.0, "threshold": 0.5})
+    architecture: dict = field(default_factory=dict)
+    num_threads: int | None = None
+
+    def schedule(self) -> L.RebalanceSchedule:
+        return L.RebalanceSchedule(self.rebalance_start, self.rebalance_step, self.rebalance_floor)
+
+
+@dataclass
+class TrainResult:
+    model: torch.nn.Module
+    history: list
+    best: dict
+    val_metrics: dict
+    seconds: float
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+
+def seed_everything(seed: int, stage: int = 0, epoch: int = 0) -> np.random.Generator:
+    """Seed python, numpy's legacy generator and torch; return the epoch's numpy Generator."""
+    import random
+
+    key = [int(seed), int(stage), int(epoch)]
+    random.seed(hash(tuple(key)))
+    np.random.seed(np.random.SeedSequence(key).generate_state(1)[0])
+    torch.manual_seed(int(np.random.SeedSequence(key).generate_state(1, np.uint64)[0] % (2 ** 63)))
+    return np.random.default_rng(key)
+
+
+def _to(x: np.ndarray, device) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(x)).to(device)
+
+
+def _prf(y_true, y_pred) -> dict:
+    from CACIdentifierLib.metrics import precision_recall_f1
+
+    r = precision_recall_f1(np.asarray(y_true).astype(bool), np.asarray(y_pred).astype(bool))
+    if isinstance(r, dict):
+        return {k: (None if r.get(k) is None else float(r[k])) for k in ("precision", "recall", "f1")}
+    p, rc, f = r[:3]
+    return {"precision": float(p), "recall": float(rc), "f1": float(f)}
+
+
+def _state_tensors(prefix: str, module: torch.nn.Module) -> dict:
+    return {f"{prefix}.{k}": v.detach().to("cpu").contiguous().clone() for k, v in module.state_dict().items()}
+
+
+def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict, dict]:
+    sd = opt.state_dict()
+    tensors = {}
+    for idx, st in sd["state"].items():
+        for key, val in st.items():
+            t = val if torch.is_tensor(val) else torch.tensor(val)
+            tensors[f"opt.{idx}.{key}"] = t.detach().to("cpu").contiguous().clone()
+    return tensors, {"param_groups": sd["param_groups"]}
+
+
+def _load_optimizer(opt: torch.optim.Optimizer, tensors: dict, groups: dict) -> None:
+    state: dict = {}
+    for name, t in tensors.items():
+        if not name.startswith("opt."):
+            continue
+        _, idx, key = name.split(".", 2)
+        state.setdefault(int(idx), {})[key] = t
+    opt.load_state_dict({"state": state, "param_groups": groups["param_groups"]})
+
+
+def _prefixed(tensors: dict, prefix: str) -> dict:
+    n = len(prefix) + 1
+    return {k[n:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
+
+
+def save_checkpoint(run_dir: Path, model, best_state: dict | None, opt, info: dict) -> None:
+    """Write the resumable state of a run atomically (safetensors + JSON, no pickle)."""
+    from safetensors.torch import save_file
+
+    tensors = _state_tensors("model", model)
+    if best_state is not None:
+        tensors.update({f"best.{k}": v for k, v in best_state.items()})
+    opt_t, opt_groups = _optimizer_tensors(opt)
+    tensors.update(opt_t)
+    info = dict(info, optimizer=opt_groups)
+    with atomic_output(run_dir / CHECKPOINT, overwrite=True) as tmp:
+        save_file(tensors, str(tmp))
+    with atomic_output(run_dir / CHECKPOINT_JSON, overwrite=True) as tmp:
+        tmp.write_text(json.dumps(info, indent=1) + "\n")
+
+
+def load_checkpoint(run_dir: Path) -> tuple[dict, dict] | None:
+    from safetensors.torch import load_file
+
+    if not (run_dir / CHECKPOINT_JSON).exists() or not (run_dir / CHECKPOINT).exists():
+        return None
+    info = json.loads((run_dir / CHECKPOINT_JSON).read_text())
+    return load_file(str(run_dir / CHECKPOINT)), info
+
+
+# -- evaluation ---------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def predict_patches(model, fs: D.FrameSet, device, amp: bool, batch_size: int = 32,
+                    decode: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    """Classifier probabilities (F*5,) and, with ``decode``, ROI probabilities (F*5, 256, 256) float16."""
+    from CACIdentifierLib.device import autocast
+
+    model.eval()
+    ids = np.arange(fs.n_patches)
+    probs = np.empty(len(ids), np.float32)
+    rois = np.empty((len(ids), D.PATCH, D.PATCH), np.float16) if decode else None
+    for s in range(0, len(ids), batch_size):
+        b = D.make_batch(fs, ids[s:s + batch_size])
+        with autocast(device, enabled=amp):
+            feats = model.encode(_to(b["nc"], device), _to(b["c"], device))
+            logit = model.classify_features(feats)
+            if decode:
+                rois[s:s + batch_size] = torch.sigmoid(model.decode(feats).float())[:, 0].cpu().numpy()
+        probs[s:s + batch_size] = torch.sigmoid(logit.float()).cpu().numpy()
+    return probs, rois
+
+
+def evaluate(model, fs: D.FrameSet, config: TrainConfig, device, *, decode: bool = True) -> dict:
+    """Patch classification metrics and per-frame identification metrics on ``fs``.
+
+    Identification follows inference: gated ROI probabilities, stitched with
+    max, refined; IoM and Hausdorff distance (mm, where the spacing is
+    known) against the frame's majority-vote calcium mask, for the frames
+    where either mask is non-empty (both empty: undefined, skipped).
+    """
+    from CACIdentifierLib import metrics, patches
+    from CACIdentifierLib.refinement import refine
+
+    probs, rois = predict_patches(model, fs, device, config.amp, config.batch_size, decode=decode)
+    y = fs.patch_labels > 0.5
+    pred = probs >= config.classifier_threshold
+    out = {"patches": int(y.size), "positives": int(y.sum())}
+    out.update(_prf(y, pred))
+    eps = 1e-7
+    p = np.clip(probs, eps, 1 - eps)
+    out["cls_loss"] = float(-np.mean(y * np.log(p) + (~y) * np.log(1 - p)))
+    if not decode:
+        return out
+    frames = []
+    for f in range(len(fs)):
+        sl = slice(5 * f, 5 * f + 5)
+        gated = rois[sl].astype(np.float32) * pred[sl, None, None]
+        prob512 = patches.stitch(gated, D.FRAME, D.FRAME, mode="max")
+        mask = refine(prob512, **config.refinement)
+        truth = fs.calcium[f]
+        if not mask.any() and not truth.any():
+            continue
+        iom = metrics.iom(mask, truth)
+        sp = fs.spacing_mm[f]
+        hd = None
+        if np.all(np.isfinite(sp)) and mask.any() and truth.any():
+            hd = metrics.hausdorff_mm(mask, truth, tuple(float(s) for s in sp))
+        frames.append({"acquisition": fs.acquisition[f], "frame": int(fs.frame_index[f]),
+                       "iom": None if iom is None or (isinstance(iom, float) and math.isnan(iom)) else float(iom),
+                       "hd_mm": None if hd is None else float(hd)})
+    ioms = [fr["iom"] for fr in frames if fr["iom"] is not None]
+    hds = [fr["hd_mm"] for fr in frames if fr["hd_mm"] is not None]
+    out["frames"] = frames
+    out["iom_mean"] = float(np.mean(ioms)) if ioms else None
+    out["iom_median"] = float(np.median(ioms)) if ioms else None
+    out["hd_mm_median"] = float(np.median(hds)) if hds else None
+    return out
+
+
+@torch.no_grad()
+def _decoder_val_loss(model, fs: D.FrameSet, config: TrainConfig, device, alpha: float) -> float:
+    from CACIdentifierLib.device import autocast
+
+    model.eval()
+    ids = np.arange(fs.n_patches)
+    total, n = 0.0, 0
+    for s in range(0, len(ids), config.batch_size):
+        b = D.make_batch(fs, ids[s:s + config.batch_size], with_dist=True)
+        with autocast(device, enabled=config.amp):
+            roi_logit = model.decode(model.encode(_to(b["nc"], device), _to(b["c"], device)))
+        loss, _ = L.decoder_loss(roi_logit, _to(b["roi"], device), _to(b["dist"], device), alpha)
+        total += float(loss) * len(b["label"])
+        n += len(b["label"])
+    return total / max(n, 1)
+
+
+# -- training -----------------------------------------------------------------------------------
+
+
+def _run_epoch(model, opt, fs: D.FrameSet, config: TrainConfig, device, stage: int, epoch: int,
+               progress: ProgressCallback) -> float:
+    from CACIdentifierLib.device import autocast
+
+    rng = seed_everything(config.seed, stage, epoch)
+    ids = D.epoch_indices(fs.patch_labels, rng, balanced=config.balanced, samples=config.samples_per_epoch)
+    bs = config.batch_size
+    batches = [ids[s:s + bs] for s in range(0, len(ids), bs)]
+    if len(batches) > 1 and len(batches[-1]) < 2:
+        batches = batches[:-1]  # BatchNorm cannot train on a batch of one
+    augment = D.Augment() if config.augment else None
+    alpha = config.schedule().alpha(epoch)
+    model.train()
+    total, n = 0.0, 0
+    for i, bids in enumerate(batches):
+        b = D.make_batch(fs, bids, rng, augment, with_dist=(stage == 2),
+                         min_deposit_fraction=config.min_deposit_fraction)
+        nc, c = _to(b["nc"], device), _to(b["c"], device)
+        if stage == 1:
+            with autocast(device, enabled=config.amp):
+                logit = model.classify(nc, c)
+            loss = L.classification_loss(logit, _to(b["label"], device))
+        else:
+            with autocast(device, enabled=config.amp):
+                with torch.no_grad():
+                    feats = model.encode(nc, c)
+                roi_logit = model.decode(feats)
+            loss, _ = L.decoder_loss(roi_logit, _to(b["roi"], device), _to(b["dist"], device), alpha)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        total += float(loss.detach()) * len(bids)
+        n += len(bids)
+        progress(i + 1, len(batches), f"stage {stage} epoch {epoch + 1}")
+    return total / max(n, 1)
+
+
+def train(train_set: D.FrameSet, val_set: D.FrameSet | None, config: TrainConfig, run_dir, *,
+          resume: bool = False, emit: Callable[[dict], None] | None = None,
+          progress: ProgressCallback = no_progress) -> TrainResult:
+    """Run both stages; checkpoints go to ``run_dir`` after every epoch.
+
+    ``resume``: continue from ``run_dir``'s checkpoint (an error if there is
+    none with the same configuration); without it an existing checkpoint is
+    an error (pass resume, or use another folder).
+    """
+    from CACIdentifierLib.device import autocast_dtype, choose_device
+    from CACIdentifierLib.network import ResUNet18
+
+    emit = emit or (lambda event: None)
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if config.num_threads:
+        torch.set_num_threads(int(config.num_threads))
+    device = choose_device(config.device)
+    if len(train_set) == 0:
+        raise CacError("no training frames")
+    if val_set is not None and len(val_set) == 0:
+        val_set = None
+    cfg_json = asdict(config)
+    t_start = time.perf_counter()
+
+    seed_everything(config.seed)
+    model = ResUNet18(**config.architecture).to(device)
+    history: list = []
+    stage, start_epoch = 1, 0
+    best_state = None
+    best = {"stage1": None, "stage2": None}
+    ckpt = load_checkpoint(run_dir)
+    if ckpt is not None and not resume:
+        raise CacError(f"{run_dir} holds a checkpoint of an earlier run; pass --resume to continue it "
+                       "or choose another run folder")
+    if resume and ckpt is None:
+        raise CacError(f"--resume: no checkpoint in {run_dir}; start without --resume")
+    opt_tensors = opt_groups = None
+    if ckpt is not None:
+        tensors, info = ckpt
+        saved = {k: v for k, v in info["config"].items() if k not in ("device", "num_threads")}
+        now = {k: v for k, v in cfg_json.items() if k not in ("device", "num_threads")}
+        if saved != now:
+            diff = sorted(k for k in now if saved.get(k) != now[k])
+            raise CacError(f"--resume: the checkpoint in {run_dir} was made with other settings ({', '.join(diff)}); "
+                           "use the same options or another run folder")
+        model.load_state_dict(_prefixed(tensors, "model"))
+        best_state = _prefixed(tensors, "best") or None
+        history, best = info["history"], info["best"]
+        stage, start_epoch = int(info["stage"]), int(info["epochs_done"])
+        opt_tensors, opt_groups = tensors, info["optimizer"]
+        emit({"event": "resume", "stage": stage, "epoch": start_epoch})
+
+    emit({"event": "start", "device": str(device),
+          "autocast": str(autocast_dtype(device, config.amp)).replace("torch.", ""),
+          "train": train_set.summary(), "val": val_set.summary() if val_set is not None else None,
+          "config": cfg_json, "resumed": ckpt is not None})
+
+    for st in (1, 2):
+        if st < stage:
+            continue
+        epochs = config.epochs1 if st == 1 else config.epochs2
+        if st == 2:
+            if stage == 1 or start_epoch == 0:
+                # Stage 2 starts from stage 1's best weights, classifier frozen.
+                if best_state is not None:
+                    model.load_state_dict(best_state)
+                best_state = None
+            model.freeze_classifier(True)
+        params = model.classifier_parameters() if st == 1 else model.decoder_parameters()
+        opt = torch.optim.Adam(params, lr=config.lr1 if st == 1 else config.lr2)
+        first = start_epoch if st == stage else 0
+        if st == stage and opt_tensors is not None and first > 0:
+            _load_optimizer(opt, opt_tensors, opt_groups)
+        for epoch in range(first, epochs):
+            t0 = time.perf_counter()
+            train_loss = _run_epoch(model, opt, train_set, config, device, st, epoch, progress)
+            row = {"event": "epoch", "stage": st, "epoch": epoch + 1, "epochs": epochs,
+                   "train_loss": train_loss, "val_loss": None, "val_f1": None, "val_iom": None}
+            if st == 2:
+                row["alpha"] = config.schedule().alpha(epoch)
+            improved = val_set is None
+            if val_set is not None:
+                ev = evaluate(model, val_set, config, device, decode=(st == 2))
+                if st == 1:
+                    row.update(val_loss=ev["cls_loss"], val_f1=ev["f1"], val_precision=ev["precision"],
+                               val_recall=ev["recall"])
+                    key = (ev["f1"] if ev["f1"] is not None else -1.0, -ev["cls_loss"])
+                else:
+                    row.update(val_loss=_decoder_val_loss(model, val_set, config, device, row["alpha"]),
+                               val_iom=ev["iom_mean"], val_iom_median=ev["iom_median"],
+                               val_hd_mm=ev["hd_mm_median"], val_f1=ev["f1"])
+                    key = (ev["iom_mean"] if ev["iom_mean"] is not None else -1.0, -row["val_loss"])
+                prev = best[f"stage{st}"]
+                improved = prev is None or list(key) > list(prev["key"])
+                if improved:
+                    best[f"stage{st}"] = {"epoch": epoch + 1, "key": list(key), "metrics": {
+                        k: v for k, v in ev.items() if k != "frames"}}
+            elif st in (1, 2):
+                best[f"stage{st}"] = {"epoch": epoch + 1, "key": [], "metrics": {}}
+            if improved:
+                best_state = {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()}
+            row["best"] = bool(improved)
+            row["seconds"] = round(time.perf_counter() - t0, 3)
+            history.append(row)
+            save_checkpoint(run_dir, model, best_state, opt, {
+                "stage": st, "epochs_done": epoch + 1, "history": history, "best": best,
+                "config": cfg_json})
+            emit(row)
+        emit({"event": "stage_done", "stage": st, "best": best[f"stage{st}"]})
+        if st == 1:
+            save_checkpoint(run_dir, model, best_state, opt, {
+                "stage": 2, "epochs_done": 0, "history": history, "best": best, "config": cfg_json})
+        start_epoch = 0
+
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.freeze_classifier(False)
+    model.eval()
+    val_metrics = {}
+    if val_set is not None:
+        val_metrics = evaluate(model, val_set, config, device, decode=True)
+    seconds = time.perf_counter() - t_start
+    with atomic_output(run_dir / "history.json", overwrite=True) as tmp:
+        tmp.write_text(json.dumps({"history": history, "best": best}, indent=1) + "\n")
+    emit({"event": "done", "seconds": round(seconds, 2), "best": best,
+          "val": {k: v for k, v in val_metrics.items() if k != "frames"}})
+    return TrainResult(model.to("cpu"), history, best, val_metrics, seconds)
+
+
+def plot_curves(history: list, path, title: str = "") -> None:
+    """Training curves (losses, validation F1 and IoM per epoch) as a PNG (matplotlib Agg)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, st, metric, label in ((axes[0], 1, "val_f1", "val F1"), (axes[1], 2, "val_iom", "val IoM (mean)")):
+        rows = [r for r in history if r.get("stage") == st]
+        if not rows:
+            ax.set_visible(False)
+            continue
+        ep = [r["epoch"] for r in rows]
+        ax.plot(ep, [r["train_loss"] for r in rows], "-o", ms=3, label="train loss")
+        if any(r.get("val_loss") is not None for r in rows):
+            ax.plot(ep, [r.get("val_loss") for r in rows], "-o", ms=3, label="val loss")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("loss")
+        ax.set_title(f"stage {st}: " + ("classifier (BCE)" if st == 1 else "decoder (GDL/boundary)"))
+        if any(r.get(metric) is not None for r in rows):
+            ax2 = ax.twinx()
+            ax2.plot(ep, [r.get(metric) for r in rows], "-s", color="tab:green", ms=3, label=label)
+            ax2.set_ylim(0, 1.02)
+            ax2.set_ylabel(label)
+            ax2.legend(loc="lower right")
+        ax.legend(loc="upper right")
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
