@@ -48,7 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-DEFAULT_DECODER_CHANNELS = (256, 128, 64, 32, 16)
+DEFAULT_DECODER_CHANNELS = (128, 64, 32, 16, 16)  # light: see docs/network.md (speed)
 ENCODER_BLOCKS = ("block1", "block2", "block3", "block4", "block5", "block6")
 
 
