@@ -1,0 +1,74 @@
+"""`cac evaluate` on real .seg.nrrd files written by slicer-core (helper B's writer)."""
+
+import json
+
+import numpy as np
+import pytest
+from CACIdentifierLib.cli import main
+from CACIdentifierLib.metrics import hausdorff_mm, iom
+
+mrml = pytest.importorskip("CACIdentifierLib.mrml")
+
+
+def write(path, segments, spacing=(0.3, 0.3)):
+    mrml.write_seg_nrrd(path, segments, spacing)
+    return str(path)
+
+
+@pytest.fixture
+def files(tmp_path):
+    shape = (4, 64, 64)
+    pred = np.zeros(shape, bool)
+    pred[0, 10:30, 10:30] = True
+    pred[2, 40:50, 40:50] = True
+    annot = [np.zeros(shape, bool) for _ in range(3)]
+    for a in annot:
+        a[0, 15:20, 15:20] = True  # all three agree: inside the ROI
+    annot[0][2, 45:55, 45:55] = True  # two of three: 45:55 partly overlapping the ROI
+    annot[1][2, 45:55, 45:55] = True
+    annot[2][3, 5:9, 5:9] = True  # a single annotator: not in the majority
+    extra = np.zeros(shape, bool)
+    extra[1, 0:3, 0:3] = True
+    return {
+        "pred": write(tmp_path / "pred.seg.nrrd", {"ROI": pred, "other": extra}),
+        "truth": [write(tmp_path / f"a{i}.seg.nrrd", {"CAC": a}) for i, a in enumerate(annot)],
+        "pred_mask": pred,
+        "majority": (annot[0].astype(int) + annot[1] + annot[2]) >= 2,
+        "extra": extra,
+        "tmp": tmp_path,
+    }
+
+
+def test_json_majority_and_segment(files, capsys):
+    assert main(["evaluate", files["pred"], *files["truth"], "--json", "--segment", "ROI"]) == 2  # no ROI in truth
+    capsys.readouterr()
+    assert main(["evaluate", files["pred"], *files["truth"], "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out) == {"frames", "summary"}
+    assert set(out["summary"]) == {"iom", "hd_mm"}
+    assert set(out["summary"]["iom"]) == {"median", "q1", "q3"}
+    frames = {f["index"]: f for f in out["frames"]}
+    assert sorted(frames) == [0, 1, 2]  # frame 3 only has the minority annotation
+    assert all(set(f) == {"index", "iom", "hd_mm"} for f in out["frames"])
+    union = files["pred_mask"] | files["extra"]
+    for k in (0, 2):
+        assert frames[k]["iom"] == pytest.approx(iom(union[k], files["majority"][k]))
+        assert frames[k]["hd_mm"] == pytest.approx(hausdorff_mm(union[k], files["majority"][k], (0.3, 0.3)), rel=1e-4)
+    assert frames[0]["iom"] == 1.0 and frames[2]["iom"] == pytest.approx(25 / 100)
+    assert frames[1]["iom"] == 0.0 and frames[1]["hd_mm"] is None  # only the extra segment: HD undefined
+
+
+def test_text_output_and_single_truth(files, capsys):
+    assert main(["evaluate", files["pred"], files["truth"][2]]) == 0
+    text = capsys.readouterr().out
+    assert "IoM" in text and "HD (mm)" in text and "median (Q1-Q3)" in text
+
+
+def test_mismatched_geometry_exit_2(files, capsys):
+    other = write(files["tmp"] / "small.seg.nrrd", {"CAC": np.zeros((4, 32, 64), bool)})
+    assert main(["evaluate", files["pred"], other]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("cac: error:") and "same cine" in err and "Traceback" not in err
+    spaced = write(files["tmp"] / "sp.seg.nrrd", {"CAC": np.zeros((4, 64, 64), bool)}, spacing=(0.5, 0.5))
+    assert main(["evaluate", files["pred"], spaced]) == 2
+    assert main(["evaluate", files["pred"], str(files["tmp"] / "missing.seg.nrrd")]) == 2
