@@ -461,7 +461,8 @@ def test_not_dicom(tmp_path):
 
 
 def test_dicom_without_pixel_data(tmp_path):
-    ds = make_xa(ramp_frames(n=2))
+    # a non-image object (a presentation state) given instead of the cine
+    ds = make_xa(ramp_frames(n=2), sop_class="1.2.840.10008.5.1.4.1.1.11.1", modality="PR")
     for keyword in (
         "PixelData",
         "Rows",
@@ -472,8 +473,13 @@ def test_dicom_without_pixel_data(tmp_path):
         "HighBit",
     ):
         delattr(ds, keyword)
-    with pytest.raises(CacError, match="without pixel data"):
+    with pytest.raises(CacError, match="is a DICOM file without pixel data .*Presentation State"):
         load_cine(save(ds, tmp_path / "nopix.dcm"))
+    # an XA image whose pixel data was stripped
+    ds = make_xa(ramp_frames(n=2))
+    del ds.PixelData
+    with pytest.raises(CacError, match=r"X-Ray Angiographic Image Storage\) without its pixel data"):
+        load_cine(save(ds, tmp_path / "stripped.dcm"))
 
 
 def test_single_frame(tmp_path):
@@ -534,17 +540,18 @@ def test_truncated_compressed_file(tmp_path):
     data = BIPLANE.read_bytes()
     path = tmp_path / "half.dcm"
     path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(CacError, match="truncated"):
+    with pytest.raises(CacError, match="is truncated"):
         load_cine(path)
 
 
 def test_truncated_uncompressed_file(tmp_path):
     path = save(make_xa(ramp_frames(n=4), FrameTime=33), tmp_path / "full.dcm")
     data = path.read_bytes()
-    cut = tmp_path / "cut.dcm"
-    cut.write_bytes(data[: len(data) - 3000])
-    with pytest.raises(CacError, match="truncated"):
-        load_cine(cut)
+    for name, size in (("cut.dcm", len(data) - 3000), ("head.dcm", 400)):
+        cut = tmp_path / name
+        cut.write_bytes(data[:size])
+        with pytest.raises(CacError, match="is truncated|its pixels were stripped"):
+            load_cine(cut)
 
 
 def test_bad_user_values(tmp_path):

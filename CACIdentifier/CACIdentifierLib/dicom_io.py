@@ -135,28 +135,34 @@ def decoder_problem(uid: str) -> str | None:
 def _decode_pixels(ds, path: Path, pydicom_messages: list[str]) -> np.ndarray:
     """All frames as an array (n_frames, rows, cols), polarity MONOCHROME2, values as stored."""
     if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        sop_name = _sop_class_name(ds)
         if _truncation_hint(pydicom_messages):
+            raise CacError(f"{path} is truncated (the file ends inside its data); copy the complete file")
+        if "Rows" in ds or "NumberOfFrames" in ds or "Image Storage" in sop_name:
             raise CacError(
-                f"{path} is truncated (the file ends inside its pixel data); copy the complete file"
+                f"{path} is an image file ({sop_name}) without its pixel data: it is truncated or its pixels "
+                "were stripped; copy the complete file"
             )
-        if "Rows" in ds or "NumberOfFrames" in ds:
-            raise CacError(
-                f"{path} describes an image but holds no pixel data (truncated file or pixels stripped); "
-                "copy the complete file"
-            )
-        raise CacError(f"{path} is a DICOM file without pixel data (not an image); give an XA cine")
+        raise CacError(
+            f"{path} is a DICOM file without pixel data ({sop_name}), not an image; give an XA cine"
+        )
     uid = transfer_syntax_of(ds)
     if uid:
         problem = decoder_problem(uid)
         if problem:
             raise CacError(f"{path}: {problem}")
+        shortfall = _native_shortfall(ds, uid)
+        if shortfall:
+            raise CacError(f"{path} is truncated ({shortfall}); copy the complete file")
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             pixels = ds.pixel_array
     except (ValueError, RuntimeError, EOFError, IndexError, OSError, KeyError, TypeError) as exc:
         text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        if _truncation_hint(pydicom_messages) or "length" in text.lower() or "fragment" in text.lower():
+        if _truncation_hint(pydicom_messages) or any(
+            word in text.lower() for word in ("length", "less than expected", "fragment", "end of")
+        ):
             raise CacError(
                 f"{path} is truncated or its pixel data is corrupt ({text}); copy the complete file"
             ) from None
@@ -164,8 +170,8 @@ def _decode_pixels(ds, path: Path, pydicom_messages: list[str]) -> np.ndarray:
     if _truncation_hint(pydicom_messages):
         raise CacError(f"{path} is truncated (the file ends inside its pixel data); copy the complete file")
     for w in caught:
-        # pydicom only warns when the pixel data is shorter than announced in a recoverable way.
-        if "shorter" in str(w.message).lower() or "missing" in str(w.message).lower():
+        # pydicom warns (and pads) when pixel data is shorter than announced in a recoverable way.
+        if "shorter" in str(w.message).lower() or "less than expected" in str(w.message).lower():
             raise CacError(f"{path} is truncated ({w.message}); copy the complete file")
 
     n_frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
@@ -186,6 +192,37 @@ def _decode_pixels(ds, path: Path, pydicom_messages: list[str]) -> np.ndarray:
         else:
             pixels = ((1 << bits) - 1 - pixels).astype(pixels.dtype)
     return np.ascontiguousarray(pixels)
+
+
+def _sop_class_name(ds) -> str:
+    uid = str(ds.get("SOPClassUID", "") or "")
+    if not uid:
+        return "no SOP class"
+    from pydicom.uid import UID
+
+    return XA_SOP_CLASSES.get(uid) or UID(uid).name or uid
+
+
+def _native_shortfall(ds, uid: str) -> str | None:
+    """For uncompressed pixel data: 'N of M bytes' when the element is shorter than the image needs."""
+    from pydicom.uid import UID
+
+    if UID(uid).is_compressed or "PixelData" not in ds:
+        return None
+    try:
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        samples = int(ds.get("SamplesPerPixel", 1) or 1)
+        bits = int(ds.BitsAllocated)
+    except (AttributeError, TypeError, ValueError):
+        return None
+    expected = (rows * cols * frames * samples * bits + 7) // 8
+    actual = len(ds.PixelData)
+    return (
+        f"pixel data has {actual} of the {expected} bytes its {frames} frames need"
+        if actual < expected
+        else None
+    )
 
 
 def _luma(rgb: np.ndarray) -> np.ndarray:
