@@ -1,0 +1,198 @@
+"""Image formation of the phantom: line integrals of attenuation, Beer-Lambert, detector.
+
+Everything here works on the *line integral* ``L`` (dimensionless, sum of
+mu * path length along the ray from the source to a detector pixel) relative
+to an unobstructed lung field.  :func:`detect` turns it into stored pixels:
+``I = exp(-L)``, quantum noise (Gaussian approximation of Poisson counts with
+``photons`` quanta per pixel at L = 0), detector blur (Gaussian, in the
+intensity domain, so the noise is correlated as on a real detector), a
+logarithmic look-up table (as XA systems store images) and quantization.
+Convention (as the real XA files, MONOCHROME2): higher attenuation -> lower
+pixel value, i.e. bone, heart and contrast-filled vessels are dark and the
+lung field is bright.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage as ndi
+
+# ----------------------------------------------------------------------------------------------
+# Vessels and catheter: sphere sweeps splatted with np.bincount.
+
+
+def splat_spheres(shape, rows, cols, rad_px, weight, out=None):
+    """Accumulate the projected thickness of spheres into ``out`` (float32, ``shape``).
+
+    Each sample i is a sphere projected at (rows[i], cols[i]) with radius
+    ``rad_px[i]`` pixels; it adds ``weight[i] * area_norm * sqrt(1 - d^2/rad^2)``
+    around its centre, normalised so that its integral over the image is
+    ``weight[i] * 2/3 * pi * rad^2`` even when the sphere is smaller than a
+    pixel (no sample is lost between pixel centres).  A chain of spheres of
+    radius R (mm) spaced h (mm) with ``weight = 1.5 * h * mu`` gives, across the
+    chain, a profile of the same area as the cylinder's chord ``2 sqrt(R^2 - d^2) mu``
+    (a parabola instead of a half-ellipse).
+    """
+    h, w = shape
+    if out is None:
+        out = np.zeros(shape, np.float32)
+    flat = out.reshape(-1)
+    rad_px = np.maximum(rad_px, 0.35)
+    keep = (rows > -rad_px - 2) & (rows < h + rad_px + 1) & (cols > -rad_px - 2) & (cols < w + rad_px + 1)
+    rows, cols, rad_px, weight = rows[keep], cols[keep], rad_px[keep], weight[keep]
+    half = np.ceil(rad_px + 0.5).astype(int)
+    for k in np.unique(half):
+        sel = half == k
+        r, c, rad, wt = rows[sel], cols[sel], rad_px[sel], weight[sel]
+        off = np.arange(-k, k + 1)
+        r0 = np.floor(r).astype(np.int64)
+        c0 = np.floor(c).astype(np.int64)
+        rr = r0[:, None, None] + off[None, :, None]
+        cc = c0[:, None, None] + off[None, None, :]
+        d2 = (rr - r[:, None, None]) ** 2 + (cc - c[:, None, None]) ** 2
+        val = np.sqrt(np.clip(1.0 - d2 / (rad[:, None, None] ** 2), 0.0, None))
+        total = val.sum(axis=(1, 2))
+        norm = np.where(total > 0, (2.0 / 3.0 * np.pi * rad**2) / np.maximum(total, 1e-9), 0.0)
+        val *= (wt * norm)[:, None, None]
+        inside = (rr >= 0) & (rr < h) & (cc >= 0) & (cc < w)
+        idx = (rr * w + cc)[inside]
+        flat += np.bincount(idx, val[inside], minlength=h * w).astype(np.float32)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Heart: chords of quadrics along the diverging rays.
+
+
+def quadric_chords(rays, source, quadrics):
+    """Sum over quadrics of mu * chord length (mm) along unit rays (3, h, w) from ``source``.
+
+    A quadric is ``(A, m, mu)``: the set ``(p - m)^T A (p - m) <= 1``.  The chord
+    of the ray ``source + lambda r`` is ``2 sqrt(b^2 - a c) / a`` with
+    ``a = r.A.r``, ``b = r.A.(source - m)``, ``c = (source - m).A.(source - m) - 1``.
+    """
+    out = np.zeros(rays.shape[1:], np.float32)
+    for A, m, mu in quadrics:
+        s = (source - m).astype(np.float32)
+        A = A.astype(np.float32)
+        Ar = np.tensordot(A, rays, axes=(1, 0))  # (3, h, w)
+        a = np.einsum("ihw,ihw->hw", rays, Ar)
+        b = np.tensordot(s, Ar, axes=(0, 0))
+        c = float(s @ A @ s - 1.0)
+        disc = b * b - a * c
+        np.maximum(disc, 0.0, out=disc)
+        out += (mu * 2.0) * np.sqrt(disc) / a
+    return out
+
+
+def upsample2(img, shape):
+    """Bilinear upsampling of a half-resolution grid to ``shape`` (pixel centres aligned)."""
+    zoom = (shape[0] / img.shape[0], shape[1] / img.shape[1])
+    return ndi.zoom(img, zoom, order=1, grid_mode=True, mode="nearest")
+
+
+# ----------------------------------------------------------------------------------------------
+# Static anatomy canvases (iso-plane mm grid with a margin for respiration and pan).
+
+
+def smooth_noise(rng, shape, slope, std):
+    """Isotropic 1/f^slope noise with standard deviation ``std`` (FFT filtering of white noise)."""
+    white = rng.standard_normal(shape)
+    fy = np.fft.fftfreq(shape[0])[:, None]
+    fx = np.fft.rfftfreq(shape[1])[None, :]
+    f = np.sqrt(fx**2 + fy**2)
+    f[0, 0] = 1.0
+    filt = 1.0 / f ** (slope / 2.0)
+    filt[0, 0] = 0.0
+    out = np.fft.irfft2(np.fft.rfft2(white) * filt, s=shape)
+    return (out / (out.std() + 1e-12) * std).astype(np.float32)
+
+
+def _sigmoid(x):
+    return 0.5 * (1.0 + np.tanh(0.5 * x))
+
+
+def spine_layer(rng, X, Y, spine_x, spine_dxdy, primary_deg, secondary_deg, mu):
+    """Vertebrae (bodies, pedicles, discs) and paraspinal soft tissue around a near-vertical axis."""
+    a = np.deg2rad(primary_deg)
+    b = np.deg2rad(secondary_deg)
+    hw = 0.5 * np.hypot(44 * np.cos(a), 34 * np.sin(a))
+    dx = X - (spine_x + spine_dxdy * Y)
+    pitch = 31.0 * np.cos(b) + 3.0
+    height = 24.0 * np.cos(b) + 6.0 * abs(np.sin(b))
+    soft = 0.8 + 4.0 * abs(np.sin(b))  # endplates blur when seen obliquely
+    y0 = rng.uniform(0, pitch)
+    yy = np.mod(Y - y0, pitch) - pitch / 2
+    body_y = _sigmoid((height / 2 - np.abs(yy)) / soft)
+    across = np.sqrt(np.clip(1 - (dx / hw) ** 2, 0, None))
+    rim = np.exp(-(((np.abs(dx) - hw * 0.93) / 1.8) ** 2))
+    L = mu * (0.55 * across + 0.25 * rim) * (0.35 + 0.65 * body_y)
+    # Pedicles: two oval rings in the upper half of each body.
+    for side in (-1, 1):
+        px = dx - side * 0.62 * hw
+        py = yy + 0.2 * height
+        rr = np.sqrt((px / 5.5) ** 2 + (py / 7.5) ** 2)
+        L += mu * 0.22 * np.exp(-(((rr - 1.0) / 0.3) ** 2))
+    L += mu * 0.25 * np.exp(-((dx / (2.4 * hw)) ** 2))  # paraspinal muscles, mediastinum
+    return L.astype(np.float32)
+
+
+def rib_layer(rng, X, Y, n, mu):
+    """Ribs: curved cortical tubes (edges more attenuating than the marrow)."""
+    L = np.zeros(X.shape, np.float32)
+    ymin, ymax = float(Y.min()), float(Y.max())
+    xmid = float(X.mean())
+    spacing = (ymax - ymin) / n
+    for k in range(n):
+        y0 = ymin + (k + rng.uniform(0.2, 0.8)) * spacing
+        slope = rng.uniform(-0.5, 0.5)
+        curv = rng.uniform(-1, 1) / 300.0
+        x0 = xmid + rng.uniform(-60, 60)
+        f = y0 + slope * (X - x0) + curv * (X - x0) ** 2
+        fp = slope + 2 * curv * (X - x0)
+        dist = (Y - f) / np.sqrt(1 + fp**2)
+        half = rng.uniform(4.0, 6.0)
+        outer = np.sqrt(np.clip(half**2 - dist**2, 0, None))
+        inner = np.sqrt(np.clip((half - 1.3) ** 2 - dist**2, 0, None))
+        # Ribs end somewhere (costal cartilage is not visible).
+        extent = _sigmoid((rng.uniform(50, 120) - np.abs(X - x0 - rng.uniform(-40, 40))) / 6.0)
+        L += (mu * (outer - 0.75 * inner) * extent).astype(np.float32)
+    return L
+
+
+def diaphragm_layer(rng, X, Y, dome_y, dome_x, mu):
+    """Diaphragm and liver: a dome below which attenuation rises over ~15 mm."""
+    curv = rng.uniform(1 / 500.0, 1 / 250.0)
+    yd = dome_y + curv * (X - dome_x) ** 2
+    depth = Y - yd
+    return (mu * _sigmoid(depth / 2.5) * (1 - np.exp(-np.clip(depth, 0, None) / 15.0))).astype(np.float32)
+
+
+def crop_shift(canvas, r0, c0, rows, cols):
+    """Bilinear crop of ``canvas`` starting at fractional (r0, c0): a sub-pixel translation."""
+    ir, ic = int(np.floor(r0)), int(np.floor(c0))
+    fr, fc = r0 - ir, c0 - ic
+    ir = min(max(ir, 0), canvas.shape[0] - rows - 1)
+    ic = min(max(ic, 0), canvas.shape[1] - cols - 1)
+    a = canvas[ir:ir + rows, ic:ic + cols]
+    b = canvas[ir:ir + rows, ic + 1:ic + cols + 1]
+    c = canvas[ir + 1:ir + rows + 1, ic:ic + cols]
+    d = canvas[ir + 1:ir + rows + 1, ic + 1:ic + cols + 1]
+    return (1 - fr) * ((1 - fc) * a + fc * b) + fr * ((1 - fc) * c + fc * d)
+
+
+# ----------------------------------------------------------------------------------------------
+# Detector
+
+
+def detect(L, rng, photons, blur_px, white, gain, max_value, exposure=1.0):
+    """Stored pixel values of a line-integral image (see module docstring)."""
+    intensity = np.exp(-L) * np.float32(exposure)
+    noise = rng.standard_normal(L.shape, dtype=np.float32)
+    counts = intensity + np.sqrt(intensity / np.float32(photons)) * noise
+    if blur_px > 0:
+        counts = ndi.gaussian_filter(counts, blur_px, truncate=3.0)
+    np.maximum(counts, np.float32(1e-4), out=counts)
+    value = np.float32(white) + np.float32(gain) * np.log(counts)
+    np.clip(value, 0, max_value, out=value)
+    return np.rint(value)
