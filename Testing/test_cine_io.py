@@ -578,3 +578,35 @@ def test_dicom_folder_holding_one_multiframe_file(tmp_path):
     shutil.copy(GE, tmp_path / "cine.dcm")
     cine = load_cine(tmp_path)
     assert cine.n_frames == 16 and cine.frame_time_ms == pytest.approx(66.6667)
+
+
+@needs_data
+def test_ecg_curve_needs_a_frame_time(tmp_path):
+    ds = pydicom.dcmread(BIPLANE)
+    del ds.FrameTime
+    path = save(ds, tmp_path / "no-frame-time.dcm")
+    with pytest.warns(CacWarning, match="ECG curve but no frame time"):
+        cine = load_cine(path)
+    assert cine.frame_time_ms is None and cine.ecg is None
+    assert cine.ecg_present and cine.r_wave_frames == [0, 11]  # the R waves are still known
+    cine = load_cine(path, frame_time_ms=66.0)  # the user's frame time brings the curve back
+    assert cine.ecg is not None and cine.ecg.times_ms[80] == pytest.approx(66.0)
+
+
+def test_ecg_curve_with_time_axis_in_seconds(tmp_path):
+    """A curve whose x axis is in SEC (start/step, not stored) gives its own sample times."""
+    ds = make_xa(ramp_frames(n=3, dtype=np.uint8, maximum=250), FrameTime=100)
+    values = np.array([5, -3, 120, 7, 0, -8], dtype=np.int16)
+    ds.add_new((0x5000, 0x0005), "US", 2)  # CurveDimensions
+    ds.add_new((0x5000, 0x0010), "US", values.size)  # NumberOfPoints
+    ds.add_new((0x5000, 0x0020), "CS", "ECG")  # TypeOfData
+    ds.add_new((0x5000, 0x0030), "SH", ["SEC", "MV"])  # AxisUnits
+    ds.add_new((0x5000, 0x0103), "US", 1)  # DataValueRepresentation: signed short
+    ds.add_new((0x5000, 0x0110), "US", [0, 1])  # x from start/step, y stored
+    ds.add_new((0x5000, 0x0112), "US", 1)  # CoordinateStartValue
+    ds.add_new((0x5000, 0x0114), "US", 2)  # CoordinateStepValue
+    ds.add_new((0x5000, 0x3000), "OW", values.tobytes())
+    cine = load_cine(save(ds, tmp_path / "curve.dcm"))
+    assert cine.ecg.source == "curve-5000"
+    assert np.array_equal(cine.ecg.samples, values)
+    assert np.allclose(cine.ecg.times_ms, (1 + 2 * np.arange(values.size)) * 1000.0)

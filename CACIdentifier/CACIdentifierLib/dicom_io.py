@@ -80,9 +80,12 @@ def _read_dataset(path: Path):
                 raise CacError(
                     f"{path} is not a DICOM file; give a DICOM XA cine, a folder of frames or an .nrrd"
                 ) from None
-        except (EOFError, OSError, ValueError, TypeError, KeyError) as exc:
+        except CacError:
+            raise
+        except Exception as exc:  # pydicom raises many types on corrupt files
+            text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise CacError(
-                f"{path} could not be read as DICOM ({exc}); the file may be truncated or corrupt"
+                f"{path} could not be read as DICOM ({text}); the file may be truncated or corrupt"
             ) from None
     messages = [str(w.message) for w in caught]
     return ds, messages
@@ -158,8 +161,8 @@ def _decode_pixels(ds, path: Path, pydicom_messages: list[str]) -> np.ndarray:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             pixels = ds.pixel_array
-    except (ValueError, RuntimeError, EOFError, IndexError, OSError, KeyError, TypeError) as exc:
-        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    except Exception as exc:  # decoders raise many types on corrupt data
+        text = " ".join(str(exc).split())[:240] or type(exc).__name__
         if _truncation_hint(pydicom_messages) or any(
             word in text.lower() for word in ("length", "less than expected", "fragment", "end of")
         ):
