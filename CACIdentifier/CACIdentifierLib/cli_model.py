@@ -1,0 +1,157 @@
+"""``cac model-info`` and ``cac gradcam``: what a model is, and where its classifier looks."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from .errors import CacError
+
+
+def register(subparsers) -> None:
+    info = subparsers.add_parser(
+        "model-info",
+        help="parameters, FLOPs and metadata of a model (or of the default architecture)",
+        description=(
+            "Print the parameter counts (total, classifier, decoder), the FLOPs per patch pair and per frame "
+            "(5 patch pairs; FLOPs = 2 x multiply-accumulates of conv and linear layers) and the metadata of "
+            "MODEL.safetensors; without a model, of the default double-head ResUNet-18."
+        ),
+    )
+    info.add_argument("model", nargs="?", help="model file (.safetensors); omit for the default architecture")
+    info.add_argument("--json", action="store_true", help="print JSON on stdout")
+    info.set_defaults(func=run_info)
+
+    gc = subparsers.add_parser(
+        "gradcam",
+        help="Grad-CAM of the classifier (Block6) for one patch pair of a cine, as a PNG",
+        description=(
+            "Pair non-contrast frame K with a contrast frame (--contrast-frame, or the synchronization), cut "
+            "both into the five 256x256 patches and save the Grad-CAM of the CAC classifier (Block6) for one "
+            "patch (--patch, default: the most probable) over both patches."
+        ),
+    )
+    gc.add_argument("model", help="model file (.safetensors)")
+    gc.add_argument("cine", help="DICOM XA file, folder of DICOM or PNG/JPEG frames, .nrrd or .seq.nrrd")
+    gc.add_argument("--frame", type=int, required=True, metavar="K", help="non-contrast frame (0-based)")
+    gc.add_argument("--contrast-frame", type=int, metavar="J", help="contrast frame (0-based); default: synchronize")
+    gc.add_argument("--patch", type=int, choices=range(5), metavar="P",
+                    help="patch 0-4 (corners TL, TR, BL, BR, centre); default: the most probable")
+    gc.add_argument("--layer", default="block6", help="encoder block (default block6, as the paper)")
+    gc.add_argument("--out", required=True, help="output PNG")
+    gc.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    gc.add_argument("--spacing", type=float, metavar="MM", help="pixel spacing when the file has none")
+    gc.add_argument("--frame-time", type=float, dest="frame_time_ms", metavar="MS",
+                    help="time between frames in ms when the file has none")
+    gc.set_defaults(func=run_gradcam)
+
+
+def model_summary(model, metadata: dict | None = None) -> dict:
+    """Parameter counts, FLOPs per pair and per frame, and the metadata."""
+    from .network import count_flops
+
+    n_cls = sum(p.numel() for p in model.classifier_parameters())
+    n_dec = sum(p.numel() for p in model.decoder_parameters())
+    f = count_flops(model)
+    return {
+        "architecture": model.arch_dict(),
+        "parameters": {"total": n_cls + n_dec, "classifier": n_cls, "decoder": n_dec},
+        "flops_per_patch_pair": {
+            "classifier": 2 * f["classifier_macs"],
+            "decoder": 2 * f["decoder_macs"],
+            "total": f["flops"],
+        },
+        "flops_per_frame": {
+            "classifier": 5 * 2 * f["classifier_macs"],
+            "decoder": 5 * 2 * f["decoder_macs"],
+            "total": 5 * f["flops"],
+        },
+        "metadata": metadata,
+    }
+
+
+def run_info(args) -> int:
+    from .network import ResUNet18
+
+    if args.model:
+        from .modelio import load_model
+
+        model, meta = load_model(args.model)
+    else:
+        model, meta = ResUNet18(), None
+    summary = model_summary(model, meta)
+    if args.json:
+        json.dump(summary, sys.stdout, indent=2, sort_keys=True)
+        sys.stdout.write("\n")
+        return 0
+    p, fp, ff = summary["parameters"], summary["flops_per_patch_pair"], summary["flops_per_frame"]
+    print(f"model: {args.model or 'default architecture (untrained)'}")
+    print(f"architecture: {json.dumps(summary['architecture'])}")
+    print(f"parameters: {p['total']:,} (classifier {p['classifier']:,}, decoder {p['decoder']:,})")
+    print(f"GFLOPs per patch pair: {fp['total'] / 1e9:.2f} (classifier {fp['classifier'] / 1e9:.2f}, "
+          f"decoder {fp['decoder'] / 1e9:.2f})")
+    print(f"GFLOPs per frame (5 pairs): {ff['total'] / 1e9:.2f} (classifier {ff['classifier'] / 1e9:.2f}, "
+          f"decoder {ff['decoder'] / 1e9:.2f}; the decoder runs only on patches the classifier calls positive)")
+    if meta:
+        print("metadata:")
+        for key in sorted(meta):
+            if key == "architecture":
+                continue
+            print(f"  {key}: {json.dumps(meta[key], sort_keys=True)}")
+    return 0
+
+
+def _contrast_frame_for(cine, k: int) -> int:
+    from .sync import synchronize_cine
+
+    result = synchronize_cine(cine)
+    for nc, c in result.pairs:
+        if int(nc) == k:
+            return int(c)
+    nc_frames = [int(p[0]) for p in result.pairs]
+    span = f"{min(nc_frames)}-{max(nc_frames)}" if nc_frames else "none"
+    raise CacError(
+        f"frame {k} is not a non-contrast frame with a synchronized contrast partner (paired non-contrast "
+        f"frames: {span}); choose one of those or give --contrast-frame"
+    )
+
+
+def run_gradcam(args) -> int:
+    import numpy as np
+    import torch
+    from CACTrainerLib.gradcam import grad_cam, save_gradcam_png
+
+    from . import patches as P
+    from .cine_io import load_cine
+    from .fileutil import check_writable
+    from .modelio import load_model
+
+    check_writable(args.out, args.overwrite)
+    model, meta = load_model(args.model)
+    spacing = None if args.spacing is None else (args.spacing, args.spacing)
+    cine = load_cine(args.cine, spacing_mm=spacing, frame_time_ms=args.frame_time_ms)
+    for name, k in (("--frame", args.frame), ("--contrast-frame", args.contrast_frame)):
+        if k is not None and not 0 <= k < cine.n_frames:
+            raise CacError(f"{name} {k} is outside the cine's frames 0-{cine.n_frames - 1}")
+    j = args.contrast_frame if args.contrast_frame is not None else _contrast_frame_for(cine, args.frame)
+    pair = []
+    for k in (args.frame, j):
+        f512, _, _ = P.prepare_frame(cine.frames[k], cine.spacing_mm)
+        pair.append(P.extract_patches(P.normalize_frame(f512)))
+    nc, c = pair
+    with torch.inference_mode():
+        probs = torch.sigmoid(model.classify(torch.from_numpy(nc[:, None]), torch.from_numpy(c[:, None]))).numpy()
+    patch = args.patch if args.patch is not None else int(np.argmax(probs))
+    cam, prob = grad_cam(model, nc[patch], c[patch], layer=args.layer, return_probability=True)
+    origin = P.patch_origins(512, 512)[patch]
+    save_gradcam_png(
+        args.out,
+        nc[patch],
+        c[patch],
+        cam,
+        title=f"frame {args.frame} / contrast {j}, patch {patch} at {origin} ({args.layer})",
+        probability=prob,
+        overwrite=args.overwrite,
+    )
+    print(f"P(CAC) per patch: {', '.join(f'{p:.3f}' for p in probs)}; Grad-CAM of patch {patch} -> {args.out}")
+    return 0

@@ -1,0 +1,113 @@
+"""Grad-CAM (equals CAM for Block6 + GAP + fc), PNG output, `cac gradcam` and `cac model-info`."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from CACIdentifierLib.cli import main
+from CACIdentifierLib.modelio import save_model
+from CACIdentifierLib.network import ResUNet18, count_flops, count_parameters
+from CACTrainerLib.gradcam import grad_cam, save_gradcam_png
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SMALL = {"width": 16, "decoder_channels": (32, 16, 16, 16, 16)}
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(3)
+    m = ResUNet18(**SMALL)
+    with torch.no_grad():
+        m.fc.weight.normal_()
+    return m.eval()
+
+
+def test_block6_gradcam_equals_class_activation_map(model):
+    rng = np.random.default_rng(0)
+    nc, c = rng.random((256, 256), dtype=np.float32), rng.random((256, 256), dtype=np.float32)
+    cam, prob = grad_cam(model, nc, c, return_probability=True)
+    assert cam.shape == (256, 256) and cam.dtype == np.float32
+    assert cam.min() >= 0.0 and cam.max() == pytest.approx(1.0)
+    # independent closed form: ReLU(sum_k w_k A_k) (Zhou et al. CAM), upsampled and scaled to max 1
+    with torch.no_grad():
+        x, y = torch.from_numpy(nc)[None, None], torch.from_numpy(c)[None, None]
+        a = model.encode(x, y)["block6"]
+        ref = F.relu(torch.einsum("k,bkij->bij", model.fc.weight[0], a))[:, None]
+        ref = F.interpolate(ref, size=(256, 256), mode="bilinear", align_corners=False)[0, 0]
+        ref = (ref / ref.max()).numpy()
+        assert prob == pytest.approx(torch.sigmoid(model.classify(x, y)).item(), abs=1e-6)
+    np.testing.assert_allclose(cam, ref, atol=1e-5)
+    assert not model.training and all(p.grad is None for p in model.parameters())
+
+
+def test_other_layers_and_errors(model):
+    x = np.random.default_rng(1).random((256, 256), dtype=np.float32)
+    for layer in ("block5", "block3", "block2_nc", "block1_c"):
+        cam = grad_cam(model, x, x, layer=layer)
+        assert cam.shape == (256, 256) and 0.0 <= cam.min() and cam.max() <= 1.0
+    with pytest.raises(ValueError):
+        grad_cam(model, x, x, layer="block9")
+    with pytest.raises(ValueError):
+        grad_cam(model, np.zeros((2, 1, 256, 256)), np.zeros((2, 1, 256, 256)))
+
+
+def test_png_written_atomically(tmp_path, model):
+    x = np.random.default_rng(2).random((256, 256), dtype=np.float32)
+    out = tmp_path / "cam.png"
+    save_gradcam_png(out, x, x, grad_cam(model, x, x), probability=0.7)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    from CACIdentifierLib.errors import CacError
+
+    with pytest.raises(CacError):
+        save_gradcam_png(out, x, x, x)
+    assert [p.name for p in tmp_path.iterdir()] == ["cam.png"]
+
+
+def test_model_info_default_and_file(tmp_path, model, capsys):
+    assert main(["model-info", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    default = ResUNet18()
+    assert info["parameters"]["total"] == count_parameters(default)
+    assert info["flops_per_frame"]["total"] == 5 * count_flops(default)["flops"]
+    assert info["metadata"] is None
+    path = tmp_path / "m.safetensors"
+    save_model(path, model, {"training": {"epochs": 2}})
+    assert main(["model-info", str(path)]) == 0
+    text = capsys.readouterr().out
+    assert f"{count_parameters(model):,}" in text and "training" in text
+    assert main(["model-info", str(tmp_path / "none.safetensors")]) == 2
+
+
+@pytest.mark.skipif(not (DATA / "xa").is_dir(), reason=f"shared test data not found at {DATA}")
+def test_cli_gradcam_on_real_cine(tmp_path, model, capsys):
+    path = tmp_path / "m.safetensors"
+    save_model(path, model)
+    cine = str(DATA / "xa" / "rubo-biplane-b-ecg-17f.dcm")
+    out = tmp_path / "cam.png"
+    rc = main(["gradcam", str(path), cine, "--frame", "3", "--contrast-frame", "12", "--patch", "4", "--out", str(out)])
+    assert rc == 0 and out.read_bytes()[:4] == b"\x89PNG"
+    assert "patch 4" in capsys.readouterr().out
+    assert main(["gradcam", str(path), cine, "--frame", "3", "--contrast-frame", "12", "--out", str(out)]) == 2
+    assert main(["gradcam", str(path), cine, "--frame", "99", "--contrast-frame", "1", "--out",
+                 str(tmp_path / "x.png")]) == 2
+
+
+@pytest.mark.skipif(not (DATA / "xa").is_dir(), reason=f"shared test data not found at {DATA}")
+def test_cli_gradcam_pairs_with_synchronization(tmp_path, model, capsys):
+    path = tmp_path / "m.safetensors"
+    save_model(path, model)
+    cine = str(DATA / "xa" / "rubo-rca-ecg-96f.dcm")
+    from CACIdentifierLib.cine_io import load_cine
+    from CACIdentifierLib.sync import synchronize_cine
+
+    pairs = {int(a): int(b) for a, b in synchronize_cine(load_cine(cine)).pairs}
+    k = min(pairs)
+    out = tmp_path / "cam.png"
+    assert main(["gradcam", str(path), cine, "--frame", str(k), "--out", str(out)]) == 0
+    assert out.is_file()
+    not_paired = next(f for f in range(96) if f not in pairs)
+    assert main(["gradcam", str(path), cine, "--frame", str(not_paired), "--out", str(tmp_path / "y.png")]) == 2
+    assert "non-contrast frame" in capsys.readouterr().err
