@@ -330,6 +330,15 @@ def test_enhanced_xa_functional_groups(tmp_path):
     assert cine.spacing_mm == pytest.approx((0.2 * 750 / 1100,) * 2)
     assert cine.frame_time_ms == pytest.approx(66.5, abs=1e-3)  # from the per-frame acquisition times
 
+    # the same facts given per frame instead of shared
+    for item in ds.PerFrameFunctionalGroupsSequence:
+        item.FramePixelDataPropertiesSequence = Sequence([pixel_props])
+        item.XRayGeometrySequence = Sequence([geometry])
+    shared_only = ds.SharedFunctionalGroupsSequence[0]
+    del shared_only.FramePixelDataPropertiesSequence, shared_only.XRayGeometrySequence
+    cine = load_cine(save(ds, tmp_path / "per-frame.dcm"))
+    assert cine.spacing_mm == pytest.approx((0.2 * 750 / 1100,) * 2)
+
     # PixelMeasuresSequence (calibrated spacing) wins; FrameTimeVector gives the frame time
     measures = Dataset()
     measures.PixelSpacing = [0.15, 0.16]
@@ -610,3 +619,16 @@ def test_ecg_curve_with_time_axis_in_seconds(tmp_path):
     assert cine.ecg.source == "curve-5000"
     assert np.array_equal(cine.ecg.samples, values)
     assert np.allclose(cine.ecg.times_ms, (1 + 2 * np.arange(values.size)) * 1000.0)
+
+
+def test_dicom_without_preamble_or_file_meta(tmp_path):
+    """Old files start with the data set itself (no preamble, no file meta): read as implicit VR."""
+    frames = ramp_frames(n=3)
+    ds = make_xa(frames, FrameTime=40)
+    del ds.file_meta
+    path = tmp_path / "IMG0001"
+    ds.save_as(path, implicit_vr=True, little_endian=True, enforce_file_format=False)
+    assert path.read_bytes()[128:132] != b"DICM"
+    cine = load_cine(path)
+    assert np.array_equal(cine.frames, frames) and cine.frame_time_ms == 40.0
+    assert cine.transfer_syntax == "1.2.840.10008.1.2"

@@ -88,7 +88,27 @@ def _read_dataset(path: Path):
                 f"{path} could not be read as DICOM ({text}); the file may be truncated or corrupt"
             ) from None
     messages = [str(w.message) for w in caught]
+    _fill_transfer_syntax(ds)
     return ds, messages
+
+
+def _fill_transfer_syntax(ds) -> None:
+    """Give a dataset read without file meta (no preamble) the uncompressed syntax it was parsed with."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None and "TransferSyntaxUID" in meta:
+        return
+    implicit, little = getattr(ds, "original_encoding", (None, None))
+    if implicit is None:
+        return
+    if meta is None:
+        ds.file_meta = meta = FileMetaDataset()
+    if implicit:
+        meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    else:
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian if little else ExplicitVRBigEndian
 
 
 def _truncation_hint(messages: list[str]) -> bool:
