@@ -632,3 +632,15 @@ def test_dicom_without_preamble_or_file_meta(tmp_path):
     cine = load_cine(path)
     assert np.array_equal(cine.frames, frames) and cine.frame_time_ms == 40.0
     assert cine.transfer_syntax == "1.2.840.10008.1.2"
+    # a folder of such files, named without extension
+    folder = tmp_path / "series"
+    folder.mkdir()
+    series = generate_uid()
+    for k in range(3):
+        item = make_xa(frames[k], FrameTime=40)
+        del item.file_meta
+        item.SeriesInstanceUID, item.InstanceNumber = series, k + 1
+        item.save_as(
+            folder / f"IMG{k + 1:04d}", implicit_vr=True, little_endian=True, enforce_file_format=False
+        )
+    assert np.array_equal(load_cine(folder).frames, frames)

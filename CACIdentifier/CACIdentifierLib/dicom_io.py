@@ -699,7 +699,8 @@ def _build_cine(ds, frames, path, spacing_mm, frame_time_ms, modality, detect_bl
 
 
 def looks_like_dicom(path: Path) -> bool:
-    """True for files with the DICM magic at byte 128, or named ``*.dcm``/``*.dicom``."""
+    """True for files named ``*.dcm``/``*.dicom``, with the DICM magic at byte 128, or (old files
+    without preamble) starting with a little-endian group 0008 element."""
     if path.suffix.lower() in (".dcm", ".dicom"):
         return True
     try:
@@ -707,7 +708,9 @@ def looks_like_dicom(path: Path) -> bool:
             head = handle.read(132)
     except OSError:
         return False
-    return len(head) == 132 and head[128:132] == b"DICM"
+    if len(head) == 132 and head[128:132] == b"DICM":
+        return True
+    return head[:2] == b"\x08\x00" and path.suffix.lower() not in (".txt", ".json", ".npy", ".nrrd")
 
 
 def read_dicom_folder(path, *, spacing_mm=None, frame_time_ms=None) -> Cine:
