@@ -129,3 +129,19 @@ def test_source_never_unpickles():
         if isinstance(node, ast.Import | ast.ImportFrom):
             names = [a.name for a in node.names] + [getattr(node, "module", None) or ""]
             assert not any("pickle" in n for n in names)
+
+
+def test_default_model_path(tmp_path, monkeypatch):
+    path = tmp_path / "x.safetensors"
+    monkeypatch.setenv("CAC_MODEL", str(path))
+    with pytest.raises(CacError, match="does not exist"):
+        modelio.default_model_path()
+    save_model(path, trained_like())
+    assert modelio.default_model_path() == path
+    monkeypatch.delenv("CAC_MODEL")
+    shipped = Path(modelio.__file__).resolve().parents[2] / "Resources" / "Models" / "cac_default.safetensors"
+    if shipped.is_file():
+        assert modelio.default_model_path() == shipped
+    else:
+        with pytest.raises(CacError, match="no default model"):
+            modelio.default_model_path()
