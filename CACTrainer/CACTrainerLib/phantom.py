@@ -25,6 +25,7 @@ import math
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+from scipy import ndimage as ndi
 
 from . import phantom_anatomy as anat
 from . import phantom_imaging as img
@@ -110,11 +111,11 @@ class PhantomParams:
     vessel_diameter_mm_range: tuple[float, float] = (3.0, 4.0)
     tortuosity: float = 1.0
     left_prob: float = 0.7
-    heart_mu_per_mm: float = 0.016
+    heart_mu_per_mm: float = 0.011
     spine_mu: float = 1.3
     rib_mu_per_mm: float = 0.02
     diaphragm_mu: float = 1.2
-    lung_texture: float = 0.04
+    lung_texture: float = 0.07
     catheter: bool = True
     catheter_mu_per_mm: float = 0.25
     calcium_count_range: tuple[int, int] = (1, 4)
@@ -126,6 +127,7 @@ class PhantomParams:
     blur_px: float = 0.7
     exposure_drift: float = 0.01
     vignetting: float = 0.2
+    collimator_prob: float = 0.5
     annotator_bias_px_range: tuple[float, float] = (-0.6, 1.0)
     annotator_jitter_px: float = 0.6
     faint_attenuation: float = 0.03
@@ -334,8 +336,9 @@ class _Renderer:
         self.p, self.pat, self.view, self.tl = params, pat, view, tl
         rows, cols, sp = params.rows, params.cols, view.spacing_mm
         self.contrast_mu = params.contrast_mu_per_mm * rng.uniform(*params.contrast_spread)
-        self.white = rng.uniform(226, 242)
-        self.gain = rng.uniform(62, 78)
+        self.white = rng.uniform(200, 235)
+        self.gain = rng.uniform(68, 86)
+        base = rng.uniform(0.1, 0.4)  # soft tissue in front of and behind the lungs
         scale_bits = (2**params.bits - 1) / 255.0
         self.white *= scale_bits
         self.gain *= scale_bits
@@ -375,13 +378,23 @@ class _Renderer:
         thorax = img.rib_layer(rng, X, Y, int(rng.integers(5, 9)), params.rib_mu_per_mm)
         thorax += img.diaphragm_layer(rng, X, Y, dome_r * sp, (dome_c + rng.uniform(-60, 60) / sp) * sp,
                                       params.diaphragm_mu)
-        thorax += img.smooth_noise(rng, (H, W), 3.0, params.lung_texture)
+        thorax += img.smooth_noise(rng, (H, W), 2.6, params.lung_texture)
         thorax += img.smooth_noise(rng, (H, W), 2.0, params.lung_texture * 0.35)
-        thorax += img.smooth_noise(rng, (H, W), 5.0, 0.1)
+        thorax += img.smooth_noise(rng, (H, W), 4.0, 0.2)
         self.thorax = thorax
         yy, xx = np.mgrid[0:rows, 0:cols].astype(np.float32)
         rr2 = ((yy - rows / 2) ** 2 + (xx - cols / 2) ** 2) / (0.5 * (rows**2 + cols**2) / 2)
-        self.fixed = (params.vignetting * rr2).astype(np.float32)
+        self.fixed = (base + params.vignetting * rr2).astype(np.float32)
+        self.collimator = None
+        if rng.random() < params.collimator_prob:
+            # Collimator blades and a rounded-corner shutter a few % inside the field (as on real runs).
+            e = rng.uniform(0.0, 0.05, 4) * np.array([rows, rows, cols, cols])
+            corner = rng.uniform(0.1, 0.3) * min(rows, cols)
+            dy = np.maximum(np.maximum(e[0] + corner - yy, yy - (rows - 1 - e[1] - corner)), 0)
+            dx = np.maximum(np.maximum(e[2] + corner - xx, xx - (cols - 1 - e[3] - corner)), 0)
+            outside = np.hypot(dy, dx) - corner
+            self.fixed += (4.0 * img._sigmoid(outside / 1.0)).astype(np.float32)
+            self.collimator = [float(x) for x in e] + [float(corner)]
         self.rays = view.pixel_rays(rows // 4, cols // 4, 4)
         self.deposit_frames: list[list[dict]] = [[] for _ in pat.deposits]
         self.patches: list[list] = [[] for _ in pat.deposits]  # per deposit: (frame, r0, c0, mask)
@@ -418,6 +431,8 @@ class _Renderer:
         Minv = np.linalg.inv(M)
         quads = [(Minv.T @ A @ Minv, M @ mm + t, mu * p.heart_mu_per_mm) for A, mm, mu in pat.heart.quadrics]
         heart = img.quadric_chords(self.rays, view.source, quads)
+        # Soft silhouette: the heart moves during the exposure and its edge is rounded by epicardial fat.
+        heart = ndi.gaussian_filter(heart, 0.8)
         L += img.upsample2(heart, (rows, cols))
         # Vessels and catheter.
         pts = anat.deform(self.vessel_points, pat.heart, ms)
@@ -521,3 +536,17 @@ class _Renderer:
             "calcifications": deposits,
             "params": p.to_dict(),
         }
+
+
+def write_dataset(out_dir, params: PhantomParams | None = None, **kwargs):
+    """Generate and write a dataset; see :func:`.phantom_writer.write_dataset`."""
+    from .phantom_writer import write_dataset as _write
+
+    return _write(out_dir, params, **kwargs)
+
+
+def load_manifest(dataset_dir) -> list[dict]:
+    """The acquisitions of a dataset folder with absolute paths; see :func:`.phantom_writer.load_manifest`."""
+    from .phantom_writer import load_manifest as _load
+
+    return _load(dataset_dir)

@@ -288,8 +288,8 @@ def make_heart(rng) -> Heart:
     e1 = _unit(np.array([0.62, -0.5, -0.6]) + rng.normal(0, 0.06, 3))
     e2 = _unit(np.array([0.0, -1.0, 0.0]) - (np.array([0.0, -1.0, 0.0]) @ e1) * e1)
     e3 = np.cross(e1, e2)
-    a = rng.uniform(52, 62)
-    b = rng.uniform(34, 42)
+    a = rng.uniform(62, 72)
+    b = rng.uniform(42, 50)
     heart = Heart(centre, e1, e2, e3, a, b)
     heart.scale_centre = centre + 0.65 * a * e1
 

@@ -64,14 +64,19 @@ def splat_spheres(shape, rows, cols, rad_px, weight, out=None):
 # Heart: chords of quadrics along the diverging rays.
 
 
-def quadric_chords(rays, source, quadrics):
-    """Sum over quadrics of mu * chord length (mm) along unit rays (3, h, w) from ``source``.
+def quadric_chords(rays, source, quadrics, overlap=0.35):
+    """Attenuation (mu * chord length in mm) of overlapping quadrics along unit rays (3, h, w) from ``source``.
+
+    The heart's chambers are one body, so their chords are combined as
+    ``max + overlap * (sum - max)`` rather than summed (a sum would darken
+    wherever two ellipsoids overlap).
 
     A quadric is ``(A, m, mu)``: the set ``(p - m)^T A (p - m) <= 1``.  The chord
     of the ray ``source + lambda r`` is ``2 sqrt(b^2 - a c) / a`` with
     ``a = r.A.r``, ``b = r.A.(source - m)``, ``c = (source - m).A.(source - m) - 1``.
     """
-    out = np.zeros(rays.shape[1:], np.float32)
+    total = np.zeros(rays.shape[1:], np.float32)
+    top = np.zeros(rays.shape[1:], np.float32)
     for A, m, mu in quadrics:
         s = (source - m).astype(np.float32)
         A = A.astype(np.float32)
@@ -81,8 +86,10 @@ def quadric_chords(rays, source, quadrics):
         c = float(s @ A @ s - 1.0)
         disc = b * b - a * c
         np.maximum(disc, 0.0, out=disc)
-        out += (mu * 2.0) * np.sqrt(disc) / a
-    return out
+        chord = (mu * 2.0) * np.sqrt(disc) / a
+        total += chord
+        np.maximum(top, chord, out=top)
+    return top + overlap * (total - top)
 
 
 def upsample2(img, shape):
@@ -113,27 +120,38 @@ def _sigmoid(x):
 
 
 def spine_layer(rng, X, Y, spine_x, spine_dxdy, primary_deg, secondary_deg, mu):
-    """Vertebrae (bodies, pedicles, discs) and paraspinal soft tissue around a near-vertical axis."""
+    """Vertebrae (bodies with cortical rims, pedicles, discs, trabecular texture) and paraspinal
+    soft tissue around a near-vertical axis at ``spine_x + spine_dxdy * Y`` (mm)."""
     a = np.deg2rad(primary_deg)
     b = np.deg2rad(secondary_deg)
-    hw = 0.5 * np.hypot(44 * np.cos(a), 34 * np.sin(a))
-    dx = X - (spine_x + spine_dxdy * Y)
+    hw0 = 0.5 * np.hypot(44 * np.cos(a), 34 * np.sin(a))
+    dx0 = X - (spine_x + spine_dxdy * Y)
     pitch = 31.0 * np.cos(b) + 3.0
-    height = 24.0 * np.cos(b) + 6.0 * abs(np.sin(b))
-    soft = 0.8 + 4.0 * abs(np.sin(b))  # endplates blur when seen obliquely
     y0 = rng.uniform(0, pitch)
+    idx = np.floor((Y - y0) / pitch).astype(int)
+    idx -= idx.min()
+    nv = int(idx.max()) + 1
+    # Per vertebra: width, height and a small lateral offset (scoliosis, rotation).
+    w_k = hw0 * rng.uniform(0.9, 1.1, nv)
+    h_k = (24.0 * np.cos(b) + 6.0 * abs(np.sin(b))) * rng.uniform(0.9, 1.05, nv)
+    x_k = rng.normal(0, 1.5, nv)
+    hw = w_k[idx]
+    height = h_k[idx]
+    dx = dx0 - x_k[idx]
+    soft = 1.2 + 5.0 * abs(np.sin(b))  # endplates blur when seen obliquely
     yy = np.mod(Y - y0, pitch) - pitch / 2
     body_y = _sigmoid((height / 2 - np.abs(yy)) / soft)
     across = np.sqrt(np.clip(1 - (dx / hw) ** 2, 0, None))
-    rim = np.exp(-(((np.abs(dx) - hw * 0.93) / 1.8) ** 2))
-    L = mu * (0.55 * across + 0.25 * rim) * (0.35 + 0.65 * body_y)
-    # Pedicles: two oval rings in the upper half of each body.
+    rim = np.exp(-(((np.abs(dx) - hw * 0.93) / 2.2) ** 2))
+    texture = 1.0 + smooth_noise(rng, X.shape, 2.2, 0.12)
+    L = mu * (0.5 * across * texture + 0.18 * rim) * (0.45 + 0.55 * body_y)
+    # Pedicles: two faint oval rings in the upper half of each body.
     for side in (-1, 1):
         px = dx - side * 0.62 * hw
         py = yy + 0.2 * height
         rr = np.sqrt((px / 5.5) ** 2 + (py / 7.5) ** 2)
-        L += mu * 0.22 * np.exp(-(((rr - 1.0) / 0.3) ** 2))
-    L += mu * 0.25 * np.exp(-((dx / (2.4 * hw)) ** 2))  # paraspinal muscles, mediastinum
+        L += mu * 0.1 * np.exp(-(((rr - 1.0) / 0.35) ** 2))
+    L += mu * 0.3 * np.exp(-((dx0 / (2.6 * hw0)) ** 2))  # paraspinal muscles, mediastinum
     return L.astype(np.float32)
 
 

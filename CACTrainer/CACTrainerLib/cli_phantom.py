@@ -1,0 +1,129 @@
+"""``cac phantom``: write a synthetic angiography dataset with calcium ground truth."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "phantom",
+        help="write a synthetic angiography dataset with calcium ground truth",
+        description=(
+            "Generate phantom patients (a 3D coronary tree with calcium) seen in several acquisitions from "
+            "different C-arm angles: per acquisition a DICOM XA cine, three annotators' .seg.nrrd, their "
+            "majority, the exact truth (.seg.nrrd and truth.json), and one manifest.json for the dataset. "
+            "See docs/phantom.md for the model and the defaults."
+        ),
+    )
+    p.add_argument("out_dir", metavar="OUT_DIR", help="dataset folder to create")
+    p.add_argument("--patients", type=int, default=1, metavar="P", help="number of patients (default 1)")
+    p.add_argument("--acquisitions-per-patient", type=int, default=1, metavar="A",
+                   help="acquisitions (projections) per patient (default 1)")
+    p.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default 0)")
+    p.add_argument("--frames", type=int, default=200, metavar="N", help="frames per cine (default 200)")
+    p.add_argument("--fps", type=float, default=15.0, metavar="F", help="frame rate (default 15; 7.5 and 30 usual)")
+    p.add_argument("--size", type=int, default=512, metavar="PX",
+                   help="rows = columns (default 512; smaller keeps the field of view)")
+    p.add_argument("--bits", type=int, choices=(8, 10, 12), default=8, help="BitsStored (default 8)")
+    p.add_argument("--compression", choices=("none", "rle"), default="none",
+                   help="DICOM transfer syntax: explicit little endian or RLE Lossless (default none)")
+    p.add_argument("--calcium-free-fraction", type=float, default=None, metavar="F",
+                   help="fraction of patients without calcium, whose acquisitions are negatives (default 0.25)")
+    p.add_argument("--calcium-count", type=int, nargs=2, default=None, metavar=("MIN", "MAX"),
+                   help="deposits per calcified patient (default 1 4)")
+    p.add_argument("--calcium-contrast", type=float, default=None, metavar="MU",
+                   help="extra attenuation of calcium per mm (default 0.03 /mm, about 4%% for a 1.5 mm deposit)")
+    p.add_argument("--contrast", type=float, default=None, metavar="MU",
+                   help="attenuation of fully opacified blood per mm (default 0.15 /mm)")
+    p.add_argument("--heart-rate", type=float, nargs=2, default=None, metavar=("MIN", "MAX"),
+                   help="heart rate range in bpm (default 50 120)")
+    p.add_argument("--onset-range", type=float, nargs=2, default=None, metavar=("A", "B"),
+                   help="contrast onset as a fraction of the run (default 0.35 0.65)")
+    p.add_argument("--early-onset-prob", type=float, default=None, metavar="P",
+                   help="probability of an early onset at 0.1-0.35 of the run (default 0.15)")
+    p.add_argument("--respiration-mm", type=float, nargs=2, default=None, metavar=("MIN", "MAX"),
+                   help="respiratory drift amplitude in mm (default 2 5)")
+    p.add_argument("--table-pan-prob", type=float, default=None, metavar="P",
+                   help="probability of a table pan during the run (default 0.2)")
+    p.add_argument("--photons", type=float, default=None, metavar="N",
+                   help="quanta per pixel in the lung field: sets the quantum noise (default 1200)")
+    p.add_argument("--ecg", action="store_true", help="write the R Wave Pointer (the paper's data have no ECG)")
+    p.add_argument("--montage", metavar="PNG", help="also write a montage of the first acquisition")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing OUT_DIR (and --montage file)")
+    p.add_argument("--json", action="store_true", help="print the manifest entries as JSON on stdout")
+    p.set_defaults(func=run)
+
+
+def params_from_args(args):
+    from CACIdentifierLib.errors import CacError
+
+    from .phantom import PhantomParams
+
+    kw = {"n_frames": args.frames, "fps": args.fps, "rows": args.size, "cols": args.size, "bits": args.bits,
+          "ecg": bool(args.ecg)}
+    pairs = {
+        "calcium_free_fraction": args.calcium_free_fraction, "calcium_mu_per_mm": args.calcium_contrast,
+        "contrast_mu_per_mm": args.contrast, "early_onset_prob": args.early_onset_prob,
+        "table_pan_prob": args.table_pan_prob, "photons": args.photons,
+    }
+    kw.update({k: v for k, v in pairs.items() if v is not None})
+    ranges = {"heart_rate_bpm_range": args.heart_rate, "onset_fraction_range": args.onset_range,
+              "respiration_mm_range": args.respiration_mm, "calcium_count_range": args.calcium_count}
+    for k, v in ranges.items():
+        if v is not None:
+            if v[0] > v[1]:
+                raise CacError(f"--{k.split('_')[0]} range {v[0]} {v[1]} is reversed; give MIN then MAX")
+            kw[k] = tuple(v)
+    for name in ("early_onset_prob", "table_pan_prob"):
+        if not 0 <= kw.get(name, 0) <= 1:
+            raise CacError(f"--{name.replace('_', '-')} must be in [0, 1]")
+    if args.onset_range is not None and not (0 < args.onset_range[0] and args.onset_range[1] < 1):
+        raise CacError("--onset-range must lie strictly inside (0, 1)")
+    if args.heart_rate is not None and not (20 <= args.heart_rate[0] and args.heart_rate[1] <= 250):
+        raise CacError("--heart-rate must lie within 20-250 bpm")
+    if args.photons is not None and args.photons <= 0:
+        raise CacError("--photons must be positive")
+    params = PhantomParams(**kw)
+    params.validate()
+    return params
+
+
+def run(args) -> int:
+    from pathlib import Path
+
+    from CACIdentifierLib.errors import CacError
+    from CACIdentifierLib.fileutil import check_writable
+    from CACIdentifierLib.progress import terminal_progress
+
+    from .phantom_writer import load_manifest, save_montage, write_dataset
+
+    params = params_from_args(args)
+    if args.patients < 1 or args.acquisitions_per_patient < 1:
+        raise CacError("--patients and --acquisitions-per-patient must be at least 1")
+    out = Path(args.out_dir)
+    if out.exists() and not args.overwrite:
+        raise CacError(f"{out} already exists; pass --overwrite to replace it or choose another folder")
+    if args.montage:
+        check_writable(args.montage, args.overwrite)
+    command = "cac " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv else None
+    write_dataset(out, params, patients=args.patients, acquisitions_per_patient=args.acquisitions_per_patient,
+                  seed=args.seed, compression=args.compression, overwrite=args.overwrite,
+                  progress=terminal_progress(), command=command)
+    entries = load_manifest(out)
+    if args.montage:
+        from .phantom import generate_acquisition
+        from .phantom_writer import calcium_free_patients
+
+        free = calcium_free_patients(args.patients, params.calcium_free_fraction, args.seed)
+        acq = generate_acquisition(params, args.seed, 0, 0, calcium_free=0 in free)
+        save_montage(acq, args.montage, overwrite=args.overwrite)
+    if args.json:
+        print(json.dumps(entries, indent=1))
+    else:
+        n_free = sum(1 for e in entries if e["n_calcifications"] == 0)
+        print(f"wrote {len(entries)} acquisitions of {args.patients} patients to {out} "
+              f"({n_free} without visible calcium); manifest: {out / 'manifest.json'}")
+    return 0

@@ -1,0 +1,290 @@
+"""Tests of the synthetic angiography phantom (CACTrainerLib.phantom*, `cac phantom`)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from CACTrainerLib.phantom import PhantomParams, generate_acquisition, load_manifest, write_dataset
+from CACTrainerLib.phantom_writer import write_acquisition, write_dicom
+
+# Small, fast cines with the same field of view as 512x512 (spacing scaled).
+SMALL = PhantomParams(rows=160, cols=160, n_frames=48, fps=15.0)
+STILL = replace(SMALL, respiration_mm_range=(0.0, 0.0), table_pan_prob=0.0, exposure_drift=0.0)
+
+
+@pytest.fixture(scope="module")
+def still():
+    """No respiration, pan or exposure drift: positions depend on the cardiac phase only."""
+    return generate_acquisition(replace(STILL, n_frames=90, onset_fraction_range=(0.8, 0.85),
+                                        early_onset_prob=0.0, heart_rate_bpm_range=(70, 80)),
+                                seed=11, patient=0, acquisition=0, calcium_free=False)
+
+
+@pytest.fixture(scope="module")
+def small():
+    return generate_acquisition(SMALL, seed=3, patient=1, acquisition=0, calcium_free=False)
+
+
+def _centroids(mask_stack):
+    out = []
+    for m in mask_stack:
+        ys, xs = np.nonzero(m)
+        out.append((ys.mean(), xs.mean()) if len(ys) else (np.nan, np.nan))
+    return np.array(out)
+
+
+def test_shapes_types_and_truth_keys(small):
+    a = small
+    n = SMALL.n_frames
+    assert a.frames.shape == (n, 160, 160) and a.frames.dtype == np.uint8
+    assert a.calcium.shape == a.frames.shape and a.calcium.dtype == bool
+    assert len(a.annotators) == 3 and all(m.shape == a.frames.shape for m in a.annotators)
+    t = a.truth
+    assert len(t["phase"]) == n and all(0.0 <= p < 1.0 for p in t["phase"])
+    assert 0 < t["onset_frame"] < n
+    assert t["spacing_mm"][0] == pytest.approx(a.spacing_mm[0])
+    assert t["calcifications"], "calcium_free=False must give deposits"
+    for d in t["calcifications"]:
+        assert 0.5 <= d["length_mm"] <= 5.0 + 1e-9 and 0.5 - 1e-9 <= d["width_mm"] <= d["length_mm"] + 1e-9
+        assert len(d["frames"]) == n
+    json.dumps(t)  # serialisable
+
+
+def test_calcium_moves_with_cardiac_phase(still):
+    a, t = still, still.truth
+    phase = np.asarray(t["phase"])
+    contraction = np.asarray(t["contraction"])
+    dep = max(t["calcifications"], key=lambda d: sum(f["visible"] for f in d["frames"]))
+    # Footprint of this deposit only: the truth mask near its projected centre.
+    cents = []
+    for k, f in enumerate(dep["frames"]):
+        r, c = int(round(f["center_row"])), int(round(f["center_col"]))
+        sub = np.zeros_like(a.calcium[k])
+        sub[max(0, r - 6):r + 7, max(0, c - 6):c + 7] = a.calcium[k, max(0, r - 6):r + 7, max(0, c - 6):c + 7]
+        cents.append(_centroids(sub[None])[0])
+    cents = np.array(cents)
+    ok = ~np.isnan(cents[:, 0])
+    assert ok.sum() > 60
+    ed = np.argmin(np.where(ok, contraction, np.inf))  # most relaxed frame
+    disp = np.hypot(*(cents - cents[ed]).T)
+    assert np.nanmax(disp) > 1.0, "the deposit must move with the heart"
+    r = np.corrcoef(disp[ok], contraction[ok])[0, 1]
+    assert r > 0.9, f"displacement should follow the contraction curve (r={r:.2f})"
+    # Frames at (nearly) the same phase one beat apart are at the same place.
+    same = []
+    for i in np.nonzero(ok)[0]:
+        for j in np.nonzero(ok)[0]:
+            dphi = abs((phase[i] - phase[j] + 0.5) % 1 - 0.5)
+            if j > i + 5 and dphi < 0.015:
+                same.append(np.hypot(*(cents[i] - cents[j])))
+    assert same, "no pair of frames one period apart"
+    assert np.median(same) < 0.35 * np.nanmax(disp)
+
+
+def test_contrast_onset_matches_truth(small):
+    a, t = small, small.truth
+    onset = t["onset_frame"]
+    conc = np.asarray(t["contrast_at_ostium"])
+    assert np.all(conc[:onset] == 0) and conc[onset] > 0
+    # Mean intensity on the main vessels' centrelines, frame by frame (independent of the renderer's L).
+    big = a.centerline_radius_mm >= 1.2
+    vals = []
+    for k in range(a.frames.shape[0]):
+        rc = np.rint(a.centerlines[k][big]).astype(int)
+        inside = (rc[:, 0] >= 0) & (rc[:, 0] < 160) & (rc[:, 1] >= 0) & (rc[:, 1] < 160)
+        vals.append(a.frames[k][rc[inside, 0], rc[inside, 1]].mean())
+    vals = np.array(vals)
+    before = vals[:onset]
+    full = onset + int(np.ceil(t["wash_in_s"] * t["fps"])) + 1
+    assert full < len(vals)
+    after = vals[full:]
+    assert before.max() - before.min() < 6.0, "no contrast before the onset"
+    assert before.mean() - after.mean() > 15.0, "vessels must darken with contrast (MONOCHROME2)"
+
+
+def test_image_period_matches_heart_rate():
+    p = replace(SMALL, n_frames=120, onset_fraction_range=(0.9, 0.95), early_onset_prob=0.0,
+                heart_rate_bpm_range=(60, 100))
+    a = generate_acquisition(p, seed=7, patient=2, acquisition=1)
+    t = a.truth
+    n_nc = t["onset_frame"]
+    f = a.frames[:n_nc].astype(np.float32)
+    sig = np.sqrt(((f - f[0]) ** 2).mean(axis=(1, 2)))  # distance to the first frame (paper eq. 1 shape)
+    # Remove the slow respiratory/exposure trend (moving average over ~2.5 s).
+    w = int(2.5 * t["fps"]) | 1
+    trend = np.convolve(np.pad(sig, w // 2, mode="edge"), np.ones(w) / w, mode="valid")
+    x = sig - trend
+    x -= x.mean()
+    ac = np.correlate(x, x, mode="full")[len(x) - 1:]
+    ac /= ac[0]
+    expected = 60.0 / t["heart_rate_bpm"] * t["fps"]
+    lo, hi = int(0.6 * expected), int(1.5 * expected) + 1
+    lag = lo + int(np.argmax(ac[lo:hi]))
+    # Parabolic refinement of the peak.
+    y0, y1, y2 = ac[lag - 1], ac[lag], ac[lag + 1]
+    lag_f = lag + 0.5 * (y0 - y2) / (y0 - 2 * y1 + y2)
+    rr_frames = np.mean(60.0 / np.asarray(t["heart_rate_per_beat_bpm"])) * t["fps"]
+    assert abs(lag_f - rr_frames) / rr_frames < 0.1, (lag_f, rr_frames)
+
+
+def test_annotators_and_majority(small):
+    a = small
+    onset = a.truth["onset_frame"]
+    stack = np.stack(a.annotators).astype(int)
+    independent = stack.sum(axis=0) >= 2
+    assert np.array_equal(independent, a.majority)
+    for m in a.annotators:
+        assert not m[onset:].any(), "annotators draw on non-contrast frames only"
+    assert a.majority[:onset].any()
+    # Realistic disagreement: the annotators differ from each other and from the truth.
+    assert not np.array_equal(a.annotators[0], a.annotators[1])
+    truth = a.calcium[:onset]
+    maj = a.majority[:onset]
+    iou = (truth & maj).sum() / (truth | maj).sum()
+    assert 0.3 < iou < 0.98
+
+
+def test_deposit_is_subtle_but_visible():
+    """Calcium is a few % of attenuation above the local background in non-contrast frames."""
+    p = replace(SMALL, rows=512, cols=512, n_frames=10, onset_fraction_range=(0.8, 0.8), early_onset_prob=0.0,
+                calcium_size_mm_range=(2.0, 3.0))
+    a = generate_acquisition(p, seed=21, patient=0, acquisition=0, calcium_free=False)
+    assert a.frames.shape == (10, 512, 512)
+    from scipy import ndimage as ndi
+
+    drops = []
+    for k in range(a.truth["onset_frame"]):
+        m = a.calcium[k]
+        if not m.any():
+            continue
+        labels, n = ndi.label(m)
+        for i in range(1, n + 1):
+            blob = labels == i
+            ring = ndi.binary_dilation(blob, iterations=6) & ~ndi.binary_dilation(blob, iterations=3)
+            ring &= ~m
+            f = a.frames[k].astype(float)
+            drops.append(f[ring].mean() - f[blob].mean())
+    assert drops
+    med = float(np.median(drops))
+    assert 1.0 < med < 25.0, f"deposit contrast {med:.1f} grey levels"
+
+
+def test_same_patient_shares_anatomy_between_views():
+    a = generate_acquisition(SMALL, seed=5, patient=3, acquisition=0, calcium_free=False)
+    b = generate_acquisition(SMALL, seed=5, patient=3, acquisition=1, calcium_free=False)
+    da = [(d["id"], d["vessel"], d["length_mm"], d["width_mm"]) for d in a.truth["calcifications"]]
+    db = [(d["id"], d["vessel"], d["length_mm"], d["width_mm"]) for d in b.truth["calcifications"]]
+    assert da == db and a.truth["side"] == b.truth["side"]
+    assert not np.array_equal(a.frames, b.frames)
+
+
+def test_determinism_per_seed():
+    p = replace(SMALL, rows=96, cols=96, n_frames=16)
+    a = generate_acquisition(p, seed=42, patient=0, acquisition=0)
+    b = generate_acquisition(p, seed=42, patient=0, acquisition=0)
+    c = generate_acquisition(p, seed=43, patient=0, acquisition=0)
+    assert np.array_equal(a.frames, b.frames)
+    assert np.array_equal(a.calcium, b.calcium) and np.array_equal(a.majority, b.majority)
+    assert all(np.array_equal(x, y) for x, y in zip(a.annotators, b.annotators))
+    assert a.truth == b.truth
+    assert not np.array_equal(a.frames, c.frames)
+
+
+def test_bits_12():
+    p = replace(SMALL, rows=64, cols=64, n_frames=10, bits=12)
+    a = generate_acquisition(p, seed=1)
+    assert a.frames.dtype == np.uint16 and a.frames.max() <= 4095 and a.frames.max() > 1000
+
+
+@pytest.mark.parametrize("compression", ["none", "rle"])
+def test_dicom_reads_back(tmp_path, small, compression):
+    pydicom = pytest.importorskip("pydicom")
+    path = write_dicom(tmp_path / "cine.dcm", small, compression=compression)
+    ds = pydicom.dcmread(path)
+    assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.12.1" and ds.Modality == "XA"
+    assert np.array_equal(ds.pixel_array, small.frames)
+    assert float(ds.FrameTime) == pytest.approx(1000.0 / SMALL.fps, rel=1e-5)
+    assert int(ds.CineRate) == 15 and int(ds.NumberOfFrames) == SMALL.n_frames
+    iso = float(ds.ImagerPixelSpacing[0]) / float(ds.EstimatedRadiographicMagnificationFactor)
+    assert iso == pytest.approx(small.spacing_mm[0], rel=1e-9)
+    assert float(ds.DistanceSourceToDetector) / float(ds.DistanceSourceToPatient) == pytest.approx(
+        float(ds.EstimatedRadiographicMagnificationFactor), rel=1e-4)
+    assert float(ds.PositionerPrimaryAngle) == pytest.approx(small.truth["view"]["primary_deg"])
+    assert int(ds.BitsStored) == 8
+    assert "RWavePointer" not in ds
+    cine_io = pytest.importorskip("CACIdentifierLib.cine_io")
+    cine = cine_io.load_cine(path)
+    assert np.array_equal(cine.frames, small.frames)
+    assert cine.spacing_mm[0] == pytest.approx(small.spacing_mm[0], rel=1e-6)
+    assert cine.frame_time_ms == pytest.approx(1000.0 / 15, rel=1e-5)
+
+
+def test_dicom_uids_deterministic(tmp_path, small):
+    pydicom = pytest.importorskip("pydicom")
+    a = pydicom.dcmread(write_dicom(tmp_path / "a.dcm", small))
+    b = pydicom.dcmread(write_dicom(tmp_path / "b.dcm", small))
+    for tag in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "PatientID"):
+        assert a[tag].value == b[tag].value
+    assert a.SOPInstanceUID != a.SeriesInstanceUID
+
+
+def test_seg_nrrd_read_back(tmp_path, small):
+    mrml = pytest.importorskip("CACIdentifierLib.mrml")
+    files = write_acquisition(tmp_path, small)
+    seg = mrml.read_seg_nrrd(tmp_path / files["majority"], expected_shape=small.frames.shape)
+    assert np.array_equal(seg.segments["calcium"], small.majority)
+    assert seg.spacing_mm[0] == pytest.approx(small.spacing_mm[0], rel=1e-6)
+    for name, mask in zip(files["annotators"], small.annotators):
+        assert np.array_equal(mrml.read_seg_nrrd(tmp_path / name).segments["calcium"], mask)
+    assert np.array_equal(mrml.read_seg_nrrd(tmp_path / files["truth_seg"]).segments["calcium"], small.calcium)
+    truth = json.loads((tmp_path / files["truth"]).read_text())
+    assert truth["onset_frame"] == small.truth["onset_frame"]
+
+
+def test_dataset_manifest_and_calcium_free(tmp_path):
+    pytest.importorskip("CACIdentifierLib.mrml")
+    p = replace(SMALL, rows=64, cols=64, n_frames=12, calcium_free_fraction=0.34)
+    out = write_dataset(tmp_path / "ds", p, patients=3, acquisitions_per_patient=2, seed=9)
+    entries = load_manifest(out)
+    assert len(entries) == 6
+    assert {e["patient"] for e in entries} == {"P001", "P002", "P003"}
+    free = [e for e in entries if e["calcium_free"]]
+    assert len(free) == 2 and all(e["n_calcifications"] == 0 for e in free)
+    assert any(e["n_calcifications"] > 0 for e in entries)
+    for e in entries:
+        for key in ("cine", "majority", "truth", "truth_seg", *e["annotators"]):
+            path = e[key] if key in e else key
+            assert path.startswith(str(tmp_path)) and (tmp_path / path).exists()
+        assert len(e["annotators"]) == 3
+    # Two acquisitions of a patient: different projections.
+    p1 = [e for e in entries if e["patient"] == "P001"]
+    assert p1[0]["projection"] != p1[1]["projection"] or p1[0]["cine"] != p1[1]["cine"]
+    assert not list(tmp_path.glob(".ds.tmp-*")), "no temporary folder left behind"
+
+
+def test_cli_refuses_overwrite(tmp_path, capsys):
+    pytest.importorskip("CACIdentifierLib.mrml")
+    from CACIdentifierLib.cli import main
+
+    out = tmp_path / "ds"
+    args = ["phantom", str(out), "--patients", "1", "--frames", "10", "--size", "64", "--seed", "2"]
+    assert main(args) == 0
+    manifest = (out / "manifest.json").read_text()
+    capsys.readouterr()
+    assert main(args + ["--seed", "3"]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert (out / "manifest.json").read_text() == manifest
+    assert main(args + ["--seed", "3", "--overwrite"]) == 0
+    assert json.loads((out / "manifest.json").read_text())["seed"] == 3
+
+
+def test_cli_bad_input(tmp_path, capsys):
+    from CACIdentifierLib.cli import main
+
+    assert main(["phantom", str(tmp_path / "x"), "--heart-rate", "120", "50"]) == 2
+    assert "reversed" in capsys.readouterr().err
+    assert main(["phantom", str(tmp_path / "x"), "--frames", "3"]) == 2
+    assert not (tmp_path / "x").exists()
