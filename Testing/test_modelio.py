@@ -45,7 +45,7 @@ def test_round_trip(tmp_path, dtype, tol):
     card = save_model(path, m, meta, dtype=dtype)
     assert (tmp_path / "m.json").is_file()
     assert card["sha256"] == modelio.sha256_file(path)
-    m2, meta2 = load_model(path)
+    m2, meta2 = load_model(path, device="auto" if not torch.cuda.is_available() else "cpu")
     assert meta2["training"] == {"epochs": 3, "seed": 7} and meta2["metrics"] == {"f1": 0.9}
     assert meta2["architecture"] == m.arch_dict() and meta2["format"] == "cac-resunet18"
     assert meta2["refinement"] == {"min_island_px": 1000, "sigma": 3.0, "threshold": 0.5}

@@ -1,5 +1,7 @@
 """Patches: layout, extraction, stitching round trip, normalisation, resampling to 512."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from CACIdentifierLib.errors import CacError
@@ -87,3 +89,29 @@ def test_prepare_frame_resamples_and_scales_spacing():
     assert same.dtype == np.uint8 and sp2 is None and sc2 == (1.0, 1.0)
     f2, sp3, _ = prepare_frame(np.ones((768, 1024), np.float32), (0.3, 0.3))
     assert f2.shape == (512, 512) and sp3 == pytest.approx((0.45, 0.6))
+
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.mark.skipif(not (DATA / "xa").is_dir(), reason=f"shared test data not found at {DATA}")
+def test_real_cine_frames():
+    from CACIdentifierLib.cine_io import load_cine
+
+    cine = load_cine(DATA / "xa" / "ge-static-phantom-jpegls.dcm")
+    frame = cine.frames[5]
+    f512, sp, scale = prepare_frame(frame, cine.spacing_mm)
+    assert f512 is frame and sp == cine.spacing_mm and scale == (1.0, 1.0)
+    norm = normalize_frame(f512)
+    lo, hi = np.percentile(frame.astype(np.float64), [1, 99])
+    inside = (frame > lo) & (frame < hi)
+    np.testing.assert_allclose(norm[inside], (frame[inside] - lo) / (hi - lo), atol=1e-5)
+    assert norm.min() == 0.0 and norm.max() == 1.0
+    # the same frame at 12 bits and twice the size: same normalised patches after prepare_frame
+    big = np.kron(frame.astype(np.uint16) * 16, np.ones((2, 2), np.uint16))
+    b512, bsp, _ = prepare_frame(big, (cine.spacing_mm[0] / 2, cine.spacing_mm[1] / 2))
+    assert bsp == pytest.approx(cine.spacing_mm)
+    diff = np.abs(normalize_frame(b512) - norm)
+    assert np.median(diff) < 0.02
+    p = extract_patches(norm)
+    np.testing.assert_array_equal(stitch(p), norm)

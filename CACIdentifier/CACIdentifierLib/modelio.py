@@ -256,6 +256,10 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> t
         )
     state = {k: (v.float() if v.is_floating_point() else v) for k, v in tensors.items()}
     model.load_state_dict(state, strict=True)
+    if not isinstance(device, torch.device):
+        from .device import choose_device
+
+        device = choose_device(device)  # also accepts "auto"; unavailable devices -> CacError
     model.to(device)
     model.eval()
     return model, meta
