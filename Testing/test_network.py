@@ -83,6 +83,11 @@ def test_flops_hand_count(model):
     tail += 16 * 16 * (conv(128, 256, 3) + conv(256, 256, 3) + conv(128, 256, 1))
     tail += 8 * 8 * (conv(256, 512, 3) + conv(512, 512, 3) + conv(256, 512, 1)) + 512
     assert f["classifier_macs"] == 2 * head + tail
+    d1, d2, d3, d4, d5 = model.decoder_channels
+    dec = 16 * 16 * (conv(512 + 256, d1, 3) + conv(d1, d1, 3)) + 32 * 32 * (conv(d1 + 128, d2, 3) + conv(d2, d2, 3))
+    dec += 64 * 64 * (conv(d2 + 64 + 128, d3, 3) + conv(d3, d3, 3)) + 128 * 128 * (conv(d3 + 128, d4, 3) + conv(d4, d4, 3))
+    dec += 256 * 256 * (conv(d4, d5, 3) + conv(d5, d5, 3) + d5)
+    assert f["decoder_macs"] == dec
     assert f["flops"] == 2 * f["macs"] == 2 * (f["classifier_macs"] + f["decoder_macs"])
 
 

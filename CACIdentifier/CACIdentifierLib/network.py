@@ -357,7 +357,7 @@ def count_flops(model: ResUNet18, input_size: int = 256, part: str = "all") -> d
     was_training = model.training
     try:
         model.eval()
-        x = torch.zeros(1, model.in_channels, input_size, input_size)
+        x = torch.zeros(1, model.in_channels, input_size, input_size, device=next(model.parameters()).device)
         with torch.no_grad():
             model(x, x)
     finally:
