@@ -288,3 +288,28 @@ def test_cli_bad_input(tmp_path, capsys):
     assert "reversed" in capsys.readouterr().err
     assert main(["phantom", str(tmp_path / "x"), "--frames", "3"]) == 2
     assert not (tmp_path / "x").exists()
+
+
+def test_imaging_primitives_against_references():
+    from CACTrainerLib import phantom_imaging as img
+    from scipy import ndimage as ndi
+
+    rng = np.random.default_rng(0)
+    coarse = rng.random((32, 40)).astype(np.float32)
+    up = img.upsample(coarse, img.linear_upsampler(32, 128), img.linear_upsampler(40, 160))
+    ref = ndi.zoom(coarse, 4, order=1, grid_mode=True, mode="nearest")
+    assert np.allclose(up, ref, atol=1e-5)
+    # Sphere splats keep their mass (2/3 pi r^2 per unit weight), also below one pixel.
+    rows = np.array([10.3, 30.7, 50.5])
+    cols = np.array([12.2, 40.9, 20.5])
+    rad = np.array([0.4, 2.5, 6.0])
+    out = img.splat_spheres((64, 64), rows, cols, rad, np.ones(3))
+    assert out.sum() == pytest.approx((2 / 3 * np.pi * np.maximum(rad, 0.35) ** 2).sum(), rel=1e-4)
+    # Quadric chord along the central ray of a sphere = its diameter; 0 beside it.
+    R = 20.0
+    A = np.eye(3) / R**2
+    rays = np.zeros((3, 1, 2), np.float32)
+    rays[:, 0, 0] = [0, 0, 1]
+    rays[:, 0, 1] = img.np.array([1, 0, 1]) / np.sqrt(2)
+    chords = img.quadric_chords(rays, np.array([0.0, 0.0, -500.0]), [(A, np.zeros(3), 1.0)])
+    assert chords[0, 0] == pytest.approx(2 * R, rel=1e-4) and chords[0, 1] == 0.0

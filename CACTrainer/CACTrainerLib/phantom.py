@@ -67,8 +67,8 @@ class PhantomParams:
     Calcium
       calcium_count_range (1-4 deposits per calcified patient), calcium_free_fraction
       (0.25 of patients without calcium: negatives), calcium_size_mm_range (0.5-5 mm, log-uniform
-      length; width 0.45-1 x length), calcium_mu_per_mm (0.03 /mm: a 1.5 mm thick deposit
-      attenuates about 4.5 % more than its surroundings) times calcium_mu_spread (0.7-1.3).
+      length; width 0.45-1 x length), calcium_mu_per_mm (0.04 /mm: a 1.5 mm thick deposit
+      attenuates about 6 % more than its surroundings) times calcium_mu_spread (0.7-1.3).
     Detector
       photons (quanta per pixel at the lung level, 1200: sets the quantum noise),
       blur_px (0.7: Gaussian detector blur), exposure_drift (0.01 relative), vignetting (0.2).
@@ -121,7 +121,7 @@ class PhantomParams:
     calcium_count_range: tuple[int, int] = (1, 4)
     calcium_free_fraction: float = 0.25
     calcium_size_mm_range: tuple[float, float] = (0.5, 5.0)
-    calcium_mu_per_mm: float = 0.03
+    calcium_mu_per_mm: float = 0.04
     calcium_mu_spread: tuple[float, float] = (0.7, 1.3)
     photons: float = 1200.0
     blur_px: float = 0.7
@@ -374,6 +374,7 @@ class _Renderer:
         spine_x = (c_bot + dxdy * (0 - r_bot)) * sp
         self.spine = img.spine_layer(rng, X, Y, spine_x, dxdy, view.primary_deg, view.secondary_deg,
                                      params.spine_mu)
+        self.spine = ndi.gaussian_filter(self.spine, 1.2 / sp)  # soft edges (the spine is far from the detector)
         dome_r, dome_c, _ = view.project(pat.heart.centre + np.array([10.0, 0.0, -50.0 - rng.uniform(0, 15)]))
         thorax = img.rib_layer(rng, X, Y, int(rng.integers(5, 9)), params.rib_mu_per_mm)
         thorax += img.diaphragm_layer(rng, X, Y, dome_r * sp, (dome_c + rng.uniform(-60, 60) / sp) * sp,
@@ -396,6 +397,8 @@ class _Renderer:
             self.fixed += (4.0 * img._sigmoid(outside / 1.0)).astype(np.float32)
             self.collimator = [float(x) for x in e] + [float(corner)]
         self.rays = view.pixel_rays(rows // 4, cols // 4, 4)
+        self.up_r = img.linear_upsampler(rows // 4, rows)
+        self.up_c = img.linear_upsampler(cols // 4, cols)
         self.deposit_frames: list[list[dict]] = [[] for _ in pat.deposits]
         self.patches: list[list] = [[] for _ in pat.deposits]  # per deposit: (frame, r0, c0, mask)
 
@@ -433,7 +436,7 @@ class _Renderer:
         heart = img.quadric_chords(self.rays, view.source, quads)
         # Soft silhouette: the heart moves during the exposure and its edge is rounded by epicardial fat.
         heart = ndi.gaussian_filter(heart, 0.8)
-        L += img.upsample2(heart, (rows, cols))
+        L += img.upsample(heart, self.up_r, self.up_c)
         # Vessels and catheter.
         pts = anat.deform(self.vessel_points, pat.heart, ms)
         r, c, s = view.project(pts)

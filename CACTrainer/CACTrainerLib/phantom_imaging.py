@@ -92,10 +92,24 @@ def quadric_chords(rays, source, quadrics, overlap=0.35):
     return top + overlap * (total - top)
 
 
-def upsample2(img, shape):
-    """Bilinear upsampling of a half-resolution grid to ``shape`` (pixel centres aligned)."""
-    zoom = (shape[0] / img.shape[0], shape[1] / img.shape[1])
-    return ndi.zoom(img, zoom, order=1, grid_mode=True, mode="nearest")
+def linear_upsampler(n_in: int, n_out: int) -> np.ndarray:
+    """(n_out, n_in) matrix of linear interpolation between grids with aligned pixel centres
+    (``grid_mode``: input pixel i covers output pixels [i*f, (i+1)*f)), edges clamped."""
+    f = n_out / n_in
+    x = (np.arange(n_out) + 0.5) / f - 0.5
+    x = np.clip(x, 0, n_in - 1)
+    i0 = np.floor(x).astype(int)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    w1 = x - i0
+    m = np.zeros((n_out, n_in), np.float32)
+    m[np.arange(n_out), i0] += 1 - w1
+    m[np.arange(n_out), i1] += w1
+    return m
+
+
+def upsample(img, row_matrix, col_matrix):
+    """Separable bilinear upsampling of a coarse grid: two small matrix products (BLAS)."""
+    return row_matrix @ img @ col_matrix.T
 
 
 # ----------------------------------------------------------------------------------------------
