@@ -310,6 +310,6 @@ def test_imaging_primitives_against_references():
     A = np.eye(3) / R**2
     rays = np.zeros((3, 1, 2), np.float32)
     rays[:, 0, 0] = [0, 0, 1]
-    rays[:, 0, 1] = img.np.array([1, 0, 1]) / np.sqrt(2)
+    rays[:, 0, 1] = np.array([1, 0, 1]) / np.sqrt(2)
     chords = img.quadric_chords(rays, np.array([0.0, 0.0, -500.0]), [(A, np.zeros(3), 1.0)])
     assert chords[0, 0] == pytest.approx(2 * R, rel=1e-4) and chords[0, 1] == 0.0

@@ -57,12 +57,12 @@ class PhantomParams:
     Contrast
       onset_fraction_range (0.35-0.65 of the run), early_onset_prob (0.15) with
       early_onset_fraction_range (0.1-0.35); wash_in_s_range (0.5-1.5 s);
-      contrast_mu_per_mm (iodinated blood, 0.15 /mm at full concentration, times
+      contrast_mu_per_mm (iodinated blood, 0.2 /mm at full concentration, times
       contrast_spread per acquisition); blood_mu_per_mm (0.002: vessels nearly invisible without contrast).
     Anatomy
-      vessel_diameter_mm_range (3-4 mm proximal main vessel, tapering to about 1.3-2 mm),
+      vessel_diameter_mm_range (3-4 mm proximal main vessel, tapering to about 1.6-2 mm),
       tortuosity (1.0 = default wiggle), left_prob (0.7: left coronary system injected),
-      heart_mu_per_mm (0.010: heart vs. lung), spine_mu (0.9), rib_mu_per_mm (0.02),
+      heart_mu_per_mm (0.009: heart vs. lung), spine_mu (0.9), rib_mu_per_mm (0.02),
       diaphragm_mu (0.9), lung_texture (0.04), catheter (True), catheter_mu_per_mm (0.25).
     Calcium
       calcium_count_range (1-4 deposits per calcified patient), calcium_free_fraction
@@ -105,13 +105,13 @@ class PhantomParams:
     early_onset_prob: float = 0.15
     early_onset_fraction_range: tuple[float, float] = (0.1, 0.35)
     wash_in_s_range: tuple[float, float] = (0.5, 1.5)
-    contrast_mu_per_mm: float = 0.15
+    contrast_mu_per_mm: float = 0.2
     contrast_spread: tuple[float, float] = (0.75, 1.2)
     blood_mu_per_mm: float = 0.002
     vessel_diameter_mm_range: tuple[float, float] = (3.0, 4.0)
     tortuosity: float = 1.0
     left_prob: float = 0.7
-    heart_mu_per_mm: float = 0.011
+    heart_mu_per_mm: float = 0.009
     spine_mu: float = 1.3
     rib_mu_per_mm: float = 0.02
     diaphragm_mu: float = 1.2

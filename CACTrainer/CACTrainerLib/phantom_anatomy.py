@@ -301,6 +301,9 @@ def make_heart(rng) -> Heart:
     mu = 1.0  # relative; the renderer scales by heart_mu_per_mm
     heart.quadrics = [
         ellipsoid(centre, [e1, e2, e3], [a, b, b], mu),  # LV (circular cross-section: twist-invariant)
+        # Whole-heart envelope (pericardium, epicardial fat, both ventricles): softens the silhouette.
+        ellipsoid(centre - 0.15 * a * e1 + 0.15 * b * _unit(e2 - 0.6 * e3), [e1, e2, e3],
+                  [1.1 * a, 1.35 * b, 1.25 * b], 0.8 * mu),
         # RV: anterior and to the right of the LV, shorter.
         ellipsoid(centre + 0.35 * b * _unit(e2 - 0.6 * e3) - 0.1 * a * e1, [e1, e2, e3],
                   [0.8 * a, 0.75 * b, 0.95 * b], mu),
@@ -336,20 +339,20 @@ def make_tree(rng, heart: Heart, side: str, diameter_range, tortuosity):
         start = lm.arclength[-1]
         lad = _make_vessel(rng, heart, "LAD", s_bif + (0.97 - s_bif) * t,
                            phi_bif + (phi_lad - phi_bif) * np.minimum(1, t * 4),
-                           2.0, 0.95 * d_main, 1.3, start, tortuosity)
+                           2.0, 0.95 * d_main, 1.7, start, tortuosity)
         dphi = np.angle(np.exp(1j * (phi_post - phi_bif)))
         dlat = np.angle(np.exp(1j * (phi_lat - phi_bif)))
         lcx = _make_vessel(rng, heart, "LCx", s_bif + 0.15 * t + 0.25 * t**3,
                            phi_bif + (dlat + (dphi - dlat) * t**1.5) * t ** 0.8,
-                           2.5, 0.85 * d_main, 1.3, start, tortuosity)
+                           2.5, 0.85 * d_main, 1.6, start, tortuosity)
         vessels += [lad, lcx]
         sgn = np.sign(dlat) or 1.0
         for k, at in enumerate(sorted(rng.uniform(0.15, 0.6, 2))):
             vessels.append(_branch(rng, heart, lad, f"D{k + 1}", at, 1.0, sgn * rng.uniform(0.4, 0.8),
-                                   rng.uniform(0.5, 0.9), rng.uniform(1.8, 2.4), 1.1, tortuosity, main=True))
+                                   rng.uniform(0.5, 0.9), rng.uniform(2.0, 2.6), 1.3, tortuosity, main=True))
         for k, at in enumerate(sorted(rng.uniform(0.2, 0.7, 2))):
             vessels.append(_branch(rng, heart, lcx, f"OM{k + 1}", at, 1.0, sgn * rng.uniform(-0.2, 0.3),
-                                   rng.uniform(0.6, 1.1), rng.uniform(1.8, 2.4), 1.1, tortuosity, main=True))
+                                   rng.uniform(0.6, 1.1), rng.uniform(2.0, 2.6), 1.3, tortuosity, main=True))
         parents = [lad, lcx, vessels[3], vessels[5]]
     else:
         phi_a = _phi(heart, [-0.6, -1.0, 0.3])
@@ -376,7 +379,7 @@ def make_tree(rng, heart: Heart, side: str, diameter_range, tortuosity):
         vessels += [pda, am]
         parents = [rca, pda, am]
     # Small side branches for texture.
-    for k in range(int(rng.integers(5, 9))):
+    for k in range(int(rng.integers(8, 14))):
         parent = parents[int(rng.integers(len(parents)))]
         vessels.append(_branch(rng, heart, parent, f"twig{k + 1}", rng.uniform(0.15, 0.9), 1.0,
                                rng.uniform(-0.6, 0.6), rng.uniform(0.15, 0.4), rng.uniform(1.0, 1.5), 0.8,
