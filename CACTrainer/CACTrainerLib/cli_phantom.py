@@ -37,7 +37,7 @@ def register(subparsers) -> None:
     p.add_argument("--calcium-contrast", type=float, default=None, metavar="MU",
                    help="extra attenuation of calcium per mm (default 0.04 /mm, about 6%% for a 1.5 mm deposit)")
     p.add_argument("--contrast", type=float, default=None, metavar="MU",
-                   help="attenuation of fully opacified blood per mm (default 0.2 /mm)")
+                   help="attenuation of fully opacified blood per mm (default 0.17 /mm)")
     p.add_argument("--heart-rate", type=float, nargs=2, default=None, metavar=("MIN", "MAX"),
                    help="heart rate range in bpm (default 50 120)")
     p.add_argument("--onset-range", type=float, nargs=2, default=None, metavar=("A", "B"),

@@ -12,6 +12,7 @@ Public API
 - :func:`write_dataset` (in :mod:`.phantom_writer`, re-exported): a dataset on disk
   (DICOM XA cines, ``.seg.nrrd`` annotations, ``truth.json``, ``manifest.json``).
 - :func:`load_manifest` ``(dataset_dir) -> list[dict]`` with absolute paths.
+- :func:`write_acquisition_dicom` ``(acq, path)``: only the DICOM cine of an in-memory acquisition.
 
 Determinism: every random draw comes from numpy Generators seeded with
 ``(seed, patient)`` (anatomy: coronary tree and calcium in 3D, shared by all
@@ -57,13 +58,14 @@ class PhantomParams:
     Contrast
       onset_fraction_range (0.35-0.65 of the run), early_onset_prob (0.15) with
       early_onset_fraction_range (0.1-0.35); wash_in_s_range (0.5-1.5 s);
-      contrast_mu_per_mm (iodinated blood, 0.2 /mm at full concentration, times
+      contrast_mu_per_mm (iodinated blood, 0.17 /mm at full concentration, times
       contrast_spread per acquisition); blood_mu_per_mm (0.002: vessels nearly invisible without contrast).
     Anatomy
       vessel_diameter_mm_range (3-4 mm proximal main vessel, tapering to about 1.6-2 mm),
       tortuosity (1.0 = default wiggle), left_prob (0.7: left coronary system injected),
-      heart_mu_per_mm (0.009: heart vs. lung), spine_mu (0.9), rib_mu_per_mm (0.02),
-      diaphragm_mu (0.9), lung_texture (0.04), catheter (True), catheter_mu_per_mm (0.25).
+      heart_mu_per_mm (0.009: heart vs. lung), spine_mu (1.3), rib_mu_per_mm (0.02),
+      diaphragm_mu (1.2), lung_texture (0.07: SD of the 1/f texture),
+      lung_markings (60 thin pulmonary vessels), catheter (True), catheter_mu_per_mm (0.25).
     Calcium
       calcium_count_range (1-4 deposits per calcified patient), calcium_free_fraction
       (0.25 of patients without calcium: negatives), calcium_size_mm_range (0.5-5 mm, log-uniform
@@ -71,7 +73,8 @@ class PhantomParams:
       attenuates about 6 % more than its surroundings) times calcium_mu_spread (0.7-1.3).
     Detector
       photons (quanta per pixel at the lung level, 1200: sets the quantum noise),
-      blur_px (0.7: Gaussian detector blur), exposure_drift (0.01 relative), vignetting (0.2).
+      blur_px (0.7: Gaussian detector blur), exposure_drift (0.01 relative), vignetting (0.2),
+      collimator_prob (0.5: collimator blades and a rounded shutter at the field edges).
     Annotators
       annotator_bias_px_range (-0.6..1.0 px: each annotator's tendency to draw larger or smaller),
       annotator_jitter_px (0.6 px smooth boundary noise, new for every frame),
@@ -105,7 +108,7 @@ class PhantomParams:
     early_onset_prob: float = 0.15
     early_onset_fraction_range: tuple[float, float] = (0.1, 0.35)
     wash_in_s_range: tuple[float, float] = (0.5, 1.5)
-    contrast_mu_per_mm: float = 0.2
+    contrast_mu_per_mm: float = 0.17
     contrast_spread: tuple[float, float] = (0.75, 1.2)
     blood_mu_per_mm: float = 0.002
     vessel_diameter_mm_range: tuple[float, float] = (3.0, 4.0)
@@ -116,6 +119,7 @@ class PhantomParams:
     rib_mu_per_mm: float = 0.02
     diaphragm_mu: float = 1.2
     lung_texture: float = 0.07
+    lung_markings: int = 60
     catheter: bool = True
     catheter_mu_per_mm: float = 0.25
     calcium_count_range: tuple[int, int] = (1, 4)
@@ -374,12 +378,13 @@ class _Renderer:
         spine_x = (c_bot + dxdy * (0 - r_bot)) * sp
         self.spine = img.spine_layer(rng, X, Y, spine_x, dxdy, view.primary_deg, view.secondary_deg,
                                      params.spine_mu)
-        self.spine = ndi.gaussian_filter(self.spine, 1.2 / sp)  # soft edges (the spine is far from the detector)
+        self.spine = ndi.gaussian_filter(self.spine, 2.5 / sp)  # soft edges (the spine is far from the detector)
         dome_r, dome_c, _ = view.project(pat.heart.centre + np.array([10.0, 0.0, -50.0 - rng.uniform(0, 15)]))
         thorax = img.rib_layer(rng, X, Y, int(rng.integers(5, 9)), params.rib_mu_per_mm)
         thorax += img.diaphragm_layer(rng, X, Y, dome_r * sp, (dome_c + rng.uniform(-60, 60) / sp) * sp,
                                       params.diaphragm_mu)
         thorax += img.smooth_noise(rng, (H, W), 2.6, params.lung_texture)
+        thorax += img.lung_markings(rng, (H, W), sp, params.lung_markings, 0.045)
         thorax += img.smooth_noise(rng, (H, W), 2.0, params.lung_texture * 0.35)
         thorax += img.smooth_noise(rng, (H, W), 4.0, 0.2)
         self.thorax = thorax
@@ -390,7 +395,7 @@ class _Renderer:
         if rng.random() < params.collimator_prob:
             # Collimator blades and a rounded-corner shutter a few % inside the field (as on real runs).
             e = rng.uniform(0.0, 0.05, 4) * np.array([rows, rows, cols, cols])
-            corner = rng.uniform(0.1, 0.3) * min(rows, cols)
+            corner = rng.uniform(0.03, 0.15) * min(rows, cols)
             dy = np.maximum(np.maximum(e[0] + corner - yy, yy - (rows - 1 - e[1] - corner)), 0)
             dx = np.maximum(np.maximum(e[2] + corner - xx, xx - (cols - 1 - e[3] - corner)), 0)
             outside = np.hypot(dy, dx) - corner
@@ -494,7 +499,7 @@ class _Renderer:
                 rec.update(visible=True, row=float(ys.mean() + R0), col=float(xs.mean() + C0),
                            area_px=int(mask.sum()),
                            area_mm2=float(mask.sum() * view.spacing_mm**2),
-                           length_mm=float(ext * view.spacing_mm),
+                           length_px=float(ext), length_mm=float(ext * view.spacing_mm),
                            peak_attenuation=float((dep.mu_per_mm * thick).max()))
                 self.patches[j].append((k, R0, C0, mask.copy()))
         rec["center_row"] = float(r.mean())
@@ -553,3 +558,10 @@ def load_manifest(dataset_dir) -> list[dict]:
     from .phantom_writer import load_manifest as _load
 
     return _load(dataset_dir)
+
+
+def write_acquisition_dicom(acq: Acquisition, path, *, compression: str = "none", overwrite: bool = False):
+    """Write only the cine of ``acq`` as DICOM XA; see :func:`.phantom_writer.write_dicom`."""
+    from .phantom_writer import write_dicom
+
+    return write_dicom(path, acq, compression=compression, overwrite=overwrite)

@@ -158,13 +158,13 @@ def spine_layer(rng, X, Y, spine_x, spine_dxdy, primary_deg, secondary_deg, mu):
     across = np.sqrt(np.clip(1 - (dx / hw) ** 2, 0, None))
     rim = np.exp(-(((np.abs(dx) - hw * 0.93) / 2.2) ** 2))
     texture = 1.0 + smooth_noise(rng, X.shape, 2.2, 0.12)
-    L = mu * (0.5 * across * texture + 0.18 * rim) * (0.45 + 0.55 * body_y)
+    L = mu * (0.5 * across * texture + 0.12 * rim) * (0.7 + 0.3 * body_y)
     # Pedicles: two faint oval rings in the upper half of each body.
     for side in (-1, 1):
         px = dx - side * 0.62 * hw
         py = yy + 0.2 * height
         rr = np.sqrt((px / 5.5) ** 2 + (py / 7.5) ** 2)
-        L += mu * 0.1 * np.exp(-(((rr - 1.0) / 0.35) ** 2))
+        L += mu * 0.06 * np.exp(-(((rr - 1.0) / 0.35) ** 2))
     L += mu * 0.3 * np.exp(-((dx0 / (2.6 * hw0)) ** 2))  # paraspinal muscles, mediastinum
     return L.astype(np.float32)
 
@@ -190,6 +190,27 @@ def rib_layer(rng, X, Y, n, mu):
         extent = _sigmoid((rng.uniform(50, 120) - np.abs(X - x0 - rng.uniform(-40, 40))) / 6.0)
         L += (mu * (outer - 0.75 * inner) * extent).astype(np.float32)
     return L
+
+
+def lung_markings(rng, shape, spacing_mm, n, mu_per_mm):
+    """Pulmonary vessels: thin random smooth curves (0.4-1.2 mm radius, 15-60 mm long) in the lungs."""
+    rows, cols, rads, ws = [], [], [], []
+    for _ in range(n):
+        length = rng.uniform(15, 60) / spacing_mm
+        m = max(4, int(length * 2))
+        ang = rng.uniform(0, 2 * np.pi) + np.cumsum(rng.normal(0, 0.04, m))
+        r = rng.uniform(0, shape[0]) + np.cumsum(0.5 * np.sin(ang))
+        c = rng.uniform(0, shape[1]) + np.cumsum(0.5 * np.cos(ang))
+        rad_mm = rng.uniform(0.4, 1.2) * np.linspace(1.0, 0.5, m)
+        rows.append(r)
+        cols.append(c)
+        rads.append(rad_mm / spacing_mm)
+        ws.append(1.5 * 0.5 * spacing_mm * mu_per_mm * np.ones(m))
+    out = np.zeros(shape, np.float32)
+    if n:
+        splat_spheres(shape, np.concatenate(rows), np.concatenate(cols), np.concatenate(rads),
+                      np.concatenate(ws), out=out)
+    return out
 
 
 def diaphragm_layer(rng, X, Y, dome_y, dome_x, mu):
