@@ -410,7 +410,7 @@ def make_catheter(rng, heart: Heart, ostium):
     return pts
 
 
-def make_deposits(rng, vessels: list[Vessel], n: int, size_range, mu_per_mm, mu_spread):
+def make_deposits(rng, vessels: list[Vessel], n: int, size_range, mu_per_mm, mu_spread, small_prob=0.2):
     """Calcified deposits on the walls of the main vessels, mostly proximal and mid segments."""
     mains = [v for v in vessels if v.main]
     weights = np.array([len(v.points) * (2.0 if v.name in ("LM", "LAD", "LCx", "RCA") else 1.0) for v in mains])
@@ -422,8 +422,12 @@ def make_deposits(rng, vessels: list[Vessel], n: int, size_range, mu_per_mm, mu_
         tries += 1
         v = mains[int(rng.choice(len(mains), p=weights))]
         i = int(rng.uniform(0.05, 0.75) * (len(v.points) - 1))
-        lo_s, hi_s = np.log(size_range[0]), np.log(size_range[1])
-        length = float(np.exp(rng.uniform(lo_s, hi_s)))
+        # Log-uniform length; a fraction `small_prob` of small deposits (below 1.2 mm), the rest 1.2 mm and up.
+        split = min(max(1.2, size_range[0]), size_range[1])
+        if rng.random() < small_prob:
+            length = float(np.exp(rng.uniform(np.log(size_range[0]), np.log(split))))
+        else:
+            length = float(np.exp(rng.uniform(np.log(split), np.log(size_range[1]))))
         width = float(max(size_range[0], length * rng.uniform(0.45, 1.0)))
         width = min(width, 2.0 * v.radius[i] + 0.5)
         length = max(length, width)
@@ -451,6 +455,6 @@ def make_patient(rng, index: int, side: str, n_deposits: int, params) -> Patient
     vessels, ostium = make_tree(rng, heart, side, params.vessel_diameter_mm_range, params.tortuosity)
     catheter = make_catheter(rng, heart, ostium)
     deposits = make_deposits(rng, vessels, n_deposits, params.calcium_size_mm_range,
-                             params.calcium_mu_per_mm, params.calcium_mu_spread)
+                             params.calcium_mu_per_mm, params.calcium_mu_spread, params.calcium_small_prob)
     tree_len = max(float(v.arclength.max()) for v in vessels)
     return Patient(index, side, heart, vessels, deposits, catheter, ostium, rng.uniform(65, 85), tree_len)
