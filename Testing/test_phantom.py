@@ -111,8 +111,9 @@ def test_contrast_onset_matches_truth(small):
     assert vals[onset:full].mean() > after.mean(), "wash-in: contrast builds up"
 
 
-def test_image_period_matches_heart_rate():
-    p = replace(SMALL, n_frames=120, onset_fraction_range=(0.9, 0.95), early_onset_prob=0.0,
+@pytest.mark.parametrize("fps", [7.5, 15.0, 30.0])
+def test_image_period_matches_heart_rate(fps):
+    p = replace(SMALL, n_frames=120, fps=fps, onset_fraction_range=(0.9, 0.95), early_onset_prob=0.0,
                 heart_rate_bpm_range=(60, 100))
     a = generate_acquisition(p, seed=7, patient=2, acquisition=1)
     t = a.truth

@@ -535,6 +535,7 @@ class _Renderer:
             "heart_rate_per_beat_bpm": [float(60.0 / x) for x in tl["rrs"]],
             "beat_start_s": [float(x) for x in tl["r_times"][:-1]],
             "onset_frame": int(tl["onset"]),
+            "contrast_full_frame": int(min(p.n_frames - 1, math.ceil((tl["t0"] + tl["wash"]) / dt))),
             "contrast_start_s": float(tl["t0"]),
             "wash_in_s": float(tl["wash"]),
             "contrast_at_ostium": contrast,
