@@ -51,6 +51,7 @@ PERIODIC_THRESHOLD = 0.25
 SMALL_SIDE = 128
 # Moving pixels (of the block means) that the default method's Gram matrices use.
 MAX_PIXELS = 4096
+PAIR_TOL = 0.005  # cycles: candidates this close to the best phase are ties
 JSON_KEYS = (
     "onset_frame",
     "period_frames",
@@ -199,10 +200,11 @@ def ecg_like_signal(frames, reference: int = 0, *, chunk: int = 4) -> np.ndarray
     Parameters
     ----------
     frames : array (N, rows, cols)
-        The cine, any numeric dtype.  Processed ``chunk`` frames at a time:
-        each chunk is converted to float32 (exact for 8-16-bit integers),
-        squared and summed per image row in float32, and the row sums are
-        accumulated in float64, so no float64 copy of the cine is made.
+        The cine, any numeric dtype.  Processed ``chunk`` frames at a time, so
+        no float64 copy of the whole cine is made: 8-bit frames are squared and
+        summed per image row in float32 (exact: integers below 2**24 for rows
+        up to 258 pixels, within 1 ulp beyond) and the row sums accumulated in
+        float64; other dtypes are processed in float64.
     reference : int
         Index of the reference frame (the paper uses the first frame).
 
@@ -214,7 +216,8 @@ def ecg_like_signal(frames, reference: int = 0, *, chunk: int = 4) -> np.ndarray
     n, rows, cols = frames.shape
     if not -n <= reference < n:
         raise CacError(f"reference frame {reference} is outside the cine's {n} frames")
-    work = np.float64 if frames.dtype.itemsize > 4 or frames.dtype == np.float32 else np.float32
+    # 8-bit: float32 squares and 512-term row sums are exact integers; else float64.
+    work = np.float32 if frames.dtype.kind in "ui" and frames.dtype.itemsize == 1 else np.float64
     ref = frames[reference].astype(work)
     diff2 = np.empty(n)
     norm2 = np.empty(n)
@@ -282,12 +285,12 @@ def _darkness_statistic(small: np.ndarray) -> np.ndarray:
     return stat
 
 
-def _fit_ramp(stat: np.ndarray, valid: np.ndarray, fixed_t0: int | None = None):
+def _fit_ramp(stat: np.ndarray, valid: np.ndarray, fixed_t0: int | None = None, t0_window=None):
     """Least-squares fit of baseline + step ramp: ``a + b * clip((k - t0) / (t1 - t0), 0, 1)``.
 
     ``t0`` (last baseline frame, may be -1) and ``t1`` (first plateau frame) are
     integers searched exhaustively; every candidate's sums come from prefix sums,
-    so the search is O(N^2).  Returns (t0, t1, a, b, sse).
+    so the search is O(N^2).  ``t0_window`` = (lo, hi) limits t0.  Returns (t0, t1, a, b, sse).
     """
     n = stat.size
     k = np.arange(n, dtype=float)
@@ -302,6 +305,8 @@ def _fit_ramp(stat: np.ndarray, valid: np.ndarray, fixed_t0: int | None = None):
     t0 = np.arange(-1, n - 1, dtype=float)[:, None] if fixed_t0 is None else np.array([[float(fixed_t0)]])
     t1 = np.arange(0, n, dtype=float)[None, :]
     ok = t1 > t0
+    if t0_window is not None:
+        ok = ok & (t0 >= t0_window[0]) & (t0 <= t0_window[1])
     t0b, t1b = np.broadcast_arrays(t0, t1)
     a_i = (t0b + 1).astype(int).clip(0, n)  # ramp frames t0+1 .. t1-1
     b_i = t1b.astype(int).clip(0, n)
@@ -329,35 +334,49 @@ def _fit_ramp(stat: np.ndarray, valid: np.ndarray, fixed_t0: int | None = None):
     return (int(t0b[i, j]), int(t1b[i, j]), float(a[i, j]), float(b[i, j]), float(max(sse[i, j], 0.0)))
 
 
-def contrast_course(small: np.ndarray, valid: np.ndarray | None = None, onset: int | None = None) -> ContrastCourse:
+def contrast_course(small: np.ndarray, valid: np.ndarray | None = None, onset: int | None = None,
+                    period: float | None = None) -> ContrastCourse:
     """Find the contrast arrival in block-averaged frames (see :class:`ContrastCourse`).
 
     The darkening statistic (:func:`_darkness_statistic`) is fitted with a
-    baseline, a linear rise and a plateau; the onset is the first frame after
-    the baseline, ``contrast_start`` the first frame of the plateau.  The
-    arrival is "detected" when the ramp model explains at least half of the
-    statistic's variance, the rise is at least 3 robust residual standard
-    deviations and 2 % of the baseline.  With ``onset`` given, only the plateau
-    start is fitted.
+    baseline, a linear rise and a plateau (:func:`_fit_ramp`).  The heart beat
+    also modulates the statistic, so when the cardiac ``period`` (frames) is
+    known the statistic is first averaged over one period around every frame;
+    that beat-free course decides whether there is an arrival at all and
+    roughly where, and the raw statistic then places it to the frame (its
+    baseline end searched within one period of the smoothed fit).  The onset
+    is the first frame after the baseline, ``contrast_start`` the first frame
+    of the plateau.  The arrival is "detected" when, on the beat-free course,
+    the ramp model explains at least 60 % of the variance, the rise is at least
+    4 robust residual standard deviations and 2 % of the baseline.  With
+    ``onset`` given, only the plateau start is fitted.
     """
     n = small.shape[0]
     valid = np.ones(n, bool) if valid is None else np.asarray(valid, bool)
     stat = _darkness_statistic(small)
+    vk = np.nonzero(valid)[0]
+    smooth = stat.copy()
+    use_period = period is not None and period >= 2 and vk.size > 1.5 * period
+    if use_period:
+        smooth[vk] = _one_cycle_mean_operator(vk.astype(float), period) @ stat[vk]
     fixed = None if onset is None else int(onset) - 1
-    t0, t1, a, b, sse = _fit_ramp(stat, valid, fixed)
+    t0, t1, a, b, sse = _fit_ramp(smooth, valid, fixed)
     if t0 is None:  # no darkening at all
-        return ContrastCourse(n // 2 if onset is None else int(onset), n // 2 if onset is None else int(onset),
-                              0.0, 0.0, False, stat)
+        guess = n // 2 if onset is None else int(onset)
+        return ContrastCourse(guess, guess, 0.0, 0.0, False, stat)
     k = np.arange(n, dtype=float)
     model = a + b * np.clip((k - t0) / max(t1 - t0, 1e-9), 0, 1)
-    resid = (stat - model)[valid]
+    resid = (smooth - model)[valid]
     noise = 1.4826 * np.median(np.abs(resid - np.median(resid))) + 1e-12
-    total = ((stat[valid] - stat[valid].mean()) ** 2).sum()
+    total = ((smooth[valid] - smooth[valid].mean()) ** 2).sum()
     score = float(max(0.0, 1.0 - sse / total)) if total > 0 else 0.0
     snr = float(b / noise)
-    # The statistic also swings with the heart beat and respiration, so the test asks
-    # for a step that dominates the variance, not only one far above frame noise.
-    detected = score >= 0.5 and snr >= 3.0 and b >= 0.02 * max(a, 1e-12)
+    detected = score >= 0.6 and snr >= 4.0 and b >= 0.02 * max(a, 1e-12)
+    if use_period:
+        window = None if fixed is not None else (t0 - period, t0 + period)
+        r0, r1, *_ = _fit_ramp(stat, valid, fixed, window)
+        if r0 is not None:
+            t0, t1 = r0, r1
     return ContrastCourse(int(t0) + 1, int(t1), score, snr, bool(detected), stat)
 
 
@@ -373,7 +392,8 @@ def detect_contrast_onset(frames, blank_frames=()) -> tuple[int, float]:
     frames = _check_frames(frames)
     valid = np.ones(frames.shape[0], bool)
     valid[list(blank_frames)] = False
-    course = contrast_course(block_mean(frames), valid)
+    small = block_mean(frames)
+    course = contrast_course(small, valid, None, _features(small, valid, None).rough_period)
     if not course.detected:
         warnings.warn("no contrast arrival found; assuming the first half of the cine is non-contrast",
                       CacWarning, stacklevel=2)
@@ -649,26 +669,39 @@ def _dist_from_gram(g: np.ndarray) -> np.ndarray:
 
 
 def _one_cycle_mean_operator(times: np.ndarray, period: float) -> np.ndarray:
-    """Matrix M with (M y)_k = mean of y over one period around frame k, kept inside the part.
+    """Matrix M with (M y)_k = the slow trend of y at frame k, free of the heart beat.
 
-    Each row averages exactly one period (fractional end weights), so the cardiac
-    component cancels and what is left is the slow trend (respiration, contrast,
-    exposure).  Near the part's ends the window slides inward instead of
-    reflecting, which would mix phases.  Parts shorter than a period get their mean.
+    In the interior, the mean of y over exactly one period centred on frame k
+    (fractional end weights), so the cardiac component cancels and the slow
+    trend (respiration, contrast, exposure) is left.  Within half a period of
+    the part's ends no centred window fits; there the trend is extrapolated
+    linearly from the first (last) two one-period means half a period apart,
+    which are also free of the beat.  Parts shorter than 1.5 periods get their
+    mean.
     """
     t = np.asarray(times, float)
     m = t.size
-    if t[-1] - t[0] + 1 <= period:
+    if t[-1] - t[0] + 1 <= 1.5 * period:
         return np.full((m, m), 1.0 / m)
     half = period / 2
-    centre = np.clip(t, t[0] - 0.5 + half, t[-1] + 0.5 - half)
-    lo = centre - half
-    hi = centre + half
-    # each frame covers [t - 0.5, t + 0.5]; weight = overlap with the window
-    w = np.clip(np.minimum(hi[:, None], t[None, :] + 0.5) - np.maximum(lo[:, None], t[None, :] - 0.5), 0, None)
-    return w / w.sum(1, keepdims=True)
 
+    def window(centre):
+        lo, hi = centre - half, centre + half
+        w = np.clip(np.minimum(hi, t + 0.5) - np.maximum(lo, t - 0.5), 0, None)
+        return w / w.sum()
 
+    first, last = t[0] - 0.5 + half, t[-1] + 0.5 - half
+    out = np.empty((m, m))
+    a0, a1 = window(first), window(first + half)
+    b0, b1 = window(last), window(last - half)
+    for k in range(m):
+        if t[k] < first:
+            out[k] = a0 + (t[k] - first) / half * (a1 - a0)
+        elif t[k] > last:
+            out[k] = b0 + (last - t[k]) / half * (b1 - b0)
+        else:
+            out[k] = window(t[k])
+    return out
 
 
 def _highpass_gram(g: np.ndarray, times: np.ndarray, period: float) -> np.ndarray:
@@ -798,6 +831,10 @@ def _landmarks_for_reference(dist_row: np.ndarray, gram: np.ndarray, times: np.n
                 break
             j = int(sel[np.argmin(dist_row[sel])])
             tj = float(times[j])
+            if (int(tj) - 1 not in pos) or (int(tj) + 1 not in pos):
+                # At the end of the frames the true return may lie beyond them:
+                # the closest frame is then no landmark.
+                break
             best_t, best_d = tj, dist_row[j]
             for nb in (int(tj) - 1, int(tj) + 1):
                 m = pos.get(nb)
@@ -860,18 +897,46 @@ def _top_pixels(motion: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
     return np.sort(idx[np.argpartition(motion[idx], idx.size - MAX_PIXELS)[-MAX_PIXELS:]])
 
 
-def _default_estimate(small, valid, frame_time_ms, onset, contrast_start, warn_list) -> tuple[PhaseEstimate, np.ndarray]:
+@dataclass
+class _Features:
+    """The block-averaged cine prepared once for onset detection and the default method."""
+
+    small: np.ndarray  # (N, h, w) float32 block means
+    z: np.ndarray  # (N, h*w) float32, per-frame z-scored
+    motion: np.ndarray  # (h*w,) frame-to-frame change energy per pixel (valid consecutive frames)
+    g_all: np.ndarray  # (N, N) Gram matrix of z on the MAX_PIXELS most moving pixels
+    rough_period: float | None  # period (frames) from all valid frames, for the onset statistic
+
+
+def _features(small: np.ndarray, valid: np.ndarray, frame_time_ms) -> _Features:
+    n = small.shape[0]
+    z = _normalise(small.reshape(n, -1))
+    k = np.nonzero(valid)[0]
+    a = k[:-1][np.diff(k) == 1]
+    motion = np.zeros(z.shape[1], np.float64)
+    # Only the pixels that move carry the heart beat: the Gram matrices use the
+    # MAX_PIXELS with the largest frame-to-frame change (fast, and less noise).
+    for s0 in range(0, a.size, 32):
+        blk = z[a[s0:s0 + 32] + 1] - z[a[s0:s0 + 32]]
+        motion += np.einsum("ij,ij->j", blk, blk, dtype=np.float64)
+    g_all = _gram(z[:, _top_pixels(motion, None)])
+    lo_p, hi_p = _period_bounds(n, frame_time_ms)
+    rough, conf = _estimate_period([(k.astype(float), g_all[np.ix_(k, k)])], lo_p, hi_p)
+    return _Features(small, z, motion, g_all, rough if conf >= PERIODIC_THRESHOLD else None)
+
+
+def _default_estimate(feats: _Features, valid, frame_time_ms, onset, contrast_start, warn_list):
     """The default image-based phase estimate (see module docstring and docs/sync.md).
 
     Returns the estimate and the contrast-insensitive frame distance matrix
     (used to break ties and for the non-periodic fallback).
     """
+    small, z, motion, g_all = feats.small, feats.z, feats.motion, feats.g_all
     n = small.shape[0]
     all_k = np.arange(n)
     nc = all_k[(all_k < onset) & valid]
     cp = all_k[(all_k >= contrast_start) & valid]
     lo_p, hi_p = _period_bounds(n, frame_time_ms)
-    z = _normalise(small.reshape(n, -1))
 
     # Pixels that contrast does not change, for comparing frames across the two parts.
     if nc.size and cp.size:
@@ -882,17 +947,7 @@ def _default_estimate(small, valid, frame_time_ms, onset, contrast_start, warn_l
             stable = diff <= np.quantile(diff, 0.5)
     else:
         stable = np.ones(small.shape[1:], bool)
-    # Only the pixels that move carry the heart beat: keep the MAX_PIXELS with the
-    # largest frame-to-frame change inside the parts (fast Gram matrices, less noise).
-    a = np.concatenate([p[:-1][np.diff(p) == 1] for p in (nc, cp)]).astype(int)
-    motion = np.zeros(z.shape[1], np.float64)
-    for s0 in range(0, a.size, 32):
-        blk = z[a[s0:s0 + 32] + 1] - z[a[s0:s0 + 32]]
-        motion += np.einsum("ij,ij->j", blk, blk, dtype=np.float64)
-    sel_all = _top_pixels(motion, None)
-    sel_stable = _top_pixels(motion, stable.ravel())
-    g_all = _gram(z[:, sel_all])
-    g_stable = _gram(_normalise(z[:, sel_stable]))
+    g_stable = _gram(_normalise(z[:, _top_pixels(motion, stable.ravel())]))
     cross_all = _dist_from_gram(g_stable)  # contrast-insensitive distances of all frame pairs
 
     parts = {name: (p, g_all[np.ix_(p, p)]) for name, p in (("nc", nc), ("cp", cp)) if p.size >= 3}
@@ -912,7 +967,11 @@ def _default_estimate(small, valid, frame_time_ms, onset, contrast_start, warn_l
     # no break at the contrast arrival, where the frames to pair are.
     vk = all_k[valid]
     tv = vk.astype(float)
-    ph = _part_phase(_clip_gram(_highpass_gram(g_stable[np.ix_(vk, vk)], tv, period), tv, half), tv, period)
+    clip = _clip_gram(_highpass_gram(g_stable[np.ix_(vk, vk)], tv, period), tv, half)
+    ph = _part_phase(clip, tv, period)
+    # Tie-breaking distance: the same beat-only, contrast-free clips.
+    tie = np.full((n, n), np.inf)
+    tie[np.ix_(vk, vk)] = _dist_from_gram(clip)
     if ph is not None:
         phase[vk] = ph
     else:
@@ -940,7 +999,7 @@ def _default_estimate(small, valid, frame_time_ms, onset, contrast_start, warn_l
     beats = _zero_crossings(unwrapped)
     mean_period = float((beats[-1] - beats[0]) / (len(beats) - 1)) if len(beats) >= 3 else float(period)
     hr = 60000.0 / (mean_period * frame_time_ms) if frame_time_ms else None
-    pairs = pair_by_phase(phase, nc, cp, frame_distance=cross_all)
+    pairs = pair_by_phase(phase, nc, cp, frame_distance=tie, tolerance=PAIR_TOL)
     est = PhaseEstimate("image-default", phase, mean_period, beats, pairs, conf, True, hr)
     return est, cross_all
 
@@ -1037,8 +1096,9 @@ def synchronize(
         warn_list.append(f"frame 0 is blank; the ECG-like signal uses frame {reference} as reference")
     signal = ecg_like_signal(frames, reference)
     small = block_mean(frames)
+    feats = _features(small, valid, frame_time_ms)
     report(1, 4, "contrast onset")
-    course = contrast_course(small, valid, onset)
+    course = contrast_course(small, valid, onset, feats.rough_period)
     if onset is None:
         if course.detected:
             onset_frame = course.onset_frame
@@ -1048,8 +1108,8 @@ def synchronize(
                              f"(frames 0-{onset_frame - 1}) is non-contrast; pass --onset to set it")
     else:
         onset_frame = onset
-    contrast_start = max(onset_frame, min(course.contrast_start, n - 1)) if course.detected or onset is not None \
-        else onset_frame
+    # Without a significant rise (even at a given onset) there is no plateau to wait for.
+    contrast_start = max(onset_frame, min(course.contrast_start, n - 1)) if course.detected else onset_frame
     if onset_frame <= 0 or not valid[:onset_frame].any():
         raise CacError("contrast is present from the first frame: there are no non-contrast frames to pair; "
                        "pass --onset N if the onset detection is wrong")
@@ -1063,7 +1123,7 @@ def synchronize(
             warn_list.append(f"no clear periodicity in the ECG-like signal (score {image.confidence:.2f})")
         frame_distance = None
     else:
-        image, frame_distance = _default_estimate(small, valid, frame_time_ms, onset_frame, contrast_start,
+        image, frame_distance = _default_estimate(feats, valid, frame_time_ms, onset_frame, contrast_start,
                                                   warn_list)
     ecg_est = _ecg_estimate(n, r_wave_frames, ecg, frame_time_ms, warn_list) if use_ecg else None
     report(3, 4, "pairing")

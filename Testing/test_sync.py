@@ -1,0 +1,346 @@
+"""Cardiac synchronization (CACIdentifierLib.sync, `cac sync`).
+
+References: eq. 1 against a direct float64 numpy evaluation, block means
+against scikit-image, the change-point fit against brute-force least squares,
+R-peak timing against the known peaks of a synthetic ECG, the period and the
+pairs against the phantom's truth (CACTrainerLib.phantom) and the R Wave
+Pointer of the real RCA cine.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from CACIdentifierLib import sync
+from CACIdentifierLib.cli import main
+from CACIdentifierLib.errors import CacError
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+RCA = DATA / "xa" / "rubo-rca-ecg-96f.dcm"
+BIPLANE = DATA / "xa" / "rubo-biplane-b-ecg-17f.dcm"
+STATIC = DATA / "xa" / "ge-static-phantom-jpegls.dcm"
+needs_data = pytest.mark.skipif(not RCA.exists(), reason=f"shared test data not found at {DATA}")
+
+JSON_KEYS = {"onset_frame", "period_frames", "heart_rate_bpm", "phase", "pairs", "signal", "confidence",
+             "ecg_used", "method"}
+
+
+def _eq1_direct(frames, ref=0):
+    f = frames.astype(np.float64)
+    num = np.sqrt(((f - f[ref]) ** 2).sum(axis=(1, 2)))
+    den = np.sqrt((f[ref] ** 2).sum()) + np.sqrt((f**2).sum(axis=(1, 2)))
+    return num / den
+
+
+def _pair_errors(pairs, phase):
+    phase = np.asarray(phase)
+    return np.array([sync._circ_dist(phase[a], phase[b]) for a, b in pairs])
+
+
+@pytest.fixture(scope="module")
+def rca_cine():
+    if not RCA.exists():
+        pytest.skip(f"shared test data not found at {DATA}")
+    from CACIdentifierLib.cine_io import load_cine
+
+    return load_cine(RCA)
+
+
+@pytest.fixture(scope="module")
+def phantom_case():
+    phantom = pytest.importorskip("CACTrainerLib.phantom")
+    params = phantom.PhantomParams(rows=128, cols=128, n_frames=150, fps=15.0, heart_rate_bpm_range=(75.0, 75.0))
+    return phantom.generate_acquisition(params, seed=11)
+
+
+# ----------------------------------------------------------------------------- eq. 1
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float64])
+def test_eq1_matches_direct_numpy(dtype):
+    rng = np.random.default_rng(0)
+    top = 255 if dtype == np.uint8 else 4095
+    frames = (rng.random((9, 33, 47)) * top).astype(dtype)
+    for ref in (0, 4):
+        np.testing.assert_allclose(sync.ecg_like_signal(frames, ref), _eq1_direct(frames, ref), rtol=1e-12, atol=0)
+    assert sync.ecg_like_signal(frames)[0] == 0.0
+
+
+@needs_data
+def test_eq1_on_real_cine_matches_direct_numpy(rca_cine):
+    frames = rca_cine.frames[:24]
+    np.testing.assert_allclose(sync.ecg_like_signal(frames), _eq1_direct(frames), rtol=1e-12)
+
+
+def test_eq1_zero_frames_and_bad_shapes():
+    frames = np.zeros((3, 4, 4), np.uint8)
+    assert np.all(sync.ecg_like_signal(frames) == 0)
+    with pytest.raises(CacError):
+        sync.ecg_like_signal(np.zeros((4, 4)))
+    with pytest.raises(CacError):
+        sync.ecg_like_signal(np.zeros((1, 4, 4)))
+    with pytest.raises(CacError):
+        sync.ecg_like_signal(np.zeros((3, 4, 4)), reference=5)
+
+
+def test_block_mean_matches_skimage():
+    from skimage.measure import block_reduce
+
+    rng = np.random.default_rng(1)
+    frames = rng.integers(0, 256, (3, 512, 515), dtype=np.uint8)
+    got = sync.block_mean(frames)
+    want = block_reduce(frames[:, :512, :512].astype(np.float64), (1, 4, 4), np.mean)
+    assert got.shape == (3, 128, 128)
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+# ----------------------------------------------------------------------------- onset
+
+
+def test_ramp_fit_matches_brute_force_least_squares():
+    rng = np.random.default_rng(2)
+    n = 30
+    k = np.arange(n)
+    y = 0.05 * rng.standard_normal(n) + np.clip((k - 11) / 6, 0, 1)
+    valid = rng.random(n) > 0.1
+    t0, t1, a, b, sse = sync._fit_ramp(y, valid)
+    best = None
+    for T0 in range(-1, n - 1):
+        for T1 in range(T0 + 1, n):
+            r = np.clip((k - T0) / (T1 - T0), 0, 1)
+            A = np.stack([np.ones(n), r], 1)[valid]
+            coef, *_ = np.linalg.lstsq(A, y[valid], rcond=None)
+            e = float(((A @ coef - y[valid]) ** 2).sum())
+            if coef[1] > 0 and (best is None or e < best[0]):
+                best = (e, T0, T1, coef[0], coef[1])
+    assert (t0, t1) == (best[1], best[2])
+    np.testing.assert_allclose([a, b, sse], [best[3], best[4], best[0]], rtol=1e-7, atol=1e-10)
+
+
+def test_onset_on_phantom(phantom_case):
+    truth = phantom_case.truth["onset_frame"]
+    onset, score = sync.detect_contrast_onset(phantom_case.frames)
+    assert abs(onset - truth) <= 3, (onset, truth)
+    assert score > 0.5
+
+
+@needs_data
+def test_onset_on_real_rca(rca_cine):
+    # The vessel fills from about frame 17 (looked at: frames 15-21); exposure settles in frames 0-7.
+    onset, score = sync.detect_contrast_onset(rca_cine.frames)
+    assert 12 <= onset <= 22
+    assert score > 0.9
+
+
+# ----------------------------------------------------------------------------- period and pairs
+
+
+@pytest.mark.parametrize("period", [9.0, 12.37, 17.6])
+def test_period_of_synthetic_moving_texture(period):
+    """A textured blob moving on a non-sinusoidal periodic path, no contrast (onset given)."""
+    rng = np.random.default_rng(3)
+    n, size = 120, 64
+    texture = rng.random((size * 2, size * 2)).astype(np.float32)
+    from scipy import ndimage
+
+    texture = ndimage.gaussian_filter(texture, 2) * 200 + 20
+    t = np.arange(n)
+    ph = (t / period) % 1.0
+    shift = np.where(ph < 0.3, ph / 0.3, 1 - (ph - 0.3) / 0.7) * 6.0  # fast out, slow back
+    frames = np.stack([ndimage.shift(texture, (s, 0.5 * s), order=1)[32:96, 32:96] for s in shift])
+    frames = frames + rng.normal(0, 1.0, frames.shape)
+    res = sync.synchronize(frames.astype(np.float32), 66.7, onset=n // 2)
+    assert res.periodic
+    assert abs(res.period_frames / period - 1) < 0.02, res.period_frames
+    err = _pair_errors(res.pairs, ph)
+    assert np.median(err) < 0.03
+
+
+def test_paper_method_is_fft_peak_and_k_plus_m_t():
+    rng = np.random.default_rng(4)
+    n = 96
+    frames, truth = sync.synthetic_cine(n_frames=n, size=64, fps=15, bpm=75, rr_jitter=0.0, respiration_px=0,
+                                        seed=4, onset_fraction=0.5)
+    res = sync.synchronize(frames, 1000 / 15, method="paper", onset=truth["onset_frame"])
+    s = np.asarray(res.signal)
+    spec = np.abs(np.fft.rfft(s - s.mean()))
+    bins = np.arange(spec.size)
+    lo, hi = sync._period_bounds(n, 1000 / 15)
+    band = (bins >= 1) & (n / np.maximum(bins, 1) >= lo) & (n / np.maximum(bins, 1) <= hi)
+    k = bins[band][np.argmax(spec[band])]
+    assert res.period_frames == pytest.approx(n / k)
+    for a, b in res.pairs:
+        m = (b - a) / res.period_frames
+        assert abs(b - (a + round(m) * res.period_frames)) <= 0.5 + 1e-9
+    del rng
+
+
+def test_default_beats_paper_on_phantom(phantom_case):
+    truth_phase = np.asarray(phantom_case.truth["phase"])
+    onset = phantom_case.truth["onset_frame"]
+    r_true = np.asarray(phantom_case.truth["r_wave_frames"], float)
+    period_true = float(np.mean(np.diff(r_true)))
+    ft = phantom_case.frame_time_ms
+    default = sync.synchronize(phantom_case.frames, ft)
+    paper = sync.synchronize(phantom_case.frames, ft, method="paper")
+    assert default.periodic and default.method == "default"
+    assert abs(default.period_frames / period_true - 1) < 0.03
+    e_def = _pair_errors(default.pairs, truth_phase)
+    e_pap = _pair_errors(paper.pairs, truth_phase)
+    assert np.median(e_def) < 0.03 and np.percentile(e_def, 90) < 0.08
+    assert np.median(e_def) <= np.median(e_pap) + 1e-9
+    # every non-contrast frame once, paired with a contrast frame where contrast has arrived
+    nc = [a for a, _ in default.pairs]
+    assert nc == list(range(default.onset_frame))
+    assert default.onset_frame <= onset + 3
+    for a, b in default.pairs:
+        assert a < default.onset_frame <= default.contrast_start <= b < len(truth_phase)
+    assert len(default.phase) == len(truth_phase)
+    assert all(0 <= p < 1 for p in default.phase)
+
+
+def test_pair_by_phase_circular_and_ties():
+    phase = np.array([0.98, 0.5, 0.02, 0.49, 0.51, 0.97])
+    assert sync.pair_by_phase(phase, [0], [2, 3, 4]) == [[0, 2]]  # 0.98 -> 0.02 across the wrap
+    # 0.49 and 0.51 tie for 0.5: the nearer in time wins, or the smaller image distance when given
+    assert sync.pair_by_phase(phase, [1], [3, 4], tolerance=0.02) == [[1, 3]]
+    dist = np.zeros((6, 6))
+    dist[1, 3], dist[1, 4] = 5.0, 1.0
+    assert sync.pair_by_phase(phase, [1], [3, 4], frame_distance=dist, tolerance=0.02) == [[1, 4]]
+
+
+def test_phase_from_landmarks_linear_and_extrapolated():
+    ph = sync.phase_from_landmarks([2.0, 12.0, 17.0], 20)
+    np.testing.assert_allclose(ph[[2, 7, 12, 17]], [0.0, 0.5, 1.0, 2.0])
+    np.testing.assert_allclose(ph[0], -2 / 7.5)  # mean RR 7.5 outside
+    np.testing.assert_allclose(ph[19], 2 + 2 / 7.5)
+
+
+# ----------------------------------------------------------------------------- ECG
+
+
+def test_r_peaks_from_synthetic_ecg():
+    fs = 500.0
+    t = np.arange(0, 5000, 1000 / fs)
+    r_true = np.array([0.0, 410.0, 1230.0, 2050.0, 2790.0, 3700.0, 4480.0])
+    x = 0.05 * np.sin(2 * np.pi * t / 3000)  # baseline wander
+    for r in r_true:
+        x += np.exp(-0.5 * ((t - r) / 8.0) ** 2) - 0.2 * np.exp(-0.5 * ((t - r - 30) / 10.0) ** 2)
+    got = sync.r_peaks_from_ecg(-x, t)  # inverted lead: polarity is found
+    np.testing.assert_allclose(got, r_true[1:], atol=2.0)
+    got_edges = sync.r_peaks_from_ecg(-x, t, edges=True)
+    np.testing.assert_allclose(got_edges, r_true, atol=2.0)
+
+
+@needs_data
+def test_ecg_gives_phase_on_rca(rca_cine):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = sync.synchronize_cine(rca_cine)
+    assert res.ecg_used and res.ecg is not None
+    r = [b for b in res.ecg.beat_frames if b >= 10]
+    assert r == [19.0, 52.0, 76.0]
+    assert list(np.diff(r)) == [33.0, 24.0]
+    assert res.period_frames == pytest.approx(28.5)
+    assert res.heart_rate_bpm == pytest.approx(60000 / (28.5 * 33))
+    for k in (19, 52, 76):
+        assert res.phase[k] == pytest.approx(0.0, abs=1e-12)
+    assert res.phase[35] == pytest.approx(16 / 33)
+    # the image-based estimate is carried beside the ECG
+    assert res.image is not None and res.image.periodic
+    assert abs(res.image.period_frames / 28.5 - 1) < 0.15
+    # its beats fall within 4 frames of the two R waves in the fully contrasted part
+    for rw in (52, 76):
+        assert min(abs(b - rw) for b in res.image.beat_frames) <= 4
+
+
+@needs_data
+def test_no_ecg_uses_images(rca_cine):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = sync.synchronize_cine(rca_cine, use_ecg=False)
+    assert not res.ecg_used and res.ecg is None
+    assert res.period_frames == pytest.approx(res.image.period_frames)
+    assert res.pairs == res.image.pairs
+
+
+# ----------------------------------------------------------------------------- no periodicity, blank frames
+
+
+@needs_data
+def test_static_phantom_is_not_periodic():
+    from CACIdentifierLib.cine_io import load_cine
+
+    cine = load_cine(STATIC)
+    for method in ("default", "paper"):
+        with pytest.warns(Warning):
+            res = sync.synchronize_cine(cine, method=method)
+        assert not res.periodic
+        assert res.confidence < sync.PERIODIC_THRESHOLD
+        out = res.to_json()
+        assert out["period_frames"] is None and out["heart_rate_bpm"] is None
+        assert any("periodicity" in w for w in res.warnings)
+        assert any("contrast" in w for w in res.warnings)
+        assert len(res.pairs) == res.onset_frame  # explicit fallback still pairs every frame
+
+
+@needs_data
+def test_blank_frame_is_not_used():
+    from CACIdentifierLib.cine_io import load_cine
+
+    cine = load_cine(BIPLANE)
+    assert 0 in cine.blank_frames
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = sync.synchronize_cine(cine, use_ecg=False)
+    assert res.signal[1] == 0.0  # first non-blank frame is the reference
+    assert all(0 not in p for p in res.pairs)
+    assert len(res.phase) == 17
+
+
+# ----------------------------------------------------------------------------- errors and CLI
+
+
+def test_bad_input_is_a_clear_error():
+    frames, _ = sync.synthetic_cine(n_frames=40, size=32, seed=1)
+    with pytest.raises(CacError, match="no non-contrast frames"):
+        sync.synchronize(frames, 66.7, onset=0)
+    with pytest.raises(CacError, match="no contrast frames"):
+        sync.synchronize(frames, 66.7, onset=40)
+    with pytest.raises(CacError, match="method"):
+        sync.synchronize(frames, 66.7, method="fourier")
+    with pytest.raises(CacError, match="frame time"):
+        sync.synchronize(frames, -5)
+
+
+@needs_data
+def test_cli_json_has_exactly_the_keys(capsys):
+    assert main(["sync", str(RCA), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out) == JSON_KEYS
+    assert out["ecg_used"] is True and out["method"] == "default"
+    assert len(out["phase"]) == len(out["signal"]) == 96
+    assert all(0 <= p < 1 for p in out["phase"])
+    assert all(len(p) == 2 and p[0] < out["onset_frame"] <= p[1] for p in out["pairs"])
+    assert main(["sync", str(RCA), "--json", "--no-ecg", "--method", "paper"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out) == JSON_KEYS and out["ecg_used"] is False and out["method"] == "paper"
+
+
+@needs_data
+def test_cli_plot_and_errors(tmp_path, capsys):
+    png = tmp_path / "sync.png"
+    assert main(["sync", str(RCA), "--plot", str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "period" in capsys.readouterr().out
+    assert main(["sync", str(RCA), "--plot", str(png)]) == 2  # no overwrite without --overwrite
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("cac: error:")
+    assert main(["sync", str(RCA), "--onset", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no non-contrast frames" in err[0]
+    assert not list(tmp_path.glob(".*tmp*"))
