@@ -43,20 +43,26 @@ def splat_spheres(shape, rows, cols, rad_px, weight, out=None):
     half = np.ceil(rad_px + 0.5).astype(int)
     for k in np.unique(half):
         sel = half == k
-        r, c, rad, wt = rows[sel], cols[sel], rad_px[sel], weight[sel]
+        r, c = rows[sel], cols[sel]
+        rad = rad_px[sel].astype(np.float32)
         off = np.arange(-k, k + 1)
         r0 = np.floor(r).astype(np.int64)
         c0 = np.floor(c).astype(np.int64)
-        rr = r0[:, None, None] + off[None, :, None]
-        cc = c0[:, None, None] + off[None, None, :]
-        d2 = (rr - r[:, None, None]) ** 2 + (cc - c[:, None, None]) ** 2
-        val = np.sqrt(np.clip(1.0 - d2 / (rad[:, None, None] ** 2), 0.0, None))
+        # Separable pieces on small (n, 2k+1) arrays, combined by broadcasting.
+        dr = ((r0 - r)[:, None] + off).astype(np.float32)
+        dc = ((c0 - c)[:, None] + off).astype(np.float32)
+        inv = 1.0 / rad**2
+        q = 1.0 - (dr * dr * inv[:, None])[:, :, None] - (dc * dc * inv[:, None])[:, None, :]
+        np.maximum(q, 0.0, out=q)
+        val = np.sqrt(q)
         total = val.sum(axis=(1, 2))
         norm = np.where(total > 0, (2.0 / 3.0 * np.pi * rad**2) / np.maximum(total, 1e-9), 0.0)
-        val *= (wt * norm)[:, None, None]
-        inside = (rr >= 0) & (rr < h) & (cc >= 0) & (cc < w)
-        idx = (rr * w + cc)[inside]
-        flat += np.bincount(idx, val[inside], minlength=h * w).astype(np.float32)
+        val *= (weight[sel] * norm).astype(np.float32)[:, None, None]
+        rr = r0[:, None] + off
+        cc = c0[:, None] + off
+        inside = ((rr >= 0) & (rr < h))[:, :, None] & ((cc >= 0) & (cc < w))[:, None, :]
+        idx = (rr * w)[:, :, None] + cc[:, None, :]
+        flat += np.bincount(idx[inside], val[inside], minlength=h * w).astype(np.float32)
     return out
 
 
@@ -92,24 +98,27 @@ def quadric_chords(rays, source, quadrics, overlap=0.35):
     return top + overlap * (total - top)
 
 
-def linear_upsampler(n_in: int, n_out: int) -> np.ndarray:
-    """(n_out, n_in) matrix of linear interpolation between grids with aligned pixel centres
-    (``grid_mode``: input pixel i covers output pixels [i*f, (i+1)*f)), edges clamped."""
+def linear_upsampler(n_in: int, n_out: int):
+    """Indices and weights ``(i0, i1, w1)`` of linear interpolation from ``n_in`` to ``n_out``
+    samples with aligned pixel centres (``grid_mode``: input pixel i covers output pixels
+    [i*f, (i+1)*f)), edges clamped, as ``scipy.ndimage.zoom(order=1, grid_mode=True, mode="nearest")``."""
     f = n_out / n_in
-    x = (np.arange(n_out) + 0.5) / f - 0.5
-    x = np.clip(x, 0, n_in - 1)
-    i0 = np.floor(x).astype(int)
+    x = np.clip((np.arange(n_out) + 0.5) / f - 0.5, 0, n_in - 1)
+    i0 = np.floor(x).astype(np.intp)
     i1 = np.minimum(i0 + 1, n_in - 1)
-    w1 = x - i0
-    m = np.zeros((n_out, n_in), np.float32)
-    m[np.arange(n_out), i0] += 1 - w1
-    m[np.arange(n_out), i1] += w1
-    return m
+    return i0, i1, (x - i0).astype(np.float32)
 
 
-def upsample(img, row_matrix, col_matrix):
-    """Separable bilinear upsampling of a coarse grid: two small matrix products (BLAS)."""
-    return row_matrix @ img @ col_matrix.T
+def upsample(img, rows, cols):
+    """Separable bilinear upsampling of a coarse grid with :func:`linear_upsampler` tables.
+
+    Gathers and multiply-adds only: single-threaded and cheap (no BLAS, whose
+    threads spin badly when the CPU is shared).
+    """
+    r0, r1, wr = rows
+    c0, c1, wc = cols
+    a = img[r0] * (1 - wr)[:, None] + img[r1] * wr[:, None]
+    return a[:, c0] * (1 - wc) + a[:, c1] * wc
 
 
 # ----------------------------------------------------------------------------------------------
