@@ -320,3 +320,46 @@ def test_imaging_primitives_against_references():
     rays[:, 0, 1] = np.array([1, 0, 1]) / np.sqrt(2)
     chords = img.quadric_chords(rays, np.array([0.0, 0.0, -500.0]), [(A, np.zeros(3), 1.0)])
     assert chords[0, 0] == pytest.approx(2 * R, rel=1e-4) and chords[0, 1] == 0.0
+
+
+def test_calcium_free_allocation():
+    from CACTrainerLib.phantom_writer import calcium_free_patients
+
+    assert calcium_free_patients(1, 0.25, 0) == set()
+    assert calcium_free_patients(1, 1.0, 0) == {0}
+    assert len(calcium_free_patients(2, 0.1, 0)) == 1
+    assert len(calcium_free_patients(14, 0.25, 5)) == 4
+    assert len(calcium_free_patients(3, 0.99, 5)) == 2
+    assert calcium_free_patients(5, 0.0, 5) == set()
+    assert calcium_free_patients(14, 0.25, 5) == calcium_free_patients(14, 0.25, 5)
+
+
+def test_ecg_option_writes_r_wave_pointer(tmp_path):
+    pydicom = pytest.importorskip("pydicom")
+    p = replace(SMALL, rows=64, cols=64, n_frames=40, ecg=True)
+    a = generate_acquisition(p, seed=4)
+    ds = pydicom.dcmread(write_dicom(tmp_path / "ecg.dcm", a))
+    expected = [int(round(f)) + 1 for f in a.truth["r_wave_frames"]]
+    assert list(ds.RWavePointer) == expected and len(expected) >= 2
+    # The phase is 0 at each R wave: frames just after an R wave have a small phase.
+    phase = np.asarray(a.truth["phase"])
+    for f in a.truth["r_wave_frames"]:
+        k = int(np.ceil(f))
+        if k < len(phase):
+            assert phase[k] < 0.25
+
+
+def test_cli_json_output(tmp_path, capsys):
+    pytest.importorskip("CACIdentifierLib.mrml")
+    from CACIdentifierLib.cli import main
+
+    out = tmp_path / "ds"
+    assert main(["phantom", str(out), "--patients", "2", "--acquisitions-per-patient", "1", "--frames", "10",
+                 "--size", "64", "--fps", "7.5", "--bits", "10", "--json"]) == 0
+    entries = json.loads(capsys.readouterr().out)
+    assert [e["id"] for e in entries] == ["P001_A01", "P002_A01"]
+    assert entries[0]["frame_time_ms"] == pytest.approx(1000 / 7.5)
+    assert sum(e["calcium_free"] for e in entries) == 1
+    cine_io = pytest.importorskip("CACIdentifierLib.cine_io")
+    cine = cine_io.load_cine(entries[0]["cine"])
+    assert cine.bits_stored == 10 and cine.frames.dtype == np.uint16 and 300 < cine.frames.max() <= 1023

@@ -172,14 +172,16 @@ def write_acquisition(folder, acq, *, compression: str = "none", overwrite: bool
 
 
 def calcium_free_patients(n_patients: int, fraction: float, seed: int) -> set[int]:
-    """Which patients get no calcium: round(fraction * n), at least one when fraction > 0 (and at
-    least one calcified patient when fraction < 1), chosen reproducibly from ``seed``."""
+    """Which patients get no calcium: ``round(fraction * n)``, but with two or more patients at
+    least one when ``fraction > 0`` and at least one calcified when ``fraction < 1``; chosen
+    reproducibly from ``seed``.  A single patient is calcium-free only if ``fraction >= 0.5``."""
     if n_patients <= 0 or fraction <= 0:
         return set()
     k = int(round(fraction * n_patients))
-    k = max(k, 1)
-    if fraction < 1 and n_patients >= 2:
-        k = min(k, n_patients - 1)
+    if n_patients >= 2:
+        k = max(k, 1)
+        if fraction < 1:
+            k = min(k, n_patients - 1)
     k = min(k, n_patients)
     order = np.random.default_rng([int(seed) & 0xFFFFFFFF, 0xCA1C]).permutation(n_patients)
     return {int(i) for i in order[:k]}
