@@ -363,3 +363,20 @@ def test_cli_json_output(tmp_path, capsys):
     cine_io = pytest.importorskip("CACIdentifierLib.cine_io")
     cine = cine_io.load_cine(entries[0]["cine"])
     assert cine.bits_stored == 10 and cine.frames.dtype == np.uint16 and 300 < cine.frames.max() <= 1023
+
+
+def test_cancel_leaves_nothing(tmp_path):
+    from CACIdentifierLib.progress import Cancelled
+
+    seen = []
+
+    def progress(done, total, message):
+        seen.append((done, total))
+        if done >= 15:
+            raise Cancelled()
+
+    p = replace(SMALL, rows=64, cols=64, n_frames=10)
+    with pytest.raises(Cancelled):
+        write_dataset(tmp_path / "ds", p, patients=2, seed=1, progress=progress)
+    assert seen[-1] == (15, 20)
+    assert list(tmp_path.iterdir()) == []

@@ -98,7 +98,7 @@ def run(args) -> int:
     from CACIdentifierLib.fileutil import check_writable
     from CACIdentifierLib.progress import terminal_progress
 
-    from .phantom_writer import load_manifest, save_montage, write_dataset
+    from .phantom_writer import load_manifest, write_dataset
 
     params = params_from_args(args)
     if args.patients < 1 or args.acquisitions_per_patient < 1:
@@ -111,15 +111,8 @@ def run(args) -> int:
     command = "cac " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv else None
     write_dataset(out, params, patients=args.patients, acquisitions_per_patient=args.acquisitions_per_patient,
                   seed=args.seed, compression=args.compression, overwrite=args.overwrite,
-                  progress=terminal_progress(), command=command)
+                  progress=terminal_progress(), command=command, montage=args.montage)
     entries = load_manifest(out)
-    if args.montage:
-        from .phantom import generate_acquisition
-        from .phantom_writer import calcium_free_patients
-
-        free = calcium_free_patients(args.patients, params.calcium_free_fraction, args.seed)
-        acq = generate_acquisition(params, args.seed, 0, 0, calcium_free=0 in free)
-        save_montage(acq, args.montage, overwrite=args.overwrite)
     if args.json:
         print(json.dumps(entries, indent=1))
     else:

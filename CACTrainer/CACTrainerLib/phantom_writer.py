@@ -188,13 +188,16 @@ def calcium_free_patients(n_patients: int, fraction: float, seed: int) -> set[in
 
 
 def write_dataset(out_dir, params=None, *, patients: int = 1, acquisitions_per_patient: int = 1, seed: int = 0,
-                  compression: str = "none", overwrite: bool = False, progress=None, command: str | None = None
-                  ) -> Path:
+                  compression: str = "none", overwrite: bool = False, progress=None, command: str | None = None,
+                  montage=None) -> Path:
     """Generate and write a dataset of ``patients`` x ``acquisitions_per_patient`` cines.
 
-    Returns the dataset folder.  ``progress(done, total, message)`` is called
-    per acquisition.  See the module docstring for the layout and
-    :func:`load_manifest` for reading it back.
+    Returns the dataset folder.  ``progress(done, total, message)`` counts
+    rendered frames over the whole dataset (it may raise
+    ``progress.Cancelled``: nothing is left behind).  ``montage``: a PNG path
+    for a montage of the first acquisition (written after the dataset).  See
+    the module docstring for the layout and :func:`load_manifest` for reading
+    it back.
     """
     from .phantom import PhantomParams, generate_acquisition
 
@@ -204,14 +207,24 @@ def write_dataset(out_dir, params=None, *, patients: int = 1, acquisitions_per_p
         raise CacError("need at least one patient and one acquisition per patient")
     free = calcium_free_patients(patients, params.calcium_free_fraction, seed)
     total = patients * acquisitions_per_patient
+    n = params.n_frames
     entries = []
+    first = None
     with atomic_directory(out_dir, overwrite) as tmp:
         done = 0
         for p in range(patients):
             for a in range(acquisitions_per_patient):
+                inner = None
                 if progress is not None:
-                    progress(done, total, f"{acquisition_id(p, a)}")
-                acq = generate_acquisition(params, seed, p, a, calcium_free=p in free)
+                    label = acquisition_id(p, a)
+
+                    def inner(k, _n, _msg, base=done * n, label=label):
+                        progress(base + k, total * n, f"{label} frame {k}/{n}")
+
+                    progress(done * n, total * n, acquisition_id(p, a))
+                acq = generate_acquisition(params, seed, p, a, calcium_free=p in free, progress=inner)
+                if montage is not None and first is None:
+                    first = acq
                 rel = Path(patient_id(p)) / f"A{a + 1:02d}"
                 files = write_acquisition(tmp / rel, acq, compression=compression)
                 t = acq.truth
@@ -237,8 +250,10 @@ def write_dataset(out_dir, params=None, *, patients: int = 1, acquisitions_per_p
                     "acquisitions_per_patient": acquisitions_per_patient, "compression": compression,
                     "params": params.to_dict(), "command": command, "acquisitions": entries}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
-        if progress is not None:
-            progress(total, total, "done")
+    if montage is not None and first is not None:
+        save_montage(first, montage, overwrite=overwrite)
+    if progress is not None:
+        progress(total * n, total * n, "done")
     return Path(out_dir)
 
 
