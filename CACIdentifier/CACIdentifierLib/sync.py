@@ -49,7 +49,7 @@ MAX_BPM = 200.0
 PERIODIC_THRESHOLD = 0.25
 # Side of the block-averaged frames the default method works on.
 SMALL_SIDE = 128
-# Moving pixels (of the block means) that the default method's Gram matrices use.
+# Most moving pixels (of the block means) used for the period and the onset statistic's period.
 MAX_PIXELS = 4096
 PAIR_TOL = 0.005  # cycles: candidates this close to the best phase are ties
 JSON_KEYS = (
@@ -235,15 +235,16 @@ def ecg_like_signal(frames, reference: int = 0, *, chunk: int = 4) -> np.ndarray
     return out
 
 
-def block_mean(frames, side: int = SMALL_SIDE) -> np.ndarray:
-    """Downsample frames by averaging ``f x f`` pixel blocks, ``f = min(rows, cols) // side``.
+def block_mean(frames, side: int | None = None) -> np.ndarray:
+    """Downsample frames by averaging ``f x f`` pixel blocks, ``f = min(rows, cols) // side``
+    (``side`` defaults to :data:`SMALL_SIDE`).
 
     Rows/columns beyond a multiple of ``f`` are dropped.  Returns float32
     (N, rows // f, cols // f).  Integer frames are summed in integers (exact).
     """
     frames = _check_frames(frames)
     n, rows, cols = frames.shape
-    f = max(1, min(rows, cols) // side)
+    f = max(1, min(rows, cols) // (side or SMALL_SIDE))
     if f == 1:
         return frames.astype(np.float32)
     r, c = rows // f, cols // f
@@ -278,8 +279,11 @@ def _darkness_statistic(small: np.ndarray) -> np.ndarray:
     moving anatomy (respiration) changes where dark structures are, not how much.
     """
     local = ndimage.uniform_filter(small, size=(1, 7, 7), mode="nearest")
-    dark = np.maximum(local - small, 0).mean(axis=(1, 2), dtype=np.float64)
-    mean = small.mean(axis=(1, 2), dtype=np.float64)
+    np.subtract(local, small, out=local)
+    np.maximum(local, 0, out=local)
+    n = small.shape[0]
+    dark = local.reshape(n, -1).sum(1).astype(np.float64) / local[0].size
+    mean = small.reshape(n, -1).sum(1).astype(np.float64) / local[0].size
     with np.errstate(invalid="ignore", divide="ignore"):
         stat = np.where(mean > 0, dark / np.where(mean > 0, mean, 1), 0.0)
     return stat
@@ -691,16 +695,15 @@ def _one_cycle_mean_operator(times: np.ndarray, period: float) -> np.ndarray:
         return w / w.sum()
 
     first, last = t[0] - 0.5 + half, t[-1] + 0.5 - half
-    out = np.empty((m, m))
+    centre = np.clip(t, first, last)[:, None]
+    out = np.clip(np.minimum(centre + half, t[None, :] + 0.5) - np.maximum(centre - half, t[None, :] - 0.5), 0, None)
+    out /= out.sum(1, keepdims=True)
     a0, a1 = window(first), window(first + half)
     b0, b1 = window(last), window(last - half)
-    for k in range(m):
-        if t[k] < first:
-            out[k] = a0 + (t[k] - first) / half * (a1 - a0)
-        elif t[k] > last:
-            out[k] = b0 + (last - t[k]) / half * (b1 - b0)
-        else:
-            out[k] = window(t[k])
+    for k in np.nonzero(t < first)[0]:
+        out[k] = a0 + (t[k] - first) / half * (a1 - a0)
+    for k in np.nonzero(t > last)[0]:
+        out[k] = b0 + (last - t[k]) / half * (b1 - b0)
     return out
 
 
@@ -889,12 +892,13 @@ def _part_phase(gram: np.ndarray, times: np.ndarray, period: float, n_refs: int 
     return ref
 
 
-def _top_pixels(motion: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
-    """Indices of the MAX_PIXELS pixels (within ``mask``) with the largest motion energy."""
+def _top_pixels(motion: np.ndarray, mask: np.ndarray | None, limit: int | None = None) -> np.ndarray:
+    """Indices of the ``limit`` (MAX_PIXELS) pixels within ``mask`` with the largest motion energy."""
+    limit = MAX_PIXELS if limit is None else limit
     idx = np.arange(motion.size) if mask is None else np.nonzero(mask)[0]
-    if idx.size <= MAX_PIXELS:
+    if idx.size <= limit:
         return idx
-    return np.sort(idx[np.argpartition(motion[idx], idx.size - MAX_PIXELS)[-MAX_PIXELS:]])
+    return np.sort(idx[np.argpartition(motion[idx], idx.size - limit)[-limit:]])
 
 
 @dataclass
@@ -931,7 +935,7 @@ def _default_estimate(feats: _Features, valid, frame_time_ms, onset, contrast_st
     Returns the estimate and the contrast-insensitive frame distance matrix
     (used to break ties and for the non-periodic fallback).
     """
-    small, z, motion, g_all = feats.small, feats.z, feats.motion, feats.g_all
+    small, z, g_all = feats.small, feats.z, feats.g_all
     n = small.shape[0]
     all_k = np.arange(n)
     nc = all_k[(all_k < onset) & valid]
@@ -947,7 +951,8 @@ def _default_estimate(feats: _Features, valid, frame_time_ms, onset, contrast_st
             stable = diff <= np.quantile(diff, 0.5)
     else:
         stable = np.ones(small.shape[1:], bool)
-    g_stable = _gram(_normalise(z[:, _top_pixels(motion, stable.ravel())]))
+    # The phase uses every contrast-free pixel: keeping only the most moving ones loses accuracy.
+    g_stable = _gram(_normalise(z[:, stable.ravel()]))
     cross_all = _dist_from_gram(g_stable)  # contrast-insensitive distances of all frame pairs
 
     parts = {name: (p, g_all[np.ix_(p, p)]) for name, p in (("nc", nc), ("cp", cp)) if p.size >= 3}
