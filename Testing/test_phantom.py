@@ -227,6 +227,8 @@ def test_dicom_reads_back(tmp_path, small, compression):
     assert np.array_equal(cine.frames, small.frames)
     assert cine.spacing_mm[0] == pytest.approx(small.spacing_mm[0], rel=1e-6)
     assert cine.frame_time_ms == pytest.approx(1000.0 / 15, rel=1e-5)
+    mem = small.to_cine()
+    assert mem.spacing_mm[0] == pytest.approx(cine.spacing_mm[0], rel=1e-6) and mem.bits_stored == cine.bits_stored
 
 
 def test_dicom_uids_deterministic(tmp_path, small):

@@ -193,6 +193,19 @@ class Acquisition:
     def phase(self) -> np.ndarray:
         return np.asarray(self.truth["phase"], dtype=float)
 
+    def to_cine(self):
+        """The frames as a :class:`CACIdentifierLib.cine.Cine` (what the DICOM reads back as; the R
+        waves only when ``params.ecg`` was set, as in the file)."""
+        from CACIdentifierLib.cine import Cine
+
+        t = self.truth
+        r_waves = [int(round(f)) for f in t["r_wave_frames"]] if t["params"].get("ecg") else None
+        return Cine(frames=self.frames, frame_time_ms=self.frame_time_ms, spacing_mm=tuple(self.spacing_mm),
+                    spacing_source="phantom", bits_stored=self.bits, r_wave_frames=r_waves, modality="XA",
+                    identifiers={"PatientID": f"PHANTOM-{t['seed']}-P{t['patient'] + 1:03d}",
+                                 "acquisition": f"P{t['patient'] + 1:03d}_A{t['acquisition'] + 1:02d}"},
+                    source="phantom")
+
 
 def _rng(seed: int, patient: int, *more: int) -> np.random.Generator:
     return np.random.default_rng([int(seed) & 0xFFFFFFFF, 0x9E3779B9, int(patient), *[int(m) for m in more]])

@@ -249,7 +249,7 @@ def _make_vessel(rng, heart, name, s_path, phi_path, off, d0, d1, start_arc, tor
     """A vessel following (s, phi) on the LV surface, `off` mm outside it, with tortuosity.
 
     Tortuosity is a smooth displacement along the surface, perpendicular to the
-    vessel, of about 2 mm (wavelengths 12-40 mm) plus 0.5 mm (4-9 mm), scaled by ``tortuosity``.
+    vessel, of about 1.6 mm (wavelengths 12-40 mm) plus 0.3 mm (5-10 mm), scaled by ``tortuosity``.
     """
     pts = _surface(heart, np.asarray(s_path, float), np.asarray(phi_path, float),
                    np.broadcast_to(np.asarray(off, float), np.shape(s_path)))
@@ -259,7 +259,7 @@ def _make_vessel(rng, heart, name, s_path, phi_path, off, d0, d1, start_arc, tor
     rel = pts - heart.centre
     outward = _unit(rel - (rel @ heart.e1)[:, None] * heart.e1)
     side = _unit(np.cross(tangent, outward))
-    disp = _wiggle(rng, arc, 2.0 * tortuosity, (12, 40)) + _wiggle(rng, arc, 0.5 * tortuosity, (4, 9))
+    disp = _wiggle(rng, arc, 1.6 * tortuosity, (12, 40)) + _wiggle(rng, arc, 0.3 * tortuosity, (5, 10))
     lift = np.abs(_wiggle(rng, arc, 1.0 * tortuosity, (15, 40)))
     pts = pts + disp[:, None] * side + lift[:, None] * outward
     r_mid = (d0 + d1) / 4.0
