@@ -38,7 +38,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-
 from CACIdentifierLib.errors import CacError
 from CACIdentifierLib.progress import ProgressCallback, no_progress
 

@@ -40,7 +40,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from CACIdentifierLib.errors import CacError
 from CACIdentifierLib.fileutil import atomic_output
 from CACIdentifierLib.progress import ProgressCallback, no_progress
@@ -115,7 +114,9 @@ def _prf(y_true, y_pred) -> dict:
 
     r = precision_recall_f1(np.asarray(y_true).astype(bool), np.asarray(y_pred).astype(bool))
     if isinstance(r, dict):
-        return {k: (None if r.get(k) is None else float(r[k])) for k in ("precision", "recall", "f1")}
+        out = {k: (None if r.get(k) is None else float(r[k])) for k in ("precision", "recall", "f1")}
+        out.update({k: int(r[k]) for k in ("tp", "fp", "fn", "tn") if k in r})
+        return out
     p, rc, f = r[:3]
     return {"precision": float(p), "recall": float(rc), "f1": float(f)}
 
@@ -229,13 +230,18 @@ def evaluate(model, fs: D.FrameSet, config: TrainConfig, device, *, decode: bool
         if not mask.any() and not truth.any():
             continue
         iom = metrics.iom(mask, truth)
+        # The same decoder without classifier gating, for the paired comparison of the CV report.
+        ungated = refine(patches.stitch(rois[sl].astype(np.float32), D.FRAME, D.FRAME, mode="max"),
+                         **config.refinement)
+        iom_ungated = metrics.iom(ungated, truth)
         sp = fs.spacing_mm[f]
         hd = None
         if np.all(np.isfinite(sp)) and mask.any() and truth.any():
             hd = metrics.hausdorff_mm(mask, truth, tuple(float(s) for s in sp))
         frames.append({"acquisition": fs.acquisition[f], "frame": int(fs.frame_index[f]),
                        "iom": None if iom is None or (isinstance(iom, float) and math.isnan(iom)) else float(iom),
-                       "hd_mm": None if hd is None else float(hd)})
+                       "hd_mm": None if hd is None else float(hd),
+                       "iom_ungated": None if iom_ungated is None else float(iom_ungated)})
     ioms = [fr["iom"] for fr in frames if fr["iom"] is not None]
     hds = [fr["hd_mm"] for fr in frames if fr["hd_mm"] is not None]
     out["frames"] = frames
@@ -263,6 +269,52 @@ def _decoder_val_loss(model, fs: D.FrameSet, config: TrainConfig, device, alpha:
 
 
 # -- training -----------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def recalibrate_bn(model, fs: D.FrameSet, config: TrainConfig, device, stage: int, epoch: int,
+                   n_patches: int = 256) -> None:
+    """Re-estimate the BatchNorm statistics of the stage's modules on un-augmented training patches.
+
+    During training BatchNorm normalises with each (balanced, augmented)
+    batch's own statistics, while evaluation uses the running averages, which
+    trail the fast-changing weights (momentum 0.1) and saw augmented inputs;
+    on short runs the two disagree enough to flip validation predictions.
+    Recomputing the statistics as a plain average over ``n_patches`` random
+    training patches after each epoch ("precise BN") removes that gap.  Only
+    the running statistics change (training itself uses batch statistics),
+    and only the modules being trained: in stage 2 the frozen classifier's
+    statistics stay as stage 1 left them.
+    """
+    from CACIdentifierLib.device import autocast
+
+    modules = model.classifier_modules() if stage == 1 else [model.decoder]
+    bns = [m for mod in modules for m in mod.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return
+    was_training = model.training
+    model.eval()
+    momenta = [bn.momentum for bn in bns]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative average over the batches below
+        bn.train()
+    rng = np.random.default_rng([int(config.seed), int(stage), int(epoch), 99])
+    ids = rng.choice(fs.n_patches, size=min(n_patches, fs.n_patches), replace=False)
+    bs = max(2, config.batch_size)
+    for s in range(0, len(ids), bs):
+        chunk = ids[s:s + bs]
+        if len(chunk) < 2:
+            break
+        b = D.make_batch(fs, chunk)
+        with autocast(device, enabled=config.amp):
+            feats = model.encode(_to(b["nc"], device), _to(b["c"], device))
+            if stage == 2:
+                model.decode(feats)
+    for bn, m in zip(bns, momenta):
+        bn.momentum = m
+    model.train(was_training)
+
 
 
 def _run_epoch(model, opt, fs: D.FrameSet, config: TrainConfig, device, stage: int, epoch: int,
@@ -379,6 +431,7 @@ def train(train_set: D.FrameSet, val_set: D.FrameSet | None, config: TrainConfig
         for epoch in range(first, epochs):
             t0 = time.perf_counter()
             train_loss = _run_epoch(model, opt, train_set, config, device, st, epoch, progress)
+            recalibrate_bn(model, train_set, config, device, st, epoch)
             row = {"event": "epoch", "stage": st, "epoch": epoch + 1, "epochs": epochs,
                    "train_loss": train_loss, "val_loss": None, "val_f1": None, "val_iom": None}
             if st == 2:

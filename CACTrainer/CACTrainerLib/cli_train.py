@@ -1,0 +1,202 @@
+"""``cac train``: two-stage training, cross-validation folds and their summary.
+
+::
+
+    cac train DATASET --out MODEL.safetensors --cv none          # the shipped-model recipe
+    cac train DATASET --out RUN_DIR --cv patient [--fold K]       # leave-one-patient-out CV
+    cac train --summarize RUN_DIR                                  # merge fold_K.json files
+
+Progress goes to stdout as JSON lines (``--json``; one object per event:
+``start``, ``epoch``, ``stage_done``, ``fold``, ``fold_done``, ``done``) and
+as a progress bar on stderr when it is a terminal.  Checkpoints are written
+after every epoch into the run folder (``--run-dir``; by default
+``MODEL.run/`` next to the model, or ``RUN_DIR/fold_K/``); ``--resume``
+continues an interrupted run from there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shlex
+import sys
+from pathlib import Path
+
+from CACIdentifierLib.errors import CacError
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "train",
+        help="train the double-head ResUNet-18 (two stages) or run cross-validation",
+        description="Two-stage training (classifier, then decoder with the classifier frozen) on a dataset "
+        "with a manifest.json (see `cac phantom`), as in De Rose et al. 2025.",
+    )
+    p.add_argument("dataset", nargs="?", help="dataset folder with manifest.json")
+    p.add_argument("--out", help="model file (.safetensors) for --cv none, or run folder for cross-validation")
+    p.add_argument("--cv", choices=("patient", "acquisition", "none"), default="none",
+                   help="leave-one-patient-out (default for CV), leave-one-acquisition-out (the paper), "
+                   "or none: train on everything (default)")
+    p.add_argument("--fold", type=int, help="run only this fold (0-based) and write RUN/fold_K.json")
+    p.add_argument("--summarize", metavar="RUN_DIR", help="merge RUN_DIR/fold_*.json into report.json/report.md")
+    p.add_argument("--epochs", type=int, help="epochs of both stages (paper: 100)")
+    p.add_argument("--epochs1", type=int, help="classifier epochs (default 100)")
+    p.add_argument("--epochs2", type=int, help="decoder epochs (default 100)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr1", type=float, default=1e-4, help="classifier learning rate (paper 1e-4)")
+    p.add_argument("--lr2", type=float, default=1e-3, help="decoder learning rate (paper 1e-3)")
+    p.add_argument("--frames-per-acquisition", type=int, default=8,
+                   help="evenly spaced annotated non-contrast frames per acquisition (0: all)")
+    p.add_argument("--samples-per-epoch", type=int, help="patches per epoch (default: balanced set size)")
+    p.add_argument("--no-balance", action="store_true", help="do not balance positive/negative patches")
+    p.add_argument("--no-augment", action="store_true", help="no augmentation")
+    p.add_argument("--rebalance-step", type=float, default=0.01,
+                   help="per-epoch decrease of the GDL weight alpha (Kervadec et al.: 0.01)")
+    p.add_argument("--width", type=int, default=64, help="network width (ResNet-18: 64)")
+    p.add_argument("--val-fraction", type=float, default=0.15,
+                   help="share of training patients held out for checkpoint selection")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    p.add_argument("--no-amp", action="store_true", help="no bf16/fp16 autocast")
+    p.add_argument("--threads", type=int, help="CPU threads for torch")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--run-dir", help="checkpoint folder (default MODEL.run/ or RUN_DIR/fold_K/)")
+    p.add_argument("--dtype", choices=("float16", "float32"), default="float16", help="weights of the saved model")
+    p.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument("--json", action="store_true", help="JSON lines on stdout (default when stdout is not a terminal)")
+    p.set_defaults(func=run)
+
+
+def _config(args):
+    from .training import TrainConfig
+
+    e1 = args.epochs1 if args.epochs1 is not None else (args.epochs if args.epochs is not None else 100)
+    e2 = args.epochs2 if args.epochs2 is not None else (args.epochs if args.epochs is not None else 100)
+    if e1 < 1 or e2 < 1:
+        raise CacError("epochs must be at least 1")
+    if args.batch_size < 2:
+        raise CacError("--batch-size must be at least 2 (BatchNorm needs two samples)")
+    arch = {} if args.width == 64 else {"width": int(args.width)}
+    return TrainConfig(epochs1=e1, epochs2=e2, batch_size=args.batch_size, lr1=args.lr1, lr2=args.lr2,
+                       seed=args.seed, device=args.device, amp=not args.no_amp, balanced=not args.no_balance,
+                       augment=not args.no_augment, samples_per_epoch=args.samples_per_epoch,
+                       rebalance_step=args.rebalance_step, architecture=arch, num_threads=args.threads)
+
+
+def _emitter(as_json: bool):
+    def emit(event: dict) -> None:
+        if as_json:
+            print(json.dumps(event, default=str), flush=True)
+        elif event.get("event") == "epoch":
+            parts = [f"stage {event['stage']} epoch {event['epoch']}/{event['epochs']}",
+                     f"train {event['train_loss']:.4f}"]
+            for key in ("val_loss", "val_f1", "val_iom"):
+                if event.get(key) is not None:
+                    parts.append(f"{key} {event[key]:.3f}")
+            parts.append(f"{event['seconds']:.0f} s" + (" *" if event.get("best") else ""))
+            print("  ".join(parts), flush=True)
+        elif event.get("event") in ("start", "fold", "fold_done", "done", "resume"):
+            brief = {k: v for k, v in event.items() if k not in ("config", "best")}
+            print(json.dumps(brief, default=str), flush=True)
+
+    return emit
+
+
+def _dataset_fingerprint(dataset: Path) -> str:
+    manifest = dataset / "manifest.json"
+    return hashlib.sha256(manifest.read_bytes()).hexdigest()[:16] if manifest.exists() else ""
+
+
+def run(args) -> int:
+    from CACIdentifierLib.progress import terminal_progress
+
+    from . import crossval
+
+    if args.summarize:
+        report = crossval.summarize(args.summarize)
+        if args.json:
+            print(json.dumps({k: v for k, v in report.items() if k != "markdown"}))
+        else:
+            print(report["markdown"], end="")
+        return 0
+    if not args.dataset or not args.out:
+        raise CacError("give a DATASET folder and --out (or --summarize RUN_DIR)")
+    dataset = Path(args.dataset)
+    if not dataset.is_dir():
+        raise CacError(f"dataset folder {dataset} does not exist")
+    as_json = args.json or not sys.stdout.isatty()
+    emit = _emitter(as_json)
+    progress = terminal_progress()
+    config = _config(args)
+    out = Path(args.out)
+    if args.cv == "none":
+        if args.fold is not None:
+            raise CacError("--fold needs --cv patient or --cv acquisition")
+        if out.suffix != ".safetensors":
+            raise CacError(f"--out {out} must be a .safetensors model file with --cv none")
+        if out.exists() and not args.overwrite:
+            raise CacError(f"{out} already exists; pass --overwrite to replace it or choose another name")
+        if not out.parent.exists():
+            raise CacError(f"folder {out.parent} does not exist; create it first")
+    fs = _load(dataset, args, progress)
+    if args.cv == "none":
+        return _train_final(fs, dataset, args, config, out, emit, progress)
+    folds = crossval.make_folds(fs, args.cv)
+    todo = [args.fold] if args.fold is not None else list(range(len(folds)))
+    out.mkdir(parents=True, exist_ok=True)
+    for k in todo:
+        crossval.run_fold(fs, k, args.cv, config, out, resume=args.resume, emit=emit, progress=progress,
+                          overwrite=args.overwrite, val_fraction=args.val_fraction)
+    if args.fold is None:
+        report = crossval.summarize(out)
+        if not as_json:
+            print(report["markdown"], end="")
+    return 0
+
+
+def _load(dataset: Path, args, progress):
+    from . import dataset as D
+
+    fpa = args.frames_per_acquisition or None
+    return D.build_frameset(dataset, frames_per_acquisition=fpa, progress=progress)
+
+
+def _train_final(fs, dataset: Path, args, config, out: Path, emit, progress) -> int:
+    import torch
+    from CACIdentifierLib.modelio import save_model
+
+    from . import crossval
+    from . import training as T
+
+    run_dir = Path(args.run_dir) if args.run_dir else out.with_name(out.stem + ".run")
+    train_set, val_set = crossval.validation_split(fs, args.val_fraction, args.seed)
+    result = T.train(train_set, val_set, config, run_dir, resume=args.resume, emit=emit, progress=progress)
+    curves = out.with_name(out.stem + "_curves.png")
+    T.plot_curves(result.history, curves, title=f"{out.name}: training curves")
+    vm = {k: v for k, v in result.val_metrics.items() if k != "frames"}
+    metadata = {
+        "roi_gt": {"iterations": config.roi_iterations, "step_px": config.roi_step_px,
+                   "min_deposit_fraction": config.min_deposit_fraction},
+        "refinement": dict(config.refinement),
+        "classifier_threshold": config.classifier_threshold,
+        "training": {
+            "data": {"dataset": dataset.name, "manifest_sha256_16": _dataset_fingerprint(dataset),
+                     "frames_per_acquisition": args.frames_per_acquisition or "all",
+                     "train": train_set.summary(), "val": val_set.summary() if val_set is not None else None,
+                     "val_patients": sorted(set(val_set.patient)) if val_set is not None else []},
+            "command": "cac train " + " ".join(shlex.quote(a) for a in sys.argv[2:])
+            if len(sys.argv) > 1 and sys.argv[1] == "train" else "cac train (API)",
+            "config": T.asdict(config),
+            "epochs_run": {"stage1": sum(1 for r in result.history if r["stage"] == 1),
+                           "stage2": sum(1 for r in result.history if r["stage"] == 2)},
+            "best_epoch": {"stage1": (result.best.get("stage1") or {}).get("epoch"),
+                           "stage2": (result.best.get("stage2") or {}).get("epoch")},
+            "seconds": round(result.seconds, 1),
+            "torch": torch.__version__,
+        },
+        "metrics": {"validation": vm},
+    }
+    dtype = torch.float16 if args.dtype == "float16" else None
+    card = save_model(out, result.model, metadata, overwrite=args.overwrite, dtype=dtype)
+    emit({"event": "saved", "model": str(out), "sha256": card.get("sha256"), "curves": str(curves)})
+    return 0

@@ -1,0 +1,226 @@
+"""Leave-one-out cross-validation and its report in the layout of the paper's Table 2.
+
+Folds (:func:`make_folds`): the paper leaves one *acquisition* out per fold
+("For each fold, one acquisition was left as test set").  A patient's other
+projections of the same coronary tree and calcium then sit in the training
+set, so the default here leaves one *patient* out (``by="patient"``);
+``by="acquisition"`` reproduces the paper.  The same fold serves both
+training stages (as in the paper).  Inside a fold, checkpoint selection (best
+validation F1 in stage 1, best validation IoM in stage 2) uses a validation
+split of the *training* patients (:func:`validation_split`), never the test
+fold.
+
+Each fold can run in its own process (``cac train DATA --out RUN --cv patient
+--fold K``; folds may run as separate jobs on several machines) and writes
+``RUN/fold_K.json``; :func:`summarize` merges the fold files into
+``report.json`` and ``report.md``: precision, recall, F1 (patch level) and
+IoM, HD (frame level, median over the fold's frames) per fold, reported as
+median (Q1-Q3) over folds beside the paper's Table 2, plus a paired Wilcoxon
+signed-rank test over folds of the IoM with classifier gating against the
+IoM of the same decoder without gating (does the classifier help the ROI?).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+from CACIdentifierLib.errors import CacError
+from CACIdentifierLib.fileutil import atomic_output
+
+from . import dataset as D
+from . import training as T
+
+PAPER_TABLE2 = {
+    "precision": (0.89, 0.81, 0.94),
+    "recall": (0.89, 0.79, 0.95),
+    "f1": (0.87, 0.77, 0.94),
+    "iom": (0.64, 0.46, 0.86),
+    "hd_mm": (47.16, 35.05, 63.77),
+}
+ROWS = [
+    ("Classification", "precision", "Precision"),
+    ("Classification", "recall", "Recall"),
+    ("Classification", "f1", "F1-score"),
+    ("Identification", "iom", "IoM"),
+    ("Identification", "hd_mm", "HD (mm)"),
+]
+
+
+def groups_of(fs: D.FrameSet, by: str) -> list:
+    if by == "patient":
+        return list(fs.patient)
+    if by == "acquisition":
+        return list(fs.acquisition)
+    raise CacError(f"unknown fold unit {by!r}; choose 'patient' or 'acquisition'")
+
+
+def make_folds(fs: D.FrameSet, by: str = "patient") -> list[list[str]]:
+    """Leave-one-out folds: fold ``k`` tests the ``k``-th group (sorted ids) of patients or acquisitions."""
+    groups = sorted(set(groups_of(fs, by)))
+    if len(groups) < 2:
+        raise CacError(f"cross-validation by {by} needs at least two {by}s; the dataset has {len(groups)}")
+    return [[g] for g in groups]
+
+
+def validation_split(fs: D.FrameSet, fraction: float = 0.15, seed: int = 0) -> tuple[D.FrameSet, D.FrameSet | None]:
+    """Split off whole patients (about ``fraction`` of them, at least one) for checkpoint selection.
+
+    With a single patient the split is by acquisition; with a single
+    acquisition there is no validation set (the last epoch is kept).
+    """
+    for unit in ("patient", "acquisition"):
+        groups = sorted(set(groups_of(fs, unit)))
+        if len(groups) >= 2:
+            rng = np.random.default_rng([int(seed), 7])
+            n_val = max(1, int(round(fraction * len(groups))))
+            val = set(rng.choice(groups, size=n_val, replace=False).tolist())
+            is_val = np.array([g in val for g in groups_of(fs, unit)])
+            return fs.subset(~is_val), fs.subset(is_val)
+    return fs, None
+
+
+def _fold_metrics(ev: dict) -> dict:
+    from CACIdentifierLib.metrics import median_iqr
+
+    frames = ev.get("frames", [])
+    return {
+        "precision": ev.get("precision"),
+        "recall": ev.get("recall"),
+        "f1": ev.get("f1"),
+        "patches": ev.get("patches"),
+        "positives": ev.get("positives"),
+        "iom": median_iqr([f["iom"] for f in frames])["median"],
+        "iom_ungated": median_iqr([f.get("iom_ungated") for f in frames])["median"],
+        "hd_mm": median_iqr([f["hd_mm"] for f in frames])["median"],
+        "frames_scored": len(frames),
+        **{k: ev[k] for k in ("tp", "fp", "fn", "tn") if k in ev},
+    }
+
+
+def run_fold(fs: D.FrameSet, k: int, by: str, config: T.TrainConfig, out_dir, *, resume: bool = False,
+             emit=None, progress=None, overwrite: bool = False, val_fraction: float = 0.15) -> dict:
+    """Train and test fold ``k``; write ``out_dir/fold_K.json`` and return its content."""
+    out_dir = Path(out_dir)
+    folds = make_folds(fs, by)
+    if not 0 <= k < len(folds):
+        raise CacError(f"fold {k} does not exist: cross-validation by {by} has folds 0..{len(folds) - 1}")
+    target = out_dir / f"fold_{k}.json"
+    if target.exists() and not overwrite:
+        raise CacError(f"{target} already exists; pass --overwrite to run the fold again")
+    test_groups = folds[k]
+    is_test = np.isin(np.array(groups_of(fs, by), dtype=object), test_groups)
+    test = fs.subset(is_test)
+    train_all = fs.subset(~is_test)
+    train_set, val_set = validation_split(train_all, val_fraction, config.seed)
+    t0 = time.perf_counter()
+    emit = emit or (lambda e: None)
+    emit({"event": "fold", "fold": k, "folds": len(folds), "by": by, "test": test_groups,
+          "val": sorted(set(val_set.patient)) if val_set is not None else []})
+    result = T.train(train_set, val_set, config, out_dir / f"fold_{k}", resume=resume, emit=emit,
+                     progress=progress or (lambda *a: None))
+    from CACIdentifierLib.device import choose_device
+
+    ev = T.evaluate(result.model.to(choose_device(config.device)), test, config, choose_device(config.device))
+    record = {
+        "fold": k,
+        "folds": len(folds),
+        "by": by,
+        "test": test_groups,
+        "test_summary": test.summary(),
+        "val": sorted(set(val_set.patient)) if val_set is not None else [],
+        "train_summary": train_set.summary(),
+        "metrics": _fold_metrics(ev),
+        "frames": ev.get("frames", []),
+        "best": result.best,
+        "train_seconds": round(result.seconds, 1),
+        "seconds": round(time.perf_counter() - t0, 1),
+        "config": T.asdict(config),
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_output(target, overwrite=overwrite) as tmp:
+        tmp.write_text(json.dumps(record, indent=1) + "\n")
+    emit({"event": "fold_done", "fold": k, "metrics": record["metrics"]})
+    return record
+
+
+def _fmt(stats: dict, digits: int = 2) -> str:
+    if stats.get("median") is None:
+        return "n/a"
+    return f"{stats['median']:.{digits}f} ({stats['q1']:.{digits}f}–{stats['q3']:.{digits}f})"
+
+
+def summarize(run_dir, *, overwrite: bool = True, notes: str = "") -> dict:
+    """Merge ``fold_*.json`` of ``run_dir`` into ``report.json`` and ``report.md`` (Table 2 layout)."""
+    from CACIdentifierLib.metrics import median_iqr, wilcoxon
+
+    run_dir = Path(run_dir)
+    files = sorted(run_dir.glob("fold_*.json"), key=lambda p: int(p.stem.split("_")[1]))
+    if not files:
+        raise CacError(f"{run_dir} holds no fold_K.json files; run `cac train DATA --out {run_dir} --cv ... --fold K` first")
+    folds = [json.loads(p.read_text()) for p in files]
+    by = {f["by"] for f in folds}
+    per_fold = {key: [f["metrics"].get(key) for f in folds] for _, key, _ in ROWS}
+    stats = {key: median_iqr(vals) for key, vals in per_fold.items()}
+    # Pooled patch counts over all test folds (micro average), for reference.
+    counts = {k: sum(int(f["metrics"].get(k) or 0) for f in folds) for k in ("tp", "fp", "fn")}
+    tp, fp, fn = counts["tp"], counts["fp"], counts["fn"]
+    pooled = {
+        "precision": tp / (tp + fp) if tp + fp else None,
+        "recall": tp / (tp + fn) if tp + fn else None,
+        "f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else None,
+        **counts,
+    }
+    gated = [f["metrics"].get("iom") for f in folds]
+    ungated = [f["metrics"].get("iom_ungated") for f in folds]
+    test = wilcoxon(gated, ungated)
+    report = {
+        "by": sorted(by),
+        "folds_run": len(folds),
+        "folds_total": max(f["folds"] for f in folds),
+        "per_fold": [{"fold": f["fold"], "test": f["test"], **f["metrics"]} for f in folds],
+        "summary": stats,
+        "pooled": pooled,
+        "paper": {k: {"median": v[0], "q1": v[1], "q3": v[2]} for k, v in PAPER_TABLE2.items()},
+        "wilcoxon_gated_vs_ungated_iom": {
+            **test,
+            "gated_median": median_iqr(gated)["median"],
+            "ungated_median": median_iqr(ungated)["median"],
+        },
+        "config": folds[0].get("config", {}),
+    }
+    lines = [
+        f"Cross-validation by {', '.join(sorted(by))}: {len(folds)} of {report['folds_total']} folds run "
+        f"(median (Q1–Q3) over folds).",
+        "",
+        "| | Metric | This run | Paper (Table 2) |",
+        "|---|---|---|---|",
+    ]
+    for group, key, label in ROWS:
+        digits = 2
+        lines.append(f"| {group} | {label} (median (Q1–Q3)) | {_fmt(stats[key], digits)} | "
+                     f"{_fmt(report['paper'][key], digits)} |")
+    w = report["wilcoxon_gated_vs_ungated_iom"]
+    lines += [
+        "",
+        f"Pooled over all test patches: precision {_num(pooled['precision'])}, recall {_num(pooled['recall'])}, "
+        f"F1 {_num(pooled['f1'])} (TP {tp}, FP {fp}, FN {fn}).",
+        "",
+        "Paired Wilcoxon signed-rank test over folds, IoM with classifier gating vs the same decoder "
+        f"without gating: median {_num(w['gated_median'])} vs {_num(w['ungated_median'])}, "
+        f"statistic {_num(w.get('statistic'))}, p = {_num(w.get('p'), 4)} (n = {w.get('n')}).",
+    ]
+    if notes:
+        lines += ["", notes]
+    report["markdown"] = "\n".join(lines) + "\n"
+    with atomic_output(run_dir / "report.json", overwrite=overwrite) as tmp:
+        tmp.write_text(json.dumps(report, indent=1) + "\n")
+    with atomic_output(run_dir / "report.md", overwrite=overwrite) as tmp:
+        tmp.write_text(report["markdown"])
+    return report
+
+
+def _num(v, digits: int = 3) -> str:
+    return "n/a" if v is None else f"{v:.{digits}f}"

@@ -1,0 +1,231 @@
+"""Training data, two-stage training, checkpoints/resume, cross-validation summary, `cac train`.
+
+The tiny runs use in-memory phantoms (helper C's generator) with few frames
+and a narrow ResUNet18 (same class, ``width=16``) so that a run takes seconds
+on two CPU cores; the calcium contrast of the tiny phantom is raised so that a
+few dozen gradient steps suffice to learn it.
+"""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from CACIdentifierLib.errors import CacError
+from CACTrainerLib import crossval
+from CACTrainerLib import dataset as D
+from CACTrainerLib import training as T
+
+phantom = pytest.importorskip("CACTrainerLib.phantom", reason="phantom generator (helper C) missing")
+
+ARCH = {"width": 16, "decoder_channels": [32, 16, 16, 8, 8]}
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """Four patients, one acquisition each (one without calcium), 4 paired frames each."""
+    params = phantom.PhantomParams(n_frames=40, calcium_mu_per_mm=0.3)
+    sets = []
+    for p in range(4):
+        acq = phantom.generate_acquisition(params, seed=3, patient=p, acquisition=0, calcium_free=(p == 2))
+        sets.append(D.frames_from_acquisition(acq, acquisition=f"P{p}A1", patient=f"P{p}",
+                                              frames_per_acquisition=4))
+    return D.FrameSet.concat(sets)
+
+
+def _config(**kw):
+    base = dict(epochs1=8, epochs2=1, batch_size=16, lr1=1e-3, seed=0, samples_per_epoch=128,
+                architecture=ARCH, num_threads=2)
+    base.update(kw)
+    return T.TrainConfig(**base)
+
+
+def test_frameset_layout(tiny):
+    from CACIdentifierLib import patches
+    from CACTrainerLib import targets
+
+    assert tiny.nc.dtype == np.float16 and tiny.nc.shape[1:] == (512, 512)
+    assert len(tiny) == 16 and tiny.labels.shape == (16, 5)
+    assert sorted(set(tiny.patient)) == ["P0", "P1", "P2", "P3"]
+    # P2 is calcium-free: all negatives; the others have positives
+    p2 = tiny.select(patients=["P2"])
+    assert p2.labels.sum() == 0 and not p2.calcium.any()
+    assert tiny.labels.sum() > 0
+    # non-contrast frames paired with later (contrast) frames, evenly spaced
+    assert (tiny.contrast_index > tiny.frame_index).all()
+    # targets follow the module rules, and patches are those of inference
+    f = int(np.argmax(tiny.labels.sum(1)))
+    np.testing.assert_array_equal(tiny.roi[f], targets.roi_gt(tiny.calcium[f]))
+    b = D.make_batch(tiny, [5 * f + p for p in range(5)])
+    np.testing.assert_array_equal(b["nc"][:, 0], patches.extract_patches(tiny.nc[f].astype(np.float32)))
+    np.testing.assert_array_equal(b["label"], tiny.labels[f])
+
+
+def test_augmentation_keeps_pairs_and_targets_aligned(tiny):
+    f = int(np.argmax(tiny.labels.sum(1)))
+    p = int(np.argmax(tiny.labels[f]))
+    rng = np.random.default_rng(0)
+    aug = D.Augment(shift_px=0, gain=0, offset=0, gamma=0, noise=0)  # geometry only
+    b = D.make_batch(tiny, [5 * f + p] * 8, rng, aug)
+    ref = D.make_batch(tiny, [5 * f + p])
+    for j in range(8):
+        # the same rotation/flip on images and ROI: find it and check all three agree
+        found = False
+        for k in range(4):
+            for flip in (False, True):
+                t = lambda a, k=k, flip=flip: (np.rot90(a, k)[:, ::-1] if flip else np.rot90(a, k))  # noqa: E731
+                if np.array_equal(t(ref["roi"][0, 0]), b["roi"][j, 0]):
+                    assert np.array_equal(t(ref["nc"][0, 0]), b["nc"][j, 0])
+                    assert np.array_equal(t(ref["c"][0, 0]), b["c"][j, 0])
+                    found = True
+        assert found
+    # intensity changes stay in [0, 1] and are small
+    b2 = D.make_batch(tiny, [5 * f + p] * 4, rng, D.Augment(flips=False, shift_px=0))
+    assert b2["nc"].min() >= 0 and b2["nc"].max() <= 1
+    assert np.abs(b2["nc"] - ref["nc"]).mean() < 0.15
+
+
+def test_balanced_epoch_indices():
+    labels = np.array([1] * 10 + [0] * 90, np.float32)
+    ids = D.epoch_indices(labels, np.random.default_rng(0))
+    assert len(ids) == 20 and labels[ids].sum() == 10 and len(set(ids.tolist())) == 20
+    assert len(D.epoch_indices(labels, np.random.default_rng(0), balanced=False)) == 100
+    assert len(D.epoch_indices(labels, np.random.default_rng(0), samples=64)) == 64
+
+
+@pytest.mark.slow
+def test_tiny_training_learns_and_is_repeatable_and_resumable(tiny, tmp_path):
+    train = tiny.select(patients=["P3"], exclude=True)
+    test = tiny.select(patients=["P3"])
+    cfg = _config()
+    events = []
+    res = T.train(train, test, cfg, tmp_path / "a", emit=events.append)
+    # JSON lines: every event serialises; epoch events carry the documented keys
+    for e in events:
+        json.loads(json.dumps(e))
+    epochs = [e for e in events if e["event"] == "epoch"]
+    assert [e["stage"] for e in epochs] == [1] * 8 + [2]
+    for key in ("epoch", "epochs", "train_loss", "val_loss", "val_f1", "val_iom", "seconds"):
+        assert key in epochs[0]
+    assert events[0]["event"] == "start" and events[-1]["event"] == "done"
+    # learns: patch F1 on the training patients and on the held-out patient well above chance
+    for name, fs in (("train", train), ("held-out", test)):
+        ev = T.evaluate(res.model, fs, cfg, "cpu", decode=False)
+        pos_rate = fs.patch_labels.mean()
+        chance_f1 = 2 * pos_rate / (1 + pos_rate)  # F1 of calling every patch positive
+        assert ev["f1"] >= 0.7 and ev["f1"] > chance_f1 + 0.1, (name, ev, chance_f1)
+    # stage 2 produced ROIs that overlap the calcium on the held-out frames
+    assert res.best["stage2"]["metrics"]["iom_mean"] > 0.3
+    # curves PNG
+    T.plot_curves(res.history, tmp_path / "curves.png")
+    assert (tmp_path / "curves.png").stat().st_size > 10_000
+
+    # same seed -> same losses (CPU)
+    cfg_short = _config(epochs1=2, epochs2=2)
+    r1 = T.train(train, test, cfg_short, tmp_path / "r1")
+    r2 = T.train(train, test, cfg_short, tmp_path / "r2")
+    assert [h["train_loss"] for h in r1.history] == [h["train_loss"] for h in r2.history]
+
+    # resume after an interruption (a progress callback raising mid stage 2 epoch 2) equals the full run
+    class Stop(Exception):
+        pass
+
+    def interrupt(done, total, msg):
+        if msg.startswith("stage 2 epoch 2"):
+            raise Stop
+
+    with pytest.raises(Stop):
+        T.train(train, test, cfg_short, tmp_path / "r3", progress=interrupt)
+    info = json.loads((tmp_path / "r3" / T.CHECKPOINT_JSON).read_text())
+    assert (info["stage"], info["epochs_done"]) == (2, 1)
+    with pytest.raises(CacError):
+        T.train(train, test, cfg_short, tmp_path / "r3")  # existing checkpoint without resume
+    r3 = T.train(train, test, cfg_short, tmp_path / "r3", resume=True)
+    assert [h["train_loss"] for h in r3.history] == [h["train_loss"] for h in r1.history]
+    for (k, a), (_, b) in zip(r1.model.state_dict().items(), r3.model.state_dict().items()):
+        assert torch.equal(a, b), k
+    # the checkpoint holds no pickle: safetensors + JSON only
+    assert not list((tmp_path / "r3").glob("*.pt")) and not list((tmp_path / "r3").glob("*.pkl"))
+
+
+def test_resume_refuses_other_settings(tiny, tmp_path):
+    train = tiny.select(patients=["P0"])
+    cfg = _config(epochs1=1, epochs2=1, samples_per_epoch=8, batch_size=4)
+    T.train(train, None, cfg, tmp_path)
+    with pytest.raises(CacError, match="other settings"):
+        T.train(train, None, _config(epochs1=1, epochs2=1, samples_per_epoch=8, batch_size=4, lr1=5e-4),
+                tmp_path, resume=True)
+    with pytest.raises(CacError, match="no checkpoint"):
+        T.train(train, None, cfg, tmp_path / "empty", resume=True)
+
+
+def test_folds_and_summary(tiny, tmp_path):
+    folds = crossval.make_folds(tiny, "patient")
+    assert folds == [["P0"], ["P1"], ["P2"], ["P3"]]
+    assert crossval.make_folds(tiny, "acquisition") == [["P0A1"], ["P1A1"], ["P2A1"], ["P3A1"]]
+    tr, val = crossval.validation_split(tiny.select(patients=["P3"], exclude=True), 0.3, seed=0)
+    assert set(val.patient).isdisjoint(tr.patient) and len(set(val.patient)) == 1
+    # summary of fold files laid out like Table 2, with the paper's numbers and a Wilcoxon test
+    for k, (f1, iom, iom_u) in enumerate([(0.9, 0.7, 0.5), (0.8, 0.6, 0.55), (1.0, 0.9, 0.6),
+                                         (0.7, 0.5, 0.45), (0.85, 0.65, 0.6), (0.95, 0.8, 0.7)]):
+        rec = {"fold": k, "folds": 6, "by": "patient", "test": [f"P{k}"],
+               "metrics": {"precision": f1, "recall": f1, "f1": f1, "iom": iom, "iom_ungated": iom_u,
+                           "hd_mm": 40.0 + k, "tp": 9, "fp": 1, "fn": 1}}
+        (tmp_path / f"fold_{k}.json").write_text(json.dumps(rec))
+    rep = crossval.summarize(tmp_path)
+    assert rep["summary"]["f1"]["median"] == pytest.approx(np.median([0.9, 0.8, 1.0, 0.7, 0.85, 0.95]))
+    assert rep["summary"]["iom"]["q1"] == pytest.approx(np.percentile([0.7, 0.6, 0.9, 0.5, 0.65, 0.8], 25))
+    assert rep["pooled"]["f1"] == pytest.approx(0.9)
+    from scipy import stats
+
+    w = stats.wilcoxon([0.7, 0.6, 0.9, 0.5, 0.65, 0.8], [0.5, 0.55, 0.6, 0.45, 0.6, 0.7])
+    assert rep["wilcoxon_gated_vs_ungated_iom"]["p"] == pytest.approx(w.pvalue)
+    md = (tmp_path / "report.md").read_text()
+    assert "0.87 (0.77–0.94)" in md and "47.16 (35.05–63.77)" in md and "| Identification | IoM" in md
+    with pytest.raises(CacError):
+        crossval.summarize(tmp_path / "nothing")
+
+
+def test_cli_errors_exit_2(tmp_path):
+    exe = [sys.executable, "-m", "CACIdentifierLib.cli", "train"]
+    r = subprocess.run(exe + [str(tmp_path / "missing"), "--out", str(tmp_path / "m.safetensors")],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "does not exist" in r.stderr and "Traceback" not in r.stderr
+    (tmp_path / "ds").mkdir()
+    r = subprocess.run(exe + [str(tmp_path / "ds"), "--out", str(tmp_path / "m.safetensors")],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "manifest.json" in r.stderr
+    r = subprocess.run(exe + ["--summarize", str(tmp_path)], capture_output=True, text=True)
+    assert r.returncode == 2 and "fold_K.json" in r.stderr
+    r = subprocess.run(exe + [str(tmp_path / "ds"), "--out", str(tmp_path / "x.bin")], capture_output=True, text=True)
+    assert r.returncode == 2 and ".safetensors" in r.stderr
+
+
+@pytest.mark.slow
+def test_cli_end_to_end_on_written_phantom(tmp_path):
+    """`cac phantom` -> `cac train --cv none` -> a model that `load_model` reads back, with JSON lines."""
+    exe = [sys.executable, "-m", "CACIdentifierLib.cli"]
+    ds = tmp_path / "ds"
+    r = subprocess.run(exe + ["phantom", str(ds), "--patients", "2", "--acquisitions-per-patient", "1",
+                              "--frames", "30", "--seed", "5", "--calcium-free-fraction", "0"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    out = tmp_path / "m.safetensors"
+    r = subprocess.run(exe + ["train", str(ds), "--out", str(out), "--epochs", "1", "--batch-size", "4",
+                              "--samples-per-epoch", "8", "--frames-per-acquisition", "2", "--width", "16",
+                              "--json", "--threads", "2"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    events = [json.loads(line) for line in r.stdout.splitlines() if line.strip()]
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "start" and "epoch" in kinds and kinds[-1] == "saved"
+    from CACIdentifierLib.modelio import load_model
+
+    model, meta = load_model(out)
+    assert meta["training"]["command"].startswith("cac train") or meta["training"]["command"]
+    assert meta["roi_gt"]["iterations"] == 4 and meta["weights_dtype"] == "float16"
+    assert (tmp_path / "m_curves.png").exists() and (tmp_path / "m.run" / T.CHECKPOINT).exists()
+    # refuses to overwrite
+    r = subprocess.run(exe + ["train", str(ds), "--out", str(out), "--epochs", "1"], capture_output=True, text=True)
+    assert r.returncode == 2 and "already exists" in r.stderr
