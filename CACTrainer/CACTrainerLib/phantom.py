@@ -65,7 +65,8 @@ class PhantomParams:
       tortuosity (1.0 = default wiggle), left_prob (0.7: left coronary system injected),
       heart_mu_per_mm (0.009: heart vs. lung), spine_mu (1.3), rib_mu_per_mm (0.02),
       diaphragm_mu (1.2), lung_texture (0.07: SD of the 1/f texture),
-      lung_markings (60 thin pulmonary vessels), catheter (True), catheter_mu_per_mm (0.25).
+      lung_markings (60 thin pulmonary vessels), catheter (True), catheter_mu_per_mm (0.25),
+      reflux (0.4: peak attenuation of the contrast puff in the aortic root at the injection).
     Calcium
       calcium_count_range (1-4 deposits per calcified patient), calcium_free_fraction
       (0.25 of patients without calcium: negatives), calcium_size_mm_range (0.5-5 mm: length along the
@@ -123,6 +124,7 @@ class PhantomParams:
     lung_markings: int = 60
     catheter: bool = True
     catheter_mu_per_mm: float = 0.25
+    reflux: float = 0.4
     calcium_count_range: tuple[int, int] = (1, 4)
     calcium_free_fraction: float = 0.25
     calcium_size_mm_range: tuple[float, float] = (0.5, 5.0)
@@ -376,6 +378,9 @@ class _Renderer:
 
         cath = pat.catheter
         self.cath_points = cath
+        # Reflux cloud: in the aortic root, 6-10 mm back from the ostium along the catheter.
+        self.reflux_centre = cath[min(len(cath) - 1, int(rng.uniform(20, 35)))] + rng.normal(0, 2, 3)
+        self.reflux_radius_mm = rng.uniform(6, 10)
         cath_arc = np.concatenate([[0], np.cumsum(np.linalg.norm(np.diff(cath, axis=0), axis=1))])
         self.cath_weight = np.exp(-cath_arc / 40.0)
         self.cath_step = np.concatenate([[0.3], np.diff(cath_arc)])
@@ -474,6 +479,18 @@ class _Renderer:
             cc += [ccol, ccol]
             rads += [1.0 * cs / view.spacing_mm, 0.7 * cs / view.spacing_mm]
             ww += [1.5 * self.cath_step * p.catheter_mu_per_mm, 1.5 * self.cath_step * (lumen - p.catheter_mu_per_mm)]
+        if p.reflux > 0:
+            # Contrast refluxing into the aortic sinus at the catheter tip: a puff at the injection
+            # that settles to a third while the injection goes on.
+            dt_inj = tl["t"][k] - tl["t0"]
+            puff = 0.0 if dt_inj <= 0 else min(1.0, dt_inj / 0.2) * (0.35 + 0.65 * np.exp(-dt_inj / 0.8))
+            if puff > 0:
+                o = anat.deform(self.reflux_centre[None], pat.heart, ms)
+                orow, ocol, osc = view.project(o)
+                rr.append(orow)
+                cc.append(ocol)
+                rads.append(np.array([self.reflux_radius_mm]) * osc / view.spacing_mm)
+                ww.append(np.array([p.reflux * puff * self.contrast_mu / 0.17]))
         img.splat_spheres((rows, cols), np.concatenate(rr), np.concatenate(cc), np.concatenate(rads),
                           np.concatenate(ww), out=L)
         # Calcium.
