@@ -1,0 +1,498 @@
+"""CACIdentifier: regions of interest of coronary artery calcification in X-ray angiography cines.
+
+Thin Slicer glue (De Rose et al., Int J CARS 2025): the panel collects the
+inputs into a parameter node (saved with the scene) and the logic hands them
+to ``CACIdentifierLib`` (synchronization, double-head ResUNet-18, refinement),
+which does all the work.  Python packages the Lib needs are checked when the
+user clicks Apply and installed only after the user agrees.
+"""
+
+import importlib
+import importlib.util
+import logging
+import os
+from pathlib import Path
+from typing import Annotated, Optional, Union
+
+import qt
+import slicer
+import vtk
+from slicer import (
+    vtkMRMLScalarVolumeNode,
+    vtkMRMLSegmentationNode,
+    vtkMRMLSequenceNode,
+    vtkMRMLTableNode,
+)
+from slicer.i18n import tr as _
+from slicer.i18n import translate
+from slicer.parameterNodeWrapper import Choice, Default, WithinRange, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+from slicer.util import VTKObservationMixin
+
+# (import name, pip requirement) of what CACIdentifierLib needs beyond Slicer's own Python.
+# torch comes first: the PyTorch Utils extension installs the build that matches the GPU.
+REQUIRED_PACKAGES = [
+    ("torch", "torch"),
+    ("safetensors", "safetensors>=0.4"),
+    ("numpy", "numpy"),
+    ("scipy", "scipy"),
+    ("skimage", "scikit-image>=0.22"),
+    ("SimpleITK", "SimpleITK>=2.3"),
+    ("pydicom", "pydicom>=3.0,<4"),
+    ("pylibjpeg", "pylibjpeg>=2.0 pylibjpeg-libjpeg>=2.1 pylibjpeg-rle>=2.0"),
+]
+
+
+#
+# CACIdentifier
+#
+
+
+class CACIdentifier(ScriptedLoadableModule):
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("CAC Identifier")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Cardiac")]
+        self.parent.dependencies = ["Sequences", "Segmentations"]
+        self.parent.contributors = ["SlicerCAC developers"]
+        self.parent.helpText = _(
+            "Finds regions of interest (ROIs) of coronary artery calcification on the non-contrast "
+            "frames of an X-ray coronary angiography cine: each non-contrast frame is paired with a "
+            "contrast frame of the same cardiac phase, a double-head ResUNet-18 classifies and "
+            "localizes calcium on five 256x256 patches, and the ROIs are refined. "
+            "Load the cine (DICOM, .seq.nrrd or a frame-stack .nrrd), choose it as input and click Apply."
+        )
+        self.parent.acknowledgementText = _(
+            "Method: De Rose et al., A multi-model deep learning approach for the identification of "
+            "coronary artery calcifications within 2D coronary angiography images, Int J CARS 2025."
+        )
+
+
+#
+# CACIdentifierParameterNode
+#
+
+
+@parameterNodeWrapper
+class CACIdentifierParameterNode:
+    """The panel's state, saved with the scene.
+
+    inputNode - the cine: a Sequence of 2D frames or a frame-stack volume (slice k = frame k).
+    annotationNodes - annotators' segmentations over the frame-stack volume (optional, for IoM/HD).
+    modelPath - a .safetensors model; empty means the model shipped with the extension.
+    device - "auto", "cpu" or "cuda".
+    sigma - Gaussian sigma of the ROI refinement, in pixels.
+    minIslandPx - ROI islands smaller than this (pixels) are removed.
+    threshold - threshold of the smoothed ROI map, 0-1.
+    onsetFrame - first contrast frame (0-based), -1 for automatic detection.
+    outputSegmentation, outputTable - created when empty.
+    """
+
+    # typing.Union, not `|`: the parameter node wrapper inspects typing.Union.
+    inputNode: Union[vtkMRMLSequenceNode, vtkMRMLScalarVolumeNode]  # noqa: UP007
+    annotationNodes: list[vtkMRMLSegmentationNode]
+    modelPath: Path
+    device: Annotated[str, Choice(["auto", "cpu", "cuda"]), Default("auto")]
+    sigma: Annotated[float, WithinRange(0.0, 50.0), Default(3.0)]
+    minIslandPx: Annotated[int, WithinRange(0, 1000000), Default(1000)]
+    threshold: Annotated[float, WithinRange(0.0, 1.0), Default(0.5)]
+    onsetFrame: Annotated[int, WithinRange(-1, 100000), Default(-1)]
+    outputSegmentation: vtkMRMLSegmentationNode
+    outputTable: vtkMRMLTableNode
+
+
+#
+# CACIdentifierWidget
+#
+
+
+class CACIdentifierWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._running = False
+        self._cancelRequested = False
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/CACIdentifier.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+
+        self.logic = CACIdentifierLogic()
+        self.ui.progressBar.hide()
+        self.ui.modelPathLineEdit.settingKey = "CACIdentifier/ModelPath"
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+
+        self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
+        # The checkable combo box is synced by hand: the wrapper has no connector for it.
+        self.ui.annotationSelector.connect("checkedNodesChanged()", self.onAnnotationsChanged)
+
+        self.initializeParameterNode()
+
+    def cleanup(self) -> None:
+        self.removeObservers()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+        if not self._parameterNode.inputNode:
+            sequence = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLSequenceNode")
+            if sequence:
+                self._parameterNode.inputNode = sequence
+
+    def setParameterNode(self, inputParameterNode: Optional[CACIdentifierParameterNode]) -> None:  # noqa: UP045
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+            self._restoreAnnotationChecks()
+            self._checkCanApply()
+
+    def _restoreAnnotationChecks(self) -> None:
+        wasBlocked = self.ui.annotationSelector.blockSignals(True)
+        checked = {node.GetID() for node in self._parameterNode.annotationNodes if node}
+        for i in range(self.ui.annotationSelector.nodeCount()):
+            node = self.ui.annotationSelector.nodeFromIndex(i)
+            state = qt.Qt.Checked if node.GetID() in checked else qt.Qt.Unchecked
+            self.ui.annotationSelector.setCheckState(node, state)
+        self.ui.annotationSelector.blockSignals(wasBlocked)
+
+    def onAnnotationsChanged(self) -> None:
+        if self._parameterNode:
+            self._parameterNode.annotationNodes = list(self.ui.annotationSelector.checkedNodes())
+
+    def _checkCanApply(self, caller=None, event=None) -> None:
+        ready = bool(self._parameterNode and self._parameterNode.inputNode)
+        self.ui.applyButton.enabled = ready and not self._running
+        self.ui.cancelButton.enabled = self._running
+        if not self._running:
+            self.ui.applyButton.toolTip = (
+                _("Find the CAC ROIs in the input cine.") if ready else _("Select an input cine first.")
+            )
+
+    def _progress(self, done, total, message="") -> None:
+        """Progress callback handed to the Lib: keeps Slicer responsive and honours Cancel."""
+        from CACIdentifierLib.progress import Cancelled
+
+        self.ui.progressBar.maximum = max(int(total), 1)
+        self.ui.progressBar.value = int(done)
+        if message:
+            self.ui.statusLabel.text = message
+        slicer.app.processEvents()
+        if self._cancelRequested:
+            raise Cancelled()
+
+    def onCancelButton(self) -> None:
+        self._cancelRequested = True
+        self.ui.statusLabel.text = _("Cancelling...")
+
+    def onApplyButton(self) -> None:
+        if not self.logic.ensurePythonPackages():
+            self.ui.statusLabel.text = _("Missing Python packages were not installed; nothing was done.")
+            return
+        from CACIdentifierLib.errors import CacError
+        from CACIdentifierLib.progress import Cancelled
+
+        p = self._parameterNode
+        self._running = True
+        self._cancelRequested = False
+        self._checkCanApply()
+        self.ui.progressBar.value = 0
+        self.ui.progressBar.show()
+        self.ui.statusLabel.text = _("Running...")
+        try:
+            with slicer.util.WaitCursor():
+                result = self.logic.process(
+                    p.inputNode,
+                    list(p.annotationNodes),
+                    p.modelPath,
+                    p.device,
+                    p.sigma,
+                    p.minIslandPx,
+                    p.threshold,
+                    p.onsetFrame,
+                    progress=self._progress,
+                    outputSegmentation=p.outputSegmentation,
+                    outputTable=p.outputTable,
+                )
+            self._showResult(result)
+        except Cancelled:
+            self.ui.statusLabel.text = _("Cancelled.")
+        except CacError as exc:
+            self.ui.statusLabel.text = str(exc)
+            slicer.util.errorDisplay(str(exc), windowTitle=_("CAC Identifier"))
+        except Exception as exc:  # a bug: show it and keep the traceback in the log
+            logging.exception("CAC identification failed")
+            self.ui.statusLabel.text = _("Failed: {error}").format(error=exc)
+            slicer.util.errorDisplay(_("Identification failed: {error}").format(error=exc), detailedText=str(exc))
+        finally:
+            self._running = False
+            self.ui.progressBar.hide()
+            self._checkCanApply()
+
+    def _showResult(self, result) -> None:
+        """Select the outputs the Lib created and show a one-line summary (result is read duck-typed)."""
+        segmentation = getattr(result, "segmentation_node", None)
+        table = getattr(result, "table_node", None)
+        if segmentation is not None and not self._parameterNode.outputSegmentation:
+            self._parameterNode.outputSegmentation = segmentation
+        if table is not None and not self._parameterNode.outputTable:
+            self._parameterNode.outputTable = table
+        chart = getattr(result, "chart_node", None)
+        if chart is not None:
+            slicer.modules.plots.logic().ShowChartInLayout(chart)
+        summary = getattr(result, "summary", None)
+        self.ui.statusLabel.text = str(summary) if summary else _("Done.")
+
+
+#
+# CACIdentifierLogic
+#
+
+
+class CACIdentifierLogic(ScriptedLoadableModuleLogic):
+    """Delegates to CACIdentifierLib; usable from the Python console without the widget.
+
+    >>> logic = slicer.util.getModuleLogic("CACIdentifier")   # doctest: +SKIP
+    >>> logic.process(slicer.util.getNode("cine sequence"))   # doctest: +SKIP
+    """
+
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+
+    def getParameterNode(self):
+        return CACIdentifierParameterNode(super().getParameterNode())
+
+    @staticmethod
+    def missingPackages() -> list:
+        """(import name, pip requirement) of each required package that cannot be imported."""
+        return [(name, req) for name, req in REQUIRED_PACKAGES if importlib.util.find_spec(name) is None]
+
+    def ensurePythonPackages(self, askConfirmation: bool = True) -> bool:
+        """Install missing packages after the user agrees; True when everything is importable."""
+        missing = self.missingPackages()
+        if not missing:
+            return True
+        names = ", ".join(name for name, _req in missing)
+        if askConfirmation and not slicer.util.confirmOkCancelDisplay(
+            _("CAC Identifier needs these Python packages: {names}. Install them now? "
+              "This may take several minutes.").format(names=names),
+            windowTitle=_("Install Python packages"),
+        ):
+            return False
+        with slicer.util.WaitCursor():
+            for name, requirement in missing:
+                if name == "torch" and self._installTorchWithPyTorchUtils():
+                    continue
+                slicer.util.pip_install(requirement)
+        importlib.invalidate_caches()
+        still = self.missingPackages()
+        if still:
+            slicer.util.errorDisplay(
+                _("Could not install: {names}. See the Python console for pip's messages.").format(
+                    names=", ".join(name for name, _req in still)
+                )
+            )
+        return not still
+
+    @staticmethod
+    def _installTorchWithPyTorchUtils() -> bool:
+        """Install torch through the PyTorch Utils extension when it is there (right CUDA build)."""
+        if not hasattr(slicer.modules, "pytorchutils"):
+            return False
+        try:
+            import PyTorchUtils
+
+            torchLogic = PyTorchUtils.PyTorchUtilsLogic()
+            if not torchLogic.torchInstalled():
+                torchLogic.installTorch(askConfirmation=False)
+            return torchLogic.torchInstalled()
+        except Exception:
+            logging.exception("PyTorch Utils could not install torch; falling back to pip")
+            return False
+
+    @staticmethod
+    def defaultModelPath() -> Optional[Path]:  # noqa: UP045
+        """The model shipped with the extension (module resources, or the source tree's Resources/Models)."""
+        here = Path(__file__).resolve().parent
+        for folder in (here / "Resources" / "Models", here.parent / "Resources" / "Models"):
+            candidate = folder / "cac_default.safetensors"
+            if candidate.is_file():
+                return candidate
+        return None
+
+    @staticmethod
+    def resolveInput(inputNode):
+        """The cine node to process: a browser's proxy volume stands for its whole sequence."""
+        if inputNode is not None and inputNode.IsA("vtkMRMLScalarVolumeNode"):
+            browser = slicer.modules.sequences.logic().GetFirstBrowserNodeForProxyNode(inputNode)
+            if browser is not None:
+                sequence = browser.GetSequenceNode(inputNode)
+                if sequence is not None:
+                    return sequence
+        return inputNode
+
+    def process(
+        self,
+        inputNode,
+        annotationNodes=None,
+        modelPath=None,
+        device: str = "auto",
+        sigma: float = 3.0,
+        minIslandPx: int = 1000,
+        threshold: float = 0.5,
+        onsetFrame: int = -1,
+        progress=None,
+        outputSegmentation=None,
+        outputTable=None,
+    ):
+        """Identify CAC ROIs in ``inputNode`` and put them in the scene (CACIdentifierLib.mrml.identify_in_scene).
+
+        :param inputNode: Sequence of 2D frames, its proxy volume, or a frame-stack volume.
+        :param annotationNodes: annotators' segmentations over the frame-stack volume, or None.
+        :param modelPath: .safetensors model; None/empty for the shipped default.
+        :param onsetFrame: first contrast frame (0-based); -1 or None to detect it.
+        :param progress: ``progress(done, total, message)``; may raise progress.Cancelled.
+        """
+        from CACIdentifierLib.errors import CacError
+
+        if inputNode is None:
+            raise CacError(_("no input cine selected; load a cine and choose it as input"))
+        modelPath = Path(modelPath) if modelPath not in (None, "") else None
+        if modelPath is not None and (str(modelPath) in ("", ".") or modelPath.is_dir()):
+            modelPath = None
+        if modelPath is None:
+            modelPath = self.defaultModelPath()
+            if modelPath is None:
+                raise CacError(_("no model file given and no shipped model found; choose a .safetensors model"))
+        if not modelPath.is_file():
+            raise CacError(_("model file {path} not found; choose a .safetensors model").format(path=modelPath))
+
+        # Imported here, not at module load: it needs torch, which may have just been installed.
+        mrml = importlib.import_module("CACIdentifierLib.mrml")
+        return mrml.identify_in_scene(
+            slicer.mrmlScene,
+            self.resolveInput(inputNode),
+            annotation_nodes=list(annotationNodes or []),
+            model_path=os.fspath(modelPath),
+            device=device,
+            sigma=float(sigma),
+            min_island_px=int(minIslandPx),
+            threshold=float(threshold),
+            onset_frame=None if onsetFrame is None or int(onsetFrame) < 0 else int(onsetFrame),
+            progress=progress,
+            output_segmentation=outputSegmentation,
+            output_table=outputTable,
+        )
+
+
+#
+# CACIdentifierTest
+#
+
+
+class CACIdentifierTest(ScriptedLoadableModuleTest):
+    """Self-test inside Slicer: a synthetic cine through the MRML round trip, then (if the
+    packages and a model are there) the whole identification on it."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_CineRoundTrip()
+        self.setUp()
+        self.test_SegNrrdRoundTrip()
+        self.setUp()
+        self.test_Identify()
+
+    def _syntheticCine(self):
+        import numpy as np
+        from CACIdentifierLib.cine import Cine
+
+        rng = np.random.default_rng(0)
+        frames = rng.integers(0, 255, size=(8, 64, 80)).astype(np.uint8)
+        return Cine(frames=frames, frame_time_ms=66.7, spacing_mm=(0.3, 0.3), spacing_source="test")
+
+    def test_CineRoundTrip(self):
+        self.delayDisplay("Cine -> Sequence -> cine")
+        import numpy as np
+        from CACIdentifierLib import mrml
+
+        cine = self._syntheticCine()
+        sequence, browser = mrml.cine_to_sequence(slicer.mrmlScene, cine, "CAC test cine")
+        back = mrml.sequence_to_cine(sequence)
+        self.assertTrue(np.array_equal(back.frames, cine.frames))
+        browser.SetSelectedItemNumber(5)
+        proxy = browser.GetProxyNode(sequence)
+        self.assertTrue(np.array_equal(slicer.util.arrayFromVolume(proxy)[0], cine.frames[5]))
+        volume = mrml.cine_to_frame_stack_volume(slicer.mrmlScene, cine, "CAC test frames")
+        self.assertTrue(np.array_equal(slicer.util.arrayFromVolume(volume), cine.frames))
+        self.assertIs(CACIdentifierLogic.resolveInput(proxy), sequence)
+        self.delayDisplay("Test passed")
+
+    def test_SegNrrdRoundTrip(self):
+        self.delayDisplay("Masks -> .seg.nrrd -> Slicer")
+        import numpy as np
+        from CACIdentifierLib import mrml
+
+        cine = self._syntheticCine()
+        masks = np.zeros(cine.frames.shape, bool)
+        masks[2, 10:20, 30:40] = True
+        path = os.path.join(slicer.app.temporaryPath, "CACIdentifierTest.seg.nrrd")
+        mrml.write_seg_nrrd(path, {"calcium": masks}, cine.spacing_mm, overwrite=True)
+        segmentation = slicer.util.loadSegmentation(path)
+        volume = mrml.cine_to_frame_stack_volume(slicer.mrmlScene, cine, "CAC test frames")
+        labelmap = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
+        slicer.modules.segmentations.logic().ExportVisibleSegmentsToLabelmapNode(segmentation, labelmap, volume)
+        self.assertTrue(np.array_equal(slicer.util.arrayFromVolume(labelmap) > 0, masks))
+        self.delayDisplay("Test passed")
+
+    def test_Identify(self):
+        logic = CACIdentifierLogic()
+        if logic.missingPackages() or logic.defaultModelPath() is None:
+            self.delayDisplay("Skipping identification: packages or shipped model missing")
+            return
+        mrml = importlib.import_module("CACIdentifierLib.mrml")
+        if not hasattr(mrml, "identify_in_scene"):
+            self.delayDisplay("Skipping identification: identify_in_scene not available")
+            return
+        self.delayDisplay("Identification on a synthetic cine")
+        from CACIdentifierLib import mrml as cacmrml
+
+        sequence, _browser = cacmrml.cine_to_sequence(slicer.mrmlScene, self._syntheticCine(), "CAC test cine")
+        result = logic.process(sequence, device="cpu", onsetFrame=4)
+        self.assertIsNotNone(result)
+        self.delayDisplay("Test passed")

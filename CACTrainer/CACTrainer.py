@@ -1,0 +1,496 @@
+"""CACTrainer: phantom datasets and training of the CAC identification network from Slicer.
+
+Thin Slicer glue: the panel's state lives in a parameter node (saved with the
+scene); phantom generation and training run the ``cac`` command line
+(``CACIdentifierLib.cli``) as a separate process through ``qt.QProcess`` so
+that Slicer stays responsive, and the JSON progress lines the trainer prints
+on stdout drive the progress bar, the log and a training-curve plot.
+"""
+
+import json
+import math
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import qt
+import slicer
+import vtk
+from slicer import vtkMRMLPlotChartNode, vtkMRMLTableNode
+from slicer.i18n import tr as _
+from slicer.i18n import translate
+from slicer.parameterNodeWrapper import Choice, Default, WithinRange, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+from slicer.util import VTKObservationMixin
+
+CURVE_COLUMNS = ["step", "stage", "epoch", "train_loss", "val_loss", "val_f1", "val_iom"]
+
+
+def parseProgressLine(line):
+    """The JSON object on one line of the trainer's stdout, or None for any other line.
+
+    The trainer prints one object per line, e.g. ``{"event": "epoch", "stage": 1,
+    "epoch": 3, "epochs": 100, "train_loss": 0.41, "val_f1": 0.8}``; anything that
+    is not a JSON object (log text, a partial line) is ignored.
+    """
+    line = line.strip()
+    if not line.startswith("{"):
+        return None
+    try:
+        value = json.loads(line)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def progressFraction(event):
+    """Overall training progress in [0, 1] from an epoch event (stage 1 = first half, stage 2 = second)."""
+    try:
+        stage = int(event.get("stage", 1))
+        epoch = float(event.get("epoch", 0))
+        epochs = float(event.get("epochs", 0))
+    except (TypeError, ValueError):
+        return None
+    if epochs <= 0:
+        return None
+    within = min(max(epoch / epochs, 0.0), 1.0)
+    return min(1.0, (min(max(stage, 1), 2) - 1 + within) / 2.0)
+
+
+def curveRow(event):
+    """The training-curve values of an epoch event, NaN where the trainer did not report one."""
+    row = {}
+    for key in CURVE_COLUMNS[1:]:
+        value = event.get(key)
+        if value is None and key == "train_loss":
+            value = event.get("loss")
+        try:
+            row[key] = float(value)
+        except (TypeError, ValueError):
+            row[key] = math.nan
+    return row
+
+
+def buildPhantomCommand(python, datasetDir, patients, acquisitionsPerPatient, seed, overwrite=False):
+    """Command line of ``cac phantom`` for a dataset written into ``datasetDir``."""
+    command = [
+        os.fspath(python), "-m", "CACIdentifierLib.cli", "phantom", os.fspath(datasetDir),
+        "--patients", str(int(patients)),
+        "--acquisitions-per-patient", str(int(acquisitionsPerPatient)),
+        "--seed", str(int(seed)),
+    ]
+    if overwrite:
+        command.append("--overwrite")
+    return command
+
+
+def buildTrainCommand(python, datasetDir, outputModelPath, cvMode="patient", fold=-1, epochs1=100,
+                      epochs2=100, device="auto", seed=0, overwrite=False):
+    """Command line of ``cac train`` with JSON progress lines on stdout (``--json``)."""
+    if cvMode not in ("patient", "acquisition", "none"):
+        raise ValueError(f"unknown cross-validation mode {cvMode!r}")
+    command = [
+        os.fspath(python), "-m", "CACIdentifierLib.cli", "train", os.fspath(datasetDir),
+        "--out", os.fspath(outputModelPath),
+        "--cv", cvMode,
+        "--epochs1", str(int(epochs1)),
+        "--epochs2", str(int(epochs2)),
+        "--device", device,
+        "--seed", str(int(seed)),
+        "--json",
+    ]
+    if cvMode != "none" and fold is not None and int(fold) >= 0:
+        command += ["--fold", str(int(fold))]
+    if overwrite:
+        command.append("--overwrite")
+    return command
+
+
+#
+# CACTrainer
+#
+
+
+class CACTrainer(ScriptedLoadableModule):
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("CAC Trainer")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Cardiac")]
+        self.parent.dependencies = ["CACIdentifier"]
+        self.parent.contributors = ["SlicerCAC developers"]
+        self.parent.helpText = _(
+            "Generates synthetic angiography datasets with known calcium (phantoms) and trains the "
+            "double-head ResUNet-18 of CAC Identifier on a dataset folder (two stages: classifier, "
+            "then ROI decoder), with cross-validation by patient or by acquisition. Training runs in "
+            "a separate process; the curves are plotted as it goes."
+        )
+        self.parent.acknowledgementText = _(
+            "Method: De Rose et al., Int J CARS 2025 (two-stage training, leave-one-out cross-validation)."
+        )
+
+
+#
+# CACTrainerParameterNode
+#
+
+
+@parameterNodeWrapper
+class CACTrainerParameterNode:
+    """The panel's state, saved with the scene.
+
+    datasetDir - dataset folder (manifest.json, cines, annotations).
+    phantomPatients, phantomAcquisitions, seed - phantom generation (seed also seeds training).
+    outputModelPath - the trained model (.safetensors).
+    cvMode - "patient", "acquisition" or "none"; fold - one fold (0-based) or -1 for all.
+    epochs1, epochs2 - epochs of stage 1 (classifier) and stage 2 (decoder).
+    device - "auto", "cpu" or "cuda".
+    curvesTable, curvesChart - training curves of the last run.
+    """
+
+    datasetDir: Path
+    phantomPatients: Annotated[int, WithinRange(1, 500), Default(14)]
+    phantomAcquisitions: Annotated[int, WithinRange(1, 20), Default(3)]
+    seed: Annotated[int, WithinRange(0, 2147483647), Default(0)]
+    outputModelPath: Path
+    cvMode: Annotated[str, Choice(["patient", "acquisition", "none"]), Default("patient")]
+    fold: Annotated[int, WithinRange(-1, 10000), Default(-1)]
+    epochs1: Annotated[int, WithinRange(1, 10000), Default(100)]
+    epochs2: Annotated[int, WithinRange(1, 10000), Default(100)]
+    device: Annotated[str, Choice(["auto", "cpu", "cuda"]), Default("auto")]
+    curvesTable: vtkMRMLTableNode
+    curvesChart: vtkMRMLPlotChartNode
+
+
+#
+# CACTrainerWidget
+#
+
+
+class CACTrainerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self.process = None
+        self._stdoutBuffer = ""
+        self._task = ""
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/CACTrainer.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+
+        self.logic = CACTrainerLogic()
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+
+        self.ui.generateButton.connect("clicked(bool)", self.onGenerateButton)
+        self.ui.trainButton.connect("clicked(bool)", self.onTrainButton)
+        self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
+
+        self.initializeParameterNode()
+
+    def cleanup(self) -> None:
+        self.removeObservers()
+        self._stopProcess()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+
+    def setParameterNode(self, inputParameterNode: Optional[CACTrainerParameterNode]) -> None:  # noqa: UP045
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
+            self._updateButtons()
+
+    def _updateButtons(self, caller=None, event=None) -> None:
+        running = self.process is not None
+        p = self._parameterNode
+        hasDataset = bool(p and CACTrainerLogic.isSet(p.datasetDir))
+        hasModel = bool(p and CACTrainerLogic.isSet(p.outputModelPath))
+        self.ui.generateButton.enabled = hasDataset and not running
+        self.ui.trainButton.enabled = hasDataset and hasModel and not running
+        self.ui.cancelButton.enabled = running
+
+    # ------------------------------------------------------------------ processes
+
+    def onGenerateButton(self) -> None:
+        p = self._parameterNode
+        overwrite = False
+        if p.datasetDir.exists() and any(p.datasetDir.iterdir()):
+            if not slicer.util.confirmOkCancelDisplay(
+                _("{path} is not empty. Replace it with a new phantom dataset?").format(path=p.datasetDir)
+            ):
+                return
+            overwrite = True
+        command = buildPhantomCommand(
+            self.logic.pythonExecutable(), p.datasetDir, p.phantomPatients, p.phantomAcquisitions, p.seed, overwrite
+        )
+        self._startProcess(command, _("Generating phantom dataset"))
+
+    def onTrainButton(self) -> None:
+        p = self._parameterNode
+        if not (p.datasetDir / "manifest.json").is_file():
+            slicer.util.errorDisplay(
+                _("{path} has no manifest.json; generate a phantom dataset or choose a dataset folder.").format(
+                    path=p.datasetDir
+                )
+            )
+            return
+        overwrite = False
+        if p.outputModelPath.exists():
+            if not slicer.util.confirmOkCancelDisplay(_("Replace {path}?").format(path=p.outputModelPath)):
+                return
+            overwrite = True
+        command = buildTrainCommand(
+            self.logic.pythonExecutable(), p.datasetDir, p.outputModelPath, p.cvMode, p.fold,
+            p.epochs1, p.epochs2, p.device, p.seed, overwrite,
+        )
+        table, chart = self.logic.createCurveNodes()
+        p.curvesTable, p.curvesChart = table, chart
+        slicer.modules.plots.logic().ShowChartInLayout(chart)
+        self._startProcess(command, _("Training"))
+
+    def _startProcess(self, command, task) -> None:
+        self._task = task
+        self._stdoutBuffer = ""
+        self.ui.logTextEdit.clear()
+        self.ui.logTextEdit.appendPlainText(" ".join(command))
+        self.ui.progressBar.setRange(0, 0)  # busy until the first progress line
+        self.ui.statusLabel.text = task + "..."
+        self.process = qt.QProcess()
+        self.process.setProcessEnvironment(self.logic.processEnvironment())
+        self.process.connect("readyReadStandardOutput()", self.onStdout)
+        self.process.connect("readyReadStandardError()", self.onStderr)
+        self.process.connect("finished(int,QProcess::ExitStatus)", self.onFinished)
+        self.process.connect("errorOccurred(QProcess::ProcessError)", self.onProcessError)
+        self.process.start(command[0], command[1:])
+        self._updateButtons()
+
+    def onStdout(self) -> None:
+        if self.process is None:
+            return
+        self._stdoutBuffer += bytes(self.process.readAllStandardOutput().data()).decode("utf-8", "replace")
+        *lines, self._stdoutBuffer = self._stdoutBuffer.split("\n")
+        for line in lines:
+            self._handleLine(line)
+
+    def onStderr(self) -> None:
+        if self.process is None:
+            return
+        text = bytes(self.process.readAllStandardError().data()).decode("utf-8", "replace")
+        for line in text.replace("\r", "\n").split("\n"):
+            if line.strip():
+                self.ui.logTextEdit.appendPlainText(line)
+
+    def _handleLine(self, line) -> None:
+        event = parseProgressLine(line)
+        if event is None:
+            if line.strip():
+                self.ui.logTextEdit.appendPlainText(line)
+            return
+        kind = event.get("event", "epoch" if "epoch" in event else "")
+        if kind == "epoch":
+            fraction = progressFraction(event)
+            if fraction is not None:
+                self.ui.progressBar.setRange(0, 1000)
+                self.ui.progressBar.value = int(round(fraction * 1000))
+            p = self._parameterNode
+            if p and p.curvesTable:
+                self.logic.appendCurveRow(p.curvesTable, event)
+            self.ui.statusLabel.text = _("{task}: stage {stage}, epoch {epoch}/{epochs}").format(
+                task=self._task, stage=event.get("stage", "?"), epoch=event.get("epoch", "?"),
+                epochs=event.get("epochs", "?"),
+            )
+        elif "done" in event or "total" in event:
+            total = event.get("total")
+            done = event.get("done")
+            if isinstance(total, (int, float)) and isinstance(done, (int, float)) and total > 0:
+                self.ui.progressBar.setRange(0, 1000)
+                self.ui.progressBar.value = int(round(1000 * min(done / total, 1.0)))
+        self.ui.logTextEdit.appendPlainText(line.strip())
+
+    def onFinished(self, exitCode, exitStatus=None) -> None:
+        if self._stdoutBuffer.strip():
+            self._handleLine(self._stdoutBuffer)
+        self._stdoutBuffer = ""
+        ok = exitCode == 0 and exitStatus != qt.QProcess.CrashExit
+        self.ui.progressBar.setRange(0, 1000)
+        self.ui.progressBar.value = 1000 if ok else 0
+        if ok:
+            self.ui.statusLabel.text = _("{task}: done.").format(task=self._task)
+        else:
+            self.ui.statusLabel.text = _("{task}: stopped (exit code {code}); see the log.").format(
+                task=self._task, code=exitCode
+            )
+        self.process = None
+        self._updateButtons()
+
+    def onProcessError(self, error) -> None:
+        if error == qt.QProcess.FailedToStart:
+            self.ui.statusLabel.text = _("Could not start the Python process; see the log.")
+            self.ui.logTextEdit.appendPlainText(_("Failed to start: {program}").format(
+                program=self.logic.pythonExecutable()))
+            self.process = None
+            self.ui.progressBar.setRange(0, 1000)
+            self._updateButtons()
+
+    def onCancelButton(self) -> None:
+        self._stopProcess()
+        self.ui.statusLabel.text = _("{task}: cancelled.").format(task=self._task)
+
+    def _stopProcess(self) -> None:
+        if self.process is None:
+            return
+        process = self.process
+        process.terminate()  # the trainer checkpoints every epoch: --resume continues later
+        if not process.waitForFinished(5000):
+            process.kill()
+            process.waitForFinished(2000)
+
+
+#
+# CACTrainerLogic
+#
+
+
+class CACTrainerLogic(ScriptedLoadableModuleLogic):
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+
+    def getParameterNode(self):
+        return CACTrainerParameterNode(super().getParameterNode())
+
+    @staticmethod
+    def isSet(path) -> bool:
+        """A path parameter is unset when empty (the wrapper stores Path("") as ".")."""
+        return path is not None and str(path) not in ("", ".")
+
+    @staticmethod
+    def pythonExecutable() -> str:
+        """Slicer's Python launcher (sets up the library paths), else this interpreter."""
+        return shutil.which("PythonSlicer") or sys.executable
+
+    @staticmethod
+    def libraryPaths() -> list:
+        """Folders holding CACIdentifierLib and CACTrainerLib (the module folders)."""
+        here = Path(__file__).resolve().parent
+        paths = [here, here.parent / "CACIdentifier"]
+        try:
+            paths.append(Path(slicer.modules.cacidentifier.path).resolve().parent)
+        except AttributeError:
+            pass
+        return [os.fspath(p) for p in dict.fromkeys(paths) if p.is_dir()]
+
+    def processEnvironment(self):
+        env = qt.QProcessEnvironment.systemEnvironment()
+        existing = env.value("PYTHONPATH")
+        env.insert("PYTHONPATH", os.pathsep.join(self.libraryPaths() + ([existing] if existing else [])))
+        env.insert("PYTHONUNBUFFERED", "1")  # progress lines as they come, not at exit
+        return env
+
+    @staticmethod
+    def createCurveNodes():
+        """A table with one row per epoch and a chart of its loss, F1 and IoM columns."""
+        table = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLTableNode", "CAC training curves")
+        for name in CURVE_COLUMNS:
+            array = vtk.vtkDoubleArray()
+            array.SetName(name)
+            table.AddColumn(array)
+        chart = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLPlotChartNode", "CAC training curves chart")
+        chart.SetTitle(_("Training curves"))
+        chart.SetXAxisTitle(_("epoch (stage 1, then stage 2)"))
+        chart.SetYAxisTitle(_("loss / F1 / IoM"))
+        for name in CURVE_COLUMNS[3:]:
+            series = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLPlotSeriesNode", name)
+            series.SetAndObserveTableNodeID(table.GetID())
+            series.SetXColumnName("step")
+            series.SetYColumnName(name)
+            series.SetPlotType(slicer.vtkMRMLPlotSeriesNode.PlotTypeScatter)
+            series.SetMarkerStyle(slicer.vtkMRMLPlotSeriesNode.MarkerStyleNone)
+            series.SetUniqueColor()
+            chart.AddAndObservePlotSeriesNodeID(series.GetID())
+        return table, chart
+
+    @staticmethod
+    def appendCurveRow(table, event) -> None:
+        """Append one epoch event to the curves table (NaN where a value is missing)."""
+        values = curveRow(event)
+        vtable = table.GetTable()
+        step = vtable.GetNumberOfRows() + 1
+        for name in CURVE_COLUMNS:
+            array = vtable.GetColumnByName(name)
+            array.InsertNextValue(float(step) if name == "step" else values[name])
+        vtable.Modified()
+        table.Modified()
+
+
+#
+# CACTrainerTest
+#
+
+
+class CACTrainerTest(ScriptedLoadableModuleTest):
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_ProgressLines()
+        self.setUp()
+        self.test_CurveTable()
+
+    def test_ProgressLines(self):
+        self.delayDisplay("JSON progress lines")
+        event = parseProgressLine('{"event": "epoch", "stage": 2, "epoch": 5, "epochs": 10, "train_loss": 0.3}')
+        self.assertEqual(event["stage"], 2)
+        self.assertAlmostEqual(progressFraction(event), 0.75)
+        self.assertIsNone(parseProgressLine("Epoch 5 done"))
+        self.assertIsNone(parseProgressLine('{"broken": '))
+        command = buildTrainCommand("python", "/data", "/out/m.safetensors", "patient", 3, 2, 2, "cpu", 7)
+        self.assertEqual(command[command.index("--fold") + 1], "3")
+        self.delayDisplay("Test passed")
+
+    def test_CurveTable(self):
+        self.delayDisplay("Training curves table and chart")
+        table, chart = CACTrainerLogic.createCurveNodes()
+        for epoch in (1, 2, 3):
+            CACTrainerLogic.appendCurveRow(table, {"event": "epoch", "stage": 1, "epoch": epoch, "epochs": 3,
+                                                  "train_loss": 1.0 / epoch, "val_f1": 0.5})
+        self.assertEqual(table.GetNumberOfRows(), 3)
+        self.assertEqual(chart.GetNumberOfPlotSeriesNodes(), 4)
+        self.assertTrue(math.isnan(table.GetTable().GetValueByName(0, "val_iom").ToDouble()))
+        self.delayDisplay("Test passed")
