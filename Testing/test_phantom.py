@@ -357,8 +357,9 @@ def test_cli_json_output(tmp_path, capsys):
 
     out = tmp_path / "ds"
     assert main(["phantom", str(out), "--patients", "2", "--acquisitions-per-patient", "1", "--frames", "10",
-                 "--size", "64", "--fps", "7.5", "--bits", "10", "--json"]) == 0
+                 "--size", "64", "--fps", "7.5", "--bits", "10", "--side", "right", "--json"]) == 0
     entries = json.loads(capsys.readouterr().out)
+    assert all(e["side"] == "right" for e in entries)
     assert [e["id"] for e in entries] == ["P001_A01", "P002_A01"]
     assert entries[0]["frame_time_ms"] == pytest.approx(1000 / 7.5)
     assert sum(e["calcium_free"] for e in entries) == 1

@@ -50,6 +50,8 @@ def register(subparsers) -> None:
                    help="probability of a table pan during the run (default 0.2)")
     p.add_argument("--photons", type=float, default=None, metavar="N",
                    help="quanta per pixel in the lung field: sets the quantum noise (default 1200)")
+    p.add_argument("--side", choices=("random", "left", "right"), default="random",
+                   help="injected coronary system: left, right, or random (70%% left; default)")
     p.add_argument("--ecg", action="store_true", help="write the R Wave Pointer (the paper's data have no ECG)")
     p.add_argument("--montage", metavar="PNG", help="also write a montage of the first acquisition")
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT_DIR (and --montage file)")
@@ -70,6 +72,8 @@ def params_from_args(args):
         "table_pan_prob": args.table_pan_prob, "photons": args.photons,
     }
     kw.update({k: v for k, v in pairs.items() if v is not None})
+    if args.side != "random":
+        kw["left_prob"] = 1.0 if args.side == "left" else 0.0
     ranges = {"heart_rate_bpm_range": args.heart_rate, "onset_fraction_range": args.onset_range,
               "respiration_mm_range": args.respiration_mm, "calcium_count_range": args.calcium_count}
     for k, v in ranges.items():
