@@ -335,6 +335,10 @@ class CACTrainerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 task=self._task, stage=event.get("stage", "?"), epoch=event.get("epoch", "?"),
                 epochs=event.get("epochs", "?"),
             )
+        elif kind == "fold":
+            fold = event.get("fold")
+            self.ui.statusLabel.text = _("{task}: fold {fold} of {folds}").format(
+                task=self._task, fold=fold + 1 if isinstance(fold, int) else "?", folds=event.get("folds", "?"))
         elif "done" in event or "total" in event:
             total = event.get("total")
             done = event.get("done")

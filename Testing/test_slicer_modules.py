@@ -1,0 +1,326 @@
+"""Static checks of the Slicer modules (the Slicer application cannot run here).
+
+The module scripts, their .ui panels and the CMake files must agree with one
+another: every ``self.ui.<name>`` exists in the .ui, every parameter-node
+field bound in the .ui exists with a type its widget can show, every widget
+class is one Slicer can create, CMake lists every Lib file and resource, and
+the training command the trainer panel builds is accepted by the real
+``cac`` parser.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import math
+import os
+import py_compile
+import re
+import struct
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+MODULES = {
+    "CACIdentifier": ROOT / "CACIdentifier",
+    "CACTrainer": ROOT / "CACTrainer",
+}
+WIDGET_CLASS = re.compile(r"^(Q[A-Z]\w*|ctk[A-Z]\w*|qMRML\w+|qSlicer\w+)$")
+
+
+def script_path(module: str) -> Path:
+    return MODULES[module] / f"{module}.py"
+
+
+def ui_path(module: str) -> Path:
+    return MODULES[module] / "Resources" / "UI" / f"{module}.ui"
+
+
+def parse_script(module: str) -> ast.Module:
+    return ast.parse(script_path(module).read_text(), filename=str(script_path(module)))
+
+
+def ui_widgets(module: str) -> dict[str, ET.Element]:
+    tree = ET.parse(ui_path(module))
+    widgets = {}
+    for w in tree.getroot().iter("widget"):
+        name = w.get("name")
+        assert name not in widgets, f"{module}.ui: duplicate objectName {name}"
+        widgets[name] = w
+    return widgets
+
+
+def widget_property(widget: ET.Element, name: str):
+    for p in widget.findall("property"):
+        if p.get("name") == name:
+            child = p[0]
+            if child.tag == "stringlist":
+                return [s.text for s in child.findall("string")]
+            return child.text
+    return None
+
+
+def parameter_fields(module: str) -> dict[str, str]:
+    """Field name -> annotation source of the @parameterNodeWrapper class in the module script."""
+    tree = parse_script(module)
+    source = script_path(module).read_text()
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and any(
+            getattr(d, "id", None) == "parameterNodeWrapper" for d in node.decorator_list
+        ):
+            return {
+                stmt.target.id: ast.get_source_segment(source, stmt.annotation)
+                for stmt in node.body
+                if isinstance(stmt, ast.AnnAssign)
+            }
+    raise AssertionError(f"{module}.py has no @parameterNodeWrapper class")
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_ui_parses_and_uses_known_widget_classes(module):
+    root = ET.parse(ui_path(module)).getroot()
+    assert root.tag == "ui" and root.find("class").text == module
+    top = root.find("widget")
+    assert top.get("class") == "qMRMLWidget" and top.get("name") == module
+    declared = {c.find("class").text for c in root.iter("customwidget")}
+    for name, w in ui_widgets(module).items():
+        cls = w.get("class")
+        assert WIDGET_CLASS.match(cls), f"{module}.ui: {name} has class {cls}, not a Qt/CTK/qMRML class"
+        if not cls.startswith("Q"):
+            assert cls in declared, f"{module}.ui: custom widget {cls} is not declared in <customwidgets>"
+    for layout in root.iter("layout"):
+        assert layout.get("class").startswith("Q")
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_every_self_ui_name_exists_in_the_ui(module):
+    used = set()
+    for node in ast.walk(parse_script(module)):
+        if (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Attribute)
+            and node.value.attr == "ui"
+            and isinstance(node.value.value, ast.Name)
+            and node.value.value.id == "self"
+        ):
+            used.add(node.attr)
+    assert used, f"{module}.py uses no self.ui widgets"
+    missing = used - set(ui_widgets(module))
+    assert not missing, f"{module}.py uses self.ui.{sorted(missing)} that {module}.ui does not define"
+
+
+# The widget class each parameter type can be bound to by the parameter node wrapper.
+def _compatible(cls: str, annotation: str, widget: ET.Element) -> bool:
+    if cls in ("qMRMLNodeComboBox", "qMRMLCheckableNodeComboBox"):
+        node_types = widget_property(widget, "nodeTypes") or []
+        return bool(node_types) and all(t in annotation for t in node_types)
+    if cls == "ctkPathLineEdit":
+        return annotation == "Path"
+    if cls == "QSpinBox":
+        return annotation.startswith("Annotated[int")
+    if cls == "QDoubleSpinBox":
+        return annotation.startswith("Annotated[float")
+    if cls == "QComboBox":
+        items = [i.find("property/string").text for i in widget.findall("item")]
+        match = re.search(r"Choice\((\[.*?\])\)", annotation)
+        return annotation.startswith("Annotated[str") and match is not None and ast.literal_eval(match.group(1)) == items
+    if cls == "QCheckBox":
+        return "bool" in annotation
+    return False
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_parameter_names_match_the_parameter_node(module):
+    fields = parameter_fields(module)
+    bound = {}
+    for name, w in ui_widgets(module).items():
+        for p in w.findall("property"):
+            if p.get("name") == "SlicerParameterName":
+                assert p.get("stdset") == "0", f"{name}: SlicerParameterName must be a dynamic property"
+                bound[p[0].text] = w
+    assert bound, f"{module}.ui binds no parameter"
+    for parameter, w in bound.items():
+        assert parameter in fields, f"{module}.ui binds {parameter!r}, not a field of the parameter node"
+        assert _compatible(w.get("class"), fields[parameter], w), (
+            f"{module}.ui: {w.get('name')} ({w.get('class')}) cannot show {parameter}: {fields[parameter]}"
+        )
+
+
+def test_identifier_scene_widgets_get_the_scene():
+    root = ET.parse(ui_path("CACIdentifier")).getroot()
+    receivers = {
+        c.find("receiver").text
+        for c in root.iter("connection")
+        if c.find("signal").text == "mrmlSceneChanged(vtkMRMLScene*)"
+    }
+    mrml_widgets = {n for n, w in ui_widgets("CACIdentifier").items() if w.get("class").startswith("qMRML")
+                    and w.get("class") != "qMRMLWidget"}
+    assert mrml_widgets and mrml_widgets <= receivers
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_module_script_structure(module, tmp_path):
+    py_compile.compile(str(script_path(module)), cfile=str(tmp_path / "x.pyc"), doraise=True)
+    tree = parse_script(module)
+    classes = {n.name: [ast.unparse(b) for b in n.bases] for n in tree.body if isinstance(n, ast.ClassDef)}
+    assert classes[module] == ["ScriptedLoadableModule"]
+    assert "ScriptedLoadableModuleWidget" in classes[f"{module}Widget"]
+    assert classes[f"{module}Logic"] == ["ScriptedLoadableModuleLogic"]
+    assert classes[f"{module}Test"] == ["ScriptedLoadableModuleTest"]
+    source = script_path(module).read_text()
+    assert f'self.resourcePath("UI/{module}.ui")' in source
+    assert "slicer.util.childWidgetVariables" in source
+    # Heavy or optional packages are never imported when Slicer loads the module.
+    for node in tree.body:
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+            for name in names:
+                assert not name.startswith(("torch", "CACIdentifierLib", "CACTrainerLib", "numpy")), (
+                    f"{module}.py imports {name} at module level"
+                )
+
+
+def test_workflow_core_imports_neither_slicer_nor_qt():
+    libs = [ROOT / "CACIdentifier" / "CACIdentifierLib", ROOT / "CACTrainer" / "CACTrainerLib"]
+    for lib in libs:
+        for path in sorted(lib.glob("*.py")):
+            if path.name in ("mrml.py", "slicercore.py"):
+                continue
+            tree = ast.parse(path.read_text())
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Import):
+                    names = [a.name for a in node.names]
+                elif isinstance(node, ast.ImportFrom):
+                    names = [node.module or ""]
+                else:
+                    continue
+                for name in names:
+                    assert name.split(".")[0] not in ("slicer", "qt", "ctk"), f"{path.name} imports {name}"
+
+
+# --------------------------------------------------------------------------- CMake
+
+
+def _cmake_list(text: str, variable: str) -> list[str]:
+    match = re.search(rf"set\({variable}\s+(.*?)\)", text, re.S)
+    assert match, f"set({variable} ...) not found"
+    return match.group(1).split()
+
+
+def test_top_level_cmake_is_a_slicer_extension():
+    text = (ROOT / "CMakeLists.txt").read_text()
+    for needle in (
+        "cmake_minimum_required(",
+        "project(SlicerCAC)",
+        "EXTENSION_HOMEPAGE",
+        "EXTENSION_CATEGORY",
+        "EXTENSION_CONTRIBUTORS",
+        "EXTENSION_DESCRIPTION",
+        "EXTENSION_ICONURL",
+        "EXTENSION_SCREENSHOTURLS",
+        'set(EXTENSION_DEPENDS "NA")',
+        "find_package(Slicer REQUIRED)",
+        "include(${Slicer_USE_FILE})",
+        "add_subdirectory(CACIdentifier)",
+        "add_subdirectory(CACTrainer)",
+        "include(${Slicer_EXTENSION_GENERATE_CONFIG})",
+        "include(${Slicer_EXTENSION_CPACK})",
+    ):
+        assert needle in text, f"CMakeLists.txt lacks {needle}"
+    assert text.index("find_package(Slicer") < text.index("add_subdirectory(CACIdentifier)")
+    assert text.index("add_subdirectory(CACTrainer)") < text.index("Slicer_EXTENSION_CPACK")
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_module_cmake_lists_every_lib_file_and_resource(module):
+    folder = MODULES[module]
+    text = (folder / "CMakeLists.txt").read_text()
+    assert f"set(MODULE_NAME {module})" in text
+    scripts = [s.replace("${MODULE_NAME}", module) for s in _cmake_list(text, "MODULE_PYTHON_SCRIPTS")]
+    resources = [s.replace("${MODULE_NAME}", module) for s in _cmake_list(text, "MODULE_PYTHON_RESOURCES")]
+    lib = f"{module}Lib"
+    on_disk = {f"{lib}/{p.name}" for p in (folder / lib).glob("*.py")}
+    listed = {s for s in scripts if s.startswith(f"{lib}/")}
+    assert not on_disk - listed, f"{module}/CMakeLists.txt does not list {sorted(on_disk - listed)}"
+    assert not listed - on_disk, f"{module}/CMakeLists.txt lists missing files {sorted(listed - on_disk)}"
+    assert f"{module}.py" in scripts
+    data_files = {f"{lib}/{p.name}" for p in (folder / lib).glob("*.json")}
+    assert data_files <= set(resources), f"{module}: Lib data files not in resources: {data_files - set(resources)}"
+    assert f"Resources/Icons/{module}.png" in resources and f"Resources/UI/{module}.ui" in resources
+    for item in scripts + resources:
+        assert (folder / item).is_file(), f"{module}/CMakeLists.txt lists {item}, which does not exist"
+    assert "slicerMacroBuildScriptedModule(" in text
+    assert re.search(r"if\(BUILD_TESTING\).*slicer_add_python_unittest\(SCRIPT \$\{MODULE_NAME\}\.py\)", text, re.S)
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()[:24]
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    return struct.unpack(">II", data[16:24])
+
+
+def test_icons_are_128_px_pngs():
+    for path in (
+        ROOT / "Resources" / "Icons" / "CAC.png",
+        ROOT / "CACIdentifier" / "Resources" / "Icons" / "CACIdentifier.png",
+        ROOT / "CACTrainer" / "Resources" / "Icons" / "CACTrainer.png",
+    ):
+        assert _png_size(path) == (128, 128)
+
+
+# --------------------------------------------------------------------------- trainer helpers
+
+
+def _trainer_functions() -> dict:
+    """The pure helper functions of CACTrainer.py, executed without Slicer."""
+    tree = parse_script("CACTrainer")
+    wanted = {"parseProgressLine", "progressFraction", "curveRow", "buildPhantomCommand", "buildTrainCommand"}
+    body = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name in wanted]
+    body += [n for n in tree.body if isinstance(n, ast.Assign) and ast.unparse(n.targets[0]) == "CURVE_COLUMNS"]
+    namespace = {"json": json, "math": math, "os": os}
+    exec(compile(ast.Module(body=body, type_ignores=[]), "CACTrainer.py", "exec"), namespace)
+    assert wanted <= set(namespace)
+    return namespace
+
+
+def test_trainer_progress_lines():
+    f = _trainer_functions()
+    line = '{"event": "epoch", "stage": 1, "epoch": 3, "epochs": 4, "train_loss": 0.5, "val_f1": 0.8, "val_iom": null}'
+    event = f["parseProgressLine"](line + "\n")
+    assert event["epoch"] == 3
+    assert f["progressFraction"](event) == pytest.approx(0.375)
+    assert f["progressFraction"]({"stage": 2, "epoch": 4, "epochs": 4}) == pytest.approx(1.0)
+    assert f["progressFraction"]({"stage": 1, "epoch": 1, "epochs": 0}) is None
+    row = f["curveRow"](event)
+    assert row["train_loss"] == 0.5 and row["val_f1"] == 0.8 and math.isnan(row["val_iom"])
+    assert f["curveRow"]({"loss": 2})["train_loss"] == 2.0  # older trainers said "loss"
+    for junk in ("", "Epoch 3", "[####....] 3/4", '{"unterminated": ', "[1, 2]", "{not json}"):
+        assert f["parseProgressLine"](junk) is None
+
+
+def test_trainer_commands_are_accepted_by_the_cac_parser():
+    f = _trainer_functions()
+    train = f["buildTrainCommand"]("py", "/data/set", "/out/run", "acquisition", 2, 3, 4, "cpu", 9, True)
+    assert train[1:4] == ["-m", "CACIdentifierLib.cli", "train"]
+    assert train[train.index("--fold") + 1] == "2" and "--overwrite" in train
+    no_cv = f["buildTrainCommand"]("py", "/d", "/m.safetensors", "none", 2)
+    assert "--fold" not in no_cv
+    with pytest.raises(ValueError):
+        f["buildTrainCommand"]("py", "/d", "/m", "bogus")
+    phantom = f["buildPhantomCommand"]("py", "/data/set", 14, 3, 5)
+    assert phantom[3:5] == ["phantom", "/data/set"]
+
+    cli = pytest.importorskip("CACIdentifierLib.cli")
+    parser = cli.build_parser()
+    subcommands = set(parser._subparsers._group_actions[0].choices)
+    for command in (train, no_cv, phantom):
+        if command[3] not in subcommands:
+            pytest.skip(f"`cac {command[3]}` is not available yet")
+        args = parser.parse_args(command[3:])
+        assert args.command == command[3]
+    args = parser.parse_args(train[3:])
+    assert (args.cv, args.fold, args.epochs1, args.epochs2, args.device, args.seed) == ("acquisition", 2, 3, 4, "cpu", 9)
+    args = parser.parse_args(phantom[3:])
+    assert (args.patients, args.acquisitions_per_patient, args.seed) == (14, 3, 5)
