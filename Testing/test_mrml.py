@@ -457,3 +457,22 @@ def test_real_cine_through_slicer_files(tmp_path, scene):
     np.testing.assert_array_equal(back.frames, reference)
     assert back.frame_time_ms == pytest.approx(66.0)
     assert back.spacing_mm == cine.spacing_mm
+
+
+@pytest.mark.skipif(not BIPLANE.is_file(), reason=f"real test data not found at {DATA}")
+def test_real_sync_result_in_the_scene(scene):
+    """The real synchronizer's result (fractional beat landmarks) shown as tables and a chart."""
+    sync = pytest.importorskip("CACIdentifierLib.sync")
+    cine = _load_biplane()
+    result = sync.synchronize(cine.frames, cine.frame_time_ms, r_wave_frames=cine.r_wave_frames, ecg=cine.ecg)
+    nodes = mrml.sync_to_scene(scene, result, "biplane", frame_time_ms=cine.frame_time_ms)
+    assert nodes.signal_table.GetNumberOfRows() == cine.n_frames
+    assert nodes.pairs_table.GetNumberOfRows() == len(result.pairs)
+    beats = [b for b in result.beat_frames if 0 <= b <= cine.n_frames - 1]
+    assert nodes.beats_table.GetNumberOfRows() == len(beats)
+    for i, b in enumerate(beats):
+        assert float(nodes.beats_table.GetCellText(i, 0)) == pytest.approx(b, abs=1e-4)
+        expected = np.interp(b, np.arange(cine.n_frames), np.asarray(result.signal, float))
+        assert float(nodes.beats_table.GetCellText(i, 1)) == pytest.approx(expected, rel=1e-4, abs=1e-6)
+    column = nodes.signal_table.GetTable().GetColumnByName("signal")
+    np.testing.assert_allclose([column.GetValue(k) for k in range(cine.n_frames)], result.signal)

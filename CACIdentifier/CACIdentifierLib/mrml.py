@@ -545,7 +545,13 @@ def segmentation_masks(segmentation_node, shape=None) -> dict[str, np.ndarray]:
     ``shape``); labelmaps with a smaller extent (drawn in the Segment Editor)
     are padded back to it.
     """
-    full = _reference_geometry(segmentation_node, shape)
+    full = _reference_geometry(segmentation_node)
+    if full is None and shape is not None:
+        first = _first_labelmap(segmentation_node)
+        if first is not None:
+            matrix = _matrix_ijk_to_ras(first)
+            matrix[:3, 3] = 0.0
+            full = _Grid(matrix, (0, shape[2] - 1, 0, shape[1] - 1, 0, shape[0] - 1))
     return {name: mask for name, (mask, _) in _segments_on_grid(segmentation_node, full).items()}
 
 
@@ -612,7 +618,7 @@ class _Grid:
         return np.linalg.norm(self.ijk_to_ras[:3, :3], axis=0)
 
 
-def _reference_geometry(segmentation_node, shape=None) -> _Grid | None:
+def _reference_geometry(segmentation_node) -> _Grid | None:
     """The frame-stack grid the segmentation was drawn on (reference image geometry), if known."""
     slicer = _slicer()
     converter = slicer.vtkSegmentationConverter
@@ -957,18 +963,19 @@ def plot_from_table(scene, table, x_column: str, y_columns, title: str = "", x_l
     return chart
 
 
-def _beat_frames(sync_result) -> list[int]:
+def _beat_frames(sync_result) -> list[float]:
+    """Beat landmarks in (possibly fractional) frames: ``beat_frames`` if given, else phase wraps."""
     beats = getattr(sync_result, "beat_frames", None)
-    if beats is not None:
-        return [int(b) for b in beats]
+    if beats is not None and len(beats) > 0:
+        return [float(b) for b in beats]
     phase = getattr(sync_result, "phase", None)
     if phase is None:
         return []
     phase = np.asarray(phase, dtype=float)
     # A beat starts where the phase wraps from near 1 back to near 0.
     wraps = np.flatnonzero(np.diff(phase) < -0.5) + 1
-    starts = [0] if phase.size and phase[0] < 0.05 else []
-    return starts + [int(k) for k in wraps]
+    starts = [0.0] if phase.size and phase[0] < 0.05 else []
+    return starts + [float(k) for k in wraps]
 
 
 def sync_to_scene(scene, sync_result, name: str = "CAC sync", frame_time_ms=None) -> SyncNodes:
@@ -988,13 +995,14 @@ def sync_to_scene(scene, sync_result, name: str = "CAC sync", frame_time_ms=None
     phase = np.full(n, np.nan) if phase is None else np.asarray(phase, dtype=float)
     if phase.size != n:
         raise CacError(f"sync result has {n} signal values but {phase.size} phases")
-    beats = [b for b in _beat_frames(sync_result) if 0 <= b < n]
+    beats = [b for b in _beat_frames(sync_result) if 0 <= b <= n - 1]
+    beat_rows = {int(round(b)) for b in beats}
     onset = getattr(sync_result, "onset_frame", None)
     columns = {
         "frame": list(range(n)),
         "signal": signal.tolist(),
         "phase": phase.tolist(),
-        "beat": [int(k in beats) for k in range(n)],
+        "beat": [int(k in beat_rows) for k in range(n)],
         "contrast": [int(onset is not None and k >= int(onset)) for k in range(n)],
     }
     if frame_time_ms:
@@ -1003,8 +1011,11 @@ def sync_to_scene(scene, sync_result, name: str = "CAC sync", frame_time_ms=None
     period = getattr(sync_result, "period_frames", None)
     for key, value in (("period_frames", period), ("onset_frame", onset)):
         signal_table.SetAttribute(f"CAC_{key}", "" if value is None else _format_number(value))
+    # Landmarks fall between frames: mark them on the signal, linearly interpolated.
     beats_table = table_from_columns(
-        scene, f"{name} beats", {"frame": beats, "signal": [float(signal[b]) for b in beats]}
+        scene,
+        f"{name} beats",
+        {"frame": beats, "signal": [float(np.interp(b, np.arange(n), signal)) for b in beats]},
     )
     title = f"{name}: ECG-like signal"
     if period:
