@@ -476,3 +476,17 @@ def test_real_sync_result_in_the_scene(scene):
         assert float(nodes.beats_table.GetCellText(i, 1)) == pytest.approx(expected, rel=1e-4, abs=1e-6)
     column = nodes.signal_table.GetTable().GetColumnByName("signal")
     np.testing.assert_allclose([column.GetValue(k) for k in range(cine.n_frames)], result.signal)
+
+
+def test_node_to_cine_accepts_sequence_proxy_and_frame_stack(scene):
+    cine = synthetic_cine()
+    sequence, browser = mrml.cine_to_sequence(scene, cine, "run")
+    volume = mrml.cine_to_frame_stack_volume(scene, cine, "stack")
+    browser.SetSelectedItemNumber(2)
+    for node in (sequence, browser.GetProxyNode(sequence), volume):
+        back = mrml.node_to_cine(node)
+        np.testing.assert_array_equal(back.frames, cine.frames)  # the proxy gives all frames, not one
+        assert back.frame_time_ms == pytest.approx(33.3)
+    table = mrml.table_from_columns(scene, "t", {"a": [1]})
+    with pytest.raises(CacError, match="choose a cine"):
+        mrml.node_to_cine(table)

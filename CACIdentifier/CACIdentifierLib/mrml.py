@@ -410,6 +410,33 @@ def frame_stack_volume_to_cine(volume_node) -> Cine:
     return cine
 
 
+def node_to_cine(node) -> Cine:
+    """The :class:`Cine` behind a node the user picked as input.
+
+    Accepts a Sequence of 2D frames, the proxy volume of a sequence browser
+    (which stands for its whole sequence, not the one frame it shows) or a
+    frame-stack scalar volume (slice ``k`` = frame ``k``).
+    """
+    if node is None:
+        raise CacError("no input node; choose a cine (a Sequence or a frame-stack volume)")
+    if node.IsA("vtkMRMLSequenceNode"):
+        return sequence_to_cine(node)
+    if node.IsA("vtkMRMLScalarVolumeNode") and not node.IsA("vtkMRMLLabelMapVolumeNode"):
+        scene = node.GetScene()
+        if scene is not None:
+            try:
+                browser = slicercore.logic(scene, "sequences").GetFirstBrowserNodeForProxyNode(node)
+            except KeyError:  # a scene made without slicercore.new_scene()
+                browser = None
+            sequence = browser.GetSequenceNode(node) if browser is not None else None
+            if sequence is not None:
+                return sequence_to_cine(sequence)
+        return frame_stack_volume_to_cine(node)
+    raise CacError(
+        f"{node.GetName()!r} is a {node.GetClassName()}; choose a cine (a Sequence of frames or a frame-stack volume)"
+    )
+
+
 # --------------------------------------------------------------------------- masks -> segmentations
 
 
