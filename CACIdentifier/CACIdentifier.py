@@ -168,6 +168,11 @@ class CACIdentifierWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             sequence = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLSequenceNode")
             if sequence:
                 self._parameterNode.inputNode = sequence
+        # An unset Path parameter reads as "."; show the shipped model instead.
+        if str(self._parameterNode.modelPath) in ("", "."):
+            default = self.logic.defaultModelPath()
+            if default is not None:
+                self._parameterNode.modelPath = default
 
     def setParameterNode(self, inputParameterNode: Optional[CACIdentifierParameterNode]) -> None:  # noqa: UP045
         if self._parameterNode:
