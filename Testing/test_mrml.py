@@ -490,3 +490,19 @@ def test_node_to_cine_accepts_sequence_proxy_and_frame_stack(scene):
     table = mrml.table_from_columns(scene, "t", {"a": [1]})
     with pytest.raises(CacError, match="choose a cine"):
         mrml.node_to_cine(table)
+
+
+def test_files_can_be_read_from_several_threads(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    cine = synthetic_cine()
+    rng = np.random.default_rng(5)
+    masks = [rng.random(cine.frames.shape) > 0.98 for _ in range(6)]
+    paths = [mrml.write_seg_nrrd(tmp_path / f"a{i}.seg.nrrd", {"calcium": m}, cine.spacing_mm)
+             for i, m in enumerate(masks)]
+    with ThreadPoolExecutor(4) as pool:
+        files = list(pool.map(lambda p: mrml.read_seg_nrrd(p, expected_shape=cine.frames.shape), paths * 3))
+    for i, f in enumerate(files):
+        np.testing.assert_array_equal(f.segments["calcium"], masks[i % 6])
+    scratch = mrml._scratch_scene()
+    assert scratch.GetNodesByClass("vtkMRMLSegmentationNode").GetNumberOfItems() == 0  # nothing left behind

@@ -27,6 +27,7 @@ Geometry (docs/ARCHITECTURE.md, "Geometry of files")
 from __future__ import annotations
 
 import contextlib
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -137,22 +138,30 @@ def _scratch_scene():
     return _SCRATCH
 
 
+_SCRATCH_LOCK = threading.RLock()
+
+
 @contextlib.contextmanager
 def _scratch_nodes():
-    """Yield the scratch scene; remove every node added to it inside the block."""
-    scene = _scratch_scene()
-    before = {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
-    try:
-        yield scene
-    finally:
-        added = [
-            scene.GetNthNode(i)
-            for i in range(scene.GetNumberOfNodes())
-            if scene.GetNthNode(i).GetID() not in before
-        ]
-        for node in added:
-            if scene.IsNodePresent(node):
-                scene.RemoveNode(node)
+    """Yield the scratch scene; remove every node added to it inside the block.
+
+    A lock serializes users: MRML scenes are not thread-safe, and data loaders
+    may read annotation files from several threads.
+    """
+    with _SCRATCH_LOCK:
+        scene = _scratch_scene()
+        before = {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
+        try:
+            yield scene
+        finally:
+            added = [
+                scene.GetNthNode(i)
+                for i in range(scene.GetNumberOfNodes())
+                if scene.GetNthNode(i).GetID() not in before
+            ]
+            for node in added:
+                if scene.IsNodePresent(node):
+                    scene.RemoveNode(node)
 
 
 def _image_from_array(array: np.ndarray):
