@@ -123,7 +123,7 @@ def test_tiny_training_learns_and_is_repeatable_and_resumable(tiny, tmp_path):
     assert (tmp_path / "curves.png").stat().st_size > 10_000
 
     # same seed -> same losses (CPU)
-    cfg_short = _config(epochs1=2, epochs2=2)
+    cfg_short = _config(epochs1=1, epochs2=2, samples_per_epoch=32)
     r1 = T.train(train, test, cfg_short, tmp_path / "r1")
     r2 = T.train(train, test, cfg_short, tmp_path / "r2")
     assert [h["train_loss"] for h in r1.history] == [h["train_loss"] for h in r2.history]
@@ -188,19 +188,24 @@ def test_folds_and_summary(tiny, tmp_path):
         crossval.summarize(tmp_path / "nothing")
 
 
-def test_cli_errors_exit_2(tmp_path):
-    exe = [sys.executable, "-m", "CACIdentifierLib.cli", "train"]
-    r = subprocess.run(exe + [str(tmp_path / "missing"), "--out", str(tmp_path / "m.safetensors")],
-                       capture_output=True, text=True)
-    assert r.returncode == 2 and "does not exist" in r.stderr and "Traceback" not in r.stderr
+def test_cli_errors_exit_2(tmp_path, capsys):
+    from CACIdentifierLib.cli import main
+
+    def run(*argv):
+        code = main(["train", *map(str, argv)])
+        return code, capsys.readouterr().err
+
+    code, err = run(tmp_path / "missing", "--out", tmp_path / "m.safetensors")
+    assert code == 2 and "does not exist" in err and "Traceback" not in err
     (tmp_path / "ds").mkdir()
-    r = subprocess.run(exe + [str(tmp_path / "ds"), "--out", str(tmp_path / "m.safetensors")],
-                       capture_output=True, text=True)
-    assert r.returncode == 2 and "manifest.json" in r.stderr
-    r = subprocess.run(exe + ["--summarize", str(tmp_path)], capture_output=True, text=True)
-    assert r.returncode == 2 and "fold_K.json" in r.stderr
-    r = subprocess.run(exe + [str(tmp_path / "ds"), "--out", str(tmp_path / "x.bin")], capture_output=True, text=True)
-    assert r.returncode == 2 and ".safetensors" in r.stderr
+    code, err = run(tmp_path / "ds", "--out", tmp_path / "m.safetensors")
+    assert code == 2 and "manifest.json" in err
+    code, err = run("--summarize", tmp_path)
+    assert code == 2 and "fold_K.json" in err
+    code, err = run(tmp_path / "ds", "--out", tmp_path / "x.bin")
+    assert code == 2 and ".safetensors" in err
+    code, err = run(tmp_path / "ds", "--out", tmp_path / "m.safetensors", "--fold", "1")
+    assert code == 2 and "--fold needs" in err
 
 
 @pytest.mark.slow

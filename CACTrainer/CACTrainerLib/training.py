@@ -394,8 +394,10 @@ def train(train_set: D.FrameSet, val_set: D.FrameSet | None, config: TrainConfig
     opt_tensors = opt_groups = None
     if ckpt is not None:
         tensors, info = ckpt
-        saved = {k: v for k, v in info["config"].items() if k not in ("device", "num_threads")}
-        now = {k: v for k, v in cfg_json.items() if k not in ("device", "num_threads")}
+        # The epoch counts may change on resume (extend or cut a run); everything else must match.
+        free = ("device", "num_threads", "epochs1", "epochs2")
+        saved = {k: v for k, v in info["config"].items() if k not in free}
+        now = {k: v for k, v in cfg_json.items() if k not in free}
         if saved != now:
             diff = sorted(k for k in now if saved.get(k) != now[k])
             raise CacError(f"--resume: the checkpoint in {run_dir} was made with other settings ({', '.join(diff)}); "
