@@ -324,3 +324,16 @@ def test_trainer_commands_are_accepted_by_the_cac_parser():
     assert (args.cv, args.fold, args.epochs1, args.epochs2, args.device, args.seed) == ("acquisition", 2, 3, 4, "cpu", 9)
     args = parser.parse_args(phantom[3:])
     assert (args.patients, args.acquisitions_per_patient, args.seed) == (14, 3, 5)
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_module_level_mrml_imports_are_core_classes(module):
+    """Module-level `from slicer import vtkMRML...` must name MRMLCore classes: loadable-module
+    classes are not in the `slicer` namespace yet when Slicer imports a scripted module."""
+    slicer = pytest.importorskip("slicer", reason="slicer-core is not installed")
+    for node in parse_script(module).body:
+        if isinstance(node, ast.ImportFrom) and node.module == "slicer":
+            for alias in node.names:
+                if alias.name.startswith("vtkMRML"):
+                    cls = getattr(slicer, alias.name)
+                    assert cls.__module__.endswith("MRMLCore"), f"{alias.name} is in {cls.__module__}"
