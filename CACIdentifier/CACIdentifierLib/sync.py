@@ -51,6 +51,7 @@ PERIODIC_THRESHOLD = 0.25
 SMALL_SIDE = 128
 # Most moving pixels (of the block means) used for the period and the onset statistic's period.
 MAX_PIXELS = 4096
+SMOOTH_ONSET = True
 PAIR_TOL = 0.005  # cycles: candidates this close to the best phase are ties
 JSON_KEYS = (
     "onset_frame",
@@ -338,6 +339,41 @@ def _fit_ramp(stat: np.ndarray, valid: np.ndarray, fixed_t0: int | None = None, 
     return (int(t0b[i, j]), int(t1b[i, j]), float(a[i, j]), float(b[i, j]), float(max(sse[i, j], 0.0)))
 
 
+def _fit_smooth_ramp(stat: np.ndarray, valid: np.ndarray, t0: int, t1: int, fixed_t0: int | None = None):
+    """Refine a linear-ramp fit with a smoothstep rise ``a + b s((k - t0)/(t1 - t0))``, s = 3x^2 - 2x^3.
+
+    Filling a vessel tree starts slowly (only the proximal vessel at first), so a
+    linear ramp puts its start late; the smoothstep's start is where the rise
+    departs from the baseline.  Searched near the linear fit: t0 from
+    ``t0 - (t1 - t0) - 2`` to ``t0 + 2``, t1 from ``t1 - L/2`` to ``t1 + L``.
+    Returns (t0, t1).
+    """
+    n = stat.size
+    L = max(t1 - t0, 1)
+    k = np.arange(n, dtype=float)
+    w = valid.astype(float)
+    y = np.where(valid, stat, 0.0)
+    c0 = [fixed_t0] if fixed_t0 is not None else range(max(-1, t0 - L - 2), min(n - 2, t0 + 2) + 1)
+    cand = [(a, b) for a in c0 for b in range(max(a + 1, t1 - L // 2), min(n - 1, t1 + L) + 1)]
+    if not cand:
+        return t0, t1
+    ca = np.array(cand, float)
+    x = np.clip((k[None, :] - ca[:, :1]) / (ca[:, 1:] - ca[:, :1]), 0.0, 1.0)
+    r = x * x * (3 - 2 * x)
+    sw, sy = w.sum(), (w * y).sum()
+    sr, srr, sry = r @ w, (r * r) @ w, r @ (w * y)
+    det = sw * srr - sr * sr
+    with np.errstate(invalid="ignore", divide="ignore"):
+        b = np.where(det > 1e-12, (sw * sry - sr * sy) / det, 0.0)
+    a = (sy - b * sr) / sw
+    sse = (w * y * y).sum() - a * sy - b * sry
+    sse = np.where(b > 0, sse, np.inf)
+    i = int(np.argmin(sse))
+    if not np.isfinite(sse[i]):
+        return t0, t1
+    return int(ca[i, 0]), int(ca[i, 1])
+
+
 def contrast_course(small: np.ndarray, valid: np.ndarray | None = None, onset: int | None = None,
                     period: float | None = None) -> ContrastCourse:
     """Find the contrast arrival in block-averaged frames (see :class:`ContrastCourse`).
@@ -381,6 +417,8 @@ def contrast_course(small: np.ndarray, valid: np.ndarray | None = None, onset: i
         r0, r1, *_ = _fit_ramp(stat, valid, fixed, window)
         if r0 is not None:
             t0, t1 = r0, r1
+    if SMOOTH_ONSET:
+        t0, t1 = _fit_smooth_ramp(stat, valid, t0, t1, fixed)
     return ContrastCourse(int(t0) + 1, int(t1), score, snr, bool(detected), stat)
 
 
@@ -925,8 +963,9 @@ def _features(small: np.ndarray, valid: np.ndarray, frame_time_ms) -> _Features:
         motion += np.einsum("ij,ij->j", blk, blk, dtype=np.float64)
     g_all = _gram(z[:, _top_pixels(motion, None)])
     lo_p, hi_p = _period_bounds(n, frame_time_ms)
-    rough, conf = _estimate_period([(k.astype(float), g_all[np.ix_(k, k)])], lo_p, hi_p)
-    return _Features(small, z, motion, g_all, rough if conf >= PERIODIC_THRESHOLD else None)
+    # Only used to average the beat out of the onset statistic: a weak period is good enough.
+    rough, _conf = _estimate_period([(k.astype(float), g_all[np.ix_(k, k)])], lo_p, hi_p)
+    return _Features(small, z, motion, g_all, rough)
 
 
 def _default_estimate(feats: _Features, valid, frame_time_ms, onset, contrast_start, warn_list):
