@@ -254,6 +254,29 @@ def test_seg_nrrd_matches_the_frame_stack_volume(tmp_path):
     assert [segmentation.GetNthSegment(i).GetName() for i in range(2)] == ["calcium", "catheter"]
     assert segmentation.GetSegment("calcium").GetColor() == pytest.approx((1.0, 0.0, 0.0))
 
+    # The labelmaps as loaded lie on the very grid of the frame-stack volume (no resampling):
+    # same IJK-to-RAS, extent inside the volume's (the reader crops to each segment's extent),
+    # and the reference image geometry is the full volume.
+    import vtk
+
+    labelmap_name = slicer.vtkSegmentationConverter.GetSegmentationBinaryLabelmapRepresentationName()
+    volume_extent = volume.GetImageData().GetExtent()
+    for i in range(segmentation.GetNumberOfSegments()):
+        stored = segmentation.GetNthSegment(i).GetRepresentation(labelmap_name)
+        m = vtk.vtkMatrix4x4()
+        stored.GetImageToWorldMatrix(m)
+        np.testing.assert_allclose([[m.GetElement(r, c) for c in range(4)] for r in range(4)], ijk_to_ras(volume),
+                                   atol=1e-9)
+        e = stored.GetExtent()
+        assert all(e[2 * a] >= volume_extent[2 * a] and e[2 * a + 1] <= volume_extent[2 * a + 1] for a in range(3))
+    reference = slicer.vtkOrientedImageData()
+    assert slicer.vtkSegmentationConverter.DeserializeImageGeometry(
+        segmentation.GetConversionParameter(slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName()),
+        reference, False)
+    assert reference.GetExtent() == volume_extent
+    np.testing.assert_allclose(reference.GetSpacing(), volume.GetSpacing())
+    np.testing.assert_allclose(reference.GetOrigin(), volume.GetOrigin())
+
     # Export each segment onto the volume's geometry with Slicer's own logic: an independent path.
     for name, mask in segments.items():
         labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
