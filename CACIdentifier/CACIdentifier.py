@@ -11,6 +11,7 @@ import importlib
 import importlib.util
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Annotated, Optional, Union
 
@@ -34,18 +35,32 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-# (import name, pip requirement) of what CACIdentifierLib needs beyond Slicer's own Python.
-# torch comes first: the PyTorch Utils extension installs the build that matches the GPU.
+# (import name, distribution, minimum version, pip requirement) of what CACIdentifierLib needs
+# beyond Slicer's own Python. torch first: the PyTorch Utils extension installs the build that
+# matches the GPU. pydicom: the Lib uses the pydicom 3 API (Slicer may bundle an older one).
 REQUIRED_PACKAGES = [
-    ("torch", "torch"),
-    ("safetensors", "safetensors>=0.4"),
-    ("numpy", "numpy"),
-    ("scipy", "scipy"),
-    ("skimage", "scikit-image>=0.22"),
-    ("SimpleITK", "SimpleITK>=2.3"),
-    ("pydicom", "pydicom>=3.0,<4"),
-    ("pylibjpeg", "pylibjpeg>=2.0 pylibjpeg-libjpeg>=2.1 pylibjpeg-rle>=2.0"),
+    ("torch", "torch", "2.0", "torch"),
+    ("safetensors", "safetensors", "0.4", "safetensors>=0.4"),
+    ("numpy", "numpy", "1.26", "numpy>=1.26"),
+    ("scipy", "scipy", "1.11", "scipy>=1.11"),
+    ("skimage", "scikit-image", "0.22", "scikit-image>=0.22"),
+    ("SimpleITK", "SimpleITK", "2.3", "SimpleITK>=2.3"),
+    ("pydicom", "pydicom", "3.0", "pydicom>=3.0,<4"),
+    ("pylibjpeg", "pylibjpeg", "2.0", "pylibjpeg>=2.0 pylibjpeg-libjpeg>=2.1 pylibjpeg-rle>=2.0"),
 ]
+
+
+def _versionTuple(text):
+    """(major, minor) of a version string such as "2.13.0+cpu"; (0, 0) when unreadable."""
+    parts = []
+    for piece in str(text).split(".")[:2]:
+        digits = ""
+        for ch in piece:
+            if not ch.isdigit():
+                break
+            digits += ch
+        parts.append(int(digits) if digits else 0)
+    return tuple(parts + [0] * (2 - len(parts)))
 
 
 #
@@ -302,8 +317,21 @@ class CACIdentifierLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def missingPackages() -> list:
-        """(import name, pip requirement) of each required package that cannot be imported."""
-        return [(name, req) for name, req in REQUIRED_PACKAGES if importlib.util.find_spec(name) is None]
+        """(import name, pip requirement) of each required package that is absent or too old."""
+        from importlib import metadata
+
+        missing = []
+        for name, distribution, minimum, requirement in REQUIRED_PACKAGES:
+            if importlib.util.find_spec(name) is None:
+                missing.append((name, requirement))
+                continue
+            try:
+                installed = metadata.version(distribution)
+            except metadata.PackageNotFoundError:
+                continue  # importable but not pip-managed (bundled with Slicer): trust it
+            if _versionTuple(installed) < _versionTuple(minimum):
+                missing.append((name, requirement))
+        return missing
 
     def ensurePythonPackages(self, askConfirmation: bool = True) -> bool:
         """Install missing packages after the user agrees; True when everything is importable."""
@@ -323,6 +351,14 @@ class CACIdentifierLogic(ScriptedLoadableModuleLogic):
                     continue
                 slicer.util.pip_install(requirement)
         importlib.invalidate_caches()
+        upgraded = [name for name, _req in missing if name in sys.modules]
+        if upgraded:
+            slicer.util.infoDisplay(
+                _("Upgraded {names}, which were already loaded: restart Slicer before using CAC Identifier.").format(
+                    names=", ".join(upgraded)
+                )
+            )
+            return False
         still = self.missingPackages()
         if still:
             slicer.util.errorDisplay(

@@ -337,3 +337,29 @@ def test_module_level_mrml_imports_are_core_classes(module):
                 if alias.name.startswith("vtkMRML"):
                     cls = getattr(slicer, alias.name)
                     assert cls.__module__.endswith("MRMLCore"), f"{alias.name} is in {cls.__module__}"
+
+
+def _identifier_package_check() -> dict:
+    tree = parse_script("CACIdentifier")
+    body = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "_versionTuple"]
+    body += [n for n in tree.body if isinstance(n, ast.Assign) and ast.unparse(n.targets[0]) == "REQUIRED_PACKAGES"]
+    namespace: dict = {}
+    exec(compile(ast.Module(body=body, type_ignores=[]), "CACIdentifier.py", "exec"), namespace)
+    return namespace
+
+
+def test_identifier_package_list_matches_pyproject_and_this_environment():
+    from importlib import metadata
+
+    ns = _identifier_package_check()
+    version = ns["_versionTuple"]
+    assert version("2.13.0+cpu") == (2, 13) and version("3.0.1") == (3, 0) and version("1") == (1, 0)
+    assert version("0.26rc1") == (0, 26) and version("garbage") == (0, 0)
+    required = {dist.lower() for _name, dist, _min, _req in ns["REQUIRED_PACKAGES"]}
+    text = (ROOT / "pyproject.toml").read_text()
+    deps = re.search(r"dependencies = \[(.*?)\]", text, re.S).group(1)
+    names = {re.split(r"[<>=!\[ ]", d.strip().strip('",'))[0].lower() for d in deps.split("\n") if d.strip().strip(",")}
+    names -= {"slicer-core", "pylibjpeg-libjpeg", "pylibjpeg-rle"}  # Slicer itself; pulled in with pylibjpeg
+    assert names <= required, f"pyproject dependencies not checked by CAC Identifier: {names - required}"
+    for _name, dist, minimum, _req in ns["REQUIRED_PACKAGES"]:
+        assert version(metadata.version(dist)) >= version(minimum), f"{dist} here is older than {minimum}"
