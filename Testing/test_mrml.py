@@ -80,6 +80,8 @@ def test_new_scene_has_the_logics(scene):
     assert slicercore.get_scene() is slicercore.get_scene()
     assert slicercore.get_scene() is not scene
     assert not slicercore.in_slicer_application()
+    with pytest.raises(KeyError, match="new_scene"):
+        slicercore.logic(slicer.vtkMRMLScene(), "sequences")  # a bare scene has no logics
 
 
 # --------------------------------------------------------------------------- sequences

@@ -127,18 +127,19 @@ def get_scene():
 def logic(scene, name: str):
     """The module logic ``name`` ("sequences", "segmentations", "application") serving ``scene``.
 
-    Inside Slicer these are the application's logics (``slicer.modules.*.logic()``).
+    For scenes made by :func:`new_scene` these are its own logics; for Slicer's
+    scene, the application's (``slicer.modules.*.logic()``).
     """
+    own = _LOGICS.get(id(scene))
+    if own is not None and own["scene"] is scene:
+        return own[name]
     if in_slicer_application():
         import slicer
 
         if name == "application":
             return slicer.app.applicationLogic()
         return getattr(slicer.modules, name).logic()
-    try:
-        return _LOGICS[id(scene)][name]
-    except KeyError:
-        raise KeyError(f"no {name} logic for this scene; create scenes with slicercore.new_scene()") from None
+    raise KeyError(f"no {name} logic for this scene; create scenes with slicercore.new_scene()")
 
 
 def temporary_directory() -> str:
