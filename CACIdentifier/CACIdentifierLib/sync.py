@@ -778,11 +778,14 @@ def _velocity_gram(g: np.ndarray, times: np.ndarray):
 def _lag_correlation(parts: list[tuple[np.ndarray, np.ndarray]], max_lag: int) -> np.ndarray:
     """Normalised correlation of feature vectors ``lag`` frames apart, pooled over parts.
 
-    ``parts`` is a list of (integer frame times, Gram matrix); returns rho[0..max_lag].
+    ``parts`` is a list of (integer frame times, Gram matrix).  Each part's
+    correlation is normalised by its own energy and the parts are averaged
+    weighted by their number of frame pairs, so a part where contrast adds
+    large, not quite periodic changes does not drown a clean one.
+    Returns rho[0..max_lag].
     """
-    num = np.zeros(max_lag + 1)
-    den_a = np.zeros(max_lag + 1)
-    den_b = np.zeros(max_lag + 1)
+    acc = np.zeros(max_lag + 1)
+    cnt = np.zeros(max_lag + 1)
     for times, g in parts:
         tt = np.asarray(times).astype(int)
         if tt.size < 2:
@@ -796,11 +799,13 @@ def _lag_correlation(parts: list[tuple[np.ndarray, np.ndarray]], max_lag: int) -
         pres[tt - tt[0]] = True
         for L in range(1, min(max_lag, span - 1) + 1):
             m = pres[:-L] & pres[L:]
-            num[L] += np.diagonal(full, L)[m].sum()
-            den_a[L] += d[:-L][m].sum()
-            den_b[L] += d[L:][m].sum()
-    with np.errstate(invalid="ignore", divide="ignore"):
-        rho = np.where(den_a * den_b > 0, num / np.sqrt(np.maximum(den_a * den_b, 1e-300)), 0.0)
+            c = int(m.sum())
+            den = math.sqrt(d[:-L][m].sum() * d[L:][m].sum())
+            if c == 0 or den <= 0:
+                continue
+            acc[L] += c * np.diagonal(full, L)[m].sum() / den
+            cnt[L] += c
+    rho = np.where(cnt > 0, acc / np.maximum(cnt, 1), 0.0)
     rho[0] = 1.0
     return rho
 
