@@ -175,6 +175,14 @@ def test_unknown_spacing_is_flagged_in_the_file(tmp_path):
     back = mrml.read_nrrd_cine(path)
     assert back.spacing_mm is None and back.spacing_source == "unknown"
 
+    cine.frame_time_ms = None
+    seq_path = mrml.write_seq_nrrd(cine, tmp_path / "run.seq.nrrd")
+    back = mrml.read_nrrd_cine(seq_path)
+    assert back.spacing_mm is None and back.frame_time_ms is None
+    np.testing.assert_array_equal(back.frames, cine.frames)
+    header = seq_path.read_bytes().split(b"\n\n")[0].decode()
+    assert "CAC_spacing_source:=unknown" in header and "axis 3 index values:=0 1 2 3 4 5" in header
+
 
 def test_seq_nrrd_round_trip(tmp_path):
     cine = synthetic_cine()
