@@ -1,0 +1,72 @@
+"""Training throughput: samples/s of a stage-1 and a stage-2 step, fp32 vs bf16 autocast, one run.
+
+Prints, for the default ResUNet18 on 256x256 patch pairs with batch 16 and
+torch.set_num_threads(2): samples/s of a classifier training step (forward,
+BCE, backward, Adam) and of a decoder training step (frozen encoder forward,
+decoder forward, GDL + boundary loss, backward, Adam), in fp32 and under
+:func:`CACIdentifierLib.device.autocast` (bf16 on CPUs with AMX/AVX512-BF16),
+and the ratio bf16/fp32 measured in this run.  The best of ``REPEATS`` timed
+steps after one warm-up step is used (the machine may be shared).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from CACIdentifierLib.device import autocast, cpu_supports_bf16
+from CACIdentifierLib.network import ResUNet18
+from CACTrainerLib import losses as L
+
+BATCH = 16
+REPEATS = 3
+
+
+def _step_time(stage: int, amp: bool) -> float:
+    torch.manual_seed(0)
+    model = ResUNet18()
+    rng = np.random.default_rng(0)
+    nc = torch.from_numpy(rng.random((BATCH, 1, 256, 256), dtype=np.float32))
+    c = torch.from_numpy(rng.random((BATCH, 1, 256, 256), dtype=np.float32))
+    labels = torch.from_numpy((rng.random(BATCH) > 0.5).astype(np.float32))
+    roi = np.zeros((BATCH, 1, 256, 256), bool)
+    roi[:, :, 100:140, 100:140] = True
+    dist = torch.from_numpy(L.signed_distance_map(roi))
+    roi_t = torch.from_numpy(roi.astype(np.float32))
+    if stage == 1:
+        opt = torch.optim.Adam(model.classifier_parameters(), lr=1e-4)
+    else:
+        model.freeze_classifier(True)
+        opt = torch.optim.Adam(model.decoder_parameters(), lr=1e-3)
+    model.train()
+    times = []
+    for _ in range(REPEATS + 1):
+        t0 = time.perf_counter()
+        with autocast("cpu", enabled=amp):
+            if stage == 1:
+                loss = L.classification_loss(model.classify(nc, c), labels)
+            else:
+                with torch.no_grad():
+                    feats = model.encode(nc, c)
+                loss, _ = L.decoder_loss(model.decode(feats), roi_t, dist, 0.5)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        times.append(time.perf_counter() - t0)
+    return min(times[1:])
+
+
+def main() -> None:
+    torch.set_num_threads(2)
+    print(f"training step, batch {BATCH}, 2 threads, bf16 supported: {cpu_supports_bf16()}")
+    for stage in (1, 2):
+        t32 = _step_time(stage, amp=False)
+        t16 = _step_time(stage, amp=True)
+        print(f"stage {stage}: fp32 {BATCH / t32:6.1f} samples/s   autocast {BATCH / t16:6.1f} samples/s   "
+              f"speed-up autocast/fp32 {t32 / t16:4.2f}x")
+
+
+if __name__ == "__main__":
+    main()
