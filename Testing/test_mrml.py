@@ -539,3 +539,13 @@ def test_files_can_be_read_from_several_threads(tmp_path):
         np.testing.assert_array_equal(f.segments["calcium"], masks[i % 6])
     scratch = mrml._scratch_scene()
     assert scratch.GetNodesByClass("vtkMRMLSegmentationNode").GetNumberOfItems() == 0  # nothing left behind
+
+
+def test_spacing_without_a_source_is_kept(tmp_path, scene):
+    cine = Cine(frames=np.zeros((2, 8, 9), np.uint8), spacing_mm=(0.25, 0.5))  # spacing_source left "unknown"
+    for back in (
+        mrml.read_nrrd_cine(mrml.write_frame_stack_nrrd(cine, tmp_path / "a.nrrd")),
+        mrml.read_nrrd_cine(mrml.write_seq_nrrd(cine, tmp_path / "a.seq.nrrd")),
+        mrml.sequence_to_cine(mrml.cine_to_sequence(scene, cine, "a")[0]),
+    ):
+        assert back.spacing_mm == pytest.approx((0.25, 0.5)) and back.spacing_source == "given"

@@ -217,8 +217,13 @@ def _format_number(value: float) -> str:
 
 
 def _cine_attributes(cine: Cine) -> dict[str, str]:
+    if cine.spacing_mm is None:
+        source = "unknown"
+    else:
+        # A spacing without a recorded source (Cine's default) is still a known spacing.
+        source = cine.spacing_source if cine.spacing_source not in ("", "unknown") else "given"
     attrs = {
-        ATTR_SPACING_SOURCE: cine.spacing_source if cine.spacing_mm is not None else "unknown",
+        ATTR_SPACING_SOURCE: source,
         ATTR_FRAME_TIME_MS: "unknown" if cine.frame_time_ms is None else _format_number(cine.frame_time_ms),
     }
     if cine.r_wave_frames:
