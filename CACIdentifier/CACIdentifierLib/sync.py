@@ -494,17 +494,6 @@ def _zero_crossings(unwrapped: np.ndarray) -> list[float]:
     return sorted(set(round(x, 9) for x in out))
 
 
-def _unwrap_phase(phase: np.ndarray, period: float) -> np.ndarray:
-    """Unwrap per-frame phases (mod 1) assuming an advance near ``1/period`` per frame."""
-    adv = 1.0 / period
-    out = np.empty_like(phase, dtype=float)
-    out[0] = phase[0]
-    for k in range(1, phase.size):
-        d = (phase[k] - phase[k - 1] - adv + 0.5) % 1.0 - 0.5 + adv
-        out[k] = out[k - 1] + d
-    return out
-
-
 def pair_by_phase(phase, non_contrast, candidates, frame_distance=None, tolerance: float = 0.005) -> list[list[int]]:
     """Pair each non-contrast frame with the candidate of nearest phase (circular distance).
 
