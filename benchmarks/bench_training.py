@@ -15,7 +15,6 @@ import time
 
 import numpy as np
 import torch
-
 from CACIdentifierLib.device import autocast, cpu_supports_bf16
 from CACIdentifierLib.network import ResUNet18
 from CACTrainerLib import losses as L
