@@ -51,7 +51,9 @@ PERIODIC_THRESHOLD = 0.25
 SMALL_SIDE = 128
 # Most moving pixels (of the block means) used for the period and the onset statistic's period.
 MAX_PIXELS = 4096
-SMOOTH_ONSET = True
+# Clip half-width (period / CLIP_DIV) and number of reference frames of the landmark phase.
+CLIP_DIV = 4
+N_REFS = 48
 PAIR_TOL = 0.005  # cycles: candidates this close to the best phase are ties
 JSON_KEYS = (
     "onset_frame",
@@ -417,8 +419,7 @@ def contrast_course(small: np.ndarray, valid: np.ndarray | None = None, onset: i
         r0, r1, *_ = _fit_ramp(stat, valid, fixed, window)
         if r0 is not None:
             t0, t1 = r0, r1
-    if SMOOTH_ONSET:
-        t0, t1 = _fit_smooth_ramp(stat, valid, t0, t1, fixed)
+    t0, t1 = _fit_smooth_ramp(stat, valid, t0, t1, fixed)
     return ContrastCourse(int(t0) + 1, int(t1), score, snr, bool(detected), stat)
 
 
@@ -891,7 +892,7 @@ def _landmarks_for_reference(dist_row: np.ndarray, gram: np.ndarray, times: np.n
     return sorted(out), (float(np.mean(sharp)) if sharp else 0.0)
 
 
-def _part_phase(gram: np.ndarray, times: np.ndarray, period: float, n_refs: int = 24):
+def _part_phase(gram: np.ndarray, times: np.ndarray, period: float, n_refs: int | None = None):
     """Phase (mod 1) of each frame of a part from landmark-interpolated beats, many references.
 
     Each reference frame gives one landmark per beat; the phase is linear
@@ -904,6 +905,7 @@ def _part_phase(gram: np.ndarray, times: np.ndarray, period: float, n_refs: int 
     if times[-1] - times[0] < 1.3 * period or times.size < 4:
         return None
     dist = _dist_from_gram(gram)
+    n_refs = N_REFS if n_refs is None else n_refs
     refs = np.unique(np.linspace(0, times.size - 1, min(n_refs, times.size)).round().astype(int))
     estimates, weights = [], []
     span = int(times[-1]) + 1
@@ -999,7 +1001,7 @@ def _default_estimate(feats: _Features, valid, frame_time_ms, onset, contrast_st
         est = PhaseEstimate("image-default", np.zeros(n), None, [], pairs, conf, False, None)
         return est, cross_all
 
-    half = max(1, int(round(period / 8)))
+    half = max(1, int(round(period / CLIP_DIV)))
     phase = np.full(n, np.nan)
     # Phase of every valid frame at once, on the pixels that contrast does not change:
     # no break at the contrast arrival, where the frames to pair are.
