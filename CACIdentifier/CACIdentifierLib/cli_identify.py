@@ -34,7 +34,7 @@ def register(subparsers) -> None:
     p.add_argument("--threshold", type=float, help="ROI threshold after the Gaussian")
     p.add_argument("--spacing", type=float, help="pixel spacing in mm, for image folders without one")
     p.add_argument("--frame-time", type=float, dest="frame_time_ms", help="frame time in ms, if the file has none")
-    p.add_argument("--batch-frames", type=int, default=8, help="frames per forward pass")
+    p.add_argument("--batch-frames", type=int, default=None, help="frames per forward pass (default: 1 on CPU, 8 on GPU)")
     p.add_argument("--no-autocast", action="store_true", help="run the network in fp32 on CPU")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
@@ -63,7 +63,9 @@ def run(args: argparse.Namespace) -> int:
         annotations = []
         for path in args.annotations:
             seg = read_seg_nrrd(path, expected_shape=cine.frames.shape)
-            annotations.append(_union(seg.segments, path))
+            if not seg.segments:
+                raise CacError(f"{path} has no segment; give an annotation with the calcium drawn")
+            annotations.append(seg.union())
 
     from .inference import identify
 
@@ -72,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
         model,
         metadata,
         device=args.device,
-        batch_frames=args.batch_frames,
+        batch_frames=args.batch_frames or (1 if args.device == "cpu" or not _gpu() else 8),
         onset=args.onset,
         min_island_px=args.min_island_px,
         sigma=args.sigma,
@@ -109,13 +111,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _union(segments: dict, path) -> object:
-    import numpy as np
+def _gpu() -> bool:
+    import torch
 
-    if not segments:
-        raise CacError(f"{path} has no segment; give an annotation with the calcium drawn")
-    masks = list(segments.values())
-    out = np.zeros_like(masks[0], dtype=bool)
-    for m in masks:
-        out |= m.astype(bool)
-    return out
+    return torch.cuda.is_available()
