@@ -65,7 +65,7 @@ class PhantomParams:
       tortuosity (1.0 = default wiggle), left_prob (0.7: left coronary system injected),
       heart_mu_per_mm (0.009: heart vs. lung), spine_mu (1.3), rib_mu_per_mm (0.02),
       diaphragm_mu (1.2), lung_texture (0.07: SD of the 1/f texture),
-      lung_markings (60 thin pulmonary vessels), catheter (True), catheter_mu_per_mm (0.25),
+      lung_markings (60 thin pulmonary vessels, 0.03 /mm: lung_markings_mu_per_mm), catheter (True), catheter_mu_per_mm (0.25),
       reflux (0.4: peak attenuation of the contrast puff in the aortic root at the injection).
     Calcium
       calcium_count_range (1-4 deposits per calcified patient), calcium_free_fraction
@@ -122,6 +122,7 @@ class PhantomParams:
     diaphragm_mu: float = 1.2
     lung_texture: float = 0.07
     lung_markings: int = 60
+    lung_markings_mu_per_mm: float = 0.03
     catheter: bool = True
     catheter_mu_per_mm: float = 0.25
     reflux: float = 0.4
@@ -404,7 +405,7 @@ class _Renderer:
         thorax += img.diaphragm_layer(rng, X, Y, dome_r * sp, (dome_c + rng.uniform(-60, 60) / sp) * sp,
                                       params.diaphragm_mu)
         thorax += img.smooth_noise(rng, (H, W), 2.6, params.lung_texture)
-        thorax += img.lung_markings(rng, (H, W), sp, params.lung_markings, 0.045)
+        thorax += img.lung_markings(rng, (H, W), sp, params.lung_markings, params.lung_markings_mu_per_mm)
         thorax += img.smooth_noise(rng, (H, W), 2.0, params.lung_texture * 0.35)
         thorax += img.smooth_noise(rng, (H, W), 4.0, 0.2)
         self.thorax = thorax
