@@ -51,7 +51,8 @@ class PhantomParams:
     Cardiac motion
       heart_rate_bpm_range (50-120), rr_jitter (relative SD of RR between beats, 0.03),
       systole_fraction (end-systole at 0.35 of the cycle: fast systole, slow diastole),
-      contraction (radial shortening at end-systole, 0.12), longitudinal (0.10), twist_deg (6).
+      contraction (radial shortening at end-systole, 0.15), longitudinal (0.12), twist_deg (8):
+        the base and proximal vessels move 10-20 mm over a cycle, as coronaries do.
     Respiration and table
       respiration_hz_range (0.2-0.3), respiration_mm_range (2-5 mm, cranio-caudal),
       table_pan_prob (0.2), table_pan_mm_range (5-15 mm over 1-3 s).
@@ -99,9 +100,9 @@ class PhantomParams:
     heart_rate_bpm_range: tuple[float, float] = (50.0, 120.0)
     rr_jitter: float = 0.03
     systole_fraction: float = 0.35
-    contraction: float = 0.12
-    longitudinal: float = 0.10
-    twist_deg: float = 6.0
+    contraction: float = 0.15
+    longitudinal: float = 0.12
+    twist_deg: float = 8.0
     respiration_hz_range: tuple[float, float] = (0.2, 0.3)
     respiration_mm_range: tuple[float, float] = (2.0, 5.0)
     table_pan_prob: float = 0.2
