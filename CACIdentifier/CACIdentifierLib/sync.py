@@ -53,6 +53,7 @@ SMALL_SIDE = 128
 MAX_PIXELS = 4096
 # Clip half-width (period / CLIP_DIV) and number of reference frames of the landmark phase.
 CLIP_DIV = 4
+STABLE_BIN = 2  # contrast-free features on 2x2 means of the block means (64x64): as accurate, 4x less work
 N_REFS = 48
 PAIR_TOL = 0.005  # cycles: candidates this close to the best phase are ties
 JSON_KEYS = (
@@ -987,7 +988,15 @@ def _default_estimate(feats: _Features, valid, frame_time_ms, onset, contrast_st
     else:
         stable = np.ones(small.shape[1:], bool)
     # The phase uses every contrast-free pixel: keeping only the most moving ones loses accuracy.
-    g_stable = _gram(_normalise(z[:, stable.ravel()]))
+    if STABLE_BIN > 1:
+        h, w = small.shape[1:]
+        b = STABLE_BIN
+        hh, ww = h // b, w // b
+        zz = z.reshape(n, h, w)[:, :hh * b, :ww * b].reshape(n, hh, b, ww, b).mean((2, 4))
+        st = stable[:hh * b, :ww * b].reshape(hh, b, ww, b).all((1, 3))
+        g_stable = _gram(_normalise(zz.reshape(n, -1)[:, st.ravel()]))
+    else:
+        g_stable = _gram(_normalise(z[:, stable.ravel()]))
     cross_all = _dist_from_gram(g_stable)  # contrast-insensitive distances of all frame pairs
 
     parts = {name: (p, g_all[np.ix_(p, p)]) for name, p in (("nc", nc), ("cp", cp)) if p.size >= 3}
