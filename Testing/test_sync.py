@@ -344,3 +344,18 @@ def test_cli_plot_and_errors(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no non-contrast frames" in err[0]
     assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_blas_threads_restored_after_synchronize():
+    fns = sync._openblas_fns()
+    if fns is None:
+        pytest.skip("numpy's OpenBLAS not found: nothing to restore")
+    get, put = fns
+    before = get()
+    frames, _ = sync.synthetic_cine(n_frames=40, size=32, seed=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sync.synchronize(frames, 66.7)
+        with pytest.raises(CacError):
+            sync.synchronize(frames, 66.7, onset=0)
+    assert get() == before
