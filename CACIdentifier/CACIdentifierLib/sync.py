@@ -54,6 +54,8 @@ SMALL_SIDE = 128
 MAX_PIXELS = 4096
 # Clip half-width (period / CLIP_DIV) and number of reference frames of the landmark phase.
 CLIP_DIV = 4
+DARK_BIN = 2  # onset statistic on 64x64 means with a 3x3 box: as accurate as 128x128 with 7x7, 4x cheaper
+DARK_BOX = 3
 STABLE_BIN = 2  # contrast-free features on 2x2 means of the block means (64x64): as accurate, 4x less work
 N_REFS = 48
 PAIR_TOL = 0.005  # cycles: candidates this close to the best phase are ties
@@ -342,7 +344,12 @@ def _darkness_statistic(small: np.ndarray) -> np.ndarray:
     attenuation as darker pixels); the ratio ignores exposure gain changes, and
     moving anatomy (respiration) changes where dark structures are, not how much.
     """
-    local = ndimage.uniform_filter(small, size=(1, 7, 7), mode="nearest")
+    if DARK_BIN > 1:
+        n0, h, w = small.shape
+        b = DARK_BIN
+        v = small[:, : h // b * b, : w // b * b].reshape(n0, h // b, b, w // b, b)
+        small = sum(v[:, :, i, :, j] for i in range(b) for j in range(b)) / np.float32(b * b)
+    local = ndimage.uniform_filter(small, size=(1, DARK_BOX, DARK_BOX), mode="nearest")
     np.subtract(local, small, out=local)
     np.maximum(local, 0, out=local)
     n = small.shape[0]
@@ -746,10 +753,12 @@ def _period_bounds(n: int, frame_time_ms: float | None) -> tuple[float, float]:
 def _normalise(flat: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
     """Per-frame z-score of (N, P) pixels over ``mask`` (all when None): removes exposure offset and gain."""
     x = flat if mask is None else flat[:, mask.ravel()]
-    mu = x.mean(1, dtype=np.float64)[:, None]
-    sd = x.std(1, dtype=np.float64)[:, None]
+    x = x.astype(np.float32, copy=False)
+    # float32 reductions along rows use pairwise summation: within 1e-7 of float64, 5x faster
+    mu = x.mean(1, keepdims=True)
+    sd = x.std(1, keepdims=True)
     sd[sd == 0] = 1
-    return ((x - mu.astype(np.float32)) / sd.astype(np.float32)).astype(np.float32)
+    return (x - mu) / sd
 
 
 def _gram(z: np.ndarray) -> np.ndarray:
@@ -1052,7 +1061,8 @@ def _default_estimate(feats: _Features, valid, frame_time_ms, onset, contrast_st
         h, w = small.shape[1:]
         b = STABLE_BIN
         hh, ww = h // b, w // b
-        zz = z.reshape(n, h, w)[:, :hh * b, :ww * b].reshape(n, hh, b, ww, b).mean((2, 4))
+        v = z.reshape(n, h, w)[:, :hh * b, :ww * b].reshape(n, hh, b, ww, b)
+        zz = sum(v[:, :, i, :, j] for i in range(b) for j in range(b)) / np.float32(b * b)  # strided adds
         st = stable[:hh * b, :ww * b].reshape(hh, b, ww, b).all((1, 3))
         g_stable = _gram(_normalise(zz.reshape(n, -1)[:, st.ravel()]))
     else:
