@@ -1082,3 +1082,113 @@ def sync_to_scene(scene, sync_result, name: str = "CAC sync", frame_time_ms=None
     )
     return SyncNodes(signal_table=signal_table, chart=chart, pairs_table=pairs_table, beats_table=beats_table)
 
+
+
+# --------------------------------------------------------------------------- identification in the scene
+
+
+def _browser_of(scene, sequence_node):
+    """The sequence browser that plays ``sequence_node``, or None."""
+    if sequence_node is None:
+        return None
+    for browser in scene.GetNodesByClass("vtkMRMLSequenceBrowserNode"):
+        if browser.IsSynchronizedSequenceNode(sequence_node.GetID(), True):
+            return browser
+    return None
+
+
+def _input_sequence(node):
+    """The Sequence node behind ``node`` (itself, or the sequence its browser proxy shows), or None."""
+    if node.IsA("vtkMRMLSequenceNode"):
+        return node
+    scene = node.GetScene()
+    for browser in scene.GetNodesByClass("vtkMRMLSequenceBrowserNode"):
+        sequence = browser.GetSequenceNode(node)
+        if sequence is not None:
+            return sequence
+    return None
+
+
+def identify_in_scene(scene, input_node, annotation_nodes=(), model_path=None, device="auto", sigma=None,
+                      min_island_px=None, threshold=None, onset_frame=None, progress=None,
+                      output_segmentation=None, output_table=None, name=None) -> dict:
+    """CACIdentifier's Logic: identify CAC ROIs in a cine node and put the results in the scene.
+
+    ``input_node`` is a Sequence of 2D frames, its browser's proxy volume or a
+    frame-stack volume.  Adds (never modifying an annotation node):
+
+    - ``roi_sequence``: a Sequence of segmentations synchronized in the cine's
+      browser (scrolling the frames shows each frame's ROI), when the input is a sequence;
+    - ``roi_segmentation``: the ROIs as one frame-stack segmentation (``output_segmentation``
+      is refilled if given and is not an annotation);
+    - ``table``: per frame (frame, paired contrast frame, CAC probability, ROI area in mm2
+      and, with annotations, IoM and HD in mm against their majority vote);
+    - ``summary``: IoM and HD median (Q1-Q3) when annotations were given.
+
+    Returns a dict with those nodes, ``result`` (:class:`.inference.IdentifyResult`) and
+    ``report`` (the same dict ``cac identify`` writes as report.json).
+    """
+    from .inference import identify
+    from .modelio import default_model_path, load_model
+    from .report import build_report, evaluate_against_annotations
+
+    annotation_nodes = [n for n in (annotation_nodes or []) if n is not None]
+    if output_segmentation is not None and any(output_segmentation is n for n in annotation_nodes):
+        raise CacError("the output segmentation is one of the annotations; choose a new output node "
+                       "(annotations are never modified)")
+    cine = node_to_cine(input_node)
+    name = name or input_node.GetName()
+    annotations = []
+    for node in annotation_nodes:
+        masks = segmentation_masks(node, shape=cine.frames.shape)
+        if not masks:
+            raise CacError(f"annotation {node.GetName()!r} has no segment; draw the calcium or deselect it")
+        union = np.zeros(cine.frames.shape, dtype=bool)
+        for mask in masks.values():
+            if mask.shape != cine.frames.shape:
+                raise CacError(f"annotation {node.GetName()!r} has shape {mask.shape} but the cine is "
+                               f"{cine.frames.shape}; draw it over this cine's frame-stack volume")
+            union |= mask
+        annotations.append(union)
+
+    model, metadata = load_model(model_path or default_model_path(), device="cpu")
+    result = identify(cine, model, metadata, device=device, onset=onset_frame, sigma=sigma,
+                      min_island_px=min_island_px, threshold=threshold, progress=progress)
+    evaluation = evaluate_against_annotations(result, annotations, cine.spacing_mm) if annotations else None
+    report = build_report(result, cine, evaluation, {"path": str(model_path or default_model_path())})
+
+    outputs: dict = {"result": result, "report": report, "summary": report.get("summary")}
+    color = (1.0, 0.18, 0.69)
+    if output_segmentation is not None:
+        output_segmentation.GetSegmentation().RemoveAllSegments()
+        output_segmentation.CreateDefaultDisplayNodes()
+        _fill_segmentation(output_segmentation, {"CAC ROI": result.roi}, _xy_spacing(cine), {"CAC ROI": color})
+        outputs["roi_segmentation"] = output_segmentation
+    else:
+        outputs["roi_segmentation"] = masks_to_frame_stack_segmentation(
+            scene, result.roi, cine, name=f"{name} CAC ROI (frame stack)", colors={"CAC ROI": color})
+    sequence = _input_sequence(input_node)
+    browser = _browser_of(scene, sequence)
+    outputs["roi_sequence"] = None
+    if sequence is not None and browser is not None:
+        outputs["roi_sequence"] = masks_to_segmentation_sequence(
+            scene, result.roi, sequence, browser, name=f"{name} CAC ROI", color=color)
+
+    rows = report["frames"]
+    columns = {
+        "frame": [r["index"] for r in rows],
+        "contrast frame": [r["contrast_frame"] for r in rows],
+        "CAC probability": [r["probability"] for r in rows],
+        "ROI area (mm2)": [r["roi_area_mm2"] for r in rows],
+    }
+    if evaluation is not None:
+        columns["IoM"] = [r["iom"] for r in rows]
+        columns["HD (mm)"] = [r["hd_mm"] for r in rows]
+    table = table_from_columns(scene, f"{name} CAC results", columns)
+    if output_table is not None:
+        output_table.Copy(table)
+        output_table.SetName(f"{name} CAC results")
+        scene.RemoveNode(table)
+        table = output_table
+    outputs["table"] = table
+    return outputs

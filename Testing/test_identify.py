@@ -1,0 +1,162 @@
+"""End to end identification with the shipped model: engine, `cac identify`, and the MRML Logic.
+
+A small phantom study (calcium truth and three annotators) is generated once per session;
+the shipped default model must put its ROIs on the calcium (IoM floor) and every output
+must be readable by slicer-core's own storage nodes.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from CACIdentifierLib.cli import main as cac
+from CACIdentifierLib.modelio import default_model_path, load_model
+
+N_FRAMES = 48
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    from CACTrainerLib.phantom import PhantomParams, generate_acquisition
+    from CACTrainerLib.phantom_writer import write_acquisition
+
+    acq = generate_acquisition(PhantomParams(n_frames=N_FRAMES), seed=2024, patient=0, calcium_free=False)
+    folder = tmp_path_factory.mktemp("study")
+    files = write_acquisition(folder, acq)
+    return acq, folder, files
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_model(default_model_path())
+
+
+def test_shipped_model_card_matches_weights():
+    path = default_model_path()
+    card = json.loads(path.with_suffix(".json").read_text())
+    from CACIdentifierLib.modelio import sha256_file
+
+    assert card["sha256"] == sha256_file(path)
+    assert path.stat().st_size < 40 * 1024**2  # fp16, at most 40 MB
+
+
+def test_engine_finds_calcium_on_phantom(study, model):
+    from CACIdentifierLib.inference import identify
+    from CACIdentifierLib.metrics import iom
+
+    acq, _, _ = study
+    net, meta = model
+    result = identify(acq.to_cine(), net, meta)
+    # Only non-contrast frames are analysed, each paired with a contrast frame.
+    assert all(f < result.sync.onset_frame <= c for f, c in zip(result.frames, result.contrast_frames))
+    assert result.roi.shape == acq.frames.shape
+    assert not result.roi[result.sync.onset_frame:].any()
+    values = [iom(result.roi[f], acq.majority[f]) for f in result.frames if acq.majority[f].any()]
+    values = [v for v in values if v is not None]
+    assert values, "the phantom has annotated non-contrast frames"
+    assert np.median(values) >= IOM_FLOOR
+    # Calcium frames score higher than the ROI-free frames would by chance.
+    assert float(np.mean(result.probabilities)) > 0.5
+
+
+def test_cli_identify_outputs(study, tmp_path):
+    import slicer
+
+    from CACIdentifierLib import slicercore
+
+    acq, folder, files = study
+    out = tmp_path / "out"
+    annotators = [str(folder / name) for name in files["annotators"]]
+    rc = cac(["identify", str(folder / files["cine"]), "--out", str(out), "--annotations", *annotators])
+    assert rc == 0
+    report = json.loads((out / "report.json").read_text())
+    assert {"frames", "onset_frame", "period_frames", "timings", "summary"} <= set(report)
+    assert report["frames"] and {"index", "contrast_frame", "probability", "roi_area_mm2", "iom", "hd_mm"} <= set(
+        report["frames"][0])
+    assert report["onset_frame"] == pytest.approx(acq.onset_frame, abs=3)
+    assert (out / "overlay.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # The ROI file opens with slicer-core's own storage node on the cine's frame-stack geometry.
+    scene = slicercore.new_scene()
+    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    storage = scene.AddNewNodeByClass("vtkMRMLSegmentationStorageNode")
+    storage.SetFileName(str(out / "roi.seg.nrrd"))
+    assert storage.ReadData(node)
+    seg = node.GetSegmentation()
+    assert seg.GetNumberOfSegments() == 1
+    labelmap = slicer.vtkOrientedImageData()
+    node.GetBinaryLabelmapRepresentation(seg.GetNthSegmentID(0), labelmap)
+    spacing = labelmap.GetSpacing()
+    assert spacing[0] == pytest.approx(acq.spacing_mm[1]) and spacing[1] == pytest.approx(acq.spacing_mm[0])
+
+    # The evaluation in the report is the one `cac evaluate` gives on the same files.
+    from CACIdentifierLib.mrml import read_seg_nrrd
+
+    roi = read_seg_nrrd(out / "roi.seg.nrrd", expected_shape=acq.frames.shape).union()
+    analysed = {row["index"] for row in report["frames"]}
+    assert not roi[[f for f in range(N_FRAMES) if f not in analysed]].any()
+
+
+def test_cli_identify_refuses_existing_output_and_bad_model(study, tmp_path, capsys):
+    _, folder, files = study
+    out = tmp_path / "out"
+    out.mkdir()
+    assert cac(["identify", str(folder / files["cine"]), "--out", str(out)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+
+    corrupt = tmp_path / "corrupt.safetensors"
+    corrupt.write_bytes(b"\x00" * 64)
+    assert cac(["identify", str(folder / files["cine"]), "--out", str(tmp_path / "o2"), "--model", str(corrupt)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("cac: error:")
+    assert not (tmp_path / "o2").exists()
+
+
+def test_cli_identify_onset_zero_means_no_noncontrast_frames(study, tmp_path, capsys):
+    _, folder, files = study
+    rc = cac(["identify", str(folder / files["cine"]), "--out", str(tmp_path / "o"), "--onset", "0"])
+    assert rc == 2
+    assert "non-contrast" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_identify_in_scene(study, model):
+    from CACIdentifierLib import mrml, slicercore
+
+    acq, folder, files = study
+    scene = slicercore.new_scene()
+    cine = acq.to_cine()
+    sequence, browser = mrml.cine_to_sequence(scene, cine, "phantom")
+    annotations = []
+    for name in files["annotators"]:
+        node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
+        storage = scene.AddNewNodeByClass("vtkMRMLSegmentationStorageNode")
+        storage.SetFileName(str(folder / name))
+        assert storage.ReadData(node)
+        annotations.append(node)
+    before = [mrml.segmentation_masks(n, shape=acq.frames.shape) for n in annotations]
+
+    out = mrml.identify_in_scene(scene, sequence, annotation_nodes=annotations, device="cpu")
+
+    # Annotations are untouched.
+    after = [mrml.segmentation_masks(n, shape=acq.frames.shape) for n in annotations]
+    for b, a in zip(before, after):
+        assert b.keys() == a.keys() and all(np.array_equal(b[k], a[k]) for k in b)
+    result = out["result"]
+    table = out["table"]
+    assert table.GetNumberOfRows() == len(result.frames)
+    assert table.GetTable().GetColumnByName("IoM") is not None
+    # The ROI sequence is synchronized in the cine's browser: each item is that frame's ROI.
+    roi_sequence = out["roi_sequence"]
+    assert roi_sequence is not None and browser.IsSynchronizedSequenceNode(roi_sequence.GetID(), True)
+    assert roi_sequence.GetNumberOfDataNodes() == cine.n_frames
+    stack = mrml.segmentation_masks(out["roi_segmentation"], shape=acq.frames.shape)
+    assert np.array_equal(next(iter(stack.values())), result.roi)
+    assert out["summary"]["iom"]["median"] is not None
+
+
+IOM_FLOOR = 0.3
