@@ -282,13 +282,28 @@ def ecg_like_signal(frames, reference: int = 0, *, chunk: int = 4) -> np.ndarray
     n, rows, cols = frames.shape
     if not -n <= reference < n:
         raise CacError(f"reference frame {reference} is outside the cine's {n} frames")
+    return _signal_and_small(frames, reference, chunk=chunk, small=False)[0]
+
+
+def _signal_and_small(frames: np.ndarray, reference: int, *, chunk: int = 4, small: bool = True):
+    """Eq. 1 and (optionally) the block means in one pass over the cine, chunk by chunk.
+
+    Each chunk is read from memory once and used for both while it is in
+    cache.  Returns (signal, block means or None).
+    """
+    n, rows, cols = frames.shape
     # 8-bit: float32 squares and 512-term row sums are exact integers; else float64.
     work = np.float32 if frames.dtype.kind in "ui" and frames.dtype.itemsize == 1 else np.float64
     ref = frames[reference].astype(work)
     diff2 = np.empty(n)
     norm2 = np.empty(n)
+    f = max(1, min(rows, cols) // SMALL_SIDE)
+    means = np.empty((n, rows // f, cols // f), np.float32) if small else None
     for start in range(0, n, chunk):
-        block = frames[start : start + chunk].astype(work)
+        raw = frames[start : start + chunk]
+        if small:
+            means[start : start + raw.shape[0]] = _block_mean_core(raw, f)
+        block = raw.astype(work)
         m = block.shape[0]
         rows_view = block.reshape(-1, cols)
         norm2[start : start + m] = np.einsum("ij,ij->i", rows_view, rows_view).reshape(m, rows).sum(1, dtype=np.float64)
@@ -298,7 +313,7 @@ def ecg_like_signal(frames, reference: int = 0, *, chunk: int = 4) -> np.ndarray
     out = np.zeros(n)
     ok = denom > 0
     out[ok] = np.sqrt(diff2[ok]) / denom[ok]
-    return out
+    return out, means
 
 
 def block_mean(frames, side: int | None = None) -> np.ndarray:
@@ -309,8 +324,11 @@ def block_mean(frames, side: int | None = None) -> np.ndarray:
     (N, rows // f, cols // f).  Integer frames are summed in integers (exact).
     """
     frames = _check_frames(frames)
+    return _block_mean_core(frames, max(1, min(frames.shape[1:]) // (side or SMALL_SIDE)))
+
+
+def _block_mean_core(frames: np.ndarray, f: int) -> np.ndarray:
     n, rows, cols = frames.shape
-    f = max(1, min(rows, cols) // (side or SMALL_SIDE))
     if f == 1:
         return frames.astype(np.float32)
     r, c = rows // f, cols // f
@@ -916,7 +934,8 @@ def _estimate_period(parts, lo_p: float, hi_p: float):
     return p2, float(np.clip(c2, 0.0, 1.0))
 
 
-def _landmarks_for_reference(dist_row: np.ndarray, gram: np.ndarray, times: np.ndarray, r: int, period: float):
+def _landmarks_for_reference(dist_row: np.ndarray, gram: np.ndarray, times: np.ndarray, r: int, period: float,
+                             pos: dict | None = None):
     """Times (fractional frames) where the part comes back to reference ``r``'s state, one per beat.
 
     Walks forward and backward from ``r`` by about one period, takes the
@@ -924,7 +943,8 @@ def _landmarks_for_reference(dist_row: np.ndarray, gram: np.ndarray, times: np.n
     the reference onto the segments to the neighbouring frames (state assumed
     linear between frames).  Returns (landmarks, sharpness in [0, 1]).
     """
-    pos = {int(t): i for i, t in enumerate(times)}
+    if pos is None:
+        pos = {int(t): i for i, t in enumerate(times)}
     out = [float(times[r])]
     mean_d = float(np.mean(dist_row))
     sharp = []
@@ -932,10 +952,11 @@ def _landmarks_for_reference(dist_row: np.ndarray, gram: np.ndarray, times: np.n
         t = float(times[r])
         while True:
             centre = t + direction * period
-            sel = np.nonzero(np.abs(times - centre) <= 0.4 * period)[0]
-            if sel.size == 0:
+            lo, hi = np.searchsorted(times, [centre - 0.4 * period, centre + 0.4 * period], side="left")
+            hi = int(np.searchsorted(times, centre + 0.4 * period, side="right"))
+            if hi <= lo:
                 break
-            j = int(sel[np.argmin(dist_row[sel])])
+            j = int(lo + np.argmin(dist_row[lo:hi]))
             tj = float(times[j])
             if (int(tj) - 1 not in pos) or (int(tj) + 1 not in pos):
                 # At the end of the frames the true return may lie beyond them:
@@ -979,8 +1000,9 @@ def _part_phase(gram: np.ndarray, times: np.ndarray, period: float, n_refs: int 
     refs = np.unique(np.linspace(0, times.size - 1, min(n_refs, times.size)).round().astype(int))
     estimates, weights = [], []
     span = int(times[-1]) + 1
+    pos = {int(t): i for i, t in enumerate(times)}
     for r in refs:
-        lm, sharp = _landmarks_for_reference(dist[r], gram, times, r, period)
+        lm, sharp = _landmarks_for_reference(dist[r], gram, times, r, period, pos)
         if len(lm) < 2 or sharp <= 0:
             continue
         estimates.append(phase_from_landmarks(lm, span)[times.astype(int)] % 1.0)
@@ -1231,8 +1253,7 @@ def _synchronize(
     reference = int(np.argmax(valid))
     if reference != 0:
         warn_list.append(f"frame 0 is blank; the ECG-like signal uses frame {reference} as reference")
-    signal = ecg_like_signal(frames, reference)
-    small = block_mean(frames)
+    signal, small = _signal_and_small(frames, reference)
     feats = _features(small, valid, frame_time_ms)
     report(1, 4, "contrast onset")
     course = contrast_course(small, valid, onset, feats.rough_period)
