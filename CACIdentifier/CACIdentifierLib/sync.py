@@ -8,19 +8,19 @@ method is kept as ``method="paper"``.  The default method (see docs/sync.md)
 improves every step:
 
 - contrast onset detected from a per-frame statistic of dark, vessel-like
-  structure (not "the first half"), with the frame where contrast has fully
-  arrived (``contrast_start``): only frames from there on are pairing candidates;
-- the signal is computed on 4x4 block means, per frame normalised (insensitive
-  to exposure control), high-passed in time (insensitive to respiration and
-  contrast arrival) and separately inside the non-contrast and the contrast
-  parts (every frame after contrast arrival is far from a non-contrast frame);
-- a sub-frame period from the autocorrelation of the image motion;
+  structure averaged over one heart beat (not "the first half"), with the
+  frame where contrast has fully arrived (``contrast_start``): only frames
+  from there on are pairing candidates;
+- a sub-frame period from the correlation of the image motion, inside the
+  non-contrast and the fully-contrasted parts;
+- the phase from the pixels that contrast does not change, per frame
+  normalised (insensitive to exposure control) and with the slow trend
+  removed (respiration, table drift, contrast arrival), for all frames at
+  once (no break at the onset, where the frames to pair are);
 - a phase that follows heart-rate variability: one landmark per beat (the
-  time each frame's state comes back, found with sub-frame interpolation
-  between frames), phase linear between landmarks, averaged over many
-  reference frames;
-- the two parts are put on one phase scale by matching frames on the pixels
-  that contrast does not change;
+  time each reference clip's state comes back, found with sub-frame
+  interpolation between frames), phase linear between landmarks, averaged
+  over many reference frames;
 - every non-contrast frame pairs with the contrast frame of nearest phase.
 
 When the file has an ECG (R Wave Pointer or ECG curve) its R waves give the
