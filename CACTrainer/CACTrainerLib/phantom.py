@@ -72,8 +72,8 @@ class PhantomParams:
       calcium_count_range (1-4 deposits per calcified patient), calcium_free_fraction
       (0.25 of patients without calcium: negatives), calcium_size_mm_range (0.5-5 mm: length along the
       vessel, log-uniform in 1.2-5 mm, or in 0.5-1.2 mm for a fraction calcium_small_prob = 0.2 of
-      small deposits; width 0.45-1 x length), calcium_mu_per_mm (0.07 /mm: a 1.5 mm thick deposit
-      attenuates about 10 % more than its surroundings) times calcium_mu_spread (0.7-1.3).
+      small deposits; width 0.45-1 x length), calcium_mu_per_mm (0.12 /mm: a 1 mm thick deposit
+      attenuates about 12 % more than its surroundings) times calcium_mu_spread (0.7-1.3).
     Detector
       photons (quanta per pixel at the lung level, 1200: sets the quantum noise),
       blur_px (0.7: Gaussian detector blur), exposure_drift (0.01 relative), vignetting (0.2),
@@ -130,7 +130,7 @@ class PhantomParams:
     calcium_count_range: tuple[int, int] = (1, 4)
     calcium_free_fraction: float = 0.25
     calcium_size_mm_range: tuple[float, float] = (0.5, 5.0)
-    calcium_mu_per_mm: float = 0.07
+    calcium_mu_per_mm: float = 0.12
     calcium_small_prob: float = 0.2
     calcium_mu_spread: tuple[float, float] = (0.7, 1.3)
     photons: float = 1200.0
