@@ -359,3 +359,20 @@ def test_blas_threads_restored_after_synchronize():
         with pytest.raises(CacError):
             sync.synchronize(frames, 66.7, onset=0)
     assert get() == before
+
+
+@needs_data
+def test_blank_frame_found_without_being_told():
+    """Raw frames without Cine.blank_frames: the white frame 0 of the biplane cine is found and skipped."""
+    import pydicom
+
+    frames = pydicom.dcmread(BIPLANE).pixel_array
+    with pytest.warns(Warning, match="look blank"):
+        res = sync.synchronize(frames, 66.0)
+    assert res.blank_frames == [0]
+    assert res.signal[1] == 0.0
+    assert all(0 not in p for p in res.pairs)
+    # () means "no blank frames": the white frame then reads as an arrival at frame 0
+    with warnings.catch_warnings(), pytest.raises(CacError, match="no non-contrast frames"):
+        warnings.simplefilter("ignore")
+        sync.synchronize(frames, 66.0, blank_frames=())

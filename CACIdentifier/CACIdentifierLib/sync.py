@@ -1176,7 +1176,7 @@ def synchronize(
     r_wave_frames=None,
     ecg=None,
     use_ecg: bool = True,
-    blank_frames=(),
+    blank_frames=None,
     progress=None,
 ) -> SyncResult:
     """Cardiac synchronization of a cine: onset, period, per-frame phase and frame pairs.
@@ -1199,9 +1199,10 @@ def synchronize(
     use_ecg : bool
         Use the ECG for phase and pairs when present (the image-based estimate
         is computed and kept in ``result.image`` either way).
-    blank_frames : sequence of int
+    blank_frames : sequence of int, optional
         Frames without an image (Cine.blank_frames): excluded from references,
-        signals and pairing; they still get a phase.
+        signals and pairing; they still get a phase.  None (default): found
+        here (:func:`_auto_blank`, with a warning); ``()`` means none.
     progress : callable(done, total, message), optional
 
     Raises
@@ -1223,7 +1224,7 @@ def _synchronize(
     r_wave_frames=None,
     ecg=None,
     use_ecg: bool = True,
-    blank_frames=(),
+    blank_frames=None,
     progress=None,
 ) -> SyncResult:
     """Body of :func:`synchronize` (which runs it with single-threaded BLAS)."""
@@ -1233,11 +1234,6 @@ def _synchronize(
     n = frames.shape[0]
     if frame_time_ms is not None and not (np.isfinite(frame_time_ms) and frame_time_ms > 0):
         raise CacError(f"frame time must be a positive number of ms, got {frame_time_ms}")
-    blank = sorted({int(b) for b in blank_frames if 0 <= int(b) < n})
-    valid = np.ones(n, bool)
-    valid[blank] = False
-    if valid.sum() < 2:
-        raise CacError("fewer than two non-blank frames: nothing to synchronize")
     if onset is not None:
         onset = int(onset)
         if onset <= 0:
@@ -1250,10 +1246,24 @@ def _synchronize(
     warn_list: list[str] = []
     report(0, 4, "ECG-like signal")
 
-    reference = int(np.argmax(valid))
+    given = None if blank_frames is None else sorted({int(b) for b in blank_frames if 0 <= int(b) < n})
+    reference = 0 if given is None or 0 not in given else next((k for k in range(n) if k not in given), 0)
+    signal, small = _signal_and_small(frames, reference)
+    if given is None:
+        blank = _auto_blank(small)
+        if blank:
+            warn_list.append(f"frame(s) {', '.join(map(str, blank))} look blank (no image); they are not used")
+    else:
+        blank = given
+    valid = np.ones(n, bool)
+    valid[blank] = False
+    if valid.sum() < 2:
+        raise CacError("fewer than two non-blank frames: nothing to synchronize")
+    if not valid[reference]:
+        reference = int(np.argmax(valid))
+        signal = ecg_like_signal(frames, reference)
     if reference != 0:
         warn_list.append(f"frame 0 is blank; the ECG-like signal uses frame {reference} as reference")
-    signal, small = _signal_and_small(frames, reference)
     feats = _features(small, valid, frame_time_ms)
     report(1, 4, "contrast onset")
     course = contrast_course(small, valid, onset, feats.rough_period)
@@ -1317,6 +1327,39 @@ def _synchronize(
         image=image,
         ecg=ecg_est,
     )
+
+
+def _auto_blank(small: np.ndarray) -> list[int]:
+    """Blank frames of a cine from its block means, by :func:`.cine_io.detect_blank_frames`'s rule.
+
+    That rule costs about one pass per frame, so it is only asked about the
+    frames that differ from both neighbours far more than frames usually do
+    (a blank frame is an outlier in time), with eight ordinary frames as
+    context for its cine-wide ranges.
+    """
+    n = small.shape[0]
+    if n < 3:
+        return []
+    b = 2
+    h, w = small.shape[1] // b * b, small.shape[2] // b * b
+    v = small[:, :h, :w].reshape(n, h // b, b, w // b, b)
+    m = sum(v[:, :, i, :, j] for i in range(b) for j in range(b)) / np.float32(b * b)
+    step = np.abs(np.diff(m.reshape(n, -1), axis=0)).mean(1)  # step[k]: frame k -> k + 1
+    prev = np.concatenate([[np.inf], step])
+    nxt = np.concatenate([step, [np.inf]])
+    score = np.minimum(prev, nxt)
+    score[0], score[-1] = step[0], step[-1]
+    med = float(np.median(step))
+    cand = np.nonzero(score > 4 * max(med, 1e-6))[0]
+    if cand.size == 0:
+        return []
+    from .cine_io import detect_blank_frames
+
+    others = np.setdiff1d(np.arange(n), cand)
+    context = others[np.linspace(0, others.size - 1, min(8, others.size)).round().astype(int)] if others.size else []
+    pick = np.concatenate([cand, context]).astype(int)
+    found = detect_blank_frames(m[pick])
+    return sorted(int(pick[i]) for i in found if i < cand.size)
 
 
 def synchronize_cine(cine, **kw) -> SyncResult:
