@@ -283,18 +283,48 @@ class CACIdentifierWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._checkCanApply()
 
     def _showResult(self, result) -> None:
-        """Select the outputs the Lib created and show a one-line summary (result is read duck-typed)."""
-        segmentation = getattr(result, "segmentation_node", None)
-        table = getattr(result, "table_node", None)
+        """Select the outputs identify_in_scene created and show a one-line summary."""
+        segmentation = _resultItem(result, "roi_segmentation", "segmentation_node")
+        table = _resultItem(result, "table", "table_node")
         if segmentation is not None and not self._parameterNode.outputSegmentation:
             self._parameterNode.outputSegmentation = segmentation
         if table is not None and not self._parameterNode.outputTable:
             self._parameterNode.outputTable = table
-        chart = getattr(result, "chart_node", None)
-        if chart is not None:
-            slicer.modules.plots.logic().ShowChartInLayout(chart)
-        summary = getattr(result, "summary", None)
-        self.ui.statusLabel.text = str(summary) if summary else _("Done.")
+        if table is not None:
+            slicer.app.applicationLogic().GetSelectionNode().SetActiveTableID(table.GetID())
+            slicer.app.applicationLogic().PropagateTableSelection()
+        self.ui.statusLabel.text = summaryText(_resultItem(result, "report"), _resultItem(result, "summary"))
+
+
+def _resultItem(result, *keys):
+    """``result[key]`` or ``result.key`` for the first key present (the Lib returns a dict)."""
+    for key in keys:
+        if isinstance(result, dict) and result.get(key) is not None:
+            return result[key]
+        if getattr(result, key, None) is not None:
+            return getattr(result, key)
+    return None
+
+
+def summaryText(report, summary) -> str:
+    """One line for the status label from the identification report (``cac identify``'s report.json)."""
+
+    def number(value, digits=2):
+        return "n/a" if value is None else f"{value:.{digits}f}"
+
+    parts = []
+    frames = (report or {}).get("frames") or []
+    if frames:
+        withRoi = sum(1 for row in frames if (row.get("roi_area_mm2") or 0) > 0)
+        parts.append(_("{n} non-contrast frames, CAC ROI in {k}").format(n=len(frames), k=withRoi))
+    if report and report.get("heart_rate_bpm") is not None:
+        parts.append(_("heart rate {bpm} bpm").format(bpm=number(report["heart_rate_bpm"], 0)))
+    if summary:
+        iom, hd = summary.get("iom") or {}, summary.get("hd_mm") or {}
+        parts.append(_("IoM {m} ({q1}-{q3}), HD {hm} ({hq1}-{hq3}) mm").format(
+            m=number(iom.get("median")), q1=number(iom.get("q1")), q3=number(iom.get("q3")),
+            hm=number(hd.get("median"), 1), hq1=number(hd.get("q1"), 1), hq3=number(hd.get("q3"), 1)))
+    return "; ".join(parts) + "." if parts else _("Done.")
 
 
 #

@@ -363,3 +363,33 @@ def test_identifier_package_list_matches_pyproject_and_this_environment():
     assert names <= required, f"pyproject dependencies not checked by CAC Identifier: {names - required}"
     for _name, dist, minimum, _req in ns["REQUIRED_PACKAGES"]:
         assert version(metadata.version(dist)) >= version(minimum), f"{dist} here is older than {minimum}"
+
+
+def test_identifier_result_summary():
+    tree = parse_script("CACIdentifier")
+    body = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name in ("summaryText", "_resultItem")]
+    namespace = {"_": lambda text: text}
+    exec(compile(ast.Module(body=body, type_ignores=[]), "CACIdentifier.py", "exec"), namespace)
+    summary_text, item = namespace["summaryText"], namespace["_resultItem"]
+    report = {
+        "frames": [{"index": 0, "roi_area_mm2": 12.5}, {"index": 1, "roi_area_mm2": 0.0},
+                   {"index": 2, "roi_area_mm2": None}],
+        "heart_rate_bpm": 71.6,
+    }
+    summary = {"iom": {"median": 0.64, "q1": 0.46, "q3": 0.86}, "hd_mm": {"median": 47.16, "q1": None, "q3": 63.77}}
+    text = summary_text(report, summary)
+    assert text == "3 non-contrast frames, CAC ROI in 1; heart rate 72 bpm; IoM 0.64 (0.46-0.86), HD 47.2 (n/a-63.8) mm."
+    assert summary_text(None, None) == "Done."
+    result = {"roi_segmentation": "seg", "table": None, "report": report}
+    assert item(result, "roi_segmentation", "segmentation_node") == "seg"
+    assert item(result, "table", "table_node") is None
+    assert item(type("R", (), {"table_node": "t"})(), "table", "table_node") == "t"
+    # The keys read above are the ones the Lib writes.
+    lib = ROOT / "CACIdentifier" / "CACIdentifierLib"
+    report_source = (lib / "report.py").read_text()
+    for key in ("frames", "heart_rate_bpm", "roi_area_mm2", "summary"):
+        assert f'"{key}"' in report_source
+    mrml_source = (lib / "mrml.py").read_text()
+    if "def identify_in_scene" in mrml_source:
+        for key in ("roi_segmentation", "table", "report", "summary"):
+            assert f'"{key}"' in mrml_source
