@@ -81,7 +81,7 @@ class PhantomParams:
     Annotators
       annotator_bias_px_range (-0.6..1.0 px: each annotator's tendency to draw larger or smaller),
       annotator_jitter_px (0.6 px smooth boundary noise, new for every frame),
-      faint_attenuation (0.03: deposits whose peak extra attenuation is below are faint),
+      faint_attenuation (0.07: deposits whose peak extra attenuation is below are faint),
       annotator_miss_faint_prob (0.35 per annotator and faint deposit),
       annotator_spurious_prob (0.15 per annotator and acquisition: a small spurious blob).
     Output
@@ -140,7 +140,7 @@ class PhantomParams:
     collimator_prob: float = 0.5
     annotator_bias_px_range: tuple[float, float] = (-0.6, 1.0)
     annotator_jitter_px: float = 0.6
-    faint_attenuation: float = 0.03
+    faint_attenuation: float = 0.07
     annotator_miss_faint_prob: float = 0.35
     annotator_spurious_prob: float = 0.15
     ecg: bool = False
