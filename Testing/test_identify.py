@@ -8,11 +8,9 @@ must be readable by slicer-core's own storage nodes.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
-
 from CACIdentifierLib.cli import main as cac
 from CACIdentifierLib.modelio import default_model_path, load_model
 
@@ -65,7 +63,6 @@ def test_engine_finds_calcium_on_phantom(study, model):
 
 def test_cli_identify_outputs(study, tmp_path):
     import slicer
-
     from CACIdentifierLib import slicercore
 
     acq, folder, files = study
