@@ -23,7 +23,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from CACIdentifierLib import patches as P
-from CACIdentifierLib.cine import Cine
 from CACIdentifierLib.inference import identify
 from CACIdentifierLib.modelio import default_model_path, load_model
 from CACIdentifierLib.refinement import refine
@@ -55,9 +54,7 @@ def main() -> int:
     print(f"machine: {os.cpu_count()} CPU cores, torch {torch.__version__}, threads {torch.get_num_threads()}")
     model, meta = load_model(default_model_path())
     acq = generate_acquisition(PhantomParams(n_frames=N_FRAMES), seed=11)
-    spacing = acq.truth.get("spacing_mm")
-    spacing = (float(spacing), float(spacing)) if np.isscalar(spacing) else tuple(spacing)
-    cine = Cine(frames=acq.frames, frame_time_ms=1000.0 / 15, spacing_mm=spacing, spacing_source="phantom")
+    cine = acq.to_cine()
     sync = synchronize_cine(cine)
     n_nc = len(sync.pairs)
     print(f"cine: {cine.n_frames} frames {cine.rows}x{cine.columns}, {n_nc} non-contrast frames analysed")
