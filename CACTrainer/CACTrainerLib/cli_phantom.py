@@ -74,12 +74,14 @@ def params_from_args(args):
     kw.update({k: v for k, v in pairs.items() if v is not None})
     if args.side != "random":
         kw["left_prob"] = 1.0 if args.side == "left" else 0.0
-    ranges = {"heart_rate_bpm_range": args.heart_rate, "onset_fraction_range": args.onset_range,
-              "respiration_mm_range": args.respiration_mm, "calcium_count_range": args.calcium_count}
-    for k, v in ranges.items():
+    ranges = {"heart_rate_bpm_range": ("--heart-rate", args.heart_rate),
+              "onset_fraction_range": ("--onset-range", args.onset_range),
+              "respiration_mm_range": ("--respiration-mm", args.respiration_mm),
+              "calcium_count_range": ("--calcium-count", args.calcium_count)}
+    for k, (option, v) in ranges.items():
         if v is not None:
             if v[0] > v[1]:
-                raise CacError(f"--{k.split('_')[0]} range {v[0]} {v[1]} is reversed; give MIN then MAX")
+                raise CacError(f"{option} {v[0]:g} {v[1]:g} is reversed; give MIN then MAX")
             kw[k] = tuple(v)
     for name in ("early_onset_prob", "table_pan_prob"):
         if not 0 <= kw.get(name, 0) <= 1:

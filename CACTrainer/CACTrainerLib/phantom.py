@@ -161,6 +161,13 @@ class PhantomParams:
             raise CacError(f"bits {self.bits} not supported; use 8, 10, 12 or 16")
         if not (0.0 <= self.calcium_free_fraction <= 1.0):
             raise CacError("calcium-free fraction must be in [0, 1]")
+        lo, hi = self.calcium_count_range
+        if lo < 0 or hi < lo or hi > 20:
+            raise CacError(f"calcium count range {lo} {hi} is invalid; give 0 <= MIN <= MAX <= 20")
+        if self.calcium_mu_per_mm < 0 or self.contrast_mu_per_mm < 0:
+            raise CacError("calcium and contrast attenuations must not be negative")
+        if self.photons <= 0:
+            raise CacError("photons must be positive")
 
 
 @dataclass
