@@ -123,7 +123,7 @@ def test_tiny_training_learns_and_is_repeatable_and_resumable(tiny, tmp_path):
     assert (tmp_path / "curves.png").stat().st_size > 10_000
 
     # same seed -> same losses (CPU)
-    cfg_short = _config(epochs1=1, epochs2=2, samples_per_epoch=32)
+    cfg_short = _config(epochs1=1, epochs2=2, samples_per_epoch=16, batch_size=8)
     r1 = T.train(train, test, cfg_short, tmp_path / "r1")
     r2 = T.train(train, test, cfg_short, tmp_path / "r2")
     assert [h["train_loss"] for h in r1.history] == [h["train_loss"] for h in r2.history]

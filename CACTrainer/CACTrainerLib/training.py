@@ -494,12 +494,11 @@ def plot_curves(history: list, path, title: str = "") -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, st, metric, label in ((axes[0], 1, "val_f1", "val F1"), (axes[1], 2, "val_iom", "val IoM (mean)")):
+    panels = [(st, metric, label) for st, metric, label in ((1, "val_f1", "val F1"), (2, "val_iom", "val IoM (mean)"))
+              if any(r.get("stage") == st for r in history)]
+    fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(5.5 * max(1, len(panels)), 4), squeeze=False)
+    for ax, (st, metric, label) in zip(axes[0], panels):
         rows = [r for r in history if r.get("stage") == st]
-        if not rows:
-            ax.set_visible(False)
-            continue
         ep = [r["epoch"] for r in rows]
         ax.plot(ep, [r["train_loss"] for r in rows], "-o", ms=3, label="train loss")
         if any(r.get("val_loss") is not None for r in rows):
