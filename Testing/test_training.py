@@ -234,3 +234,23 @@ def test_cli_end_to_end_on_written_phantom(tmp_path):
     # refuses to overwrite
     r = subprocess.run(exe + ["train", str(ds), "--out", str(out), "--epochs", "1"], capture_output=True, text=True)
     assert r.returncode == 2 and "already exists" in r.stderr
+
+
+@pytest.mark.slow
+def test_run_fold_writes_fold_file_and_summary(tiny, tmp_path):
+    """One real fold (tiny settings): fold_K.json with per-fold and per-frame metrics, then the report."""
+    cfg = _config(epochs1=1, epochs2=1, samples_per_epoch=16, batch_size=8)
+    events = []
+    rec = crossval.run_fold(tiny, 1, "patient", cfg, tmp_path, emit=events.append)
+    assert rec["test"] == ["P1"] and "P1" not in rec["val"]
+    data = json.loads((tmp_path / "fold_1.json").read_text())
+    for key in ("precision", "recall", "f1", "iom", "iom_ungated", "hd_mm", "tp", "fp", "fn"):
+        assert key in data["metrics"]
+    assert data["metrics"]["tp"] + data["metrics"]["fn"] == int(tiny.select(patients=["P1"]).labels.sum())
+    assert [e["event"] for e in events][0] == "fold" and events[-1]["event"] == "fold_done"
+    with pytest.raises(CacError, match="already exists"):
+        crossval.run_fold(tiny, 1, "patient", cfg, tmp_path)
+    with pytest.raises(CacError, match="does not exist"):
+        crossval.run_fold(tiny, 9, "patient", cfg, tmp_path)
+    rep = crossval.summarize(tmp_path)
+    assert rep["folds_run"] == 1 and rep["folds_total"] == 4
