@@ -110,12 +110,14 @@ def test_tiny_training_learns_and_is_repeatable_and_resumable(tiny, tmp_path):
     for key in ("epoch", "epochs", "train_loss", "val_loss", "val_f1", "val_iom", "seconds"):
         assert key in epochs[0]
     assert events[0]["event"] == "start" and events[-1]["event"] == "done"
-    # learns: patch F1 on the training patients and on the held-out patient well above chance
-    for name, fs in (("train", train), ("held-out", test)):
-        ev = T.evaluate(res.model, fs, cfg, "cpu", decode=False)
-        pos_rate = fs.patch_labels.mean()
-        chance_f1 = 2 * pos_rate / (1 + pos_rate)  # F1 of calling every patch positive
-        assert ev["f1"] >= 0.7 and ev["f1"] > chance_f1 + 0.1, (name, ev, chance_f1)
+    # learns: patch F1 well above chance (F1 of calling every patch positive) on the training patients,
+    # and on the held-out patient F1 >= 0.7 with a balanced accuracy well above 0.5 (chance)
+    ev = T.evaluate(res.model, train, cfg, "cpu", decode=False)
+    pos_rate = train.patch_labels.mean()
+    assert ev["f1"] >= 0.7 and ev["f1"] > 2 * pos_rate / (1 + pos_rate) + 0.1, ev
+    ev = T.evaluate(res.model, test, cfg, "cpu", decode=False)
+    balanced_accuracy = 0.5 * (ev["tp"] / (ev["tp"] + ev["fn"]) + ev["tn"] / (ev["tn"] + ev["fp"]))
+    assert ev["f1"] >= 0.7 and balanced_accuracy >= 0.75, ev
     # stage 2 produced ROIs that overlap the calcium on the held-out frames
     assert res.best["stage2"]["metrics"]["iom_mean"] > 0.3
     # curves PNG
@@ -124,8 +126,9 @@ def test_tiny_training_learns_and_is_repeatable_and_resumable(tiny, tmp_path):
 
     # same seed -> same losses (CPU)
     cfg_short = _config(epochs1=1, epochs2=2, samples_per_epoch=16, batch_size=8)
-    r1 = T.train(train, test, cfg_short, tmp_path / "r1")
-    r2 = T.train(train, test, cfg_short, tmp_path / "r2")
+    val1 = test.subset([0])  # one validation frame keeps best-epoch selection in play, cheaply
+    r1 = T.train(train, val1, cfg_short, tmp_path / "r1")
+    r2 = T.train(train, val1, cfg_short, tmp_path / "r2")
     assert [h["train_loss"] for h in r1.history] == [h["train_loss"] for h in r2.history]
 
     # resume after an interruption (a progress callback raising mid stage 2 epoch 2) equals the full run
@@ -137,12 +140,12 @@ def test_tiny_training_learns_and_is_repeatable_and_resumable(tiny, tmp_path):
             raise Stop
 
     with pytest.raises(Stop):
-        T.train(train, test, cfg_short, tmp_path / "r3", progress=interrupt)
+        T.train(train, val1, cfg_short, tmp_path / "r3", progress=interrupt)
     info = json.loads((tmp_path / "r3" / T.CHECKPOINT_JSON).read_text())
     assert (info["stage"], info["epochs_done"]) == (2, 1)
     with pytest.raises(CacError):
-        T.train(train, test, cfg_short, tmp_path / "r3")  # existing checkpoint without resume
-    r3 = T.train(train, test, cfg_short, tmp_path / "r3", resume=True)
+        T.train(train, val1, cfg_short, tmp_path / "r3")  # existing checkpoint without resume
+    r3 = T.train(train, val1, cfg_short, tmp_path / "r3", resume=True)
     assert [h["train_loss"] for h in r3.history] == [h["train_loss"] for h in r1.history]
     for (k, a), (_, b) in zip(r1.model.state_dict().items(), r3.model.state_dict().items()):
         assert torch.equal(a, b), k
