@@ -15,6 +15,8 @@ from CACIdentifierLib.cli import main as cac
 from CACIdentifierLib.modelio import default_model_path, load_model
 
 N_FRAMES = 48
+# The shipped model was trained on phantoms with clearly visible calcium (docs/identify.md).
+CALCIUM_CONTRAST = 0.25
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +24,7 @@ def study(tmp_path_factory):
     from CACTrainerLib.phantom import PhantomParams, generate_acquisition
     from CACTrainerLib.phantom_writer import write_acquisition
 
-    acq = generate_acquisition(PhantomParams(n_frames=N_FRAMES), seed=2024, patient=0, calcium_free=False)
+    acq = generate_acquisition(PhantomParams(n_frames=N_FRAMES, calcium_mu_per_mm=CALCIUM_CONTRAST), seed=2024, patient=0, calcium_free=False)
     folder = tmp_path_factory.mktemp("study")
     files = write_acquisition(folder, acq)
     return acq, folder, files

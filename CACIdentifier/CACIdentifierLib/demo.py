@@ -27,7 +27,7 @@ def run(out_dir: str = "demo-output", seed: int = 7) -> int:
     dataset = out / "phantom"
     print(f"== 1/2 generating a phantom study in {dataset}", flush=True)
     rc = cac(["phantom", str(dataset), "--patients", "1", "--acquisitions-per-patient", "2", "--seed", str(seed),
-              "--calcium-free-fraction", "0"])
+              "--calcium-free-fraction", "0", "--calcium-contrast", "0.25", "--frames", "120"])
     if rc:
         return rc
     from CACTrainerLib.phantom import load_manifest
