@@ -24,7 +24,7 @@ def study(tmp_path_factory):
     from CACTrainerLib.phantom import PhantomParams, generate_acquisition
     from CACTrainerLib.phantom_writer import write_acquisition
 
-    acq = generate_acquisition(PhantomParams(n_frames=N_FRAMES, calcium_mu_per_mm=CALCIUM_CONTRAST), seed=2024, patient=0, calcium_free=False)
+    acq = generate_acquisition(PhantomParams(n_frames=N_FRAMES, calcium_mu_per_mm=CALCIUM_CONTRAST), seed=11, patient=2, calcium_free=False)
     folder = tmp_path_factory.mktemp("study")
     files = write_acquisition(folder, acq)
     return acq, folder, files
@@ -44,23 +44,33 @@ def test_shipped_model_card_matches_weights():
     assert path.stat().st_size < 40 * 1024**2  # fp16, at most 40 MB
 
 
-def test_engine_finds_calcium_on_phantom(study, model):
+# Four calcified phantom patients seen once each (seed, patient): the shipped model must put its ROIs
+# on the majority-vote calcium (IoM, pooled over all annotated non-contrast frames).
+ENGINE_CASES = [(2024, 0), (5, 1), (11, 2), (31, 0)]
+IOM_FLOOR = 0.3
+
+
+def test_engine_finds_calcium_on_phantom(model):
     from CACIdentifierLib.inference import identify
     from CACIdentifierLib.metrics import iom
+    from CACTrainerLib.phantom import PhantomParams, generate_acquisition
 
-    acq, _, _ = study
     net, meta = model
-    result = identify(acq.to_cine(), net, meta)
-    # Only non-contrast frames are analysed, each paired with a contrast frame.
-    assert all(f < result.sync.onset_frame <= c for f, c in zip(result.frames, result.contrast_frames))
-    assert result.roi.shape == acq.frames.shape
-    assert not result.roi[result.sync.onset_frame:].any()
-    values = [iom(result.roi[f], acq.majority[f]) for f in result.frames if acq.majority[f].any()]
+    values = []
+    for seed, patient in ENGINE_CASES:
+        acq = generate_acquisition(PhantomParams(n_frames=N_FRAMES, calcium_mu_per_mm=CALCIUM_CONTRAST), seed=seed,
+                                   patient=patient, calcium_free=False)
+        result = identify(acq.to_cine(), net, meta)
+        onset = result.sync.onset_frame
+        # Only non-contrast frames are analysed, each paired with a contrast frame.
+        assert all(f < onset <= c for f, c in zip(result.frames, result.contrast_frames))
+        assert result.roi.shape == acq.frames.shape
+        assert not result.roi[onset:].any()
+        assert np.all((result.probabilities >= 0) & (result.probabilities <= 1))
+        values += [iom(result.roi[f], acq.majority[f]) for f in result.frames if acq.majority[f].any()]
     values = [v for v in values if v is not None]
-    assert values, "the phantom has annotated non-contrast frames"
+    assert len(values) > 40, "the phantoms have annotated non-contrast frames"
     assert np.median(values) >= IOM_FLOOR
-    # Calcium frames score higher than the ROI-free frames would by chance.
-    assert float(np.mean(result.probabilities)) > 0.5
 
 
 def test_cli_identify_outputs(study, tmp_path):
@@ -157,5 +167,3 @@ def test_identify_in_scene(study, model):
     assert np.array_equal(next(iter(stack.values())), result.roi)
     assert out["summary"]["iom"]["median"] is not None
 
-
-IOM_FLOOR = 0.3
