@@ -167,3 +167,20 @@ def test_identify_in_scene(study, model):
     assert np.array_equal(next(iter(stack.values())), result.roi)
     assert out["summary"]["iom"]["median"] is not None
 
+
+
+def test_fold_batchnorm_keeps_outputs(model):
+    import torch
+    from CACIdentifierLib.inference import fold_batchnorm
+
+    net, _ = model
+    net.eval()
+    folded = fold_batchnorm(net)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())  # original untouched
+    gen = torch.Generator().manual_seed(0)
+    nc, c = torch.rand(3, 1, 256, 256, generator=gen), torch.rand(3, 1, 256, 256, generator=gen)
+    with torch.inference_mode():
+        (cls_a, roi_a), (cls_b, roi_b) = net(nc, c), folded(nc, c)
+    assert torch.allclose(cls_a, cls_b, atol=1e-4)
+    assert torch.allclose(torch.sigmoid(roi_a), torch.sigmoid(roi_b), atol=1e-4)
