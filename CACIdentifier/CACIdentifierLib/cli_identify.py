@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
         json.dump(report, sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
-        n_roi = sum(1 for row in report["frames"] if (row["roi_area_mm2"] or 0) > 0 or result.roi[row["index"]].any())
+        n_roi = int(sum(result.roi[f].any() for f in result.frames))
         print(f"{len(result.frames)} non-contrast frames analysed (onset at frame {report['onset_frame']}); "
               f"ROI found on {n_roi} frames")
         if evaluation is not None:
