@@ -896,12 +896,7 @@ def write_seq_nrrd(cine: Cine, path, overwrite: bool = False) -> Path:
     slicer = _slicer()
     with atomic_output(path, overwrite) as tmp, _scratch_nodes() as scene:
         sequence = _build_sequence(scene, cine, Path(path).name.split(".")[0])
-        storage = slicer.vtkMRMLVolumeSequenceStorageNode()
-        scene.AddNode(storage)
-        storage.SetFileName(str(tmp))
-        storage.SetUseCompression(True)
-        if not storage.WriteData(sequence):
-            raise CacError(f"could not write {path}; check the folder is writable")
+        _write_node(scene, sequence, slicer.vtkMRMLVolumeSequenceStorageNode(), tmp, path)
     return Path(path)
 
 
@@ -915,13 +910,17 @@ def write_frame_stack_nrrd(cine: Cine, path, overwrite: bool = False) -> Path:
     slicer = _slicer()
     with atomic_output(path, overwrite) as tmp, _scratch_nodes() as scene:
         volume = cine_to_frame_stack_volume(scene, cine, Path(path).name.split(".")[0])
-        storage = slicer.vtkMRMLNRRDStorageNode()
-        scene.AddNode(storage)
-        storage.SetFileName(str(tmp))
-        storage.SetUseCompression(True)
-        if not storage.WriteData(volume):
-            raise CacError(f"could not write {path}; check the folder is writable")
+        _write_node(scene, volume, slicer.vtkMRMLNRRDStorageNode(), tmp, path)
     return Path(path)
+
+
+def _write_node(scene, node, storage, tmp, path) -> None:
+    """Write ``node`` with a compressed ``storage`` node to the temporary file ``tmp`` (final name ``path``)."""
+    scene.AddNode(storage)
+    storage.SetFileName(str(tmp))
+    storage.SetUseCompression(True)
+    if not storage.WriteData(node):
+        raise CacError(f"could not write {path}; check the folder is writable")
 
 
 # --------------------------------------------------------------------------- tables and plots
