@@ -184,3 +184,31 @@ def test_fold_batchnorm_keeps_outputs(model):
         (cls_a, roi_a), (cls_b, roi_b) = net(nc, c), folded(nc, c)
     assert torch.allclose(cls_a, cls_b, atol=1e-4)
     assert torch.allclose(torch.sigmoid(roi_a), torch.sigmoid(roi_b), atol=1e-4)
+
+
+def test_engine_batching_and_contrast_head_sharing_change_nothing(study, model):
+    """Frames sharing a contrast frame reuse its contrast head; results must not depend on it (fp32)."""
+    from CACIdentifierLib.inference import identify
+
+    acq, _, _ = study
+    net, meta = model
+    cine = acq.to_cine()
+    one = identify(cine, net, meta, use_autocast=False, batch_frames=1)
+    assert len(set(one.contrast_frames)) < len(one.contrast_frames), "some frames share a contrast frame"
+    three = identify(cine, net, meta, sync=one.sync, use_autocast=False, batch_frames=3)
+    assert one.frames == three.frames and one.contrast_frames == three.contrast_frames
+    np.testing.assert_allclose(one.patch_probabilities, three.patch_probabilities, atol=1e-5)
+    assert np.array_equal(one.roi, three.roi)
+    # Against the plain model run on each frame's own patch pair (no folding, no sharing).
+    import torch
+    from CACIdentifierLib import patches as P
+
+    net.eval()
+    for k in range(0, len(one.frames), 5):
+        nc, c = (
+            torch.from_numpy(P.extract_patches(P.normalize_frame(P.prepare_frame(cine.frames[f], cine.spacing_mm)[0]))[:, None])
+            for f in (one.frames[k], one.contrast_frames[k])
+        )
+        with torch.inference_mode():
+            expected = torch.sigmoid(net.classify(nc, c)).numpy()
+        np.testing.assert_allclose(one.patch_probabilities[k], expected, atol=1e-4)

@@ -151,3 +151,17 @@ def test_choose_device_and_autocast():
     assert dev.autocast_dtype("cpu") == (torch.bfloat16 if dev.cpu_supports_bf16() else None)
     with dev.autocast("cpu", enabled=False):
         assert torch.nn.functional.linear(torch.ones(2, 4), torch.ones(3, 4)).dtype == torch.float32
+
+
+def test_encode_with_precomputed_contrast_head_is_identical(model):
+    gen = torch.Generator().manual_seed(1)
+    nc, c = torch.rand(2, 1, 64, 64, generator=gen), torch.rand(2, 1, 64, 64, generator=gen)
+    with torch.inference_mode():
+        direct = model.encode(nc, c)
+        shared = model.encode(nc, contrast_features=model.contrast_head(c))
+        for name, value in direct.items():
+            assert torch.equal(value, shared[name]), name
+        with pytest.raises(ValueError, match="contrast_features"):
+            model.encode(nc[:1], contrast_features=model.contrast_head(c))
+        with pytest.raises(ValueError, match="contrast patches"):
+            model.encode(nc)

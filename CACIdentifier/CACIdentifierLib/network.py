@@ -257,17 +257,40 @@ class ResUNet18(nn.Module):
                 f"expected (B, {self.in_channels}, H, W) inputs with H, W multiples of 32, got {tuple(nc.shape)}"
             )
 
-    def encode(self, nc: Tensor, c: Tensor) -> dict[str, Tensor]:
+    def contrast_head(self, c: Tensor) -> tuple[Tensor, Tensor]:
+        """Block1 and Block2 outputs of the contrast head alone, for :meth:`encode`'s ``contrast_features``.
+
+        Several non-contrast frames are often paired with the same contrast frame; inference
+        computes this once per contrast frame and reuses it.
+        """
+        return self.head_c(c)
+
+    def encode(
+        self, nc: Tensor, c: Tensor | None = None, *, contrast_features: tuple[Tensor, Tensor] | None = None
+    ) -> dict[str, Tensor]:
         """Run Step 1's feature extractor; returns the Block outputs by name.
+
+        ``contrast_features``, the output of :meth:`contrast_head` for the contrast patches, may be
+        given instead of ``c``; the result is the same.
 
         Keys: ``block1_nc``, ``block1_c`` (64 ch, H/2), ``block2_nc``,
         ``block2_c`` (64 ch, H/4), ``block2`` (their concatenation, 128 ch),
         ``block1`` (concatenated Block1 outputs), ``block3`` (H/4),
         ``block4`` (H/8), ``block5`` (H/16), ``block6`` (8w ch, H/32).
         """
-        self._check_inputs(nc, c)
+        if contrast_features is None:
+            if c is None:
+                raise ValueError("encode needs the contrast patches c or their contrast_features")
+            self._check_inputs(nc, c)
+            b1_c, b2_c = self.head_c(c)
+        else:
+            b1_c, b2_c = contrast_features
+            self._check_inputs(nc, nc)
+            if b1_c.shape[0] != nc.shape[0] or b1_c.shape[-2:] != (nc.shape[-2] // 2, nc.shape[-1] // 2):
+                raise ValueError(
+                    f"contrast_features of shape {tuple(b1_c.shape)} do not match patches {tuple(nc.shape)}"
+                )
         b1_nc, b2_nc = self.head_nc(nc)
-        b1_c, b2_c = self.head_c(c)
         b2 = torch.cat([b2_nc, b2_c], dim=1)
         b3 = self.block3(b2)
         b4 = self.block4(b3)
