@@ -35,7 +35,6 @@ def test_shapes(model):
     assert cls.shape == (2,) and roi.shape == (2, 1, 256, 256)
     expect = {
         "block1_nc": (64, 128),
-        "block1": (128, 128),
         "block2_nc": (64, 64),
         "block2": (128, 64),
         "block3": (64, 64),

@@ -69,3 +69,21 @@ def test_refine_anisotropic_and_errors():
         refine(prob, threshold=1.5)
     with pytest.raises(CacError):
         refine(np.zeros((2, 8, 8)))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_refine_equals_full_frame_gaussian(seed):
+    """refine smooths only around the ROI; the result must equal smoothing the whole frame."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    mask = np.zeros((160, 200), bool)
+    for _ in range(3):  # blobs, some touching the frame border
+        r, c = rng.integers(0, 160), rng.integers(0, 200)
+        mask[max(0, r - 25) : r + 25, max(0, c - 20) : c + 30] = True
+    spacing = (0.3, 0.3 * rng.uniform(1.0, 1.5))
+    for sp in (None, spacing):
+        sig = (3.0, 3.0) if sp is None else (3.0 * min(sp) / sp[0], 3.0 * min(sp) / sp[1])
+        expected = ndimage.gaussian_filter(mask.astype(np.float32), sig, mode="nearest", truncate=4.0) >= 0.3
+        got = refine(mask, min_island_px=0, sigma=3.0, threshold=0.3, spacing_mm=sp)
+        assert np.array_equal(got, expected)

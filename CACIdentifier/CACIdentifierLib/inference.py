@@ -30,6 +30,9 @@ from .cine import Cine
 from .errors import CacError
 from .progress import ProgressCallback, no_progress
 
+# The encoder outputs that the decoder reads (the others are views or inputs of these).
+DECODER_INPUTS = ("block1_nc", "block1_c", "block2", "block3", "block4", "block5", "block6")
+
 
 @dataclass
 class IdentifyResult:
@@ -226,7 +229,9 @@ def identify(
             roi_prob = torch.zeros((nc_t.shape[0], P.PATCH_SIZE, P.PATCH_SIZE), device=dev)
             if bool(positive.any()):
                 # Gating: the decoder runs only where the classifier says CAC.
-                sub = {name: feat[positive] for name, feat in features.items()}
+                sub = {name: features[name] for name in DECODER_INPUTS}
+                if not bool(positive.all()):
+                    sub = {name: feat[positive] for name, feat in sub.items()}
                 roi_prob[positive] = torch.sigmoid(model.decode(sub).float())[:, 0]
         # Only the last contrast frame can recur in the next batch (pairs are sorted by it).
         last = frames_c[batch[-1]]

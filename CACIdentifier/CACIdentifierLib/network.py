@@ -275,7 +275,7 @@ class ResUNet18(nn.Module):
 
         Keys: ``block1_nc``, ``block1_c`` (64 ch, H/2), ``block2_nc``,
         ``block2_c`` (64 ch, H/4), ``block2`` (their concatenation, 128 ch),
-        ``block1`` (concatenated Block1 outputs), ``block3`` (H/4),
+        ``block3`` (H/4),
         ``block4`` (H/8), ``block5`` (H/16), ``block6`` (8w ch, H/32).
         """
         if contrast_features is None:
@@ -299,7 +299,6 @@ class ResUNet18(nn.Module):
         return {
             "block1_nc": b1_nc,
             "block1_c": b1_c,
-            "block1": torch.cat([b1_nc, b1_c], dim=1),
             "block2_nc": b2_nc,
             "block2_c": b2_c,
             "block2": b2,
@@ -326,7 +325,7 @@ class ResUNet18(nn.Module):
         x = d["up5"](features["block6"], features["block5"])
         x = d["up4"](x, features["block4"])
         x = d["up3"](x, torch.cat([features["block3"], features["block2"]], dim=1))
-        x = d["up2"](x, features["block1"])
+        x = d["up2"](x, torch.cat([features["block1_nc"], features["block1_c"]], dim=1))
         x = d["up1"](x)
         return d["out"](x)
 
