@@ -257,3 +257,26 @@ def test_run_fold_writes_fold_file_and_summary(tiny, tmp_path):
         crossval.run_fold(tiny, 9, "patient", cfg, tmp_path)
     rep = crossval.summarize(tmp_path)
     assert rep["folds_run"] == 1 and rep["folds_total"] == 4
+
+
+def test_init_starts_from_a_model_file(tiny, tmp_path):
+    """--init (fine-tuning): training starts from the file's weights; another architecture is refused."""
+    from CACIdentifierLib.modelio import save_model
+    from CACIdentifierLib.network import ResUNet18
+
+    torch.manual_seed(5)
+    start = ResUNet18(**ARCH)
+    save_model(tmp_path / "start.safetensors", start, dtype=None)
+    train = tiny.select(patients=["P0"])
+    # lr 0: Adam moves nothing, so the trained weights are the initial ones (BN statistics aside)
+    cfg = _config(epochs1=1, epochs2=1, samples_per_epoch=8, batch_size=4, lr1=0.0, lr2=0.0,
+                  init=str(tmp_path / "start.safetensors"))
+    res = T.train(train, None, cfg, tmp_path / "run")
+    for name, value in start.state_dict().items():
+        if "running" not in name and "num_batches" not in name:
+            assert torch.equal(res.model.state_dict()[name], value), name
+    other = ResUNet18(width=8, decoder_channels=[8, 8, 8, 8, 8])
+    save_model(tmp_path / "other.safetensors", other)
+    with pytest.raises(CacError, match="architecture"):
+        T.train(train, None, _config(epochs1=1, epochs2=1, samples_per_epoch=8, batch_size=4,
+                                     init=str(tmp_path / "other.safetensors")), tmp_path / "run2")

@@ -53,6 +53,9 @@ def register(subparsers) -> None:
     p.add_argument("--rebalance-step", type=float, default=0.01,
                    help="per-epoch decrease of the GDL weight alpha (Kervadec et al.: 0.01)")
     p.add_argument("--width", type=int, default=64, help="network width (ResNet-18: 64)")
+    p.add_argument("--init", metavar="MODEL",
+                   help="start from this model's weights (fine-tuning, e.g. the shipped default) "
+                   "instead of a random initialisation")
     p.add_argument("--val-fraction", type=float, default=0.15,
                    help="share of training patients held out for checkpoint selection")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
@@ -80,7 +83,16 @@ def _config(args):
     return TrainConfig(epochs1=e1, epochs2=e2, batch_size=args.batch_size, lr1=args.lr1, lr2=args.lr2,
                        seed=args.seed, device=args.device, amp=not args.no_amp, balanced=not args.no_balance,
                        augment=not args.no_augment, samples_per_epoch=args.samples_per_epoch,
-                       rebalance_step=args.rebalance_step, architecture=arch, num_threads=args.threads)
+                       rebalance_step=args.rebalance_step, architecture=arch, num_threads=args.threads,
+                       init=_init_model(args.init))
+
+
+def _init_model(path: str | None) -> str | None:
+    if path is None:
+        return None
+    if not Path(path).is_file():
+        raise CacError(f"--init model {path} does not exist; give a .safetensors model file")
+    return str(Path(path).resolve())
 
 
 def _emitter(as_json: bool):

@@ -77,6 +77,7 @@ class TrainConfig:
     refinement: dict = field(default_factory=lambda: {"min_island_px": 1000, "sigma": 3.0, "threshold": 0.5})
     architecture: dict = field(default_factory=dict)
     num_threads: int | None = None
+    init: str | None = None  # model file whose weights start the run (fine-tuning), else random init
 
     def schedule(self) -> L.RebalanceSchedule:
         return L.RebalanceSchedule(self.rebalance_start, self.rebalance_step, self.rebalance_floor)
@@ -354,6 +355,17 @@ def _run_epoch(model, opt, fs: D.FrameSet, config: TrainConfig, device, stage: i
     return total / max(n, 1)
 
 
+def _load_initial_weights(model, path) -> None:
+    """Start from the weights of the model file ``path`` (safetensors; never unpickled)."""
+    from CACIdentifierLib.modelio import load_model
+
+    init, _ = load_model(path)
+    if init.arch_dict() != model.arch_dict():
+        raise CacError(f"--init {path} has architecture {init.arch_dict()}, this run {model.arch_dict()}; "
+                       "use the same --width or another model")
+    model.load_state_dict(init.state_dict())
+
+
 def train(train_set: D.FrameSet, val_set: D.FrameSet | None, config: TrainConfig, run_dir, *,
           resume: bool = False, emit: Callable[[dict], None] | None = None,
           progress: ProgressCallback = no_progress) -> TrainResult:
@@ -381,6 +393,8 @@ def train(train_set: D.FrameSet, val_set: D.FrameSet | None, config: TrainConfig
 
     seed_everything(config.seed)
     model = ResUNet18(**config.architecture).to(device)
+    if config.init:
+        _load_initial_weights(model, config.init)
     history: list = []
     stage, start_epoch = 1, 0
     best_state = None
