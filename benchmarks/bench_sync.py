@@ -38,7 +38,7 @@ def make_cine():
 
 
 def main() -> None:
-    repeats = int(os.environ.get("BENCH_REPEATS", "5"))
+    repeats = int(os.environ.get("BENCH_REPEATS", "15"))
     frames, frame_time, source = make_cine()
     print(f"cine: {frames.shape[0]} frames {frames.shape[1]}x{frames.shape[2]} {frames.dtype} ({source}); "
           f"best of {repeats}; {os.cpu_count()} CPUs visible")

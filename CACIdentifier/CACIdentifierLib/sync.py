@@ -812,9 +812,12 @@ def _normalise(flat: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
     x = x.astype(np.float32, copy=False)
     # float32 reductions along rows use pairwise summation: within 1e-7 of float64, 5x faster
     mu = x.mean(1, keepdims=True)
-    sd = x.std(1, keepdims=True)
+    out = x - mu
+    # The variance from the centred values (no float32 cancellation), then one in-place scale.
+    sd = np.sqrt(np.einsum("ij,ij->i", out, out)[:, None] / np.float32(x.shape[1]))
     sd[sd == 0] = 1
-    return (x - mu) / sd
+    out *= 1 / sd
+    return out
 
 
 def _gram(z: np.ndarray) -> np.ndarray:
