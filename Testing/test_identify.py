@@ -193,12 +193,15 @@ def test_engine_batching_and_contrast_head_sharing_change_nothing(study, model):
     acq, _, _ = study
     net, meta = model
     cine = acq.to_cine()
-    one = identify(cine, net, meta, use_autocast=False, batch_frames=1)
+    one = identify(cine, net, meta, use_autocast=False, batch_frames=1, workers=1)
     assert len(set(one.contrast_frames)) < len(one.contrast_frames), "some frames share a contrast frame"
     three = identify(cine, net, meta, sync=one.sync, use_autocast=False, batch_frames=3)
     assert one.frames == three.frames and one.contrast_frames == three.contrast_frames
     np.testing.assert_allclose(one.patch_probabilities, three.patch_probabilities, atol=1e-5)
     assert np.array_equal(one.roi, three.roi)
+    two = identify(cine, net, meta, sync=one.sync, use_autocast=False, workers=2)  # two frames at a time
+    np.testing.assert_allclose(one.patch_probabilities, two.patch_probabilities, atol=1e-5)
+    assert np.array_equal(one.roi, two.roi)
     # Against the plain model run on each frame's own patch pair (no folding, no sharing).
     import torch
     from CACIdentifierLib import patches as P
@@ -212,3 +215,24 @@ def test_engine_batching_and_contrast_head_sharing_change_nothing(study, model):
         with torch.inference_mode():
             expected = torch.sigmoid(net.classify(nc, c)).numpy()
         np.testing.assert_allclose(one.patch_probabilities[k], expected, atol=1e-4)
+
+
+def test_engine_cancel_stops_and_restores_threads(study, model):
+    import torch
+    from CACIdentifierLib.inference import identify
+    from CACIdentifierLib.progress import Cancelled
+
+    acq, _, _ = study
+    net, meta = model
+    seen = []
+
+    def progress(done, total, message):
+        seen.append(done)
+        if done > 0:
+            raise Cancelled()
+
+    threads = torch.get_num_threads()
+    with pytest.raises(Cancelled):
+        identify(acq.to_cine(), net, meta, workers=2, progress=progress)
+    assert torch.get_num_threads() == threads
+    assert seen[0] == 0 and len([d for d in seen if d > 0]) == 1
