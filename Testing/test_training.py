@@ -237,6 +237,23 @@ def test_cli_end_to_end_on_written_phantom(tmp_path):
     # refuses to overwrite
     r = subprocess.run(exe + ["train", str(ds), "--out", str(out), "--epochs", "1"], capture_output=True, text=True)
     assert r.returncode == 2 and "already exists" in r.stderr
+    # --init with --epochs 0: the model is only tested on the fold (external validation), no training
+    cv = tmp_path / "cv"
+    r = subprocess.run(exe + ["train", str(ds), "--out", str(cv), "--cv", "patient", "--fold", "0", "--epochs", "0",
+                              "--init", str(out), "--frames-per-acquisition", "2", "--width", "16", "--json",
+                              "--threads", "2"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    events = [json.loads(line) for line in r.stdout.splitlines() if line.strip()]
+    assert not [e for e in events if e["event"] == "epoch"]
+    fold = json.loads((cv / "fold_0.json").read_text())
+    assert fold["config"]["init"] == str(out.resolve()) and fold["config"]["epochs1"] == 0
+    assert {"precision", "recall", "f1", "iom", "hd_mm"} <= set(fold["metrics"]) and fold["test"] == ["P001"]
+    r = subprocess.run(exe + ["train", str(ds), "--out", str(tmp_path / "m2.safetensors"), "--epochs", "0"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "0 only with --init" in r.stderr
+    r = subprocess.run(exe + ["train", str(ds), "--out", str(tmp_path / "m2.safetensors"), "--epochs", "1",
+                              "--init", str(tmp_path / "nope.safetensors")], capture_output=True, text=True)
+    assert r.returncode == 2 and "--init model" in r.stderr and "Traceback" not in r.stderr
 
 
 @pytest.mark.slow

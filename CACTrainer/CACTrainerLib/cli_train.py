@@ -55,7 +55,8 @@ def register(subparsers) -> None:
     p.add_argument("--width", type=int, default=64, help="network width (ResNet-18: 64)")
     p.add_argument("--init", metavar="MODEL",
                    help="start from this model's weights (fine-tuning, e.g. the shipped default) "
-                   "instead of a random initialisation")
+                   "instead of a random initialisation; with --epochs 0 and --cv, the model is only "
+                   "tested on each fold (external validation)")
     p.add_argument("--val-fraction", type=float, default=0.15,
                    help="share of training patients held out for checkpoint selection")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
@@ -75,8 +76,11 @@ def _config(args):
 
     e1 = args.epochs1 if args.epochs1 is not None else (args.epochs if args.epochs is not None else 100)
     e2 = args.epochs2 if args.epochs2 is not None else (args.epochs if args.epochs is not None else 100)
-    if e1 < 1 or e2 < 1:
-        raise CacError("epochs must be at least 1")
+    if args.init:
+        if e1 < 0 or e2 < 0:
+            raise CacError("epochs must be 0 or more")
+    elif e1 < 1 or e2 < 1:
+        raise CacError("epochs must be at least 1 (0 only with --init: evaluate a model without training)")
     if args.batch_size < 2:
         raise CacError("--batch-size must be at least 2 (BatchNorm needs two samples)")
     arch = {} if args.width == 64 else {"width": int(args.width)}
