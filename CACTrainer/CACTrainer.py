@@ -92,8 +92,11 @@ def buildPhantomCommand(python, datasetDir, patients, acquisitionsPerPatient, se
 
 
 def buildTrainCommand(python, datasetDir, outputModelPath, cvMode="patient", fold=-1, epochs1=100,
-                      epochs2=100, device="auto", seed=0, overwrite=False):
-    """Command line of ``cac train`` with JSON progress lines on stdout (``--json``)."""
+                      epochs2=100, device="auto", seed=0, overwrite=False, initModelPath=None):
+    """Command line of ``cac train`` with JSON progress lines on stdout (``--json``).
+
+    ``initModelPath``: fine-tune that model (``--init``) instead of starting from random weights.
+    """
     if cvMode not in ("patient", "acquisition", "none"):
         raise ValueError(f"unknown cross-validation mode {cvMode!r}")
     command = [
@@ -108,6 +111,8 @@ def buildTrainCommand(python, datasetDir, outputModelPath, cvMode="patient", fol
     ]
     if cvMode != "none" and fold is not None and int(fold) >= 0:
         command += ["--fold", str(int(fold))]
+    if initModelPath:
+        command += ["--init", os.fspath(initModelPath)]
     if overwrite:
         command.append("--overwrite")
     return command
@@ -151,6 +156,7 @@ class CACTrainerParameterNode:
     cvMode - "patient", "acquisition" or "none"; fold - one fold (0-based) or -1 for all.
     epochs1, epochs2 - epochs of stage 1 (classifier) and stage 2 (decoder).
     device - "auto", "cpu" or "cuda".
+    initModelPath - optional model to fine-tune (empty: random initialisation).
     curvesTable, curvesChart - training curves of the last run.
     """
 
@@ -164,6 +170,7 @@ class CACTrainerParameterNode:
     epochs1: Annotated[int, WithinRange(1, 10000), Default(100)]
     epochs2: Annotated[int, WithinRange(1, 10000), Default(100)]
     device: Annotated[str, Choice(["auto", "cpu", "cuda"]), Default("auto")]
+    initModelPath: Path
     curvesTable: vtkMRMLTableNode
     curvesChart: vtkMRMLPlotChartNode
 
@@ -278,6 +285,7 @@ class CACTrainerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         command = buildTrainCommand(
             self.logic.pythonExecutable(), p.datasetDir, p.outputModelPath, p.cvMode, p.fold,
             p.epochs1, p.epochs2, p.device, p.seed, overwrite,
+            p.initModelPath if CACTrainerLogic.isSet(p.initModelPath) else None,
         )
         table, chart = self.logic.createCurveNodes()
         p.curvesTable, p.curvesChart = table, chart

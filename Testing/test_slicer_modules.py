@@ -306,7 +306,9 @@ def test_trainer_commands_are_accepted_by_the_cac_parser():
     assert train[1:4] == ["-m", "CACIdentifierLib.cli", "train"]
     assert train[train.index("--fold") + 1] == "2" and "--overwrite" in train
     no_cv = f["buildTrainCommand"]("py", "/d", "/m.safetensors", "none", 2)
-    assert "--fold" not in no_cv
+    assert "--fold" not in no_cv and "--init" not in no_cv
+    tuned = f["buildTrainCommand"]("py", "/d", "/m.safetensors", "none", -1, 2, 1, "cpu", 0, False, "/shipped.safetensors")
+    assert tuned[tuned.index("--init") + 1] == "/shipped.safetensors"
     with pytest.raises(ValueError):
         f["buildTrainCommand"]("py", "/d", "/m", "bogus")
     phantom = f["buildPhantomCommand"]("py", "/data/set", 14, 3, 5)
@@ -315,13 +317,14 @@ def test_trainer_commands_are_accepted_by_the_cac_parser():
     cli = pytest.importorskip("CACIdentifierLib.cli")
     parser = cli.build_parser()
     subcommands = set(parser._subparsers._group_actions[0].choices)
-    for command in (train, no_cv, phantom):
+    for command in (train, no_cv, tuned, phantom):
         if command[3] not in subcommands:
             pytest.skip(f"`cac {command[3]}` is not available yet")
         args = parser.parse_args(command[3:])
         assert args.command == command[3]
     args = parser.parse_args(train[3:])
     assert (args.cv, args.fold, args.epochs1, args.epochs2, args.device, args.seed) == ("acquisition", 2, 3, 4, "cpu", 9)
+    assert parser.parse_args(tuned[3:]).init == "/shipped.safetensors"
     args = parser.parse_args(phantom[3:])
     assert (args.patients, args.acquisitions_per_patient, args.seed) == (14, 3, 5)
 
