@@ -995,6 +995,10 @@ def _landmarks_for_reference(dist_row: np.ndarray, gram: np.ndarray, times: np.n
         t = float(times[r])
         while True:
             centre = t + direction * period
+            if not tlist[0] <= centre <= tlist[-1]:
+                # The expected return lies beyond the frames: the closest frame of the truncated
+                # window would be a false landmark (it biased the first half beat of a cine).
+                break
             lo = bisect.bisect_left(tlist, centre - 0.4 * period)
             hi = bisect.bisect_right(tlist, centre + 0.4 * period)
             if hi <= lo:
@@ -1042,7 +1046,9 @@ def _part_phase(gram: np.ndarray, times: np.ndarray, period: float, n_refs: int 
         return None
     dist = _dist_from_gram(gram)
     n_refs = N_REFS if n_refs is None else n_refs
-    refs = np.unique(np.linspace(0, times.size - 1, min(n_refs, times.size)).round().astype(int))
+    # References whose clip is complete (not within a clip half-width of the part's ends).
+    edge = min(max(1, int(round(period / CLIP_DIV))), (times.size - 1) // 4)
+    refs = np.unique(np.linspace(edge, times.size - 1 - edge, min(n_refs, times.size)).round().astype(int))
     estimates, weights = [], []
     span = int(times[-1]) + 1
     pos = {int(t): i for i, t in enumerate(times)}
