@@ -236,3 +236,27 @@ def test_engine_cancel_stops_and_restores_threads(study, model):
         identify(acq.to_cine(), net, meta, workers=2, progress=progress)
     assert torch.get_num_threads() == threads
     assert seen[0] == 0 and len([d for d in seen if d > 0]) == 1
+
+
+def test_split_network_equals_the_plain_model(model):
+    """splitnet computes concatenated convolutions by parts; outputs must equal the plain model's (fp32)."""
+    import torch
+    from CACIdentifierLib.inference import inference_model
+    from CACIdentifierLib.splitnet import SplitResUNet18
+
+    net, _ = model
+    net.eval()
+    split = SplitResUNet18(inference_model(net, "cpu", torch.float32))
+    gen = torch.Generator().manual_seed(3)
+    nc, c = torch.rand(10, 1, 256, 256, generator=gen), torch.rand(5, 1, 256, 256, generator=gen)
+    c2 = torch.cat([c, c.flip(-1)])  # two frames, two contrast frames
+    keep = torch.tensor([True, False, True, True, False, False, True, True, False, True])
+    with torch.inference_mode():
+        cls_ref, roi_ref = net(nc, c2)
+        caches = [split.contrast_cache(c), split.contrast_cache(c.flip(-1))]
+        logit, features = split.classify(nc, caches)
+        roi = split.decode(features, caches, keep)
+    assert torch.allclose(logit, cls_ref, atol=1e-4)
+    assert torch.allclose(roi, roi_ref[keep], atol=1e-3)
+    with pytest.raises(ValueError, match="folded"):
+        SplitResUNet18(net)

@@ -12,8 +12,10 @@ For each non-contrast frame ``k`` paired (by :mod:`.sync`) with contrast frame `
 4. the frame ROI is refined: small islands removed, Gaussian, threshold (Step 3).
 
 Frames are processed in batches (``batch_frames`` frames = 5x as many patch
-pairs per forward pass), grouped by their contrast frame so that its contrast
-head runs once, with the weights cast to the reduced precision that
+pairs per forward pass), grouped by their contrast frame so that everything that
+depends on the contrast patch alone (its head, and its shares of the convolutions
+that read concatenations: :mod:`.splitnet`) runs once, with the weights cast to
+the reduced precision that
 :func:`.device.autocast_dtype` picks (bf16 on CPUs with AMX or AVX512-BF16,
 where it is about twice as fast as fp32; the agreement is measured by
 ``benchmarks/bench_identify.py``).
@@ -30,9 +32,6 @@ import numpy as np
 from .cine import Cine
 from .errors import CacError
 from .progress import ProgressCallback, no_progress
-
-# The encoder outputs that the decoder reads (the others are views or inputs of these).
-DECODER_INPUTS = ("block1_nc", "block1_c", "block2", "block3", "block4", "block5", "block6")
 
 
 @dataclass
@@ -171,6 +170,7 @@ def identify(
     from . import patches as P
     from .device import autocast_dtype, choose_device
     from .refinement import refine
+    from .splitnet import SplitResUNet18
 
     progress = progress or no_progress
     t_start = time.perf_counter()
@@ -197,7 +197,8 @@ def identify(
 
     dev = choose_device(device)
     dtype = autocast_dtype(dev, use_autocast) or torch.float32
-    model = inference_model(model, dev, dtype)
+    # Concatenations split by input, contrast-only parts computed once per contrast frame (splitnet).
+    net = SplitResUNet18(inference_model(model, dev, dtype))
     n = len(pairs)
     frames_nc = [p[0] for p in pairs]
     frames_c = [p[1] for p in pairs]
@@ -228,22 +229,18 @@ def identify(
         t0 = time.perf_counter()
         out = []
         with torch.inference_mode():
-            heads = {f_c: model.contrast_head(frame_patches(f_c)) for f_c in dict.fromkeys(frames_c[k] for k in members)}
+            caches = {f_c: net.contrast_cache(frame_patches(f_c)) for f_c in dict.fromkeys(frames_c[k] for k in members)}
             for start in range(0, len(members), batch_frames):
                 batch = members[start : start + batch_frames]
                 nc_t = torch.cat([frame_patches(frames_nc[k]) for k in batch])
-                pair_heads = [heads[frames_c[k]] for k in batch]
-                c_feats = pair_heads[0] if len(batch) == 1 else tuple(torch.cat(h) for h in zip(*pair_heads))
-                features = model.encode(nc_t, contrast_features=c_feats)
-                cls_prob = torch.sigmoid(model.head_logit(features).float())
+                pair_caches = [caches[frames_c[k]] for k in batch]
+                logit, features = net.classify(nc_t, pair_caches)
+                cls_prob = torch.sigmoid(logit.float())
                 positive = cls_prob >= cls_thr
                 roi_prob = torch.zeros((nc_t.shape[0], P.PATCH_SIZE, P.PATCH_SIZE), device=dev)
                 if bool(positive.any()):
                     # Gating: the decoder runs only where the classifier says CAC.
-                    sub = {name: features[name] for name in DECODER_INPUTS}
-                    if not bool(positive.all()):
-                        sub = {name: feat[positive] for name, feat in sub.items()}
-                    roi_prob[positive] = torch.sigmoid(model.decode(sub).float())[:, 0]
+                    roi_prob[positive] = torch.sigmoid(net.decode(features, pair_caches, positive).float())[:, 0]
                 out.append((batch, cls_prob.cpu().numpy().reshape(-1, 5),
                             roi_prob.cpu().numpy().reshape(-1, 5, P.PATCH_SIZE, P.PATCH_SIZE)))
         t1 = time.perf_counter()
