@@ -1217,6 +1217,7 @@ def _fastest_change_phase(g_all: np.ndarray, frames, phase, bins: int = 20) -> f
 # --------------------------------------------------------------------------- entry points
 
 
+@_single_threaded_blas()  # a fresh context per call (contextlib's ContextDecorator)
 def synchronize(
     frames,
     frame_time_ms: float | None = None,
@@ -1260,24 +1261,6 @@ def synchronize(
     CacError
         Bad shape, an unknown method, or no non-contrast / no contrast frames.
     """
-    with _single_threaded_blas():
-        return _synchronize(frames, frame_time_ms, onset=onset, method=method, r_wave_frames=r_wave_frames,
-                            ecg=ecg, use_ecg=use_ecg, blank_frames=blank_frames, progress=progress)
-
-
-def _synchronize(
-    frames,
-    frame_time_ms: float | None = None,
-    *,
-    onset: int | None = None,
-    method: str = "default",
-    r_wave_frames=None,
-    ecg=None,
-    use_ecg: bool = True,
-    blank_frames=None,
-    progress=None,
-) -> SyncResult:
-    """Body of :func:`synchronize` (which runs it with single-threaded BLAS)."""
     if method not in METHODS:
         raise CacError(f"unknown synchronization method {method!r}; use one of {', '.join(METHODS)}")
     frames = _check_frames(frames)
