@@ -260,3 +260,16 @@ def test_split_network_equals_the_plain_model(model):
     assert torch.allclose(roi, roi_ref[keep], atol=1e-3)
     with pytest.raises(ValueError, match="folded"):
         SplitResUNet18(net)
+
+
+def test_split_network_max_pool_equals_torch_max_pool_to_the_bit():
+    import torch
+    import torch.nn.functional as F
+    from CACIdentifierLib.splitnet import max_pool_3x3_s2
+
+    gen = torch.Generator().manual_seed(4)
+    for shape in [(2, 3, 8, 10), (5, 64, 128, 128), (1, 2, 7, 9), (1, 1, 2, 2)]:
+        x = torch.randn(*shape, generator=gen)  # negative values too: border handling is not padding by 0
+        for dtype in (torch.float32, torch.bfloat16):
+            y = x.to(dtype, memory_format=torch.channels_last)
+            assert torch.equal(max_pool_3x3_s2(y), F.max_pool2d(y, 3, 2, 1)), (shape, dtype)

@@ -73,6 +73,22 @@ def test_normalize_frame_is_bit_depth_and_exposure_invariant():
     assert normalize_frame(np.stack([f8, f12])).shape == (2, 512, 512)
 
 
+def test_normalize_frame_of_integer_frames_equals_numpy_percentiles_to_the_bit():
+    # Integer frames take a histogram path; it must give np.percentile's values exactly.
+    rng = np.random.default_rng(5)
+    for trial in range(200):
+        dtype = (np.uint8, np.uint16)[trial % 2]
+        top = 256 if dtype == np.uint8 else int(rng.integers(2, 65536))
+        shape = (int(rng.integers(1, 300)), int(rng.integers(1, 300)))
+        frame = rng.integers(0, top, size=shape).astype(dtype)
+        if trial % 7 == 0:
+            frame[: shape[0] // 2] = frame.flat[0]  # many ties
+        lo, hi = np.percentile(frame.astype(np.float32), [1, 99])
+        expected = np.zeros(shape, np.float32) if hi <= lo else np.clip(
+            (frame.astype(np.float32) - np.float32(lo)) * np.float32(1.0 / (hi - lo)), 0.0, 1.0)
+        np.testing.assert_array_equal(normalize_frame(frame), expected)
+
+
 def test_prepare_frame_resamples_and_scales_spacing():
     frame = np.zeros((1024, 1024), np.uint16)
     frame[400:600, 300:500] = 1000

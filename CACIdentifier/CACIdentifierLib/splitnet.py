@@ -36,6 +36,31 @@ def _conv_part(conv: nn.Conv2d, lo: int, hi: int, with_bias: bool):
     return apply
 
 
+def max_pool_3x3_s2(x: Tensor) -> Tensor:
+    """``F.max_pool2d(x, 3, stride=2, padding=1)`` for even heights and widths, from strided views.
+
+    Row by row then column by column: output ``i`` is the maximum of inputs ``2i-1, 2i, 2i+1``
+    (``2i-1`` missing at the border, as with max_pool2d's padding).  A maximum is exact, so the
+    result is the same to the bit; without the indices that max_pool2d computes on a CPU it
+    runs about 20 % faster on the heads' 64x128x128 bf16 maps.
+    """
+    if x.shape[-2] % 2 or x.shape[-1] % 2:
+        return F.max_pool2d(x, kernel_size=3, stride=2, padding=1)
+    odd = x[..., 1::2, :]
+    rows = torch.maximum(x[..., 0::2, :], odd)
+    rows[..., 1:, :] = torch.maximum(rows[..., 1:, :], odd[..., :-1, :])
+    odd = rows[..., 1::2]
+    out = torch.maximum(rows[..., 0::2], odd)
+    out[..., 1:] = torch.maximum(out[..., 1:], odd[..., :-1])
+    return out
+
+
+def _head(head, x: Tensor) -> tuple[Tensor, Tensor]:
+    """:class:`.network.Head`'s forward with :func:`max_pool_3x3_s2` for its max-pool."""
+    b1 = head.relu(head.bn1(head.conv1(x)))
+    return b1, head.block2(max_pool_3x3_s2(b1))
+
+
 class _SplitStage:
     """A decoder stage (bilinear x2, concatenation, two conv-ReLU) with its first convolution split."""
 
@@ -91,12 +116,12 @@ class SplitResUNet18:
         self.up2_c = self.up2.parts.pop()
 
     def contrast_cache(self, c: Tensor) -> dict:
-        b1_c, b2_c = self.m.head_c(c)
+        b1_c, b2_c = _head(self.m.head_c, c)
         return {"b1_c": b1_c, "b2_c": b2_c, "b3_conv1": self.b3_conv1_c(b2_c), "b3_ds": self.b3_ds_c(b2_c)}
 
     def classify(self, nc: Tensor, caches: list[dict]) -> tuple[Tensor, dict]:
         """CAC logits (B,) of the patch pairs; ``caches`` has one contrast cache per 5-patch frame."""
-        b1_nc, b2_nc = self.m.head_nc(nc)
+        b1_nc, b2_nc = _head(self.m.head_nc, nc)
         conv1_c = caches[0]["b3_conv1"] if len(caches) == 1 else torch.cat([k["b3_conv1"] for k in caches])
         ds_c = caches[0]["b3_ds"] if len(caches) == 1 else torch.cat([k["b3_ds"] for k in caches])
         out = self.b3_conv2(F.relu(self.b3_conv1_nc(b2_nc) + conv1_c))
