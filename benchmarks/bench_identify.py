@@ -65,7 +65,7 @@ def keep_freed_memory() -> bool:
     """Stop glibc from giving freed memory back to the system (and from mmapping large blocks).
 
     Otherwise the naive loop, which allocates and frees every activation of every patch, spends a
-    varying part of its time (about 30 000 page faults per frame here, 0.27-0.40 s/frame over
+    varying part of its time (about 30 000 page faults per frame here, 0.28-0.40 s/frame over
     runs) in the kernel re-mapping memory; the engine hardly does (about 1 000).  With this, both
     are timed on their computation alone: the conservative comparison (the naive loop gains most).
     Returns False where the C library is not glibc.

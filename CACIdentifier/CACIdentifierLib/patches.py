@@ -157,9 +157,10 @@ def normalize_frame(frame: np.ndarray, low_percentile: float = 1.0, high_percent
         raise CacError(f"expected a frame (rows, cols), got shape {arr.shape}")
     if arr.dtype in (np.uint8, np.uint16) and arr.size:
         lo, hi = _uint_percentiles(arr, (low_percentile, high_percentile))
+        arr = arr.astype(np.float32)
     else:
-        lo, hi = np.percentile(arr.astype(np.float32, copy=False), [low_percentile, high_percentile])
-    arr = arr.astype(np.float32, copy=False)
+        arr = arr.astype(np.float32, copy=False)
+        lo, hi = np.percentile(arr, [low_percentile, high_percentile])
     if not np.isfinite(lo) or not np.isfinite(hi) or hi <= lo:
         return np.zeros(arr.shape, dtype=np.float32)
     out = (arr - np.float32(lo)) * np.float32(1.0 / (hi - lo))
