@@ -94,7 +94,7 @@ def whole_frame(model) -> None:
             memory_format=torch.channels_last)
         with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
             feats = model.encode(nc, c)
-            model.head_logit(feats)
+            model.classify_features(feats)
             roi = np.zeros((5, 256, 256), np.float32)
             if n_pos:
                 sub = {k: v[:n_pos] for k, v in feats.items()}

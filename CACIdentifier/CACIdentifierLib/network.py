@@ -313,8 +313,6 @@ class ResUNet18(nn.Module):
         x = torch.flatten(self.avgpool(features["block6"]), 1)
         return self.fc(x)[:, 0]
 
-    head_logit = classify_features  # alias used by inference.py
-
     def classify(self, nc: Tensor, c: Tensor) -> Tensor:
         """CAC-presence logit (B,) of each patch pair (Step 1 only; the decoder is not run)."""
         return self.classify_features(self.encode(nc, c))

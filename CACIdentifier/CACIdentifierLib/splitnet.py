@@ -131,7 +131,7 @@ class SplitResUNet18:
         b4 = self.m.block4(b3)
         b5 = self.m.block5(b4)
         b6 = self.m.block6(b5)
-        logit = self.m.fc(torch.flatten(self.m.avgpool(b6), 1))[:, 0]
+        logit = self.m.classify_features({"block6": b6})
         return logit, {"b1_nc": b1_nc, "b2_nc": b2_nc, "b3": b3, "b4": b4, "b5": b5, "b6": b6}
 
     def decode(self, f: dict, caches: list[dict], keep: Tensor) -> Tensor:
