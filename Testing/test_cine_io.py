@@ -13,21 +13,10 @@ import pytest
 from CACIdentifierLib import dicom_io
 from CACIdentifierLib.cine_io import detect_blank_frames, load_cine, natural_sort_key, read_image_folder
 from CACIdentifierLib.errors import CacError, CacWarning
+from conftest import BIPLANE, GE, LCA_FRAMES, RCA, needs_data, require
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, RLELossless, generate_uid
-
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-XA = DATA / "xa"
-RCA = XA / "rubo-rca-ecg-96f.dcm"
-BIPLANE = XA / "rubo-biplane-b-ecg-17f.dcm"
-GE = XA / "ge-static-phantom-jpegls.dcm"
-LCA_FRAMES = DATA / "frames" / "lca-clinical-37f"
-
-needs_data = pytest.mark.skipif(
-    not RCA.exists(),
-    reason=f"real test data not found at {DATA} (clone the shared/ data beside the repository)",
-)
 
 XA_SOP = "1.2.840.10008.5.1.4.1.1.12.1"
 ENHANCED_XA_SOP = "1.2.840.10008.5.1.4.1.1.12.1.1"
@@ -38,23 +27,17 @@ ENHANCED_XA_SOP = "1.2.840.10008.5.1.4.1.1.12.1.1"
 
 @pytest.fixture(scope="module")
 def rca():
-    if not RCA.exists():
-        pytest.skip(f"real test data not found at {DATA}")
-    return load_cine(RCA)
+    return load_cine(require(RCA))
 
 
 @pytest.fixture(scope="module")
 def biplane():
-    if not BIPLANE.exists():
-        pytest.skip(f"real test data not found at {DATA}")
-    return load_cine(BIPLANE)
+    return load_cine(require(BIPLANE))
 
 
 @pytest.fixture(scope="module")
 def ge():
-    if not GE.exists():
-        pytest.skip(f"real test data not found at {DATA}")
-    return load_cine(GE)
+    return load_cine(require(GE))
 
 
 def make_xa(frames: np.ndarray, *, sop_class=XA_SOP, modality="XA", bits_stored=None, **tags) -> Dataset:

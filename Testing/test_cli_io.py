@@ -11,17 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from CACIdentifierLib.cli import main
-
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-RCA = DATA / "xa" / "rubo-rca-ecg-96f.dcm"
-BIPLANE = DATA / "xa" / "rubo-biplane-b-ecg-17f.dcm"
-GE = DATA / "xa" / "ge-static-phantom-jpegls.dcm"
-LCA_FRAMES = DATA / "frames" / "lca-clinical-37f"
-
-needs_data = pytest.mark.skipif(
-    not RCA.exists(),
-    reason=f"real test data not found at {DATA} (clone the shared/ data beside the repository)",
-)
+from conftest import BIPLANE, GE, LCA_FRAMES, RCA, needs_data
 
 INFO_KEYS = {
     "frames",

@@ -1,7 +1,6 @@
 """Grad-CAM (equals CAM for Block6 + GAP + fc), PNG output, `cac gradcam` and `cac model-info`."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,8 +10,8 @@ from CACIdentifierLib.cli import main
 from CACIdentifierLib.modelio import save_model
 from CACIdentifierLib.network import ResUNet18, count_flops, count_parameters
 from CACTrainerLib.gradcam import grad_cam, save_gradcam_png
+from conftest import BIPLANE, RCA, needs_data
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 SMALL = {"width": 16, "decoder_channels": (32, 16, 16, 16, 16)}
 
 
@@ -81,11 +80,11 @@ def test_model_info_default_and_file(tmp_path, model, capsys):
     assert main(["model-info", str(tmp_path / "none.safetensors")]) == 2
 
 
-@pytest.mark.skipif(not (DATA / "xa").is_dir(), reason=f"shared test data not found at {DATA}")
+@needs_data
 def test_cli_gradcam_on_real_cine(tmp_path, model, capsys):
     path = tmp_path / "m.safetensors"
     save_model(path, model)
-    cine = str(DATA / "xa" / "rubo-biplane-b-ecg-17f.dcm")
+    cine = str(BIPLANE)
     out = tmp_path / "cam.png"
     rc = main(["gradcam", str(path), cine, "--frame", "3", "--contrast-frame", "12", "--patch", "4", "--out", str(out)])
     assert rc == 0 and out.read_bytes()[:4] == b"\x89PNG"
@@ -95,11 +94,11 @@ def test_cli_gradcam_on_real_cine(tmp_path, model, capsys):
                  str(tmp_path / "x.png")]) == 2
 
 
-@pytest.mark.skipif(not (DATA / "xa").is_dir(), reason=f"shared test data not found at {DATA}")
+@needs_data
 def test_cli_gradcam_pairs_with_synchronization(tmp_path, model, capsys):
     path = tmp_path / "m.safetensors"
     save_model(path, model)
-    cine = str(DATA / "xa" / "rubo-rca-ecg-96f.dcm")
+    cine = str(RCA)
     from CACIdentifierLib.cine_io import load_cine
     from CACIdentifierLib.sync import synchronize_cine
 

@@ -7,7 +7,6 @@ check of size, spacing, origin, directions and pixels.
 
 from __future__ import annotations
 
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -19,9 +18,7 @@ sitk = pytest.importorskip("SimpleITK")
 from CACIdentifierLib import mrml, slicercore  # noqa: E402
 from CACIdentifierLib.cine import Cine  # noqa: E402
 from CACIdentifierLib.errors import CacError  # noqa: E402
-
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-BIPLANE = DATA / "xa" / "rubo-biplane-b-ecg-17f.dcm"
+from conftest import BIPLANE, MISSING  # noqa: E402
 
 
 def synthetic_cine(n=6, rows=40, cols=52, spacing=(0.2, 0.3), frame_time=33.3, seed=0) -> Cine:
@@ -472,7 +469,7 @@ def _load_biplane() -> Cine:
     return Cine(frames=ds.pixel_array, frame_time_ms=float(ds.FrameTime))
 
 
-@pytest.mark.skipif(not BIPLANE.is_file(), reason=f"real test data not found at {DATA}")
+@pytest.mark.skipif(not BIPLANE.is_file(), reason=MISSING)
 def test_real_cine_through_slicer_files(tmp_path, scene):
     import pydicom
 
@@ -492,7 +489,7 @@ def test_real_cine_through_slicer_files(tmp_path, scene):
     assert back.spacing_mm == cine.spacing_mm
 
 
-@pytest.mark.skipif(not BIPLANE.is_file(), reason=f"real test data not found at {DATA}")
+@pytest.mark.skipif(not BIPLANE.is_file(), reason=MISSING)
 @pytest.mark.filterwarnings("ignore::CACIdentifierLib.errors.CacWarning")  # blank frame 0, short cine: expected
 def test_real_sync_result_in_the_scene(scene):
     """The real synchronizer's result (fractional beat landmarks) shown as tables and a chart."""

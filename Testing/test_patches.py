@@ -1,6 +1,5 @@
 """Patches: layout, extraction, stitching round trip, normalisation, resampling to 512."""
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +13,7 @@ from CACIdentifierLib.patches import (
     restore_mask,
     stitch,
 )
+from conftest import GE, needs_data, require
 
 
 def test_origins_are_the_papers_and_cover_the_frame():
@@ -107,14 +107,11 @@ def test_prepare_frame_resamples_and_scales_spacing():
     assert f2.shape == (512, 512) and sp3 == pytest.approx((0.45, 0.6))
 
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-
-
-@pytest.mark.skipif(not (DATA / "xa").is_dir(), reason=f"shared test data not found at {DATA}")
+@needs_data
 def test_real_cine_frames():
     from CACIdentifierLib.cine_io import load_cine
 
-    cine = load_cine(DATA / "xa" / "ge-static-phantom-jpegls.dcm")
+    cine = load_cine(require(GE))
     frame = cine.frames[5]
     f512, sp, scale = prepare_frame(frame, cine.spacing_mm)
     assert f512 is frame and sp == cine.spacing_mm and scale == (1.0, 1.0)

@@ -11,19 +11,13 @@ from __future__ import annotations
 
 import json
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
 from CACIdentifierLib import sync
 from CACIdentifierLib.cli import main
 from CACIdentifierLib.errors import CacError
-
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-RCA = DATA / "xa" / "rubo-rca-ecg-96f.dcm"
-BIPLANE = DATA / "xa" / "rubo-biplane-b-ecg-17f.dcm"
-STATIC = DATA / "xa" / "ge-static-phantom-jpegls.dcm"
-needs_data = pytest.mark.skipif(not RCA.exists(), reason=f"shared test data not found at {DATA}")
+from conftest import BIPLANE, GE, RCA, needs_data, require
 
 JSON_KEYS = {"onset_frame", "period_frames", "heart_rate_bpm", "phase", "pairs", "signal", "confidence",
              "ecg_used", "method"}
@@ -43,11 +37,9 @@ def _pair_errors(pairs, phase):
 
 @pytest.fixture(scope="module")
 def rca_cine():
-    if not RCA.exists():
-        pytest.skip(f"shared test data not found at {DATA}")
     from CACIdentifierLib.cine_io import load_cine
 
-    return load_cine(RCA)
+    return load_cine(require(RCA))
 
 
 @pytest.fixture(scope="module")
@@ -275,7 +267,7 @@ def test_no_ecg_uses_images(rca_cine):
 def test_static_phantom_is_not_periodic():
     from CACIdentifierLib.cine_io import load_cine
 
-    cine = load_cine(STATIC)
+    cine = load_cine(GE)
     for method in ("default", "paper"):
         with pytest.warns(Warning):
             res = sync.synchronize_cine(cine, method=method)
