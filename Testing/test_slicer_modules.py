@@ -185,7 +185,7 @@ def test_module_script_structure(module, tmp_path):
 def test_workflow_core_imports_neither_slicer_nor_qt():
     libs = [ROOT / "CACIdentifier" / "CACIdentifierLib", ROOT / "CACTrainer" / "CACTrainerLib"]
     for lib in libs:
-        for path in sorted(lib.glob("*.py")):
+        for path in sorted(lib.rglob("*.py")):
             if path.name in ("mrml.py", "slicercore.py"):
                 continue
             tree = ast.parse(path.read_text())
@@ -241,7 +241,7 @@ def test_module_cmake_lists_every_lib_file_and_resource(module):
     scripts = [s.replace("${MODULE_NAME}", module) for s in _cmake_list(text, "MODULE_PYTHON_SCRIPTS")]
     resources = [s.replace("${MODULE_NAME}", module) for s in _cmake_list(text, "MODULE_PYTHON_RESOURCES")]
     lib = f"{module}Lib"
-    on_disk = {f"{lib}/{p.name}" for p in (folder / lib).glob("*.py")}
+    on_disk = {f"{lib}/{p.relative_to(folder / lib).as_posix()}" for p in (folder / lib).rglob("*.py")}
     listed = {s for s in scripts if s.startswith(f"{lib}/")}
     assert not on_disk - listed, f"{module}/CMakeLists.txt does not list {sorted(on_disk - listed)}"
     assert not listed - on_disk, f"{module}/CMakeLists.txt lists missing files {sorted(listed - on_disk)}"

@@ -17,7 +17,12 @@ import pytest
 from CACIdentifierLib import sync
 from CACIdentifierLib.cli import main
 from CACIdentifierLib.errors import CacError
+from CACIdentifierLib.sync.blas import openblas_fns
+from CACIdentifierLib.sync.onset import fit_ramp
+from CACIdentifierLib.sync.period import period_bounds
+from CACIdentifierLib.sync.phase import circ_dist
 from conftest import BIPLANE, GE, RCA, needs_data, require
+from synthetic import synthetic_cine
 
 JSON_KEYS = {"onset_frame", "period_frames", "heart_rate_bpm", "phase", "pairs", "signal", "confidence",
              "ecg_used", "method"}
@@ -32,7 +37,7 @@ def _eq1_direct(frames, ref=0):
 
 def _pair_errors(pairs, phase):
     phase = np.asarray(phase)
-    return np.array([sync._circ_dist(phase[a], phase[b]) for a, b in pairs])
+    return np.array([circ_dist(phase[a], phase[b]) for a, b in pairs])
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +104,7 @@ def test_ramp_fit_matches_brute_force_least_squares():
     k = np.arange(n)
     y = 0.05 * rng.standard_normal(n) + np.clip((k - 11) / 6, 0, 1)
     valid = rng.random(n) > 0.1
-    t0, t1, a, b, sse = sync._fit_ramp(y, valid)
+    t0, t1, a, b, sse = fit_ramp(y, valid)
     best = None
     for T0 in range(-1, n - 1):
         for T1 in range(T0 + 1, n):
@@ -155,13 +160,13 @@ def test_period_of_synthetic_moving_texture(period):
 def test_paper_method_is_fft_peak_and_k_plus_m_t():
     rng = np.random.default_rng(4)
     n = 96
-    frames, truth = sync.synthetic_cine(n_frames=n, size=64, fps=15, bpm=75, rr_jitter=0.0, respiration_px=0,
-                                        seed=4, onset_fraction=0.5)
+    frames, truth = synthetic_cine(n_frames=n, size=64, fps=15, bpm=75, rr_jitter=0.0, respiration_px=0,
+                                   seed=4, onset_fraction=0.5)
     res = sync.synchronize(frames, 1000 / 15, method="paper", onset=truth["onset_frame"])
     s = np.asarray(res.signal)
     spec = np.abs(np.fft.rfft(s - s.mean()))
     bins = np.arange(spec.size)
-    lo, hi = sync._period_bounds(n, 1000 / 15)
+    lo, hi = period_bounds(n, 1000 / 15)
     band = (bins >= 1) & (n / np.maximum(bins, 1) >= lo) & (n / np.maximum(bins, 1) <= hi)
     k = bins[band][np.argmax(spec[band])]
     assert res.period_frames == pytest.approx(n / k)
@@ -298,7 +303,7 @@ def test_blank_frame_is_not_used():
 
 
 def test_bad_input_is_a_clear_error():
-    frames, _ = sync.synthetic_cine(n_frames=40, size=32, seed=1)
+    frames, _ = synthetic_cine(n_frames=40, size=32, seed=1)
     with pytest.raises(CacError, match="no non-contrast frames"):
         sync.synchronize(frames, 66.7, onset=0)
     with pytest.raises(CacError, match="no contrast frames"):
@@ -339,12 +344,12 @@ def test_cli_plot_and_errors(tmp_path, capsys):
 
 
 def test_blas_threads_restored_after_synchronize():
-    fns = sync._openblas_fns()
+    fns = openblas_fns()
     if fns is None:
         pytest.skip("numpy's OpenBLAS not found: nothing to restore")
     get, put = fns
     before = get()
-    frames, _ = sync.synthetic_cine(n_frames=40, size=32, seed=2)
+    frames, _ = synthetic_cine(n_frames=40, size=32, seed=2)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         sync.synchronize(frames, 66.7)

@@ -2,7 +2,7 @@
 
 Target (issue 4): at most 100 ms for the default method on 2 CPU cores.  The
 cine is the project's phantom at 512x512 (CACTrainerLib.phantom; the
-module's own quick synthetic cine if the phantom is not installed).  Prints
+phantom is installed with the project).  Prints
 best-of-N wall times and their ratios to one plain pass over the same array
 (``frames.astype(np.float32).sum()``) measured in the same run, so the figures
 compare across machines.  Run: ``.venv/bin/python benchmarks/bench_sync.py``.
@@ -16,6 +16,7 @@ import warnings
 
 import numpy as np
 from CACIdentifierLib import sync
+from CACTrainerLib.phantom import PhantomParams, generate_acquisition
 
 
 def best_of(fn, repeats: int) -> float:
@@ -28,11 +29,6 @@ def best_of(fn, repeats: int) -> float:
 
 
 def make_cine():
-    try:
-        from CACTrainerLib.phantom import PhantomParams, generate_acquisition
-    except ImportError:
-        frames, _ = sync.synthetic_cine(n_frames=200, size=512, fps=15, seed=0)
-        return (frames >> 4).astype(np.uint8), 1000 / 15, "sync.synthetic_cine (phantom not installed)"
     acq = generate_acquisition(PhantomParams(rows=512, cols=512, n_frames=200, fps=15.0, bits=8), seed=1)
     return acq.frames, acq.frame_time_ms, "CACTrainerLib.phantom 512x512, seed 1"
 

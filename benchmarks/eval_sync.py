@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 from CACIdentifierLib import sync
+from CACIdentifierLib.sync.phase import circ_dist, circ_mean
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -84,7 +85,7 @@ def run_phantoms(quick: bool):
                 t = time.perf_counter()
                 res = sync.synchronize(acq.frames, acq.frame_time_ms, method=method)
                 dt = time.perf_counter() - t
-            err = np.array([sync._circ_dist(truth[a], truth[b]) for a, b in res.pairs])
+            err = np.array([circ_dist(truth[a], truth[b]) for a, b in res.pairs])
             row[method] = {
                 "errors": err,
                 "period_err_pct": None if res.period_frames is None else 100 * (res.period_frames / true_period - 1),
@@ -179,10 +180,10 @@ def ecg_tables() -> list[str]:
         offs = [float(beats[np.argmin(np.abs(beats - r))] - r) for r in pointer] if beats.size else []
         ph = np.asarray(res.phase)
         k = np.arange(19, 77)
-        shift = sync._circ_mean(ecg_phase[k] - ph[k])  # phase 0 is a different landmark: align once
-        pe = sync._circ_dist(ph[k] + shift, ecg_phase[k])
+        shift = circ_mean(ecg_phase[k] - ph[k])  # phase 0 is a different landmark: align once
+        pe = circ_dist(ph[k] + shift, ecg_phase[k])
         # the truth for the pairs: ECG phase (0 at each R wave incl. the one at the curve's start)
-        pair_err = np.array([sync._circ_dist(ecg_phase[a], ecg_phase[b]) for a, b in res.pairs])
+        pair_err = np.array([circ_dist(ecg_phase[a], ecg_phase[b]) for a, b in res.pairs])
         lines.append(
             f"| {method} | {res.period_frames:.2f} | {100 * (res.period_frames / 28.5 - 1):+.1f} % | "
             f"{', '.join(f'{b:.1f}' for b in beats)} | {', '.join(f'{o:+.1f}' for o in offs)} | "
