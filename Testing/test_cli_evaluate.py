@@ -44,12 +44,13 @@ def test_json_majority_and_segment(files, capsys):
     capsys.readouterr()
     assert main(["evaluate", files["pred"], *files["truth"], "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert set(out) == {"frames", "summary"}
-    assert set(out["summary"]) == {"iom", "hd_mm"}
+    assert set(out) == {"frames", "summary", "grid"}
+    assert set(out["summary"]) == {"iom", "hd_mm", "roi_precision", "presence"}
     assert set(out["summary"]["iom"]) == {"median", "q1", "q3"}
     frames = {f["index"]: f for f in out["frames"]}
     assert sorted(frames) == [0, 1, 2]  # frame 3 only has the minority annotation
-    assert all(set(f) == {"index", "iom", "hd_mm"} for f in out["frames"])
+    assert all(set(f) == {"index", "iom", "hd_mm", "roi_area_mm2", "roi_area_pct", "roi_precision", "ai_calcium",
+                          "truth_calcium", "annotators_with_calcium", "agree"} for f in out["frames"])
     union = files["pred_mask"] | files["extra"]
     for k in (0, 2):
         assert frames[k]["iom"] == pytest.approx(iom(union[k], files["majority"][k]))
@@ -65,7 +66,7 @@ def test_text_output_and_single_truth(files, capsys):
 
 
 def test_mismatched_geometry_exit_2(files, capsys):
-    other = write(files["tmp"] / "small.seg.nrrd", {"CAC": np.zeros((4, 32, 64), bool)})
+    other = write(files["tmp"] / "small.seg.nrrd", {"CAC": np.zeros((5, 64, 64), bool)})  # another frame count
     assert main(["evaluate", files["pred"], other]) == 2
     err = capsys.readouterr().err
     assert err.startswith("cac: error:") and "same cine" in err and "Traceback" not in err

@@ -164,29 +164,63 @@ def majority_vote(masks: Sequence[np.ndarray]) -> np.ndarray:
     return votes * 2 > len(arrs)
 
 
+def roi_precision(roi: np.ndarray, truth: np.ndarray) -> float | None:
+    """Fraction of the ROI inside the truth, ``|R ∩ T| / |R|``; None for an empty ROI."""
+    roi, truth = _masks(roi, truth)
+    n = int(roi.sum())
+    return None if n == 0 else float(np.sum(roi & truth)) / n
+
+
 def evaluate_masks(pred: np.ndarray, truth: np.ndarray, spacing_mm: Sequence[float] | None) -> dict:
-    """IoM and HD (mm) per frame and their median (quartiles) for ROI masks vs ground truth.
+    """Per-frame comparison of ROI masks with the ground truth, and its summary.
 
     ``pred`` and ``truth`` are (N, H, W) masks on the same grid; frames where
-    both are empty are skipped (nothing to find, nothing found).  Returns
-    ``{"frames": [{"index", "iom", "hd_mm"}...], "summary": {"iom": {"median",
-    "q1", "q3"}, "hd_mm": {...}}}`` with None where undefined (HD when one
-    mask is empty, or everything when ``spacing_mm`` is None for HD).
+    both are empty are skipped (nothing to find, nothing found).  Each frame
+    row holds ``index``, ``iom``, ``hd_mm``; ``roi_area_mm2`` and
+    ``roi_area_pct`` (the ROI's area, in mm2 and in % of the frame's H x W
+    pixels); ``roi_precision`` (:func:`roi_precision`); ``ai_calcium`` and
+    ``truth_calcium`` (whether each mask marks anything) and ``agree`` (both
+    or neither).  None where undefined (HD when one mask is empty; HD and
+    area in mm2 when ``spacing_mm`` is None).  ``summary`` holds median and
+    quartiles of ``iom``, ``hd_mm``, ``roi_precision`` and ``presence``: over
+    *all* N frames, the counts of frames where both, only the AI, only the
+    truth or neither mark calcium, and the fraction where they agree.
+
+    >>> p = np.zeros((2, 4, 4), bool); t = np.zeros_like(p)
+    >>> p[0, :2, :2] = True; t[0, 0, 0] = True
+    >>> row = evaluate_masks(p, t, (0.5, 0.5))["frames"][0]
+    >>> row["iom"], row["roi_area_mm2"], row["roi_area_pct"], row["roi_precision"], row["agree"]
+    (1.0, 1.0, 25.0, 0.25, True)
     """
     pred, truth = _masks(pred, truth)
     if pred.ndim == 2:
         pred, truth = pred[None], truth[None]
     if pred.ndim != 3:
         raise CacError(f"expected (frames, rows, cols) masks, got shape {pred.shape}")
+    pixel_mm2 = None if spacing_mm is None else float(spacing_mm[0]) * float(spacing_mm[1])
+    frame_px = pred.shape[1] * pred.shape[2]
     frames = []
+    counts = {"both": 0, "ai_only": 0, "truth_only": 0, "neither": 0}
     for k in range(pred.shape[0]):
         p, t = pred[k], truth[k]
-        if not p.any() and not t.any():
+        has_p, has_t = bool(p.any()), bool(t.any())
+        counts["both" if has_p and has_t else "ai_only" if has_p else "truth_only" if has_t else "neither"] += 1
+        if not has_p and not has_t:
             continue
         hd = None if spacing_mm is None else hausdorff_mm(p, t, spacing_mm)
-        frames.append({"index": k, "iom": iom(p, t), "hd_mm": hd})
+        area_px = int(p.sum())
+        frames.append({
+            "index": k, "iom": iom(p, t), "hd_mm": hd,
+            "roi_area_mm2": None if pixel_mm2 is None else area_px * pixel_mm2,
+            "roi_area_pct": 100.0 * area_px / frame_px if frame_px else None,
+            "roi_precision": roi_precision(p, t),
+            "ai_calcium": has_p, "truth_calcium": has_t, "agree": has_p == has_t,
+        })
     summary = {}
-    for key in ("iom", "hd_mm"):
+    for key in ("iom", "hd_mm", "roi_precision"):
         s = median_iqr(f[key] for f in frames)
         summary[key] = {"median": s["median"], "q1": s["q1"], "q3": s["q3"]}
+    n = int(pred.shape[0])
+    summary["presence"] = dict(counts, frames=n,
+                               agreement=(counts["both"] + counts["neither"]) / n if n else None)
     return {"frames": frames, "summary": summary}

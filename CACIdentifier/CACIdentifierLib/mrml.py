@@ -77,12 +77,21 @@ class SegFile:
     columns)`` in frame order; ``spacing_mm`` is ``(row_spacing,
     column_spacing)`` in mm as stored in the file (1.0 when the cine's spacing
     was unknown); ``colors`` maps segment names to RGB in [0, 1].
+
+    ``ijk_to_ras`` (4x4) places the arrays in physical space: array element
+    ``[k, j, i]`` is at ``ijk_to_ras @ (i, j, k, 1)``; ``has_reference`` is
+    true when the grid is the reference image geometry stored in the file
+    (the volume it was drawn on), false when it is only the labelmap's own
+    extent (padded from index 0).  :mod:`CACIdentifierLib.seg_align` uses them
+    to compare files saved with different extents or origins.
     """
 
     segments: dict[str, np.ndarray]
     spacing_mm: tuple[float, float]
     colors: dict[str, tuple[float, float, float]] = field(default_factory=dict)
     path: str = ""
+    ijk_to_ras: np.ndarray | None = None
+    has_reference: bool = False
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -752,6 +761,7 @@ def read_seg_nrrd(path, expected_shape=None, expected_spacing_mm=None) -> SegFil
         if not storage.ReadData(node) or node.GetSegmentation() is None:
             raise CacError(f"{path} is not a readable segmentation (.seg.nrrd); save it from Slicer's Segmentations module")
         full = _reference_geometry(node)
+        has_reference = full is not None
         if full is None and expected_shape is not None:
             # No reference geometry stored: assume the frame-stack convention (origin 0, the labelmap's axes).
             first = _first_labelmap(node)
@@ -770,11 +780,16 @@ def read_seg_nrrd(path, expected_shape=None, expected_spacing_mm=None) -> SegFil
             segment = segmentation.GetNthSegment(i)
             colors[segment.GetName()] = tuple(float(c) for c in segment.GetColor())
     spacing = grid.spacing_xyz
+    # Matrix of array index (i, j, k) = (0, 0, 0) at the grid's first voxel (extents may not start at 0).
+    ijk_to_ras = grid.ijk_to_ras.copy()
+    ijk_to_ras[:3, 3] += ijk_to_ras[:3, :3] @ np.array([grid.extent[0], grid.extent[2], grid.extent[4]], float)
     result = SegFile(
         segments={name: mask for name, (mask, _) in pasted.items()},
         spacing_mm=(_round_spacing(spacing[1]), _round_spacing(spacing[0])),
         colors=colors,
         path=str(path),
+        ijk_to_ras=ijk_to_ras,
+        has_reference=has_reference,
     )
     if expected_shape is not None and tuple(result.shape) != tuple(int(v) for v in expected_shape):
         raise CacError(

@@ -1,0 +1,191 @@
+"""Segmentations of one cine aligned in physical space.
+
+Slicer saves a segmentation on the grid it was drawn on, cropped or not: a
+file cropped to its minimum extent, or drawn over a cropped copy of the
+frame-stack volume, holds fewer rows and columns and a shifted origin, yet
+its pixels are the same pixels of the same frames.  Comparing such files by
+array shape would refuse them or, worse, compare shifted pixels.  Here each
+file's arrays are placed by their ``ijk_to_ras`` matrix (read by
+:func:`CACIdentifierLib.mrml.read_seg_nrrd`) on one common grid.
+
+Rules
+-----
+- The pixel lattice must be the same: equal spacing and axes (to 0.1 %),
+  origins apart by whole pixels.  Anything else is another acquisition or a
+  resampled copy, and is refused with one line.
+- Frames: files whose grid is a stored reference geometry (the volume they
+  were drawn on) must cover the same frames; a file without one (its own
+  labelmap extent) may cover fewer, and its missing frames are empty.
+- Rows and columns: the common grid is the union of all the files' grids;
+  a file is empty where it has no pixels.
+
+>>> a = np.diag([-0.3, -0.3, 1.0, 1.0])
+>>> b = a.copy(); b[:3, 3] = (-0.6, -0.9, 0.0)   # 2 columns, 3 rows further
+>>> grid = common_grid([(a, (2, 4, 4), True), (b, (2, 1, 2), True)])
+>>> grid.shape, grid.offsets
+((2, 4, 4), [(0, 0, 0), (0, 3, 2)])
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import CacError
+
+
+@dataclass
+class CommonGrid:
+    """Where each input lies on the common grid.
+
+    ``shape`` (frames, rows, cols) of the common grid; ``ijk_to_ras`` its
+    matrix (array index (i, j, k) -> RAS); ``offsets[n]`` the (frame, row,
+    col) index of input ``n``'s first pixel on it; ``spacing_mm`` (row, col).
+    """
+
+    shape: tuple[int, int, int]
+    ijk_to_ras: np.ndarray
+    offsets: list[tuple[int, int, int]]
+    spacing_mm: tuple[float, float]
+
+    def place(self, n: int, array: np.ndarray) -> np.ndarray:
+        """Input ``n``'s bool ``array`` on the common grid (zeros elsewhere)."""
+        out = np.zeros(self.shape, dtype=bool)
+        k, j, i = self.offsets[n]
+        nk, nj, ni = array.shape
+        out[k : k + nk, j : j + nj, i : i + ni] = array
+        return out
+
+
+def _name(names, n: int) -> str:
+    return str(names[n]) if names and n < len(names) and names[n] else f"segmentation {n + 1}"
+
+
+def common_grid(grids, names=None, *, tol: float = 1e-3) -> CommonGrid:
+    """The union grid of several ``(ijk_to_ras, shape, has_reference)`` inputs on one pixel lattice.
+
+    ``shape`` is (frames, rows, cols).  Raises :class:`CacError` (one line,
+    naming the file) when spacing or axes differ, when an origin is off the
+    lattice, or when files with a reference geometry cover different frames.
+    """
+    if not grids:
+        raise CacError("no segmentation to align")
+    first = np.asarray(grids[0][0], float)
+    axes0 = first[:3, :3]
+    spacing0 = np.linalg.norm(axes0, axis=0)
+    if np.any(spacing0 <= 0):
+        raise CacError(f"{_name(names, 0)} has a zero pixel spacing; save it again from Slicer")
+    starts = []
+    for n, (matrix, shape, _ref) in enumerate(grids):
+        matrix = np.asarray(matrix, float)
+        axes = matrix[:3, :3]
+        spacing = np.linalg.norm(axes, axis=0)
+        if not np.allclose(axes, axes0, rtol=tol, atol=tol * float(spacing0.min())):
+            raise CacError(
+                f"{_name(names, n)} has pixel spacing {_fmt_spacing(spacing)} but {_name(names, 0)} has "
+                f"{_fmt_spacing(spacing0)} (or other axes); compare segmentations of the same cine"
+            )
+        ijk = np.linalg.solve(first, np.append(matrix[:3, 3], 1.0))[:3]
+        if not np.allclose(ijk, np.round(ijk), atol=0.01):
+            raise CacError(
+                f"{_name(names, n)} is shifted by a fraction of a pixel from {_name(names, 0)} "
+                f"(offset {tuple(round(float(v), 3) for v in ijk)} px); compare segmentations of the same cine"
+            )
+        i, j, k = (int(v) for v in np.round(ijk))
+        starts.append((k, j, i, tuple(int(s) for s in shape)))
+    # Frames: the reference geometries must agree; files without one must lie inside.
+    with_ref = [n for n, g in enumerate(grids) if g[2]] or list(range(len(grids)))
+
+    def frames(n):
+        return starts[n][0], starts[n][0] + starts[n][3][0]
+
+    a = with_ref[0]
+    for b in with_ref[1:]:
+        if frames(b) != frames(a):
+            raise CacError(
+                f"{_name(names, b)} covers {starts[b][3][0]} frames but {_name(names, a)} covers "
+                f"{starts[a][3][0]}; compare segmentations of the same cine"
+            )
+    if len(with_ref) < len(grids):
+        k_lo, k_hi = frames(a)
+    else:
+        k_lo, k_hi = min(s[0] for s in starts), max(s[0] + s[3][0] for s in starts)
+    for n, (k, _j, _i, shape) in enumerate(starts):
+        if k < k_lo or k + shape[0] > k_hi:
+            raise CacError(
+                f"{_name(names, n)} has frames {k}-{k + shape[0] - 1} outside frames {k_lo}-{k_hi - 1} of the "
+                "others; compare segmentations of the same cine"
+            )
+    j_lo = min(s[1] for s in starts)
+    i_lo = min(s[2] for s in starts)
+    j_hi = max(s[1] + s[3][1] for s in starts)
+    i_hi = max(s[2] + s[3][2] for s in starts)
+    matrix = first.copy()
+    matrix[:3, 3] = (first @ np.array([i_lo, j_lo, k_lo, 1.0]))[:3]
+    offsets = [(k - k_lo, j - j_lo, i - i_lo) for k, j, i, _ in starts]
+    spacing = (float(spacing0[1]), float(spacing0[0]))
+    return CommonGrid((k_hi - k_lo, j_hi - j_lo, i_hi - i_lo), matrix, offsets, spacing)
+
+
+def _fmt_spacing(xyz) -> str:
+    return f"{float(xyz[1]):.4g} x {float(xyz[0]):.4g} mm"
+
+
+def _grid_of(seg) -> tuple[np.ndarray, tuple[int, int, int], bool]:
+    matrix = seg.ijk_to_ras
+    if matrix is None:  # a SegFile built in memory: frame-stack convention, origin 0
+        matrix = frame_stack_matrix(seg.spacing_mm)
+    return matrix, tuple(seg.shape), bool(seg.has_reference)
+
+
+def frame_stack_matrix(spacing_mm) -> np.ndarray:
+    """The ``ijk_to_ras`` matrix of a cine's frame-stack volume (origin 0, LPS axes, slice = frame).
+
+    ``spacing_mm`` is (row, col) or None (unknown: 1 mm, as the files store it).
+    """
+    row, col = (1.0, 1.0) if spacing_mm is None else (float(spacing_mm[0]), float(spacing_mm[1]))
+    return np.diag([-col, -row, 1.0, 1.0])
+
+
+def align_segfiles(files) -> tuple[list[dict[str, np.ndarray]], CommonGrid]:
+    """Every file's segments on their common grid (:func:`common_grid`), in the order given."""
+    grid = common_grid([_grid_of(f) for f in files], [getattr(f, "path", "") for f in files])
+    out = [{name: grid.place(n, mask) for name, mask in f.segments.items()} for n, f in enumerate(files)]
+    return out, grid
+
+
+def segfile_on_cine(seg, n_frames: int, rows: int, cols: int, spacing_mm) -> dict[str, np.ndarray]:
+    """The segments of ``seg`` on a cine's frame-stack grid (the cine defines frames and extent).
+
+    The file may be cropped or shifted in rows and columns (pixels outside
+    the cine are refused: it is not this cine's segmentation), and must cover
+    the cine's frames (a file without a reference geometry may cover fewer).
+    """
+    cine_grid = (frame_stack_matrix(spacing_mm), (n_frames, rows, cols), True)
+    name = getattr(seg, "path", "") or "segmentation"
+    own = _grid_of(seg)
+    try:
+        grid = common_grid([cine_grid, own], ["the cine", name])
+    except CacError as exc:
+        raise CacError(str(exc).replace("compare segmentations of the same cine",
+                                        "use the annotation made on this cine")) from None
+    if grid.shape != (n_frames, rows, cols):
+        k, j, i = grid.offsets[1]
+        for mask in seg.segments.values():
+            outside = np.ones(mask.shape, bool)
+            jj, ii = j - grid.offsets[0][1], i - grid.offsets[0][2]
+            r0, r1 = max(0, -jj), min(mask.shape[1], rows - jj)
+            c0, c1 = max(0, -ii), min(mask.shape[2], cols - ii)
+            if r1 > r0 and c1 > c0:
+                outside[:, r0:r1, c0:c1] = False
+            if (mask & outside).any():
+                raise CacError(
+                    f"{name} has pixels outside the cine's {rows}x{cols} frames; use the annotation made on this cine"
+                )
+    out = {}
+    k0, j0, i0 = grid.offsets[0]
+    for seg_name, mask in seg.segments.items():
+        placed = grid.place(1, mask)
+        out[seg_name] = placed[k0 : k0 + n_frames, j0 : j0 + rows, i0 : i0 + cols]
+    return out
