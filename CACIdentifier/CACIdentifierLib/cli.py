@@ -27,6 +27,7 @@ SUBCOMMAND_MODULES = [
     "CACTrainerLib.cli_phantom",  # phantom
     "CACIdentifierLib.cli_identify",  # identify
     "CACIdentifierLib.cli_evaluate",  # evaluate
+    "CACTrainerLib.cli_dataset",  # dataset add|check|info
     "CACTrainerLib.cli_train",  # train
     "CACIdentifierLib.cli_model",  # model-info, gradcam
 ]

@@ -132,7 +132,8 @@ def _fmt_spacing(xyz) -> str:
     return f"{float(xyz[1]):.4g} x {float(xyz[0]):.4g} mm"
 
 
-def _grid_of(seg) -> tuple[np.ndarray, tuple[int, int, int], bool]:
+def grid_of(seg) -> tuple[np.ndarray, tuple[int, int, int], bool]:
+    """``(ijk_to_ras, shape, has_reference)`` of a :class:`~CACIdentifierLib.mrml.SegFile` for :func:`common_grid`."""
     matrix = seg.ijk_to_ras
     if matrix is None:  # a SegFile built in memory: frame-stack convention, origin 0
         matrix = frame_stack_matrix(seg.spacing_mm)
@@ -150,7 +151,7 @@ def frame_stack_matrix(spacing_mm) -> np.ndarray:
 
 def align_segfiles(files) -> tuple[list[dict[str, np.ndarray]], CommonGrid]:
     """Every file's segments on their common grid (:func:`common_grid`), in the order given."""
-    grid = common_grid([_grid_of(f) for f in files], [getattr(f, "path", "") for f in files])
+    grid = common_grid([grid_of(f) for f in files], [getattr(f, "path", "") for f in files])
     out = [{name: grid.place(n, mask) for name, mask in f.segments.items()} for n, f in enumerate(files)]
     return out, grid
 
@@ -164,7 +165,7 @@ def segfile_on_cine(seg, n_frames: int, rows: int, cols: int, spacing_mm) -> dic
     """
     cine_grid = (frame_stack_matrix(spacing_mm), (n_frames, rows, cols), True)
     name = getattr(seg, "path", "") or "segmentation"
-    own = _grid_of(seg)
+    own = grid_of(seg)
     try:
         grid = common_grid([cine_grid, own], ["the cine", name])
     except CacError as exc:

@@ -1,0 +1,398 @@
+"""Real-data datasets: your angiography runs and your annotators' segmentations, in the layout `cac train` reads.
+
+Layout of a dataset folder (the same ``manifest.json`` keys as a phantom
+dataset, so ``cac train`` and ``--cv patient`` read it unchanged)::
+
+    manifest.json                        format "cac-dataset/1", the list of acquisitions
+    pseudonym.key                        the secret salt of the pseudonyms (see Privacy)
+    P-1a2b3c4d5e6f/A01/cine.nrrd         the cine as a frame-stack volume (no DICOM header)
+    P-1a2b3c4d5e6f/A01/annotator1.seg.nrrd ...  each annotator's calcium, on the cine's grid
+    P-1a2b3c4d5e6f/A01/majority.seg.nrrd the strict majority vote (the paper's ground truth)
+    P-1a2b3c4d5e6f/A01/acquisition.json  onset, annotator agreement (pairwise Dice per frame)
+
+What :func:`add_acquisition` checks: the cine loads; each segmentation lies
+on the cine's pixel grid in physical space (files saved cropped, or drawn
+over a cropped volume, are accepted: :mod:`CACIdentifierLib.seg_align`);
+the annotators agree on the frames; the series is not in the dataset yet.
+
+Privacy
+-------
+The patient folder and id are ``P-`` + the first 12 hex digits of
+HMAC-SHA256(salt, PatientID) (or of ``--patient`` when given): the same
+patient gets the same pseudonym within a dataset, and nobody without the salt
+can test a guessed PatientID against it.  The salt is drawn at random when the
+dataset is created and kept in ``pseudonym.key``: move that file out of the
+folder before sharing the dataset (pass ``--key FILE`` to add more).  The
+series identity is stored the same way (a keyed hash of SeriesInstanceUID, or
+of the pixel data for non-DICOM cines), so duplicates are found without
+keeping the UID.  Nothing else from the DICOM header is kept: the cine is
+rewritten as a NRRD frame stack carrying only pixel data, spacing, frame time
+and R-wave frames; no name, birth date, UID, date, institution or file path
+reaches the dataset, its reports or the messages.
+
+Writing is atomic: the acquisition folder is built aside and moved in place,
+then the manifest is replaced in one rename; an existing acquisition is only
+replaced with ``overwrite``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import itertools
+import json
+import os
+import secrets
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from CACIdentifierLib.errors import CacError
+from CACIdentifierLib.fileutil import atomic_output
+
+FORMAT = "cac-dataset/1"
+MANIFEST = "manifest.json"
+KEY_FILE = "pseudonym.key"
+CALCIUM_COLOR = (0.95, 0.85, 0.1)
+
+
+# --------------------------------------------------------------------------- pseudonyms
+
+
+def read_or_create_key(dataset: Path, key_file=None, create: bool = True) -> bytes:
+    """The dataset's salt: from ``key_file``, else ``dataset/pseudonym.key`` (created when missing)."""
+    path = Path(key_file) if key_file else dataset / KEY_FILE
+    if path.is_file():
+        key = path.read_text().strip()
+        if len(key) < 32:
+            raise CacError(f"{path} is not a pseudonym key (too short); give the key file of this dataset")
+        return key.encode()
+    if key_file or not create:
+        raise CacError(f"pseudonym key {path} not found; give the key file this dataset was built with (--key)")
+    key = secrets.token_hex(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(key + "\n")
+    return key.encode()
+
+
+def pseudonym(key: bytes, value: str, prefix: str = "P-") -> str:
+    """``prefix`` + 12 hex digits of HMAC-SHA256(key, value): stable per key, not reversible without it.
+
+    >>> pseudonym(b"k" * 64, "556342B")
+    'P-af1cbea94b65'
+    """
+    return prefix + hmac.new(key, value.strip().encode(), hashlib.sha256).hexdigest()[:12]
+
+
+# --------------------------------------------------------------------------- agreement
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float | None:
+    """Dice coefficient ``2|A ∩ B| / (|A| + |B|)``; None when both are empty."""
+    na, nb = int(a.sum()), int(b.sum())
+    if na + nb == 0:
+        return None
+    return 2.0 * float(np.sum(a & b)) / (na + nb)
+
+
+def pairwise_dice(masks) -> dict:
+    """Pairwise Dice of the annotators per frame where any of them marks calcium.
+
+    Returns ``{"pairs": [[i, j], ...], "frames": [k, ...], "dice": [[d_pair0, d_pair1, ...] per frame],
+    "median": median over all defined values (None if none)}`` (annotators 0-based; None where both
+    of a pair are empty).
+    """
+    masks = [np.asarray(m, bool) for m in masks]
+    pairs = list(itertools.combinations(range(len(masks)), 2))
+    frames = [k for k in range(masks[0].shape[0]) if any(m[k].any() for m in masks)]
+    table = [[dice(masks[i][k], masks[j][k]) for i, j in pairs] for k in frames]
+    values = [v for row in table for v in row if v is not None]
+    return {"pairs": [list(p) for p in pairs], "frames": frames, "dice": table,
+            "median": float(np.median(values)) if values else None}
+
+
+# --------------------------------------------------------------------------- manifest
+
+
+def load(dataset) -> dict:
+    """The manifest of a real-data dataset (``{"format", "acquisitions": [...]}``; relative paths)."""
+    path = Path(dataset) / MANIFEST
+    if not path.is_file():
+        raise CacError(f"{path} not found; create the dataset with `cac dataset add {dataset} CINE --annotations ...`")
+    try:
+        manifest = json.loads(path.read_text())
+        manifest["acquisitions"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CacError(f"{path} is not a valid dataset manifest ({exc}); restore it from a backup") from None
+    if manifest.get("format") != FORMAT:
+        raise CacError(f"{dataset} is a {manifest.get('format', 'unknown')} dataset, not a {FORMAT} one; "
+                       "add real acquisitions to a new folder")
+    return manifest
+
+
+def _write_manifest(dataset: Path, manifest: dict) -> None:
+    with atomic_output(dataset / MANIFEST, overwrite=True) as tmp:
+        tmp.write_text(json.dumps(manifest, indent=1))
+
+
+@contextlib.contextmanager
+def _locked(dataset: Path):
+    """One writer at a time: a lock file made with O_EXCL, removed at the end."""
+    lock = dataset / ".lock"
+    try:
+        fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise CacError(f"{dataset} is being changed by another `cac dataset` (or one was killed: "
+                       f"delete {lock} if none is running)") from None
+    os.close(fd)
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------- adding
+
+
+@dataclass
+class Added:
+    """What :func:`add_acquisition` did (no identifying data: safe to print)."""
+
+    id: str
+    patient: str
+    folder: str
+    n_frames: int
+    annotated_frames: int
+    calcium_frames: int
+    onset_frame: int | None
+    onset_source: str
+    dice_median: float | None
+    replaced: bool
+
+
+def _annotator_masks(paths, segment: str | None) -> tuple[list, list]:
+    from CACIdentifierLib import mrml
+
+    files = []
+    for p in paths:
+        f = mrml.read_seg_nrrd(p)
+        if segment is not None and segment not in f.segments:
+            raise CacError(f"{p} has no segment {segment!r} (it has: {', '.join(sorted(f.segments))}); "
+                           "check --segment")
+        files.append(f)
+    return files
+
+
+def _identity(cine, key: bytes) -> tuple[str, str]:
+    uid = cine.identifiers.get("SeriesInstanceUID", "")
+    if uid:
+        return pseudonym(key, uid, "S-"), "series"
+    digest = hashlib.sha256(np.ascontiguousarray(cine.frames).tobytes()).hexdigest()
+    return pseudonym(key, digest, "S-"), "pixels"
+
+
+def add_acquisition(dataset, cine_path, annotations, *, patient: str | None = None, onset: int | None = None,
+                    segment: str | None = None, spacing_mm=None, frame_time_ms=None, key_file=None,
+                    overwrite: bool = False) -> Added:
+    """Add one acquisition (a cine and its annotators' ``.seg.nrrd`` files) to ``dataset``.
+
+    Parameters
+    ----------
+    dataset : path
+        Dataset folder; created (with a new pseudonym key) when missing.
+    cine_path : path
+        DICOM XA file or folder, ``.nrrd``/``.seq.nrrd``, or a folder of frame
+        images (then ``spacing_mm`` and ``frame_time_ms``).
+    annotations : list of paths
+        One ``.seg.nrrd`` per annotator (at least one; the paper had three),
+        drawn over the cine's frame-stack volume; the union of each file's
+        segments is the annotator's calcium unless ``segment`` names one.
+    patient : str, optional
+        Patient identifier when the cine has no DICOM PatientID (or to
+        override it); pseudonymised like the DICOM one.
+    onset : int, optional
+        First contrast frame (0-based); detected by synchronization when None.
+    overwrite : bool
+        Replace an acquisition of the same series already in the dataset.
+    """
+    from CACIdentifierLib.cine_io import load_cine
+    from CACIdentifierLib.metrics import majority_vote
+    from CACIdentifierLib.seg_align import common_grid, grid_of, segfile_on_cine
+
+    dataset = Path(dataset)
+    annotations = [str(a) for a in annotations]
+    if not annotations:
+        raise CacError("no annotations given; pass each annotator's .seg.nrrd with --annotations")
+    if not Path(cine_path).exists():
+        raise CacError(f"cine {cine_path} not found; give the DICOM file or folder, .nrrd or frame folder")
+    cine = load_cine(cine_path, spacing_mm=spacing_mm, frame_time_ms=frame_time_ms)
+    n, rows, cols = cine.frames.shape
+    if onset is not None and not 0 < int(onset) < n:
+        raise CacError(f"--onset {onset} is outside the cine's frames 1..{n - 1}; give the first contrast frame")
+    files = _annotator_masks(annotations, segment)
+    # Annotators among themselves first, so that the message names the two that disagree.
+    try:
+        common_grid([grid_of(f) for f in files], annotations)
+    except CacError as exc:
+        raise CacError(str(exc).replace("compare segmentations of the same cine",
+                                        "the annotators must segment the same cine")) from None
+    masks = []
+    for f in files:
+        on_cine = segfile_on_cine(f, n, rows, cols, cine.spacing_mm)
+        chosen = on_cine[segment] if segment else np.any(np.stack(list(on_cine.values())), axis=0)
+        masks.append(chosen)
+    majority = majority_vote(masks)
+    agreement = pairwise_dice(masks)
+
+    dataset.mkdir(parents=True, exist_ok=True)
+    new = not (dataset / MANIFEST).exists()
+    key = read_or_create_key(dataset, key_file, create=new)
+    with _locked(dataset):
+        manifest = {"format": FORMAT, "acquisitions": []} if new else load(dataset)
+        patient_value = patient or cine.identifiers.get("PatientID", "")
+        if not patient_value:
+            raise CacError(f"{Path(cine_path).name} has no PatientID; give --patient (any stable id of the "
+                           "patient: it is pseudonymised) so that folds keep a patient's runs together")
+        pid = pseudonym(key, patient_value)
+        series, series_from = _identity(cine, key)
+        existing = [e for e in manifest["acquisitions"] if e.get("series") == series]
+        if existing and not overwrite:
+            raise CacError(f"this {'series' if series_from == 'series' else 'cine'} is already in the dataset "
+                           f"as {existing[0]['id']}; pass --overwrite to replace it")
+        if existing:
+            acq_id = existing[0]["id"]
+            rel = Path(existing[0]["cine"]).parent
+        else:
+            used = {e["id"] for e in manifest["acquisitions"]}
+            k = 1 + sum(1 for e in manifest["acquisitions"] if e.get("patient") == pid)
+            while f"{pid}-A{k:02d}" in used:
+                k += 1
+            acq_id, rel = f"{pid}-A{k:02d}", Path(pid) / f"A{k:02d}"
+        if onset is not None:
+            onset_frame, onset_source = int(onset), "given"
+        else:
+            from CACIdentifierLib.sync import synchronize
+
+            sync = synchronize(cine.frames, cine.frame_time_ms, r_wave_frames=cine.r_wave_frames, ecg=cine.ecg)
+            onset_frame = None if sync.onset_frame is None else int(sync.onset_frame)
+            onset_source = "detected"
+        calcium_frames = [int(k) for k in range(n) if majority[k].any()]
+        annotated = [int(k) for k in range(n) if any(m[k].any() for m in masks)]
+        record = {
+            "id": acq_id, "patient": pid, "series": series, "series_from": series_from,
+            "cine": str(rel / "cine.nrrd"),
+            "annotators": [str(rel / f"annotator{i + 1}.seg.nrrd") for i in range(len(masks))],
+            "majority": str(rel / "majority.seg.nrrd"),
+            "truth": str(rel / "acquisition.json"),
+            "n_frames": int(n), "rows": int(rows), "columns": int(cols),
+            "frame_time_ms": cine.frame_time_ms,
+            "spacing_mm": list(cine.spacing_mm) if cine.spacing_mm is not None else None,
+            "onset_frame": onset_frame, "onset_source": onset_source,
+            "n_annotators": len(masks), "annotated_frames": len(annotated), "calcium_frames": len(calcium_frames),
+            "dice_median": agreement["median"],
+        }
+        info = {"id": acq_id, "patient": pid, "onset_frame": onset_frame, "onset_source": onset_source,
+                "calcium_frames": calcium_frames, "annotated_frames": annotated, "agreement": agreement,
+                "rule": "strict majority (a pixel is calcium when more than half of the annotators mark it)"}
+        _write_acquisition(dataset, rel, cine, masks, majority, info, replace=bool(existing))
+        manifest["acquisitions"] = [e for e in manifest["acquisitions"] if e["id"] != acq_id] + [record]
+        manifest["acquisitions"].sort(key=lambda e: e["id"])
+        _write_manifest(dataset, manifest)
+    return Added(acq_id, pid, str(rel), int(n), len(annotated), len(calcium_frames), onset_frame, onset_source,
+                 agreement["median"], bool(existing))
+
+
+def _write_acquisition(dataset: Path, rel: Path, cine, masks, majority, info: dict, replace: bool) -> None:
+    """Build the acquisition folder aside, then move it in place (replacing the old one only if asked)."""
+    from copy import copy
+
+    from CACIdentifierLib import mrml
+
+    target = dataset / rel
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir()
+    try:
+        clean = copy(cine)
+        clean.source = ""  # a file path can name the patient
+        clean.identifiers = {}
+        mrml.write_frame_stack_nrrd(clean, tmp / "cine.nrrd")
+        colors = {"calcium": CALCIUM_COLOR}
+        for i, m in enumerate(masks):
+            mrml.write_seg_nrrd(tmp / f"annotator{i + 1}.seg.nrrd", {"calcium": m}, cine.spacing_mm, colors=colors)
+        mrml.write_seg_nrrd(tmp / "majority.seg.nrrd", {"calcium": majority}, cine.spacing_mm, colors=colors)
+        (tmp / "acquisition.json").write_text(json.dumps(info, indent=1))
+        old = None
+        if target.exists():
+            if not replace:
+                raise CacError(f"{target} exists but is not in the manifest; run `cac dataset check` and remove it")
+            old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
+            os.replace(target, old)
+        os.replace(tmp, target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- check and info
+
+
+def check(dataset) -> tuple[list[str], list[str]]:
+    """``(problems, warnings)`` of a dataset, one line each: problems break training or the layout,
+    warnings do not (fewer than three annotators, no onset, the pseudonym key inside the folder)."""
+    dataset = Path(dataset)
+    manifest = load(dataset)
+    problems, warnings = [], []
+    listed = set()
+    series = {}
+    for e in manifest["acquisitions"]:
+        acq = e.get("id", "?")
+        for key in ("cine", "majority", "truth"):
+            if not e.get(key) or not (dataset / e[key]).is_file():
+                problems.append(f"{acq}: {key} file {e.get(key)} is missing")
+        for a in e.get("annotators", []):
+            if not (dataset / a).is_file():
+                problems.append(f"{acq}: annotator file {a} is missing")
+        if e.get("cine"):
+            listed.add((dataset / e["cine"]).parent.resolve())
+        if e.get("series") in series:
+            problems.append(f"{acq}: same series as {series[e['series']]}")
+        series[e.get("series")] = acq
+        if e.get("n_annotators", 0) < 3:
+            warnings.append(f"{acq}: {e.get('n_annotators', 0)} annotator(s); the paper's majority vote used three")
+        if e.get("onset_frame") is None:
+            warnings.append(f"{acq}: no contrast onset (not detected); add it again with --onset N")
+    for folder in sorted(dataset.glob("*/*")):
+        if folder.is_dir() and not folder.name.startswith(".") and folder.resolve() not in listed:
+            problems.append(f"{folder.relative_to(dataset)}: folder not in the manifest (an interrupted add?)")
+    for leftover in sorted(dataset.glob("*/.*.tmp-*")) + sorted(dataset.glob("*/.*.old-*")):
+        problems.append(f"{leftover.relative_to(dataset)}: leftover of an interrupted add; delete it")
+    if (dataset / ".lock").exists():
+        problems.append(".lock: a `cac dataset` is running, or one was killed (then delete .lock)")
+    if (dataset / KEY_FILE).exists():
+        warnings.append(f"{KEY_FILE}: the pseudonym key is inside the dataset; move it out before sharing "
+                        "(then pass --key FILE to add more)")
+    return problems, warnings
+
+
+def info(dataset) -> dict:
+    """Counts of a dataset: patients, acquisitions, frames, annotated frames, frames with calcium, agreement."""
+    manifest = load(dataset)
+    acqs = manifest["acquisitions"]
+    dice_values = [e["dice_median"] for e in acqs if e.get("dice_median") is not None]
+    return {
+        "patients": len({e["patient"] for e in acqs}),
+        "acquisitions": len(acqs),
+        "frames": int(sum(e.get("n_frames", 0) for e in acqs)),
+        "annotated_frames": int(sum(e.get("annotated_frames", 0) for e in acqs)),
+        "calcium_frames": int(sum(e.get("calcium_frames", 0) for e in acqs)),
+        "annotators": sorted({int(e.get("n_annotators", 0)) for e in acqs}),
+        "dice_median_of_acquisitions": float(np.median(dice_values)) if dice_values else None,
+        "per_patient": {p: sum(1 for e in acqs if e["patient"] == p) for p in sorted({e["patient"] for e in acqs})},
+    }

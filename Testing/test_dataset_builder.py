@@ -1,0 +1,180 @@
+"""`cac dataset` on the real XA cines with three annotators' cropped .seg.nrrd written by slicer-core.
+
+Acceptance of the real-data loop: add -> info -> check -> a tiny `cac train --cv patient` fold ->
+`cac identify` + `cac evaluate`; bad inputs refused with one line; no identifying field in the dataset.
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from CACIdentifierLib.cli import main
+
+pytest.importorskip("slicer")
+pydicom = pytest.importorskip("pydicom")
+import slicer_seg_files as ssf  # noqa: E402
+
+XA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "xa"
+CINES = {  # file -> (onset given to `add`, or None: detected; non-contrast frames to annotate)
+    "rubo-biplane-b-ecg-17f.dcm": (2, [1]),
+    "ge-static-phantom-jpegls.dcm": (None, [0, 2, 4, 6]),
+    "rubo-rca-ecg-96f.dcm": (None, [0, 3, 6, 9, 12]),
+}
+pytestmark = pytest.mark.skipif(not XA.is_dir(), reason=f"real test data not found at {XA}")
+
+
+def annotations(tmp, name, n_frames, frames, spacing, seed):
+    """Three annotators' masks (overlapping squares that move a little) saved cropped by slicer-core."""
+    rng = np.random.default_rng(seed)
+    masks = []
+    for _ in range(3):
+        m = np.zeros((n_frames, 512, 512), bool)
+        for k in frames:
+            r, c = 200 + 3 * k + rng.integers(-3, 4), 240 + 2 * k + rng.integers(-3, 4)
+            m[k, r : r + 24, c : c + 18] = True
+        masks.append(m)
+    boxes = [(150, 300, 180, 330), (0, 512, 0, 512), (180, 300, 220, 320)]  # drawn over cropped volumes
+    sp = spacing or (1.0, 1.0)
+    paths = [ssf.write(tmp / f"{name}-ann{a + 1}.seg.nrrd", {"calcium": masks[a]}, sp, box=boxes[a], crop=True)
+             for a in range(3)]
+    return masks, paths
+
+
+def cli(capsys, *argv):
+    capsys.readouterr()
+    code = main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    from CACIdentifierLib.cine_io import load_cine
+    from CACIdentifierLib.metrics import majority_vote
+    from CACTrainerLib.dataset_builder import add_acquisition
+
+    tmp = tmp_path_factory.mktemp("real")
+    ds = tmp / "dataset"
+    info = {}
+    for i, (name, (onset, frames)) in enumerate(CINES.items()):
+        cine = load_cine(XA / name)
+        masks, paths = annotations(tmp, name.split("-")[0] + str(i), cine.n_frames, frames, cine.spacing_mm, i)
+        added = add_acquisition(ds, XA / name, paths, onset=onset)
+        info[name] = {"added": added, "masks": masks, "paths": paths, "majority": majority_vote(masks),
+                      "cine": cine}
+    return tmp, ds, info
+
+
+def test_dataset_contents(built, capsys):
+    from CACIdentifierLib import mrml
+    from CACTrainerLib.dataset_builder import dice
+    from CACTrainerLib.phantom_writer import load_manifest
+
+    tmp, ds, info = built
+    code, out, _ = cli(capsys, "dataset", "info", ds, "--json")
+    counts = json.loads(out)
+    assert code == 0 and counts["patients"] == 3 and counts["acquisitions"] == 3
+    assert counts["annotated_frames"] == 10 and counts["calcium_frames"] == 10 and counts["annotators"] == [3]
+    code, out, _ = cli(capsys, "dataset", "check", ds)
+    assert code == 0 and "0 problem(s)" in out and "pseudonym.key" in out  # a warning only
+    records = {Path(r["id"]).name: r for r in load_manifest(ds)}
+    for name, d in info.items():
+        rec = records[d["added"].id]
+        cine = d["cine"]
+        back = mrml.read_seg_nrrd(rec["majority"], expected_shape=cine.frames.shape).segments["calcium"]
+        assert np.array_equal(back, d["majority"])  # cropped files aligned back onto the cine's frames
+        for path, m in zip(rec["annotators"], d["masks"]):
+            assert np.array_equal(mrml.read_seg_nrrd(path).segments["calcium"], m)
+        acq = json.loads(Path(rec["truth"]).read_text())
+        onset, frames = CINES[name]
+        assert acq["onset_source"] == ("given" if onset is not None else "detected")
+        if onset is not None:
+            assert acq["onset_frame"] == onset
+        assert acq["calcium_frames"] == frames
+        k = frames[0]
+        assert acq["agreement"]["dice"][0][0] == pytest.approx(dice(d["masks"][0][k], d["masks"][1][k]))
+        from CACIdentifierLib.cine_io import load_cine
+
+        again = load_cine(rec["cine"])
+        assert np.array_equal(again.frames, cine.frames) and again.frame_time_ms == pytest.approx(cine.frame_time_ms)
+
+
+def test_no_identifying_data(built):
+    tmp, ds, info = built
+    secrets = set()
+    for name in CINES:
+        d = pydicom.dcmread(XA / name, stop_before_pixels=True)
+        for kw in ("PatientID", "PatientName", "PatientBirthDate", "SeriesInstanceUID", "StudyInstanceUID",
+                   "SOPInstanceUID", "InstitutionName", "StudyDate"):
+            v = str(d.get(kw, "") or "").strip()
+            if len(v) >= 4:
+                secrets.add(v)
+        secrets.add(name)
+    secrets.add(str(XA))
+    for path in ds.rglob("*"):
+        if path.is_file() and path.name != "pseudonym.key":
+            data = path.read_bytes()
+            if path.suffix == ".nrrd":  # the header is text; the (gzip) body holds only pixels
+                data = data.split(b"\n\n", 1)[0]
+            for s in secrets:
+                assert s.encode() not in data, f"{s!r} found in {path.relative_to(ds)}"
+    assert (ds / "pseudonym.key").stat().st_mode & 0o077 == 0
+
+
+def test_bad_inputs_one_line_each(built, capsys):
+    tmp, ds, info = built
+    d17 = info["rubo-biplane-b-ecg-17f.dcm"]
+    d96 = info["rubo-rca-ecg-96f.dcm"]  # same (unknown: 1 mm) spacing as d17, other frame count
+    d16 = info["ge-static-phantom-jpegls.dcm"]
+    cases = {
+        "another cine": (XA / "rubo-biplane-b-ecg-17f.dcm", d96["paths"], "96 frames"),
+        "another spacing": (XA / "rubo-biplane-b-ecg-17f.dcm", d16["paths"], "use the annotation made on this cine"),
+        "annotators disagree": (XA / "rubo-biplane-b-ecg-17f.dcm", [d17["paths"][0], d96["paths"][1]],
+                                "annotators must segment the same cine"),
+        "missing cine": (tmp / "nope.dcm", d17["paths"], "not found"),
+        "duplicate series": (XA / "rubo-biplane-b-ecg-17f.dcm", d17["paths"], "already in the dataset"),
+    }
+    before = (ds / "manifest.json").read_bytes()
+    for what, (cine, paths, words) in cases.items():
+        code, _, err = cli(capsys, "dataset", "add", ds, cine, "--annotations", *paths)
+        assert code == 2, what
+        assert err.startswith("cac: error:") and err.count("\n") == 1 and words in err, (what, err)
+        assert "Traceback" not in err
+    assert (ds / "manifest.json").read_bytes() == before  # nothing changed
+    code, _, _ = cli(capsys, "dataset", "add", ds, XA / "rubo-biplane-b-ecg-17f.dcm", "--annotations",
+                     *d17["paths"], "--onset", "2", "--overwrite")
+    assert code == 0
+    assert json.loads((ds / "manifest.json").read_text())["acquisitions"] == json.loads(before)["acquisitions"]
+    code, _, err = cli(capsys, "dataset", "info", tmp)
+    assert code == 2 and "manifest.json not found" in err
+
+
+@pytest.mark.slow
+def test_train_fold_and_evaluate(built, capsys):
+    tmp, ds, info = built
+    run = tmp / "cv"
+    code, _, err = cli(capsys, "train", ds, "--out", run, "--cv", "patient", "--fold", "0", "--epochs", "1",
+                       "--width", "8", "--frames-per-acquisition", "2", "--batch-size", "4",
+                       "--samples-per-epoch", "8", "--threads", "2", "--json")
+    assert code == 0, err
+    fold = json.loads((run / "fold_0.json").read_text())
+    patients = sorted({d["added"].patient for d in info.values()})
+    assert fold["test"] == [patients[0]]
+    # The loop's last step: the AI's ROIs against the annotators' own (cropped) files.
+    d = info["rubo-biplane-b-ecg-17f.dcm"]
+    out = tmp / "identify"
+    code, _, err = cli(capsys, "identify", XA / "rubo-biplane-b-ecg-17f.dcm", "--out", out, "--device", "cpu")
+    assert code == 0, err
+    code, text, err = cli(capsys, "evaluate", out / "roi.seg.nrrd", *d["paths"], "--json")
+    assert code == 0, err
+    result = json.loads(text)
+    from CACIdentifierLib import mrml
+
+    roi = mrml.read_seg_nrrd(out / "roi.seg.nrrd").union()
+    truth = d["majority"]
+    assert result["summary"]["presence"]["frames"] == 17
+    for row in result["frames"]:
+        k = row["index"]
+        if roi[k].any() and truth[k].any():
+            assert row["iom"] == pytest.approx(np.sum(roi[k] & truth[k]) / min(roi[k].sum(), truth[k].sum()))
