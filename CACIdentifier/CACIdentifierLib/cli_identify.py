@@ -36,7 +36,9 @@ def register(subparsers) -> None:
     p.add_argument("--frame-time", type=float, dest="frame_time_ms", help="frame time in ms, if the file has none")
     p.add_argument("--batch-frames", type=int, default=None, help="frames per forward pass (default: 1 on CPU, 8 on GPU)")
     p.add_argument("--no-autocast", action="store_true", help="run the network in fp32 on CPU")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.add_argument("--dicom-seg", metavar="OUT.dcm",
+                   help="also write the ROIs as a DICOM Segmentation referencing the source XA file and its frames")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder (and --dicom-seg file)")
     p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
     p.set_defaults(func=run)
 
@@ -51,6 +53,11 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise CacError(f"{out} already exists; pass --overwrite to replace it or choose another --out folder")
+    dicom_seg = getattr(args, "dicom_seg", None)
+    if dicom_seg:
+        from .dicom_seg import check_source
+
+        check_source(args.cine, dicom_seg, args.overwrite)  # before the long work
     spacing = (args.spacing, args.spacing) if args.spacing else None
     cine = load_cine(args.cine, spacing_mm=spacing, frame_time_ms=args.frame_time_ms)
     model_path = default_model_path() if args.model == DEFAULT_MODEL else Path(args.model)
@@ -96,6 +103,10 @@ def run(args: argparse.Namespace) -> int:
         write_seg_nrrd(tmp / "roi.seg.nrrd", {"CAC ROI": result.roi}, cine.spacing_mm, colors={"CAC ROI": (1.0, 0.18, 0.69)})
         write_json(tmp / "report.json", report)
         save_overlay_png(tmp / "overlay.png", cine, result, truth)
+    if dicom_seg:
+        from .dicom_seg import write_dicom_seg
+
+        write_dicom_seg(dicom_seg, args.cine, result.roi, cine.spacing_mm, overwrite=args.overwrite)
 
     if args.json:
         json.dump(report, sys.stdout, indent=2)
@@ -107,7 +118,8 @@ def run(args: argparse.Namespace) -> int:
         if evaluation is not None:
             s = evaluation["summary"]
             print(f"against annotators: IoM median {s['iom']['median']}, HD median {s['hd_mm']['median']} mm")
-        print(f"outputs: {out / 'roi.seg.nrrd'}, {out / 'report.json'}, {out / 'overlay.png'}")
+        print(f"outputs: {out / 'roi.seg.nrrd'}, {out / 'report.json'}, {out / 'overlay.png'}"
+              + (f", {dicom_seg}" if dicom_seg else ""))
     return 0
 
 
