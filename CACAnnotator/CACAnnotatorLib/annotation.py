@@ -1,0 +1,183 @@
+"""The CAC Annotator Logic: the paper's annotation method on MRML nodes, headless-testable.
+
+The paper's annotators marked calcium on the *non-contrast* frames, guided by
+the *contrast* frame of the same cardiac phase.  This Logic gives the panel:
+
+- :class:`PairView`: a second sequence browser on the cine that always shows
+  the contrast frame paired with the frame selected in the cine's own browser
+  (pairs from :func:`CACIdentifierLib.sync.synchronize`), following it as the
+  user browses; the panel shows the two proxy volumes side by side.
+- :func:`create_annotator_segmentations`: one empty "annotator N"
+  segmentation per annotator over the frame-stack volume (the geometry of the
+  project's ``.seg.nrrd`` files), ready for the Segment Editor.
+- :func:`majority_vote_node`: the strict majority of the selected
+  annotators' segmentations into a *new* node; the inputs are not modified.
+- :func:`export_to_dataset`: the annotators' segmentations and the cine into
+  a dataset through :func:`CACTrainerLib.dataset_builder.add_acquisition`,
+  the code behind ``cac dataset add``.
+
+MRML work goes through :mod:`CACIdentifierLib.mrml` (node <-> array
+conversions); only browser and node bookkeeping is done here.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from CACIdentifierLib.errors import CacError
+
+PAIR_BROWSER_NAME = "CAC paired contrast"
+PAIR_ATTRIBUTE = "CAC_pair_of_browser"
+
+
+def pair_table(pairs) -> dict[int, int]:
+    """``{non-contrast frame: contrast frame}`` from a sync result's ``pairs`` (list of [nc, c])."""
+    return {int(a): int(b) for a, b in pairs}
+
+
+def pairs_for_sequence(sequence_node, onset: int | None = None) -> dict[int, int]:
+    """Synchronize the cine held by ``sequence_node`` and return its :func:`pair_table`."""
+    from CACIdentifierLib import mrml
+    from CACIdentifierLib.sync import synchronize
+
+    cine = mrml.sequence_to_cine(sequence_node)
+    result = synchronize(cine.frames, cine.frame_time_ms, onset=onset, r_wave_frames=cine.r_wave_frames)
+    return pair_table(result.pairs)
+
+
+class PairView:
+    """A second browser that shows the contrast frame paired with the cine browser's selected frame.
+
+    ``pairs`` is ``{non-contrast: contrast}``.  On a frame without a pair
+    (contrast frames, blank frames) the paired browser stays where it was and
+    :attr:`current_pair` is None.  :meth:`start` follows the cine browser
+    through a MRML observer; :meth:`update` does the same once (tests, or a
+    panel without observers).
+
+    >>> # view = PairView(scene, sequence, pairs); view.start(); view.proxy  # the right-hand volume
+    """
+
+    def __init__(self, scene, sequence_node, pairs: dict[int, int], browser=None):
+        from CACIdentifierLib import mrml
+
+        self.scene = scene
+        self.sequence = sequence_node
+        self.pairs = dict(pairs)
+        self.browser = browser or mrml._browser_of(scene, sequence_node)
+        if self.browser is None:
+            raise CacError("the cine has no sequence browser; load it as a sequence first")
+        self.paired = None
+        for node in scene.GetNodesByClass("vtkMRMLSequenceBrowserNode"):
+            if node.GetAttribute(PAIR_ATTRIBUTE) == self.browser.GetID():
+                self.paired = node  # reuse: one pair browser per cine browser
+        if self.paired is None:
+            self.paired = scene.AddNewNodeByClass("vtkMRMLSequenceBrowserNode", PAIR_BROWSER_NAME)
+            self.paired.SetAttribute(PAIR_ATTRIBUTE, self.browser.GetID())
+            self.paired.SetAndObserveMasterSequenceNodeID(sequence_node.GetID())
+            # Its own proxy node, so that the left view keeps the cine browser's frame.
+            self.paired.SetSaveChanges(sequence_node, False)
+        self._tag = None
+        self.current_pair = None
+        self.update()
+
+    @property
+    def proxy(self):
+        """The volume node showing the paired contrast frame."""
+        return self.paired.GetProxyNode(self.sequence)
+
+    def update(self, *_args) -> int | None:
+        """Move the paired browser to the pair of the cine browser's frame; return that contrast frame."""
+        from CACIdentifierLib import slicercore
+
+        frame = int(self.browser.GetSelectedItemNumber())
+        self.current_pair = self.pairs.get(frame)
+        if self.current_pair is not None and self.paired.GetSelectedItemNumber() != self.current_pair:
+            self.paired.SetSelectedItemNumber(self.current_pair)
+        slicercore.logic(self.scene, "sequences").UpdateProxyNodesFromSequences(self.paired)
+        return self.current_pair
+
+    def start(self) -> None:
+        """Follow the cine browser (an observer on its Modified event)."""
+        if self._tag is None:
+            self._tag = self.browser.AddObserver("ModifiedEvent", self.update)
+
+    def stop(self) -> None:
+        if self._tag is not None:
+            self.browser.RemoveObserver(self._tag)
+            self._tag = None
+
+
+def create_annotator_segmentations(scene, volume_node, count: int = 3, names=None) -> list:
+    """``count`` empty segmentations ("annotator 1".."annotator N", one "calcium" segment each) over
+    the frame-stack ``volume_node``, whose geometry they take (also as the Segment Editor's source)."""
+    from CACIdentifierLib import mrml
+
+    if count < 1:
+        raise CacError("create at least one annotator segmentation")
+    cine = mrml.frame_stack_volume_to_cine(volume_node)
+    names = list(names) if names else [f"annotator {i + 1}" for i in range(count)]
+    empty = np.zeros(cine.frames.shape, bool)
+    return [mrml.masks_to_frame_stack_segmentation(scene, {"calcium": empty}, cine, name,
+                                                   colors={"calcium": (0.95, 0.85, 0.1)},
+                                                   reference_volume=volume_node)
+            for name in names]
+
+
+def annotator_masks(nodes, shape) -> list[np.ndarray]:
+    """Each segmentation node's calcium (union of its segments) as ``shape`` (frames, rows, cols) bool."""
+    from CACIdentifierLib import mrml
+
+    out = []
+    for node in nodes:
+        segments = mrml.segmentation_masks(node, shape)
+        if not segments:
+            raise CacError(f"segmentation {node.GetName()!r} has no segments; paint calcium first")
+        masks = [np.asarray(m, bool) for m in segments.values()]
+        for m in masks:
+            if m.shape != tuple(shape):
+                raise CacError(f"segmentation {node.GetName()!r} is not over this cine's frame-stack volume")
+        out.append(np.any(np.stack(masks), axis=0))
+    return out
+
+
+def majority_vote_node(scene, nodes, volume_node, name: str = "majority vote"):
+    """A new segmentation node with the strict majority of ``nodes`` (more than half mark a pixel).
+
+    The inputs are read, never modified.
+    """
+    from CACIdentifierLib import mrml
+    from CACIdentifierLib.metrics import majority_vote
+
+    if not nodes:
+        raise CacError("select the annotators' segmentations to combine")
+    cine = mrml.frame_stack_volume_to_cine(volume_node)
+    masks = annotator_masks(nodes, cine.frames.shape)
+    return mrml.masks_to_frame_stack_segmentation(scene, {"calcium": majority_vote(masks)}, cine, name,
+                                                  colors={"calcium": (0.95, 0.85, 0.1)},
+                                                  reference_volume=volume_node)
+
+
+def export_to_dataset(dataset, cine_path, nodes, volume_node, *, patient: str | None = None,
+                      onset: int | None = None, key_file=None, overwrite: bool = False):
+    """Add the cine file ``cine_path`` and the annotators' segmentation ``nodes`` to ``dataset``.
+
+    The nodes are written as ``.seg.nrrd`` files in a temporary folder and
+    handed to :func:`CACTrainerLib.dataset_builder.add_acquisition` (the code
+    of ``cac dataset add``: same checks, pseudonyms and layout).  Returns its
+    :class:`~CACTrainerLib.dataset_builder.Added`.
+    """
+    from CACIdentifierLib import mrml
+    from CACTrainerLib.dataset_builder import add_acquisition
+
+    cine = mrml.frame_stack_volume_to_cine(volume_node)
+    masks = annotator_masks(nodes, cine.frames.shape)
+    with tempfile.TemporaryDirectory(prefix="cac-annotations-") as tmp:
+        paths = []
+        for i, m in enumerate(masks):
+            path = Path(tmp) / f"annotator{i + 1}.seg.nrrd"
+            mrml.write_seg_nrrd(path, {"calcium": m}, cine.spacing_mm)
+            paths.append(path)
+        return add_acquisition(dataset, cine_path, paths, patient=patient, onset=onset, key_file=key_file,
+                               overwrite=overwrite)
