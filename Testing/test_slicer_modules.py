@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 MODULES = {
     "CACIdentifier": ROOT / "CACIdentifier",
     "CACTrainer": ROOT / "CACTrainer",
+    "CACAnnotator": ROOT / "CACAnnotator",
 }
 WIDGET_CLASS = re.compile(r"^(Q[A-Z]\w*|ctk[A-Z]\w*|qMRML\w+|qSlicer\w+)$")
 
@@ -183,7 +184,8 @@ def test_module_script_structure(module, tmp_path):
 
 
 def test_workflow_core_imports_neither_slicer_nor_qt():
-    libs = [ROOT / "CACIdentifier" / "CACIdentifierLib", ROOT / "CACTrainer" / "CACTrainerLib"]
+    libs = [ROOT / "CACIdentifier" / "CACIdentifierLib", ROOT / "CACTrainer" / "CACTrainerLib",
+            ROOT / "CACAnnotator" / "CACAnnotatorLib"]  # its MRML work goes through mrml.py
     for lib in libs:
         for path in sorted(lib.rglob("*.py")):
             if path.name in ("mrml.py", "slicercore.py"):
@@ -225,6 +227,7 @@ def test_top_level_cmake_is_a_slicer_extension():
         "include(${Slicer_USE_FILE})",
         "add_subdirectory(CACIdentifier)",
         "add_subdirectory(CACTrainer)",
+        "add_subdirectory(CACAnnotator)",
         "include(${Slicer_EXTENSION_GENERATE_CONFIG})",
         "include(${Slicer_EXTENSION_CPACK})",
     ):
@@ -266,6 +269,7 @@ def test_icons_are_128_px_pngs():
         ROOT / "Resources" / "Icons" / "CAC.png",
         ROOT / "CACIdentifier" / "Resources" / "Icons" / "CACIdentifier.png",
         ROOT / "CACTrainer" / "Resources" / "Icons" / "CACTrainer.png",
+        ROOT / "CACAnnotator" / "Resources" / "Icons" / "CACAnnotator.png",
     ):
         assert _png_size(path) == (128, 128)
 

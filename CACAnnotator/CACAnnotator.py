@@ -1,0 +1,267 @@
+"""CACAnnotator: annotate angiography cines with the paper's method and export them to a training dataset.
+
+Thin Slicer glue: the panel collects the inputs into a parameter node and the
+Logic hands them to ``CACAnnotatorLib.annotation`` (pair view, per-annotator
+segmentations, majority vote, export through ``cac dataset add``'s code),
+which is tested headless on slicer-core.
+"""
+
+import logging
+from pathlib import Path
+from typing import Annotated, Optional
+
+import slicer
+from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSequenceNode
+from slicer.i18n import tr as _
+from slicer.i18n import translate
+from slicer.parameterNodeWrapper import Default, WithinRange, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+from slicer.util import VTKObservationMixin
+
+
+class CACAnnotator(ScriptedLoadableModule):
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("CAC Annotator")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Cardiac")]
+        self.parent.dependencies = ["Sequences", "Segmentations"]
+        self.parent.contributors = ["SlicerCAC developers"]
+        self.parent.helpText = _(
+            "Annotate calcium as in De Rose et al. 2025: each annotator paints calcium on the non-contrast "
+            "frames of the frame-stack volume, guided by the paired contrast frame of the same cardiac phase "
+            "(pair view). Combine the annotators by strict majority vote, and export the cine with the "
+            "annotations to a dataset that CAC Trainer (cac train) reads. See docs/dataset.md."
+        )
+        self.parent.acknowledgementText = _(
+            "Method: De Rose et al., A multi-model deep learning approach for the identification of "
+            "coronary artery calcifications within 2D coronary angiography images, Int J CARS 2025."
+        )
+
+
+@parameterNodeWrapper
+class CACAnnotatorParameterNode:
+    """The panel's state, saved with the scene (no patient identifier is kept here).
+
+    cineSequence - the cine as a Sequence (its browser is the left view of the pair view).
+    frameStackVolume - the cine as one volume (slice k = frame k): the annotations' geometry.
+    onsetFrame - first contrast frame (0-based), -1 to detect it.
+    annotatorCount - how many annotator segmentations to create.
+    cinePath - the file or folder the cine was loaded from (for the export).
+    datasetPath - the dataset folder to export to.
+    """
+
+    # typing.Optional: a node field must accept None (Slicer's parameter node wrapper).
+    cineSequence: Optional[vtkMRMLSequenceNode]  # noqa: UP045
+    frameStackVolume: Optional[vtkMRMLScalarVolumeNode]  # noqa: UP045
+    onsetFrame: Annotated[int, WithinRange(-1, 100000), Default(-1)]
+    annotatorCount: Annotated[int, WithinRange(1, 9), Default(3)]
+    cinePath: Path
+    datasetPath: Path
+
+
+class CACAnnotatorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/CACAnnotator.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = CACAnnotatorLogic()
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.ui.pairViewButton.connect("clicked(bool)", self.onPairView)
+        self.ui.createAnnotatorsButton.connect("clicked(bool)", self.onCreateAnnotators)
+        self.ui.majorityButton.connect("clicked(bool)", self.onMajority)
+        self.ui.exportButton.connect("clicked(bool)", self.onExport)
+        self.initializeParameterNode()
+
+    def cleanup(self) -> None:
+        self.removeObservers()
+        if self.logic:
+            self.logic.stopPairView()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+
+    def onSceneStartClose(self, caller, event) -> None:
+        self.logic.stopPairView()
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+        if not self._parameterNode.cineSequence:
+            sequence = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLSequenceNode")
+            if sequence:
+                self._parameterNode.cineSequence = sequence
+
+    def setParameterNode(self, inputParameterNode: Optional[CACAnnotatorParameterNode]) -> None:  # noqa: UP045
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+
+    def _run(self, what, function) -> None:
+        """Run one action; a CacError is shown as its one line, anything else as a bug with its log."""
+        from CACIdentifierLib.errors import CacError
+
+        try:
+            with slicer.util.WaitCursor():
+                message = function()
+            self.ui.statusLabel.text = message or _("Done.")
+        except CacError as exc:
+            self.ui.statusLabel.text = str(exc)
+            slicer.util.errorDisplay(str(exc), windowTitle=_("CAC Annotator"))
+        except Exception as exc:
+            logging.exception("CAC Annotator: %s failed", what)
+            self.ui.statusLabel.text = _("{what} failed: {error}").format(what=what, error=exc)
+
+    def onPairView(self) -> None:
+        p = self._parameterNode
+
+        def show():
+            view = self.logic.showPairView(p.cineSequence, None if p.onsetFrame < 0 else p.onsetFrame)
+            self.ui.pairLabel.text = _("{n} non-contrast frames paired").format(n=len(view.pairs))
+            return _("Browse the cine: the right view shows the paired contrast frame.")
+
+        self._run(_("Pair view"), show)
+
+    def onCreateAnnotators(self) -> None:
+        p = self._parameterNode
+
+        def create():
+            nodes = self.logic.createAnnotators(p.frameStackVolume, p.annotatorCount)
+            for node in nodes:
+                self.ui.annotatorSelector.setCheckState(node, 2)  # Qt.Checked
+            return _("Created {n} annotator segmentations; paint calcium in the Segment Editor.").format(n=len(nodes))
+
+        self._run(_("Create annotators"), create)
+
+    def onMajority(self) -> None:
+        p = self._parameterNode
+
+        def vote():
+            node = self.logic.majorityVote(list(self.ui.annotatorSelector.checkedNodes()), p.frameStackVolume)
+            return _("Majority vote written to {name}.").format(name=node.GetName())
+
+        self._run(_("Majority vote"), vote)
+
+    def onExport(self) -> None:
+        p = self._parameterNode
+
+        def export():
+            added = self.logic.exportToDataset(
+                p.datasetPath, p.cinePath, list(self.ui.annotatorSelector.checkedNodes()), p.frameStackVolume,
+                None if p.onsetFrame < 0 else p.onsetFrame)
+            return _("Added {id}: {n} annotated frames, {k} with calcium.").format(
+                id=added.id, n=added.annotated_frames, k=added.calcium_frames)
+
+        self._run(_("Export"), export)
+
+
+class CACAnnotatorLogic(ScriptedLoadableModuleLogic):
+    """Forwards to ``CACAnnotatorLib.annotation``; only the view layout is done here (it needs the GUI)."""
+
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+        self.pairView = None
+
+    def getParameterNode(self):
+        return CACAnnotatorParameterNode(super().getParameterNode())
+
+    def _require(self, node, what):
+        from CACIdentifierLib.errors import CacError
+
+        if node is None:
+            raise CacError(_("Select the {what} first.").format(what=what))
+        return node
+
+    def showPairView(self, sequence, onset=None):
+        from CACAnnotatorLib import annotation
+
+        self._require(sequence, _("cine sequence"))
+        self.stopPairView()
+        self.pairView = annotation.PairView(slicer.mrmlScene, sequence,
+                                            annotation.pairs_for_sequence(sequence, onset))
+        self.pairView.start()
+        if slicer.app.layoutManager() is not None:
+            slicer.app.layoutManager().setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutSideBySideView)
+            left = self.pairView.browser.GetProxyNode(sequence)
+            for viewName, volume in (("Red", left), ("Yellow", self.pairView.proxy)):
+                composite = slicer.app.layoutManager().sliceWidget(viewName).mrmlSliceCompositeNode()
+                composite.SetBackgroundVolumeID(volume.GetID() if volume else None)
+            slicer.util.resetSliceViews()
+        return self.pairView
+
+    def stopPairView(self) -> None:
+        if self.pairView is not None:
+            self.pairView.stop()
+            self.pairView = None
+
+    def createAnnotators(self, volume, count):
+        from CACAnnotatorLib import annotation
+
+        return annotation.create_annotator_segmentations(slicer.mrmlScene, self._require(volume, _("frame-stack volume")),
+                                                         count)
+
+    def majorityVote(self, nodes, volume):
+        from CACAnnotatorLib import annotation
+
+        return annotation.majority_vote_node(slicer.mrmlScene, nodes, self._require(volume, _("frame-stack volume")))
+
+    def exportToDataset(self, datasetPath, cinePath, nodes, volume, onset=None):
+        from CACAnnotatorLib import annotation
+        from CACIdentifierLib.errors import CacError
+
+        if str(datasetPath) in ("", ".") or str(cinePath) in ("", "."):
+            raise CacError(_("Choose the cine file and the dataset folder first."))
+        return annotation.export_to_dataset(Path(datasetPath), Path(cinePath), nodes,
+                                            self._require(volume, _("frame-stack volume")), onset=onset)
+
+
+class CACAnnotatorTest(ScriptedLoadableModuleTest):
+    """Majority vote on a small synthetic frame stack, in the running Slicer."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_MajorityVote()
+
+    def test_MajorityVote(self):
+        import numpy as np
+        from CACIdentifierLib import mrml
+        from CACIdentifierLib.cine import Cine
+
+        cine = Cine(frames=np.zeros((3, 32, 32), np.uint8), spacing_mm=(0.3, 0.3))
+        volume = mrml.cine_to_frame_stack_volume(slicer.mrmlScene, cine, "frames")
+        masks = [np.zeros((3, 32, 32), bool) for _ in range(3)]
+        masks[0][1, 5:10, 5:10] = masks[1][1, 7:12, 5:10] = masks[2][1, 20:25, 20:25] = True
+        nodes = [mrml.masks_to_frame_stack_segmentation(slicer.mrmlScene, {"calcium": m}, cine, f"a{i}",
+                                                        reference_volume=volume) for i, m in enumerate(masks)]
+        vote = CACAnnotatorLogic().majorityVote(nodes, volume)
+        got = mrml.segmentation_masks(vote, (3, 32, 32))["calcium"]
+        self.assertTrue(np.array_equal(got, (masks[0].astype(int) + masks[1] + masks[2]) >= 2))
+        self.delayDisplay("CAC Annotator majority vote passed")
