@@ -1,7 +1,6 @@
 """CAC Annotator Logic on the real slicer-core scene: pair view, annotator segmentations, majority vote, export."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,10 +11,9 @@ from CACIdentifierLib import mrml, slicercore  # noqa: E402
 from CACIdentifierLib.cine_io import load_cine  # noqa: E402
 from CACIdentifierLib.metrics import majority_vote  # noqa: E402
 from CACIdentifierLib.sync import synchronize  # noqa: E402
+from conftest import RCA, needs_data  # noqa: E402
 
-XA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "xa"
-RCA = XA / "rubo-rca-ecg-96f.dcm"
-pytestmark = pytest.mark.skipif(not RCA.is_file(), reason=f"real test data not found at {XA}")
+pytestmark = needs_data
 
 
 @pytest.fixture(scope="module")

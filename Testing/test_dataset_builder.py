@@ -14,14 +14,14 @@ from CACIdentifierLib.cli import main
 pytest.importorskip("slicer")
 pydicom = pytest.importorskip("pydicom")
 import slicer_seg_files as ssf  # noqa: E402
+from conftest import XA, needs_data  # noqa: E402
 
-XA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "xa"
 CINES = {  # file -> (onset given to `add`, or None: detected; non-contrast frames to annotate)
     "rubo-biplane-b-ecg-17f.dcm": (2, [1]),
     "ge-static-phantom-jpegls.dcm": (None, [0, 2, 4, 6]),
     "rubo-rca-ecg-96f.dcm": (None, [0, 3, 6, 9, 12]),
 }
-pytestmark = pytest.mark.skipif(not XA.is_dir(), reason=f"real test data not found at {XA}")
+pytestmark = needs_data
 
 
 def annotations(tmp, name, n_frames, frames, spacing, seed):

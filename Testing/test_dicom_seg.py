@@ -1,6 +1,5 @@
 """DICOM SEG export of the ROIs (highdicom): references, round trip against roi.seg.nrrd, no added patient data."""
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,10 +8,10 @@ pydicom = pytest.importorskip("pydicom")
 pytest.importorskip("highdicom")
 from CACIdentifierLib.cli import main  # noqa: E402
 from CACIdentifierLib.dicom_seg import read_dicom_seg, write_dicom_seg  # noqa: E402
+from conftest import BIPLANE, needs_data  # noqa: E402
 
-XA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "xa"
-SOURCE = XA / "rubo-biplane-b-ecg-17f.dcm"
-pytestmark = pytest.mark.skipif(not SOURCE.is_file(), reason=f"real test data not found at {XA}")
+SOURCE = BIPLANE
+pytestmark = needs_data
 
 # Patient, study and equipment attributes that may identify someone: the SEG may hold them only as the source does.
 IDENTIFYING = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "PatientAge", "PatientWeight",
