@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import slicer
-from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSequenceNode
+from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, vtkMRMLSequenceNode
 from slicer.i18n import tr as _
 from slicer.i18n import translate
 from slicer.parameterNodeWrapper import Default, WithinRange, parameterNodeWrapper
@@ -53,6 +53,8 @@ class CACAnnotatorParameterNode:
     annotatorCount - how many annotator segmentations to create.
     cinePath - the file or folder the cine was loaded from (for the export).
     datasetPath - the dataset folder to export to.
+    aiSegmentation - the CAC Identifier's ROI segmentation to compare with the annotators.
+    worstFirst - order the comparison table by IoM, lowest first.
     """
 
     # typing.Optional: a node field must accept None (Slicer's parameter node wrapper).
@@ -62,6 +64,8 @@ class CACAnnotatorParameterNode:
     annotatorCount: Annotated[int, WithinRange(1, 9), Default(3)]
     cinePath: Path
     datasetPath: Path
+    aiSegmentation: Optional[vtkMRMLSegmentationNode]  # noqa: UP045
+    worstFirst: bool
 
 
 class CACAnnotatorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -85,6 +89,8 @@ class CACAnnotatorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.createAnnotatorsButton.connect("clicked(bool)", self.onCreateAnnotators)
         self.ui.majorityButton.connect("clicked(bool)", self.onMajority)
         self.ui.exportButton.connect("clicked(bool)", self.onExport)
+        self.ui.compareButton.connect("clicked(bool)", self.onCompare)
+        self.ui.comparisonTableView.connect("clicked(QModelIndex)", self.onComparisonRowClicked)
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
@@ -180,6 +186,27 @@ class CACAnnotatorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._run(_("Export"), export)
 
 
+    def onCompare(self) -> None:
+        p = self._parameterNode
+
+        def compare():
+            table, _chart, result = self.logic.compare(p.aiSegmentation, list(self.ui.annotatorSelector.checkedNodes()),
+                                                       p.frameStackVolume, p.worstFirst)
+            self.ui.comparisonTableView.setMRMLTableNode(table)
+            presence = result["summary"]["presence"]
+            return _("AI and annotators agree on calcium in {a} of {n} frames; click a row to show it.").format(
+                a=presence["both"] + presence["neither"], n=presence["frames"])
+
+        self._run(_("Compare"), compare)
+
+    def onComparisonRowClicked(self, index) -> None:
+        table = self.ui.comparisonTableView.mrmlTableNode()
+        sequence = self._parameterNode.cineSequence
+        if table is None or sequence is None:
+            return
+        self._run(_("Show frame"), lambda: self.logic.showFrame(table, index.row(), sequence))
+
+
 class CACAnnotatorLogic(ScriptedLoadableModuleLogic):
     """Forwards to ``CACAnnotatorLib.annotation``; only the view layout is done here (it needs the GUI)."""
 
@@ -238,6 +265,22 @@ class CACAnnotatorLogic(ScriptedLoadableModuleLogic):
             raise CacError(_("Choose the cine file and the dataset folder first."))
         return annotation.export_to_dataset(Path(datasetPath), Path(cinePath), nodes,
                                             self._require(volume, _("frame-stack volume")), onset=onset)
+
+
+    def compare(self, aiNode, annotatorNodes, volume, worstFirst=False):
+        from CACAnnotatorLib import annotation
+
+        return annotation.compare_with_annotators(slicer.mrmlScene, aiNode, annotatorNodes,
+                                                  self._require(volume, _("frame-stack volume")),
+                                                  worst_first=worstFirst)
+
+    def showFrame(self, table, row, sequence):
+        from CACAnnotatorLib import annotation
+        from CACIdentifierLib import mrml
+
+        browser = self._require(mrml._browser_of(slicer.mrmlScene, sequence), _("cine's sequence browser"))
+        frame = annotation.jump_to_frame(slicer.mrmlScene, table, row, browser)
+        return _("Frame {k}.").format(k=frame)
 
 
 class CACAnnotatorTest(ScriptedLoadableModuleTest):

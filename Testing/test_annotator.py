@@ -86,3 +86,34 @@ def test_annotators_majority_vote_and_export(loaded, tmp_path):
     assert [e["id"] for e in manifest["acquisitions"]] == [added.id] and added.calcium_frames == 3
     majority = mrml.read_seg_nrrd(ds / manifest["acquisitions"][0]["majority"]).segments["calcium"]
     assert np.array_equal(majority, expected)
+
+
+def test_comparison_table_jump_and_worst_first(loaded):
+    from CACIdentifierLib.metrics import evaluate_masks
+
+    scene, cine, sequence, browser, volume = loaded
+    shape = cine.frames.shape
+    annot = [np.zeros(shape, bool) for _ in range(3)]
+    for a in annot:
+        a[2, 100:140, 100:140] = True
+        a[5, 300:320, 300:320] = True
+    roi = np.zeros(shape, bool)
+    roi[2, 90:150, 90:150] = True  # encloses: IoM 1
+    roi[5, 310:340, 310:340] = True  # partial
+    roi[7, 10:20, 10:20] = True  # AI only: IoM 0
+    nodes = [mrml.masks_to_frame_stack_segmentation(scene, {"calcium": a}, cine, f"ann{i}", reference_volume=volume)
+             for i, a in enumerate(annot)]
+    roi_node = mrml.masks_to_frame_stack_segmentation(scene, {"CAC ROI": roi}, cine, "ai", reference_volume=volume)
+    table, chart, result = annotation.compare_with_annotators(scene, roi_node, nodes, volume)
+    expected = evaluate_masks(roi, annot[0], cine.spacing_mm)["frames"]
+    assert table.GetNumberOfRows() == len(expected) == 3 and chart.GetNumberOfPlotSeriesNodes() == 2
+    for r, e in enumerate(expected):
+        assert int(float(table.GetCellText(r, 0))) == e["index"]
+        assert float(table.GetCellText(r, 1)) == pytest.approx(e["iom"])
+        assert table.GetCellText(r, 9) == ("yes" if e["agree"] else "no")
+    worst, _, _ = annotation.compare_with_annotators(scene, roi_node, nodes, volume, worst_first=True)
+    ioms = [float(worst.GetCellText(r, 1)) for r in range(worst.GetNumberOfRows())]
+    assert ioms == sorted(ioms) and int(float(worst.GetCellText(0, 0))) == 7
+    assert annotation.jump_to_frame(scene, worst, 0, browser) == 7 and browser.GetSelectedItemNumber() == 7
+    with pytest.raises(Exception, match="not in the table"):
+        annotation.jump_to_frame(scene, worst, 5, browser)

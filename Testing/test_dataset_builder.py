@@ -164,7 +164,8 @@ def test_train_fold_and_evaluate(built, capsys):
     # The loop's last step: the AI's ROIs against the annotators' own (cropped) files.
     d = info["rubo-biplane-b-ecg-17f.dcm"]
     out = tmp / "identify"
-    code, _, err = cli(capsys, "identify", XA / "rubo-biplane-b-ecg-17f.dcm", "--out", out, "--device", "cpu")
+    code, _, err = cli(capsys, "identify", XA / "rubo-biplane-b-ecg-17f.dcm", "--out", out, "--device", "cpu",
+                       "--dicom-seg", tmp / "roi.dcm")
     assert code == 0, err
     code, text, err = cli(capsys, "evaluate", out / "roi.seg.nrrd", *d["paths"], "--json")
     assert code == 0, err
@@ -172,6 +173,9 @@ def test_train_fold_and_evaluate(built, capsys):
     from CACIdentifierLib import mrml
 
     roi = mrml.read_seg_nrrd(out / "roi.seg.nrrd").union()
+    from CACIdentifierLib.dicom_seg import read_dicom_seg
+
+    assert np.array_equal(read_dicom_seg(tmp / "roi.dcm", 17), roi)  # the PACS copy holds the same ROIs
     truth = d["majority"]
     assert result["summary"]["presence"]["frames"] == 17
     for row in result["frames"]:

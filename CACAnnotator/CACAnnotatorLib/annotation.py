@@ -181,3 +181,55 @@ def export_to_dataset(dataset, cine_path, nodes, volume_node, *, patient: str | 
             paths.append(path)
         return add_acquisition(dataset, cine_path, paths, patient=patient, onset=onset, key_file=key_file,
                                overwrite=overwrite)
+
+
+# --------------------------------------------------------------------------- AI against the annotators
+
+COMPARISON_COLUMNS = ("frame", "IoM", "HD (mm)", "ROI area (mm2)", "ROI area (%)", "ROI precision",
+                      "AI calcium", "annotators calcium", "annotators with calcium", "agree")
+
+
+def compare_with_annotators(scene, roi_node, annotator_nodes, volume_node, *, worst_first: bool = False,
+                            name: str = "CAC AI vs annotators"):
+    """The AI's ROI segmentation against the annotators' majority vote, frame by frame, as a table and a plot.
+
+    The rows are :func:`CACIdentifierLib.metrics.evaluate_masks`'s (frames
+    where the AI or the majority marks something; ``cac evaluate`` gives the
+    same table), with how many annotators marked calcium.  ``worst_first``
+    orders the rows by IoM, lowest first (frames where one side marks nothing
+    have IoM 0).  Returns ``(table_node, chart_node, result)``; the chart plots
+    IoM and ROI precision over the frames.
+    """
+    from CACIdentifierLib import mrml
+    from CACIdentifierLib.metrics import evaluate_masks, majority_vote
+
+    if roi_node is None or not annotator_nodes:
+        raise CacError("select the AI's ROI segmentation and the annotators' segmentations to compare")
+    cine = mrml.frame_stack_volume_to_cine(volume_node)
+    shape = cine.frames.shape
+    roi = annotator_masks([roi_node], shape)[0]
+    masks = annotator_masks(annotator_nodes, shape)
+    result = evaluate_masks(roi, majority_vote(masks), cine.spacing_mm)
+    rows = result["frames"]
+    for row in rows:
+        row["annotators_with_calcium"] = int(sum(bool(m[row["index"]].any()) for m in masks))
+    if worst_first:
+        rows = sorted(rows, key=lambda r: (r["iom"] if r["iom"] is not None else 2.0, r["index"]))
+    keys = ("index", "iom", "hd_mm", "roi_area_mm2", "roi_area_pct", "roi_precision", "ai_calcium",
+            "truth_calcium", "annotators_with_calcium", "agree")
+    columns = {c: [r[k] for r in rows] for c, k in zip(COMPARISON_COLUMNS, keys)}
+    for c in ("AI calcium", "annotators calcium", "agree"):
+        columns[c] = ["yes" if v else "no" for v in columns[c]]
+    table = mrml.table_from_columns(scene, name, columns)
+    chart = mrml.plot_from_table(scene, table, "frame", ["IoM", "ROI precision"], title=name, x_label="frame",
+                                 y_label="IoM, ROI precision", line_styles={"IoM": "none", "ROI precision": "none"})
+    return table, chart, result
+
+
+def jump_to_frame(scene, table_node, row: int, browser) -> int:
+    """Select in ``browser`` the frame of ``table_node``'s row ``row`` (a click in the comparison table)."""
+    if not 0 <= row < table_node.GetNumberOfRows():
+        raise CacError(f"row {row} is not in the table ({table_node.GetNumberOfRows()} rows)")
+    frame = int(float(table_node.GetCellText(row, 0)))
+    browser.SetSelectedItemNumber(frame)
+    return frame

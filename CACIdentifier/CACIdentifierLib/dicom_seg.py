@@ -16,9 +16,13 @@ frame ``k`` (orientation identity, spacing the cine's or 1 mm); the SEG
 carries that frame of reference and those positions, which say nothing about
 the patient and serve only to pair SEG frames with source frames.
 
-Needs highdicom: 0.23 and later need pydicom >= 3.0.1; with pydicom 2.4
-(3D Slicer 5.10 bundles 2.4.4) highdicom 0.22.0 is the last release that
-installs (it accepts pydicom >= 2.3, != 2.4.0).
+Needs highdicom: 0.23 and later need pydicom >= 3.0.1.  With pydicom 2.4
+the last release that installs is highdicom 0.22.0 (pydicom >= 2.3, != 2.4.0),
+and it needs numpy < 2 (it uses ``np.float_``): checked here, pydicom 2.4.4 +
+highdicom 0.22.0 + numpy 1.26 gives the same round trip, numpy 2.0.2 fails.
+3D Slicer 5.10 bundles pydicom 2.4.4 *and* numpy 2.0.2, so no highdicom
+release runs in its Python as shipped: export the SEG with the ``cac``
+command (its own environment) there.
 """
 
 from __future__ import annotations
