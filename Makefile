@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m CACIdentifierLib.demo
+	$(PY) -m cac.demo
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -2,7 +2,7 @@
 
 Thin Slicer glue: the panel's state lives in a parameter node (saved with the
 scene); phantom generation and training run the ``cac`` command line
-(``CACIdentifierLib.cli``) as a separate process through ``qt.QProcess`` so
+(``python -m cac``) as a separate process through ``qt.QProcess`` so
 that Slicer stays responsive, and the JSON progress lines the trainer prints
 on stdout drive the progress bar, the log and a training-curve plot.
 """
@@ -81,7 +81,7 @@ def curveRow(event):
 def buildPhantomCommand(python, datasetDir, patients, acquisitionsPerPatient, seed, overwrite=False):
     """Command line of ``cac phantom`` for a dataset written into ``datasetDir``."""
     command = [
-        os.fspath(python), "-m", "CACIdentifierLib.cli", "phantom", os.fspath(datasetDir),
+        os.fspath(python), "-m", "cac", "phantom", os.fspath(datasetDir),
         "--patients", str(int(patients)),
         "--acquisitions-per-patient", str(int(acquisitionsPerPatient)),
         "--seed", str(int(seed)),
@@ -100,7 +100,7 @@ def buildTrainCommand(python, datasetDir, outputModelPath, cvMode="patient", fol
     if cvMode not in ("patient", "acquisition", "none"):
         raise ValueError(f"unknown cross-validation mode {cvMode!r}")
     command = [
-        os.fspath(python), "-m", "CACIdentifierLib.cli", "train", os.fspath(datasetDir),
+        os.fspath(python), "-m", "cac", "train", os.fspath(datasetDir),
         "--out", os.fspath(outputModelPath),
         "--cv", cvMode,
         "--epochs1", str(int(epochs1)),

@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 import pytest
-from CACIdentifierLib.cli import main
+from cac.cli import main
 from CACIdentifierLib.metrics import hausdorff_mm, iom
 
 mrml = pytest.importorskip("CACIdentifierLib.mrml")

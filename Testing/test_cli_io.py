@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from CACIdentifierLib.cli import main
+from cac.cli import main
 from conftest import BIPLANE, GE, LCA_FRAMES, RCA, needs_data
 
 INFO_KEYS = {
@@ -102,7 +102,7 @@ def test_info_text(capsys):
 
 
 def test_spacing_json_anisotropic():
-    from CACIdentifierLib.cli_io import _spacing_json
+    from cac.cli_io import _spacing_json
 
     assert _spacing_json(None) is None
     assert _spacing_json((0.3, 0.3)) == 0.3

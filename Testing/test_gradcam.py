@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from CACIdentifierLib.cli import main
+from cac.cli import main
 from CACIdentifierLib.modelio import save_model
 from CACIdentifierLib.network import ResUNet18, count_flops, count_parameters
 from CACTrainerLib.gradcam import grad_cam, save_gradcam_png

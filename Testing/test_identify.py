@@ -11,7 +11,7 @@ import json
 
 import numpy as np
 import pytest
-from CACIdentifierLib.cli import main as cac
+from cac.cli import main as cac
 from CACIdentifierLib.modelio import default_model_path, load_model
 
 N_FRAMES = 48

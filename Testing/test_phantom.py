@@ -7,8 +7,8 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from CACTrainerLib.phantom import PhantomParams, generate_acquisition, load_manifest, write_dataset
-from CACTrainerLib.phantom_writer import write_acquisition, write_dicom
+from CACTrainerLib.phantom import PhantomParams, generate_acquisition
+from CACTrainerLib.phantom_writer import load_manifest, write_acquisition, write_dataset, write_dicom
 
 # Small, fast cines with the same field of view as 512x512 (spacing scaled).
 SMALL = PhantomParams(rows=160, cols=160, n_frames=48, fps=15.0)
@@ -283,7 +283,7 @@ def test_dataset_manifest_and_calcium_free(tmp_path):
 
 def test_cli_refuses_overwrite(tmp_path, capsys):
     pytest.importorskip("CACIdentifierLib.mrml")
-    from CACIdentifierLib.cli import main
+    from cac.cli import main
 
     out = tmp_path / "ds"
     args = ["phantom", str(out), "--patients", "1", "--frames", "10", "--size", "64", "--seed", "2"]
@@ -298,7 +298,7 @@ def test_cli_refuses_overwrite(tmp_path, capsys):
 
 
 def test_cli_bad_input(tmp_path, capsys):
-    from CACIdentifierLib.cli import main
+    from cac.cli import main
 
     assert main(["phantom", str(tmp_path / "x"), "--heart-rate", "120", "50"]) == 2
     assert "reversed" in capsys.readouterr().err
@@ -360,7 +360,7 @@ def test_ecg_option_writes_r_wave_pointer(tmp_path):
 
 def test_cli_json_output(tmp_path, capsys):
     pytest.importorskip("CACIdentifierLib.mrml")
-    from CACIdentifierLib.cli import main
+    from cac.cli import main
 
     out = tmp_path / "ds"
     assert main(["phantom", str(out), "--patients", "2", "--acquisitions-per-patient", "1", "--frames", "10",

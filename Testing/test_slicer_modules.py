@@ -184,7 +184,7 @@ def test_module_script_structure(module, tmp_path):
 
 
 def test_workflow_core_imports_neither_slicer_nor_qt():
-    libs = [ROOT / "CACIdentifier" / "CACIdentifierLib", ROOT / "CACTrainer" / "CACTrainerLib",
+    libs = [ROOT / "CACIdentifier" / "CACIdentifierLib", ROOT / "CACTrainer" / "CACTrainerLib", ROOT / "CACTrainer" / "cac",
             ROOT / "CACAnnotator" / "CACAnnotatorLib"]  # its MRML work goes through mrml.py
     for lib in libs:
         for path in sorted(lib.rglob("*.py")):
@@ -244,8 +244,9 @@ def test_module_cmake_lists_every_lib_file_and_resource(module):
     scripts = [s.replace("${MODULE_NAME}", module) for s in _cmake_list(text, "MODULE_PYTHON_SCRIPTS")]
     resources = [s.replace("${MODULE_NAME}", module) for s in _cmake_list(text, "MODULE_PYTHON_RESOURCES")]
     lib = f"{module}Lib"
-    on_disk = {f"{lib}/{p.relative_to(folder / lib).as_posix()}" for p in (folder / lib).rglob("*.py")}
-    listed = {s for s in scripts if s.startswith(f"{lib}/")}
+    # Every Python file in the module's folder: the Lib, and for CACTrainer the cac application package.
+    on_disk = {p.relative_to(folder).as_posix() for p in folder.rglob("*.py")} - {f"{module}.py"}
+    listed = {s for s in scripts if s != f"{module}.py"}
     assert not on_disk - listed, f"{module}/CMakeLists.txt does not list {sorted(on_disk - listed)}"
     assert not listed - on_disk, f"{module}/CMakeLists.txt lists missing files {sorted(listed - on_disk)}"
     assert f"{module}.py" in scripts
@@ -307,7 +308,7 @@ def test_trainer_progress_lines():
 def test_trainer_commands_are_accepted_by_the_cac_parser():
     f = _trainer_functions()
     train = f["buildTrainCommand"]("py", "/data/set", "/out/run", "acquisition", 2, 3, 4, "cpu", 9, True)
-    assert train[1:4] == ["-m", "CACIdentifierLib.cli", "train"]
+    assert train[1:4] == ["-m", "cac", "train"]
     assert train[train.index("--fold") + 1] == "2" and "--overwrite" in train
     no_cv = f["buildTrainCommand"]("py", "/d", "/m.safetensors", "none", 2)
     assert "--fold" not in no_cv and "--init" not in no_cv
@@ -318,7 +319,7 @@ def test_trainer_commands_are_accepted_by_the_cac_parser():
     phantom = f["buildPhantomCommand"]("py", "/data/set", 14, 3, 5)
     assert phantom[3:5] == ["phantom", "/data/set"]
 
-    cli = pytest.importorskip("CACIdentifierLib.cli")
+    cli = pytest.importorskip("cac.cli")
     parser = cli.build_parser()
     subcommands = set(parser._subparsers._group_actions[0].choices)
     for command in (train, no_cv, tuned, phantom):

@@ -14,8 +14,8 @@ import warnings
 
 import numpy as np
 import pytest
+from cac.cli import main
 from CACIdentifierLib import sync
-from CACIdentifierLib.cli import main
 from CACIdentifierLib.errors import CacError
 from CACIdentifierLib.sync.blas import openblas_fns
 from CACIdentifierLib.sync.onset import fit_ramp

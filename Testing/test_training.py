@@ -192,7 +192,7 @@ def test_folds_and_summary(tiny, tmp_path):
 
 
 def test_cli_errors_exit_2(tmp_path, capsys):
-    from CACIdentifierLib.cli import main
+    from cac.cli import main
 
     def run(*argv):
         code = main(["train", *map(str, argv)])
@@ -214,7 +214,7 @@ def test_cli_errors_exit_2(tmp_path, capsys):
 @pytest.mark.slow
 def test_cli_end_to_end_on_written_phantom(tmp_path):
     """`cac phantom` -> `cac train --cv none` -> a model that `load_model` reads back, with JSON lines."""
-    exe = [sys.executable, "-m", "CACIdentifierLib.cli"]
+    exe = [sys.executable, "-m", "cac"]
     ds = tmp_path / "ds"
     r = subprocess.run(exe + ["phantom", str(ds), "--patients", "2", "--acquisitions-per-patient", "1",
                               "--frames", "30", "--seed", "5", "--calcium-free-fraction", "0"],

@@ -175,11 +175,11 @@ def main() -> int:
         print(f"  naive / engine with {name}: {naive / runs[name][1]:.1f}x")
 
     with tempfile.TemporaryDirectory() as tmp:
-        from CACTrainerLib.phantom import write_acquisition_dicom
+        from CACTrainerLib.phantom_writer import write_dicom
 
         dcm = Path(tmp) / "cine.dcm"
-        write_acquisition_dicom(acq, dcm)
-        cmd = [sys.executable, "-m", "CACIdentifierLib.cli", "identify", str(dcm), "--out", str(Path(tmp) / "out")]
+        write_dicom(dcm, acq)
+        cmd = [sys.executable, "-m", "cac", "identify", str(dcm), "--out", str(Path(tmp) / "out")]
         t0 = time.perf_counter()
         wall, peak_gb = run_measured(cmd)
     print(f"cac identify end to end ({N_FRAMES} frames): {wall:.1f} s ({wall / 20:.2f} x the 20 s target), "

@@ -29,8 +29,10 @@ from pathlib import Path
 
 import numpy as np
 
+from .blank import detect_blank_frames
 from .cine import Cine, EcgTrace
 from .errors import CacError, CacWarning
+from .fileutil import natural_sort_key
 
 XA_SOP_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.12.1": "X-Ray Angiographic Image Storage",
@@ -588,7 +590,7 @@ def _check_modality(ds, path: Path) -> str | None:
 # --------------------------------------------------------------------------- readers
 
 
-def _override(file_value, user_value, what: str, unit: str, rtol: float = 0.01):
+def prefer_file_value(file_value, user_value, what: str, unit: str, rtol: float = 0.01):
     """The file's value wins; the user's fills in only when the file has none (warn if they differ)."""
     if user_value is None:
         return file_value, False
@@ -663,23 +665,21 @@ def read_dicom_cine(path, *, spacing_mm=None, frame_time_ms=None) -> Cine:
         ``frames`` (n_frames, rows, columns) as stored (uint8/uint16),
         MONOCHROME1 inverted to MONOCHROME2.
     """
-    from .cine_io import detect_blank_frames
-
     path = Path(path)
     ds, messages = _read_dataset(path)
     frames = _decode_pixels(ds, path, messages)
     _check_frames(frames, path)
     modality = _check_modality(ds, path)
-    return _build_cine(ds, frames, path, spacing_mm, frame_time_ms, modality, detect_blank_frames)
+    return _build_cine(ds, frames, path, spacing_mm, frame_time_ms, modality)
 
 
-def _build_cine(ds, frames, path, spacing_mm, frame_time_ms, modality, detect_blank_frames) -> Cine:
+def _build_cine(ds, frames, path, spacing_mm, frame_time_ms, modality) -> Cine:
     file_spacing, spacing_source = dicom_spacing(ds)
-    spacing, used_user = _override(file_spacing, normalize_spacing(spacing_mm), "pixel spacing", "mm")
+    spacing, used_user = prefer_file_value(file_spacing, normalize_spacing(spacing_mm), "pixel spacing", "mm")
     if used_user:
         spacing_source = "user"
     file_frame_time, _ = dicom_frame_time(ds)
-    frame_time, _ = _override(file_frame_time, normalize_frame_time(frame_time_ms), "frame time", "ms")
+    frame_time, _ = prefer_file_value(file_frame_time, normalize_frame_time(frame_time_ms), "frame time", "ms")
     n_frames = int(frames.shape[0])
     bits = int(ds.get("BitsStored", 8 * frames.dtype.itemsize) or 8 * frames.dtype.itemsize)
     return Cine(
@@ -722,8 +722,6 @@ def read_dicom_folder(path, *, spacing_mm=None, frame_time_ms=None) -> Cine:
     the median difference of the frames' acquisition (or content) times is
     used.  ``spacing_mm``/``frame_time_ms`` as in :func:`read_dicom_cine`.
     """
-    from .cine_io import detect_blank_frames, natural_sort_key
-
     folder = Path(path)
     files = sorted(
         (p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and looks_like_dicom(p)),
@@ -780,14 +778,14 @@ def read_dicom_folder(path, *, spacing_mm=None, frame_time_ms=None) -> Cine:
     dtype = np.result_type(*[f.dtype for f in frames])
     stack = np.stack(frames).astype(dtype, copy=False)
     _check_frames(stack, folder)
-    cine = _build_cine(first, stack, folder, spacing_mm, None, modality, detect_blank_frames)
+    cine = _build_cine(first, stack, folder, spacing_mm, None, modality)
     if cine.frame_time_ms is None:
         times = [_frame_clock(ds) for _, ds, _ in entries]
         if all(t is not None for t in times):
             diffs = np.diff(np.asarray(times, dtype=float)) * 1000.0
             if diffs.size and np.median(diffs) > 0:
                 cine.frame_time_ms = float(np.median(diffs))
-    cine.frame_time_ms, _ = _override(
+    cine.frame_time_ms, _ = prefer_file_value(
         cine.frame_time_ms, normalize_frame_time(frame_time_ms), "frame time", "ms"
     )
     # The R Wave Pointer and ECG curve of a single-frame file describe that file only.

@@ -1,4 +1,4 @@
-"""Safe output files: never overwrite without being asked, never leave half-written files.
+"""Files: safe output (never overwrite without being asked, never half-written), and name order.
 
 Every writer in the project goes through :func:`atomic_output`: it refuses an
 existing target unless ``overwrite`` is true, hands out a temporary path in the
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -80,3 +81,10 @@ def atomic_directory(path: str | os.PathLike, overwrite: bool = False) -> Iterat
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def natural_sort_key(name: str) -> list:
+    """Key that orders ``f2`` before ``f10`` (digit runs compared as numbers, case-insensitive)."""
+    return [
+        (0, int(tok), "") if tok.isdigit() else (1, 0, tok.lower()) for tok in re.split(r"(\d+)", name) if tok
+    ]

@@ -240,7 +240,7 @@ def frames_from_acquisition(acq, *, acquisition: str = "", patient: str = "", **
 
 
 def frames_from_record(record: dict, **kw) -> FrameSet:
-    """Training frames of one manifest record (``phantom.load_manifest`` layout, absolute paths).
+    """Training frames of one manifest record (``phantom_writer.load_manifest`` layout, absolute paths).
 
     Reads the cine (``cine_io.load_cine``), the majority-vote ``.seg.nrrd``
     (union of its segments) -- or, if the record has no majority file, the
@@ -277,7 +277,7 @@ def load_records(dataset) -> list[dict]:
     path = Path(dataset)
     if not (path / "manifest.json").exists():
         raise CacError(f"{path} has no manifest.json; create a dataset with `cac phantom` or point to one")
-    from .phantom import load_manifest
+    from .phantom_writer import load_manifest
 
     return load_manifest(path)
 

@@ -9,10 +9,10 @@ Public API
 - :class:`PhantomParams`: every realism aspect as a parameter with a documented default.
 - :func:`generate_acquisition` ``(params, seed, patient=0, acquisition=0) -> Acquisition``:
   one cine in memory (frames, calcium truth masks, three annotators, majority, truth dict).
-- :func:`write_dataset` (in :mod:`.phantom_writer`, re-exported): a dataset on disk
-  (DICOM XA cines, ``.seg.nrrd`` annotations, ``truth.json``, ``manifest.json``).
-- :func:`load_manifest` ``(dataset_dir) -> list[dict]`` with absolute paths.
-- :func:`write_acquisition_dicom` ``(acq, path)``: only the DICOM cine of an in-memory acquisition.
+- On disk, in :mod:`.phantom_writer`: :func:`~.phantom_writer.write_dataset` (DICOM XA cines,
+  ``.seg.nrrd`` annotations, ``truth.json``, ``manifest.json``),
+  :func:`~.phantom_writer.load_manifest` ``(dataset_dir) -> list[dict]`` with absolute paths,
+  :func:`~.phantom_writer.write_dicom` ``(path, acq)``: only the DICOM cine of an acquisition.
 
 Determinism: every random draw comes from numpy Generators seeded with
 ``(seed, patient)`` (anatomy: coronary tree and calcium in 3D, shared by all
@@ -586,24 +586,3 @@ class _Renderer:
             "calcifications": deposits,
             "params": p.to_dict(),
         }
-
-
-def write_dataset(out_dir, params: PhantomParams | None = None, **kwargs):
-    """Generate and write a dataset; see :func:`.phantom_writer.write_dataset`."""
-    from .phantom_writer import write_dataset as _write
-
-    return _write(out_dir, params, **kwargs)
-
-
-def load_manifest(dataset_dir) -> list[dict]:
-    """The acquisitions of a dataset folder with absolute paths; see :func:`.phantom_writer.load_manifest`."""
-    from .phantom_writer import load_manifest as _load
-
-    return _load(dataset_dir)
-
-
-def write_acquisition_dicom(acq: Acquisition, path, *, compression: str = "none", overwrite: bool = False):
-    """Write only the cine of ``acq`` as DICOM XA; see :func:`.phantom_writer.write_dicom`."""
-    from .phantom_writer import write_dicom
-
-    return write_dicom(path, acq, compression=compression, overwrite=overwrite)

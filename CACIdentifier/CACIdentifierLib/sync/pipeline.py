@@ -6,6 +6,7 @@ import warnings
 
 import numpy as np
 
+from ..blank import detect_blank_frames
 from ..errors import CacError, CacWarning
 from .blas import single_threaded_blas
 from .default import default_estimate, prepare_features
@@ -163,7 +164,7 @@ def synchronize(
 
 
 def _auto_blank(small: np.ndarray) -> list[int]:
-    """Blank frames of a cine from its block means, by :func:`.cine_io.detect_blank_frames`'s rule.
+    """Blank frames of a cine from its block means, by :func:`..blank.detect_blank_frames`'s rule.
 
     That rule costs about one pass per frame, so it is only asked about the
     frames that differ from both neighbours far more than frames usually do
@@ -183,8 +184,6 @@ def _auto_blank(small: np.ndarray) -> list[int]:
     cand = np.nonzero(score > 4 * max(med, 1e-6))[0]
     if cand.size == 0:
         return []
-    from ..cine_io import detect_blank_frames
-
     others = np.setdiff1d(np.arange(n), cand)
     context = others[np.linspace(0, others.size - 1, min(8, others.size)).round().astype(int)] if others.size else []
     pick = np.concatenate([cand, context]).astype(int)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
-from .errors import CacError
+from CACIdentifierLib.errors import CacError
 
 
 def register(subparsers) -> None:
@@ -48,7 +48,7 @@ def register(subparsers) -> None:
 
 def model_summary(model, metadata: dict | None = None) -> dict:
     """Parameter counts, FLOPs per pair and per frame, and the metadata."""
-    from .network import count_flops
+    from CACIdentifierLib.network import count_flops
 
     n_cls = sum(p.numel() for p in model.classifier_parameters())
     n_dec = sum(p.numel() for p in model.decoder_parameters())
@@ -71,10 +71,10 @@ def model_summary(model, metadata: dict | None = None) -> dict:
 
 
 def run_info(args) -> int:
-    from .network import ResUNet18
+    from CACIdentifierLib.network import ResUNet18
 
     if args.model:
-        from .modelio import load_model
+        from CACIdentifierLib.modelio import load_model
 
         model, meta = load_model(args.model)
     else:
@@ -102,7 +102,7 @@ def run_info(args) -> int:
 
 
 def _contrast_frame_for(cine, k: int) -> int:
-    from .sync import synchronize_cine
+    from CACIdentifierLib.sync import synchronize_cine
 
     result = synchronize_cine(cine)
     for nc, c in result.pairs:
@@ -119,12 +119,11 @@ def _contrast_frame_for(cine, k: int) -> int:
 def run_gradcam(args) -> int:
     import numpy as np
     import torch
+    from CACIdentifierLib import patches as P
+    from CACIdentifierLib.cine_io import load_cine
+    from CACIdentifierLib.fileutil import check_writable
+    from CACIdentifierLib.modelio import load_model
     from CACTrainerLib.gradcam import grad_cam, save_gradcam_png
-
-    from . import patches as P
-    from .cine_io import load_cine
-    from .fileutil import check_writable
-    from .modelio import load_model
 
     check_writable(args.out, args.overwrite)
     model, meta = load_model(args.model)

@@ -61,8 +61,7 @@ def register(subparsers) -> None:
 
 def params_from_args(args):
     from CACIdentifierLib.errors import CacError
-
-    from .phantom import PhantomParams
+    from CACTrainerLib.phantom import PhantomParams
 
     kw = {"n_frames": args.frames, "fps": args.fps, "rows": args.size, "cols": args.size, "bits": args.bits,
           "ecg": bool(args.ecg)}
@@ -103,8 +102,7 @@ def run(args) -> int:
     from CACIdentifierLib.errors import CacError
     from CACIdentifierLib.fileutil import check_writable
     from CACIdentifierLib.progress import terminal_progress
-
-    from .phantom_writer import load_manifest, write_dataset
+    from CACTrainerLib.phantom_writer import load_manifest, write_dataset
 
     params = params_from_args(args)
     if args.patients < 1 or args.acquisitions_per_patient < 1:

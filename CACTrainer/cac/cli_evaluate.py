@@ -24,8 +24,7 @@ import json
 import sys
 
 import numpy as np
-
-from .errors import CacError
+from CACIdentifierLib.errors import CacError
 
 
 def register(subparsers) -> None:
@@ -64,9 +63,9 @@ def evaluate_files(pred_path, truth_paths, segment: str | None = None) -> dict:
     truth files mark calcium there); the result gets ``grid``: the common
     grid's shape and where each file lies on it.
     """
-    from . import mrml
-    from .metrics import evaluate_masks, majority_vote
-    from .seg_align import align_segfiles
+    from CACIdentifierLib import mrml
+    from CACIdentifierLib.metrics import evaluate_masks, majority_vote
+    from CACIdentifierLib.seg_align import align_segfiles
 
     pred = mrml.read_seg_nrrd(pred_path)
     truths = [mrml.read_seg_nrrd(p) for p in truth_paths]
@@ -109,7 +108,7 @@ def run(args) -> int:
         if args.csv == "-":
             sys.stdout.write(text)
         else:
-            from .fileutil import atomic_output
+            from CACIdentifierLib.fileutil import atomic_output
 
             with atomic_output(args.csv, args.overwrite) as tmp:
                 tmp.write_text(text)

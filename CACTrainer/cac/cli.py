@@ -17,19 +17,19 @@ import importlib
 import sys
 import warnings
 
-from . import __version__
-from .errors import CacError
+from CACIdentifierLib import __version__
+from CACIdentifierLib.errors import CacError
 
 # Order is the order of `cac --help`.
 SUBCOMMAND_MODULES = [
-    "CACIdentifierLib.cli_io",  # info, convert
-    "CACIdentifierLib.cli_sync",  # sync
-    "CACTrainerLib.cli_phantom",  # phantom
-    "CACIdentifierLib.cli_identify",  # identify
-    "CACIdentifierLib.cli_evaluate",  # evaluate
-    "CACTrainerLib.cli_dataset",  # dataset add|check|info
-    "CACTrainerLib.cli_train",  # train
-    "CACIdentifierLib.cli_model",  # model-info, gradcam
+    "cac.cli_io",  # info, convert
+    "cac.cli_sync",  # sync
+    "cac.cli_phantom",  # phantom
+    "cac.cli_identify",  # identify
+    "cac.cli_evaluate",  # evaluate
+    "cac.cli_dataset",  # dataset add|check|info
+    "cac.cli_train",  # train
+    "cac.cli_model",  # model-info, gradcam
 ]
 
 

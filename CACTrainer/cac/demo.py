@@ -30,7 +30,7 @@ def run(out_dir: str = "demo-output", seed: int = 7) -> int:
               "--calcium-free-fraction", "0", "--calcium-contrast", "0.25", "--frames", "120"])
     if rc:
         return rc
-    from CACTrainerLib.phantom import load_manifest
+    from CACTrainerLib.phantom_writer import load_manifest
 
     results = []
     for acq in load_manifest(dataset):

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from .errors import CacError
+from CACIdentifierLib.errors import CacError
 
 
 def _add_overrides(parser: argparse.ArgumentParser) -> None:
@@ -66,7 +66,7 @@ def _spacing_json(spacing_mm):
 
 def cine_info(cine) -> dict:
     """The ``cac info --json`` dictionary for a :class:`~CACIdentifierLib.cine.Cine`."""
-    from .dicom_io import transfer_syntax_name
+    from CACIdentifierLib.dicom_io import transfer_syntax_name
 
     ecg = None
     if cine.ecg is not None:
@@ -147,7 +147,7 @@ def _text(info: dict) -> str:
 
 
 def run_info(args: argparse.Namespace) -> int:
-    from .cine_io import load_cine
+    from CACIdentifierLib.cine_io import load_cine
 
     cine = load_cine(args.cine, spacing_mm=args.spacing, frame_time_ms=args.frame_time_ms)
     info = cine_info(cine)
@@ -172,8 +172,8 @@ def output_kind(path) -> str:
 
 
 def run_convert(args: argparse.Namespace) -> int:
-    from .cine_io import load_cine
-    from .fileutil import check_writable
+    from CACIdentifierLib.cine_io import load_cine
+    from CACIdentifierLib.fileutil import check_writable
 
     kind = output_kind(args.out)
     # Fail before the (slow) read when the output cannot be written.
@@ -181,7 +181,7 @@ def run_convert(args: argparse.Namespace) -> int:
     if Path(args.cine).resolve() == out.resolve():
         raise CacError(f"{out} is the input; choose another output name")
     cine = load_cine(args.cine, spacing_mm=args.spacing, frame_time_ms=args.frame_time_ms)
-    from . import mrml
+    from CACIdentifierLib import mrml
 
     if kind == "sequence":
         mrml.write_seq_nrrd(cine, out, overwrite=args.overwrite)

@@ -58,7 +58,7 @@ def _spacing(values):
 
 
 def run(args) -> int:
-    from . import dataset_builder as B
+    from CACTrainerLib import dataset_builder as B
 
     if args.dataset_command == "add":
         added = B.add_acquisition(args.dataset, args.cine, args.annotations, patient=args.patient,

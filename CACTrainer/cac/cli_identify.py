@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from .errors import CacError
+from CACIdentifierLib.errors import CacError
 
 DEFAULT_MODEL = "default"
 
@@ -44,18 +44,23 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .cine_io import load_cine
-    from .fileutil import atomic_directory
-    from .modelio import default_model_path, load_model
-    from .progress import terminal_progress
-    from .report import build_report, evaluate_against_annotations, save_overlay_png, write_json
+    from CACIdentifierLib.cine_io import load_cine
+    from CACIdentifierLib.fileutil import atomic_directory
+    from CACIdentifierLib.modelio import default_model_path, load_model
+    from CACIdentifierLib.progress import terminal_progress
+    from CACIdentifierLib.report import (
+        build_report,
+        evaluate_against_annotations,
+        save_overlay_png,
+        write_json,
+    )
 
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise CacError(f"{out} already exists; pass --overwrite to replace it or choose another --out folder")
     dicom_seg = getattr(args, "dicom_seg", None)
     if dicom_seg:
-        from .dicom_seg import check_source
+        from CACIdentifierLib.dicom_seg import check_source
 
         check_source(args.cine, dicom_seg, args.overwrite)  # before the long work
     spacing = (args.spacing, args.spacing) if args.spacing else None
@@ -65,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
 
     annotations = None
     if args.annotations:
-        from .mrml import read_seg_nrrd
+        from CACIdentifierLib.mrml import read_seg_nrrd
 
         annotations = []
         for path in args.annotations:
@@ -74,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
                 raise CacError(f"{path} has no segment; give an annotation with the calcium drawn")
             annotations.append(seg.union())
 
-    from .inference import identify
+    from CACIdentifierLib.inference import identify
 
     result = identify(
         cine,
@@ -97,14 +102,14 @@ def run(args: argparse.Namespace) -> int:
     model_info = {"path": str(model_path), "name": metadata.get("name", model_path.stem)}
     report = build_report(result, cine, evaluation, model_info)
 
-    from .mrml import write_seg_nrrd
+    from CACIdentifierLib.mrml import write_seg_nrrd
 
     with atomic_directory(out, overwrite=args.overwrite) as tmp:
         write_seg_nrrd(tmp / "roi.seg.nrrd", {"CAC ROI": result.roi}, cine.spacing_mm, colors={"CAC ROI": (1.0, 0.18, 0.69)})
         write_json(tmp / "report.json", report)
         save_overlay_png(tmp / "overlay.png", cine, result, truth)
     if dicom_seg:
-        from .dicom_seg import write_dicom_seg
+        from CACIdentifierLib.dicom_seg import write_dicom_seg
 
         write_dicom_seg(dicom_seg, args.cine, result.roi, cine.spacing_mm, overwrite=args.overwrite)
 

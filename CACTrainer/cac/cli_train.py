@@ -72,7 +72,7 @@ def register(subparsers) -> None:
 
 
 def _config(args):
-    from .training import TrainConfig
+    from CACTrainerLib.training import TrainConfig
 
     e1 = args.epochs1 if args.epochs1 is not None else (args.epochs if args.epochs is not None else 100)
     e2 = args.epochs2 if args.epochs2 is not None else (args.epochs if args.epochs is not None else 100)
@@ -125,8 +125,7 @@ def _dataset_fingerprint(dataset: Path) -> str:
 
 def run(args) -> int:
     from CACIdentifierLib.progress import terminal_progress
-
-    from . import crossval
+    from CACTrainerLib import crossval
 
     if args.summarize:
         report = crossval.summarize(args.summarize)
@@ -171,7 +170,7 @@ def run(args) -> int:
 
 
 def _load(dataset: Path, args, progress):
-    from . import dataset as D
+    from CACTrainerLib import dataset as D
 
     fpa = args.frames_per_acquisition or None
     return D.build_frameset(dataset, frames_per_acquisition=fpa, progress=progress)
@@ -180,9 +179,8 @@ def _load(dataset: Path, args, progress):
 def _train_final(fs, dataset: Path, args, config, out: Path, emit, progress) -> int:
     import torch
     from CACIdentifierLib.modelio import save_model
-
-    from . import crossval
-    from . import training as T
+    from CACTrainerLib import crossval
+    from CACTrainerLib import training as T
 
     run_dir = Path(args.run_dir) if args.run_dir else out.with_name(out.stem + ".run")
     train_set, val_set = crossval.validation_split(fs, args.val_fraction, args.seed)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
-from .errors import CacError
+from CACIdentifierLib.errors import CacError
 
 
 def register(subparsers) -> None:
@@ -74,9 +74,9 @@ def summary(result, n_frames: int) -> str:
 def run(args) -> int:
     import warnings
 
-    from .cine_io import load_cine
-    from .fileutil import check_writable
-    from .sync import plot_sync, synchronize_cine
+    from CACIdentifierLib.cine_io import load_cine
+    from CACIdentifierLib.fileutil import check_writable
+    from CACIdentifierLib.sync import plot_sync, synchronize_cine
 
     if args.plot:
         if not args.plot.lower().endswith(".png"):
