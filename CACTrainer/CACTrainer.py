@@ -7,7 +7,6 @@ that Slicer stays responsive, and the JSON progress lines the trainer prints
 on stdout drive the progress bar, the log and a training-curve plot.
 """
 
-import json
 import math
 import os
 import shutil
@@ -29,53 +28,6 @@ from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModuleWidget,
 )
 from slicer.util import VTKObservationMixin
-
-CURVE_COLUMNS = ["step", "stage", "epoch", "train_loss", "val_loss", "val_f1", "val_iom"]
-
-
-def parseProgressLine(line):
-    """The JSON object on one line of the trainer's stdout, or None for any other line.
-
-    The trainer prints one object per line, e.g. ``{"event": "epoch", "stage": 1,
-    "epoch": 3, "epochs": 100, "train_loss": 0.41, "val_f1": 0.8}``; anything that
-    is not a JSON object (log text, a partial line) is ignored.
-    """
-    line = line.strip()
-    if not line.startswith("{"):
-        return None
-    try:
-        value = json.loads(line)
-    except ValueError:
-        return None
-    return value if isinstance(value, dict) else None
-
-
-def progressFraction(event):
-    """Overall training progress in [0, 1] from an epoch event (stage 1 = first half, stage 2 = second)."""
-    try:
-        stage = int(event.get("stage", 1))
-        epoch = float(event.get("epoch", 0))
-        epochs = float(event.get("epochs", 0))
-    except (TypeError, ValueError):
-        return None
-    if epochs <= 0:
-        return None
-    within = min(max(epoch / epochs, 0.0), 1.0)
-    return min(1.0, (min(max(stage, 1), 2) - 1 + within) / 2.0)
-
-
-def curveRow(event):
-    """The training-curve values of an epoch event, NaN where the trainer did not report one."""
-    row = {}
-    for key in CURVE_COLUMNS[1:]:
-        value = event.get(key)
-        if value is None and key == "train_loss":
-            value = event.get("loss")
-        try:
-            row[key] = float(value)
-        except (TypeError, ValueError):
-            row[key] = math.nan
-    return row
 
 
 def buildPhantomCommand(python, datasetDir, patients, acquisitionsPerPatient, seed, overwrite=False):
@@ -325,14 +277,16 @@ class CACTrainerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.ui.logTextEdit.appendPlainText(line)
 
     def _handleLine(self, line) -> None:
-        event = parseProgressLine(line)
+        from cac.train_events import parse_line, progress_fraction
+
+        event = parse_line(line)
         if event is None:
             if line.strip():
                 self.ui.logTextEdit.appendPlainText(line)
             return
         kind = event.get("event", "epoch" if "epoch" in event else "")
         if kind == "epoch":
-            fraction = progressFraction(event)
+            fraction = progress_fraction(event)
             if fraction is not None:
                 self.ui.progressBar.setRange(0, 1000)
                 self.ui.progressBar.value = int(round(fraction * 1000))
@@ -437,6 +391,8 @@ class CACTrainerLogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def createCurveNodes():
         """A table with one row per epoch and a chart of its loss, F1 and IoM columns."""
+        from cac.train_events import CURVE_COLUMNS
+
         table = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLTableNode", "CAC training curves")
         for name in CURVE_COLUMNS:
             array = vtk.vtkDoubleArray()
@@ -460,7 +416,9 @@ class CACTrainerLogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def appendCurveRow(table, event) -> None:
         """Append one epoch event to the curves table (NaN where a value is missing)."""
-        values = curveRow(event)
+        from cac.train_events import CURVE_COLUMNS, curve_row
+
+        values = curve_row(event)
         vtable = table.GetTable()
         step = vtable.GetNumberOfRows() + 1
         for name in CURVE_COLUMNS:
@@ -486,12 +444,14 @@ class CACTrainerTest(ScriptedLoadableModuleTest):
         self.test_CurveTable()
 
     def test_ProgressLines(self):
+        from cac.train_events import parse_line, progress_fraction
+
         self.delayDisplay("JSON progress lines")
-        event = parseProgressLine('{"event": "epoch", "stage": 2, "epoch": 5, "epochs": 10, "train_loss": 0.3}')
+        event = parse_line('{"event": "epoch", "stage": 2, "epoch": 5, "epochs": 10, "train_loss": 0.3}')
         self.assertEqual(event["stage"], 2)
-        self.assertAlmostEqual(progressFraction(event), 0.75)
-        self.assertIsNone(parseProgressLine("Epoch 5 done"))
-        self.assertIsNone(parseProgressLine('{"broken": '))
+        self.assertAlmostEqual(progress_fraction(event), 0.75)
+        self.assertIsNone(parse_line("Epoch 5 done"))
+        self.assertIsNone(parse_line('{"broken": '))
         command = buildTrainCommand("python", "/data", "/out/m.safetensors", "patient", 3, 2, 2, "cpu", 7)
         self.assertEqual(command[command.index("--fold") + 1], "3")
         self.delayDisplay("Test passed")

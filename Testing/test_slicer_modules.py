@@ -11,7 +11,6 @@ the training command the trainer panel builds is accepted by the real
 from __future__ import annotations
 
 import ast
-import json
 import math
 import os
 import py_compile
@@ -281,28 +280,32 @@ def test_icons_are_128_px_pngs():
 def _trainer_functions() -> dict:
     """The pure helper functions of CACTrainer.py, executed without Slicer."""
     tree = parse_script("CACTrainer")
-    wanted = {"parseProgressLine", "progressFraction", "curveRow", "buildPhantomCommand", "buildTrainCommand"}
+    wanted = {"buildPhantomCommand", "buildTrainCommand"}
     body = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name in wanted]
-    body += [n for n in tree.body if isinstance(n, ast.Assign) and ast.unparse(n.targets[0]) == "CURVE_COLUMNS"]
-    namespace = {"json": json, "math": math, "os": os}
+    namespace = {"os": os}
     exec(compile(ast.Module(body=body, type_ignores=[]), "CACTrainer.py", "exec"), namespace)
     assert wanted <= set(namespace)
     return namespace
 
 
 def test_trainer_progress_lines():
-    f = _trainer_functions()
+    """The lines `cac train --json` writes are the lines the panel reads (one module, cac.train_events)."""
+    from cac import train_events
+
     line = '{"event": "epoch", "stage": 1, "epoch": 3, "epochs": 4, "train_loss": 0.5, "val_f1": 0.8, "val_iom": null}'
-    event = f["parseProgressLine"](line + "\n")
+    event = train_events.parse_line(line + "\n")
     assert event["epoch"] == 3
-    assert f["progressFraction"](event) == pytest.approx(0.375)
-    assert f["progressFraction"]({"stage": 2, "epoch": 4, "epochs": 4}) == pytest.approx(1.0)
-    assert f["progressFraction"]({"stage": 1, "epoch": 1, "epochs": 0}) is None
-    row = f["curveRow"](event)
+    assert train_events.parse_line(train_events.format_line(event)) == event
+    assert train_events.progress_fraction(event) == pytest.approx(0.375)
+    assert train_events.progress_fraction({"stage": 2, "epoch": 4, "epochs": 4}) == pytest.approx(1.0)
+    assert train_events.progress_fraction({"stage": 1, "epoch": 1, "epochs": 0}) is None
+    row = train_events.curve_row(event)
     assert row["train_loss"] == 0.5 and row["val_f1"] == 0.8 and math.isnan(row["val_iom"])
-    assert f["curveRow"]({"loss": 2})["train_loss"] == 2.0  # older trainers said "loss"
+    assert train_events.curve_row({"loss": 2})["train_loss"] == 2.0  # older trainers said "loss"
     for junk in ("", "Epoch 3", "[####....] 3/4", '{"unterminated": ', "[1, 2]", "{not json}"):
-        assert f["parseProgressLine"](junk) is None
+        assert train_events.parse_line(junk) is None
+    source = (ROOT / "CACTrainer" / "CACTrainer.py").read_text()
+    assert "json.loads" not in source, "the panel parses progress lines through cac.train_events only"
 
 
 def test_trainer_commands_are_accepted_by_the_cac_parser():

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import refinement
 from .cine import Cine
 from .errors import CacError
 from .progress import ProgressCallback, no_progress
@@ -111,7 +112,7 @@ def inference_model(model, device, dtype=None):
 
 
 def _refinement_parameters(metadata: dict, overrides: dict) -> dict:
-    params = dict(min_island_px=1000, sigma=3.0, threshold=0.5)
+    params = dict(refinement.DEFAULTS)
     params.update(metadata.get("refinement", {}))
     params.update({k: v for k, v in overrides.items() if v is not None})
     return params
@@ -152,7 +153,7 @@ def identify(
     onset : int, optional
         Manual contrast onset frame (overrides detection) when ``sync`` is not given.
     min_island_px, sigma, threshold
-        Refinement overrides (default: the model's metadata, else 1000 px, 3 px, 0.5).
+        Refinement overrides (default: the model's metadata, else :data:`.refinement.DEFAULTS`).
     classifier_threshold : float, optional
         Patch probability above which a patch is called positive (default: metadata, else 0.5).
     use_autocast : bool
@@ -169,6 +170,7 @@ def identify(
 
     from . import patches as P
     from .device import autocast_dtype, choose_device
+    from .network import CLASSIFIER_THRESHOLD
     from .refinement import refine
     from .splitnet import SplitResUNet18
 
@@ -193,7 +195,7 @@ def identify(
     refine_params = _refinement_parameters(
         metadata, dict(min_island_px=min_island_px, sigma=sigma, threshold=threshold)
     )
-    cls_thr = classifier_threshold if classifier_threshold is not None else metadata.get("classifier_threshold", 0.5)
+    cls_thr = classifier_threshold if classifier_threshold is not None else metadata.get("classifier_threshold", CLASSIFIER_THRESHOLD)
 
     dev = choose_device(device)
     dtype = autocast_dtype(dev, use_autocast) or torch.float32

@@ -34,10 +34,10 @@ from pathlib import Path
 
 import torch
 
-from . import __version__
+from . import __version__, refinement
 from .errors import CacError
 from .fileutil import atomic_output
-from .network import ResUNet18
+from .network import CLASSIFIER_THRESHOLD, ResUNet18
 
 FORMAT = "cac-resunet18"
 FORMAT_VERSION = 1
@@ -46,22 +46,22 @@ METADATA_KEY = "cac"
 
 def default_metadata() -> dict:
     """Metadata for the paper's settings; training code updates ``training`` and ``metrics``."""
-    from .patches import NORMALIZATION, PATCH_SIZE, patch_origins
+    from .patches import FRAME_SIZE, NORMALIZATION, PATCH_SIZE, patch_origins
 
     return {
         "format": FORMAT,
         "version": FORMAT_VERSION,
         "architecture": ResUNet18().arch_dict(),
         "patch_layout": {
-            "frame_size": [512, 512],
+            "frame_size": [FRAME_SIZE, FRAME_SIZE],
             "size": PATCH_SIZE,
-            "origins": [list(o) for o in patch_origins(512, 512)],
+            "origins": [list(o) for o in patch_origins(FRAME_SIZE, FRAME_SIZE)],
             "stitch_mode": "max",
         },
         "normalization": dict(NORMALIZATION),
         "roi_gt": {"iterations": 4, "step_px": 5},
-        "refinement": {"min_island_px": 1000, "sigma": 3.0, "threshold": 0.5},
-        "classifier_threshold": 0.5,
+        "refinement": dict(refinement.DEFAULTS),
+        "classifier_threshold": CLASSIFIER_THRESHOLD,
         "training": {},
         "metrics": {},
     }

@@ -48,6 +48,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+# Patch probability at or above which the classifier calls a patch positive (gates its ROI).
+CLASSIFIER_THRESHOLD = 0.5
 DEFAULT_DECODER_CHANNELS = (128, 64, 32, 16, 16)  # light: see docs/network.md (speed)
 ENCODER_BLOCKS = ("block1", "block2", "block3", "block4", "block5", "block6")
 
@@ -332,13 +334,8 @@ class ResUNet18(nn.Module):
         features = self.encode(nc, c)
         return self.classify_features(features), self.decode(features)
 
-    @staticmethod
-    def gated_roi(cls_logit: Tensor, roi_logit: Tensor, threshold: float = 0.5) -> Tensor:
-        """See the module-level :func:`gated_roi`."""
-        return gated_roi(cls_logit, roi_logit, threshold)
 
-
-def gated_roi(cls_logit: Tensor, roi_logit: Tensor, threshold: float = 0.5) -> Tensor:
+def gated_roi(cls_logit: Tensor, roi_logit: Tensor, threshold: float = CLASSIFIER_THRESHOLD) -> Tensor:
     """Classifier gating (paper Fig. 3): ROI probabilities, zero on patches called negative.
 
     Returns ``sigmoid(roi_logit)`` (B, 1, H, W) multiplied by

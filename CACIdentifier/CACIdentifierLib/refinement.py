@@ -27,6 +27,7 @@ from scipy import ndimage
 
 from .errors import CacError
 
+# The paper's published setting; the one home of these numbers (model metadata, CLI, panel, training).
 DEFAULTS = {"min_island_px": 1000, "sigma": 3.0, "threshold": 0.5}
 
 
@@ -53,9 +54,9 @@ def remove_small_islands(mask: np.ndarray, min_island_px: int, connectivity: int
 def refine(
     roi_prob: np.ndarray,
     *,
-    min_island_px: int = 1000,
-    sigma: float = 3.0,
-    threshold: float = 0.5,
+    min_island_px: int = DEFAULTS["min_island_px"],
+    sigma: float = DEFAULTS["sigma"],
+    threshold: float = DEFAULTS["threshold"],
     spacing_mm: tuple[float, float] | None = None,
     prob_threshold: float = 0.5,
     connectivity: int = 1,

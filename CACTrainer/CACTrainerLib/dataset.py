@@ -39,12 +39,11 @@ from pathlib import Path
 
 import numpy as np
 from CACIdentifierLib.errors import CacError
+from CACIdentifierLib.patches import FRAME_SIZE as FRAME  # the sizes' one home
+from CACIdentifierLib.patches import PATCH_SIZE as PATCH
 from CACIdentifierLib.progress import ProgressCallback, no_progress
 
 from . import targets
-
-FRAME = 512
-PATCH = 256
 
 
 @dataclass

@@ -42,7 +42,9 @@ import numpy as np
 import torch
 from CACIdentifierLib.errors import CacError
 from CACIdentifierLib.fileutil import atomic_output
+from CACIdentifierLib.network import CLASSIFIER_THRESHOLD
 from CACIdentifierLib.progress import ProgressCallback, no_progress
+from CACIdentifierLib.refinement import DEFAULTS as REFINEMENT_DEFAULTS
 
 from . import dataset as D
 from . import losses as L
@@ -73,8 +75,8 @@ class TrainConfig:
     rebalance_start: float = 1.0
     rebalance_step: float = 0.01
     rebalance_floor: float = 0.01
-    classifier_threshold: float = 0.5
-    refinement: dict = field(default_factory=lambda: {"min_island_px": 1000, "sigma": 3.0, "threshold": 0.5})
+    classifier_threshold: float = CLASSIFIER_THRESHOLD
+    refinement: dict = field(default_factory=lambda: dict(REFINEMENT_DEFAULTS))
     architecture: dict = field(default_factory=dict)
     num_threads: int | None = None
     init: str | None = None  # model file whose weights start the run (fine-tuning), else random init

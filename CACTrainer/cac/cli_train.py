@@ -24,6 +24,8 @@ from pathlib import Path
 
 from CACIdentifierLib.errors import CacError
 
+from .train_events import format_line
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -102,7 +104,7 @@ def _init_model(path: str | None) -> str | None:
 def _emitter(as_json: bool):
     def emit(event: dict) -> None:
         if as_json:
-            print(json.dumps(event, default=str), flush=True)
+            print(format_line(event), flush=True)
         elif event.get("event") == "epoch":
             parts = [f"stage {event['stage']} epoch {event['epoch']}/{event['epochs']}",
                      f"train {event['train_loss']:.4f}"]
@@ -113,7 +115,7 @@ def _emitter(as_json: bool):
             print("  ".join(parts), flush=True)
         elif event.get("event") in ("start", "fold", "fold_done", "done", "resume"):
             brief = {k: v for k, v in event.items() if k not in ("config", "best")}
-            print(json.dumps(brief, default=str), flush=True)
+            print(format_line(brief), flush=True)
 
     return emit
 
