@@ -416,23 +416,19 @@ class CACIdentifierLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def defaultModelPath() -> Optional[Path]:  # noqa: UP045
-        """The model shipped with the extension (module resources, or the source tree's Resources/Models)."""
-        here = Path(__file__).resolve().parent
-        for folder in (here / "Resources" / "Models", here.parent / "Resources" / "Models"):
-            candidate = folder / "cac_default.safetensors"
-            if candidate.is_file():
-                return candidate
-        return None
+        """The default model (``$CAC_MODEL`` or the shipped one), None if there is none: the Lib's one finder."""
+        from CACIdentifierLib.resources import find_default_model
+
+        path = find_default_model()
+        return path if path is not None and path.is_file() else None
 
     @staticmethod
     def resolveInput(inputNode):
         """The cine node to process: a browser's proxy volume stands for its whole sequence."""
+        from CACIdentifierLib.mrml import sequence_behind
+
         if inputNode is not None and inputNode.IsA("vtkMRMLScalarVolumeNode"):
-            browser = slicer.modules.sequences.logic().GetFirstBrowserNodeForProxyNode(inputNode)
-            if browser is not None:
-                sequence = browser.GetSequenceNode(inputNode)
-                if sequence is not None:
-                    return sequence
+            return sequence_behind(inputNode) or inputNode
         return inputNode
 
     def process(

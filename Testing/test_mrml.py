@@ -109,6 +109,20 @@ def test_cine_sequence_round_trip_and_browser(scene):
     np.testing.assert_allclose(ijk_to_ras(proxy)[:3, :3], np.diag([-0.3, -0.2, 1.0]))
 
 
+def test_sequence_behind_a_proxy_volume(scene):
+    """One rule for the node a user picks: a Sequence, its browser's proxy volume, or a plain volume."""
+    cine = synthetic_cine()
+    sequence, browser = mrml.cine_to_sequence(scene, cine, "picked")
+    proxy = browser.GetProxyNode(sequence)
+    stack = mrml.cine_to_frame_stack_volume(scene, cine, "stack")
+    assert mrml.sequence_behind(sequence) is sequence
+    assert mrml.sequence_behind(proxy) is sequence
+    assert mrml.sequence_behind(stack) is None and mrml.sequence_behind(None) is None
+    browser.SetSelectedItemNumber(4)  # the proxy shows frame 4 but stands for the whole cine
+    np.testing.assert_array_equal(mrml.node_to_cine(proxy).frames, cine.frames)
+    np.testing.assert_array_equal(mrml.node_to_cine(stack).frames, cine.frames)
+
+
 def test_sequence_without_frame_time_or_spacing(scene):
     cine = synthetic_cine(spacing=None, frame_time=None)
     sequence, _ = mrml.cine_to_sequence(scene, cine, "unknowns")

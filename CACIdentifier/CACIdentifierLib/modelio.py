@@ -38,6 +38,7 @@ from . import __version__, refinement
 from .errors import CacError
 from .fileutil import atomic_output
 from .network import CLASSIFIER_THRESHOLD, ResUNet18
+from .resources import DEFAULT_MODEL_NAME, MODEL_ENV, default_model_path, find_default_model  # noqa: F401 (re-exported)
 
 FORMAT = "cac-resunet18"
 FORMAT_VERSION = 1
@@ -65,37 +66,6 @@ def default_metadata() -> dict:
         "training": {},
         "metrics": {},
     }
-
-
-DEFAULT_MODEL_NAME = "cac_default.safetensors"
-MODEL_ENV = "CAC_MODEL"
-
-
-def default_model_path() -> Path:
-    """The shipped default model: ``$CAC_MODEL`` if set, else ``Resources/Models/cac_default.safetensors``.
-
-    ``Resources/Models`` is looked up beside the ``CACIdentifier`` module
-    folder (the repository / extension root) and inside it; a missing model
-    raises :class:`CacError` saying where it was looked for.
-    """
-    env = os.environ.get(MODEL_ENV)
-    if env:
-        path = Path(env).expanduser()
-        if not path.is_file():
-            raise CacError(f"${MODEL_ENV} points to {path}, which does not exist; fix it or unset it")
-        return path
-    here = Path(__file__).resolve().parent  # .../CACIdentifier/CACIdentifierLib
-    candidates = [
-        here.parents[1] / "Resources" / "Models" / DEFAULT_MODEL_NAME,  # repository / extension root
-        here.parent / "Resources" / "Models" / DEFAULT_MODEL_NAME,  # inside the module folder
-    ]
-    for path in candidates:
-        if path.is_file():
-            return path
-    raise CacError(
-        f"no default model found (looked for {candidates[0]}); pass --model MODEL.safetensors "
-        f"or set ${MODEL_ENV}"
-    )
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

@@ -433,6 +433,26 @@ def frame_stack_volume_to_cine(volume_node) -> Cine:
     return cine
 
 
+def sequence_behind(node):
+    """The Sequence node that ``node`` stands for, or None: the one home of this rule.
+
+    A Sequence stands for itself; a sequence browser's proxy node stands for the
+    sequence it shows (the whole cine, not the one frame on screen).
+    """
+    if node is None:
+        return None
+    if node.IsA("vtkMRMLSequenceNode"):
+        return node
+    scene = node.GetScene()
+    if scene is None:
+        return None
+    for browser in scene.GetNodesByClass("vtkMRMLSequenceBrowserNode"):
+        sequence = browser.GetSequenceNode(node)
+        if sequence is not None:
+            return sequence
+    return None
+
+
 def node_to_cine(node) -> Cine:
     """The :class:`Cine` behind a node the user picked as input.
 
@@ -445,16 +465,8 @@ def node_to_cine(node) -> Cine:
     if node.IsA("vtkMRMLSequenceNode"):
         return sequence_to_cine(node)
     if node.IsA("vtkMRMLScalarVolumeNode") and not node.IsA("vtkMRMLLabelMapVolumeNode"):
-        scene = node.GetScene()
-        if scene is not None:
-            try:
-                browser = slicercore.logic(scene, "sequences").GetFirstBrowserNodeForProxyNode(node)
-            except KeyError:  # a scene made without slicercore.new_scene()
-                browser = None
-            sequence = browser.GetSequenceNode(node) if browser is not None else None
-            if sequence is not None:
-                return sequence_to_cine(sequence)
-        return frame_stack_volume_to_cine(node)
+        sequence = sequence_behind(node)
+        return sequence_to_cine(sequence) if sequence is not None else frame_stack_volume_to_cine(node)
     raise CacError(
         f"{node.GetName()!r} is a {node.GetClassName()}; choose a cine (a Sequence of frames or a frame-stack volume)"
     )
@@ -1111,18 +1123,6 @@ def _browser_of(scene, sequence_node):
     return None
 
 
-def _input_sequence(node):
-    """The Sequence node behind ``node`` (itself, or the sequence its browser proxy shows), or None."""
-    if node.IsA("vtkMRMLSequenceNode"):
-        return node
-    scene = node.GetScene()
-    for browser in scene.GetNodesByClass("vtkMRMLSequenceBrowserNode"):
-        sequence = browser.GetSequenceNode(node)
-        if sequence is not None:
-            return sequence
-    return None
-
-
 def identify_in_scene(scene, input_node, annotation_nodes=(), model_path=None, device="auto", sigma=None,
                       min_island_px=None, threshold=None, onset_frame=None, progress=None,
                       output_segmentation=None, output_table=None, name=None) -> dict:
@@ -1181,7 +1181,7 @@ def identify_in_scene(scene, input_node, annotation_nodes=(), model_path=None, d
     else:
         outputs["roi_segmentation"] = masks_to_frame_stack_segmentation(
             scene, result.roi, cine, name=f"{name} CAC ROI (frame stack)", colors={"CAC ROI": color})
-    sequence = _input_sequence(input_node)
+    sequence = sequence_behind(input_node)
     browser = _browser_of(scene, sequence)
     outputs["roi_sequence"] = None
     if sequence is not None and browser is not None:
