@@ -262,6 +262,47 @@ def test_split_network_equals_the_plain_model(model):
         SplitResUNet18(net)
 
 
+@pytest.mark.parametrize(
+    "arch",
+    [
+        {"width": 8, "blocks_per_stage": 2, "decoder_channels": (16, 8, 8, 8, 4)},  # deeper
+        {"width": 12, "blocks_per_stage": 1, "decoder_channels": (40, 24, 16, 8, 8)},  # other widths
+        {"width": 8, "blocks_per_stage": 3, "decoder_channels": (8, 8, 8, 8, 8), "in_channels": 2},
+    ],
+)
+def test_split_network_follows_the_architecture(arch):
+    """The fast path is derived from the model: another width or depth needs no change to splitnet."""
+    import torch
+    from CACIdentifierLib.inference import conv_bn_pairs, fold_batchnorm, inference_model
+    from CACIdentifierLib.network import ResUNet18
+    from CACIdentifierLib.splitnet import SplitResUNet18
+
+    torch.manual_seed(5)
+    net = ResUNet18(**arch)
+    for m in net.modules():  # BatchNorms that do something, so that folding them is checked
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    net.eval()
+    n_bn = sum(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
+    assert len(conv_bn_pairs(net)) == n_bn  # every BatchNorm follows a convolution
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fold_batchnorm(net).modules())
+    split = SplitResUNet18(inference_model(net, "cpu", torch.float32))
+    gen = torch.Generator().manual_seed(6)
+    nc = torch.rand(4, arch.get("in_channels", 1), 64, 64, generator=gen)
+    c = torch.rand(2, arch.get("in_channels", 1), 64, 64, generator=gen)
+    keep = torch.tensor([True, False, True, True])
+    with torch.inference_mode():
+        cls_ref, roi_ref = net(nc, torch.cat([c, c]))
+        cache = split.contrast_cache(c)
+        logit, features = split.classify(nc, [cache, cache])
+        roi = split.decode(features, [cache, cache], keep)
+    torch.testing.assert_close(logit, cls_ref, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(roi, roi_ref[keep], atol=1e-4, rtol=1e-4)
+
+
 def test_split_network_max_pool_equals_torch_max_pool_to_the_bit():
     import torch
     import torch.nn.functional as F

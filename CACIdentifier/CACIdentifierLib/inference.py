@@ -70,13 +70,50 @@ class IdentifyResult:
     parameters: dict = field(default_factory=dict)
 
 
-def fold_batchnorm(model):
+def conv_bn_pairs(model, *example_inputs) -> list:
+    """(Conv2d, BatchNorm2d) pairs where the BatchNorm reads the convolution's output directly.
+
+    Found by running ``model`` once on ``example_inputs`` (default: two 32x32 patches of
+    ``model.in_channels`` channels, a ResUNet18's ``(nc, c)``) with hooks that see which tensor
+    each layer produces and reads: what the computation does, not how its layers are named.
+    """
+    import torch
+    from torch import nn
+
+    if not example_inputs:
+        x = torch.zeros(1, model.in_channels, 32, 32)
+        example_inputs = (x, x)
+    produced, pairs, hooks = {}, [], []
+
+    def after_conv(module, inputs, output):
+        produced[id(output)] = (module, output)  # the tensor is kept so that its id stays unique
+
+    def before_bn(module, inputs):
+        conv, output = produced.get(id(inputs[0]), (None, None))
+        if output is inputs[0]:
+            pairs.append((conv, module))
+
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            hooks.append(module.register_forward_hook(after_conv))
+        elif isinstance(module, nn.BatchNorm2d):
+            hooks.append(module.register_forward_pre_hook(before_bn))
+    try:
+        with torch.inference_mode():
+            model(*example_inputs)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return pairs
+
+
+def fold_batchnorm(model, *example_inputs):
     """An inference copy of ``model`` with every BatchNorm folded into the convolution before it.
 
     In eval mode BN is an affine map per channel, so ``bn(conv(x))`` equals one convolution with
     scaled weights and a bias: one pass less over every activation map (memory-bound on a CPU).
-    Pairs are found by name: ``convN``/``bnN`` in a module, and ``[conv, bn]`` in a Sequential.
-    The original model is not modified.
+    The pairs come from :func:`conv_bn_pairs`; the folded convolution takes the conv's place and
+    an ``nn.Identity`` the BatchNorm's.  The original model is not modified.
     """
     import copy
 
@@ -84,17 +121,11 @@ def fold_batchnorm(model):
     from torch.nn.utils.fusion import fuse_conv_bn_eval
 
     folded = copy.deepcopy(model).eval()
-    for module in folded.modules():
-        if isinstance(module, nn.Sequential):
-            names = [n for n, _ in module.named_children()]
-            pairs = [(a, b) for a, b in zip(names, names[1:])]
-        else:
-            pairs = [(n, "bn" + n[4:]) for n, _ in module.named_children() if n.startswith("conv")]
-        for conv_name, bn_name in pairs:
-            conv, bn = getattr(module, conv_name, None), getattr(module, bn_name, None)
-            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
-                setattr(module, conv_name, fuse_conv_bn_eval(conv, bn))
-                setattr(module, bn_name, nn.Identity())
+    place = {id(child): (parent, name) for parent in folded.modules() for name, child in parent.named_children()}
+    for conv, bn in conv_bn_pairs(folded, *example_inputs):
+        for module, replacement in ((conv, fuse_conv_bn_eval(conv, bn)), (bn, nn.Identity())):
+            parent, name = place[id(module)]
+            setattr(parent, name, replacement)
     return folded
 
 

@@ -52,6 +52,19 @@ from torch import Tensor, nn
 CLASSIFIER_THRESHOLD = 0.5
 DEFAULT_DECODER_CHANNELS = (128, 64, 32, 16, 16)  # light: see docs/network.md (speed)
 ENCODER_BLOCKS = ("block1", "block2", "block3", "block4", "block5", "block6")
+# The wiring, as data: ResUNet18 runs it and the inference fast path (splitnet) derives its own
+# forward from it, so an architecture change is made once.  Feature names are encode()'s keys.
+TAIL_INPUTS = ("block2_nc", "block2_c")  # concatenated, the input of the shared tail
+TAIL_STAGES = ("block3", "block4", "block5", "block6")
+CONTRAST_FEATURES = ("block1_c", "block2_c")  # computed from the contrast patch alone
+# What each decoder stage concatenates to its upsampled input, in order ("out" is the 1x1 conv).
+DECODER_SKIPS = {
+    "up5": ("block5",),
+    "up4": ("block4",),
+    "up3": ("block3", "block2_nc", "block2_c"),
+    "up2": ("block1_nc", "block1_c"),
+    "up1": (),
+}
 
 
 def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
@@ -113,9 +126,10 @@ class Head(nn.Module):
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         self.block2 = make_stage(width, width, blocks_per_stage)
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, pool=None) -> tuple[Tensor, Tensor]:
+        """Block1 (before the pool) and Block2 outputs; ``pool`` replaces ``self.maxpool`` (same result)."""
         b1 = self.relu(self.bn1(self.conv1(x)))  # Block1 output before the pool: decoder skip (H/2)
-        b2 = self.block2(self.maxpool(b1))  # H/4
+        b2 = self.block2((pool or self.maxpool)(b1))  # H/4
         return b1, b2
 
 
@@ -293,26 +307,15 @@ class ResUNet18(nn.Module):
                     f"contrast_features of shape {tuple(b1_c.shape)} do not match patches {tuple(nc.shape)}"
                 )
         b1_nc, b2_nc = self.head_nc(nc)
-        b2 = torch.cat([b2_nc, b2_c], dim=1)
-        b3 = self.block3(b2)
-        b4 = self.block4(b3)
-        b5 = self.block5(b4)
-        b6 = self.block6(b5)
-        return {
-            "block1_nc": b1_nc,
-            "block1_c": b1_c,
-            "block2_nc": b2_nc,
-            "block2_c": b2_c,
-            "block2": b2,
-            "block3": b3,
-            "block4": b4,
-            "block5": b5,
-            "block6": b6,
-        }
+        features = {"block1_nc": b1_nc, "block1_c": b1_c, "block2_nc": b2_nc, "block2_c": b2_c}
+        features["block2"] = x = torch.cat([features[name] for name in TAIL_INPUTS], dim=1)
+        for name in TAIL_STAGES:
+            features[name] = x = getattr(self, name)(x)
+        return features
 
     def classify_features(self, features: dict[str, Tensor]) -> Tensor:
         """CAC-presence logit (B,) from the Block6 features: global average pooling + fc."""
-        x = torch.flatten(self.avgpool(features["block6"]), 1)
+        x = torch.flatten(self.avgpool(features[TAIL_STAGES[-1]]), 1)
         return self.fc(x)[:, 0]
 
     def classify(self, nc: Tensor, c: Tensor) -> Tensor:
@@ -321,13 +324,11 @@ class ResUNet18(nn.Module):
 
     def decode(self, features: dict[str, Tensor]) -> Tensor:
         """ROI logit map (B, 1, H, W) from :meth:`encode`'s features (Step 2)."""
-        d = self.decoder
-        x = d["up5"](features["block6"], features["block5"])
-        x = d["up4"](x, features["block4"])
-        x = d["up3"](x, torch.cat([features["block3"], features["block2"]], dim=1))
-        x = d["up2"](x, torch.cat([features["block1_nc"], features["block1_c"]], dim=1))
-        x = d["up1"](x)
-        return d["out"](x)
+        x = features[TAIL_STAGES[-1]]
+        for name, skips in DECODER_SKIPS.items():
+            skip = torch.cat([features[s] for s in skips], dim=1) if skips else None
+            x = self.decoder[name](x, skip)
+        return self.decoder["out"](x)
 
     def forward(self, nc: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
         """``(cls_logit (B,), roi_logit (B, 1, H, W))`` for patch pairs ``nc``, ``c`` of shape (B, C, H, W)."""
