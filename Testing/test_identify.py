@@ -204,12 +204,12 @@ def test_engine_batching_and_contrast_head_sharing_change_nothing(study, model):
     assert np.array_equal(one.roi, two.roi)
     # Against the plain model run on each frame's own patch pair (no folding, no sharing).
     import torch
-    from CACIdentifierLib import patches as P
+    from CACIdentifierLib.patches import extract_patches, normalize_frame, prepare_frame
 
     net.eval()
     for k in range(0, len(one.frames), 5):
         nc, c = (
-            torch.from_numpy(P.extract_patches(P.normalize_frame(P.prepare_frame(cine.frames[f], cine.spacing_mm)[0]))[:, None])
+            torch.from_numpy(extract_patches(normalize_frame(prepare_frame(cine.frames[f], cine.spacing_mm)[0]))[:, None])
             for f in (one.frames[k], one.contrast_frames[k])
         )
         with torch.inference_mode():

@@ -3,7 +3,6 @@
 
 import numpy as np
 import pytest
-from CACIdentifierLib.errors import CacError
 from CACIdentifierLib.patches import (
     PATCH_SIZE,
     extract_patches,
@@ -23,7 +22,7 @@ def test_origins_are_the_papers_and_cover_the_frame():
         covered[r : r + PATCH_SIZE, c : c + PATCH_SIZE] += 1
     assert covered.min() == 1
     assert (covered == 2).sum() == 256 * 256  # the centre patch overlaps exactly one patch area
-    with pytest.raises(CacError):
+    with pytest.raises(ValueError):
         patch_origins(200, 512)
 
 
@@ -53,9 +52,9 @@ def test_stitch_max_keeps_detection_of_one_patch_and_mean_averages():
     bool_maps = maps > 0.5
     out = stitch(bool_maps)
     assert out.dtype == bool and out.sum() == 100
-    with pytest.raises(CacError):
+    with pytest.raises(ValueError):
         stitch(maps, mode="median")
-    with pytest.raises(CacError):
+    with pytest.raises(ValueError):
         stitch(maps[:4])
 
 

@@ -67,7 +67,7 @@ def test_refine_anisotropic_and_errors():
     assert refine(np.zeros((64, 64)), sigma=3).sum() == 0
     with pytest.raises(CacError):
         refine(prob, threshold=1.5)
-    with pytest.raises(CacError):
+    with pytest.raises(ValueError):
         refine(np.zeros((2, 8, 8)))
 
 

@@ -24,9 +24,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from CACIdentifierLib import patches as P
 from CACIdentifierLib.inference import identify
 from CACIdentifierLib.modelio import default_model_path, load_model
+from CACIdentifierLib.patches import extract_patches, normalize_frame, patch_origins, stitch
 from CACIdentifierLib.refinement import refine
 from CACIdentifierLib.sync import synchronize_cine
 from CACTrainerLib.phantom import PhantomParams, generate_acquisition
@@ -50,15 +50,15 @@ def naive_per_frame(model, cine, pairs, refine_params) -> float:
 
 
 def _naive_frame(model, cine, f_nc, f_c, refine_params) -> None:
-    nc = P.extract_patches(P.normalize_frame(cine.frames[f_nc]))
-    c = P.extract_patches(P.normalize_frame(cine.frames[f_c]))
+    nc = extract_patches(normalize_frame(cine.frames[f_nc]))
+    c = extract_patches(normalize_frame(cine.frames[f_c]))
     maps = []
     with torch.no_grad():
         for i in range(5):
             cls, roi = model(torch.from_numpy(nc[i][None, None]), torch.from_numpy(c[i][None, None]))
             gate = float(torch.sigmoid(cls)[0]) >= 0.5
             maps.append(torch.sigmoid(roi)[0, 0].numpy() * gate)
-    refine(P.stitch(np.stack(maps)), **refine_params)
+    refine(stitch(np.stack(maps)), **refine_params)
 
 
 def keep_freed_memory() -> bool:
@@ -141,7 +141,7 @@ def main() -> int:
         print(f"engine {name:30s}: {dt:.4f} s/frame ({dt / 0.10:.2f} x the 0.10 s target)")
 
     bf, fp = runs["bf16 gated"][0], runs["fp32 gated"][0]
-    truth = np.array([patch_labels(acq.calcium[f], P.patch_origins()) for f in bf.frames]) > 0.5
+    truth = np.array([patch_labels(acq.calcium[f], patch_origins()) for f in bf.frames]) > 0.5
     called = bf.patch_probabilities >= 0.5
     print(f"truth: {len(acq.truth['calcifications'])} deposits; patch pairs with calcium {truth.mean():.3f}, "
           f"called positive (run the decoder) {called.mean():.3f}, of which false positives {(called & ~truth).mean():.3f}")

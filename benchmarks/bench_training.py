@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from CACIdentifierLib.device import autocast, cpu_supports_bf16
 from CACIdentifierLib.network import ResUNet18
-from CACTrainerLib import losses as L
+from CACTrainerLib.losses import classification_loss, decoder_loss, signed_distance_map
 
 BATCH = 16
 REPEATS = 3
@@ -32,7 +32,7 @@ def _step_time(stage: int, amp: bool) -> float:
     labels = torch.from_numpy((rng.random(BATCH) > 0.5).astype(np.float32))
     roi = np.zeros((BATCH, 1, 256, 256), bool)
     roi[:, :, 100:140, 100:140] = True
-    dist = torch.from_numpy(L.signed_distance_map(roi))
+    dist = torch.from_numpy(signed_distance_map(roi))
     roi_t = torch.from_numpy(roi.astype(np.float32))
     if stage == 1:
         opt = torch.optim.Adam(model.classifier_parameters(), lr=1e-4)
@@ -45,11 +45,11 @@ def _step_time(stage: int, amp: bool) -> float:
         t0 = time.perf_counter()
         with autocast("cpu", enabled=amp):
             if stage == 1:
-                loss = L.classification_loss(model.classify(nc, c), labels)
+                loss = classification_loss(model.classify(nc, c), labels)
             else:
                 with torch.no_grad():
                     feats = model.encode(nc, c)
-                loss, _ = L.decoder_loss(model.decode(feats), roi_t, dist, 0.5)
+                loss, _ = decoder_loss(model.decode(feats), roi_t, dist, 0.5)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -199,9 +199,9 @@ def identify(
     """
     import torch
 
-    from . import patches as P
     from .device import autocast_dtype, choose_device
     from .network import CLASSIFIER_THRESHOLD
+    from .patches import PATCH_SIZE, extract_patches, normalize_frame, prepare_frame, restore_mask, stitch
     from .refinement import refine
     from .splitnet import SplitResUNet18
 
@@ -241,8 +241,8 @@ def identify(
     spacing = cine.spacing_mm
 
     def frame_patches(index: int):
-        frame, _, _ = P.prepare_frame(cine.frames[index], spacing)
-        patches = P.extract_patches(P.normalize_frame(frame))[:, None]
+        frame, _, _ = prepare_frame(cine.frames[index], spacing)
+        patches = extract_patches(normalize_frame(frame))[:, None]
         return torch.from_numpy(patches).to(dev, dtype=dtype, memory_format=torch.channels_last)
 
     # Pairs are taken in the order of their contrast frame, and a task computes the contrast head
@@ -270,19 +270,19 @@ def identify(
                 logit, features = net.classify(nc_t, pair_caches)
                 cls_prob = torch.sigmoid(logit.float())
                 positive = cls_prob >= cls_thr
-                roi_prob = torch.zeros((nc_t.shape[0], P.PATCH_SIZE, P.PATCH_SIZE), device=dev)
+                roi_prob = torch.zeros((nc_t.shape[0], PATCH_SIZE, PATCH_SIZE), device=dev)
                 if bool(positive.any()):
                     # Gating: the decoder runs only where the classifier says CAC.
                     roi_prob[positive] = torch.sigmoid(net.decode(features, pair_caches, positive).float())[:, 0]
                 out.append((batch, cls_prob.cpu().numpy().reshape(-1, 5),
-                            roi_prob.cpu().numpy().reshape(-1, 5, P.PATCH_SIZE, P.PATCH_SIZE)))
+                            roi_prob.cpu().numpy().reshape(-1, 5, PATCH_SIZE, PATCH_SIZE)))
         t1 = time.perf_counter()
         masks = {}
         for batch, cls_np, roi_np in out:
             for i, k in enumerate(batch):
                 patch_probs[k] = cls_np[i]
                 if cls_np[i].max() >= cls_thr:
-                    masks[k] = refine(P.stitch(roi_np[i]), **refine_params)
+                    masks[k] = refine(stitch(roi_np[i]), **refine_params)
         return members, masks, t1 - t0, time.perf_counter() - t1
 
     if workers is None:
@@ -304,7 +304,7 @@ def identify(
                 for future in as_completed(futures):
                     members, masks, dt_net, dt_ref = future.result()
                     for k, mask512 in masks.items():
-                        roi[frames_nc[k]] = P.restore_mask(mask512, cine.rows, cine.columns)
+                        roi[frames_nc[k]] = restore_mask(mask512, cine.rows, cine.columns)
                     t_net += dt_net
                     t_ref += dt_ref
                     done += len(members)

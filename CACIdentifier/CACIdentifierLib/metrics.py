@@ -133,7 +133,7 @@ def wilcoxon(a: Sequence, b: Sequence) -> dict:
     from scipy import stats
 
     if len(a) != len(b):
-        raise CacError(f"paired test needs equal lengths, got {len(a)} and {len(b)}")
+        raise ValueError(f"paired test needs equal lengths, got {len(a)} and {len(b)}")
     pairs = [
         (float(x), float(y))
         for x, y in zip(a, b)

@@ -56,7 +56,7 @@ def patch_origins(rows: int = FRAME_SIZE, cols: int = FRAME_SIZE) -> list[tuple[
     """
     rows, cols = int(rows), int(cols)
     if rows < PATCH_SIZE or cols < PATCH_SIZE:
-        raise CacError(
+        raise ValueError(
             f"frame of {rows}x{cols} pixels is smaller than the {PATCH_SIZE}x{PATCH_SIZE} patches; "
             "resample it to 512x512 first (patches.prepare_frame)"
         )
@@ -72,7 +72,7 @@ def extract_patches(frames: np.ndarray) -> np.ndarray:
     """
     frames = np.asarray(frames)
     if frames.ndim not in (2, 3):
-        raise CacError(f"expected a frame (rows, cols) or frames (n, rows, cols), got shape {frames.shape}")
+        raise ValueError(f"expected a frame (rows, cols) or frames (n, rows, cols), got shape {frames.shape}")
     rows, cols = frames.shape[-2:]
     out = np.empty(frames.shape[:-2] + (N_PATCHES, PATCH_SIZE, PATCH_SIZE), dtype=frames.dtype)
     for p, (r, c) in enumerate(patch_origins(rows, cols)):
@@ -96,9 +96,9 @@ def stitch(patch_maps: np.ndarray, rows: int = FRAME_SIZE, cols: int = FRAME_SIZ
     if maps.ndim == 4 and maps.shape[1] == 1:
         maps = maps[:, 0]
     if maps.shape != (N_PATCHES, PATCH_SIZE, PATCH_SIZE):
-        raise CacError(f"expected 5 patch maps of 256x256, got shape {maps.shape}")
+        raise ValueError(f"expected 5 patch maps of 256x256, got shape {maps.shape}")
     if mode not in STITCH_MODES:
-        raise CacError(f"unknown stitch mode {mode!r}; choose 'max' or 'mean'")
+        raise ValueError(f"unknown stitch mode {mode!r}; choose 'max' or 'mean'")
     origins = patch_origins(rows, cols)
     if maps.dtype == bool and mode == "max":
         out = np.zeros((rows, cols), dtype=bool)
@@ -154,7 +154,7 @@ def normalize_frame(frame: np.ndarray, low_percentile: float = 1.0, high_percent
     if arr.ndim == 3:
         return np.stack([normalize_frame(f, low_percentile, high_percentile) for f in arr])
     if arr.ndim != 2:
-        raise CacError(f"expected a frame (rows, cols), got shape {arr.shape}")
+        raise ValueError(f"expected a frame (rows, cols), got shape {arr.shape}")
     if arr.dtype in (np.uint8, np.uint16) and arr.size:
         lo, hi = _uint_percentiles(arr, (low_percentile, high_percentile))
         arr = arr.astype(np.float32)
@@ -182,7 +182,7 @@ def prepare_frame(
     """
     arr = np.asarray(frame)
     if arr.ndim != 2:
-        raise CacError(f"expected a frame (rows, cols), got shape {arr.shape}")
+        raise ValueError(f"expected a frame (rows, cols), got shape {arr.shape}")
     rows, cols = arr.shape
     if rows < 16 or cols < 16:
         raise CacError(f"frame of {rows}x{cols} pixels is too small for CAC identification")
@@ -208,7 +208,7 @@ def restore_map(map512: np.ndarray, rows: int, cols: int) -> np.ndarray:
     """Resample a 512x512 float map back to ``rows x cols`` (bilinear; identity at 512x512)."""
     arr = np.asarray(map512, dtype=np.float32)
     if arr.shape != (FRAME_SIZE, FRAME_SIZE):
-        raise CacError(f"expected a 512x512 map, got shape {arr.shape}")
+        raise ValueError(f"expected a 512x512 map, got shape {arr.shape}")
     if (rows, cols) == (FRAME_SIZE, FRAME_SIZE):
         return arr
     from skimage.transform import resize

@@ -81,7 +81,7 @@ def refine(
     """
     arr = np.asarray(roi_prob)
     if arr.ndim != 2:
-        raise CacError(f"refine expects one 2D ROI map, got shape {arr.shape}")
+        raise ValueError(f"refine expects one 2D ROI map, got shape {arr.shape}")
     if sigma < 0 or min_island_px < 0 or not 0.0 < threshold < 1.0:
         raise CacError(
             f"invalid refinement settings (sigma={sigma}, min_island_px={min_island_px}, "

@@ -24,14 +24,15 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 from CACIdentifierLib.errors import CacError
 from CACIdentifierLib.fileutil import atomic_output
 
-from . import dataset as D
-from . import training as T
+from .dataset import FrameSet
+from .training import TrainConfig, evaluate, train
 
 PAPER_TABLE2 = {
     "precision": (0.89, 0.81, 0.94),
@@ -49,7 +50,7 @@ ROWS = [
 ]
 
 
-def groups_of(fs: D.FrameSet, by: str) -> list:
+def groups_of(fs: FrameSet, by: str) -> list:
     if by == "patient":
         return list(fs.patient)
     if by == "acquisition":
@@ -57,7 +58,7 @@ def groups_of(fs: D.FrameSet, by: str) -> list:
     raise CacError(f"unknown fold unit {by!r}; choose 'patient' or 'acquisition'")
 
 
-def make_folds(fs: D.FrameSet, by: str = "patient") -> list[list[str]]:
+def make_folds(fs: FrameSet, by: str = "patient") -> list[list[str]]:
     """Leave-one-out folds: fold ``k`` tests the ``k``-th group (sorted ids) of patients or acquisitions."""
     groups = sorted(set(groups_of(fs, by)))
     if len(groups) < 2:
@@ -65,7 +66,7 @@ def make_folds(fs: D.FrameSet, by: str = "patient") -> list[list[str]]:
     return [[g] for g in groups]
 
 
-def validation_split(fs: D.FrameSet, fraction: float = 0.15, seed: int = 0) -> tuple[D.FrameSet, D.FrameSet | None]:
+def validation_split(fs: FrameSet, fraction: float = 0.15, seed: int = 0) -> tuple[FrameSet, FrameSet | None]:
     """Split off whole patients (about ``fraction`` of them, at least one) for checkpoint selection.
 
     With a single patient the split is by acquisition; with a single
@@ -100,7 +101,7 @@ def _fold_metrics(ev: dict) -> dict:
     }
 
 
-def run_fold(fs: D.FrameSet, k: int, by: str, config: T.TrainConfig, out_dir, *, resume: bool = False,
+def run_fold(fs: FrameSet, k: int, by: str, config: TrainConfig, out_dir, *, resume: bool = False,
              emit=None, progress=None, overwrite: bool = False, val_fraction: float = 0.15) -> dict:
     """Train and test fold ``k``; write ``out_dir/fold_K.json`` and return its content."""
     out_dir = Path(out_dir)
@@ -119,11 +120,11 @@ def run_fold(fs: D.FrameSet, k: int, by: str, config: T.TrainConfig, out_dir, *,
     emit = emit or (lambda e: None)
     emit({"event": "fold", "fold": k, "folds": len(folds), "by": by, "test": test_groups,
           "val": sorted(set(val_set.patient)) if val_set is not None else []})
-    result = T.train(train_set, val_set, config, out_dir / f"fold_{k}", resume=resume, emit=emit,
+    result = train(train_set, val_set, config, out_dir / f"fold_{k}", resume=resume, emit=emit,
                      progress=progress or (lambda *a: None))
     from CACIdentifierLib.device import choose_device
 
-    ev = T.evaluate(result.model.to(choose_device(config.device)), test, config, choose_device(config.device))
+    ev = evaluate(result.model.to(choose_device(config.device)), test, config, choose_device(config.device))
     record = {
         "fold": k,
         "folds": len(folds),
@@ -137,7 +138,7 @@ def run_fold(fs: D.FrameSet, k: int, by: str, config: T.TrainConfig, out_dir, *,
         "best": result.best,
         "train_seconds": round(result.seconds, 1),
         "seconds": round(time.perf_counter() - t0, 1),
-        "config": T.asdict(config),
+        "config": asdict(config),
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_output(target, overwrite=overwrite) as tmp:

@@ -119,10 +119,16 @@ def _contrast_frame_for(cine, k: int) -> int:
 def run_gradcam(args) -> int:
     import numpy as np
     import torch
-    from CACIdentifierLib import patches as P
     from CACIdentifierLib.cine_io import load_cine
     from CACIdentifierLib.fileutil import check_writable
     from CACIdentifierLib.modelio import load_model
+    from CACIdentifierLib.patches import (
+        FRAME_SIZE,
+        extract_patches,
+        normalize_frame,
+        patch_origins,
+        prepare_frame,
+    )
     from CACTrainerLib.gradcam import grad_cam, save_gradcam_png
 
     check_writable(args.out, args.overwrite)
@@ -135,14 +141,14 @@ def run_gradcam(args) -> int:
     j = args.contrast_frame if args.contrast_frame is not None else _contrast_frame_for(cine, args.frame)
     pair = []
     for k in (args.frame, j):
-        f512, _, _ = P.prepare_frame(cine.frames[k], cine.spacing_mm)
-        pair.append(P.extract_patches(P.normalize_frame(f512)))
+        f512, _, _ = prepare_frame(cine.frames[k], cine.spacing_mm)
+        pair.append(extract_patches(normalize_frame(f512)))
     nc, c = pair
     with torch.inference_mode():
         probs = torch.sigmoid(model.classify(torch.from_numpy(nc[:, None]), torch.from_numpy(c[:, None]))).numpy()
     patch = args.patch if args.patch is not None else int(np.argmax(probs))
     cam, prob = grad_cam(model, nc[patch], c[patch], layer=args.layer, return_probability=True)
-    origin = P.patch_origins(512, 512)[patch]
+    origin = patch_origins(FRAME_SIZE, FRAME_SIZE)[patch]
     save_gradcam_png(
         args.out,
         nc[patch],

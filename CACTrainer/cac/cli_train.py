@@ -172,23 +172,25 @@ def run(args) -> int:
 
 
 def _load(dataset: Path, args, progress):
-    from CACTrainerLib import dataset as D
+    from CACTrainerLib.dataset import build_frameset
 
     fpa = args.frames_per_acquisition or None
-    return D.build_frameset(dataset, frames_per_acquisition=fpa, progress=progress)
+    return build_frameset(dataset, frames_per_acquisition=fpa, progress=progress)
 
 
 def _train_final(fs, dataset: Path, args, config, out: Path, emit, progress) -> int:
+    from dataclasses import asdict
+
     import torch
     from CACIdentifierLib.modelio import save_model
     from CACTrainerLib import crossval
-    from CACTrainerLib import training as T
+    from CACTrainerLib.training import plot_curves, train
 
     run_dir = Path(args.run_dir) if args.run_dir else out.with_name(out.stem + ".run")
     train_set, val_set = crossval.validation_split(fs, args.val_fraction, args.seed)
-    result = T.train(train_set, val_set, config, run_dir, resume=args.resume, emit=emit, progress=progress)
+    result = train(train_set, val_set, config, run_dir, resume=args.resume, emit=emit, progress=progress)
     curves = out.with_name(out.stem + "_curves.png")
-    T.plot_curves(result.history, curves, title=f"{out.name}: training curves")
+    plot_curves(result.history, curves, title=f"{out.name}: training curves")
     vm = {k: v for k, v in result.val_metrics.items() if k != "frames"}
     metadata = {
         "roi_gt": {"iterations": config.roi_iterations, "step_px": config.roi_step_px,
@@ -202,7 +204,7 @@ def _train_final(fs, dataset: Path, args, config, out: Path, emit, progress) -> 
                      "val_patients": sorted(set(val_set.patient)) if val_set is not None else []},
             "command": "cac train " + " ".join(shlex.quote(a) for a in sys.argv[2:])
             if len(sys.argv) > 1 and sys.argv[1] == "train" else "cac train (API)",
-            "config": T.asdict(config),
+            "config": asdict(config),
             "epochs_run": {"stage1": sum(1 for r in result.history if r["stage"] == 1),
                            "stage2": sum(1 for r in result.history if r["stage"] == 2)},
             "best_epoch": {"stage1": (result.best.get("stage1") or {}).get("epoch"),
