@@ -341,6 +341,12 @@ def gated_roi(cls_logit: Tensor, roi_logit: Tensor, threshold: float = CLASSIFIE
 
     Returns ``sigmoid(roi_logit)`` (B, 1, H, W) multiplied by
     ``sigmoid(cls_logit) >= threshold`` per patch.
+
+    Examples
+    --------
+    >>> roi = gated_roi(torch.tensor([2.0, -2.0]), torch.zeros(2, 1, 4, 4))
+    >>> roi[:, 0, 0, 0].tolist()  # patch 1 is called negative: its ROI is empty
+    [0.5, 0.0]
     """
     keep = (torch.sigmoid(cls_logit.float()) >= threshold).to(torch.float32)
     return torch.sigmoid(roi_logit.float()) * keep.view(-1, *([1] * (roi_logit.ndim - 1)))

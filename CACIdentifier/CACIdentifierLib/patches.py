@@ -53,6 +53,21 @@ def patch_origins(rows: int = FRAME_SIZE, cols: int = FRAME_SIZE) -> list[tuple[
 
     Order: top-left, top-right, bottom-left, bottom-right corner, centre.  For
     512x512: (0,0), (0,256), (256,0), (256,256), (128,128).
+
+    Parameters
+    ----------
+    rows, cols : int
+        Frame size, at least 256 each (the network's grid is 512x512).
+
+    Returns
+    -------
+    list of (int, int)
+        Five top-left corners of 256x256 patches that together cover the frame.
+
+    Examples
+    --------
+    >>> patch_origins(512, 512)
+    [(0, 0), (0, 256), (256, 0), (256, 256), (128, 128)]
     """
     rows, cols = int(rows), int(cols)
     if rows < PATCH_SIZE or cols < PATCH_SIZE:
@@ -69,6 +84,15 @@ def extract_patches(frames: np.ndarray) -> np.ndarray:
 
     Returns an array of shape ``(5, 256, 256)`` or ``(N, 5, 256, 256)`` (a
     copy, same dtype), patch ``p`` taken at ``patch_origins(H, W)[p]``.
+
+    Examples
+    --------
+    >>> frame = np.arange(512 * 512, dtype=np.float32).reshape(512, 512)
+    >>> patches = extract_patches(frame)
+    >>> patches.shape
+    (5, 256, 256)
+    >>> bool((patches[4] == frame[128:384, 128:384]).all())  # the centre patch
+    True
     """
     frames = np.asarray(frames)
     if frames.ndim not in (2, 3):
@@ -91,6 +115,14 @@ def stitch(patch_maps: np.ndarray, rows: int = FRAME_SIZE, cols: int = FRAME_SIZ
     frames larger than 512) are 0.  Accepts ``(5, 256, 256)`` or
     ``(5, 1, 256, 256)``; returns ``(rows, cols)`` float32 (bool input stays
     bool in max mode).
+
+    Examples
+    --------
+    >>> maps = np.zeros((5, 256, 256), np.float32)
+    >>> maps[4] = 0.8  # the centre patch alone sees something
+    >>> frame = stitch(maps)
+    >>> frame.shape, float(frame[256, 256]), float(frame[0, 0])
+    ((512, 512), 0.800000011920929, 0.0)
     """
     maps = np.asarray(patch_maps)
     if maps.ndim == 4 and maps.shape[1] == 1:

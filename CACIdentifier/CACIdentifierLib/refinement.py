@@ -77,7 +77,20 @@ def refine(
         one so the kernel is round in millimetres.
     connectivity : 1 (4-neighbours, scikit-image's default) or 2 (8).
 
-    Returns a bool mask of the same shape.
+    Returns
+    -------
+    ndarray of bool, the shape of ``roi_prob``
+
+    Examples
+    --------
+    An island under 1000 pixels goes; a large ROI stays, its corners rounded:
+
+    >>> prob = np.zeros((128, 128), np.float32)
+    >>> prob[10:20, 10:20] = 0.9  # 100 px
+    >>> prob[40:100, 40:100] = 0.9  # 3600 px
+    >>> mask = refine(prob)
+    >>> bool(mask[15, 15]), bool(mask[70, 70]), bool(mask[40, 40])
+    (False, True, False)
     """
     arr = np.asarray(roi_prob)
     if arr.ndim != 2:

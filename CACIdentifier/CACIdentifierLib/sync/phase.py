@@ -28,6 +28,14 @@ def phase_from_landmarks(landmarks, n_frames: int, period: float | None = None) 
 
     Phase is ``i`` at landmark ``i`` (0 at the first), linear in between, and
     extrapolated with the mean landmark interval (or ``period``) outside.
+
+    Examples
+    --------
+    Beats (R waves) at frames 2, 12 and 20: the phase follows the shorter second beat, and
+    before the first one it goes back at the mean interval (9 frames).
+
+    >>> phase_from_landmarks([2, 12, 20], 22).round(3).tolist()[::4]
+    [-0.222, 0.2, 0.6, 1.0, 1.5, 2.0]
     """
     lm = np.asarray(sorted(landmarks), float)
     if lm.size == 0:
@@ -63,6 +71,24 @@ def pair_by_phase(phase, non_contrast, candidates, frame_distance=None, toleranc
 
     Candidates within ``tolerance`` cycles of the best are ties, broken by the
     smallest ``frame_distance[i, j]`` when given, else by the nearest in time.
+
+    Parameters
+    ----------
+    phase : sequence of float
+        Phase of every frame, in cycles.
+    non_contrast, candidates : sequence of int
+        The frames to pair, and the contrast frames they may pair with.
+
+    Returns
+    -------
+    list of [int, int]
+        ``[non_contrast_frame, contrast_frame]`` pairs.
+
+    Examples
+    --------
+    >>> phase = [0.0, 0.25, 0.5, 0.75, 0.02, 0.27, 0.52, 0.77]
+    >>> pair_by_phase(phase, [0, 1, 2, 3], [4, 5, 6, 7])
+    [[0, 4], [1, 5], [2, 6], [3, 7]]
     """
     phase = np.asarray(phase, float)
     cand = np.asarray(sorted(candidates), int)

@@ -51,6 +51,12 @@ def ecg_like_signal(frames, reference: int = 0, *, chunk: int = 4) -> np.ndarray
     Returns
     -------
     ndarray (N,) float64.  A frame pair with both norms zero gives 0.
+
+    Examples
+    --------
+    >>> frames = np.stack([np.full((4, 4), v, np.uint8) for v in (10, 10, 30)])
+    >>> ecg_like_signal(frames).tolist()  # |10 - 30| / (10 + 30) for the last frame
+    [0.0, 0.0, 0.5]
     """
     frames = check_frames(frames)
     n, rows, cols = frames.shape

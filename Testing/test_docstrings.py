@@ -1,0 +1,26 @@
+"""The Examples in the docstrings of the paper stages run and give what they show (doctest)."""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+
+import pytest
+
+MODULES = [
+    "CACIdentifierLib.sync.signal",
+    "CACIdentifierLib.sync.phase",
+    "CACIdentifierLib.patches",
+    "CACIdentifierLib.refinement",
+    "CACIdentifierLib.metrics",
+    "CACIdentifierLib.network",
+    "cac.train_events",
+]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_docstring_examples(name):
+    module = importlib.import_module(name)
+    result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0, f"{name} has no examples"
+    assert result.failed == 0
