@@ -133,7 +133,7 @@ def inference_model(model, device, dtype=None):
     """The copy of ``model`` that inference runs: BatchNorm folded, on ``device``, weights in ``dtype``.
 
     Casting the weights once to bf16 (instead of autocast, which casts every weight at every call)
-    made the encoder about 25 % faster on a 2-core AVX512-BF16 CPU; channels_last lets oneDNN pick
+    made the encoder faster (docs/identify.md gives the figure); channels_last lets oneDNN pick
     its fastest convolution kernels.  The original model is not modified.
     """
     import torch
@@ -287,7 +287,7 @@ def identify(
 
     if workers is None:
         # Two frames at a time, each on half the cores: on a 2-core CPU that beat one frame on both
-        # cores by about 17 % (small convolutions scale poorly over threads).
+        # cores (docs/identify.md; small convolutions scale poorly over threads).
         workers = 2 if dev.type == "cpu" and torch.get_num_threads() >= 2 and len(tasks) > 1 else 1
     threads_before = torch.get_num_threads()
     if workers > 1 and dev.type == "cpu":

@@ -39,9 +39,8 @@ def single_threaded_blas():
 
     The matrices here are small (frames x frames, or frames x 4096 pixels):
     OpenBLAS's thread pool gains little on them and, on a busy machine, its
-    spinning threads cost up to 50x (one 200 x 4096 Gram matrix: 110 ms with
-    2 threads vs 2.4 ms with one, measured on the 2-core development machine
-    under load).  No-op where numpy's OpenBLAS is not found.
+    spinning threads cost many times the work (measured in docs/sync.md).
+    No-op where numpy's OpenBLAS is not found.
     """
     fns = openblas_fns()
     if fns is None:
