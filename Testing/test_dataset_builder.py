@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from CACIdentifierLib.cli import main
+from cac.cli import main
 
 pytest.importorskip("slicer")
 pydicom = pytest.importorskip("pydicom")

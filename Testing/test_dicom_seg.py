@@ -6,7 +6,7 @@ import pytest
 
 pydicom = pytest.importorskip("pydicom")
 pytest.importorskip("highdicom")
-from CACIdentifierLib.cli import main  # noqa: E402
+from cac.cli import main  # noqa: E402
 from CACIdentifierLib.dicom_seg import read_dicom_seg, write_dicom_seg  # noqa: E402
 from conftest import BIPLANE, needs_data  # noqa: E402
 

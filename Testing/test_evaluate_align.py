@@ -11,7 +11,7 @@ import json
 
 import numpy as np
 import pytest
-from CACIdentifierLib.cli import main
+from cac.cli import main
 
 pytest.importorskip("slicer")
 sitk = pytest.importorskip("SimpleITK")
