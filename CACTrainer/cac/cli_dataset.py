@@ -58,12 +58,12 @@ def _spacing(values):
 
 
 def run(args) -> int:
-    from CACTrainerLib import dataset_builder as B
+    from CACTrainerLib import dataset_builder
 
     if args.dataset_command == "add":
-        added = B.add_acquisition(args.dataset, args.cine, args.annotations, patient=args.patient,
-                                  onset=args.onset, segment=args.segment, spacing_mm=_spacing(args.spacing),
-                                  frame_time_ms=args.frame_time, key_file=args.key, overwrite=args.overwrite)
+        added = dataset_builder.add_acquisition(args.dataset, args.cine, args.annotations, patient=args.patient,
+                                                onset=args.onset, segment=args.segment, spacing_mm=_spacing(args.spacing),
+                                                frame_time_ms=args.frame_time, key_file=args.key, overwrite=args.overwrite)
         if args.json:
             json.dump(vars(added), sys.stdout, indent=1)
             sys.stdout.write("\n")
@@ -75,7 +75,7 @@ def run(args) -> int:
                   f"onset {onset} ({added.onset_source}), annotator Dice median {dice}")
         return 0
     if args.dataset_command == "check":
-        problems, warnings = B.check(args.dataset)
+        problems, warnings = dataset_builder.check(args.dataset)
         if args.json:
             json.dump({"problems": problems, "warnings": warnings}, sys.stdout, indent=1)
             sys.stdout.write("\n")
@@ -87,7 +87,7 @@ def run(args) -> int:
             print(f"{len(problems)} problem(s), {len(warnings)} warning(s)")
         return 1 if problems else 0
     if args.dataset_command == "info":
-        counts = B.info(args.dataset)
+        counts = dataset_builder.info(args.dataset)
         if args.json:
             json.dump(counts, sys.stdout, indent=1)
             sys.stdout.write("\n")
