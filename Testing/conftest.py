@@ -29,3 +29,41 @@ def require(path: Path) -> Path:
     if not Path(path).exists():
         pytest.skip(MISSING)
     return path
+
+
+def refuse_unpickling(monkeypatch) -> None:
+    """Make every way into pickle fail: the functions, the Unpickler classes, torch.load, np.load with pickles."""
+    import _pickle
+    import pickle
+
+    import numpy as np
+    import torch
+
+    def refuse(*a, **k):
+        raise AssertionError("unpickling used")
+
+    class RefusingUnpickler:
+        def __init__(self, *a, **k):
+            raise AssertionError("pickle.Unpickler used")
+
+    for module in (pickle, _pickle):
+        monkeypatch.setattr(module, "load", refuse)
+        monkeypatch.setattr(module, "loads", refuse)
+        monkeypatch.setattr(module, "Unpickler", RefusingUnpickler)
+    monkeypatch.setattr(pickle, "_Unpickler", RefusingUnpickler)
+    monkeypatch.setattr(torch, "load", refuse)
+    monkeypatch.setattr(torch.serialization, "load", refuse)
+    real_np_load = np.load
+
+    def np_load(*a, allow_pickle=False, **k):
+        if allow_pickle:
+            raise AssertionError("np.load with allow_pickle")
+        return real_np_load(*a, allow_pickle=False, **k)
+
+    monkeypatch.setattr(np, "load", np_load)
+
+
+@pytest.fixture
+def no_unpickling(monkeypatch):
+    """Any use of pickle (functions, Unpickler classes, torch.load, np.load of pickles) fails the test."""
+    refuse_unpickling(monkeypatch)

@@ -5,9 +5,8 @@ import json
 import numpy as np
 import pytest
 from cac.cli import main
+from CACIdentifierLib import mrml
 from CACIdentifierLib.metrics import hausdorff_mm, iom
-
-mrml = pytest.importorskip("CACIdentifierLib.mrml")
 
 
 def write(path, segments, spacing=(0.3, 0.3)):

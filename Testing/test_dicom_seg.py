@@ -21,7 +21,7 @@ IDENTIFYING = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "Pa
 
 
 def test_round_trip_equals_seg_nrrd_frame_by_frame(tmp_path):
-    mrml = pytest.importorskip("CACIdentifierLib.mrml")
+    from CACIdentifierLib import mrml
     src = pydicom.dcmread(SOURCE, stop_before_pixels=True)
     n = int(src.NumberOfFrames)
     roi = np.zeros((n, src.Rows, src.Columns), bool)
@@ -65,7 +65,7 @@ def test_no_patient_data_beyond_the_source(tmp_path):
 
 
 def test_cli_refuses_non_dicom_source(tmp_path, capsys):
-    mrml = pytest.importorskip("CACIdentifierLib.mrml")
+    from CACIdentifierLib import mrml
     from CACIdentifierLib.cine import Cine
 
     cine = Cine(frames=np.zeros((4, 64, 64), np.uint8), frame_time_ms=66.0)

@@ -16,13 +16,8 @@ SMALL = {"width": 16, "decoder_channels": (32, 16, 16, 8, 8)}
 
 
 @pytest.fixture(autouse=True)
-def no_pickle(monkeypatch):
-    def refuse(*a, **k):
-        raise AssertionError("unpickling used")
-
-    monkeypatch.setattr(pickle, "load", refuse)
-    monkeypatch.setattr(pickle, "loads", refuse)
-    monkeypatch.setattr(torch, "load", refuse)
+def no_pickle(no_unpickling):
+    """Every test here runs with every route into pickle refused (see conftest.py)."""
 
 
 def trained_like(seed=0, **arch):
@@ -122,13 +117,41 @@ def test_not_a_model(tmp_path):
 
 
 def test_source_never_unpickles():
-    src = (Path(__file__).resolve().parents[1] / "CACIdentifier" / "CACIdentifierLib" / "modelio.py").read_text()
-    for node in ast.walk(ast.parse(src)):
-        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
-            assert (node.value.id, node.attr) != ("torch", "load")
-        if isinstance(node, ast.Import | ast.ImportFrom):
-            names = [a.name for a in node.names] + [getattr(node, "module", None) or ""]
-            assert not any("pickle" in n for n in names)
+    """No module of either Lib imports a pickle-based loader or calls torch.load / np.load(allow_pickle)."""
+    root = Path(__file__).resolve().parents[1]
+    files = sorted((root / "CACIdentifier" / "CACIdentifierLib").glob("*.py"))
+    files += sorted((root / "CACTrainer" / "CACTrainerLib").glob("*.py"))
+    assert len(files) > 20
+    banned_modules = ("pickle", "_pickle", "cPickle", "dill", "cloudpickle", "joblib", "shelve", "marshal")
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute):
+                assert node.attr not in ("Unpickler", "_Unpickler"), path
+                if isinstance(node.value, ast.Name):
+                    assert (node.value.id, node.attr) != ("torch", "load"), path
+                if isinstance(node.value, ast.Attribute) and node.attr == "load":
+                    assert node.value.attr != "serialization", path
+            if isinstance(node, ast.Import | ast.ImportFrom):
+                names = [a.name for a in node.names] + [getattr(node, "module", None) or ""]
+                assert not any(n.split(".")[0] in banned_modules for n in names), (path, names)
+            if isinstance(node, ast.keyword) and node.arg == "allow_pickle":
+                assert isinstance(node.value, ast.Constant) and node.value.value is False, path
+
+
+def test_the_refusal_itself_works(tmp_path):
+    # The fixture must catch each route, or the tests above prove nothing.
+    import io
+
+    import numpy as np
+
+    data = pickle.dumps({"a": 1})
+    for attempt in (lambda: pickle.loads(data), lambda: pickle.Unpickler(io.BytesIO(data)).load(),
+                    lambda: torch.load(io.BytesIO(data))):
+        with pytest.raises(AssertionError):
+            attempt()
+    np.save(tmp_path / "o.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(AssertionError):
+        np.load(tmp_path / "o.npy", allow_pickle=True)
 
 
 def test_default_model_path(tmp_path, monkeypatch):

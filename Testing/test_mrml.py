@@ -507,7 +507,7 @@ def test_real_cine_through_slicer_files(tmp_path, scene):
 @pytest.mark.filterwarnings("ignore::CACIdentifierLib.errors.CacWarning")  # blank frame 0, short cine: expected
 def test_real_sync_result_in_the_scene(scene):
     """The real synchronizer's result (fractional beat landmarks) shown as tables and a chart."""
-    sync = pytest.importorskip("CACIdentifierLib.sync")
+    from CACIdentifierLib import sync
     cine = _load_biplane()
     result = sync.synchronize(cine.frames, cine.frame_time_ms, r_wave_frames=cine.r_wave_frames, ecg=cine.ecg)
     nodes = mrml.sync_to_scene(scene, result, "biplane", frame_time_ms=cine.frame_time_ms)

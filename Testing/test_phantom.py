@@ -229,7 +229,7 @@ def test_dicom_reads_back(tmp_path, small, compression):
     assert float(ds.PositionerPrimaryAngle) == pytest.approx(small.truth["view"]["primary_deg"])
     assert int(ds.BitsStored) == 8
     assert "RWavePointer" not in ds
-    cine_io = pytest.importorskip("CACIdentifierLib.cine_io")
+    from CACIdentifierLib import cine_io
     cine = cine_io.load_cine(path)
     assert np.array_equal(cine.frames, small.frames)
     assert cine.spacing_mm[0] == pytest.approx(small.spacing_mm[0], rel=1e-6)
@@ -248,7 +248,7 @@ def test_dicom_uids_deterministic(tmp_path, small):
 
 
 def test_seg_nrrd_read_back(tmp_path, small):
-    mrml = pytest.importorskip("CACIdentifierLib.mrml")
+    from CACIdentifierLib import mrml
     files = write_acquisition(tmp_path, small)
     seg = mrml.read_seg_nrrd(tmp_path / files["majority"], expected_shape=small.frames.shape)
     assert np.array_equal(seg.segments["calcium"], small.majority)
@@ -261,7 +261,7 @@ def test_seg_nrrd_read_back(tmp_path, small):
 
 
 def test_dataset_manifest_and_calcium_free(tmp_path):
-    pytest.importorskip("CACIdentifierLib.mrml")
+    import CACIdentifierLib.mrml  # noqa: F401
     p = replace(SMALL, rows=64, cols=64, n_frames=12, calcium_free_fraction=0.34)
     out = write_dataset(tmp_path / "ds", p, patients=3, acquisitions_per_patient=2, seed=9)
     entries = load_manifest(out)
@@ -282,7 +282,7 @@ def test_dataset_manifest_and_calcium_free(tmp_path):
 
 
 def test_cli_refuses_overwrite(tmp_path, capsys):
-    pytest.importorskip("CACIdentifierLib.mrml")
+    import CACIdentifierLib.mrml  # noqa: F401
     from cac.cli import main
 
     out = tmp_path / "ds"
@@ -359,7 +359,7 @@ def test_ecg_option_writes_r_wave_pointer(tmp_path):
 
 
 def test_cli_json_output(tmp_path, capsys):
-    pytest.importorskip("CACIdentifierLib.mrml")
+    import CACIdentifierLib.mrml  # noqa: F401
     from cac.cli import main
 
     out = tmp_path / "ds"
@@ -370,7 +370,7 @@ def test_cli_json_output(tmp_path, capsys):
     assert [e["id"] for e in entries] == ["P001_A01", "P002_A01"]
     assert entries[0]["frame_time_ms"] == pytest.approx(1000 / 7.5)
     assert sum(e["calcium_free"] for e in entries) == 1
-    cine_io = pytest.importorskip("CACIdentifierLib.cine_io")
+    from CACIdentifierLib import cine_io
     cine = cine_io.load_cine(entries[0]["cine"])
     assert cine.bits_stored == 10 and cine.frames.dtype == np.uint16 and 300 < cine.frames.max() <= 1023
 

@@ -49,7 +49,7 @@ def rca_cine():
 
 @pytest.fixture(scope="module")
 def phantom_case():
-    phantom = pytest.importorskip("CACTrainerLib.phantom")
+    from CACTrainerLib import phantom
     params = phantom.PhantomParams(rows=128, cols=128, n_frames=150, fps=15.0, heart_rate_bpm_range=(75.0, 75.0))
     return phantom.generate_acquisition(params, seed=11)
 

@@ -107,7 +107,7 @@ def test_patch_labels_rule():
 
 
 def test_patch_targets_cut_full_frame_roi():
-    patches = pytest.importorskip("CACIdentifierLib.patches", reason="patches.py (helper E1) not landed yet")
+    from CACIdentifierLib import patches
     mask = np.zeros((512, 512), bool)
     mask[250:254, 300:304] = True
     labels, roi = targets.patch_targets(mask)

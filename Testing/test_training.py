@@ -14,11 +14,9 @@ import numpy as np
 import pytest
 import torch
 from CACIdentifierLib.errors import CacError
-from CACTrainerLib import crossval
+from CACTrainerLib import crossval, phantom
 from CACTrainerLib import dataset as D
 from CACTrainerLib import training as T
-
-phantom = pytest.importorskip("CACTrainerLib.phantom", reason="phantom generator (helper C) missing")
 
 ARCH = {"width": 16, "decoder_channels": [32, 16, 16, 8, 8]}
 

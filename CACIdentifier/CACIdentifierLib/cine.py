@@ -19,9 +19,76 @@ Conventions
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from .errors import CacError
+
+# Sizes a cine frame may have.  Below MIN_FRAME_SIDE there is no image to speak of (a header whose
+# Rows or Columns was corrupted to 1 or 2 otherwise turns one frame into hundreds); above
+# MAX_FRAME_SIDE no X-ray detector exists.
+MIN_FRAME_SIDE = 16
+MAX_FRAME_SIDE = 8192
+# Physical ranges of the time between frames and of the pixel spacing (at the isocentre or the
+# detector): a value outside is a corrupt tag or a mistyped option.
+FRAME_TIME_RANGE_MS = (1.0, 10_000.0)  # 1000 to 0.1 frames per second
+SPACING_RANGE_MM = (0.005, 10.0)
+# Share of the memory this process may still use that one decoded cine may take: the stages after
+# reading need about as much again.
+CINE_MEMORY_SHARE = 0.4
+
+
+def memory_available_bytes() -> int | None:
+    """Bytes this process can still allocate: MemAvailable, capped by RLIMIT_AS; None if unknown."""
+    candidates = []
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    candidates.append(int(line.split()[1]) * 1024)
+                    break
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        import resource
+
+        soft, _hard = resource.getrlimit(resource.RLIMIT_AS)
+        if soft != resource.RLIM_INFINITY:
+            try:
+                with open("/proc/self/statm") as handle:
+                    used = int(handle.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+            except (OSError, ValueError, IndexError):
+                used = 0
+            candidates.append(max(0, soft - used))
+    except (ImportError, OSError, ValueError):
+        pass
+    return min(candidates) if candidates else None
+
+
+def check_cine_size(n_frames: int, rows: int, columns: int, itemsize: int, source) -> None:
+    """Refuse, before anything is decoded, a cine whose size is degenerate or does not fit in memory.
+
+    Raises :class:`~.errors.CacError` when a frame side is outside
+    ``MIN_FRAME_SIDE..MAX_FRAME_SIDE``, there are no frames, or the frames
+    would take more than ``CINE_MEMORY_SHARE`` of the memory still available.
+    """
+    if n_frames < 1:
+        raise CacError(f"{source} says it holds {n_frames} frames; the header is corrupt")
+    if not (MIN_FRAME_SIDE <= rows <= MAX_FRAME_SIDE and MIN_FRAME_SIDE <= columns <= MAX_FRAME_SIDE):
+        raise CacError(
+            f"{source} has frames of {rows} x {columns} pixels; a cine frame must be between "
+            f"{MIN_FRAME_SIDE} and {MAX_FRAME_SIDE} pixels a side (the header may be corrupt)"
+        )
+    need = int(n_frames) * int(rows) * int(columns) * int(itemsize)
+    available = memory_available_bytes()
+    if available is not None and need > CINE_MEMORY_SHARE * available:
+        raise CacError(
+            f"{source} holds {n_frames} frames of {rows} x {columns} pixels ({need / 2**30:.2f} GiB decoded), "
+            f"more than this machine can spare ({available / 2**30:.2f} GiB available); "
+            "use a machine with more memory or a shorter cine"
+        )
 
 
 @dataclass

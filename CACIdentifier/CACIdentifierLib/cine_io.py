@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from .blank import detect_blank_frames
-from .cine import Cine
-from .errors import CacError, CacWarning
+from .cine import MAX_FRAME_SIDE, Cine, check_cine_size
+from .errors import CacError, CacWarning, printable
 from .fileutil import natural_sort_key
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
@@ -83,6 +83,9 @@ def load_cine(path, *, spacing_mm=None, frame_time_ms=None) -> Cine:
         raise CacError(
             f"folder {path} holds neither DICOM files nor PNG/JPEG/TIFF frames; give a folder of cine frames"
         )
+    if not path.is_file():
+        # A device or pipe (/dev/zero, /dev/urandom, a FIFO) would be read forever.
+        raise CacError(f"{path} is not a regular file or folder; give a DICOM file, a folder of frames or an .nrrd")
     suffix = path.suffix.lower()
     if suffix in NRRD_SUFFIXES:
         return _read_nrrd(path, spacing_mm, frame_time_ms)
@@ -122,6 +125,12 @@ def _read_image(path: Path) -> np.ndarray:
 
     try:
         with Image.open(path) as image:
+            # The header's size is checked before decoding: a small file can claim 30000 x 30000 pixels.
+            if max(image.size) > MAX_FRAME_SIDE:
+                raise CacError(
+                    f"{path} claims {image.size[0]} x {image.size[1]} pixels, more than the {MAX_FRAME_SIDE} "
+                    "a cine frame may have; the file is corrupt or not a frame"
+                )
             image.load()
             mode = image.mode
             array = np.asarray(image)
@@ -136,9 +145,10 @@ def _read_image(path: Path) -> np.ndarray:
                         stacklevel=3,
                     )
                     array = np.asarray(image.convert("L"))
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError, SyntaxError) as exc:
         raise CacError(
-            f"{path} could not be read as an image ({exc}); the file may be truncated or corrupt"
+            f"{path} could not be read as an image ({printable(' '.join(str(exc).split()), 160)}); "
+            "the file may be truncated or corrupt"
         ) from None
     if array.dtype == bool:
         array = array.astype(np.uint8) * 255
@@ -204,6 +214,8 @@ def read_image_folder(path, spacing_mm=None, frame_time_ms=None) -> Cine:
     frames = []
     for file in files:
         array = _read_image(file)
+        if not frames:
+            check_cine_size(len(files), array.shape[0], array.shape[1], array.dtype.itemsize, folder)
         if frames and array.shape != frames[0].shape:
             raise CacError(
                 f"{file.name} is {array.shape[0]}x{array.shape[1]} but {files[0].name} is "

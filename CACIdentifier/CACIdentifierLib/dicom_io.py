@@ -24,14 +24,15 @@ Bad input raises :class:`~CACIdentifierLib.errors.CacError` with one line.
 from __future__ import annotations
 
 import datetime as _dt
+import os
 import warnings
 from pathlib import Path
 
 import numpy as np
 
 from .blank import detect_blank_frames
-from .cine import Cine, EcgTrace
-from .errors import CacError, CacWarning
+from .cine import FRAME_TIME_RANGE_MS, SPACING_RANGE_MM, Cine, EcgTrace, check_cine_size
+from .errors import CacError, CacWarning, printable
 from .fileutil import natural_sort_key
 
 XA_SOP_CLASSES = {
@@ -58,6 +59,12 @@ IDENTIFIER_KEYWORDS = (
 # Curve Data Value Representation (5000,0103) -> numpy dtype (little endian).
 _CURVE_DTYPES = {0: "u2", 1: "i2", 2: "f4", 3: "f8", 4: "i4"}
 
+# Physical ranges of the facts read from tags; a value outside is treated as absent (with a warning).
+# FRAME_TIME_RANGE_MS and SPACING_RANGE_MM (cine.py) also bound the user's --frame-time and --spacing.
+MAGNIFICATION_RANGE = (0.5, 10.0)  # Estimated Radiographic Magnification Factor, SID/SOD
+DISTANCE_RANGE_MM = (1.0, 100_000.0)  # SID, SOD, source to isocentre
+ECG_FREQUENCY_RANGE_HZ = (1.0, 100_000.0)
+
 
 # --------------------------------------------------------------------------- reading the file
 
@@ -70,12 +77,14 @@ def _read_dataset(path: Path):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            ds = pydicom.dcmread(path)
+            with _BoundedFile(path) as fp:
+                ds = pydicom.dcmread(fp)
         except InvalidDicomError:
             # Files without the 128-byte preamble are legal in the wild; accept them only if
             # they parse into something that looks like an image.
             try:
-                ds = pydicom.dcmread(path, force=True)
+                with _BoundedFile(path) as fp:
+                    ds = pydicom.dcmread(fp, force=True)
             except Exception:
                 ds = None
             if ds is None or "SOPClassUID" not in ds and "Rows" not in ds:
@@ -85,13 +94,87 @@ def _read_dataset(path: Path):
         except CacError:
             raise
         except Exception as exc:  # pydicom raises many types on corrupt files
-            text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise CacError(
-                f"{path} could not be read as DICOM ({text}); the file may be truncated or corrupt"
+                f"{path} could not be read as DICOM ({_exc_text(exc)}); the file may be truncated or corrupt"
             ) from None
+        dropped = _parse_elements(ds)
     messages = [str(w.message) for w in caught]
-    _fill_transfer_syntax(ds)
+    for tag, exc in dropped[:3]:
+        warnings.warn(
+            f"{path.name}: tag {tag} could not be read ({_exc_text(exc)}); ignored", CacWarning, stacklevel=3
+        )
+    if len(dropped) > 3:
+        warnings.warn(f"{path.name}: {len(dropped) - 3} more unreadable tags ignored", CacWarning, stacklevel=3)
+    try:
+        _fill_transfer_syntax(ds)
+    except Exception as exc:  # a corrupt file meta group
+        raise CacError(f"{path} has a corrupt file meta header ({_exc_text(exc)}); the file is damaged") from None
     return ds, messages
+
+
+class _BoundedFile:
+    """A buffered file whose reads never ask for more than the bytes left in it.
+
+    An element whose length field was corrupted to gigabytes makes pydicom
+    read that many bytes, and Python allocates the whole request before
+    reading: a 2 MB file could demand 4 GB.  Capping each read at the rest of
+    the file keeps memory at the file's size; pydicom then sees the short read
+    and reports the file as truncated.
+    """
+
+    def __init__(self, path):
+        self._file = open(path, "rb")
+        self._size = os.fstat(self._file.fileno()).st_size
+        self.name = str(path)
+
+    def read(self, size=-1):
+        if size is not None and size >= 0:
+            size = max(0, min(size, self._size - self._file.tell()))
+        return self._file.read(size)
+
+    def seek(self, *args):
+        return self._file.seek(*args)
+
+    def tell(self):
+        return self._file.tell()
+
+    def close(self):
+        self._file.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _exc_text(exc: BaseException) -> str:
+    """A parser's exception as a short printable phrase (its text may quote raw bytes of the file)."""
+    text = " ".join(str(exc).split())
+    return printable(text or type(exc).__name__, 160)
+
+
+def _parse_elements(ds, depth: int = 0) -> list:
+    """Convert every element now (pydicom converts lazily), dropping those that cannot be converted.
+
+    pydicom parses a value the first time it is accessed, so a corrupt VR or
+    value would otherwise raise (``NotImplementedError``, ``ValueError``...)
+    wherever the tag happens to be read.  Returns ``[(tag, exception)]`` of
+    the dropped elements.  Pixel data is not copied (its value is raw bytes).
+    """
+    dropped = []
+    for tag in list(ds.keys()):
+        try:
+            element = ds[tag]
+            value = element.value
+        except Exception as exc:  # pydicom raises several types for corrupt elements
+            dropped.append((tag, exc))
+            del ds[tag]
+            continue
+        if element.VR == "SQ" and value and depth < 8:
+            for item in value:
+                dropped.extend(_parse_elements(item, depth + 1))
+    return dropped
 
 
 def _fill_transfer_syntax(ds) -> None:
@@ -171,20 +254,26 @@ def _decode_pixels(ds, path: Path, pydicom_messages: list[str]) -> np.ndarray:
         raise CacError(
             f"{path} is a DICOM file without pixel data ({sop_name}), not an image; give an XA cine"
         )
+    if "PixelData" in ds and not ds.PixelData:
+        raise CacError(f"{path} has an empty pixel data element: its pixels were stripped; copy the complete file")
+    n_frames, rows, cols, samples, bits = _pixel_geometry(ds, path)
     uid = transfer_syntax_of(ds)
     if uid:
-        problem = decoder_problem(uid)
+        try:
+            problem = decoder_problem(uid)
+        except Exception as exc:  # a corrupt Transfer Syntax UID (not a UID at all)
+            problem = f"transfer syntax {printable(uid, 80)} is not usable ({_exc_text(exc)})"
         if problem:
             raise CacError(f"{path}: {problem}")
-        shortfall = _native_shortfall(ds, uid)
-        if shortfall:
-            raise CacError(f"{path} is truncated ({shortfall}); copy the complete file")
+        mismatch = _native_length_problem(ds, uid, n_frames, rows, cols, samples, bits)
+        if mismatch:
+            raise CacError(f"{path} {mismatch}")
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             pixels = ds.pixel_array
     except Exception as exc:  # decoders raise many types on corrupt data
-        text = " ".join(str(exc).split())[:240] or type(exc).__name__
+        text = _exc_text(exc)
         if _truncation_hint(pydicom_messages) or any(
             word in text.lower() for word in ("length", "less than expected", "fragment", "end of")
         ):
@@ -197,10 +286,14 @@ def _decode_pixels(ds, path: Path, pydicom_messages: list[str]) -> np.ndarray:
     for w in caught:
         # pydicom warns (and pads) when pixel data is shorter than announced in a recoverable way.
         if "shorter" in str(w.message).lower() or "less than expected" in str(w.message).lower():
-            raise CacError(f"{path} is truncated ({w.message}); copy the complete file")
+            raise CacError(f"{path} is truncated ({_exc_text(w.message)}); copy the complete file")
 
-    n_frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
-    samples = int(getattr(ds, "SamplesPerPixel", 1) or 1)
+    expected = (n_frames, rows, cols) if samples == 1 else (n_frames, rows, cols, samples)
+    if pixels.shape != expected and not (n_frames == 1 and pixels.shape == expected[1:]):
+        raise CacError(
+            f"{path}: the pixel data decodes to shape {pixels.shape}, but the header announces "
+            f"{' x '.join(map(str, expected))}; the file is corrupt"
+        )
     if samples > 1:
         warnings.warn(
             f"{path.name} is a colour image; converted to grey (ITU-R 601 luma)", CacWarning, stacklevel=3
@@ -211,7 +304,8 @@ def _decode_pixels(ds, path: Path, pydicom_messages: list[str]) -> np.ndarray:
     photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2"))
     if photometric == "MONOCHROME1":
         # Every stage assumes MONOCHROME2 (higher value = brighter); invert within the stored range.
-        bits = int(getattr(ds, "BitsStored", 8 * pixels.dtype.itemsize))
+        bits = _int_tag(ds, "BitsStored", 8 * pixels.dtype.itemsize)
+        bits = bits if 1 <= bits <= 8 * pixels.dtype.itemsize else 8 * pixels.dtype.itemsize
         if np.issubdtype(pixels.dtype, np.signedinteger):
             pixels = (pixels.max() + pixels.min() - pixels).astype(pixels.dtype)
         else:
@@ -228,26 +322,66 @@ def _sop_class_name(ds) -> str:
     return XA_SOP_CLASSES.get(uid) or UID(uid).name or uid
 
 
-def _native_shortfall(ds, uid: str) -> str | None:
-    """For uncompressed pixel data: 'N of M bytes' when the element is shorter than the image needs."""
+def _int_tag(ds, keyword: str, default: int | None = None) -> int | None:
+    """An integer tag's value, or ``default`` when it is absent, empty or not one integer."""
+    value = ds.get(keyword)
+    if value is None or value == "" or _is_empty(value):
+        return default
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return default
+    if not np.isfinite(number) or number != int(number):
+        return default
+    return int(number)
+
+
+def _pixel_geometry(ds, path: Path) -> tuple[int, int, int, int, int]:
+    """(frames, rows, columns, samples per pixel, bits allocated) from the header, checked before decoding.
+
+    Sizes must be positive and sane (see :func:`~.cine.check_cine_size`) and
+    the decoded frames must fit in memory; otherwise a :class:`CacError`
+    says what the header claims.
+    """
+    rows, cols = _int_tag(ds, "Rows"), _int_tag(ds, "Columns")
+    if rows is None or cols is None:
+        raise CacError(f"{path} gives no valid Rows and Columns (image size); the header is corrupt")
+    n_frames = _int_tag(ds, "NumberOfFrames", 1)
+    samples = _int_tag(ds, "SamplesPerPixel", 1)
+    bits = _int_tag(ds, "BitsAllocated")
+    if samples not in (1, 3):
+        raise CacError(f"{path} gives SamplesPerPixel {samples}; an image has 1 (grey) or 3 (colour)")
+    if bits not in (1, 8, 16, 32, 64):
+        raise CacError(f"{path} gives BitsAllocated {bits}; expected 8 or 16 (the header is corrupt)")
+    check_cine_size(n_frames, rows, cols, max(1, bits // 8) * samples, path)
+    return n_frames, rows, cols, samples, bits
+
+
+def _native_length_problem(ds, uid: str, n_frames, rows, cols, samples, bits) -> str | None:
+    """For uncompressed pixel data: why its length does not fit the header's image size, or None.
+
+    Shorter is a truncated file.  Longer by more than one frame means the
+    header's sizes are wrong (a corrupted Rows would otherwise turn 96 frames
+    into 49,152).
+    """
     from pydicom.uid import UID
 
     if UID(uid).is_compressed or "PixelData" not in ds:
         return None
-    try:
-        rows, cols = int(ds.Rows), int(ds.Columns)
-        frames = int(ds.get("NumberOfFrames", 1) or 1)
-        samples = int(ds.get("SamplesPerPixel", 1) or 1)
-        bits = int(ds.BitsAllocated)
-    except (AttributeError, TypeError, ValueError):
-        return None
-    expected = (rows * cols * frames * samples * bits + 7) // 8
+    frame_bytes = (rows * cols * samples * bits + 7) // 8
+    expected = (rows * cols * samples * bits * n_frames + 7) // 8
     actual = len(ds.PixelData)
-    return (
-        f"pixel data has {actual} of the {expected} bytes its {frames} frames need"
-        if actual < expected
-        else None
-    )
+    if actual < expected:
+        return (
+            f"is truncated (pixel data has {actual} of the {expected} bytes its {n_frames} frames need); "
+            "copy the complete file"
+        )
+    if actual > expected + max(frame_bytes, 2):
+        return (
+            f"has {actual} bytes of pixel data but the header's {n_frames} frames of {rows} x {cols} pixels "
+            f"need {expected}; the header is corrupt"
+        )
+    return None
 
 
 def _luma(rgb: np.ndarray) -> np.ndarray:
@@ -325,6 +459,26 @@ def _pair(value) -> tuple[float, float] | None:
     return (vals[0], vals[1])
 
 
+def _in_range(value, limits: tuple[float, float], what: str, unit: str):
+    """``value`` (a number or a pair) if every entry lies within ``limits``, else None with a warning.
+
+    A value outside the physical range is a corrupt or mis-scaled tag: it is
+    treated as absent (so the next rule, or the user's value, applies).
+    """
+    if value is None:
+        return None
+    values = value if isinstance(value, tuple) else (value,)
+    if all(limits[0] <= v <= limits[1] for v in values):
+        return value
+    warnings.warn(
+        f"the file gives {what} {_fmt(value)} {unit}, outside the physical range "
+        f"{limits[0]:g}-{limits[1]:g} {unit}; ignored",
+        CacWarning,
+        stacklevel=3,
+    )
+    return None
+
+
 def dicom_spacing(ds) -> tuple[tuple[float, float] | None, str]:
     """Pixel spacing at the isocentre, (row, column) in mm, and the rule that gave it.
 
@@ -340,25 +494,34 @@ def dicom_spacing(ds) -> tuple[tuple[float, float] | None, str]:
        pitch, not the spacing in the patient: a warning says so).
 
     Tags are looked up at the top level and in the Enhanced functional groups.
+    Values outside the physical ranges (``SPACING_RANGE_MM``,
+    ``MAGNIFICATION_RANGE``, ``DISTANCE_RANGE_MM``) are ignored with a warning.
     """
-    pixel_spacing = _pair(find_value(ds, "PixelSpacing"))
+    pixel_spacing = _in_range(_pair(find_value(ds, "PixelSpacing")), SPACING_RANGE_MM, "PixelSpacing", "mm")
     if pixel_spacing:
         return pixel_spacing, "PixelSpacing"
-    imager = _pair(find_value(ds, "ImagerPixelSpacing"))
+    imager = _in_range(_pair(find_value(ds, "ImagerPixelSpacing")), SPACING_RANGE_MM, "ImagerPixelSpacing", "mm")
     if imager is None:
         return None, "unknown"
-    magnification = _positive(find_value(ds, "EstimatedRadiographicMagnificationFactor"))
+    magnification = _in_range(
+        _positive(find_value(ds, "EstimatedRadiographicMagnificationFactor")),
+        MAGNIFICATION_RANGE,
+        "EstimatedRadiographicMagnificationFactor",
+        "",
+    )
     if magnification:
         return (imager[0] / magnification, imager[1] / magnification), (
             "ImagerPixelSpacing/EstimatedRadiographicMagnificationFactor"
         )
-    sid = _positive(find_value(ds, "DistanceSourceToDetector"))
-    sod = _positive(find_value(ds, "DistanceSourceToPatient"))
+    sid = _in_range(_positive(find_value(ds, "DistanceSourceToDetector")), DISTANCE_RANGE_MM, "SID", "mm")
+    sod = _in_range(_positive(find_value(ds, "DistanceSourceToPatient")), DISTANCE_RANGE_MM, "SOD", "mm")
     sod_name = "SOD"
     if sod is None:
-        sod = _positive(find_value(ds, "DistanceSourceToIsocenter"))
+        sod = _in_range(
+            _positive(find_value(ds, "DistanceSourceToIsocenter")), DISTANCE_RANGE_MM, "source to isocentre", "mm"
+        )
         sod_name = "DistanceSourceToIsocenter"
-    if sid and sod:
+    if sid and sod and _in_range(sid / sod, MAGNIFICATION_RANGE, "magnification SID/SOD", ""):
         magnification = sid / sod
         return (imager[0] / magnification, imager[1] / magnification), f"ImagerPixelSpacing/(SID/{sod_name})"
     warnings.warn(
@@ -411,18 +574,23 @@ def dicom_frame_time(ds) -> tuple[float | None, str]:
     1000 / ``CineRate`` (0018,0040); else, for Enhanced IODs, the median
     difference of the per-frame ``FrameAcquisitionDateTime``; else
     1000 / ``RecommendedDisplayFrameRate`` (0008,2144), which is only the
-    display rate; else ``(None, "unknown")``.
+    display rate; else ``(None, "unknown")``.  A value outside
+    ``FRAME_TIME_RANGE_MS`` is ignored with a warning.
     """
-    frame_time = _positive(find_value(ds, "FrameTime"))
+
+    def checked(value, tag):
+        return _in_range(value, FRAME_TIME_RANGE_MS, f"frame time ({tag})", "ms")
+
+    frame_time = checked(_positive(find_value(ds, "FrameTime")), "FrameTime")
     if frame_time:
         return frame_time, "FrameTime"
     vector = _floats(find_value(ds, "FrameTimeVector"))
     if vector and len(vector) > 1:
-        value = float(np.median(vector[1:]))
-        if value > 0:
+        value = checked(_positive(float(np.median(vector[1:]))), "FrameTimeVector")
+        if value:
             return value, "FrameTimeVector"
     cine_rate = _positive(find_value(ds, "CineRate"))
-    if cine_rate:
+    if cine_rate and checked(1000.0 / cine_rate, "CineRate"):
         return 1000.0 / cine_rate, "CineRate"
     per_frame = ds.get("PerFrameFunctionalGroupsSequence")
     if per_frame and len(per_frame) > 1:
@@ -433,10 +601,10 @@ def dicom_frame_time(ds) -> tuple[float | None, str]:
             times.append(stamp)
         if all(t is not None for t in times):
             diffs = np.diff([(t - times[0]).total_seconds() * 1000.0 for t in times])
-            if len(diffs) and np.median(diffs) > 0:
+            if len(diffs) and checked(_positive(float(np.median(diffs))), "FrameAcquisitionDateTime"):
                 return float(np.median(diffs)), "FrameAcquisitionDateTime"
     display_rate = _positive(find_value(ds, "RecommendedDisplayFrameRate"))
-    if display_rate:
+    if display_rate and checked(1000.0 / display_rate, "RecommendedDisplayFrameRate"):
         return 1000.0 / display_rate, "RecommendedDisplayFrameRate"
     return None, "unknown"
 
@@ -450,11 +618,18 @@ def dicom_r_wave_frames(ds, n_frames: int) -> list[int] | None:
     value = ds.get("RWavePointer")
     if value is None or _is_empty(value):
         return None
-    values = [int(v) for v in (value if hasattr(value, "__iter__") else [value])]
+    items = value if hasattr(value, "__iter__") and not isinstance(value, (str, bytes)) else [value]
+    values = []
+    for v in items:
+        try:
+            values.append(int(v))
+        except (TypeError, ValueError, OverflowError):
+            values.append(-1)  # not a frame number: reported below with those outside the cine
     frames = [v - 1 for v in values if 1 <= v <= n_frames]
     if len(frames) != len(values):
+        shown = ", ".join(map(str, values[:10])) + (", ..." if len(values) > 10 else "")
         warnings.warn(
-            f"R Wave Pointer {values} lists frames outside 1..{n_frames}; those were ignored",
+            f"R Wave Pointer [{shown}] lists frames outside 1..{n_frames}; those were ignored",
             CacWarning,
             stacklevel=2,
         )
@@ -462,7 +637,11 @@ def dicom_r_wave_frames(ds, n_frames: int) -> list[int] | None:
 
 
 def _curve_ecg(ds, n_frames: int, frame_time_ms: float | None) -> EcgTrace | None:
-    """The first ECG curve of the retired Curve module (groups 5000-501E)."""
+    """The first ECG curve of the retired Curve module (groups 5000-501E).
+
+    A curve that is empty or disagrees with its own header (number of points,
+    dimensions, time axis) is ignored with a warning: the cine is still read.
+    """
     for group in range(0x5000, 0x5020, 2):
         data_element = ds.get((group, 0x3000))
         if data_element is None:
@@ -470,51 +649,87 @@ def _curve_ecg(ds, n_frames: int, frame_time_ms: float | None) -> EcgTrace | Non
         type_of_data = ds.get((group, 0x0020))
         if type_of_data is not None and str(type_of_data.value).strip().upper() not in ("ECG", ""):
             continue
-        n_points = int(_elem(ds, group, 0x0010) or 0)
-        dims = int(_elem(ds, group, 0x0005) or 1)
-        representation = int(_elem(ds, group, 0x0103) or 0)
-        descriptor = _elem(ds, group, 0x0110)
-        units = _elem(ds, group, 0x0030)
-        dtype = np.dtype(_CURVE_DTYPES.get(representation, "u2"))
-        if not ds.is_little_endian:
-            dtype = dtype.newbyteorder(">")
-        raw = data_element.value
-        if isinstance(raw, (list, tuple)):
-            raw = b"".join(raw)
-        values = np.frombuffer(bytes(raw)[: (len(raw) // dtype.itemsize) * dtype.itemsize], dtype=dtype)
-        # Curve Data Descriptor: per dimension, 0 = computed from start/step (not stored), 1 = stored.
-        if descriptor is not None and not _is_empty(descriptor):
-            descriptor = [int(d) for d in (descriptor if hasattr(descriptor, "__iter__") else [descriptor])]
-            stored = max(1, sum(1 for d in descriptor if d == 1))
-        else:
-            stored = dims
-        if n_points <= 0:
-            n_points = values.size // stored
-        values = values[: n_points * stored].reshape(n_points, stored).astype(np.float64)
-        samples = values[:, -1]  # y is the last dimension
-        x_units = None
-        if units is not None and not _is_empty(units):
-            units_list = list(units) if hasattr(units, "__iter__") and not isinstance(units, str) else [units]
-            x_units = str(units_list[0]).strip().upper()
-        if stored == 2 and x_units == "SEC":
-            times_ms = values[:, 0] * 1000.0
-        elif descriptor and descriptor[0] == 0 and x_units == "SEC":
-            start = float(_elem(ds, group, 0x0112) or 0.0)
-            step = float(_elem(ds, group, 0x0114) or 0.0)
-            times_ms = (start + step * np.arange(n_points)) * 1000.0
-        else:
-            # No usable time axis ("DPPS", "NONE"...): the samples cover the cine uniformly.
-            if frame_time_ms is None:
-                warnings.warn(
-                    "the file has an ECG curve but no frame time, so its timing is unknown; "
-                    "pass --frame-time MS to use it",
-                    CacWarning,
-                    stacklevel=3,
-                )
-                return None
-            times_ms = np.arange(n_points, dtype=np.float64) * (n_frames * frame_time_ms / n_points)
-        return EcgTrace(samples=samples, times_ms=times_ms, source="curve-5000")
+        try:
+            return _curve_trace(ds, group, data_element.value, n_frames, frame_time_ms)
+        except CacError as exc:
+            warnings.warn(f"the ECG curve ({group:04X},3000) {exc}; it was ignored", CacWarning, stacklevel=3)
+            return None
     return None
+
+
+def _curve_trace(ds, group: int, raw, n_frames: int, frame_time_ms: float | None) -> EcgTrace | None:
+    """One curve group as an EcgTrace; CacError (a phrase) when it is empty or inconsistent."""
+
+    def number(element: int, default, kind=float):
+        value = _elem(ds, group, element)
+        if value is None or value == "" or _is_empty(value):
+            return default
+        if hasattr(value, "__iter__") and not isinstance(value, (str, bytes)):
+            value = next(iter(value), None)
+        try:
+            return kind(value)
+        except (TypeError, ValueError, OverflowError):
+            raise CacError(f"has an unreadable value in ({group:04X},{element:04X})") from None
+
+    n_points = number(0x0010, 0, int)
+    dims = number(0x0005, 1, int)
+    representation = number(0x0103, 0, int)
+    if not 1 <= dims <= 8:
+        raise CacError(f"announces {dims} dimensions")
+    if representation not in _CURVE_DTYPES:
+        raise CacError(f"has an unknown data representation {representation}")
+    descriptor = _elem(ds, group, 0x0110)
+    units = _elem(ds, group, 0x0030)
+    dtype = np.dtype(_CURVE_DTYPES[representation])
+    if not ds.is_little_endian:
+        dtype = dtype.newbyteorder(">")
+    if isinstance(raw, (list, tuple)):
+        raw = b"".join(r for r in raw if isinstance(r, bytes))
+    if not raw or not isinstance(raw, (bytes, bytearray)):
+        raise CacError("is empty")
+    values = np.frombuffer(bytes(raw)[: (len(raw) // dtype.itemsize) * dtype.itemsize], dtype=dtype)
+    # Curve Data Descriptor: per dimension, 0 = computed from start/step (not stored), 1 = stored.
+    if descriptor is not None and not _is_empty(descriptor):
+        try:
+            descriptor = [int(d) for d in (descriptor if hasattr(descriptor, "__iter__") else [descriptor])]
+        except (TypeError, ValueError, OverflowError):
+            raise CacError("has an unreadable data descriptor") from None
+        stored = max(1, sum(1 for d in descriptor if d == 1))
+    else:
+        stored = dims
+    available = values.size // stored
+    if n_points <= 0 or n_points > available:
+        n_points = available
+    if n_points < 2:
+        raise CacError(f"holds {values.size} values, not a trace")
+    values = values[: n_points * stored].reshape(n_points, stored).astype(np.float64)
+    samples = values[:, -1]  # y is the last dimension
+    x_units = None
+    if units is not None and not _is_empty(units):
+        units_list = list(units) if hasattr(units, "__iter__") and not isinstance(units, str) else [units]
+        x_units = str(units_list[0]).strip().upper()
+    if stored == 2 and x_units == "SEC":
+        times_ms = values[:, 0] * 1000.0
+    elif descriptor and descriptor[0] == 0 and x_units == "SEC":
+        start = number(0x0112, 0.0)
+        step = number(0x0114, 0.0)
+        times_ms = (start + step * np.arange(n_points)) * 1000.0
+    else:
+        # No usable time axis ("DPPS", "NONE"...): the samples cover the cine uniformly.
+        if frame_time_ms is None:
+            warnings.warn(
+                "the file has an ECG curve but no frame time, so its timing is unknown; "
+                "pass --frame-time MS to use it",
+                CacWarning,
+                stacklevel=4,
+            )
+            return None
+        times_ms = np.arange(n_points, dtype=np.float64) * (n_frames * frame_time_ms / n_points)
+    if not (np.isfinite(samples).all() and np.isfinite(times_ms).all()):
+        raise CacError("holds values that are not finite numbers")
+    if np.any(np.diff(times_ms) <= 0):
+        raise CacError("has sample times that do not increase")
+    return EcgTrace(samples=samples, times_ms=times_ms, source="curve-5000")
 
 
 def _elem(ds, group: int, element: int):
@@ -540,7 +755,7 @@ def _waveform_ecg(ds) -> EcgTrace | None:
         try:
             data = ds.waveform_array(index)
         except Exception as exc:  # pydicom raises several types for bad waveform data
-            warnings.warn(f"the ECG waveform could not be read ({exc}); ignored", CacWarning, stacklevel=3)
+            warnings.warn(f"the ECG waveform could not be read ({_exc_text(exc)}); ignored", CacWarning, stacklevel=3)
             return None
         data = np.asarray(data, dtype=np.float64)
         if data.ndim == 1:
@@ -551,10 +766,20 @@ def _waveform_ecg(ds) -> EcgTrace | None:
                 channel = i
                 break
         frequency = _positive(item.get("SamplingFrequency"))
-        if not frequency:
+        offset = _floats(item.get("MultiplexGroupTimeOffset", 0.0) or 0.0)
+        problem = None
+        if data.ndim != 2 or data.shape[0] < 2 or channel >= data.shape[1]:
+            problem = f"has {data.shape} samples, not a trace"
+        elif not frequency or not ECG_FREQUENCY_RANGE_HZ[0] <= frequency <= ECG_FREQUENCY_RANGE_HZ[1]:
+            problem = f"has no usable sampling frequency ({_fmt(frequency) if frequency else 'none'} Hz)"
+        elif not offset or not np.isfinite(offset[0]):
+            problem = "has an unreadable time offset"
+        elif not np.isfinite(data[:, channel]).all():
+            problem = "holds values that are not finite numbers"
+        if problem:
+            warnings.warn(f"the ECG waveform {problem}; it was ignored", CacWarning, stacklevel=3)
             return None
-        offset_ms = float(item.get("MultiplexGroupTimeOffset", 0.0) or 0.0)
-        times_ms = offset_ms + np.arange(data.shape[0], dtype=np.float64) * 1000.0 / frequency
+        times_ms = offset[0] + np.arange(data.shape[0], dtype=np.float64) * 1000.0 / frequency
         return EcgTrace(samples=data[:, channel], times_ms=times_ms, source="waveform")
     return None
 
@@ -619,9 +844,11 @@ def normalize_spacing(spacing_mm) -> tuple[float, float] | None:
     if spacing_mm is None:
         return None
     vals = _floats(spacing_mm)
-    if not vals or len(vals) > 2 or any(not np.isfinite(v) or v <= 0 for v in vals):
+    lo, hi = SPACING_RANGE_MM
+    if not vals or len(vals) > 2 or any(not np.isfinite(v) or not lo <= v <= hi for v in vals):
         raise CacError(
-            f"spacing {spacing_mm!r} is not valid; give a positive number of mm, e.g. --spacing 0.3"
+            f"spacing {printable(repr(spacing_mm), 60)} is not valid; give a number of mm between {lo:g} and "
+            f"{hi:g}, e.g. --spacing 0.3"
         )
     return (vals[0], vals[-1])
 
@@ -633,8 +860,12 @@ def normalize_frame_time(frame_time_ms) -> float | None:
         value = float(frame_time_ms)
     except (TypeError, ValueError):
         value = float("nan")
-    if not np.isfinite(value) or value <= 0:
-        raise CacError(f"frame time {frame_time_ms!r} is not valid; give a positive number of ms, e.g. 66.7")
+    lo, hi = FRAME_TIME_RANGE_MS
+    if not np.isfinite(value) or not lo <= value <= hi:
+        raise CacError(
+            f"frame time {printable(repr(frame_time_ms), 60)} is not valid; give a number of ms between "
+            f"{lo:g} and {hi:g}, e.g. 66.7"
+        )
     return value
 
 
@@ -681,7 +912,8 @@ def _build_cine(ds, frames, path, spacing_mm, frame_time_ms, modality) -> Cine:
     file_frame_time, _ = dicom_frame_time(ds)
     frame_time, _ = prefer_file_value(file_frame_time, normalize_frame_time(frame_time_ms), "frame time", "ms")
     n_frames = int(frames.shape[0])
-    bits = int(ds.get("BitsStored", 8 * frames.dtype.itemsize) or 8 * frames.dtype.itemsize)
+    bits = _int_tag(ds, "BitsStored", 8 * frames.dtype.itemsize)
+    bits = bits if 1 <= bits <= 8 * frames.dtype.itemsize else 8 * frames.dtype.itemsize
     return Cine(
         frames=frames,
         frame_time_ms=frame_time,
@@ -744,7 +976,7 @@ def read_dicom_folder(path, *, spacing_mm=None, frame_time_ms=None) -> Cine:
         raise CacError(
             f"{folder} mixes {len(series)} series; put one series' files in a folder and load that folder"
         )
-    multi = [e for e in entries if int(e[1].get("NumberOfFrames", 1) or 1) > 1]
+    multi = [e for e in entries if _int_tag(e[1], "NumberOfFrames", 1) > 1]
     if multi:
         if len(entries) == 1:
             return read_dicom_cine(entries[0][0], spacing_mm=spacing_mm, frame_time_ms=frame_time_ms)
@@ -754,10 +986,10 @@ def read_dicom_folder(path, *, spacing_mm=None, frame_time_ms=None) -> Cine:
 
     def order(entry):
         _, ds, _ = entry
-        number = ds.get("InstanceNumber")
+        number = _int_tag(ds, "InstanceNumber")
         time_s = _frame_clock(ds)
         return (
-            int(number) if number not in (None, "") else 10**9,
+            number if number is not None else 10**9,
             time_s if time_s is not None else float("inf"),
         )
 
@@ -769,6 +1001,8 @@ def read_dicom_folder(path, *, spacing_mm=None, frame_time_ms=None) -> Cine:
         pixels = _decode_pixels(ds, file, messages)
         if pixels.shape[0] != 1:
             raise CacError(f"{file} holds {pixels.shape[0]} frames; load multi-frame files one at a time")
+        if not frames:
+            check_cine_size(len(entries), pixels.shape[1], pixels.shape[2], pixels.dtype.itemsize, folder)
         if frames and pixels.shape[1:] != frames[0].shape:
             raise CacError(
                 f"{file} is {pixels.shape[1]}x{pixels.shape[2]} but earlier frames are "

@@ -1,9 +1,18 @@
 """Files: safe output (never overwrite without being asked, never half-written), and name order.
 
-Every writer in the project goes through :func:`atomic_output`: it refuses an
-existing target unless ``overwrite`` is true, hands out a temporary path in the
-same folder (same file system, so the final rename is atomic), renames it onto
-the target when the block succeeds and deletes it when the block fails.
+Every writer in the project goes through :func:`atomic_output` (one file) or
+:func:`atomic_directory` (a folder of outputs): they refuse an existing target
+unless ``overwrite`` is true, check before any work that the location can be
+written, hand out a temporary path in the same folder (same file system, so the
+final rename is atomic), rename it onto the target when the block succeeds and
+delete it when the block fails.  ``overwrite`` replaces only the files the
+command writes: other files in an output folder are never touched.
+
+Temporary names carry the writing process's id (``.NAME.tmp-PID-XXXXXXXX``), so
+leftovers of a killed run (SIGKILL, power loss) are recognised and deleted by
+the next write to the same place, while a run still going is left alone.
+Disk errors (full disk, read-only folder) become one-line
+:class:`~.errors.CacError`\\ s.
 """
 
 from __future__ import annotations
@@ -11,28 +20,103 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 from .errors import CacError
 
+_TMP_RE = re.compile(r"^\.(?P<name>.+)\.(?:tmp|old)-(?P<pid>\d+)-[0-9a-f]{8}")
+
+
+def _nearest_existing(path: Path) -> Path:
+    path = path.absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
 
 def check_writable(path: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Raise :class:`CacError` if ``path`` exists and ``overwrite`` is false, or its folder is missing."""
+    """Raise :class:`CacError` if ``path`` exists and ``overwrite`` is false, its folder is missing or
+    cannot be written.  Called before the work starts, so a bad output location costs nothing."""
     path = Path(path)
     if path.exists() and not overwrite:
         raise CacError(f"{path} already exists; pass --overwrite to replace it or choose another name")
+    if path.is_dir():
+        raise CacError(f"{path} is a folder; give a file name")
     if not path.parent.exists():
         raise CacError(f"folder {path.parent} does not exist; create it first")
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        raise CacError(f"folder {path.parent} is not writable; choose another output location")
     return path
+
+
+def check_output_directory(path: str | os.PathLike, overwrite: bool = False, names=()) -> Path:
+    """Check before the work that ``path`` can receive a command's output folder; returns it resolved.
+
+    Refused: an existing file; an existing folder without ``overwrite`` (with
+    it, only ``names`` are replaced later); a location that cannot be created
+    or written.
+    """
+    target = Path(path).absolute()
+    if target.exists() and not target.is_dir():
+        raise CacError(f"{path} is a file, not a folder; choose another output folder")
+    if target.exists() and not overwrite:
+        raise CacError(f"{path} already exists; pass --overwrite to replace its outputs or choose another folder")
+    base = _nearest_existing(target)
+    if not base.is_dir():
+        raise CacError(f"{base} is a file, so folder {path} cannot be created")
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise CacError(f"{base} is not writable; choose another output folder")
+    for name in names:
+        if (target / name).is_dir():
+            raise CacError(f"{target / name} is a folder; move it away or choose another output folder")
+    return target
+
+
+def clean_stale_temporaries(folder: Path, name: str | None = None) -> list[Path]:
+    """Delete ``.NAME.tmp-PID-*`` leftovers in ``folder`` whose writing process no longer runs."""
+    removed = []
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _TMP_RE.match(entry.name)
+        if not match or (name is not None and not match.group("name").startswith(name.split(".")[0])):
+            continue
+        pid = int(match.group("pid"))
+        if pid == os.getpid():
+            continue
+        try:
+            os.kill(pid, 0)
+            continue  # still running: its temporary is in use
+        except ProcessLookupError:
+            pass
+        except (PermissionError, OverflowError):
+            continue
+        try:
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+            removed.append(entry)
+        except OSError:
+            pass
+    return removed
+
+
+def _temporary_name(name: str, kind: str = "tmp") -> str:
+    stem, dot, rest = name.partition(".")
+    return f".{stem}.{kind}-{os.getpid()}-{uuid.uuid4().hex[:8]}{dot}{rest}"
 
 
 def temporary_sibling(path: Path) -> Path:
     """A unique temporary name next to ``path`` that keeps its (double) suffix, e.g. ``.seg.nrrd``."""
-    name = path.name
-    stem, dot, rest = name.partition(".")
-    return path.with_name(f".{stem}.tmp-{uuid.uuid4().hex[:8]}{dot}{rest}")
+    return path.with_name(_temporary_name(path.name))
+
+
+def _disk_error(target: Path, exc: OSError) -> CacError:
+    reason = exc.strerror or type(exc).__name__
+    return CacError(f"could not write {target} ({reason}); free some space or choose another output location")
 
 
 @contextlib.contextmanager
@@ -43,12 +127,16 @@ def atomic_output(path: str | os.PathLike, overwrite: bool = False) -> Iterator[
     ...     tmp.write_text("{}")
     """
     target = check_writable(path, overwrite)
+    clean_stale_temporaries(target.parent, target.name)
     tmp = temporary_sibling(target)
     try:
-        yield tmp
-        if not tmp.exists():
-            raise CacError(f"internal error: nothing was written for {target}")
-        os.replace(tmp, target)
+        try:
+            yield tmp
+            if not tmp.exists():
+                raise CacError(f"internal error: nothing was written for {target}")
+            os.replace(tmp, target)
+        except OSError as exc:
+            raise _disk_error(target, exc) from None
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -58,26 +146,46 @@ def atomic_output(path: str | os.PathLike, overwrite: bool = False) -> Iterator[
 def atomic_directory(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Like :func:`atomic_output` for a folder of outputs: build it aside, then move it in place.
 
-    An existing folder is only replaced with ``overwrite``; it is then moved
-    away first and deleted once the new folder is in place.
+    A new folder appears whole (one rename).  An existing folder is only
+    written with ``overwrite``, and then only the files the block wrote are
+    replaced (each by one rename); anything else in the folder stays.
     """
-    import shutil
-
-    target = Path(path)
-    if target.exists() and not overwrite:
-        raise CacError(f"{target} already exists; pass --overwrite to replace it or choose another folder")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:8]}")
-    tmp.mkdir()
+    target = check_output_directory(path, overwrite)
+    existed = target.exists()
+    if existed:
+        # Staged inside the folder itself: its parent need not be writable (e.g. --out .).
+        clean_stale_temporaries(target)
+        tmp = target / _temporary_name(target.name)
+    else:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        clean_stale_temporaries(target.parent, target.name)
+        tmp = target.with_name(_temporary_name(target.name))
     try:
-        yield tmp
-        old = None
-        if target.exists():
-            old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
-            os.replace(target, old)
-        os.replace(tmp, target)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        try:
+            tmp.mkdir()
+            yield tmp
+            if not existed:
+                os.replace(tmp, target)
+            else:
+                entries = sorted(tmp.iterdir())
+                for entry in entries:
+                    if (target / entry.name).is_dir() != entry.is_dir() and (target / entry.name).exists():
+                        raise CacError(
+                            f"{target / entry.name} is in the way (a {'folder' if entry.is_file() else 'file'}); "
+                            "move it away or choose another folder"
+                        )
+                for entry in entries:
+                    final = target / entry.name
+                    if entry.is_dir() and final.is_dir():
+                        # A folder output (a dataset's patient) is swapped whole; the old one then deleted.
+                        old = target / _temporary_name(entry.name, "old")
+                        os.replace(final, old)
+                        os.replace(entry, final)
+                        shutil.rmtree(old, ignore_errors=True)
+                    else:
+                        os.replace(entry, final)  # tmp is inside target: one rename each
+        except OSError as exc:
+            raise _disk_error(target, exc) from None
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

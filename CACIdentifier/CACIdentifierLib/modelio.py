@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 
 from . import __version__, refinement
-from .errors import CacError
+from .errors import CacError, printable
 from .fileutil import atomic_output
 from .network import CLASSIFIER_THRESHOLD, ResUNet18
 from .resources import DEFAULT_MODEL_NAME, MODEL_ENV, default_model_path, find_default_model  # noqa: F401 (re-exported)
@@ -66,6 +66,143 @@ def default_metadata() -> dict:
         "training": {},
         "metrics": {},
     }
+
+
+# --------------------------------------------------------------------------- metadata schema
+#
+# Every field a model file or card may carry, with its type and range, checked before any tensor
+# is built: a 100-byte file must not make the loader build a 4096-wide network.
+
+ARCHITECTURE_LIMITS = {
+    "in_channels": (1, 4),
+    "width": (1, 256),
+    "blocks_per_stage": (1, 4),
+}
+DECODER_CHANNEL_LIMITS = (1, 2048)
+CARD_MAX_BYTES = 1 << 20  # a model card is a few kB
+
+
+def _bad(source, what: str) -> CacError:
+    return CacError(f"{source}: {what}; the model file is corrupt or was not written by cac")
+
+
+def _check_int(value, lo, hi, name, source) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise _bad(source, f"{name} is {printable(repr(value), 60)}, expected an integer in {lo}..{hi}")
+    return value
+
+
+def _check_float(value, lo, hi, name, source) -> float:
+    import math
+
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise _bad(source, f"{name} is {printable(repr(value), 60)}, expected a number in {lo}..{hi}")
+    if not lo <= value <= hi:
+        raise _bad(source, f"{name} is {value}, expected a number in {lo}..{hi}")
+    return float(value)
+
+
+def _check_dict(value, name, source) -> dict:
+    if not isinstance(value, dict):
+        raise _bad(source, f"{name} is a {type(value).__name__}, expected an object")
+    return value
+
+
+def validate_metadata(meta, source) -> dict:
+    """Check model metadata (header or card) against the schema; returns it, or raises CacError.
+
+    Required: ``format`` (:data:`FORMAT`), ``version`` (1..:data:`FORMAT_VERSION`)
+    and ``architecture`` (``in_channels``, ``width``, ``blocks_per_stage`` and
+    ``decoder_channels`` integers within :data:`ARCHITECTURE_LIMITS` and
+    :data:`DECODER_CHANNEL_LIMITS`, 5 decoder stages, ``zero_init_residual``
+    a boolean, no other keys).  Optional, checked when present: ``refinement``
+    (``min_island_px`` 0..10^7, ``sigma`` 0..100, ``threshold`` 0..1, no other
+    keys), ``classifier_threshold`` 0..1, ``roi_gt`` (``iterations`` 0..100,
+    ``step_px`` 0..1000), ``training``/``metrics``/``patch_layout``/
+    ``normalization`` objects, ``name``/``created``/``software_version``/
+    ``weights_dtype`` strings.
+
+    >>> validate_metadata(default_metadata(), "m")["format"]
+    'cac-resunet18'
+    """
+    meta = _check_dict(meta, "the metadata", source)
+    if meta.get("format") != FORMAT:
+        raise CacError(
+            f"{source} is a {printable(repr(meta.get('format')), 60)} model, expected {FORMAT!r}"
+        )
+    version = meta.get("version")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise _bad(source, f"format version {printable(repr(version), 40)} is not a positive integer")
+    if version > FORMAT_VERSION:
+        raise CacError(
+            f"{source} uses model format version {version}, this software reads up to "
+            f"{FORMAT_VERSION}; update the software"
+        )
+    if "architecture" not in meta:
+        raise _bad(source, "the metadata has no architecture")
+    arch = _check_dict(meta["architecture"], "architecture", source)
+    unknown = sorted(set(arch) - {*ARCHITECTURE_LIMITS, "decoder_channels", "zero_init_residual"})
+    if unknown:
+        raise _bad(source, f"unsupported architecture: unknown keys {printable(', '.join(map(str, unknown)), 80)}")
+    for key, (lo, hi) in ARCHITECTURE_LIMITS.items():
+        if key in arch:
+            _check_int(arch[key], lo, hi, f"architecture.{key}", source)
+    if "decoder_channels" in arch:
+        channels = arch["decoder_channels"]
+        if not isinstance(channels, list) or len(channels) != 5:
+            raise _bad(source, "architecture.decoder_channels is not a list of 5 integers")
+        for c in channels:
+            _check_int(c, *DECODER_CHANNEL_LIMITS, "architecture.decoder_channels", source)
+    if "zero_init_residual" in arch and not isinstance(arch["zero_init_residual"], bool):
+        raise _bad(source, "architecture.zero_init_residual is not true or false")
+    if "refinement" in meta:
+        refinement = _check_dict(meta["refinement"], "refinement", source)
+        unknown = sorted(set(refinement) - {"min_island_px", "sigma", "threshold"})
+        if unknown:
+            raise _bad(source, f"refinement has unknown keys {printable(', '.join(map(str, unknown)), 80)}")
+        if "min_island_px" in refinement:
+            _check_int(refinement["min_island_px"], 0, 10**7, "refinement.min_island_px", source)
+        if "sigma" in refinement:
+            _check_float(refinement["sigma"], 0.0, 100.0, "refinement.sigma", source)
+        if "threshold" in refinement:
+            _check_float(refinement["threshold"], 0.0, 1.0, "refinement.threshold", source)
+    if "classifier_threshold" in meta:
+        _check_float(meta["classifier_threshold"], 0.0, 1.0, "classifier_threshold", source)
+    if "roi_gt" in meta:
+        roi = _check_dict(meta["roi_gt"], "roi_gt", source)
+        if "iterations" in roi:
+            _check_int(roi["iterations"], 0, 100, "roi_gt.iterations", source)
+        if "step_px" in roi:
+            _check_int(roi["step_px"], 0, 1000, "roi_gt.step_px", source)
+    for key in ("training", "metrics", "patch_layout", "normalization"):
+        if key in meta:
+            _check_dict(meta[key], key, source)
+    for key in ("name", "created", "software_version", "weights_dtype", "weights_file"):
+        if key in meta and not isinstance(meta[key], str):
+            raise _bad(source, f"{key} is not a string")
+    return meta
+
+
+def read_card(path: str | os.PathLike) -> dict | None:
+    """The model card beside a weights file, validated (:func:`validate_metadata`, ``sha256``); None if absent."""
+    card = card_path(path)
+    if not card.is_file():
+        return None
+    try:
+        if card.stat().st_size > CARD_MAX_BYTES:
+            raise CacError(f"model card {card} is larger than {CARD_MAX_BYTES} bytes; delete or restore it")
+        data = json.loads(card.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise CacError(
+            f"model card {card} is unreadable ({printable(' '.join(str(exc).split()), 120)}); delete or restore it"
+        ) from None
+    validate_metadata(data, f"model card {card}")
+    digest = data.get("sha256")
+    if digest is not None and not (
+        isinstance(digest, str) and len(digest) == 64 and all(c in "0123456789abcdef" for c in digest)
+    ):
+        raise CacError(f"model card {card}: sha256 is not 64 hexadecimal digits; delete or restore it")
+    return data
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -150,44 +287,47 @@ def read_metadata(path: str | os.PathLike) -> dict:
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}
     except Exception as exc:
-        raise CacError(f"{path} is not a readable safetensors model ({exc}); re-download or re-train it") from None
+        raise CacError(
+            f"{path} is not a readable safetensors model ({printable(str(exc), 120)}); re-download or re-train it"
+        ) from None
     if METADATA_KEY not in header:
         raise CacError(f"{path} has no CAC metadata; it is not a model written by cac train / save_model")
     try:
         meta = json.loads(header[METADATA_KEY])
-    except json.JSONDecodeError as exc:
-        raise CacError(f"{path} has corrupt metadata ({exc}); re-download or re-train it") from None
-    if meta.get("format") != FORMAT:
-        raise CacError(f"{path} is a {meta.get('format')!r} model, expected {FORMAT!r}")
-    if not isinstance(meta.get("version"), int) or meta["version"] > FORMAT_VERSION:
+    except (json.JSONDecodeError, RecursionError) as exc:
         raise CacError(
-            f"{path} uses model format version {meta.get('version')}, this software reads up to "
-            f"{FORMAT_VERSION}; update the software"
-        )
-    if not isinstance(meta.get("architecture"), dict):
-        raise CacError(f"{path} metadata has no architecture; it is not a valid CAC model")
-    return meta
+            f"{path} has corrupt metadata ({printable(str(exc), 120)}); re-download or re-train it"
+        ) from None
+    return validate_metadata(meta, path)
 
 
 def verify_checksum(path: str | os.PathLike) -> str | None:
     """Check the weights against the sidecar card's sha256; returns the digest, or None without a card."""
     path = Path(path)
-    card = card_path(path)
-    if not card.is_file():
-        return None
-    try:
-        expected = json.loads(card.read_text(encoding="utf-8")).get("sha256")
-    except (OSError, json.JSONDecodeError) as exc:
-        raise CacError(f"model card {card} is unreadable ({exc}); delete or restore it") from None
+    data = read_card(path)
+    expected = None if data is None else data.get("sha256")
     if not expected:
         return None
     actual = sha256_file(path)
     if actual != expected:
         raise CacError(
             f"corrupt or modified model file {path}: sha256 {actual[:12]}... does not match "
-            f"{expected[:12]}... in {card.name}; re-download or re-train the model"
+            f"{expected[:12]}... in {card_path(path).name}; re-download or re-train the model"
         )
     return actual
+
+
+def _tensor_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Names and shapes of the tensors in a safetensors file, from its header (nothing is loaded)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception as exc:
+        raise CacError(
+            f"{path} is not a readable safetensors model ({printable(str(exc), 120)}); re-download or re-train it"
+        ) from None
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[ResUNet18, dict]:
@@ -204,17 +344,17 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> t
     meta = read_metadata(path)
     verify_checksum(path)
     try:
-        model = ResUNet18(**meta["architecture"])
+        # On the meta device: shapes only, no memory, so the file's tensors are checked against the
+        # architecture before anything of the architecture's size is allocated.
+        with torch.device("meta"):
+            skeleton = ResUNet18(**meta["architecture"])
     except (TypeError, ValueError) as exc:
         raise CacError(f"{path}: unsupported architecture {meta['architecture']} ({exc})") from None
-    try:
-        tensors = load_file(str(path), device="cpu")
-    except Exception as exc:
-        raise CacError(f"{path} is not a readable safetensors model ({exc}); re-download or re-train it") from None
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
-    wrong_shape = sorted(k for k in set(expected) & set(tensors) if tuple(expected[k].shape) != tuple(tensors[k].shape))
+    expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    stored = _tensor_shapes(path)
+    missing = sorted(set(expected) - set(stored))
+    unexpected = sorted(set(stored) - set(expected))
+    wrong_shape = sorted(k for k in set(expected) & set(stored) if expected[k] != stored[k])
     if missing or unexpected or wrong_shape:
         parts = []
         for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong_shape)):
@@ -224,6 +364,19 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> t
             f"{path}: weights do not match the architecture {meta['architecture']} - {'; '.join(parts)}; "
             "the file and its metadata disagree"
         )
+    try:
+        tensors = load_file(str(path), device="cpu")
+    except Exception as exc:
+        raise CacError(
+            f"{path} is not a readable safetensors model ({printable(str(exc), 120)}); re-download or re-train it"
+        ) from None
+    bad = sorted(k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all()))
+    if bad:
+        raise CacError(
+            f"{path}: weights {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''} hold NaN or infinite values; "
+            "the model is broken (training diverged?): re-train it or use another model"
+        )
+    model = ResUNet18(**meta["architecture"])
     state = {k: (v.float() if v.is_floating_point() else v) for k, v in tensors.items()}
     model.load_state_dict(state, strict=True)
     if not isinstance(device, torch.device):

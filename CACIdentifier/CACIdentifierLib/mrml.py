@@ -761,16 +761,21 @@ def read_seg_nrrd(path, expected_shape=None, expected_spacing_mm=None) -> SegFil
     ``expected_spacing_mm`` ``(row, column)`` are checked when given: a
     mismatch raises :class:`CacError` (annotations of another cine).
     """
+    from .nrrd_check import check_nrrd, native_stderr_silenced
+
     slicer = _slicer()
     path = Path(path)
     if not path.is_file():
         raise CacError(f"segmentation file {path} not found")
+    check_nrrd(path)  # slicer-core aborts the process on some corrupt files
     with _scratch_nodes() as scene:
         node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", path.name)
         storage = slicer.vtkMRMLSegmentationStorageNode()
         scene.AddNode(storage)
         storage.SetFileName(str(path))
-        if not storage.ReadData(node) or node.GetSegmentation() is None:
+        with native_stderr_silenced():
+            ok = storage.ReadData(node)
+        if not ok or node.GetSegmentation() is None:
             raise CacError(f"{path} is not a readable segmentation (.seg.nrrd); save it from Slicer's Segmentations module")
         full = _reference_geometry(node)
         has_reference = full is not None
@@ -877,10 +882,13 @@ def read_nrrd_cine(path) -> Cine:
     the file's (``spacing_source`` "nrrd") and the frame time comes from a
     list axis in ms or s.
     """
+    from .nrrd_check import check_nrrd, native_stderr_silenced
+
     slicer = _slicer()
     path = Path(path)
     if not path.is_file():
         raise CacError(f"{path} not found")
+    check_nrrd(path)  # slicer-core aborts the process on some corrupt files
     header = _nrrd_header(path)
     kinds = header.get("kinds", "").split()
     is_sequence = path.name.lower().endswith(".seq.nrrd") or (
@@ -892,7 +900,9 @@ def read_nrrd_cine(path) -> Cine:
             storage = slicer.vtkMRMLVolumeSequenceStorageNode()
             scene.AddNode(storage)
             storage.SetFileName(str(path))
-            if not storage.ReadData(sequence):
+            with native_stderr_silenced():
+                ok = storage.ReadData(sequence)
+            if not ok:
                 raise CacError(f"could not read {path} as a volume sequence; save it from Slicer's Sequences module")
             cine = sequence_to_cine(sequence)
         else:
@@ -900,12 +910,15 @@ def read_nrrd_cine(path) -> Cine:
             storage = slicer.vtkMRMLNRRDStorageNode()
             scene.AddNode(storage)
             storage.SetFileName(str(path))
-            if not storage.ReadData(volume):
-                storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
-                scene.AddNode(storage)
-                storage.SetFileName(str(path))
-                if not storage.ReadData(volume):
-                    raise CacError(f"could not read {path} as a scalar volume")
+            with native_stderr_silenced():
+                ok = storage.ReadData(volume)
+                if not ok:
+                    storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
+                    scene.AddNode(storage)
+                    storage.SetFileName(str(path))
+                    ok = storage.ReadData(volume)
+            if not ok:
+                raise CacError(f"could not read {path} as a scalar volume")
             cine = frame_stack_volume_to_cine(volume)
             # vtkMRMLNRRDStorageNode turns key-value pairs into attributes; read them from the header too.
             _apply_attributes(cine, header.get)

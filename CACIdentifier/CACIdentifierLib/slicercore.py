@@ -39,6 +39,22 @@ def import_slicer():
     try:
         import slicer
     except ImportError as exc:
+        import importlib.util
+
+        cause = exc
+        while cause is not None:  # an interrupt during the (long) import can surface as ImportError
+            if isinstance(cause, KeyboardInterrupt):
+                raise KeyboardInterrupt from None
+            cause = cause.__cause__ or cause.__context__
+        try:
+            installed = importlib.util.find_spec("slicer") is not None
+        except (ValueError, ImportError):
+            installed = True
+        if installed:
+            raise CacError(
+                f"slicer-core is installed but could not be imported ({exc}); reinstall it with "
+                "`pip install --force-reinstall slicer-core`"
+            ) from exc
         raise CacError(
             "the slicer-core package is missing; install it with `pip install slicer-core` "
             "(it is a dependency of this project: `pip install -e .`)"

@@ -70,8 +70,13 @@ def validation_split(fs: FrameSet, fraction: float = 0.15, seed: int = 0) -> tup
     """Split off whole patients (about ``fraction`` of them, at least one) for checkpoint selection.
 
     With a single patient the split is by acquisition; with a single
-    acquisition there is no validation set (the last epoch is kept).
+    acquisition, or ``fraction`` 0, there is no validation set (the last
+    epoch is kept).  ``fraction`` must lie in [0, 1).
     """
+    if not 0.0 <= float(fraction) < 1.0:
+        raise CacError(f"--val-fraction {fraction} must be at least 0 and below 1")
+    if fraction == 0:
+        return fs, None
     for unit in ("patient", "acquisition"):
         groups = sorted(set(groups_of(fs, unit)))
         if len(groups) >= 2:

@@ -263,7 +263,12 @@ def frames_from_record(record: dict, **kw) -> FrameSet:
         raise CacError(f"acquisition {acq_id}: the manifest lists no majority or annotator segmentation")
     onset = None
     if record.get("truth") and Path(record["truth"]).exists():
-        onset = _truth_onset(json.loads(Path(record["truth"]).read_text()))
+        try:
+            onset = _truth_onset(json.loads(Path(record["truth"]).read_bytes().decode("utf-8")))
+        except (ValueError, KeyError, TypeError, IndexError, OSError, RecursionError):
+            raise CacError(
+                f"acquisition {acq_id}: {record['truth']} is not a readable truth file; regenerate the dataset"
+            ) from None
     return frames_from_arrays(cine.frames, majority, frame_time_ms=cine.frame_time_ms,
                               spacing_mm=cine.spacing_mm, onset=kw.pop("onset", onset), acquisition=acq_id,
                               patient=str(record.get("patient", acq_id)), **kw)

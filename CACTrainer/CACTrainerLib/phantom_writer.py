@@ -22,7 +22,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-from CACIdentifierLib.errors import CacError
+from CACIdentifierLib.errors import CacError, printable
 from CACIdentifierLib.fileutil import atomic_directory, atomic_output
 
 XA_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.12.1"
@@ -259,23 +259,55 @@ def write_dataset(out_dir, params=None, *, patients: int = 1, acquisitions_per_p
 
 def load_manifest(dataset_dir) -> list[dict]:
     """The acquisitions of a dataset folder, with absolute paths (str) for cine, annotators,
-    majority, truth and truth_seg."""
+    majority, truth and truth_seg.
+
+    The manifest is checked: an object whose ``acquisitions`` is a list of
+    objects; ``id`` and ``patient`` strings; every path a relative path that
+    stays inside the dataset folder (a manifest cannot make training read
+    files elsewhere).
+    """
     root = Path(dataset_dir).resolve()
     path = root / MANIFEST
     if not path.is_file():
         raise CacError(f"{path} not found; is {dataset_dir} a dataset written by `cac phantom`?")
+
+    def bad(what: str) -> CacError:
+        return CacError(f"{path} is not a valid dataset manifest ({what}); regenerate the dataset")
+
     try:
-        manifest = json.loads(path.read_text())
-        entries = manifest["acquisitions"]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise CacError(f"{path} is not a valid phantom manifest ({exc}); regenerate the dataset") from None
+        manifest = json.loads(path.read_bytes().decode("utf-8"))
+    except (ValueError, OSError, RecursionError) as exc:
+        raise bad(printable(" ".join(str(exc).split()), 120)) from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("acquisitions"), list):
+        raise bad("no list of acquisitions")
+    entries = manifest["acquisitions"]
+
+    def inside(value, key: str, i: int) -> str:
+        if not isinstance(value, str) or not value:
+            raise bad(f"acquisition {i}: {key} is not a file name")
+        relative = Path(value)
+        # Judged on the path as written: a symlink the user put in the folder is theirs to make.
+        if relative.is_absolute() or ".." in relative.parts or "\x00" in value:
+            raise bad(f"acquisition {i}: {key} {printable(value, 80)!r} points outside the dataset folder")
+        return str(root / relative)
+
     out = []
-    for e in entries:
+    for i, e in enumerate(entries):
+        if not isinstance(e, dict):
+            raise bad(f"acquisition {i} is not an object")
         e = dict(e)
+        for key in ("id", "patient"):
+            if key in e and not isinstance(e[key], (str, int)) or isinstance(e.get(key), bool):
+                raise bad(f"acquisition {i}: {key} is not a name")
+        if "cine" not in e:
+            raise bad(f"acquisition {i} has no cine")
         for key in PATH_KEYS:
-            if key in e and e[key]:
-                e[key] = str(root / e[key])
-        e["annotators"] = [str(root / a) for a in e.get("annotators", [])]
+            if key in e and e[key] is not None:
+                e[key] = inside(e[key], key, i)
+        annotators = e.get("annotators", [])
+        if not isinstance(annotators, list):
+            raise bad(f"acquisition {i}: annotators is not a list")
+        e["annotators"] = [inside(a, "annotators", i) for a in annotators]
         out.append(e)
     return out
 

@@ -154,28 +154,22 @@ def _prefixed(tensors: dict, prefix: str) -> dict:
 
 
 def save_checkpoint(run_dir: Path, model, best_state: dict | None, opt, info: dict) -> None:
-    """Write the resumable state of a run atomically (safetensors + JSON, no pickle)."""
-    from safetensors.torch import save_file
+    """Write the resumable state of a run atomically (one safetensors file; see :mod:`.checkpoint_io`)."""
+    from .checkpoint_io import write_checkpoint
 
     tensors = _state_tensors("model", model)
     if best_state is not None:
         tensors.update({f"best.{k}": v for k, v in best_state.items()})
     opt_t, opt_groups = _optimizer_tensors(opt)
     tensors.update(opt_t)
-    info = dict(info, optimizer=opt_groups)
-    with atomic_output(run_dir / CHECKPOINT, overwrite=True) as tmp:
-        save_file(tensors, str(tmp))
-    with atomic_output(run_dir / CHECKPOINT_JSON, overwrite=True) as tmp:
-        tmp.write_text(json.dumps(info, indent=1) + "\n")
+    write_checkpoint(run_dir, tensors, dict(info, optimizer=opt_groups))
 
 
-def load_checkpoint(run_dir: Path) -> tuple[dict, dict] | None:
-    from safetensors.torch import load_file
+def load_checkpoint(run_dir: Path, model=None) -> tuple[dict, dict] | None:
+    """The run folder's checkpoint ``(tensors, state)``, checked against ``model``; None if there is none."""
+    from .checkpoint_io import read_checkpoint
 
-    if not (run_dir / CHECKPOINT_JSON).exists() or not (run_dir / CHECKPOINT).exists():
-        return None
-    info = json.loads((run_dir / CHECKPOINT_JSON).read_text())
-    return load_file(str(run_dir / CHECKPOINT)), info
+    return read_checkpoint(run_dir, model)
 
 
 # -- evaluation ---------------------------------------------------------------------------------
@@ -401,7 +395,7 @@ def train(train_set: D.FrameSet, val_set: D.FrameSet | None, config: TrainConfig
     stage, start_epoch = 1, 0
     best_state = None
     best = {"stage1": None, "stage2": None}
-    ckpt = load_checkpoint(run_dir)
+    ckpt = load_checkpoint(run_dir, model)
     if ckpt is not None and not resume:
         raise CacError(f"{run_dir} holds a checkpoint of an earlier run; pass --resume to continue it "
                        "or choose another run folder")

@@ -14,11 +14,15 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import warnings
 
 from CACIdentifierLib import __version__
-from CACIdentifierLib.errors import CacError
+from CACIdentifierLib.errors import CacError, printable
+
+# Longest error or warning line printed (a message may quote a long path).
+MESSAGE_LIMIT = 2000
 
 # Order is the order of `cac --help`.
 SUBCOMMAND_MODULES = [
@@ -52,7 +56,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
-    print(f"cac: warning: {message}", file=sys.stderr)
+    print(f"cac: warning: {printable(message, MESSAGE_LIMIT)}", file=sys.stderr)
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null so that the interpreter's final flush cannot fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout without a file descriptor (pytest capture)
+        pass
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,11 +78,21 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = args.func(args)
     except CacError as exc:
-        print(f"cac: error: {exc}", file=sys.stderr)
+        # One printable line whatever the message quotes (tag values, parser messages, paths).
+        print(f"cac: error: {printable(exc, MESSAGE_LIMIT)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("cac: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader of our output went away (`cac info ... | head -1`): end quietly, like cat does.
+        _quiet_stdout()
+        return 141
+    try:
+        sys.stdout.flush()  # a closed pipe shows up here when the output fitted in the buffer
+    except BrokenPipeError:
+        _quiet_stdout()
+        return 141
     return int(result or 0)
 
 

@@ -45,7 +45,7 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from CACIdentifierLib.cine_io import load_cine
-    from CACIdentifierLib.fileutil import atomic_directory
+    from CACIdentifierLib.fileutil import atomic_directory, check_output_directory
     from CACIdentifierLib.modelio import default_model_path, load_model
     from CACIdentifierLib.progress import terminal_progress
     from CACIdentifierLib.report import (
@@ -56,8 +56,8 @@ def run(args: argparse.Namespace) -> int:
     )
 
     out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise CacError(f"{out} already exists; pass --overwrite to replace it or choose another --out folder")
+    # Before the (slow) work: an output folder that cannot be written fails now, not after it.
+    check_output_directory(out, args.overwrite, names=("roi.seg.nrrd", "report.json", "overlay.png"))
     dicom_seg = getattr(args, "dicom_seg", None)
     if dicom_seg:
         from CACIdentifierLib.dicom_seg import check_source

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from CACIdentifierLib.errors import CacError
+from CACIdentifierLib.errors import CacError, printable
 
 
 def _add_overrides(parser: argparse.ArgumentParser) -> None:
@@ -102,6 +102,8 @@ def cine_info(cine) -> dict:
 
 
 def _text(info: dict) -> str:
+    """The human-readable ``cac info``; every string from the file goes through :func:`printable`."""
+
     def fmt(value, unit=""):
         if value is None:
             return "unknown"
@@ -109,15 +111,16 @@ def _text(info: dict) -> str:
             return f"{value:.6g}{unit}"
         if isinstance(value, list):
             return " x ".join(f"{v:.6g}" for v in value) + unit
-        return f"{value}{unit}"
+        return f"{printable(value)}{unit}"
 
+    syntax = info["transfer_syntax"]
     lines = [
-        f"cine:               {info['path']}",
+        f"cine:               {printable(info['path'], None)}",
         f"frames:             {info['frames']} of {info['rows']} x {info['columns']} px, "
         f"{info['bits_stored']}-bit ({info['dtype']})",
-        f"modality:           {info['modality'] or 'unknown'}",
-        f"transfer syntax:    {info['transfer_syntax'] or 'none (not DICOM)'}"
-        + (f" [{info['transfer_syntax_uid']}]" if info["transfer_syntax_uid"] else ""),
+        f"modality:           {printable(info['modality'] or 'unknown')}",
+        f"transfer syntax:    {printable(syntax) if syntax else 'none (not DICOM)'}"
+        + (f" [{printable(info['transfer_syntax_uid'])}]" if info["transfer_syntax_uid"] else ""),
         f"frame time:         {fmt(info['frame_time_ms'], ' ms')}"
         + (
             f" ({info['frame_rate_fps']:.4g} fps, {info['duration_ms'] / 1000:.3g} s)"
@@ -142,7 +145,7 @@ def _text(info: dict) -> str:
         + (", ".join(map(str, info["blank_frames"])) if info["blank_frames"] else "none"),
     ]
     for key, value in info["identifiers"].items():
-        lines.append(f"{key + ':':<19} {value}")
+        lines.append(f"{key + ':':<19} {printable(value)}")
     return "\n".join(lines)
 
 

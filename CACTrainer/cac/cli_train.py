@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -120,6 +121,10 @@ def _emitter(as_json: bool):
     return emit
 
 
+def _curves_path(out: Path) -> Path:
+    return out.with_name(out.stem + "_curves.png")
+
+
 def _dataset_fingerprint(dataset: Path) -> str:
     manifest = dataset / "manifest.json"
     return hashlib.sha256(manifest.read_bytes()).hexdigest()[:16] if manifest.exists() else ""
@@ -153,8 +158,12 @@ def run(args) -> int:
             raise CacError(f"--out {out} must be a .safetensors model file with --cv none")
         if out.exists() and not args.overwrite:
             raise CacError(f"{out} already exists; pass --overwrite to replace it or choose another name")
-        if not out.parent.exists():
-            raise CacError(f"folder {out.parent} does not exist; create it first")
+        # Every output (model, card, curves) is checked before training, not after it.
+        from CACIdentifierLib.fileutil import check_writable
+        from CACIdentifierLib.modelio import card_path
+
+        for path in (out, card_path(out), _curves_path(out)):
+            check_writable(path, args.overwrite)
     fs = _load(dataset, args, progress)
     if args.cv == "none":
         return _train_final(fs, dataset, args, config, out, emit, progress)
@@ -189,8 +198,12 @@ def _train_final(fs, dataset: Path, args, config, out: Path, emit, progress) -> 
     run_dir = Path(args.run_dir) if args.run_dir else out.with_name(out.stem + ".run")
     train_set, val_set = crossval.validation_split(fs, args.val_fraction, args.seed)
     result = train(train_set, val_set, config, run_dir, resume=args.resume, emit=emit, progress=progress)
-    curves = out.with_name(out.stem + "_curves.png")
-    plot_curves(result.history, curves, title=f"{out.name}: training curves")
+    from CACIdentifierLib.fileutil import temporary_sibling
+
+    curves = _curves_path(out)
+    # Drawn aside and moved in only once the model and its card are saved: all three or none.
+    curves_tmp = temporary_sibling(curves)
+    plot_curves(result.history, curves_tmp, title=f"{out.name}: training curves")
     vm = {k: v for k, v in result.val_metrics.items() if k != "frames"}
     metadata = {
         "roi_gt": {"iterations": config.roi_iterations, "step_px": config.roi_step_px,
@@ -215,6 +228,11 @@ def _train_final(fs, dataset: Path, args, config, out: Path, emit, progress) -> 
         "metrics": {"validation": vm},
     }
     dtype = torch.float16 if args.dtype == "float16" else None
-    card = save_model(out, result.model, metadata, overwrite=args.overwrite, dtype=dtype)
+    try:
+        card = save_model(out, result.model, metadata, overwrite=args.overwrite, dtype=dtype)
+        os.replace(curves_tmp, curves)
+    finally:
+        if curves_tmp.exists():
+            curves_tmp.unlink()
     emit({"event": "saved", "model": str(out), "sha256": card.get("sha256"), "curves": str(curves)})
     return 0

@@ -48,7 +48,11 @@ def fit_ramp(stat: np.ndarray, valid: np.ndarray, fixed_t0: int | None = None, t
 
     ``t0`` (last baseline frame, may be -1) and ``t1`` (first plateau frame) are
     integers searched exhaustively; every candidate's sums come from prefix sums,
-    so the search is O(N^2).  ``t0_window`` = (lo, hi) limits t0.  Returns (t0, t1, a, b, sse).
+    so the search is O(N^2) in time.  The candidates are evaluated a block of
+    ``t0`` rows at a time, so memory stays linear in N (a whole N x N table
+    per sum took gigabytes for long cines); the arithmetic per candidate and
+    the first-minimum choice are those of the whole table.  ``t0_window`` =
+    (lo, hi) limits t0.  Returns (t0, t1, a, b, sse).
     """
     n = stat.size
     k = np.arange(n, dtype=float)
@@ -60,36 +64,44 @@ def fit_ramp(stat: np.ndarray, valid: np.ndarray, fixed_t0: int | None = None, t
 
     W, KW, K2W, YW, KYW = (prefix(v) for v in (w, k * w, k * k * w, y * w, k * y * w))
     sw, sy, syy = W[-1], YW[-1], float((w * y * y).sum())
-    t0 = np.arange(-1, n - 1, dtype=float)[:, None] if fixed_t0 is None else np.array([[float(fixed_t0)]])
+    t0_all = np.arange(-1, n - 1, dtype=float) if fixed_t0 is None else np.array([float(fixed_t0)])
     t1 = np.arange(0, n, dtype=float)[None, :]
-    ok = t1 > t0
-    if t0_window is not None:
-        ok = ok & (t0 >= t0_window[0]) & (t0 <= t0_window[1])
-    t0b, t1b = np.broadcast_arrays(t0, t1)
-    a_i = (t0b + 1).astype(int).clip(0, n)  # ramp frames t0+1 .. t1-1
-    b_i = t1b.astype(int).clip(0, n)
-    L = np.where(ok, t1b - t0b, 1.0)
+    rows = max(1, (1 << 18) // max(n, 1))
+    best = None  # (sse, t0, t1, a, b)
+    for start in range(0, t0_all.size, rows):
+        t0 = t0_all[start : start + rows, None]
+        ok = t1 > t0
+        if t0_window is not None:
+            ok = ok & (t0 >= t0_window[0]) & (t0 <= t0_window[1])
+        t0b, t1b = np.broadcast_arrays(t0, t1)
+        a_i = (t0b + 1).astype(int).clip(0, n)  # ramp frames t0+1 .. t1-1
+        b_i = t1b.astype(int).clip(0, n)
+        L = np.where(ok, t1b - t0b, 1.0)
 
-    def seg(P):
-        return P[b_i] - P[np.minimum(a_i, b_i)]
+        def seg(P, a_i=a_i, b_i=b_i):
+            return P[b_i] - P[np.minimum(a_i, b_i)]
 
-    sW, sKW, sK2W, sYW, sKYW = seg(W), seg(KW), seg(K2W), seg(YW), seg(KYW)
-    plateau_w = W[-1] - W[b_i]
-    plateau_y = YW[-1] - YW[b_i]
-    sr = (sKW - t0b * sW) / L + plateau_w
-    srr = (sK2W - 2 * t0b * sKW + t0b * t0b * sW) / (L * L) + plateau_w
-    sry = (sKYW - t0b * sYW) / L + plateau_y
-    det = sw * srr - sr * sr
-    with np.errstate(invalid="ignore", divide="ignore"):
-        b = np.where(det > 1e-12, (sw * sry - sr * sy) / det, 0.0)
-    a = (sy - b * sr) / sw
-    sse = syy - a * sy - b * sry
-    # Only darkening (b > 0) is a contrast arrival.
-    sse = np.where(ok & (b > 0), sse, np.inf)
-    if not np.isfinite(sse).any():
+        sW, sKW, sK2W, sYW, sKYW = seg(W), seg(KW), seg(K2W), seg(YW), seg(KYW)
+        plateau_w = W[-1] - W[b_i]
+        plateau_y = YW[-1] - YW[b_i]
+        sr = (sKW - t0b * sW) / L + plateau_w
+        srr = (sK2W - 2 * t0b * sKW + t0b * t0b * sW) / (L * L) + plateau_w
+        sry = (sKYW - t0b * sYW) / L + plateau_y
+        det = sw * srr - sr * sr
+        with np.errstate(invalid="ignore", divide="ignore"):
+            b = np.where(det > 1e-12, (sw * sry - sr * sy) / det, 0.0)
+        a = (sy - b * sr) / sw
+        sse = syy - a * sy - b * sry
+        # Only darkening (b > 0) is a contrast arrival.
+        sse = np.where(ok & (b > 0), sse, np.inf)
+        if not np.isfinite(sse).any():
+            continue
+        i, j = np.unravel_index(int(np.argmin(sse)), sse.shape)
+        if best is None or sse[i, j] < best[0]:  # strictly: the earlier block keeps a tie, as argmin does
+            best = (float(sse[i, j]), int(t0b[i, j]), int(t1b[i, j]), float(a[i, j]), float(b[i, j]))
+    if best is None:
         return (None, None, 0.0, 0.0, np.inf)
-    i, j = np.unravel_index(int(np.argmin(sse)), sse.shape)
-    return (int(t0b[i, j]), int(t1b[i, j]), float(a[i, j]), float(b[i, j]), float(max(sse[i, j], 0.0)))
+    return (best[1], best[2], best[3], best[4], float(max(best[0], 0.0)))
 
 
 def _fit_smooth_ramp(stat: np.ndarray, valid: np.ndarray, t0: int, t1: int, fixed_t0: int | None = None):

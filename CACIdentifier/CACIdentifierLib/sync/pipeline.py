@@ -7,6 +7,7 @@ import warnings
 import numpy as np
 
 from ..blank import detect_blank_frames
+from ..cine import FRAME_TIME_RANGE_MS, MIN_FRAME_SIDE, memory_available_bytes
 from ..errors import CacError, CacWarning
 from .blas import single_threaded_blas
 from .default import default_estimate, prepare_features
@@ -64,10 +65,12 @@ def synchronize(
     """
     if method not in METHODS:
         raise CacError(f"unknown synchronization method {method!r}; use one of {', '.join(METHODS)}")
-    frames = check_frames(frames)
+    frames = check_frames(frames, MIN_FRAME_SIDE)
     n = frames.shape[0]
-    if frame_time_ms is not None and not (np.isfinite(frame_time_ms) and frame_time_ms > 0):
-        raise CacError(f"frame time must be a positive number of ms, got {frame_time_ms}")
+    _check_memory(n)
+    lo_ft, hi_ft = FRAME_TIME_RANGE_MS
+    if frame_time_ms is not None and not (np.isfinite(frame_time_ms) and lo_ft <= frame_time_ms <= hi_ft):
+        raise CacError(f"frame time must be a number of ms between {lo_ft:g} and {hi_ft:g}, got {frame_time_ms}")
     if onset is not None:
         onset = int(onset)
         if onset <= 0:
@@ -197,3 +200,25 @@ def synchronize_cine(cine, **kw) -> SyncResult:
     kw.setdefault("ecg", cine.ecg)
     kw.setdefault("blank_frames", cine.blank_frames)
     return synchronize(cine.frames, cine.frame_time_ms, **kw)
+
+
+# The default method keeps about this many frame-by-frame (N x N, float64) matrices alive at once
+# (Gram matrices of the moving and of the contrast-free pixels, their distances, high-passed clips).
+GRAM_MATRICES = 12
+
+
+def _check_memory(n: int) -> None:
+    """Refuse, before computing, a cine whose frame-by-frame matrices would not fit in memory.
+
+    Everything else in synchronization grows linearly with the frame count;
+    these matrices grow with its square (about 12 x 8 x N^2 bytes: 0.3 GB for
+    1,600 frames, 29 GB for 16,000).
+    """
+    need = GRAM_MATRICES * 8 * n * n
+    available = memory_available_bytes()
+    if available is not None and need > 0.5 * available:
+        raise CacError(
+            f"synchronizing {n} frames needs about {need / 2**30:.1f} GiB (its frame-by-frame matrices grow "
+            f"with the square of the frame count), more than this machine can spare "
+            f"({available / 2**30:.1f} GiB available); synchronize a shorter part of the cine"
+        )

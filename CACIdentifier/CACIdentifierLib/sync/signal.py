@@ -20,14 +20,18 @@ from ..errors import CacError
 SMALL_SIDE = 128
 
 
-def check_frames(frames) -> np.ndarray:
+def check_frames(frames, min_side: int = 1) -> np.ndarray:
     frames = np.asarray(frames)
     if frames.ndim != 3:
         raise CacError(f"expected a cine of shape (frames, rows, columns), got shape {frames.shape}")
     if frames.shape[0] < 2:
         raise CacError("a cine needs at least 2 frames to be synchronized")
-    if frames.shape[1] < 1 or frames.shape[2] < 1:
-        raise CacError(f"empty frames of shape {frames.shape[1:]}")
+    if frames.shape[1] < min_side or frames.shape[2] < min_side:
+        # A frame of 1 or 2 pixels is a corrupt header, not an image: nothing to compute.
+        raise CacError(
+            f"frames of {frames.shape[1]} x {frames.shape[2]} pixels are too small to synchronize "
+            f"(at least {min_side} x {min_side})"
+        )
     return frames
 
 

@@ -1,0 +1,164 @@
+"""Training checkpoints on disk: one atomic file, checked before anything is loaded into the model.
+
+The tensors (model, best model, Adam state) and the run's state (stage,
+epochs done, history, configuration, optimizer groups) are written into one
+``checkpoint.safetensors`` (the state as JSON in the safetensors metadata), by
+one rename: a run killed while saving leaves the previous checkpoint or the
+new one, never the weights of one epoch labelled as another.
+``checkpoint.json`` is still written beside it for people to read; the loader
+takes the state from the safetensors file and only falls back to the JSON for
+checkpoints written before this format.
+
+Everything read back is checked (types, ranges, tensor names and shapes
+against the model being resumed, finite values) and a bad checkpoint is one
+:class:`~CACIdentifierLib.errors.CacError` line, never a traceback.
+Nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from CACIdentifierLib.errors import CacError, printable
+from CACIdentifierLib.fileutil import atomic_output
+
+CHECKPOINT = "checkpoint.safetensors"
+CHECKPOINT_JSON = "checkpoint.json"
+STATE_KEY = "cac_checkpoint"
+MAX_JSON_BYTES = 64 << 20
+
+
+def write_checkpoint(run_dir: Path, tensors: dict, info: dict) -> None:
+    """Write the checkpoint: tensors and ``info`` in one safetensors file (atomic), then the JSON copy."""
+    from safetensors.torch import save_file
+
+    text = json.dumps(info)
+    with atomic_output(run_dir / CHECKPOINT, overwrite=True) as tmp:
+        save_file(tensors, str(tmp), metadata={STATE_KEY: text})
+    with atomic_output(run_dir / CHECKPOINT_JSON, overwrite=True) as tmp:
+        tmp.write_text(json.dumps(info, indent=1) + "\n")
+
+
+def _bad(run_dir: Path, what: str) -> CacError:
+    return CacError(
+        f"the checkpoint in {run_dir} is unusable ({what}); delete {run_dir} or start without --resume"
+    )
+
+
+def _is_int(value, lo: int, hi: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and lo <= value <= hi
+
+
+def validate_state(info, run_dir: Path) -> dict:
+    """Check the run state of a checkpoint (types and ranges); returns it or raises CacError."""
+    if not isinstance(info, dict):
+        raise _bad(run_dir, f"its state is a {type(info).__name__}, not an object")
+    if not _is_int(info.get("stage"), 1, 2):
+        raise _bad(run_dir, f"stage {printable(repr(info.get('stage')), 40)} is not 1 or 2")
+    if not _is_int(info.get("epochs_done"), 0, 100_000):
+        raise _bad(run_dir, f"epochs_done {printable(repr(info.get('epochs_done')), 40)} is not a count")
+    for key, kind in (("history", list), ("best", dict), ("config", dict), ("optimizer", dict)):
+        if not isinstance(info.get(key), kind):
+            raise _bad(run_dir, f"{key} is missing or not a{'n object' if kind is dict else ' list'}")
+    if not all(isinstance(row, dict) for row in info["history"]):
+        raise _bad(run_dir, "history holds entries that are not objects")
+    groups = info["optimizer"].get("param_groups")
+    if (
+        not isinstance(groups, list)
+        or not groups
+        or not all(isinstance(g, dict) and isinstance(g.get("params"), list) for g in groups)
+        or not all(_is_int(p, 0, 10**6) for g in groups for p in g["params"])
+    ):
+        raise _bad(run_dir, "the optimizer's parameter groups are malformed")
+    for g in groups:
+        for key in ("lr", "eps", "weight_decay"):
+            value = g.get(key)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+            ):
+                raise _bad(run_dir, f"the optimizer's {key} is not a finite number")
+    return info
+
+
+def _check_tensors(tensors: dict, model, info: dict, run_dir: Path) -> None:
+    import torch
+
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    for prefix, required in (("model", True), ("best", False)):
+        part = {k[len(prefix) + 1 :]: tuple(v.shape) for k, v in tensors.items() if k.startswith(prefix + ".")}
+        if not part and not required:
+            continue
+        missing = sorted(set(expected) - set(part))
+        unexpected = sorted(set(part) - set(expected))
+        wrong = sorted(k for k in set(expected) & set(part) if expected[k] != part[k])
+        if missing or unexpected or wrong:
+            first = (missing or unexpected or wrong)[0]
+            raise _bad(
+                run_dir,
+                f"its {prefix} weights do not fit this network: {len(missing)} missing, {len(unexpected)} "
+                f"unexpected, {len(wrong)} of another shape (e.g. {printable(first, 60)})",
+            )
+    params = model.classifier_parameters() if info["stage"] == 1 else model.decoder_parameters()
+    for name, t in tensors.items():
+        if name.startswith(("model.", "best.")):
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                raise _bad(run_dir, f"{printable(name, 60)} holds NaN or infinite values")
+            continue
+        parts = name.split(".", 2)
+        if len(parts) != 3 or parts[0] != "opt" or not parts[1].isdigit():
+            raise _bad(run_dir, f"it holds an unknown tensor {printable(name, 60)}")
+        index, key = int(parts[1]), parts[2]
+        # At a stage's start (epochs_done 0) the saved Adam state is the previous stage's and is not loaded.
+        if key in ("exp_avg", "exp_avg_sq") and info["epochs_done"] > 0:
+            if index >= len(params) or tuple(t.shape) != tuple(params[index].shape):
+                raise _bad(run_dir, f"optimizer state {printable(name, 60)} does not fit stage {info['stage']}")
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise _bad(run_dir, f"{printable(name, 60)} holds NaN or infinite values")
+    if info["epochs_done"] > 0:
+        for g in info["optimizer"]["param_groups"]:
+            if any(p >= len(params) for p in g["params"]):
+                raise _bad(run_dir, f"the optimizer's parameters do not fit stage {info['stage']}")
+
+
+def read_checkpoint(run_dir: Path, model=None) -> tuple[dict, dict] | None:
+    """``(tensors, state)`` of the run folder's checkpoint, checked; None when there is none.
+
+    With ``model``, the tensors' names and shapes are checked against it
+    (model, best model, the Adam state of the checkpoint's stage) and must be
+    finite.  Any problem raises :class:`CacError` naming the run folder.
+    """
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    run_dir = Path(run_dir)
+    weights, side = run_dir / CHECKPOINT, run_dir / CHECKPOINT_JSON
+    if not weights.exists():
+        return None
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            meta = f.metadata() or {}
+        tensors = load_file(str(weights))
+    except Exception as exc:  # safetensors raises its own error types on corrupt files
+        raise _bad(run_dir, f"{CHECKPOINT} is not readable: {printable(' '.join(str(exc).split()), 120)}") from None
+    text = meta.get(STATE_KEY)
+    source = CHECKPOINT
+    if text is None:  # written before the state moved into the safetensors file
+        if not side.exists():
+            return None
+        if side.stat().st_size > MAX_JSON_BYTES:
+            raise _bad(run_dir, f"{CHECKPOINT_JSON} is larger than {MAX_JSON_BYTES} bytes")
+        try:
+            text = side.read_bytes().decode("utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise _bad(run_dir, f"{CHECKPOINT_JSON} is unreadable: {printable(str(exc), 100)}") from None
+        source = CHECKPOINT_JSON
+    try:
+        info = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise _bad(run_dir, f"the state in {source} is not valid JSON: {printable(str(exc), 100)}") from None
+    validate_state(info, run_dir)
+    if model is not None:
+        _check_tensors(tensors, model, info, run_dir)
+    return tensors, info
