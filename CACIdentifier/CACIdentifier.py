@@ -47,6 +47,8 @@ REQUIRED_PACKAGES = [
     ("SimpleITK", "SimpleITK", "2.3", "SimpleITK>=2.3"),
     ("pydicom", "pydicom", "3.0", "pydicom>=3.0,<4"),
     ("pylibjpeg", "pylibjpeg", "2.0", "pylibjpeg>=2.0 pylibjpeg-libjpeg>=2.1 pylibjpeg-rle>=2.0"),
+    ("nrrd", "pynrrd", "1.0", "pynrrd>=1.0"),
+    ("slicerio", "slicerio", "1.4", "slicerio>=1.4"),
 ]
 
 
@@ -533,13 +535,13 @@ class CACIdentifierTest(ScriptedLoadableModuleTest):
     def test_SegNrrdRoundTrip(self):
         self.delayDisplay("Masks -> .seg.nrrd -> Slicer")
         import numpy as np
-        from CACIdentifierLib import mrml
+        from CACIdentifierLib import mrml, nrrd_io
 
         cine = self._syntheticCine()
         masks = np.zeros(cine.frames.shape, bool)
         masks[2, 10:20, 30:40] = True
         path = os.path.join(slicer.app.temporaryPath, "CACIdentifierTest.seg.nrrd")
-        mrml.write_seg_nrrd(path, {"calcium": masks}, cine.spacing_mm, overwrite=True)
+        nrrd_io.write_seg_nrrd(path, {"calcium": masks}, cine.spacing_mm, overwrite=True)
         segmentation = slicer.util.loadSegmentation(path)
         volume = mrml.cine_to_frame_stack_volume(slicer.mrmlScene, cine, "CAC test frames")
         labelmap = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")

@@ -1,8 +1,6 @@
 """MRML round trips on the real slicer-core scene (no mocks).
 
-Every file written here is also read back by slicer-core's own storage nodes
-in a fresh scene and, where ITK can read it, by SimpleITK as an independent
-check of size, spacing, origin, directions and pixels.
+The files Slicer reads are tested in test_nrrd_io.py.
 """
 
 from __future__ import annotations
@@ -15,7 +13,7 @@ import pytest
 slicer = pytest.importorskip("slicer", reason="slicer-core is not installed")
 sitk = pytest.importorskip("SimpleITK")
 
-from CACIdentifierLib import mrml, slicercore  # noqa: E402
+from CACIdentifierLib import mrml, nrrd_io, slicercore  # noqa: E402
 from CACIdentifierLib.cine import Cine  # noqa: E402
 from CACIdentifierLib.errors import CacError  # noqa: E402
 from conftest import BIPLANE, MISSING  # noqa: E402
@@ -147,241 +145,7 @@ def test_frame_stack_volume_round_trip(scene):
     assert back.frame_time_ms == pytest.approx(33.3)
 
 
-# --------------------------------------------------------------------------- NRRD files
-
-
-def test_frame_stack_nrrd_round_trip(tmp_path):
-    cine = synthetic_cine()
-    path = mrml.write_frame_stack_nrrd(cine, tmp_path / "run.nrrd")
-    back = mrml.read_nrrd_cine(path)
-    np.testing.assert_array_equal(back.frames, cine.frames)
-    assert back.spacing_mm == pytest.approx((0.2, 0.3))
-    assert back.frame_time_ms == pytest.approx(33.3) and back.r_wave_frames == [1, 4]
-
-    # slicer-core's archetype reader (what Slicer's "Add data" uses) in a fresh scene.
-    fresh = slicercore.new_scene()
-    node = fresh.AddNewNodeByClass("vtkMRMLScalarVolumeNode")
-    storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
-    fresh.AddNode(storage)
-    storage.SetFileName(str(path))
-    assert storage.ReadData(node)
-    np.testing.assert_array_equal(volume_array(node), cine.frames)
-    np.testing.assert_allclose(ijk_to_ras(node)[:3, :3], np.diag([-0.3, -0.2, 1.0]), atol=1e-9)
-
-    # SimpleITK: LPS identity directions, origin 0, spacing (col, row, 1), array [k, row, col].
-    image = sitk.ReadImage(str(path))
-    assert image.GetSize() == (52, 40, 6)
-    np.testing.assert_allclose(image.GetSpacing(), (0.3, 0.2, 1.0))
-    np.testing.assert_allclose(image.GetOrigin(), (0, 0, 0))
-    np.testing.assert_allclose(np.reshape(image.GetDirection(), (3, 3)), np.eye(3), atol=1e-9)
-    np.testing.assert_array_equal(sitk.GetArrayFromImage(image), cine.frames)
-
-
-def test_unknown_spacing_is_flagged_in_the_file(tmp_path):
-    cine = synthetic_cine(spacing=None)
-    path = mrml.write_frame_stack_nrrd(cine, tmp_path / "run.nrrd")
-    image = sitk.ReadImage(str(path))
-    assert image.GetMetaData("CAC_spacing_source") == "unknown"
-    np.testing.assert_allclose(image.GetSpacing(), (1.0, 1.0, 1.0))
-    back = mrml.read_nrrd_cine(path)
-    assert back.spacing_mm is None and back.spacing_source == "unknown"
-
-    cine.frame_time_ms = None
-    seq_path = mrml.write_seq_nrrd(cine, tmp_path / "run.seq.nrrd")
-    back = mrml.read_nrrd_cine(seq_path)
-    assert back.spacing_mm is None and back.frame_time_ms is None
-    np.testing.assert_array_equal(back.frames, cine.frames)
-    header = seq_path.read_bytes().split(b"\n\n")[0].decode()
-    assert "CAC_spacing_source:=unknown" in header and "axis 3 index values:=0 1 2 3 4 5" in header
-
-
-def test_seq_nrrd_round_trip(tmp_path):
-    cine = synthetic_cine()
-    path = mrml.write_seq_nrrd(cine, tmp_path / "run.seq.nrrd")
-    back = mrml.read_nrrd_cine(path)
-    np.testing.assert_array_equal(back.frames, cine.frames)
-    assert back.spacing_mm == pytest.approx((0.2, 0.3))
-    assert back.frame_time_ms == pytest.approx(33.3)
-
-    # slicer-core's sequence reader in a fresh scene: index in ms, 2D scalar volumes.
-    fresh = slicercore.new_scene()
-    sequence = fresh.AddNewNodeByClass("vtkMRMLSequenceNode")
-    storage = slicer.vtkMRMLVolumeSequenceStorageNode()
-    fresh.AddNode(storage)
-    storage.SetFileName(str(path))
-    assert storage.ReadData(sequence)
-    assert sequence.GetNumberOfDataNodes() == 6 and sequence.GetIndexUnit() == "ms"
-    assert float(sequence.GetNthIndexValue(2)) == pytest.approx(66.6)
-    np.testing.assert_array_equal(volume_array(sequence.GetNthDataNode(4))[0], cine.frames[4])
-
-    # SimpleITK sees the list axis as vector components: (1, rows, cols, n_frames).
-    image = sitk.ReadImage(str(path))
-    assert image.GetSize() == (52, 40, 1) and image.GetNumberOfComponentsPerPixel() == 6
-    np.testing.assert_allclose(image.GetSpacing(), (0.3, 0.2, 1.0))
-    np.testing.assert_array_equal(np.moveaxis(sitk.GetArrayFromImage(image)[0], -1, 0), cine.frames)
-
-
-def test_writers_refuse_to_overwrite(tmp_path):
-    cine = synthetic_cine(n=2)
-    path = mrml.write_seq_nrrd(cine, tmp_path / "run.seq.nrrd")
-    with pytest.raises(CacError, match="already exists"):
-        mrml.write_seq_nrrd(cine, path)
-    with pytest.raises(CacError, match="already exists"):
-        mrml.write_seg_nrrd(path, {"a": np.zeros((2, 40, 52), bool)}, (1, 1))
-    cine.frames = cine.frames[:1]
-    mrml.write_seq_nrrd(cine, path, overwrite=True)
-    assert mrml.read_nrrd_cine(path).n_frames == 1
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.seq.nrrd"]  # no temporary left
-
-
-def test_read_nrrd_cine_errors(tmp_path):
-    with pytest.raises(CacError, match="not found"):
-        mrml.read_nrrd_cine(tmp_path / "missing.nrrd")
-    bad = tmp_path / "bad.nrrd"
-    bad.write_text("hello")
-    with pytest.raises(CacError, match="not a NRRD"):
-        mrml.read_nrrd_cine(bad)
-
-
 # --------------------------------------------------------------------------- segmentations
-
-
-def _read_with_storage_node(path):
-    scene = slicercore.new_scene()
-    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
-    storage = slicer.vtkMRMLSegmentationStorageNode()
-    scene.AddNode(storage)
-    storage.SetFileName(str(path))
-    assert storage.ReadData(node)
-    return scene, node
-
-
-def test_seg_nrrd_matches_the_frame_stack_volume(tmp_path):
-    cine = synthetic_cine()
-    segments = masks_like(cine)
-    volume_path = mrml.write_frame_stack_nrrd(cine, tmp_path / "run.nrrd")
-    seg_path = mrml.write_seg_nrrd(
-        tmp_path / "run.seg.nrrd", segments, cine.spacing_mm, colors={"calcium": (1.0, 0.0, 0.0)}
-    )
-
-    # Open both in a fresh scene with slicer-core's storage nodes, as Slicer would.
-    scene, seg_node = _read_with_storage_node(seg_path)
-    volume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode")
-    vstorage = slicer.vtkMRMLVolumeArchetypeStorageNode()
-    scene.AddNode(vstorage)
-    vstorage.SetFileName(str(volume_path))
-    assert vstorage.ReadData(volume)
-    segmentation = seg_node.GetSegmentation()
-    assert [segmentation.GetNthSegment(i).GetName() for i in range(2)] == ["calcium", "catheter"]
-    assert segmentation.GetSegment("calcium").GetColor() == pytest.approx((1.0, 0.0, 0.0))
-
-    # The labelmaps as loaded lie on the very grid of the frame-stack volume (no resampling):
-    # same IJK-to-RAS, extent inside the volume's (the reader crops to each segment's extent),
-    # and the reference image geometry is the full volume.
-    import vtk
-
-    labelmap_name = slicer.vtkSegmentationConverter.GetSegmentationBinaryLabelmapRepresentationName()
-    volume_extent = volume.GetImageData().GetExtent()
-    for i in range(segmentation.GetNumberOfSegments()):
-        stored = segmentation.GetNthSegment(i).GetRepresentation(labelmap_name)
-        m = vtk.vtkMatrix4x4()
-        stored.GetImageToWorldMatrix(m)
-        np.testing.assert_allclose([[m.GetElement(r, c) for c in range(4)] for r in range(4)], ijk_to_ras(volume),
-                                   atol=1e-9)
-        e = stored.GetExtent()
-        assert all(e[2 * a] >= volume_extent[2 * a] and e[2 * a + 1] <= volume_extent[2 * a + 1] for a in range(3))
-    reference = slicer.vtkOrientedImageData()
-    assert slicer.vtkSegmentationConverter.DeserializeImageGeometry(
-        segmentation.GetConversionParameter(slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName()),
-        reference, False)
-    assert reference.GetExtent() == volume_extent
-    np.testing.assert_allclose(reference.GetSpacing(), volume.GetSpacing())
-    np.testing.assert_allclose(reference.GetOrigin(), volume.GetOrigin())
-
-    # Export each segment onto the volume's geometry with Slicer's own logic: an independent path.
-    for name, mask in segments.items():
-        labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
-        ids = [segmentation.GetSegmentIdBySegmentName(name)]
-        import vtk
-
-        id_list = vtk.vtkStringArray()
-        for i in ids:
-            id_list.InsertNextValue(i)
-        assert slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(
-            seg_node, id_list, labelmap, volume
-        )
-        assert labelmap.GetImageData().GetDimensions() == volume.GetImageData().GetDimensions()
-        np.testing.assert_allclose(labelmap.GetSpacing(), volume.GetSpacing())
-        np.testing.assert_allclose(labelmap.GetOrigin(), volume.GetOrigin())
-        np.testing.assert_array_equal(volume_array(labelmap) > 0, mask)
-
-    # SimpleITK: same grid as the volume; overlapping segments sit in two layers (components).
-    seg_image = sitk.ReadImage(str(seg_path))
-    vol_image = sitk.ReadImage(str(volume_path))
-    assert seg_image.GetSize() == vol_image.GetSize()
-    np.testing.assert_allclose(seg_image.GetSpacing(), vol_image.GetSpacing())
-    np.testing.assert_allclose(seg_image.GetOrigin(), vol_image.GetOrigin())
-    np.testing.assert_allclose(seg_image.GetDirection(), vol_image.GetDirection(), atol=1e-9)
-
-    # And our reader gives the masks back in frame order.
-    back = mrml.read_seg_nrrd(seg_path, expected_shape=cine.frames.shape, expected_spacing_mm=(0.2, 0.3))
-    assert list(back.segments) == ["calcium", "catheter"]
-    for name, mask in segments.items():
-        np.testing.assert_array_equal(back.segments[name], mask)
-    assert back.spacing_mm == pytest.approx((0.2, 0.3))
-    np.testing.assert_array_equal(back.union(), segments["calcium"] | segments["catheter"])
-
-
-def test_empty_masks_keep_the_full_geometry(tmp_path):
-    path = mrml.write_seg_nrrd(tmp_path / "empty.seg.nrrd", {"calcium": np.zeros((4, 30, 20), bool)}, None)
-    back = mrml.read_seg_nrrd(path)
-    assert back.shape == (4, 30, 20) and not back.segments["calcium"].any()
-    assert back.spacing_mm == (1.0, 1.0)
-    assert sitk.ReadImage(str(path)).GetSize() == (20, 30, 4)
-
-
-def test_cropped_slicer_style_file_is_padded_back(tmp_path, scene):
-    """Slicer saves labelmaps cropped to their content; the reader pads them to the full frame stack."""
-    cine = synthetic_cine()
-    segments = masks_like(cine)
-    segments["catheter"][:] = False
-    segments["catheter"][2, 20:22, 30:33] = True
-    node = mrml.masks_to_frame_stack_segmentation(scene, segments, cine, "drawn")
-    path = tmp_path / "drawn.seg.nrrd"
-    storage = slicer.vtkMRMLSegmentationStorageNode()
-    scene.AddNode(storage)
-    storage.SetFileName(str(path))
-    storage.SetCropToMinimumExtent(True)
-    assert storage.WriteData(node)
-    assert sitk.ReadImage(str(path)).GetSize() != (52, 40, 6)  # really cropped
-    back = mrml.read_seg_nrrd(path, expected_shape=cine.frames.shape)
-    for name, mask in segments.items():
-        np.testing.assert_array_equal(back.segments[name], mask)
-
-
-def test_several_annotators_and_geometry_mismatch(tmp_path):
-    cine = synthetic_cine()
-    rng = np.random.default_rng(3)
-    paths, truth = [], []
-    for a in range(3):
-        mask = rng.random(cine.frames.shape) > 0.97
-        truth.append(mask)
-        paths.append(mrml.write_seg_nrrd(tmp_path / f"annotator{a}.seg.nrrd", {"calcium": mask}, cine.spacing_mm))
-    files = mrml.read_seg_nrrds(paths, expected_shape=cine.frames.shape)
-    for f, mask in zip(files, truth):
-        np.testing.assert_array_equal(f.segments["calcium"], mask)
-
-    with pytest.raises(CacError, match="frames"):
-        mrml.read_seg_nrrd(paths[0], expected_shape=(5, 40, 52))
-    with pytest.raises(CacError, match="spacing"):
-        mrml.read_seg_nrrd(paths[0], expected_shape=cine.frames.shape, expected_spacing_mm=(0.3, 0.3))
-    other = mrml.write_seg_nrrd(tmp_path / "other.seg.nrrd", {"calcium": np.zeros((6, 40, 50), bool)}, (0.2, 0.3))
-    with pytest.raises(CacError, match="same cine"):
-        mrml.read_seg_nrrds([paths[0], other])
-    with pytest.raises(CacError, match="not found"):
-        mrml.read_seg_nrrd(tmp_path / "missing.seg.nrrd")
-    with pytest.raises(CacError, match="shape"):
-        mrml.write_seg_nrrd(tmp_path / "x.seg.nrrd", {"a": np.zeros((2, 3, 4)), "b": np.zeros((2, 3, 5))}, None)
 
 
 def test_segmentation_sequence_follows_the_browser(scene):
@@ -497,7 +261,7 @@ def test_real_cine_through_slicer_files(tmp_path, scene):
     browser.SetSelectedItemNumber(12)
     np.testing.assert_array_equal(volume_array(browser.GetProxyNode(sequence))[0], reference[12])
 
-    back = mrml.read_nrrd_cine(mrml.write_seq_nrrd(cine, tmp_path / "biplane.seq.nrrd"))
+    back = nrrd_io.read_nrrd_cine(nrrd_io.write_seq_nrrd(cine, tmp_path / "biplane.seq.nrrd"))
     np.testing.assert_array_equal(back.frames, reference)
     assert back.frame_time_ms == pytest.approx(66.0)
     assert back.spacing_mm == cine.spacing_mm
@@ -537,27 +301,11 @@ def test_node_to_cine_accepts_sequence_proxy_and_frame_stack(scene):
         mrml.node_to_cine(table)
 
 
-def test_files_can_be_read_from_several_threads(tmp_path):
-    from concurrent.futures import ThreadPoolExecutor
-
-    cine = synthetic_cine()
-    rng = np.random.default_rng(5)
-    masks = [rng.random(cine.frames.shape) > 0.98 for _ in range(6)]
-    paths = [mrml.write_seg_nrrd(tmp_path / f"a{i}.seg.nrrd", {"calcium": m}, cine.spacing_mm)
-             for i, m in enumerate(masks)]
-    with ThreadPoolExecutor(4) as pool:
-        files = list(pool.map(lambda p: mrml.read_seg_nrrd(p, expected_shape=cine.frames.shape), paths * 3))
-    for i, f in enumerate(files):
-        np.testing.assert_array_equal(f.segments["calcium"], masks[i % 6])
-    scratch = mrml._scratch_scene()
-    assert scratch.GetNodesByClass("vtkMRMLSegmentationNode").GetNumberOfItems() == 0  # nothing left behind
-
-
 def test_spacing_without_a_source_is_kept(tmp_path, scene):
     cine = Cine(frames=np.zeros((2, 8, 9), np.uint8), spacing_mm=(0.25, 0.5))  # spacing_source left "unknown"
     for back in (
-        mrml.read_nrrd_cine(mrml.write_frame_stack_nrrd(cine, tmp_path / "a.nrrd")),
-        mrml.read_nrrd_cine(mrml.write_seq_nrrd(cine, tmp_path / "a.seq.nrrd")),
+        nrrd_io.read_nrrd_cine(nrrd_io.write_frame_stack_nrrd(cine, tmp_path / "a.nrrd")),
+        nrrd_io.read_nrrd_cine(nrrd_io.write_seq_nrrd(cine, tmp_path / "a.seq.nrrd")),
         mrml.sequence_to_cine(mrml.cine_to_sequence(scene, cine, "a")[0]),
     ):
         assert back.spacing_mm == pytest.approx((0.25, 0.5)) and back.spacing_source == "given"

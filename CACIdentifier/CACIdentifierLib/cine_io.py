@@ -5,7 +5,7 @@
 ===============================  ==============================================
 path                             reader
 ===============================  ==============================================
-``*.nrrd`` / ``*.seq.nrrd``      :func:`CACIdentifierLib.mrml.read_nrrd_cine`
+``*.nrrd`` / ``*.seq.nrrd``      :func:`CACIdentifierLib.nrrd_io.read_nrrd_cine`
                                  (frame stack or volume sequence, slicer-core)
 folder of PNG/JPEG/TIFF/BMP      :func:`read_image_folder` (natural name order)
 folder of DICOM files            :func:`CACIdentifierLib.dicom_io.read_dicom_folder`
@@ -98,7 +98,7 @@ def load_cine(path, *, spacing_mm=None, frame_time_ms=None) -> Cine:
 
 def _read_nrrd(path: Path, spacing_mm, frame_time_ms) -> Cine:
     from . import dicom_io
-    from .mrml import read_nrrd_cine
+    from .nrrd_io import read_nrrd_cine
 
     cine = read_nrrd_cine(path)
     if cine.n_frames < 2:

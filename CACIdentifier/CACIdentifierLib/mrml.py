@@ -1,6 +1,8 @@
-"""Cines, masks and results as MRML nodes and as the files 3D Slicer reads.
+"""Cines, masks and results as MRML nodes.
 
-Everything that touches Slicer's MRML classes lives here; the workflow core
+Everything that touches Slicer's MRML classes lives here (the files Slicer
+reads are written without MRML by :mod:`CACIdentifierLib.nrrd_io`, whose file
+functions are re-exported here for older callers); the workflow core
 works on :class:`~CACIdentifierLib.cine.Cine` and numpy arrays.  The same code
 runs inside the Slicer application (on ``slicer.mrmlScene``) and headless
 through the slicer-core wheel (see :mod:`CACIdentifierLib.slicercore`).
@@ -26,36 +28,37 @@ Geometry (docs/ARCHITECTURE.md, "Geometry of files")
 
 from __future__ import annotations
 
-import contextlib
-import threading
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 
 from . import slicercore
 from .cine import Cine
 from .errors import CacError
-from .fileutil import atomic_output
-
-# Node attributes (written as NRRD key-value pairs by Slicer's NRRD writers).
-ATTR_SPACING_SOURCE = "CAC_spacing_source"
-ATTR_FRAME_TIME_MS = "CAC_frame_time_ms"
-ATTR_R_WAVE_FRAMES = "CAC_r_wave_frames"
-ATTR_SOURCE = "CAC_source"
-ATTR_ROLE = "CAC_role"
+from .nrrd_io import (  # noqa: F401  (the file functions: re-exported for older callers)
+    ATTR_FRAME_TIME_MS,
+    ATTR_R_WAVE_FRAMES,
+    ATTR_ROLE,
+    ATTR_SOURCE,
+    ATTR_SPACING_SOURCE,
+    DEFAULT_SEGMENT_COLORS,
+    SegFile,
+    read_nrrd_cine,
+    read_seg_nrrd,
+    read_seg_nrrds,
+    write_frame_stack_nrrd,
+    write_seg_nrrd,
+    write_seq_nrrd,
+    xy_spacing,
+)
+from .nrrd_io import apply_attributes as _apply_attributes
+from .nrrd_io import cine_attributes as _cine_attributes
+from .nrrd_io import format_number as _format_number
+from .nrrd_io import normalize_segments as _normalize_segments
+from .nrrd_io import round_spacing as _round_spacing
 
 # IJK-to-RAS direction cosines of every frame: identity in LPS.
 FRAME_DIRECTIONS_RAS = ((-1.0, 0.0, 0.0), (0.0, -1.0, 0.0), (0.0, 0.0, 1.0))
-
-DEFAULT_SEGMENT_COLORS = (
-    (1.0, 0.85, 0.0),  # CAC ROI: yellow
-    (0.9, 0.2, 0.2),
-    (0.2, 0.7, 0.3),
-    (0.25, 0.45, 0.95),
-    (0.8, 0.4, 0.9),
-    (0.95, 0.55, 0.2),
-)
 
 _VTK_TYPES = {
     np.dtype(np.uint8): "VTK_UNSIGNED_CHAR",
@@ -67,44 +70,6 @@ _VTK_TYPES = {
     np.dtype(np.float32): "VTK_FLOAT",
     np.dtype(np.float64): "VTK_DOUBLE",
 }
-
-
-@dataclass
-class SegFile:
-    """The segments of one ``.seg.nrrd`` file on the frame-stack geometry.
-
-    ``segments`` maps each segment name to a bool array ``(n_frames, rows,
-    columns)`` in frame order; ``spacing_mm`` is ``(row_spacing,
-    column_spacing)`` in mm as stored in the file (1.0 when the cine's spacing
-    was unknown); ``colors`` maps segment names to RGB in [0, 1].
-
-    ``ijk_to_ras`` (4x4) places the arrays in physical space: array element
-    ``[k, j, i]`` is at ``ijk_to_ras @ (i, j, k, 1)``; ``has_reference`` is
-    true when the grid is the reference image geometry stored in the file
-    (the volume it was drawn on), false when it is only the labelmap's own
-    extent (padded from index 0).  :mod:`CACIdentifierLib.seg_align` uses them
-    to compare files saved with different extents or origins.
-    """
-
-    segments: dict[str, np.ndarray]
-    spacing_mm: tuple[float, float]
-    colors: dict[str, tuple[float, float, float]] = field(default_factory=dict)
-    path: str = ""
-    ijk_to_ras: np.ndarray | None = None
-    has_reference: bool = False
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        first = next(iter(self.segments.values()), None)
-        return tuple(first.shape) if first is not None else (0, 0, 0)
-
-    def union(self) -> np.ndarray:
-        """The union of all segments, ``(n_frames, rows, columns)`` bool."""
-        masks = list(self.segments.values())
-        out = np.zeros(self.shape, dtype=bool)
-        for m in masks:
-            out |= m
-        return out
 
 
 @dataclass
@@ -134,43 +99,6 @@ def _numpy_support():
     from vtkmodules.util import numpy_support
 
     return numpy_support
-
-
-_SCRATCH = None
-
-
-def _scratch_scene():
-    """A private headless scene for file I/O, so reading a file never adds nodes to the user's scene."""
-    global _SCRATCH
-    if _SCRATCH is None:
-        _SCRATCH = slicercore.new_scene()
-    return _SCRATCH
-
-
-_SCRATCH_LOCK = threading.RLock()
-
-
-@contextlib.contextmanager
-def _scratch_nodes():
-    """Yield the scratch scene; remove every node added to it inside the block.
-
-    A lock serializes users: MRML scenes are not thread-safe, and data loaders
-    may read annotation files from several threads.
-    """
-    with _SCRATCH_LOCK:
-        scene = _scratch_scene()
-        before = {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
-        try:
-            yield scene
-        finally:
-            added = [
-                scene.GetNthNode(i)
-                for i in range(scene.GetNumberOfNodes())
-                if scene.GetNthNode(i).GetID() not in before
-            ]
-            for node in added:
-                if scene.IsNodePresent(node):
-                    scene.RemoveNode(node)
 
 
 def _image_from_array(array: np.ndarray):
@@ -203,11 +131,7 @@ def _array_from_image(image) -> np.ndarray:
 
 
 def _xy_spacing(cine: Cine) -> tuple[float, float]:
-    """(column spacing, row spacing) in mm for the x and y axes; 1.0 when unknown."""
-    if cine.spacing_mm is None:
-        return 1.0, 1.0
-    row, col = cine.spacing_mm
-    return float(col), float(row)
+    return xy_spacing(cine.spacing_mm)
 
 
 def _set_frame_geometry(volume_node, cine_or_spacing) -> None:
@@ -219,50 +143,6 @@ def _set_frame_geometry(volume_node, cine_or_spacing) -> None:
     volume_node.SetOrigin(0.0, 0.0, 0.0)
     d = FRAME_DIRECTIONS_RAS
     volume_node.SetIJKToRASDirections(*d[0], *d[1], *d[2])
-
-
-def _format_number(value: float) -> str:
-    return format(float(value), ".10g")
-
-
-def _cine_attributes(cine: Cine) -> dict[str, str]:
-    if cine.spacing_mm is None:
-        source = "unknown"
-    else:
-        # A spacing without a recorded source (Cine's default) is still a known spacing.
-        source = cine.spacing_source if cine.spacing_source not in ("", "unknown") else "given"
-    attrs = {
-        ATTR_SPACING_SOURCE: source,
-        ATTR_FRAME_TIME_MS: "unknown" if cine.frame_time_ms is None else _format_number(cine.frame_time_ms),
-    }
-    if cine.r_wave_frames:
-        attrs[ATTR_R_WAVE_FRAMES] = " ".join(str(int(k)) for k in cine.r_wave_frames)
-    if cine.source:
-        attrs[ATTR_SOURCE] = str(cine.source)
-    return attrs
-
-
-def _apply_attributes(cine: Cine, get_attribute) -> None:
-    """Fill ``cine``'s metadata from ``CAC_*`` attributes (``get_attribute(name) -> str | None``)."""
-    source = get_attribute(ATTR_SPACING_SOURCE)
-    if source == "unknown":
-        cine.spacing_mm = None
-        cine.spacing_source = "unknown"
-    elif source:
-        cine.spacing_source = source
-    frame_time = get_attribute(ATTR_FRAME_TIME_MS)
-    if frame_time and frame_time != "unknown":
-        with contextlib.suppress(ValueError):
-            cine.frame_time_ms = float(frame_time)
-    r_waves = get_attribute(ATTR_R_WAVE_FRAMES)
-    if r_waves:
-        with contextlib.suppress(ValueError):
-            cine.r_wave_frames = [int(v) for v in r_waves.split()]
-
-
-def _round_spacing(value: float) -> float:
-    # NRRD stores spacings as direction vectors; the round trip adds noise in the 17th digit.
-    return float(f"{value:.12g}")
 
 
 def _spacing_from_node(volume_node) -> tuple[float, float]:
@@ -516,27 +396,6 @@ def _fill_segmentation(segmentation_node, segments: dict[str, np.ndarray], spaci
         )
 
 
-def _normalize_segments(segments, what: str = "segments") -> dict[str, np.ndarray]:
-    if isinstance(segments, np.ndarray):
-        segments = {"CAC ROI": segments}
-    if not segments:
-        raise CacError(f"no {what} to write; give at least one named mask array")
-    out: dict[str, np.ndarray] = {}
-    shape = None
-    for name, mask in segments.items():
-        mask = np.asarray(mask)
-        if mask.ndim == 2:
-            mask = mask[None]
-        if mask.ndim != 3:
-            raise CacError(f"segment {name!r} must be a (n_frames, rows, columns) mask, got shape {mask.shape}")
-        if shape is None:
-            shape = mask.shape
-        elif mask.shape != shape:
-            raise CacError(f"segment {name!r} has shape {mask.shape} but the others have {shape}")
-        out[str(name)] = mask.astype(bool)
-    return out
-
-
 def masks_to_frame_stack_segmentation(scene, masks, cine: Cine, name: str = "CAC ROI", segments=None,
                                       colors=None, reference_volume=None):
     """Add a Segmentation node holding ``masks`` over the cine's frame-stack geometry.
@@ -615,47 +474,6 @@ def segmentation_masks(segmentation_node, shape=None) -> dict[str, np.ndarray]:
             matrix[:3, 3] = 0.0
             full = _Grid(matrix, (0, shape[2] - 1, 0, shape[1] - 1, 0, shape[0] - 1))
     return {name: mask for name, (mask, _) in _segments_on_grid(segmentation_node, full).items()}
-
-
-# --------------------------------------------------------------------------- .seg.nrrd
-
-
-def write_seg_nrrd(path, segments: dict[str, np.ndarray], spacing_mm, colors=None, overwrite: bool = False) -> Path:
-    """Write named per-frame masks as a ``.seg.nrrd`` that 3D Slicer opens over the frame-stack volume.
-
-    Parameters
-    ----------
-    path : str or Path
-        Output file; should end in ``.seg.nrrd``.
-    segments : dict[str, ndarray]
-        Segment name -> bool mask ``(n_frames, rows, columns)`` (frame ``k`` =
-        slice ``k``); all the same shape.  Segments may overlap.
-    spacing_mm : (float, float) or None
-        ``(row_spacing, column_spacing)`` in mm; ``None`` (unknown) writes 1.0.
-    colors : dict[str, (r, g, b)], optional
-        Segment colours in [0, 1]; missing ones come from a fixed palette.
-    overwrite : bool
-        Replace an existing file.
-
-    The file is written by slicer-core's ``vtkMRMLSegmentationStorageNode``
-    with the full frame-stack extent (also for empty masks), through
-    :func:`~CACIdentifierLib.fileutil.atomic_output`.
-    """
-    slicer = _slicer()
-    segments = _normalize_segments(segments)
-    spacing_xy = (1.0, 1.0) if spacing_mm is None else (float(spacing_mm[1]), float(spacing_mm[0]))
-    if min(spacing_xy) <= 0:
-        raise CacError(f"spacing must be positive, got {spacing_mm}")
-    with atomic_output(path, overwrite) as tmp, _scratch_nodes() as scene:
-        node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", Path(path).name.split(".")[0])
-        _fill_segmentation(node, segments, spacing_xy, colors or {})
-        storage = slicer.vtkMRMLSegmentationStorageNode()
-        scene.AddNode(storage)
-        storage.SetFileName(str(tmp))
-        storage.SetUseCompression(True)
-        if not storage.WriteData(node):
-            raise CacError(f"could not write {path}; check the folder is writable")
-    return Path(path)
 
 
 def _matrix_ijk_to_ras(oriented) -> np.ndarray:
@@ -750,78 +568,6 @@ def _paste(values: np.ndarray, own: _Grid, full: _Grid, name: str) -> np.ndarray
     return out
 
 
-def read_seg_nrrd(path, expected_shape=None, expected_spacing_mm=None) -> SegFile:
-    """Read a ``.seg.nrrd`` (written here or drawn in Slicer over the frame-stack volume).
-
-    Returns a :class:`SegFile` whose masks are ``(n_frames, rows, columns)``
-    bool arrays on the full frame-stack geometry: labelmaps Slicer saved with a
-    smaller extent (the default when drawing) are padded back using the
-    segmentation's reference image geometry, or ``expected_shape`` when the
-    file has none.  ``expected_shape`` ``(n_frames, rows, columns)`` and
-    ``expected_spacing_mm`` ``(row, column)`` are checked when given: a
-    mismatch raises :class:`CacError` (annotations of another cine).
-    """
-    from .nrrd_check import check_nrrd, native_stderr_silenced
-
-    slicer = _slicer()
-    path = Path(path)
-    if not path.is_file():
-        raise CacError(f"segmentation file {path} not found")
-    check_nrrd(path)  # slicer-core aborts the process on some corrupt files
-    with _scratch_nodes() as scene:
-        node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", path.name)
-        storage = slicer.vtkMRMLSegmentationStorageNode()
-        scene.AddNode(storage)
-        storage.SetFileName(str(path))
-        with native_stderr_silenced():
-            ok = storage.ReadData(node)
-        if not ok or node.GetSegmentation() is None:
-            raise CacError(f"{path} is not a readable segmentation (.seg.nrrd); save it from Slicer's Segmentations module")
-        full = _reference_geometry(node)
-        has_reference = full is not None
-        if full is None and expected_shape is not None:
-            # No reference geometry stored: assume the frame-stack convention (origin 0, the labelmap's axes).
-            first = _first_labelmap(node)
-            if first is not None:
-                n, r, c = expected_shape
-                matrix = _matrix_ijk_to_ras(first)
-                matrix[:3, 3] = 0.0
-                full = _Grid(matrix, (0, c - 1, 0, r - 1, 0, n - 1))
-        pasted = _segments_on_grid(node, full)
-        if not pasted:
-            raise CacError(f"{path} has no segments")
-        grid = full or next(iter(pasted.values()))[1]
-        colors = {}
-        segmentation = node.GetSegmentation()
-        for i in range(segmentation.GetNumberOfSegments()):
-            segment = segmentation.GetNthSegment(i)
-            colors[segment.GetName()] = tuple(float(c) for c in segment.GetColor())
-    spacing = grid.spacing_xyz
-    # Matrix of array index (i, j, k) = (0, 0, 0) at the grid's first voxel (extents may not start at 0).
-    ijk_to_ras = grid.ijk_to_ras.copy()
-    ijk_to_ras[:3, 3] += ijk_to_ras[:3, :3] @ np.array([grid.extent[0], grid.extent[2], grid.extent[4]], float)
-    result = SegFile(
-        segments={name: mask for name, (mask, _) in pasted.items()},
-        spacing_mm=(_round_spacing(spacing[1]), _round_spacing(spacing[0])),
-        colors=colors,
-        path=str(path),
-        ijk_to_ras=ijk_to_ras,
-        has_reference=has_reference,
-    )
-    if expected_shape is not None and tuple(result.shape) != tuple(int(v) for v in expected_shape):
-        raise CacError(
-            f"{path} covers {result.shape[0]} frames of {result.shape[1]}x{result.shape[2]} px but the cine has "
-            f"{expected_shape[0]} frames of {expected_shape[1]}x{expected_shape[2]} px; "
-            "use the annotation made on this cine"
-        )
-    if expected_spacing_mm is not None and not np.allclose(result.spacing_mm, expected_spacing_mm, rtol=1e-3):
-        raise CacError(
-            f"{path} has pixel spacing {result.spacing_mm} mm but the cine has {tuple(expected_spacing_mm)} mm; "
-            "use the annotation made on this cine"
-        )
-    return result
-
-
 def _first_labelmap(node):
     slicer = _slicer()
     name_rep = slicer.vtkSegmentationConverter.GetSegmentationBinaryLabelmapRepresentationName()
@@ -831,136 +577,6 @@ def _first_labelmap(node):
         if labelmap is not None:
             return labelmap
     return None
-
-
-def read_seg_nrrds(paths, expected_shape=None, expected_spacing_mm=None) -> list[SegFile]:
-    """Read several annotators' ``.seg.nrrd`` files of one cine; all must share one geometry."""
-    files = [read_seg_nrrd(p, expected_shape, expected_spacing_mm) for p in paths]
-    if not files:
-        raise CacError("no segmentation files given")
-    for f in files[1:]:
-        if f.shape != files[0].shape or not np.allclose(f.spacing_mm, files[0].spacing_mm, rtol=1e-3):
-            raise CacError(
-                f"{f.path} ({f.shape}, {f.spacing_mm} mm) does not match {files[0].path} "
-                f"({files[0].shape}, {files[0].spacing_mm} mm); all annotations must be of the same cine"
-            )
-    return files
-
-
-# --------------------------------------------------------------------------- NRRD cines
-
-
-def _nrrd_header(path: Path) -> dict[str, str]:
-    """Fields and key-value pairs of a NRRD header (text up to the first blank line)."""
-    fields: dict[str, str] = {}
-    with open(path, "rb") as f:
-        magic = f.readline()
-        if not magic.startswith(b"NRRD"):
-            raise CacError(f"{path} is not a NRRD file (no NRRD magic); give a .nrrd or .seq.nrrd file")
-        for raw in f:
-            line = raw.decode("latin-1").rstrip("\r\n")
-            if not line:
-                break
-            if line.startswith("#"):
-                continue
-            if ":=" in line:
-                key, value = line.split(":=", 1)
-            elif ":" in line:
-                key, value = line.split(":", 1)
-            else:
-                continue
-            fields[key.strip()] = value.strip()
-    return fields
-
-
-def read_nrrd_cine(path) -> Cine:
-    """Read a cine from a ``.nrrd`` frame stack (slice ``k`` = frame ``k``) or a ``.seq.nrrd`` sequence.
-
-    Uses slicer-core's ``vtkMRMLVolumeSequenceStorageNode`` (sequences) and
-    ``vtkMRMLNRRDStorageNode`` (volumes).  Spacing, frame time and R waves
-    written by this project (``CAC_*`` keys) come back; otherwise spacing is
-    the file's (``spacing_source`` "nrrd") and the frame time comes from a
-    list axis in ms or s.
-    """
-    from .nrrd_check import check_nrrd, native_stderr_silenced
-
-    slicer = _slicer()
-    path = Path(path)
-    if not path.is_file():
-        raise CacError(f"{path} not found")
-    check_nrrd(path)  # slicer-core aborts the process on some corrupt files
-    header = _nrrd_header(path)
-    kinds = header.get("kinds", "").split()
-    is_sequence = path.name.lower().endswith(".seq.nrrd") or (
-        "list" in kinds and "DataNodeClassName" in header
-    )
-    with _scratch_nodes() as scene:
-        if is_sequence:
-            sequence = scene.AddNewNodeByClass("vtkMRMLSequenceNode", path.name)
-            storage = slicer.vtkMRMLVolumeSequenceStorageNode()
-            scene.AddNode(storage)
-            storage.SetFileName(str(path))
-            with native_stderr_silenced():
-                ok = storage.ReadData(sequence)
-            if not ok:
-                raise CacError(f"could not read {path} as a volume sequence; save it from Slicer's Sequences module")
-            cine = sequence_to_cine(sequence)
-        else:
-            volume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", path.name)
-            storage = slicer.vtkMRMLNRRDStorageNode()
-            scene.AddNode(storage)
-            storage.SetFileName(str(path))
-            with native_stderr_silenced():
-                ok = storage.ReadData(volume)
-                if not ok:
-                    storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
-                    scene.AddNode(storage)
-                    storage.SetFileName(str(path))
-                    ok = storage.ReadData(volume)
-            if not ok:
-                raise CacError(f"could not read {path} as a scalar volume")
-            cine = frame_stack_volume_to_cine(volume)
-            # vtkMRMLNRRDStorageNode turns key-value pairs into attributes; read them from the header too.
-            _apply_attributes(cine, header.get)
-    cine.source = str(path)
-    return cine
-
-
-def write_seq_nrrd(cine: Cine, path, overwrite: bool = False) -> Path:
-    """Write ``cine`` as a ``.seq.nrrd`` volume sequence (slicer-core's ``vtkMRMLVolumeSequenceStorageNode``).
-
-    3D Slicer opens it as a Sequence with a browser (drag and drop).  The
-    index is the time in ms, or the frame number when unknown; ``CAC_*`` keys
-    carry the spacing source, frame time and R waves.
-    """
-    slicer = _slicer()
-    with atomic_output(path, overwrite) as tmp, _scratch_nodes() as scene:
-        sequence = _build_sequence(scene, cine, Path(path).name.split(".")[0])
-        _write_node(scene, sequence, slicer.vtkMRMLVolumeSequenceStorageNode(), tmp, path)
-    return Path(path)
-
-
-def write_frame_stack_nrrd(cine: Cine, path, overwrite: bool = False) -> Path:
-    """Write ``cine`` as a 3D ``.nrrd`` frame stack (slicer-core's ``vtkMRMLNRRDStorageNode``).
-
-    Slice ``k`` = frame ``k``, in-plane spacing = ``cine.spacing_mm`` (1.0 and
-    ``CAC_spacing_source:=unknown`` when unknown), slice spacing 1, origin 0;
-    the volume to annotate in Slicer.
-    """
-    slicer = _slicer()
-    with atomic_output(path, overwrite) as tmp, _scratch_nodes() as scene:
-        volume = cine_to_frame_stack_volume(scene, cine, Path(path).name.split(".")[0])
-        _write_node(scene, volume, slicer.vtkMRMLNRRDStorageNode(), tmp, path)
-    return Path(path)
-
-
-def _write_node(scene, node, storage, tmp, path) -> None:
-    """Write ``node`` with a compressed ``storage`` node to the temporary file ``tmp`` (final name ``path``)."""
-    scene.AddNode(storage)
-    storage.SetFileName(str(tmp))
-    storage.SetUseCompression(True)
-    if not storage.WriteData(node):
-        raise CacError(f"could not write {path}; check the folder is writable")
 
 
 # --------------------------------------------------------------------------- tables and plots

@@ -6,7 +6,7 @@ frame-stack volume, holds fewer rows and columns and a shifted origin, yet
 its pixels are the same pixels of the same frames.  Comparing such files by
 array shape would refuse them or, worse, compare shifted pixels.  Here each
 file's arrays are placed by their ``ijk_to_ras`` matrix (read by
-:func:`CACIdentifierLib.mrml.read_seg_nrrd`) on one common grid.
+:func:`CACIdentifierLib.nrrd_io.read_seg_nrrd`) on one common grid.
 
 Rules
 -----
@@ -133,7 +133,7 @@ def _fmt_spacing(xyz) -> str:
 
 
 def grid_of(seg) -> tuple[np.ndarray, tuple[int, int, int], bool]:
-    """``(ijk_to_ras, shape, has_reference)`` of a :class:`~CACIdentifierLib.mrml.SegFile` for :func:`common_grid`."""
+    """``(ijk_to_ras, shape, has_reference)`` of a :class:`~CACIdentifierLib.nrrd_io.SegFile` for :func:`common_grid`."""
     matrix = seg.ijk_to_ras
     if matrix is None:  # a SegFile built in memory: frame-stack convention, origin 0
         matrix = frame_stack_matrix(seg.spacing_mm)

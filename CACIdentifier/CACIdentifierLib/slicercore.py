@@ -84,7 +84,9 @@ def new_scene():
     them.  Inside the Slicer application prefer :func:`get_scene`.
     """
     slicer = import_slicer()
-    _quiet_vtk_output()
+    if not in_slicer_application():
+        # Inside Slicer the output window feeds the Error Log: never replace it there.
+        _quiet_vtk_output()
     scene = slicer.vtkMRMLScene()
 
     app_logic = slicer.vtkSlicerApplicationLogic()

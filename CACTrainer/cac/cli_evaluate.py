@@ -63,12 +63,12 @@ def evaluate_files(pred_path, truth_paths, segment: str | None = None) -> dict:
     truth files mark calcium there); the result gets ``grid``: the common
     grid's shape and where each file lies on it.
     """
-    from CACIdentifierLib import mrml
-    from CACIdentifierLib.metrics import evaluate_masks, majority_vote
-    from CACIdentifierLib.seg_align import align_segfiles
+    from CACIdentifierLib import nrrd_io
+    from .metrics import evaluate_masks, majority_vote
+    from .seg_align import align_segfiles
 
-    pred = mrml.read_seg_nrrd(pred_path)
-    truths = [mrml.read_seg_nrrd(p) for p in truth_paths]
+    pred = nrrd_io.read_seg_nrrd(pred_path)
+    truths = [nrrd_io.read_seg_nrrd(p) for p in truth_paths]
     files = [pred, *truths]
     for f in files:
         _mask_of(f.segments, f.path, segment)  # one clear line for a missing segment, before aligning

@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
 
     annotations = None
     if args.annotations:
-        from CACIdentifierLib.mrml import read_seg_nrrd
+        from CACIdentifierLib.nrrd_io import read_seg_nrrd
 
         annotations = []
         for path in args.annotations:
@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
     model_info = {"path": str(model_path), "name": metadata.get("name", model_path.stem)}
     report = build_report(result, cine, evaluation, model_info)
 
-    from CACIdentifierLib.mrml import write_seg_nrrd
+    from CACIdentifierLib.nrrd_io import write_seg_nrrd
 
     with atomic_directory(out, overwrite=args.overwrite) as tmp:
         write_seg_nrrd(tmp / "roi.seg.nrrd", {"CAC ROI": result.roi}, cine.spacing_mm, colors={"CAC ROI": (1.0, 0.18, 0.69)})

@@ -184,11 +184,11 @@ def run_convert(args: argparse.Namespace) -> int:
     if Path(args.cine).resolve() == out.resolve():
         raise CacError(f"{out} is the input; choose another output name")
     cine = load_cine(args.cine, spacing_mm=args.spacing, frame_time_ms=args.frame_time_ms)
-    from CACIdentifierLib import mrml
+    from CACIdentifierLib import nrrd_io
 
     if kind == "sequence":
-        mrml.write_seq_nrrd(cine, out, overwrite=args.overwrite)
+        nrrd_io.write_seq_nrrd(cine, out, overwrite=args.overwrite)
     else:
-        mrml.write_frame_stack_nrrd(cine, out, overwrite=args.overwrite)
+        nrrd_io.write_frame_stack_nrrd(cine, out, overwrite=args.overwrite)
     print(f"wrote {out} ({kind}, {cine.n_frames} frames of {cine.rows} x {cine.columns})")
     return 0
