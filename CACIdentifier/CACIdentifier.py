@@ -110,8 +110,9 @@ class CACIdentifierParameterNode:
     outputSegmentation, outputTable - created when empty.
     """
 
-    # typing.Union, not `|`: the parameter node wrapper inspects typing.Union.
-    inputNode: Union[vtkMRMLSequenceNode, vtkMRMLScalarVolumeNode]  # noqa: UP007
+    # typing.Union, not `|`: the parameter node wrapper inspects typing.Union. A Union of node
+    # types must include None (Slicer's docs), else the wrapper cannot write the initial None.
+    inputNode: Union[vtkMRMLSequenceNode, vtkMRMLScalarVolumeNode, None]  # noqa: UP007
     annotationNodes: list[vtkMRMLSegmentationNode]
     modelPath: Path
     device: Annotated[str, Choice(["auto", "cpu", "cuda"]), Default("auto")]

@@ -1,0 +1,170 @@
+"""The modules' parameter nodes through Slicer 5.10.0's real ``parameterNodeWrapper`` on the slicer-core scene.
+
+``CACIdentifier.py`` and ``CACTrainer.py`` are loaded by path, as Slicer loads
+them, with Slicer's own ``slicer.parameterNodeWrapper``,
+``slicer.ScriptedLoadableModule``, ``slicer.util`` and ``slicer.i18n`` (see
+slicer_python.py).  Every field is set, node fields are set to None, values out
+of range are refused, and the scene is saved and loaded again.  This is what
+the panel does in ``setup()`` -> ``initializeParameterNode()`` and on every
+``enter()``; a node field typed without None broke exactly there.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("slicer", reason="slicer-core is not installed")
+
+import slicer_python  # noqa: E402
+from CACIdentifierLib import slicercore  # noqa: E402
+
+pytestmark = pytest.mark.skipif(
+    not slicer_python.available(), reason=f"Slicer 5.10.0's Python files not found at {slicer_python.SLICER_PYTHON}"
+)
+ROOT = slicer_python.ROOT
+
+
+@pytest.fixture
+def slicer_app():
+    with slicer_python.slicer_5_10(slicercore.new_scene()) as slicer:
+        yield slicer
+
+
+def load(module: str):
+    return slicer_python.load_module_script(ROOT / module / f"{module}.py")
+
+
+def save_and_reload(slicer, tmp_path: Path):
+    """Save ``slicer.mrmlScene`` as a .mrml file, load it into a new scene and make that the application's."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    path = tmp_path / "scene.mrml"
+    scene = slicer.mrmlScene
+    scene.SetURL(str(path))
+    assert scene.Commit(), "the scene could not be saved"
+    new = slicercore.new_scene()
+    new.SetURL(str(path))
+    assert new.Import(), "the saved scene could not be loaded"
+    slicer.mrmlScene = new
+    return new
+
+
+def add(slicer, cls: str, name: str):
+    return slicer.mrmlScene.AddNewNodeByClass(cls, name)
+
+
+def node_ids(value):
+    """Nodes by ID (a reloaded scene has new node objects); other values as they are."""
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "ObservedList":
+        return [node_ids(v) for v in value]
+    return value.GetID() if hasattr(value, "GetID") else value
+
+
+def check_round_trip(slicer, tmp_path, module, logic_class, values):
+    """Set ``values`` on a fresh parameter node, save and reload the scene, read them back."""
+    logic = getattr(module, logic_class)()
+    parameters = logic.getParameterNode()
+    for name, value in values.items():
+        setattr(parameters, name, value)
+    for name, value in values.items():
+        assert node_ids(getattr(parameters, name)) == node_ids(value), name
+    save_and_reload(slicer, tmp_path)
+    reloaded = logic.getParameterNode()
+    assert reloaded.parameterNode is not parameters.parameterNode
+    for name, value in values.items():
+        assert node_ids(getattr(reloaded, name)) == node_ids(value), f"{name} after reloading the scene"
+    return reloaded
+
+
+# --------------------------------------------------------------------------- CAC Identifier
+
+
+def test_identifier_parameter_node_defaults(slicer_app):
+    module = load("CACIdentifier")
+    parameters = module.CACIdentifierLogic().getParameterNode()
+    # What the panel reads in initializeParameterNode() before anything is chosen.
+    assert parameters.inputNode is None and parameters.outputSegmentation is None and parameters.outputTable is None
+    assert parameters.annotationNodes == []
+    assert (parameters.device, parameters.sigma, parameters.minIslandPx) == ("auto", 3.0, 1000)
+    assert (parameters.threshold, parameters.onsetFrame) == (0.5, -1)
+    assert str(parameters.modelPath) in ("", ".")
+    # A singleton: the module finds the same node again (the panel calls this on every enter()).
+    assert module.CACIdentifierLogic().getParameterNode().parameterNode is parameters.parameterNode
+
+
+def test_identifier_every_field_round_trips(slicer_app, tmp_path):
+    module = load("CACIdentifier")
+    fields = set(module.CACIdentifierParameterNode.allParameters)
+    sequence = add(slicer_app, "vtkMRMLSequenceNode", "cine sequence")
+    volume = add(slicer_app, "vtkMRMLScalarVolumeNode", "cine frames")
+    annotations = [add(slicer_app, "vtkMRMLSegmentationNode", f"annotator {i}") for i in (1, 2)]
+    output = add(slicer_app, "vtkMRMLSegmentationNode", "CAC ROI")
+    table = add(slicer_app, "vtkMRMLTableNode", "CAC results")
+    values = {
+        "inputNode": sequence,
+        "annotationNodes": annotations,
+        "modelPath": tmp_path / "model.safetensors",
+        "device": "cuda",
+        "sigma": 2.5,
+        "minIslandPx": 250,
+        "threshold": 0.35,
+        "onsetFrame": 7,
+        "outputSegmentation": output,
+        "outputTable": table,
+    }
+    assert set(values) == fields, "a parameter-node field is not covered by this test"
+    check_round_trip(slicer_app, tmp_path / "a", module, "CACIdentifierLogic", values)
+
+    # The other input type, and every node field back to None (the panel's "None" entry, a deleted node).
+    values.update(inputNode=volume, annotationNodes=[], outputSegmentation=None, outputTable=None)
+    check_round_trip(slicer_app, tmp_path / "b", module, "CACIdentifierLogic", values)
+    values["inputNode"] = None
+    check_round_trip(slicer_app, tmp_path / "c", module, "CACIdentifierLogic", values)
+
+
+def test_identifier_refuses_values_out_of_range(slicer_app):
+    module = load("CACIdentifier")
+    parameters = module.CACIdentifierLogic().getParameterNode()
+    for name, bad in (("device", "tpu"), ("sigma", 51.0), ("threshold", 1.5), ("onsetFrame", -2),
+                      ("minIslandPx", -1)):
+        with pytest.raises(ValueError):
+            setattr(parameters, name, bad)
+    with pytest.raises((TypeError, ValueError)):
+        parameters.inputNode = add(slicer_app, "vtkMRMLTableNode", "not a cine")
+
+
+# --------------------------------------------------------------------------- CAC Trainer
+
+
+def test_trainer_every_field_round_trips(slicer_app, tmp_path):
+    module = load("CACTrainer")
+    fields = set(module.CACTrainerParameterNode.allParameters)
+    parameters = module.CACTrainerLogic().getParameterNode()
+    assert parameters.curvesTable is None and parameters.curvesChart is None
+    assert not module.CACTrainerLogic.isSet(parameters.datasetDir)  # unset path: Generate stays disabled
+    table = add(slicer_app, "vtkMRMLTableNode", "CAC training curves")
+    chart = add(slicer_app, "vtkMRMLPlotChartNode", "CAC training curves chart")
+    values = {
+        "datasetDir": tmp_path / "dataset",
+        "phantomPatients": 5,
+        "phantomAcquisitions": 2,
+        "seed": 42,
+        "outputModelPath": tmp_path / "model.safetensors",
+        "cvMode": "acquisition",
+        "fold": 3,
+        "epochs1": 4,
+        "epochs2": 6,
+        "device": "cpu",
+        "initModelPath": tmp_path / "base.safetensors",
+        "curvesTable": table,
+        "curvesChart": chart,
+    }
+    assert set(values) == fields, "a parameter-node field is not covered by this test"
+    reloaded = check_round_trip(slicer_app, tmp_path, module, "CACTrainerLogic", values)
+    assert module.CACTrainerLogic.isSet(reloaded.datasetDir)
+
+    values.update(curvesTable=None, curvesChart=None, cvMode="none", fold=-1)
+    check_round_trip(slicer_app, tmp_path / "b", module, "CACTrainerLogic", values)
+    with pytest.raises(ValueError):
+        reloaded.cvMode = "leave-one-out"
