@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint bench clean-venv
+.PHONY: setup demo test test-slicer-pins lint bench clean-venv
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -26,6 +26,27 @@ lint: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/python -m pytest -q Testing
+
+# The cine I/O and synchronization tests once more with what Slicer 5.10.0 bundles (Python 3.12,
+# numpy 2.0.2, scipy 1.13.1, pydicom 2.4.4): inside Slicer the Lib must work with those.
+PINS_PYTHON ?= python3.12
+PINS_VENV := .venv-slicer-pins
+PINS_STAMP := $(PINS_VENV)/.installed
+SLICER_PINS := numpy==2.0.2 scipy==1.13.1 pydicom==2.4.4
+
+$(PINS_STAMP): pyproject.toml
+	@test -x $(PINS_VENV)/bin/python || $(PINS_PYTHON) -m venv $(PINS_VENV) || $(PYTHON) -m venv $(PINS_VENV)
+	$(PINS_VENV)/bin/python -m pip install --quiet --upgrade pip
+	# The pins and the Lib's other dependencies (no torch, no slicer-core: these tests need neither).
+	$(PINS_VENV)/bin/python -m pip install --quiet $(SLICER_PINS) scikit-image SimpleITK matplotlib \
+		pylibjpeg pylibjpeg-libjpeg pylibjpeg-rle pynrrd slicerio pytest
+	$(PINS_VENV)/bin/python -m pip install --quiet --no-deps -e .
+	@touch $(PINS_STAMP)
+
+test-slicer-pins: $(PINS_STAMP)
+	$(PINS_VENV)/bin/python -c "import numpy, scipy, pydicom, sys; print('Python', sys.version.split()[0], \
+		'numpy', numpy.__version__, 'scipy', scipy.__version__, 'pydicom', pydicom.__version__)"
+	$(PINS_VENV)/bin/python -m pytest -q -p no:cacheprovider Testing/test_cine_io.py Testing/test_sync.py
 
 bench: $(STAMP)
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

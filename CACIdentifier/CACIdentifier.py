@@ -37,7 +37,8 @@ from slicer.util import VTKObservationMixin
 
 # (import name, distribution, minimum version, pip requirement) of what CACIdentifierLib needs
 # beyond Slicer's own Python. torch first: the PyTorch Utils extension installs the build that
-# matches the GPU. pydicom: the Lib uses the pydicom 3 API (Slicer may bundle an older one).
+# matches the GPU. pydicom: Slicer bundles 2.4.4 (its DICOM module imports it at start-up), and the
+# Lib works with 2.4 and 3.x, so Slicer's own is never replaced.
 REQUIRED_PACKAGES = [
     ("torch", "torch", "2.0", "torch"),
     ("safetensors", "safetensors", "0.4", "safetensors>=0.4"),
@@ -45,10 +46,11 @@ REQUIRED_PACKAGES = [
     ("scipy", "scipy", "1.11", "scipy>=1.11"),
     ("skimage", "scikit-image", "0.22", "scikit-image>=0.22"),
     ("SimpleITK", "SimpleITK", "2.3", "SimpleITK>=2.3"),
-    ("pydicom", "pydicom", "3.0", "pydicom>=3.0,<4"),
+    ("pydicom", "pydicom", "2.4", "pydicom>=2.4,<4"),
     ("pylibjpeg", "pylibjpeg", "2.0", "pylibjpeg>=2.0 pylibjpeg-libjpeg>=2.1 pylibjpeg-rle>=2.0"),
     ("nrrd", "pynrrd", "1.0", "pynrrd>=1.0"),
     ("slicerio", "slicerio", "1.4", "slicerio>=1.4"),
+    ("matplotlib", "matplotlib", "3.7", "matplotlib>=3.7"),
 ]
 
 

@@ -79,9 +79,48 @@ def ramp_frames(n=5, rows=64, cols=80, dtype=np.uint16, maximum=4095, seed=0) ->
     return frames
 
 
+# Slicer 5.8 and 5.10 bundle pydicom 2.4.4: the Lib and these tests run with pydicom 2.4 and 3.x.
+PYDICOM3 = int(pydicom.__version__.split(".")[0]) >= 3
+
+
 def save(ds: Dataset, path: Path) -> Path:
-    ds.save_as(path, enforce_file_format=True)
+    """Write ``ds`` as a DICOM file (preamble, file meta) in its file meta's transfer syntax."""
+    if PYDICOM3:
+        ds.save_as(path, enforce_file_format=True)
+    else:
+        syntax = ds.file_meta.TransferSyntaxUID
+        ds.is_little_endian = syntax != "1.2.840.10008.1.2.2"
+        ds.is_implicit_VR = syntax == "1.2.840.10008.1.2"
+        ds.save_as(path, write_like_original=False)
     return path
+
+
+def save_bare(ds: Dataset, path: Path) -> Path:
+    """Write ``ds`` as old files were: implicit VR little endian, no preamble, no file meta."""
+    if PYDICOM3:
+        ds.save_as(path, implicit_vr=True, little_endian=True, enforce_file_format=False)
+    else:
+        ds.is_little_endian, ds.is_implicit_VR = True, True
+        ds.save_as(path, write_like_original=True)
+    return path
+
+
+def decode_with(path: Path, plugin: str) -> np.ndarray:
+    """pydicom's decode of ``path`` with one decoder ("pylibjpeg" or "pillow")."""
+    if PYDICOM3:
+        from pydicom.pixels import pixel_array
+
+        return pixel_array(str(path), decoding_plugin=plugin)
+    import pydicom.config
+    from pydicom.pixel_data_handlers import pillow_handler, pylibjpeg_handler
+
+    handler = {"pylibjpeg": pylibjpeg_handler, "pillow": pillow_handler}[plugin]
+    saved = pydicom.config.pixel_data_handlers
+    pydicom.config.pixel_data_handlers = [handler]
+    try:
+        return pydicom.dcmread(path).pixel_array
+    finally:
+        pydicom.config.pixel_data_handlers = saved
 
 
 # --------------------------------------------------------------------------- real files
@@ -177,14 +216,12 @@ def test_jpeg_lossless_pixels_equal_independent_decoder(ge):
 @needs_data
 @pytest.mark.parametrize("path", [RCA, BIPLANE], ids=["rca", "biplane"])
 def test_jpeg_baseline_pixels_match_other_decoders(path):
-    from pydicom.pixels import pixel_array
-
     ours = load_cine(path).frames
     # identical to pydicom's own libjpeg decode of the file
-    assert np.array_equal(ours, pixel_array(str(path), decoding_plugin="pylibjpeg"))
+    assert np.array_equal(ours, decode_with(path, "pylibjpeg"))
     # JPEG Baseline's IDCT is not bit-exact across libraries: Pillow (libjpeg-turbo) and GDCM
     # agree with each other and differ from libjpeg by at most one grey level on a few % of pixels.
-    others = [pixel_array(str(path), decoding_plugin="pillow")]
+    others = [decode_with(path, "pillow")]
     sitk = pytest.importorskip("SimpleITK")
     others.append(sitk.GetArrayFromImage(sitk.ReadImage(str(path))))
     for other in others:
@@ -384,7 +421,7 @@ def test_dicom_folder_sorted_by_instance_number(tmp_path):
     for path in tmp_path.glob("img*.dcm"):
         ds = pydicom.dcmread(path)
         ds.InstanceNumber = 1
-        ds.save_as(path)
+        save(ds, path)
     assert np.array_equal(load_cine(tmp_path).frames, frames)
 
     other = make_xa(frames[0])  # another series
@@ -501,12 +538,12 @@ def test_undecodable_transfer_syntax(tmp_path):
     ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.100"  # MPEG2 Main Profile / Main Level
     ds.PixelData = encapsulate([b"\x00\x00\x01\xb3" + b"\x00" * 60])
     ds["PixelData"].VR = "OB"
-    path = tmp_path / "mpeg.dcm"
-    ds.save_as(path, enforce_file_format=True)
+    path = save(ds, tmp_path / "mpeg.dcm")
     with pytest.raises(CacError, match=r"MPEG2 .*\(1\.2\.840\.10008\.1\.2\.4\.100\) cannot be decoded"):
         load_cine(path)
 
 
+@pytest.mark.skipif(not PYDICOM3, reason="pydicom 3's decoder registry; pydicom 2 in the next test")
 def test_decoder_problem_names_the_package(monkeypatch):
     """When the plugin is missing the message names the syntax and the package pydicom asks for."""
     import pydicom.pixels
@@ -526,6 +563,21 @@ def test_decoder_problem_names_the_package(monkeypatch):
     message = dicom_io.decoder_problem("1.2.840.10008.1.2.4.80")
     # pydicom names only the plugins not installed (pyjpegls comes with highdicom): either is a package name.
     assert "JPEG-LS" in message and ("pyjpegls" in message or "gdcm" in message)
+
+
+def test_decoder_problem_with_pydicom2_handlers(monkeypatch):
+    """pydicom 2's handler list (what Slicer bundles) gives the same answers and messages."""
+    pydicom_config = pytest.importorskip("pydicom.config")
+    if PYDICOM3:
+        pytest.skip("pydicom 3 has no pixel data handlers")
+    assert dicom_io.decoder_problem("1.2.840.10008.1.2.4.70") is None
+    assert dicom_io.decoder_problem(RLELossless) is None
+    assert dicom_io.decoder_problem(ExplicitVRLittleEndian) is None
+    assert "cannot be decoded: pydicom has no decoder" in dicom_io.decoder_problem("1.2.840.10008.1.2.4.100")
+    for handler in pydicom_config.pixel_data_handlers:
+        monkeypatch.setattr(handler, "is_available", lambda: False)
+    message = dicom_io.decoder_problem("1.2.840.10008.1.2.4.90")
+    assert "JPEG 2000" in message and "install one of" in message
 
 
 @needs_data
@@ -611,7 +663,7 @@ def test_dicom_without_preamble_or_file_meta(tmp_path):
     ds = make_xa(frames, FrameTime=40)
     del ds.file_meta
     path = tmp_path / "IMG0001"
-    ds.save_as(path, implicit_vr=True, little_endian=True, enforce_file_format=False)
+    save_bare(ds, path)
     assert path.read_bytes()[128:132] != b"DICM"
     cine = load_cine(path)
     assert np.array_equal(cine.frames, frames) and cine.frame_time_ms == 40.0
@@ -624,7 +676,5 @@ def test_dicom_without_preamble_or_file_meta(tmp_path):
         item = make_xa(frames[k], FrameTime=40)
         del item.file_meta
         item.SeriesInstanceUID, item.InstanceNumber = series, k + 1
-        item.save_as(
-            folder / f"IMG{k + 1:04d}", implicit_vr=True, little_endian=True, enforce_file_format=False
-        )
+        save_bare(item, folder / f"IMG{k + 1:04d}")
     assert np.array_equal(load_cine(folder).frames, frames)

@@ -186,6 +186,8 @@ def _fill_transfer_syntax(ds) -> None:
     if meta is not None and "TransferSyntaxUID" in meta:
         return
     implicit, little = getattr(ds, "original_encoding", (None, None))
+    if implicit is None and not hasattr(ds, "original_encoding"):  # pydicom 2.x
+        implicit, little = getattr(ds, "is_implicit_VR", None), getattr(ds, "is_little_endian", None)
     if implicit is None:
         return
     if meta is None:
@@ -223,9 +225,12 @@ def decoder_problem(uid: str) -> str | None:
     The message names the syntax and the packages that would decode it (as
     pydicom lists them).
     """
-    from pydicom.pixels import get_decoder
     from pydicom.uid import UID
 
+    try:
+        from pydicom.pixels import get_decoder
+    except ImportError:  # pydicom 2.x: Slicer 5.8 and 5.10 bundle pydicom 2.4.4
+        return _decoder_problem_pydicom2(uid)
     name = transfer_syntax_name(uid)
     try:
         decoder = get_decoder(UID(uid))
@@ -237,6 +242,45 @@ def decoder_problem(uid: str) -> str | None:
     if not UID(uid).is_compressed or decoder.available_plugins:  # native syntaxes need no plugin
         return None
     missing = "; ".join(decoder.missing_dependencies) or "a pydicom decoding plugin"
+    return f"pixel data in {name} ({uid}) cannot be decoded with the installed packages; install one of: {missing}"
+
+
+def _pixel_array(ds) -> np.ndarray:
+    """``ds.pixel_array``; with pydicom 2, through pylibjpeg when it can, the decoder pydicom 3 takes.
+
+    JPEG Baseline decoders differ by one grey level here and there; pydicom 2
+    would take Pillow first, so the same file would give other pixels in
+    Slicer (pydicom 2.4.4) than in the command line (pydicom 3).
+    """
+    import pydicom
+
+    if int(pydicom.__version__.split(".")[0]) < 3:
+        from pydicom.pixel_data_handlers import pylibjpeg_handler
+
+        syntax = transfer_syntax_of(ds)
+        if syntax and pylibjpeg_handler.is_available() and pylibjpeg_handler.supports_transfer_syntax(syntax):
+            ds.convert_pixel_data(handler_name="pylibjpeg")
+    return ds.pixel_array
+
+
+def _decoder_problem_pydicom2(uid: str) -> str | None:
+    """:func:`decoder_problem` with pydicom 2's pixel data handlers."""
+    import pydicom.config
+    from pydicom.uid import UID
+
+    name = transfer_syntax_name(uid)
+    handlers = [h for h in pydicom.config.pixel_data_handlers if h.supports_transfer_syntax(UID(uid))]
+    if not handlers:
+        return (
+            f"pixel data in {name} ({uid}) cannot be decoded: pydicom has no decoder for this transfer "
+            "syntax; export the frames (e.g. with ffmpeg or dcmtk's dcmj2pnm) and load the folder of images"
+        )
+    if any(h.is_available() for h in handlers):
+        return None
+    missing = "; ".join(
+        f"{getattr(h, 'HANDLER_NAME', h.__name__)} ({', '.join(v[1] for v in getattr(h, 'DEPENDENCIES', {}).values())})"
+        for h in handlers
+    )
     return f"pixel data in {name} ({uid}) cannot be decoded with the installed packages; install one of: {missing}"
 
 
@@ -271,7 +315,7 @@ def _decode_pixels(ds, path: Path, pydicom_messages: list[str]) -> np.ndarray:
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            pixels = ds.pixel_array
+            pixels = _pixel_array(ds)
     except Exception as exc:  # decoders raise many types on corrupt data
         text = _exc_text(exc)
         if _truncation_hint(pydicom_messages) or any(

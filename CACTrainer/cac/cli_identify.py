@@ -40,14 +40,33 @@ def register(subparsers) -> None:
                    help="also write the ROIs as a DICOM Segmentation referencing the source XA file and its frames")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder (and --dicom-seg file)")
     p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
+    p.add_argument(
+        "--progress-json", action="store_true",
+        help='print progress as JSON lines on stdout ({"event": "progress", "done", "total", "message"}), '
+        'then {"event": "done", "out": DIR} or {"event": "error", "message": ...}; for a parent process',
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if not getattr(args, "progress_json", False):
+        return _run(args)
+    from CACIdentifierLib.progress import json_event
+
+    try:
+        code = _run(args)
+    except CacError as exc:
+        json_event("error", message=str(exc))
+        raise
+    json_event("done", out=str(Path(args.out).resolve()))
+    return code
+
+
+def _run(args: argparse.Namespace) -> int:
     from CACIdentifierLib.cine_io import load_cine
     from CACIdentifierLib.fileutil import atomic_directory, check_output_directory
     from CACIdentifierLib.modelio import default_model_path, load_model
-    from CACIdentifierLib.progress import terminal_progress
+    from CACIdentifierLib.progress import json_event, json_progress, terminal_progress
     from CACIdentifierLib.report import (
         build_report,
         evaluate_against_annotations,
@@ -64,7 +83,12 @@ def run(args: argparse.Namespace) -> int:
 
         check_source(args.cine, dicom_seg, args.overwrite)  # before the long work
     spacing = (args.spacing, args.spacing) if args.spacing else None
+    progress_json = getattr(args, "progress_json", False)
+    if progress_json:
+        json_event("progress", done=0, total=1, message="reading the cine")
     cine = load_cine(args.cine, spacing_mm=spacing, frame_time_ms=args.frame_time_ms)
+    if progress_json:
+        json_event("progress", done=0, total=1, message="loading the model")
     model_path = default_model_path() if args.model == DEFAULT_MODEL else Path(args.model)
     model, metadata = load_model(model_path)
 
@@ -92,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
         sigma=args.sigma,
         threshold=args.threshold,
         use_autocast=not args.no_autocast,
-        progress=terminal_progress(),
+        progress=json_progress() if progress_json else terminal_progress(),
     )
     evaluation = None
     truth = None
@@ -113,7 +137,9 @@ def run(args: argparse.Namespace) -> int:
 
         write_dicom_seg(dicom_seg, args.cine, result.roi, cine.spacing_mm, overwrite=args.overwrite)
 
-    if args.json:
+    if progress_json:
+        pass  # stdout carries only JSON lines; run() prints the "done" event
+    elif args.json:
         json.dump(report, sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:

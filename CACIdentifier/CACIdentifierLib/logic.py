@@ -1,0 +1,278 @@
+"""CAC Identifier's Logic without Qt: a cine node to the worker process, the worker's files back as nodes.
+
+:class:`IdentifyJob` writes the cine (and the annotations) as files in a
+scratch folder, starts ``cac identify ... --progress-json`` through an
+injected :class:`~CACIdentifierLib.worker.ProcessRunner` (``PythonSlicer``
+inside Slicer, ``sys.executable`` headless), reports its progress, and loads
+``roi.seg.nrrd`` and ``report.json`` into the scene with
+:func:`load_identify_outputs`, the same function that loads what the ``cac
+identify`` command line wrote.  The panel polls the job from a QTimer;
+:func:`identify_in_scene` runs it to the end for the Python console and tests.
+
+Outputs in the scene:
+
+- a Sequence of ROI segmentations synchronized in the cine's browser (each
+  frame shows its ROI), replacing the one an earlier run left there;
+- the ROIs as one frame-stack segmentation (``output_segmentation`` is
+  refilled when given);
+- a table, one row per non-contrast frame (frame, paired contrast frame, CAC
+  probability, ROI area in mm2 and, with annotations, IoM and HD in mm).
+
+>>> out = identify_in_scene(scene, sequence_node, device="cpu")   # doctest: +SKIP
+>>> out["table"].GetNumberOfRows()                               # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from . import mrml, nrrd_io, slicercore, worker
+from .errors import CacError
+from .progress import Cancelled
+
+ROI_COLOR = (1.0, 0.18, 0.69)
+ROI_SEGMENT = "CAC ROI"
+
+
+# --------------------------------------------------------------------------- outputs -> nodes
+
+
+def _browser_of(scene, sequence_node):
+    """The sequence browser that plays ``sequence_node``, or None."""
+    if sequence_node is None:
+        return None
+    for browser in scene.GetNodesByClass("vtkMRMLSequenceBrowserNode"):
+        if browser.IsSynchronizedSequenceNode(sequence_node.GetID(), True):
+            return browser
+    return None
+
+
+def _input_sequence(node):
+    """The Sequence node behind ``node`` (itself, or the sequence its browser proxy shows), or None."""
+    if node.IsA("vtkMRMLSequenceNode"):
+        return node
+    scene = node.GetScene()
+    for browser in scene.GetNodesByClass("vtkMRMLSequenceBrowserNode"):
+        sequence = browser.GetSequenceNode(node)
+        if sequence is not None:
+            return sequence
+    return None
+
+
+def _remove_previous_roi_sequences(scene, browser) -> None:
+    """Remove the ROI sequences (and their proxies) that an earlier run synchronized in ``browser``."""
+    import vtk
+
+    collection = vtk.vtkCollection()
+    browser.GetSynchronizedSequenceNodes(collection, True)
+    for i in range(collection.GetNumberOfItems()):
+        sequence = collection.GetItemAsObject(i)
+        if sequence is None or sequence.GetAttribute(nrrd_io.ATTR_ROLE) != "roi":
+            continue
+        proxy = browser.GetProxyNode(sequence)
+        browser.RemoveSynchronizedSequenceNode(sequence.GetID())
+        if proxy is not None and scene.IsNodePresent(proxy):
+            scene.RemoveNode(proxy)
+        scene.RemoveNode(sequence)
+
+
+def results_table_columns(report: dict) -> dict[str, list]:
+    """The columns of the results table from ``report.json`` (IoM and HD only when annotations were given)."""
+    rows = report["frames"]
+    columns = {
+        "frame": [r["index"] for r in rows],
+        "contrast frame": [r["contrast_frame"] for r in rows],
+        "CAC probability": [r["probability"] for r in rows],
+        "ROI area (mm2)": [r["roi_area_mm2"] for r in rows],
+    }
+    if "summary" in report:
+        columns["IoM"] = [r.get("iom") for r in rows]
+        columns["HD (mm)"] = [r.get("hd_mm") for r in rows]
+    return columns
+
+
+def load_identify_outputs(scene, input_node, out_dir, name=None, output_segmentation=None,
+                          output_table=None) -> dict:
+    """Load what ``cac identify`` wrote in ``out_dir`` as nodes over ``input_node`` (the cine it read).
+
+    Returns ``{"roi_sequence", "roi_segmentation", "table", "report", "summary", "roi"}``
+    (``roi``: the ``(n_frames, rows, columns)`` bool masks; ``roi_sequence`` is None
+    when the input is a frame-stack volume without a browser).
+    """
+    out_dir = Path(out_dir)
+    report_path, seg_path = out_dir / "report.json", out_dir / "roi.seg.nrrd"
+    if not report_path.is_file() or not seg_path.is_file():
+        raise CacError(f"{out_dir} lacks report.json or roi.seg.nrrd; run `cac identify` again")
+    report = json.loads(report_path.read_text())
+    cine = mrml.node_to_cine(input_node)
+    roi = nrrd_io.read_seg_nrrd(seg_path, expected_shape=cine.frames.shape).union()
+    name = name or input_node.GetName()
+
+    outputs: dict = {"report": report, "summary": report.get("summary"), "roi": roi}
+    if output_segmentation is not None:
+        output_segmentation.GetSegmentation().RemoveAllSegments()
+        output_segmentation.CreateDefaultDisplayNodes()
+        mrml._fill_segmentation(output_segmentation, {ROI_SEGMENT: roi}, mrml._xy_spacing(cine),
+                                {ROI_SEGMENT: ROI_COLOR})
+        outputs["roi_segmentation"] = output_segmentation
+    else:
+        outputs["roi_segmentation"] = mrml.masks_to_frame_stack_segmentation(
+            scene, roi, cine, name=f"{name} CAC ROI (frame stack)", colors={ROI_SEGMENT: ROI_COLOR})
+
+    sequence = _input_sequence(input_node)
+    browser = _browser_of(scene, sequence)
+    outputs["roi_sequence"] = None
+    if sequence is not None and browser is not None:
+        _remove_previous_roi_sequences(scene, browser)
+        outputs["roi_sequence"] = mrml.masks_to_segmentation_sequence(
+            scene, roi, sequence, browser, name=f"{name} CAC ROI", color=ROI_COLOR)
+
+    table = mrml.table_from_columns(scene, f"{name} CAC results", results_table_columns(report))
+    if output_table is not None:
+        output_table.Copy(table)
+        output_table.SetName(f"{name} CAC results")
+        scene.RemoveNode(table)
+        table = output_table
+    outputs["table"] = table
+    return outputs
+
+
+# --------------------------------------------------------------------------- the job
+
+
+class IdentifyJob:
+    """One identification of a cine node in a child process.
+
+    ``start()`` hands the cine over as a ``.seq.nrrd`` file and starts the
+    worker; ``poll()`` returns its new events (``{"event": "progress", "done",
+    "total", "message"}``...); ``cancel()`` kills its process tree;
+    ``load_results()`` puts the outputs in the scene once ``finished``.
+    ``runner`` and ``python`` are injected (a :class:`~.worker.ProcessRunner`
+    and ``PythonSlicer``/``sys.executable`` by default).
+    """
+
+    def __init__(self, scene, input_node, annotation_nodes=(), model_path=None, device="auto", sigma=None,
+                 min_island_px=None, threshold=None, onset_frame=None, output_segmentation=None,
+                 output_table=None, name=None, runner=None, python=None, work_dir=None):
+        if input_node is None:
+            raise CacError("no input cine selected; load a cine and choose it as input")
+        self.scene = scene
+        self.input_node = input_node
+        self.annotation_nodes = [n for n in (annotation_nodes or []) if n is not None]
+        if output_segmentation is not None and any(output_segmentation is n for n in self.annotation_nodes):
+            raise CacError("the output segmentation is one of the annotations; choose a new output node "
+                           "(annotations are never modified)")
+        self.options = dict(model_path=model_path, device=device, sigma=sigma, min_island_px=min_island_px,
+                            threshold=threshold, onset_frame=onset_frame)
+        self.output_segmentation = output_segmentation
+        self.output_table = output_table
+        self.name = name
+        self.runner = runner or worker.ProcessRunner()
+        self.python = python or worker.python_executable()
+        self._own_work_dir = work_dir is None
+        self.work_dir = Path(work_dir) if work_dir is not None else Path(
+            tempfile.mkdtemp(prefix="cac-identify-", dir=slicercore.temporary_directory()))
+        self.events: list[dict] = []
+        self.cancelled = False
+
+    @property
+    def out_dir(self) -> Path:
+        return self.work_dir / "out"
+
+    def start(self) -> None:
+        """Write the inputs and start the worker (returns at once)."""
+        cine = mrml.node_to_cine(self.input_node)
+        cine_path = nrrd_io.write_seq_nrrd(cine, self.work_dir / "cine.seq.nrrd", overwrite=True)
+        annotation_paths = []
+        for i, node in enumerate(self.annotation_nodes):
+            masks = mrml.segmentation_masks(node, shape=cine.frames.shape)
+            if not masks:
+                raise CacError(f"annotation {node.GetName()!r} has no segment; draw the calcium or deselect it")
+            union = np.zeros(cine.frames.shape, dtype=bool)
+            for mask in masks.values():
+                if mask.shape != cine.frames.shape:
+                    raise CacError(f"annotation {node.GetName()!r} has shape {mask.shape} but the cine is "
+                                   f"{cine.frames.shape}; draw it over this cine's frame-stack volume")
+                union |= mask
+            annotation_paths.append(nrrd_io.write_seg_nrrd(
+                self.work_dir / f"annotation{i}.seg.nrrd", {"calcium": union}, cine.spacing_mm, overwrite=True))
+        command = worker.identify_command(self.python, cine_path, self.out_dir,
+                                          annotation_paths=annotation_paths, **self.options)
+        self.runner.start(command, env=worker.child_environment())
+
+    def poll(self) -> list[dict]:
+        """The worker's events since the last call (never blocks)."""
+        events = worker.parse_events(self.runner.read_lines())
+        self.events += events
+        return events
+
+    @property
+    def finished(self) -> bool:
+        return self.runner.finished()
+
+    @property
+    def succeeded(self) -> bool:
+        return self.finished and self.runner.returncode == 0 and not self.cancelled
+
+    def cancel(self) -> None:
+        """Kill the worker's process tree (returns at once)."""
+        self.cancelled = True
+        self.runner.kill()
+
+    def error(self) -> str:
+        return worker.error_message(self.runner, self.events)
+
+    def load_results(self) -> dict:
+        """The outputs as nodes (after a successful run); raises CacError with the worker's message otherwise."""
+        self.poll()
+        if self.cancelled:
+            raise Cancelled()
+        if not self.succeeded:
+            raise CacError(self.error())
+        outputs = load_identify_outputs(self.scene, self.input_node, self.out_dir, name=self.name,
+                                        output_segmentation=self.output_segmentation,
+                                        output_table=self.output_table)
+        self.cleanup()
+        return outputs
+
+    def cleanup(self) -> None:
+        if self._own_work_dir and not self.runner.running():
+            shutil.rmtree(self.work_dir, ignore_errors=True)
+
+
+def identify_in_scene(scene, input_node, annotation_nodes=(), model_path=None, device="auto", sigma=None,
+                      min_island_px=None, threshold=None, onset_frame=None, progress=None,
+                      output_segmentation=None, output_table=None, name=None, runner=None, python=None,
+                      poll_s: float = 0.1) -> dict:
+    """Identify CAC ROIs in a cine node through the worker process and put the results in the scene.
+
+    ``input_node`` is a Sequence of 2D frames, its browser's proxy volume or a
+    frame-stack volume; annotation nodes are read, never modified.
+    ``progress(done, total, message)`` is called from this thread and may raise
+    :class:`~.progress.Cancelled` (the worker is then killed).  Returns
+    :func:`load_identify_outputs`'s dict.
+    """
+    import time
+
+    job = IdentifyJob(scene, input_node, annotation_nodes, model_path=model_path, device=device, sigma=sigma,
+                      min_island_px=min_island_px, threshold=threshold, onset_frame=onset_frame,
+                      output_segmentation=output_segmentation, output_table=output_table, name=name,
+                      runner=runner, python=python)
+    try:
+        job.start()
+        while not job.finished:
+            for event in job.poll():
+                if progress is not None and event.get("event") == "progress":
+                    progress(event.get("done", 0), event.get("total", 1), event.get("message", ""))
+            time.sleep(poll_s)
+        return job.load_results()
+    except BaseException:
+        job.cancel()
+        raise
+    finally:
+        job.cleanup()
