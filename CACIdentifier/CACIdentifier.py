@@ -11,6 +11,7 @@ import importlib
 import importlib.util
 import logging
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Annotated, Optional, Union
@@ -132,14 +133,19 @@ class CACIdentifierParameterNode:
 
 
 class CACIdentifierWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """The panel: inputs in a parameter node; Apply starts the worker process, and turns into Cancel."""
+
+    # How often the panel reads the worker's progress lines.
+    POLL_INTERVAL_MS = 200
+
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
         self.logic = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
-        self._running = False
-        self._cancelRequested = False
+        self._job = None
+        self._timer = None
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -151,13 +157,16 @@ class CACIdentifierWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self.logic = CACIdentifierLogic()
         self.ui.progressBar.hide()
+        # ctkPathLineEdit keeps its history in the application settings under this key.
         self.ui.modelPathLineEdit.settingKey = "CACIdentifier/ModelPath"
+        self._timer = qt.QTimer()
+        self._timer.setInterval(self.POLL_INTERVAL_MS)
+        self._timer.connect("timeout()", self.onTimer)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
 
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
-        self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
         # The checkable combo box is synced by hand: the wrapper has no connector for it.
         self.ui.annotationSelector.connect("checkedNodesChanged()", self.onAnnotationsChanged)
 
@@ -165,6 +174,10 @@ class CACIdentifierWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def cleanup(self) -> None:
         self.removeObservers()
+        if self._job is not None:
+            self._job.cancel()
+        if self._timer is not None:
+            self._timer.stop()
 
     def enter(self) -> None:
         self.initializeParameterNode()
@@ -176,6 +189,8 @@ class CACIdentifierWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
 
     def onSceneStartClose(self, caller, event) -> None:
+        if self._job is not None:
+            self.onCancel()
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -219,76 +234,94 @@ class CACIdentifierWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNode.annotationNodes = list(self.ui.annotationSelector.checkedNodes())
 
     def _checkCanApply(self, caller=None, event=None) -> None:
+        if self._job is not None:
+            self.ui.applyButton.enabled = True
+            self.ui.applyButton.text = _("Cancel")
+            self.ui.applyButton.toolTip = _("Stop the running identification (its process is ended).")
+            return
         ready = bool(self._parameterNode and self._parameterNode.inputNode)
-        self.ui.applyButton.enabled = ready and not self._running
-        self.ui.cancelButton.enabled = self._running
-        if not self._running:
-            self.ui.applyButton.toolTip = (
-                _("Find the CAC ROIs in the input cine.") if ready else _("Select an input cine first.")
-            )
-
-    def _progress(self, done, total, message="") -> None:
-        """Progress callback handed to the Lib: keeps Slicer responsive and honours Cancel."""
-        from CACIdentifierLib.progress import Cancelled
-
-        self.ui.progressBar.maximum = max(int(total), 1)
-        self.ui.progressBar.value = int(done)
-        if message:
-            self.ui.statusLabel.text = message
-        slicer.app.processEvents()
-        if self._cancelRequested:
-            raise Cancelled()
-
-    def onCancelButton(self) -> None:
-        self._cancelRequested = True
-        self.ui.statusLabel.text = _("Cancelling...")
+        self.ui.applyButton.enabled = ready
+        self.ui.applyButton.text = _("Apply")
+        self.ui.applyButton.toolTip = (
+            _("Find the CAC ROIs in the input cine.") if ready else _("Select an input cine first.")
+        )
 
     def onApplyButton(self) -> None:
+        if self._job is not None:
+            self.onCancel()
+            return
         if not self.logic.ensurePythonPackages():
             self.ui.statusLabel.text = _("Missing Python packages were not installed; nothing was done.")
             return
         from CACIdentifierLib.errors import CacError
-        from CACIdentifierLib.progress import Cancelled
 
         p = self._parameterNode
-        self._running = True
-        self._cancelRequested = False
-        self._checkCanApply()
-        self.ui.progressBar.value = 0
-        self.ui.progressBar.show()
-        self.ui.statusLabel.text = _("Running...")
         try:
             with slicer.util.WaitCursor():
-                result = self.logic.process(
-                    p.inputNode,
-                    list(p.annotationNodes),
-                    p.modelPath,
-                    p.device,
-                    p.sigma,
-                    p.minIslandPx,
-                    p.threshold,
-                    p.onsetFrame,
-                    progress=self._progress,
-                    outputSegmentation=p.outputSegmentation,
-                    outputTable=p.outputTable,
+                self._job = self.logic.startIdentification(
+                    p.inputNode, list(p.annotationNodes), p.modelPath, p.device, p.sigma, p.minIslandPx,
+                    p.threshold, p.onsetFrame, outputSegmentation=p.outputSegmentation, outputTable=p.outputTable,
                 )
-            self._showResult(result)
+        except CacError as exc:
+            self._job = None
+            self.ui.statusLabel.text = str(exc)
+            slicer.util.errorDisplay(str(exc), windowTitle=_("CAC Identifier"))
+            return
+        self.ui.progressBar.setRange(0, 0)  # busy until the first progress line
+        self.ui.progressBar.show()
+        self.ui.statusLabel.text = _("Starting the worker process...")
+        self._checkCanApply()
+        self._timer.start()
+
+    def onTimer(self) -> None:
+        """Read the worker's progress; load its results once it has finished."""
+        job = self._job
+        if job is None:
+            self._timer.stop()
+            return
+        for event in job.poll():
+            if event.get("event") == "progress":
+                total, done = int(event.get("total") or 1), int(event.get("done") or 0)
+                self.ui.progressBar.setRange(0, max(total, 1))
+                self.ui.progressBar.value = done
+                if event.get("message"):
+                    self.ui.statusLabel.text = event["message"]
+        if job.finished:
+            self._finish(job)
+
+    def onCancel(self) -> None:
+        if self._job is not None:
+            self._job.cancel()  # kills the worker's process tree; returns at once
+            self.ui.statusLabel.text = _("Cancelled.")
+            self._finish(self._job)
+
+    def _finish(self, job) -> None:
+        from CACIdentifierLib.errors import CacError
+        from CACIdentifierLib.progress import Cancelled
+
+        self._timer.stop()
+        self._job = None
+        try:
+            if not job.cancelled:
+                with slicer.util.WaitCursor():
+                    self._showResult(job.load_results())
         except Cancelled:
             self.ui.statusLabel.text = _("Cancelled.")
         except CacError as exc:
-            self.ui.statusLabel.text = str(exc)
-            slicer.util.errorDisplay(str(exc), windowTitle=_("CAC Identifier"))
+            self.ui.statusLabel.text = str(exc).splitlines()[0]
+            slicer.util.errorDisplay(str(exc).splitlines()[0], windowTitle=_("CAC Identifier"),
+                                     detailedText=job.runner.stderr_text())
         except Exception as exc:  # a bug: show it and keep the traceback in the log
             logging.exception("CAC identification failed")
             self.ui.statusLabel.text = _("Failed: {error}").format(error=exc)
             slicer.util.errorDisplay(_("Identification failed: {error}").format(error=exc), detailedText=str(exc))
         finally:
-            self._running = False
+            job.cleanup()
             self.ui.progressBar.hide()
             self._checkCanApply()
 
     def _showResult(self, result) -> None:
-        """Select the outputs identify_in_scene created and show a one-line summary."""
+        """Select the outputs the Logic loaded and show a one-line summary."""
         segmentation = _resultItem(result, "roi_segmentation", "segmentation_node")
         table = _resultItem(result, "table", "table_node")
         if segmentation is not None and not self._parameterNode.outputSegmentation:
@@ -338,17 +371,29 @@ def summaryText(report, summary) -> str:
 
 
 class CACIdentifierLogic(ScriptedLoadableModuleLogic):
-    """Delegates to CACIdentifierLib; usable from the Python console without the widget.
+    """Runs the identification in a worker process (``cac identify --progress-json`` under PythonSlicer)
+    and loads its outputs as nodes; usable from the Python console without the widget.
+
+    ``runnerFactory`` (a callable returning a ``CACIdentifierLib.worker.ProcessRunner``) and ``python``
+    are injected by tests; by default a subprocess runner and Slicer's ``PythonSlicer``.
 
     >>> logic = slicer.util.getModuleLogic("CACIdentifier")   # doctest: +SKIP
     >>> logic.process(slicer.util.getNode("cine sequence"))   # doctest: +SKIP
     """
 
-    def __init__(self) -> None:
+    # Packages Slicer itself bundles: never installed or replaced from here (its DICOM module uses pydicom).
+    BUNDLED_WITH_SLICER = ("numpy", "scipy", "pydicom")
+    MINIMUM_TORCH = "2.0"
+
+    def __init__(self, runnerFactory=None, python=None) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
+        self.runnerFactory = runnerFactory
+        self.python = python
 
     def getParameterNode(self):
         return CACIdentifierParameterNode(super().getParameterNode())
+
+    # ------------------------------------------------------------------ packages
 
     @staticmethod
     def missingPackages() -> list:
@@ -369,10 +414,23 @@ class CACIdentifierLogic(ScriptedLoadableModuleLogic):
         return missing
 
     def ensurePythonPackages(self, askConfirmation: bool = True) -> bool:
-        """Install missing packages after the user agrees; True when everything is importable."""
+        """Install what is missing after the user agrees; True when everything is there.
+
+        torch comes from the PyTorch Utils extension (the build that matches the GPU),
+        the others from pip, one at a time, only if missing or too old; what Slicer bundles
+        is never replaced.  A failure is shown in a message box with pip's log; when an
+        already imported package was upgraded, a restart is offered.
+        """
         missing = self.missingPackages()
         if not missing:
             return True
+        bundled = [name for name, _req in missing if name in self.BUNDLED_WITH_SLICER]
+        if bundled:
+            slicer.util.errorDisplay(
+                _("This Slicer's {names} is missing or too old for CAC Identifier, and Slicer's own copy is "
+                  "never replaced: use Slicer 5.10 or later.").format(names=", ".join(bundled)),
+                windowTitle=_("CAC Identifier"))
+            return False
         names = ", ".join(name for name, _req in missing)
         if askConfirmation and not slicer.util.confirmOkCancelDisplay(
             _("CAC Identifier needs these Python packages: {names}. Install them now? "
@@ -380,44 +438,63 @@ class CACIdentifierLogic(ScriptedLoadableModuleLogic):
             windowTitle=_("Install Python packages"),
         ):
             return False
-        with slicer.util.WaitCursor():
-            for name, requirement in missing:
-                if name == "torch" and self._installTorchWithPyTorchUtils():
-                    continue
-                slicer.util.pip_install(requirement)
-        importlib.invalidate_caches()
         upgraded = [name for name, _req in missing if name in sys.modules]
-        if upgraded:
-            slicer.util.infoDisplay(
-                _("Upgraded {names}, which were already loaded: restart Slicer before using CAC Identifier.").format(
-                    names=", ".join(upgraded)
-                )
-            )
+        log = []
+        try:
+            with slicer.util.WaitCursor():
+                for name, requirement in missing:
+                    if name == "torch":
+                        self.installTorch()
+                    else:
+                        self._pipInstall(requirement.split(), log)
+        except Exception as exc:
+            logging.exception("Installing Python packages failed")
+            slicer.util.errorDisplay(
+                _("Could not install {names}: {error}").format(names=names, error=exc),
+                windowTitle=_("Install Python packages"), detailedText="\n".join(log) or str(exc))
+            return False
+        importlib.invalidate_caches()
+        if upgraded and slicer.util.confirmYesNoDisplay(
+            _("{names} were upgraded while an older version was loaded. Restart Slicer now?").format(
+                names=", ".join(upgraded)), windowTitle=_("Restart Slicer")):
+            slicer.util.restart()
             return False
         still = self.missingPackages()
         if still:
             slicer.util.errorDisplay(
-                _("Could not install: {names}. See the Python console for pip's messages.").format(
-                    names=", ".join(name for name, _req in still)
-                )
-            )
+                _("Could not install: {names}.").format(names=", ".join(name for name, _req in still)),
+                windowTitle=_("Install Python packages"), detailedText="\n".join(log))
         return not still
 
-    @staticmethod
-    def _installTorchWithPyTorchUtils() -> bool:
-        """Install torch through the PyTorch Utils extension when it is there (right CUDA build)."""
-        if not hasattr(slicer.modules, "pytorchutils"):
-            return False
+    @classmethod
+    def installTorch(cls):
+        """torch through the PyTorch Utils extension (an EXTENSION_DEPENDS of this extension)."""
         try:
             import PyTorchUtils
+        except ImportError as exc:
+            raise RuntimeError(_("the PyTorch extension is missing; install it with the Extensions Manager")) from exc
+        torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(
+            askConfirmation=False, torchVersionRequirement=f">={cls.MINIMUM_TORCH}")
+        if torch is None:
+            raise RuntimeError(_("PyTorch Utils did not install torch"))
+        return torch
 
-            torchLogic = PyTorchUtils.PyTorchUtilsLogic()
-            if not torchLogic.torchInstalled():
-                torchLogic.installTorch(askConfirmation=False)
-            return torchLogic.torchInstalled()
-        except Exception:
-            logging.exception("PyTorch Utils could not install torch; falling back to pip")
-            return False
+    @staticmethod
+    def _pipInstall(requirements, log) -> None:
+        """``pip install`` in Slicer's Python with the output kept for the error message."""
+        import subprocess
+
+        log.append("$ pip install " + " ".join(requirements))
+        process = slicer.util.launchConsoleProcess(
+            [shutil.which("PythonSlicer") or sys.executable, "-m", "pip", "install", *requirements],
+            useStartupEnvironment=False)
+        for line in iter(process.stdout.readline, ""):
+            log.append(line.rstrip())
+            slicer.app.processEvents()
+        if process.wait() != 0:
+            raise subprocess.CalledProcessError(process.returncode, "pip install " + " ".join(requirements))
+
+    # ------------------------------------------------------------------ identification
 
     @staticmethod
     def defaultModelPath() -> Optional[Path]:  # noqa: UP045
@@ -436,32 +513,9 @@ class CACIdentifierLogic(ScriptedLoadableModuleLogic):
             return sequence_behind(inputNode) or inputNode
         return inputNode
 
-    def process(
-        self,
-        inputNode,
-        annotationNodes=None,
-        modelPath=None,
-        device: str = "auto",
-        sigma: float = 3.0,
-        minIslandPx: int = 1000,
-        threshold: float = 0.5,
-        onsetFrame: int = -1,
-        progress=None,
-        outputSegmentation=None,
-        outputTable=None,
-    ):
-        """Identify CAC ROIs in ``inputNode`` and put them in the scene (CACIdentifierLib.mrml.identify_in_scene).
-
-        :param inputNode: Sequence of 2D frames, its proxy volume, or a frame-stack volume.
-        :param annotationNodes: annotators' segmentations over the frame-stack volume, or None.
-        :param modelPath: .safetensors model; None/empty for the shipped default.
-        :param onsetFrame: first contrast frame (0-based); -1 or None to detect it.
-        :param progress: ``progress(done, total, message)``; may raise progress.Cancelled.
-        """
+    def _modelPath(self, modelPath):
         from CACIdentifierLib.errors import CacError
 
-        if inputNode is None:
-            raise CacError(_("no input cine selected; load a cine and choose it as input"))
         modelPath = Path(modelPath) if modelPath not in (None, "") else None
         if modelPath is not None and (str(modelPath) in ("", ".") or modelPath.is_dir()):
             modelPath = None
@@ -471,23 +525,70 @@ class CACIdentifierLogic(ScriptedLoadableModuleLogic):
                 raise CacError(_("no model file given and no shipped model found; choose a .safetensors model"))
         if not modelPath.is_file():
             raise CacError(_("model file {path} not found; choose a .safetensors model").format(path=modelPath))
+        return modelPath
 
-        # Imported here, not at module load: it needs torch, which may have just been installed.
-        mrml = importlib.import_module("CACIdentifierLib.mrml")
-        return mrml.identify_in_scene(
-            slicer.mrmlScene,
-            self.resolveInput(inputNode),
+    def _jobArguments(self, inputNode, annotationNodes, modelPath, device, sigma, minIslandPx, threshold,
+                      onsetFrame, outputSegmentation, outputTable) -> dict:
+        from CACIdentifierLib.errors import CacError
+
+        if inputNode is None:
+            raise CacError(_("no input cine selected; load a cine and choose it as input"))
+        return dict(
+            input_node=self.resolveInput(inputNode),
             annotation_nodes=list(annotationNodes or []),
-            model_path=os.fspath(modelPath),
+            model_path=os.fspath(self._modelPath(modelPath)),
             device=device,
             sigma=float(sigma),
             min_island_px=int(minIslandPx),
             threshold=float(threshold),
             onset_frame=None if onsetFrame is None or int(onsetFrame) < 0 else int(onsetFrame),
-            progress=progress,
             output_segmentation=outputSegmentation,
             output_table=outputTable,
+            runner=self.runnerFactory() if self.runnerFactory else None,
+            python=self.python,
         )
+
+    def startIdentification(self, inputNode, annotationNodes=None, modelPath=None, device: str = "auto",
+                            sigma: float = 3.0, minIslandPx: int = 1000, threshold: float = 0.5,
+                            onsetFrame: int = -1, outputSegmentation=None, outputTable=None):
+        """Start the worker on ``inputNode`` and return its ``CACIdentifierLib.logic.IdentifyJob`` at once.
+
+        The caller polls ``job.poll()`` (progress events), then calls ``job.load_results()``
+        once ``job.finished``; ``job.cancel()`` kills the worker's process tree.
+        """
+        # Imported here, not at module load: the Lib needs packages that may have just been installed.
+        cacLogic = importlib.import_module("CACIdentifierLib.logic")
+        arguments = self._jobArguments(inputNode, annotationNodes, modelPath, device, sigma, minIslandPx,
+                                       threshold, onsetFrame, outputSegmentation, outputTable)
+        job = cacLogic.IdentifyJob(slicer.mrmlScene, **arguments)
+        job.start()
+        return job
+
+    def process(self, inputNode, annotationNodes=None, modelPath=None, device: str = "auto", sigma: float = 3.0,
+                minIslandPx: int = 1000, threshold: float = 0.5, onsetFrame: int = -1, progress=None,
+                outputSegmentation=None, outputTable=None):
+        """Identify CAC ROIs in ``inputNode`` through the worker process and put the results in the scene.
+
+        Blocks until the worker has finished (the panel uses :meth:`startIdentification` instead).
+
+        :param inputNode: Sequence of 2D frames, its proxy volume, or a frame-stack volume.
+        :param annotationNodes: annotators' segmentations over the frame-stack volume, or None.
+        :param modelPath: .safetensors model; None/empty for the shipped default.
+        :param onsetFrame: first contrast frame (0-based); -1 or None to detect it.
+        :param progress: ``progress(done, total, message)``; may raise progress.Cancelled (the worker is killed).
+        :return: dict with ``roi_sequence``, ``roi_segmentation``, ``table``, ``report``, ``summary``.
+        """
+        cacLogic = importlib.import_module("CACIdentifierLib.logic")
+        arguments = self._jobArguments(inputNode, annotationNodes, modelPath, device, sigma, minIslandPx,
+                                       threshold, onsetFrame, outputSegmentation, outputTable)
+
+        def keepResponsive(done, total, message=""):
+            if slicer.app is not None:
+                slicer.app.processEvents()
+            if progress is not None:
+                progress(done, total, message)
+
+        return cacLogic.identify_in_scene(slicer.mrmlScene, progress=keepResponsive, **arguments)
 
 
 #

@@ -2,9 +2,12 @@
 
 Thin Slicer glue: the panel's state lives in a parameter node (saved with the
 scene); phantom generation and training run the ``cac`` command line
-(``python -m cac``) as a separate process through ``qt.QProcess`` so
-that Slicer stays responsive, and the JSON progress lines the trainer prints
-on stdout drive the progress bar, the log and a training-curve plot.
+(``python -m cac``) as a separate process under ``PythonSlicer``,
+through ``CACIdentifierLib.worker.ProcessRunner`` (Cancel ends its whole
+process tree at once), so that Slicer stays responsive; a QTimer reads the JSON
+progress lines the trainer prints on stdout into the progress bar, the log and
+a training-curve plot.  The jobs import no Slicer module logic (files through
+``CACIdentifierLib.nrrd_io``).
 """
 
 import math
@@ -139,9 +142,11 @@ class CACTrainerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
-        self.process = None
-        self._stdoutBuffer = ""
+        self.process = None  # a CACIdentifierLib.worker.ProcessRunner while a job runs
         self._task = ""
+        self._cancelled = False
+        self._stderrShown = 0
+        self._timer = None
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -152,6 +157,13 @@ class CACTrainerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         uiWidget.setMRMLScene(slicer.mrmlScene)
 
         self.logic = CACTrainerLogic()
+        self._timer = qt.QTimer()
+        self._timer.setInterval(200)
+        self._timer.connect("timeout()", self.onTimer)
+        # ctkPathLineEdit keeps its history in the application settings under these keys.
+        self.ui.datasetPathLineEdit.settingKey = "CACTrainer/DatasetDir"
+        self.ui.outputModelPathLineEdit.settingKey = "CACTrainer/OutputModel"
+        self.ui.initModelPathLineEdit.settingKey = "CACTrainer/InitModel"
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
@@ -165,6 +177,8 @@ class CACTrainerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def cleanup(self) -> None:
         self.removeObservers()
         self._stopProcess()
+        if self._timer is not None:
+            self._timer.stop()
 
     def enter(self) -> None:
         self.initializeParameterNode()
@@ -245,36 +259,43 @@ class CACTrainerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._startProcess(command, _("Training"))
 
     def _startProcess(self, command, task) -> None:
+        from CACIdentifierLib.worker import ProcessRunner, child_environment
+
         self._task = task
-        self._stdoutBuffer = ""
         self.ui.logTextEdit.clear()
         self.ui.logTextEdit.appendPlainText(" ".join(command))
         self.ui.progressBar.setRange(0, 0)  # busy until the first progress line
         self.ui.statusLabel.text = task + "..."
-        self.process = qt.QProcess()
-        self.process.setProcessEnvironment(self.logic.processEnvironment())
-        self.process.connect("readyReadStandardOutput()", self.onStdout)
-        self.process.connect("readyReadStandardError()", self.onStderr)
-        self.process.connect("finished(int,QProcess::ExitStatus)", self.onFinished)
-        self.process.connect("errorOccurred(QProcess::ProcessError)", self.onProcessError)
-        self.process.start(command[0], command[1:])
+        self.process = ProcessRunner()
+        try:
+            self.process.start(command, env=child_environment())
+        except OSError as exc:
+            self.process = None
+            self.ui.statusLabel.text = _("Could not start the Python process; see the log.")
+            self.ui.logTextEdit.appendPlainText(_("Failed to start {program}: {error}").format(
+                program=command[0], error=exc))
+            self.ui.progressBar.setRange(0, 1000)
+            self._updateButtons()
+            return
+        self._stderrShown = 0
+        self._timer.start()
         self._updateButtons()
 
-    def onStdout(self) -> None:
-        if self.process is None:
+    def onTimer(self) -> None:
+        """Read the child's output (QTimer); finish when it has exited."""
+        process = self.process
+        if process is None:
+            self._timer.stop()
             return
-        self._stdoutBuffer += bytes(self.process.readAllStandardOutput().data()).decode("utf-8", "replace")
-        *lines, self._stdoutBuffer = self._stdoutBuffer.split("\n")
-        for line in lines:
+        for line in process.read_lines():
             self._handleLine(line)
-
-    def onStderr(self) -> None:
-        if self.process is None:
-            return
-        text = bytes(self.process.readAllStandardError().data()).decode("utf-8", "replace")
-        for line in text.replace("\r", "\n").split("\n"):
+        stderr = process.stderr_text().splitlines()
+        for line in stderr[self._stderrShown:]:
             if line.strip():
                 self.ui.logTextEdit.appendPlainText(line)
+        self._stderrShown = len(stderr)
+        if process.finished():
+            self.onFinished(process.returncode)
 
     def _handleLine(self, line) -> None:
         from cac.train_events import parse_line, progress_fraction
@@ -309,14 +330,16 @@ class CACTrainerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.ui.progressBar.value = int(round(1000 * min(done / total, 1.0)))
         self.ui.logTextEdit.appendPlainText(line.strip())
 
-    def onFinished(self, exitCode, exitStatus=None) -> None:
-        if self._stdoutBuffer.strip():
-            self._handleLine(self._stdoutBuffer)
-        self._stdoutBuffer = ""
-        ok = exitCode == 0 and exitStatus != qt.QProcess.CrashExit
+    def onFinished(self, exitCode) -> None:
+        self._timer.stop()
+        cancelled = self._cancelled
+        self._cancelled = False
+        ok = exitCode == 0 and not cancelled
         self.ui.progressBar.setRange(0, 1000)
         self.ui.progressBar.value = 1000 if ok else 0
-        if ok:
+        if cancelled:
+            self.ui.statusLabel.text = _("{task}: cancelled.").format(task=self._task)
+        elif ok:
             self.ui.statusLabel.text = _("{task}: done.").format(task=self._task)
         else:
             self.ui.statusLabel.text = _("{task}: stopped (exit code {code}); see the log.").format(
@@ -325,27 +348,21 @@ class CACTrainerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.process = None
         self._updateButtons()
 
-    def onProcessError(self, error) -> None:
-        if error == qt.QProcess.FailedToStart:
-            self.ui.statusLabel.text = _("Could not start the Python process; see the log.")
-            self.ui.logTextEdit.appendPlainText(_("Failed to start: {program}").format(
-                program=self.logic.pythonExecutable()))
-            self.process = None
-            self.ui.progressBar.setRange(0, 1000)
-            self._updateButtons()
-
     def onCancelButton(self) -> None:
+        self.ui.statusLabel.text = _("{task}: cancelling...").format(task=self._task)
         self._stopProcess()
-        self.ui.statusLabel.text = _("{task}: cancelled.").format(task=self._task)
 
     def _stopProcess(self) -> None:
+        """Kill the child's process tree (PythonSlicer and the Python it starts); returns at once.
+
+        The trainer saves a checkpoint every epoch and gets a moment to finish
+        writing (SIGTERM, then SIGKILL): ``--resume`` continues later.  The timer
+        notices the exit and updates the panel.
+        """
         if self.process is None:
             return
-        process = self.process
-        process.terminate()  # the trainer checkpoints every epoch: --resume continues later
-        if not process.waitForFinished(5000):
-            process.kill()
-            process.waitForFinished(2000)
+        self._cancelled = True
+        self.process.kill()
 
 
 #
@@ -369,24 +386,6 @@ class CACTrainerLogic(ScriptedLoadableModuleLogic):
     def pythonExecutable() -> str:
         """Slicer's Python launcher (sets up the library paths), else this interpreter."""
         return shutil.which("PythonSlicer") or sys.executable
-
-    @staticmethod
-    def libraryPaths() -> list:
-        """Folders holding CACIdentifierLib and CACTrainerLib (the module folders)."""
-        here = Path(__file__).resolve().parent
-        paths = [here, here.parent / "CACIdentifier"]
-        try:
-            paths.append(Path(slicer.modules.cacidentifier.path).resolve().parent)
-        except AttributeError:
-            pass
-        return [os.fspath(p) for p in dict.fromkeys(paths) if p.is_dir()]
-
-    def processEnvironment(self):
-        env = qt.QProcessEnvironment.systemEnvironment()
-        existing = env.value("PYTHONPATH")
-        env.insert("PYTHONPATH", os.pathsep.join(self.libraryPaths() + ([existing] if existing else [])))
-        env.insert("PYTHONUNBUFFERED", "1")  # progress lines as they come, not at exit
-        return env
 
     @staticmethod
     def createCurveNodes():

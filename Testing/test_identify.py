@@ -103,7 +103,7 @@ def test_cli_identify_outputs(study, tmp_path):
     assert spacing[0] == pytest.approx(acq.spacing_mm[1]) and spacing[1] == pytest.approx(acq.spacing_mm[0])
 
     # The evaluation in the report is the one `cac evaluate` gives on the same files.
-    from CACIdentifierLib.mrml import read_seg_nrrd
+    from CACIdentifierLib.nrrd_io import read_seg_nrrd
 
     roi = read_seg_nrrd(out / "roi.seg.nrrd", expected_shape=acq.frames.shape).union()
     analysed = {row["index"] for row in report["frames"]}
@@ -134,7 +134,8 @@ def test_cli_identify_onset_zero_means_no_noncontrast_frames(study, tmp_path, ca
 
 
 def test_identify_in_scene(study, model):
-    from CACIdentifierLib import mrml, slicercore
+    """The Logic: the cine handed to the worker process as a file, its outputs loaded as nodes."""
+    from CACIdentifierLib import logic, mrml, slicercore
 
     acq, folder, files = study
     scene = slicercore.new_scene()
@@ -149,22 +150,24 @@ def test_identify_in_scene(study, model):
         annotations.append(node)
     before = [mrml.segmentation_masks(n, shape=acq.frames.shape) for n in annotations]
 
-    out = mrml.identify_in_scene(scene, sequence, annotation_nodes=annotations, device="cpu")
+    events = []
+    out = logic.identify_in_scene(scene, sequence, annotation_nodes=annotations, device="cpu",
+                                  progress=lambda done, total, message: events.append((done, total, message)))
+    assert events and events[-1][0] == events[-1][1]  # progress came from the worker, up to the end
 
     # Annotations are untouched.
     after = [mrml.segmentation_masks(n, shape=acq.frames.shape) for n in annotations]
     for b, a in zip(before, after):
         assert b.keys() == a.keys() and all(np.array_equal(b[k], a[k]) for k in b)
-    result = out["result"]
     table = out["table"]
-    assert table.GetNumberOfRows() == len(result.frames)
+    assert table.GetNumberOfRows() == len(out["report"]["frames"])
     assert table.GetTable().GetColumnByName("IoM") is not None
     # The ROI sequence is synchronized in the cine's browser: each item is that frame's ROI.
     roi_sequence = out["roi_sequence"]
     assert roi_sequence is not None and browser.IsSynchronizedSequenceNode(roi_sequence.GetID(), True)
     assert roi_sequence.GetNumberOfDataNodes() == cine.n_frames
     stack = mrml.segmentation_masks(out["roi_segmentation"], shape=acq.frames.shape)
-    assert np.array_equal(next(iter(stack.values())), result.roi)
+    assert np.array_equal(next(iter(stack.values())), out["roi"])
     assert out["summary"]["iom"]["median"] is not None
 
 

@@ -401,7 +401,6 @@ def test_identifier_result_summary():
     report_source = (lib / "report.py").read_text()
     for key in ("frames", "heart_rate_bpm", "roi_area_mm2", "summary"):
         assert f'"{key}"' in report_source
-    mrml_source = (lib / "mrml.py").read_text()
-    if "def identify_in_scene" in mrml_source:
-        for key in ("roi_segmentation", "table", "report", "summary"):
-            assert f'"{key}"' in mrml_source
+    logic_source = (lib / "logic.py").read_text()
+    for key in ("roi_segmentation", "table", "report", "summary"):
+        assert f'"{key}"' in logic_source

@@ -180,7 +180,7 @@ def python_executable() -> str:
 def identify_command(python, cine_path, out_dir, *, model_path=None, annotation_paths=(), device="auto",
                      sigma=None, min_island_px=None, threshold=None, onset_frame=None) -> list[str]:
     """The ``cac identify ... --progress-json`` command line that CAC Identifier's Logic runs."""
-    command = [os.fspath(python), "-m", "CACIdentifierLib.cli", "identify", os.fspath(cine_path),
+    command = [os.fspath(python), "-m", "cac", "identify", os.fspath(cine_path),
                "--out", os.fspath(out_dir), "--progress-json", "--overwrite", "--device", str(device)]
     if model_path:
         command += ["--model", os.fspath(model_path)]
