@@ -221,7 +221,7 @@ def test_top_level_cmake_is_a_slicer_extension():
         "EXTENSION_DESCRIPTION",
         "EXTENSION_ICONURL",
         "EXTENSION_SCREENSHOTURLS",
-        'set(EXTENSION_DEPENDS "NA")',
+        "set(EXTENSION_DEPENDS PyTorch)",
         "find_package(Slicer REQUIRED)",
         "include(${Slicer_USE_FILE})",
         "add_subdirectory(CACIdentifier)",
@@ -232,6 +232,17 @@ def test_top_level_cmake_is_a_slicer_extension():
     ):
         assert needle in text, f"CMakeLists.txt lacks {needle}"
     assert text.index("find_package(Slicer") < text.index("add_subdirectory(CACIdentifier)")
+    # Extensions Index: contributors as "Name (Affiliation)", a screenshot and an icon that exist here.
+    contributors = re.search(r'set\(EXTENSION_CONTRIBUTORS "(.*?)"\)', text).group(1)
+    assert all(re.fullmatch(r"[^(),]+ \([^()]+\)", c.strip()) for c in contributors.split(","))
+    for variable in ("EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS"):
+        for url in re.search(rf'set\({variable} "(.*?)"\)', text).group(1).split():
+            path = url.split("/main/", 1)[1]
+            assert (ROOT / path).is_file(), f"{variable} names {path}, which is not in the repository"
+            assert path.endswith(".png")
+    license_text = (ROOT / "LICENSE.txt").read_text()
+    assert "Apache License" in license_text and "Version 2.0" in license_text
+    assert 'license = { text = "Apache-2.0" }' in (ROOT / "pyproject.toml").read_text()
     assert text.index("add_subdirectory(CACTrainer)") < text.index("Slicer_EXTENSION_CPACK")
 
 
