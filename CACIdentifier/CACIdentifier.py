@@ -172,6 +172,13 @@ class CACIdentifierWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self.initializeParameterNode()
 
+    def onReload(self) -> None:
+        """Developer mode's Reload: drop the Lib's modules too, so the next import reads the edited files."""
+        for name in list(sys.modules):
+            if name == "CACIdentifierLib" or name.startswith("CACIdentifierLib."):
+                del sys.modules[name]
+        super().onReload()
+
     def cleanup(self) -> None:
         self.removeObservers()
         if self._job is not None:
@@ -256,6 +263,7 @@ class CACIdentifierWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         from CACIdentifierLib.errors import CacError
 
         p = self._parameterNode
+        self.ui.modelPathLineEdit.addCurrentPathToHistory()  # kept under settingKey for the next session
         try:
             with slicer.util.WaitCursor():
                 self._job = self.logic.startIdentification(

@@ -174,6 +174,13 @@ class CACTrainerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self.initializeParameterNode()
 
+    def onReload(self) -> None:
+        """Developer mode's Reload: drop the Lib's modules too, so the next import reads the edited files."""
+        for name in list(sys.modules):
+            if name == "CACTrainerLib" or name.startswith("CACTrainerLib."):
+                del sys.modules[name]
+        super().onReload()
+
     def cleanup(self) -> None:
         self.removeObservers()
         self._stopProcess()
@@ -260,6 +267,10 @@ class CACTrainerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _startProcess(self, command, task) -> None:
         from CACIdentifierLib.worker import ProcessRunner, child_environment
+
+        for pathLineEdit in (self.ui.datasetPathLineEdit, self.ui.outputModelPathLineEdit,
+                             self.ui.initModelPathLineEdit):
+            pathLineEdit.addCurrentPathToHistory()  # kept under settingKey for the next session
 
         self._task = task
         self.ui.logTextEdit.clear()
