@@ -29,13 +29,15 @@ test: $(STAMP)
 
 # The cine I/O and synchronization tests once more with what Slicer 5.10.0 bundles (Python 3.12,
 # numpy 2.0.2, scipy 1.13.1, pydicom 2.4.4): inside Slicer the Lib must work with those.
-PINS_PYTHON ?= python3.12
+# Slicer 5.10's Python is 3.12: the first python3.12 that runs (a pyenv shim may not), else $(PYTHON).
+PINS_PYTHON ?= $(or $(shell for p in python3.12 $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python3.12); do \
+	$$p -c "" 2>/dev/null && { echo $$p; break; }; done),$(PYTHON))
 PINS_VENV := .venv-slicer-pins
 PINS_STAMP := $(PINS_VENV)/.installed
 SLICER_PINS := numpy==2.0.2 scipy==1.13.1 pydicom==2.4.4
 
 $(PINS_STAMP): pyproject.toml
-	@test -x $(PINS_VENV)/bin/python || $(PINS_PYTHON) -m venv $(PINS_VENV) || $(PYTHON) -m venv $(PINS_VENV)
+	@test -x $(PINS_VENV)/bin/python || $(PINS_PYTHON) -m venv $(PINS_VENV)
 	$(PINS_VENV)/bin/python -m pip install --quiet --upgrade pip
 	# The pins and the Lib's other dependencies (no torch, no slicer-core: these tests need neither).
 	$(PINS_VENV)/bin/python -m pip install --quiet $(SLICER_PINS) scikit-image SimpleITK matplotlib \

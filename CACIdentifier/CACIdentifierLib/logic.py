@@ -42,28 +42,6 @@ ROI_SEGMENT = "CAC ROI"
 # --------------------------------------------------------------------------- outputs -> nodes
 
 
-def _browser_of(scene, sequence_node):
-    """The sequence browser that plays ``sequence_node``, or None."""
-    if sequence_node is None:
-        return None
-    for browser in scene.GetNodesByClass("vtkMRMLSequenceBrowserNode"):
-        if browser.IsSynchronizedSequenceNode(sequence_node.GetID(), True):
-            return browser
-    return None
-
-
-def _input_sequence(node):
-    """The Sequence node behind ``node`` (itself, or the sequence its browser proxy shows), or None."""
-    if node.IsA("vtkMRMLSequenceNode"):
-        return node
-    scene = node.GetScene()
-    for browser in scene.GetNodesByClass("vtkMRMLSequenceBrowserNode"):
-        sequence = browser.GetSequenceNode(node)
-        if sequence is not None:
-            return sequence
-    return None
-
-
 def _remove_previous_roi_sequences(scene, browser) -> None:
     """Remove the ROI sequences (and their proxies) that an earlier run synchronized in ``browser``."""
     import vtk
@@ -124,8 +102,8 @@ def load_identify_outputs(scene, input_node, out_dir, name=None, output_segmenta
         outputs["roi_segmentation"] = mrml.masks_to_frame_stack_segmentation(
             scene, roi, cine, name=f"{name} CAC ROI (frame stack)", colors={ROI_SEGMENT: ROI_COLOR})
 
-    sequence = _input_sequence(input_node)
-    browser = _browser_of(scene, sequence)
+    sequence = mrml._input_sequence(input_node)
+    browser = mrml._browser_of(scene, sequence)
     outputs["roi_sequence"] = None
     if sequence is not None and browser is not None:
         _remove_previous_roi_sequences(scene, browser)

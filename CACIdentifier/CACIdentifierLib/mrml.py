@@ -736,3 +736,28 @@ def sync_to_scene(scene, sync_result, name: str = "CAC sync", frame_time_ms=None
         },
     )
     return SyncNodes(signal_table=signal_table, chart=chart, pairs_table=pairs_table, beats_table=beats_table)
+
+
+# --------------------------------------------------------------------------- browsers
+
+
+def _browser_of(scene, sequence_node):
+    """The sequence browser that plays ``sequence_node``, or None."""
+    if sequence_node is None:
+        return None
+    for browser in scene.GetNodesByClass("vtkMRMLSequenceBrowserNode"):
+        if browser.IsSynchronizedSequenceNode(sequence_node.GetID(), True):
+            return browser
+    return None
+
+
+def _input_sequence(node):
+    """The Sequence node behind ``node`` (itself, or the sequence its browser proxy shows), or None."""
+    if node.IsA("vtkMRMLSequenceNode"):
+        return node
+    scene = node.GetScene()
+    for browser in scene.GetNodesByClass("vtkMRMLSequenceBrowserNode"):
+        sequence = browser.GetSequenceNode(node)
+        if sequence is not None:
+            return sequence
+    return None
