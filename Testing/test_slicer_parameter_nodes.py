@@ -1,6 +1,6 @@
 """The modules' parameter nodes through Slicer 5.10.0's real ``parameterNodeWrapper`` on the slicer-core scene.
 
-``CACIdentifier.py`` and ``CACTrainer.py`` are loaded by path, as Slicer loads
+``CACIdentifier.py``, ``CACTrainer.py`` and ``CACAnnotator.py`` are loaded by path, as Slicer loads
 them, with Slicer's own ``slicer.parameterNodeWrapper``,
 ``slicer.ScriptedLoadableModule``, ``slicer.util`` and ``slicer.i18n`` (see
 slicer_python.py).  Every field is set, node fields are set to None, values out
@@ -168,3 +168,27 @@ def test_trainer_every_field_round_trips(slicer_app, tmp_path):
     check_round_trip(slicer_app, tmp_path / "b", module, "CACTrainerLogic", values)
     with pytest.raises(ValueError):
         reloaded.cvMode = "leave-one-out"
+
+
+# --------------------------------------------------------------------------- CAC Annotator
+
+
+def test_annotator_every_field_round_trips(slicer_app, tmp_path):
+    module = load("CACAnnotator")
+    fields = set(module.CACAnnotatorParameterNode.allParameters)
+    parameters = module.CACAnnotatorLogic().getParameterNode()
+    assert parameters.cineSequence is None and parameters.frameStackVolume is None
+    values = {
+        "cineSequence": add(slicer_app, "vtkMRMLSequenceNode", "cine sequence"),
+        "frameStackVolume": add(slicer_app, "vtkMRMLScalarVolumeNode", "cine frames"),
+        "onsetFrame": 9,
+        "annotatorCount": 2,
+        "cinePath": tmp_path / "run.dcm",
+        "datasetPath": tmp_path / "dataset",
+    }
+    assert set(values) == fields, "a parameter-node field is not covered by this test"
+    check_round_trip(slicer_app, tmp_path / "a", module, "CACAnnotatorLogic", values)
+    values.update(cineSequence=None, frameStackVolume=None)
+    check_round_trip(slicer_app, tmp_path / "b", module, "CACAnnotatorLogic", values)
+    with pytest.raises(ValueError):
+        module.CACAnnotatorLogic().getParameterNode().annotatorCount = 10
