@@ -165,7 +165,7 @@ class IdentifyJob:
     def start(self) -> None:
         """Write the inputs and start the worker (returns at once)."""
         cine = mrml.node_to_cine(self.input_node)
-        cine_path = nrrd_io.write_seq_nrrd(cine, self.work_dir / "cine.seq.nrrd", overwrite=True)
+        cine_path = nrrd_io.write_seq_nrrd(cine, self.work_dir / "cine.seq.nrrd", overwrite=True, encoding="raw")
         annotation_paths = []
         for i, node in enumerate(self.annotation_nodes):
             masks = mrml.segmentation_masks(node, shape=cine.frames.shape)

@@ -237,12 +237,14 @@ def write_frame_stack_nrrd(cine: Cine, path, overwrite: bool = False) -> Path:
     return Path(path)
 
 
-def write_seq_nrrd(cine: Cine, path, overwrite: bool = False) -> Path:
+def write_seq_nrrd(cine: Cine, path, overwrite: bool = False, encoding: str = "gzip") -> Path:
     """Write ``cine`` as a ``.seq.nrrd`` volume sequence, the layout of Slicer's volume sequence storage.
 
     3D Slicer opens it as a Sequence with a browser (drag and drop).  The
     index is the time in ms, or the frame number when unknown; ``CAC_*`` keys
-    carry the spacing source, frame time and R waves.
+    carry the spacing source, frame time and R waves.  ``encoding="raw"``
+    skips compression (the Logic's hand-over file to the worker: written in
+    Slicer's GUI thread, read once, deleted).
     """
     frames = _check_cine(cine)
     times = cine.frame_times_ms()
@@ -258,7 +260,7 @@ def write_seq_nrrd(cine: Cine, path, overwrite: bool = False) -> Path:
         "kinds": ["domain", "domain", "domain", "list"],
         "labels": ["", "", "", label],
         "units": ["", "", "", unit],
-        "encoding": "gzip",
+        "encoding": encoding,
     }
     header.update({key: _ascii(value) for key, value in cine_attributes(cine).items()})
     header["DataNodeClassName"] = "vtkMRMLScalarVolumeNode"
