@@ -309,3 +309,15 @@ def test_spacing_without_a_source_is_kept(tmp_path, scene):
         mrml.sequence_to_cine(mrml.cine_to_sequence(scene, cine, "a")[0]),
     ):
         assert back.spacing_mm == pytest.approx((0.25, 0.5)) and back.spacing_source == "given"
+
+
+def test_new_scene_keeps_slicers_output_window(monkeypatch):
+    """Inside Slicer the VTK output window feeds the Error Log: a scene made there must not replace it."""
+    from vtkmodules.vtkCommonCore import vtkOutputWindow
+
+    monkeypatch.setattr(slicer, "app", object(), raising=False)  # what in_slicer_application() looks for
+    monkeypatch.setattr(slicer, "mrmlScene", slicer.vtkMRMLScene(), raising=False)
+    assert slicercore.in_slicer_application()
+    before = vtkOutputWindow.GetInstance()
+    slicercore.new_scene()
+    assert vtkOutputWindow.GetInstance() is before
