@@ -185,10 +185,12 @@ def test_annotator_every_field_round_trips(slicer_app, tmp_path):
         "annotatorCount": 2,
         "cinePath": tmp_path / "run.dcm",
         "datasetPath": tmp_path / "dataset",
+        "aiSegmentation": add(slicer_app, "vtkMRMLSegmentationNode", "CAC ROI"),
+        "worstFirst": True,
     }
     assert set(values) == fields, "a parameter-node field is not covered by this test"
     check_round_trip(slicer_app, tmp_path / "a", module, "CACAnnotatorLogic", values)
-    values.update(cineSequence=None, frameStackVolume=None)
+    values.update(cineSequence=None, frameStackVolume=None, aiSegmentation=None, worstFirst=False)
     check_round_trip(slicer_app, tmp_path / "b", module, "CACAnnotatorLogic", values)
     with pytest.raises(ValueError):
         module.CACAnnotatorLogic().getParameterNode().annotatorCount = 10
