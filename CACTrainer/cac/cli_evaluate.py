@@ -64,8 +64,8 @@ def evaluate_files(pred_path, truth_paths, segment: str | None = None) -> dict:
     grid's shape and where each file lies on it.
     """
     from CACIdentifierLib import nrrd_io
-    from .metrics import evaluate_masks, majority_vote
-    from .seg_align import align_segfiles
+    from CACIdentifierLib.metrics import evaluate_masks, majority_vote
+    from CACIdentifierLib.seg_align import align_segfiles
 
     pred = nrrd_io.read_seg_nrrd(pred_path)
     truths = [nrrd_io.read_seg_nrrd(p) for p in truth_paths]
