@@ -278,9 +278,11 @@ def _read_nrrd(path: Path, what: str):
     with open(path, "rb") as f:
         if not f.read(4).startswith(b"NRRD"):
             raise CacError(f"{path} is not a NRRD file (no NRRD magic); give a .nrrd or .seq.nrrd file")
+    import zlib
+
     try:
         return nrrd.read(str(path), index_order="F")
-    except (nrrd.NRRDError, ValueError, OSError, EOFError) as exc:
+    except (nrrd.NRRDError, ValueError, OSError, EOFError, zlib.error) as exc:
         raise CacError(f"could not read {path} as {what} ({exc}); save it again from Slicer") from exc
 
 
@@ -490,10 +492,12 @@ def read_seg_nrrd(path, expected_shape=None, expected_spacing_mm=None) -> SegFil
     from .nrrd_check import check_nrrd
 
     check_nrrd(path)  # sizes and encoding checked before any voxel is read
+    import zlib
+
     nrrd = _nrrd()
     try:
         segmentation = slicerio.read_segmentation(str(path))
-    except (nrrd.NRRDError, OSError, ValueError, KeyError, EOFError) as exc:
+    except (nrrd.NRRDError, OSError, ValueError, KeyError, EOFError, zlib.error) as exc:
         raise CacError(
             f"{path} is not a readable segmentation (.seg.nrrd): {exc}; save it from Slicer's Segmentations module"
         ) from exc
