@@ -33,7 +33,7 @@ from . import phantom_imaging as img
 
 # Streams of the random generators (a third seed word), so adding draws to one
 # aspect does not change the others.
-_PATIENT, _VIEW, _DYNAMICS, _BACKGROUND, _NOISE, _ANNOTATORS = range(6)
+_PATIENT, _VIEW, _DYNAMICS, _BACKGROUND, _NOISE, _ANNOTATORS, _METAL = range(7)
 
 
 @dataclass
@@ -78,6 +78,14 @@ class PhantomParams:
       photons (quanta per pixel at the lung level, 1200: sets the quantum noise),
       blur_px (0.7: Gaussian detector blur), exposure_drift (0.01 relative), vignetting (0.2),
       collimator_prob (0.5: collimator blades and a rounded shutter at the field edges).
+      display ("log": stored values are the log of the detected counts, as most XA systems store
+        them; "gamma": that log image re-mapped by a power law with an exponent drawn from
+        display_gamma_range, as post-processed runs look).
+    Dense metal that is not calcium (domain randomisation; :mod:`.phantom_domain`)
+      metal_prob (0.0): probability per acquisition of sternal wires (loops over the sternum, moving
+        with respiration), surgical clips (short dense bars beside the vessels, moving with the
+        heart) and, half the time, a stent (a strut mesh on a main vessel segment).
+      calcium_shape_probs ((1, 0, 0)): probabilities of spotty, tram-track and arc deposits.
     Annotators
       annotator_bias_px_range (-0.6..1.0 px: each annotator's tendency to draw larger or smaller),
       annotator_jitter_px (0.6 px smooth boundary noise, new for every frame),
@@ -133,11 +141,15 @@ class PhantomParams:
     calcium_mu_per_mm: float = 0.12
     calcium_small_prob: float = 0.2
     calcium_mu_spread: tuple[float, float] = (0.7, 1.3)
+    calcium_shape_probs: tuple[float, float, float] = (1.0, 0.0, 0.0)
     photons: float = 1200.0
     blur_px: float = 0.7
     exposure_drift: float = 0.01
     vignetting: float = 0.2
     collimator_prob: float = 0.5
+    metal_prob: float = 0.0
+    display: str = "log"
+    display_gamma_range: tuple[float, float] = (0.6, 1.6)
     annotator_bias_px_range: tuple[float, float] = (-0.6, 1.0)
     annotator_jitter_px: float = 0.6
     faint_attenuation: float = 0.07
@@ -168,6 +180,12 @@ class PhantomParams:
             raise CacError("calcium and contrast attenuations must not be negative")
         if self.photons <= 0:
             raise CacError("photons must be positive")
+        if self.display not in ("log", "gamma"):
+            raise CacError(f"display {self.display!r} not supported; use log or gamma")
+        if not (0.0 <= self.metal_prob <= 1.0):
+            raise CacError("metal probability must be in [0, 1]")
+        if len(self.calcium_shape_probs) != 3 or min(self.calcium_shape_probs) < 0 or sum(self.calcium_shape_probs) <= 0:
+            raise CacError("calcium shape probabilities must be three non-negative numbers, not all zero")
 
 
 @dataclass
@@ -338,6 +356,11 @@ def generate_acquisition(params: PhantomParams | None = None, seed: int = 0, pat
     rng_bg = _rng(seed, patient, acquisition, _BACKGROUND)
     rng_noise = _rng(seed, patient, acquisition, _NOISE)
     renderer = _Renderer(params, pat, view, tl, rng_bg)
+    if params.metal_prob > 0 or params.display != "log":
+        # Own stream: adding metal or a display curve leaves every other draw as it was.
+        from .phantom_domain import add_metal_and_display
+
+        add_metal_and_display(renderer, _rng(seed, patient, acquisition, _METAL))
     n = params.n_frames
     frames = np.empty((n, params.rows, params.cols), np.uint8 if params.bits == 8 else np.uint16)
     calcium = np.zeros((n, params.rows, params.cols), bool)
@@ -500,6 +523,13 @@ class _Renderer:
                 cc.append(ocol)
                 rads.append(np.array([self.reflux_radius_mm]) * osc / view.spacing_mm)
                 ww.append(np.array([p.reflux * puff * self.contrast_mu / 0.17]))
+        for pts3, rad_mm, weight in getattr(self, "metal_heart", ()):
+            # Clips and stents ride on the heart like the vessels they sit on.
+            mr, mc, msc = view.project(anat.deform(pts3, pat.heart, ms))
+            rr.append(mr)
+            cc.append(mc)
+            rads.append(rad_mm * msc / view.spacing_mm)
+            ww.append(weight)
         img.splat_spheres((rows, cols), np.concatenate(rr), np.concatenate(cc), np.concatenate(rads),
                           np.concatenate(ww), out=L)
         # Calcium.
@@ -507,6 +537,9 @@ class _Renderer:
             self._deposit(k, j, dep, ms, L, calcium_out)
         out = img.detect(L, rng, p.photons, p.blur_px, self.white, self.gain, self.max_value,
                          tl["exposure"][k])
+        gamma = getattr(self, "display_gamma", None)
+        if gamma is not None:
+            out = np.rint(self.max_value * (out / self.max_value) ** gamma)
         return out.astype(np.uint8 if p.bits == 8 else np.uint16)
 
     def _deposit(self, k, j, dep, ms, L, calcium_out):

@@ -410,8 +410,42 @@ def make_catheter(rng, heart: Heart, ostium):
     return pts
 
 
-def make_deposits(rng, vessels: list[Vessel], n: int, size_range, mu_per_mm, mu_spread, small_prob=0.2):
-    """Calcified deposits on the walls of the main vessels, mostly proximal and mid segments."""
+CALCIUM_SHAPES = ("spotty", "tram", "arc")
+
+
+def _shape_centres(rng, v: Vessel, i: int, shape: str, length: float, width: float) -> np.ndarray:
+    """Sphere centres of a tram-track (two lines on opposite walls along the vessel) or an arc
+    (part of a ring around the lumen); spaced width/3 so the chain looks continuous."""
+    i0, i1 = max(0, i - 3), min(len(v.points) - 1, i + 3)
+    tangent = _unit(v.points[i1] - v.points[i0])
+    normal = _unit(np.cross(tangent, [0.3, 0.5, 0.8]))
+    binormal = np.cross(tangent, normal)
+    psi = rng.uniform(0, 2 * np.pi)
+    r_wall = max(0.0, float(v.radius[i]) - 0.3 * width)
+    if shape == "arc":
+        span = rng.uniform(np.pi / 3, np.pi)  # 60-180 degrees of the circumference
+        n = max(2, int(np.ceil(span * max(r_wall, 0.5) / (width / 3.0))) + 1)
+        ang = psi + np.linspace(0, span, n)
+        return v.points[i] + r_wall * (np.cos(ang)[:, None] * normal + np.sin(ang)[:, None] * binormal)
+    # Tram-track: both walls follow the vessel's curve over `length` mm.
+    arc = v.arclength
+    s = np.linspace(arc[i] - length / 2, arc[i] + length / 2, max(2, int(np.ceil(length / (width / 3.0))) + 1))
+    s = np.clip(s, arc[0], arc[-1])
+    line = np.stack([np.interp(s, arc, v.points[:, k]) for k in range(3)], axis=1)
+    wall = np.cos(psi) * normal + np.sin(psi) * binormal
+    return np.concatenate([line + r_wall * wall, line - r_wall * wall])
+
+
+def make_deposits(rng, vessels: list[Vessel], n: int, size_range, mu_per_mm, mu_spread, small_prob=0.2,
+                  shape_probs=(1.0, 0.0, 0.0)):
+    """Calcified deposits on the walls of the main vessels, mostly proximal and mid segments.
+
+    ``shape_probs`` are the probabilities of the shapes in :data:`CALCIUM_SHAPES`: spotty (a
+    capsule on one wall), tram-track (two thin lines on opposite walls) and arc (part of a ring).
+    The default (spotty only) draws no shape, so the random stream is as before.
+    """
+    draw_shape = tuple(shape_probs) != (1.0, 0.0, 0.0)
+    probs = np.asarray(shape_probs, float) / max(float(np.sum(shape_probs)), 1e-12)
     mains = [v for v in vessels if v.main]
     weights = np.array([len(v.points) * (2.0 if v.name in ("LM", "LAD", "LCx", "RCA") else 1.0) for v in mains])
     weights = weights / weights.sum()
@@ -445,6 +479,12 @@ def make_deposits(rng, vessels: list[Vessel], n: int, size_range, mu_per_mm, mu_
         offs = np.linspace(-(length - width) / 2, (length - width) / 2, k)
         centres = centre + offs[:, None] * tangent
         mu = float(mu_per_mm * rng.uniform(*mu_spread))
+        if draw_shape:
+            shape = CALCIUM_SHAPES[int(rng.choice(len(CALCIUM_SHAPES), p=probs))]
+            if shape != "spotty":
+                # Thin walls of calcium: tram-tracks and arcs are narrower than a spotty deposit.
+                width = float(min(width, rng.uniform(0.4, 0.9)))
+                centres = _shape_centres(rng, v, i, shape, max(length, 2.0), width)
         deposits.append(Deposit(len(deposits) + 1, v.name, centres, width / 2.0, length, width, mu,
                                 float(v.arclength[i])))
     return deposits
@@ -455,6 +495,7 @@ def make_patient(rng, index: int, side: str, n_deposits: int, params) -> Patient
     vessels, ostium = make_tree(rng, heart, side, params.vessel_diameter_mm_range, params.tortuosity)
     catheter = make_catheter(rng, heart, ostium)
     deposits = make_deposits(rng, vessels, n_deposits, params.calcium_size_mm_range,
-                             params.calcium_mu_per_mm, params.calcium_mu_spread, params.calcium_small_prob)
+                             params.calcium_mu_per_mm, params.calcium_mu_spread, params.calcium_small_prob,
+                             getattr(params, "calcium_shape_probs", (1.0, 0.0, 0.0)))
     tree_len = max(float(v.arclength.max()) for v in vessels)
     return Patient(index, side, heart, vessels, deposits, catheter, ostium, rng.uniform(65, 85), tree_len)
