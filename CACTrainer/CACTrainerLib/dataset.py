@@ -337,19 +337,33 @@ class Augment:
 
 
 def epoch_indices(labels: np.ndarray, rng: np.random.Generator, *, balanced: bool = True,
-                  samples: int | None = None) -> np.ndarray:
+                  samples: int | None = None, hard_scores: np.ndarray | None = None,
+                  hard_fraction: float = 0.0) -> np.ndarray:
     """Patch ids of one training epoch, shuffled.
 
     ``balanced``: every positive patch once and as many negatives drawn
     without replacement (all of them if fewer); otherwise every patch once.
     ``samples`` caps (or, drawing with replacement, extends) the epoch length.
+    ``hard_scores`` (one per patch, e.g. the last classification loss) with
+    ``hard_fraction`` > 0: that share of the negatives is drawn with probability
+    proportional to the score (hard-negative mining: the field edges, wires and
+    crossings that fooled the classifier come back more often), the rest uniformly.
     """
     labels = np.asarray(labels).reshape(-1)
     pos = np.nonzero(labels > 0.5)[0]
     neg = np.nonzero(labels <= 0.5)[0]
     if balanced and len(pos) and len(neg):
         n_neg = min(len(neg), max(len(pos), 1))
-        ids = np.concatenate([pos, rng.choice(neg, size=n_neg, replace=False)])
+        n_hard = int(round(hard_fraction * n_neg)) if hard_scores is not None else 0
+        if n_hard > 0:
+            w = np.asarray(hard_scores, np.float64)[neg] + 1e-6
+            hard = rng.choice(neg, size=n_hard, replace=False, p=w / w.sum())
+            rest = np.setdiff1d(neg, hard)
+            easy = rng.choice(rest, size=min(len(rest), n_neg - n_hard), replace=False)
+            negs = np.concatenate([hard, easy])
+        else:
+            negs = rng.choice(neg, size=n_neg, replace=False)
+        ids = np.concatenate([pos, negs])
     else:
         ids = np.arange(labels.size)
     ids = rng.permutation(ids)

@@ -80,6 +80,14 @@ class TrainConfig:
     architecture: dict = field(default_factory=dict)
     num_threads: int | None = None
     init: str | None = None  # model file whose weights start the run (fine-tuning), else random init
+    # Recipe knobs (CACTrainerLib.recipes); the defaults are the paper's protocol.
+    recipe: str = "paper"
+    aux_weight: float = 0.0  # stage 1: weight of the dense ROI_GT loss through the decoder (0: BCE only)
+    lr_schedule: str = "constant"  # or "cosine": linear warm-up, then cosine decay to 1 % (per step)
+    warmup_frac: float = 0.0
+    weight_decay: float = 0.0  # AdamW's decoupled weight decay when > 0
+    hard_negative_frac: float = 0.0  # share of an epoch's negatives drawn by their last loss
+    channels_last: bool = False
 
     def schedule(self) -> L.RebalanceSchedule:
         return L.RebalanceSchedule(self.rebalance_start, self.rebalance_step, self.rebalance_floor)
@@ -153,11 +161,16 @@ def _prefixed(tensors: dict, prefix: str) -> dict:
     return {k[n:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
 
 
-def save_checkpoint(run_dir: Path, model, best_state: dict | None, opt, info: dict) -> None:
-    """Write the resumable state of a run atomically (one safetensors file; see :mod:`.checkpoint_io`)."""
+def save_checkpoint(run_dir: Path, model, best_state: dict | None, opt, info: dict,
+                    extra: dict | None = None) -> None:
+    """Write the resumable state of a run atomically (one safetensors file; see :mod:`.checkpoint_io`).
+
+    ``extra``: further named arrays kept with the state (the hard-negative scores)."""
     from .checkpoint_io import write_checkpoint
 
     tensors = _state_tensors("model", model)
+    for k, v in (extra or {}).items():
+        tensors[k] = torch.as_tensor(np.asarray(v)).contiguous().clone()
     if best_state is not None:
         tensors.update({f"best.{k}": v for k, v in best_state.items()})
     opt_t, opt_groups = _optimizer_tensors(opt)
@@ -314,28 +327,80 @@ def recalibrate_bn(model, fs: D.FrameSet, config: TrainConfig, device, stage: in
 
 
 
-def _run_epoch(model, opt, fs: D.FrameSet, config: TrainConfig, device, stage: int, epoch: int,
-               progress: ProgressCallback) -> float:
-    from CACIdentifierLib.device import autocast
-
-    rng = seed_everything(config.seed, stage, epoch)
-    ids = D.epoch_indices(fs.patch_labels, rng, balanced=config.balanced, samples=config.samples_per_epoch)
+def _epoch_batches(fs: D.FrameSet, config: TrainConfig, rng, scores: np.ndarray | None) -> list:
+    ids = D.epoch_indices(fs.patch_labels, rng, balanced=config.balanced, samples=config.samples_per_epoch,
+                          hard_scores=scores, hard_fraction=config.hard_negative_frac)
     bs = config.batch_size
     batches = [ids[s:s + bs] for s in range(0, len(ids), bs)]
     if len(batches) > 1 and len(batches[-1]) < 2:
         batches = batches[:-1]  # BatchNorm cannot train on a batch of one
+    return batches
+
+
+def steps_per_epoch(fs: D.FrameSet, config: TrainConfig) -> int:
+    """Optimiser steps of one epoch (the same every epoch: the epoch's size depends only on the labels)."""
+    return len(_epoch_batches(fs, config, np.random.default_rng(0), None))
+
+
+def lr_factor(step: int, total: int, config: TrainConfig) -> float:
+    """Learning-rate multiplier at optimiser step ``step`` of ``total``.
+
+    ``constant``: 1 (the paper).  ``cosine``: linear warm-up over ``warmup_frac``
+    of the steps (Adam's early moments are noisy; large early steps unsettle
+    BatchNorm), then a cosine decay to 1 % -- a function of the step alone, so a
+    resumed run continues on the same curve without saving a scheduler.
+
+    Examples
+    --------
+    >>> cfg = TrainConfig(lr_schedule="cosine", warmup_frac=0.1)
+    >>> [round(lr_factor(s, 100, cfg), 3) for s in (0, 9, 10, 55, 99)]
+    [0.1, 1.0, 1.0, 0.496, 0.01]
+    """
+    if config.lr_schedule == "constant" or total <= 0:
+        return 1.0
+    warm = int(round(config.warmup_frac * total))
+    if step < warm:
+        return (step + 1) / warm
+    t = (step - warm) / max(1, total - warm - 1)
+    return 0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
+
+
+def _run_epoch(model, opt, fs: D.FrameSet, config: TrainConfig, device, stage: int, epoch: int,
+               progress: ProgressCallback, *, epochs: int = 1, base_lr: float | None = None,
+               scores: np.ndarray | None = None) -> float:
+    from CACIdentifierLib.device import autocast
+
+    rng = seed_everything(config.seed, stage, epoch)
+    batches = _epoch_batches(fs, config, rng, scores)
     augment = D.Augment() if config.augment else None
     alpha = config.schedule().alpha(epoch)
+    joint = stage == 1 and config.aux_weight > 0
     model.train()
     total, n = 0.0, 0
+    fmt = torch.channels_last if config.channels_last else torch.contiguous_format
     for i, bids in enumerate(batches):
+        if base_lr is not None:
+            f = lr_factor(epoch * len(batches) + i, epochs * len(batches), config)
+            for g in opt.param_groups:
+                g["lr"] = base_lr * f
         b = D.make_batch(fs, bids, rng, augment, with_dist=(stage == 2),
                          min_deposit_fraction=config.min_deposit_fraction)
-        nc, c = _to(b["nc"], device), _to(b["c"], device)
+        nc = _to(b["nc"], device).contiguous(memory_format=fmt)
+        c = _to(b["c"], device).contiguous(memory_format=fmt)
         if stage == 1:
             with autocast(device, enabled=config.amp):
-                logit = model.classify(nc, c)
-            loss = L.classification_loss(logit, _to(b["label"], device))
+                feats = model.encode(nc, c)
+                logit = model.classify_features(feats)
+                roi_logit = model.decode(feats) if joint else None
+            labels = _to(b["label"], device)
+            loss = L.classification_loss(logit, labels)
+            if scores is not None:
+                with torch.no_grad():
+                    per = torch.nn.functional.binary_cross_entropy_with_logits(logit.float(), labels,
+                                                                               reduction="none")
+                scores[np.asarray(bids)] = per.cpu().numpy()
+            if joint:
+                loss = loss + config.aux_weight * L.dense_roi_loss(roi_logit, _to(b["roi"], device))
         else:
             with autocast(device, enabled=config.amp):
                 with torch.no_grad():
@@ -389,6 +454,8 @@ def train(train_set: D.FrameSet, val_set: D.FrameSet | None, config: TrainConfig
 
     seed_everything(config.seed)
     model = ResUNet18(**config.architecture).to(device)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     if config.init:
         _load_initial_weights(model, config.init)
     history: list = []
@@ -402,6 +469,8 @@ def train(train_set: D.FrameSet, val_set: D.FrameSet | None, config: TrainConfig
     if resume and ckpt is None:
         raise CacError(f"--resume: no checkpoint in {run_dir}; start without --resume")
     opt_tensors = opt_groups = None
+    # Last classification loss of every training patch, for hard-negative mining (kept in checkpoints).
+    hard_scores = np.ones(train_set.n_patches, np.float32) if config.hard_negative_frac > 0 else None
     if ckpt is not None:
         tensors, info = ckpt
         # The epoch counts may change on resume (extend or cut a run); everything else must match.
@@ -417,6 +486,8 @@ def train(train_set: D.FrameSet, val_set: D.FrameSet | None, config: TrainConfig
         history, best = info["history"], info["best"]
         stage, start_epoch = int(info["stage"]), int(info["epochs_done"])
         opt_tensors, opt_groups = tensors, info["optimizer"]
+        if hard_scores is not None and "hnm.scores" in tensors:
+            hard_scores = tensors["hnm.scores"].numpy().copy()
         emit({"event": "resume", "stage": stage, "epoch": start_epoch})
 
     emit({"event": "start", "device": str(device),
@@ -436,13 +507,21 @@ def train(train_set: D.FrameSet, val_set: D.FrameSet | None, config: TrainConfig
                 best_state = None
             model.freeze_classifier(True)
         params = model.classifier_parameters() if st == 1 else model.decoder_parameters()
-        opt = torch.optim.Adam(params, lr=config.lr1 if st == 1 else config.lr2)
+        if st == 1 and config.aux_weight > 0:
+            params = params + model.decoder_parameters()  # joint: the decoder is the dense auxiliary head
+        base_lr = config.lr1 if st == 1 else config.lr2
+        if config.weight_decay > 0:
+            opt = torch.optim.AdamW(params, lr=base_lr, weight_decay=config.weight_decay)
+        else:
+            opt = torch.optim.Adam(params, lr=base_lr)
         first = start_epoch if st == stage else 0
         if st == stage and opt_tensors is not None and first > 0:
             _load_optimizer(opt, opt_tensors, opt_groups)
         for epoch in range(first, epochs):
             t0 = time.perf_counter()
-            train_loss = _run_epoch(model, opt, train_set, config, device, st, epoch, progress)
+            train_loss = _run_epoch(model, opt, train_set, config, device, st, epoch, progress,
+                                    epochs=epochs, base_lr=base_lr,
+                                    scores=hard_scores if st == 1 else None)
             recalibrate_bn(model, train_set, config, device, st, epoch)
             row = {"event": "epoch", "stage": st, "epoch": epoch + 1, "epochs": epochs,
                    "train_loss": train_loss, "val_loss": None, "val_f1": None, "val_iom": None}
@@ -474,7 +553,7 @@ def train(train_set: D.FrameSet, val_set: D.FrameSet | None, config: TrainConfig
             history.append(row)
             save_checkpoint(run_dir, model, best_state, opt, {
                 "stage": st, "epochs_done": epoch + 1, "history": history, "best": best,
-                "config": cfg_json})
+                "config": cfg_json}, extra=None if hard_scores is None else {"hnm.scores": hard_scores})
             emit(row)
         emit({"event": "stage_done", "stage": st, "best": best[f"stage{st}"]})
         if st == 1:

@@ -46,14 +46,17 @@ def register(subparsers) -> None:
     p.add_argument("--epochs1", type=int, help="classifier epochs (default 100)")
     p.add_argument("--epochs2", type=int, help="decoder epochs (default 100)")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr1", type=float, default=1e-4, help="classifier learning rate (paper 1e-4)")
-    p.add_argument("--lr2", type=float, default=1e-3, help="decoder learning rate (paper 1e-3)")
+    p.add_argument("--recipe", choices=("default", "paper"), default="default",
+                   help="default: joint training with a dense auxiliary loss, for a CPU budget; "
+                        "paper: the paper's two-stage protocol (100 + 100 epochs, for a GPU)")
+    p.add_argument("--lr1", type=float, help="stage-1 learning rate (recipe's: default 1e-3, paper 1e-4)")
+    p.add_argument("--lr2", type=float, help="decoder learning rate (recipe's: default 3e-4, paper 1e-3)")
     p.add_argument("--frames-per-acquisition", type=int, default=8,
                    help="evenly spaced annotated non-contrast frames per acquisition (0: all)")
     p.add_argument("--samples-per-epoch", type=int, help="patches per epoch (default: balanced set size)")
     p.add_argument("--no-balance", action="store_true", help="do not balance positive/negative patches")
     p.add_argument("--no-augment", action="store_true", help="no augmentation")
-    p.add_argument("--rebalance-step", type=float, default=0.01,
+    p.add_argument("--rebalance-step", type=float,
                    help="per-epoch decrease of the GDL weight alpha (Kervadec et al.: 0.01)")
     p.add_argument("--width", type=int, default=64, help="network width (ResNet-18: 64)")
     p.add_argument("--init", metavar="MODEL",
@@ -75,10 +78,13 @@ def register(subparsers) -> None:
 
 
 def _config(args):
-    from CACTrainerLib.training import TrainConfig
+    from CACTrainerLib.recipes import RECIPES, recipe_config
 
-    e1 = args.epochs1 if args.epochs1 is not None else (args.epochs if args.epochs is not None else 100)
-    e2 = args.epochs2 if args.epochs2 is not None else (args.epochs if args.epochs is not None else 100)
+    name = getattr(args, "recipe", None) or "default"
+    e1 = args.epochs1 if args.epochs1 is not None else (args.epochs if args.epochs is not None
+                                                         else RECIPES[name]["epochs1"])
+    e2 = args.epochs2 if args.epochs2 is not None else (args.epochs if args.epochs is not None
+                                                         else RECIPES[name]["epochs2"])
     if args.init:
         if e1 < 0 or e2 < 0:
             raise CacError("epochs must be 0 or more")
@@ -87,11 +93,11 @@ def _config(args):
     if args.batch_size < 2:
         raise CacError("--batch-size must be at least 2 (BatchNorm needs two samples)")
     arch = {} if args.width == 64 else {"width": int(args.width)}
-    return TrainConfig(epochs1=e1, epochs2=e2, batch_size=args.batch_size, lr1=args.lr1, lr2=args.lr2,
-                       seed=args.seed, device=args.device, amp=not args.no_amp, balanced=not args.no_balance,
-                       augment=not args.no_augment, samples_per_epoch=args.samples_per_epoch,
-                       rebalance_step=args.rebalance_step, architecture=arch, num_threads=args.threads,
-                       init=_init_model(args.init))
+    return recipe_config(name, epochs1=e1, epochs2=e2, batch_size=args.batch_size, lr1=args.lr1,
+                         lr2=args.lr2, seed=args.seed, device=args.device, amp=not args.no_amp,
+                         balanced=not args.no_balance, augment=not args.no_augment,
+                         samples_per_epoch=args.samples_per_epoch, rebalance_step=args.rebalance_step,
+                         architecture=arch, num_threads=args.threads, init=_init_model(args.init))
 
 
 def _init_model(path: str | None) -> str | None:
