@@ -44,12 +44,19 @@ def test_json_majority_and_segment(files, capsys):
     assert main(["evaluate", files["pred"], *files["truth"], "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert set(out) == {"frames", "summary", "grid"}
-    assert set(out["summary"]) == {"iom", "hd_mm", "roi_precision", "presence"}
+    assert set(out["summary"]) == {"iom", "hd_mm", "roi_precision", "presence", "roi_area_pct_field", "detection"}
     assert set(out["summary"]["iom"]) == {"median", "q1", "q3"}
     frames = {f["index"]: f for f in out["frames"]}
     assert sorted(frames) == [0, 1, 2]  # frame 3 only has the minority annotation
-    assert all(set(f) == {"index", "iom", "hd_mm", "roi_area_mm2", "roi_area_pct", "roi_precision", "ai_calcium",
-                          "truth_calcium", "annotators_with_calcium", "agree"} for f in out["frames"])
+    assert all(set(f) == {"index", "iom", "hd_mm", "roi_area_mm2", "roi_area_pct", "roi_area_pct_field",
+                          "roi_precision", "ai_calcium", "truth_calcium", "annotators_with_calcium", "agree"}
+               for f in out["frames"])
+    # Frame-level detection counts every frame: frame 3 has a minority annotation only (no truth),
+    # and the prediction of each frame is compared with the majority's presence.
+    det = out["summary"]["detection"]
+    pred_any = (files["pred_mask"] | files["extra"]).reshape(4, -1).any(axis=1)
+    truth_any = files["majority"].reshape(4, -1).any(axis=1)
+    assert det["tp"] == int((pred_any & truth_any).sum()) and det["fp"] == int((pred_any & ~truth_any).sum())
     union = files["pred_mask"] | files["extra"]
     for k in (0, 2):
         assert frames[k]["iom"] == pytest.approx(iom(union[k], files["majority"][k]))

@@ -185,47 +185,129 @@ def majority_vote(masks: Sequence[np.ndarray]) -> np.ndarray:
     return votes * 2 > len(arrs)
 
 
-def roi_precision(roi: np.ndarray, truth: np.ndarray) -> float | None:
-    """Fraction of the ROI inside the truth, ``|R ∩ T| / |R|``; None for an empty ROI."""
-    roi, truth = _masks(roi, truth)
-    n = int(roi.sum())
-    return None if n == 0 else float(np.sum(roi & truth)) / n
+def roi_precision(pred: np.ndarray, reference: np.ndarray) -> float | None:
+    """Fraction of the ROI ``pred`` that lies inside ``reference`` (ROI_GT); None for an empty ROI.
+
+    IoM divides by the smaller area, so an ROI covering the frame scores 1.0; the
+    ROI precision does not forgive that: it is the share of what the user is shown
+    that is near calcium.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> p = np.zeros((4, 4), bool); p[:, :2] = True
+    >>> r = np.zeros((4, 4), bool); r[:2, :] = True
+    >>> roi_precision(p, r)
+    0.5
+    """
+    p, r = _masks(pred, reference)
+    n = int(p.sum())
+    return None if n == 0 else float((p & r).sum() / n)
 
 
-def evaluate_masks(pred: np.ndarray, truth: np.ndarray, spacing_mm: Sequence[float] | None) -> dict:
+def roi_area(pred: np.ndarray, spacing_mm: Sequence[float] | None = None, field: np.ndarray | None = None) -> dict:
+    """ROI area of one frame: pixels, mm^2 (None without spacing) and % of the exposed ``field``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> p = np.zeros((10, 10), bool); p[:2, :2] = True
+    >>> f = np.zeros((10, 10), bool); f[:, :8] = True
+    >>> roi_area(p, (0.5, 0.5), f)
+    {'area_px': 4, 'area_mm2': 1.0, 'area_pct_field': 5.0}
+    """
+    p = np.asarray(pred, bool)
+    n = int(p.sum())
+    mm2 = None if spacing_mm is None else float(n * float(spacing_mm[0]) * float(spacing_mm[1]))
+    f = np.ones(p.shape, bool) if field is None else np.asarray(field, bool)
+    pct = 100.0 * n / max(int(f.sum()), 1)
+    return {"area_px": n, "area_mm2": mm2, "area_pct_field": float(pct)}
+
+
+def frame_detection(pred_any: Sequence, truth_any: Sequence) -> dict:
+    """Frame-level sensitivity and specificity: a frame "has CAC" when its mask is non-empty.
+
+    An ROI on a calcium-free frame is a false positive; none on a frame with
+    calcium a false negative.  Undefined rates are None.
+
+    Examples
+    --------
+    >>> frame_detection([True, True, False, False], [True, False, False, True])
+    {'sensitivity': 0.5, 'specificity': 0.5, 'tp': 1, 'fp': 1, 'fn': 1, 'tn': 1}
+    """
+    p = np.asarray(pred_any, bool).reshape(-1)
+    t = np.asarray(truth_any, bool).reshape(-1)
+    tp, fp = int((p & t).sum()), int((p & ~t).sum())
+    fn, tn = int((~p & t).sum()), int((~p & ~t).sum())
+    return {"sensitivity": tp / (tp + fn) if tp + fn else None, "specificity": tn / (tn + fp) if tn + fp else None,
+            "tp": tp, "fp": fp, "fn": fn, "tn": tn}
+
+
+def roc_auc(y_true: Sequence, scores: Sequence) -> float | None:
+    """Area under the ROC curve (Mann-Whitney U with ties counted half); None with one class only.
+
+    Examples
+    --------
+    >>> roc_auc([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8])
+    0.75
+    """
+    from scipy.stats import rankdata
+
+    y = np.asarray(y_true, bool).reshape(-1)
+    s = np.asarray(scores, float).reshape(-1)
+    n1, n0 = int(y.sum()), int((~y).sum())
+    if n1 == 0 or n0 == 0:
+        return None
+    ranks = rankdata(s)
+    return float((ranks[y].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
+
+
+def evaluate_masks(pred: np.ndarray, truth: np.ndarray, spacing_mm: Sequence[float] | None, *,
+                   reference: np.ndarray | None = None, field: np.ndarray | None = None) -> dict:
     """Per-frame comparison of ROI masks with the ground truth, and its summary.
 
     ``pred`` and ``truth`` are (N, H, W) masks on the same grid; frames where
     both are empty are skipped (nothing to find, nothing found).  Each frame
     row holds ``index``, ``iom``, ``hd_mm``; ``roi_area_mm2`` and
     ``roi_area_pct`` (the ROI's area, in mm2 and in % of the frame's H x W
-    pixels); ``roi_precision`` (:func:`roi_precision`); ``ai_calcium`` and
-    ``truth_calcium`` (whether each mask marks anything) and ``agree`` (both
-    or neither).  None where undefined (HD when one mask is empty; HD and
-    area in mm2 when ``spacing_mm`` is None).  ``summary`` holds median and
-    quartiles of ``iom``, ``hd_mm``, ``roi_precision`` and ``presence``: over
-    *all* N frames, the counts of frames where both, only the AI, only the
-    truth or neither mark calcium, and the fraction where they agree.
+    pixels) and ``roi_area_pct_field`` (% of the exposed ``field``, the whole
+    frame when None); ``roi_precision`` (:func:`roi_precision` against
+    ``reference``, by default the truth's ROI_GT: the share of the ROI near
+    calcium); ``ai_calcium`` and ``truth_calcium`` (whether each mask marks
+    anything) and ``agree`` (both or neither).  None where undefined (HD when
+    one mask is empty; HD and area in mm2 when ``spacing_mm`` is None).
+    ``summary`` holds median and quartiles of ``iom``, ``hd_mm``,
+    ``roi_precision``, ``roi_area_pct_field`` (over *all* N frames, an empty
+    ROI counting 0), ``presence`` (over all N frames, the counts of frames
+    where both, only the AI, only the truth or neither mark calcium, and the
+    fraction where they agree) and ``detection`` (:func:`frame_detection`).
 
-    >>> p = np.zeros((2, 4, 4), bool); t = np.zeros_like(p)
-    >>> p[0, :2, :2] = True; t[0, 0, 0] = True
+    >>> p = np.zeros((2, 64, 64), bool); t = np.zeros_like(p)
+    >>> p[0, :32, :32] = True; t[0, 0, 0] = True
     >>> row = evaluate_masks(p, t, (0.5, 0.5))["frames"][0]
-    >>> row["iom"], row["roi_area_mm2"], row["roi_area_pct"], row["roi_precision"], row["agree"]
-    (1.0, 1.0, 25.0, 0.25, True)
+    >>> row["iom"], row["roi_area_mm2"], row["roi_area_pct"], round(row["roi_precision"], 3), row["agree"]
+    (1.0, 256.0, 25.0, 0.315, True)
     """
     pred, truth = _masks(pred, truth)
     if pred.ndim == 2:
         pred, truth = pred[None], truth[None]
     if pred.ndim != 3:
         raise CacError(f"expected (frames, rows, cols) masks, got shape {pred.shape}")
+    if reference is None:
+        from .roi_gt import roi_gt
+
+        reference = np.stack([roi_gt(t) for t in truth])
     pixel_mm2 = None if spacing_mm is None else float(spacing_mm[0]) * float(spacing_mm[1])
     frame_px = pred.shape[1] * pred.shape[2]
     frames = []
+    areas = []
     counts = {"both": 0, "ai_only": 0, "truth_only": 0, "neither": 0}
     for k in range(pred.shape[0]):
         p, t = pred[k], truth[k]
         has_p, has_t = bool(p.any()), bool(t.any())
         counts["both" if has_p and has_t else "ai_only" if has_p else "truth_only" if has_t else "neither"] += 1
+        area = roi_area(p, spacing_mm, field)
+        areas.append(area["area_pct_field"])
         if not has_p and not has_t:
             continue
         hd = None if spacing_mm is None else hausdorff_mm(p, t, spacing_mm)
@@ -234,7 +316,8 @@ def evaluate_masks(pred: np.ndarray, truth: np.ndarray, spacing_mm: Sequence[flo
             "index": k, "iom": iom(p, t), "hd_mm": hd,
             "roi_area_mm2": None if pixel_mm2 is None else area_px * pixel_mm2,
             "roi_area_pct": 100.0 * area_px / frame_px if frame_px else None,
-            "roi_precision": roi_precision(p, t),
+            "roi_area_pct_field": area["area_pct_field"],
+            "roi_precision": roi_precision(p, reference[k]),
             "ai_calcium": has_p, "truth_calcium": has_t, "agree": has_p == has_t,
         })
     summary = {}
@@ -244,4 +327,8 @@ def evaluate_masks(pred: np.ndarray, truth: np.ndarray, spacing_mm: Sequence[flo
     n = int(pred.shape[0])
     summary["presence"] = dict(counts, frames=n,
                                agreement=(counts["both"] + counts["neither"]) / n if n else None)
+    s = median_iqr(areas)  # over every frame: an empty ROI is an area of 0
+    summary["roi_area_pct_field"] = {"median": s["median"], "q1": s["q1"], "q3": s["q3"]}
+    summary["detection"] = frame_detection(pred.reshape(len(pred), -1).any(axis=1),
+                                           truth.reshape(len(truth), -1).any(axis=1))
     return {"frames": frames, "summary": summary}

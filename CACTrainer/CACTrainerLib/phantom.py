@@ -617,5 +617,8 @@ class _Renderer:
             "view": {"primary_deg": view.primary_deg, "secondary_deg": view.secondary_deg,
                      "sid_mm": view.sid_mm, "sod_mm": view.sod_mm},
             "calcifications": deposits,
+            # [top, bottom, left, right] blade insets and the shutter's corner radius, px (None: no collimator)
+            "collimator": self.collimator,
+            "metal": getattr(self, "metal_info", None),
             "params": p.to_dict(),
         }

@@ -24,7 +24,6 @@ import os
 from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
-
 from CACIdentifierLib.progress import ProgressCallback, no_progress
 
 
