@@ -103,6 +103,12 @@ def _fold_metrics(ev: dict) -> dict:
         "hd_mm": median_iqr([f["hd_mm"] for f in frames])["median"],
         "frames_scored": len(frames),
         **{k: ev[k] for k in ("tp", "fp", "fn", "tn") if k in ev},
+        # Measures that an ROI covering everything cannot game (IoM can).
+        "auc": ev.get("auc"),
+        "roi_area_pct_field": ev.get("roi_area_pct_field_median"),
+        "roi_precision": ev.get("roi_precision_median"),
+        "frame_sensitivity": (ev.get("detection") or {}).get("sensitivity"),
+        "frame_specificity": (ev.get("detection") or {}).get("specificity"),
     }
 
 

@@ -51,6 +51,8 @@ from . import losses as L
 from . import targets
 
 CHECKPOINT = "checkpoint.safetensors"
+# Keys of evaluate()'s result that hold one value per frame or patch (left out of summaries and JSON).
+PER_ITEM_KEYS = ("frames", "probabilities", "frame_area_pct_field", "frame_pred_any", "frame_truth_any")
 CHECKPOINT_JSON = "checkpoint.json"
 
 
@@ -88,6 +90,7 @@ class TrainConfig:
     weight_decay: float = 0.0  # AdamW's decoupled weight decay when > 0
     hard_negative_frac: float = 0.0  # share of an epoch's negatives drawn by their last loss
     channels_last: bool = False
+    workers: int = 0  # DataLoader worker processes cutting and augmenting batches (0: in the loop)
 
     def schedule(self) -> L.RebalanceSchedule:
         return L.RebalanceSchedule(self.rebalance_start, self.rebalance_step, self.rebalance_floor)
@@ -116,7 +119,9 @@ def seed_everything(seed: int, stage: int = 0, epoch: int = 0) -> np.random.Gene
     return np.random.default_rng(key)
 
 
-def _to(x: np.ndarray, device) -> torch.Tensor:
+def _to(x, device) -> torch.Tensor:
+    if torch.is_tensor(x):
+        return x.to(device, non_blocking=True)
     return torch.from_numpy(np.ascontiguousarray(x)).to(device)
 
 
@@ -210,6 +215,8 @@ def predict_patches(model, fs: D.FrameSet, device, amp: bool, batch_size: int = 
 
 
 def evaluate(model, fs: D.FrameSet, config: TrainConfig, device, *, decode: bool = True) -> dict:
+    from CACIdentifierLib import metrics
+
     """Patch classification metrics and per-frame identification metrics on ``fs``.
 
     Identification follows inference: gated ROI probabilities, stitched with
@@ -217,7 +224,8 @@ def evaluate(model, fs: D.FrameSet, config: TrainConfig, device, *, decode: bool
     known) against the frame's majority-vote calcium mask, for the frames
     where either mask is non-empty (both empty: undefined, skipped).
     """
-    from CACIdentifierLib import metrics, patches
+    from CACIdentifierLib import patches
+    from CACIdentifierLib.field import exposed_field
     from CACIdentifierLib.refinement import refine
 
     probs, rois = predict_patches(model, fs, device, config.amp, config.batch_size, decode=decode)
@@ -225,18 +233,27 @@ def evaluate(model, fs: D.FrameSet, config: TrainConfig, device, *, decode: bool
     pred = probs >= config.classifier_threshold
     out = {"patches": int(y.size), "positives": int(y.sum())}
     out.update(_prf(y, pred))
+    out["auc"] = metrics.roc_auc(y, probs)
+    out["probabilities"] = probs
     eps = 1e-7
     p = np.clip(probs, eps, 1 - eps)
     out["cls_loss"] = float(-np.mean(y * np.log(p) + (~y) * np.log(1 - p)))
     if not decode:
         return out
     frames = []
+    areas, pred_any, truth_any = [], [], []
     for f in range(len(fs)):
         sl = slice(5 * f, 5 * f + 5)
         gated = rois[sl].astype(np.float32) * pred[sl, None, None]
         prob512 = patches.stitch(gated, D.FRAME, D.FRAME, mode="max")
-        mask = refine(prob512, **config.refinement)
+        field = exposed_field(fs.nc[f], margin_px=3)
+        mask = refine(prob512, **config.refinement) & field
         truth = fs.calcium[f]
+        sp = fs.spacing_mm[f]
+        area = metrics.roi_area(mask, tuple(sp) if np.all(np.isfinite(sp)) else None, field)
+        areas.append(area["area_pct_field"])
+        pred_any.append(bool(mask.any()))
+        truth_any.append(bool(truth.any()))
         if not mask.any() and not truth.any():
             continue
         iom = metrics.iom(mask, truth)
@@ -251,10 +268,19 @@ def evaluate(model, fs: D.FrameSet, config: TrainConfig, device, *, decode: bool
         frames.append({"acquisition": fs.acquisition[f], "frame": int(fs.frame_index[f]),
                        "iom": None if iom is None or (isinstance(iom, float) and math.isnan(iom)) else float(iom),
                        "hd_mm": None if hd is None else float(hd),
-                       "iom_ungated": None if iom_ungated is None else float(iom_ungated)})
+                       "iom_ungated": None if iom_ungated is None else float(iom_ungated),
+                       "roi_area_pct_field": area["area_pct_field"], "roi_area_mm2": area["area_mm2"],
+                       "roi_precision": metrics.roi_precision(mask, fs.roi[f])})
     ioms = [fr["iom"] for fr in frames if fr["iom"] is not None]
     hds = [fr["hd_mm"] for fr in frames if fr["hd_mm"] is not None]
     out["frames"] = frames
+    out["frame_area_pct_field"] = areas
+    out["frame_pred_any"] = pred_any
+    out["frame_truth_any"] = truth_any
+    out["roi_area_pct_field_median"] = float(np.median(areas)) if areas else None
+    precs = [fr["roi_precision"] for fr in frames if fr["roi_precision"] is not None]
+    out["roi_precision_median"] = float(np.median(precs)) if precs else None
+    out["detection"] = metrics.frame_detection(pred_any, truth_any)
     out["iom_mean"] = float(np.mean(ioms)) if ioms else None
     out["iom_median"] = float(np.median(ioms)) if ioms else None
     out["hd_mm_median"] = float(np.median(hds)) if hds else None
@@ -327,6 +353,43 @@ def recalibrate_bn(model, fs: D.FrameSet, config: TrainConfig, device, stage: in
 
 
 
+class BatchSource(torch.utils.data.Dataset):
+    """The batches of one epoch, cut and augmented in the loop or in DataLoader workers.
+
+    Batch ``i`` draws its augmentation from ``default_rng([seed, stage, epoch, i])``, so
+    the batches are the same whichever process cuts them and however many workers
+    there are (0 workers: in the training loop).  Workers (``config.workers``) keep a
+    GPU busy: cutting, augmenting and the boundary-loss distance maps are CPU work.
+    """
+
+    def __init__(self, fs: D.FrameSet, batches: list, config: TrainConfig, stage: int, epoch: int):
+        self.fs, self.batches, self.config, self.stage, self.epoch = fs, batches, config, stage, epoch
+        self.augment = D.Augment() if config.augment else None
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, i: int) -> dict:
+        rng = np.random.default_rng([int(self.config.seed), int(self.stage), int(self.epoch), int(i)])
+        return D.make_batch(self.fs, self.batches[i], rng, self.augment, with_dist=(self.stage == 2),
+                            min_deposit_fraction=self.config.min_deposit_fraction)
+
+    def iterate(self, device):
+        if self.config.workers <= 0:
+            return (self[i] for i in range(len(self)))
+        import multiprocessing as mp
+
+        ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
+        return iter(torch.utils.data.DataLoader(
+            self, batch_size=None, shuffle=False, num_workers=int(self.config.workers),
+            pin_memory=getattr(device, "type", str(device)) == "cuda", prefetch_factor=4,
+            multiprocessing_context=ctx, collate_fn=_numpy_to_torch))
+
+
+def _numpy_to_torch(b: dict) -> dict:
+    return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in b.items()}
+
+
 def _epoch_batches(fs: D.FrameSet, config: TrainConfig, rng, scores: np.ndarray | None) -> list:
     ids = D.epoch_indices(fs.patch_labels, rng, balanced=config.balanced, samples=config.samples_per_epoch,
                           hard_scores=scores, hard_fraction=config.hard_negative_frac)
@@ -372,19 +435,18 @@ def _run_epoch(model, opt, fs: D.FrameSet, config: TrainConfig, device, stage: i
 
     rng = seed_everything(config.seed, stage, epoch)
     batches = _epoch_batches(fs, config, rng, scores)
-    augment = D.Augment() if config.augment else None
     alpha = config.schedule().alpha(epoch)
     joint = stage == 1 and config.aux_weight > 0
     model.train()
     total, n = 0.0, 0
     fmt = torch.channels_last if config.channels_last else torch.contiguous_format
-    for i, bids in enumerate(batches):
+    source = BatchSource(fs, batches, config, stage, epoch)
+    for i, b in enumerate(source.iterate(device)):
+        bids = batches[i]
         if base_lr is not None:
             f = lr_factor(epoch * len(batches) + i, epochs * len(batches), config)
             for g in opt.param_groups:
                 g["lr"] = base_lr * f
-        b = D.make_batch(fs, bids, rng, augment, with_dist=(stage == 2),
-                         min_deposit_fraction=config.min_deposit_fraction)
         nc = _to(b["nc"], device).contiguous(memory_format=fmt)
         c = _to(b["c"], device).contiguous(memory_format=fmt)
         if stage == 1:
@@ -474,7 +536,7 @@ def train(train_set: D.FrameSet, val_set: D.FrameSet | None, config: TrainConfig
     if ckpt is not None:
         tensors, info = ckpt
         # The epoch counts may change on resume (extend or cut a run); everything else must match.
-        free = ("device", "num_threads", "epochs1", "epochs2")
+        free = ("device", "num_threads", "epochs1", "epochs2", "workers")
         saved = {k: v for k, v in info["config"].items() if k not in free}
         now = {k: v for k, v in cfg_json.items() if k not in free}
         if saved != now:
@@ -543,7 +605,7 @@ def train(train_set: D.FrameSet, val_set: D.FrameSet | None, config: TrainConfig
                 improved = prev is None or list(key) > list(prev["key"])
                 if improved:
                     best[f"stage{st}"] = {"epoch": epoch + 1, "key": list(key), "metrics": {
-                        k: v for k, v in ev.items() if k != "frames"}}
+                        k: v for k, v in ev.items() if k not in PER_ITEM_KEYS}}
             elif st in (1, 2):
                 best[f"stage{st}"] = {"epoch": epoch + 1, "key": [], "metrics": {}}
             if improved:
@@ -572,7 +634,7 @@ def train(train_set: D.FrameSet, val_set: D.FrameSet | None, config: TrainConfig
     with atomic_output(run_dir / "history.json", overwrite=True) as tmp:
         tmp.write_text(json.dumps({"history": history, "best": best}, indent=1) + "\n")
     emit({"event": "done", "seconds": round(seconds, 2), "best": best,
-          "val": {k: v for k, v in val_metrics.items() if k != "frames"}})
+          "val": {k: v for k, v in val_metrics.items() if k not in PER_ITEM_KEYS}})
     return TrainResult(model.to("cpu"), history, best, val_metrics, seconds)
 
 

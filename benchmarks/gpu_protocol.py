@@ -1,0 +1,290 @@
+"""GPU protocol: both recipes on one fold of fresh phantom patients, evaluated, in one short run.
+
+For a lent GPU (issue 12, item 8), and testable on the CPU with ``--tiny``::
+
+    python benchmarks/gpu_protocol.py --out OUT [--tiny] [--minutes 7]
+
+1. Pools of domain-randomised phantom patients (``phantom_pool``), generated on all
+   cores: training, validation (checkpoint choice, calibration) and a held-out test
+   fold of new patients, a share of them calcium-free.
+2. The ``default`` recipe and the ``paper`` recipe, each given the same wall-clock
+   share of the budget: a probe of a few steps measures the step time, the epochs
+   are chosen to fill the share (the default recipe's learning-rate schedule then
+   ends where the budget does).
+3. Both models evaluated on the test fold as inference does it (gated, stitched,
+   refined, outside the exposed field removed): patch F1 and AUC, per cine the
+   median IoM, HD, ROI area (% of the exposed field), ROI precision, and the share
+   of frames with any ROI on calcium-free cines; Wilcoxon over cines.
+4. ``cac identify`` throughput on the device (frames/s, 200-frame cine).
+
+Writes ``OUT/gpu_protocol.json`` (all figures), ``OUT/gpu_protocol.md`` (the table),
+``OUT/default.safetensors`` + card and ``OUT/default_curves.png``.  Prints progress
+lines as it goes, so a run cut by a time limit still shows how far it came.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+for sub in ("CACIdentifier", "CACTrainer"):
+    sys.path.insert(0, str(HERE.parent / sub))
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def per_cine(ev: dict, fs) -> dict:
+    """Per-acquisition medians of the frame measures of ``training.evaluate``."""
+    from CACIdentifierLib.metrics import median_iqr
+
+    out: dict = {}
+    acq = np.array(fs.acquisition, dtype=object)
+    truth_any = np.asarray(ev["frame_truth_any"], bool)
+    pred_any = np.asarray(ev["frame_pred_any"], bool)
+    area = np.asarray(ev["frame_area_pct_field"], float)
+    for a in sorted(set(fs.acquisition)):
+        sel = acq == a
+        rows = [f for f in ev["frames"] if f["acquisition"] == a]
+        free = not truth_any[sel].any()
+        out[a] = {
+            "calcium_free": bool(free),
+            "iom": median_iqr([f["iom"] for f in rows])["median"],
+            "hd_mm": median_iqr([f["hd_mm"] for f in rows])["median"],
+            "roi_precision": median_iqr([f["roi_precision"] for f in rows])["median"],
+            "roi_area_pct_field": float(np.median(area[sel])),
+            "frames_with_roi_pct": float(100.0 * pred_any[sel].mean()),
+        }
+    return out
+
+
+def summarize(ev: dict, cines: dict) -> dict:
+    from CACIdentifierLib.metrics import median_iqr
+
+    calc = [c for c in cines.values() if not c["calcium_free"]]
+    free = [c for c in cines.values() if c["calcium_free"]]
+
+    def m(rows, key):
+        return median_iqr([r[key] for r in rows])
+
+    return {
+        "patch_f1": ev.get("f1"), "patch_precision": ev.get("precision"), "patch_recall": ev.get("recall"),
+        "patch_auc": ev.get("auc"),
+        "iom": m(calc, "iom"), "hd_mm": m(calc, "hd_mm"), "roi_precision": m(calc, "roi_precision"),
+        "roi_area_pct_field": m(list(cines.values()), "roi_area_pct_field"),
+        "calcium_free_frames_with_roi_pct": m(free, "frames_with_roi_pct"),
+        "frame_detection": ev.get("detection"),
+        "cines": len(cines), "calcium_free_cines": len(free),
+    }
+
+
+def probe_step_seconds(fs, config, device, steps: int) -> float:
+    """Seconds per optimiser step of ``config`` on ``fs`` (after a warm-up step)."""
+    import torch
+    from CACTrainerLib import training
+
+    cfg = replace(config, epochs1=1, samples_per_epoch=config.batch_size * (steps + 2), hard_negative_frac=0.0)
+    model = __import__("CACIdentifierLib.network", fromlist=["ResUNet18"]).ResUNet18(**cfg.architecture).to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    params = model.classifier_parameters() + (model.decoder_parameters() if cfg.aux_weight > 0 else [])
+    opt = torch.optim.Adam(params, lr=1e-4)
+    t = [time.perf_counter()]
+
+    def progress(done, total, msg):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t.append(time.perf_counter())
+
+    training._run_epoch(model, opt, fs, cfg, device, 1, 0, progress)
+    dt = np.diff(t)[2:]  # skip the first steps (warm-up, worker start)
+    return float(np.median(dt)) if len(dt) else float(t[-1] - t[0])
+
+
+def train_recipe(name, train, val, seconds, out_dir, device, args, emit):
+    from CACTrainerLib import training
+    from CACTrainerLib.recipes import recipe_config
+
+    cfg = recipe_config(name, seed=args.seed, device=args.device, workers=args.workers,
+                        channels_last=device.type == "cuda", architecture=args.arch)
+    step = probe_step_seconds(train, cfg, device, 8 if not args.tiny else 2)
+    steps_epoch = training.steps_per_epoch(train, cfg)
+    # Both stages share the time as the recipe's epochs do; an epoch also costs an evaluation (~15 %).
+    e1, e2 = cfg.epochs1, cfg.epochs2
+    frac1 = e1 / (e1 + e2 * 0.7)
+    stage2_step = step * 0.7  # frozen encoder: no encoder backward
+    n1 = max(1, int(seconds * frac1 / (1.15 * step * steps_epoch)))
+    # Stage-2 epochs also score every validation frame as inference does (CPU work): at most 3.
+    n2 = max(1, min(3, int(seconds * (1 - frac1) / (1.3 * stage2_step * steps_epoch))))
+    cfg = replace(cfg, epochs1=n1, epochs2=n2)
+    if name == "paper":
+        # The paper's rebalance schedule compressed to the epochs that fit (0.01 x 100 epochs).
+        cfg = replace(cfg, rebalance_step=min(0.5, 1.0 / max(n2, 1)))
+    log(f"{name}: {step * 1000:.1f} ms/step, {steps_epoch} steps/epoch -> epochs {n1} + {n2}")
+    t0 = time.perf_counter()
+    result = training.train(train, val, cfg, Path(args.work) / f"run_{name}", emit=emit)
+    log(f"{name}: trained in {time.perf_counter() - t0:.0f} s")
+    return result, cfg, {"ms_per_step": step * 1000, "steps_per_epoch": steps_epoch,
+                         "samples_per_s": cfg.batch_size / step, "train_seconds": result.seconds}
+
+
+def identify_throughput(model, metadata, device_name: str, tiny: bool) -> dict:
+    from CACIdentifierLib.inference import identify
+    from CACTrainerLib.phantom import PhantomParams, generate_acquisition
+
+    p = PhantomParams(n_frames=40 if tiny else 200, rows=128 if tiny else 512, cols=128 if tiny else 512)
+    cine = generate_acquisition(p, seed=77, patient=0).to_cine()
+    batch = 8 if device_name == "cuda" else 1
+    identify(cine, model, metadata, device=device_name, batch_frames=batch)  # warm-up
+    t0 = time.perf_counter()
+    res = identify(cine, model, metadata, device=device_name, batch_frames=batch)
+    wall = time.perf_counter() - t0
+    n = len(res.frames)
+    return {"frames": n, "seconds": wall, "frames_per_s": n / wall,
+            "network_frames_per_s": n / max(res.timings["network"], 1e-9), "batch_frames": batch}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--tiny", action="store_true", help="CPU test: tiny pools and network")
+    ap.add_argument("--minutes", type=float, default=7.0, help="whole budget (pools, both recipes, evaluation)")
+    ap.add_argument("--train", type=int, default=600, help="training patients")
+    ap.add_argument("--val", type=int, default=12)
+    ap.add_argument("--work", default=None, help="folder for the runs' checkpoints (default OUT)")
+    ap.add_argument("--test", type=int, default=40)
+    ap.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: cores - 2)")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+
+    import torch
+    from CACIdentifierLib.device import choose_device
+    from CACIdentifierLib.metrics import wilcoxon
+    from CACIdentifierLib.modelio import save_model
+    from CACTrainerLib import training
+    from CACTrainerLib.phantom_pool import phantom_pool
+
+    t_start = time.perf_counter()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = choose_device(args.device)
+    cores = os.cpu_count() or 1
+    if args.workers is None:
+        args.workers = max(0, min(12, cores - 2)) if device.type == "cuda" else 0
+    args.arch = {"width": 8} if args.tiny else {}
+    args.work = args.work or str(out)
+    if args.tiny:
+        args.train, args.val, args.test = min(args.train, 6), min(args.val, 2), min(args.test, 3)
+    facts = {"device": str(device), "torch": torch.__version__, "python": platform.python_version(),
+             "cores": cores, "gpu": torch.cuda.get_device_name(0) if device.type == "cuda" else None,
+             "args": {k: v for k, v in vars(args).items()}}
+    log(f"start {facts}")
+    results: dict = {"facts": facts}
+
+    def save():
+        (out / "gpu_protocol.json").write_text(json.dumps(results, indent=1, default=float) + "\n")
+
+    kw = dict(n_frames=32 if args.tiny else 64, frames_per_acquisition=2 if args.tiny else 6,
+              size=128 if args.tiny else None, workers=cores)
+    t0 = time.perf_counter()
+    train = phantom_pool(args.train, seed=1000 + args.seed, **kw)
+    val = phantom_pool(args.val, seed=2000 + args.seed, **kw)
+    test = phantom_pool(args.test, seed=3000 + args.seed, calcium_free_fraction=0.4, **kw)
+    results["pools"] = {"seconds": time.perf_counter() - t0, "train": train.summary(), "val": val.summary(),
+                        "test": test.summary()}
+    log(f"pools {results['pools']}")
+    save()
+
+    budget = args.minutes * 60 - (time.perf_counter() - t_start)
+    share = {"default": 0.42, "paper": 0.42}  # the same wall-clock for both; the rest: evaluation, identify
+    emit_rows = []
+
+    def emit(e):
+        if e.get("event") == "epoch":
+            emit_rows.append(e)
+            log(f"  stage {e['stage']} epoch {e['epoch']}/{e['epochs']} loss {e['train_loss']:.4f} "
+                f"val_f1 {e.get('val_f1')} val_iom {e.get('val_iom')} {e['seconds']:.0f}s")
+
+    models = {}
+    for name in ("default", "paper"):
+        try:
+            result, cfg, speed = train_recipe(name, train, val, budget * share[name] * (0.05 if args.tiny else 1),
+                                              out, device, args, emit)
+        except Exception as exc:  # keep what the other recipe gives
+            log(f"{name} failed: {exc!r}")
+            results[name] = {"error": repr(exc)}
+            save()
+            continue
+        ev = training.evaluate(result.model.to(device), test, cfg, device)
+        cines = per_cine(ev, test)
+        results[name] = {"speed": speed, "config": training.asdict(cfg), "test": summarize(ev, cines),
+                         "cines": cines, "history": result.history}
+        models[name] = (result, cfg)
+        log(f"{name} test: {json.dumps(results[name]['test'], default=float)}")
+        if name == "default":
+            meta = {"refinement": dict(cfg.refinement), "classifier_threshold": cfg.classifier_threshold,
+                    "roi_gt": {"iterations": cfg.roi_iterations, "step_px": cfg.roi_step_px,
+                               "min_deposit_fraction": cfg.min_deposit_fraction},
+                    "training": {"data": {"phantom_pool": {"train": train.summary(), "val": val.summary(),
+                                                           "seeds": [1000 + args.seed, 2000 + args.seed]}},
+                                 "command": "python benchmarks/gpu_protocol.py " + " ".join(sys.argv[1:]),
+                                 "config": training.asdict(cfg), "machine": facts,
+                                 "seconds": round(result.seconds, 1), "torch": torch.__version__},
+                    "metrics": {"test": results[name]["test"]}}
+            save_model(out / "default.safetensors", result.model.cpu(), meta, overwrite=True, dtype=torch.float16)
+            training.plot_curves(result.history, out / "default_curves.png", title="default recipe (GPU protocol)")
+            result.model.to(device)
+        save()
+
+    if "default" in models and "paper" in models:
+        keys = sorted(set(results["default"]["cines"]) & set(results["paper"]["cines"]))
+        calc = [k for k in keys if not results["default"]["cines"][k]["calcium_free"]]
+        results["wilcoxon"] = {}
+        for key in ("iom", "roi_precision", "roi_area_pct_field", "hd_mm"):
+            a = [results["default"]["cines"][k][key] for k in calc]
+            b = [results["paper"]["cines"][k][key] for k in calc]
+            pairs = [(x, y) for x, y in zip(a, b) if x is not None and y is not None]
+            results["wilcoxon"][key] = wilcoxon([x for x, _ in pairs], [y for _, y in pairs]) if pairs else None
+        save()
+    if "default" in models:
+        from CACIdentifierLib.modelio import load_model
+
+        model, metadata = load_model(out / "default.safetensors")
+        try:
+            results["identify"] = identify_throughput(model, metadata, device.type, args.tiny)
+            log(f"identify {results['identify']}")
+        except Exception as exc:
+            results["identify"] = {"error": repr(exc)}
+    results["seconds"] = time.perf_counter() - t_start
+    save()
+    lines = ["| measure | default | paper |", "|---|---|---|"]
+    for key in ("patch_f1", "patch_auc", "iom", "hd_mm", "roi_precision", "roi_area_pct_field",
+                "calcium_free_frames_with_roi_pct"):
+        row = [key]
+        for name in ("default", "paper"):
+            v = (results.get(name) or {}).get("test", {}).get(key)
+            if isinstance(v, dict):
+                row.append("n/a" if v.get("median") is None else
+                           f"{v['median']:.3g} ({v['q1']:.3g}-{v['q3']:.3g})")
+            else:
+                row.append("n/a" if v is None else f"{v:.3g}")
+        lines.append("| " + " | ".join(row) + " |")
+    (out / "gpu_protocol.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    log(f"done in {results['seconds']:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
