@@ -177,7 +177,7 @@ def save_checkpoint(run_dir: Path, model, best_state: dict | None, opt, info: di
     for k, v in (extra or {}).items():
         tensors[k] = torch.as_tensor(np.asarray(v)).contiguous().clone()
     if best_state is not None:
-        tensors.update({f"best.{k}": v for k, v in best_state.items()})
+        tensors.update({f"best.{k}": v.contiguous() for k, v in best_state.items()})
     opt_t, opt_groups = _optimizer_tensors(opt)
     tensors.update(opt_t)
     write_checkpoint(run_dir, tensors, dict(info, optimizer=opt_groups))
@@ -609,7 +609,7 @@ def train(train_set: D.FrameSet, val_set: D.FrameSet | None, config: TrainConfig
             elif st in (1, 2):
                 best[f"stage{st}"] = {"epoch": epoch + 1, "key": [], "metrics": {}}
             if improved:
-                best_state = {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()}
+                best_state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
             row["best"] = bool(improved)
             row["seconds"] = round(time.perf_counter() - t0, 3)
             history.append(row)
