@@ -46,6 +46,9 @@ def register(subparsers) -> None:
     p.add_argument("--epochs1", type=int, help="classifier epochs (default 100)")
     p.add_argument("--epochs2", type=int, help="decoder epochs (default 100)")
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--phantom-pool", type=int, metavar="N",
+                   help="train on N new domain-randomised phantom patients generated in memory "
+                        "(instead of DATASET; patients numbered by --seed)")
     p.add_argument("--recipe", choices=("default", "paper"), default="default",
                    help="default: joint training with a dense auxiliary loss, for a CPU budget; "
                         "paper: the paper's two-stage protocol (100 + 100 epochs, for a GPU)")
@@ -150,10 +153,13 @@ def run(args) -> int:
         else:
             print(report["markdown"], end="")
         return 0
-    if not args.dataset or not args.out:
-        raise CacError("give a DATASET folder and --out (or --summarize RUN_DIR)")
-    dataset = Path(args.dataset)
-    if not dataset.is_dir():
+    pool = getattr(args, "phantom_pool", None)
+    if (not args.dataset and not pool) or not args.out:
+        raise CacError("give a DATASET folder (or --phantom-pool N) and --out (or --summarize RUN_DIR)")
+    if pool is not None and pool < 2:
+        raise CacError("--phantom-pool needs at least 2 patients (one is held out for validation)")
+    dataset = Path(args.dataset) if args.dataset else Path(f"phantom-pool-{pool}-seed-{args.seed}")
+    if args.dataset and not dataset.is_dir():
         raise CacError(f"dataset folder {dataset} does not exist")
     as_json = args.json or not sys.stdout.isatty()
     emit = _emitter(as_json)
@@ -191,6 +197,13 @@ def run(args) -> int:
 
 def _load(dataset: Path, args, progress):
     from CACTrainerLib.dataset import build_frameset
+
+    if getattr(args, "phantom_pool", None):
+        from .phantom_pool import phantom_pool
+
+        fpa = args.frames_per_acquisition or 6
+        return phantom_pool(args.phantom_pool, seed=1000 + args.seed, frames_per_acquisition=fpa,
+                            progress=progress)
 
     fpa = args.frames_per_acquisition or None
     return build_frameset(dataset, frames_per_acquisition=fpa, progress=progress)
