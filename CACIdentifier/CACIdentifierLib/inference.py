@@ -68,6 +68,8 @@ class IdentifyResult:
     sync: object
     timings: dict = field(default_factory=dict)
     parameters: dict = field(default_factory=dict)
+    exposed_field: np.ndarray | None = None  # (rows, columns) bool: where X-rays reach the detector
+    roi_area_pct_field: np.ndarray | None = None  # (len(frames),) ROI area, % of the exposed field
 
 
 def conv_bn_pairs(model, *example_inputs) -> list:
@@ -163,6 +165,7 @@ def identify(
     threshold: float | None = None,
     classifier_threshold: float | None = None,
     use_autocast: bool = True,
+    temporal: bool = False,
     workers: int | None = None,
     progress: ProgressCallback | None = None,
 ) -> IdentifyResult:
@@ -187,6 +190,9 @@ def identify(
         Refinement overrides (default: the model's metadata, else :data:`.refinement.DEFAULTS`).
     classifier_threshold : float, optional
         Patch probability above which a patch is called positive (default: metadata, else 0.5).
+    temporal : bool
+        Keep only ROIs that recur at the same cardiac phase in another beat
+        (:func:`.temporal.temporal_filter`); off by default (see docs/identify.md).
     use_autocast : bool
         Run in the device's reduced precision (bf16/fp16, see :func:`.device.autocast_dtype`);
         False runs in fp32.
@@ -227,6 +233,8 @@ def identify(
         metadata, dict(min_island_px=min_island_px, sigma=sigma, threshold=threshold)
     )
     cls_thr = classifier_threshold if classifier_threshold is not None else metadata.get("classifier_threshold", CLASSIFIER_THRESHOLD)
+    # Temperature scaling fitted on held-out data (calibration.py); 1.0 for uncalibrated models.
+    temperature = float((metadata.get("calibration") or {}).get("temperature", 1.0))
 
     dev = choose_device(device)
     dtype = autocast_dtype(dev, use_autocast) or torch.float32
@@ -268,7 +276,7 @@ def identify(
                 nc_t = torch.cat([frame_patches(frames_nc[k]) for k in batch])
                 pair_caches = [caches[frames_c[k]] for k in batch]
                 logit, features = net.classify(nc_t, pair_caches)
-                cls_prob = torch.sigmoid(logit.float())
+                cls_prob = torch.sigmoid(logit.float() / temperature)
                 positive = cls_prob >= cls_thr
                 roi_prob = torch.zeros((nc_t.shape[0], PATCH_SIZE, PATCH_SIZE), device=dev)
                 if bool(positive.any()):
@@ -317,6 +325,18 @@ def identify(
         torch.set_num_threads(threads_before)
     t_loop = time.perf_counter() - t_loop
 
+    # No ROI in the collimated border: nothing there can be calcium (field.py).
+    from .field import exposed_field
+
+    field_mask = exposed_field(cine.frames)
+    for f in set(frames_nc):
+        roi[f] &= field_mask
+    if temporal and getattr(sync, "phase", None) is not None:
+        from .temporal import temporal_filter
+
+        roi = temporal_filter(roi, frames_nc, np.asarray(sync.phase, float))
+    field_px = max(int(field_mask.sum()), 1)
+    area_pct = np.array([100.0 * roi[f].sum() / field_px for f in frames_nc], dtype=float)
     probabilities = patch_probs.max(axis=1) if n else np.zeros(0, np.float32)
     if spacing is not None:
         pixel_area = float(spacing[0]) * float(spacing[1])
@@ -334,7 +354,8 @@ def identify(
         "workers": int(workers),
         "device": str(dev),
     }
-    params = dict(refine_params, classifier_threshold=float(cls_thr), device=str(dev))
+    params = dict(refine_params, classifier_threshold=float(cls_thr), device=str(dev), temporal=bool(temporal),
+                  temperature=temperature)
     return IdentifyResult(
         frames=frames_nc,
         contrast_frames=frames_c,
@@ -345,4 +366,6 @@ def identify(
         sync=sync,
         timings=timings,
         parameters=params,
+        exposed_field=field_mask,
+        roi_area_pct_field=area_pct,
     )

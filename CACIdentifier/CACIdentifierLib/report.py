@@ -35,10 +35,13 @@ def frame_rows(result, evaluation: dict | None = None) -> list[dict]:
             "probability": _num(result.probabilities[k]),
             "roi_area_mm2": _num(result.roi_area_mm2[k], 2),
         }
+        if getattr(result, "roi_area_pct_field", None) is not None:
+            row["roi_area_pct_field"] = _num(result.roi_area_pct_field[k], 3)
         if evaluation is not None:
             ev = per_frame.get(int(frame), {})
             row["iom"] = _num(ev.get("iom"))
             row["hd_mm"] = _num(ev.get("hd_mm"), 3)
+            row["roi_precision"] = _num(ev.get("roi_precision"))
         rows.append(row)
     return rows
 
@@ -54,7 +57,8 @@ def evaluate_against_annotations(result, annotator_masks: list[np.ndarray], spac
 
     truth = annotator_masks[0] if len(annotator_masks) == 1 else majority_vote(annotator_masks)
     frames = list(result.frames)
-    ev = evaluate_masks(result.roi[frames], truth[frames], spacing_mm)
+    ev = evaluate_masks(result.roi[frames], truth[frames], spacing_mm,
+                        field=getattr(result, "exposed_field", None))
     # evaluate_masks indexes the stack it was given: map back to cine frame numbers.
     for row in ev["frames"]:
         row["index"] = int(frames[row["index"]])
@@ -81,9 +85,37 @@ def build_report(result, cine, evaluation: dict | None = None, model_info: dict 
     }
     if model_info is not None:
         report["model"] = model_info
+    areas = getattr(result, "roi_area_pct_field", None)
+    if areas is not None:
+        report["exposed_field_pct"] = _num(100.0 * float(np.mean(result.exposed_field)), 2)
+        report["roi_summary"] = {
+            "frames_with_roi": int(sum(bool(result.roi[f].any()) for f in result.frames)),
+            "frames": len(result.frames),
+            "roi_area_pct_field_median": _num(float(np.median(areas)) if len(areas) else None, 3),
+        }
+        report["distribution_warnings"] = distribution_warnings(result)
     if evaluation is not None:
         report["summary"] = evaluation["summary"]
     return report
+
+
+# Calcium ROIs (ROI_GT of a few deposits) cover well under 5 % of the field on the phantom and in
+# the paper's figures; ROIs larger than this mean the model does not recognise what it sees.
+MAX_PLAUSIBLE_ROI_PCT = 5.0
+
+
+def distribution_warnings(result) -> list[str]:
+    """Warnings that the cine lies outside what the model was trained on, read from its output."""
+    areas = getattr(result, "roi_area_pct_field", None)
+    areas = np.zeros(0) if areas is None else np.asarray(areas, float)
+    if areas.size == 0:
+        return []
+    out = []
+    median = float(np.median(areas))
+    if median > MAX_PLAUSIBLE_ROI_PCT:
+        out.append(f"the ROIs cover a median {median:.1f} % of the exposed field, far more than calcium does: "
+                   "this cine may lie outside the model's training data; do not read the ROIs as calcium")
+    return out
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -132,13 +164,17 @@ def save_overlay_png(path: Path, cine, result, truth: np.ndarray | None = None, 
             (axes[r, 1], c, f"paired contrast frame {c}"),
         ):
             ax.imshow(cine.frames[idx], cmap="gray")
+            field_mask = getattr(result, "exposed_field", None)
+            if field_mask is not None and not field_mask.all():
+                ax.contour(field_mask, levels=[0.5], colors=["#ffd000"], linewidths=0.8, linestyles="dashed")
             if result.roi[f].any():
                 ax.contour(result.roi[f], levels=[0.5], colors=["#ff2fb0"], linewidths=1.5)
             if truth is not None and truth[f].any():
                 ax.contour(truth[f], levels=[0.5], colors=["#30ff30"], linewidths=1.0)
             ax.set_title(title, fontsize=9)
             ax.axis("off")
-    handles = [plt.Line2D([], [], color="#ff2fb0", label="AI ROI")]
+    handles = [plt.Line2D([], [], color="#ff2fb0", label="AI ROI"),
+               plt.Line2D([], [], color="#ffd000", linestyle="dashed", label="exposed field")]
     if truth is not None:
         handles.append(plt.Line2D([], [], color="#30ff30", label="annotators (majority)"))
     fig.legend(handles=handles, loc="lower center", ncol=len(handles))

@@ -36,6 +36,8 @@ def register(subparsers) -> None:
     p.add_argument("--frame-time", type=float, dest="frame_time_ms", help="frame time in ms, if the file has none")
     p.add_argument("--batch-frames", type=int, default=None, help="frames per forward pass (default: 1 on CPU, 8 on GPU)")
     p.add_argument("--no-autocast", action="store_true", help="run the network in fp32 on CPU")
+    p.add_argument("--temporal", action="store_true",
+                   help="keep only ROIs that recur at the same cardiac phase in another beat")
     p.add_argument("--dicom-seg", metavar="OUT.dcm",
                    help="also write the ROIs as a DICOM Segmentation referencing the source XA file and its frames")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder (and --dicom-seg file)")
@@ -116,6 +118,7 @@ def _run(args: argparse.Namespace) -> int:
         sigma=args.sigma,
         threshold=args.threshold,
         use_autocast=not args.no_autocast,
+        temporal=args.temporal,
         progress=json_progress() if progress_json else terminal_progress(),
     )
     evaluation = None
@@ -125,6 +128,8 @@ def _run(args: argparse.Namespace) -> int:
         truth = evaluation["truth"]
     model_info = {"path": str(model_path), "name": metadata.get("name", model_path.stem)}
     report = build_report(result, cine, evaluation, model_info)
+    for warning in report.get("distribution_warnings", []):
+        print(f"cac: warning: {warning}", file=sys.stderr)
 
     from CACIdentifierLib.nrrd_io import write_seg_nrrd
 
