@@ -1,0 +1,261 @@
+"""Issue 12: exposed field, measures that cannot be gamed, calibration, temporal filter, recipes,
+domain randomisation, and a tiny default-recipe training that beats chance on a held-out patient."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from CACIdentifierLib import calibration, metrics
+from CACIdentifierLib.field import exposed_field
+from CACIdentifierLib.temporal import beats_from_phase, temporal_filter
+from CACTrainerLib.phantom import PhantomParams, generate_acquisition
+from CACTrainerLib.phantom_domain import randomized_params
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+
+
+# -- exposed field ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("patient", [0, 1])
+def test_field_matches_the_phantom_collimator(patient):
+    p = PhantomParams(rows=128, cols=128, n_frames=12, collimator_prob=1.0)
+    acq = generate_acquisition(p, seed=5, patient=patient)
+    top, bottom, left, right, corner = acq.truth["collimator"]
+    field = exposed_field(acq.frames)
+    rows, cols = field.shape
+    # Deep inside the blades: never field.  Well inside the opening (away from the rounded corners): field.
+    assert not field[: max(0, int(top) - 2)].any()
+    assert not field[rows - max(0, int(bottom) - 2):].any() if bottom > 3 else True
+    assert not field[:, : max(0, int(left) - 2)].any()
+    r0, r1 = int(top + corner) + 4, int(rows - bottom - corner) - 4
+    c0, c1 = int(left + corner) + 4, int(cols - right - corner) - 4
+    assert field[r0:r1, c0:c1].all()
+
+
+def test_field_is_everything_without_collimator():
+    p = PhantomParams(rows=128, cols=128, n_frames=12, collimator_prob=0.0)
+    acq = generate_acquisition(p, seed=5, patient=0)
+    assert exposed_field(acq.frames).mean() > 0.97
+
+
+@pytest.mark.skipif(not DATA.exists(), reason="../shared/data not present")
+def test_field_on_real_cines():
+    from CACIdentifierLib.cine_io import load_cine
+
+    # The Rubo RCA run has a round shutter: corners dark, centre exposed; the LCA frames are nearly
+    # uncollimated; the biplane run has a circular field of about 60 % of the frame.
+    rca = exposed_field(load_cine(DATA / "xa" / "rubo-rca-ecg-96f.dcm").frames)
+    assert not rca[:10, :10].any() and not rca[-10:, -10:].any() and rca[200:300, 200:300].all()
+    assert 0.6 < rca.mean() < 0.9
+    lca = exposed_field(load_cine(DATA / "frames" / "lca-clinical-37f", spacing_mm=0.308, frame_time_ms=66.7).frames)
+    assert lca.mean() > 0.9
+    bi = exposed_field(load_cine(DATA / "xa" / "rubo-biplane-b-ecg-17f.dcm").frames)
+    assert 0.45 < bi.mean() < 0.7 and bi[256, 256]
+
+
+def test_field_rejects_bad_shapes():
+    with pytest.raises(ValueError):
+        exposed_field(np.zeros((3, 4)))
+
+
+# -- measures ------------------------------------------------------------------------------------
+
+
+def test_roi_precision_area_and_detection_by_hand():
+    pred = np.zeros((10, 10), bool)
+    pred[0:4, 0:5] = True  # 20 px
+    ref = np.zeros((10, 10), bool)
+    ref[0:2, :] = True
+    assert metrics.roi_precision(pred, ref) == pytest.approx(10 / 20)
+    assert metrics.roi_precision(np.zeros((3, 3), bool), ref[:3, :3]) is None
+    field = np.ones((10, 10), bool)
+    field[:, 8:] = False  # 80 px
+    a = metrics.roi_area(pred, (0.2, 0.5), field)
+    assert a == {"area_px": 20, "area_mm2": pytest.approx(2.0), "area_pct_field": pytest.approx(25.0)}
+    d = metrics.frame_detection([1, 1, 0, 0, 1], [1, 0, 0, 1, 1])
+    assert (d["tp"], d["fp"], d["fn"], d["tn"]) == (2, 1, 1, 1)
+    assert d["sensitivity"] == pytest.approx(2 / 3) and d["specificity"] == pytest.approx(1 / 2)
+
+
+def test_a_frame_covering_roi_scores_iom_one_but_not_precision():
+    truth = np.zeros((64, 64), bool)
+    truth[30:33, 30:33] = True
+    everything = np.ones_like(truth)
+    assert metrics.iom(everything, truth) == 1.0  # the measure that can be gamed
+    ev = metrics.evaluate_masks(everything[None], truth[None], (0.3, 0.3))
+    assert ev["summary"]["roi_area_pct_field"]["median"] == pytest.approx(100.0)
+    assert ev["summary"]["roi_precision"]["median"] < 0.4
+
+
+def test_auc_against_sklearn_formula():
+    rng = np.random.default_rng(1)
+    y = rng.random(300) < 0.3
+    s = rng.normal(size=300) + y
+    # Direct pair count.
+    pos, neg = s[y], s[~y]
+    direct = ((pos[:, None] > neg[None]).sum() + 0.5 * (pos[:, None] == neg[None]).sum()) / (len(pos) * len(neg))
+    assert metrics.roc_auc(y, s) == pytest.approx(direct)
+    assert metrics.roc_auc(np.ones(4), np.arange(4)) is None
+
+
+# -- calibration ---------------------------------------------------------------------------------
+
+
+def test_temperature_scaling_recovers_the_temperature_and_lowers_ece():
+    rng = np.random.default_rng(0)
+    true_logit = rng.normal(0, 2, 20000)
+    y = rng.random(20000) < 1 / (1 + np.exp(-true_logit))
+    overconfident = 2.5 * true_logit
+    t = calibration.fit_temperature(overconfident, y)
+    assert t == pytest.approx(2.5, rel=0.1)
+    before = calibration.expected_calibration_error(1 / (1 + np.exp(-overconfident)), y)
+    after = calibration.expected_calibration_error(1 / (1 + np.exp(-overconfident / t)), y)
+    assert after < before / 3
+    rel = calibration.reliability(1 / (1 + np.exp(-true_logit)), y)
+    assert sum(b["n"] for b in rel["bins"]) == 20000 and rel["ece"] < 0.02
+
+
+# -- temporal filter -----------------------------------------------------------------------------
+
+
+def test_temporal_filter_keeps_recurring_and_drops_flickering_blobs():
+    n, size = 24, 64
+    phase = (np.arange(n) % 8) / 8.0  # three beats of eight frames
+    masks = np.zeros((n, size, size), bool)
+    for f in range(n):
+        if phase[f] == 0.25:  # calcium seen at phase 0.25 in every beat, moving a little
+            masks[f, 20 + f % 3: 26 + f % 3, 20:26] = True
+    masks[9, 45:50, 45:50] = True  # one flickering blob (beat 1, phase 0.125)
+    out = temporal_filter(masks, list(range(n)), phase)
+    assert all(out[f, 20:29, 20:26].any() for f in range(n) if phase[f] == 0.25)
+    assert not out[9].any()
+    assert list(beats_from_phase(phase)[[0, 8, 16]]) == [0, 1, 2]
+
+
+def test_temporal_filter_leaves_frames_without_partner():
+    masks = np.zeros((3, 16, 16), bool)
+    masks[1, 4:8, 4:8] = True
+    out = temporal_filter(masks, [0, 1, 2], np.array([0.1, 0.5, 0.9]))
+    assert out[1].any()
+
+
+# -- domain randomisation -------------------------------------------------------------------------
+
+
+def test_randomised_phantom_is_deterministic_and_has_metal_and_gamma():
+    p = randomized_params(np.random.default_rng(4), n_frames=10, size=128)
+    p.metal_prob, p.display = 1.0, "gamma"
+    a = generate_acquisition(p, seed=2, patient=3, calcium_free=False)
+    b = generate_acquisition(p, seed=2, patient=3, calcium_free=False)
+    assert np.array_equal(a.frames, b.frames)
+    assert a.truth["metal"]["heart_metal_objects"] + int(a.truth["metal"]["sternal_wires"]) >= 0
+    # Metal is dense and not calcium: frames differ from the same acquisition without metal, calcium does not.
+    q = PhantomParams(**{**p.__dict__, "metal_prob": 0.0, "display": "log"})
+    c = generate_acquisition(q, seed=2, patient=3, calcium_free=False)
+    assert np.array_equal(a.calcium, c.calcium)
+    assert not np.array_equal(a.frames, c.frames)
+
+
+def test_default_phantom_unchanged_by_the_new_parameters():
+    p = PhantomParams(rows=64, cols=64, n_frames=8)
+    assert p.metal_prob == 0.0 and p.display == "log" and tuple(p.calcium_shape_probs) == (1.0, 0.0, 0.0)
+    a = generate_acquisition(p, seed=1, patient=0)
+    assert a.truth["metal"] is None
+
+
+@pytest.mark.parametrize("shape_probs", [(0, 1, 0), (0, 0, 1)])
+def test_tram_and_arc_calcium_shapes(shape_probs):
+    p = PhantomParams(rows=128, cols=128, n_frames=8, calcium_shape_probs=shape_probs, calcium_count_range=(2, 2))
+    a = generate_acquisition(p, seed=3, patient=0, calcium_free=False)
+    assert a.calcium.any()
+
+
+# -- recipes and training ------------------------------------------------------------------------
+
+
+def test_recipes():
+    from CACTrainerLib.recipes import RECIPES, recipe_config
+    from CACTrainerLib.training import lr_factor
+
+    paper = recipe_config("paper")
+    assert (paper.epochs1, paper.epochs2, paper.lr1, paper.lr2, paper.batch_size, paper.aux_weight) == (
+        100, 100, 1e-4, 1e-3, 32, 0.0)
+    d = recipe_config("default", epochs1=5)
+    assert d.aux_weight > 0 and d.epochs1 == 5 and d.lr_schedule == "cosine"
+    assert set(RECIPES) == {"paper", "default"}
+    f = [lr_factor(s, 200, d) for s in range(200)]
+    assert f[0] < f[9] and max(f) == pytest.approx(1.0) and f[-1] == pytest.approx(0.01)
+    assert all(lr_factor(s, 50, paper) == 1.0 for s in range(50))
+
+
+def test_hard_negative_mining_prefers_high_loss_negatives():
+    from CACTrainerLib.dataset import epoch_indices
+
+    labels = np.zeros(1000)
+    labels[:50] = 1
+    scores = np.full(1000, 0.01)
+    scores[900:] = 5.0  # the hard ones
+    ids = epoch_indices(labels, np.random.default_rng(0), hard_scores=scores, hard_fraction=1.0)
+    negs = ids[labels[ids] == 0]
+    assert len(negs) == 50 and (negs >= 900).mean() > 0.8
+    ids = epoch_indices(labels, np.random.default_rng(0))
+    assert (ids[labels[ids] == 0] >= 900).mean() < 0.4
+
+
+def test_batch_source_same_batches_with_and_without_workers():
+    import torch
+    from CACTrainerLib import dataset as D
+    from CACTrainerLib.training import BatchSource, TrainConfig
+
+    rng = np.random.default_rng(0)
+    fs = D.FrameSet(rng.random((2, 512, 512)).astype(np.float16), rng.random((2, 512, 512)).astype(np.float16),
+                    np.zeros((2, 512, 512), bool), np.zeros((2, 512, 512), bool), np.zeros((2, 5), np.float32),
+                    np.full((2, 2), 0.3), np.array([0, 1]), np.array([5, 6]), ["a", "a"], ["p", "p"])
+    batches = [np.array([0, 3]), np.array([5, 9])]
+    a = list(BatchSource(fs, batches, TrainConfig(workers=0), 1, 0).iterate(torch.device("cpu")))
+    b = list(BatchSource(fs, batches, TrainConfig(workers=2), 1, 0).iterate(torch.device("cpu")))
+    for x, y in zip(a, b):
+        assert np.array_equal(np.asarray(x["nc"]), y["nc"].numpy())
+
+
+@pytest.mark.slow
+def test_tiny_default_recipe_beats_chance_on_a_held_out_patient(tmp_path):
+    """Default recipe, tiny width, a few epochs on strong calcium: patch AUC on an unseen patient > 0.5."""
+    import torch
+    from CACTrainerLib import dataset as D
+    from CACTrainerLib import training
+    from CACTrainerLib.recipes import recipe_config
+
+    torch.set_num_threads(2)
+    p = PhantomParams(rows=256, cols=256, n_frames=48, calcium_mu_per_mm=0.4, calcium_count_range=(3, 4),
+                      calcium_free_fraction=0.0, photons=4000)
+    sets = [D.frames_from_acquisition(generate_acquisition(p, seed=7, patient=k, calcium_free=k == 3),
+                                      acquisition=f"a{k}", patient=f"p{k}", frames_per_acquisition=4)
+            for k in range(4)]
+    train, test = D.FrameSet.concat(sets[:2] + sets[3:]), sets[2]
+    cfg = recipe_config("default", epochs1=6, epochs2=1, batch_size=16, architecture={"width": 8},
+                        samples_per_epoch=96, seed=1)
+    res = training.train(train, None, cfg, tmp_path / "run")
+    ev = training.evaluate(res.model, test, cfg, torch.device("cpu"))
+    assert ev["auc"] is not None and ev["auc"] > 0.5, ev["auc"]
+    assert "roi_area_pct_field_median" in ev and ev["detection"]["tp"] + ev["detection"]["fn"] > 0
+
+
+@pytest.mark.slow
+def test_gpu_protocol_script_runs_tiny_on_cpu(tmp_path):
+    out = tmp_path / "gp"
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_protocol.py"), "--out", str(out), "--tiny",
+                        "--minutes", "2", "--device", "cpu"], capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-2000:]
+    data = json.loads((out / "gpu_protocol.json").read_text())
+    assert {"default", "paper", "identify", "pools"} <= set(data)
+    for name in ("default", "paper"):
+        assert "patch_auc" in data[name]["test"] and "calcium_free_frames_with_roi_pct" in data[name]["test"]
+    assert (out / "default.safetensors").exists() and (out / "gpu_protocol.md").exists()

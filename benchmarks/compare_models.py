@@ -1,0 +1,117 @@
+"""Compare model files on held-out phantom patients and on the real cines, as a user would see them.
+
+    python benchmarks/compare_models.py OLD.safetensors NEW.safetensors [--test 36] [--calibrate NEW_OUT]
+
+The test fold is the GPU protocol's (phantom_pool seed 3000: new patients, 40 % calcium-free,
+randomised domain); every model is scored as inference does it (gated, stitched, refined,
+exposed field), per cine: IoM, HD, ROI precision, ROI area (% of field), frames with an ROI on
+calcium-free cines; patch F1 and AUC; Wilcoxon over cines of the last model against the first.
+``--calibrate OUT`` fits the last model's temperature on the validation pool (seed 2000) and
+writes it with the reliability figures into a copy of the model (OUT) and OUT's reliability PNG.
+On the real cines of ../shared/data: median ROI area (% of field) and ROI pixels outside the field.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from gpu_protocol import log, per_cine, summarize  # noqa: E402
+
+REAL = [("xa/rubo-rca-ecg-96f.dcm", {}), ("xa/rubo-biplane-b-ecg-17f.dcm", {}),
+        ("frames/lca-clinical-37f", {"spacing_mm": 0.308, "frame_time_ms": 66.7, "onset": 5})]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("models", nargs="+")
+    ap.add_argument("--test", type=int, default=36)
+    ap.add_argument("--out", default="compare.json")
+    ap.add_argument("--calibrate", help="write the last model, calibrated, to this path")
+    ap.add_argument("--workers", type=int, default=2)
+    args = ap.parse_args(argv)
+
+    import torch
+    from CACIdentifierLib.metrics import wilcoxon
+    from CACIdentifierLib.modelio import load_model
+    from CACTrainerLib import training
+    from CACTrainerLib.phantom_pool import phantom_pool
+
+    torch.set_num_threads(2)
+    t0 = time.perf_counter()
+    kw = dict(n_frames=64, frames_per_acquisition=6, workers=args.workers)
+    test = phantom_pool(args.test, seed=3000, calcium_free_fraction=0.4, **kw)
+    log(f"test pool {test.summary()} in {time.perf_counter() - t0:.0f} s")
+    results = {"test": test.summary(), "models": {}}
+    device = torch.device("cpu")
+    for path in args.models:
+        model, meta = load_model(path)
+        cfg = training.TrainConfig(refinement=dict(meta.get("refinement", {})) or training.TrainConfig().refinement,
+                                   classifier_threshold=float(meta.get("classifier_threshold", 0.5)))
+        ev = training.evaluate(model, test, cfg, device)
+        cines = per_cine(ev, test)
+        results["models"][path] = {"test": summarize(ev, cines), "cines": cines}
+        log(f"{path}: {json.dumps(results['models'][path]['test'], default=float)}")
+        real = {}
+        from CACIdentifierLib.cine_io import load_cine
+        from CACIdentifierLib.inference import identify
+
+        for rel, opts in REAL:
+            p = HERE.parent.parent / "shared" / "data" / rel
+            if not p.exists():
+                continue
+            cine = load_cine(p, spacing_mm=opts.get("spacing_mm"), frame_time_ms=opts.get("frame_time_ms"))
+            res = identify(cine, model, meta, device="cpu", onset=opts.get("onset"))
+            outside = int(sum((res.roi[f] & ~res.exposed_field).sum() for f in res.frames))
+            real[rel] = {"frames": len(res.frames),
+                         "frames_with_roi": int(sum(bool(res.roi[f].any()) for f in res.frames)),
+                         "roi_area_pct_field_median": float(np.median(res.roi_area_pct_field)),
+                         "roi_px_outside_field": outside,
+                         "p_median": float(np.median(res.probabilities))}
+        results["models"][path]["real"] = real
+        log(f"{path} real: {real}")
+        Path(args.out).write_text(json.dumps(results, indent=1, default=float) + "\n")
+    if len(args.models) >= 2:
+        a, b = args.models[-1], args.models[0]
+        ca, cb = results["models"][a]["cines"], results["models"][b]["cines"]
+        calc = [k for k in ca if not ca[k]["calcium_free"]]
+        free = [k for k in ca if ca[k]["calcium_free"]]
+        results["wilcoxon_last_vs_first"] = {
+            key: wilcoxon([ca[k][key] for k in keys], [cb[k][key] for k in keys])
+            for key, keys in (("iom", calc), ("hd_mm", calc), ("roi_precision", calc),
+                              ("roi_area_pct_field", calc + free), ("frames_with_roi_pct", free))}
+    if args.calibrate:
+        from CACIdentifierLib import calibration
+        from CACIdentifierLib.modelio import save_model
+
+        model, meta = load_model(args.models[-1])
+        val = phantom_pool(12, seed=2000, **kw)
+        cfg = training.TrainConfig()
+        probs, _ = training.predict_patches(model, val, device, cfg.amp, 32)
+        p = np.clip(probs.astype(float), 1e-6, 1 - 1e-6)
+        logit = np.log(p / (1 - p))
+        y = val.patch_labels > 0.5
+        t = calibration.fit_temperature(logit, y)
+        before = calibration.reliability(p, y)
+        after = calibration.reliability(1 / (1 + np.exp(-logit / t)), y)
+        meta["calibration"] = {"temperature": t, "data": "phantom_pool seed 2000, 12 patients x 6 frames",
+                               "ece_before": before["ece"], "ece_after": after["ece"]}
+        save_model(args.calibrate, model, meta, overwrite=True, dtype=torch.float16)
+        calibration.plot_reliability(before, after, Path(args.calibrate).with_suffix(".reliability.png"),
+                                     title="frame-patch probability, held-out phantom")
+        results["calibration"] = {"temperature": t, "before": before, "after": after}
+        log(f"calibration T={t:.3f} ECE {before['ece']:.3f} -> {after['ece']:.3f}")
+    Path(args.out).write_text(json.dumps(results, indent=1, default=float) + "\n")
+    log(f"done in {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
