@@ -259,3 +259,15 @@ def test_gpu_protocol_script_runs_tiny_on_cpu(tmp_path):
     for name in ("default", "paper"):
         assert "patch_auc" in data[name]["test"] and "calcium_free_frames_with_roi_pct" in data[name]["test"]
     assert (out / "default.safetensors").exists() and (out / "gpu_protocol.md").exists()
+
+
+def test_cac_phantom_randomize_writes_varied_domains(tmp_path):
+    from CACIdentifierLib.cli import main
+
+    out = tmp_path / "ds"
+    assert main(["phantom", str(out), "--patients", "3", "--frames", "10", "--size", "96", "--randomize"]) == 0
+    truths = [json.loads(p.read_text()) for p in sorted(out.glob("P*/A01/truth.json"))]
+    assert len(truths) == 3
+    # Each patient's domain is drawn: dose and calcium contrast differ between patients.
+    photons = {t["params"]["photons"] for t in truths}
+    assert len(photons) == 3 and all(250 <= x <= 6000 for x in photons)

@@ -189,7 +189,7 @@ def calcium_free_patients(n_patients: int, fraction: float, seed: int) -> set[in
 
 def write_dataset(out_dir, params=None, *, patients: int = 1, acquisitions_per_patient: int = 1, seed: int = 0,
                   compression: str = "none", overwrite: bool = False, progress=None, command: str | None = None,
-                  montage=None) -> Path:
+                  montage=None, randomize: bool = False) -> Path:
     """Generate and write a dataset of ``patients`` x ``acquisitions_per_patient`` cines.
 
     Returns the dataset folder.  ``progress(done, total, message)`` counts
@@ -197,9 +197,13 @@ def write_dataset(out_dir, params=None, *, patients: int = 1, acquisitions_per_p
     ``progress.Cancelled``: nothing is left behind).  ``montage``: a PNG path
     for a montage of the first acquisition (written after the dataset).  See
     the module docstring for the layout and :func:`load_manifest` for reading
-    it back.
+    it back.  ``randomize``: each patient's domain (dose, display, bits, metal, calcium...) is drawn
+    by :func:`.phantom_domain.randomized_params` around ``params``' frames, frame rate and size.
     """
+    import numpy as np
+
     from .phantom import PhantomParams, generate_acquisition
+    from .phantom_domain import randomized_params
 
     params = params or PhantomParams()
     params.validate()
@@ -222,7 +226,13 @@ def write_dataset(out_dir, params=None, *, patients: int = 1, acquisitions_per_p
                         progress(base + k, total * n, f"{label} frame {k}/{n}")
 
                     progress(done * n, total * n, acquisition_id(p, a))
-                acq = generate_acquisition(params, seed, p, a, calcium_free=p in free, progress=inner)
+                acq_params = params
+                if randomize:
+                    acq_params = randomized_params(np.random.default_rng([int(seed), p, 0xD0]), n_frames=params.n_frames,
+                                                   size=params.rows, fps=params.fps,
+                                                   calcium_free_fraction=params.calcium_free_fraction)
+                    acq_params.ecg = params.ecg
+                acq = generate_acquisition(acq_params, seed, p, a, calcium_free=p in free, progress=inner)
                 if montage is not None and first is None:
                     first = acq
                 rel = Path(patient_id(p)) / f"A{a + 1:02d}"

@@ -52,6 +52,8 @@ def register(subparsers) -> None:
                    help="quanta per pixel in the lung field: sets the quantum noise (default 1200)")
     p.add_argument("--side", choices=("random", "left", "right"), default="random",
                    help="injected coronary system: left, right, or random (70%% left; default)")
+    p.add_argument("--randomize", action="store_true",
+                   help="draw each patient's domain (dose, display, bits, metal, calcium look...) from wide ranges")
     p.add_argument("--ecg", action="store_true", help="write the R Wave Pointer (the paper's data have no ECG)")
     p.add_argument("--montage", metavar="PNG", help="also write a montage of the first acquisition")
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT_DIR (and --montage file)")
@@ -115,7 +117,8 @@ def run(args) -> int:
     command = "cac " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv else None
     write_dataset(out, params, patients=args.patients, acquisitions_per_patient=args.acquisitions_per_patient,
                   seed=args.seed, compression=args.compression, overwrite=args.overwrite,
-                  progress=terminal_progress(), command=command, montage=args.montage)
+                  progress=terminal_progress(), command=command, montage=args.montage,
+                  randomize=bool(getattr(args, "randomize", False)))
     entries = load_manifest(out)
     if args.json:
         print(json.dumps(entries, indent=1))
