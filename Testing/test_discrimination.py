@@ -262,7 +262,7 @@ def test_gpu_protocol_script_runs_tiny_on_cpu(tmp_path):
 
 
 def test_cac_phantom_randomize_writes_varied_domains(tmp_path):
-    from CACIdentifierLib.cli import main
+    from cac.cli import main
 
     out = tmp_path / "ds"
     assert main(["phantom", str(out), "--patients", "3", "--frames", "10", "--size", "96", "--randomize"]) == 0

@@ -358,7 +358,7 @@ def generate_acquisition(params: PhantomParams | None = None, seed: int = 0, pat
     renderer = _Renderer(params, pat, view, tl, rng_bg)
     if params.metal_prob > 0 or params.display != "log":
         # Own stream: adding metal or a display curve leaves every other draw as it was.
-        from .phantom_domain import add_metal_and_display
+        from .phantom_metal import add_metal_and_display
 
         add_metal_and_display(renderer, _rng(seed, patient, acquisition, _METAL))
     n = params.n_frames
