@@ -199,7 +199,7 @@ def _load(dataset: Path, args, progress):
     from CACTrainerLib.dataset import build_frameset
 
     if getattr(args, "phantom_pool", None):
-        from .phantom_pool import phantom_pool
+        from CACTrainerLib.phantom_pool import phantom_pool
 
         fpa = args.frames_per_acquisition or 6
         return phantom_pool(args.phantom_pool, seed=1000 + args.seed, frames_per_acquisition=fpa,
