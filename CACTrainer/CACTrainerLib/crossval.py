@@ -133,6 +133,8 @@ def run_fold(fs: FrameSet, k: int, by: str, config: TrainConfig, out_dir, *, res
           "val": sorted(set(val_set.patient)) if val_set is not None else []})
     result = train(train_set, val_set, config, out_dir / f"fold_{k}", resume=resume, emit=emit,
                      progress=progress or (lambda *a: None))
+    if not T.distributed.is_main():
+        return {}  # data-parallel run: rank 0 tests the fold and writes fold_K.json
     from CACIdentifierLib.device import choose_device
 
     ev = evaluate(result.model.to(choose_device(config.device)), test, config, choose_device(config.device))

@@ -47,8 +47,9 @@ from CACIdentifierLib.progress import ProgressCallback, no_progress
 from CACIdentifierLib.refinement import DEFAULTS as REFINEMENT_DEFAULTS
 
 from . import dataset as D
+from . import distributed, targets
 from . import losses as L
-from . import targets
+from .amp import MixedPrecision
 
 CHECKPOINT = "checkpoint.safetensors"
 # Keys of evaluate()'s result that hold one value per frame or patch (left out of summaries and JSON).
@@ -362,15 +363,19 @@ class BatchSource(torch.utils.data.Dataset):
     GPU busy: cutting, augmenting and the boundary-loss distance maps are CPU work.
     """
 
-    def __init__(self, fs: D.FrameSet, batches: list, config: TrainConfig, stage: int, epoch: int):
+    def __init__(self, fs: D.FrameSet, batches: list, config: TrainConfig, stage: int, epoch: int,
+                 rank: int | None = None):
         self.fs, self.batches, self.config, self.stage, self.epoch = fs, batches, config, stage, epoch
         self.augment = D.Augment() if config.augment else None
+        # Data-parallel ranks cut their own shares of the batches: one more key, distinct draws per rank.
+        self.key_tail = [] if rank is None else [int(rank)]
 
     def __len__(self) -> int:
         return len(self.batches)
 
     def __getitem__(self, i: int) -> dict:
-        rng = np.random.default_rng([int(self.config.seed), int(self.stage), int(self.epoch), int(i)])
+        rng = np.random.default_rng([int(self.config.seed), int(self.stage), int(self.epoch), int(i),
+                                     *self.key_tail])
         return D.make_batch(self.fs, self.batches[i], rng, self.augment, with_dist=(self.stage == 2),
                             min_deposit_fraction=self.config.min_deposit_fraction)
 
@@ -430,7 +435,7 @@ def lr_factor(step: int, total: int, config: TrainConfig) -> float:
 
 def _run_epoch(model, opt, fs: D.FrameSet, config: TrainConfig, device, stage: int, epoch: int,
                progress: ProgressCallback, *, epochs: int = 1, base_lr: float | None = None,
-               scores: np.ndarray | None = None) -> float:
+               scores: np.ndarray | None = None, precision: MixedPrecision | None = None) -> float:
     from CACIdentifierLib.device import autocast
 
     rng = seed_everything(config.seed, stage, epoch)
@@ -440,42 +445,72 @@ def _run_epoch(model, opt, fs: D.FrameSet, config: TrainConfig, device, stage: i
     model.train()
     total, n = 0.0, 0
     fmt = torch.channels_last if config.channels_last else torch.contiguous_format
-    source = BatchSource(fs, batches, config, stage, epoch)
+    ddp = distributed.current()
+    precision = precision or MixedPrecision(device, config.amp)
+    forward = _Forward(model, stage, joint)
+    if ddp is None:
+        source = BatchSource(fs, batches, config, stage, epoch)
+    else:  # every rank takes its share of every global batch; DDP averages the gradients
+        batches = ddp.usable(batches)
+        source = BatchSource(fs, ddp.local(batches), config, stage, epoch, rank=ddp.rank)
+        forward = ddp.wrap(forward, find_unused=(stage == 1 and not joint))
     for i, b in enumerate(source.iterate(device)):
-        bids = batches[i]
+        bids = source.batches[i]
         if base_lr is not None:
             f = lr_factor(epoch * len(batches) + i, epochs * len(batches), config)
             for g in opt.param_groups:
                 g["lr"] = base_lr * f
         nc = _to(b["nc"], device).contiguous(memory_format=fmt)
         c = _to(b["c"], device).contiguous(memory_format=fmt)
+        with autocast(device, enabled=config.amp):
+            logit, roi_logit = forward(nc, c)
         if stage == 1:
-            with autocast(device, enabled=config.amp):
-                feats = model.encode(nc, c)
-                logit = model.classify_features(feats)
-                roi_logit = model.decode(feats) if joint else None
             labels = _to(b["label"], device)
             loss = L.classification_loss(logit, labels)
             if scores is not None:
                 with torch.no_grad():
                     per = torch.nn.functional.binary_cross_entropy_with_logits(logit.float(), labels,
                                                                                reduction="none")
-                scores[np.asarray(bids)] = per.cpu().numpy()
+                if ddp is None:
+                    scores[np.asarray(bids)] = per.cpu().numpy()
+                else:  # all ranks keep every patch's score: they draw the same next epoch
+                    scores[np.asarray(batches[i])] = ddp.gather_scores(per, batches[i])
             if joint:
                 loss = loss + config.aux_weight * L.dense_roi_loss(roi_logit, _to(b["roi"], device))
         else:
-            with autocast(device, enabled=config.amp):
-                with torch.no_grad():
-                    feats = model.encode(nc, c)
-                roi_logit = model.decode(feats)
             loss, _ = L.decoder_loss(roi_logit, _to(b["roi"], device), _to(b["dist"], device), alpha)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        if ddp is not None and len(bids) * ddp.world != len(batches[i]):
+            precision.step(loss * ddp.loss_weight(len(bids), len(batches[i])), opt)  # unequal last shares
+        else:
+            precision.step(loss, opt)
         total += float(loss.detach()) * len(bids)
         n += len(bids)
         progress(i + 1, len(batches), f"stage {stage} epoch {epoch + 1}")
+    if ddp is not None:
+        total, n = ddp.sum([total, n])
     return total / max(n, 1)
+
+
+class _Forward(torch.nn.Module):
+    """One training step's forward pass as a module, so that DistributedDataParallel can wrap it.
+
+    Stage 1: classifier logits (and, when joint, the decoder's ROI logits); stage 2:
+    the decoder on the frozen encoder's features (no gradients through the encoder).
+    """
+
+    def __init__(self, model, stage: int, joint: bool):
+        super().__init__()
+        self.model, self.stage, self.joint = model, stage, joint
+
+    def forward(self, nc, c):
+        if self.stage == 1:
+            feats = self.model.encode(nc, c)
+            logit = self.model.classify_features(feats)
+            return logit, (self.model.decode(feats) if self.joint else None)
+        with torch.no_grad():
+            feats = self.model.encode(nc, c)
+        return None, self.model.decode(feats)
 
 
 def _load_initial_weights(model, path) -> None:
@@ -502,8 +537,12 @@ def train(train_set: D.FrameSet, val_set: D.FrameSet | None, config: TrainConfig
     from CACIdentifierLib.network import ResUNet18
 
     emit = emit or (lambda event: None)
+    main = distributed.is_main()  # in a data-parallel run only rank 0 reports and writes
+    if not main:
+        emit, progress = (lambda event: None), no_progress
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
     if config.num_threads:
         torch.set_num_threads(int(config.num_threads))
     device = choose_device(config.device)
@@ -520,6 +559,7 @@ def train(train_set: D.FrameSet, val_set: D.FrameSet | None, config: TrainConfig
         model = model.to(memory_format=torch.channels_last)
     if config.init:
         _load_initial_weights(model, config.init)
+    model = distributed.prepare_model(model)
     history: list = []
     stage, start_epoch = 1, 0
     best_state = None
@@ -557,6 +597,7 @@ def train(train_set: D.FrameSet, val_set: D.FrameSet | None, config: TrainConfig
           "train": train_set.summary(), "val": val_set.summary() if val_set is not None else None,
           "config": cfg_json, "resumed": ckpt is not None})
 
+    precision = MixedPrecision(device, config.amp)  # one GradScaler (fp16 on CUDA) for the run
     for st in (1, 2):
         if st < stage:
             continue
@@ -583,7 +624,7 @@ def train(train_set: D.FrameSet, val_set: D.FrameSet | None, config: TrainConfig
             t0 = time.perf_counter()
             train_loss = _run_epoch(model, opt, train_set, config, device, st, epoch, progress,
                                     epochs=epochs, base_lr=base_lr,
-                                    scores=hard_scores if st == 1 else None)
+                                    scores=hard_scores if st == 1 else None, precision=precision)
             recalibrate_bn(model, train_set, config, device, st, epoch)
             row = {"event": "epoch", "stage": st, "epoch": epoch + 1, "epochs": epochs,
                    "train_loss": train_loss, "val_loss": None, "val_f1": None, "val_iom": None}
@@ -613,12 +654,13 @@ def train(train_set: D.FrameSet, val_set: D.FrameSet | None, config: TrainConfig
             row["best"] = bool(improved)
             row["seconds"] = round(time.perf_counter() - t0, 3)
             history.append(row)
-            save_checkpoint(run_dir, model, best_state, opt, {
-                "stage": st, "epochs_done": epoch + 1, "history": history, "best": best,
-                "config": cfg_json}, extra=None if hard_scores is None else {"hnm.scores": hard_scores})
+            if main:
+                save_checkpoint(run_dir, model, best_state, opt, {
+                    "stage": st, "epochs_done": epoch + 1, "history": history, "best": best,
+                    "config": cfg_json}, extra=None if hard_scores is None else {"hnm.scores": hard_scores})
             emit(row)
         emit({"event": "stage_done", "stage": st, "best": best[f"stage{st}"]})
-        if st == 1:
+        if st == 1 and main:
             save_checkpoint(run_dir, model, best_state, opt, {
                 "stage": 2, "epochs_done": 0, "history": history, "best": best, "config": cfg_json})
         start_epoch = 0
@@ -631,8 +673,9 @@ def train(train_set: D.FrameSet, val_set: D.FrameSet | None, config: TrainConfig
     if val_set is not None:
         val_metrics = evaluate(model, val_set, config, device, decode=True)
     seconds = time.perf_counter() - t_start
-    with atomic_output(run_dir / "history.json", overwrite=True) as tmp:
-        tmp.write_text(json.dumps({"history": history, "best": best}, indent=1) + "\n")
+    if main:
+        with atomic_output(run_dir / "history.json", overwrite=True) as tmp:
+            tmp.write_text(json.dumps({"history": history, "best": best}, indent=1) + "\n")
     emit({"event": "done", "seconds": round(seconds, 2), "best": best,
           "val": {k: v for k, v in val_metrics.items() if k not in PER_ITEM_KEYS}})
     return TrainResult(model.to("cpu"), history, best, val_metrics, seconds)

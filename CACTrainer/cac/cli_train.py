@@ -5,6 +5,14 @@
     cac train DATASET --out MODEL.safetensors --cv none          # the shipped-model recipe
     cac train DATASET --out RUN_DIR --cv patient [--fold K]       # leave-one-patient-out CV
     cac train --summarize RUN_DIR                                  # merge fold_K.json files
+    cac train DATASET --out MODEL.safetensors --nproc 4            # data-parallel, 4 processes
+    torchrun --nproc_per_node 4 -m cac.cli train DATASET --out MODEL.safetensors
+
+Data-parallel runs (:mod:`CACTrainerLib.distributed`) keep the recipe's global
+batch (each of the N ranks trains on batch/N of it); only rank 0 writes.  A
+fold whose ``fold_K.json`` exists is skipped (exit 0), and with ``--resume``
+a fold continues from its checkpoint or starts when it has none, so a fold
+job can simply be rerun (cluster requeue).
 
 Progress goes to stdout as JSON lines (``--json``; one object per event:
 ``start``, ``epoch``, ``stage_done``, ``fold``, ``fold_done``, ``done``) and
@@ -74,9 +82,16 @@ def register(subparsers) -> None:
     p.add_argument("--workers", type=int, default=0,
                    help="DataLoader processes cutting and augmenting batches (GPU: 4-12; CPU: 0)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--nproc", type=int, metavar="N",
+                   help="data-parallel training in N processes on this machine (one per GPU; gloo on the CPU), "
+                        "started with torch's launcher (torchrun); --batch-size is the global batch")
+    p.add_argument("--sync-bn", action="store_true",
+                   help="data-parallel runs: BatchNorm statistics over the global batch (SyncBatchNorm, CUDA) "
+                        "instead of each rank's share")
     p.add_argument("--run-dir", help="checkpoint folder (default MODEL.run/ or RUN_DIR/fold_K/)")
     p.add_argument("--dtype", choices=("float16", "float32"), default="float16", help="weights of the saved model")
-    p.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the run folder's checkpoint (folds: or start the fold when it has none)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("--json", action="store_true", help="JSON lines on stdout (default when stdout is not a terminal)")
     p.set_defaults(func=run)
@@ -143,8 +158,7 @@ def _dataset_fingerprint(dataset: Path) -> str:
 
 
 def run(args) -> int:
-    from CACIdentifierLib.progress import terminal_progress
-    from CACTrainerLib import crossval
+    from CACTrainerLib import crossval, distributed
 
     if args.summarize:
         report = crossval.summarize(args.summarize)
@@ -153,6 +167,48 @@ def run(args) -> int:
         else:
             print(report["markdown"], end="")
         return 0
+    nproc = getattr(args, "nproc", None)
+    if nproc is not None and nproc != 1 and not distributed.requested():
+        return _launch(args, nproc)
+    ctx = distributed.init(args.device, batch_size=args.batch_size, sync_bn=getattr(args, "sync_bn", False))
+    try:
+        return _run(args, ctx)
+    finally:
+        distributed.shutdown()
+
+
+def _launch(args, nproc: int) -> int:
+    """``--nproc N``: run this very command in N processes under torch's launcher."""
+    import subprocess
+
+    import torch
+    from CACTrainerLib import distributed
+
+    if nproc < 1:
+        raise CacError("--nproc must be 1 or more")
+    if args.batch_size % nproc or args.batch_size // nproc < 2:
+        raise CacError(f"--batch-size {args.batch_size} cannot be split into {nproc} equal shares of 2 or more; "
+                       f"use a multiple of {2 * nproc} or fewer processes")
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    kind = (args.device or "auto").lower()
+    if kind in ("auto", "cuda") and gpus and nproc > gpus:
+        raise CacError(f"--nproc {nproc} but only {gpus} CUDA device(s); use --nproc {gpus} or fewer")
+    if kind == "cuda" and not gpus:
+        raise CacError("--device cuda requested but CUDA is not available; use --device cpu or auto")
+    if getattr(args, "sync_bn", False) and (kind == "cpu" or not gpus):
+        raise CacError("--sync-bn needs CUDA devices (torch's SyncBatchNorm does not run on the CPU)")
+    if sys.argv[1:2] != ["train"]:
+        raise CacError("--nproc works from the `cac train` command line; from Python, start torchrun yourself")
+    cmd = distributed.launch_command(nproc, distributed.strip_nproc(sys.argv[1:]))
+    return subprocess.run(cmd).returncode
+
+
+def _run(args, ctx) -> int:
+    from CACIdentifierLib.progress import terminal_progress
+    from CACTrainerLib import crossval
+    from CACTrainerLib import training as T
+
+    main = ctx is None or ctx.main
     pool = getattr(args, "phantom_pool", None)
     if (not args.dataset and not pool) or not args.out:
         raise CacError("give a DATASET folder (or --phantom-pool N) and --out (or --summarize RUN_DIR)")
@@ -162,9 +218,13 @@ def run(args) -> int:
     if args.dataset and not dataset.is_dir():
         raise CacError(f"dataset folder {dataset} does not exist")
     as_json = args.json or not sys.stdout.isatty()
-    emit = _emitter(as_json)
-    progress = terminal_progress()
+    emit = _emitter(as_json) if main else (lambda event: None)
+    progress = terminal_progress() if main else (lambda *a: None)
     config = _config(args)
+    if ctx is not None:
+        config.device = ctx.device  # rank k: GPU LOCAL_RANK, or the CPU
+        emit({"event": "distributed", "ranks": ctx.world, "backend": ctx.backend, "sync_bn": ctx.sync_bn,
+              "batch_per_rank": args.batch_size // ctx.world})
     out = Path(args.out)
     if args.cv == "none":
         if args.fold is not None:
@@ -184,11 +244,25 @@ def run(args) -> int:
         return _train_final(fs, dataset, args, config, out, emit, progress)
     folds = crossval.make_folds(fs, args.cv)
     todo = [args.fold] if args.fold is not None else list(range(len(folds)))
-    out.mkdir(parents=True, exist_ok=True)
+    if args.fold is not None and not 0 <= args.fold < len(folds):
+        raise CacError(f"fold {args.fold} does not exist: cross-validation by {args.cv} has folds "
+                       f"0..{len(folds) - 1}")
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
     for k in todo:
-        crossval.run_fold(fs, k, args.cv, config, out, resume=args.resume, emit=emit, progress=progress,
+        done = out / f"fold_{k}.json"
+        if done.exists() and not args.overwrite:
+            # Idempotent fold jobs: a rerun (cluster requeue, shell loop run twice) does nothing.
+            if main:
+                print(f"cac: fold {k} is already done ({done}); nothing to do (--overwrite runs it again)",
+                      file=sys.stderr)
+                emit({"event": "fold_skipped", "fold": k, "file": str(done)})
+            continue
+        # --resume on a fold: continue its checkpoint if it has one, else start it.
+        resume = args.resume and (out / f"fold_{k}" / T.CHECKPOINT_JSON).exists()
+        crossval.run_fold(fs, k, args.cv, config, out, resume=resume, emit=emit, progress=progress,
                           overwrite=args.overwrite, val_fraction=args.val_fraction)
-    if args.fold is None:
+    if args.fold is None and main:
         report = crossval.summarize(out)
         if not as_json:
             print(report["markdown"], end="")
@@ -214,12 +288,14 @@ def _train_final(fs, dataset: Path, args, config, out: Path, emit, progress) -> 
 
     import torch
     from CACIdentifierLib.modelio import save_model
-    from CACTrainerLib import crossval
+    from CACTrainerLib import crossval, distributed
     from CACTrainerLib.training import PER_ITEM_KEYS, plot_curves, train
 
     run_dir = Path(args.run_dir) if args.run_dir else out.with_name(out.stem + ".run")
     train_set, val_set = crossval.validation_split(fs, args.val_fraction, args.seed)
     result = train(train_set, val_set, config, run_dir, resume=args.resume, emit=emit, progress=progress)
+    if not distributed.is_main():
+        return 0  # rank 0 writes the curves and the model
     from CACIdentifierLib.fileutil import temporary_sibling
 
     curves = _curves_path(out)
