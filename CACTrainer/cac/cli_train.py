@@ -209,6 +209,10 @@ def _run(args, ctx) -> int:
     from CACTrainerLib import training as T
 
     main = ctx is None or ctx.main
+    if not main:
+        import warnings
+
+        warnings.simplefilter("ignore")  # rank 0 says it once
     pool = getattr(args, "phantom_pool", None)
     if (not args.dataset and not pool) or not args.out:
         raise CacError("give a DATASET folder (or --phantom-pool N) and --out (or --summarize RUN_DIR)")
