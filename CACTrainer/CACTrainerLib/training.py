@@ -22,6 +22,9 @@ of epoch k (model, best model and Adam state in safetensors, the rest in
 JSON -- nothing is ever unpickled) continues exactly as the uninterrupted run
 would have (on CPU, same thread count).
 
+Data-parallel runs (torchrun, ``cac train --nproc N``) split every global batch
+over the ranks (:mod:`CACTrainerLib.distributed`); only rank 0 writes.
+
 Progress: ``emit(dict)`` receives JSON-serialisable events (``start``,
 ``epoch``, ``stage_done``, ``done``); the CLI prints them as JSON lines on
 stdout, which the CACTrainer widget parses.  ``progress(done, total, msg)``
