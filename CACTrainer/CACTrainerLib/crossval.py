@@ -31,6 +31,7 @@ import numpy as np
 from CACIdentifierLib.errors import CacError
 from CACIdentifierLib.fileutil import atomic_output
 
+from . import distributed
 from .dataset import FrameSet
 from .training import TrainConfig, evaluate, train
 
@@ -133,7 +134,7 @@ def run_fold(fs: FrameSet, k: int, by: str, config: TrainConfig, out_dir, *, res
           "val": sorted(set(val_set.patient)) if val_set is not None else []})
     result = train(train_set, val_set, config, out_dir / f"fold_{k}", resume=resume, emit=emit,
                      progress=progress or (lambda *a: None))
-    if not T.distributed.is_main():
+    if not distributed.is_main():
         return {}  # data-parallel run: rank 0 tests the fold and writes fold_K.json
     from CACIdentifierLib.device import choose_device
 
