@@ -214,9 +214,9 @@ def test_misset_environment_is_one_error_line_exit_2(tmp_path, monkeypatch, caps
 def test_launch_command_strips_nproc():
     assert distributed.strip_nproc(["train", "d", "--nproc", "2", "--out", "m", "--nproc=3"]) == [
         "train", "d", "--out", "m"]
-    cmd = distributed.launch_command(2, ["train", "d"])
+    cmd = distributed.launch_command(2, ["train", "d"], "cac.cli")
     assert cmd[:7] == [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                       "-m"] and cmd[-3:] == [distributed.ENTRY_MODULE, "train", "d"]
+                       "-m"] and cmd[-3:] == ["cac.cli", "train", "d"]
 
 
 @pytest.mark.slow

@@ -36,7 +36,6 @@ import torch
 from CACIdentifierLib.errors import CacError
 
 # The module that `python -m` / torchrun starts for `cac train`.
-ENTRY_MODULE = "cac.cli"
 RENDEZVOUS = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE")
 LAUNCH_HINT = ("launch with `torchrun --nproc_per_node N -m cac.cli train ...` or "
                "`cac train ... --nproc N`, or set MASTER_ADDR, MASTER_PORT, RANK and WORLD_SIZE for every process")
@@ -227,18 +226,20 @@ def prepare_model(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-def launch_command(nproc: int, argv: list[str]) -> list[str]:
-    """The launcher command that runs ``cac <argv>`` in ``nproc`` local processes.
+def launch_command(nproc: int, argv: list[str], entry_module: str) -> list[str]:
+    """The launcher command that runs ``python -m <entry_module> <argv>`` in ``nproc`` local processes.
+
+    The entry module (the ``cac`` command line) is named by the caller: this Lib sits below it.
 
     Examples
     --------
-    >>> launch_command(2, ["train", "ds", "--out", "m.safetensors"])[1:6]
+    >>> launch_command(2, ["train", "ds", "--out", "m.safetensors"], "mycli")[1:6]
     ['-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2']
     """
     import sys
 
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(int(nproc)),
-            "-m", ENTRY_MODULE, *argv]
+            "-m", entry_module, *argv]
 
 
 def strip_nproc(argv: list[str]) -> list[str]:

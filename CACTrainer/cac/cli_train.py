@@ -199,7 +199,7 @@ def _launch(args, nproc: int) -> int:
         raise CacError("--sync-bn needs CUDA devices (torch's SyncBatchNorm does not run on the CPU)")
     if sys.argv[1:2] != ["train"]:
         raise CacError("--nproc works from the `cac train` command line; from Python, start torchrun yourself")
-    cmd = distributed.launch_command(nproc, distributed.strip_nproc(sys.argv[1:]))
+    cmd = distributed.launch_command(nproc, distributed.strip_nproc(sys.argv[1:]), __package__ + ".cli")
     return subprocess.run(cmd).returncode
 
 
