@@ -91,10 +91,11 @@ def summarize(ev: dict, cines: dict) -> dict:
 def probe_step_seconds(fs, config, device, steps: int) -> float:
     """Seconds per optimiser step of ``config`` on ``fs`` (after a warm-up step)."""
     import torch
+    from CACIdentifierLib.network import ResUNet18
     from CACTrainerLib import training
 
     cfg = replace(config, epochs1=1, samples_per_epoch=config.batch_size * (steps + 2), hard_negative_frac=0.0)
-    model = __import__("CACIdentifierLib.network", fromlist=["ResUNet18"]).ResUNet18(**cfg.architecture).to(device)
+    model = ResUNet18(**cfg.architecture).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     params = model.classifier_parameters() + (model.decoder_parameters() if cfg.aux_weight > 0 else [])
