@@ -666,3 +666,26 @@ def test_nrrd_headers_that_made_slicer_core_abort(tmp_path, line):
                               capture_output=True, text=True, timeout=300)
         assert proc.returncode == 2, proc.stderr
         one_error_line(proc.stderr)
+
+
+def test_nrrd_attributes_found_by_the_full_fuzz_run(tmp_path, capsys):
+    """Seed 2 of the full run: an R-wave list repeating one frame (case 3832: ZeroDivisionError in
+    sync) and control bytes in the spacing source (case 3340: `cac info` printed them raw)."""
+    from dataclasses import replace
+
+    from CACIdentifierLib.nrrd_io import write_seq_nrrd
+    from CACTrainerLib.phantom import PhantomParams, generate_acquisition
+
+    p = PhantomParams(rows=96, cols=96, n_frames=30, fps=15.0)
+    cine = generate_acquisition(p, seed=2, patient=0).to_cine()
+    cine = replace(cine, r_wave_frames=[2, 2, 2, 2], spacing_source="SOURCEMARK")
+    path = write_seq_nrrd(cine, tmp_path / "cine.seq.nrrd", encoding="raw")
+    raw = path.read_bytes()
+    path.write_bytes(raw.replace(b"SOURCEMARK", b"Imager\x1b[31m\x0cSpacing", 1))
+    code, out, err = run_cac(capsys, "sync", path, "--json")
+    assert code == 0, err
+    assert "Traceback" not in err
+    code, out, err = run_cac(capsys, "info", path)
+    assert code == 0, err
+    assert all(line.isprintable() for line in out.splitlines())
+    assert "(source: Imager\\x1b[31m\\x0cSpacing)" in out

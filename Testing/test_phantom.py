@@ -186,6 +186,47 @@ def test_deposit_is_subtle_but_visible():
     assert np.median(with_ca - without) > 2.0
 
 
+def test_annotators_draw_only_what_can_be_seen():
+    """With annotator_min_snr, deposits hidden by noise are not labelled, visible ones are; the
+    rendered frames and the calcium truth are the same as without it."""
+    from CACTrainerLib.phantom_annotators import detectability
+
+    p = replace(SMALL, rows=256, cols=256, n_frames=16, onset_fraction_range=(0.8, 0.8), early_onset_prob=0.0,
+                calcium_count_range=(4, 6))
+    # Faint (0.01 /mm at a low dose) and heavy (0.5 /mm at a high dose) calcium on the same anatomy.
+    faint = replace(p, calcium_mu_per_mm=0.01, photons=300.0, faint_attenuation=0.0)
+    heavy = replace(p, calcium_mu_per_mm=0.5, photons=5000.0, faint_attenuation=0.0)
+    for q, expect_labelled in ((faint, False), (heavy, True)):
+        off = generate_acquisition(q, seed=8, patient=2, calcium_free=False)
+        on = generate_acquisition(replace(q, annotator_min_snr=5.0), seed=8, patient=2, calcium_free=False)
+        assert np.array_equal(off.frames, on.frames) and np.array_equal(off.calcium, on.calcium)
+        onset = on.truth["onset_frame"]
+        assert off.majority[:onset].any(), "without the rule every deposit is drawn"
+        d = [c["detectability"] for c in on.truth["calcifications"]]
+        assert len(d) >= 4
+        if expect_labelled:
+            assert np.median(d) > 8.0, d
+            assert on.majority[:onset].any()
+        else:
+            assert max(d) < 4.0, d
+            assert not on.majority.any()
+        ids = [c["id"] for c in on.truth["calcifications"]]
+        for note in on.truth["annotators"]:
+            assert 4.0 <= note["min_snr"] <= 6.25
+            for i, di in zip(ids, d):  # drawn exactly when seen: below 4 never, above 6.25 always
+                if di < 4.0:
+                    assert i in note["missed"]
+                elif di > 6.25:
+                    assert i not in note["missed"]
+    # The measure itself against a hand-made case: a 3x3 blob 2 sigma darker -> 2 * sqrt(9) = 6.
+    rng = np.random.default_rng(1)
+    img = 500.0 + rng.normal(0, 1.0, (60, 60)) + np.linspace(0, 30, 60)[None, :]  # a gradient is no signal
+    m = np.zeros((60, 60), bool)
+    m[29:32, 29:32] = True
+    assert detectability(img - 2.0 * m, m) == pytest.approx(6.0, rel=0.25)
+    assert detectability(img, m) < 2.5
+
+
 def test_same_patient_shares_anatomy_between_views():
     a = generate_acquisition(SMALL, seed=5, patient=3, acquisition=0, calcium_free=False)
     b = generate_acquisition(SMALL, seed=5, patient=3, acquisition=1, calcium_free=False)

@@ -91,6 +91,8 @@ class PhantomParams:
       annotator_jitter_px (0.6 px smooth boundary noise, new for every frame),
       faint_attenuation (0.07: deposits whose peak extra attenuation is below are faint),
       annotator_miss_faint_prob (0.35 per annotator and faint deposit),
+      annotator_min_snr (0: off; else annotators draw only deposits whose Rose detectability in the
+        rendered non-contrast frames reaches this, times 0.8-1.25 per annotator),
       annotator_spurious_prob (0.15 per annotator and acquisition: a small spurious blob).
     Output
       ecg (False): write the R Wave Pointer in the DICOM (the paper's data have no ECG).
@@ -154,6 +156,7 @@ class PhantomParams:
     annotator_jitter_px: float = 0.6
     faint_attenuation: float = 0.07
     annotator_miss_faint_prob: float = 0.35
+    annotator_min_snr: float = 0.0
     annotator_spurious_prob: float = 0.15
     ecg: bool = False
 
@@ -372,8 +375,11 @@ def generate_acquisition(params: PhantomParams | None = None, seed: int = 0, pat
     from .phantom_annotators import annotate
 
     annotators, majority, notes = annotate(params, renderer, calcium, _rng(seed, patient, acquisition,
-                                                                           _ANNOTATORS))
+                                                                           _ANNOTATORS), frames)
     truth["annotators"] = notes
+    for rec, dep in zip(truth["calcifications"], pat.deposits):
+        if hasattr(dep, "detectability"):
+            rec["detectability"] = dep.detectability
     return Acquisition(
         frames=frames, calcium=calcium, annotators=annotators, majority=majority, truth=truth,
         spacing_mm=(view.spacing_mm, view.spacing_mm), frame_time_ms=1000.0 / params.fps, bits=params.bits,

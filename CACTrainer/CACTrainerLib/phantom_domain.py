@@ -78,4 +78,8 @@ def randomized_params(rng: np.random.Generator, *, n_frames: int = 200, size: in
         calcium_mu_per_mm=_log_uniform(rng, 0.06, 0.35),
         calcium_shape_probs=(0.6, 0.25, 0.15),
         contrast_spread=(0.6, 1.3),
+        # Annotators mark what they can see (Rose criterion about 5): invisible calcium labelled as
+        # calcium would teach the classifier to guess from the vessels.  Drawn last, so every draw
+        # above is as before.
+        annotator_min_snr=float(rng.uniform(5.0, 8.0)),
     )

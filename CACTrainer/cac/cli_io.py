@@ -127,7 +127,7 @@ def _text(info: dict) -> str:
             if info["frame_time_ms"]
             else ""
         ),
-        f"pixel spacing:      {fmt(info['spacing_mm'], ' mm')} (source: {info['spacing_source']})",
+        f"pixel spacing:      {fmt(info['spacing_mm'], ' mm')} (source: {printable(info['spacing_source'])})",
         "R waves:            "
         + (
             "none recorded"

@@ -66,9 +66,12 @@ def ecg_estimate(n, r_wave_frames, ecg, frame_time_ms, warn_list) -> PhaseEstima
     if ecg is not None and frame_time_ms:
         curve = r_peaks_from_ecg(ecg.samples, ecg.times_ms, edges=True) / float(frame_time_ms)
     if r_wave_frames is not None and len(r_wave_frames) >= 2:
-        r = np.asarray(sorted(float(x) for x in r_wave_frames))
+        # Unique: a pointer that repeats a frame would give a zero period.
+        r = np.unique(np.asarray([float(x) for x in r_wave_frames]))
         source = "ecg-r-wave-pointer"
-    elif curve is not None and curve.size >= 2:
+    if r is not None and r.size < 2:
+        r = None
+    if r is None and curve is not None and curve.size >= 2:
         r = curve
         source = "ecg-curve"
     if r is None:
