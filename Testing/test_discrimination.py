@@ -122,6 +122,21 @@ def test_temperature_scaling_recovers_the_temperature_and_lowers_ece():
     assert sum(b["n"] for b in rel["bins"]) == 20000 and rel["ece"] < 0.02
 
 
+def test_platt_scaling_moves_the_balanced_prior_to_the_prevalence():
+    """A classifier trained on balanced batches says 50 % where the prevalence is 20 %: the bias of
+    Platt scaling moves it, and p >= 0.5 becomes the Bayes decision (fewer errors than before)."""
+    rng = np.random.default_rng(3)
+    y = rng.random(20000) < 0.2
+    score = np.where(y, 1.0, -1.0) * 1.5 + rng.normal(0, 1.5, y.size)  # balanced-prior logit
+    t, b = calibration.fit_platt(score, y)
+    assert b == pytest.approx(np.log(0.2 / 0.8), abs=0.15) and t == pytest.approx(1.0 / 1.333, rel=0.15)
+    p_raw = 1 / (1 + np.exp(-score))
+    p_cal = calibration.apply(p_raw, {"temperature": t, "bias": b})
+    assert ((p_cal >= 0.5) != y).mean() < ((p_raw >= 0.5) != y).mean() - 0.03
+    assert calibration.expected_calibration_error(p_cal, y) < calibration.expected_calibration_error(p_raw, y) / 3
+    assert np.array_equal(calibration.apply(p_raw, None), p_raw)
+
+
 # -- temporal filter -----------------------------------------------------------------------------
 
 

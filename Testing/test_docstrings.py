@@ -14,6 +14,8 @@ MODULES = [
     "CACIdentifierLib.refinement",
     "CACIdentifierLib.metrics",
     "CACIdentifierLib.network",
+    "CACIdentifierLib.calibration",
+    "CACTrainerLib.phantom_annotators",
     "cac.train_events",
 ]
 

@@ -352,6 +352,10 @@ def test_nan_weights_are_refused(tmp_path):
         ("roi_gt", []),
         ("version", True),
         ("training", "x"),
+        ("calibration", {"temperature": 0.0}),
+        ("calibration", {"temperature": "1.3"}),
+        ("calibration", {"bias": float("nan")}),
+        ("calibration", [1.3]),
     ],
 )
 def test_metadata_schema(field, value):

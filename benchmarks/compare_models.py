@@ -6,8 +6,9 @@ The test fold is the GPU protocol's (phantom_pool seed 3000: new patients, 40 % 
 randomised domain); every model is scored as inference does it (gated, stitched, refined,
 exposed field), per cine: IoM, HD, ROI precision, ROI area (% of field), frames with an ROI on
 calcium-free cines; patch F1 and AUC; Wilcoxon over cines of the last model against the first.
-``--calibrate OUT`` fits the last model's temperature on the validation pool (seed 2000) and
-writes it with the reliability figures into a copy of the model (OUT) and OUT's reliability PNG.
+``--calibrate OUT`` fits the last model's temperature and bias (Platt scaling) on the validation
+pool (seed 2000), writes them with the reliability figures into a copy of the model (OUT) and
+OUT's reliability PNG, and compares that copy as one more model.
 On the real cines of ../shared/data: median ROI area (% of field) and ROI pixels outside the field.
 """
 
@@ -51,11 +52,37 @@ def main(argv=None) -> int:
     log(f"test pool {test.summary()} in {time.perf_counter() - t0:.0f} s")
     results = {"test": test.summary(), "models": {}}
     device = torch.device("cpu")
+    if args.calibrate:
+        # Platt scaling of the last model on the validation pool (seed 2000): temperature and bias
+        # (the bias moves the balanced-batch prior to the pool's prevalence); the calibrated copy is
+        # then compared as one more model.
+        from CACIdentifierLib import calibration
+        from CACIdentifierLib.modelio import save_model
+
+        model, meta = load_model(args.models[-1])
+        val = phantom_pool(12, seed=2000, **kw)
+        cfg = training.TrainConfig()
+        probs, _ = training.predict_patches(model, val, device, cfg.amp, 32)
+        p = np.clip(probs.astype(float), 1e-6, 1 - 1e-6)
+        logit = np.log(p / (1 - p))
+        y = val.patch_labels > 0.5
+        t, b = calibration.fit_platt(logit, y)
+        before = calibration.reliability(p, y)
+        after = calibration.reliability(calibration.apply(p, {"temperature": t, "bias": b}), y)
+        meta["calibration"] = {"temperature": t, "bias": b, "method": "platt",
+                               "data": "phantom_pool seed 2000, 12 patients x 6 frames",
+                               "ece_before": before["ece"], "ece_after": after["ece"]}
+        save_model(args.calibrate, model, meta, overwrite=True, dtype=torch.float16)
+        calibration.plot_reliability(before, after, Path(args.calibrate).with_suffix(".reliability.png"),
+                                     title="frame-patch probability, held-out phantom")
+        results["calibration"] = {"temperature": t, "bias": b, "before": before, "after": after}
+        log(f"calibration T={t:.3f} b={b:.3f} ECE {before['ece']:.3f} -> {after['ece']:.3f}")
+        args.models.append(args.calibrate)
     for path in args.models:
         model, meta = load_model(path)
         cfg = training.TrainConfig(refinement=dict(meta.get("refinement", {})) or training.TrainConfig().refinement,
                                    classifier_threshold=float(meta.get("classifier_threshold", 0.5)))
-        ev = training.evaluate(model, test, cfg, device)
+        ev = training.evaluate(model, test, cfg, device, calibration=meta.get("calibration"))
         cines = per_cine(ev, test)
         results["models"][path] = {"test": summarize(ev, cines), "cines": cines}
         log(f"{path}: {json.dumps(results['models'][path]['test'], default=float)}")
@@ -87,27 +114,6 @@ def main(argv=None) -> int:
             key: wilcoxon([ca[k][key] for k in keys], [cb[k][key] for k in keys])
             for key, keys in (("iom", calc), ("hd_mm", calc), ("roi_precision", calc),
                               ("roi_area_pct_field", calc + free), ("frames_with_roi_pct", free))}
-    if args.calibrate:
-        from CACIdentifierLib import calibration
-        from CACIdentifierLib.modelio import save_model
-
-        model, meta = load_model(args.models[-1])
-        val = phantom_pool(12, seed=2000, **kw)
-        cfg = training.TrainConfig()
-        probs, _ = training.predict_patches(model, val, device, cfg.amp, 32)
-        p = np.clip(probs.astype(float), 1e-6, 1 - 1e-6)
-        logit = np.log(p / (1 - p))
-        y = val.patch_labels > 0.5
-        t = calibration.fit_temperature(logit, y)
-        before = calibration.reliability(p, y)
-        after = calibration.reliability(1 / (1 + np.exp(-logit / t)), y)
-        meta["calibration"] = {"temperature": t, "data": "phantom_pool seed 2000, 12 patients x 6 frames",
-                               "ece_before": before["ece"], "ece_after": after["ece"]}
-        save_model(args.calibrate, model, meta, overwrite=True, dtype=torch.float16)
-        calibration.plot_reliability(before, after, Path(args.calibrate).with_suffix(".reliability.png"),
-                                     title="frame-patch probability, held-out phantom")
-        results["calibration"] = {"temperature": t, "before": before, "after": after}
-        log(f"calibration T={t:.3f} ECE {before['ece']:.3f} -> {after['ece']:.3f}")
     Path(args.out).write_text(json.dumps(results, indent=1, default=float) + "\n")
     log(f"done in {time.perf_counter() - t0:.0f} s")
     return 0

@@ -139,6 +139,21 @@ def train_recipe(name, train, val, seconds, out_dir, device, args, emit):
                          "samples_per_s": cfg.batch_size / step, "train_seconds": result.seconds}
 
 
+def fit_calibration(model, val, cfg, device) -> dict:
+    """Platt scaling (temperature and bias) of the classifier on the validation pool."""
+    from CACIdentifierLib import calibration
+    from CACTrainerLib import training
+
+    probs, _ = training.predict_patches(model, val, device, cfg.amp, cfg.batch_size)
+    p = np.clip(probs.astype(float), 1e-6, 1 - 1e-6)
+    y = val.patch_labels > 0.5
+    t, b = calibration.fit_platt(np.log(p / (1 - p)), y)
+    before = calibration.reliability(p, y)["ece"]
+    after = calibration.reliability(calibration.apply(p, {"temperature": t, "bias": b}), y)["ece"]
+    return {"temperature": t, "bias": b, "method": "platt", "data": "validation pool",
+            "ece_before": before, "ece_after": after}
+
+
 def identify_throughput(model, metadata, device_name: str, tiny: bool) -> dict:
     from CACIdentifierLib.inference import identify
     from CACTrainerLib.phantom import PhantomParams, generate_acquisition
@@ -231,12 +246,21 @@ def main(argv=None) -> int:
             continue
         ev = training.evaluate(result.model.to(device), test, cfg, device)
         cines = per_cine(ev, test)
+        # The same model with Platt scaling fitted on the validation pool (the decision p >= 0.5
+        # then uses the validation prevalence instead of the balanced batches' 50 %).
+        cal = fit_calibration(result.model, val, cfg, device)
+        ev_cal = training.evaluate(result.model, test, cfg, device, calibration=cal)
+        cines_cal = per_cine(ev_cal, test)
         results[name] = {"speed": speed, "config": training.asdict(cfg), "test": summarize(ev, cines),
-                         "cines": cines, "history": result.history}
+                         "cines": cines, "history": result.history, "calibration": cal,
+                         "test_calibrated": summarize(ev_cal, cines_cal), "cines_calibrated": cines_cal}
+        log(f"{name} calibration {cal}; calibrated test: "
+            f"{json.dumps(results[name]['test_calibrated'], default=float)}")
         models[name] = (result, cfg)
         log(f"{name} test: {json.dumps(results[name]['test'], default=float)}")
         if name == "default":
             meta = {"refinement": dict(cfg.refinement), "classifier_threshold": cfg.classifier_threshold,
+                    "calibration": cal,
                     "roi_gt": {"iterations": cfg.roi_iterations, "step_px": cfg.roi_step_px,
                                "min_deposit_fraction": cfg.min_deposit_fraction},
                     "training": {"data": {"phantom_pool": {"train": train.summary(), "val": val.summary(),

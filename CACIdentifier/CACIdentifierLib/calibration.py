@@ -1,11 +1,16 @@
-"""Calibrated frame probabilities: temperature scaling and reliability diagrams.
+"""Calibrated frame probabilities: temperature scaling, Platt scaling and reliability diagrams.
 
 A classifier trained on balanced batches is not calibrated: its 0.9 need not
 mean nine in ten.  Temperature scaling (Guo et al., ICML 2017) divides the logit
 by one number ``T`` fitted on held-out data by minimising the negative
 log-likelihood; it changes no decision ranking (AUC is unchanged) and makes
-``p`` read as a frequency.  The model card stores ``T`` with the reliability
-figures before and after; :func:`CACIdentifierLib.inference.identify` applies it.
+``p`` read as a frequency.  Platt scaling (:func:`fit_platt`) also fits a bias
+``b``, ``p = sigmoid(logit / T + b)``: balanced training batches teach the
+classifier a 50 % prior, and ``b`` moves it to the prevalence of held-out data,
+so that ``p >= 0.5`` is the Bayes decision there.  The model card stores ``T``
+(and ``b``) under ``calibration`` with the reliability figures before and after;
+:func:`CACIdentifierLib.inference.identify` and
+:func:`CACTrainerLib.training.evaluate` apply them (:func:`apply`).
 
 Examples
 --------
@@ -39,6 +44,50 @@ def fit_temperature(logits, labels, *, bounds=(0.05, 20.0)) -> float:
         return 1.0
     res = minimize_scalar(lambda t: _nll(logit, y, t), bounds=bounds, method="bounded")
     return float(res.x)
+
+
+def _nll_platt(logit: np.ndarray, y: np.ndarray, t: float, b: float) -> float:
+    z = logit / t + b
+    return float(np.mean(np.maximum(z, 0) - z * y + np.log1p(np.exp(-np.abs(z)))))
+
+
+def fit_platt(logits, labels, *, temperature_bounds=(0.05, 20.0), bias_bounds=(-20.0, 20.0)) -> tuple[float, float]:
+    """Temperature ``T`` and bias ``b`` minimising the NLL of ``sigmoid(logits / T + b)``.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(1)
+    >>> y = rng.random(6000) < 0.2                     # 20 % prevalence
+    >>> logit = 2.0 * np.where(y, 1.0, -1.0) + rng.normal(0, 2.0, 6000)
+    >>> t, b = fit_platt(logit, y)                     # true posterior: logit + log(0.2 / 0.8)
+    >>> bool(abs(t - 1.0) < 0.15), bool(abs(b - np.log(0.25)) < 0.2)
+    (True, True)
+    """
+    from scipy.optimize import minimize
+
+    logit = np.asarray(logits, float).reshape(-1)
+    y = np.asarray(labels, float).reshape(-1)
+    if logit.size == 0 or y.min() == y.max():
+        return 1.0, 0.0
+    # Optimise 1/T (the slope): the NLL is convex in (1/T, b).
+    res = minimize(lambda v: _nll_platt(logit, y, 1.0 / v[0], v[1]), x0=[1.0, 0.0], method="L-BFGS-B",
+                   bounds=[(1.0 / temperature_bounds[1], 1.0 / temperature_bounds[0]), bias_bounds])
+    return float(1.0 / res.x[0]), float(res.x[1])
+
+
+def apply(probs, calibration: dict | None) -> np.ndarray:
+    """``probs`` (uncalibrated sigmoid outputs) through a model card's ``calibration`` (None: unchanged).
+
+    >>> apply(np.array([0.5, 0.9]), {"temperature": 1.0, "bias": -1.0}).round(3).tolist()
+    [0.269, 0.768]
+    """
+    p = np.asarray(probs, float)
+    if not calibration:
+        return p
+    t = float(calibration.get("temperature", 1.0))
+    b = float(calibration.get("bias", 0.0))
+    q = np.clip(p, 1e-7, 1 - 1e-7)
+    return 1.0 / (1.0 + np.exp(-(np.log(q / (1 - q)) / t + b)))
 
 
 def reliability(probs, labels, bins: int = 10) -> dict:

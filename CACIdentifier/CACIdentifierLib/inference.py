@@ -233,8 +233,9 @@ def identify(
         metadata, dict(min_island_px=min_island_px, sigma=sigma, threshold=threshold)
     )
     cls_thr = classifier_threshold if classifier_threshold is not None else metadata.get("classifier_threshold", CLASSIFIER_THRESHOLD)
-    # Temperature scaling fitted on held-out data (calibration.py); 1.0 for uncalibrated models.
+    # Temperature (and Platt bias) fitted on held-out data (calibration.py); 1 and 0 for uncalibrated models.
     temperature = float((metadata.get("calibration") or {}).get("temperature", 1.0))
+    bias = float((metadata.get("calibration") or {}).get("bias", 0.0))
 
     dev = choose_device(device)
     dtype = autocast_dtype(dev, use_autocast) or torch.float32
@@ -276,7 +277,7 @@ def identify(
                 nc_t = torch.cat([frame_patches(frames_nc[k]) for k in batch])
                 pair_caches = [caches[frames_c[k]] for k in batch]
                 logit, features = net.classify(nc_t, pair_caches)
-                cls_prob = torch.sigmoid(logit.float() / temperature)
+                cls_prob = torch.sigmoid(logit.float() / temperature + bias)
                 positive = cls_prob >= cls_thr
                 roi_prob = torch.zeros((nc_t.shape[0], PATCH_SIZE, PATCH_SIZE), device=dev)
                 if bool(positive.any()):
@@ -355,7 +356,7 @@ def identify(
         "device": str(dev),
     }
     params = dict(refine_params, classifier_threshold=float(cls_thr), device=str(dev), temporal=bool(temporal),
-                  temperature=temperature)
+                  temperature=temperature, calibration_bias=bias)
     return IdentifyResult(
         frames=frames_nc,
         contrast_frames=frames_c,

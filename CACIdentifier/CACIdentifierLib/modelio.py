@@ -117,7 +117,8 @@ def validate_metadata(meta, source) -> dict:
     :data:`DECODER_CHANNEL_LIMITS`, 5 decoder stages, ``zero_init_residual``
     a boolean, no other keys).  Optional, checked when present: ``refinement``
     (``min_island_px`` 0..10^7, ``sigma`` 0..100, ``threshold`` 0..1, no other
-    keys), ``classifier_threshold`` 0..1, ``roi_gt`` (``iterations`` 0..100,
+    keys), ``classifier_threshold`` 0..1, ``calibration`` (``temperature``
+    0.05..20, ``bias`` -20..20), ``roi_gt`` (``iterations`` 0..100,
     ``step_px`` 0..1000), ``training``/``metrics``/``patch_layout``/
     ``normalization`` objects, ``name``/``created``/``software_version``/
     ``weights_dtype`` strings.
@@ -168,6 +169,12 @@ def validate_metadata(meta, source) -> dict:
             _check_float(refinement["threshold"], 0.0, 1.0, "refinement.threshold", source)
     if "classifier_threshold" in meta:
         _check_float(meta["classifier_threshold"], 0.0, 1.0, "classifier_threshold", source)
+    if "calibration" in meta:
+        cal = _check_dict(meta["calibration"], "calibration", source)
+        if "temperature" in cal:
+            _check_float(cal["temperature"], 0.05, 20.0, "calibration.temperature", source)
+        if "bias" in cal:
+            _check_float(cal["bias"], -20.0, 20.0, "calibration.bias", source)
     if "roi_gt" in meta:
         roi = _check_dict(meta["roi_gt"], "roi_gt", source)
         if "iterations" in roi:

@@ -218,21 +218,25 @@ def predict_patches(model, fs: D.FrameSet, device, amp: bool, batch_size: int = 
     return probs, rois
 
 
-def evaluate(model, fs: D.FrameSet, config: TrainConfig, device, *, decode: bool = True) -> dict:
-    from CACIdentifierLib import metrics
-
+def evaluate(model, fs: D.FrameSet, config: TrainConfig, device, *, decode: bool = True,
+             calibration: dict | None = None) -> dict:
     """Patch classification metrics and per-frame identification metrics on ``fs``.
 
     Identification follows inference: gated ROI probabilities, stitched with
     max, refined; IoM and Hausdorff distance (mm, where the spacing is
     known) against the frame's majority-vote calcium mask, for the frames
     where either mask is non-empty (both empty: undefined, skipped).
+    ``calibration`` (a model card's) is applied to the classifier's
+    probabilities before the threshold, as inference does.
     """
-    from CACIdentifierLib import patches
+    from CACIdentifierLib import calibration as calib
+    from CACIdentifierLib import metrics, patches
     from CACIdentifierLib.field import exposed_field
     from CACIdentifierLib.refinement import refine
 
     probs, rois = predict_patches(model, fs, device, config.amp, config.batch_size, decode=decode)
+    if calibration:
+        probs = calib.apply(probs, calibration).astype(np.float32)
     y = fs.patch_labels > 0.5
     pred = probs >= config.classifier_threshold
     out = {"patches": int(y.size), "positives": int(y.sum())}
