@@ -72,6 +72,11 @@ def main(argv=None) -> int:
         meta["calibration"] = {"temperature": t, "bias": b, "method": "platt",
                                "data": "phantom_pool seed 2000, 12 patients x 6 frames",
                                "ece_before": before["ece"], "ece_after": after["ece"]}
+        from CACIdentifierLib.ood import feature_statistics
+
+        meta["feature_statistics"] = feature_statistics(
+            training.pooled_features(model, val, device, cfg.amp, 32),
+            data="phantom_pool seed 2000, 12 patients x 6 frames")
         save_model(args.calibrate, model, meta, overwrite=True, dtype=torch.float16)
         calibration.plot_reliability(before, after, Path(args.calibrate).with_suffix(".reliability.png"),
                                      title="frame-patch probability, held-out phantom")

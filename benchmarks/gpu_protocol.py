@@ -154,6 +154,15 @@ def fit_calibration(model, val, cfg, device) -> dict:
             "ece_before": before, "ece_after": after}
 
 
+def fit_feature_statistics(model, val, cfg, device) -> dict:
+    """Activation statistics of the validation pool for the model card (ood.py)."""
+    from CACIdentifierLib.ood import feature_statistics
+    from CACTrainerLib import training
+
+    return feature_statistics(training.pooled_features(model, val, device, cfg.amp, cfg.batch_size),
+                              data="validation pool")
+
+
 def identify_throughput(model, metadata, device_name: str, tiny: bool) -> dict:
     from CACIdentifierLib.inference import identify
     from CACTrainerLib.phantom import PhantomParams, generate_acquisition
@@ -261,6 +270,7 @@ def main(argv=None) -> int:
         if name == "default":
             meta = {"refinement": dict(cfg.refinement), "classifier_threshold": cfg.classifier_threshold,
                     "calibration": cal,
+                    "feature_statistics": fit_feature_statistics(result.model, val, cfg, device),
                     "roi_gt": {"iterations": cfg.roi_iterations, "step_px": cfg.roi_step_px,
                                "min_deposit_fraction": cfg.min_deposit_fraction},
                     "training": {"data": {"phantom_pool": {"train": train.summary(), "val": val.summary(),

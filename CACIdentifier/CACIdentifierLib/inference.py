@@ -32,6 +32,7 @@ import numpy as np
 from . import refinement
 from .cine import Cine
 from .errors import CacError
+from .ood import frame_scores, ood_warning
 from .progress import ProgressCallback, no_progress
 
 
@@ -70,6 +71,8 @@ class IdentifyResult:
     parameters: dict = field(default_factory=dict)
     exposed_field: np.ndarray | None = None  # (rows, columns) bool: where X-rays reach the detector
     roi_area_pct_field: np.ndarray | None = None  # (len(frames),) ROI area, % of the exposed field
+    ood_scores: np.ndarray | None = None  # (len(frames),) activation score (ood.py); None without statistics
+    ood_warning: str | None = None  # one line when the cine lies outside the model's training data
 
 
 def conv_bn_pairs(model, *example_inputs) -> list:
@@ -236,6 +239,8 @@ def identify(
     # Temperature (and Platt bias) fitted on held-out data (calibration.py); 1 and 0 for uncalibrated models.
     temperature = float((metadata.get("calibration") or {}).get("temperature", 1.0))
     bias = float((metadata.get("calibration") or {}).get("bias", 0.0))
+    # Held-out activation statistics of the model's domain (ood.py); absent in older cards.
+    feature_stats = metadata.get("feature_statistics")
 
     dev = choose_device(device)
     dtype = autocast_dtype(dev, use_autocast) or torch.float32
@@ -245,6 +250,7 @@ def identify(
     frames_nc = [p[0] for p in pairs]
     frames_c = [p[1] for p in pairs]
     patch_probs = np.zeros((n, 5), dtype=np.float32)
+    ood_scores = np.full(n, np.nan) if feature_stats else None
     roi = np.zeros((cine.n_frames, cine.rows, cine.columns), dtype=bool)
 
     spacing = cine.spacing_mm
@@ -283,6 +289,9 @@ def identify(
                 if bool(positive.any()):
                     # Gating: the decoder runs only where the classifier says CAC.
                     roi_prob[positive] = torch.sigmoid(net.decode(features, pair_caches, positive).float())[:, 0]
+                if ood_scores is not None:
+                    pooled = features["block6"].float().mean(dim=(2, 3)).cpu().numpy()
+                    ood_scores[batch] = frame_scores(pooled, feature_stats)
                 out.append((batch, cls_prob.cpu().numpy().reshape(-1, 5),
                             roi_prob.cpu().numpy().reshape(-1, 5, PATCH_SIZE, PATCH_SIZE)))
         t1 = time.perf_counter()
@@ -369,4 +378,6 @@ def identify(
         parameters=params,
         exposed_field=field_mask,
         roi_area_pct_field=area_pct,
+        ood_scores=ood_scores,
+        ood_warning=ood_warning(ood_scores, feature_stats) if ood_scores is not None else None,
     )

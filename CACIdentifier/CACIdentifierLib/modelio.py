@@ -118,7 +118,7 @@ def validate_metadata(meta, source) -> dict:
     a boolean, no other keys).  Optional, checked when present: ``refinement``
     (``min_island_px`` 0..10^7, ``sigma`` 0..100, ``threshold`` 0..1, no other
     keys), ``classifier_threshold`` 0..1, ``calibration`` (``temperature``
-    0.05..20, ``bias`` -20..20), ``roi_gt`` (``iterations`` 0..100,
+    0.05..20, ``bias`` -20..20), ``feature_statistics`` (:mod:`.ood`), ``roi_gt`` (``iterations`` 0..100,
     ``step_px`` 0..1000), ``training``/``metrics``/``patch_layout``/
     ``normalization`` objects, ``name``/``created``/``software_version``/
     ``weights_dtype`` strings.
@@ -175,6 +175,12 @@ def validate_metadata(meta, source) -> dict:
             _check_float(cal["temperature"], 0.05, 20.0, "calibration.temperature", source)
         if "bias" in cal:
             _check_float(cal["bias"], -20.0, 20.0, "calibration.bias", source)
+    if "feature_statistics" in meta:
+        from .ood import validate_statistics
+
+        validate_statistics(meta["feature_statistics"],
+                            lambda v, lo, hi, name: _check_float(v, lo, hi, name, source),
+                            lambda what: _bad(source, what))
     if "roi_gt" in meta:
         roi = _check_dict(meta["roi_gt"], "roi_gt", source)
         if "iterations" in roi:

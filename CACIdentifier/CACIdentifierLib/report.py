@@ -37,6 +37,8 @@ def frame_rows(result, evaluation: dict | None = None) -> list[dict]:
         }
         if getattr(result, "roi_area_pct_field", None) is not None:
             row["roi_area_pct_field"] = _num(result.roi_area_pct_field[k], 3)
+        if getattr(result, "ood_scores", None) is not None:
+            row["activation_score"] = _num(result.ood_scores[k], 3)
         if evaluation is not None:
             ev = per_frame.get(int(frame), {})
             row["iom"] = _num(ev.get("iom"))
@@ -94,6 +96,9 @@ def build_report(result, cine, evaluation: dict | None = None, model_info: dict 
             "roi_area_pct_field_median": _num(float(np.median(areas)) if len(areas) else None, 3),
         }
         report["distribution_warnings"] = distribution_warnings(result)
+        scores = getattr(result, "ood_scores", None)
+        if scores is not None and len(scores):
+            report["activation_score_median"] = _num(float(np.median(scores)), 3)
     if evaluation is not None:
         report["summary"] = evaluation["summary"]
     return report
@@ -105,12 +110,15 @@ MAX_PLAUSIBLE_ROI_PCT = 5.0
 
 
 def distribution_warnings(result) -> list[str]:
-    """Warnings that the cine lies outside what the model was trained on, read from its output."""
+    """Warnings that the cine lies outside what the model was trained on: from the activation
+    statistics of the model card (:mod:`.ood`), and from the output (ROIs far larger than calcium)."""
+    out = []
+    if getattr(result, "ood_warning", None):
+        out.append(result.ood_warning)
     areas = getattr(result, "roi_area_pct_field", None)
     areas = np.zeros(0) if areas is None else np.asarray(areas, float)
     if areas.size == 0:
-        return []
-    out = []
+        return out
     median = float(np.median(areas))
     if median > MAX_PLAUSIBLE_ROI_PCT:
         out.append(f"the ROIs cover a median {median:.1f} % of the exposed field, far more than calcium does: "

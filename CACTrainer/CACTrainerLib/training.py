@@ -218,6 +218,22 @@ def predict_patches(model, fs: D.FrameSet, device, amp: bool, batch_size: int = 
     return probs, rois
 
 
+def pooled_features(model, fs: D.FrameSet, device, amp: bool, batch_size: int = 32) -> np.ndarray:
+    """(F*5, C) Block6 features averaged over each patch: what the classifier reads (for ood.py)."""
+    from CACIdentifierLib.device import autocast
+
+    model.eval()
+    out = []
+    ids = np.arange(fs.n_patches)
+    with torch.inference_mode():
+        for s in range(0, len(ids), batch_size):
+            b = D.make_batch(fs, ids[s:s + batch_size])
+            with autocast(device, enabled=amp):
+                feats = model.encode(_to(b["nc"], device), _to(b["c"], device))
+            out.append(feats["block6"].float().mean(dim=(2, 3)).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
 def evaluate(model, fs: D.FrameSet, config: TrainConfig, device, *, decode: bool = True,
              calibration: dict | None = None) -> dict:
     """Patch classification metrics and per-frame identification metrics on ``fs``.

@@ -34,6 +34,7 @@ SUBCOMMAND_MODULES = [
     "cac.cli_dataset",  # dataset add|check|info
     "cac.cli_train",  # train
     "cac.cli_model",  # model-info, gradcam
+    "cac.cli_calibrate",  # calibrate
 ]
 
 

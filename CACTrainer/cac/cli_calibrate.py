@@ -1,0 +1,86 @@
+"""``cac calibrate``: calibrate a model's probabilities and store its activation statistics, on held-out data."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "calibrate",
+        help="calibrate a model on held-out data (Platt or temperature scaling) and store its activation statistics",
+        description=(
+            "Fit the classifier's calibration on annotated frames the model never trained on -- a dataset folder "
+            "(cac phantom / cac dataset) or a pool of new randomised phantom patients -- and store it with the "
+            "activation statistics that let cac identify warn about cines unlike the training data. Writes a new "
+            "model file (the weights are unchanged), its card and a reliability diagram (OUT with .reliability.png). "
+            "--method platt also moves the classifier's 50 %% training prior to the data's prevalence, which "
+            "changes which frames get an ROI; temperature changes no decision. See docs/identify.md."
+        ),
+    )
+    p.add_argument("model", help="model file (.safetensors)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--dataset", metavar="DIR", help="held-out dataset folder with manifest.json")
+    src.add_argument("--phantom-pool", type=int, metavar="N", help="N new randomised phantom patients")
+    p.add_argument("--seed", type=int, default=0, metavar="S",
+                   help="phantom pool seed (patients of seed 2000+S; training pools use 1000+S)")
+    p.add_argument("--frames-per-acquisition", type=int, default=6, metavar="K",
+                   help="paired non-contrast frames used per acquisition (default 6)")
+    p.add_argument("--method", choices=("platt", "temperature", "none"), default="platt",
+                   help="platt: temperature and bias (default); temperature: no decision changes; none: statistics only")
+    p.add_argument("--out", required=True, help="output model file (.safetensors)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument("--json", action="store_true", help="print the calibration as JSON on stdout")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from CACIdentifierLib.errors import CacError
+    from CACIdentifierLib.fileutil import check_writable
+    from CACIdentifierLib.modelio import read_metadata
+    from CACIdentifierLib.progress import terminal_progress
+
+    out = Path(args.out)
+    if out.suffix != ".safetensors":
+        raise CacError(f"--out {out} must end in .safetensors")
+    if Path(args.model).resolve() == out.resolve():
+        raise CacError("--out is the input model; write the calibrated model to a new file")
+    for path in (out, out.with_suffix(".json"), out.with_suffix(".reliability.png")):
+        check_writable(path, args.overwrite)  # before the work
+    read_metadata(args.model)  # a bad model fails here, before the data are read
+    progress = terminal_progress()
+    if args.phantom_pool is not None:
+        if not 1 <= args.phantom_pool <= 10000:
+            raise CacError("--phantom-pool must be 1-10000 patients")
+        from CACTrainerLib.phantom_pool import phantom_pool
+
+        fs = phantom_pool(args.phantom_pool, seed=2000 + args.seed, frames_per_acquisition=args.frames_per_acquisition,
+                          progress=progress)
+        data = f"phantom_pool seed {2000 + args.seed}, {args.phantom_pool} patients x {args.frames_per_acquisition} frames"
+    else:
+        from CACTrainerLib.dataset import build_frameset
+
+        fs = build_frameset(Path(args.dataset), frames_per_acquisition=args.frames_per_acquisition, progress=progress)
+        data = f"dataset {Path(args.dataset).name}, {len(fs)} frames"
+    from CACTrainerLib.calibrate import calibrate_file
+
+    result = calibrate_file(args.model, out, fs, method=args.method, data=data, overwrite=args.overwrite)
+    card = result["card"]
+    summary = {"model": str(out), "calibration": card.get("calibration"),
+               "feature_statistics": {k: v for k, v in card["feature_statistics"].items() if k not in ("mean", "std")},
+               "reliability_png": result["figure"]}
+    if args.json:
+        json.dump(summary, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        cal = card.get("calibration")
+        if cal:
+            print(f"calibration: {args.method}, temperature {cal['temperature']:.3f}, bias {cal['bias']:.3f}, "
+                  f"ECE {cal['ece_before']:.3f} -> {cal['ece_after']:.3f}")
+        st = summary["feature_statistics"]
+        print(f"activation statistics: {st['frames']} frames, frame score median {st['frame_score_median']:.3g}, "
+              f"99th percentile {st['frame_score_q99']:.3g}")
+        print(f"wrote {out} (+ {out.with_suffix('.json').name}, {Path(result['figure']).name})")
+    return 0

@@ -1,0 +1,77 @@
+"""`cac calibrate` and the out-of-distribution warning (issue 12, item 5): CACTrainerLib.calibrate,
+CACIdentifierLib.ood, their use by identify."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from cac.cli import main
+from CACIdentifierLib import ood
+from CACIdentifierLib.inference import identify
+from CACIdentifierLib.modelio import load_model, save_model
+from CACIdentifierLib.network import ResUNet18
+from CACTrainerLib.phantom import PhantomParams, generate_acquisition
+from CACTrainerLib.phantom_writer import write_dataset
+
+SMALL = {"width": 8, "decoder_channels": [16, 8, 8, 8, 8]}
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cal")
+    torch.manual_seed(0)
+    model = ResUNet18(**SMALL)
+    save_model(root / "m.safetensors", model, {"classifier_threshold": 0.5}, dtype=None)
+    p = PhantomParams(rows=128, cols=128, n_frames=32, onset_fraction_range=(0.45, 0.55), early_onset_prob=0.0,
+                      calcium_mu_per_mm=0.3, calcium_free_fraction=0.5)
+    write_dataset(root / "ds", p, patients=4, acquisitions_per_patient=1, seed=5)
+    return root
+
+
+def test_statistics_score_their_own_domain_low_and_a_shifted_one_high():
+    rng = np.random.default_rng(0)
+    stats = ood.feature_statistics(rng.gamma(2.0, 1.0, (300 * 5, 32)), data="t")
+    assert len(stats["mean"]) == 32 and stats["frames"] == 300
+    same = ood.frame_scores(rng.gamma(2.0, 1.0, (40 * 5, 32)), stats)
+    assert 0.7 < np.median(same) < 1.3 and ood.ood_warning(same, stats) is None
+    shifted = ood.frame_scores(rng.gamma(2.0, 1.0, (40 * 5, 32)) * 3.0, stats)
+    line = ood.ood_warning(shifted, stats)
+    assert line is not None and "\n" not in line and "training data" in line
+    with pytest.raises(ValueError):
+        ood.frame_scores(np.zeros((5, 31)), stats)
+
+
+def test_cac_calibrate_writes_a_calibrated_model_and_identify_uses_it(setup, capsys):
+    src, out = setup / "m.safetensors", setup / "cal.safetensors"
+    code = main(["calibrate", str(src), "--dataset", str(setup / "ds"), "--out", str(out), "--json"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    summary = json.loads(captured.out)
+    cal = summary["calibration"]
+    assert cal["method"] == "platt" and 0.05 <= cal["temperature"] <= 20 and -20 <= cal["bias"] <= 20
+    assert (setup / "cal.json").exists() and (setup / "cal.reliability.png").stat().st_size > 1000
+    model, meta = load_model(out)
+    base, _ = load_model(src)
+    for (k, a), b in zip(model.state_dict().items(), base.state_dict().values()):
+        assert torch.equal(a, b), k  # the weights are not touched
+    stats = meta["feature_statistics"]
+    assert len(stats["mean"]) == model.fc.in_features
+    # Existing outputs are refused before any work; the input is never the output.
+    assert main(["calibrate", str(src), "--dataset", str(setup / "ds"), "--out", str(out)]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert main(["calibrate", str(out), "--dataset", str(setup / "ds"), "--out", str(out), "--overwrite"]) == 2
+    capsys.readouterr()
+
+    cine = generate_acquisition(PhantomParams(rows=128, cols=128, n_frames=32), seed=9, patient=0).to_cine()
+    res = identify(cine, model, meta)
+    assert res.ood_scores is not None and np.isfinite(res.ood_scores).all()
+    # The calibration is applied: a strongly negative bias removes every ROI.
+    silent = identify(cine, model, dict(meta, calibration={"temperature": 1.0, "bias": -20.0}))
+    assert not silent.roi.any() and silent.probabilities.max() < 1e-6
+    # Statistics far from this cine's features: the warning speaks; without statistics: no score.
+    far = dict(stats, mean=[m + 100.0 for m in stats["mean"]])
+    assert identify(cine, model, dict(meta, feature_statistics=far)).ood_warning is not None
+    assert identify(cine, model, {k: v for k, v in meta.items() if k != "feature_statistics"}).ood_scores is None
