@@ -693,3 +693,19 @@ def test_nrrd_attributes_found_by_the_full_fuzz_run(tmp_path, capsys):
     assert code == 0, err
     assert all(line.isprintable() for line in out.splitlines())
     assert "(source: Imager\\x1b[31m\\x0cSpacing)" in out
+
+
+def test_segment_extent_of_the_wrong_length_is_one_line(tmp_path, capsys):
+    """Seed 2 of the full fuzz run, case 8657: `Segment0_Extent:=-1` gave an IndexError in evaluate."""
+    from CACIdentifierLib import mrml
+
+    good = tmp_path / "good.seg.nrrd"
+    mrml.write_seg_nrrd(good, {"CAC": np.ones((2, 32, 32), bool)}, (0.3, 0.3))
+    raw = good.read_bytes()
+    start = raw.index(b"Segment0_Extent:=")
+    end = raw.index(b"\n", start)
+    bad = tmp_path / "bad.seg.nrrd"
+    bad.write_bytes(raw[:start] + b"Segment0_Extent:=-1" + raw[end:])
+    code, _, err = run_cac(capsys, "evaluate", bad, good)
+    assert code == 2
+    assert "extent" in one_error_line(err)

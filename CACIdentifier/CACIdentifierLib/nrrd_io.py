@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from .cine import Cine
-from .errors import CacError
+from .errors import CacError, printable
 from .fileutil import atomic_output
 
 # Key-value pairs of this project (node attributes in Slicer; NRRD ``key:=value`` in files).
@@ -529,6 +529,9 @@ def read_seg_nrrd(path, expected_shape=None, expected_spacing_mm=None) -> SegFil
         name = segment.get("name", segment.get("id", f"Segment_{len(segments)}"))
         mask = slicerio.segment_mask(segmentation, segment)
         extent = segment.get("extent")
+        if extent is not None and (not isinstance(extent, (list, tuple)) or len(extent) != 6):
+            raise CacError(f"{path}: segment {printable(name, 60)} has an extent that is not 6 numbers; "
+                           "the file is damaged, export the segmentation again")
         if extent is not None and (extent[1] < extent[0] or extent[3] < extent[2] or extent[5] < extent[4]):
             mask = np.zeros_like(mask)  # Slicer's empty segment
         segments[name] = _paste(mask, own, full, full_shape, name).transpose(2, 1, 0)
