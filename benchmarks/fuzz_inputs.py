@@ -700,7 +700,11 @@ def main(argv=None) -> int:
     ap.add_argument("--subprocess", action="store_true", help="a new interpreter per case instead of fork")
     ap.add_argument("--out", help="folder for summary.json and failures/ (default: a temporary folder)")
     ap.add_argument("--loader", nargs=2, metavar=("KIND", "PATH"), help=argparse.SUPPRESS)
+    ap.add_argument("--merge", nargs="+", metavar="SUMMARY",
+                    help="add up the summary.json files of chunked runs, print the totals, and exit")
     args = ap.parse_args(argv)
+    if args.merge:
+        return merge_summaries([Path(p) for p in args.merge])
     if args.loader:
         return _run_loader(args.loader[0], Path(args.loader[1]))
     if not XA.is_dir():
@@ -777,6 +781,39 @@ def main(argv=None) -> int:
         return 1 if failures else 0
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def merge_summaries(paths) -> int:
+    """Totals of several chunks' summary.json (outcomes by kind and by command, seconds, failures)."""
+    total = {o: 0 for o in OUTCOMES}
+    by_kind: dict = {}
+    by_command: dict = {}
+    seconds = 0.0
+    failures = []
+    seeds = set()
+    for path in paths:
+        s = json.loads(Path(path).read_text())
+        seeds.add(s["seed"])
+        seconds += s["seconds"]
+        failures += s["failures"]
+        for o, v in s["outcomes"].items():
+            total[o] += v
+        for table, part in ((by_kind, s["by_kind"]), (by_command, s["by_command"])):
+            for key, c in part.items():
+                row = table.setdefault(key, {o: 0 for o in OUTCOMES})
+                for o, v in c.items():
+                    row[o] += v
+    n = sum(total.values())
+    print(f"{n} cases in {len(paths)} chunks, seed(s) {sorted(seeds)}, {seconds:.0f} s: "
+          + ", ".join(f"{k} {v}" for k, v in total.items()))
+    for title, table in (("kind", by_kind), ("command", by_command)):
+        print(f"| {title} | cases | " + " | ".join(OUTCOMES) + " |")
+        print("|---" * (len(OUTCOMES) + 2) + "|")
+        for key, c in sorted(table.items()):
+            print(f"| {key} | {sum(c.values())} | " + " | ".join(str(c[o]) for o in OUTCOMES) + " |")
+    for f in failures:
+        print(f"failure: case {f['case']} [{f['kind']}] {f['outcome']}: {f['mutation']}")
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":
