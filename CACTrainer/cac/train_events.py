@@ -25,7 +25,8 @@ def format_line(event: dict) -> str:
 def parse_line(line: str) -> dict | None:
     """The JSON object on one line of the trainer's stdout, or None for any other line.
 
-    Anything that is not a JSON object (log text, a partial line) is ignored.
+    Anything that is not a JSON object (log text, a partial line) is ignored;
+    the same reader as every child process's (``worker.parse_event``).
 
     Examples
     --------
@@ -34,14 +35,9 @@ def parse_line(line: str) -> dict | None:
     >>> parse_line("Epoch 3 done") is None
     True
     """
-    line = line.strip()
-    if not line.startswith("{"):
-        return None
-    try:
-        value = json.loads(line)
-    except ValueError:
-        return None
-    return value if isinstance(value, dict) else None
+    from CACIdentifierLib.worker import parse_event
+
+    return parse_event(line)
 
 
 def progress_fraction(event: dict) -> float | None:
