@@ -49,9 +49,7 @@ from CACIdentifierLib.network import CLASSIFIER_THRESHOLD
 from CACIdentifierLib.progress import ProgressCallback, no_progress
 from CACIdentifierLib.refinement import DEFAULTS as REFINEMENT_DEFAULTS
 
-from . import dataset as D
-from . import distributed, targets
-from . import losses as L
+from . import dataset, distributed, losses, targets
 from .amp import MixedPrecision
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -96,8 +94,8 @@ class TrainConfig:
     channels_last: bool = False
     workers: int = 0  # DataLoader worker processes cutting and augmenting batches (0: in the loop)
 
-    def schedule(self) -> L.RebalanceSchedule:
-        return L.RebalanceSchedule(self.rebalance_start, self.rebalance_step, self.rebalance_floor)
+    def schedule(self) -> losses.RebalanceSchedule:
+        return losses.RebalanceSchedule(self.rebalance_start, self.rebalance_step, self.rebalance_floor)
 
 
 @dataclass
@@ -198,7 +196,7 @@ def load_checkpoint(run_dir: Path, model=None) -> tuple[dict, dict] | None:
 
 
 @torch.no_grad()
-def predict_patches(model, fs: D.FrameSet, device, amp: bool, batch_size: int = 32,
+def predict_patches(model, fs: dataset.FrameSet, device, amp: bool, batch_size: int = 32,
                     decode: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
     """Classifier probabilities (F*5,) and, with ``decode``, ROI probabilities (F*5, 256, 256) float16."""
     from CACIdentifierLib.device import autocast
@@ -206,9 +204,9 @@ def predict_patches(model, fs: D.FrameSet, device, amp: bool, batch_size: int = 
     model.eval()
     ids = np.arange(fs.n_patches)
     probs = np.empty(len(ids), np.float32)
-    rois = np.empty((len(ids), D.PATCH, D.PATCH), np.float16) if decode else None
+    rois = np.empty((len(ids), dataset.PATCH, dataset.PATCH), np.float16) if decode else None
     for s in range(0, len(ids), batch_size):
-        b = D.make_batch(fs, ids[s:s + batch_size])
+        b = dataset.make_batch(fs, ids[s:s + batch_size])
         with autocast(device, enabled=amp):
             feats = model.encode(_to(b["nc"], device), _to(b["c"], device))
             logit = model.classify_features(feats)
@@ -218,7 +216,7 @@ def predict_patches(model, fs: D.FrameSet, device, amp: bool, batch_size: int = 
     return probs, rois
 
 
-def pooled_features(model, fs: D.FrameSet, device, amp: bool, batch_size: int = 32) -> np.ndarray:
+def pooled_features(model, fs: dataset.FrameSet, device, amp: bool, batch_size: int = 32) -> np.ndarray:
     """(F*5, C) Block6 features averaged over each patch: what the classifier reads (for ood.py)."""
     from CACIdentifierLib.device import autocast
 
@@ -227,14 +225,14 @@ def pooled_features(model, fs: D.FrameSet, device, amp: bool, batch_size: int = 
     ids = np.arange(fs.n_patches)
     with torch.inference_mode():
         for s in range(0, len(ids), batch_size):
-            b = D.make_batch(fs, ids[s:s + batch_size])
+            b = dataset.make_batch(fs, ids[s:s + batch_size])
             with autocast(device, enabled=amp):
                 feats = model.encode(_to(b["nc"], device), _to(b["c"], device))
             out.append(feats["block6"].float().mean(dim=(2, 3)).cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
-def evaluate(model, fs: D.FrameSet, config: TrainConfig, device, *, decode: bool = True,
+def evaluate(model, fs: dataset.FrameSet, config: TrainConfig, device, *, decode: bool = True,
              calibration: dict | None = None) -> dict:
     """Patch classification metrics and per-frame identification metrics on ``fs``.
 
@@ -269,7 +267,7 @@ def evaluate(model, fs: D.FrameSet, config: TrainConfig, device, *, decode: bool
     for f in range(len(fs)):
         sl = slice(5 * f, 5 * f + 5)
         gated = rois[sl].astype(np.float32) * pred[sl, None, None]
-        prob512 = patches.stitch(gated, D.FRAME, D.FRAME, mode="max")
+        prob512 = patches.stitch(gated, dataset.FRAME, dataset.FRAME, mode="max")
         field = exposed_field(fs.nc[f], margin_px=3)
         mask = refine(prob512, **config.refinement) & field
         truth = fs.calcium[f]
@@ -282,7 +280,7 @@ def evaluate(model, fs: D.FrameSet, config: TrainConfig, device, *, decode: bool
             continue
         iom = metrics.iom(mask, truth)
         # The same decoder without classifier gating, for the paired comparison of the CV report.
-        ungated = refine(patches.stitch(rois[sl].astype(np.float32), D.FRAME, D.FRAME, mode="max"),
+        ungated = refine(patches.stitch(rois[sl].astype(np.float32), dataset.FRAME, dataset.FRAME, mode="max"),
                          **config.refinement)
         iom_ungated = metrics.iom(ungated, truth)
         sp = fs.spacing_mm[f]
@@ -312,17 +310,17 @@ def evaluate(model, fs: D.FrameSet, config: TrainConfig, device, *, decode: bool
 
 
 @torch.no_grad()
-def _decoder_val_loss(model, fs: D.FrameSet, config: TrainConfig, device, alpha: float) -> float:
+def _decoder_val_loss(model, fs: dataset.FrameSet, config: TrainConfig, device, alpha: float) -> float:
     from CACIdentifierLib.device import autocast
 
     model.eval()
     ids = np.arange(fs.n_patches)
     total, n = 0.0, 0
     for s in range(0, len(ids), config.batch_size):
-        b = D.make_batch(fs, ids[s:s + config.batch_size], with_dist=True)
+        b = dataset.make_batch(fs, ids[s:s + config.batch_size], with_dist=True)
         with autocast(device, enabled=config.amp):
             roi_logit = model.decode(model.encode(_to(b["nc"], device), _to(b["c"], device)))
-        loss, _ = L.decoder_loss(roi_logit, _to(b["roi"], device), _to(b["dist"], device), alpha)
+        loss, _ = losses.decoder_loss(roi_logit, _to(b["roi"], device), _to(b["dist"], device), alpha)
         total += float(loss) * len(b["label"])
         n += len(b["label"])
     return total / max(n, 1)
@@ -332,7 +330,7 @@ def _decoder_val_loss(model, fs: D.FrameSet, config: TrainConfig, device, alpha:
 
 
 @torch.no_grad()
-def recalibrate_bn(model, fs: D.FrameSet, config: TrainConfig, device, stage: int, epoch: int,
+def recalibrate_bn(model, fs: dataset.FrameSet, config: TrainConfig, device, stage: int, epoch: int,
                    n_patches: int = 256) -> None:
     """Re-estimate the BatchNorm statistics of the stage's modules on un-augmented training patches.
 
@@ -366,7 +364,7 @@ def recalibrate_bn(model, fs: D.FrameSet, config: TrainConfig, device, stage: in
         chunk = ids[s:s + bs]
         if len(chunk) < 2:
             break
-        b = D.make_batch(fs, chunk)
+        b = dataset.make_batch(fs, chunk)
         with autocast(device, enabled=config.amp):
             feats = model.encode(_to(b["nc"], device), _to(b["c"], device))
             if stage == 2:
@@ -386,10 +384,10 @@ class BatchSource(torch.utils.data.Dataset):
     GPU busy: cutting, augmenting and the boundary-loss distance maps are CPU work.
     """
 
-    def __init__(self, fs: D.FrameSet, batches: list, config: TrainConfig, stage: int, epoch: int,
+    def __init__(self, fs: dataset.FrameSet, batches: list, config: TrainConfig, stage: int, epoch: int,
                  rank: int | None = None):
         self.fs, self.batches, self.config, self.stage, self.epoch = fs, batches, config, stage, epoch
-        self.augment = D.Augment() if config.augment else None
+        self.augment = dataset.Augment() if config.augment else None
         # Data-parallel ranks cut their own shares of the batches: one more key, distinct draws per rank.
         self.key_tail = [] if rank is None else [int(rank)]
 
@@ -399,7 +397,7 @@ class BatchSource(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict:
         rng = np.random.default_rng([int(self.config.seed), int(self.stage), int(self.epoch), int(i),
                                      *self.key_tail])
-        return D.make_batch(self.fs, self.batches[i], rng, self.augment, with_dist=(self.stage == 2),
+        return dataset.make_batch(self.fs, self.batches[i], rng, self.augment, with_dist=(self.stage == 2),
                             min_deposit_fraction=self.config.min_deposit_fraction)
 
     def iterate(self, device):
@@ -418,8 +416,8 @@ def _numpy_to_torch(b: dict) -> dict:
     return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in b.items()}
 
 
-def _epoch_batches(fs: D.FrameSet, config: TrainConfig, rng, scores: np.ndarray | None) -> list:
-    ids = D.epoch_indices(fs.patch_labels, rng, balanced=config.balanced, samples=config.samples_per_epoch,
+def _epoch_batches(fs: dataset.FrameSet, config: TrainConfig, rng, scores: np.ndarray | None) -> list:
+    ids = dataset.epoch_indices(fs.patch_labels, rng, balanced=config.balanced, samples=config.samples_per_epoch,
                           hard_scores=scores, hard_fraction=config.hard_negative_frac)
     bs = config.batch_size
     batches = [ids[s:s + bs] for s in range(0, len(ids), bs)]
@@ -428,7 +426,7 @@ def _epoch_batches(fs: D.FrameSet, config: TrainConfig, rng, scores: np.ndarray 
     return batches
 
 
-def steps_per_epoch(fs: D.FrameSet, config: TrainConfig) -> int:
+def steps_per_epoch(fs: dataset.FrameSet, config: TrainConfig) -> int:
     """Optimiser steps of one epoch (the same every epoch: the epoch's size depends only on the labels)."""
     return len(_epoch_batches(fs, config, np.random.default_rng(0), None))
 
@@ -456,7 +454,7 @@ def lr_factor(step: int, total: int, config: TrainConfig) -> float:
     return 0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
 
 
-def _run_epoch(model, opt, fs: D.FrameSet, config: TrainConfig, device, stage: int, epoch: int,
+def _run_epoch(model, opt, fs: dataset.FrameSet, config: TrainConfig, device, stage: int, epoch: int,
                progress: ProgressCallback, *, epochs: int = 1, base_lr: float | None = None,
                scores: np.ndarray | None = None, precision: MixedPrecision | None = None) -> float:
     from CACIdentifierLib.device import autocast
@@ -489,7 +487,7 @@ def _run_epoch(model, opt, fs: D.FrameSet, config: TrainConfig, device, stage: i
             logit, roi_logit = forward(nc, c)
         if stage == 1:
             labels = _to(b["label"], device)
-            loss = L.classification_loss(logit, labels)
+            loss = losses.classification_loss(logit, labels)
             if scores is not None:
                 with torch.no_grad():
                     per = torch.nn.functional.binary_cross_entropy_with_logits(logit.float(), labels,
@@ -499,9 +497,9 @@ def _run_epoch(model, opt, fs: D.FrameSet, config: TrainConfig, device, stage: i
                 else:  # all ranks keep every patch's score: they draw the same next epoch
                     scores[np.asarray(batches[i])] = ddp.gather_scores(per, batches[i])
             if joint:
-                loss = loss + config.aux_weight * L.dense_roi_loss(roi_logit, _to(b["roi"], device))
+                loss = loss + config.aux_weight * losses.dense_roi_loss(roi_logit, _to(b["roi"], device))
         else:
-            loss, _ = L.decoder_loss(roi_logit, _to(b["roi"], device), _to(b["dist"], device), alpha)
+            loss, _ = losses.decoder_loss(roi_logit, _to(b["roi"], device), _to(b["dist"], device), alpha)
         opt.zero_grad(set_to_none=True)
         if ddp is not None and len(bids) * ddp.world != len(batches[i]):
             precision.step(loss * ddp.loss_weight(len(bids), len(batches[i])), opt)  # unequal last shares
@@ -547,7 +545,7 @@ def _load_initial_weights(model, path) -> None:
     model.load_state_dict(init.state_dict())
 
 
-def train(train_set: D.FrameSet, val_set: D.FrameSet | None, config: TrainConfig, run_dir, *,
+def train(train_set: dataset.FrameSet, val_set: dataset.FrameSet | None, config: TrainConfig, run_dir, *,
           resume: bool = False, emit: Callable[[dict], None] | None = None,
           progress: ProgressCallback = no_progress) -> TrainResult:
     """Run both stages; checkpoints go to ``run_dir`` after every epoch.
