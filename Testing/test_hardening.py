@@ -551,6 +551,7 @@ def test_manifest_is_checked(tmp_path):
         ({"acquisitions": [{"cine": "/etc/passwd"}]}, "outside the dataset"),
         ({"acquisitions": [{"cine": "a.dcm", "annotators": [3]}]}, "not a file name"),
         ({"acquisitions": ["x"]}, "not an object"),
+        ({"acquisitions": [{"cine": None}]}, "has no cine"),  # full fuzz run, seed 3, case 432
     ):
         (ds / "manifest.json").write_text(json.dumps(manifest))
         with pytest.raises(CacError, match=message):

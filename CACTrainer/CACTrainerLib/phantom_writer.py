@@ -309,7 +309,7 @@ def load_manifest(dataset_dir) -> list[dict]:
         for key in ("id", "patient"):
             if key in e and not isinstance(e[key], (str, int)) or isinstance(e.get(key), bool):
                 raise bad(f"acquisition {i}: {key} is not a name")
-        if "cine" not in e:
+        if e.get("cine") is None:  # absent or null
             raise bad(f"acquisition {i} has no cine")
         for key in PATH_KEYS:
             if key in e and e[key] is not None:
