@@ -431,3 +431,16 @@ def test_cancel_leaves_nothing(tmp_path):
         write_dataset(tmp_path / "ds", p, patients=2, seed=1, progress=progress)
     assert seen[-1] == (15, 20)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_annotator_min_snr(tmp_path, capsys):
+    from cac.cli import main
+
+    out = tmp_path / "ds"
+    assert main(["phantom", str(out), "--frames", "12", "--size", "96", "--seed", "3", "--calcium-count", "3", "3",
+                 "--calcium-free-fraction", "0", "--annotator-min-snr", "6"]) == 0
+    truth = json.loads(next(out.glob("P001/A01/truth.json")).read_text())
+    assert all(4.8 <= n["min_snr"] <= 7.5 for n in truth["annotators"])
+    assert all("detectability" in c for c in truth["calcifications"])
+    assert main(["phantom", str(tmp_path / "x"), "--annotator-min-snr", "-1"]) == 2
+    assert "--annotator-min-snr" in capsys.readouterr().err

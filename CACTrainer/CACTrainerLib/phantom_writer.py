@@ -232,6 +232,8 @@ def write_dataset(out_dir, params=None, *, patients: int = 1, acquisitions_per_p
                                                    size=params.rows, fps=params.fps,
                                                    calcium_free_fraction=params.calcium_free_fraction)
                     acq_params.ecg = params.ecg
+                    if params.annotator_min_snr > 0:  # the user's visibility threshold wins
+                        acq_params.annotator_min_snr = params.annotator_min_snr
                 acq = generate_acquisition(acq_params, seed, p, a, calcium_free=p in free, progress=inner)
                 if montage is not None and first is None:
                     first = acq

@@ -52,6 +52,9 @@ def register(subparsers) -> None:
                    help="quanta per pixel in the lung field: sets the quantum noise (default 1200)")
     p.add_argument("--side", choices=("random", "left", "right"), default="random",
                    help="injected coronary system: left, right, or random (70%% left; default)")
+    p.add_argument("--annotator-min-snr", type=float, default=None, metavar="D",
+                   help="annotators draw only deposits whose Rose detectability reaches D (x 0.8-1.25 per "
+                        "annotator; about 5 = just visible); default: off, or 5-8 with --randomize")
     p.add_argument("--randomize", action="store_true",
                    help="draw each patient's domain (dose, display, bits, metal, calcium look...) from wide ranges")
     p.add_argument("--ecg", action="store_true", help="write the R Wave Pointer (the paper's data have no ECG)")
@@ -71,6 +74,7 @@ def params_from_args(args):
         "calcium_free_fraction": args.calcium_free_fraction, "calcium_mu_per_mm": args.calcium_contrast,
         "contrast_mu_per_mm": args.contrast, "early_onset_prob": args.early_onset_prob,
         "table_pan_prob": args.table_pan_prob, "photons": args.photons,
+        "annotator_min_snr": getattr(args, "annotator_min_snr", None),
     }
     kw.update({k: v for k, v in pairs.items() if v is not None})
     if args.side != "random":
@@ -93,6 +97,9 @@ def params_from_args(args):
         raise CacError("--heart-rate must lie within 20-250 bpm")
     if args.photons is not None and args.photons <= 0:
         raise CacError("--photons must be positive")
+    min_snr = getattr(args, "annotator_min_snr", None)
+    if min_snr is not None and not 0 <= min_snr <= 100:
+        raise CacError("--annotator-min-snr must be in [0, 100] (about 5 = just visible; 0 = off)")
     params = PhantomParams(**kw)
     params.validate()
     return params
