@@ -112,12 +112,24 @@ def probe_step_seconds(fs, config, device, steps: int) -> float:
     return float(np.median(dt)) if len(dt) else float(t[-1] - t[0])
 
 
+def overrides(cfg, pairs: dict) -> dict:
+    """``--set RECIPE.FIELD=VALUE`` values converted to the type of the TrainConfig field."""
+    out = {}
+    for key, text in pairs.items():
+        if not hasattr(cfg, key):
+            raise SystemExit(f"gpu_protocol: TrainConfig has no field {key!r}")
+        current = getattr(cfg, key)
+        out[key] = (text.lower() in ("1", "true", "yes")) if isinstance(current, bool) else type(current)(text)
+    return out
+
+
 def train_recipe(name, train, val, seconds, out_dir, device, args, emit):
     from CACTrainerLib import training
     from CACTrainerLib.recipes import recipe_config
 
     cfg = recipe_config(name, seed=args.seed, device=args.device, workers=args.workers,
                         channels_last=device.type == "cuda", architecture=args.arch)
+    cfg = replace(cfg, **overrides(cfg, args.set.get(name, {})))
     step = probe_step_seconds(train, cfg, device, 8 if not args.tiny else 2)
     steps_epoch = training.steps_per_epoch(train, cfg)
     # Measured on the H200 (2026-11-30): a stage-1 epoch costs about 1.9x its optimiser steps (the
@@ -192,7 +204,17 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--recipes", default="default,paper", help="comma-separated recipes to run")
+    ap.add_argument("--set", action="append", default=[], metavar="RECIPE.FIELD=VALUE",
+                    help="override a TrainConfig field of one recipe, e.g. default.lr1=3e-4 (repeatable)")
     args = ap.parse_args(argv)
+    sets: dict = {}
+    for item in args.set:
+        name, _, rest = item.partition(".")
+        key, _, value = rest.partition("=")
+        if not (name and key and value):
+            raise SystemExit(f"gpu_protocol: --set {item!r} is not RECIPE.FIELD=VALUE")
+        sets.setdefault(name, {})[key] = value
+    args.set = sets
 
     import torch
     from CACIdentifierLib.device import choose_device
