@@ -292,7 +292,6 @@ def main(argv=None) -> int:
         if name == "default":
             meta = {"refinement": dict(cfg.refinement), "classifier_threshold": cfg.classifier_threshold,
                     "calibration": cal,
-                    "feature_statistics": fit_feature_statistics(result.model, val, cfg, device),
                     "roi_gt": {"iterations": cfg.roi_iterations, "step_px": cfg.roi_step_px,
                                "min_deposit_fraction": cfg.min_deposit_fraction},
                     "training": {"data": {"phantom_pool": {"train": train.summary(), "val": val.summary(),
@@ -301,6 +300,8 @@ def main(argv=None) -> int:
                                  "config": training.asdict(cfg), "machine": facts,
                                  "seconds": round(result.seconds, 1), "torch": torch.__version__},
                     "metrics": {"test": results[name]["test"]}}
+            if len(val) >= 4:  # activation statistics need a few frames (ood.py)
+                meta["feature_statistics"] = fit_feature_statistics(result.model, val, cfg, device)
             save_model(out / "default.safetensors", result.model.cpu(), meta, overwrite=True, dtype=torch.float16)
             training.plot_curves(result.history, out / "default_curves.png", title="default recipe (GPU protocol)")
             result.model.to(device)
