@@ -43,7 +43,7 @@ def test_json_majority_and_segment(files, capsys):
     capsys.readouterr()
     assert main(["evaluate", files["pred"], *files["truth"], "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert set(out) == {"frames", "summary", "grid"}
+    assert set(out) == {"frames", "summary", "grid", "units"}
     assert set(out["summary"]) == {"iom", "hd_mm", "roi_precision", "presence", "roi_area_pct_field", "detection"}
     assert set(out["summary"]["iom"]) == {"median", "q1", "q3"}
     frames = {f["index"]: f for f in out["frames"]}

@@ -105,7 +105,13 @@ def test_cli_identify_outputs(study, tmp_path):
     # The evaluation in the report is the one `cac evaluate` gives on the same files.
     from CACIdentifierLib.nrrd_io import read_seg_nrrd
 
-    roi = read_seg_nrrd(out / "roi.seg.nrrd", expected_shape=acq.frames.shape).union()
+    roi_file = read_seg_nrrd(out / "roi.seg.nrrd", expected_shape=acq.frames.shape)
+    roi = roi_file.union()
+    # It records its source cine (issue 16: `cac evaluate` refuses files of different cines).
+    from CACIdentifierLib.cine_io import load_cine
+
+    assert roi_file.source_fingerprint == load_cine(folder / files["cine"]).fingerprint()
+    assert roi_file.spacing_known is True
     analysed = {row["index"] for row in report["frames"]}
     assert not roi[[f for f in range(N_FRAMES) if f not in analysed]].any()
 

@@ -177,7 +177,7 @@ def export_to_dataset(dataset, cine_path, nodes, volume_node, *, patient: str | 
         paths = []
         for i, m in enumerate(masks):
             path = Path(tmp) / f"annotator{i + 1}.seg.nrrd"
-            mrml.write_seg_nrrd(path, {"calcium": m}, cine.spacing_mm)
+            mrml.write_seg_nrrd(path, {"calcium": m}, cine.spacing_mm, source_fingerprint=cine.fingerprint())
             paths.append(path)
         return add_acquisition(dataset, cine_path, paths, patient=patient, onset=onset, key_file=key_file,
                                overwrite=overwrite)

@@ -178,7 +178,8 @@ class IdentifyJob:
                                    f"{cine.frames.shape}; draw it over this cine's frame-stack volume")
                 union |= mask
             annotation_paths.append(nrrd_io.write_seg_nrrd(
-                self.work_dir / f"annotation{i}.seg.nrrd", {"calcium": union}, cine.spacing_mm, overwrite=True))
+                self.work_dir / f"annotation{i}.seg.nrrd", {"calcium": union}, cine.spacing_mm, overwrite=True,
+                source_fingerprint=cine.fingerprint()))
         command = worker.identify_command(self.python, cine_path, self.out_dir,
                                           annotation_paths=annotation_paths, **self.options)
         self.runner.start(command, env=worker.child_environment())

@@ -22,7 +22,10 @@ Geometry (docs/ARCHITECTURE.md, "Geometry of files")
   frame-stack grid stored as the ``Reference image geometry`` conversion
   parameter, so Slicer opens it over the frame-stack volume.
 - ``CAC_*`` key-value pairs carry the spacing source (``unknown`` when the
-  spacing was not known and 1.0 was written), frame time and R waves.
+  spacing was not known and 1.0 was written), frame time and R waves; a
+  ``.seg.nrrd`` written here carries the spacing source and the content
+  fingerprint of its cine (``CAC_source_fingerprint``,
+  :func:`~CACIdentifierLib.cine.pixel_fingerprint`).
 
 >>> import numpy as np
 >>> from CACIdentifierLib.cine import Cine
@@ -35,13 +38,15 @@ Geometry (docs/ARCHITECTURE.md, "Geometry of files")
 from __future__ import annotations
 
 import contextlib
+import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from .cine import Cine
-from .errors import CacError, printable
+from .errors import CacError, CacWarning, printable
 from .fileutil import atomic_output
 
 # Key-value pairs of this project (node attributes in Slicer; NRRD ``key:=value`` in files).
@@ -50,6 +55,9 @@ ATTR_FRAME_TIME_MS = "CAC_frame_time_ms"
 ATTR_R_WAVE_FRAMES = "CAC_r_wave_frames"
 ATTR_SOURCE = "CAC_source"
 ATTR_ROLE = "CAC_role"
+# In segmentations: the content fingerprint of the cine they were drawn on (cine.pixel_fingerprint).
+ATTR_SOURCE_FINGERPRINT = "CAC_source_fingerprint"
+_FINGERPRINT_PATTERN = r"pixels-sha256:[0-9a-f]{64}"
 
 DEFAULT_SEGMENT_COLORS = (
     (1.0, 0.85, 0.0),  # CAC ROI: yellow
@@ -84,6 +92,12 @@ class SegFile:
     (the volume it was drawn on), false when it is only the labelmap's own
     extent (padded from index 0).  :mod:`CACIdentifierLib.seg_align` uses them
     to compare files saved with different extents or origins.
+
+    ``source_fingerprint`` is the content fingerprint of the cine the file
+    was drawn on, when the file records it (files written by this project);
+    ``spacing_known`` is False when the file says its spacing was unknown
+    (1.0 written), True when it says it was known, None when it says
+    nothing (Slicer's own files, older ones).
     """
 
     segments: dict[str, np.ndarray]
@@ -92,6 +106,8 @@ class SegFile:
     path: str = ""
     ijk_to_ras: np.ndarray | None = None
     has_reference: bool = False
+    source_fingerprint: str | None = None
+    spacing_known: bool | None = None
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -393,7 +409,8 @@ def _parse_reference_geometry(text: str):
     return _LPS_TO_RAS @ ras, tuple(int(v) for v in values[16:])
 
 
-def write_seg_nrrd(path, segments: dict[str, np.ndarray], spacing_mm, colors=None, overwrite: bool = False) -> Path:
+def write_seg_nrrd(path, segments: dict[str, np.ndarray], spacing_mm, colors=None, overwrite: bool = False, *,
+                   source_fingerprint: str | None = None) -> Path:
     """Write named per-frame masks as a ``.seg.nrrd`` that 3D Slicer opens over the frame-stack volume.
 
     Parameters
@@ -410,6 +427,12 @@ def write_seg_nrrd(path, segments: dict[str, np.ndarray], spacing_mm, colors=Non
         Segment colours in [0, 1]; missing ones come from a fixed palette.
     overwrite : bool
         Replace an existing file.
+    source_fingerprint : str, optional
+        The content fingerprint of the cine the masks belong to
+        (:meth:`~CACIdentifierLib.cine.Cine.fingerprint`), stored as
+        ``CAC_source_fingerprint`` so that readers can refuse annotations of
+        another cine.  ``CAC_spacing_source`` (``unknown`` or ``given``) is
+        always written.
 
     The labelmap covers the full frame stack (also for empty masks) and the
     frame-stack grid is stored as the reference image geometry; written with
@@ -446,6 +469,11 @@ def write_seg_nrrd(path, segments: dict[str, np.ndarray], spacing_mm, colors=Non
         "description": _REFERENCE_GEOMETRY_HELP + "&",
     }]
     segmentation["encoding"] = "gzip"
+    segmentation[ATTR_SPACING_SOURCE] = "unknown" if spacing_mm is None else "given"
+    if source_fingerprint is not None:
+        if not re.fullmatch(_FINGERPRINT_PATTERN, str(source_fingerprint)):
+            raise CacError(f"source fingerprint {str(source_fingerprint)[:80]!r} is not a cine's pixel fingerprint")
+        segmentation[ATTR_SOURCE_FINGERPRINT] = str(source_fingerprint)
     with atomic_output(path, overwrite) as tmp:
         slicerio.write_segmentation(str(tmp), segmentation, compression_level=6)
     return Path(path)
@@ -538,6 +566,12 @@ def read_seg_nrrd(path, expected_shape=None, expected_spacing_mm=None) -> SegFil
         if "color" in segment:
             colors[name] = tuple(float(c) for c in segment["color"][:3])
     spacing = np.linalg.norm(full[:3, :3], axis=0)
+    fingerprint = segmentation.get(ATTR_SOURCE_FINGERPRINT)
+    if fingerprint is not None and not re.fullmatch(_FINGERPRINT_PATTERN, str(fingerprint).strip()):
+        warnings.warn(f"{path} has a malformed {ATTR_SOURCE_FINGERPRINT}; its source cine is not checked",
+                      CacWarning, stacklevel=2)
+        fingerprint = None
+    spacing_source = str(segmentation.get(ATTR_SPACING_SOURCE, "")).strip()
     result = SegFile(
         segments=segments,
         spacing_mm=(round_spacing(spacing[1]), round_spacing(spacing[0])),
@@ -545,6 +579,8 @@ def read_seg_nrrd(path, expected_shape=None, expected_spacing_mm=None) -> SegFil
         path=str(path),
         ijk_to_ras=_LPS_TO_RAS @ full,
         has_reference=has_reference,
+        source_fingerprint=None if fingerprint is None else str(fingerprint).strip(),
+        spacing_known=None if not spacing_source else spacing_source != "unknown",
     )
     if expected_shape is not None and tuple(result.shape) != tuple(int(v) for v in expected_shape):
         raise CacError(

@@ -18,6 +18,11 @@ Rules
   labelmap extent) may cover fewer, and its missing frames are empty.
 - Rows and columns: the common grid is the union of all the files' grids;
   a file is empty where it has no pixels.
+- Source: equal shapes do not make the same cine.  Files written by this
+  project record the content fingerprint of their cine
+  (``CAC_source_fingerprint``); :func:`check_same_source` refuses files of
+  different cines and warns about files that record none (Slicer's own,
+  older ones), which are then compared on their grid only.
 
 >>> a = np.diag([-0.3, -0.3, 1.0, 1.0])
 >>> b = a.copy(); b[:3, 3] = (-0.6, -0.9, 0.0)   # 2 columns, 3 rows further
@@ -28,11 +33,13 @@ Rules
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import CacError
+from .cine import short_fingerprint
+from .errors import CacError, CacWarning
 
 
 @dataclass
@@ -190,3 +197,45 @@ def segfile_on_cine(seg, n_frames: int, rows: int, cols: int, spacing_mm) -> dic
         placed = grid.place(1, mask)
         out[seg_name] = placed[k0 : k0 + n_frames, j0 : j0 + rows, i0 : i0 + cols]
     return out
+
+
+def check_same_source(items, *, ignore: bool = False, advice: str = "compare segmentations of the same cine",
+                      override: str = "--ignore-source", warn_missing: bool = True) -> str | None:
+    """Refuse inputs that record different source cines; return the common fingerprint (None if none).
+
+    ``items`` is a list of ``(name, fingerprint or None)``: a segmentation's
+    :attr:`~CACIdentifierLib.nrrd_io.SegFile.source_fingerprint`, or a cine's
+    own fingerprint.  Two different fingerprints raise :class:`CacError` (one
+    line naming both files and the first 8 hex digits of each), unless
+    ``ignore``: then a warning.  Inputs without a fingerprint get one
+    warning (:func:`warn_unrecorded`; later, or never, with
+    ``warn_missing=False``): they cannot be checked.
+
+    >>> check_same_source([("a", "pixels-sha256:" + "1" * 64), ("b", "pixels-sha256:" + "2" * 64)])
+    Traceback (most recent call last):
+    ...
+    CACIdentifierLib.errors.CacError: a and b are segmentations of different cines (source fingerprints 11111111 and 22222222); compare segmentations of the same cine, or pass --ignore-source to compare them anyway
+    """
+    known = [(name, fp) for name, fp in items if fp]
+    if warn_missing:
+        warn_unrecorded(items)
+    if not known:
+        return None
+    first_name, first = known[0]
+    for name, fp in known[1:]:
+        if fp != first:
+            message = (f"{first_name} and {name} are segmentations of different cines (source fingerprints "
+                       f"{short_fingerprint(first)} and {short_fingerprint(fp)})")
+            if not ignore:
+                raise CacError(f"{message}; {advice}, or pass {override} to compare them anyway")
+            warnings.warn(f"{message}; compared anyway ({override})", CacWarning, stacklevel=2)
+    return first
+
+
+def warn_unrecorded(items) -> None:
+    """One warning naming the inputs of ``items`` ``(name, fingerprint or None)`` that record no source cine."""
+    missing = [str(name) for name, fp in items if not fp]
+    if missing:
+        who = missing[0] + " does" if len(missing) == 1 else f"{len(missing)} files ({missing[0]}, ...) do"
+        warnings.warn(f"{who} not record the cine they were drawn on (saved by Slicer or an older cac); "
+                      "checked by their grid only", CacWarning, stacklevel=2)

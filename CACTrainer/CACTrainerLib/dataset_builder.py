@@ -13,7 +13,11 @@ dataset, so ``cac train`` and ``--cv patient`` read it unchanged)::
 What :func:`add_acquisition` checks: the cine loads; each segmentation lies
 on the cine's pixel grid in physical space (files saved cropped, or drawn
 over a cropped volume, are accepted: :mod:`CACIdentifierLib.seg_align`);
-the annotators agree on the frames; the series is not in the dataset yet.
+each segmentation that records its source cine (``CAC_source_fingerprint``:
+CAC Annotator, ``cac identify``, the phantom) records this one (equal shapes
+are not enough; ``ignore_source`` overrides); the annotators agree on the
+frames; the series is not in the dataset yet.  The segmentations written into
+the dataset record the cine's fingerprint.
 
 Privacy
 -------
@@ -197,7 +201,7 @@ def _identity(cine, key: bytes) -> tuple[str, str]:
 
 def add_acquisition(dataset, cine_path, annotations, *, patient: str | None = None, onset: int | None = None,
                     segment: str | None = None, spacing_mm=None, frame_time_ms=None, key_file=None,
-                    overwrite: bool = False) -> Added:
+                    overwrite: bool = False, ignore_source: bool = False) -> Added:
     """Add one acquisition (a cine and its annotators' ``.seg.nrrd`` files) to ``dataset``.
 
     Parameters
@@ -218,10 +222,19 @@ def add_acquisition(dataset, cine_path, annotations, *, patient: str | None = No
         First contrast frame (0-based); detected by synchronization when None.
     overwrite : bool
         Replace an acquisition of the same series already in the dataset.
+    ignore_source : bool
+        Accept annotations that record another source cine (a warning
+        instead of an error).
     """
     from CACIdentifierLib.cine_io import load_cine
     from CACIdentifierLib.metrics import majority_vote
-    from CACIdentifierLib.seg_align import common_grid, grid_of, segfile_on_cine
+    from CACIdentifierLib.seg_align import (
+        check_same_source,
+        common_grid,
+        grid_of,
+        segfile_on_cine,
+        warn_unrecorded,
+    )
 
     dataset = Path(dataset)
     annotations = [str(a) for a in annotations]
@@ -245,6 +258,11 @@ def add_acquisition(dataset, cine_path, annotations, *, patient: str | None = No
         on_cine = segfile_on_cine(f, n, rows, cols, cine.spacing_mm)
         chosen = on_cine[segment] if segment else np.any(np.stack(list(on_cine.values())), axis=0)
         masks.append(chosen)
+    # After the grid checks (another geometry is plainly another cine): equal grids, then equal sources.
+    fingerprint = cine.fingerprint()
+    sources = [("the cine", fingerprint), *((a, f.source_fingerprint) for a, f in zip(annotations, files))]
+    check_same_source(sources, ignore=ignore_source, advice="give the annotations made on this cine",
+                      warn_missing=False)
     majority = majority_vote(masks)
     agreement = pairwise_dice(masks)
 
@@ -298,15 +316,18 @@ def add_acquisition(dataset, cine_path, annotations, *, patient: str | None = No
         info = {"id": acq_id, "patient": pid, "onset_frame": onset_frame, "onset_source": onset_source,
                 "calcium_frames": calcium_frames, "annotated_frames": annotated, "agreement": agreement,
                 "rule": "strict majority (a pixel is calcium when more than half of the annotators mark it)"}
-        _write_acquisition(dataset, rel, cine, masks, majority, info, replace=bool(existing))
+        _write_acquisition(dataset, rel, cine, masks, majority, info, replace=bool(existing),
+                           fingerprint=fingerprint)
         manifest["acquisitions"] = [e for e in manifest["acquisitions"] if e["id"] != acq_id] + [record]
         manifest["acquisitions"].sort(key=lambda e: e["id"])
         _write_manifest(dataset, manifest)
+    warn_unrecorded(sources)  # after the work: an error above stays the only line
     return Added(acq_id, pid, str(rel), int(n), len(annotated), len(calcium_frames), onset_frame, onset_source,
                  agreement["median"], bool(existing))
 
 
-def _write_acquisition(dataset: Path, rel: Path, cine, masks, majority, info: dict, replace: bool) -> None:
+def _write_acquisition(dataset: Path, rel: Path, cine, masks, majority, info: dict, replace: bool,
+                       fingerprint: str | None = None) -> None:
     """Build the acquisition folder aside, then move it in place (replacing the old one only if asked)."""
     from copy import copy
 
@@ -323,8 +344,10 @@ def _write_acquisition(dataset: Path, rel: Path, cine, masks, majority, info: di
         mrml.write_frame_stack_nrrd(clean, tmp / "cine.nrrd")
         colors = {"calcium": CALCIUM_COLOR}
         for i, m in enumerate(masks):
-            mrml.write_seg_nrrd(tmp / f"annotator{i + 1}.seg.nrrd", {"calcium": m}, cine.spacing_mm, colors=colors)
-        mrml.write_seg_nrrd(tmp / "majority.seg.nrrd", {"calcium": majority}, cine.spacing_mm, colors=colors)
+            mrml.write_seg_nrrd(tmp / f"annotator{i + 1}.seg.nrrd", {"calcium": m}, cine.spacing_mm, colors=colors,
+                                source_fingerprint=fingerprint)
+        mrml.write_seg_nrrd(tmp / "majority.seg.nrrd", {"calcium": majority}, cine.spacing_mm, colors=colors,
+                            source_fingerprint=fingerprint)
         (tmp / "acquisition.json").write_text(json.dumps(info, indent=1))
         old = None
         if target.exists():

@@ -153,6 +153,7 @@ def write_dicom(path, acq, *, compression: str = "none", overwrite: bool = False
 def write_acquisition(folder, acq, *, compression: str = "none", overwrite: bool = False) -> dict:
     """Write one acquisition's files into ``folder``; return the relative file names."""
     from CACIdentifierLib import mrml
+    from CACIdentifierLib.cine import pixel_fingerprint
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -160,12 +161,15 @@ def write_acquisition(folder, acq, *, compression: str = "none", overwrite: bool
              "majority": "majority.seg.nrrd", "truth": "truth.json", "truth_seg": "truth.seg.nrrd"}
     write_dicom(folder / files["cine"], acq, compression=compression, overwrite=overwrite)
     colors = {"calcium": CALCIUM_COLOR}
+    # The pixel data is written as is (PixelData = the frames' bytes): the cine read back has these pixels.
+    source = pixel_fingerprint(acq.frames)
     for name, mask in zip(files["annotators"], acq.annotators):
-        mrml.write_seg_nrrd(folder / name, {"calcium": mask}, acq.spacing_mm, colors=colors, overwrite=overwrite)
+        mrml.write_seg_nrrd(folder / name, {"calcium": mask}, acq.spacing_mm, colors=colors, overwrite=overwrite,
+                            source_fingerprint=source)
     mrml.write_seg_nrrd(folder / files["majority"], {"calcium": acq.majority}, acq.spacing_mm, colors=colors,
-                        overwrite=overwrite)
+                        overwrite=overwrite, source_fingerprint=source)
     mrml.write_seg_nrrd(folder / files["truth_seg"], {"calcium": acq.calcium}, acq.spacing_mm, colors=colors,
-                        overwrite=overwrite)
+                        overwrite=overwrite, source_fingerprint=source)
     with atomic_output(folder / files["truth"], overwrite) as tmp:
         tmp.write_text(json.dumps(acq.truth, indent=1))
     return files

@@ -37,6 +37,8 @@ def register(subparsers) -> None:
     a.add_argument("--frame-time", type=float, metavar="MS", help="frame time for frame folders")
     a.add_argument("--key", metavar="FILE", help="pseudonym key file (default DATASET/pseudonym.key)")
     a.add_argument("--overwrite", action="store_true", help="replace the acquisition of the same series")
+    a.add_argument("--ignore-source", action="store_true",
+                   help="accept annotations that record another source cine (warns instead of refusing)")
     a.add_argument("--json", action="store_true", help="print what was added as JSON")
     c = sub.add_parser("check", help="list problems (exit code 1 if any) and warnings of a dataset")
     c.add_argument("dataset", metavar="DATASET")
@@ -63,7 +65,8 @@ def run(args) -> int:
     if args.dataset_command == "add":
         added = dataset_builder.add_acquisition(args.dataset, args.cine, args.annotations, patient=args.patient,
                                                 onset=args.onset, segment=args.segment, spacing_mm=_spacing(args.spacing),
-                                                frame_time_ms=args.frame_time, key_file=args.key, overwrite=args.overwrite)
+                                                frame_time_ms=args.frame_time, key_file=args.key, overwrite=args.overwrite,
+                                                ignore_source=args.ignore_source)
         if args.json:
             json.dump(vars(added), sys.stdout, indent=1)
             sys.stdout.write("\n")

@@ -7,6 +7,13 @@ truth).  The union of a file's segments is used unless ``--segment`` names
 one.  The files are aligned in physical space first
 (:mod:`CACIdentifierLib.seg_align`): files saved cropped, with other extents
 or origins are the same frames; another spacing or frame count is refused.
+Files that record different source cines (``CAC_source_fingerprint``, written
+by ``cac identify``, the phantom, the dataset builder and CAC Annotator) are
+refused unless ``--ignore-source``; files that record none are compared with a
+warning.  A spacing the files say is unknown (or 1 x 1 mm with no word on it,
+the value written for an unknown spacing) gives no HD in mm: pass ``--spacing
+MM`` or ``--allow-pixel-units`` (HD and areas in pixels: ``hd_px``,
+``roi_area_px``).
 
 Per frame where either mask is non-empty: IoM, HD (mm), ROI area (mm2, % of
 the frame), ROI precision (fraction of the ROI inside the truth), whether AI
@@ -43,6 +50,12 @@ def register(subparsers) -> None:
     p.add_argument("--json", action="store_true", help="print JSON on stdout")
     p.add_argument("--csv", metavar="FILE", help="write the per-frame table as CSV (- for stdout)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --csv file")
+    p.add_argument("--ignore-source", action="store_true",
+                   help="compare files that record different source cines (warns instead of refusing)")
+    p.add_argument("--spacing", metavar="MM",
+                   help="pixel spacing in mm (one number, or ROW,COL) when the files' spacing is unknown")
+    p.add_argument("--allow-pixel-units", action="store_true",
+                   help="when the spacing is unknown, give HD and areas in pixels instead of refusing")
     p.set_defaults(func=run)
 
 
@@ -56,29 +69,66 @@ def _mask_of(segments: dict, path: str, segment: str | None) -> np.ndarray:
     return np.asarray(segments[segment], dtype=bool)
 
 
-def evaluate_files(pred_path, truth_paths, segment: str | None = None) -> dict:
+def _spacing_unknown(files, grid_spacing) -> str | None:
+    """Why the files' spacing is not a known physical spacing, or None when it is."""
+    said = [f.spacing_known for f in files]
+    if False in said:
+        return "the files say the cine's pixel spacing was unknown (1 mm was written)"
+    if True not in said and np.allclose(grid_spacing, (1.0, 1.0), rtol=1e-6):
+        # Slicer's own files say nothing; exactly 1 x 1 mm is what is written for an unknown spacing and
+        # no angiography detector has it.
+        return "the files' pixel spacing is 1 x 1 mm, the value written when the spacing is unknown"
+    return None
+
+
+def evaluate_files(pred_path, truth_paths, segment: str | None = None, *, ignore_source: bool = False,
+                   spacing_mm=None, allow_pixel_units: bool = False) -> dict:
     """Read the files, align them in physical space and return :func:`metrics.evaluate_masks`'s result.
 
     Each frame row also gets ``annotators_with_calcium`` (how many of the
     truth files mark calcium there); the result gets ``grid``: the common
-    grid's shape and where each file lies on it.
+    grid's shape and where each file lies on it, and ``units`` (``"mm"``, or
+    ``"px"`` with ``allow_pixel_units``: keys ``hd_px``, ``roi_area_px``).
+    Files of different source cines are refused unless ``ignore_source``;
+    an unknown spacing is refused unless ``spacing_mm`` (row, col) or
+    ``allow_pixel_units`` is given.
     """
     from CACIdentifierLib import nrrd_io
     from CACIdentifierLib.metrics import evaluate_masks, majority_vote
-    from CACIdentifierLib.seg_align import align_segfiles
+    from CACIdentifierLib.seg_align import align_segfiles, check_same_source
 
     pred = nrrd_io.read_seg_nrrd(pred_path)
     truths = [nrrd_io.read_seg_nrrd(p) for p in truth_paths]
     files = [pred, *truths]
     for f in files:
         _mask_of(f.segments, f.path, segment)  # one clear line for a missing segment, before aligning
-    aligned, grid = align_segfiles(files)
+    aligned, grid = align_segfiles(files)  # another geometry is another cine: that error first
+    check_same_source([(f.path, f.source_fingerprint) for f in files], ignore=ignore_source)
     masks = [_mask_of(a, f.path, segment) for f, a in zip(files, aligned)]
     truth = majority_vote(masks[1:])
-    result = evaluate_masks(masks[0], truth, grid.spacing_mm)
+    spacing, units = tuple(grid.spacing_mm), "mm"
+    unknown = _spacing_unknown(files, spacing)
+    if unknown is None and spacing_mm is not None and not np.allclose(spacing, spacing_mm, rtol=1e-3):
+        raise CacError(f"--spacing {spacing_mm[0]:g},{spacing_mm[1]:g} mm differs from the files' known spacing "
+                       f"{spacing[0]:g},{spacing[1]:g} mm; leave --spacing out")
+    if unknown is not None:
+        if spacing_mm is not None:
+            spacing = tuple(float(v) for v in spacing_mm)
+        elif allow_pixel_units:
+            spacing, units = (1.0, 1.0), "px"
+        else:
+            raise CacError(f"{unknown}: the HD cannot be given in mm; pass --spacing MM (the cine's pixel "
+                           "spacing) or --allow-pixel-units (HD and areas in pixels)")
+    result = evaluate_masks(masks[0], truth, spacing)
     for row in result["frames"]:
         row["annotators_with_calcium"] = int(sum(bool(m[row["index"]].any()) for m in masks[1:]))
-    result["grid"] = {"shape": list(grid.shape), "spacing_mm": list(grid.spacing_mm),
+    if units == "px":
+        for row in result["frames"]:
+            row["hd_px"] = row.pop("hd_mm")
+            row["roi_area_px"] = row.pop("roi_area_mm2")
+        result["summary"]["hd_px"] = result["summary"].pop("hd_mm")
+    result["units"] = units
+    result["grid"] = {"shape": list(grid.shape), "spacing_mm": None if units == "px" else list(spacing),
                       "offsets": {str(p): list(o) for p, o in zip((pred_path, *truth_paths), grid.offsets)}}
     return result
 
@@ -87,13 +137,20 @@ COLUMNS = ("index", "iom", "hd_mm", "roi_area_mm2", "roi_area_pct", "roi_precisi
            "truth_calcium", "annotators_with_calcium", "agree")
 
 
+def _columns(result: dict) -> tuple[str, ...]:
+    if result.get("units") == "px":
+        return tuple({"hd_mm": "hd_px", "roi_area_mm2": "roi_area_px"}.get(c, c) for c in COLUMNS)
+    return COLUMNS
+
+
 def table_csv(result: dict) -> str:
     """The per-frame table as CSV text (empty cells where undefined)."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(COLUMNS)
+    columns = _columns(result)
+    writer.writerow(columns)
     for row in result["frames"]:
-        writer.writerow(["" if row.get(c) is None else row.get(c) for c in COLUMNS])
+        writer.writerow(["" if row.get(c) is None else row.get(c) for c in columns])
     return out.getvalue()
 
 
@@ -102,7 +159,11 @@ def _fmt(v, digits: int) -> str:
 
 
 def run(args) -> int:
-    result = evaluate_files(args.pred, args.truth, args.segment)
+    from CACIdentifierLib.dicom_io import normalize_spacing
+
+    spacing = normalize_spacing(args.spacing.replace(",", " ").split()) if args.spacing else None
+    result = evaluate_files(args.pred, args.truth, args.segment, ignore_source=args.ignore_source,
+                            spacing_mm=spacing, allow_pixel_units=args.allow_pixel_units)
     if args.csv:
         text = table_csv(result)
         if args.csv == "-":
@@ -121,16 +182,21 @@ def run(args) -> int:
     n = len(args.truth)
     print(f"prediction: {args.pred}")
     print(f"truth: {args.truth[0]}" if n == 1 else f"truth: majority vote of {n} annotations")
-    print(f"{'frame':>6} {'IoM':>6} {'HD (mm)':>9} {'ROI mm2':>9} {'ROI %':>6} {'prec.':>6} {'AI':>4} "
-          f"{'truth':>5} {'agree':>5}")
+    px = result.get("units") == "px"
+    hd_key, area_key = ("hd_px", "roi_area_px") if px else ("hd_mm", "roi_area_mm2")
+    if px:
+        print("units: pixels (the pixel spacing is unknown)")
+    print(f"{'frame':>6} {'IoM':>6} {'HD (px)' if px else 'HD (mm)':>9} {'ROI px' if px else 'ROI mm2':>9} "
+          f"{'ROI %':>6} {'prec.':>6} {'AI':>4} {'truth':>5} {'agree':>5}")
     yes = {True: "yes", False: "no"}
     for f in result["frames"]:
-        print(f"{f['index']:>6} {_fmt(f['iom'], 3):>6} {_fmt(f['hd_mm'], 2):>9} {_fmt(f['roi_area_mm2'], 1):>9} "
+        print(f"{f['index']:>6} {_fmt(f['iom'], 3):>6} {_fmt(f[hd_key], 2):>9} {_fmt(f[area_key], 1):>9} "
               f"{_fmt(f['roi_area_pct'], 1):>6} {_fmt(f['roi_precision'], 3):>6} {yes[f['ai_calcium']]:>4} "
               f"{yes[f['truth_calcium']]:>5} {yes[f['agree']]:>5}")
     if not result["frames"]:
         print("(both segmentations are empty on every frame)")
-    for key, label, digits in (("iom", "IoM", 2), ("hd_mm", "HD (mm)", 2), ("roi_precision", "ROI precision", 2)):
+    for key, label, digits in (("iom", "IoM", 2), (hd_key, "HD (px)" if px else "HD (mm)", 2),
+                               ("roi_precision", "ROI precision", 2)):
         s = result["summary"][key]
         print(f"{label}: {_fmt(s['median'], digits)} ({_fmt(s['q1'], digits)}-{_fmt(s['q3'], digits)}) median (Q1-Q3)")
     pr = result["summary"]["presence"]

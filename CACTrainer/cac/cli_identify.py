@@ -26,6 +26,8 @@ def register(subparsers) -> None:
     p.add_argument(
         "--annotations", nargs="+", metavar="SEG", help="annotators' .seg.nrrd files (majority vote = truth)"
     )
+    p.add_argument("--ignore-source", action="store_true",
+                   help="accept annotations that record another source cine (warns instead of refusing)")
     p.add_argument("--out", default="cac-output", help="output folder (default: ./cac-output)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     p.add_argument("--onset", type=int, help="contrast onset frame (0-based), overrides detection")
@@ -97,13 +99,16 @@ def _run(args: argparse.Namespace) -> int:
     annotations = None
     if args.annotations:
         from CACIdentifierLib.nrrd_io import read_seg_nrrd
+        from CACIdentifierLib.seg_align import check_same_source
 
-        annotations = []
+        annotations, sources = [], [("the cine", cine.fingerprint())]
         for path in args.annotations:
             seg = read_seg_nrrd(path, expected_shape=cine.frames.shape)
             if not seg.segments:
                 raise CacError(f"{path} has no segment; give an annotation with the calcium drawn")
             annotations.append(seg.union())
+            sources.append((path, seg.source_fingerprint))
+        check_same_source(sources, ignore=args.ignore_source, advice="use the annotations made on this cine")
 
     from CACIdentifierLib.inference import identify
 
@@ -134,7 +139,8 @@ def _run(args: argparse.Namespace) -> int:
     from CACIdentifierLib.nrrd_io import write_seg_nrrd
 
     with atomic_directory(out, overwrite=args.overwrite) as tmp:
-        write_seg_nrrd(tmp / "roi.seg.nrrd", {"CAC ROI": result.roi}, cine.spacing_mm, colors={"CAC ROI": (1.0, 0.18, 0.69)})
+        write_seg_nrrd(tmp / "roi.seg.nrrd", {"CAC ROI": result.roi}, cine.spacing_mm,
+                       colors={"CAC ROI": (1.0, 0.18, 0.69)}, source_fingerprint=cine.fingerprint())
         write_json(tmp / "report.json", report)
         save_overlay_png(tmp / "overlay.png", cine, result, truth)
     if dicom_seg:
