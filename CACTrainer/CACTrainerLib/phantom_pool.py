@@ -20,11 +20,18 @@ Examples
 
 from __future__ import annotations
 
+import multiprocessing
 import os
-from concurrent.futures import ProcessPoolExecutor
+import signal
 
 import numpy as np
 from CACIdentifierLib.progress import ProgressCallback, no_progress
+
+
+def _ignore_sigint() -> None:
+    # Ctrl-C reaches the whole process group: the parent reports it and ends the workers, which must
+    # not print tracebacks of their own.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _one(args) -> object:
@@ -77,8 +84,10 @@ def phantom_pool(n_patients: int, *, seed: int = 0, first_patient: int = 0, n_fr
             sets.append(_one(job))
             progress(i + 1, len(jobs), "phantom pool")
     else:
-        with ProcessPoolExecutor(workers) as ex:
-            for i, fs in enumerate(ex.map(_one, jobs, chunksize=1)):
+        # A Pool, not a ProcessPoolExecutor: leaving the block (Ctrl-C included) terminates the workers at
+        # once, where the executor would wait for the cines they are generating (seconds each).
+        with multiprocessing.Pool(workers, initializer=_ignore_sigint) as pool:
+            for i, fs in enumerate(pool.imap(_one, jobs, chunksize=1)):
                 sets.append(fs)
                 progress(i + 1, len(jobs), "phantom pool")
     return FrameSet.concat(sets)

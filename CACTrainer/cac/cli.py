@@ -70,8 +70,12 @@ def _quiet_stdout() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        parser = build_parser()  # imports every subcommand module: Ctrl-C may come here too
+        args = parser.parse_args(argv)
+    except KeyboardInterrupt:
+        print("cac: interrupted", file=sys.stderr)
+        return 130
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return 2
@@ -97,5 +101,29 @@ def main(argv: list[str] | None = None) -> int:
     return int(result or 0)
 
 
+def exit_now(code: int) -> None:
+    """Flush stdout and stderr and end the process at once, skipping the interpreter's shutdown."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
+
+
+def entry(argv: list[str] | None = None) -> None:
+    """The ``cac`` program (console script, ``python -m cac``, ``python -m cac.cli``): :func:`main`, then exit.
+
+    After an interrupt (exit code 130) the process ends at once: the outputs
+    are already cleaned up and the message printed, and the interpreter's own
+    shutdown (torch's library finalizers) takes seconds on a busy machine,
+    which Ctrl-C should not wait for.
+    """
+    code = main(argv)
+    if code == 130:
+        exit_now(130)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()
