@@ -92,3 +92,76 @@ def test_train_phantom_pool(tmp_path):
     argv = ["train", "--phantom-pool", "6", "--epochs", "3", "--width", "8", "--out", "m.safetensors"]
     code, err, took = interrupt(tmp_path, argv, cpu_s=8)
     check(tmp_path, code, err, took)
+
+
+def _descendants(pid: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = set(), [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.add(c)
+            todo.append(c)
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_train_nproc_stops_the_workers_too(tmp_path):
+    """`cac train --nproc 2`: a SIGINT to the command alone also ends torch's launcher and its workers
+    (before the fix the workers went on training for minutes)."""
+    from CACTrainerLib.phantom import PhantomParams
+    from CACTrainerLib.phantom_writer import write_dataset
+
+    data = tmp_path.parent / f"{tmp_path.name}-ds"
+    write_dataset(data, PhantomParams(rows=128, cols=128, n_frames=24, calcium_free_fraction=0.5),
+                  patients=2, acquisitions_per_patient=1, seed=4)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    argv = ["train", str(data), "--nproc", "2", "--device", "cpu", "--epochs", "400", "--width", "8",
+            "--cv", "none", "--out", "m.safetensors"]
+    # stderr to a file: a pipe would stay open (and a read block) while a leftover worker holds it.
+    err_path = tmp_path.parent / f"{tmp_path.name}-stderr.txt"
+    err_file = err_path.open("wb")
+    proc = subprocess.Popen([sys.executable, "-m", "cac.cli", *argv], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=err_file, start_new_session=True)
+    workers: set[int] = set()
+    try:
+        deadline = time.monotonic() + 300
+        # Wait until the launcher's two workers run and have worked a little.
+        while True:
+            assert proc.poll() is None, err_path.read_text()[-800:]
+            assert time.monotonic() < deadline
+            workers = _descendants(proc.pid)
+            if len(workers) >= 3 and _cpu_seconds(proc.pid) > 25:
+                break
+            time.sleep(0.2)
+        sent = time.monotonic()
+        os.kill(proc.pid, signal.SIGINT)
+        proc.wait(timeout=60)
+        took = time.monotonic() - sent
+        err = err_path.read_text()
+        assert proc.returncode == 130, err
+        assert err.rstrip().endswith("cac: interrupted") and "Traceback" not in err.splitlines()[-1], err[-800:]
+        assert took < 10.0, f"{took:.2f} s"
+        time.sleep(0.5)
+        assert not [p for p in workers if _alive(p)], "the launcher or its workers are still running"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        for p in workers:
+            if _alive(p):
+                os.kill(p, signal.SIGKILL)
+        err_file.close()

@@ -24,6 +24,7 @@ continues an interrupted run from there.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -179,8 +180,6 @@ def run(args) -> int:
 
 def _launch(args, nproc: int) -> int:
     """``--nproc N``: run this very command in N processes under torch's launcher."""
-    import subprocess
-
     import torch
     from CACTrainerLib import distributed
 
@@ -200,7 +199,42 @@ def _launch(args, nproc: int) -> int:
     if sys.argv[1:2] != ["train"]:
         raise CacError("--nproc works from the `cac train` command line; from Python, start torchrun yourself")
     cmd = distributed.launch_command(nproc, distributed.strip_nproc(sys.argv[1:]), __package__ + ".cli")
-    return subprocess.run(cmd).returncode
+    return _run_launcher(cmd)
+
+
+def _run_launcher(cmd, grace_s: float = 3.0) -> int:
+    """Run torch's launcher in a process group of its own and wait for it.
+
+    If this process is interrupted (Ctrl-C, or a SIGINT from a parent program that reaches this
+    process only), the launcher *and its workers* get SIGINT, then SIGKILL after ``grace_s``
+    seconds, and the interruption goes on to the command line's handler (``cac: interrupted``).
+    Without the group, a SIGINT to this process alone left the workers training.
+    """
+    import signal
+    import subprocess
+    import time
+
+    proc = subprocess.Popen(cmd, start_new_session=True)
+    try:
+        return proc.wait()
+    except BaseException:
+        try:
+            os.killpg(proc.pid, signal.SIGINT)
+        except ProcessLookupError:
+            raise
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline:
+            proc.poll()  # reap the launcher, so that an empty group really is empty
+            try:
+                os.killpg(proc.pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.05)
+        else:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        raise
 
 
 def _run(args, ctx) -> int:
