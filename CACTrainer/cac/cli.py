@@ -122,6 +122,11 @@ def entry(argv: list[str] | None = None) -> None:
     code = main(argv)
     if code == 130:
         exit_now(130)
+    # The work is done and reported: a Ctrl-C now must not turn a finished run into a signal death
+    # (exit -2) during the interpreter's shutdown.
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     sys.exit(code)
 
 
