@@ -56,32 +56,16 @@ def main(argv=None) -> int:
         # Platt scaling of the last model on the validation pool (seed 2000): temperature and bias
         # (the bias moves the balanced-batch prior to the pool's prevalence); the calibrated copy is
         # then compared as one more model.
-        from CACIdentifierLib import calibration
-        from CACIdentifierLib.modelio import save_model
+        from CACTrainerLib.calibrate import calibrate_file
 
-        model, meta = load_model(args.models[-1])
         val = phantom_pool(12, seed=2000, **kw)
-        cfg = training.TrainConfig()
-        probs, _ = training.predict_patches(model, val, device, cfg.amp, 32)
-        p = np.clip(probs.astype(float), 1e-6, 1 - 1e-6)
-        logit = np.log(p / (1 - p))
-        y = val.patch_labels > 0.5
-        t, b = calibration.fit_platt(logit, y)
-        before = calibration.reliability(p, y)
-        after = calibration.reliability(calibration.apply(p, {"temperature": t, "bias": b}), y)
-        meta["calibration"] = {"temperature": t, "bias": b, "method": "platt",
-                               "data": "phantom_pool seed 2000, 12 patients x 6 frames",
-                               "ece_before": before["ece"], "ece_after": after["ece"]}
-        from CACIdentifierLib.ood import feature_statistics
-
-        meta["feature_statistics"] = feature_statistics(
-            training.pooled_features(model, val, device, cfg.amp, 32),
-            data="phantom_pool seed 2000, 12 patients x 6 frames")
-        save_model(args.calibrate, model, meta, overwrite=True, dtype=torch.float16)
-        calibration.plot_reliability(before, after, Path(args.calibrate).with_suffix(".reliability.png"),
-                                     title="frame-patch probability, held-out phantom")
-        results["calibration"] = {"temperature": t, "bias": b, "before": before, "after": after}
-        log(f"calibration T={t:.3f} b={b:.3f} ECE {before['ece']:.3f} -> {after['ece']:.3f}")
+        done = calibrate_file(args.models[-1], args.calibrate, val, method="platt", overwrite=True,
+                              data="phantom_pool seed 2000, 12 patients x 6 frames")
+        cal, rel = done["card"]["calibration"], done["reliability"]
+        results["calibration"] = {"temperature": cal["temperature"], "bias": cal["bias"],
+                                  "before": rel["before"], "after": rel["after"]}
+        log(f"calibration T={cal['temperature']:.3f} b={cal['bias']:.3f} "
+            f"ECE {rel['before']['ece']:.3f} -> {rel['after']['ece']:.3f}")
         args.models.append(args.calibrate)
     for path in args.models:
         model, meta = load_model(path)

@@ -28,8 +28,8 @@ from __future__ import annotations
 import numpy as np
 
 
-def _nll(logit: np.ndarray, y: np.ndarray, t: float) -> float:
-    z = logit / t
+def _nll(logit: np.ndarray, y: np.ndarray, t: float, b: float = 0.0) -> float:
+    z = logit / t + b
     # log(1 + exp(-|z|)) form: stable for large logits.
     return float(np.mean(np.maximum(z, 0) - z * y + np.log1p(np.exp(-np.abs(z)))))
 
@@ -44,11 +44,6 @@ def fit_temperature(logits, labels, *, bounds=(0.05, 20.0)) -> float:
         return 1.0
     res = minimize_scalar(lambda t: _nll(logit, y, t), bounds=bounds, method="bounded")
     return float(res.x)
-
-
-def _nll_platt(logit: np.ndarray, y: np.ndarray, t: float, b: float) -> float:
-    z = logit / t + b
-    return float(np.mean(np.maximum(z, 0) - z * y + np.log1p(np.exp(-np.abs(z)))))
 
 
 def fit_platt(logits, labels, *, temperature_bounds=(0.05, 20.0), bias_bounds=(-20.0, 20.0)) -> tuple[float, float]:
@@ -70,7 +65,7 @@ def fit_platt(logits, labels, *, temperature_bounds=(0.05, 20.0), bias_bounds=(-
     if logit.size == 0 or y.min() == y.max():
         return 1.0, 0.0
     # Optimise 1/T (the slope): the NLL is convex in (1/T, b).
-    res = minimize(lambda v: _nll_platt(logit, y, 1.0 / v[0], v[1]), x0=[1.0, 0.0], method="L-BFGS-B",
+    res = minimize(lambda v: _nll(logit, y, 1.0 / v[0], v[1]), x0=[1.0, 0.0], method="L-BFGS-B",
                    bounds=[(1.0 / temperature_bounds[1], 1.0 / temperature_bounds[0]), bias_bounds])
     return float(1.0 / res.x[0]), float(res.x[1])
 
