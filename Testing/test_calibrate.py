@@ -10,6 +10,7 @@ import pytest
 import torch
 from cac.cli import main
 from CACIdentifierLib import ood
+from CACIdentifierLib.errors import CacError
 from CACIdentifierLib.inference import identify
 from CACIdentifierLib.modelio import load_model, save_model
 from CACIdentifierLib.network import ResUNet18
@@ -75,3 +76,79 @@ def test_cac_calibrate_writes_a_calibrated_model_and_identify_uses_it(setup, cap
     far = dict(stats, mean=[m + 100.0 for m in stats["mean"]])
     assert identify(cine, model, dict(meta, feature_statistics=far)).ood_warning is not None
     assert identify(cine, model, {k: v for k, v in meta.items() if k != "feature_statistics"}).ood_scores is None
+
+
+class _Frames:
+    """The two FrameSet fields frame_detection_curve reads."""
+
+    def __init__(self, nc, calcium):
+        self.nc, self.calcium = nc, calcium
+
+    def __len__(self):
+        return len(self.nc)
+
+
+def test_frame_detection_curve_equals_gating_at_each_threshold():
+    from CACIdentifierLib.field import exposed_field
+    from CACTrainerLib import training
+    from CACTrainerLib.calibrate import frame_detection_curve, operating_point
+
+    rng = np.random.default_rng(3)
+    n = 8
+    nc = rng.uniform(0.3, 0.7, (n, 512, 512)).astype(np.float32)
+    calcium = np.zeros((n, 512, 512), bool)
+    calcium[: n // 2, 200:210, 200:210] = True  # half the frames have calcium
+    rois = np.zeros((5 * n, 256, 256), np.float32)
+    for i in range(5 * n):  # a blob in some patches, none in others: different frames need different patches
+        if rng.random() < 0.5:
+            r, c = rng.integers(40, 200, 2)
+            rois[i, r:r + 50, c:c + 50] = 0.9
+    probs = rng.random(5 * n).astype(np.float32)
+    refinement = training.TrainConfig().refinement
+    curve = frame_detection_curve(probs, rois, _Frames(nc, calcium), refinement)
+    assert curve["positive_frames"] == 4 and curve["negative_frames"] == 4
+    assert np.all(np.diff(curve["thresholds"]) > 0)
+    truth = calcium.reshape(n, -1).any(1)
+    for i in range(0, len(curve["thresholds"]), 3):  # brute force: gate at the threshold, make each ROI
+        t = curve["thresholds"][i]
+        det = np.array([training.frame_roi(rois[5 * f:5 * f + 5], probs[5 * f:5 * f + 5] >= t,
+                                           exposed_field(nc[f], margin_px=3), refinement).any() for f in range(n)])
+        assert curve["sensitivity"][i] == pytest.approx((det & truth).sum() / 4)
+        assert curve["specificity"][i] == pytest.approx((~det & ~truth).sum() / 4)
+    assert curve["sensitivity"][0] >= curve["sensitivity"][-1]
+    op = operating_point(curve, curve["sensitivity"][0])
+    assert op["sensitivity"] >= curve["sensitivity"][0] and 0 <= op["threshold"] <= 1
+    with pytest.raises(CacError, match="no classifier threshold"):
+        operating_point(dict(curve, sensitivity=np.zeros_like(curve["sensitivity"])), 0.5)
+    with pytest.raises(CacError, match="calcium"):
+        operating_point(dict(curve, positive_frames=0), 0.5)
+
+
+def test_cac_calibrate_sensitivity_sets_the_threshold_that_reaches_it(setup, capsys):
+    from CACTrainerLib import training
+    from CACTrainerLib.dataset import build_frameset
+
+    # A decoder that marks every gated patch, so the classifier's threshold alone decides which frames get an ROI.
+    torch.manual_seed(1)
+    marking = ResUNet18(**SMALL)
+    with torch.no_grad():
+        marking.decoder.out.bias.fill_(8.0)
+    save_model(setup / "marking.safetensors", marking, {"classifier_threshold": 0.5}, dtype=None)
+    out = setup / "op.safetensors"
+    code = main(["calibrate", str(setup / "marking.safetensors"), "--dataset", str(setup / "ds"), "--out", str(out),
+                 "--sensitivity", "0.9"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "operating point: classifier threshold" in captured.out
+    model, meta = load_model(out)
+    op = meta["operating_point"]
+    assert meta["classifier_threshold"] == op["threshold"] and op["sensitivity"] >= 0.9
+    assert op["threshold"] > 0.0 and op["positive_frames"] > 0
+    # Independently, through training.evaluate (the inference path) at the card's threshold and calibration:
+    fs = build_frameset(setup / "ds", frames_per_acquisition=6)
+    cfg = training.TrainConfig(classifier_threshold=meta["classifier_threshold"])
+    ev = training.evaluate(model, fs, cfg, torch.device("cpu"), calibration=meta["calibration"])
+    assert ev["detection"]["sensitivity"] == pytest.approx(op["sensitivity"])
+    assert main(["calibrate", str(setup / "m.safetensors"), "--dataset", str(setup / "ds"), "--out",
+                 str(setup / "x.safetensors"), "--sensitivity", "1.5"]) == 2
+    assert "--sensitivity" in capsys.readouterr().err

@@ -7,8 +7,11 @@ randomised domain); every model is scored as inference does it (gated, stitched,
 exposed field), per cine: IoM, HD, ROI precision, ROI area (% of field), frames with an ROI on
 calcium-free cines; patch F1 and AUC; Wilcoxon over cines of the last model against the first.
 ``--calibrate OUT`` fits the last model's temperature and bias (Platt scaling) on the validation
-pool (seed 2000), writes them with the reliability figures into a copy of the model (OUT) and
-OUT's reliability PNG, and compares that copy as one more model.
+pool (``--val`` patients of ``--val-seed``, default 12 of seed 2000), writes them with the
+reliability figures into a copy of the model (OUT) and OUT's reliability PNG, and compares that copy
+as one more model.  ``--sensitivity S`` also sets that copy's operating point on the validation pool
+(``cac calibrate --sensitivity``); with ``--match-first`` the target is the first model's frame
+sensitivity on the same pool if that is higher (a replacement must not miss more calcium).
 On the real cines of ../shared/data: median ROI area (% of field) and ROI pixels outside the field.
 """
 
@@ -37,6 +40,11 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="compare.json")
     ap.add_argument("--calibrate", help="write the last model, calibrated, to this path")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--val", type=int, default=12, help="validation patients for --calibrate")
+    ap.add_argument("--val-seed", type=int, default=2000)
+    ap.add_argument("--sensitivity", type=float, help="with --calibrate: target frame sensitivity (operating point)")
+    ap.add_argument("--match-first", action="store_true",
+                    help="with --sensitivity: at least the first model's frame sensitivity on the validation pool")
     args = ap.parse_args(argv)
 
     import torch
@@ -58,12 +66,26 @@ def main(argv=None) -> int:
         # then compared as one more model.
         from CACTrainerLib.calibrate import calibrate_file
 
-        val = phantom_pool(12, seed=2000, **kw)
+        val = phantom_pool(args.val, seed=args.val_seed, calcium_free_fraction=0.4, **kw)
+        log(f"validation pool {val.summary()}")
+        target = args.sensitivity
+        if target is not None and args.match_first:
+            first, first_meta = load_model(args.models[0])
+            first_cfg = training.TrainConfig(
+                refinement=dict(first_meta.get("refinement", {})) or training.TrainConfig().refinement,
+                classifier_threshold=float(first_meta.get("classifier_threshold", 0.5)))
+            first_val = training.evaluate(first, val, first_cfg, device, calibration=first_meta.get("calibration"))
+            results["first_model_validation_detection"] = first_val["detection"]
+            log(f"{args.models[0]} on the validation pool: {first_val['detection']}")
+            target = max(target, first_val["detection"]["sensitivity"])
         done = calibrate_file(args.models[-1], args.calibrate, val, method="platt", overwrite=True,
-                              data="phantom_pool seed 2000, 12 patients x 6 frames")
+                              data=f"phantom_pool seed {args.val_seed}, {args.val} patients x 6 frames",
+                              sensitivity=target)
         cal, rel = done["card"]["calibration"], done["reliability"]
         results["calibration"] = {"temperature": cal["temperature"], "bias": cal["bias"],
-                                  "before": rel["before"], "after": rel["after"]}
+                                  "before": rel["before"], "after": rel["after"],
+                                  "operating_point": done["card"].get("operating_point")}
+        log(f"operating point: {done['card'].get('operating_point')}")
         log(f"calibration T={cal['temperature']:.3f} b={cal['bias']:.3f} "
             f"ECE {rel['before']['ece']:.3f} -> {rel['after']['ece']:.3f}")
         args.models.append(args.calibrate)

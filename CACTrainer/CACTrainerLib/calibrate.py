@@ -10,7 +10,11 @@ trained on (a dataset folder, or a pool of new phantom patients):
   leaves them;
 - the activation statistics of Block6 are stored for the out-of-distribution
   warning of ``cac identify`` (:mod:`CACIdentifierLib.ood`);
-- the reliability diagram before and after goes into a PNG beside the model.
+- the reliability diagram before and after goes into a PNG beside the model;
+- with a target sensitivity, the classifier threshold (the operating point) is
+  chosen on the same frames: the highest threshold at which that share of the
+  frames with calcium still gets an ROI, as inference makes it
+  (:func:`operating_point`).
 
 The weights are not changed; the result is a new model file with its card.
 """
@@ -24,8 +28,93 @@ import numpy as np
 METHODS = ("platt", "temperature", "none")
 
 
+def frame_detection_curve(probs: np.ndarray, rois: np.ndarray, fs, refinement: dict) -> dict:
+    """Frame-level detection at every classifier threshold, exactly, with five refinements per frame.
+
+    A frame's classifier gate at threshold ``t`` keeps the patches with
+    probability >= ``t``: always the ``k`` most probable of its five, so a
+    frame has only six possible ROIs (k = 0..5).  Each is made once
+    (:func:`training.frame_roi`), and the frame detections follow for every
+    threshold.
+
+    Parameters
+    ----------
+    probs : ndarray, shape (F*5,)
+        Classifier probabilities (calibrated, if the model is), five per frame.
+    rois : ndarray, shape (F*5, 256, 256)
+        ROI probabilities of the decoder.
+    fs : FrameSet
+        The frames (non-contrast images for the exposed field, calcium masks).
+    refinement : dict
+        The model's refinement parameters.
+
+    Returns
+    -------
+    dict
+        ``thresholds`` (ascending candidate thresholds: 0 and every distinct
+        probability), ``sensitivity``, ``specificity`` (arrays, NaN where
+        undefined), ``positive_frames``, ``negative_frames``.
+    """
+    from CACIdentifierLib.field import exposed_field
+
+    from . import training
+
+    n = len(fs)
+    p = np.asarray(probs, np.float64).reshape(n, 5)
+    truth = np.array([bool(fs.calcium[f].any()) for f in range(n)])
+    order = np.argsort(-p, axis=1)
+    has_roi = np.zeros((n, 6), bool)  # has_roi[f, k]: the ROI with the k most probable patches is non-empty
+    for f in range(n):
+        field = exposed_field(fs.nc[f], margin_px=3)
+        for k in range(1, 6):
+            gate = np.zeros(5, bool)
+            gate[order[f, :k]] = True
+            has_roi[f, k] = bool(training.frame_roi(rois[5 * f:5 * f + 5], gate, field, refinement).any())
+    thresholds = np.unique(np.concatenate([[0.0], p.ravel()]))
+    k = (p[None, :, :] >= thresholds[:, None, None]).sum(axis=2)  # (T, F) patches kept per frame
+    detected = has_roi[np.arange(n)[None, :], k]
+    npos, nneg = int(truth.sum()), int((~truth).sum())
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sens = (detected & truth).sum(axis=1) / npos if npos else np.full(len(thresholds), np.nan)
+        spec = (~detected & ~truth).sum(axis=1) / nneg if nneg else np.full(len(thresholds), np.nan)
+    return {"thresholds": thresholds, "sensitivity": np.asarray(sens, float), "specificity": np.asarray(spec, float),
+            "positive_frames": npos, "negative_frames": nneg}
+
+
+def operating_point(curve: dict, sensitivity: float) -> dict:
+    """The highest classifier threshold whose frame sensitivity on the curve is at least ``sensitivity``.
+
+    The threshold is put halfway down to the next lower candidate: it keeps
+    the same held-out patches (none lies between), with a margin below the
+    lowest one kept.
+
+    Examples
+    --------
+    >>> curve = {"thresholds": np.array([0.0, 0.2, 0.6, 0.9]), "sensitivity": np.array([1.0, 1.0, 0.5, 0.0]),
+    ...          "specificity": np.array([0.0, 0.5, 1.0, 1.0]), "positive_frames": 2, "negative_frames": 2}
+    >>> operating_point(curve, 0.9)["threshold"]
+    0.1
+    """
+    from CACIdentifierLib.errors import CacError
+
+    if not 0.0 < sensitivity <= 1.0:
+        raise CacError(f"target sensitivity {sensitivity} must be in (0, 1]")
+    if not curve["positive_frames"]:
+        raise CacError("choosing an operating point needs frames with calcium in the held-out data")
+    t, sens, spec = curve["thresholds"], curve["sensitivity"], curve["specificity"]
+    ok = np.flatnonzero(sens >= sensitivity - 1e-12)
+    if not ok.size:
+        raise CacError(f"no classifier threshold reaches a frame sensitivity of {sensitivity:.2f} on these data "
+                       f"(at most {np.nanmax(sens):.2f}); choose a lower --sensitivity")
+    i = int(ok.max())
+    thr = 0.5 * (t[i - 1] + t[i]) if i > 0 else float(t[i])
+    return {"threshold": float(thr), "target_sensitivity": float(sensitivity),
+            "sensitivity": float(sens[i]), "specificity": None if np.isnan(spec[i]) else float(spec[i]),
+            "positive_frames": int(curve["positive_frames"]), "negative_frames": int(curve["negative_frames"])}
+
+
 def calibrate_metadata(model, metadata: dict, fs, *, method: str = "platt", device="cpu", data: str = "",
-                       batch_size: int = 32) -> tuple[dict, dict]:
+                       batch_size: int = 32, sensitivity: float | None = None) -> tuple[dict, dict]:
     """New metadata with ``calibration`` and ``feature_statistics`` fitted on ``fs``; and the reliability data.
 
     Parameters
@@ -38,6 +127,10 @@ def calibrate_metadata(model, metadata: dict, fs, *, method: str = "platt", devi
     method : {"platt", "temperature", "none"}
     data : str
         What ``fs`` is, for the model card.
+    sensitivity : float, optional
+        Target frame-level sensitivity: the classifier threshold is set by
+        :func:`operating_point` on ``fs`` (after the calibration) and stored
+        as ``classifier_threshold`` with ``operating_point`` in the card.
 
     Returns
     -------
@@ -56,7 +149,7 @@ def calibrate_metadata(model, metadata: dict, fs, *, method: str = "platt", devi
     if len(fs) < 4:
         raise CacError(f"calibration needs at least 4 annotated frames, got {len(fs)}; give more data")
     device = torch.device(device)
-    probs, _ = training.predict_patches(model, fs, device, False, batch_size)
+    probs, rois = training.predict_patches(model, fs, device, False, batch_size, decode=sensitivity is not None)
     p = np.clip(probs.astype(float), 1e-6, 1 - 1e-6)
     y = fs.patch_labels > 0.5
     if method != "none" and (y.all() or not y.any()):
@@ -76,20 +169,28 @@ def calibrate_metadata(model, metadata: dict, fs, *, method: str = "platt", devi
                                    positive_patches=int(y.sum()), ece_before=before["ece"], ece_after=after["ece"])
     else:
         meta.pop("calibration", None)
+    if sensitivity is not None:
+        # float32 as training.evaluate gates them, so that a held-out probability lands on the same side.
+        calibrated = (calibration.apply(probs, cal) if cal else probs).astype(np.float32)
+        refinement = dict(meta.get("refinement") or training.TrainConfig().refinement)
+        op = operating_point(frame_detection_curve(calibrated, rois, fs, refinement), sensitivity)
+        meta["classifier_threshold"] = op["threshold"]
+        meta["operating_point"] = dict(op, data=str(data))
     meta["feature_statistics"] = feature_statistics(
         training.pooled_features(model, fs, device, False, batch_size), data=str(data))
     return meta, {"before": before, "after": after}
 
 
 def calibrate_file(model_path, out_path, fs, *, method: str = "platt", data: str = "", overwrite: bool = False,
-                   device="cpu") -> dict:
+                   device="cpu", sensitivity: float | None = None) -> dict:
     """Calibrate the model at ``model_path`` on ``fs`` and write it to ``out_path`` (+ card, reliability PNG)."""
     import torch
     from CACIdentifierLib import calibration
     from CACIdentifierLib.modelio import load_model, save_model
 
     model, meta = load_model(model_path)
-    new_meta, rel = calibrate_metadata(model, meta, fs, method=method, device=device, data=data)
+    new_meta, rel = calibrate_metadata(model, meta, fs, method=method, device=device, data=data,
+                                       sensitivity=sensitivity)
     dtype = torch.float16 if str(meta.get("weights_dtype", "")).endswith("16") else torch.float32
     card = save_model(out_path, model, new_meta, overwrite=overwrite, dtype=dtype)
     png = Path(out_path).with_suffix(".reliability.png")

@@ -232,6 +232,19 @@ def pooled_features(model, fs: dataset.FrameSet, device, amp: bool, batch_size: 
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
+def frame_roi(rois: np.ndarray, gate: np.ndarray, field: np.ndarray, refinement: dict) -> np.ndarray:
+    """A frame's ROI as inference makes it: the five patches' ROI probabilities gated, stitched, refined, in the field.
+
+    ``rois`` (5, 256, 256) ROI probabilities, ``gate`` (5,) bool classifier
+    decisions, ``field`` (512, 512) bool exposed field.
+    """
+    from CACIdentifierLib import patches
+    from CACIdentifierLib.refinement import refine
+
+    gated = rois.astype(np.float32) * np.asarray(gate, bool)[:, None, None]
+    return refine(patches.stitch(gated, dataset.FRAME, dataset.FRAME, mode="max"), **refinement) & field
+
+
 def evaluate(model, fs: dataset.FrameSet, config: TrainConfig, device, *, decode: bool = True,
              calibration: dict | None = None) -> dict:
     """Patch classification metrics and per-frame identification metrics on ``fs``.
@@ -266,10 +279,8 @@ def evaluate(model, fs: dataset.FrameSet, config: TrainConfig, device, *, decode
     areas, pred_any, truth_any = [], [], []
     for f in range(len(fs)):
         sl = slice(5 * f, 5 * f + 5)
-        gated = rois[sl].astype(np.float32) * pred[sl, None, None]
-        prob512 = patches.stitch(gated, dataset.FRAME, dataset.FRAME, mode="max")
         field = exposed_field(fs.nc[f], margin_px=3)
-        mask = refine(prob512, **config.refinement) & field
+        mask = frame_roi(rois[sl], pred[sl], field, config.refinement)
         truth = fs.calcium[f]
         sp = fs.spacing_mm[f]
         area = metrics.roi_area(mask, tuple(sp) if np.all(np.isfinite(sp)) else None, field)

@@ -30,6 +30,9 @@ def register(subparsers) -> None:
                    help="paired non-contrast frames used per acquisition (default 6)")
     p.add_argument("--method", choices=("platt", "temperature", "none"), default="platt",
                    help="platt: temperature and bias (default); temperature: no decision changes; none: statistics only")
+    p.add_argument("--sensitivity", type=float, metavar="S",
+                   help="also choose the operating point: the highest classifier threshold at which a share S "
+                        "(0-1] of the held-out frames with calcium still gets an ROI (e.g. 0.9)")
     p.add_argument("--out", required=True, help="output model file (.safetensors)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--json", action="store_true", help="print the calibration as JSON on stdout")
@@ -49,6 +52,8 @@ def run(args) -> int:
         raise CacError("--out is the input model; write the calibrated model to a new file")
     for path in (out, out.with_suffix(".json"), out.with_suffix(".reliability.png")):
         check_writable(path, args.overwrite)  # before the work
+    if args.sensitivity is not None and not 0.0 < args.sensitivity <= 1.0:
+        raise CacError(f"--sensitivity {args.sensitivity} must be a share in (0, 1], e.g. 0.9")
     read_metadata(args.model)  # a bad model fails here, before the data are read
     progress = terminal_progress()
     if args.phantom_pool is not None:
@@ -66,9 +71,11 @@ def run(args) -> int:
         data = f"dataset {Path(args.dataset).name}, {len(fs)} frames"
     from CACTrainerLib.calibrate import calibrate_file
 
-    result = calibrate_file(args.model, out, fs, method=args.method, data=data, overwrite=args.overwrite)
+    result = calibrate_file(args.model, out, fs, method=args.method, data=data, overwrite=args.overwrite,
+                            sensitivity=args.sensitivity)
     card = result["card"]
     summary = {"model": str(out), "calibration": card.get("calibration"),
+               "classifier_threshold": card.get("classifier_threshold"), "operating_point": card.get("operating_point"),
                "feature_statistics": {k: v for k, v in card["feature_statistics"].items() if k not in ("mean", "std")},
                "reliability_png": result["figure"]}
     if args.json:
@@ -79,6 +86,12 @@ def run(args) -> int:
         if cal:
             print(f"calibration: {args.method}, temperature {cal['temperature']:.3f}, bias {cal['bias']:.3f}, "
                   f"ECE {cal['ece_before']:.3f} -> {cal['ece_after']:.3f}")
+        op = card.get("operating_point")
+        if op:
+            spec = "undefined" if op["specificity"] is None else f"{op['specificity']:.2f}"
+            print(f"operating point: classifier threshold {op['threshold']:.3f}, frame sensitivity "
+                  f"{op['sensitivity']:.2f} (target {op['target_sensitivity']:.2f}), specificity {spec} "
+                  f"on {op['positive_frames']} + {op['negative_frames']} held-out frames")
         st = summary["feature_statistics"]
         print(f"activation statistics: {st['frames']} frames, frame score median {st['frame_score_median']:.3g}, "
               f"99th percentile {st['frame_score_q99']:.3g}")
