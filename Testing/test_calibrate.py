@@ -140,6 +140,7 @@ def test_cac_calibrate_sensitivity_sets_the_threshold_that_reaches_it(setup, cap
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert "operating point: classifier threshold" in captured.out
+    assert (setup / "op.operating_point.png").stat().st_size > 1000
     model, meta = load_model(out)
     op = meta["operating_point"]
     assert meta["classifier_threshold"] == op["threshold"] and op["sensitivity"] >= 0.9

@@ -14,51 +14,13 @@ import sys
 import numpy as np
 import pytest
 from CACIdentifierLib import nrrd_io
-from CACIdentifierLib.cine import Cine
 from CACIdentifierLib.errors import CacError
 
 slicer = pytest.importorskip("slicer", reason="slicer-core is not installed")
 sitk = pytest.importorskip("SimpleITK")
 
 from CACIdentifierLib import mrml, slicercore  # noqa: E402
-
-
-def synthetic_cine(n=6, rows=40, cols=52, spacing=(0.2, 0.3), frame_time=33.3, seed=0) -> Cine:
-    rng = np.random.default_rng(seed)
-    frames = rng.integers(0, 4096, size=(n, rows, cols)).astype(np.uint16)
-    return Cine(
-        frames=frames,
-        frame_time_ms=frame_time,
-        spacing_mm=spacing,
-        spacing_source="imager" if spacing else "unknown",
-        r_wave_frames=[1, 4],
-    )
-
-
-def masks_like(cine: Cine, seed=1) -> dict[str, np.ndarray]:
-    n, r, c = cine.frames.shape
-    calcium = np.zeros((n, r, c), bool)
-    calcium[1, 5:9, 10:20] = True
-    calcium[3, r - 3 : r, c - 4 : c] = True  # touches the border
-    other = np.zeros((n, r, c), bool)
-    other[1, 7:12, 15:18] = True  # overlaps calcium: needs a second layer
-    other[n - 1, 0, 0] = True
-    return {"calcium": calcium, "catheter": other}
-
-
-def volume_array(node) -> np.ndarray:
-    from vtkmodules.util import numpy_support
-
-    nx, ny, nz = node.GetImageData().GetDimensions()
-    return numpy_support.vtk_to_numpy(node.GetImageData().GetPointData().GetScalars()).reshape(nz, ny, nx)
-
-
-def ijk_to_ras(node) -> np.ndarray:
-    import vtk
-
-    m = vtk.vtkMatrix4x4()
-    node.GetIJKToRASMatrix(m)
-    return np.array([[m.GetElement(i, j) for j in range(4)] for i in range(4)])
+from scene_helpers import ijk_to_ras, masks_like, synthetic_cine, volume_array  # noqa: E402
 
 
 @pytest.fixture

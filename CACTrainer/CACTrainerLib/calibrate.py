@@ -113,6 +113,34 @@ def operating_point(curve: dict, sensitivity: float) -> dict:
             "positive_frames": int(curve["positive_frames"]), "negative_frames": int(curve["negative_frames"])}
 
 
+def plot_operating_point(curve: dict, op: dict, path, title: str = "") -> None:
+    """Frame sensitivity and specificity against the classifier threshold, the chosen point marked (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    t = curve["thresholds"]
+    ax.step(t, curve["sensitivity"], where="post", color="tab:red",
+            label=f"sensitivity ({curve['positive_frames']} frames with calcium)")
+    ax.step(t, curve["specificity"], where="post", color="tab:blue",
+            label=f"specificity ({curve['negative_frames']} calcium-free frames)")
+    ax.axvline(op["threshold"], color="k", lw=0.8, ls="--")
+    ax.axhline(op["target_sensitivity"], color="tab:red", lw=0.6, ls=":")
+    spec = "" if op["specificity"] is None else f", specificity {op['specificity']:.2f}"
+    ax.set_title((title + "\n" if title else "") + f"threshold {op['threshold']:.3f}: sensitivity "
+                 f"{op['sensitivity']:.2f}{spec}", fontsize=9)
+    ax.set_xlabel("classifier threshold (calibrated probability)")
+    ax.set_ylabel("share of frames")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(-0.02, 1.02)
+    ax.legend(loc="lower left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def calibrate_metadata(model, metadata: dict, fs, *, method: str = "platt", device="cpu", data: str = "",
                        batch_size: int = 32, sensitivity: float | None = None) -> tuple[dict, dict]:
     """New metadata with ``calibration`` and ``feature_statistics`` fitted on ``fs``; and the reliability data.
@@ -135,7 +163,8 @@ def calibrate_metadata(model, metadata: dict, fs, *, method: str = "platt", devi
     Returns
     -------
     (metadata, reliability) : dict, dict
-        ``reliability`` has ``before`` and ``after`` (:func:`calibration.reliability`).
+        ``reliability`` has ``before`` and ``after`` (:func:`calibration.reliability`)
+        and, with ``sensitivity``, the ``curve`` of :func:`frame_detection_curve`.
     """
     import torch
     from CACIdentifierLib import calibration
@@ -173,12 +202,16 @@ def calibrate_metadata(model, metadata: dict, fs, *, method: str = "platt", devi
         # float32 as training.evaluate gates them, so that a held-out probability lands on the same side.
         calibrated = (calibration.apply(probs, cal) if cal else probs).astype(np.float32)
         refinement = dict(meta.get("refinement") or training.TrainConfig().refinement)
-        op = operating_point(frame_detection_curve(calibrated, rois, fs, refinement), sensitivity)
+        curve = frame_detection_curve(calibrated, rois, fs, refinement)
+        op = operating_point(curve, sensitivity)
         meta["classifier_threshold"] = op["threshold"]
         meta["operating_point"] = dict(op, data=str(data))
+        reliability_and_curve = {"curve": curve}
+    else:
+        reliability_and_curve = {}
     meta["feature_statistics"] = feature_statistics(
         training.pooled_features(model, fs, device, False, batch_size), data=str(data))
-    return meta, {"before": before, "after": after}
+    return meta, dict(reliability_and_curve, before=before, after=after)
 
 
 def calibrate_file(model_path, out_path, fs, *, method: str = "platt", data: str = "", overwrite: bool = False,
@@ -195,4 +228,8 @@ def calibrate_file(model_path, out_path, fs, *, method: str = "platt", data: str
     card = save_model(out_path, model, new_meta, overwrite=overwrite, dtype=dtype)
     png = Path(out_path).with_suffix(".reliability.png")
     calibration.plot_reliability(rel["before"], rel["after"], png, title=f"{method} calibration: {data}")
-    return {"card": card, "reliability": rel, "figure": str(png)}
+    out = {"card": card, "reliability": rel, "figure": str(png)}
+    if "curve" in rel:
+        out["operating_point_figure"] = str(Path(out_path).with_suffix(".operating_point.png"))
+        plot_operating_point(rel["curve"], card["operating_point"], out["operating_point_figure"], title=str(data))
+    return out

@@ -17,7 +17,9 @@ def register(subparsers) -> None:
             "activation statistics that let cac identify warn about cines unlike the training data. Writes a new "
             "model file (the weights are unchanged), its card and a reliability diagram (OUT with .reliability.png). "
             "--method platt also moves the classifier's 50 %% training prior to the data's prevalence, which "
-            "changes which frames get an ROI; temperature changes no decision. See docs/identify.md."
+            "changes which frames get an ROI; temperature changes no decision. --sensitivity S also chooses the "
+            "operating point (the classifier threshold) on the same frames, with a figure (OUT with "
+            ".operating_point.png). See docs/identify.md."
         ),
     )
     p.add_argument("model", help="model file (.safetensors)")
@@ -50,7 +52,10 @@ def run(args) -> int:
         raise CacError(f"--out {out} must end in .safetensors")
     if Path(args.model).resolve() == out.resolve():
         raise CacError("--out is the input model; write the calibrated model to a new file")
-    for path in (out, out.with_suffix(".json"), out.with_suffix(".reliability.png")):
+    outputs = [out, out.with_suffix(".json"), out.with_suffix(".reliability.png")]
+    if args.sensitivity is not None:
+        outputs.append(out.with_suffix(".operating_point.png"))
+    for path in outputs:
         check_writable(path, args.overwrite)  # before the work
     if args.sensitivity is not None and not 0.0 < args.sensitivity <= 1.0:
         raise CacError(f"--sensitivity {args.sensitivity} must be a share in (0, 1], e.g. 0.9")
@@ -77,7 +82,7 @@ def run(args) -> int:
     summary = {"model": str(out), "calibration": card.get("calibration"),
                "classifier_threshold": card.get("classifier_threshold"), "operating_point": card.get("operating_point"),
                "feature_statistics": {k: v for k, v in card["feature_statistics"].items() if k not in ("mean", "std")},
-               "reliability_png": result["figure"]}
+               "reliability_png": result["figure"], "operating_point_png": result.get("operating_point_figure")}
     if args.json:
         json.dump(summary, sys.stdout, indent=2)
         sys.stdout.write("\n")
@@ -95,5 +100,6 @@ def run(args) -> int:
         st = summary["feature_statistics"]
         print(f"activation statistics: {st['frames']} frames, frame score median {st['frame_score_median']:.3g}, "
               f"99th percentile {st['frame_score_q99']:.3g}")
-        print(f"wrote {out} (+ {out.with_suffix('.json').name}, {Path(result['figure']).name})")
+        figures = [Path(f).name for f in (result["figure"], result.get("operating_point_figure")) if f]
+        print(f"wrote {out} (+ {out.with_suffix('.json').name}, {', '.join(figures)})")
     return 0
