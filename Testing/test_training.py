@@ -173,7 +173,9 @@ def test_folds_and_summary(tiny, tmp_path):
                                          (0.7, 0.5, 0.45), (0.85, 0.65, 0.6), (0.95, 0.8, 0.7)]):
         rec = {"fold": k, "folds": 6, "by": "patient", "test": [f"P{k}"],
                "metrics": {"precision": f1, "recall": f1, "f1": f1, "iom": iom, "iom_ungated": iom_u,
-                           "hd_mm": 40.0 + k, "tp": 9, "fp": 1, "fn": 1}}
+                           "hd_mm": 40.0 + k, "tp": 9, "fp": 1, "fn": 1,
+                           "roi_area_pct_field": 0.5 * k, "frame_sensitivity": 1.0 if k % 2 else None,
+                           "frame_tp": k % 2, "frame_fn": 0, "frame_fp": 1 if k == 2 else 0, "frame_tn": 3}}
         (tmp_path / f"fold_{k}.json").write_text(json.dumps(rec))
     rep = crossval.summarize(tmp_path)
     assert rep["summary"]["f1"]["median"] == pytest.approx(np.median([0.9, 0.8, 1.0, 0.7, 0.85, 0.95]))
@@ -185,6 +187,12 @@ def test_folds_and_summary(tiny, tmp_path):
     assert rep["wilcoxon_gated_vs_ungated_iom"]["p"] == pytest.approx(w.pvalue)
     md = (tmp_path / "report.md").read_text()
     assert "0.87 (0.77–0.94)" in md and "47.16 (35.05–63.77)" in md and "| Identification | IoM" in md
+    # The measures the paper does not report: per-fold medians and pooled frame counts.
+    assert rep["summary"]["roi_area_pct_field"]["median"] == pytest.approx(1.25)
+    assert rep["summary"]["frame_sensitivity"]["median"] == 1.0  # folds without calcium are left out
+    assert rep["pooled_frames"]["sensitivity"] == 1.0 and rep["pooled_frames"]["specificity"] == pytest.approx(18 / 19)
+    assert "| Identification | ROI area (% of exposed field) (median (Q1–Q3)) | 1.25 (0.62–1.88) | not reported |" in md
+    assert "specificity 0.947 (TP 3, FP 1, FN 0, TN 18" in md
     with pytest.raises(CacError):
         crossval.summarize(tmp_path / "nothing")
 

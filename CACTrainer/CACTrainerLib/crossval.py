@@ -48,6 +48,12 @@ ROWS = [
     ("Classification", "f1", "F1-score"),
     ("Identification", "iom", "IoM"),
     ("Identification", "hd_mm", "HD (mm)"),
+    # Not in the paper; an ROI covering everything scores IoM 1.0 but is caught by these.
+    ("Classification", "auc", "Patch AUC"),
+    ("Identification", "roi_area_pct_field", "ROI area (% of exposed field)"),
+    ("Identification", "roi_precision", "ROI precision (share inside ROI_GT)"),
+    ("Detection", "frame_sensitivity", "Frame sensitivity"),
+    ("Detection", "frame_specificity", "Frame specificity"),
 ]
 
 
@@ -110,6 +116,8 @@ def _fold_metrics(ev: dict) -> dict:
         "roi_precision": ev.get("roi_precision_median"),
         "frame_sensitivity": (ev.get("detection") or {}).get("sensitivity"),
         "frame_specificity": (ev.get("detection") or {}).get("specificity"),
+        # Frame counts, pooled over folds in the report (one patient's fold may have no calcium-free frame).
+        **{f"frame_{k}": (ev.get("detection") or {}).get(k) for k in ("tp", "fp", "fn", "tn")},
     }
 
 
@@ -188,6 +196,12 @@ def summarize(run_dir, *, overwrite: bool = True, notes: str = "") -> dict:
         "f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else None,
         **counts,
     }
+    frame = {k: sum(int(f["metrics"].get(f"frame_{k}") or 0) for f in folds) for k in ("tp", "fp", "fn", "tn")}
+    pooled_frames = {
+        "sensitivity": frame["tp"] / (frame["tp"] + frame["fn"]) if frame["tp"] + frame["fn"] else None,
+        "specificity": frame["tn"] / (frame["tn"] + frame["fp"]) if frame["tn"] + frame["fp"] else None,
+        **frame,
+    }
     gated = [f["metrics"].get("iom") for f in folds]
     ungated = [f["metrics"].get("iom_ungated") for f in folds]
     test = wilcoxon(gated, ungated)
@@ -198,6 +212,7 @@ def summarize(run_dir, *, overwrite: bool = True, notes: str = "") -> dict:
         "per_fold": [{"fold": f["fold"], "test": f["test"], **f["metrics"]} for f in folds],
         "summary": stats,
         "pooled": pooled,
+        "pooled_frames": pooled_frames,
         "paper": {k: {"median": v[0], "q1": v[1], "q3": v[2]} for k, v in PAPER_TABLE2.items()},
         "wilcoxon_gated_vs_ungated_iom": {
             **test,
@@ -215,13 +230,18 @@ def summarize(run_dir, *, overwrite: bool = True, notes: str = "") -> dict:
     ]
     for group, key, label in ROWS:
         digits = 2
-        lines.append(f"| {group} | {label} (median (Q1–Q3)) | {_fmt(stats[key], digits)} | "
-                     f"{_fmt(report['paper'][key], digits)} |")
+        paper = _fmt(report["paper"][key], digits) if key in report["paper"] else "not reported"
+        lines.append(f"| {group} | {label} (median (Q1–Q3)) | {_fmt(stats[key], digits)} | {paper} |")
     w = report["wilcoxon_gated_vs_ungated_iom"]
     lines += [
         "",
         f"Pooled over all test patches: precision {_num(pooled['precision'])}, recall {_num(pooled['recall'])}, "
         f"F1 {_num(pooled['f1'])} (TP {tp}, FP {fp}, FN {fn}).",
+        "",
+        f"Pooled over all test frames (a frame is positive when its ROI is not empty): sensitivity "
+        f"{_num(pooled_frames['sensitivity'])}, specificity {_num(pooled_frames['specificity'])} "
+        f"(TP {frame['tp']}, FP {frame['fp']}, FN {frame['fn']}, TN {frame['tn']}; an ROI on a calcium-free "
+        f"frame is a false positive).",
         "",
         "Paired Wilcoxon signed-rank test over folds, IoM with classifier gating vs the same decoder "
         f"without gating: median {_num(w['gated_median'])} vs {_num(w['ungated_median'])}, "
