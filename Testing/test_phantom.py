@@ -444,3 +444,18 @@ def test_cli_annotator_min_snr(tmp_path, capsys):
     assert all("detectability" in c for c in truth["calcifications"])
     assert main(["phantom", str(tmp_path / "x"), "--annotator-min-snr", "-1"]) == 2
     assert "--annotator-min-snr" in capsys.readouterr().err
+
+
+def test_phantom_pool_says_once_how_many_cines_were_paired_by_similarity():
+    import warnings
+
+    from CACIdentifierLib.errors import CacWarning
+    from CACTrainerLib.phantom_pool import phantom_pool
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fs = phantom_pool(4, seed=3, n_frames=16, frames_per_acquisition=2, size=128, workers=1)
+    ours = [w for w in caught if issubclass(w.category, CacWarning)]
+    assert len(fs) > 0 and len(ours) <= 1
+    # 16 frames hold about one beat on each side of the onset: some cines have no clear periodicity.
+    assert ours and str(ours[0].message).startswith("phantom pool: ") and " of 4 cines " in str(ours[0].message)

@@ -184,9 +184,16 @@ def frames_from_arrays(frames: np.ndarray, majority: np.ndarray, *, frame_time_m
         raise CacError(f"{acquisition or 'acquisition'}: frames {frames.shape} and calcium masks "
                        f"{majority.shape} must both be (n_frames, rows, cols)")
     if pairs is None:
+        import warnings
+
+        from CACIdentifierLib.errors import CacWarning
         from CACIdentifierLib.sync import synchronize
 
-        pairs = synchronize(frames, frame_time_ms, onset=onset).pairs
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", CacWarning)
+            pairs = synchronize(frames, frame_time_ms, onset=onset).pairs
+        for w in caught:  # say which acquisition: a dataset has many
+            warnings.warn(f"{acquisition}: {w.message}" if acquisition else str(w.message), CacWarning, stacklevel=2)
     chosen = choose_frames(pairs, frames_per_acquisition)
     n = len(chosen)
     nc = np.empty((n, FRAME, FRAME), np.float16)

@@ -23,8 +23,10 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import warnings
 
 import numpy as np
+from CACIdentifierLib.errors import CacWarning
 from CACIdentifierLib.progress import ProgressCallback, no_progress
 
 
@@ -46,8 +48,12 @@ def _one(args) -> object:
     params.onset_fraction_range = (0.4, 0.55)
     params.early_onset_prob = 0.0
     acq = generate_acquisition(params, seed=seed, patient=patient, acquisition=0)
-    return dataset.frames_from_acquisition(acq, acquisition=f"S{seed}_P{patient:05d}", patient=f"S{seed}_P{patient:05d}",
-                                           frames_per_acquisition=fpa)
+    # Short phantom cines often lack a clear periodicity; one summary line beats a warning per patient.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", CacWarning)
+        fs = dataset.frames_from_acquisition(acq, acquisition=f"S{seed}_P{patient:05d}",
+                                             patient=f"S{seed}_P{patient:05d}", frames_per_acquisition=fpa)
+    return fs, len(caught) > 0
 
 
 def phantom_pool(n_patients: int, *, seed: int = 0, first_patient: int = 0, n_frames: int = 64,
@@ -78,16 +84,23 @@ def phantom_pool(n_patients: int, *, seed: int = 0, first_patient: int = 0, n_fr
     jobs = [(seed, first_patient + i, n_frames, frames_per_acquisition, size, calcium_free_fraction)
             for i in range(int(n_patients))]
     workers = max(1, int(workers or os.cpu_count() or 1))
-    sets = []
+    sets, warned = [], 0
     if workers == 1:
         for i, job in enumerate(jobs):
-            sets.append(_one(job))
+            fs, w = _one(job)
+            sets.append(fs)
+            warned += w
             progress(i + 1, len(jobs), "phantom pool")
     else:
         # A Pool, not a ProcessPoolExecutor: leaving the block (Ctrl-C included) terminates the workers at
         # once, where the executor would wait for the cines they are generating (seconds each).
         with multiprocessing.Pool(workers, initializer=_ignore_sigint) as pool:
-            for i, fs in enumerate(pool.imap(_one, jobs, chunksize=1)):
+            for i, (fs, w) in enumerate(pool.imap(_one, jobs, chunksize=1)):
                 sets.append(fs)
+                warned += w
                 progress(i + 1, len(jobs), "phantom pool")
+    if warned:
+        warnings.warn(f"phantom pool: {warned} of {len(jobs)} cines showed no clear cardiac periodicity (short "
+                      f"phantom cines); their non-contrast frames were paired with the most similar contrast "
+                      f"frames", CacWarning, stacklevel=2)
     return FrameSet.concat(sets)
