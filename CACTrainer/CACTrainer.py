@@ -73,6 +73,27 @@ def buildTrainCommand(python, datasetDir, outputModelPath, cvMode="patient", fol
     return command
 
 
+def buildCalibrateCommand(python, modelPath, dataDir, calibratedModelPath, method="platt", sensitivity=0.0,
+                          overwrite=False):
+    """Command line of ``cac calibrate``: calibration and activation statistics fitted on a held-out dataset.
+
+    ``sensitivity`` in (0, 1] also chooses the operating point (``--sensitivity``); 0 keeps the model's threshold.
+    """
+    if method not in ("platt", "temperature", "none"):
+        raise ValueError(f"unknown calibration method {method!r}")
+    command = [
+        os.fspath(python), "-m", "cac", "calibrate", os.fspath(modelPath),
+        "--dataset", os.fspath(dataDir),
+        "--method", method,
+        "--out", os.fspath(calibratedModelPath),
+    ]
+    if sensitivity and float(sensitivity) > 0:
+        command += ["--sensitivity", f"{float(sensitivity):g}"]
+    if overwrite:
+        command.append("--overwrite")
+    return command
+
+
 #
 # CACTrainer
 #
@@ -89,7 +110,8 @@ class CACTrainer(ScriptedLoadableModule):
             "Generates synthetic angiography datasets with known calcium (phantoms) and trains the "
             "double-head ResUNet-18 of CAC Identifier on a dataset folder (two stages: classifier, "
             "then ROI decoder), with cross-validation by patient or by acquisition. Training runs in "
-            "a separate process; the curves are plotted as it goes."
+            "a separate process; the curves are plotted as it goes. Calibration fits a trained model's "
+            "probability, its out-of-distribution statistics and, optionally, its operating point on held-out data."
         )
         self.parent.acknowledgementText = _(
             "Method: De Rose et al., Int J CARS 2025 (two-stage training, leave-one-out cross-validation)."
@@ -112,6 +134,9 @@ class CACTrainerParameterNode:
     epochs1, epochs2 - epochs of stage 1 (classifier) and stage 2 (decoder).
     device - "auto", "cpu" or "cuda".
     initModelPath - optional model to fine-tune (empty: random initialisation).
+    calibrationModelPath, calibrationDataDir - the model to calibrate and its held-out dataset.
+    calibrationMethod - "platt", "temperature" or "none"; targetSensitivity - operating point (0: keep).
+    calibratedModelPath - the calibrated model written (.safetensors).
     curvesTable, curvesChart - training curves of the last run.
     """
 
@@ -126,6 +151,11 @@ class CACTrainerParameterNode:
     epochs2: Annotated[int, WithinRange(1, 10000), Default(100)]
     device: Annotated[str, Choice(["auto", "cpu", "cuda"]), Default("auto")]
     initModelPath: Path
+    calibrationModelPath: Path
+    calibrationDataDir: Path
+    calibrationMethod: Annotated[str, Choice(["platt", "temperature", "none"]), Default("platt")]
+    targetSensitivity: Annotated[float, WithinRange(0.0, 1.0), Default(0.0)]
+    calibratedModelPath: Path
     curvesTable: vtkMRMLTableNode
     curvesChart: vtkMRMLPlotChartNode
 
@@ -164,12 +194,16 @@ class CACTrainerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.datasetPathLineEdit.settingKey = "CACTrainer/DatasetDir"
         self.ui.outputModelPathLineEdit.settingKey = "CACTrainer/OutputModel"
         self.ui.initModelPathLineEdit.settingKey = "CACTrainer/InitModel"
+        self.ui.calibrationModelPathLineEdit.settingKey = "CACTrainer/CalibrationModel"
+        self.ui.calibrationDataPathLineEdit.settingKey = "CACTrainer/CalibrationData"
+        self.ui.calibratedModelPathLineEdit.settingKey = "CACTrainer/CalibratedModel"
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
 
         self.ui.generateButton.connect("clicked(bool)", self.onGenerateButton)
         self.ui.trainButton.connect("clicked(bool)", self.onTrainButton)
+        self.ui.calibrateButton.connect("clicked(bool)", self.onCalibrateButton)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
 
         self.initializeParameterNode()
@@ -223,6 +257,9 @@ class CACTrainerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         hasModel = bool(p and CACTrainerLogic.isSet(p.outputModelPath))
         self.ui.generateButton.enabled = hasDataset and not running
         self.ui.trainButton.enabled = hasDataset and hasModel and not running
+        canCalibrate = bool(p and all(CACTrainerLogic.isSet(path) for path in (
+            p.calibrationModelPath, p.calibrationDataDir, p.calibratedModelPath)))
+        self.ui.calibrateButton.enabled = canCalibrate and not running
         self.ui.cancelButton.enabled = running
 
     # ------------------------------------------------------------------ processes
@@ -265,11 +302,30 @@ class CACTrainerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         slicer.modules.plots.logic().ShowChartInLayout(chart)
         self._startProcess(command, _("Training"))
 
+    def onCalibrateButton(self) -> None:
+        p = self._parameterNode
+        if not (p.calibrationDataDir / "manifest.json").is_file():
+            slicer.util.errorDisplay(
+                _("{path} has no manifest.json; choose a held-out dataset folder.").format(path=p.calibrationDataDir)
+            )
+            return
+        overwrite = False
+        if p.calibratedModelPath.exists():
+            if not slicer.util.confirmOkCancelDisplay(_("Replace {path}?").format(path=p.calibratedModelPath)):
+                return
+            overwrite = True
+        command = buildCalibrateCommand(
+            self.logic.pythonExecutable(), p.calibrationModelPath, p.calibrationDataDir, p.calibratedModelPath,
+            p.calibrationMethod, p.targetSensitivity, overwrite,
+        )
+        self._startProcess(command, _("Calibrating"))
+
     def _startProcess(self, command, task) -> None:
         from CACIdentifierLib.worker import ProcessRunner, child_environment
 
         for pathLineEdit in (self.ui.datasetPathLineEdit, self.ui.outputModelPathLineEdit,
-                             self.ui.initModelPathLineEdit):
+                             self.ui.initModelPathLineEdit, self.ui.calibrationModelPathLineEdit,
+                             self.ui.calibrationDataPathLineEdit, self.ui.calibratedModelPathLineEdit):
             pathLineEdit.addCurrentPathToHistory()  # kept under settingKey for the next session
 
         self._task = task

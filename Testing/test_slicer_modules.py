@@ -291,7 +291,7 @@ def test_icons_are_128_px_pngs():
 def _trainer_functions() -> dict:
     """The pure helper functions of CACTrainer.py, executed without Slicer."""
     tree = parse_script("CACTrainer")
-    wanted = {"buildPhantomCommand", "buildTrainCommand"}
+    wanted = {"buildPhantomCommand", "buildTrainCommand", "buildCalibrateCommand"}
     body = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name in wanted]
     namespace = {"os": os}
     exec(compile(ast.Module(body=body, type_ignores=[]), "CACTrainer.py", "exec"), namespace)
@@ -332,11 +332,17 @@ def test_trainer_commands_are_accepted_by_the_cac_parser():
         f["buildTrainCommand"]("py", "/d", "/m", "bogus")
     phantom = f["buildPhantomCommand"]("py", "/data/set", 14, 3, 5)
     assert phantom[3:5] == ["phantom", "/data/set"]
+    calibrate = f["buildCalibrateCommand"]("py", "/m.safetensors", "/held-out", "/c.safetensors", "platt", 0.9, True)
+    assert calibrate[3:5] == ["calibrate", "/m.safetensors"] and calibrate[calibrate.index("--sensitivity") + 1] == "0.9"
+    kept = f["buildCalibrateCommand"]("py", "/m.safetensors", "/held-out", "/c.safetensors", "none", 0.0)
+    assert "--sensitivity" not in kept and "--overwrite" not in kept and kept[kept.index("--method") + 1] == "none"
+    with pytest.raises(ValueError):
+        f["buildCalibrateCommand"]("py", "/m", "/d", "/c", "isotonic")
 
     from cac import cli
     parser = cli.build_parser()
     subcommands = set(parser._subparsers._group_actions[0].choices)
-    for command in (train, no_cv, tuned, phantom):
+    for command in (train, no_cv, tuned, phantom, calibrate, kept):
         if command[3] not in subcommands:
             pytest.skip(f"`cac {command[3]}` is not available yet")
         args = parser.parse_args(command[3:])

@@ -157,6 +157,11 @@ def test_trainer_every_field_round_trips(slicer_app, tmp_path):
         "epochs2": 6,
         "device": "cpu",
         "initModelPath": tmp_path / "base.safetensors",
+        "calibrationModelPath": tmp_path / "trained.safetensors",
+        "calibrationDataDir": tmp_path / "held-out",
+        "calibrationMethod": "temperature",
+        "targetSensitivity": 0.9,
+        "calibratedModelPath": tmp_path / "calibrated.safetensors",
         "curvesTable": table,
         "curvesChart": chart,
     }
@@ -168,6 +173,10 @@ def test_trainer_every_field_round_trips(slicer_app, tmp_path):
     check_round_trip(slicer_app, tmp_path / "b", module, "CACTrainerLogic", values)
     with pytest.raises(ValueError):
         reloaded.cvMode = "leave-one-out"
+    with pytest.raises(ValueError):
+        reloaded.targetSensitivity = 1.5
+    with pytest.raises(ValueError):
+        reloaded.calibrationMethod = "isotonic"
 
 
 # --------------------------------------------------------------------------- CAC Annotator
