@@ -303,3 +303,20 @@ def test_init_starts_from_a_model_file(tiny, tmp_path):
     with pytest.raises(CacError, match="architecture"):
         T.train(train, None, _config(epochs1=1, epochs2=1, samples_per_epoch=8, batch_size=4,
                                      init=str(tmp_path / "other.safetensors")), tmp_path / "run2")
+
+
+def test_external_validation_scores_the_model_as_inference_uses_it(tmp_path):
+    """--init with no epochs: the card's threshold, refinement and calibration apply; after training they do not."""
+    from CACIdentifierLib.modelio import save_model
+    from CACIdentifierLib.network import ResUNet18
+
+    path = tmp_path / "m.safetensors"
+    cal = {"temperature": 2.0, "bias": -1.0}
+    save_model(path, ResUNet18(width=8, decoder_channels=[16, 8, 8, 8, 8]),
+               {"classifier_threshold": 0.3, "refinement": {"min_island_px": 200}, "calibration": cal}, dtype=None)
+    cfg = _config(epochs1=0, epochs2=0, init=str(path))
+    scored, calibration = crossval._as_shipped(cfg)
+    assert scored.classifier_threshold == 0.3 and calibration["temperature"] == 2.0 and calibration["bias"] == -1.0
+    assert scored.refinement["min_island_px"] == 200 and scored.refinement["sigma"] == cfg.refinement["sigma"]
+    trained, none = crossval._as_shipped(_config(epochs1=1, epochs2=0, init=str(path)))
+    assert none is None and trained.classifier_threshold == 0.5

@@ -121,6 +121,24 @@ def _fold_metrics(ev: dict) -> dict:
     }
 
 
+def _as_shipped(config: TrainConfig) -> tuple[TrainConfig, dict | None]:
+    """External validation (``--init`` with no epochs): score the model as inference uses it.
+
+    Its card's classifier threshold, refinement and calibration then apply;
+    after any training they do not (the weights change; calibrate again).
+    """
+    if not config.init or config.epochs1 or config.epochs2:
+        return config, None
+    from dataclasses import replace
+
+    from CACIdentifierLib.modelio import read_metadata
+
+    meta = read_metadata(config.init)
+    refinement = dict(config.refinement, **(meta.get("refinement") or {}))
+    threshold = float(meta.get("classifier_threshold", config.classifier_threshold))
+    return replace(config, refinement=refinement, classifier_threshold=threshold), meta.get("calibration")
+
+
 def run_fold(fs: FrameSet, k: int, by: str, config: TrainConfig, out_dir, *, resume: bool = False,
              emit=None, progress=None, overwrite: bool = False, val_fraction: float = 0.15) -> dict:
     """Train and test fold ``k``; write ``out_dir/fold_K.json`` and return its content."""
@@ -131,6 +149,7 @@ def run_fold(fs: FrameSet, k: int, by: str, config: TrainConfig, out_dir, *, res
     target = out_dir / f"fold_{k}.json"
     if target.exists() and not overwrite:
         raise CacError(f"{target} already exists; pass --overwrite to run the fold again")
+    config, calibration = _as_shipped(config)
     test_groups = folds[k]
     is_test = np.isin(np.array(groups_of(fs, by), dtype=object), test_groups)
     test = fs.subset(is_test)
@@ -146,7 +165,8 @@ def run_fold(fs: FrameSet, k: int, by: str, config: TrainConfig, out_dir, *, res
         return {}  # data-parallel run: rank 0 tests the fold and writes fold_K.json
     from CACIdentifierLib.device import choose_device
 
-    ev = evaluate(result.model.to(choose_device(config.device)), test, config, choose_device(config.device))
+    ev = evaluate(result.model.to(choose_device(config.device)), test, config, choose_device(config.device),
+                  calibration=calibration)
     record = {
         "fold": k,
         "folds": len(folds),
