@@ -280,18 +280,12 @@ class CACTrainerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onTrainButton(self) -> None:
         p = self._parameterNode
-        if not (p.datasetDir / "manifest.json").is_file():
-            slicer.util.errorDisplay(
-                _("{path} has no manifest.json; generate a phantom dataset or choose a dataset folder.").format(
-                    path=p.datasetDir
-                )
-            )
+        overwrite = self._confirmDatasetAndOutput(
+            p.datasetDir, p.outputModelPath,
+            _("{path} has no manifest.json; generate a phantom dataset or choose a dataset folder.").format(
+                path=p.datasetDir))
+        if overwrite is None:
             return
-        overwrite = False
-        if p.outputModelPath.exists():
-            if not slicer.util.confirmOkCancelDisplay(_("Replace {path}?").format(path=p.outputModelPath)):
-                return
-            overwrite = True
         command = buildTrainCommand(
             self.logic.pythonExecutable(), p.datasetDir, p.outputModelPath, p.cvMode, p.fold,
             p.epochs1, p.epochs2, p.device, p.seed, overwrite,
@@ -304,21 +298,26 @@ class CACTrainerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onCalibrateButton(self) -> None:
         p = self._parameterNode
-        if not (p.calibrationDataDir / "manifest.json").is_file():
-            slicer.util.errorDisplay(
-                _("{path} has no manifest.json; choose a held-out dataset folder.").format(path=p.calibrationDataDir)
-            )
+        overwrite = self._confirmDatasetAndOutput(
+            p.calibrationDataDir, p.calibratedModelPath,
+            _("{path} has no manifest.json; choose a held-out dataset folder.").format(path=p.calibrationDataDir))
+        if overwrite is None:
             return
-        overwrite = False
-        if p.calibratedModelPath.exists():
-            if not slicer.util.confirmOkCancelDisplay(_("Replace {path}?").format(path=p.calibratedModelPath)):
-                return
-            overwrite = True
         command = buildCalibrateCommand(
             self.logic.pythonExecutable(), p.calibrationModelPath, p.calibrationDataDir, p.calibratedModelPath,
             p.calibrationMethod, p.targetSensitivity, overwrite,
         )
         self._startProcess(command, _("Calibrating"))
+
+    @staticmethod
+    def _confirmDatasetAndOutput(datasetDir, outputPath, missingMessage):
+        """Whether to overwrite ``outputPath`` (asked when it exists); None when there is no dataset or the user declines."""
+        if not (datasetDir / "manifest.json").is_file():
+            slicer.util.errorDisplay(missingMessage)
+            return None
+        if outputPath.exists():
+            return True if slicer.util.confirmOkCancelDisplay(_("Replace {path}?").format(path=outputPath)) else None
+        return False
 
     def _startProcess(self, command, task) -> None:
         from CACIdentifierLib.worker import ProcessRunner, child_environment

@@ -1,12 +1,19 @@
-"""Training throughput: samples/s of a stage-1 and a stage-2 step, fp32 vs bf16 autocast, one run.
+"""Training throughput: samples/s of each recipe's training steps, fp32 vs bf16 autocast vs channels_last, one run.
 
 Prints, for the default ResUNet18 on 256x256 patch pairs with batch 16 and
-torch.set_num_threads(2): samples/s of a classifier training step (forward,
-BCE, backward, Adam) and of a decoder training step (frozen encoder forward,
-decoder forward, GDL + boundary loss, backward, Adam), in fp32 and under
-:func:`CACIdentifierLib.device.autocast` (bf16 on CPUs with AMX/AVX512-BF16),
-and the ratio bf16/fp32 measured in this run.  The best of ``REPEATS`` timed
-steps after one warm-up step is used (the machine may be shared).
+torch.set_num_threads(2), samples/s of:
+
+- ``paper stage 1``: a classifier step (forward, BCE, backward, Adam);
+- ``joint (default stage 1)``: the default recipe's step (classifier and
+  decoder together: BCE + the dense ROI_GT loss, backward through everything);
+- ``stage 2``: a decoder step (frozen encoder forward, decoder forward,
+  GDL + boundary loss, backward, Adam);
+
+each in fp32, under :func:`CACIdentifierLib.device.autocast` (bf16 where the
+CPU has it; otherwise autocast is off and the row equals fp32) and in fp32
+with channels_last tensors, with the ratios to fp32 measured in this run.  The
+best of ``REPEATS`` timed steps after one warm-up step is used (the machine may
+be shared).
 """
 
 from __future__ import annotations
@@ -17,18 +24,21 @@ import numpy as np
 import torch
 from CACIdentifierLib.device import autocast, cpu_supports_bf16
 from CACIdentifierLib.network import ResUNet18
-from CACTrainerLib.losses import classification_loss, decoder_loss, signed_distance_map
+from CACTrainerLib.losses import classification_loss, decoder_loss, dense_roi_loss, signed_distance_map
 
 BATCH = 16
 REPEATS = 3
 
 
-def _step_time(stage: int, amp: bool) -> float:
+def _step_time(stage, amp: bool, channels_last: bool = False) -> float:
     torch.manual_seed(0)
     model = ResUNet18()
     rng = np.random.default_rng(0)
     nc = torch.from_numpy(rng.random((BATCH, 1, 256, 256), dtype=np.float32))
     c = torch.from_numpy(rng.random((BATCH, 1, 256, 256), dtype=np.float32))
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        nc, c = (t.contiguous(memory_format=torch.channels_last) for t in (nc, c))
     labels = torch.from_numpy((rng.random(BATCH) > 0.5).astype(np.float32))
     roi = np.zeros((BATCH, 1, 256, 256), bool)
     roi[:, :, 100:140, 100:140] = True
@@ -36,6 +46,8 @@ def _step_time(stage: int, amp: bool) -> float:
     roi_t = torch.from_numpy(roi.astype(np.float32))
     if stage == 1:
         opt = torch.optim.Adam(model.classifier_parameters(), lr=1e-4)
+    elif stage == "joint":
+        opt = torch.optim.AdamW(model.classifier_parameters() + model.decoder_parameters(), lr=1e-3)
     else:
         model.freeze_classifier(True)
         opt = torch.optim.Adam(model.decoder_parameters(), lr=1e-3)
@@ -46,6 +58,10 @@ def _step_time(stage: int, amp: bool) -> float:
         with autocast("cpu", enabled=amp):
             if stage == 1:
                 loss = classification_loss(model.classify(nc, c), labels)
+            elif stage == "joint":
+                feats = model.encode(nc, c)
+                loss = classification_loss(model.classify_features(feats), labels) + dense_roi_loss(
+                    model.decode(feats), roi_t)
             else:
                 with torch.no_grad():
                     feats = model.encode(nc, c)
@@ -60,11 +76,12 @@ def _step_time(stage: int, amp: bool) -> float:
 def main() -> None:
     torch.set_num_threads(2)
     print(f"training step, batch {BATCH}, 2 threads, bf16 supported: {cpu_supports_bf16()}")
-    for stage in (1, 2):
+    for stage, name in ((1, "paper stage 1"), ("joint", "joint (default stage 1)"), (2, "stage 2")):
         t32 = _step_time(stage, amp=False)
         t16 = _step_time(stage, amp=True)
-        print(f"stage {stage}: fp32 {BATCH / t32:6.1f} samples/s   autocast {BATCH / t16:6.1f} samples/s   "
-              f"speed-up autocast/fp32 {t32 / t16:4.2f}x")
+        tcl = _step_time(stage, amp=False, channels_last=True)
+        print(f"{name:24s}: fp32 {BATCH / t32:6.1f} samples/s   autocast {BATCH / t16:6.1f} ({t32 / t16:4.2f}x)   "
+              f"channels_last {BATCH / tcl:6.1f} ({t32 / tcl:4.2f}x)", flush=True)
 
 
 if __name__ == "__main__":
