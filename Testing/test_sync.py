@@ -373,3 +373,66 @@ def test_blank_frame_found_without_being_told():
     with warnings.catch_warnings(), pytest.raises(CacError, match="no non-contrast frames"):
         warnings.simplefilter("ignore")
         sync.synchronize(frames, 66.0, blank_frames=())
+
+
+def _dense_one_cycle_operator(t, period):
+    """The one-cycle mean operator as the whole matrix (the formula of the former N x N code)."""
+    m, half = t.size, period / 2
+    if t[-1] - t[0] + 1 <= 1.5 * period:
+        return np.full((m, m), 1.0 / m)
+
+    def window(c):
+        w = np.clip(np.minimum(c + half, t + 0.5) - np.maximum(c - half, t - 0.5), 0, None)
+        return w / w.sum()
+
+    first, last = t[0] - 0.5 + half, t[-1] + 0.5 - half
+    out = np.array([window(c) for c in np.clip(t, first, last)])
+    for k in np.nonzero(t < first)[0]:
+        out[k] = window(first) + (t[k] - first) / half * (window(first + half) - window(first))
+    for k in np.nonzero(t > last)[0]:
+        out[k] = window(last) + (last - t[k]) / half * (window(last - half) - window(last))
+    return out
+
+
+def test_blocked_frame_products_match_dense_gram_algebra():
+    """One-cycle mean, lag sums and lazy clip distances against the whole frames x frames matrices."""
+    from CACIdentifierLib.sync import gram
+
+    rng = np.random.default_rng(5)
+    t = np.concatenate([np.arange(0, 70), np.arange(72, 150)]).astype(float)  # a gap (blank frames)
+    y = rng.standard_normal((t.size, 40))
+    for period in (3.3, 17.6, 120.0):  # 120: shorter than 1.5 periods, the mean
+        ref = _dense_one_cycle_operator(t, period) @ y
+        np.testing.assert_allclose(gram.one_cycle_mean(t, period, y), ref, atol=1e-12)
+    g = y @ y.T
+    lag = t[None, :] - t[:, None]
+    sums = gram.lag_sums(y, t, 30)
+    np.testing.assert_allclose(sums, [g[lag == L].sum() for L in range(31)], rtol=1e-10, atol=1e-9)
+    maps = gram.clip_maps(t, 4)
+    clip = sum(g[np.ix_(m, m)] for m in maps)
+    lazy = gram.LazyGram(y, maps, frames=t.astype(int))
+    np.testing.assert_allclose(lazy.rows([0, 5, 140]), clip[[0, 5, 140]], rtol=1e-10, atol=1e-9)
+    d = np.diag(clip)[:, None] + np.diag(clip)[None, :] - 2 * clip
+    np.testing.assert_allclose(lazy[72, [0, 69, 149]], d[70, [0, 69, 147]], rtol=1e-10, atol=1e-9)
+    assert lazy.nearest([3, 90], np.arange(60, 148)).tolist() == (60 + d[[3, 90]][:, 60:148].argmin(1)).tolist()
+
+
+def test_synchronize_memory_is_linear_in_frames():
+    """4x the frames costs at most 6x the peak memory (frames x frames matrices would cost about 16x)."""
+    import tracemalloc
+
+    def peak(n):
+        # 16 x 16 pixels (the cine and its features stay small); clean, so the period is found and
+        # every step of the default method runs.
+        frames, _ = synthetic_cine(n_frames=n, size=16, fps=15.0, bpm=70.0, noise=0.0, respiration_px=0, seed=3)
+        tracemalloc.start()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            res = sync.synchronize(frames, 1000 / 15)
+        out = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert res.periodic and abs(res.period_frames - 12.86) < 0.5  # the default method ran all its steps
+        return out
+
+    small, large = peak(800), peak(3200)
+    assert large < 6 * small, (small, large)

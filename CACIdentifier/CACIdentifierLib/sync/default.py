@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from .gram import clip_gram, dist_from_gram, gram_matrix, highpass_gram, normalise, velocity_gram
+from .gram import LazyGram, clip_maps, highpass, lag_sums, normalise, row_norms, velocity
 from .period import PERIODIC_THRESHOLD, period_bounds
 from .phase import PAIR_TOL, circ_dist, circ_mean, pair_by_phase, phase_from_landmarks, zero_crossings
 from .result import PhaseEstimate
@@ -34,32 +34,33 @@ N_REFS = 48
 def _lag_correlation(parts: list[tuple[np.ndarray, np.ndarray]], max_lag: int) -> np.ndarray:
     """Normalised correlation of feature vectors ``lag`` frames apart, pooled over parts.
 
-    ``parts`` is a list of (integer frame times, Gram matrix).  Each part's
-    correlation is normalised by its own energy and the parts are averaged
-    weighted by their number of frame pairs, so a part where contrast adds
-    large, not quite periodic changes does not drown a clean one.
-    Returns rho[0..max_lag].
+    ``parts`` is a list of (integer frame times, features (frames x pixels)).
+    Each part's correlation is normalised by its own energy and the parts are
+    averaged weighted by their number of frame pairs, so a part where contrast
+    adds large, not quite periodic changes does not drown a clean one.  Only
+    lags up to ``max_lag`` are formed (:func:`.gram.lag_sums`): memory linear
+    in the frames.  Returns rho[0..max_lag].
     """
     acc = np.zeros(max_lag + 1)
     cnt = np.zeros(max_lag + 1)
-    for times, g in parts:
+    for times, y in parts:
         tt = np.asarray(times).astype(int)
         if tt.size < 2:
             continue
         span = int(tt[-1] - tt[0]) + 1
-        full = np.zeros((span, span))
-        full[np.ix_(tt - tt[0], tt - tt[0])] = g
+        lags = min(max_lag, span - 1)
+        num = lag_sums(y, tt - tt[0], lags)
         d = np.zeros(span)
-        d[tt - tt[0]] = np.diag(g)
+        d[tt - tt[0]] = row_norms(y)
         pres = np.zeros(span, bool)
         pres[tt - tt[0]] = True
-        for L in range(1, min(max_lag, span - 1) + 1):
+        for L in range(1, lags + 1):
             m = pres[:-L] & pres[L:]
             c = int(m.sum())
             den = math.sqrt(d[:-L][m].sum() * d[L:][m].sum())
             if c == 0 or den <= 0:
                 continue
-            acc[L] += c * np.diagonal(full, L)[m].sum() / den
+            acc[L] += c * num[L] / den
             cnt[L] += c
     rho = np.where(cnt > 0, acc / np.maximum(cnt, 1), 0.0)
     rho[0] = 1.0
@@ -82,7 +83,7 @@ def _peak_lag(rho: np.ndarray, lo: float, hi: float) -> tuple[float | None, floa
 
 
 def _estimate_period(parts, lo_p: float, hi_p: float):
-    """Period (frames, sub-frame) and periodicity score from the parts' Gram matrices.
+    """Period (frames, sub-frame) and periodicity score from the parts' (times, features).
 
     First from the correlation of frame-to-frame changes (image velocity: blind
     to slow trends), then refined on one-period high-passed frames, whose
@@ -92,14 +93,14 @@ def _estimate_period(parts, lo_p: float, hi_p: float):
     max_lag = int(min(np.ceil(hi_p) + 1, longest - 1))
     if max_lag < 3:
         return None, 0.0
-    vel = [velocity_gram(g, t) for t, g in parts]
-    vel = [(t, g) for t, g in vel if t.size >= 3]
+    vel = [velocity(y, t) for t, y in parts]
+    vel = [(t, v) for t, v in vel if t.size >= 3]
     if not vel:
         return None, 0.0
     period, _ = _peak_lag(_lag_correlation(vel, max_lag), lo_p, hi_p)
     if period is None:
         return None, 0.0
-    hp = [(t, highpass_gram(g, t, period)) for t, g in parts]
+    hp = [(t, highpass(y, t, period)) for t, y in parts]
     rho = _lag_correlation(hp, max_lag)
     p2, c2 = _peak_lag(rho, max(lo_p, 0.8 * period), min(hi_p, 1.25 * period))
     if p2 is None:
@@ -112,14 +113,17 @@ def _estimate_period(parts, lo_p: float, hi_p: float):
     return p2, float(np.clip(c2, 0.0, 1.0))
 
 
-def _landmarks_for_reference(dist_row: np.ndarray, gram: np.ndarray, times: np.ndarray, r: int, period: float,
-                             pos: dict | None = None):
+def _landmarks_for_reference(dist_row: np.ndarray, gram_row: np.ndarray, diag: np.ndarray, nxt: np.ndarray,
+                             times: np.ndarray, r: int, period: float, pos: dict | None = None):
     """Times (fractional frames) where the part comes back to reference ``r``'s state, one per beat.
 
     Walks forward and backward from ``r`` by about one period, takes the
     closest frame in a +-40 % window and refines it to sub-frame by projecting
     the reference onto the segments to the neighbouring frames (state assumed
-    linear between frames).  Returns (landmarks, sharpness in [0, 1]).
+    linear between frames).  Needs only reference ``r``'s row of the Gram
+    matrix (``gram_row``, distances ``dist_row``), its diagonal and the inner
+    product of every frame with the next one (``nxt``, NaN where none).
+    Returns (landmarks, sharpness in [0, 1]).
     """
     if pos is None:
         pos = {int(t): i for i, t in enumerate(times)}
@@ -147,17 +151,17 @@ def _landmarks_for_reference(dist_row: np.ndarray, gram: np.ndarray, times: np.n
                 # the closest frame is then no landmark.
                 break
             best_t, best_d = tj, float(dist_row[j])
-            gjj, grj = float(gram[j, j]), float(gram[r, j])
+            gjj, grj = float(diag[j]), float(gram_row[j])
             for nb in (int(tj) - 1, int(tj) + 1):
                 m = pos.get(nb)
                 if m is None:
                     continue
                 # |y_r - (y_j + s (y_m - y_j))|^2 is smallest at s = <y_r - y_j, y_m - y_j> / |y_m - y_j|^2
-                gjm = float(gram[j, m])
-                seg2 = gjj + float(gram[m, m]) - 2 * gjm
+                gjm = float(nxt[j] if nb > tj else nxt[m])
+                seg2 = gjj + float(diag[m]) - 2 * gjm
                 if seg2 <= 0:
                     continue
-                s = min(1.0, max(0.0, (float(gram[r, m]) - grj - gjm + gjj) / seg2))
+                s = min(1.0, max(0.0, (float(gram_row[m]) - grj - gjm + gjj) / seg2))
                 d = float(dist_row[j]) - s * s * seg2
                 if s > 0 and d < best_d:
                     best_d, best_t = d, tj + s * (nb - tj)
@@ -169,19 +173,19 @@ def _landmarks_for_reference(dist_row: np.ndarray, gram: np.ndarray, times: np.n
     return sorted(out), (float(np.mean(sharp)) if sharp else 0.0)
 
 
-def _part_phase(gram: np.ndarray, times: np.ndarray, period: float, n_refs: int | None = None):
+def _part_phase(gram: LazyGram, times: np.ndarray, period: float, n_refs: int | None = None):
     """Phase (mod 1) of each frame of a part from landmark-interpolated beats, many references.
 
     Each reference frame gives one landmark per beat; the phase is linear
     between landmarks (so it follows beat-to-beat variability).  References
     spread over the part give estimates with different zeros; they are aligned
     to each other and averaged (circular mean weighted by landmark sharpness).
+    Only the references' rows of the Gram matrix are formed (n_refs x frames).
     Returns the phase per part frame, or None when the part is shorter than
     about 1.3 periods.
     """
     if times[-1] - times[0] < 1.3 * period or times.size < 4:
         return None
-    dist = dist_from_gram(gram)
     n_refs = N_REFS if n_refs is None else n_refs
     # References whose clip is complete (not within a clip half-width of the part's ends).
     edge = min(max(1, int(round(period / CLIP_DIV))), (times.size - 1) // 4)
@@ -189,8 +193,16 @@ def _part_phase(gram: np.ndarray, times: np.ndarray, period: float, n_refs: int 
     estimates, weights = [], []
     span = int(times[-1]) + 1
     pos = {int(t): i for i, t in enumerate(times)}
-    for r in refs:
-        lm, sharp = _landmarks_for_reference(dist[r], gram, times, r, period, pos)
+    # Inner product of every frame with the frame one later (the landmarks' sub-frame refinement).
+    after = np.array([pos.get(int(t) + 1, -1) for t in times])
+    has = np.nonzero(after >= 0)[0]
+    nxt = np.full(times.size, np.nan)
+    nxt[has] = gram.products(has, after[has])
+    diag = gram.diag
+    rows = gram.rows(refs)
+    for r, grow in zip(refs, rows):
+        dist_row = np.maximum(diag[r] + diag - 2 * grow, 0.0)
+        lm, sharp = _landmarks_for_reference(dist_row, grow, diag, nxt, times, r, period, pos)
         if len(lm) < 2 or sharp <= 0:
             continue
         estimates.append(phase_from_landmarks(lm, span)[times.astype(int)] % 1.0)
@@ -222,35 +234,38 @@ class Features:
     small: np.ndarray  # (N, h, w) float32 block means
     z: np.ndarray  # (N, h*w) float32, per-frame z-scored
     motion: np.ndarray  # (h*w,) frame-to-frame change energy per pixel (valid consecutive frames)
-    g_all: np.ndarray  # (N, N) Gram matrix of z on the MAX_PIXELS most moving pixels
+    moving: np.ndarray  # (N, <= MAX_PIXELS) float32: z on the most moving pixels
     rough_period: float | None  # period (frames) from all valid frames, for the onset statistic
 
 
 def prepare_features(small: np.ndarray, valid: np.ndarray, frame_time_ms) -> Features:
+    """Z-scored block means, their most moving pixels and a rough period (all linear in the frames)."""
     n = small.shape[0]
     z = normalise(small.reshape(n, -1))
     k = np.nonzero(valid)[0]
     a = k[:-1][np.diff(k) == 1]
     motion = np.zeros(z.shape[1], np.float64)
-    # Only the pixels that move carry the heart beat: the Gram matrices use the
+    # Only the pixels that move carry the heart beat: the period and phase 0 use the
     # MAX_PIXELS with the largest frame-to-frame change (fast, and less noise).
     for s0 in range(0, a.size, 32):
         blk = z[a[s0:s0 + 32] + 1] - z[a[s0:s0 + 32]]
         motion += np.einsum("ij,ij->j", blk, blk, dtype=np.float64)
-    g_all = gram_matrix(z[:, _top_pixels(motion, None)])
+    top = _top_pixels(motion, None)
+    moving = z if top.size == z.shape[1] else z[:, top]
     lo_p, hi_p = period_bounds(n, frame_time_ms)
     # Only used to average the beat out of the onset statistic: a weak period is good enough.
-    rough, _conf = _estimate_period([(k.astype(float), g_all[np.ix_(k, k)])], lo_p, hi_p)
-    return Features(small, z, motion, g_all, rough)
+    rough, _conf = _estimate_period([(k.astype(float), moving[k])], lo_p, hi_p)
+    return Features(small, z, motion, moving, rough)
 
 
 def default_estimate(feats: Features, valid, frame_time_ms, onset, contrast_start, warn_list):
     """The default image-based phase estimate (see module docstring and docs/sync.md).
 
-    Returns the estimate and the contrast-insensitive frame distance matrix
-    (used to break ties and for the non-periodic fallback).
+    Returns the estimate and the contrast-insensitive frame distances (a
+    :class:`.gram.LazyGram`, indexed ``[i, js]`` like a distance matrix; used
+    to break ties and for the non-periodic fallback).
     """
-    small, z, g_all = feats.small, feats.z, feats.g_all
+    small, z, moving = feats.small, feats.z, feats.moving
     n = small.shape[0]
     all_k = np.arange(n)
     nc = all_k[(all_k < onset) & valid]
@@ -273,21 +288,21 @@ def default_estimate(feats: Features, valid, frame_time_ms, onset, contrast_star
         hh, ww = h // b, w // b
         zz = bin_mean(z.reshape(n, h, w), b)
         st = stable[:hh * b, :ww * b].reshape(hh, b, ww, b).all((1, 3))
-        g_stable = gram_matrix(normalise(zz.reshape(n, -1)[:, st.ravel()]))
+        y_stable = normalise(zz.reshape(n, -1)[:, st.ravel()])
     else:
-        g_stable = gram_matrix(normalise(z[:, stable.ravel()]))
-    cross_all = dist_from_gram(g_stable)  # contrast-insensitive distances of all frame pairs
+        y_stable = normalise(z[:, stable.ravel()])
+    cross = LazyGram(y_stable)  # contrast-insensitive distances of all frame pairs, on demand
 
-    parts = {name: (p, g_all[np.ix_(p, p)]) for name, p in (("nc", nc), ("cp", cp)) if p.size >= 3}
+    parts = {name: (p, moving[p]) for name, p in (("nc", nc), ("cp", cp)) if p.size >= 3}
     period, conf = _estimate_period([(p.astype(float), g) for p, g in parts.values()], lo_p, hi_p)
     if period is None or conf < PERIODIC_THRESHOLD:
         warn_list.append(
             f"no clear cardiac periodicity in the images (score {conf:.2f} < {PERIODIC_THRESHOLD}); "
             "each non-contrast frame is paired with the most similar contrast frame instead"
         )
-        pairs = [[int(i), int(cp[np.argmin(cross_all[i, cp])])] for i in nc] if cp.size else []
+        pairs = [[int(i), int(j)] for i, j in zip(nc, cross.nearest(nc, cp))] if cp.size else []
         est = PhaseEstimate("image-default", np.zeros(n), None, [], pairs, conf, False, None)
-        return est, cross_all
+        return est, cross
 
     half = max(1, int(round(period / CLIP_DIV)))
     phase = np.full(n, np.nan)
@@ -295,11 +310,9 @@ def default_estimate(feats: Features, valid, frame_time_ms, onset, contrast_star
     # no break at the contrast arrival, where the frames to pair are.
     vk = all_k[valid]
     tv = vk.astype(float)
-    clip = clip_gram(highpass_gram(g_stable[np.ix_(vk, vk)], tv, period), tv, half)
+    # Tie-breaking distance too: the same beat-only, contrast-free clips (indexed by frame number).
+    clip = LazyGram(highpass(y_stable[vk], tv, period), clip_maps(tv, half), frames=vk)
     ph = _part_phase(clip, tv, period)
-    # Tie-breaking distance: the same beat-only, contrast-free clips.
-    tie = np.full((n, n), np.inf)
-    tie[np.ix_(vk, vk)] = dist_from_gram(clip)
     if ph is not None:
         phase[vk] = ph
     else:
@@ -321,25 +334,25 @@ def default_estimate(feats: Features, valid, frame_time_ms, onset, contrast_star
 
     # Phase 0: the phase of fastest image change (largest frame-to-frame difference,
     # i.e. systole), measured outside the wash-in.
-    zero = _fastest_change_phase(g_all, anchor, unwrapped % 1.0)
+    zero = _fastest_change_phase(moving, anchor, unwrapped % 1.0)
     unwrapped = unwrapped - zero
     phase = unwrapped % 1.0
     beats = zero_crossings(unwrapped)
     mean_period = float((beats[-1] - beats[0]) / (len(beats) - 1)) if len(beats) >= 3 else float(period)
     hr = 60000.0 / (mean_period * frame_time_ms) if frame_time_ms else None
-    pairs = pair_by_phase(phase, nc, cp, frame_distance=tie, tolerance=PAIR_TOL)
+    pairs = pair_by_phase(phase, nc, cp, frame_distance=clip, tolerance=PAIR_TOL)
     est = PhaseEstimate("image-default", phase, mean_period, beats, pairs, conf, True, hr)
-    return est, cross_all
+    return est, cross
 
 
-def _fastest_change_phase(g_all: np.ndarray, frames, phase, bins: int = 20) -> float:
+def _fastest_change_phase(moving: np.ndarray, frames, phase, bins: int = 20) -> float:
     """Phase (cycles) at which the mean frame-to-frame image change is largest."""
     frames = np.asarray(frames)
     a = frames[:-1][np.diff(frames) == 1]
     if a.size < bins // 2:
         return 0.0
     b = a + 1
-    energy = g_all[a, a] + g_all[b, b] - 2 * g_all[a, b]
+    energy = row_norms(moving[b] - moving[a])
     mid = (phase[a] + 0.5 * ((phase[b] - phase[a] + 0.5) % 1.0 - 0.5)) % 1.0
     grid = (np.arange(bins) + 0.5) / bins
     w = np.exp(-0.5 * (circ_dist(grid[:, None], mid[None, :]) / (1.0 / bins)) ** 2)

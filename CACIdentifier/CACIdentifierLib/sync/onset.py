@@ -14,7 +14,7 @@ from scipy import ndimage
 
 from ..errors import CacWarning
 from .default import prepare_features
-from .gram import one_cycle_mean_operator
+from .gram import one_cycle_mean
 from .result import ContrastCourse
 from .signal import bin_mean, block_mean, check_frames
 
@@ -123,16 +123,20 @@ def _fit_smooth_ramp(stat: np.ndarray, valid: np.ndarray, t0: int, t1: int, fixe
     if not cand:
         return t0, t1
     ca = np.array(cand, float)
-    x = np.clip((k[None, :] - ca[:, :1]) / (ca[:, 1:] - ca[:, :1]), 0.0, 1.0)
-    r = x * x * (3 - 2 * x)
     sw, sy = w.sum(), (w * y).sum()
-    sr, srr, sry = r @ w, (r * r) @ w, r @ (w * y)
-    det = sw * srr - sr * sr
-    with np.errstate(invalid="ignore", divide="ignore"):
-        b = np.where(det > 1e-12, (sw * sry - sr * sy) / det, 0.0)
-    a = (sy - b * sr) / sw
-    sse = (w * y * y).sum() - a * sy - b * sry
-    sse = np.where(b > 0, sse, np.inf)
+    sse = np.empty(len(cand))
+    # A block of candidates at a time: a long ramp has many candidates, each a row of N values.
+    rows = max(1, (1 << 18) // max(n, 1))
+    for s in range(0, len(cand), rows):
+        c = ca[s:s + rows]
+        x = np.clip((k[None, :] - c[:, :1]) / (c[:, 1:] - c[:, :1]), 0.0, 1.0)
+        r = x * x * (3 - 2 * x)
+        sr, srr, sry = r @ w, (r * r) @ w, r @ (w * y)
+        det = sw * srr - sr * sr
+        with np.errstate(invalid="ignore", divide="ignore"):
+            b = np.where(det > 1e-12, (sw * sry - sr * sy) / det, 0.0)
+        a = (sy - b * sr) / sw
+        sse[s:s + rows] = np.where(b > 0, (w * y * y).sum() - a * sy - b * sry, np.inf)
     i = int(np.argmin(sse))
     if not np.isfinite(sse[i]):
         return t0, t1
@@ -163,7 +167,7 @@ def contrast_course(small: np.ndarray, valid: np.ndarray | None = None, onset: i
     smooth = stat.copy()
     use_period = period is not None and period >= 2 and vk.size > 1.5 * period
     if use_period:
-        smooth[vk] = one_cycle_mean_operator(vk.astype(float), period) @ stat[vk]
+        smooth[vk] = one_cycle_mean(vk.astype(float), period, stat[vk])
     fixed = None if onset is None else int(onset) - 1
     t0, t1, a, b, sse = fit_ramp(smooth, valid, fixed)
     if t0 is None:  # no darkening at all

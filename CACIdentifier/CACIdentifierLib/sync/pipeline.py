@@ -16,7 +16,7 @@ from .onset import contrast_course
 from .period import paper_estimate
 from .phase import pair_by_phase
 from .result import METHODS, SyncResult
-from .signal import bin_mean, check_frames, ecg_like_signal, signal_and_small
+from .signal import SMALL_SIDE, bin_mean, check_frames, ecg_like_signal, signal_and_small
 
 
 @single_threaded_blas()  # a fresh context per call (contextlib's ContextDecorator)
@@ -67,7 +67,7 @@ def synchronize(
         raise CacError(f"unknown synchronization method {method!r}; use one of {', '.join(METHODS)}")
     frames = check_frames(frames, MIN_FRAME_SIDE)
     n = frames.shape[0]
-    _check_memory(n)
+    _check_memory(frames)
     lo_ft, hi_ft = FRAME_TIME_RANGE_MS
     if frame_time_ms is not None and not (np.isfinite(frame_time_ms) and lo_ft <= frame_time_ms <= hi_ft):
         raise CacError(f"frame time must be a number of ms between {lo_ft:g} and {hi_ft:g}, got {frame_time_ms}")
@@ -202,23 +202,26 @@ def synchronize_cine(cine, **kw) -> SyncResult:
     return synchronize(cine.frames, cine.frame_time_ms, **kw)
 
 
-# The default method keeps about this many frame-by-frame (N x N, float64) matrices alive at once
-# (Gram matrices of the moving and of the contrast-free pixels, their distances, high-passed clips).
-GRAM_MATRICES = 12
+# Synchronization keeps a few float32 copies of the block means per frame (block means, z-scores,
+# moving pixels, frame differences, high-passed features): peak 6 copies measured on 400-6,400
+# frame cines (benchmarks/bench_sync_memory.py), 8 with a margin.  Nothing grows faster than the
+# frame count: inner products between frames are formed a block or a few rows at a time.
+FEATURE_COPIES = 8
 
 
-def _check_memory(n: int) -> None:
-    """Refuse, before computing, a cine whose frame-by-frame matrices would not fit in memory.
+def _check_memory(frames: np.ndarray) -> None:
+    """Refuse, before computing, a cine whose per-frame features would not fit in memory.
 
-    Everything else in synchronization grows linearly with the frame count;
-    these matrices grow with its square (about 12 x 8 x N^2 bytes: 0.3 GB for
-    1,600 frames, 29 GB for 16,000).
+    Everything synchronization keeps grows linearly with the frame count (about
+    FEATURE_COPIES x 4 bytes per block-mean pixel per frame: 0.5 GB for 16,000
+    frames of 128 x 128 block means).
     """
-    need = GRAM_MATRICES * 8 * n * n
+    n, rows, cols = frames.shape
+    f = max(1, min(rows, cols) // SMALL_SIDE)
+    need = FEATURE_COPIES * 4 * n * (rows // f) * (cols // f)
     available = memory_available_bytes()
     if available is not None and need > 0.5 * available:
         raise CacError(
-            f"synchronizing {n} frames needs about {need / 2**30:.1f} GiB (its frame-by-frame matrices grow "
-            f"with the square of the frame count), more than this machine can spare "
+            f"synchronizing {n} frames needs about {need / 2**30:.1f} GiB, more than this machine can spare "
             f"({available / 2**30:.1f} GiB available); synchronize a shorter part of the cine"
         )
