@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from .gram import LazyGram, clip_maps, highpass, lag_sums, normalise, row_norms, velocity
+from .gram import LazyGram, clip_maps, highpass, lag_sums, normalise, row_norms, step_energy, velocity
 from .period import PERIODIC_THRESHOLD, period_bounds
 from .phase import PAIR_TOL, circ_dist, circ_mean, pair_by_phase, phase_from_landmarks, zero_crossings
 from .result import PhaseEstimate
@@ -55,9 +55,12 @@ def _lag_correlation(parts: list[tuple[np.ndarray, np.ndarray]], max_lag: int) -
         pres = np.zeros(span, bool)
         pres[tt - tt[0]] = True
         for L in range(1, lags + 1):
-            m = pres[:-L] & pres[L:]
-            c = int(m.sum())
-            den = math.sqrt(d[:-L][m].sum() * d[L:][m].sum())
+            if tt.size == span:  # no gaps: every pair L apart is present
+                c, a, b = span - L, d[:-L].sum(), d[L:].sum()
+            else:
+                m = pres[:-L] & pres[L:]
+                c, a, b = int(m.sum()), d[:-L][m].sum(), d[L:][m].sum()
+            den = math.sqrt(a * b)
             if c == 0 or den <= 0:
                 continue
             acc[L] += c * num[L] / den
@@ -227,6 +230,13 @@ def _top_pixels(motion: np.ndarray, mask: np.ndarray | None, limit: int | None =
     return np.sort(idx[np.argpartition(motion[idx], idx.size - limit)[-limit:]])
 
 
+def _rows(y: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """``y[idx]``, as a view (no copy of the features) when ``idx`` is a run of consecutive rows."""
+    if idx.size and idx[-1] - idx[0] == idx.size - 1:
+        return y[idx[0]:idx[-1] + 1]
+    return y[idx]
+
+
 @dataclass
 class Features:
     """The block-averaged cine prepared once for onset detection and the default method."""
@@ -254,7 +264,7 @@ def prepare_features(small: np.ndarray, valid: np.ndarray, frame_time_ms) -> Fea
     moving = z if top.size == z.shape[1] else z[:, top]
     lo_p, hi_p = period_bounds(n, frame_time_ms)
     # Only used to average the beat out of the onset statistic: a weak period is good enough.
-    rough, _conf = _estimate_period([(k.astype(float), moving[k])], lo_p, hi_p)
+    rough, _conf = _estimate_period([(k.astype(float), _rows(moving, k))], lo_p, hi_p)
     return Features(small, z, motion, moving, rough)
 
 
@@ -293,7 +303,7 @@ def default_estimate(feats: Features, valid, frame_time_ms, onset, contrast_star
         y_stable = normalise(z[:, stable.ravel()])
     cross = LazyGram(y_stable)  # contrast-insensitive distances of all frame pairs, on demand
 
-    parts = {name: (p, moving[p]) for name, p in (("nc", nc), ("cp", cp)) if p.size >= 3}
+    parts = {name: (p, _rows(moving, p)) for name, p in (("nc", nc), ("cp", cp)) if p.size >= 3}
     period, conf = _estimate_period([(p.astype(float), g) for p, g in parts.values()], lo_p, hi_p)
     if period is None or conf < PERIODIC_THRESHOLD:
         warn_list.append(
@@ -311,7 +321,7 @@ def default_estimate(feats: Features, valid, frame_time_ms, onset, contrast_star
     vk = all_k[valid]
     tv = vk.astype(float)
     # Tie-breaking distance too: the same beat-only, contrast-free clips (indexed by frame number).
-    clip = LazyGram(highpass(y_stable[vk], tv, period), clip_maps(tv, half), frames=vk)
+    clip = LazyGram(highpass(_rows(y_stable, vk), tv, period), clip_maps(tv, half), frames=vk)
     ph = _part_phase(clip, tv, period)
     if ph is not None:
         phase[vk] = ph
@@ -352,7 +362,7 @@ def _fastest_change_phase(moving: np.ndarray, frames, phase, bins: int = 20) -> 
     if a.size < bins // 2:
         return 0.0
     b = a + 1
-    energy = row_norms(moving[b] - moving[a])
+    energy = step_energy(moving)[a]
     mid = (phase[a] + 0.5 * ((phase[b] - phase[a] + 0.5) % 1.0 - 0.5)) % 1.0
     grid = (np.arange(bins) + 0.5) / bins
     w = np.exp(-0.5 * (circ_dist(grid[:, None], mid[None, :]) / (1.0 / bins)) ** 2)

@@ -153,14 +153,29 @@ def one_cycle_mean(times, period: float, values: np.ndarray) -> np.ndarray:
 
 def highpass(y: np.ndarray, times, period: float) -> np.ndarray:
     """Frames minus their one-period moving average (slow trends removed), float32."""
-    return (y - one_cycle_mean(times, period, y)).astype(np.float32, copy=False)
+    y = y.astype(np.float32, copy=False)
+    trend = one_cycle_mean(times, period, y)
+    return np.subtract(y, trend, out=trend)
 
 
 def velocity(y: np.ndarray, times):
     """Times and features of frame-to-frame differences (consecutive frames only)."""
     t = np.asarray(times)
-    a = np.nonzero(np.diff(t) == 1)[0]
+    step = np.diff(t) == 1
+    if step.all():  # no gaps: slices, no gathered copies
+        return t[:-1], y[1:] - y[:-1]
+    a = np.nonzero(step)[0]
     return t[a], y[a + 1] - y[a]
+
+
+def step_energy(y: np.ndarray) -> np.ndarray:
+    """``|y[k + 1] - y[k]|^2`` for every k (float64), a block of frames at a time."""
+    out = np.empty(max(y.shape[0] - 1, 0))
+    for s in range(0, out.size, BLOCK):
+        e = min(s + BLOCK, out.size)
+        d = y[s + 1:e + 1] - y[s:e]
+        out[s:e] = np.einsum("ij,ij->i", d, d)
+    return out
 
 
 def clip_maps(times, half: int) -> list[np.ndarray]:
@@ -188,14 +203,18 @@ class LazyGram:
 
     def __init__(self, y: np.ndarray, maps=None, frames=None):
         self.y = y
-        self.maps = [np.arange(y.shape[0])] if maps is None else [np.asarray(m) for m in maps]
+        self.maps = np.array([np.arange(y.shape[0])] if maps is None else [np.asarray(m) for m in maps])
         norms = row_norms(y)
-        self.diag = sum(norms[m] for m in self.maps)
-        self.index = None if frames is None else {int(f): i for i, f in enumerate(frames)}
+        self.diag = norms[self.maps].sum(0)
+        self.index = None
+        if frames is not None:  # frame number -> row of y
+            frames = np.asarray(frames, int)
+            self.index = np.full(int(frames.max()) + 1, -1)
+            self.index[frames] = np.arange(frames.size)
 
     def _rows_of(self, frames_):
         idx = np.atleast_1d(np.asarray(frames_, int))
-        return idx if self.index is None else np.array([self.index[int(i)] for i in idx], int)
+        return idx if self.index is None else self.index[idx]
 
     def rows(self, ii) -> np.ndarray:
         """Inner products of rows ``ii`` of ``y`` with every row: (len(ii), N), float64."""
@@ -220,11 +239,8 @@ class LazyGram:
         i, js = key
         jj = self._rows_of(js)
         ii = np.broadcast_to(self._rows_of(i), jj.shape)
-        out = np.zeros(jj.size)
-        for m in self.maps:
-            diff = self.y[m[ii]].astype(np.float64) - self.y[m[jj]]
-            out += np.einsum("ij,ij->i", diff, diff)
-        return out
+        diff = self.y[self.maps[:, ii]] - self.y[self.maps[:, jj]]
+        return np.square(diff).sum(axis=(0, 2), dtype=np.float64)
 
     def nearest(self, queries, candidates) -> np.ndarray:
         """For every query row, the candidate row of smallest distance (the first on ties).
