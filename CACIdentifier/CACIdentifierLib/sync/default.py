@@ -261,7 +261,9 @@ def prepare_features(small: np.ndarray, valid: np.ndarray, frame_time_ms) -> Fea
         blk = z[a[s0:s0 + 32] + 1] - z[a[s0:s0 + 32]]
         motion += np.einsum("ij,ij->j", blk, blk, dtype=np.float64)
     top = _top_pixels(motion, None)
-    moving = z if top.size == z.shape[1] else z[:, top]
+    # C order: the column gather comes out Fortran-ordered, and its row blocks would then be
+    # copied in every blocked product (it made them 2-3x slower).
+    moving = z if top.size == z.shape[1] else np.ascontiguousarray(z[:, top])
     lo_p, hi_p = period_bounds(n, frame_time_ms)
     # Only used to average the beat out of the onset statistic: a weak period is good enough.
     rough, _conf = _estimate_period([(k.astype(float), _rows(moving, k))], lo_p, hi_p)
@@ -298,9 +300,9 @@ def default_estimate(feats: Features, valid, frame_time_ms, onset, contrast_star
         hh, ww = h // b, w // b
         zz = bin_mean(z.reshape(n, h, w), b)
         st = stable[:hh * b, :ww * b].reshape(hh, b, ww, b).all((1, 3))
-        y_stable = normalise(zz.reshape(n, -1)[:, st.ravel()])
+        y_stable = np.ascontiguousarray(normalise(zz.reshape(n, -1)[:, st.ravel()]))
     else:
-        y_stable = normalise(z[:, stable.ravel()])
+        y_stable = np.ascontiguousarray(normalise(z[:, stable.ravel()]))
     cross = LazyGram(y_stable)  # contrast-insensitive distances of all frame pairs, on demand
 
     parts = {name: (p, _rows(moving, p)) for name, p in (("nc", nc), ("cp", cp)) if p.size >= 3}

@@ -230,7 +230,8 @@ class LazyGram:
         return sum(pair_products(self.y, m[ii], m[jj]) for m in self.maps)
 
     def __getitem__(self, key) -> np.ndarray:
-        """Squared distances of frame ``i`` to frames ``js`` (frame numbers).
+        """Squared distances of frame ``i`` to frames ``js`` (frame numbers; ``i`` may be an array
+        of the same length as ``js``: pairwise).
 
         From the differences themselves, not from norms and products: the
         float32 products of two nearly equal frames cancel to a few digits,
@@ -239,8 +240,11 @@ class LazyGram:
         i, js = key
         jj = self._rows_of(js)
         ii = np.broadcast_to(self._rows_of(i), jj.shape)
-        diff = self.y[self.maps[:, ii]] - self.y[self.maps[:, jj]]
-        return np.square(diff).sum(axis=(0, 2), dtype=np.float64)
+        out = np.empty(jj.size)
+        for s in range(0, jj.size, BLOCK):
+            diff = self.y[self.maps[:, ii[s:s + BLOCK]]] - self.y[self.maps[:, jj[s:s + BLOCK]]]
+            out[s:s + BLOCK] = np.square(diff).sum(axis=(0, 2), dtype=np.float64)
+        return out
 
     def nearest(self, queries, candidates) -> np.ndarray:
         """For every query row, the candidate row of smallest distance (the first on ties).

@@ -95,12 +95,18 @@ def pair_by_phase(phase, non_contrast, candidates, frame_distance=None, toleranc
     pairs = []
     if cand.size == 0:
         return pairs
+    nears = []
     for i in non_contrast:
         d = circ_dist(phase[i], phase[cand])
-        near = cand[d <= d.min() + tolerance]
-        if near.size > 1 and frame_distance is not None:
-            j = int(near[np.argmin(frame_distance[i, near])])
-        else:
-            j = int(near[np.argmin(np.abs(near - i))])
+        nears.append(cand[d <= d.min() + tolerance])
+    tied = [k for k, near in enumerate(nears) if near.size > 1] if frame_distance is not None else []
+    dist = {}
+    if tied:
+        # All tie-breaking distances in one request (frame_distance may compute them on demand).
+        rows = np.concatenate([np.full(nears[k].size, int(non_contrast[k])) for k in tied])
+        flat = np.asarray(frame_distance[rows, np.concatenate([nears[k] for k in tied])], float)
+        dist = dict(zip(tied, np.split(flat, np.cumsum([nears[k].size for k in tied])[:-1])))
+    for k, (i, near) in enumerate(zip(non_contrast, nears)):
+        j = int(near[np.argmin(dist[k])]) if k in dist else int(near[np.argmin(np.abs(near - i))])
         pairs.append([int(i), j])
     return pairs
