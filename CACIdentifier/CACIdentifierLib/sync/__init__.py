@@ -35,7 +35,7 @@ Where each part lives:
 - ``onset``: the contrast onset and the frame where contrast has fully arrived;
 - ``period``: the paper's method (FFT peak period, k + m T pairs);
 - ``default``: the default method (motion-correlation period, landmark phase);
-- ``gram``: the Gram-matrix algebra the default method works in;
+- ``gram``: frame features and their inner products on demand (memory linear in the frames);
 - ``ecg``: the phase from the ECG's R waves;
 - ``phase``: phase tools and pairing by phase;
 - ``pipeline``: :func:`synchronize`, which runs them in order;
