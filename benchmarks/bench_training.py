@@ -10,8 +10,8 @@ torch.set_num_threads(2), samples/s of:
   GDL + boundary loss, backward, Adam);
 
 each in fp32, under :func:`CACIdentifierLib.device.autocast` (bf16 where the
-CPU has it; otherwise autocast is off and the row equals fp32) and in fp32
-with channels_last tensors, with the ratios to fp32 measured in this run.  The
+CPU has it; otherwise autocast is off and the row equals fp32), in fp32 with
+channels_last tensors, and with both, with the ratios to fp32 measured in this run.  The
 best of ``REPEATS`` timed steps after one warm-up step is used (the machine may
 be shared).
 """
@@ -80,8 +80,10 @@ def main() -> None:
         t32 = _step_time(stage, amp=False)
         t16 = _step_time(stage, amp=True)
         tcl = _step_time(stage, amp=False, channels_last=True)
-        print(f"{name:24s}: fp32 {BATCH / t32:6.1f} samples/s   autocast {BATCH / t16:6.1f} ({t32 / t16:4.2f}x)   "
-              f"channels_last {BATCH / tcl:6.1f} ({t32 / tcl:4.2f}x)", flush=True)
+        both = _step_time(stage, amp=True, channels_last=True)
+        print(f"{name:24s}: fp32 {BATCH / t32:5.1f} samples/s   autocast {BATCH / t16:5.1f} ({t32 / t16:4.2f}x)   "
+              f"channels_last {BATCH / tcl:5.1f} ({t32 / tcl:4.2f}x)   both {BATCH / both:5.1f} ({t32 / both:4.2f}x)",
+              flush=True)
 
 
 if __name__ == "__main__":

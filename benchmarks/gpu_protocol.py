@@ -128,7 +128,7 @@ def train_recipe(name, train, val, seconds, out_dir, device, args, emit):
     from CACTrainerLib.recipes import recipe_config
 
     cfg = recipe_config(name, seed=args.seed, device=args.device, workers=args.workers,
-                        channels_last=device.type == "cuda", architecture=args.arch)
+                        architecture=args.arch)
     cfg = replace(cfg, **overrides(cfg, args.set.get(name, {})))
     step = probe_step_seconds(train, cfg, device, 8 if not args.tiny else 2)
     steps_epoch = training.steps_per_epoch(train, cfg)

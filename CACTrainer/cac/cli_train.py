@@ -79,6 +79,8 @@ def register(subparsers) -> None:
                    help="share of training patients held out for checkpoint selection")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     p.add_argument("--no-amp", action="store_true", help="no bf16/fp16 autocast")
+    p.add_argument("--no-channels-last", action="store_true",
+                   help="keep tensors in NCHW order (default NHWC, faster on the CPUs and GPUs measured)")
     p.add_argument("--threads", type=int, help="CPU threads for torch")
     p.add_argument("--workers", type=int, default=0,
                    help="DataLoader processes cutting and augmenting batches (GPU: 4-12; CPU: 0)")
@@ -119,6 +121,7 @@ def _config(args):
                          balanced=not args.no_balance, augment=not args.no_augment,
                          samples_per_epoch=args.samples_per_epoch, rebalance_step=args.rebalance_step,
                          architecture=arch, num_threads=args.threads, init=_init_model(args.init),
+                         channels_last=not getattr(args, "no_channels_last", False),
                          workers=max(0, int(getattr(args, "workers", 0) or 0)))
 
 
