@@ -38,7 +38,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -91,9 +91,10 @@ class TrainConfig:
     warmup_frac: float = 0.0
     weight_decay: float = 0.0  # AdamW's decoupled weight decay when > 0
     hard_negative_frac: float = 0.0  # share of an epoch's negatives drawn by their last loss
-    # NHWC tensors: oneDNN's and cuDNN's fast convolutions.  Measured (benchmarks/bench_training.py, 2-core AMD EPYC
-    # with AVX512-BF16): the joint step 1.5x faster in fp32 and 1.7x on top of bf16 autocast.
-    channels_last: bool = True
+    # NHWC tensors (None: on CUDA only).  On a 2-core AMD EPYC with AVX512-BF16 the joint step ran 1.7x faster
+    # with them on top of bf16 (benchmarks/bench_training.py), but oneDNN's backward crashed (SIGSEGV) there for
+    # width 8: opt-in on CPUs, where it cannot be tested on every kind.
+    channels_last: bool | None = None
     workers: int = 0  # DataLoader worker processes cutting and augmenting batches (0: in the loop)
 
     def schedule(self) -> losses.RebalanceSchedule:
@@ -580,6 +581,10 @@ def train(train_set: dataset.FrameSet, val_set: dataset.FrameSet | None, config:
     if config.num_threads:
         torch.set_num_threads(int(config.num_threads))
     device = choose_device(config.device)
+    nhwc = device.type == "cuda" if config.channels_last is None else bool(config.channels_last)
+    if nhwc and distributed.current() is not None and device.type != "cuda":
+        nhwc = False  # DDP over gloo (CPU) crashed with NHWC parameters too (double free; torch 2.13)
+    config = replace(config, channels_last=nhwc)
     if len(train_set) == 0:
         raise CacError("no training frames")
     if val_set is not None and len(val_set) == 0:

@@ -24,6 +24,7 @@ continues an interrupted run from there.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import hashlib
 import json
@@ -79,8 +80,9 @@ def register(subparsers) -> None:
                    help="share of training patients held out for checkpoint selection")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     p.add_argument("--no-amp", action="store_true", help="no bf16/fp16 autocast")
-    p.add_argument("--no-channels-last", action="store_true",
-                   help="keep tensors in NCHW order (default NHWC, faster on the CPUs and GPUs measured)")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="NHWC tensors (default: on CUDA only; on a CPU 1.5-1.7x faster where measured, "
+                        "docs/learning.md, Speed)")
     p.add_argument("--threads", type=int, help="CPU threads for torch")
     p.add_argument("--workers", type=int, default=0,
                    help="DataLoader processes cutting and augmenting batches (GPU: 4-12; CPU: 0)")
@@ -121,7 +123,7 @@ def _config(args):
                          balanced=not args.no_balance, augment=not args.no_augment,
                          samples_per_epoch=args.samples_per_epoch, rebalance_step=args.rebalance_step,
                          architecture=arch, num_threads=args.threads, init=_init_model(args.init),
-                         channels_last=not getattr(args, "no_channels_last", False),
+                         channels_last=getattr(args, "channels_last", None),
                          workers=max(0, int(getattr(args, "workers", 0) or 0)))
 
 
