@@ -320,3 +320,15 @@ def test_external_validation_scores_the_model_as_inference_uses_it(tmp_path):
     assert scored.refinement["min_island_px"] == 200 and scored.refinement["sigma"] == cfg.refinement["sigma"]
     trained, none = crossval._as_shipped(_config(epochs1=1, epochs2=0, init=str(path)))
     assert none is None and trained.classifier_threshold == 0.5
+
+
+def test_channels_last_is_opt_in_on_cpus():
+    """NHWC crashed oneDNN's backward at width 8 on a CPU (docs/learning.md, Speed): CUDA-only unless asked."""
+    from cac.cli import build_parser
+    from cac.cli_train import _config
+
+    parser = build_parser()
+    base = ["train", "DATA", "--out", "m.safetensors"]
+    assert _config(parser.parse_args(base)).channels_last is None
+    assert _config(parser.parse_args(base + ["--channels-last"])).channels_last is True
+    assert _config(parser.parse_args(base + ["--no-channels-last"])).channels_last is False
