@@ -24,6 +24,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from CACIdentifierLib.refinement import DEFAULTS as REFINEMENT_DEFAULTS
 
 METHODS = ("platt", "temperature", "none")
 
@@ -74,10 +75,9 @@ def frame_detection_curve(probs: np.ndarray, rois: np.ndarray, fs, refinement: d
     k = (p[None, :, :] >= thresholds[:, None, None]).sum(axis=2)  # (T, F) patches kept per frame
     detected = has_roi[np.arange(n)[None, :], k]
     npos, nneg = int(truth.sum()), int((~truth).sum())
-    with np.errstate(invalid="ignore", divide="ignore"):
-        sens = (detected & truth).sum(axis=1) / npos if npos else np.full(len(thresholds), np.nan)
-        spec = (~detected & ~truth).sum(axis=1) / nneg if nneg else np.full(len(thresholds), np.nan)
-    return {"thresholds": thresholds, "sensitivity": np.asarray(sens, float), "specificity": np.asarray(spec, float),
+    sens = (detected & truth).sum(axis=1) / npos if npos else np.full(len(thresholds), np.nan)
+    spec = (~detected & ~truth).sum(axis=1) / nneg if nneg else np.full(len(thresholds), np.nan)
+    return {"thresholds": thresholds, "sensitivity": sens, "specificity": spec,
             "positive_frames": npos, "negative_frames": nneg}
 
 
@@ -198,20 +198,18 @@ def calibrate_metadata(model, metadata: dict, fs, *, method: str = "platt", devi
                                    positive_patches=int(y.sum()), ece_before=before["ece"], ece_after=after["ece"])
     else:
         meta.pop("calibration", None)
+    rel = {"before": before, "after": after}
     if sensitivity is not None:
         # float32 as training.evaluate gates them, so that a held-out probability lands on the same side.
         calibrated = (calibration.apply(probs, cal) if cal else probs).astype(np.float32)
-        refinement = dict(meta.get("refinement") or training.TrainConfig().refinement)
-        curve = frame_detection_curve(calibrated, rois, fs, refinement)
-        op = operating_point(curve, sensitivity)
+        refinement = dict(REFINEMENT_DEFAULTS, **(meta.get("refinement") or {}))
+        rel["curve"] = frame_detection_curve(calibrated, rois, fs, refinement)
+        op = operating_point(rel["curve"], sensitivity)
         meta["classifier_threshold"] = op["threshold"]
         meta["operating_point"] = dict(op, data=str(data))
-        reliability_and_curve = {"curve": curve}
-    else:
-        reliability_and_curve = {}
     meta["feature_statistics"] = feature_statistics(
         training.pooled_features(model, fs, device, False, batch_size), data=str(data))
-    return meta, dict(reliability_and_curve, before=before, after=after)
+    return meta, rel
 
 
 def calibrate_file(model_path, out_path, fs, *, method: str = "platt", data: str = "", overwrite: bool = False,
