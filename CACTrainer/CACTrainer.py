@@ -33,17 +33,18 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 
 
+def _cacCommand(python, subcommand, *arguments, overwrite=False):
+    """``python -m cac SUBCOMMAND ARGUMENTS...`` as a list of strings, ``--overwrite`` last when asked."""
+    command = [os.fspath(python), "-m", "cac", subcommand] + [os.fspath(a) if isinstance(a, os.PathLike) else str(a)
+                                                             for a in arguments]
+    return command + ["--overwrite"] if overwrite else command
+
+
 def buildPhantomCommand(python, datasetDir, patients, acquisitionsPerPatient, seed, overwrite=False):
     """Command line of ``cac phantom`` for a dataset written into ``datasetDir``."""
-    command = [
-        os.fspath(python), "-m", "cac", "phantom", os.fspath(datasetDir),
-        "--patients", str(int(patients)),
-        "--acquisitions-per-patient", str(int(acquisitionsPerPatient)),
-        "--seed", str(int(seed)),
-    ]
-    if overwrite:
-        command.append("--overwrite")
-    return command
+    return _cacCommand(python, "phantom", datasetDir, "--patients", int(patients),
+                       "--acquisitions-per-patient", int(acquisitionsPerPatient), "--seed", int(seed),
+                       overwrite=overwrite)
 
 
 def buildTrainCommand(python, datasetDir, outputModelPath, cvMode="patient", fold=-1, epochs1=100,
@@ -54,23 +55,13 @@ def buildTrainCommand(python, datasetDir, outputModelPath, cvMode="patient", fol
     """
     if cvMode not in ("patient", "acquisition", "none"):
         raise ValueError(f"unknown cross-validation mode {cvMode!r}")
-    command = [
-        os.fspath(python), "-m", "cac", "train", os.fspath(datasetDir),
-        "--out", os.fspath(outputModelPath),
-        "--cv", cvMode,
-        "--epochs1", str(int(epochs1)),
-        "--epochs2", str(int(epochs2)),
-        "--device", device,
-        "--seed", str(int(seed)),
-        "--json",
-    ]
+    arguments = [datasetDir, "--out", outputModelPath, "--cv", cvMode, "--epochs1", int(epochs1),
+                 "--epochs2", int(epochs2), "--device", device, "--seed", int(seed), "--json"]
     if cvMode != "none" and fold is not None and int(fold) >= 0:
-        command += ["--fold", str(int(fold))]
+        arguments += ["--fold", int(fold)]
     if initModelPath:
-        command += ["--init", os.fspath(initModelPath)]
-    if overwrite:
-        command.append("--overwrite")
-    return command
+        arguments += ["--init", initModelPath]
+    return _cacCommand(python, "train", *arguments, overwrite=overwrite)
 
 
 def buildCalibrateCommand(python, modelPath, dataDir, calibratedModelPath, method="platt", sensitivity=0.0,
@@ -81,17 +72,10 @@ def buildCalibrateCommand(python, modelPath, dataDir, calibratedModelPath, metho
     """
     if method not in ("platt", "temperature", "none"):
         raise ValueError(f"unknown calibration method {method!r}")
-    command = [
-        os.fspath(python), "-m", "cac", "calibrate", os.fspath(modelPath),
-        "--dataset", os.fspath(dataDir),
-        "--method", method,
-        "--out", os.fspath(calibratedModelPath),
-    ]
+    arguments = [modelPath, "--dataset", dataDir, "--method", method, "--out", calibratedModelPath]
     if sensitivity and float(sensitivity) > 0:
-        command += ["--sensitivity", f"{float(sensitivity):g}"]
-    if overwrite:
-        command.append("--overwrite")
-    return command
+        arguments += ["--sensitivity", f"{float(sensitivity):g}"]
+    return _cacCommand(python, "calibrate", *arguments, overwrite=overwrite)
 
 
 #

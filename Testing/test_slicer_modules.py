@@ -291,7 +291,7 @@ def test_icons_are_128_px_pngs():
 def _trainer_functions() -> dict:
     """The pure helper functions of CACTrainer.py, executed without Slicer."""
     tree = parse_script("CACTrainer")
-    wanted = {"buildPhantomCommand", "buildTrainCommand", "buildCalibrateCommand"}
+    wanted = {"_cacCommand", "buildPhantomCommand", "buildTrainCommand", "buildCalibrateCommand"}
     body = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name in wanted]
     namespace = {"os": os}
     exec(compile(ast.Module(body=body, type_ignores=[]), "CACTrainer.py", "exec"), namespace)

@@ -151,28 +151,22 @@ def train_recipe(name, train, val, seconds, out_dir, device, args, emit):
                          "samples_per_s": cfg.batch_size / step, "train_seconds": result.seconds}
 
 
-def fit_calibration(model, val, cfg, device) -> dict:
-    """Platt scaling (temperature and bias) of the classifier on the validation pool."""
-    from CACIdentifierLib import calibration
-    from CACTrainerLib import training
+def fit_calibration(model, val, cfg, device) -> tuple[dict | None, dict | None]:
+    """Platt scaling and activation statistics fitted on the validation pool, as ``cac calibrate`` fits them.
 
-    probs, _ = training.predict_patches(model, val, device, cfg.amp, cfg.batch_size)
-    p = np.clip(probs.astype(float), 1e-6, 1 - 1e-6)
-    y = val.patch_labels > 0.5
-    t, b = calibration.fit_platt(np.log(p / (1 - p)), y)
-    before = calibration.reliability(p, y)["ece"]
-    after = calibration.reliability(calibration.apply(p, {"temperature": t, "bias": b}), y)["ece"]
-    return {"temperature": t, "bias": b, "method": "platt", "data": "validation pool",
-            "ece_before": before, "ece_after": after}
+    Returns ``(calibration, feature_statistics)`` for the model card; ``(None, None)`` when the
+    pool cannot calibrate (fewer than 4 frames, or one class of patches only: tiny runs).
+    """
+    from CACIdentifierLib.errors import CacError
+    from CACTrainerLib.calibrate import calibrate_metadata
 
-
-def fit_feature_statistics(model, val, cfg, device) -> dict:
-    """Activation statistics of the validation pool for the model card (ood.py)."""
-    from CACIdentifierLib.ood import feature_statistics
-    from CACTrainerLib import training
-
-    return feature_statistics(training.pooled_features(model, val, device, cfg.amp, cfg.batch_size),
-                              data="validation pool")
+    try:
+        meta, _ = calibrate_metadata(model, {}, val, method="platt", device=device, data="validation pool",
+                                     batch_size=cfg.batch_size)
+    except CacError as exc:
+        log(f"no calibration: {exc}")
+        return None, None
+    return meta["calibration"], meta["feature_statistics"]
 
 
 def identify_throughput(model, metadata, device_name: str, tiny: bool) -> dict:
@@ -279,7 +273,7 @@ def main(argv=None) -> int:
         cines = per_cine(ev, test)
         # The same model with Platt scaling fitted on the validation pool (the decision p >= 0.5
         # then uses the validation prevalence instead of the balanced batches' 50 %).
-        cal = fit_calibration(result.model, val, cfg, device)
+        cal, feature_stats = fit_calibration(result.model, val, cfg, device)
         ev_cal = training.evaluate(result.model, test, cfg, device, calibration=cal)
         cines_cal = per_cine(ev_cal, test)
         results[name] = {"speed": speed, "config": training.asdict(cfg), "test": summarize(ev, cines),
@@ -300,8 +294,8 @@ def main(argv=None) -> int:
                                  "config": training.asdict(cfg), "machine": facts,
                                  "seconds": round(result.seconds, 1), "torch": torch.__version__},
                     "metrics": {"test": results[name]["test"]}}
-            if len(val) >= 4:  # activation statistics need a few frames (ood.py)
-                meta["feature_statistics"] = fit_feature_statistics(result.model, val, cfg, device)
+            if feature_stats is not None:  # activation statistics of the validation pool (ood.py)
+                meta["feature_statistics"] = feature_stats
             save_model(out / "default.safetensors", result.model.cpu(), meta, overwrite=True, dtype=torch.float16)
             training.plot_curves(result.history, out / "default_curves.png", title="default recipe (GPU protocol)")
             result.model.to(device)

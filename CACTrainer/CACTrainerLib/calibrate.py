@@ -178,7 +178,8 @@ def calibrate_metadata(model, metadata: dict, fs, *, method: str = "platt", devi
     if len(fs) < 4:
         raise CacError(f"calibration needs at least 4 annotated frames, got {len(fs)}; give more data")
     device = torch.device(device)
-    probs, rois = training.predict_patches(model, fs, device, False, batch_size, decode=sensitivity is not None)
+    probs, rois, pooled = training.predict_patches(model, fs, device, False, batch_size,
+                                                   decode=sensitivity is not None, return_features=True)
     p = np.clip(probs.astype(float), 1e-6, 1 - 1e-6)
     y = fs.patch_labels > 0.5
     if method != "none" and (y.all() or not y.any()):
@@ -207,8 +208,7 @@ def calibrate_metadata(model, metadata: dict, fs, *, method: str = "platt", devi
         op = operating_point(rel["curve"], sensitivity)
         meta["classifier_threshold"] = op["threshold"]
         meta["operating_point"] = dict(op, data=str(data))
-    meta["feature_statistics"] = feature_statistics(
-        training.pooled_features(model, fs, device, False, batch_size), data=str(data))
+    meta["feature_statistics"] = feature_statistics(pooled, data=str(data))
     return meta, rel
 
 

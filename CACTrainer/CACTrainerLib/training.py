@@ -200,14 +200,20 @@ def load_checkpoint(run_dir: Path, model=None) -> tuple[dict, dict] | None:
 
 @torch.no_grad()
 def predict_patches(model, fs: dataset.FrameSet, device, amp: bool, batch_size: int = 32,
-                    decode: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
-    """Classifier probabilities (F*5,) and, with ``decode``, ROI probabilities (F*5, 256, 256) float16."""
+                    decode: bool = False, return_features: bool = False):
+    """Classifier probabilities (F*5,) and, with ``decode``, ROI probabilities (F*5, 256, 256) float16.
+
+    Returns ``(probs, rois)`` (``rois`` None without ``decode``); with ``return_features`` also the
+    (F*5, C) Block6 features averaged over each patch (what the classifier reads, for ood.py), from
+    the same encoder pass.
+    """
     from CACIdentifierLib.device import autocast
 
     model.eval()
     ids = np.arange(fs.n_patches)
     probs = np.empty(len(ids), np.float32)
     rois = np.empty((len(ids), dataset.PATCH, dataset.PATCH), np.float16) if decode else None
+    pooled = []
     for s in range(0, len(ids), batch_size):
         b = dataset.make_batch(fs, ids[s:s + batch_size])
         with autocast(device, enabled=amp):
@@ -216,23 +222,16 @@ def predict_patches(model, fs: dataset.FrameSet, device, amp: bool, batch_size: 
             if decode:
                 rois[s:s + batch_size] = torch.sigmoid(model.decode(feats).float())[:, 0].cpu().numpy()
         probs[s:s + batch_size] = torch.sigmoid(logit.float()).cpu().numpy()
+        if return_features:
+            pooled.append(feats["block6"].float().mean(dim=(2, 3)).cpu().numpy())
+    if return_features:
+        return probs, rois, (np.concatenate(pooled) if pooled else np.zeros((0, 0), np.float32))
     return probs, rois
 
 
 def pooled_features(model, fs: dataset.FrameSet, device, amp: bool, batch_size: int = 32) -> np.ndarray:
     """(F*5, C) Block6 features averaged over each patch: what the classifier reads (for ood.py)."""
-    from CACIdentifierLib.device import autocast
-
-    model.eval()
-    out = []
-    ids = np.arange(fs.n_patches)
-    with torch.inference_mode():
-        for s in range(0, len(ids), batch_size):
-            b = dataset.make_batch(fs, ids[s:s + batch_size])
-            with autocast(device, enabled=amp):
-                feats = model.encode(_to(b["nc"], device), _to(b["c"], device))
-            out.append(feats["block6"].float().mean(dim=(2, 3)).cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+    return predict_patches(model, fs, device, amp, batch_size, return_features=True)[2]
 
 
 def frame_roi(rois: np.ndarray, gate: np.ndarray, field: np.ndarray, refinement: dict) -> np.ndarray:
