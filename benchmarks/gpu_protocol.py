@@ -68,6 +68,25 @@ def per_cine(ev: dict, fs) -> dict:
     return out
 
 
+def compare_cines(a: dict, b: dict) -> dict:
+    """Wilcoxon signed-rank over the test cines, run ``a`` against run ``b`` (per-cine medians of ``per_cine``).
+
+    IoM, ROI precision and HD over the calcified cines; ROI area over all cines; the share of frames
+    with an ROI over the calcium-free cines.
+    """
+    from CACIdentifierLib.metrics import wilcoxon
+
+    keys = sorted(set(a) & set(b))
+    calc = [k for k in keys if not a[k]["calcium_free"]]
+    free = [k for k in keys if a[k]["calcium_free"]]
+    out = {}
+    for key, cines in (("iom", calc), ("roi_precision", calc), ("hd_mm", calc), ("roi_area_pct_field", keys),
+                       ("frames_with_roi_pct", free)):
+        pairs = [(a[k][key], b[k][key]) for k in cines if a[k][key] is not None and b[k][key] is not None]
+        out[key] = wilcoxon([x for x, _ in pairs], [y for _, y in pairs]) if pairs else None
+    return out
+
+
 def summarize(ev: dict, cines: dict) -> dict:
     from CACIdentifierLib.metrics import median_iqr
 
@@ -119,7 +138,12 @@ def overrides(cfg, pairs: dict) -> dict:
         if not hasattr(cfg, key):
             raise SystemExit(f"gpu_protocol: TrainConfig has no field {key!r}")
         current = getattr(cfg, key)
-        out[key] = (text.lower() in ("1", "true", "yes")) if isinstance(current, bool) else type(current)(text)
+        if isinstance(current, bool) or (current is None and text.lower() in ("true", "false", "yes", "no")):
+            out[key] = text.lower() in ("1", "true", "yes")  # bool, or "auto" (None) set either way
+        elif current is None:
+            raise SystemExit(f"gpu_protocol: --set {key}: give true or false")
+        else:
+            out[key] = type(current)(text)
     return out
 
 
@@ -127,7 +151,8 @@ def train_recipe(name, train, val, seconds, out_dir, device, args, emit):
     from CACTrainerLib import training
     from CACTrainerLib.recipes import recipe_config
 
-    cfg = recipe_config(name, seed=args.seed, device=args.device, workers=args.workers,
+    # "RECIPE:TAG" is a variant of RECIPE: its own --set overrides, its own run (one choice ablated).
+    cfg = recipe_config(name.partition(":")[0], seed=args.seed, device=args.device, workers=args.workers,
                         architecture=args.arch)
     cfg = replace(cfg, **overrides(cfg, args.set.get(name, {})))
     step = probe_step_seconds(train, cfg, device, 8 if not args.tiny else 2)
@@ -140,7 +165,7 @@ def train_recipe(name, train, val, seconds, out_dir, device, args, emit):
     stage1_epoch = step * steps_epoch + (0.3 if args.tiny else 2.4)  # + validation and worker start
     n1 = max(1, int((seconds - n2 * stage2_epoch) / stage1_epoch))
     cfg = replace(cfg, epochs1=n1, epochs2=n2)
-    if name == "paper":
+    if name.partition(":")[0] == "paper":
         # The paper's rebalance schedule compressed to the epochs that fit (0.01 x 100 epochs).
         cfg = replace(cfg, rebalance_step=min(0.5, 1.0 / max(n2, 1)))
     log(f"{name}: {step * 1000:.1f} ms/step, {steps_epoch} steps/epoch -> epochs {n1} + {n2}")
@@ -212,7 +237,6 @@ def main(argv=None) -> int:
 
     import torch
     from CACIdentifierLib.device import choose_device
-    from CACIdentifierLib.metrics import wilcoxon
     from CACIdentifierLib.modelio import save_model
     from CACTrainerLib import training
     from CACTrainerLib.phantom_pool import phantom_pool
@@ -285,7 +309,6 @@ def main(argv=None) -> int:
         log(f"{name} test: {json.dumps(results[name]['test'], default=float)}")
         if name == "default":
             meta = {"refinement": dict(cfg.refinement), "classifier_threshold": cfg.classifier_threshold,
-                    "calibration": cal,
                     "roi_gt": {"iterations": cfg.roi_iterations, "step_px": cfg.roi_step_px,
                                "min_deposit_fraction": cfg.min_deposit_fraction},
                     "training": {"data": {"phantom_pool": {"train": train.summary(), "val": val.summary(),
@@ -294,22 +317,20 @@ def main(argv=None) -> int:
                                  "config": training.asdict(cfg), "machine": facts,
                                  "seconds": round(result.seconds, 1), "torch": torch.__version__},
                     "metrics": {"test": results[name]["test"]}}
-            if feature_stats is not None:  # activation statistics of the validation pool (ood.py)
-                meta["feature_statistics"] = feature_stats
+            if cal is not None:  # Platt scaling and activation statistics of the validation pool (ood.py)
+                meta["calibration"], meta["feature_statistics"] = cal, feature_stats
             save_model(out / "default.safetensors", result.model.cpu(), meta, overwrite=True, dtype=torch.float16)
             training.plot_curves(result.history, out / "default_curves.png", title="default recipe (GPU protocol)")
             result.model.to(device)
         save()
 
-    if "default" in models and "paper" in models:
-        keys = sorted(set(results["default"]["cines"]) & set(results["paper"]["cines"]))
-        calc = [k for k in keys if not results["default"]["cines"][k]["calcium_free"]]
-        results["wilcoxon"] = {}
-        for key in ("iom", "roi_precision", "roi_area_pct_field", "hd_mm"):
-            a = [results["default"]["cines"][k][key] for k in calc]
-            b = [results["paper"]["cines"][k][key] for k in calc]
-            pairs = [(x, y) for x, y in zip(a, b) if x is not None and y is not None]
-            results["wilcoxon"][key] = wilcoxon([x for x, _ in pairs], [y for _, y in pairs]) if pairs else None
+    # Paired over the same test cines: every run against the paper recipe, and each variant of the
+    # default recipe against the default (what its one ablated choice is worth).
+    comparisons = [(n, "paper") for n in models if n != "paper"]
+    comparisons += [(n, "default") for n in models if n.startswith("default:") and "default" in models]
+    if comparisons:
+        results["wilcoxon"] = {f"{a} vs {b}": compare_cines(results[a]["cines"], results[b]["cines"])
+                               for a, b in comparisons if b in models}
         save()
     if "default" in models:
         from CACIdentifierLib.modelio import load_model
@@ -322,11 +343,11 @@ def main(argv=None) -> int:
             results["identify"] = {"error": repr(exc)}
     results["seconds"] = time.perf_counter() - t_start
     save()
-    lines = ["| measure | default | paper |", "|---|---|---|"]
+    lines = ["| measure | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
     for key in ("patch_f1", "patch_auc", "iom", "hd_mm", "roi_precision", "roi_area_pct_field",
                 "calcium_free_frames_with_roi_pct"):
         row = [key]
-        for name in ("default", "paper"):
+        for name in names:
             v = (results.get(name) or {}).get("test", {}).get(key)
             if isinstance(v, dict):
                 row.append("n/a" if v.get("median") is None else
