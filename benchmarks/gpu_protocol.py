@@ -17,6 +17,12 @@ For a lent GPU (issue 12, item 8), and testable on the CPU with ``--tiny``::
    of frames with any ROI on calcium-free cines; Wilcoxon over cines.
 4. ``cac identify`` throughput on the device (frames/s, 200-frame cine).
 
+Ablations at the same budget: ``--recipes default,paper,default:noaux --set
+default:noaux.aux_weight=0`` trains a variant ``RECIPE:TAG`` of a recipe with its own
+overrides; every run is compared with the paper recipe and each ``default:TAG`` with
+the default (Wilcoxon over the test cines).  On a CPU the same script is the
+equal-budget protocol (``--minutes 118`` on 2 cores, docs/learning.md).
+
 Writes ``OUT/gpu_protocol.json`` (all figures), ``OUT/gpu_protocol.md`` (the table),
 ``OUT/default.safetensors`` + card and ``OUT/default_curves.png``.  Prints progress
 lines as it goes, so a run cut by a time limit still shows how far it came.
@@ -107,28 +113,58 @@ def summarize(ev: dict, cines: dict) -> dict:
     }
 
 
-def probe_step_seconds(fs, config, device, steps: int) -> float:
-    """Seconds per optimiser step of ``config`` on ``fs`` (after a warm-up step)."""
+def probe_seconds(fs, val, config, device, steps: int) -> dict:
+    """Measured costs of ``config`` on this device: seconds per stage-1 and stage-2 optimiser step
+    (median after a warm-up step) and per validation pass of each stage over ``val``.
+
+    Both stages and both validations are timed because their ratio differs between devices: on
+    the 2-core CPU a stage-2 epoch cost twice the fixed estimate tuned on the H200, which gave one
+    recipe more wall time than the other.
+    """
     import torch
     from CACIdentifierLib.network import ResUNet18
     from CACTrainerLib import training
 
-    cfg = replace(config, epochs1=1, samples_per_epoch=config.batch_size * (steps + 2), hard_negative_frac=0.0)
+    cfg = replace(config, epochs1=1, epochs2=1, samples_per_epoch=config.batch_size * (steps + 2),
+                  hard_negative_frac=0.0)
     model = ResUNet18(**cfg.architecture).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    params = model.classifier_parameters() + (model.decoder_parameters() if cfg.aux_weight > 0 else [])
-    opt = torch.optim.Adam(params, lr=1e-4)
-    t = [time.perf_counter()]
 
-    def progress(done, total, msg):
+    def sync():
         if device.type == "cuda":
             torch.cuda.synchronize()
-        t.append(time.perf_counter())
 
-    training._run_epoch(model, opt, fs, cfg, device, 1, 0, progress)
-    dt = np.diff(t)[2:]  # skip the first steps (warm-up, worker start)
-    return float(np.median(dt)) if len(dt) else float(t[-1] - t[0])
+    def step_seconds(stage, params):
+        opt = torch.optim.Adam(params, lr=1e-4)
+        t = [time.perf_counter()]
+
+        def progress(done, total, msg):
+            sync()
+            t.append(time.perf_counter())
+
+        training._run_epoch(model, opt, fs, cfg, device, stage, 0, progress)
+        dt = np.diff(t)[2:]  # skip the first steps (warm-up, worker start)
+        return float(np.median(dt)) if len(dt) else float(t[-1] - t[0])
+
+    def validation_seconds(decode):
+        sync()
+        t0 = time.perf_counter()
+        training.evaluate(model, val, cfg, device, decode=decode)
+        sync()
+        return time.perf_counter() - t0
+
+    out = {"step1": step_seconds(1, model.classifier_parameters()
+                                 + (model.decoder_parameters() if cfg.aux_weight > 0 else [])),
+           "validate1": validation_seconds(False)}
+    model.freeze_classifier(True)
+    out["step2"] = step_seconds(2, model.decoder_parameters())
+    sync()
+    t0 = time.perf_counter()
+    training._decoder_val_loss(model, val, cfg, device, 1.0)
+    sync()
+    out["validate2"] = validation_seconds(True) + time.perf_counter() - t0
+    return out
 
 
 def overrides(cfg, pairs: dict) -> dict:
@@ -155,24 +191,26 @@ def train_recipe(name, train, val, seconds, out_dir, device, args, emit):
     cfg = recipe_config(name.partition(":")[0], seed=args.seed, device=args.device, workers=args.workers,
                         architecture=args.arch)
     cfg = replace(cfg, **overrides(cfg, args.set.get(name, {})))
-    step = probe_step_seconds(train, cfg, device, 8 if not args.tiny else 2)
+    cost = probe_seconds(train, val, cfg, device, 8 if not args.tiny else 2)
+    step = cost["step1"]
     steps_epoch = training.steps_per_epoch(train, cfg)
-    # Measured on the H200 (2026-11-30): a stage-1 epoch costs about 1.9x its optimiser steps (the
-    # validation pass, worker start), a stage-2 epoch its steps plus ~9 s of CPU scoring of the
-    # validation frames as inference does them.  Stage 2 gets at most 3 epochs, stage 1 the rest.
-    stage2_epoch = 0.7 * step * steps_epoch + (0.5 if args.tiny else 9.0)
+    # An epoch: its optimiser steps, the BN recalibration (~10 %) and the validation pass (stage 2:
+    # IoM scoring and decoder loss).  Stage 2 gets at most 3 epochs, stage 1 the rest.
+    stage2_epoch = cost["step2"] * steps_epoch * 1.1 + cost["validate2"]
     n2 = max(1, min(3, int(0.3 * seconds / stage2_epoch)))
-    stage1_epoch = step * steps_epoch + (0.3 if args.tiny else 2.4)  # + validation and worker start
+    stage1_epoch = step * steps_epoch * 1.1 + cost["validate1"]
     n1 = max(1, int((seconds - n2 * stage2_epoch) / stage1_epoch))
     cfg = replace(cfg, epochs1=n1, epochs2=n2)
     if name.partition(":")[0] == "paper":
         # The paper's rebalance schedule compressed to the epochs that fit (0.01 x 100 epochs).
         cfg = replace(cfg, rebalance_step=min(0.5, 1.0 / max(n2, 1)))
-    log(f"{name}: {step * 1000:.1f} ms/step, {steps_epoch} steps/epoch -> epochs {n1} + {n2}")
+    log(f"{name}: {step * 1000:.1f} ms/step (stage 2: {cost['step2'] * 1000:.1f}), validation "
+        f"{cost['validate1']:.1f}/{cost['validate2']:.1f} s, {steps_epoch} steps/epoch -> epochs {n1} + {n2}")
     t0 = time.perf_counter()
     result = training.train(train, val, cfg, Path(args.work) / f"run_{name}", emit=emit)
     log(f"{name}: trained in {time.perf_counter() - t0:.0f} s")
-    return result, cfg, {"ms_per_step": step * 1000, "steps_per_epoch": steps_epoch,
+    return result, cfg, {"ms_per_step": step * 1000, "ms_per_step2": cost["step2"] * 1000,
+                         "probe": cost, "budget_seconds": seconds, "steps_per_epoch": steps_epoch,
                          "samples_per_s": cfg.batch_size / step, "train_seconds": result.seconds}
 
 
