@@ -115,11 +115,11 @@ def summarize(ev: dict, cines: dict) -> dict:
 
 def probe_seconds(fs, val, config, device, steps: int) -> dict:
     """Measured costs of ``config`` on this device: seconds per stage-1 and stage-2 optimiser step
-    (median after a warm-up step) and per validation pass of each stage over ``val``.
+    (median after a warm-up step), per BN recalibration and per validation pass of each stage.
 
-    Both stages and both validations are timed because their ratio differs between devices: on
-    the 2-core CPU a stage-2 epoch cost twice the fixed estimate tuned on the H200, which gave one
-    recipe more wall time than the other.
+    Both stages, the BN recalibrations and the validations are timed because their ratios differ
+    between devices: on the 2-core CPU a stage-2 epoch cost about twice the fixed estimate tuned on
+    the H200, which gave one recipe more wall time than the other.
     """
     import torch
     from CACIdentifierLib.network import ResUNet18
@@ -147,23 +147,23 @@ def probe_seconds(fs, val, config, device, steps: int) -> dict:
         dt = np.diff(t)[2:]  # skip the first steps (warm-up, worker start)
         return float(np.median(dt)) if len(dt) else float(t[-1] - t[0])
 
-    def validation_seconds(decode):
+    def seconds(fn):
         sync()
         t0 = time.perf_counter()
-        training.evaluate(model, val, cfg, device, decode=decode)
+        fn()
         sync()
         return time.perf_counter() - t0
 
+    # Per epoch besides the steps: BN recalibration, then validation (stage 2: IoM scoring and decoder loss).
     out = {"step1": step_seconds(1, model.classifier_parameters()
                                  + (model.decoder_parameters() if cfg.aux_weight > 0 else [])),
-           "validate1": validation_seconds(False)}
+           "recalibrate1": seconds(lambda: training.recalibrate_bn(model, fs, cfg, device, 1, 0)),
+           "validate1": seconds(lambda: training.evaluate(model, val, cfg, device, decode=False))}
     model.freeze_classifier(True)
     out["step2"] = step_seconds(2, model.decoder_parameters())
-    sync()
-    t0 = time.perf_counter()
-    training._decoder_val_loss(model, val, cfg, device, 1.0)
-    sync()
-    out["validate2"] = validation_seconds(True) + time.perf_counter() - t0
+    out["recalibrate2"] = seconds(lambda: training.recalibrate_bn(model, fs, cfg, device, 2, 0))
+    out["validate2"] = (seconds(lambda: training.evaluate(model, val, cfg, device, decode=True))
+                        + seconds(lambda: training._decoder_val_loss(model, val, cfg, device, 1.0)))
     return out
 
 
@@ -188,20 +188,20 @@ def train_recipe(name, train, val, seconds, out_dir, device, args, emit):
     from CACTrainerLib.recipes import recipe_config
 
     # "RECIPE:TAG" is a variant of RECIPE: its own --set overrides, its own run (one choice ablated).
-    cfg = recipe_config(name.partition(":")[0], seed=args.seed, device=args.device, workers=args.workers,
+    recipe = name.partition(":")[0]
+    cfg = recipe_config(recipe, seed=args.seed, device=args.device, workers=args.workers,
                         architecture=args.arch)
     cfg = replace(cfg, **overrides(cfg, args.set.get(name, {})))
     cost = probe_seconds(train, val, cfg, device, 8 if not args.tiny else 2)
     step = cost["step1"]
     steps_epoch = training.steps_per_epoch(train, cfg)
-    # An epoch: its optimiser steps, the BN recalibration (~10 %) and the validation pass (stage 2:
-    # IoM scoring and decoder loss).  Stage 2 gets at most 3 epochs, stage 1 the rest.
-    stage2_epoch = cost["step2"] * steps_epoch * 1.1 + cost["validate2"]
+    # Stage 2 gets at most 3 epochs, stage 1 the rest.
+    stage2_epoch = cost["step2"] * steps_epoch + cost["recalibrate2"] + cost["validate2"]
     n2 = max(1, min(3, int(0.3 * seconds / stage2_epoch)))
-    stage1_epoch = step * steps_epoch * 1.1 + cost["validate1"]
+    stage1_epoch = step * steps_epoch + cost["recalibrate1"] + cost["validate1"]
     n1 = max(1, int((seconds - n2 * stage2_epoch) / stage1_epoch))
     cfg = replace(cfg, epochs1=n1, epochs2=n2)
-    if name.partition(":")[0] == "paper":
+    if recipe == "paper":
         # The paper's rebalance schedule compressed to the epochs that fit (0.01 x 100 epochs).
         cfg = replace(cfg, rebalance_step=min(0.5, 1.0 / max(n2, 1)))
     log(f"{name}: {step * 1000:.1f} ms/step (stage 2: {cost['step2'] * 1000:.1f}), validation "
