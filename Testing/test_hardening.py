@@ -517,7 +517,7 @@ def test_checkpoint_pair_cannot_disagree(tmp_path, no_unpickling):
     assert state["epochs_done"] == 2 and "model.fc.weight" in tensors
 
 
-@pytest.mark.parametrize("damage", ["truncate", "json", "shape", "nan"])
+@pytest.mark.parametrize("damage", ["truncate", "json", "shape", "nan", "hnm_frames"])
 def test_bad_checkpoints_are_one_line(tmp_path, damage):
     from CACTrainerLib import checkpoint_io, training
 
@@ -531,6 +531,9 @@ def test_bad_checkpoints_are_one_line(tmp_path, damage):
         checkpoint_io.write_checkpoint(run, tensors, dict(info, stage="2", history=5))
     elif damage == "shape":
         model = ResUNet18(width=16, decoder_channels=[16, 8, 8, 8, 8])
+    elif damage == "hnm_frames":  # a stream's window keys (docs/learning.md), damaged
+        tensors, info = checkpoint_io.read_checkpoint(run)
+        checkpoint_io.write_checkpoint(run, tensors, dict(info, hnm_frames=[["S1_P00001", -3], "x"]))
     else:
         tensors, info = checkpoint_io.read_checkpoint(run)
         tensors["model.fc.weight"] = torch.full_like(tensors["model.fc.weight"], float("nan"))

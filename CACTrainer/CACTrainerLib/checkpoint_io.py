@@ -64,6 +64,10 @@ def validate_state(info, run_dir: Path) -> dict:
             raise _bad(run_dir, f"{key} is missing or not a{'n object' if kind is dict else ' list'}")
     if not all(isinstance(row, dict) for row in info["history"]):
         raise _bad(run_dir, "history holds entries that are not objects")
+    keys = info.get("hnm_frames")
+    if keys is not None and not (isinstance(keys, list) and all(
+            isinstance(k, list) and len(k) == 2 and isinstance(k[0], str) and _is_int(k[1], 0, 10**7) for k in keys)):
+        raise _bad(run_dir, "hnm_frames is not a list of [acquisition, frame] pairs")
     groups = info["optimizer"].get("param_groups")
     if (
         not isinstance(groups, list)

@@ -85,14 +85,26 @@ def validation_split(fs: FrameSet, fraction: float = 0.15, seed: int = 0) -> tup
     if fraction == 0:
         return fs, None
     for unit in ("patient", "acquisition"):
-        groups = sorted(set(groups_of(fs, unit)))
-        if len(groups) >= 2:
-            rng = np.random.default_rng([int(seed), 7])
-            n_val = max(1, int(round(fraction * len(groups))))
-            val = set(rng.choice(groups, size=n_val, replace=False).tolist())
-            is_val = np.array([g in val for g in groups_of(fs, unit)])
+        groups = groups_of(fs, unit)
+        if len(set(groups)) >= 2:
+            val = validation_groups(groups, fraction, seed)
+            is_val = np.array([g in val for g in groups])
             return fs.subset(~is_val), fs.subset(is_val)
     return fs, None
+
+
+def validation_groups(groups, fraction: float = 0.15, seed: int = 0) -> set:
+    """The patient (or acquisition) ids :func:`validation_split` holds out, from the ids alone.
+
+    Examples
+    --------
+    >>> sorted(validation_groups(["a", "b", "c", "d"], 0.5, seed=0)) == sorted(validation_groups(list("dcba"), 0.5))
+    True
+    """
+    groups = sorted(set(groups))
+    rng = np.random.default_rng([int(seed), 7])
+    n_val = max(1, int(round(float(fraction) * len(groups))))
+    return set(rng.choice(groups, size=n_val, replace=False).tolist())
 
 
 def _fold_metrics(ev: dict) -> dict:

@@ -51,39 +51,21 @@ def _one(args) -> object:
     # Short phantom cines often lack a clear periodicity; one summary line beats a warning per patient.
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", CacWarning)
-        fs = dataset.frames_from_acquisition(acq, acquisition=f"S{seed}_P{patient:05d}",
-                                             patient=f"S{seed}_P{patient:05d}", frames_per_acquisition=fpa)
+        name = patient_name(seed, patient)
+        fs = dataset.frames_from_acquisition(acq, acquisition=name, patient=name, frames_per_acquisition=fpa)
     return fs, len(caught) > 0
 
 
-def phantom_pool(n_patients: int, *, seed: int = 0, first_patient: int = 0, n_frames: int = 64,
-                 frames_per_acquisition: int = 6, size: int | None = None, calcium_free_fraction: float = 0.3,
-                 workers: int | None = None, progress: ProgressCallback = no_progress):
-    """Training frames of ``n_patients`` new randomised phantom patients (one acquisition each).
+def patient_name(seed: int, patient: int) -> str:
+    """The patient (and acquisition) id of pool patient ``patient`` of ``seed``, e.g. ``S1000_P00007``."""
+    return f"S{int(seed)}_P{int(patient):05d}"
 
-    Parameters
-    ----------
-    n_patients : int
-    seed, first_patient : int
-        Patients ``first_patient .. first_patient + n_patients - 1`` of ``seed``.
-    n_frames : int
-        Frames per cine (64 at 7.5-30 fps: 2-8 s).
-    frames_per_acquisition : int
-        Paired non-contrast frames kept per cine.
-    size : int or None
-        Frame size; None draws it (384-768) per patient.
-    workers : int or None
-        Processes (None: all cores).
 
-    Returns
-    -------
-    FrameSet
-    """
-    from .dataset import FrameSet
-
-    jobs = [(seed, first_patient + i, n_frames, frames_per_acquisition, size, calcium_free_fraction)
-            for i in range(int(n_patients))]
-    workers = max(1, int(workers or os.cpu_count() or 1))
+def _generate(patients, *, seed: int, n_frames: int, frames_per_acquisition: int, size: int | None,
+              calcium_free_fraction: float, workers: int | None, progress: ProgressCallback) -> list:
+    """FrameSets of the numbered ``patients`` (in their order), on ``workers`` processes."""
+    jobs = [(seed, int(p), n_frames, frames_per_acquisition, size, calcium_free_fraction) for p in patients]
+    workers = max(1, min(len(jobs), int(workers or os.cpu_count() or 1)))
     sets, warned = [], 0
     if workers == 1:
         for i, job in enumerate(jobs):
@@ -102,5 +84,93 @@ def phantom_pool(n_patients: int, *, seed: int = 0, first_patient: int = 0, n_fr
     if warned:
         warnings.warn(f"phantom pool: {warned} of {len(jobs)} cines showed no clear cardiac periodicity (short "
                       f"phantom cines); their non-contrast frames were paired with the most similar contrast "
-                      f"frames", CacWarning, stacklevel=2)
-    return FrameSet.concat(sets)
+                      f"frames", CacWarning, stacklevel=3)
+    return sets
+
+
+def phantom_pool(n_patients: int, *, seed: int = 0, first_patient: int = 0, n_frames: int = 64,
+                 frames_per_acquisition: int = 6, size: int | None = None, calcium_free_fraction: float = 0.3,
+                 workers: int | None = None, progress: ProgressCallback = no_progress, patients=None):
+    """Training frames of ``n_patients`` new randomised phantom patients (one acquisition each).
+
+    Parameters
+    ----------
+    n_patients : int
+    seed, first_patient : int
+        Patients ``first_patient .. first_patient + n_patients - 1`` of ``seed``.
+    n_frames : int
+        Frames per cine (64 at 7.5-30 fps: 2-8 s).
+    frames_per_acquisition : int
+        Paired non-contrast frames kept per cine.
+    size : int or None
+        Frame size; None draws it (384-768) per patient.
+    workers : int or None
+        Processes (None: all cores).
+    patients : sequence of int, optional
+        These patient numbers instead of the range (``n_patients`` and ``first_patient`` are then ignored).
+
+    Returns
+    -------
+    FrameSet
+    """
+    from .dataset import FrameSet
+
+    ids = list(patients) if patients is not None else [first_patient + i for i in range(int(n_patients))]
+    return FrameSet.concat(_generate(ids, seed=seed, n_frames=n_frames, frames_per_acquisition=frames_per_acquisition,
+                                     size=size, calcium_free_fraction=calcium_free_fraction, workers=workers,
+                                     progress=progress))
+
+
+class PatientStream:
+    """Training patients that change every epoch: a window sliding along an endless numbered sequence.
+
+    Epoch ``e`` trains on ``len(patients)`` consecutive patients of the sequence
+    ``patients[0], patients[1], ..., then next_patient, next_patient + 1, ...``, starting
+    at ``e * refresh``: each epoch the ``refresh`` oldest patients leave and as many
+    never-seen ones arrive, so a long run cannot memorise its patients, while
+    every patient still serves ``len(patients) / refresh`` epochs (a generated cine
+    costs about as much as training on its patches ~1-2 times).  A window depends
+    only on the epoch, so ``--resume`` regenerates exactly the window it stopped in.
+    Only the current window is kept in memory.
+
+    Examples
+    --------
+    >>> s = PatientStream([3, 5, 8], refresh=2, next_patient=20, seed=1)
+    >>> s.patients(0), s.patients(1), s.patients(2), s.seen(2)
+    ([3, 5, 8], [8, 20, 21], [21, 22, 23], 7)
+    """
+
+    def __init__(self, patients, refresh: int, *, next_patient: int, seed: int, n_frames: int = 64,
+                 frames_per_acquisition: int = 6, size: int | None = None, calcium_free_fraction: float = 0.3,
+                 workers: int | None = None, progress: ProgressCallback = no_progress):
+        self.start = [int(p) for p in patients]
+        if not self.start:
+            raise ValueError("PatientStream needs at least one patient")
+        if any(p >= next_patient for p in self.start):
+            raise ValueError("next_patient must follow every starting patient (new patients are never reused ones)")
+        self.refresh, self.next_patient, self.seed = int(refresh), int(next_patient), int(seed)
+        self._kw = dict(n_frames=n_frames, frames_per_acquisition=frames_per_acquisition, size=size,
+                        calcium_free_fraction=calcium_free_fraction, workers=workers)
+        self.progress = progress
+        self._cache: dict = {}
+
+    def patients(self, epoch: int) -> list:
+        """Patient numbers of epoch ``epoch``'s window."""
+        n, first = len(self.start), int(epoch) * self.refresh
+        return [self.start[i] if i < n else self.next_patient + i - n for i in range(first, first + n)]
+
+    def seen(self, epoch: int) -> int:
+        """Distinct patients in the windows of epochs 0..``epoch``."""
+        return len(self.start) + int(epoch) * self.refresh
+
+    def __call__(self, epoch: int):
+        """The FrameSet of epoch ``epoch`` (generates the patients it has not generated yet)."""
+        from .dataset import FrameSet
+
+        ids = self.patients(epoch)
+        missing = [p for p in ids if p not in self._cache]
+        if missing:
+            for p, fs in zip(missing, _generate(missing, seed=self.seed, progress=self.progress, **self._kw)):
+                self._cache[p] = fs
+        self._cache = {p: self._cache[p] for p in ids}  # only the window stays in memory
+        return FrameSet.concat([self._cache[p] for p in ids])

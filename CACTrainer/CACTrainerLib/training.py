@@ -96,6 +96,8 @@ class TrainConfig:
     # width 8: opt-in on CPUs, where it cannot be tested on every kind.
     channels_last: bool | None = None
     workers: int = 0  # DataLoader worker processes cutting and augmenting batches (0: in the loop)
+    # Patients replaced by new ones every epoch (a PatientStream passed to train(); 0: fixed training set).
+    refresh_patients: int = 0
 
     def schedule(self) -> losses.RebalanceSchedule:
         return losses.RebalanceSchedule(self.rebalance_start, self.rebalance_step, self.rebalance_floor)
@@ -558,14 +560,38 @@ def _load_initial_weights(model, path) -> None:
     model.load_state_dict(init.state_dict())
 
 
-def train(train_set: dataset.FrameSet, val_set: dataset.FrameSet | None, config: TrainConfig, run_dir, *,
+def _frame_keys(fs: dataset.FrameSet) -> list:
+    """(acquisition, frame) of every frame: what identifies a frame across training windows."""
+    return [[a, int(f)] for a, f in zip(fs.acquisition, fs.frame_index.tolist())]
+
+
+def _carry_scores(old_keys: list, scores: np.ndarray, new: dataset.FrameSet) -> np.ndarray:
+    """Hard-negative scores for a new training window: kept for the frames it shares with the old one
+    (``old_keys``: :func:`_frame_keys` of the window ``scores`` belong to), 1 for new ones."""
+    where = {(a, int(f)): i for i, (a, f) in enumerate(old_keys)}
+    out = np.ones(new.n_patches, np.float32)
+    for j, key in enumerate(zip(new.acquisition, new.frame_index.tolist())):
+        i = where.get(key)
+        if i is not None:
+            out[5 * j:5 * j + 5] = scores[5 * i:5 * i + 5]
+    return out
+
+
+def train(train_set: dataset.FrameSet | None, val_set: dataset.FrameSet | None, config: TrainConfig, run_dir, *,
           resume: bool = False, emit: Callable[[dict], None] | None = None,
-          progress: ProgressCallback = no_progress) -> TrainResult:
+          progress: ProgressCallback = no_progress,
+          stream: Callable[[int], dataset.FrameSet] | None = None) -> TrainResult:
     """Run both stages; checkpoints go to ``run_dir`` after every epoch.
 
     ``resume``: continue from ``run_dir``'s checkpoint (an error if there is
     none with the same configuration); without it an existing checkpoint is
     an error (pass resume, or use another folder).
+
+    ``stream``: training data that changes every epoch (e.g.
+    :class:`~CACTrainerLib.phantom_pool.PatientStream`): ``stream(g)`` is the
+    training set of epoch ``g``, counted over both stages (stage 2's first
+    epoch is ``epochs1``); ``train_set`` is then ignored.  It must depend on
+    ``g`` alone, so that a resumed run sees the data it would have seen.
     """
     from CACIdentifierLib.device import autocast_dtype, choose_device
     from CACIdentifierLib.network import ResUNet18
@@ -584,7 +610,7 @@ def train(train_set: dataset.FrameSet, val_set: dataset.FrameSet | None, config:
     if nhwc and distributed.current() is not None and device.type != "cuda":
         nhwc = False  # DDP over gloo (CPU) crashed with NHWC parameters too (double free; torch 2.13)
     config = replace(config, channels_last=nhwc)
-    if len(train_set) == 0:
+    if stream is None and (train_set is None or len(train_set) == 0):
         raise CacError("no training frames")
     if val_set is not None and len(val_set) == 0:
         val_set = None
@@ -609,13 +635,14 @@ def train(train_set: dataset.FrameSet, val_set: dataset.FrameSet | None, config:
     if resume and ckpt is None:
         raise CacError(f"--resume: no checkpoint in {run_dir}; start without --resume")
     opt_tensors = opt_groups = None
-    # Last classification loss of every training patch, for hard-negative mining (kept in checkpoints).
-    hard_scores = np.ones(train_set.n_patches, np.float32) if config.hard_negative_frac > 0 else None
+    saved_scores = saved_keys = None
     if ckpt is not None:
         tensors, info = ckpt
         # The epoch counts may change on resume (extend or cut a run); everything else must match.
         free = ("device", "num_threads", "epochs1", "epochs2", "workers", "channels_last")  # speed, not the run
-        saved = {k: v for k, v in info["config"].items() if k not in free}
+        # A setting added after the checkpoint was written had its default then.
+        defaults = asdict(TrainConfig())
+        saved = {k: info["config"].get(k, defaults.get(k)) for k in cfg_json if k not in free}
         now = {k: v for k, v in cfg_json.items() if k not in free}
         if saved != now:
             diff = sorted(k for k in now if saved.get(k) != now[k])
@@ -626,9 +653,28 @@ def train(train_set: dataset.FrameSet, val_set: dataset.FrameSet | None, config:
         history, best = info["history"], info["best"]
         stage, start_epoch = int(info["stage"]), int(info["epochs_done"])
         opt_tensors, opt_groups = tensors, info["optimizer"]
-        if hard_scores is not None and "hnm.scores" in tensors:
-            hard_scores = tensors["hnm.scores"].numpy().copy()
+        if "hnm.scores" in tensors:
+            saved_scores = tensors["hnm.scores"].numpy().copy()
+            saved_keys = info.get("hnm_frames")  # the window they belong to, when training on a stream
         emit({"event": "resume", "stage": stage, "epoch": start_epoch})
+
+    def window(st: int, epoch: int) -> int:  # the stream's epoch number, counted over both stages
+        return epoch if st == 1 else config.epochs1 + epoch
+
+    data_epoch = None
+    if stream is not None:
+        data_epoch = window(stage, start_epoch)
+        train_set = stream(data_epoch)
+        if len(train_set) == 0:
+            raise CacError("no training frames")
+    # Last classification loss of every training patch, for hard-negative mining (kept in checkpoints).
+    hard_scores = None
+    if config.hard_negative_frac > 0:
+        hard_scores = np.ones(train_set.n_patches, np.float32)
+        if saved_scores is not None and saved_keys is not None:
+            hard_scores = _carry_scores(saved_keys, saved_scores, train_set)
+        elif saved_scores is not None and saved_scores.shape == hard_scores.shape:
+            hard_scores = saved_scores
 
     emit({"event": "start", "device": str(device),
           "autocast": str(autocast_dtype(device, config.amp)).replace("torch.", ""),
@@ -660,6 +706,14 @@ def train(train_set: dataset.FrameSet, val_set: dataset.FrameSet | None, config:
             _load_optimizer(opt, opt_tensors, opt_groups)
         for epoch in range(first, epochs):
             t0 = time.perf_counter()
+            data_seconds = None
+            if stream is not None and window(st, epoch) != data_epoch:
+                data_epoch = window(st, epoch)
+                new_set = stream(data_epoch)
+                if hard_scores is not None:
+                    hard_scores = _carry_scores(_frame_keys(train_set), hard_scores, new_set)
+                train_set = new_set
+                data_seconds = round(time.perf_counter() - t0, 3)
             train_loss = _run_epoch(model, opt, train_set, config, device, st, epoch, progress,
                                     epochs=epochs, base_lr=base_lr,
                                     scores=hard_scores if st == 1 else None, precision=precision)
@@ -668,6 +722,8 @@ def train(train_set: dataset.FrameSet, val_set: dataset.FrameSet | None, config:
                    "train_loss": train_loss, "val_loss": None, "val_f1": None, "val_iom": None}
             if st == 2:
                 row["alpha"] = config.schedule().alpha(epoch)
+            if data_seconds is not None:  # new patients generated for this epoch (part of "seconds")
+                row["data_seconds"] = data_seconds
             improved = val_set is None
             if val_set is not None:
                 ev = evaluate(model, val_set, config, device, decode=(st == 2))
@@ -693,9 +749,11 @@ def train(train_set: dataset.FrameSet, val_set: dataset.FrameSet | None, config:
             row["seconds"] = round(time.perf_counter() - t0, 3)
             history.append(row)
             if main:
-                save_checkpoint(run_dir, model, best_state, opt, {
-                    "stage": st, "epochs_done": epoch + 1, "history": history, "best": best,
-                    "config": cfg_json}, extra=None if hard_scores is None else {"hnm.scores": hard_scores})
+                state = {"stage": st, "epochs_done": epoch + 1, "history": history, "best": best, "config": cfg_json}
+                if stream is not None and hard_scores is not None:
+                    state["hnm_frames"] = _frame_keys(train_set)  # a resumed run starts in the next window
+                save_checkpoint(run_dir, model, best_state, opt, state,
+                                extra=None if hard_scores is None else {"hnm.scores": hard_scores})
             emit(row)
         emit({"event": "stage_done", "stage": st, "best": best[f"stage{st}"]})
         if st == 1 and main:

@@ -59,6 +59,10 @@ def register(subparsers) -> None:
     p.add_argument("--phantom-pool", type=int, metavar="N",
                    help="train on N new domain-randomised phantom patients generated in memory "
                         "(instead of DATASET; patients numbered by --seed)")
+    p.add_argument("--refresh-patients", type=int, default=0, metavar="K",
+                   help="with --phantom-pool: every epoch, replace the K oldest training patients with K new "
+                        "ones (a window sliding over an endless stream of patients, so a long run cannot "
+                        "memorise them; validation patients stay fixed)")
     p.add_argument("--recipe", choices=("default", "paper"), default="default",
                    help="default: joint training with a dense auxiliary loss, for a CPU budget; "
                         "paper: the paper's two-stage protocol (100 + 100 epochs, for a GPU)")
@@ -124,7 +128,8 @@ def _config(args):
                          samples_per_epoch=args.samples_per_epoch, rebalance_step=args.rebalance_step,
                          architecture=arch, num_threads=args.threads, init=_init_model(args.init),
                          channels_last=getattr(args, "channels_last", None),
-                         workers=max(0, int(getattr(args, "workers", 0) or 0)))
+                         workers=max(0, int(getattr(args, "workers", 0) or 0)),
+                         refresh_patients=int(getattr(args, "refresh_patients", 0) or 0))
 
 
 def _init_model(path: str | None) -> str | None:
@@ -257,6 +262,11 @@ def _run(args, ctx) -> int:
         raise CacError("give a DATASET folder (or --phantom-pool N) and --out (or --summarize RUN_DIR)")
     if pool is not None and pool < 2:
         raise CacError("--phantom-pool needs at least 2 patients (one is held out for validation)")
+    refresh = int(getattr(args, "refresh_patients", 0) or 0)
+    if refresh < 0:
+        raise CacError("--refresh-patients must be 0 or more")
+    if refresh and (pool is None or args.cv != "none"):
+        raise CacError("--refresh-patients needs --phantom-pool N and --cv none (a dataset on disk cannot grow)")
     dataset = Path(args.dataset) if args.dataset else Path(f"phantom-pool-{pool}-seed-{args.seed}")
     if args.dataset and not dataset.is_dir():
         raise CacError(f"dataset folder {dataset} does not exist")
@@ -282,6 +292,8 @@ def _run(args, ctx) -> int:
 
         for path in (out, card_path(out), _curves_path(out)):
             check_writable(path, args.overwrite)
+    if refresh:
+        return _train_stream(dataset, args, config, out, emit, progress)
     fs = _load(dataset, args, progress)
     if args.cv == "none":
         return _train_final(fs, dataset, args, config, out, emit, progress)
@@ -326,7 +338,26 @@ def _load(dataset: Path, args, progress):
     return build_frameset(dataset, frames_per_acquisition=fpa, progress=progress)
 
 
-def _train_final(fs, dataset: Path, args, config, out: Path, emit, progress) -> int:
+def _train_stream(dataset: Path, args, config, out: Path, emit, progress) -> int:
+    """--phantom-pool N --refresh-patients K: fixed validation patients, a training window sliding over new ones."""
+    from CACTrainerLib.crossval import validation_groups
+    from CACTrainerLib.phantom_pool import PatientStream, patient_name, phantom_pool
+
+    n, seed = int(args.phantom_pool), 1000 + args.seed
+    val_names = validation_groups([patient_name(seed, i) for i in range(n)], args.val_fraction, args.seed)
+    val_ids = [i for i in range(n) if patient_name(seed, i) in val_names]
+    train_ids = [i for i in range(n) if i not in set(val_ids)]
+    if not train_ids:
+        raise CacError("--phantom-pool: no training patients left after the validation split; give more patients")
+    fpa = args.frames_per_acquisition or 6
+    val_set = phantom_pool(0, patients=val_ids, seed=seed, frames_per_acquisition=fpa, progress=progress)
+    stream = PatientStream(train_ids, args.refresh_patients, next_patient=n, seed=seed,
+                           frames_per_acquisition=fpa, progress=progress)
+    return _train_final(None, dataset, args, config, out, emit, progress, val_set=val_set, stream=stream)
+
+
+def _train_final(fs, dataset: Path, args, config, out: Path, emit, progress, *, val_set=None,
+                 stream=None) -> int:
     from dataclasses import asdict
 
     import torch
@@ -335,8 +366,15 @@ def _train_final(fs, dataset: Path, args, config, out: Path, emit, progress) -> 
     from CACTrainerLib.training import PER_ITEM_KEYS, plot_curves, train
 
     run_dir = Path(args.run_dir) if args.run_dir else out.with_name(out.stem + ".run")
-    train_set, val_set = crossval.validation_split(fs, args.val_fraction, args.seed)
-    result = train(train_set, val_set, config, run_dir, resume=args.resume, emit=emit, progress=progress)
+    if stream is None:
+        train_set, val_set = crossval.validation_split(fs, args.val_fraction, args.seed)
+        train_summary = train_set.summary()
+    result = train(None if stream is not None else train_set, val_set, config, run_dir, resume=args.resume,
+                   emit=emit, progress=progress, stream=stream)
+    if stream is not None:
+        last = max(0, config.epochs1 + config.epochs2 - 1)
+        train_summary = {"patients": stream.seen(last), "window_patients": len(stream.start),
+                         "refresh_patients": config.refresh_patients}
     if not distributed.is_main():
         return 0  # rank 0 writes the curves and the model
     from CACIdentifierLib.fileutil import temporary_sibling
@@ -354,7 +392,7 @@ def _train_final(fs, dataset: Path, args, config, out: Path, emit, progress) -> 
         "training": {
             "data": {"dataset": dataset.name, "manifest_sha256_16": _dataset_fingerprint(dataset),
                      "frames_per_acquisition": args.frames_per_acquisition or "all",
-                     "train": train_set.summary(), "val": val_set.summary() if val_set is not None else None,
+                     "train": train_summary, "val": val_set.summary() if val_set is not None else None,
                      "val_patients": sorted(set(val_set.patient)) if val_set is not None else []},
             "command": "cac train " + " ".join(shlex.quote(a) for a in sys.argv[2:])
             if len(sys.argv) > 1 and sys.argv[1] == "train" else "cac train (API)",

@@ -1,0 +1,136 @@
+"""Training on a stream of new patients: the window, the hard-negative scores it carries, resume, `cac train`.
+
+``cac train --phantom-pool N --refresh-patients K`` replaces the K oldest training
+patients with K never-seen ones every epoch (``phantom_pool.PatientStream``), so a
+long run cannot memorise its patients (docs/learning.md, Recipes).
+"""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from CACIdentifierLib.errors import CacError
+from CACTrainerLib import dataset as D
+from CACTrainerLib import phantom
+from CACTrainerLib import phantom_pool as PP
+from CACTrainerLib import training as T
+
+ARCH = {"width": 8, "decoder_channels": [16, 8, 8, 8, 8]}
+
+
+@pytest.fixture(scope="module")
+def patients():
+    """Five small phantom patients (one calcium-free), 3 paired frames each, as the stream's source."""
+    params = phantom.PhantomParams(n_frames=40, calcium_mu_per_mm=0.3)
+    out = {}
+    for p in range(5):
+        acq = phantom.generate_acquisition(params, seed=4, patient=p, acquisition=0, calcium_free=(p == 2))
+        out[p] = D.frames_from_acquisition(acq, acquisition=f"P{p}", patient=f"P{p}", frames_per_acquisition=3)
+    return out
+
+
+def test_window_slides_over_new_patients_and_keeps_only_itself(monkeypatch, patients):
+    made = []
+
+    def fake_generate(ids, **kw):
+        made.append(list(ids))
+        return [patients[i % 5] for i in ids]
+
+    monkeypatch.setattr(PP, "_generate", fake_generate)
+    s = PP.PatientStream([0, 1, 2], refresh=1, next_patient=3, seed=9)
+    assert s.patients(0) == [0, 1, 2] and s.patients(1) == [1, 2, 3] and s.patients(4) == [4, 5, 6]
+    fs0 = s(0)
+    assert made == [[0, 1, 2]] and sorted(set(fs0.patient)) == ["P0", "P1", "P2"]
+    fs1 = s(1)
+    assert made[-1] == [3]  # only the new patient is generated
+    assert [p for p in dict.fromkeys(fs1.patient)] == ["P1", "P2", "P3"]
+    assert sorted(s._cache) == [1, 2, 3]  # the patient that left is dropped
+    s(3)
+    assert made[-1] == [4, 5]
+    with pytest.raises(ValueError):
+        PP.PatientStream([0, 5], refresh=1, next_patient=5, seed=9)  # a "new" patient would be a starting one
+
+
+def test_carry_scores_keeps_shared_frames_by_acquisition_and_frame(patients):
+    old = D.FrameSet.concat([patients[0], patients[1]])
+    new = D.FrameSet.concat([patients[1], patients[3]])
+    scores = np.arange(old.n_patches, dtype=np.float32)
+    got = T._carry_scores(T._frame_keys(old), scores, new)
+    n1 = patients[1].n_patches
+    # P1's patches come after P0's in the old window and first in the new one; P3 is new (1)
+    np.testing.assert_array_equal(got[:n1], scores[patients[0].n_patches:patients[0].n_patches + n1])
+    np.testing.assert_array_equal(got[n1:], np.ones(patients[3].n_patches, np.float32))
+
+
+def test_training_on_a_stream_changes_data_each_epoch_and_resumes_exactly(patients, tmp_path):
+    order = [0, 1, 3, 4]
+    calls = []
+
+    def stream(g):
+        calls.append(g)
+        return D.FrameSet.concat([patients[order[g % 4]], patients[order[(g + 1) % 4]]])
+
+    val = patients[2].subset([0])
+    cfg = T.TrainConfig(epochs1=2, epochs2=1, batch_size=8, lr1=1e-3, samples_per_epoch=16, architecture=ARCH,
+                        num_threads=2, hard_negative_frac=0.5, refresh_patients=1, recipe="default")
+    events = []
+    r1 = T.train(None, val, cfg, tmp_path / "a", stream=stream, emit=events.append)
+    assert calls == [0, 1, 2]  # stage 2's epochs continue the count
+    assert [("data_seconds" in h) for h in r1.history] == [False, True, True]
+    start = next(e for e in events if e["event"] == "start")
+    assert start["train"]["patients"] == 2 and start["config"]["refresh_patients"] == 1
+    with pytest.raises(CacError, match="no training frames"):
+        T.train(None, val, cfg, tmp_path / "b")  # neither a training set nor a stream
+
+    class Stop(Exception):
+        pass
+
+    def interrupt(done, total, msg):
+        if msg.startswith("stage 1 epoch 2"):
+            raise Stop
+
+    calls.clear()
+    with pytest.raises(Stop):
+        T.train(None, val, cfg, tmp_path / "c", stream=stream, progress=interrupt)
+    info = json.loads((tmp_path / "c" / T.CHECKPOINT_JSON).read_text())
+    assert (info["stage"], info["epochs_done"]) == (1, 1)
+    calls.clear()
+    r3 = T.train(None, val, cfg, tmp_path / "c", stream=stream, resume=True)
+    assert calls == [1, 2]  # the window it stopped in, not epoch 0's
+    assert [h["train_loss"] for h in r3.history] == [h["train_loss"] for h in r1.history]
+    for (k, a), (_, b) in zip(r1.model.state_dict().items(), r3.model.state_dict().items()):
+        assert torch.equal(a, b), k
+    # a checkpoint of a fixed training set is not resumed as a stream (or the other way round)
+    with pytest.raises(CacError, match="refresh_patients"):
+        T.train(patients[0], val, T.TrainConfig(**{**cfg.__dict__, "refresh_patients": 0}), tmp_path / "c",
+                resume=True)
+
+
+def test_cli_refresh_patients(tmp_path, capsys):
+    from cac.cli import main
+
+    code = main(["train", "--refresh-patients", "2", "--out", str(tmp_path / "m.safetensors"), str(tmp_path)])
+    assert code == 2 and "--refresh-patients needs --phantom-pool" in capsys.readouterr().err
+    code = main(["train", "--phantom-pool", "4", "--refresh-patients", "-1", "--out", str(tmp_path / "m.safetensors")])
+    assert code == 2 and "0 or more" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_cli_trains_on_a_phantom_stream(tmp_path, capsys):
+    from cac.cli import main
+    from CACIdentifierLib.modelio import load_model
+
+    out = tmp_path / "m.safetensors"
+    code = main(["train", "--phantom-pool", "4", "--refresh-patients", "1", "--epochs1", "2", "--epochs2", "1",
+                 "--width", "8", "--frames-per-acquisition", "2", "--samples-per-epoch", "8", "--batch-size", "4",
+                 "--val-fraction", "0.25", "--threads", "2", "--json", "--out", str(out)])
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
+    assert code == 0
+    epochs = [e for e in lines if e["event"] == "epoch"]
+    assert len(epochs) == 3 and all("data_seconds" in e for e in epochs[1:])
+    _, card = load_model(out)
+    data = card["training"]["data"]
+    # 3 training patients in the first window, one new one for each of the two later epochs; 1 validation
+    assert data["train"] == {"patients": 5, "window_patients": 3, "refresh_patients": 1}
+    assert data["val"]["patients"] == 1 and card["training"]["config"]["refresh_patients"] == 1
