@@ -267,12 +267,19 @@ def test_tiny_default_recipe_beats_chance_on_a_held_out_patient(tmp_path):
 def test_gpu_protocol_script_runs_tiny_on_cpu(tmp_path):
     out = tmp_path / "gp"
     r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_protocol.py"), "--out", str(out), "--tiny",
-                        "--minutes", "2", "--device", "cpu"], capture_output=True, text=True, timeout=900)
+                        "--minutes", "2", "--device", "cpu", "--recipes", "default,paper,default:stream",
+                        "--set", "default:stream.refresh_patients=2"],
+                       capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-2000:]
     data = json.loads((out / "gpu_protocol.json").read_text())
-    assert {"default", "paper", "identify", "pools"} <= set(data)
-    for name in ("default", "paper"):
+    assert {"default", "paper", "default:stream", "identify", "pools"} <= set(data)
+    for name in ("default", "paper", "default:stream"):
         assert "patch_auc" in data[name]["test"] and "calcium_free_frames_with_roi_pct" in data[name]["test"]
+    # the stream variant generated new patients between its epochs, and its budget counted them
+    stream = data["default:stream"]
+    assert stream["config"]["refresh_patients"] == 2 and stream["speed"]["probe"]["generate"] > 0
+    assert all("data_seconds" in h for h in stream["history"][1:])
+    assert "default:stream vs default" in data["wilcoxon"]
     assert (out / "default.safetensors").exists() and (out / "gpu_protocol.md").exists()
 
 

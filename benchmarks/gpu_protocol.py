@@ -19,7 +19,8 @@ For a lent GPU (issue 12, item 8), and testable on the CPU with ``--tiny``::
 
 Ablations at the same budget: ``--recipes default,paper,default:noaux --set
 default:noaux.aux_weight=0`` trains a variant ``RECIPE:TAG`` of a recipe with its own
-overrides; every run is compared with the paper recipe and each ``default:TAG`` with
+overrides (``--set default:stream.refresh_patients=40``: new patients every epoch, their
+generation counted in the budget); every run is compared with the paper recipe and each ``default:TAG`` with
 the default (Wilcoxon over the test cines).  On a CPU the same script is the
 equal-budget protocol (``--minutes 118`` on 2 cores, docs/learning.md).
 
@@ -195,10 +196,19 @@ def train_recipe(name, train, val, seconds, out_dir, device, args, emit):
     cost = probe_seconds(train, val, cfg, device, 8 if not args.tiny else 2)
     step = cost["step1"]
     steps_epoch = training.steps_per_epoch(train, cfg)
+    stream = None
+    if cfg.refresh_patients > 0:
+        from CACTrainerLib.phantom_pool import PatientStream
+
+        # The pool's own patients start the window; new ones follow them, generated between epochs.
+        stream = PatientStream(range(args.train), cfg.refresh_patients, next_patient=args.train,
+                               seed=1000 + args.seed, workers=os.cpu_count(), **args.pool_kw)
+        stream.preload(train)
+        cost["generate"] = cfg.refresh_patients * args.seconds_per_patient
     # Stage 2 gets at most 3 epochs, stage 1 the rest.
-    stage2_epoch = cost["step2"] * steps_epoch + cost["recalibrate2"] + cost["validate2"]
+    stage2_epoch = cost["step2"] * steps_epoch + cost["recalibrate2"] + cost["validate2"] + cost.get("generate", 0)
     n2 = max(1, min(3, int(0.3 * seconds / stage2_epoch)))
-    stage1_epoch = step * steps_epoch + cost["recalibrate1"] + cost["validate1"]
+    stage1_epoch = step * steps_epoch + cost["recalibrate1"] + cost["validate1"] + cost.get("generate", 0)
     n1 = max(1, int((seconds - n2 * stage2_epoch) / stage1_epoch))
     cfg = replace(cfg, epochs1=n1, epochs2=n2)
     if recipe == "paper":
@@ -207,7 +217,7 @@ def train_recipe(name, train, val, seconds, out_dir, device, args, emit):
     log(f"{name}: {step * 1000:.1f} ms/step (stage 2: {cost['step2'] * 1000:.1f}), validation "
         f"{cost['validate1']:.1f}/{cost['validate2']:.1f} s, {steps_epoch} steps/epoch -> epochs {n1} + {n2}")
     t0 = time.perf_counter()
-    result = training.train(train, val, cfg, Path(args.work) / f"run_{name}", emit=emit)
+    result = training.train(train, val, cfg, Path(args.work) / f"run_{name}", emit=emit, stream=stream)
     log(f"{name}: trained in {time.perf_counter() - t0:.0f} s")
     return result, cfg, {"ms_per_step": step * 1000, "ms_per_step2": cost["step2"] * 1000,
                          "probe": cost, "budget_seconds": seconds, "steps_per_epoch": steps_epoch,
@@ -299,10 +309,12 @@ def main(argv=None) -> int:
     def save():
         (out / "gpu_protocol.json").write_text(json.dumps(results, indent=1, default=float) + "\n")
 
-    kw = dict(n_frames=32 if args.tiny else 64, frames_per_acquisition=2 if args.tiny else 6,
-              size=128 if args.tiny else None, workers=cores)
+    args.pool_kw = dict(n_frames=32 if args.tiny else 64, frames_per_acquisition=2 if args.tiny else 6,
+                        size=128 if args.tiny else None)
+    kw = dict(args.pool_kw, workers=cores)
     t0 = time.perf_counter()
     train = phantom_pool(args.train, seed=1000 + args.seed, **kw)
+    args.seconds_per_patient = (time.perf_counter() - t0) / max(args.train, 1)  # wall, all cores
     val = phantom_pool(args.val, seed=2000 + args.seed, **kw)
     test = phantom_pool(args.test, seed=3000 + args.seed, calcium_free_fraction=0.4, **kw)
     results["pools"] = {"seconds": time.perf_counter() - t0, "train": train.summary(), "val": val.summary(),

@@ -174,3 +174,11 @@ class PatientStream:
                 self._cache[p] = fs
         self._cache = {p: self._cache[p] for p in ids}  # only the window stays in memory
         return FrameSet.concat([self._cache[p] for p in ids])
+
+    def preload(self, fs) -> None:
+        """Reuse frames already generated for starting patients (``fs``: whole patients of this stream's seed)."""
+        names = np.array(fs.patient, dtype=object)
+        for p in self.start:
+            rows = np.nonzero(names == patient_name(self.seed, p))[0]
+            if rows.size:
+                self._cache[p] = fs.subset(rows)
