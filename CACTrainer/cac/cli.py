@@ -80,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     warnings.showwarning = _show_warning
+    from CACIdentifierLib.allocator import keep_freed_memory
+
+    keep_freed_memory()  # large tensors reuse freed memory (1.4x faster training steps on a CPU, allocator.py)
     try:
         result = args.func(args)
     except CacError as exc:
