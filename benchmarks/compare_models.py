@@ -48,6 +48,9 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     import torch
+    from CACIdentifierLib.allocator import keep_freed_memory
+
+    keep_freed_memory()  # as `cac` does: reuse freed blocks (docs/learning.md, Speed)
     from CACIdentifierLib.metrics import wilcoxon
     from CACIdentifierLib.modelio import load_model
     from CACTrainerLib import training

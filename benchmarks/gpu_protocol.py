@@ -284,10 +284,13 @@ def main(argv=None) -> int:
     args.set = sets
 
     import torch
+    from CACIdentifierLib.allocator import keep_freed_memory
     from CACIdentifierLib.device import choose_device
     from CACIdentifierLib.modelio import save_model
     from CACTrainerLib import training
     from CACTrainerLib.phantom_pool import phantom_pool
+
+    keep_freed_memory()  # as `cac` does: reuse freed blocks (docs/learning.md, Speed)
 
     t_start = time.perf_counter()
     out = Path(args.out)
