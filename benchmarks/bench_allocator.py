@@ -5,7 +5,8 @@ default recipe's joint step, the paper recipe's stage-1 step and the stage-2 ste
 default ResUNet18, batch 32 (the training batch), 2 threads, bf16 autocast where the CPU
 has it and channels_last (as ``cac train --channels-last``), best of 3 timed steps after a
 warm-up.  Prints seconds per step, the minor page faults and system CPU seconds per step,
-and the ratio of the two settings; the settings alternate twice and the best is kept, as
+and the ratio of the two settings, and the same for the network's inference pass over 8 frames
+(40 patch pairs, no gradients); the settings alternate twice and the best is kept, as
 the machine may be shared.
 
     python benchmarks/bench_allocator.py
@@ -21,7 +22,31 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-STAGES = (("joint", "joint (default stage 1)"), (1, "paper stage 1"), (2, "stage 2"))
+STAGES = (("joint", "joint (default stage 1)"), (1, "paper stage 1"), (2, "stage 2"),
+          ("infer", "inference, 8 frames"))
+
+
+def _inference_time(B) -> float:
+    """Seconds for the network on 8 frames' 40 patch pairs (classifier + decoder, no gradients), as identify runs it."""
+    import time
+
+    import numpy as np
+    import torch
+    from CACIdentifierLib.device import autocast
+    from CACIdentifierLib.network import ResUNet18
+
+    torch.manual_seed(0)
+    model = ResUNet18().to(memory_format=torch.channels_last).eval()
+    rng = np.random.default_rng(0)
+    nc, c = (torch.from_numpy(rng.random((40, 1, 256, 256), dtype=np.float32)).contiguous(
+        memory_format=torch.channels_last) for _ in range(2))
+    times = []
+    for _ in range(B.REPEATS + 1):
+        t0 = time.perf_counter()
+        with torch.no_grad(), autocast("cpu", enabled=True):
+            model(nc, c)
+        times.append(time.perf_counter() - t0)
+    return min(times[1:])
 
 
 def child(keep: bool) -> None:
@@ -37,7 +62,7 @@ def child(keep: bool) -> None:
     out = {"applied": applied, "bf16": cpu_supports_bf16()}
     for stage, _ in STAGES:
         r0 = resource.getrusage(resource.RUSAGE_SELF)
-        step = B._step_time(stage, amp=True, channels_last=True)
+        step = _inference_time(B) if stage == "infer" else B._step_time(stage, amp=True, channels_last=True)
         r1 = resource.getrusage(resource.RUSAGE_SELF)
         n = B.REPEATS + 1
         out[str(stage)] = {"seconds": step, "minflt": (r1.ru_minflt - r0.ru_minflt) / n,
