@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from CACIdentifierLib.allocator import keep_freed_memory
 from CACIdentifierLib.inference import identify
 from CACIdentifierLib.modelio import default_model_path, load_model
 from CACIdentifierLib.patches import extract_patches, normalize_frame, patch_origins, stitch
@@ -59,25 +60,6 @@ def _naive_frame(model, cine, f_nc, f_c, refine_params) -> None:
             gate = float(torch.sigmoid(cls)[0]) >= 0.5
             maps.append(torch.sigmoid(roi)[0, 0].numpy() * gate)
     refine(stitch(np.stack(maps)), **refine_params)
-
-
-def keep_freed_memory() -> bool:
-    """Stop glibc from giving freed memory back to the system (and from mmapping large blocks).
-
-    Otherwise the naive loop, which allocates and frees every activation of every patch, spends a
-    varying part of its time (about 30 000 page faults per frame here, 0.28-0.40 s/frame over
-    runs) in the kernel re-mapping memory; the engine hardly does (about 1 000).  With this, both
-    are timed on their computation alone: the conservative comparison (the naive loop gains most).
-    Returns False where the C library is not glibc.
-    """
-    import ctypes
-
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    return bool(libc.mallopt(m_mmap_threshold, 1 << 30)) and bool(libc.mallopt(m_trim_threshold, 1 << 30))
 
 
 def _minor_faults() -> int:
