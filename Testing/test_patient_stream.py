@@ -114,6 +114,9 @@ def test_cli_refresh_patients(tmp_path, capsys):
     assert code == 2 and "--refresh-patients needs --phantom-pool" in capsys.readouterr().err
     code = main(["train", "--phantom-pool", "4", "--refresh-patients", "-1", "--out", str(tmp_path / "m.safetensors")])
     assert code == 2 and "0 or more" in capsys.readouterr().err
+    code = main(["train", "--phantom-pool", "4", "--refresh-patients", "1", "--val-fraction", "1.5",
+                 "--out", str(tmp_path / "m.safetensors")])
+    assert code == 2 and "--val-fraction 1.5 must be" in capsys.readouterr().err
 
 
 @pytest.mark.slow

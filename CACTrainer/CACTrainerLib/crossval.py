@@ -101,7 +101,11 @@ def validation_groups(groups, fraction: float = 0.15, seed: int = 0) -> set:
     >>> sorted(validation_groups(["a", "b", "c", "d"], 0.5, seed=0)) == sorted(validation_groups(list("dcba"), 0.5))
     True
     """
+    if not 0.0 <= float(fraction) < 1.0:
+        raise CacError(f"--val-fraction {fraction} must be at least 0 and below 1")
     groups = sorted(set(groups))
+    if fraction == 0 or len(groups) < 2:
+        return set()
     rng = np.random.default_rng([int(seed), 7])
     n_val = max(1, int(round(float(fraction) * len(groups))))
     return set(rng.choice(groups, size=n_val, replace=False).tolist())

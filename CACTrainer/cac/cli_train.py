@@ -350,7 +350,8 @@ def _train_stream(dataset: Path, args, config, out: Path, emit, progress) -> int
     if not train_ids:
         raise CacError("--phantom-pool: no training patients left after the validation split; give more patients")
     fpa = args.frames_per_acquisition or 6
-    val_set = phantom_pool(0, patients=val_ids, seed=seed, frames_per_acquisition=fpa, progress=progress)
+    val_set = (phantom_pool(0, patients=val_ids, seed=seed, frames_per_acquisition=fpa, progress=progress)
+               if val_ids else None)  # --val-fraction 0: no checkpoint selection, the last epoch is kept
     stream = PatientStream(train_ids, args.refresh_patients, next_patient=n, seed=seed,
                            frames_per_acquisition=fpa, progress=progress)
     return _train_final(None, dataset, args, config, out, emit, progress, val_set=val_set, stream=stream)
