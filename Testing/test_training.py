@@ -93,6 +93,25 @@ def test_balanced_epoch_indices():
     assert len(D.epoch_indices(labels, np.random.default_rng(0), samples=64)) == 64
 
 
+def test_decoder_patches_positive_trains_the_decoder_on_calcium_patches_only(tiny, tmp_path):
+    from dataclasses import replace
+
+    cfg = T.TrainConfig(batch_size=4)
+    pos = set(np.nonzero(tiny.patch_labels.reshape(-1) > 0.5)[0].tolist())
+    assert 0 < len(pos) < tiny.n_patches
+    only = replace(cfg, decoder_patches="positive")
+    ids2 = [i for b in T._epoch_batches(tiny, only, np.random.default_rng(1), None, stage=2) for i in b]
+    assert set(ids2) == pos and len(ids2) == len(pos)  # every positive once, no negative
+    ids1 = [i for b in T._epoch_batches(tiny, only, np.random.default_rng(1), None, stage=1) for i in b]
+    assert len(set(ids1) - pos) == len(pos)  # stage 1 stays balanced
+    balanced = [i for b in T._epoch_batches(tiny, cfg, np.random.default_rng(1), None, stage=2) for i in b]
+    assert len(set(balanced) - pos) == len(pos)
+    assert T.steps_per_epoch(tiny, only, stage=2) < T.steps_per_epoch(tiny, cfg, stage=2)
+    with pytest.raises(CacError, match="decoder_patches"):
+        T.train(tiny, None, replace(cfg, decoder_patches="negative"), tmp_path / "run")
+    assert not (tmp_path / "run").exists()  # refused before anything is written
+
+
 @pytest.mark.slow
 def test_tiny_training_learns_and_is_repeatable_and_resumable(tiny, tmp_path):
     train = tiny.select(patients=["P3"], exclude=True)

@@ -196,6 +196,7 @@ def train_recipe(name, train, val, seconds, out_dir, device, args, emit):
     cost = probe_seconds(train, val, cfg, device, 8 if not args.tiny else 2)
     step = cost["step1"]
     steps_epoch = training.steps_per_epoch(train, cfg)
+    steps_epoch2 = training.steps_per_epoch(train, cfg, stage=2)  # fewer with decoder_patches="positive"
     stream = None
     if cfg.refresh_patients > 0:
         from CACTrainerLib.phantom_pool import PatientStream
@@ -206,7 +207,7 @@ def train_recipe(name, train, val, seconds, out_dir, device, args, emit):
         stream.preload(train)
         cost["generate"] = cfg.refresh_patients * args.seconds_per_patient
     # Stage 2 gets at most 3 epochs, stage 1 the rest.
-    stage2_epoch = cost["step2"] * steps_epoch + cost["recalibrate2"] + cost["validate2"] + cost.get("generate", 0)
+    stage2_epoch = cost["step2"] * steps_epoch2 + cost["recalibrate2"] + cost["validate2"] + cost.get("generate", 0)
     n2 = max(1, min(3, int(0.3 * seconds / stage2_epoch)))
     stage1_epoch = step * steps_epoch + cost["recalibrate1"] + cost["validate1"] + cost.get("generate", 0)
     n1 = max(1, int((seconds - n2 * stage2_epoch) / stage1_epoch))

@@ -345,7 +345,7 @@ class Augment:
 
 def epoch_indices(labels: np.ndarray, rng: np.random.Generator, *, balanced: bool = True,
                   samples: int | None = None, hard_scores: np.ndarray | None = None,
-                  hard_fraction: float = 0.0) -> np.ndarray:
+                  hard_fraction: float = 0.0, negatives: bool = True) -> np.ndarray:
     """Patch ids of one training epoch, shuffled.
 
     ``balanced``: every positive patch once and as many negatives drawn
@@ -355,11 +355,22 @@ def epoch_indices(labels: np.ndarray, rng: np.random.Generator, *, balanced: boo
     ``hard_fraction`` > 0: that share of the negatives is drawn with probability
     proportional to the score (hard-negative mining: the field edges, wires and
     crossings that fooled the classifier come back more often), the rest uniformly.
+    ``negatives=False``: the positive patches only (all of them if there are none).
+
+    Examples
+    --------
+    >>> labels = np.array([1, 0, 0, 0, 1, 0])
+    >>> sorted(epoch_indices(labels, np.random.default_rng(0), negatives=False).tolist())
+    [0, 4]
+    >>> len(epoch_indices(labels, np.random.default_rng(0)))  # balanced: 2 positives, 2 negatives
+    4
     """
     labels = np.asarray(labels).reshape(-1)
     pos = np.nonzero(labels > 0.5)[0]
     neg = np.nonzero(labels <= 0.5)[0]
-    if balanced and len(pos) and len(neg):
+    if not negatives and len(pos):
+        ids = pos
+    elif balanced and len(pos) and len(neg):
         n_neg = min(len(neg), max(len(pos), 1))
         n_hard = int(round(hard_fraction * n_neg)) if hard_scores is not None else 0
         if n_hard > 0:

@@ -40,6 +40,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -98,6 +99,9 @@ class TrainConfig:
     workers: int = 0  # DataLoader worker processes cutting and augmenting batches (0: in the loop)
     # Patients replaced by new ones every epoch (a PatientStream passed to train(); 0: fixed training set).
     refresh_patients: int = 0
+    # Stage-2 patches: "balanced" (every positive and as many negatives, as in stage 1) or "positive" (only the
+    # patches with calcium: at inference the classifier's gate decides *whether*, the decoder only *where*).
+    decoder_patches: str = "balanced"
 
     def schedule(self) -> losses.RebalanceSchedule:
         return losses.RebalanceSchedule(self.rebalance_start, self.rebalance_step, self.rebalance_floor)
@@ -200,14 +204,20 @@ def load_checkpoint(run_dir: Path, model=None) -> tuple[dict, dict] | None:
 # -- evaluation ---------------------------------------------------------------------------------
 
 
+class PatchPredictions(NamedTuple):
+    """What :func:`predict_patches` returns."""
+
+    probs: np.ndarray  # (F*5,) classifier probabilities
+    rois: np.ndarray | None  # (F*5, 256, 256) float16 ROI probabilities, with ``decode``
+    features: np.ndarray | None  # (F*5, C) Block6 features averaged over each patch, with ``return_features``
+
+
 @torch.no_grad()
 def predict_patches(model, fs: dataset.FrameSet, device, amp: bool, batch_size: int = 32,
-                    decode: bool = False, return_features: bool = False):
-    """Classifier probabilities (F*5,) and, with ``decode``, ROI probabilities (F*5, 256, 256) float16.
+                    decode: bool = False, return_features: bool = False) -> PatchPredictions:
+    """Classifier probabilities and, on request, ROI probabilities and pooled Block6 features.
 
-    Returns ``(probs, rois)`` (``rois`` None without ``decode``); with ``return_features`` also the
-    (F*5, C) Block6 features averaged over each patch (what the classifier reads, for ood.py), from
-    the same encoder pass.
+    ``features`` are what the classifier reads (for ood.py), from the same encoder pass.
     """
     from CACIdentifierLib.device import autocast
 
@@ -226,14 +236,15 @@ def predict_patches(model, fs: dataset.FrameSet, device, amp: bool, batch_size: 
         probs[s:s + batch_size] = torch.sigmoid(logit.float()).cpu().numpy()
         if return_features:
             pooled.append(feats["block6"].float().mean(dim=(2, 3)).cpu().numpy())
+    features = None
     if return_features:
-        return probs, rois, (np.concatenate(pooled) if pooled else np.zeros((0, 0), np.float32))
-    return probs, rois
+        features = np.concatenate(pooled) if pooled else np.zeros((0, 0), np.float32)
+    return PatchPredictions(probs, rois, features)
 
 
 def pooled_features(model, fs: dataset.FrameSet, device, amp: bool, batch_size: int = 32) -> np.ndarray:
     """(F*5, C) Block6 features averaged over each patch: what the classifier reads (for ood.py)."""
-    return predict_patches(model, fs, device, amp, batch_size, return_features=True)[2]
+    return predict_patches(model, fs, device, amp, batch_size, return_features=True).features
 
 
 def frame_roi(rois: np.ndarray, gate: np.ndarray, field: np.ndarray, refinement: dict) -> np.ndarray:
@@ -265,7 +276,7 @@ def evaluate(model, fs: dataset.FrameSet, config: TrainConfig, device, *, decode
     from CACIdentifierLib.field import exposed_field
     from CACIdentifierLib.refinement import refine
 
-    probs, rois = predict_patches(model, fs, device, config.amp, config.batch_size, decode=decode)
+    probs, rois, _ = predict_patches(model, fs, device, config.amp, config.batch_size, decode=decode)
     if calibration:
         probs = calib.apply(probs, calibration).astype(np.float32)
     y = fs.patch_labels > 0.5
@@ -431,9 +442,11 @@ def _numpy_to_torch(b: dict) -> dict:
     return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in b.items()}
 
 
-def _epoch_batches(fs: dataset.FrameSet, config: TrainConfig, rng, scores: np.ndarray | None) -> list:
+def _epoch_batches(fs: dataset.FrameSet, config: TrainConfig, rng, scores: np.ndarray | None,
+                   stage: int = 1) -> list:
+    negatives = stage == 1 or config.decoder_patches != "positive"
     ids = dataset.epoch_indices(fs.patch_labels, rng, balanced=config.balanced, samples=config.samples_per_epoch,
-                          hard_scores=scores, hard_fraction=config.hard_negative_frac)
+                                hard_scores=scores, hard_fraction=config.hard_negative_frac, negatives=negatives)
     bs = config.batch_size
     batches = [ids[s:s + bs] for s in range(0, len(ids), bs)]
     if len(batches) > 1 and len(batches[-1]) < 2:
@@ -441,9 +454,9 @@ def _epoch_batches(fs: dataset.FrameSet, config: TrainConfig, rng, scores: np.nd
     return batches
 
 
-def steps_per_epoch(fs: dataset.FrameSet, config: TrainConfig) -> int:
-    """Optimiser steps of one epoch (the same every epoch: the epoch's size depends only on the labels)."""
-    return len(_epoch_batches(fs, config, np.random.default_rng(0), None))
+def steps_per_epoch(fs: dataset.FrameSet, config: TrainConfig, stage: int = 1) -> int:
+    """Optimiser steps of one epoch of ``stage`` (the same every epoch: the epoch's size depends only on the labels)."""
+    return len(_epoch_batches(fs, config, np.random.default_rng(0), None, stage))
 
 
 def lr_factor(step: int, total: int, config: TrainConfig) -> float:
@@ -475,7 +488,7 @@ def _run_epoch(model, opt, fs: dataset.FrameSet, config: TrainConfig, device, st
     from CACIdentifierLib.device import autocast
 
     rng = seed_everything(config.seed, stage, epoch)
-    batches = _epoch_batches(fs, config, rng, scores)
+    batches = _epoch_batches(fs, config, rng, scores, stage)
     alpha = config.schedule().alpha(epoch)
     joint = stage == 1 and config.aux_weight > 0
     model.train()
@@ -597,6 +610,8 @@ def train(train_set: dataset.FrameSet | None, val_set: dataset.FrameSet | None, 
     from CACIdentifierLib.network import ResUNet18
 
     emit = emit or (lambda event: None)
+    if config.decoder_patches not in ("balanced", "positive"):
+        raise CacError(f"decoder_patches must be 'balanced' or 'positive', got {config.decoder_patches!r}")
     main = distributed.is_main()  # in a data-parallel run only rank 0 reports and writes
     if not main:
         emit, progress = (lambda event: None), no_progress

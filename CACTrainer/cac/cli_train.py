@@ -66,6 +66,9 @@ def register(subparsers) -> None:
     p.add_argument("--recipe", choices=("default", "paper"), default="default",
                    help="default: joint training with a dense auxiliary loss, for a CPU budget; "
                         "paper: the paper's two-stage protocol (100 + 100 epochs, for a GPU)")
+    p.add_argument("--decoder-patches", choices=("balanced", "positive"),
+                   help="stage-2 (decoder) patches: balanced positives and negatives (default), or the "
+                        "positive patches only (the classifier's gate decides whether, the decoder where)")
     p.add_argument("--lr1", type=float, help="stage-1 learning rate (recipe's: default 1e-3, paper 1e-4)")
     p.add_argument("--lr2", type=float, help="decoder learning rate (recipe's: default 3e-4, paper 1e-3)")
     p.add_argument("--frames-per-acquisition", type=int, default=8,
@@ -129,7 +132,8 @@ def _config(args):
                          architecture=arch, num_threads=args.threads, init=_init_model(args.init),
                          channels_last=getattr(args, "channels_last", None),
                          workers=max(0, int(getattr(args, "workers", 0) or 0)),
-                         refresh_patients=int(getattr(args, "refresh_patients", 0) or 0))
+                         refresh_patients=int(getattr(args, "refresh_patients", 0) or 0),
+                         decoder_patches=getattr(args, "decoder_patches", None))
 
 
 def _init_model(path: str | None) -> str | None:
