@@ -6,6 +6,7 @@ long run cannot memorise its patients (docs/learning.md, Recipes).
 """
 
 import json
+import weakref
 
 import numpy as np
 import pytest
@@ -105,6 +106,22 @@ def test_training_on_a_stream_changes_data_each_epoch_and_resumes_exactly(patien
     with pytest.raises(CacError, match="refresh_patients"):
         T.train(patients[0], val, T.TrainConfig(**{**cfg.__dict__, "refresh_patients": 0}), tmp_path / "c",
                 resume=True)
+
+
+def test_the_old_window_is_released_before_the_next_is_built(patients, tmp_path):
+    # A 221-patient window is 2.6 GB: holding the old one while the next is generated made the peak 3 windows.
+    refs, alive = [], []
+
+    def stream(g):
+        alive.append(sum(r() is not None for r in refs))
+        fs = D.FrameSet.concat([patients[[0, 1, 3, 4][g % 4]], patients[[0, 1, 3, 4][(g + 1) % 4]]])
+        refs.append(weakref.ref(fs))
+        return fs
+
+    cfg = T.TrainConfig(epochs1=2, epochs2=1, batch_size=8, lr1=1e-3, samples_per_epoch=16, architecture=ARCH,
+                        num_threads=2, hard_negative_frac=0.5, refresh_patients=1, recipe="default")
+    T.train(None, patients[2].subset([0]), cfg, tmp_path / "a", stream=stream)
+    assert alive == [0, 0, 0]
 
 
 def test_cli_refresh_patients(tmp_path, capsys):
