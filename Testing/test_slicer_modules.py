@@ -242,7 +242,9 @@ def test_top_level_cmake_is_a_slicer_extension():
             assert path.endswith(".png")
     license_text = (ROOT / "LICENSE.txt").read_text()
     assert "Apache License" in license_text and "Version 2.0" in license_text
-    assert 'license = { text = "Apache-2.0" }' in (ROOT / "pyproject.toml").read_text()
+    pyproject = (ROOT / "pyproject.toml").read_text()  # SPDX expression and file (PEP 639)
+    assert re.search(r'^license = "Apache-2.0"$', pyproject, re.M)
+    assert re.search(r'^license-files = \["LICENSE.txt"\]$', pyproject, re.M)
     assert text.index("add_subdirectory(CACTrainer)") < text.index("Slicer_EXTENSION_CPACK")
 
 
