@@ -109,7 +109,7 @@ def test_training_on_a_stream_changes_data_each_epoch_and_resumes_exactly(patien
 
 
 def test_the_old_window_is_released_before_the_next_is_built(patients, tmp_path):
-    # A 221-patient window is 2.6 GB: holding the old one while the next is generated made the peak 3 windows.
+    # A 221-patient window holds ~2.6 GB of arrays: holding the old one while the next is generated made the peak 3 windows.
     refs, alive = [], []
 
     def stream(g):

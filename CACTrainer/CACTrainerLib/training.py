@@ -725,8 +725,8 @@ def train(train_set: dataset.FrameSet | None, val_set: dataset.FrameSet | None, 
             if stream is not None and window(st, epoch) != data_epoch:
                 data_epoch = window(st, epoch)
                 old_keys = _frame_keys(train_set) if hard_scores is not None else None
-                # Release the old window before the next is built: one window less at the peak (2.6 GB of a
-                # 221-patient window; the allocator keeps the peak for the rest of the run).
+                # Release the old window before the next is built: one window less at the peak (~2.6 GB for
+                # 221 patients by the arrays' sizes, not measured; the allocator keeps the peak for the rest of the run).
                 train_set = None
                 train_set = stream(data_epoch)
                 if hard_scores is not None:
