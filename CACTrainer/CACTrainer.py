@@ -47,16 +47,32 @@ def buildPhantomCommand(python, datasetDir, patients, acquisitionsPerPatient, se
                        overwrite=overwrite)
 
 
-def buildTrainCommand(python, datasetDir, outputModelPath, cvMode="patient", fold=-1, epochs1=100,
-                      epochs2=100, device="auto", seed=0, overwrite=False, initModelPath=None):
+def buildTrainCommand(python, datasetDir, outputModelPath, cvMode="patient", fold=-1, epochs1=0,
+                      epochs2=0, device="auto", seed=0, overwrite=False, initModelPath=None, recipe="default",
+                      phantomPool=0, refreshPatients=0):
     """Command line of ``cac train`` with JSON progress lines on stdout (``--json``).
 
+    ``epochs1``/``epochs2`` of 0 leave the recipe's own (default 12 + 2, paper 100 + 100).
     ``initModelPath``: fine-tune that model (``--init``) instead of starting from random weights.
+    ``phantomPool`` > 0 trains on that many phantom patients generated in memory instead of
+    ``datasetDir``; ``refreshPatients`` > 0 replaces that many of them every epoch (a stream, ``--cv none`` only).
     """
     if cvMode not in ("patient", "acquisition", "none"):
         raise ValueError(f"unknown cross-validation mode {cvMode!r}")
-    arguments = [datasetDir, "--out", outputModelPath, "--cv", cvMode, "--epochs1", int(epochs1),
-                 "--epochs2", int(epochs2), "--device", device, "--seed", int(seed), "--json"]
+    if recipe not in ("default", "paper"):
+        raise ValueError(f"unknown recipe {recipe!r}")
+    if int(refreshPatients) > 0 and (int(phantomPool) <= 0 or cvMode != "none"):
+        raise ValueError("new patients every epoch need phantom patients and cross-validation none")
+    arguments = [] if int(phantomPool) > 0 else [datasetDir]
+    arguments += ["--out", outputModelPath, "--cv", cvMode, "--recipe", recipe]
+    for flag, epochs in (("--epochs1", epochs1), ("--epochs2", epochs2)):
+        if int(epochs) > 0:
+            arguments += [flag, int(epochs)]
+    arguments += ["--device", device, "--seed", int(seed), "--json"]
+    if int(phantomPool) > 0:
+        arguments += ["--phantom-pool", int(phantomPool)]
+        if int(refreshPatients) > 0:
+            arguments += ["--refresh-patients", int(refreshPatients)]
     if cvMode != "none" and fold is not None and int(fold) >= 0:
         arguments += ["--fold", int(fold)]
     if initModelPath:
@@ -115,7 +131,10 @@ class CACTrainerParameterNode:
     phantomPatients, phantomAcquisitions, seed - phantom generation (seed also seeds training).
     outputModelPath - the trained model (.safetensors).
     cvMode - "patient", "acquisition" or "none"; fold - one fold (0-based) or -1 for all.
-    epochs1, epochs2 - epochs of stage 1 (classifier) and stage 2 (decoder).
+    recipe - "default" (learns within a CPU budget) or "paper" (De Rose et al.'s protocol, for a GPU).
+    epochs1, epochs2 - epochs of stage 1 (classifier) and stage 2 (decoder); 0: the recipe's.
+    phantomPool - train on this many phantom patients generated in memory (0: on datasetDir).
+    refreshPatients - with phantomPool: new patients every epoch (a stream; cross-validation none).
     device - "auto", "cpu" or "cuda".
     initModelPath - optional model to fine-tune (empty: random initialisation).
     calibrationModelPath, calibrationDataDir - the model to calibrate and its held-out dataset.
@@ -131,8 +150,11 @@ class CACTrainerParameterNode:
     outputModelPath: Path
     cvMode: Annotated[str, Choice(["patient", "acquisition", "none"]), Default("patient")]
     fold: Annotated[int, WithinRange(-1, 10000), Default(-1)]
-    epochs1: Annotated[int, WithinRange(1, 10000), Default(100)]
-    epochs2: Annotated[int, WithinRange(1, 10000), Default(100)]
+    recipe: Annotated[str, Choice(["default", "paper"]), Default("default")]
+    epochs1: Annotated[int, WithinRange(0, 10000), Default(0)]
+    epochs2: Annotated[int, WithinRange(0, 10000), Default(0)]
+    phantomPool: Annotated[int, WithinRange(0, 100000), Default(0)]
+    refreshPatients: Annotated[int, WithinRange(0, 100000), Default(0)]
     device: Annotated[str, Choice(["auto", "cpu", "cuda"]), Default("auto")]
     initModelPath: Path
     calibrationModelPath: Path
@@ -240,7 +262,8 @@ class CACTrainerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         hasDataset = bool(p and CACTrainerLogic.isSet(p.datasetDir))
         hasModel = bool(p and CACTrainerLogic.isSet(p.outputModelPath))
         self.ui.generateButton.enabled = hasDataset and not running
-        self.ui.trainButton.enabled = hasDataset and hasModel and not running
+        hasTrainingData = hasDataset or bool(p and p.phantomPool > 0)
+        self.ui.trainButton.enabled = hasTrainingData and hasModel and not running
         canCalibrate = bool(p and all(CACTrainerLogic.isSet(path) for path in (
             p.calibrationModelPath, p.calibrationDataDir, p.calibratedModelPath)))
         self.ui.calibrateButton.enabled = canCalibrate and not running
@@ -264,16 +287,24 @@ class CACTrainerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onTrainButton(self) -> None:
         p = self._parameterNode
-        overwrite = self._confirmDatasetAndOutput(
-            p.datasetDir, p.outputModelPath,
-            _("{path} has no manifest.json; generate a phantom dataset or choose a dataset folder.").format(
-                path=p.datasetDir))
+        if p.refreshPatients > 0 and (p.phantomPool <= 0 or p.cvMode != "none"):
+            slicer.util.errorDisplay(_("New patients every epoch need phantom patients (more than 0) and "
+                                       "cross-validation 'none'."))
+            return
+        if p.phantomPool > 0:  # patients generated in memory: no dataset folder to check
+            overwrite = self._confirmOutput(p.outputModelPath)
+        else:
+            overwrite = self._confirmDatasetAndOutput(
+                p.datasetDir, p.outputModelPath,
+                _("{path} has no manifest.json; generate a phantom dataset or choose a dataset folder.").format(
+                    path=p.datasetDir))
         if overwrite is None:
             return
         command = buildTrainCommand(
             self.logic.pythonExecutable(), p.datasetDir, p.outputModelPath, p.cvMode, p.fold,
             p.epochs1, p.epochs2, p.device, p.seed, overwrite,
             p.initModelPath if CACTrainerLogic.isSet(p.initModelPath) else None,
+            recipe=p.recipe, phantomPool=p.phantomPool, refreshPatients=p.refreshPatients,
         )
         table, chart = self.logic.createCurveNodes()
         p.curvesTable, p.curvesChart = table, chart
@@ -299,6 +330,11 @@ class CACTrainerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not (datasetDir / "manifest.json").is_file():
             slicer.util.errorDisplay(missingMessage)
             return None
+        return CACTrainerWidget._confirmOutput(outputPath)
+
+    @staticmethod
+    def _confirmOutput(outputPath):
+        """Whether to overwrite ``outputPath``: False when it does not exist, None when the user declines."""
         if outputPath.exists():
             return True if slicer.util.confirmOkCancelDisplay(_("Replace {path}?").format(path=outputPath)) else None
         return False
@@ -503,6 +539,10 @@ class CACTrainerTest(ScriptedLoadableModuleTest):
         self.assertIsNone(parse_line('{"broken": '))
         command = buildTrainCommand("python", "/data", "/out/m.safetensors", "patient", 3, 2, 2, "cpu", 7)
         self.assertEqual(command[command.index("--fold") + 1], "3")
+        stream = buildTrainCommand("python", "", "/out/m.safetensors", "none", recipe="paper", phantomPool=60,
+                                   refreshPatients=10)
+        self.assertEqual(stream[stream.index("--recipe") + 1], "paper")
+        self.assertNotIn("--epochs1", stream)
         self.delayDisplay("Test passed")
 
     def test_CurveTable(self):

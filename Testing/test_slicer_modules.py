@@ -332,6 +332,15 @@ def test_trainer_commands_are_accepted_by_the_cac_parser():
     assert tuned[tuned.index("--init") + 1] == "/shipped.safetensors"
     with pytest.raises(ValueError):
         f["buildTrainCommand"]("py", "/d", "/m", "bogus")
+    # Epochs 0 (the panel's default): the recipe's own; phantom patients instead of a dataset folder.
+    paper = f["buildTrainCommand"]("py", "/d", "/m.safetensors", "none", -1, 0, 0, recipe="paper")
+    assert "--epochs1" not in paper and "--epochs2" not in paper and "--phantom-pool" not in paper
+    stream = f["buildTrainCommand"]("py", "/ignored", "/m.safetensors", "none", -1, 0, 3, phantomPool=60,
+                                    refreshPatients=10)
+    assert "/ignored" not in stream and stream[stream.index("--refresh-patients") + 1] == "10"
+    for bad in ({"recipe": "fast"}, {"refreshPatients": 5}, {"phantomPool": 60, "refreshPatients": 5}):
+        with pytest.raises(ValueError):
+            f["buildTrainCommand"]("py", "/d", "/m.safetensors", "patient", **bad)
     phantom = f["buildPhantomCommand"]("py", "/data/set", 14, 3, 5)
     assert phantom[3:5] == ["phantom", "/data/set"]
     calibrate = f["buildCalibrateCommand"]("py", "/m.safetensors", "/held-out", "/c.safetensors", "platt", 0.9, True)
@@ -352,6 +361,15 @@ def test_trainer_commands_are_accepted_by_the_cac_parser():
     args = parser.parse_args(train[3:])
     assert (args.cv, args.fold, args.epochs1, args.epochs2, args.device, args.seed) == ("acquisition", 2, 3, 4, "cpu", 9)
     assert parser.parse_args(tuned[3:]).init == "/shipped.safetensors"
+    from cac import cli_train
+
+    args = parser.parse_args(paper[3:])
+    assert (args.recipe, args.epochs1, args.epochs2) == ("paper", None, None)
+    config = cli_train._config(args)
+    assert (config.recipe, config.epochs1, config.epochs2) == ("paper", 100, 100)  # the recipe's epochs
+    args = parser.parse_args(stream[3:])
+    assert (args.dataset, args.phantom_pool, args.refresh_patients, args.recipe) == (None, 60, 10, "default")
+    assert (cli_train._config(args).epochs1, cli_train._config(args).epochs2) == (12, 3)
     args = parser.parse_args(phantom[3:])
     assert (args.patients, args.acquisitions_per_patient, args.seed) == (14, 3, 5)
 

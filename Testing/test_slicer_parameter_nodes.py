@@ -153,8 +153,11 @@ def test_trainer_every_field_round_trips(slicer_app, tmp_path):
         "outputModelPath": tmp_path / "model.safetensors",
         "cvMode": "acquisition",
         "fold": 3,
+        "recipe": "paper",
         "epochs1": 4,
         "epochs2": 6,
+        "phantomPool": 60,
+        "refreshPatients": 10,
         "device": "cpu",
         "initModelPath": tmp_path / "base.safetensors",
         "calibrationModelPath": tmp_path / "trained.safetensors",
@@ -177,6 +180,13 @@ def test_trainer_every_field_round_trips(slicer_app, tmp_path):
         reloaded.targetSensitivity = 1.5
     with pytest.raises(ValueError):
         reloaded.calibrationMethod = "isotonic"
+    with pytest.raises(ValueError):
+        reloaded.recipe = "fast"
+    with pytest.raises(ValueError):
+        reloaded.epochs1 = -1
+    fresh = module.CACTrainerParameterNode(slicer_app.mrmlScene.AddNewNodeByClass("vtkMRMLScriptedModuleNode"))
+    # A new panel trains the default recipe for the recipe's epochs on a dataset folder.
+    assert (fresh.recipe, fresh.epochs1, fresh.epochs2, fresh.phantomPool) == ("default", 0, 0, 0)
 
 
 # --------------------------------------------------------------------------- CAC Annotator
