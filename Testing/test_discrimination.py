@@ -293,3 +293,50 @@ def test_cac_phantom_randomize_writes_varied_domains(tmp_path):
     # Each patient's domain is drawn: dose and calcium contrast differ between patients.
     photons = {t["params"]["photons"] for t in truths}
     assert len(photons) == 3 and all(250 <= x <= 6000 for x in photons)
+
+
+def _difficulty():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import difficulty
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    return difficulty
+
+
+def test_difficulty_strata_by_hand():
+    """benchmarks/difficulty.py: deposit centroids of a 1024-px cine land in the right 512-grid patches."""
+    from types import SimpleNamespace
+
+    difficulty = _difficulty()
+
+    class Frames(SimpleNamespace):
+        def __len__(self):
+            return len(self.frame_index)
+
+    deposits = [
+        # (100, 100) -> (49.75, 49.75) on the 512 grid: top-left patch only.
+        {"detectability": 12.0, "frames": [{"frame": 1, "visible": True, "row": 100.0, "col": 100.0},
+                                           {"frame": 2, "visible": False}]},
+        # (1000, 512) -> (499.75, 255.75): bottom-left only (bottom-right starts at column 256).
+        {"detectability": 40.0, "frames": [{"frame": 2, "visible": True, "row": 1000.0, "col": 512.0}]},
+        # Same patch as the first, weaker: the patch keeps the larger detectability.
+        {"detectability": 6.0, "frames": [{"frame": 1, "visible": True, "row": 300.0, "col": 300.0}]},
+    ]
+    acq = SimpleNamespace(frames=np.zeros((3, 1024, 1024), np.uint8), truth={"calcifications": deposits})
+    snr, rendered = difficulty.patch_strata(acq, Frames(frame_index=np.array([1, 2])))
+    expected = np.full(10, np.nan)
+    expected[0] = 12.0  # frame 1, patch (0, 0); (300, 300) -> (149.75, 149.75) is also in the centre patch
+    expected[4] = 6.0
+    expected[5 + 2] = 40.0  # frame 2, patch (256, 0)
+    np.testing.assert_array_equal(snr, expected)
+    np.testing.assert_array_equal(rendered, ~np.isnan(expected))
+
+    labels = np.array([1, 1, 0, 0, 0, 0, 0, 0], float)
+    snr8 = np.array([10.0, 40.0, np.nan, np.nan, np.nan, np.nan, 3.0, np.nan])
+    probs = np.array([0.5, 0.9, 0.1, 0.6, 0.2, 0.3, 0.35, 0.4])
+    out = difficulty.analyse(probs, labels, snr8, ~np.isnan(snr8), np.zeros(8, bool))
+    # clean negatives: 0.1, 0.6, 0.2, 0.3, 0.4; 0.5 beats four of them, the unlabelled 0.35 three
+    assert out["bins"]["SNR 8-15"]["auc_vs_clean"] == pytest.approx(4 / 5)
+    assert out["bins"]["SNR >= 30"]["auc_vs_clean"] == 1.0
+    assert out["unlabelled_vs_clean_auc"] == pytest.approx(3 / 5) and out["unlabelled_calcium_negatives"] == 1

@@ -36,9 +36,13 @@ def _ignore_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def _one(args) -> object:
-    seed, patient, n_frames, fpa, size, calcium_free_fraction = args
-    from . import dataset
+def pool_acquisition(seed: int, patient: int, *, n_frames: int = 64, size: int | None = None,
+                     calcium_free_fraction: float = 0.3):
+    """The cine of pool patient ``patient`` of ``seed``, with its truth (``phantom.Acquisition``).
+
+    What :func:`phantom_pool` trains on, before frames are chosen and paired; for analyses that
+    need the truth a :class:`~CACTrainerLib.dataset.FrameSet` does not keep (``benchmarks/difficulty.py``).
+    """
     from .phantom import generate_acquisition
     from .phantom_domain import randomized_params
 
@@ -47,7 +51,14 @@ def _one(args) -> object:
     # Onset in the middle third, so both parts hold about two beats.
     params.onset_fraction_range = (0.4, 0.55)
     params.early_onset_prob = 0.0
-    acq = generate_acquisition(params, seed=seed, patient=patient, acquisition=0)
+    return generate_acquisition(params, seed=seed, patient=patient, acquisition=0)
+
+
+def _one(args) -> object:
+    seed, patient, n_frames, fpa, size, calcium_free_fraction = args
+    from . import dataset
+
+    acq = pool_acquisition(seed, patient, n_frames=n_frames, size=size, calcium_free_fraction=calcium_free_fraction)
     # Short phantom cines often lack a clear periodicity; one summary line beats a warning per patient.
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", CacWarning)
