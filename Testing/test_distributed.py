@@ -245,3 +245,19 @@ def test_cac_train_nproc_2_writes_one_model(tmp_path):
     assert meta["training"]["config"]["batch_size"] == 4
     names = {p.name for p in tmp_path.iterdir()}
     assert {"ds", "m.run", "m.safetensors", "m_curves.png"} <= names and not [n for n in names if n.startswith(".")]
+
+
+def test_ranks_generate_a_phantom_pool_once_between_them(tmp_path):
+    """`--phantom-pool` (and the stream's new patients) in a data-parallel run: each rank generates its
+    share and receives the others', and every rank ends with exactly the one-process pool."""
+    probe = Path(__file__).with_name("ddp_pool_probe.py")
+    one, two = tmp_path / "one", tmp_path / "two"
+    for out, launch in ((one, [sys.executable]), (two, LAUNCH)):
+        out.mkdir()
+        r = subprocess.run(launch + [str(probe), str(out)], capture_output=True, text=True, env=_env(), timeout=600)
+        assert r.returncode == 0, r.stderr[-3000:]
+    reference = json.loads((one / "pool_rank0.json").read_text())
+    ranks = [json.loads((two / f"pool_rank{k}.json").read_text()) for k in (0, 1)]
+    assert sorted(reference["made"]) == [0, 1, 2] and reference["frames"] > 0
+    assert ranks[0]["made"] == [0, 2] and ranks[1]["made"] == [1]  # patient i on rank i % 2, each once
+    assert ranks[0]["digest"] == ranks[1]["digest"] == reference["digest"]

@@ -111,6 +111,49 @@ class Context:
 
         dist.barrier()
 
+    def exchange(self, local: dict, owners: dict) -> dict:
+        """Items made on their owner ranks, on every rank: each rank makes its share, all get all.
+
+        ``owners`` maps every key to the rank that makes it (the same on all ranks); ``local``
+        holds this rank's items, each ``(arrays, info)``: a dict of numpy arrays and a
+        JSON-serialisable dict.  Returns every key's ``(arrays, info)``, in ``owners``' order.
+        Raw bytes and a JSON header travel over a CPU (gloo) group, nothing is pickled.
+        """
+        import json
+
+        import torch.distributed as dist
+
+        if self.backend != "gloo" and getattr(self, "_cpu_group", None) is None:
+            self._cpu_group = dist.new_group(backend="gloo")  # CPU tensors, also beside NCCL
+        group = getattr(self, "_cpu_group", None)
+        out = {}
+        for key, owner in owners.items():
+            mine = owner == self.rank
+            if mine:
+                arrays, info = local[key]
+                arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
+                header = json.dumps({"info": info, "arrays": [[k, v.dtype.str, list(v.shape)] for k, v in
+                                                              arrays.items()]}).encode()
+                size = torch.tensor([len(header)], dtype=torch.int64)
+            else:
+                size = torch.zeros(1, dtype=torch.int64)
+            dist.broadcast(size, owner, group=group)
+            buf = (torch.frombuffer(bytearray(header), dtype=torch.uint8) if mine
+                   else torch.empty(int(size.item()), dtype=torch.uint8))
+            dist.broadcast(buf, owner, group=group)
+            meta = json.loads(buf.numpy().tobytes().decode())
+            got = {}
+            for name, dtype, shape in meta["arrays"]:
+                if mine:
+                    t = torch.from_numpy(arrays[name].reshape(-1).view(np.uint8))
+                else:
+                    t = torch.empty(int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize, dtype=torch.uint8)
+                if t.numel():  # an empty array has nothing to send; its shape is in the header
+                    dist.broadcast(t, owner, group=group)
+                got[name] = arrays[name] if mine else t.numpy().view(np.dtype(dtype)).reshape(shape)
+            out[key] = (got, meta["info"])
+        return out
+
 
 _CURRENT: Context | None = None
 

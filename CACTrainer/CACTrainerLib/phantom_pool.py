@@ -74,28 +74,74 @@ def patient_name(seed: int, patient: int) -> str:
 
 def _generate(patients, *, seed: int, n_frames: int, frames_per_acquisition: int, size: int | None,
               calcium_free_fraction: float, workers: int | None, progress: ProgressCallback) -> list:
-    """FrameSets of the numbered ``patients`` (in their order), on ``workers`` processes."""
+    """FrameSets of the numbered ``patients`` (in their order), on ``workers`` processes.
+
+    In a data-parallel run every rank needs every patient: each rank generates its share
+    (patient ``i`` on rank ``i % world``) and the ranks exchange them, instead of each
+    generating all of them on all the cores.
+    """
+    from . import distributed
+
+    ctx = distributed.current()
+    if ctx is not None and ctx.world > 1 and len(patients) > 0:
+        owners = {int(p): i % ctx.world for i, p in enumerate(patients)}
+        mine = [p for p in owners if owners[p] == ctx.rank]
+        if workers is None:  # the ranks on this machine share its cores
+            workers = max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", ctx.world)))
+        made = _generate_here(mine, seed=seed, n_frames=n_frames, frames_per_acquisition=frames_per_acquisition,
+                              size=size, calcium_free_fraction=calcium_free_fraction, workers=workers,
+                              progress=progress)
+        shared = ctx.exchange({p: _pack(fs, w) for p, (fs, w) in zip(mine, made)}, owners)
+        sets = [_unpack(*shared[p]) for p in owners]
+        _warn_periodicity(sum(info["warned"] for _, info in shared.values()), len(sets))
+        return [fs for fs, _ in sets]
+    made = _generate_here(patients, seed=seed, n_frames=n_frames, frames_per_acquisition=frames_per_acquisition,
+                          size=size, calcium_free_fraction=calcium_free_fraction, workers=workers, progress=progress)
+    _warn_periodicity(sum(w for _, w in made), len(made))
+    return [fs for fs, _ in made]
+
+
+_ARRAYS = ("nc", "c", "calcium", "roi", "labels", "spacing_mm", "frame_index", "contrast_index")
+
+
+def _pack(fs, warned: bool) -> tuple[dict, dict]:
+    """A FrameSet as arrays and a JSON-able dict (for :meth:`distributed.Context.exchange`)."""
+    return ({k: getattr(fs, k) for k in _ARRAYS},
+            {"acquisition": list(fs.acquisition), "patient": list(fs.patient), "warned": bool(warned)})
+
+
+def _unpack(arrays: dict, info: dict) -> tuple:
+    from .dataset import FrameSet
+
+    return FrameSet(*(arrays[k] for k in _ARRAYS), list(info["acquisition"]), list(info["patient"])), info["warned"]
+
+
+def _warn_periodicity(warned: int, n: int) -> None:
+    if warned:
+        warnings.warn(f"phantom pool: {warned} of {n} cines showed no clear cardiac periodicity (short "
+                      f"phantom cines); their non-contrast frames were paired with the most similar contrast "
+                      f"frames", CacWarning, stacklevel=4)
+
+
+def _generate_here(patients, *, seed: int, n_frames: int, frames_per_acquisition: int, size: int | None,
+                   calcium_free_fraction: float, workers: int | None, progress: ProgressCallback) -> list:
+    """``(FrameSet, warned)`` of each of the numbered ``patients``, generated in this process's workers."""
     jobs = [(seed, int(p), n_frames, frames_per_acquisition, size, calcium_free_fraction) for p in patients]
+    if not jobs:
+        return []
     workers = max(1, min(len(jobs), int(workers or os.cpu_count() or 1)))
-    sets, warned = [], 0
+    sets = []
     if workers == 1:
         for i, job in enumerate(jobs):
-            fs, w = _one(job)
-            sets.append(fs)
-            warned += w
+            sets.append(_one(job))
             progress(i + 1, len(jobs), "phantom pool")
     else:
         # A Pool, not a ProcessPoolExecutor: leaving the block (Ctrl-C included) terminates the workers at
         # once, where the executor would wait for the cines they are generating (seconds each).
         with multiprocessing.Pool(workers, initializer=_ignore_sigint) as pool:
-            for i, (fs, w) in enumerate(pool.imap(_one, jobs, chunksize=1)):
-                sets.append(fs)
-                warned += w
+            for i, made in enumerate(pool.imap(_one, jobs, chunksize=1)):
+                sets.append(made)
                 progress(i + 1, len(jobs), "phantom pool")
-    if warned:
-        warnings.warn(f"phantom pool: {warned} of {len(jobs)} cines showed no clear cardiac periodicity (short "
-                      f"phantom cines); their non-contrast frames were paired with the most similar contrast "
-                      f"frames", CacWarning, stacklevel=3)
     return sets
 
 
