@@ -112,6 +112,24 @@ def test_decoder_patches_positive_trains_the_decoder_on_calcium_patches_only(tin
     assert not (tmp_path / "run").exists()  # refused before anything is written
 
 
+def test_stage2_epoch_kept_by_the_chosen_rule(tiny, tmp_path):
+    """select2 "iom" keeps the stage-2 epoch of highest mean validation IoM (the paper; ties by the lower
+    loss), "loss" the lowest validation decoder loss; a missing IoM (no calcified validation frame) ranks last."""
+    iom, loss = T.TrainConfig(select2="iom"), T.TrainConfig(select2="loss")
+    epochs = [(0.50, 0.40), (0.70, 0.60), (0.70, 0.55), (None, 0.30)]  # (mean IoM, decoder loss)
+
+    def kept(cfg):
+        return max(range(len(epochs)), key=lambda e: T.stage2_key(cfg, *epochs[e]))
+
+    assert kept(iom) == 2 and kept(loss) == 3
+    from CACTrainerLib.recipes import recipe_config
+
+    assert recipe_config("default").select2 == "loss" and recipe_config("paper").select2 == "iom"
+    with pytest.raises(CacError, match="select2"):
+        T.train(tiny, None, _config(select2="hd"), tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()
+
+
 @pytest.mark.slow
 def test_tiny_training_learns_and_is_repeatable_and_resumable(tiny, tmp_path):
     train = tiny.select(patients=["P3"], exclude=True)

@@ -13,7 +13,8 @@
     decay 1e-4; half of each epoch's negatives drawn by their last loss
     (hard-negative mining).  Stage 2 is a short fine-tune of the decoder on the
     frozen classifier with the paper's loss, so the shipped decoder is the
-    paper's kind of decoder.
+    paper's kind of decoder; its epoch is kept by the validation decoder loss,
+    not by the mean IoM, which favours larger ROIs (docs/learning.md, measured).
 
 Examples
 --------
@@ -34,7 +35,7 @@ RECIPES: dict[str, dict] = {
               "lr_schedule": "constant", "warmup_frac": 0.0, "weight_decay": 0.0, "hard_negative_frac": 0.0},
     "default": {"epochs1": 12, "epochs2": 2, "lr1": 1e-3, "lr2": 3e-4, "aux_weight": 1.0,
                 "lr_schedule": "cosine", "warmup_frac": 0.05, "weight_decay": 1e-4, "hard_negative_frac": 0.5,
-                "rebalance_step": 0.1},
+                "rebalance_step": 0.1, "select2": "loss"},
 }
 
 

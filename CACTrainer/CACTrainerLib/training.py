@@ -102,6 +102,9 @@ class TrainConfig:
     # Stage-2 patches: "balanced" (every positive and as many negatives, as in stage 1) or "positive" (only the
     # patches with calcium: at inference the classifier's gate decides *whether*, the decoder only *where*).
     decoder_patches: str = "balanced"
+    # Which stage-2 epoch is kept: "iom" (the paper: the highest mean validation IoM, which grows with larger
+    # ROIs since it divides by the smaller area) or "loss" (the lowest validation decoder loss).
+    select2: str = "iom"
 
     def schedule(self) -> losses.RebalanceSchedule:
         return losses.RebalanceSchedule(self.rebalance_start, self.rebalance_step, self.rebalance_floor)
@@ -573,6 +576,20 @@ def _load_initial_weights(model, path) -> None:
     model.load_state_dict(init.state_dict())
 
 
+def stage2_key(config: TrainConfig, iom_mean: float | None, val_loss: float) -> tuple:
+    """Sort key of a stage-2 epoch (the highest is kept), by ``config.select2``.
+
+    Examples
+    --------
+    >>> epochs = [(0.563, 0.504), (0.561, 0.433)]  # (mean IoM, decoder loss) of the stream run's stage 2
+    >>> [max(range(2), key=lambda e: stage2_key(TrainConfig(select2=r), *epochs[e])) + 1 for r in ("iom", "loss")]
+    [1, 2]
+    """
+    if config.select2 == "loss":
+        return (-float(val_loss),)
+    return (iom_mean if iom_mean is not None else -1.0, -float(val_loss))
+
+
 def _frame_keys(fs: dataset.FrameSet) -> list:
     """(acquisition, frame) of every frame: what identifies a frame across training windows."""
     return [[a, int(f)] for a, f in zip(fs.acquisition, fs.frame_index.tolist())]
@@ -612,6 +629,8 @@ def train(train_set: dataset.FrameSet | None, val_set: dataset.FrameSet | None, 
     emit = emit or (lambda event: None)
     if config.decoder_patches not in ("balanced", "positive"):
         raise CacError(f"decoder_patches must be 'balanced' or 'positive', got {config.decoder_patches!r}")
+    if config.select2 not in ("iom", "loss"):
+        raise CacError(f"select2 must be 'iom' or 'loss', got {config.select2!r}")
     main = distributed.is_main()  # in a data-parallel run only rank 0 reports and writes
     if not main:
         emit, progress = (lambda event: None), no_progress
@@ -753,7 +772,7 @@ def train(train_set: dataset.FrameSet | None, val_set: dataset.FrameSet | None, 
                     row.update(val_loss=_decoder_val_loss(model, val_set, config, device, row["alpha"]),
                                val_iom=ev["iom_mean"], val_iom_median=ev["iom_median"],
                                val_hd_mm=ev["hd_mm_median"], val_f1=ev["f1"])
-                    key = (ev["iom_mean"] if ev["iom_mean"] is not None else -1.0, -row["val_loss"])
+                    key = stage2_key(config, ev["iom_mean"], row["val_loss"])
                 prev = best[f"stage{st}"]
                 improved = prev is None or list(key) > list(prev["key"])
                 if improved:

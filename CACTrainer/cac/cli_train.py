@@ -69,6 +69,9 @@ def register(subparsers) -> None:
     p.add_argument("--decoder-patches", choices=("balanced", "positive"),
                    help="stage-2 (decoder) patches: balanced positives and negatives (default), or the "
                         "positive patches only (the classifier's gate decides whether, the decoder where)")
+    p.add_argument("--select2", choices=("iom", "loss"),
+                   help="stage-2 epoch kept: highest mean validation IoM (the paper; recipe paper) or lowest "
+                        "validation decoder loss (recipe default; IoM grows with larger ROIs)")
     p.add_argument("--lr1", type=float, help="stage-1 learning rate (recipe's: default 1e-3, paper 1e-4)")
     p.add_argument("--lr2", type=float, help="decoder learning rate (recipe's: default 3e-4, paper 1e-3)")
     p.add_argument("--frames-per-acquisition", type=int, default=8,
@@ -133,7 +136,8 @@ def _config(args):
                          channels_last=getattr(args, "channels_last", None),
                          workers=max(0, int(getattr(args, "workers", 0) or 0)),
                          refresh_patients=int(getattr(args, "refresh_patients", 0) or 0),
-                         decoder_patches=getattr(args, "decoder_patches", None))
+                         decoder_patches=getattr(args, "decoder_patches", None),
+                         select2=getattr(args, "select2", None))
 
 
 def _init_model(path: str | None) -> str | None:
