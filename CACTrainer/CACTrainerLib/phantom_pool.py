@@ -92,7 +92,7 @@ def _generate(patients, *, seed: int, n_frames: int, frames_per_acquisition: int
                               size=size, calcium_free_fraction=calcium_free_fraction, workers=workers,
                               progress=progress)
         shared = ctx.exchange({p: _pack(fs, w) for p, (fs, w) in zip(mine, made)}, owners)
-        sets = [_unpack(*shared[p]) for p in owners]
+        sets = [_unpack(*shared[int(p)]) for p in patients]  # the caller's order (and repeats)
         _warn_periodicity(sum(info["warned"] for _, info in shared.values()), len(sets))
         return [fs for fs, _ in sets]
     made = _generate_here(patients, seed=seed, n_frames=n_frames, frames_per_acquisition=frames_per_acquisition,
