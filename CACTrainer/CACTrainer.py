@@ -40,11 +40,16 @@ def _cacCommand(python, subcommand, *arguments, overwrite=False):
     return command + ["--overwrite"] if overwrite else command
 
 
-def buildPhantomCommand(python, datasetDir, patients, acquisitionsPerPatient, seed, overwrite=False):
-    """Command line of ``cac phantom`` for a dataset written into ``datasetDir``."""
-    return _cacCommand(python, "phantom", datasetDir, "--patients", int(patients),
-                       "--acquisitions-per-patient", int(acquisitionsPerPatient), "--seed", int(seed),
-                       overwrite=overwrite)
+def buildPhantomCommand(python, datasetDir, patients, acquisitionsPerPatient, seed, overwrite=False, randomize=False):
+    """Command line of ``cac phantom`` for a dataset written into ``datasetDir``.
+
+    ``randomize``: each patient's domain (dose, display, bits, metal, calcium look...) drawn from wide ranges.
+    """
+    arguments = [datasetDir, "--patients", int(patients), "--acquisitions-per-patient", int(acquisitionsPerPatient),
+                 "--seed", int(seed)]
+    if randomize:
+        arguments.append("--randomize")
+    return _cacCommand(python, "phantom", *arguments, overwrite=overwrite)
 
 
 def buildTrainCommand(python, datasetDir, outputModelPath, cvMode="patient", fold=-1, epochs1=0,
@@ -129,6 +134,7 @@ class CACTrainerParameterNode:
 
     datasetDir - dataset folder (manifest.json, cines, annotations).
     phantomPatients, phantomAcquisitions, seed - phantom generation (seed also seeds training).
+    phantomRandomize - draw each phantom patient's domain from wide ranges (what the default model trains on).
     outputModelPath - the trained model (.safetensors).
     cvMode - "patient", "acquisition" or "none"; fold - one fold (0-based) or -1 for all.
     recipe - "default" (learns within a CPU budget) or "paper" (De Rose et al.'s protocol, for a GPU).
@@ -146,6 +152,7 @@ class CACTrainerParameterNode:
     datasetDir: Path
     phantomPatients: Annotated[int, WithinRange(1, 500), Default(14)]
     phantomAcquisitions: Annotated[int, WithinRange(1, 20), Default(3)]
+    phantomRandomize: Annotated[bool, Default(True)]
     seed: Annotated[int, WithinRange(0, 2147483647), Default(0)]
     outputModelPath: Path
     cvMode: Annotated[str, Choice(["patient", "acquisition", "none"]), Default("patient")]
@@ -281,7 +288,8 @@ class CACTrainerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 return
             overwrite = True
         command = buildPhantomCommand(
-            self.logic.pythonExecutable(), p.datasetDir, p.phantomPatients, p.phantomAcquisitions, p.seed, overwrite
+            self.logic.pythonExecutable(), p.datasetDir, p.phantomPatients, p.phantomAcquisitions, p.seed, overwrite,
+            randomize=p.phantomRandomize,
         )
         self._startProcess(command, _("Generating phantom dataset"))
 

@@ -342,7 +342,9 @@ def test_trainer_commands_are_accepted_by_the_cac_parser():
         with pytest.raises(ValueError):
             f["buildTrainCommand"]("py", "/d", "/m.safetensors", "patient", **bad)
     phantom = f["buildPhantomCommand"]("py", "/data/set", 14, 3, 5)
-    assert phantom[3:5] == ["phantom", "/data/set"]
+    assert phantom[3:5] == ["phantom", "/data/set"] and "--randomize" not in phantom
+    randomized = f["buildPhantomCommand"]("py", "/data/set", 14, 3, 5, True, randomize=True)
+    assert randomized[-2:] == ["--randomize", "--overwrite"]
     calibrate = f["buildCalibrateCommand"]("py", "/m.safetensors", "/held-out", "/c.safetensors", "platt", 0.9, True)
     assert calibrate[3:5] == ["calibrate", "/m.safetensors"] and calibrate[calibrate.index("--sensitivity") + 1] == "0.9"
     kept = f["buildCalibrateCommand"]("py", "/m.safetensors", "/held-out", "/c.safetensors", "none", 0.0)
@@ -371,7 +373,8 @@ def test_trainer_commands_are_accepted_by_the_cac_parser():
     assert (args.dataset, args.phantom_pool, args.refresh_patients, args.recipe) == (None, 60, 10, "default")
     assert (cli_train._config(args).epochs1, cli_train._config(args).epochs2) == (12, 3)
     args = parser.parse_args(phantom[3:])
-    assert (args.patients, args.acquisitions_per_patient, args.seed) == (14, 3, 5)
+    assert (args.patients, args.acquisitions_per_patient, args.seed, args.randomize) == (14, 3, 5, False)
+    assert parser.parse_args(randomized[3:]).randomize
 
 
 @pytest.mark.parametrize("module", sorted(MODULES))

@@ -149,6 +149,7 @@ def test_trainer_every_field_round_trips(slicer_app, tmp_path):
         "datasetDir": tmp_path / "dataset",
         "phantomPatients": 5,
         "phantomAcquisitions": 2,
+        "phantomRandomize": False,
         "seed": 42,
         "outputModelPath": tmp_path / "model.safetensors",
         "cvMode": "acquisition",
@@ -187,6 +188,7 @@ def test_trainer_every_field_round_trips(slicer_app, tmp_path):
     fresh = module.CACTrainerParameterNode(slicer_app.mrmlScene.AddNewNodeByClass("vtkMRMLScriptedModuleNode"))
     # A new panel trains the default recipe for the recipe's epochs on a dataset folder.
     assert (fresh.recipe, fresh.epochs1, fresh.epochs2, fresh.phantomPool) == ("default", 0, 0, 0)
+    assert fresh.phantomRandomize  # the phantom the default model trains on
 
 
 # --------------------------------------------------------------------------- CAC Annotator
