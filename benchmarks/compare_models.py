@@ -5,7 +5,7 @@
 The test fold is the GPU protocol's (phantom_pool seed 3000: new patients, 40 % calcium-free,
 randomised domain); every model is scored as inference does it (gated, stitched, refined,
 exposed field), per cine: IoM, HD, ROI precision, ROI area (% of field), frames with an ROI on
-calcium-free cines; patch F1 and AUC; Wilcoxon over cines of the last model against the first.
+calcium-free cines; patch F1 and AUC; Wilcoxon over cines of every later model against the first.
 ``--calibrate OUT`` fits the last model's temperature and bias (Platt scaling) on the validation
 pool (``--val`` patients of ``--val-seed``, default 12 of seed 2000), writes them with the
 reliability figures into a copy of the model (OUT) and OUT's reliability PNG, and compares that copy
@@ -120,14 +120,18 @@ def main(argv=None) -> int:
         log(f"{path} real: {real}")
         Path(args.out).write_text(json.dumps(results, indent=1, default=float) + "\n")
     if len(args.models) >= 2:
-        a, b = args.models[-1], args.models[0]
-        ca, cb = results["models"][a]["cines"], results["models"][b]["cines"]
-        calc = [k for k in ca if not ca[k]["calcium_free"]]
-        free = [k for k in ca if ca[k]["calcium_free"]]
-        results["wilcoxon_last_vs_first"] = {
-            key: wilcoxon([ca[k][key] for k in keys], [cb[k][key] for k in keys])
-            for key, keys in (("iom", calc), ("hd_mm", calc), ("roi_precision", calc),
-                              ("roi_area_pct_field", calc + free), ("frames_with_roi_pct", free))}
+        # Every later model against the first (paired over the same cines); "last_vs_first" as before.
+        cb = results["models"][args.models[0]]["cines"]
+        calc = [k for k in cb if not cb[k]["calcium_free"]]
+        free = [k for k in cb if cb[k]["calcium_free"]]
+        results["wilcoxon_vs_first"] = {}
+        for a in args.models[1:]:
+            ca = results["models"][a]["cines"]
+            results["wilcoxon_vs_first"][a] = {
+                key: wilcoxon([ca[k][key] for k in keys], [cb[k][key] for k in keys])
+                for key, keys in (("iom", calc), ("hd_mm", calc), ("roi_precision", calc),
+                                  ("roi_area_pct_field", calc + free), ("frames_with_roi_pct", free))}
+        results["wilcoxon_last_vs_first"] = results["wilcoxon_vs_first"][args.models[-1]]
     Path(args.out).write_text(json.dumps(results, indent=1, default=float) + "\n")
     log(f"done in {time.perf_counter() - t0:.0f} s")
     return 0
