@@ -113,8 +113,10 @@ class CACTrainer(ScriptedLoadableModule):
         self.parent.contributors = ["SlicerCAC developers"]
         self.parent.helpText = _(
             "Generates synthetic angiography datasets with known calcium (phantoms) and trains the "
-            "double-head ResUNet-18 of CAC Identifier on a dataset folder (two stages: classifier, "
-            "then ROI decoder), with cross-validation by patient or by acquisition. Training runs in "
+            "double-head ResUNet-18 of CAC Identifier on a dataset folder or on phantom patients generated "
+            "in memory (two stages: classifier, then ROI decoder; the default recipe learns within a CPU "
+            "budget, the paper recipe is De Rose et al.'s protocol), with cross-validation by patient or by "
+            "acquisition. Training runs in "
             "a separate process; the curves are plotted as it goes. Calibration fits a trained model's "
             "probability, its out-of-distribution statistics and, optionally, its operating point on held-out data."
         )
