@@ -25,7 +25,7 @@ def main(out: str) -> None:
     phantom_pool._one = counted  # workers=1: generated in this process
     fs = phantom_pool.phantom_pool(3, seed=7, n_frames=24, frames_per_acquisition=2, size=128, workers=1)
     digest = hashlib.sha256()
-    for name in phantom_pool._ARRAYS:
+    for name in fs.array_fields():
         arr = getattr(fs, name)
         digest.update(f"{name}{arr.dtype.str}{arr.shape}".encode())
         digest.update(arr.tobytes())

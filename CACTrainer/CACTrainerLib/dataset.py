@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -81,6 +81,18 @@ class FrameSet:
     def __len__(self) -> int:
         return int(self.nc.shape[0])
 
+    @classmethod
+    def array_fields(cls) -> tuple[str, ...]:
+        """The per-frame array fields, in constructor order (the list fields come after them).
+
+        One list for subset, concat and the data-parallel exchange, so a field added to the
+        dataclass travels everywhere.
+
+        >>> FrameSet.array_fields()
+        ('nc', 'c', 'calcium', 'roi', 'labels', 'spacing_mm', 'frame_index', 'contrast_index')
+        """
+        return tuple(f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING)
+
     @property
     def n_patches(self) -> int:
         return len(self) * 5
@@ -95,8 +107,7 @@ class FrameSet:
         if rows.dtype == bool:
             rows = np.nonzero(rows)[0]
         return FrameSet(
-            self.nc[rows], self.c[rows], self.calcium[rows], self.roi[rows], self.labels[rows],
-            self.spacing_mm[rows], self.frame_index[rows], self.contrast_index[rows],
+            *(getattr(self, k)[rows] for k in self.array_fields()),
             [self.acquisition[i] for i in rows], [self.patient[i] for i in rows],
         )
 
@@ -115,8 +126,7 @@ class FrameSet:
         if not sets:
             raise CacError("no training frames: the dataset has no non-contrast frames with a contrast pair")
         return FrameSet(
-            *(np.concatenate([getattr(s, k) for s in sets]) for k in (
-                "nc", "c", "calcium", "roi", "labels", "spacing_mm", "frame_index", "contrast_index")),
+            *(np.concatenate([getattr(s, k) for s in sets]) for k in FrameSet.array_fields()),
             [a for s in sets for a in s.acquisition], [p for s in sets for p in s.patient],
         )
 

@@ -101,19 +101,17 @@ def _generate(patients, *, seed: int, n_frames: int, frames_per_acquisition: int
     return [fs for fs, _ in made]
 
 
-_ARRAYS = ("nc", "c", "calcium", "roi", "labels", "spacing_mm", "frame_index", "contrast_index")
-
-
 def _pack(fs, warned: bool) -> tuple[dict, dict]:
     """A FrameSet as arrays and a JSON-able dict (for :meth:`distributed.Context.exchange`)."""
-    return ({k: getattr(fs, k) for k in _ARRAYS},
+    return ({k: getattr(fs, k) for k in fs.array_fields()},
             {"acquisition": list(fs.acquisition), "patient": list(fs.patient), "warned": bool(warned)})
 
 
 def _unpack(arrays: dict, info: dict) -> tuple:
     from .dataset import FrameSet
 
-    return FrameSet(*(arrays[k] for k in _ARRAYS), list(info["acquisition"]), list(info["patient"])), info["warned"]
+    fs = FrameSet(*(arrays[k] for k in FrameSet.array_fields()), list(info["acquisition"]), list(info["patient"]))
+    return fs, info["warned"]
 
 
 def _warn_periodicity(warned: int, n: int) -> None:
