@@ -774,7 +774,10 @@ def score_cine(res, masks: np.ndarray, info: dict) -> dict:
     sync = res.sync
     return {
         "seed": info["seed"], "calcium_free": not info["calcium"], "frames": len(frames),
-        "onset": info["onset"], "frames_truth": int(sum(truths)),
+        "onset": info["onset"], "onset_used": int(sync.onset_frame), "frames_truth": int(sum(truths)),
+        # Frames analysed as non-contrast that already hold iodine (a late onset): how many, and with an ROI.
+        "iodine_frames": int(sum(info["fill"][f] > 0 for f in frames)),
+        "iodine_frames_with_roi": int(sum(info["fill"][f] > 0 and bool(res.roi[f].any()) for f in frames)),
         "iom": med(ioms), "iom_roi_gt": med(ioms_gt), "hd_mm": med(hds), "roi_precision": med(precs),
         "roi_area_pct_field": float(np.median(res.roi_area_pct_field)) if len(frames) else None,
         "frame_sensitivity": float(np.mean(hits)) if hits else None,
@@ -816,6 +819,8 @@ def summarize(cines: list[dict]) -> dict:
                                                      for c in ok if c["sync_heart_rate_bpm"] is not None]),
         "sync_not_periodic": int(sum(not c["sync_periodic"] for c in ok)),
         "ood_warnings": int(sum(c["ood_warning"] is not None for c in ok)),
+        "iodine_frames": int(sum(c["iodine_frames"] for c in ok)),
+        "iodine_frames_with_roi": int(sum(c["iodine_frames_with_roi"] for c in ok)),
         "cines": len(calc), "calcium_free_cines": len(free), "errors": len(cines) - len(ok),
     }
 
@@ -880,6 +885,8 @@ def main(argv=None) -> int:
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--out", default="second_generator.json")
     ap.add_argument("--png", help="montage of a few non-contrast frames with ROI and truth")
+    ap.add_argument("--detect-onset", action="store_true",
+                    help="let the pipeline detect the contrast onset, as a user's run does (default: the true onset)")
     args = ap.parse_args(argv)
 
     import torch
@@ -898,7 +905,7 @@ def main(argv=None) -> int:
     for seed, calcium in plan:
         frames, masks, info = make_cine(seed, calcium=calcium, n_frames=args.frames, size=args.size)
         info.pop("vessel_mask")  # not needed here: keep the memory down
-        # The pipeline is given the true onset; how its own detection does is recorded aside.
+        # The pipeline is given the true onset (unless --detect-onset); its own detection is recorded aside.
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
@@ -929,7 +936,8 @@ def main(argv=None) -> int:
             try:
                 with warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter("always")
-                    res = identify(cine, model, meta, device="cpu", onset=info["onset"])
+                    res = identify(cine, model, meta, device="cpu",
+                                   onset=None if args.detect_onset else info["onset"])
             except CacError as exc:
                 rows.append({"seed": info["seed"], "calcium_free": not info["calcium"], "error": str(exc)})
                 log(f"{Path(path).name} cine {ci + 1}/{len(cines)} seed {info['seed']}: error {exc}")
@@ -961,6 +969,8 @@ def main(argv=None) -> int:
               f"ROI area {_fmt(fr['roi_area_pct_field'])} %\n"
               f"  ROI px outside the field: {summary['roi_px_outside_field']} (pipeline's), "
               f"{summary['roi_px_outside_true_field']} (true); pooled frames {summary['frame_detection_pooled']}; "
+              f"frames with iodine analysed as non-contrast {summary['iodine_frames']} "
+              f"({summary['iodine_frames_with_roi']} with an ROI); "
               f"errors {summary['errors']}", flush=True)
         Path(args.out).write_text(json.dumps(results, indent=1, default=float) + "\n")
     if args.png and panels:
