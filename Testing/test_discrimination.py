@@ -224,6 +224,32 @@ def test_hard_negative_mining_prefers_high_loss_negatives():
     assert (ids[labels[ids] == 0] >= 900).mean() < 0.4
 
 
+def test_unseen_negatives_weigh_the_scored_negatives_mean():
+    from CACIdentifierLib.errors import CacError
+    from CACTrainerLib.dataset import epoch_indices
+    from CACTrainerLib.training import TrainConfig, train
+
+    labels = np.zeros(200)
+    labels[:10] = 1
+    scores = np.full(200, 0.05)
+    scores[190:] = 5.0  # the hard ones
+    scores[100:190] = np.nan  # not drawn yet
+    filled = scores.copy()
+    neg = labels == 0
+    filled[np.isnan(filled)] = np.nanmean(scores[neg])
+    for seed in range(5):  # the same draw as with the NaNs replaced by the scored negatives' mean
+        a = epoch_indices(labels, np.random.default_rng(seed), hard_scores=scores, hard_fraction=1.0)
+        b = epoch_indices(labels, np.random.default_rng(seed), hard_scores=filled, hard_fraction=1.0)
+        np.testing.assert_array_equal(a, b)
+    # with every negative unscored, the draw is uniform (weights 1), as with all scores equal
+    none = np.where(neg, np.nan, 0.3)
+    a = epoch_indices(labels, np.random.default_rng(0), hard_scores=none, hard_fraction=1.0)
+    b = epoch_indices(labels, np.random.default_rng(0), hard_scores=np.ones(200), hard_fraction=1.0)
+    np.testing.assert_array_equal(a, b)
+    with pytest.raises(CacError, match="hard_negative_init"):
+        train(None, None, TrainConfig(hard_negative_init="zero"), "unused")
+
+
 def test_batch_source_same_batches_with_and_without_workers():
     import torch
     from CACTrainerLib import dataset as D

@@ -62,9 +62,14 @@ def test_carry_scores_keeps_shared_frames_by_acquisition_and_frame(patients):
     # P1's patches come after P0's in the old window and first in the new one; P3 is new (1)
     np.testing.assert_array_equal(got[:n1], scores[patients[0].n_patches:patients[0].n_patches + n1])
     np.testing.assert_array_equal(got[n1:], np.ones(patients[3].n_patches, np.float32))
+    # hard_negative_init "mean": the new patient's patches are "not drawn yet" (NaN), the shared ones kept
+    got = T._carry_scores(T._frame_keys(old), scores, new, T._unseen_score(T.TrainConfig(hard_negative_init="mean")))
+    np.testing.assert_array_equal(got[:n1], scores[patients[0].n_patches:patients[0].n_patches + n1])
+    assert np.isnan(got[n1:]).all()
 
 
-def test_training_on_a_stream_changes_data_each_epoch_and_resumes_exactly(patients, tmp_path):
+@pytest.mark.parametrize("init", ["one", "mean"])
+def test_training_on_a_stream_changes_data_each_epoch_and_resumes_exactly(patients, tmp_path, init):
     order = [0, 1, 3, 4]
     calls = []
 
@@ -74,7 +79,8 @@ def test_training_on_a_stream_changes_data_each_epoch_and_resumes_exactly(patien
 
     val = patients[2].subset([0])
     cfg = T.TrainConfig(epochs1=2, epochs2=1, batch_size=8, lr1=1e-3, samples_per_epoch=16, architecture=ARCH,
-                        num_threads=2, hard_negative_frac=0.5, refresh_patients=1, recipe="default")
+                        num_threads=2, hard_negative_frac=0.5, refresh_patients=1, recipe="default",
+                        hard_negative_init=init)
     events = []
     r1 = T.train(None, val, cfg, tmp_path / "a", stream=stream, emit=events.append)
     assert calls == [0, 1, 2]  # stage 2's epochs continue the count
@@ -96,6 +102,11 @@ def test_training_on_a_stream_changes_data_each_epoch_and_resumes_exactly(patien
         T.train(None, val, cfg, tmp_path / "c", stream=stream, progress=interrupt)
     info = json.loads((tmp_path / "c" / T.CHECKPOINT_JSON).read_text())
     assert (info["stage"], info["epochs_done"]) == (1, 1)
+    from safetensors.numpy import load_file
+
+    saved = load_file(str(tmp_path / "c" / "checkpoint.safetensors"))["hnm.scores"]
+    # 16 samples of an epoch leave patches undrawn: NaN ("not drawn yet") with "mean", 1 with "one"
+    assert np.isnan(saved).any() == (init == "mean") and (saved == 1).any() == (init == "one")
     calls.clear()
     r3 = T.train(None, val, cfg, tmp_path / "c", stream=stream, resume=True)
     assert calls == [1, 2]  # the window it stopped in, not epoch 0's

@@ -108,9 +108,9 @@ def _check_tensors(tensors: dict, model, info: dict, run_dir: Path) -> None:
     if info["stage"] == 1 and float((info.get("config") or {}).get("aux_weight") or 0) > 0:
         params = params + model.decoder_parameters()  # the default recipe trains the decoder jointly
     for name, t in tensors.items():
-        if name == "hnm.scores":  # hard-negative mining: one finite, non-negative score per patch
-            if t.ndim != 1 or not t.is_floating_point() or not bool(torch.isfinite(t).all()):
-                raise _bad(run_dir, "its hard-negative scores are not one finite number per patch")
+        if name == "hnm.scores":  # hard-negative mining: one finite score per patch, or NaN (not drawn yet)
+            if t.ndim != 1 or not t.is_floating_point() or bool(torch.isinf(t).any()):
+                raise _bad(run_dir, "its hard-negative scores are not one finite number (or NaN) per patch")
             continue
         if name.startswith(("model.", "best.")):
             if t.is_floating_point() and not bool(torch.isfinite(t).all()):

@@ -365,6 +365,8 @@ def epoch_indices(labels: np.ndarray, rng: np.random.Generator, *, balanced: boo
     ``hard_fraction`` > 0: that share of the negatives is drawn with probability
     proportional to the score (hard-negative mining: the field edges, wires and
     crossings that fooled the classifier come back more often), the rest uniformly.
+    A NaN score means "not drawn yet": such a negative weighs the mean score of the
+    scored negatives (1 if none is scored), as likely hard as a typical one.
     ``negatives=False``: the positive patches only (all of them if there are none).
 
     Examples
@@ -373,6 +375,9 @@ def epoch_indices(labels: np.ndarray, rng: np.random.Generator, *, balanced: boo
     >>> sorted(epoch_indices(labels, np.random.default_rng(0), negatives=False).tolist())
     [0, 4]
     >>> len(epoch_indices(labels, np.random.default_rng(0)))  # balanced: 2 positives, 2 negatives
+    4
+    >>> scores = np.array([0.0, np.nan, 0.2, 0.0, 0.0, 0.2])  # negative 1 unseen: weighs 0.2 like the others
+    >>> len(epoch_indices(labels, np.random.default_rng(0), hard_scores=scores, hard_fraction=1.0))
     4
     """
     labels = np.asarray(labels).reshape(-1)
@@ -384,7 +389,11 @@ def epoch_indices(labels: np.ndarray, rng: np.random.Generator, *, balanced: boo
         n_neg = min(len(neg), max(len(pos), 1))
         n_hard = int(round(hard_fraction * n_neg)) if hard_scores is not None else 0
         if n_hard > 0:
-            w = np.asarray(hard_scores, np.float64)[neg] + 1e-6
+            w = np.asarray(hard_scores, np.float64)[neg]
+            unseen = np.isnan(w)
+            if unseen.any():
+                w = np.where(unseen, w[~unseen].mean() if (~unseen).any() else 1.0, w)
+            w = w + 1e-6
             hard = rng.choice(neg, size=n_hard, replace=False, p=w / w.sum())
             rest = np.setdiff1d(neg, hard)
             easy = rng.choice(rest, size=min(len(rest), n_neg - n_hard), replace=False)

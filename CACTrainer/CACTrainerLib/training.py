@@ -92,6 +92,9 @@ class TrainConfig:
     warmup_frac: float = 0.0
     weight_decay: float = 0.0  # AdamW's decoupled weight decay when > 0
     hard_negative_frac: float = 0.0  # share of an epoch's negatives drawn by their last loss
+    # Score of a patch not drawn yet: "one" (1.0, above a typical loss, so unseen negatives dominate the
+    # score-weighted draw) or "mean" (unknown: NaN, drawn at the drawn negatives' mean score).
+    hard_negative_init: str = "one"
     # NHWC tensors (None: on CUDA only).  On a 2-core AMD EPYC with AVX512-BF16 the joint step ran 1.7x faster
     # with them on top of bf16 (benchmarks/bench_training.py), but oneDNN's backward crashed (SIGSEGV) there for
     # width 8: opt-in on CPUs, where it cannot be tested on every kind.
@@ -595,11 +598,16 @@ def _frame_keys(fs: dataset.FrameSet) -> list:
     return [[a, int(f)] for a, f in zip(fs.acquisition, fs.frame_index.tolist())]
 
 
-def _carry_scores(old_keys: list, scores: np.ndarray, new: dataset.FrameSet) -> np.ndarray:
+def _unseen_score(config: TrainConfig) -> float:
+    """Hard-negative score of a patch not drawn yet (``config.hard_negative_init``)."""
+    return 1.0 if config.hard_negative_init == "one" else float("nan")
+
+
+def _carry_scores(old_keys: list, scores: np.ndarray, new: dataset.FrameSet, unseen: float = 1.0) -> np.ndarray:
     """Hard-negative scores for a new training window: kept for the frames it shares with the old one
-    (``old_keys``: :func:`_frame_keys` of the window ``scores`` belong to), 1 for new ones."""
+    (``old_keys``: :func:`_frame_keys` of the window ``scores`` belong to), ``unseen`` for new ones."""
     where = {(a, int(f)): i for i, (a, f) in enumerate(old_keys)}
-    out = np.ones(new.n_patches, np.float32)
+    out = np.full(new.n_patches, unseen, np.float32)
     for j, key in enumerate(zip(new.acquisition, new.frame_index.tolist())):
         i = where.get(key)
         if i is not None:
@@ -631,6 +639,8 @@ def train(train_set: dataset.FrameSet | None, val_set: dataset.FrameSet | None, 
         raise CacError(f"decoder_patches must be 'balanced' or 'positive', got {config.decoder_patches!r}")
     if config.select2 not in ("iom", "loss"):
         raise CacError(f"select2 must be 'iom' or 'loss', got {config.select2!r}")
+    if config.hard_negative_init not in ("one", "mean"):
+        raise CacError(f"hard_negative_init must be 'one' or 'mean', got {config.hard_negative_init!r}")
     main = distributed.is_main()  # in a data-parallel run only rank 0 reports and writes
     if not main:
         emit, progress = (lambda event: None), no_progress
@@ -704,9 +714,9 @@ def train(train_set: dataset.FrameSet | None, val_set: dataset.FrameSet | None, 
     # Last classification loss of every training patch, for hard-negative mining (kept in checkpoints).
     hard_scores = None
     if config.hard_negative_frac > 0:
-        hard_scores = np.ones(train_set.n_patches, np.float32)
+        hard_scores = np.full(train_set.n_patches, _unseen_score(config), np.float32)
         if saved_scores is not None and saved_keys is not None:
-            hard_scores = _carry_scores(saved_keys, saved_scores, train_set)
+            hard_scores = _carry_scores(saved_keys, saved_scores, train_set, _unseen_score(config))
         elif saved_scores is not None and saved_scores.shape == hard_scores.shape:
             hard_scores = saved_scores
 
@@ -749,7 +759,7 @@ def train(train_set: dataset.FrameSet | None, val_set: dataset.FrameSet | None, 
                 train_set = None
                 train_set = stream(data_epoch)
                 if hard_scores is not None:
-                    hard_scores = _carry_scores(old_keys, hard_scores, train_set)
+                    hard_scores = _carry_scores(old_keys, hard_scores, train_set, _unseen_score(config))
                 data_seconds = round(time.perf_counter() - t0, 3)
             train_loss = _run_epoch(model, opt, train_set, config, device, st, epoch, progress,
                                     epochs=epochs, base_lr=base_lr,

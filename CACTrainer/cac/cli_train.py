@@ -72,6 +72,9 @@ def register(subparsers) -> None:
     p.add_argument("--select2", choices=("iom", "loss"),
                    help="stage-2 epoch kept: highest mean validation IoM (the paper; recipe paper) or lowest "
                         "validation decoder loss (recipe default; IoM grows with larger ROIs)")
+    p.add_argument("--hard-negative-init", choices=("one", "mean"),
+                   help="hard-negative score of a patch not drawn yet: one (default; unseen negatives then "
+                        "dominate the score-weighted draw) or mean (the drawn negatives' mean)")
     p.add_argument("--lr1", type=float, help="stage-1 learning rate (recipe's: default 1e-3, paper 1e-4)")
     p.add_argument("--lr2", type=float, help="decoder learning rate (recipe's: default 3e-4, paper 1e-3)")
     p.add_argument("--frames-per-acquisition", type=int, default=8,
@@ -137,7 +140,8 @@ def _config(args):
                          workers=max(0, int(getattr(args, "workers", 0) or 0)),
                          refresh_patients=int(getattr(args, "refresh_patients", 0) or 0),
                          decoder_patches=getattr(args, "decoder_patches", None),
-                         select2=getattr(args, "select2", None))
+                         select2=getattr(args, "select2", None),
+                         hard_negative_init=getattr(args, "hard_negative_init", None))
 
 
 def _init_model(path: str | None) -> str | None:
