@@ -322,12 +322,9 @@ def test_cac_phantom_randomize_writes_varied_domains(tmp_path):
 
 
 def _difficulty():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import difficulty
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
-    return difficulty
+    from benchmark_scripts import load
+
+    return load("difficulty")
 
 
 def test_difficulty_strata_by_hand():

@@ -9,26 +9,13 @@ distractor.  The benchmark itself needs a model and minutes of CPU.
 from __future__ import annotations
 
 import functools
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+from benchmark_scripts import load
 from scipy import ndimage
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _generator():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import second_generator
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
-    return second_generator
-
-
-sg = _generator()
+sg = load("second_generator")
 
 
 @functools.cache
