@@ -93,10 +93,27 @@ def test_balanced_epoch_indices():
     assert len(D.epoch_indices(labels, np.random.default_rng(0), samples=64)) == 64
 
 
+def test_every_step_has_the_batch_size(tiny):
+    # A partial last batch changed shape every epoch and the process grew with each new shape.
+    labels = np.zeros(200)
+    labels[:37] = 1  # 74 balanced samples: 9 batches of 8 and 2 left over
+    fs = type("F", (), {"patch_labels": labels})()
+    cfg = T.TrainConfig(batch_size=8)
+    for seed in range(3):
+        batches = T._epoch_batches(fs, cfg, np.random.default_rng(seed), None)
+        assert [len(b) for b in batches] == [8] * 9
+    # a whole epoch smaller than one batch is still trained on
+    labels = np.zeros(20)
+    labels[:3] = 1
+    fs.patch_labels = labels
+    assert [len(b) for b in T._epoch_batches(fs, cfg, np.random.default_rng(0), None)] == [6]
+    assert T.steps_per_epoch(tiny, cfg) >= 1
+
+
 def test_decoder_patches_positive_trains_the_decoder_on_calcium_patches_only(tiny, tmp_path):
     from dataclasses import replace
 
-    cfg = T.TrainConfig(batch_size=4)
+    cfg = T.TrainConfig(batch_size=1)  # no partial batch to drop: every drawn patch is in a batch
     pos = set(np.nonzero(tiny.patch_labels.reshape(-1) > 0.5)[0].tolist())
     assert 0 < len(pos) < tiny.n_patches
     only = replace(cfg, decoder_patches="positive")

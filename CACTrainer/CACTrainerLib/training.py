@@ -455,8 +455,11 @@ def _epoch_batches(fs: dataset.FrameSet, config: TrainConfig, rng, scores: np.nd
                                 hard_scores=scores, hard_fraction=config.hard_negative_frac, negatives=negatives)
     bs = config.batch_size
     batches = [ids[s:s + bs] for s in range(0, len(ids), bs)]
-    if len(batches) > 1 and len(batches[-1]) < 2:
-        batches = batches[:-1]  # BatchNorm cannot train on a batch of one
+    if len(batches) > 1 and len(batches[-1]) < bs:
+        # Every step has the batch size: the epoch's last, partial batch changed shape every epoch (the
+        # window and its positives vary) and the process grew with each new shape (a replay of training
+        # steps: ~40 MB an epoch, flat with one shape; docs/learning.md).  It drops < one batch an epoch.
+        batches = batches[:-1]
     return batches
 
 
