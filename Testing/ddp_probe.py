@@ -77,8 +77,7 @@ def main() -> int:
 
     distributed.init("cpu", batch_size=args.batch_size)
     z = np.load(args.frameset)
-    fs = D.FrameSet(**{k: z[k] for k in ("nc", "c", "calcium", "roi", "labels", "spacing_mm", "frame_index",
-                                         "contrast_index")},
+    fs = D.FrameSet(**{k: z[k] for k in D.FrameSet.array_fields()},
                     acquisition=[str(s) for s in z["acquisition"]], patient=[str(s) for s in z["patient"]])
     cfg = T.TrainConfig(epochs1=args.epochs1, epochs2=args.epochs2, batch_size=args.batch_size, lr1=1e-3,
                         lr2=1e-3, seed=0, device="cpu", amp=False, augment=False, samples_per_epoch=args.samples,

@@ -258,7 +258,8 @@ def test_batch_source_same_batches_with_and_without_workers():
     rng = np.random.default_rng(0)
     fs = D.FrameSet(rng.random((2, 512, 512)).astype(np.float16), rng.random((2, 512, 512)).astype(np.float16),
                     np.zeros((2, 512, 512), bool), np.zeros((2, 512, 512), bool), np.zeros((2, 5), np.float32),
-                    np.full((2, 2), 0.3), np.array([0, 1]), np.array([5, 6]), ["a", "a"], ["p", "p"])
+                    np.full((2, 2), 0.3), np.array([0, 1]), np.array([5, 6]), np.zeros((2, 5), bool),
+                    ["a", "a"], ["p", "p"])
     batches = [np.array([0, 3]), np.array([5, 9])]
     a = list(BatchSource(fs, batches, TrainConfig(workers=0), 1, 0).iterate(torch.device("cpu")))
     b = list(BatchSource(fs, batches, TrainConfig(workers=2), 1, 0).iterate(torch.device("cpu")))
@@ -363,3 +364,10 @@ def test_difficulty_strata_by_hand():
     assert out["bins"]["SNR 8-15"]["auc_vs_clean"] == pytest.approx(4 / 5)
     assert out["bins"]["SNR >= 30"]["auc_vs_clean"] == 1.0
     assert out["unlabelled_vs_clean_auc"] == pytest.approx(3 / 5) and out["unlabelled_calcium_negatives"] == 1
+    # Per-patch metal: the clean negatives 0.6 and 0.4 hold metal; the positives 0.5 and 0.9 beat 0.4 twice
+    # and 0.6 once (3 of 4); the other clean negatives of that (metal) cine, 0.1-0.3, lose to both.
+    patch_metal = np.array([0, 0, 0, 1, 0, 0, 0, 1], bool)
+    out = difficulty.analyse(probs, labels, snr8, ~np.isnan(snr8), np.ones(8, bool), patch_metal)
+    assert out["clean_negatives_holding_metal"]["n"] == 2
+    assert out["clean_negatives_holding_metal"]["auc_all_positives"] == pytest.approx(3 / 4)
+    assert out["clean_negatives_metal_cines_patch_free"]["auc_all_positives"] == pytest.approx(1.0)

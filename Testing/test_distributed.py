@@ -55,8 +55,7 @@ def frameset(tmp_path_factory):
                                               frames_per_acquisition=3))
     fs = D.FrameSet.concat(sets)
     path = tmp_path_factory.mktemp("fs") / "fs.npz"
-    np.savez(path, nc=fs.nc, c=fs.c, calcium=fs.calcium, roi=fs.roi, labels=fs.labels, spacing_mm=fs.spacing_mm,
-             frame_index=fs.frame_index, contrast_index=fs.contrast_index, acquisition=np.array(fs.acquisition),
+    np.savez(path, **{k: getattr(fs, k) for k in D.FrameSet.array_fields()}, acquisition=np.array(fs.acquisition),
              patient=np.array(fs.patient))
     return path
 

@@ -9,7 +9,8 @@ annotators of the randomised phantom mark only deposits whose Rose detectability
 Each positive patch (majority label) is given the largest detectability of the deposits whose centroid
 lies in it in that frame, and each negative patch is *clean* (no rendered deposit in it) or holds
 *unlabelled* calcium (rendered, below the annotators' thresholds); clean negatives are also split by
-whether the cine holds metal (sternal wires, clips, stents: dense, not calcium).  Per model it prints:
+whether the cine holds metal (sternal wires, clips, stents: dense, not calcium) and whether the patch
+itself holds some (the phantom's per-frame metal footprint, ``FrameSet.metal``).  Per model it prints:
 
 * patch AUC against the labels (compare_models.py's number, a cross-check);
 * AUC of each detectability bin's positives against the clean negatives: a model limited by the
@@ -99,7 +100,7 @@ def _patient(job):
 
 
 def analyse(probs: np.ndarray, labels: np.ndarray, snr: np.ndarray, rendered: np.ndarray,
-            metal: np.ndarray) -> dict:
+            metal: np.ndarray, patch_metal: np.ndarray | None = None) -> dict:
     """AUCs by stratum (see the module docstring)."""
     from CACIdentifierLib.metrics import roc_auc
 
@@ -117,7 +118,11 @@ def analyse(probs: np.ndarray, labels: np.ndarray, snr: np.ndarray, rendered: np
     sel = unlabelled | clean
     out["unlabelled_vs_clean_auc"] = roc_auc(unlabelled[sel], probs[sel])
     # Which negatives fool it: those of cines with metal (sternal wires, clips, stents) or without.
-    for name, group in (("clean_negatives_metal_cines", clean & metal), ("clean_negatives_no_metal", clean & ~metal)):
+    groups = [("clean_negatives_metal_cines", clean & metal), ("clean_negatives_no_metal", clean & ~metal)]
+    if patch_metal is not None:  # the patch itself holds metal, or its cine has none at all
+        groups += [("clean_negatives_holding_metal", clean & patch_metal),
+                   ("clean_negatives_metal_cines_patch_free", clean & metal & ~patch_metal)]
+    for name, group in groups:
         sel = pos | group
         out[name] = {"n": int(group.sum()), "auc_all_positives": roc_auc(pos[sel], probs[sel]),
                      "median_p": float(np.median(probs[group])) if group.any() else None}
@@ -221,7 +226,7 @@ def main(argv=None) -> int:
     for path in args.models:
         model, _ = load_model(path)
         probs = training.predict_patches(model, fs, torch.device("cpu"), amp=False).probs
-        results[path] = analyse(probs, labels, snr, rendered, metal)
+        results[path] = analyse(probs, labels, snr, rendered, metal, fs.metal.reshape(-1))
         log(f"{path}: {json.dumps(results[path])}")
     out.write_text(json.dumps({"test": fs.summary(), "models": results}, indent=1))
     figure(results, out.with_suffix(".png"), labels)
@@ -239,7 +244,10 @@ def main(argv=None) -> int:
           + " | ".join("-" if r["unlabelled_vs_clean_auc"] is None else f"{r['unlabelled_vs_clean_auc']:.3f}"
                        for r in results.values()) + " |")
     for key, label in (("clean_negatives_no_metal", "positives vs clean negatives, cines without metal"),
-                       ("clean_negatives_metal_cines", "positives vs clean negatives, cines with metal")):
+                       ("clean_negatives_metal_cines", "positives vs clean negatives, cines with metal"),
+                       ("clean_negatives_holding_metal", "positives vs clean negatives holding metal"),
+                       ("clean_negatives_metal_cines_patch_free",
+                        "positives vs clean negatives of metal cines, no metal in the patch")):
         print(f"| {label} ({first[key]['n']}) | "
               + " | ".join("-" if r[key]["auc_all_positives"] is None else f"{r[key]['auc_all_positives']:.3f}"
                            for r in results.values()) + " |")

@@ -64,6 +64,10 @@ class FrameSet:
         Pixel spacing of the 512 grid (NaN when unknown).
     frame_index, contrast_index : (F,) int
         0-based frame numbers in the original cine.
+    metal : (F, 5) bool
+        The patch holds dense metal that is not calcium (sternal wires, clips, stents), from a
+        phantom's truth; False where unknown (real data).  Steers the hard-negative draw
+        (``TrainConfig.metal_negative_weight``) and the failure analysis (benchmarks/difficulty.py).
     acquisition, patient : list of str (F,)
     """
 
@@ -75,6 +79,7 @@ class FrameSet:
     spacing_mm: np.ndarray
     frame_index: np.ndarray
     contrast_index: np.ndarray
+    metal: np.ndarray
     acquisition: list = field(default_factory=list)
     patient: list = field(default_factory=list)
 
@@ -89,7 +94,7 @@ class FrameSet:
         dataclass travels everywhere.
 
         >>> FrameSet.array_fields()
-        ('nc', 'c', 'calcium', 'roi', 'labels', 'spacing_mm', 'frame_index', 'contrast_index')
+        ('nc', 'c', 'calcium', 'roi', 'labels', 'spacing_mm', 'frame_index', 'contrast_index', 'metal')
         """
         return tuple(f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING)
 
@@ -150,6 +155,26 @@ def _to_512_mask(mask: np.ndarray) -> np.ndarray:
     return prob >= 0.5
 
 
+def _patches_touching(mask: np.ndarray, origins) -> np.ndarray:
+    """(5,) bool: which patches of the 512 grid hold any pixel of ``mask`` (a frame at its own size).
+
+    Any coverage counts (a resized thin wire may fall under half a pixel).
+
+    >>> m = np.zeros((1024, 1024), bool); m[10, 10] = True  # top-left corner only
+    >>> from CACIdentifierLib.patches import patch_origins
+    >>> _patches_touching(m, patch_origins()).tolist()
+    [True, False, False, False, False]
+    """
+    from CACIdentifierLib import patches
+
+    if mask.shape == (FRAME, FRAME):
+        m512 = mask.astype(bool)
+    else:
+        cover, _, _ = patches.prepare_frame(mask.astype(np.float32), None)
+        m512 = cover > 0
+    return np.array([m512[r0:r0 + PATCH, c0:c0 + PATCH].any() for r0, c0 in origins])
+
+
 def choose_frames(pairs: Sequence[Sequence[int]], n: int | None) -> list[tuple[int, int]]:
     """``n`` evenly spaced pairs (all of them if ``n`` is None or larger), in frame order."""
     pairs = sorted((int(a), int(b)) for a, b in pairs)
@@ -164,6 +189,7 @@ def choose_frames(pairs: Sequence[Sequence[int]], n: int | None) -> list[tuple[i
 def frames_from_arrays(frames: np.ndarray, majority: np.ndarray, *, frame_time_ms: float | None,
                        spacing_mm=None, onset: int | None = None, pairs=None,
                        frames_per_acquisition: int | None = 8, acquisition: str = "", patient: str = "",
+                       metal: np.ndarray | None = None,
                        roi_iterations: int = targets.DEFAULT_ITERATIONS,
                        roi_step_px: int = targets.DEFAULT_STEP_PX,
                        min_deposit_fraction: float = targets.DEFAULT_MIN_DEPOSIT_FRACTION) -> FrameSet:
@@ -185,6 +211,9 @@ def frames_from_arrays(frames: np.ndarray, majority: np.ndarray, *, frame_time_m
         Precomputed pairs; None runs :func:`CACIdentifierLib.sync.synchronize`.
     frames_per_acquisition : int or None
         Evenly spaced subsample of the paired non-contrast frames (None: all).
+    metal : (N, rows, cols) bool or None
+        Footprint of dense metal per frame (a phantom's truth); a patch touching it is flagged
+        in ``FrameSet.metal``.  None: no metal known.
     """
     from CACIdentifierLib import patches
 
@@ -211,6 +240,7 @@ def frames_from_arrays(frames: np.ndarray, majority: np.ndarray, *, frame_time_m
     cal = np.empty((n, FRAME, FRAME), bool)
     roi = np.empty((n, FRAME, FRAME), bool)
     labels = np.empty((n, 5), np.float32)
+    has_metal = np.zeros((n, 5), bool)
     spacing512 = None
     origins = patches.patch_origins(FRAME, FRAME)
     for i, (k_nc, k_c) in enumerate(chosen):
@@ -221,9 +251,11 @@ def frames_from_arrays(frames: np.ndarray, majority: np.ndarray, *, frame_time_m
         cal[i] = _to_512_mask(majority[k_nc])
         roi[i] = targets.roi_gt(cal[i], roi_iterations, roi_step_px)
         labels[i] = targets.patch_labels(cal[i], origins, PATCH, min_deposit_fraction)
+        if metal is not None:
+            has_metal[i] = _patches_touching(metal[k_nc], origins)
     sp = np.full((n, 2), np.nan) if spacing512 is None else np.tile(np.asarray(spacing512, float), (n, 1))
     return FrameSet(nc, c, cal, roi, labels, sp, np.array([p[0] for p in chosen], int),
-                    np.array([p[1] for p in chosen], int), [acquisition] * n, [patient] * n)
+                    np.array([p[1] for p in chosen], int), has_metal, [acquisition] * n, [patient] * n)
 
 
 def _truth_onset(truth: dict) -> int | None:
@@ -252,7 +284,7 @@ def frames_from_acquisition(acq, *, acquisition: str = "", patient: str = "", **
     spacing = getattr(acq, "spacing_mm", None) or truth.get("spacing_mm")
     return frames_from_arrays(acq.frames, majority, frame_time_ms=frame_time, spacing_mm=spacing,
                               onset=kw.pop("onset", _truth_onset(truth)), acquisition=acquisition,
-                              patient=patient, **kw)
+                              patient=patient, metal=kw.pop("metal", getattr(acq, "metal", None)), **kw)
 
 
 def frames_from_record(record: dict, **kw) -> FrameSet:

@@ -34,6 +34,9 @@ from . import phantom_imaging as img
 # Streams of the random generators (a third seed word), so adding draws to one
 # aspect does not change the others.
 _PATIENT, _VIEW, _DYNAMICS, _BACKGROUND, _NOISE, _ANNOTATORS, _METAL = range(7)
+# A pixel is in the metal footprint (truth) above this line integral: the faint end of calcium
+# (``faint_attenuation`` 0.07), so the footprint holds all the metal a reader could see.
+METAL_FOOTPRINT_MIN = 0.07
 
 
 @dataclass
@@ -197,6 +200,8 @@ class Acquisition:
 
     frames: (N, rows, cols) uint8 (bits 8) or uint16, MONOCHROME2 (attenuation is dark).
     calcium: (N, rows, cols) bool, the projected footprint of every deposit in every frame (truth).
+    metal: (N, rows, cols) bool, the footprint of dense metal that is not calcium (sternal wires, clips,
+      stents: a line integral above ``METAL_FOOTPRINT_MIN``); None when the acquisition has none.
     annotators: three (N, rows, cols) bool masks, drawn on the non-contrast frames only.
     majority: (N, rows, cols) bool, at least two of the three annotators.
     truth: JSON-serialisable dict (phase, onset, heart rate per beat, deposits per frame, spacing...).
@@ -213,6 +218,7 @@ class Acquisition:
     frame_time_ms: float
     bits: int
     view: dict = field(default_factory=dict)
+    metal: np.ndarray | None = None
     centerlines: np.ndarray | None = None
     centerline_radius_mm: np.ndarray | None = None
     centerline_vessel: np.ndarray | None = None
@@ -367,8 +373,10 @@ def generate_acquisition(params: PhantomParams | None = None, seed: int = 0, pat
     n = params.n_frames
     frames = np.empty((n, params.rows, params.cols), np.uint8 if params.bits == 8 else np.uint16)
     calcium = np.zeros((n, params.rows, params.cols), bool)
+    has_metal = getattr(renderer, "metal_wires", None) is not None or bool(getattr(renderer, "metal_heart", ()))
+    metal = np.zeros((n, params.rows, params.cols), bool) if has_metal else None
     for k in range(n):
-        frames[k] = renderer.frame(k, rng_noise, calcium[k])
+        frames[k] = renderer.frame(k, rng_noise, calcium[k], None if metal is None else metal[k])
         if progress is not None:
             progress(k + 1, n, "rendering frames")
     truth = renderer.truth(seed, patient, acquisition)
@@ -381,7 +389,7 @@ def generate_acquisition(params: PhantomParams | None = None, seed: int = 0, pat
         if hasattr(dep, "detectability"):
             rec["detectability"] = dep.detectability
     return Acquisition(
-        frames=frames, calcium=calcium, annotators=annotators, majority=majority, truth=truth,
+        frames=frames, calcium=calcium, metal=metal, annotators=annotators, majority=majority, truth=truth,
         spacing_mm=(view.spacing_mm, view.spacing_mm), frame_time_ms=1000.0 / params.fps, bits=params.bits,
         view=truth["view"], centerlines=renderer.centerlines, centerline_radius_mm=renderer.vessel_radius,
         centerline_vessel=renderer.vessel_index,
@@ -482,7 +490,7 @@ class _Renderer:
         r1, c1, _ = self.view.project(depth_point + translation)
         return r1 - r0, c1 - c0
 
-    def frame(self, k: int, rng, calcium_out: np.ndarray) -> np.ndarray:
+    def frame(self, k: int, rng, calcium_out: np.ndarray, metal_out: np.ndarray | None = None) -> np.ndarray:
         p, view, pat, tl = self.p, self.view, self.pat, self.tl
         rows, cols, m = p.rows, p.cols, self.margin
         ms = self.motion(k)
@@ -491,6 +499,11 @@ class _Renderer:
         L = img.crop_shift(self.spine, m - dr, m - dc, rows, cols)
         dr, dc = self._shift_px(tl["pan"][k] + 1.2 * tl["resp"][k], pat.heart.centre)
         L += img.crop_shift(self.thorax, m - dr, m - dc, rows, cols)
+        if metal_out is not None:
+            # Truth only: the metal alone, moved as it is in L (wires with the thorax, the rest below).
+            metal_L = np.zeros((rows, cols), np.float32)
+            if getattr(self, "metal_wires", None) is not None:
+                metal_L += img.crop_shift(self.metal_wires, m - dr, m - dc, rows, cols)
         L += self.fixed
         # Heart silhouette: chords of the deformed quadrics on a coarse grid.
         M, t = anat.affine(pat.heart, ms)
@@ -536,6 +549,10 @@ class _Renderer:
             cc.append(mc)
             rads.append(rad_mm * msc / view.spacing_mm)
             ww.append(weight)
+            if metal_out is not None:
+                img.splat_spheres((rows, cols), mr, mc, rad_mm * msc / view.spacing_mm, weight, out=metal_L)
+        if metal_out is not None:
+            metal_out |= metal_L > METAL_FOOTPRINT_MIN
         img.splat_spheres((rows, cols), np.concatenate(rr), np.concatenate(cc), np.concatenate(rads),
                           np.concatenate(ww), out=L)
         # Calcium.

@@ -74,17 +74,17 @@ def add_metal_and_display(renderer, rng: np.random.Generator) -> None:
     """Add metal objects (with probability ``metal_prob``) and the display curve to a renderer."""
     p = renderer.p
     metal = []
-    wires = False
+    wires = None
     if rng.random() < p.metal_prob:
         if rng.random() < 0.6:
-            renderer.thorax = renderer.thorax + _sternal_wires(rng, renderer.thorax.shape,
-                                                               renderer.view.spacing_mm)
-            wires = True
+            wires = _sternal_wires(rng, renderer.thorax.shape, renderer.view.spacing_mm)
+            renderer.thorax = renderer.thorax + wires
         for _ in range(int(rng.integers(0, 4))):
             metal.append(_clip(rng, renderer.pat.vessels))
         if rng.random() < 0.5:
             metal.append(_stent(rng, renderer.pat.vessels))
     renderer.metal_heart = metal
-    renderer.metal_info = {"sternal_wires": wires, "heart_metal_objects": len(metal)}
+    renderer.metal_wires = wires  # kept apart too, for the per-frame metal footprint (truth)
+    renderer.metal_info = {"sternal_wires": wires is not None, "heart_metal_objects": len(metal)}
     if p.display == "gamma":
         renderer.display_gamma = float(rng.uniform(*p.display_gamma_range))

@@ -95,6 +95,10 @@ class TrainConfig:
     # Score of a patch not drawn yet: "one" (1.0, above a typical loss, so unseen negatives dominate the
     # score-weighted draw) or "mean" (unknown: NaN, drawn at the drawn negatives' mean score).
     hard_negative_init: str = "one"
+    # Hard-negative draw weight of a negative patch holding dense metal (FrameSet.metal: a phantom's
+    # sternal wires, clips, stents), times its score: the stream model's most confident false
+    # positives were sternal wires (docs/learning.md).  1: no preference.
+    metal_negative_weight: float = 1.0
     # NHWC tensors (None: on CUDA only).  On a 2-core AMD EPYC with AVX512-BF16 the joint step ran 1.7x faster
     # with them on top of bf16 (benchmarks/bench_training.py), but oneDNN's backward crashed (SIGSEGV) there for
     # width 8: opt-in on CPUs, where it cannot be tested on every kind.
@@ -451,6 +455,9 @@ def _numpy_to_torch(b: dict) -> dict:
 def _epoch_batches(fs: dataset.FrameSet, config: TrainConfig, rng, scores: np.ndarray | None,
                    stage: int = 1) -> list:
     negatives = stage == 1 or config.decoder_patches != "positive"
+    if scores is not None and config.metal_negative_weight != 1.0:
+        # Only the draw sees the weight; the stored scores stay the losses.
+        scores = scores * np.where(fs.metal.reshape(-1), np.float32(config.metal_negative_weight), np.float32(1))
     ids = dataset.epoch_indices(fs.patch_labels, rng, balanced=config.balanced, samples=config.samples_per_epoch,
                                 hard_scores=scores, hard_fraction=config.hard_negative_frac, negatives=negatives)
     bs = config.batch_size
@@ -618,6 +625,22 @@ def _carry_scores(old_keys: list, scores: np.ndarray, new: dataset.FrameSet, uns
     return out
 
 
+def check_config(config: TrainConfig) -> None:
+    """Refuse settings that cannot work, with one line saying which (before any data is made)."""
+    if config.decoder_patches not in ("balanced", "positive"):
+        raise CacError(f"decoder_patches must be 'balanced' or 'positive', got {config.decoder_patches!r}")
+    if config.select2 not in ("iom", "loss"):
+        raise CacError(f"select2 must be 'iom' or 'loss', got {config.select2!r}")
+    if config.hard_negative_init not in ("one", "mean"):
+        raise CacError(f"hard_negative_init must be 'one' or 'mean', got {config.hard_negative_init!r}")
+    if not (config.metal_negative_weight > 0 and np.isfinite(config.metal_negative_weight)):
+        raise CacError(f"metal_negative_weight (--metal-negative-weight) must be a positive number, "
+                       f"got {config.metal_negative_weight!r}")
+    if config.metal_negative_weight != 1.0 and config.hard_negative_frac <= 0:
+        raise CacError("metal_negative_weight (--metal-negative-weight) weighs the hard-negative draw: it needs "
+                       "hard_negative_frac > 0 (the default recipe)")
+
+
 def train(train_set: dataset.FrameSet | None, val_set: dataset.FrameSet | None, config: TrainConfig, run_dir, *,
           resume: bool = False, emit: Callable[[dict], None] | None = None,
           progress: ProgressCallback = no_progress,
@@ -638,12 +661,7 @@ def train(train_set: dataset.FrameSet | None, val_set: dataset.FrameSet | None, 
     from CACIdentifierLib.network import ResUNet18
 
     emit = emit or (lambda event: None)
-    if config.decoder_patches not in ("balanced", "positive"):
-        raise CacError(f"decoder_patches must be 'balanced' or 'positive', got {config.decoder_patches!r}")
-    if config.select2 not in ("iom", "loss"):
-        raise CacError(f"select2 must be 'iom' or 'loss', got {config.select2!r}")
-    if config.hard_negative_init not in ("one", "mean"):
-        raise CacError(f"hard_negative_init must be 'one' or 'mean', got {config.hard_negative_init!r}")
+    check_config(config)
     main = distributed.is_main()  # in a data-parallel run only rank 0 reports and writes
     if not main:
         emit, progress = (lambda event: None), no_progress

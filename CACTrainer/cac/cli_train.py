@@ -75,6 +75,9 @@ def register(subparsers) -> None:
     p.add_argument("--hard-negative-init", choices=("one", "mean"),
                    help="hard-negative score of a patch not drawn yet: one (default; unseen negatives then "
                         "dominate the score-weighted draw) or mean (the drawn negatives' mean)")
+    p.add_argument("--metal-negative-weight", type=float, metavar="W",
+                   help="weigh negative patches holding dense metal (phantom truth: sternal wires, clips, "
+                        "stents) W times in the hard-negative draw (default 1: no preference)")
     p.add_argument("--lr1", type=float, help="stage-1 learning rate (recipe's: default 1e-3, paper 1e-4)")
     p.add_argument("--lr2", type=float, help="decoder learning rate (recipe's: default 3e-4, paper 1e-3)")
     p.add_argument("--frames-per-acquisition", type=int, default=8,
@@ -117,6 +120,7 @@ def register(subparsers) -> None:
 
 def _config(args):
     from CACTrainerLib.recipes import RECIPES, recipe_config
+    from CACTrainerLib.training import check_config
 
     name = getattr(args, "recipe", None) or "default"
     e1 = args.epochs1 if args.epochs1 is not None else (args.epochs if args.epochs is not None
@@ -131,17 +135,20 @@ def _config(args):
     if args.batch_size < 2:
         raise CacError("--batch-size must be at least 2 (BatchNorm needs two samples)")
     arch = {} if args.width == 64 else {"width": int(args.width)}
-    return recipe_config(name, epochs1=e1, epochs2=e2, batch_size=args.batch_size, lr1=args.lr1,
-                         lr2=args.lr2, seed=args.seed, device=args.device, amp=not args.no_amp,
-                         balanced=not args.no_balance, augment=not args.no_augment,
-                         samples_per_epoch=args.samples_per_epoch, rebalance_step=args.rebalance_step,
-                         architecture=arch, num_threads=args.threads, init=_init_model(args.init),
-                         channels_last=getattr(args, "channels_last", None),
-                         workers=max(0, int(getattr(args, "workers", 0) or 0)),
-                         refresh_patients=int(getattr(args, "refresh_patients", 0) or 0),
-                         decoder_patches=getattr(args, "decoder_patches", None),
-                         select2=getattr(args, "select2", None),
-                         hard_negative_init=getattr(args, "hard_negative_init", None))
+    config = recipe_config(name, epochs1=e1, epochs2=e2, batch_size=args.batch_size, lr1=args.lr1,
+                           lr2=args.lr2, seed=args.seed, device=args.device, amp=not args.no_amp,
+                           balanced=not args.no_balance, augment=not args.no_augment,
+                           samples_per_epoch=args.samples_per_epoch, rebalance_step=args.rebalance_step,
+                           architecture=arch, num_threads=args.threads, init=_init_model(args.init),
+                           channels_last=getattr(args, "channels_last", None),
+                           workers=max(0, int(getattr(args, "workers", 0) or 0)),
+                           refresh_patients=int(getattr(args, "refresh_patients", 0) or 0),
+                           decoder_patches=getattr(args, "decoder_patches", None),
+                           select2=getattr(args, "select2", None),
+                           hard_negative_init=getattr(args, "hard_negative_init", None),
+                           metal_negative_weight=getattr(args, "metal_negative_weight", None))
+    check_config(config)  # before minutes of data generation
+    return config
 
 
 def _init_model(path: str | None) -> str | None:
