@@ -485,7 +485,7 @@ class CACTrainerLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def createCurveNodes():
-        """A table with one row per epoch and a chart of its loss, F1 and IoM columns."""
+        """A table with one row per epoch and a chart of its loss, F1, AUC and IoM columns."""
         from cac.train_events import CURVE_COLUMNS
 
         table = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLTableNode", "CAC training curves")
@@ -496,7 +496,7 @@ class CACTrainerLogic(ScriptedLoadableModuleLogic):
         chart = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLPlotChartNode", "CAC training curves chart")
         chart.SetTitle(_("Training curves"))
         chart.SetXAxisTitle(_("epoch (stage 1, then stage 2)"))
-        chart.SetYAxisTitle(_("loss / F1 / IoM"))
+        chart.SetYAxisTitle(_("loss / F1 / AUC / IoM"))
         for name in CURVE_COLUMNS[3:]:
             series = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLPlotSeriesNode", name)
             series.SetAndObserveTableNodeID(table.GetID())

@@ -314,6 +314,8 @@ def test_trainer_progress_lines():
     assert train_events.progress_fraction({"stage": 1, "epoch": 1, "epochs": 0}) is None
     row = train_events.curve_row(event)
     assert row["train_loss"] == 0.5 and row["val_f1"] == 0.8 and math.isnan(row["val_iom"])
+    assert math.isnan(row["val_auc"])  # not reported (an older trainer, or stage 2)
+    assert train_events.curve_row({**event, "val_auc": 0.83})["val_auc"] == 0.83
     assert train_events.curve_row({"loss": 2})["train_loss"] == 2.0  # older trainers said "loss"
     for junk in ("", "Epoch 3", "[####....] 3/4", '{"unterminated": ', "[1, 2]", "{not json}"):
         assert train_events.parse_line(junk) is None

@@ -161,6 +161,8 @@ def test_tiny_training_learns_and_is_repeatable_and_resumable(tiny, tmp_path):
     assert [e["stage"] for e in epochs] == [1] * 8 + [2]
     for key in ("epoch", "epochs", "train_loss", "val_loss", "val_f1", "val_iom", "seconds"):
         assert key in epochs[0]
+    # stage 1 reports the validation patch AUC, the same number evaluate() gives for that epoch's model
+    assert all(0.0 <= e["val_auc"] <= 1.0 for e in epochs if e["stage"] == 1)
     assert events[0]["event"] == "start" and events[-1]["event"] == "done"
     # learns: patch F1 well above chance (F1 of calling every patch positive) on the training patients,
     # and on the held-out patient F1 >= 0.7 with a balanced accuracy well above 0.5 (chance)

@@ -796,8 +796,9 @@ def train(train_set: dataset.FrameSet | None, val_set: dataset.FrameSet | None, 
             if val_set is not None:
                 ev = evaluate(model, val_set, config, device, decode=(st == 2))
                 if st == 1:
+                    # AUC too: the issue's target measure, and free of the 0.5 threshold F1 depends on.
                     row.update(val_loss=ev["cls_loss"], val_f1=ev["f1"], val_precision=ev["precision"],
-                               val_recall=ev["recall"])
+                               val_recall=ev["recall"], val_auc=ev["auc"])
                     key = (ev["f1"] if ev["f1"] is not None else -1.0, -ev["cls_loss"])
                 else:
                     row.update(val_loss=_decoder_val_loss(model, val_set, config, device, row["alpha"]),
@@ -846,7 +847,7 @@ def train(train_set: dataset.FrameSet | None, val_set: dataset.FrameSet | None, 
 
 
 def plot_curves(history: list, path, title: str = "") -> None:
-    """Training curves (losses, validation F1 and IoM per epoch) as a PNG (matplotlib Agg)."""
+    """Training curves (losses, validation F1, AUC and IoM per epoch) as a PNG (matplotlib Agg)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -867,6 +868,9 @@ def plot_curves(history: list, path, title: str = "") -> None:
         if any(r.get(metric) is not None for r in rows):
             ax2 = ax.twinx()
             ax2.plot(ep, [r.get(metric) for r in rows], "-s", color="tab:green", ms=3, label=label)
+            if st == 1 and any(r.get("val_auc") is not None for r in rows):
+                ax2.plot(ep, [r.get("val_auc") for r in rows], "-^", color="tab:purple", ms=3, label="val AUC")
+                label = f"{label} / AUC"
             ax2.set_ylim(0, 1.02)
             ax2.set_ylabel(label)
             ax2.legend(loc="lower right")

@@ -166,7 +166,7 @@ def _emitter(as_json: bool):
         elif event.get("event") == "epoch":
             parts = [f"stage {event['stage']} epoch {event['epoch']}/{event['epochs']}",
                      f"train {event['train_loss']:.4f}"]
-            for key in ("val_loss", "val_f1", "val_iom"):
+            for key in ("val_loss", "val_f1", "val_auc", "val_iom"):
                 if event.get(key) is not None:
                     parts.append(f"{key} {event[key]:.3f}")
             parts.append(f"{event['seconds']:.0f} s" + (" *" if event.get("best") else ""))
