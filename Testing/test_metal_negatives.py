@@ -109,6 +109,26 @@ def test_metal_weight_steers_the_hard_negative_draw():
     assert np.array_equal(s, scores)
 
 
+def test_metal_weight_applies_to_negatives_not_drawn_yet():
+    """With --hard-negative-init mean an unseen negative weighs the scored negatives' mean, times its weight."""
+    from CACTrainerLib.training import TrainConfig, _epoch_batches
+
+    fs = _fake_set(400, slice(300, 340))
+    neg_metal = (fs.patch_labels == 0) & fs.metal.reshape(-1)
+    scores = np.full(fs.n_patches, 0.2, np.float32)
+    scores[neg_metal] = np.nan  # the metal negatives were never drawn
+
+    def share(weight):
+        out = []
+        for seed in range(5):
+            cfg = TrainConfig(hard_negative_frac=1.0, metal_negative_weight=weight, hard_negative_init="mean")
+            ids = np.concatenate(_epoch_batches(fs, cfg, np.random.default_rng(seed), scores.copy()))
+            out.append(neg_metal[ids[fs.patch_labels[ids] == 0]].mean())
+        return np.mean(out)
+
+    assert share(4.0) > share(1.0) + 0.1
+
+
 @pytest.mark.parametrize("kw", [{"metal_negative_weight": 0.0}, {"metal_negative_weight": float("nan")},
                                 {"metal_negative_weight": 2.0, "hard_negative_frac": 0.0}])
 def test_bad_metal_weight_is_refused(kw):

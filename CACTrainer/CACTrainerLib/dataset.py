@@ -387,7 +387,8 @@ class Augment:
 
 def epoch_indices(labels: np.ndarray, rng: np.random.Generator, *, balanced: bool = True,
                   samples: int | None = None, hard_scores: np.ndarray | None = None,
-                  hard_fraction: float = 0.0, negatives: bool = True) -> np.ndarray:
+                  hard_fraction: float = 0.0, negatives: bool = True,
+                  hard_weights: np.ndarray | None = None) -> np.ndarray:
     """Patch ids of one training epoch, shuffled.
 
     ``balanced``: every positive patch once and as many negatives drawn
@@ -399,6 +400,8 @@ def epoch_indices(labels: np.ndarray, rng: np.random.Generator, *, balanced: boo
     crossings that fooled the classifier come back more often), the rest uniformly.
     A NaN score means "not drawn yet": such a negative weighs the mean score of the
     scored negatives (1 if none is scored), as likely hard as a typical one.
+    ``hard_weights`` (one per patch) multiply the scores after that, e.g. to favour the
+    negatives that hold metal (``TrainConfig.metal_negative_weight``).
     ``negatives=False``: the positive patches only (all of them if there are none).
 
     Examples
@@ -425,6 +428,8 @@ def epoch_indices(labels: np.ndarray, rng: np.random.Generator, *, balanced: boo
             unseen = np.isnan(w)
             if unseen.any():
                 w = np.where(unseen, w[~unseen].mean() if (~unseen).any() else 1.0, w)
+            if hard_weights is not None:
+                w = w * np.asarray(hard_weights, np.float64).reshape(-1)[neg]
             w = w + 1e-6
             hard = rng.choice(neg, size=n_hard, replace=False, p=w / w.sum())
             rest = np.setdiff1d(neg, hard)

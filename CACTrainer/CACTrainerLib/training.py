@@ -455,11 +455,13 @@ def _numpy_to_torch(b: dict) -> dict:
 def _epoch_batches(fs: dataset.FrameSet, config: TrainConfig, rng, scores: np.ndarray | None,
                    stage: int = 1) -> list:
     negatives = stage == 1 or config.decoder_patches != "positive"
-    if scores is not None and config.metal_negative_weight != 1.0:
-        # Only the draw sees the weight; the stored scores stay the losses.
-        scores = scores * np.where(fs.metal.reshape(-1), np.float32(config.metal_negative_weight), np.float32(1))
+    weights = None
+    if config.metal_negative_weight != 1.0:
+        # Only the draw sees the weight (the stored scores stay the losses), unseen negatives included.
+        weights = np.where(fs.metal.reshape(-1), config.metal_negative_weight, 1.0)
     ids = dataset.epoch_indices(fs.patch_labels, rng, balanced=config.balanced, samples=config.samples_per_epoch,
-                                hard_scores=scores, hard_fraction=config.hard_negative_frac, negatives=negatives)
+                                hard_scores=scores, hard_fraction=config.hard_negative_frac, negatives=negatives,
+                                hard_weights=weights)
     bs = config.batch_size
     batches = [ids[s:s + bs] for s in range(0, len(ids), bs)]
     if len(batches) > 1 and len(batches[-1]) < bs:
