@@ -119,7 +119,7 @@ def analyse(probs: np.ndarray, labels: np.ndarray, snr: np.ndarray, rendered: np
     out["unlabelled_vs_clean_auc"] = roc_auc(unlabelled[sel], probs[sel])
     # Which negatives fool it: those of cines with metal (sternal wires, clips, stents) or without.
     groups = [("clean_negatives_metal_cines", clean & metal), ("clean_negatives_no_metal", clean & ~metal)]
-    if patch_metal is not None:  # the patch itself holds metal, or its cine has none at all
+    if patch_metal is not None:  # the patch itself holds metal, or its cine has metal elsewhere
         groups += [("clean_negatives_holding_metal", clean & patch_metal),
                    ("clean_negatives_metal_cines_patch_free", clean & metal & ~patch_metal)]
     for name, group in groups:

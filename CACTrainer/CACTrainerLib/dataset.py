@@ -146,13 +146,14 @@ class FrameSet:
         }
 
 
-def _to_512_mask(mask: np.ndarray) -> np.ndarray:
+def _to_512_mask(mask: np.ndarray, any_cover: bool = False) -> np.ndarray:
+    """``mask`` on the 512 grid: pixels at least half covered (``any_cover``: covered at all)."""
     from CACIdentifierLib import patches
 
     if mask.shape == (FRAME, FRAME):
         return mask.astype(bool)
     prob, _, _ = patches.prepare_frame(mask.astype(np.float32), None)
-    return prob >= 0.5
+    return prob > 0 if any_cover else prob >= 0.5
 
 
 def _patches_touching(mask: np.ndarray, origins) -> np.ndarray:
@@ -165,13 +166,7 @@ def _patches_touching(mask: np.ndarray, origins) -> np.ndarray:
     >>> _patches_touching(m, patch_origins()).tolist()
     [True, False, False, False, False]
     """
-    from CACIdentifierLib import patches
-
-    if mask.shape == (FRAME, FRAME):
-        m512 = mask.astype(bool)
-    else:
-        cover, _, _ = patches.prepare_frame(mask.astype(np.float32), None)
-        m512 = cover > 0
+    m512 = _to_512_mask(mask, any_cover=True)
     return np.array([m512[r0:r0 + PATCH, c0:c0 + PATCH].any() for r0, c0 in origins])
 
 
