@@ -484,43 +484,27 @@ class CACTrainerLogic(ScriptedLoadableModuleLogic):
         return shutil.which("PythonSlicer") or sys.executable
 
     @staticmethod
-    def createCurveNodes():
+    def createCurveNodes(scene=None):
         """A table with one row per epoch and a chart of its loss, F1, AUC and IoM columns."""
         from cac.train_events import CURVE_COLUMNS
+        from CACIdentifierLib import mrml
 
-        table = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLTableNode", "CAC training curves")
-        for name in CURVE_COLUMNS:
-            array = vtk.vtkDoubleArray()
-            array.SetName(name)
-            table.AddColumn(array)
-        chart = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLPlotChartNode", "CAC training curves chart")
-        chart.SetTitle(_("Training curves"))
-        chart.SetXAxisTitle(_("epoch (stage 1, then stage 2)"))
-        chart.SetYAxisTitle(_("loss / F1 / AUC / IoM"))
-        for name in CURVE_COLUMNS[3:]:
-            series = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLPlotSeriesNode", name)
-            series.SetAndObserveTableNodeID(table.GetID())
-            series.SetXColumnName("step")
-            series.SetYColumnName(name)
-            series.SetPlotType(slicer.vtkMRMLPlotSeriesNode.PlotTypeScatter)
-            series.SetMarkerStyle(slicer.vtkMRMLPlotSeriesNode.MarkerStyleNone)
-            series.SetUniqueColor()
-            chart.AddAndObservePlotSeriesNodeID(series.GetID())
+        scene = scene or slicer.mrmlScene
+        table = mrml.table_from_columns(scene, "CAC training curves", {name: [] for name in CURVE_COLUMNS})
+        chart = mrml.plot_from_table(scene, table, "step", CURVE_COLUMNS[3:], title=_("Training curves"),
+                                     x_label=_("epoch (stage 1, then stage 2)"), y_label=_("loss / F1 / AUC / IoM"))
+        chart.SetName("CAC training curves chart")
         return table, chart
 
     @staticmethod
     def appendCurveRow(table, event) -> None:
         """Append one epoch event to the curves table (NaN where a value is missing)."""
-        from cac.train_events import CURVE_COLUMNS, curve_row
+        from cac.train_events import curve_row
+        from CACIdentifierLib import mrml
 
-        values = curve_row(event)
-        vtable = table.GetTable()
-        step = vtable.GetNumberOfRows() + 1
-        for name in CURVE_COLUMNS:
-            array = vtable.GetColumnByName(name)
-            array.InsertNextValue(float(step) if name == "step" else values[name])
-        vtable.Modified()
-        table.Modified()
+        row = curve_row(event)
+        row["step"] = table.GetNumberOfRows() + 1
+        mrml.append_table_row(table, row)
 
 
 #

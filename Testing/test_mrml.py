@@ -168,6 +168,26 @@ def test_table_and_plot(scene):
         mrml.table_from_columns(scene, "bad", {"a": [1, 2], "b": [1]})
 
 
+def test_table_filled_row_by_row(scene):
+    table = mrml.table_from_columns(scene, "rows", {"step": [], "loss": []})
+    assert table.GetNumberOfRows() == 0
+    assert table.GetTable().GetColumnByName("step").IsA("vtkDoubleArray")  # empty columns are doubles
+    assert mrml.append_table_row(table, {"step": 1, "loss": 0.5}) == 1
+    assert mrml.append_table_row(table, {"step": 2}) == 2
+    vtable = table.GetTable()
+    assert vtable.GetValueByName(1, "step").ToDouble() == 2.0
+    assert np.isnan(vtable.GetValueByName(1, "loss").ToDouble())
+    with pytest.raises(CacError, match="no column 'los'"):
+        mrml.append_table_row(table, {"step": 3, "los": 0.1})
+    assert table.GetNumberOfRows() == 2  # nothing appended by the refused row
+    mixed = mrml.table_from_columns(scene, "mixed", {"name": ["a"], "n": [1]})
+    mrml.append_table_row(mixed, {"n": 2})
+    assert mixed.GetCellText(1, 0) == "" and mixed.GetCellText(1, 1) == "2"
+    with pytest.raises(CacError, match="integer column 'n'"):
+        mrml.append_table_row(mixed, {"name": "b"})
+    assert mixed.GetNumberOfRows() == 2 and mixed.GetTable().GetColumnByName("name").GetNumberOfValues() == 2
+
+
 def test_sync_to_scene(scene):
     n = 40
     period = 12.5

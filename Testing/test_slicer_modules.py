@@ -301,6 +301,42 @@ def _trainer_functions() -> dict:
     return namespace
 
 
+def test_trainer_curve_nodes_on_the_real_scene():
+    """CACTrainerLogic's curves table and chart, run on slicer-core's scene (the panel's own methods)."""
+    slicer = pytest.importorskip("slicer", reason="slicer-core is not installed")
+    from cac.train_events import CURVE_COLUMNS
+    from CACIdentifierLib import slicercore
+
+    tree = parse_script("CACTrainer")
+    logic = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "CACTrainerLogic")
+    wanted = {"createCurveNodes", "appendCurveRow"}
+    body = [n for n in logic.body if isinstance(n, ast.FunctionDef) and n.name in wanted]
+    namespace = {"slicer": slicer, "_": str}
+    exec(compile(ast.Module(body=body, type_ignores=[]), "CACTrainer.py", "exec"), namespace)
+    scene = slicercore.new_scene()
+    table, chart = namespace["createCurveNodes"](scene)
+    assert table.IsA("vtkMRMLTableNode") and chart.IsA("vtkMRMLPlotChartNode")
+    assert scene.GetNodeByID(table.GetID()) is table and table.GetNumberOfRows() == 0
+    assert [table.GetColumnName(i) for i in range(table.GetNumberOfColumns())] == CURVE_COLUMNS
+    assert chart.GetNumberOfPlotSeriesNodes() == len(CURVE_COLUMNS) - 3
+    series = [chart.GetNthPlotSeriesNode(i) for i in range(chart.GetNumberOfPlotSeriesNodes())]
+    assert {s.GetYColumnName() for s in series} == {"train_loss", "val_loss", "val_f1", "val_auc", "val_iom"}
+    assert all(s.GetTableNode() is table and s.GetXColumnName() == "step" for s in series)
+    events = [{"event": "epoch", "stage": 1, "epoch": 1, "epochs": 2, "train_loss": 0.7, "val_f1": 0.5, "val_auc": 0.8},
+              {"event": "epoch", "stage": 1, "epoch": 2, "epochs": 2, "train_loss": 0.6, "val_f1": 0.6},
+              {"event": "epoch", "stage": 2, "epoch": 1, "epochs": 1, "train_loss": 0.4, "val_iom": 0.55}]
+    for event in events:
+        namespace["appendCurveRow"](table, event)
+    vtable = table.GetTable()
+    assert table.GetNumberOfRows() == 3
+    assert [vtable.GetValueByName(i, "step").ToDouble() for i in range(3)] == [1.0, 2.0, 3.0]
+    assert vtable.GetValueByName(2, "stage").ToDouble() == 2.0
+    assert vtable.GetValueByName(0, "val_auc").ToDouble() == pytest.approx(0.8)
+    assert math.isnan(vtable.GetValueByName(1, "val_auc").ToDouble())
+    assert vtable.GetValueByName(2, "val_iom").ToDouble() == pytest.approx(0.55)
+    assert math.isnan(vtable.GetValueByName(0, "val_iom").ToDouble())
+
+
 def test_trainer_progress_lines():
     """The lines `cac train --json` writes are the lines the panel reads (one module, cac.train_events)."""
     from cac import train_events

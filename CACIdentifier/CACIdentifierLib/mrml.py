@@ -586,7 +586,8 @@ def table_from_columns(scene, name: str, columns: dict[str, list]):
     """Add a ``vtkMRMLTableNode`` with one column per entry (ints, floats, bools or strings).
 
     All columns must have the same length; ``None`` in a numeric column
-    becomes NaN.
+    becomes NaN.  Empty columns are numeric (doubles), for a table filled row
+    by row with :func:`append_table_row`.
     """
     vtk = _vtk()
     lengths = {key: len(values) for key, values in columns.items()}
@@ -613,6 +614,36 @@ def table_from_columns(scene, name: str, columns: dict[str, list]):
         vtable.AddColumn(array)
     table.Modified()
     return table
+
+
+def append_table_row(table, values: dict) -> int:
+    """Append one row to a table: ``values[column]`` in every column, NaN (numeric) or "" where missing.
+
+    Keys that are not columns are an error (a misspelt column would otherwise
+    be lost silently).  Returns the new number of rows.
+    """
+    vtable = table.GetTable()
+    names = [vtable.GetColumn(i).GetName() for i in range(vtable.GetNumberOfColumns())]
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        raise CacError(f"table {table.GetName()!r} has no column {unknown[0]!r} (columns: {names})")
+    row = []  # converted first, so that a refused row leaves the table as it was
+    for name in names:
+        array = vtable.GetColumnByName(name)
+        value = values.get(name)
+        if array.IsA("vtkStringArray"):
+            row.append("" if value is None else str(value))
+        elif array.IsA("vtkIntArray"):
+            if value is None:
+                raise CacError(f"table {table.GetName()!r}: integer column {name!r} needs a value")
+            row.append(int(value))
+        else:
+            row.append(float("nan") if value is None else float(value))
+    for name, value in zip(names, row):
+        vtable.GetColumnByName(name).InsertNextValue(value)
+    vtable.Modified()
+    table.Modified()
+    return vtable.GetNumberOfRows()
 
 
 _MARKERS = {"none": "MarkerStyleNone", "circle": "MarkerStyleCircle", "square": "MarkerStyleSquare",
