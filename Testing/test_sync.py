@@ -190,9 +190,12 @@ def test_default_beats_paper_on_phantom(phantom_case):
     e_pap = _pair_errors(paper.pairs, truth_phase)
     assert np.median(e_def) < 0.03 and np.percentile(e_def, 90) < 0.08
     assert np.median(e_def) <= np.median(e_pap) + 1e-9
-    # every non-contrast frame once, paired with a contrast frame where contrast has arrived
+    # every non-contrast frame once, but the guard band before the detected onset, paired with a
+    # contrast frame where contrast has arrived
     nc = [a for a, _ in default.pairs]
-    assert nc == list(range(default.onset_frame))
+    assert default.onset_detected and default.guard_frames == sync.ONSET_GUARD_FRAMES
+    assert nc == list(range(default.onset_frame - sync.ONSET_GUARD_FRAMES))
+    assert [a for a, _ in default.image.pairs] == list(range(default.onset_frame))  # the estimate keeps them
     assert default.onset_frame <= onset + 3
     for a, b in default.pairs:
         assert a < default.onset_frame <= default.contrast_start <= b < len(truth_phase)
@@ -262,7 +265,8 @@ def test_no_ecg_uses_images(rca_cine):
         res = sync.synchronize_cine(rca_cine, use_ecg=False)
     assert not res.ecg_used and res.ecg is None
     assert res.period_frames == pytest.approx(res.image.period_frames)
-    assert res.pairs == res.image.pairs
+    guard = res.onset_frame - res.guard_frames
+    assert res.pairs == [p for p in res.image.pairs if p[0] < guard]  # less the guard band before the onset
 
 
 # ----------------------------------------------------------------------------- no periodicity, blank frames
@@ -326,6 +330,26 @@ def test_cli_json_has_exactly_the_keys(capsys):
     assert main(["sync", str(RCA), "--json", "--no-ecg", "--method", "paper"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert set(out) == JSON_KEYS and out["ecg_used"] is False and out["method"] == "paper"
+    # The guard band before the detected onset: the default, and none when asked
+    assert main(["sync", str(RCA), "--json"]) == 0
+    guarded = {a for a, _ in json.loads(capsys.readouterr().out)["pairs"]}
+    assert main(["sync", str(RCA), "--json", "--onset-guard", "0"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    plain = {a for a, _ in out["pairs"]}
+    assert plain == set(range(out["onset_frame"]))
+    assert guarded == set(range(out["onset_frame"] - sync.ONSET_GUARD_FRAMES))
+    assert main(["sync", str(RCA), "--onset-guard", "-1"]) == 2
+    assert "onset guard" in capsys.readouterr().err
+    import argparse
+
+    from cac import cli_identify, cli_sync
+
+    for module in (cli_identify, cli_sync):  # the help text states the library's default
+        parser = argparse.ArgumentParser()
+        module.register(parser.add_subparsers())
+        helps = [a.help for sp in parser._subparsers._group_actions[0].choices.values()
+                 for a in sp._actions if "--onset-guard" in a.option_strings]
+        assert helps and f"default: {sync.ONSET_GUARD_FRAMES}," in helps[0]
 
 
 @needs_data
@@ -436,3 +460,23 @@ def test_synchronize_memory_is_linear_in_frames():
 
     small, large = peak(800), peak(3200)
     assert large < 6 * small, (small, large)
+
+
+def test_onset_guard_band(phantom_case):
+    """The guard leaves out the frames just before a detected onset, never a given onset's, and keeps one frame."""
+    ft = phantom_case.frame_time_ms
+    plain = sync.synchronize(phantom_case.frames, ft, onset_guard=0)
+    guarded = sync.synchronize(phantom_case.frames, ft, onset_guard=3)
+    assert plain.onset_detected and plain.guard_frames == 0
+    assert plain.onset_frame == guarded.onset_frame and plain.phase == guarded.phase
+    onset = plain.onset_frame
+    assert sorted({a for a, _ in plain.pairs}) == list(range(onset))
+    assert guarded.guard_frames == 3 and guarded.non_contrast_frames == list(range(onset - 3))
+    # the pairs kept are exactly the unguarded ones of those frames
+    assert guarded.pairs == [p for p in plain.pairs if p[0] < onset - 3]
+    given = sync.synchronize(phantom_case.frames, ft, onset=onset, onset_guard=3)
+    assert given.guard_frames == 0 and given.non_contrast_frames == list(range(onset))
+    huge = sync.synchronize(phantom_case.frames, ft, onset_guard=10_000)
+    assert huge.non_contrast_frames == [0] and huge.guard_frames == onset - 1
+    with pytest.raises(CacError, match="onset guard"):
+        sync.synchronize(phantom_case.frames, ft, onset_guard=-1)

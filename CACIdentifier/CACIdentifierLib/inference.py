@@ -163,6 +163,7 @@ def identify(
     device: str = "auto",
     batch_frames: int = 1,
     onset: int | None = None,
+    onset_guard: int | None = None,
     min_island_px: int | None = None,
     sigma: float | None = None,
     threshold: float | None = None,
@@ -189,6 +190,9 @@ def identify(
         batches pay off on a GPU.
     onset : int, optional
         Manual contrast onset frame (overrides detection) when ``sync`` is not given.
+    onset_guard : int, optional
+        Frames just before a detected onset that are not analysed, when ``sync`` is not
+        given (default :data:`.sync.ONSET_GUARD_FRAMES`; see :func:`.sync.synchronize`).
     min_island_px, sigma, threshold
         Refinement overrides (default: the model's metadata, else :data:`.refinement.DEFAULTS`).
     classifier_threshold : float, optional
@@ -223,7 +227,7 @@ def identify(
         from .sync import synchronize_cine
 
         progress(0, 1, "synchronizing")
-        sync = synchronize_cine(cine, onset=onset)
+        sync = synchronize_cine(cine, onset=onset, onset_guard=onset_guard)
     t_sync = time.perf_counter()
     pairs = [(int(a), int(b)) for a, b in sync.pairs]
     if not pairs:

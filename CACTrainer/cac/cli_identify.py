@@ -31,6 +31,9 @@ def register(subparsers) -> None:
     p.add_argument("--out", default="cac-output", help="output folder (default: ./cac-output)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     p.add_argument("--onset", type=int, help="contrast onset frame (0-based), overrides detection")
+    p.add_argument("--onset-guard", type=int, metavar="N",
+                   help="non-contrast frames just before a detected onset that are not analysed "
+                        "(default: 2, see docs/sync.md; none with --onset)")
     p.add_argument("--sigma", type=float, help="refinement Gaussian sigma in pixels")
     p.add_argument("--min-island", type=int, dest="min_island_px", help="smallest ROI island kept, in pixels")
     p.add_argument("--threshold", type=float, help="ROI threshold after the Gaussian")
@@ -119,6 +122,7 @@ def _run(args: argparse.Namespace) -> int:
         device=args.device,
         batch_frames=args.batch_frames or (1 if args.device == "cpu" or not _gpu() else 8),
         onset=args.onset,
+        onset_guard=args.onset_guard,
         min_island_px=args.min_island_px,
         sigma=args.sigma,
         threshold=args.threshold,

@@ -20,6 +20,9 @@ def register(subparsers) -> None:
     )
     p.add_argument("cine", help="DICOM XA file, folder of DICOM or PNG/JPEG frames, .nrrd or .seq.nrrd")
     p.add_argument("--onset", type=int, metavar="N", help="first contrast frame (0-based), overriding detection")
+    p.add_argument("--onset-guard", type=int, metavar="N",
+                   help="non-contrast frames just before a detected onset that are not analysed "
+                        "(default: 2, see docs/sync.md; none with --onset)")
     p.add_argument(
         "--method",
         choices=("default", "paper"),
@@ -49,6 +52,8 @@ def summary(result, n_frames: int) -> str:
         f"contrast onset: frame {result.onset_frame} (fully arrived from frame {result.contrast_start}"
         f"{'' if result.onset_detected else ', not detected: assumed'})"
     )
+    if result.guard_frames:
+        lines.append(f"guard band: the {result.guard_frames} frame(s) before the detected onset are not paired")
     if result.period_frames is None:
         lines.append("period: none found (no clear periodicity)")
     else:
@@ -86,7 +91,8 @@ def run(args) -> int:
     with warnings.catch_warnings():
         # The result carries its warnings; print them once below instead of twice.
         warnings.simplefilter("ignore")
-        result = synchronize_cine(cine, onset=args.onset, method=args.method, use_ecg=not args.no_ecg)
+        result = synchronize_cine(cine, onset=args.onset, method=args.method, use_ecg=not args.no_ecg,
+                                  onset_guard=args.onset_guard)
     if args.plot:
         plot_sync(result, args.plot, overwrite=args.overwrite, title=str(args.cine))
     if args.json:

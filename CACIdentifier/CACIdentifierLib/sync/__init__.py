@@ -43,7 +43,7 @@ Where each part lives:
 """
 
 from .ecg import r_peaks_from_ecg
-from .onset import contrast_course, detect_contrast_onset
+from .onset import ONSET_GUARD_FRAMES, contrast_course, detect_contrast_onset
 from .period import MAX_BPM, MIN_BPM, PERIODIC_THRESHOLD
 from .phase import pair_by_phase, phase_from_landmarks
 from .pipeline import synchronize, synchronize_cine
@@ -56,6 +56,7 @@ __all__ = [
     "MAX_BPM",
     "METHODS",
     "MIN_BPM",
+    "ONSET_GUARD_FRAMES",
     "PERIODIC_THRESHOLD",
     "SMALL_SIDE",
     "ContrastCourse",

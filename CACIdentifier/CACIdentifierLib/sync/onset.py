@@ -18,6 +18,9 @@ from .gram import one_cycle_mean
 from .result import ContrastCourse
 from .signal import bin_mean, block_mean, check_frames
 
+# Non-contrast frames just before a detected onset that are not analysed (synchronize's onset_guard):
+# the detected onset is more often late than early (benchmarks/onset_guard.py, docs/sync.md).
+ONSET_GUARD_FRAMES = 2
 DARK_BIN = 2  # onset statistic on 64x64 means with a 3x3 box: as accurate as 128x128 with 7x7, 4x cheaper
 DARK_BOX = 3
 

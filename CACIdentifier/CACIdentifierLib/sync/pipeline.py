@@ -12,7 +12,7 @@ from ..errors import CacError, CacWarning
 from .blas import single_threaded_blas
 from .default import default_estimate, prepare_features
 from .ecg import ecg_estimate
-from .onset import contrast_course
+from .onset import ONSET_GUARD_FRAMES, contrast_course
 from .period import paper_estimate
 from .phase import pair_by_phase
 from .result import METHODS, SyncResult
@@ -30,6 +30,7 @@ def synchronize(
     ecg=None,
     use_ecg: bool = True,
     blank_frames=None,
+    onset_guard: int | None = None,
     progress=None,
 ) -> SyncResult:
     """Cardiac synchronization of a cine: onset, period, per-frame phase and frame pairs.
@@ -56,6 +57,13 @@ def synchronize(
         Frames without an image (Cine.blank_frames): excluded from references,
         signals and pairing; they still get a phase.  None (default): found
         here (:func:`_auto_blank`, with a warning); ``()`` means none.
+    onset_guard : int, optional
+        Non-contrast frames just before a *detected* onset that get no pair
+        (default :data:`.onset.ONSET_GUARD_FRAMES`): the detected onset is more
+        often late than early, and a late one would have the first frames of
+        the wash-in analysed as non-contrast.  Not applied to a given
+        ``onset`` nor to the first-half fallback; at least the first valid
+        frame always stays.  ``result.guard_frames`` says how many were left out.
     progress : callable(done, total, message), optional
 
     Raises
@@ -79,6 +87,9 @@ def synchronize(
         if onset >= n:
             raise CacError(f"onset {onset} leaves no contrast frames in this {n}-frame cine; "
                            f"use an onset between 1 and {n - 1}")
+    guard = ONSET_GUARD_FRAMES if onset_guard is None else int(onset_guard)
+    if guard < 0:
+        raise CacError(f"the onset guard must be 0 or more frames, got {guard}")
     report = progress or (lambda *a: None)
     warn_list: list[str] = []
     report(0, 4, "ECG-like signal")
@@ -139,6 +150,13 @@ def synchronize(
         chosen = ecg_est
     else:
         chosen = image
+    pairs = chosen.pairs
+    guarded = guard > 0 and onset is None and course.detected
+    kept = [i for i in nc if i < onset_frame - guard] if guarded else nc
+    kept = kept or nc[:1]
+    if len(kept) < len(nc):
+        keep = set(kept)
+        pairs = [p for p in pairs if int(p[0]) in keep]
     for w in warn_list:
         warnings.warn(w, CacWarning, stacklevel=3)
     report(4, 4, "done")
@@ -147,7 +165,7 @@ def synchronize(
         period_frames=chosen.period_frames if chosen.periodic else None,
         heart_rate_bpm=chosen.heart_rate_bpm if chosen.periodic else None,
         phase=[float(p) for p in chosen.phase],
-        pairs=chosen.pairs,
+        pairs=pairs,
         signal=[float(s) for s in signal],
         confidence=float(chosen.confidence),
         ecg_used=ecg_est is not None,
@@ -160,6 +178,7 @@ def synchronize(
         onset_detected=bool(course.detected) if onset is None else True,
         contrast_statistic=[float(s) for s in course.statistic],
         blank_frames=blank,
+        guard_frames=len(nc) - len(kept),
         frame_time_ms=frame_time_ms,
         image=image,
         ecg=ecg_est,

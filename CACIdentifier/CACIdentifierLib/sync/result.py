@@ -52,6 +52,8 @@ class SyncResult:
     ``pairs``, ``period_frames``, ``heart_rate_bpm``, ``beat_frames`` come from
     the ECG when ``ecg_used`` is true, else from the images; ``image`` always
     holds the image-based estimate and ``ecg`` the ECG-based one (or None).
+    ``pairs`` leave out the ``guard_frames`` valid non-contrast frames just
+    before a detected onset (the estimates' own ``pairs`` keep them).
     """
 
     onset_frame: int
@@ -71,6 +73,7 @@ class SyncResult:
     onset_detected: bool = True
     contrast_statistic: list[float] = field(default_factory=list)
     blank_frames: list[int] = field(default_factory=list)
+    guard_frames: int = 0
     frame_time_ms: float | None = None
     image: PhaseEstimate | None = None
     ecg: PhaseEstimate | None = None
