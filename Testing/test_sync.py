@@ -480,3 +480,16 @@ def test_onset_guard_band(phantom_case):
     assert huge.non_contrast_frames == [0] and huge.guard_frames == onset - 1
     with pytest.raises(CacError, match="onset guard"):
         sync.synchronize(phantom_case.frames, ft, onset_guard=-1)
+
+
+def test_onset_guard_benchmark_counts():
+    """benchmarks/onset_guard.py's counts on hand-made cases (late, early, undetected onsets)."""
+    from benchmark_scripts import load
+
+    rows = [{"onset_true": 10, "onset_found": 13, "detected": True},   # 3 frames late
+            {"onset_true": 20, "onset_found": 18, "detected": True},   # 2 frames early
+            {"onset_true": 30, "onset_found": 32, "detected": False}]  # fallback: no guard
+    g0, g2 = load("onset_guard").guard_table(rows, [0, 2])
+    assert (g0["iodine_frames"], g0["cines_with_iodine"], g0["nc_frames_lost"]) == (3 + 0 + 2, 2, 0 + 2 + 0)
+    assert (g2["iodine_frames"], g2["cines_with_iodine"], g2["nc_frames_lost"]) == (1 + 0 + 2, 2, 0 + 4 + 0)
+    assert g2["nc_frames"] == 60 and g2["cines"] == 3
