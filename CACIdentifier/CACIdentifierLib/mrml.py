@@ -623,13 +623,13 @@ def append_table_row(table, values: dict) -> int:
     be lost silently).  Returns the new number of rows.
     """
     vtable = table.GetTable()
-    names = [vtable.GetColumn(i).GetName() for i in range(vtable.GetNumberOfColumns())]
+    arrays = [vtable.GetColumn(i) for i in range(vtable.GetNumberOfColumns())]
+    names = [array.GetName() for array in arrays]
     unknown = sorted(set(values) - set(names))
     if unknown:
         raise CacError(f"table {table.GetName()!r} has no column {unknown[0]!r} (columns: {names})")
     row = []  # converted first, so that a refused row leaves the table as it was
-    for name in names:
-        array = vtable.GetColumnByName(name)
+    for name, array in zip(names, arrays):
         value = values.get(name)
         if array.IsA("vtkStringArray"):
             row.append("" if value is None else str(value))
@@ -639,8 +639,8 @@ def append_table_row(table, values: dict) -> int:
             row.append(int(value))
         else:
             row.append(float("nan") if value is None else float(value))
-    for name, value in zip(names, row):
-        vtable.GetColumnByName(name).InsertNextValue(value)
+    for array, value in zip(arrays, row):
+        array.InsertNextValue(value)
     vtable.Modified()
     table.Modified()
     return vtable.GetNumberOfRows()
