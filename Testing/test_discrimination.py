@@ -290,6 +290,31 @@ def test_tiny_default_recipe_beats_chance_on_a_held_out_patient(tmp_path):
     assert "roi_area_pct_field_median" in ev and ev["detection"]["tp"] + ev["detection"]["fn"] > 0
 
 
+def test_per_cine_measures_by_hand():
+    """The benchmarks' per-cine medians and frame sensitivity on a hand-made evaluation of two cines."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from gpu_protocol import per_cine
+
+    class Frames:  # the one field of a FrameSet that per_cine reads
+        acquisition = ["a", "a", "a", "a", "b", "b"]
+
+    rows = [{"acquisition": "a", "iom": 1.0, "hd_mm": 2.0, "roi_precision": 0.5},
+            {"acquisition": "a", "iom": 0.0, "hd_mm": 10.0, "roi_precision": 1.0},
+            {"acquisition": "a", "iom": None, "hd_mm": None, "roi_precision": None}]
+    ev = {"frames": rows,
+          "frame_truth_any": [1, 1, 1, 0, 0, 0],
+          "frame_pred_any": [1, 0, 1, 1, 0, 1],
+          "frame_area_pct_field": [1.0, 0.0, 3.0, 2.0, 0.0, 5.0]}
+    out = per_cine(ev, Frames())
+    a, b = out["a"], out["b"]
+    assert not a["calcium_free"] and b["calcium_free"]
+    assert a["frame_sensitivity"] == pytest.approx(2 / 3)  # 2 of the 3 frames with calcium get an ROI
+    assert b["frame_sensitivity"] is None
+    assert a["iom"] == pytest.approx(0.5) and a["hd_mm"] == pytest.approx(6.0)
+    assert a["roi_area_pct_field"] == pytest.approx(1.5) and b["roi_area_pct_field"] == pytest.approx(2.5)
+    assert a["frames_with_roi_pct"] == pytest.approx(75.0) and b["frames_with_roi_pct"] == pytest.approx(50.0)
+
+
 @pytest.mark.slow
 def test_gpu_protocol_script_runs_tiny_on_cpu(tmp_path):
     out = tmp_path / "gp"

@@ -131,6 +131,9 @@ def main(argv=None) -> int:
                 key: wilcoxon([ca[k][key] for k in keys], [cb[k][key] for k in keys])
                 for key, keys in (("iom", calc), ("hd_mm", calc), ("roi_precision", calc),
                                   ("roi_area_pct_field", calc + free), ("frames_with_roi_pct", free))}
+            # Per-cine frame sensitivity (calcified cines): a replacement must not miss more calcium.
+            results["wilcoxon_vs_first"][a]["frame_sensitivity"] = wilcoxon(
+                [ca[k].get("frame_sensitivity") for k in calc], [cb[k].get("frame_sensitivity") for k in calc])
         results["wilcoxon_last_vs_first"] = results["wilcoxon_vs_first"][args.models[-1]]
     Path(args.out).write_text(json.dumps(results, indent=1, default=float) + "\n")
     log(f"done in {time.perf_counter() - t0:.0f} s")

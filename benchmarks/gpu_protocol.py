@@ -71,6 +71,8 @@ def per_cine(ev: dict, fs) -> dict:
             "roi_precision": median_iqr([f["roi_precision"] for f in rows])["median"],
             "roi_area_pct_field": float(np.median(area[sel])),
             "frames_with_roi_pct": float(100.0 * pred_any[sel].mean()),
+            # Share of the frames with calcium that get an ROI (None on a calcium-free cine).
+            "frame_sensitivity": None if free else float((pred_any & truth_any)[sel].sum() / truth_any[sel].sum()),
         }
     return out
 

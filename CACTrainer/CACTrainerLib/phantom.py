@@ -373,8 +373,7 @@ def generate_acquisition(params: PhantomParams | None = None, seed: int = 0, pat
     n = params.n_frames
     frames = np.empty((n, params.rows, params.cols), np.uint8 if params.bits == 8 else np.uint16)
     calcium = np.zeros((n, params.rows, params.cols), bool)
-    has_metal = getattr(renderer, "metal_wires", None) is not None or bool(getattr(renderer, "metal_heart", ()))
-    metal = np.zeros((n, params.rows, params.cols), bool) if has_metal else None
+    metal = np.zeros((n, params.rows, params.cols), bool) if renderer.has_metal else None
     for k in range(n):
         frames[k] = renderer.frame(k, rng_noise, calcium[k], None if metal is None else metal[k])
         if progress is not None:
@@ -401,6 +400,11 @@ class _Renderer:
 
     def __init__(self, params: PhantomParams, pat, view: anat.View, tl: dict, rng):
         self.p, self.pat, self.view, self.tl = params, pat, view, tl
+        # Layers that phantom_metal.add_metal_and_display may add: none by default.
+        self.metal_wires = None  # sternal wires (an attenuation canvas), or None
+        self.metal_heart = []  # (points, radius_mm, weight) of clips and stents moving with the heart
+        self.metal_info = None
+        self.display_gamma = None  # None: the log display
         rows, cols, sp = params.rows, params.cols, view.spacing_mm
         self.contrast_mu = params.contrast_mu_per_mm * rng.uniform(*params.contrast_spread)
         self.white = rng.uniform(200, 235)
@@ -490,6 +494,11 @@ class _Renderer:
         r1, c1, _ = self.view.project(depth_point + translation)
         return r1 - r0, c1 - c0
 
+    @property
+    def has_metal(self) -> bool:
+        """Whether dense metal that is not calcium (wires, clips, stents) is in the scene."""
+        return self.metal_wires is not None or bool(self.metal_heart)
+
     def frame(self, k: int, rng, calcium_out: np.ndarray, metal_out: np.ndarray | None = None) -> np.ndarray:
         p, view, pat, tl = self.p, self.view, self.pat, self.tl
         rows, cols, m = p.rows, p.cols, self.margin
@@ -502,7 +511,7 @@ class _Renderer:
         if metal_out is not None:
             # Truth only: the metal alone, moved as it is in L (wires with the thorax, the rest below).
             metal_L = np.zeros((rows, cols), np.float32)
-            if getattr(self, "metal_wires", None) is not None:
+            if self.metal_wires is not None:
                 metal_L += img.crop_shift(self.metal_wires, m - dr, m - dc, rows, cols)
         L += self.fixed
         # Heart silhouette: chords of the deformed quadrics on a coarse grid.
@@ -542,7 +551,7 @@ class _Renderer:
                 cc.append(ocol)
                 rads.append(np.array([self.reflux_radius_mm]) * osc / view.spacing_mm)
                 ww.append(np.array([p.reflux * puff * self.contrast_mu / 0.17]))
-        for pts3, rad_mm, weight in getattr(self, "metal_heart", ()):
+        for pts3, rad_mm, weight in self.metal_heart:
             # Clips and stents ride on the heart like the vessels they sit on.
             mr, mc, msc = view.project(anat.deform(pts3, pat.heart, ms))
             rr.append(mr)
@@ -560,7 +569,7 @@ class _Renderer:
             self._deposit(k, j, dep, ms, L, calcium_out)
         out = img.detect(L, rng, p.photons, p.blur_px, self.white, self.gain, self.max_value,
                          tl["exposure"][k])
-        gamma = getattr(self, "display_gamma", None)
+        gamma = self.display_gamma
         if gamma is not None:
             out = np.rint(self.max_value * (out / self.max_value) ** gamma)
         return out.astype(np.uint8 if p.bits == 8 else np.uint16)
@@ -642,6 +651,6 @@ class _Renderer:
             "calcifications": deposits,
             # [top, bottom, left, right] blade insets and the shutter's corner radius, px (None: no collimator)
             "collimator": self.collimator,
-            "metal": getattr(self, "metal_info", None),
+            "metal": self.metal_info,
             "params": p.to_dict(),
         }
