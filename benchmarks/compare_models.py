@@ -5,7 +5,8 @@
 The test fold is the GPU protocol's (phantom_pool seed 3000: new patients, 40 % calcium-free,
 randomised domain); every model is scored as inference does it (gated, stitched, refined,
 exposed field), per cine: IoM, HD, ROI precision, ROI area (% of field), frames with an ROI on
-calcium-free cines; patch F1 and AUC; Wilcoxon over cines of every later model against the first.
+calcium-free cines; patch F1 and AUC; Wilcoxon over cines of every later model against the first
+(and of the per-cine frame sensitivity on the calcified cines).
 ``--calibrate OUT`` fits the last model's temperature and bias (Platt scaling) on the validation
 pool (``--val`` patients of ``--val-seed``, default 12 of seed 2000), writes them with the
 reliability figures into a copy of the model (OUT) and OUT's reliability PNG, and compares that copy
