@@ -124,6 +124,44 @@ def test_frame_detection_curve_equals_gating_at_each_threshold():
         operating_point(dict(curve, positive_frames=0), 0.5)
 
 
+def test_choose_operating_point_lowers_the_island_size_only_as_far_as_needed():
+    from CACIdentifierLib.field import exposed_field
+    from CACTrainerLib import training
+    from CACTrainerLib.calibrate import choose_operating_point
+
+    rng = np.random.default_rng(5)
+    n = 6
+    nc = rng.uniform(0.3, 0.7, (n, 512, 512)).astype(np.float32)
+    calcium = np.zeros((n, 512, 512), bool)
+    calcium[:4, 100:104, 100:104] = True  # frames 0-3 have calcium
+    rois = np.zeros((5 * n, 256, 256), np.float32)
+    # The decoder's islands in patch 0 (top left): 40x40 (1600 px) on frames 0-1, 24x24 (576 px) on
+    # frame 2, 18x18 (324 px) on frame 3; frame 4 (calcium-free) a 24x24 false island, frame 5 nothing.
+    for f, side in ((0, 40), (1, 40), (2, 24), (3, 18), (4, 24)):
+        rois[5 * f, 80:80 + side, 80:80 + side] = 0.9
+    probs = np.full(5 * n, 0.2, np.float32)
+    probs[::5] = 0.8
+    fr = _Frames(nc, calcium)
+    refinement = training.TrainConfig().refinement  # min_island_px 1000
+    # Reachable with the model's own 1000 px: no change.
+    op, ref, curve = choose_operating_point(probs, rois, fr, refinement, 0.5)
+    assert op["min_island_px"] == 1000 and ref == refinement and op["sensitivity"] == 0.5
+    # 0.75 needs the 576 px island: 500 px, not 250 (which would also let the 324 px one through).
+    op, ref, curve = choose_operating_point(probs, rois, fr, refinement, 0.75)
+    assert op["min_island_px"] == 500 and ref["min_island_px"] == 500 and op["sensitivity"] == 0.75
+    assert op["specificity"] == 0.5  # the false 576 px island on frame 4 comes in with it
+    op, ref, _ = choose_operating_point(probs, rois, fr, refinement, 1.0)
+    assert op["min_island_px"] == 250 and op["sensitivity"] == 1.0
+    # Brute force, as inference gates and refines at the chosen point:
+    det = [training.frame_roi(rois[5 * f:5 * f + 5], probs[5 * f:5 * f + 5] >= op["threshold"],
+                              exposed_field(nc[f], margin_px=3), ref).any() for f in range(n)]
+    assert det == [True, True, True, True, True, False]
+    with pytest.raises(CacError, match=r"at most 0\.50, island sizes 1000 px"):
+        choose_operating_point(probs, rois, fr, refinement, 0.75, island_sizes=())
+    with pytest.raises(CacError, match="calcium"):
+        choose_operating_point(probs, rois, _Frames(nc, np.zeros_like(calcium)), refinement, 0.5)
+
+
 def test_cac_calibrate_sensitivity_sets_the_threshold_that_reaches_it(setup, capsys):
     from CACTrainerLib import training
     from CACTrainerLib.dataset import build_frameset
@@ -153,3 +191,7 @@ def test_cac_calibrate_sensitivity_sets_the_threshold_that_reaches_it(setup, cap
     assert main(["calibrate", str(setup / "m.safetensors"), "--dataset", str(setup / "ds"), "--out",
                  str(setup / "x.safetensors"), "--sensitivity", "1.5"]) == 2
     assert "--sensitivity" in capsys.readouterr().err
+    assert main(["calibrate", str(setup / "m.safetensors"), "--dataset", str(setup / "ds"), "--out",
+                 str(setup / "x.safetensors"), "--sensitivity", "0.9", "--island-sizes", "500,big"]) == 2
+    err = capsys.readouterr().err
+    assert "--island-sizes" in err and "Traceback" not in err

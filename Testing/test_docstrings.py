@@ -16,7 +16,9 @@ MODULES = [
     "CACIdentifierLib.network",
     "CACIdentifierLib.calibration",
     "CACTrainerLib.phantom_annotators",
+    "CACTrainerLib.calibrate",
     "cac.train_events",
+    "cac.cli_calibrate",
 ]
 
 

@@ -12,7 +12,8 @@ pool (``--val`` patients of ``--val-seed``, default 12 of seed 2000), writes the
 reliability figures into a copy of the model (OUT) and OUT's reliability PNG, and compares that copy
 as one more model.  ``--sensitivity S`` also sets that copy's operating point on the validation pool
 (``cac calibrate --sensitivity``); with ``--match-first`` the target is the first model's frame
-sensitivity on the same pool if that is higher (a replacement must not miss more calcium).
+sensitivity on the same pool if that is higher (a replacement must not miss more calcium);
+``--island-sizes`` as ``cac calibrate``'s.
 On the real cines of ../shared/data: median ROI area (% of field) and ROI pixels outside the field.
 """
 
@@ -46,6 +47,8 @@ def main(argv=None) -> int:
     ap.add_argument("--sensitivity", type=float, help="with --calibrate: target frame sensitivity (operating point)")
     ap.add_argument("--match-first", action="store_true",
                     help="with --sensitivity: at least the first model's frame sensitivity on the validation pool")
+    ap.add_argument("--island-sizes", default="500,250",
+                    help="with --sensitivity: smaller refinement island sizes the operating point may use, or none")
     args = ap.parse_args(argv)
 
     import torch
@@ -68,6 +71,7 @@ def main(argv=None) -> int:
         # Platt scaling of the last model on the validation pool (seed 2000): temperature and bias
         # (the bias moves the balanced-batch prior to the pool's prevalence); the calibrated copy is
         # then compared as one more model.
+        from cac.cli_calibrate import parse_island_sizes
         from CACTrainerLib.calibrate import calibrate_file
 
         val = phantom_pool(args.val, seed=args.val_seed, calcium_free_fraction=0.4, **kw)
@@ -84,7 +88,7 @@ def main(argv=None) -> int:
             target = max(target, first_val["detection"]["sensitivity"])
         done = calibrate_file(args.models[-1], args.calibrate, val, method="platt", overwrite=True,
                               data=f"phantom_pool seed {args.val_seed}, {args.val} patients x 6 frames",
-                              sensitivity=target)
+                              sensitivity=target, island_sizes=parse_island_sizes(args.island_sizes))
         cal, rel = done["card"]["calibration"], done["reliability"]
         results["calibration"] = {"temperature": cal["temperature"], "bias": cal["bias"],
                                   "before": rel["before"], "after": rel["after"],

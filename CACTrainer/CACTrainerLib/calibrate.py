@@ -14,7 +14,10 @@ trained on (a dataset folder, or a pool of new phantom patients):
 - with a target sensitivity, the classifier threshold (the operating point) is
   chosen on the same frames: the highest threshold at which that share of the
   frames with calcium still gets an ROI, as inference makes it
-  (:func:`operating_point`).
+  (:func:`operating_point`).  Where the model's refinement cannot reach the
+  target at any threshold (its decoder leaves islands under the paper's
+  1000 px on small deposits), smaller island sizes are tried, largest first
+  (:func:`choose_operating_point`).
 
 The weights are not changed; the result is a new model file with its card.
 """
@@ -27,6 +30,7 @@ import numpy as np
 from CACIdentifierLib.refinement import DEFAULTS as REFINEMENT_DEFAULTS
 
 METHODS = ("platt", "temperature", "none")
+ISLAND_SIZES = (500, 250)  # px: what the operating point may lower the model's min_island_px to, in turn
 
 
 def frame_detection_curve(probs: np.ndarray, rois: np.ndarray, fs, refinement: dict) -> dict:
@@ -113,6 +117,59 @@ def operating_point(curve: dict, sensitivity: float) -> dict:
             "positive_frames": int(curve["positive_frames"]), "negative_frames": int(curve["negative_frames"])}
 
 
+def choose_operating_point(probs: np.ndarray, rois: np.ndarray, fs, refinement: dict, sensitivity: float,
+                           island_sizes=ISLAND_SIZES) -> tuple[dict, dict, dict]:
+    """The operating point at the largest island size that reaches ``sensitivity``, then the highest threshold.
+
+    The model's own ``min_island_px`` is tried first; then each of
+    ``island_sizes`` below it, largest first.  A smaller size only comes in
+    where the larger cannot reach the target at any classifier threshold,
+    because it also lets more small false islands through.
+
+    Parameters
+    ----------
+    probs, rois, fs
+        As :func:`frame_detection_curve`.
+    refinement : dict
+        The model's refinement parameters.
+    sensitivity : float
+        Target frame sensitivity, (0, 1].
+    island_sizes : sequence of int
+        Smaller ``min_island_px`` values that may be used (empty: the model's only).
+
+    Returns
+    -------
+    (operating_point, refinement, curve) : dict, dict, dict
+        :func:`operating_point` with ``min_island_px`` added; the refinement
+        with that island size; the :func:`frame_detection_curve` at it.
+
+    Raises
+    ------
+    CacError
+        If no island size and threshold reach ``sensitivity``; the message
+        gives the highest frame sensitivity reached.
+    """
+    from CACIdentifierLib.errors import CacError
+
+    own = int(refinement["min_island_px"])
+    sizes = [own] + sorted({int(s) for s in island_sizes if 0 <= int(s) < own}, reverse=True)
+    best = 0.0
+    for size in sizes:
+        ref = dict(refinement, min_island_px=size)
+        curve = frame_detection_curve(probs, rois, fs, ref)
+        try:
+            op = operating_point(curve, sensitivity)
+        except CacError:
+            if not curve["positive_frames"]:
+                raise
+            best = max(best, float(np.nanmax(curve["sensitivity"])))
+            continue
+        return dict(op, min_island_px=size), ref, curve
+    raise CacError(f"no classifier threshold reaches a frame sensitivity of {sensitivity:.2f} on these data "
+                   f"(at most {best:.2f}, island sizes {', '.join(map(str, sizes))} px); "
+                   "choose a lower --sensitivity")
+
+
 def plot_operating_point(curve: dict, op: dict, path, title: str = "") -> None:
     """Frame sensitivity and specificity against the classifier threshold, the chosen point marked (PNG)."""
     import matplotlib
@@ -129,7 +186,8 @@ def plot_operating_point(curve: dict, op: dict, path, title: str = "") -> None:
     ax.axvline(op["threshold"], color="k", lw=0.8, ls="--")
     ax.axhline(op["target_sensitivity"], color="tab:red", lw=0.6, ls=":")
     spec = "" if op["specificity"] is None else f", specificity {op['specificity']:.2f}"
-    ax.set_title((title + "\n" if title else "") + f"threshold {op['threshold']:.3f}: sensitivity "
+    island = f", islands >= {op['min_island_px']} px" if "min_island_px" in op else ""
+    ax.set_title((title + "\n" if title else "") + f"threshold {op['threshold']:.3f}{island}: sensitivity "
                  f"{op['sensitivity']:.2f}{spec}", fontsize=9)
     ax.set_xlabel("classifier threshold (calibrated probability)")
     ax.set_ylabel("share of frames")
@@ -142,7 +200,8 @@ def plot_operating_point(curve: dict, op: dict, path, title: str = "") -> None:
 
 
 def calibrate_metadata(model, metadata: dict, fs, *, method: str = "platt", device="cpu", data: str = "",
-                       batch_size: int = 32, sensitivity: float | None = None) -> tuple[dict, dict]:
+                       batch_size: int = 32, sensitivity: float | None = None,
+                       island_sizes=ISLAND_SIZES) -> tuple[dict, dict]:
     """New metadata with ``calibration`` and ``feature_statistics`` fitted on ``fs``; and the reliability data.
 
     Parameters
@@ -158,7 +217,11 @@ def calibrate_metadata(model, metadata: dict, fs, *, method: str = "platt", devi
     sensitivity : float, optional
         Target frame-level sensitivity: the classifier threshold is set by
         :func:`operating_point` on ``fs`` (after the calibration) and stored
-        as ``classifier_threshold`` with ``operating_point`` in the card.
+        as ``classifier_threshold`` with ``operating_point`` in the card
+        (:func:`choose_operating_point`; a smaller island size it needs goes
+        into the card's ``refinement``).
+    island_sizes : sequence of int
+        The smaller ``min_island_px`` values the operating point may use.
 
     Returns
     -------
@@ -204,8 +267,9 @@ def calibrate_metadata(model, metadata: dict, fs, *, method: str = "platt", devi
         # float32 as training.evaluate gates them, so that a held-out probability lands on the same side.
         calibrated = (calibration.apply(probs, cal) if cal else probs).astype(np.float32)
         refinement = dict(REFINEMENT_DEFAULTS, **(meta.get("refinement") or {}))
-        rel["curve"] = frame_detection_curve(calibrated, rois, fs, refinement)
-        op = operating_point(rel["curve"], sensitivity)
+        op, refinement, rel["curve"] = choose_operating_point(calibrated, rois, fs, refinement, sensitivity,
+                                                              island_sizes)
+        meta["refinement"] = refinement
         meta["classifier_threshold"] = op["threshold"]
         meta["operating_point"] = dict(op, data=str(data))
     meta["feature_statistics"] = feature_statistics(pooled, data=str(data))
@@ -213,7 +277,7 @@ def calibrate_metadata(model, metadata: dict, fs, *, method: str = "platt", devi
 
 
 def calibrate_file(model_path, out_path, fs, *, method: str = "platt", data: str = "", overwrite: bool = False,
-                   device="cpu", sensitivity: float | None = None) -> dict:
+                   device="cpu", sensitivity: float | None = None, island_sizes=ISLAND_SIZES) -> dict:
     """Calibrate the model at ``model_path`` on ``fs`` and write it to ``out_path`` (+ card, reliability PNG)."""
     import torch
     from CACIdentifierLib import calibration
@@ -221,7 +285,7 @@ def calibrate_file(model_path, out_path, fs, *, method: str = "platt", data: str
 
     model, meta = load_model(model_path)
     new_meta, rel = calibrate_metadata(model, meta, fs, method=method, device=device, data=data,
-                                       sensitivity=sensitivity)
+                                       sensitivity=sensitivity, island_sizes=island_sizes)
     dtype = torch.float16 if str(meta.get("weights_dtype", "")).endswith("16") else torch.float32
     card = save_model(out_path, model, new_meta, overwrite=overwrite, dtype=dtype)
     png = Path(out_path).with_suffix(".reliability.png")
