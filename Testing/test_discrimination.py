@@ -396,3 +396,8 @@ def test_difficulty_strata_by_hand():
     assert out["clean_negatives_holding_metal"]["n"] == 2
     assert out["clean_negatives_holding_metal"]["auc_all_positives"] == pytest.approx(3 / 4)
     assert out["clean_negatives_metal_cines_patch_free"]["auc_all_positives"] == pytest.approx(1.0)
+    # The same strata as masks (ab_patch_auc.py pairs models on them): the 3.0-SNR negative is unlabelled.
+    strata = difficulty.negative_strata(labels, ~np.isnan(snr8), np.ones(8, bool), patch_metal)
+    assert strata["unlabelled"].tolist() == [False] * 6 + [True, False]
+    assert strata["holding_metal"].tolist() == patch_metal.tolist() and not strata["no_metal"].any()
+    assert strata["metal_cines_patch_free"].tolist() == [False, False, True, False, True, True, False, False]

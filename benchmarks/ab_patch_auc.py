@@ -44,10 +44,9 @@ def main():
         probs[m] = training.predict_patches(model, fs, torch.device("cpu"), amp=False).probs
         res[m] = difficulty.analyse(probs[m], labels, snr, rendered, metal, patch_metal)
         print(m, json.dumps(res[m]), flush=True)
-    pos, neg = labels > 0.5, labels <= 0.5
-    clean = neg & ~rendered
-    strata = {"all": neg, "holding_metal": clean & patch_metal, "metal_cines_patch_free": clean & metal & ~patch_metal,
-              "no_metal": clean & ~metal}
+    pos = labels > 0.5
+    neg = difficulty.negative_strata(labels, rendered, metal, patch_metal)
+    strata = {"all": neg["negatives"], **{k: neg[k] for k in ("holding_metal", "metal_cines_patch_free", "no_metal")}}
     ids = np.unique(patient)
     rng = np.random.default_rng(0)
     boots = [rng.choice(ids, ids.size) for _ in range(1000)]

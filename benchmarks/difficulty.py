@@ -99,13 +99,33 @@ def _patient(job):
     return fs, snr, rendered, np.full(snr.shape, has_metal)
 
 
+def negative_strata(labels: np.ndarray, rendered: np.ndarray, metal: np.ndarray,
+                    patch_metal: np.ndarray | None = None) -> dict:
+    """The negative patches by what may fool the model (boolean masks over the patches).
+
+    ``clean``: negative, no rendered deposit inside; ``unlabelled``: negative
+    with a rendered deposit (too faint to label); then the clean ones of cines
+    with metal and without; with ``patch_metal``, the clean ones holding
+    metal and those of metal cines without metal in the patch.
+    """
+    neg = labels <= 0.5
+    clean = neg & ~rendered
+    out = {"negatives": neg, "clean": clean, "unlabelled": neg & rendered,
+           "metal_cines": clean & metal, "no_metal": clean & ~metal}
+    if patch_metal is not None:
+        out["holding_metal"] = clean & patch_metal
+        out["metal_cines_patch_free"] = clean & metal & ~patch_metal
+    return out
+
+
 def analyse(probs: np.ndarray, labels: np.ndarray, snr: np.ndarray, rendered: np.ndarray,
             metal: np.ndarray, patch_metal: np.ndarray | None = None) -> dict:
     """AUCs by stratum (see the module docstring)."""
     from CACIdentifierLib.metrics import roc_auc
 
-    pos, neg = labels > 0.5, labels <= 0.5
-    clean, unlabelled = neg & ~rendered, neg & rendered
+    pos = labels > 0.5
+    strata = negative_strata(labels, rendered, metal, patch_metal)
+    clean, unlabelled = strata["clean"], strata["unlabelled"]
     out = {"patch_auc": roc_auc(pos, probs), "positives": int(pos.sum()), "clean_negatives": int(clean.sum()),
            "unlabelled_calcium_negatives": int(unlabelled.sum()), "bins": {}}
     for lo, hi in BINS:
@@ -118,10 +138,10 @@ def analyse(probs: np.ndarray, labels: np.ndarray, snr: np.ndarray, rendered: np
     sel = unlabelled | clean
     out["unlabelled_vs_clean_auc"] = roc_auc(unlabelled[sel], probs[sel])
     # Which negatives fool it: those of cines with metal (sternal wires, clips, stents) or without.
-    groups = [("clean_negatives_metal_cines", clean & metal), ("clean_negatives_no_metal", clean & ~metal)]
+    groups = [("clean_negatives_metal_cines", strata["metal_cines"]), ("clean_negatives_no_metal", strata["no_metal"])]
     if patch_metal is not None:  # the patch itself holds metal, or its cine has metal elsewhere
-        groups += [("clean_negatives_holding_metal", clean & patch_metal),
-                   ("clean_negatives_metal_cines_patch_free", clean & metal & ~patch_metal)]
+        groups += [("clean_negatives_holding_metal", strata["holding_metal"]),
+                   ("clean_negatives_metal_cines_patch_free", strata["metal_cines_patch_free"])]
     for name, group in groups:
         sel = pos | group
         out[name] = {"n": int(group.sum()), "auc_all_positives": roc_auc(pos[sel], probs[sel]),
