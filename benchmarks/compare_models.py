@@ -2,8 +2,8 @@
 
     python benchmarks/compare_models.py OLD.safetensors NEW.safetensors [--test 36] [--calibrate NEW_OUT]
 
-The test fold is the GPU protocol's (phantom_pool seed 3000: new patients, 40 % calcium-free,
-randomised domain); every model is scored as inference does it (gated, stitched, refined,
+The test fold is the GPU protocol's (phantom_pool seed 3000, or ``--test-seed``: new patients,
+40 % calcium-free, randomised domain); every model is scored as inference does it (gated, stitched, refined,
 exposed field), per cine: IoM, HD, ROI precision, ROI area (% of field), frames with an ROI on
 calcium-free cines; patch F1 and AUC; Wilcoxon over cines of every later model against the first
 (and of the per-cine frame sensitivity on the calcified cines).
@@ -39,6 +39,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("models", nargs="+")
     ap.add_argument("--test", type=int, default=36)
+    ap.add_argument("--test-seed", type=int, default=3000,
+                    help="test pool seed (3000: the GPU protocol's fold; another gives a fresh fold)")
     ap.add_argument("--out", default="compare.json")
     ap.add_argument("--calibrate", help="write the last model, calibrated, to this path")
     ap.add_argument("--workers", type=int, default=2)
@@ -63,7 +65,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(2)
     t0 = time.perf_counter()
     kw = dict(n_frames=64, frames_per_acquisition=6, workers=args.workers)
-    test = phantom_pool(args.test, seed=3000, calcium_free_fraction=0.4, **kw)
+    test = phantom_pool(args.test, seed=args.test_seed, calcium_free_fraction=0.4, **kw)
     log(f"test pool {test.summary()} in {time.perf_counter() - t0:.0f} s")
     results = {"test": test.summary(), "models": {}}
     device = torch.device("cpu")
