@@ -211,8 +211,10 @@ def test_engine_batching_and_contrast_head_sharing_change_nothing(study, model):
     two = identify(cine, net, meta, sync=one.sync, use_autocast=False, workers=2)  # two frames at a time
     np.testing.assert_allclose(one.patch_probabilities, two.patch_probabilities, atol=1e-5)
     assert np.array_equal(one.roi, two.roi)
-    # Against the plain model run on each frame's own patch pair (no folding, no sharing).
+    # Against the plain model run on each frame's own patch pair (no folding, no sharing), through the
+    # card's calibration as inference applies it.
     import torch
+    from CACIdentifierLib.calibration import apply
     from CACIdentifierLib.patches import extract_patches, normalize_frame, prepare_frame
 
     net.eval()
@@ -222,7 +224,7 @@ def test_engine_batching_and_contrast_head_sharing_change_nothing(study, model):
             for f in (one.frames[k], one.contrast_frames[k])
         )
         with torch.inference_mode():
-            expected = torch.sigmoid(net.classify(nc, c)).numpy()
+            expected = apply(torch.sigmoid(net.classify(nc, c)).numpy(), meta.get("calibration"))
         np.testing.assert_allclose(one.patch_probabilities[k], expected, atol=1e-4)
 
 
