@@ -608,7 +608,8 @@ class CACIdentifierTest(ScriptedLoadableModuleTest):
     """Self-test inside Slicer: a synthetic cine through the MRML round trip, the panel's parameter
     node, then Apply through the worker process on a small phantom cine with calcium."""
 
-    # The shipped model gives noise a high CAC probability: retraining is issue 12.  Until a model that
+    # The shipped model draws no ROI on noise and warns that it is unlike its training data
+    # (test_NoiseNoRoi), but still gives it a CAC probability above 0.5 (issue 12).  Until a model that
     # passes is shipped, test_NoiseProbability is reported as an expected failure, not hidden.
     NOISE_KNOWN_FAILURE = "issue 12"
     NOISE_PROBABILITY_MAX = 0.5
@@ -623,6 +624,8 @@ class CACIdentifierTest(ScriptedLoadableModuleTest):
         self.test_SegNrrdRoundTrip()
         self.setUp()
         self.test_Identify()
+        self.setUp()
+        self.test_NoiseNoRoi()
         self.setUp()
         try:
             self.test_NoiseProbability()
@@ -718,12 +721,12 @@ class CACIdentifierTest(ScriptedLoadableModuleTest):
         self.assertEqual(browser.GetNumberOfSynchronizedSequenceNodes(), 1)
         self.delayDisplay("Test passed")
 
-    def test_NoiseProbability(self):
-        """Noise must get a low CAC probability from whatever model is shipped."""
+    def _noiseReport(self):
+        """The report on a cine of uniform noise, or None (with a message) without packages or model."""
         logic = CACIdentifierLogic()
         if logic.missingPackages() or logic.defaultModelPath() is None:
             self.delayDisplay("Skipping: packages or shipped model missing")
-            return
+            return None
         import numpy as np
         from CACIdentifierLib import mrml
         from CACIdentifierLib.cine import Cine
@@ -731,6 +734,21 @@ class CACIdentifierTest(ScriptedLoadableModuleTest):
         frames = np.random.default_rng(0).integers(0, 255, size=(24, 256, 256)).astype(np.uint8)
         sequence, _browser = mrml.cine_to_sequence(
             slicer.mrmlScene, Cine(frames=frames, frame_time_ms=66.7, spacing_mm=(0.3, 0.3)), "CAC test noise")
-        out = logic.process(sequence, device="cpu", onsetFrame=12)
-        highest = max(row["probability"] for row in out["report"]["frames"])
+        return logic.process(sequence, device="cpu", onsetFrame=12)["report"]
+
+    def test_NoiseNoRoi(self):
+        """Noise gets no ROI, and the report warns that it lies outside the model's training data."""
+        report = self._noiseReport()
+        if report is None:
+            return
+        self.assertEqual(report["roi_summary"]["frames_with_roi"], 0, str(report["roi_summary"]))
+        self.assertTrue(any("outside the model's training data" in w for w in report["distribution_warnings"]),
+                        str(report["distribution_warnings"]))
+
+    def test_NoiseProbability(self):
+        """Noise must get a low CAC probability from whatever model is shipped."""
+        report = self._noiseReport()
+        if report is None:
+            return
+        highest = max(row["probability"] for row in report["frames"])
         self.assertLess(highest, self.NOISE_PROBABILITY_MAX, f"noise got a CAC probability of {highest}")
