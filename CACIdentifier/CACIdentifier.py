@@ -98,6 +98,11 @@ class CACIdentifier(ScriptedLoadableModule):
 #
 
 
+def _setting(value, kind):
+    """A refinement setting for the worker: None (the model card's) when unset or negative."""
+    return None if value is None or value < 0 else kind(value)
+
+
 @parameterNodeWrapper
 class CACIdentifierParameterNode:
     """The panel's state, saved with the scene.
@@ -109,6 +114,8 @@ class CACIdentifierParameterNode:
     sigma - Gaussian sigma of the ROI refinement, in pixels.
     minIslandPx - ROI islands smaller than this (pixels) are removed.
     threshold - threshold of the smoothed ROI map, 0-1.
+    (sigma, minIslandPx, threshold: -1, shown as "model's", takes the model card's value: a model's
+    operating point may set its own island size.)
     onsetFrame - first contrast frame (0-based), -1 for automatic detection.
     outputSegmentation, outputTable - created when empty.
     """
@@ -119,9 +126,9 @@ class CACIdentifierParameterNode:
     annotationNodes: list[vtkMRMLSegmentationNode]
     modelPath: Path
     device: Annotated[str, Choice(["auto", "cpu", "cuda"]), Default("auto")]
-    sigma: Annotated[float, WithinRange(0.0, 50.0), Default(3.0)]
-    minIslandPx: Annotated[int, WithinRange(0, 1000000), Default(1000)]
-    threshold: Annotated[float, WithinRange(0.0, 1.0), Default(0.5)]
+    sigma: Annotated[float, WithinRange(-1.0, 50.0), Default(-1.0)]
+    minIslandPx: Annotated[int, WithinRange(-1, 1000000), Default(-1)]
+    threshold: Annotated[float, WithinRange(-1.0, 1.0), Default(-1.0)]
     onsetFrame: Annotated[int, WithinRange(-1, 100000), Default(-1)]
     outputSegmentation: vtkMRMLSegmentationNode
     outputTable: vtkMRMLTableNode
@@ -546,9 +553,10 @@ class CACIdentifierLogic(ScriptedLoadableModuleLogic):
             annotation_nodes=list(annotationNodes or []),
             model_path=os.fspath(self._modelPath(modelPath)),
             device=device,
-            sigma=float(sigma),
-            min_island_px=int(minIslandPx),
-            threshold=float(threshold),
+            # None (unset or negative: the panel's "model's") lets the worker take the model card's value.
+            sigma=_setting(sigma, float),
+            min_island_px=_setting(minIslandPx, int),
+            threshold=_setting(threshold, float),
             onset_frame=None if onsetFrame is None or int(onsetFrame) < 0 else int(onsetFrame),
             output_segmentation=outputSegmentation,
             output_table=outputTable,
@@ -557,7 +565,7 @@ class CACIdentifierLogic(ScriptedLoadableModuleLogic):
         )
 
     def startIdentification(self, inputNode, annotationNodes=None, modelPath=None, device: str = "auto",
-                            sigma: float = 3.0, minIslandPx: int = 1000, threshold: float = 0.5,
+                            sigma: float | None = None, minIslandPx: int | None = None, threshold: float | None = None,
                             onsetFrame: int = -1, outputSegmentation=None, outputTable=None):
         """Start the worker on ``inputNode`` and return its ``CACIdentifierLib.logic.IdentifyJob`` at once.
 
@@ -572,8 +580,8 @@ class CACIdentifierLogic(ScriptedLoadableModuleLogic):
         job.start()
         return job
 
-    def process(self, inputNode, annotationNodes=None, modelPath=None, device: str = "auto", sigma: float = 3.0,
-                minIslandPx: int = 1000, threshold: float = 0.5, onsetFrame: int = -1, progress=None,
+    def process(self, inputNode, annotationNodes=None, modelPath=None, device: str = "auto", sigma: float | None = None,
+                minIslandPx: int | None = None, threshold: float | None = None, onsetFrame: int = -1, progress=None,
                 outputSegmentation=None, outputTable=None):
         """Identify CAC ROIs in ``inputNode`` through the worker process and put the results in the scene.
 
@@ -582,6 +590,7 @@ class CACIdentifierLogic(ScriptedLoadableModuleLogic):
         :param inputNode: Sequence of 2D frames, its proxy volume, or a frame-stack volume.
         :param annotationNodes: annotators' segmentations over the frame-stack volume, or None.
         :param modelPath: .safetensors model; None/empty for the shipped default.
+        :param sigma, minIslandPx, threshold: refinement settings; None or negative for the model card's.
         :param onsetFrame: first contrast frame (0-based); -1 or None to detect it.
         :param progress: ``progress(done, total, message)``; may raise progress.Cancelled (the worker is killed).
         :return: dict with ``roi_sequence``, ``roi_segmentation``, ``table``, ``report``, ``summary``.

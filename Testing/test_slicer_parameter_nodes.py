@@ -86,8 +86,9 @@ def test_identifier_parameter_node_defaults(slicer_app):
     # What the panel reads in initializeParameterNode() before anything is chosen.
     assert parameters.inputNode is None and parameters.outputSegmentation is None and parameters.outputTable is None
     assert parameters.annotationNodes == []
-    assert (parameters.device, parameters.sigma, parameters.minIslandPx) == ("auto", 3.0, 1000)
-    assert (parameters.threshold, parameters.onsetFrame) == (0.5, -1)
+    # -1: the refinement settings of the model card (the shipped model's operating point sets its island size).
+    assert (parameters.device, parameters.sigma, parameters.minIslandPx) == ("auto", -1.0, -1)
+    assert (parameters.threshold, parameters.onsetFrame) == (-1.0, -1)
     assert str(parameters.modelPath) in ("", ".")
     # A singleton: the module finds the same node again (the panel calls this on every enter()).
     assert module.CACIdentifierLogic().getParameterNode().parameterNode is parameters.parameterNode
@@ -127,7 +128,7 @@ def test_identifier_refuses_values_out_of_range(slicer_app):
     module = load("CACIdentifier")
     parameters = module.CACIdentifierLogic().getParameterNode()
     for name, bad in (("device", "tpu"), ("sigma", 51.0), ("threshold", 1.5), ("onsetFrame", -2),
-                      ("minIslandPx", -1)):
+                      ("minIslandPx", -2), ("sigma", -1.5), ("threshold", -2.0)):
         with pytest.raises(ValueError):
             setattr(parameters, name, bad)
     with pytest.raises((TypeError, ValueError)):

@@ -274,6 +274,37 @@ def test_module_logic_process_finds_the_calcium(module_logic, phantom):
     assert browser.IsSynchronizedSequenceNodeID(out["roi_sequence"].GetID(), True)
 
 
+class _RecordingRunner(worker.ProcessRunner):
+    """Records the worker's command line and runs nothing."""
+
+    commands: list = []
+
+    def start(self, command, env=None, cwd=None) -> None:
+        self.commands.append(list(command))
+
+    def running(self) -> bool:
+        return False
+
+
+def test_module_logic_leaves_refinement_to_the_model_card(module_logic, phantom):
+    """The panel's defaults ("model's", -1) pass no refinement flag, so the card's operating point applies
+    (the shipped model's islands of 250 px); values the user sets are passed."""
+    from CACIdentifierLib import mrml
+
+    slicer, logic = module_logic
+    sequence, _ = mrml.cine_to_sequence(slicer.mrmlScene, phantom.to_cine(), "phantom")
+    parameters = logic.getParameterNode()
+    recorder = type(logic)(runnerFactory=_RecordingRunner, python=sys.executable)
+    _RecordingRunner.commands.clear()
+    recorder.startIdentification(sequence, sigma=parameters.sigma, minIslandPx=parameters.minIslandPx,
+                                 threshold=parameters.threshold)
+    recorder.startIdentification(sequence, sigma=2.5, minIslandPx=250, threshold=0.35)
+    default, chosen = _RecordingRunner.commands
+    assert not {"--sigma", "--min-island", "--threshold"} & set(default), default
+    assert chosen[chosen.index("--sigma") + 1] == "2.5" and chosen[chosen.index("--min-island") + 1] == "250"
+    assert chosen[chosen.index("--threshold") + 1] == "0.35"
+
+
 def _noise_report(module_logic) -> dict:
     """The module's report on a cine of uniform noise (24 frames, onset 12)."""
     from CACIdentifierLib import mrml
