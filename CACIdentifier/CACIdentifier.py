@@ -99,7 +99,7 @@ class CACIdentifier(ScriptedLoadableModule):
 
 
 def _setting(value, kind):
-    """A refinement setting for the worker: None (the model card's) when unset or negative."""
+    """A setting for the worker: None when unset or negative (the panel's "model's" or "auto")."""
     return None if value is None or value < 0 else kind(value)
 
 
@@ -557,7 +557,7 @@ class CACIdentifierLogic(ScriptedLoadableModuleLogic):
             sigma=_setting(sigma, float),
             min_island_px=_setting(minIslandPx, int),
             threshold=_setting(threshold, float),
-            onset_frame=None if onsetFrame is None or int(onsetFrame) < 0 else int(onsetFrame),
+            onset_frame=_setting(onsetFrame, int),
             output_segmentation=outputSegmentation,
             output_table=outputTable,
             runner=self.runnerFactory() if self.runnerFactory else None,

@@ -49,8 +49,9 @@ def main(argv=None) -> int:
     ap.add_argument("--sensitivity", type=float, help="with --calibrate: target frame sensitivity (operating point)")
     ap.add_argument("--match-first", action="store_true",
                     help="with --sensitivity: at least the first model's frame sensitivity on the validation pool")
-    ap.add_argument("--island-sizes", default="500,250",
-                    help="with --sensitivity: smaller refinement island sizes the operating point may use, or none")
+    ap.add_argument("--island-sizes",
+                    help="with --sensitivity: smaller refinement island sizes the operating point may use, or none "
+                         "(default: cac calibrate's)")
     args = ap.parse_args(argv)
 
     import torch

@@ -35,7 +35,7 @@ def register(subparsers) -> None:
     p.add_argument("--sensitivity", type=float, metavar="S",
                    help="also choose the operating point: the highest classifier threshold at which a share S "
                         "(0-1] of the held-out frames with calcium still gets an ROI (e.g. 0.9)")
-    p.add_argument("--island-sizes", default="500,250", metavar="PX[,PX...]",
+    p.add_argument("--island-sizes", metavar="PX[,PX...]",
                    help="with --sensitivity: smaller refinement island sizes (pixels) tried, largest first, when the "
                         "model's own (the paper's 1000) cannot reach S at any threshold; 'none' keeps the model's "
                         "(default: 500,250)")
@@ -111,14 +111,18 @@ def run(args) -> int:
     return 0
 
 
-def parse_island_sizes(text: str) -> tuple[int, ...]:
-    """``--island-sizes``: comma-separated pixel counts, or ``none``.
+def parse_island_sizes(text: str | None) -> tuple[int, ...]:
+    """``--island-sizes``: comma-separated pixel counts, or ``none``; not given: ``calibrate.ISLAND_SIZES``.
 
-    >>> parse_island_sizes("500,250"), parse_island_sizes("none")
-    ((500, 250), ())
+    >>> parse_island_sizes("500,250"), parse_island_sizes("none"), parse_island_sizes(None)
+    ((500, 250), (), (500, 250))
     """
     from CACIdentifierLib.errors import CacError
 
+    if text is None:
+        from CACTrainerLib.calibrate import ISLAND_SIZES
+
+        return tuple(ISLAND_SIZES)
     if text.strip().lower() == "none":
         return ()
     try:
