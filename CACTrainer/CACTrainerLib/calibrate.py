@@ -33,7 +33,15 @@ METHODS = ("platt", "temperature", "none")
 ISLAND_SIZES = (500, 250)  # px: what the operating point may lower the model's min_island_px to, in turn
 
 
-def frame_detection_curve(probs: np.ndarray, rois: np.ndarray, fs, refinement: dict) -> dict:
+def exposed_field_of_frames(fs) -> list:
+    """Each frame's exposed field (3-px margin, as :func:`training.evaluate`), computed once for
+    every refinement that :func:`choose_operating_point` tries."""
+    from CACIdentifierLib.field import exposed_field
+
+    return [exposed_field(fs.nc[f], margin_px=3) for f in range(len(fs))]
+
+
+def frame_detection_curve(probs: np.ndarray, rois: np.ndarray, fs, refinement: dict, fields=None) -> dict:
     """Frame-level detection at every classifier threshold, exactly, with five refinements per frame.
 
     A frame's classifier gate at threshold ``t`` keeps the patches with
@@ -52,6 +60,9 @@ def frame_detection_curve(probs: np.ndarray, rois: np.ndarray, fs, refinement: d
         The frames (non-contrast images for the exposed field, calcium masks).
     refinement : dict
         The model's refinement parameters.
+    fields : sequence of (512, 512) bool, optional
+        Each frame's exposed field (:func:`exposed_field_of_frames`); computed
+        here when not given.
 
     Returns
     -------
@@ -60,17 +71,16 @@ def frame_detection_curve(probs: np.ndarray, rois: np.ndarray, fs, refinement: d
         probability), ``sensitivity``, ``specificity`` (arrays, NaN where
         undefined), ``positive_frames``, ``negative_frames``.
     """
-    from CACIdentifierLib.field import exposed_field
-
     from . import training
 
     n = len(fs)
+    if fields is None:
+        fields = exposed_field_of_frames(fs)
     p = np.asarray(probs, np.float64).reshape(n, 5)
     truth = np.array([bool(fs.calcium[f].any()) for f in range(n)])
     order = np.argsort(-p, axis=1)
     has_roi = np.zeros((n, 6), bool)  # has_roi[f, k]: the ROI with the k most probable patches is non-empty
-    for f in range(n):
-        field = exposed_field(fs.nc[f], margin_px=3)
+    for f, field in enumerate(fields):
         for k in range(1, 6):
             gate = np.zeros(5, bool)
             gate[order[f, :k]] = True
@@ -153,10 +163,11 @@ def choose_operating_point(probs: np.ndarray, rois: np.ndarray, fs, refinement: 
 
     own = int(refinement["min_island_px"])
     sizes = [own] + sorted({int(s) for s in island_sizes if 0 <= int(s) < own}, reverse=True)
+    fields = exposed_field_of_frames(fs)
     best = 0.0
     for size in sizes:
         ref = dict(refinement, min_island_px=size)
-        curve = frame_detection_curve(probs, rois, fs, ref)
+        curve = frame_detection_curve(probs, rois, fs, ref, fields)
         try:
             op = operating_point(curve, sensitivity)
         except CacError:
