@@ -401,3 +401,32 @@ def test_difficulty_strata_by_hand():
     assert strata["unlabelled"].tolist() == [False] * 6 + [True, False]
     assert strata["holding_metal"].tolist() == patch_metal.tolist() and not strata["no_metal"].any()
     assert strata["metal_cines_patch_free"].tolist() == [False, False, True, False, True, True, False, False]
+
+
+def test_separability_cine_evidence_adds_up_only_for_flickering_false_alarms():
+    """benchmarks/separability.evidence: a cine's mean frame score separates cines better than single
+    frames when false alarms come and go, and not at all when they recur in every frame."""
+    from benchmark_scripts import load
+
+    evidence = load("separability").evidence
+    rng = np.random.default_rng(0)
+    n_cines, n_frames = 20, 6
+    acq = [f"c{i}" for i in range(n_cines) for _ in range(n_frames)]
+    calcified = np.arange(n_cines) < 10
+    labels = np.zeros((n_cines * n_frames, 5))
+    labels[:, 0] = np.repeat(calcified, n_frames)  # calcium in patch 0 of every frame of a calcified cine
+    # Calcium scored 0.6 +- 0.2; a false alarm 0.6 +- 0.2 in a random 30 % of the calcium-free frames.
+    probs = np.full((n_cines * n_frames, 5), 0.1)
+    probs[:, 0] = np.where(labels[:, 0] > 0, rng.normal(0.6, 0.2, len(acq)), 0.1)
+    flicker = (labels[:, 0] == 0) & (rng.random(len(acq)) < 0.3)
+    probs[flicker, 1] = rng.normal(0.6, 0.2, flicker.sum())
+    r = evidence(probs.ravel(), labels.ravel(), acq)
+    assert r["calcified_cines"] == 10 and r["cines"] == 20
+    assert r["cine_auc"] > r["frame_auc"] + 0.1
+    # The same false alarms in every frame of the cines that have one: the cine adds nothing.
+    recurring = np.repeat(rng.random(n_cines) < 0.3, n_frames) & (labels[:, 0] == 0)
+    probs[:, 1] = 0.1
+    probs[recurring, 1] = 0.9
+    probs[labels[:, 0] > 0, 0] = 0.6
+    r = evidence(probs.ravel(), labels.ravel(), acq)
+    assert r["cine_auc"] == pytest.approx(r["frame_auc"], abs=0.05)

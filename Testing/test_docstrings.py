@@ -28,3 +28,12 @@ def test_docstring_examples(name):
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0, f"{name} has no examples"
     assert result.failed == 0
+
+
+@pytest.mark.parametrize("name", ["separability"])
+def test_benchmark_docstring_examples(name):
+    from benchmark_scripts import load
+
+    result = doctest.testmod(load(name), optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0, f"benchmarks/{name}.py has no examples"
+    assert result.failed == 0
