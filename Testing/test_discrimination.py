@@ -430,3 +430,24 @@ def test_separability_cine_evidence_adds_up_only_for_flickering_false_alarms():
     probs[labels[:, 0] > 0, 0] = 0.6
     r = evidence(probs.ravel(), labels.ravel(), acq)
     assert r["cine_auc"] == pytest.approx(r["frame_auc"], abs=0.05)
+
+
+def test_epoch_average_takes_the_mean_of_floating_tensors_only():
+    """benchmarks/epoch_average.average_weights: weights and BatchNorm statistics averaged, counters kept."""
+    import torch
+    from benchmark_scripts import load
+
+    average_weights = load("epoch_average").average_weights
+    models = []
+    for k in range(3):
+        m = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+        with torch.no_grad():
+            m[0].weight.fill_(float(k))
+            m[1].running_mean.fill_(2.0 * k)
+        m[1].num_batches_tracked.fill_(10 + k)
+        models.append(m)
+    avg = average_weights(models)
+    assert torch.equal(avg[0].weight, torch.full((2, 3), 1.0))
+    assert torch.equal(avg[1].running_mean, torch.full((2,), 2.0))
+    assert int(avg[1].num_batches_tracked) == 10
+    assert float(models[0][0].weight.detach()[0, 0]) == 0.0  # the inputs are left as they were
