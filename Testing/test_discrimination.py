@@ -451,3 +451,29 @@ def test_epoch_average_takes_the_mean_of_floating_tensors_only():
     assert torch.equal(avg[1].running_mean, torch.full((2,), 2.0))
     assert int(avg[1].num_batches_tracked) == 10
     assert float(models[0][0].weight.detach()[0, 0]) == 0.0  # the inputs are left as they were
+
+
+def test_separability_deposit_contrast_on_a_hand_made_frame():
+    """benchmarks/separability.deposit_contrast: a disc 0.05 darker on a flat frame, a calcium-free frame skipped."""
+    from benchmark_scripts import load
+
+    deposit_contrast = load("separability").deposit_contrast
+
+    class Frames:
+        def __init__(self, nc, calcium):
+            self.nc, self.calcium = nc, calcium
+
+        def __len__(self):
+            return len(self.nc)
+
+    yy, xx = np.mgrid[:64, :64]
+    disc = (yy - 30) ** 2 + (xx - 30) ** 2 <= 9
+    nc = np.full((2, 64, 64), 0.6, np.float32)
+    nc[0][disc] -= 0.05
+    nc[0][:, 50:] = 0.9  # far from the ring: does not count
+    calcium = np.zeros((2, 64, 64), bool)
+    calcium[0] = disc
+    r = deposit_contrast(Frames(nc, calcium))
+    assert r["frames"] == 1
+    assert r["median_contrast"] == pytest.approx(0.05, abs=1e-6)
+    assert r["median_ring_std"] == pytest.approx(0.0, abs=1e-6)

@@ -9,6 +9,8 @@ difficulty.py (phantom_pool ``--seed``, ``--test`` new patients, 40 % calcium-fr
   Hessian, both curvatures positive, over the frame's noise) is scored per patch (its largest value
   8 px or more inside the patch).  If such a filter separated the labels well, the network would be
   failing at something easy; if it does not, the labelled calcium is hidden in structured clutter.
+* **How faint is the labelled calcium?**  :func:`deposit_contrast`: how much darker than a ring
+  around it, against the ring's own spread.
 * **Does a cine's evidence add up?**  Per model: patch AUC, frame AUC (the frame's most probable
   patch against "the frame holds labelled calcium") and cine AUC (the mean of those frame scores
   over the cine against "the cine holds calcium").  Calcium recurs in every frame while random
@@ -80,6 +82,30 @@ def dark_blob_score(image: np.ndarray, scales=SCALES) -> np.ndarray:
         smaller = hessian_matrix_eigvals(hessian_matrix(img, sigma=s, order="rc", use_gaussian_derivatives=True))[1]
         np.maximum(best, np.clip(smaller, 0, None) * s * s, out=best)
     return best / noise
+
+
+def deposit_contrast(fs, ring=(2, 6)) -> dict:
+    """How much darker the labelled calcium is than a ring around it, against the ring's own spread.
+
+    Per frame with calcium: the ring's mean minus the calcium's mean, and the
+    ring's standard deviation (anatomy, vessels and noise together), in the
+    normalised 0..1 range; the ring lies ``ring`` px (inner, outer) outside
+    the mask.  Returns the per-frame arrays and their medians.
+    """
+    from scipy import ndimage as ndi
+
+    contrast, spread = [], []
+    for f in range(len(fs)):
+        mask = np.asarray(fs.calcium[f], bool)
+        if not mask.any():
+            continue
+        img = np.asarray(fs.nc[f], np.float32)
+        band = ndi.binary_dilation(mask, iterations=ring[1]) & ~ndi.binary_dilation(mask, iterations=ring[0])
+        contrast.append(float(img[band].mean() - img[mask].mean()))
+        spread.append(float(img[band].std()))
+    return {"frames": len(contrast), "contrast": contrast, "ring_std": spread,
+            "median_contrast": float(np.median(contrast)) if contrast else None,
+            "median_ring_std": float(np.median(spread)) if spread else None}
 
 
 def blob_patch_scores(fs) -> np.ndarray:
@@ -160,6 +186,12 @@ def main(argv=None) -> int:
                                        if k != "patch_auc"}},
                "models": {}}
     log(f"dark-blob filter: {json.dumps(results['dark_blob_filter'])}")
+    dc = deposit_contrast(fs)
+    results["deposit_contrast"] = dc
+    if dc["frames"]:
+        log(f"labelled calcium on {dc['frames']} frames: darker than a 2-6 px ring by a median "
+            f"{dc['median_contrast']:.3f} ({np.percentile(dc['contrast'], 10):.3f}-{np.percentile(dc['contrast'], 90):.3f}, "
+            f"10th-90th percentile); the ring's spread {dc['median_ring_std']:.3f}")
     if args.models:
         import torch
         from CACIdentifierLib.modelio import load_model
