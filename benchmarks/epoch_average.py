@@ -93,8 +93,9 @@ def main(argv=None) -> int:
     for i in (int(i) for i in args.single.split(",") if i):
         models[Path(args.checkpoints[i]).name] = load_checkpoint_weights(args.checkpoints[i], ref)
     loaded = [load_checkpoint_weights(p, ref) for p in args.checkpoints]
-    models[f"average of {len(loaded)}, BatchNorm as averaged"] = average_weights(loaded)
-    models[f"average of {len(loaded)}, BatchNorm recomputed"] = recompute_batchnorm(average_weights(loaded), bn_fs)
+    averaged = average_weights(loaded)
+    models[f"average of {len(loaded)}, BatchNorm as averaged"] = averaged
+    models[f"average of {len(loaded)}, BatchNorm recomputed"] = recompute_batchnorm(copy.deepcopy(averaged), bn_fs)
     results = {}
     for name, model in models.items():
         results[name] = {}

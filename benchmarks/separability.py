@@ -180,10 +180,8 @@ def main(argv=None) -> int:
     blob = blob_patch_scores(fs)
     keep = labels | clean
     results = {"test": fs.summary(), "seed": args.seed,
-               "dark_blob_filter": {"patch_auc": roc_auc(labels, blob),
-                                    "patch_auc_vs_clean": roc_auc(labels[keep], blob[keep]),
-                                    **{k: v for k, v in evidence(blob / (1 + blob), labels, fs.acquisition).items()
-                                       if k != "patch_auc"}},
+               "dark_blob_filter": {**evidence(blob, labels, fs.acquisition),
+                                    "patch_auc_vs_clean": roc_auc(labels[keep], blob[keep])},
                "models": {}}
     log(f"dark-blob filter: {json.dumps(results['dark_blob_filter'])}")
     dc = deposit_contrast(fs)
