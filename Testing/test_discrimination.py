@@ -479,26 +479,6 @@ def test_separability_deposit_contrast_on_a_hand_made_frame():
     assert r["median_ring_std"] == pytest.approx(0.0, abs=1e-6)
 
 
-def test_score_variants_d4_logits_permute_under_a_quarter_turn():
-    """benchmarks/score_variants.d4_logits: turning the inputs a quarter permutes the eight transforms'
-    logits (so their mean is unchanged), and a network that is not invariant gives eight different ones."""
-    import torch
-    from benchmark_scripts import load
-    from CACIdentifierLib.network import ResUNet18
-
-    sv = load("score_variants")
-    torch.manual_seed(0)
-    model = ResUNet18(width=8, decoder_channels=[8, 8, 8, 8, 8]).eval()
-    nc, c = torch.rand(2, 1, 64, 64), torch.rand(2, 1, 64, 64)
-    a = sv.d4_logits(model, nc, c)
-    b = sv.d4_logits(model, torch.rot90(nc, 1, (2, 3)), torch.rot90(c, 1, (2, 3)))
-    # rot90 of the input: transform t becomes transform t+1 (quarter turns), the flips alike.
-    perm = [(t + 1) % 4 + (4 if t >= 4 else 0) for t in range(8)]
-    assert torch.allclose(b, a[perm], atol=1e-5)
-    assert torch.allclose(b.mean(0), a.mean(0), atol=1e-5)
-    assert len({round(float(v), 4) for v in a[:, 0]}) == 8
-
-
 def test_score_variants_patch_scores_on_a_frameset():
     """benchmarks/score_variants.patch_scores: one score per patch; the identity logit is the classifier's,
     the decoder maximum a probability, and variants() turns logits into probabilities."""
@@ -515,8 +495,8 @@ def test_score_variants_patch_scores_on_a_frameset():
                     ["a", "a"], ["p", "p"])
     torch.manual_seed(0)
     model = ResUNet18(width=8, decoder_channels=[8, 8, 8, 8, 8]).eval()
-    s = sv.patch_scores(model, fs, tta=True, batch_size=4)
-    assert s["classifier_logit"].shape == s["decoder_max"].shape == s["classifier_d4_logit"].shape == (10,)
+    s = sv.patch_scores(model, fs, batch_size=4)
+    assert s["classifier_logit"].shape == s["decoder_max"].shape == (10,)
     b = D.make_batch(fs, [7])
     with torch.no_grad():
         direct = float(model.classify(torch.from_numpy(b["nc"]), torch.from_numpy(b["c"]))[0])

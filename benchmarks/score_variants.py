@@ -1,7 +1,6 @@
 """Ways of scoring a patch with a trained model, without retraining: do any of them separate better?
 
-    python benchmarks/score_variants.py MODEL.safetensors [MODEL ...] [--seed 3000] [--test 36] [--tta]
-                                        [--out variants.json]
+    python benchmarks/score_variants.py MODEL.safetensors [MODEL ...] [--seed 3000] [--test 36] [--out variants.json]
 
 On the test fold of separability.py and difficulty.py (phantom_pool ``--seed``, ``--test`` new
 patients, 40 % calcium-free, 6 frames each), per model, the patch, frame and cine AUCs
@@ -12,11 +11,10 @@ patients, 40 % calcium-free, 6 frames each), per model, the patch, frame and cin
   edges -- the decoder is trained densely on ROI_GT by the default recipe's joint step, so it is a
   detector of its own (a decoder refitted on positive patches only is not);
 * ``geometric_mean``: ``sqrt(classifier * decoder_max)``;
-* with ``--tta``, ``classifier_d4``: the classifier's logit averaged over the eight flips and
-  quarter turns the trainer augments with (:func:`d4_logits`), 8x the inference cost;
 
 and, with two or more models, ``ensemble``: the mean of the models' classifier logits.  Writes
-OUT (JSON) and prints a table.
+OUT (JSON) and prints a table.  (Averaging over the flips and quarter turns of training:
+``tta_gain.py``.)
 """
 
 from __future__ import annotations
@@ -35,45 +33,27 @@ from gpu_protocol import log  # noqa: E402
 EDGE = 8  # px of each patch edge left out of the decoder's maximum (padding effects)
 
 
-def dihedral(x, t: int):
-    """The ``t``-th (0..7) of the eight flips and quarter turns of (B, C, H, W) tensors.
-
-    ``t % 4`` quarter turns (``torch.rot90`` over the last two axes), then a
-    left-right flip when ``t >= 4``; ``t = 0`` is the identity.
+def patch_scores(model, fs, batch_size: int = 32) -> dict:
+    """Per-patch scores of one model on a FrameSet: ``classifier_logit`` and ``decoder_max`` (ungated ROI map).
 
     Examples
     --------
     >>> import torch
-    >>> x = torch.arange(4.0).reshape(1, 1, 2, 2)
-    >>> dihedral(x, 0).flatten().tolist(), dihedral(x, 4).flatten().tolist()
-    ([0.0, 1.0, 2.0, 3.0], [1.0, 0.0, 3.0, 2.0])
-    >>> len({tuple(dihedral(x, t).flatten().tolist()) for t in range(8)})
-    8
+    >>> from CACIdentifierLib.network import ResUNet18
+    >>> from CACTrainerLib.dataset import FrameSet
+    >>> z = np.zeros((1, 512, 512), np.float16)
+    >>> fs = FrameSet(z, z, z.astype(bool), z.astype(bool), np.zeros((1, 5), np.float32), np.full((1, 2), 0.3),
+    ...               np.array([0]), np.array([1]), np.zeros((1, 5), bool), ["a"], ["p"])
+    >>> s = patch_scores(ResUNet18(width=8, decoder_channels=[8] * 5), fs)
+    >>> s["classifier_logit"].shape, bool(((s["decoder_max"] > 0) & (s["decoder_max"] < 1)).all())
+    ((5,), True)
     """
-    import torch
-
-    y = torch.rot90(x, t % 4, (2, 3))
-    return (y.flip(3) if t >= 4 else y).contiguous()
-
-
-def d4_logits(model, nc, c):
-    """(8, B) classifier logits of the patch pairs under each :func:`dihedral` transform (both inputs alike)."""
-    import torch
-
-    with torch.no_grad():
-        return torch.stack([model.classify(dihedral(nc, t), dihedral(c, t)).float() for t in range(8)])
-
-
-def patch_scores(model, fs, tta: bool = False, batch_size: int = 32) -> dict:
-    """Per-patch scores of one model on a FrameSet: ``classifier_logit``, ``decoder_max`` (and ``classifier_d4_logit``)."""
     import torch
     from CACTrainerLib import dataset
 
     model.eval()
     n = fs.n_patches
     out = {"classifier_logit": np.empty(n, np.float32), "decoder_max": np.empty(n, np.float32)}
-    if tta:
-        out["classifier_d4_logit"] = np.empty(n, np.float32)
     with torch.no_grad():
         for s in range(0, n, batch_size):
             b = dataset.make_batch(fs, np.arange(s, min(s + batch_size, n)))
@@ -82,8 +62,6 @@ def patch_scores(model, fs, tta: bool = False, batch_size: int = 32) -> dict:
             out["classifier_logit"][s:s + len(nc)] = model.classify_features(feats).float().numpy()
             roi = torch.sigmoid(model.decode(feats).float())[:, 0, EDGE:-EDGE, EDGE:-EDGE]
             out["decoder_max"][s:s + len(nc)] = roi.amax(dim=(1, 2)).numpy()
-            if tta:
-                out["classifier_d4_logit"][s:s + len(nc)] = d4_logits(model, nc, c).mean(0).numpy()
     return out
 
 
@@ -92,8 +70,6 @@ def variants(scores: dict) -> dict:
     p = 1.0 / (1.0 + np.exp(-scores["classifier_logit"]))
     out = {"classifier": p, "decoder_max": scores["decoder_max"],
            "geometric_mean": np.sqrt(p * scores["decoder_max"])}
-    if "classifier_d4_logit" in scores:
-        out["classifier_d4"] = 1.0 / (1.0 + np.exp(-scores["classifier_d4_logit"]))
     return out
 
 
@@ -103,7 +79,6 @@ def main(argv=None) -> int:
     ap.add_argument("--test", type=int, default=36)
     ap.add_argument("--seed", type=int, default=3000)
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--tta", action="store_true", help="also the eight-transform average (8x the inference)")
     ap.add_argument("--out", default="variants.json")
     args = ap.parse_args(argv)
 
@@ -121,7 +96,7 @@ def main(argv=None) -> int:
     for path in args.models:
         t1 = time.perf_counter()
         model, _ = load_model(path)
-        scores = patch_scores(model, fs, tta=args.tta)
+        scores = patch_scores(model, fs)
         logits.append(scores["classifier_logit"])
         results["models"][path] = {k: evidence(v, labels, fs.acquisition) for k, v in variants(scores).items()}
         log(f"{path} in {time.perf_counter() - t1:.0f} s: {json.dumps(results['models'][path])}")
