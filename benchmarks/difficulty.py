@@ -214,13 +214,19 @@ def montage(fs, probs: np.ndarray, labels: np.ndarray, snr: np.ndarray, rendered
     plt.close(fig)
 
 
-def main(argv=None) -> int:
+def fold_parser(out: str, models: str = "+") -> argparse.ArgumentParser:
+    """The arguments of the scripts that score models on :func:`test_fold`: MODEL..., --test, --seed, --workers, --out."""
     ap = argparse.ArgumentParser()
-    ap.add_argument("models", nargs="+")
-    ap.add_argument("--test", type=int, default=36)
-    ap.add_argument("--seed", type=int, default=3000)
-    ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--out", default="difficulty.json")
+    ap.add_argument("models", nargs=models)
+    ap.add_argument("--test", type=int, default=36, help="held-out patients")
+    ap.add_argument("--seed", type=int, default=3000, help="phantom_pool seed of the fold (3000, 4000: the usual two)")
+    ap.add_argument("--workers", type=int, default=2, help="processes generating the fold")
+    ap.add_argument("--out", default=out)
+    return ap
+
+
+def main(argv=None) -> int:
+    ap = fold_parser("difficulty.json")
     ap.add_argument("--labels", help="comma-separated names of the models in the figure (default: file names)")
     ap.add_argument("--from-json", action="store_true",
                     help="redraw the figure from OUT without scoring again (--labels may rename)")

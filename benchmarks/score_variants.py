@@ -19,7 +19,6 @@ OUT (JSON) and prints a table.  (Averaging over the flips and quarter turns of t
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -74,17 +73,12 @@ def variants(scores: dict) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("models", nargs="+")
-    ap.add_argument("--test", type=int, default=36)
-    ap.add_argument("--seed", type=int, default=3000)
-    ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--out", default="variants.json")
-    args = ap.parse_args(argv)
+    from difficulty import fold_parser, test_fold
+
+    args = fold_parser("variants.json").parse_args(argv)
 
     import torch
     from CACIdentifierLib.modelio import load_model
-    from difficulty import test_fold
     from separability import evidence
 
     torch.set_num_threads(2)

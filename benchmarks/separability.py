@@ -23,7 +23,6 @@ Writes OUT (JSON) and prints a table.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -161,16 +160,11 @@ def evidence(patch_probs: np.ndarray, labels: np.ndarray, acquisitions) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("models", nargs="*")
-    ap.add_argument("--test", type=int, default=36)
-    ap.add_argument("--seed", type=int, default=3000)
-    ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--out", default="separability.json")
-    args = ap.parse_args(argv)
+    from difficulty import fold_parser, test_fold
+
+    args = fold_parser("separability.json", models="*").parse_args(argv)
 
     from CACIdentifierLib.metrics import roc_auc
-    from difficulty import test_fold
 
     t0 = time.perf_counter()
     fs, _snr, rendered, _metal = test_fold(args.test, args.seed, args.workers)
