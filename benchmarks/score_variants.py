@@ -67,9 +67,7 @@ def patch_scores(model, fs, batch_size: int = 32) -> dict:
 def variants(scores: dict) -> dict:
     """The scored variants (probabilities) of one model's :func:`patch_scores`."""
     p = 1.0 / (1.0 + np.exp(-scores["classifier_logit"]))
-    out = {"classifier": p, "decoder_max": scores["decoder_max"],
-           "geometric_mean": np.sqrt(p * scores["decoder_max"])}
-    return out
+    return {"classifier": p, "decoder_max": scores["decoder_max"], "geometric_mean": np.sqrt(p * scores["decoder_max"])}
 
 
 def main(argv=None) -> int:
