@@ -30,7 +30,7 @@ def test_docstring_examples(name):
     assert result.failed == 0
 
 
-@pytest.mark.parametrize("name", ["separability", "score_variants"])
+@pytest.mark.parametrize("name", ["separability", "score_variants", "compare_models"])
 def test_benchmark_docstring_examples(name):
     from benchmark_scripts import load
 

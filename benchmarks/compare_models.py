@@ -15,6 +15,7 @@ as one more model.  ``--sensitivity S`` also sets that copy's operating point on
 sensitivity on the same pool if that is higher (a replacement must not miss more calcium);
 ``--island-sizes`` as ``cac calibrate``'s.
 On the real cines of ../shared/data: median ROI area (% of field) and ROI pixels outside the field.
+Last, issue 12's replacement rule for every later model against the first (:func:`item4_verdict`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,57 @@ from gpu_protocol import log, per_cine, summarize  # noqa: E402
 
 REAL = [("xa/rubo-rca-ecg-96f.dcm", {}), ("xa/rubo-biplane-b-ecg-17f.dcm", {}),
         ("frames/lca-clinical-37f", {"spacing_mm": 0.308, "frame_time_ms": 66.7, "onset": 5})]
+
+# Issue 12, item 4: a new default replaces the shipped one only if it beats it on each of these.
+# (name, how to read it from a summary, True where higher is better)
+ITEM4 = (("frame_sensitivity", lambda s: s["frame_detection"]["sensitivity"], True),
+         ("frame_specificity", lambda s: s["frame_detection"]["specificity"], True),
+         ("roi_area_pct_field", lambda s: s["roi_area_pct_field"]["median"], False),
+         ("roi_precision", lambda s: s["roi_precision"]["median"], True))
+
+
+def item4_verdict(first: dict, other: dict) -> dict:
+    """Issue 12's replacement rule: does ``other`` beat ``first`` on every item-4 measure?
+
+    Parameters
+    ----------
+    first, other : dict
+        Test summaries (:func:`gpu_protocol.summarize`) of the shipped model and a candidate on the
+        same fold: pooled frame sensitivity and specificity, median ROI area (% of the exposed
+        field) over the cines, median ROI precision over the calcified cines.
+
+    Returns
+    -------
+    dict
+        ``measures``: per measure the two values and ``"better"``, ``"equal"`` or ``"worse"``
+        (smaller is better for the ROI area); ``beats_every``: better on all four;
+        ``worse_on``: the measures on which it is worse.
+
+    Examples
+    --------
+    Fewer false alarms and smaller ROIs do not make up for one more missed frame:
+
+    >>> def s(sens, spec, area, prec):
+    ...     return {"frame_detection": {"sensitivity": sens, "specificity": spec},
+    ...             "roi_area_pct_field": {"median": area}, "roi_precision": {"median": prec}}
+    >>> v = item4_verdict(s(0.933, 0.159, 1.05, 0.48), s(0.922, 0.325, 0.96, 0.47))
+    >>> v["beats_every"], v["worse_on"]
+    (False, ['frame_sensitivity', 'roi_precision'])
+    >>> item4_verdict(s(0.933, 0.159, 1.05, 0.48), s(0.944, 0.2, 0.9, 0.5))["beats_every"]
+    True
+    """
+    measures = {}
+    for name, get, higher in ITEM4:
+        a, b = get(first), get(other)
+        if a is None or b is None:
+            verdict = "worse"  # an unmeasured value cannot count as a win
+        elif b == a:
+            verdict = "equal"
+        else:
+            verdict = "better" if (b > a) == higher else "worse"
+        measures[name] = {"first": a, "other": b, "verdict": verdict}
+    return {"measures": measures, "beats_every": all(m["verdict"] == "better" for m in measures.values()),
+            "worse_on": [k for k, m in measures.items() if m["verdict"] == "worse"]}
 
 
 def main(argv=None) -> int:
@@ -143,6 +195,11 @@ def main(argv=None) -> int:
             results["wilcoxon_vs_first"][a]["frame_sensitivity"] = wilcoxon(
                 [ca[k].get("frame_sensitivity") for k in calc], [cb[k].get("frame_sensitivity") for k in calc])
         results["wilcoxon_last_vs_first"] = results["wilcoxon_vs_first"][args.models[-1]]
+        first = results["models"][args.models[0]]["test"]
+        results["item4_vs_first"] = {a: item4_verdict(first, results["models"][a]["test"]) for a in args.models[1:]}
+        for a, v in results["item4_vs_first"].items():
+            log(f"{a}: {'beats' if v['beats_every'] else 'does not beat'} {args.models[0]} on every item-4 "
+                f"measure" + (f" (worse on {', '.join(v['worse_on'])})" if v["worse_on"] else ""))
     Path(args.out).write_text(json.dumps(results, indent=1, default=float) + "\n")
     log(f"done in {time.perf_counter() - t0:.0f} s")
     return 0
