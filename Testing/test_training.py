@@ -249,6 +249,19 @@ def test_folds_and_summary(tiny, tmp_path):
     assert rep["pooled_frames"]["sensitivity"] == 1.0 and rep["pooled_frames"]["specificity"] == pytest.approx(18 / 19)
     assert "| Identification | ROI area (% of exposed field) (median (Q1–Q3)) | 1.25 (0.62–1.88) | not reported |" in md
     assert "specificity 0.947 (TP 3, FP 1, FN 0, TN 18" in md
+    assert "decoder_found" not in rep["pooled_frames"] and "every patch gated in" not in md  # older fold files
+    # The decoder's ceiling, pooled over folds, once every fold file reports it.
+    for k in range(6):
+        rec = json.loads((tmp_path / f"fold_{k}.json").read_text())
+        # Folds 1, 3, 5 hold one calcified frame each, fold 3 one more that the gate missed and the
+        # decoder alone finds: 4 calcified frames, 3 found, 4 within the decoder's reach.
+        rec["metrics"]["frame_decoder_found"] = k % 2 + (k == 3)
+        rec["metrics"]["frame_fn"] = int(k == 3)
+        (tmp_path / f"fold_{k}.json").write_text(json.dumps(rec))
+    rep = crossval.summarize(tmp_path)
+    assert rep["pooled_frames"]["decoder_found"] == 4 and rep["pooled_frames"]["decoder_sensitivity"] == 1.0
+    assert rep["pooled_frames"]["sensitivity"] == pytest.approx(3 / 4)
+    assert "the decoder draws an ROI on 4 of the 4 calcified frames" in (tmp_path / "report.md").read_text()
     with pytest.raises(CacError):
         crossval.summarize(tmp_path / "nothing")
 
@@ -388,3 +401,28 @@ def test_channels_last_is_opt_in_on_cpus():
     assert _config(parser.parse_args(base)).channels_last is None
     assert _config(parser.parse_args(base + ["--channels-last"])).channels_last is True
     assert _config(parser.parse_args(base + ["--no-channels-last"])).channels_last is False
+
+
+def test_evaluate_decoder_sensitivity_is_the_ceiling_of_the_gate(monkeypatch):
+    """Hand-made decoder output: the calcified frame whose decoder is silent stays missed at any threshold;
+    the one it marks is found once its patch is gated in."""
+    from CACTrainerLib import dataset as D
+
+    rng = np.random.default_rng(0)
+    n = 3  # frame 0: calcium, decoder marks it; frame 1: calcium, decoder silent; frame 2: calcium-free
+    nc = (0.4 + 0.2 * rng.random((n, 512, 512))).astype(np.float16)  # no dark border: the whole field exposed
+    calcium = np.zeros((n, 512, 512), bool)
+    calcium[0, 60:70, 60:70] = calcium[1, 60:70, 60:70] = True
+    roi = np.zeros_like(calcium)
+    roi[:2, 40:90, 40:90] = True
+    labels = np.zeros((n, 5), np.float32)
+    labels[:2, 0] = 1.0
+    fs = D.FrameSet(nc, nc.copy(), calcium, roi, labels, np.full((n, 2), 0.3), np.arange(n), np.arange(n) + 10,
+                    np.zeros((n, 5), bool), ["a", "b", "c"], ["p", "q", "r"])
+    rois = np.zeros((5 * n, 256, 256), np.float16)
+    rois[0, 40:90, 40:90] = 0.9  # frame 0, patch 0 (origin 0, 0): 2,500 px over the calcium
+    for probs, found in ((np.zeros(5 * n, np.float32), 0), (np.ones(5 * n, np.float32), 1)):
+        monkeypatch.setattr(T, "predict_patches", lambda *a, p=probs, **k: T.PatchPredictions(p, rois, None))
+        ev = T.evaluate(None, fs, T.TrainConfig(), torch.device("cpu"))
+        assert ev["detection"]["tp"] == found and ev["detection"]["fn"] == 2 - found
+        assert ev["decoder_sensitivity"] == 0.5 and ev["decoder_frames_found"] == 1

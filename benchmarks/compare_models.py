@@ -199,7 +199,8 @@ def main(argv=None) -> int:
         results["item4_vs_first"] = {a: item4_verdict(first, results["models"][a]["test"]) for a in args.models[1:]}
         for a, v in results["item4_vs_first"].items():
             log(f"{a}: {'beats' if v['beats_every'] else 'does not beat'} {args.models[0]} on every item-4 "
-                f"measure" + (f" (worse on {', '.join(v['worse_on'])})" if v["worse_on"] else ""))
+                f"measure" + (f" (worse on {', '.join(v['worse_on'])})" if v["worse_on"] else "")
+                + "".join(f" (equal on {k})" for k, m in v["measures"].items() if m["verdict"] == "equal"))
     Path(args.out).write_text(json.dumps(results, indent=1, default=float) + "\n")
     log(f"done in {time.perf_counter() - t0:.0f} s")
     return 0

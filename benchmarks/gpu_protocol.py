@@ -112,6 +112,8 @@ def summarize(ev: dict, cines: dict) -> dict:
         "roi_area_pct_field": m(list(cines.values()), "roi_area_pct_field"),
         "calcium_free_frames_with_roi_pct": m(free, "frames_with_roi_pct"),
         "frame_detection": ev.get("detection"),
+        # Frame sensitivity with every patch gated in: what no classifier threshold can exceed.
+        "decoder_sensitivity": ev.get("decoder_sensitivity"),
         "cines": len(cines), "calcium_free_cines": len(free),
     }
 

@@ -132,6 +132,8 @@ def _fold_metrics(ev: dict) -> dict:
         "roi_precision": ev.get("roi_precision_median"),
         "frame_sensitivity": (ev.get("detection") or {}).get("sensitivity"),
         "frame_specificity": (ev.get("detection") or {}).get("specificity"),
+        "decoder_sensitivity": ev.get("decoder_sensitivity"),
+        "frame_decoder_found": ev.get("decoder_frames_found"),
         # Frame counts, pooled over folds in the report (one patient's fold may have no calcium-free frame).
         **{f"frame_{k}": (ev.get("detection") or {}).get(k) for k in ("tp", "fp", "fn", "tn")},
     }
@@ -238,6 +240,12 @@ def summarize(run_dir, *, overwrite: bool = True, notes: str = "") -> dict:
         "specificity": frame["tn"] / (frame["tn"] + frame["fp"]) if frame["tn"] + frame["fp"] else None,
         **frame,
     }
+    # Calcified frames that the decoder draws an ROI on with every patch gated in: the most that any
+    # classifier threshold can find (fold files written before this measure lack it).
+    found = [f["metrics"].get("frame_decoder_found") for f in folds]
+    if all(v is not None for v in found) and frame["tp"] + frame["fn"]:
+        pooled_frames["decoder_found"] = int(sum(found))
+        pooled_frames["decoder_sensitivity"] = sum(found) / (frame["tp"] + frame["fn"])
     gated = [f["metrics"].get("iom") for f in folds]
     ungated = [f["metrics"].get("iom_ungated") for f in folds]
     test = wilcoxon(gated, ungated)
@@ -277,7 +285,10 @@ def summarize(run_dir, *, overwrite: bool = True, notes: str = "") -> dict:
         f"Pooled over all test frames (a frame is positive when its ROI is not empty): sensitivity "
         f"{_num(pooled_frames['sensitivity'])}, specificity {_num(pooled_frames['specificity'])} "
         f"(TP {frame['tp']}, FP {frame['fp']}, FN {frame['fn']}, TN {frame['tn']}; an ROI on a calcium-free "
-        f"frame is a false positive).",
+        f"frame is a false positive)."
+        + (f"  With every patch gated in, the decoder draws an ROI on {pooled_frames['decoder_found']} of the "
+           f"{frame['tp'] + frame['fn']} calcified frames (sensitivity {_num(pooled_frames['decoder_sensitivity'])}): "
+           "no classifier threshold finds more." if "decoder_found" in pooled_frames else ""),
         "",
         "Paired Wilcoxon signed-rank test over folds, IoM with classifier gating vs the same decoder "
         f"without gating: median {_num(w['gated_median'])} vs {_num(w['ungated_median'])}, "

@@ -278,6 +278,10 @@ def evaluate(model, fs: dataset.FrameSet, config: TrainConfig, device, *, decode
     max, refined; IoM and Hausdorff distance (mm, where the spacing is
     known) against the frame's majority-vote calcium mask, for the frames
     where either mask is non-empty (both empty: undefined, skipped).
+    ``detection`` is the frame-level sensitivity and specificity;
+    ``decoder_sensitivity`` the share of calcified frames that get an ROI
+    with every patch gated in (in the exposed field), the most that any
+    classifier threshold can reach.
     ``calibration`` (a model card's) is applied to the classifier's
     probabilities before the threshold, as inference does.
     """
@@ -302,6 +306,7 @@ def evaluate(model, fs: dataset.FrameSet, config: TrainConfig, device, *, decode
         return out
     frames = []
     areas, pred_any, truth_any = [], [], []
+    decoder_hits = []  # per calcified frame: does the ungated ROI (every patch kept) exist?
     for f in range(len(fs)):
         sl = slice(5 * f, 5 * f + 5)
         field = exposed_field(fs.nc[f], margin_px=3)
@@ -319,6 +324,8 @@ def evaluate(model, fs: dataset.FrameSet, config: TrainConfig, device, *, decode
         ungated = refine(patches.stitch(rois[sl].astype(np.float32), dataset.FRAME, dataset.FRAME, mode="max"),
                          **config.refinement)
         iom_ungated = metrics.iom(ungated, truth)
+        if truth.any():
+            decoder_hits.append(bool((ungated & field).any()))
         sp = fs.spacing_mm[f]
         hd = None
         if np.all(np.isfinite(sp)) and mask.any() and truth.any():
@@ -339,6 +346,11 @@ def evaluate(model, fs: dataset.FrameSet, config: TrainConfig, device, *, decode
     precs = [fr["roi_precision"] for fr in frames if fr["roi_precision"] is not None]
     out["roi_precision_median"] = float(np.median(precs)) if precs else None
     out["detection"] = metrics.frame_detection(pred_any, truth_any)
+    # The ceiling of the frame sensitivity that any classifier threshold can reach: the share of calcified
+    # frames whose decoder draws an ROI when every patch is kept.  Below it, a missed frame is the
+    # decoder's (no threshold brings it back); above the achieved sensitivity, the classifier's gate.
+    out["decoder_sensitivity"] = float(np.mean(decoder_hits)) if decoder_hits else None
+    out["decoder_frames_found"] = int(np.sum(decoder_hits))
     out["iom_mean"] = float(np.mean(ioms)) if ioms else None
     out["iom_median"] = float(np.median(ioms)) if ioms else None
     out["hd_mm_median"] = float(np.median(hds)) if hds else None
