@@ -347,8 +347,8 @@ def evaluate(model, fs: dataset.FrameSet, config: TrainConfig, device, *, decode
     out["roi_precision_median"] = float(np.median(precs)) if precs else None
     out["detection"] = metrics.frame_detection(pred_any, truth_any)
     # The ceiling of the frame sensitivity that any classifier threshold can reach: the share of calcified
-    # frames whose decoder draws an ROI when every patch is kept.  Below it, a missed frame is the
-    # decoder's (no threshold brings it back); above the achieved sensitivity, the classifier's gate.
+    # frames whose decoder draws an ROI when every patch is kept.  Frames missed within the ceiling are
+    # the classifier gate's; those beyond it the decoder's (no threshold brings them back).
     out["decoder_sensitivity"] = float(np.mean(decoder_hits)) if decoder_hits else None
     out["decoder_frames_found"] = int(np.sum(decoder_hits))
     out["iom_mean"] = float(np.mean(ioms)) if ioms else None
