@@ -134,3 +134,50 @@ def test_decoder_and_classification_losses():
     lg, parts = losses.decoder_loss(good, t, dist, alpha=0.5)
     lb, _ = losses.decoder_loss(bad, t, dist, alpha=0.5)
     assert lg < lb and set(parts) == {"gdl", "boundary", "alpha"}
+
+
+def test_decoder_detection_loss_sees_the_small_deposit_the_pooled_dice_misses():
+    """A batch with one large ROI_GT and one small one: drawing only the large one costs the batch-pooled
+    generalized Dice almost nothing, but the recall term in full; its gradient reaches only the missed
+    patch's ROI_GT pixels.  Drawing everywhere costs the false-ROI term."""
+    t = torch.zeros(3, 1, 64, 64)
+    t[0, 0, 4:60, 4:60] = 1  # a large ROI_GT (3,136 px)
+    t[1, 0, 30:36, 30:36] = 1  # a small one (36 px)
+    # patch 2: no calcium
+    all_found = torch.where(t > 0, 8.0, -8.0)
+    small_missed = all_found.clone()
+    small_missed[1] = -8.0
+    p_all, p_missed = torch.sigmoid(all_found), torch.sigmoid(small_missed)
+    gdl_gap = float(losses.generalized_dice_loss(p_missed, t) - losses.generalized_dice_loss(p_all, t))
+    det_gap = float(losses.decoder_detection_loss(small_missed, t) - losses.decoder_detection_loss(all_found, t))
+    # recall: mean over the 2 patches with calcium of -log(p); the missed one at p = sigmoid(-8)
+    expected = (np.log1p(np.exp(8.0)) + np.log1p(np.exp(-8.0))) / 2 - np.log1p(np.exp(-8.0))
+    assert gdl_gap < 0.02 and det_gap == pytest.approx(expected, rel=1e-3) and det_gap > 3.0
+    x = small_missed.clone().requires_grad_(True)
+    losses.decoder_detection_loss(x, t).backward()
+    g = x.grad.abs()
+    assert float(g[1][t[1] > 0].min()) > 0  # every missed ROI_GT pixel is pushed up (36 < k)
+    # outside ROI_GT only the k most probable pixels are pushed down (all equal here: topk takes k of them)
+    assert int((g[1][t[1] == 0] > 0).sum()) == 256 and int((g[2] > 0).sum()) == 256
+    # drawing the whole patch finds everything but pays the false-ROI term
+    everywhere = torch.full_like(t, 8.0)
+    assert float(losses.decoder_detection_loss(everywhere, t)) > 7.0
+    # the k most probable ROI_GT pixels only: a patch that draws k pixels of a large ROI_GT is found
+    part = torch.full_like(t, -8.0)
+    part[0, 0, 4:20, 4:20] = 8.0  # 256 of 3,136 px
+    assert float(losses.decoder_detection_loss(part[:1], t[:1], k=256)) < 1e-2
+    assert float(losses.decoder_detection_loss(part[:1], t[:1], k=1024)) > 1.0
+    # no calcium anywhere and nothing drawn: no loss
+    assert float(losses.decoder_detection_loss(torch.full_like(t, -8.0), torch.zeros_like(t))) < 1e-2
+
+
+def test_decoder_loss_detection_weight():
+    t = torch.zeros(2, 1, 16, 16)
+    t[0, 0, 4:10, 4:10] = 1
+    dist = torch.from_numpy(losses.signed_distance_map(t.numpy().astype(bool)))
+    logit = torch.randn(2, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    base, parts0 = losses.decoder_loss(logit, t, dist, alpha=0.7)
+    both, parts = losses.decoder_loss(logit, t, dist, alpha=0.7, detection_weight=0.5)
+    assert "detection" not in parts0
+    assert parts["detection"] == pytest.approx(float(losses.decoder_detection_loss(logit, t)))
+    assert float(both) == pytest.approx(float(base) + 0.5 * parts["detection"], rel=1e-5)

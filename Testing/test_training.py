@@ -145,6 +145,25 @@ def test_stage2_epoch_kept_by_the_chosen_rule(tiny, tmp_path):
     with pytest.raises(CacError, match="select2"):
         T.train(tiny, None, _config(select2="hd"), tmp_path / "bad")
     assert not (tmp_path / "bad").exists()
+    with pytest.raises(CacError, match="decoder_detection"):
+        T.train(tiny, None, _config(decoder_detection=-1.0), tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()
+
+
+def test_decoder_detection_trains_and_logs_the_decoder_sensitivity(tiny, tmp_path):
+    """A run with the detection loss reports every stage-2 epoch's validation decoder sensitivity, and its
+    validation loss (what select2 "loss" ranks) includes the term it trained on."""
+    from dataclasses import replace
+
+    train, val = tiny.select(patients=["P3"], exclude=True), tiny.select(patients=["P3"])
+    cfg = _config(epochs1=1, epochs2=2, decoder_detection=1.0, select2="loss", samples_per_epoch=32)
+    res = T.train(train, val, cfg, tmp_path / "run")
+    rows = [r for r in res.history if r.get("stage") == 2]
+    assert len(rows) == 2 and all(0.0 <= r["val_decoder_sensitivity"] <= 1.0 for r in rows)
+    assert res.best["stage2"]["key"] == [-min(r["val_loss"] for r in rows)]
+    plain = T._decoder_val_loss(res.model, val, replace(cfg, decoder_detection=0.0), torch.device("cpu"), 0.9)
+    with_det = T._decoder_val_loss(res.model, val, cfg, torch.device("cpu"), 0.9)
+    assert with_det > plain
 
 
 @pytest.mark.slow

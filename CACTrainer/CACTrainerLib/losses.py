@@ -171,9 +171,60 @@ class RebalanceSchedule:
         return a * gdl + (1.0 - a) * boundary
 
 
+def decoder_detection_loss(roi_logit: torch.Tensor, roi_target: torch.Tensor, *, k: int = 256) -> torch.Tensor:
+    """Per-patch detection loss: an ROI inside ROI_GT where there is calcium, none outside it.
+
+    Two terms on each patch's ``k`` most probable pixels (a multiple-instance
+    reading of the ROI map, ``k`` about the smallest island refinement keeps):
+
+    - *recall*, for a patch whose ROI_GT is not empty: ``-log`` of the mean
+      probability of its ``k`` most probable ROI_GT pixels (all of them when
+      ROI_GT has fewer);
+    - *false ROI*, for every patch: ``-log(1 - mean)`` of its ``k`` most
+      probable pixels outside ROI_GT.
+
+    Each term is averaged over the patches it applies to; the loss is their sum.
+    Why: the generalized Dice loss is pooled over the batch, so a patch with a
+    small, faint deposit weighs little against the large ROIs beside it; a
+    decoder lowered that loss while drawing nothing on more calcified frames
+    (``decoder_sensitivity``, docs/learning.md).  The recall term alone made the
+    decoder draw across the whole gated patch (measured), hence the second.
+
+    Examples
+    --------
+    >>> import torch
+    >>> t = torch.zeros(2, 1, 32, 32); t[0, 0, 4:12, 4:12] = 1  # patch 1 has no calcium
+    >>> found = torch.where(t > 0, 6.0, -6.0)
+    >>> missed = torch.full_like(t, -6.0)
+    >>> everywhere = torch.full_like(t, 6.0)
+    >>> [round(float(decoder_detection_loss(x, t, k=16)), 2) for x in (found, missed, everywhere)]
+    [0.0, 6.0, 6.0]
+    """
+    b = roi_logit.shape[0]
+    probs = torch.sigmoid(roi_logit.float()).reshape(b, -1)
+    inside = roi_target.reshape(b, -1).to(probs.device) > 0.5
+    kk = min(int(k), probs.shape[1])
+    ks = torch.arange(kk, device=probs.device)[None, :]
+
+    def topk_mean(mask):  # mean of the k most probable pixels of ``mask`` (all of them when fewer)
+        top = probs.masked_fill(~mask, -1.0).topk(kk, dim=1).values
+        n = mask.sum(dim=1).clamp(max=kk)
+        return (top.clamp_min(0.0) * (ks < n[:, None])).sum(dim=1) / n.clamp_min(1), n > 0
+
+    p_in, has_in = topk_mean(inside)
+    p_out, has_out = topk_mean(~inside)
+    loss = probs.sum() * 0.0
+    if bool(has_in.any()):
+        loss = loss - torch.log(p_in[has_in].clamp_min(1e-6)).mean()
+    if bool(has_out.any()):
+        loss = loss - torch.log((1.0 - p_out[has_out]).clamp_min(1e-6)).mean()
+    return loss
+
+
 def decoder_loss(roi_logit: torch.Tensor, roi_target: torch.Tensor, dist_maps: torch.Tensor,
-                 alpha: float) -> tuple[torch.Tensor, dict]:
-    """Stage-2 loss of a batch: ``alpha * GDL + (1 - alpha) * boundary`` on sigmoid probabilities.
+                 alpha: float, detection_weight: float = 0.0) -> tuple[torch.Tensor, dict]:
+    """Stage-2 loss of a batch: ``alpha * GDL + (1 - alpha) * boundary`` on sigmoid probabilities,
+    plus ``detection_weight`` times :func:`decoder_detection_loss` (0: the paper's loss).
 
     Returns the loss and its parts (floats) for logging.
     """
@@ -181,7 +232,12 @@ def decoder_loss(roi_logit: torch.Tensor, roi_target: torch.Tensor, dist_maps: t
     gdl = generalized_dice_loss(probs, roi_target)
     bl = boundary_loss(probs, dist_maps)
     total = alpha * gdl + (1.0 - alpha) * bl
-    return total, {"gdl": float(gdl.detach()), "boundary": float(bl.detach()), "alpha": float(alpha)}
+    parts = {"gdl": float(gdl.detach()), "boundary": float(bl.detach()), "alpha": float(alpha)}
+    if detection_weight > 0:
+        det = decoder_detection_loss(roi_logit, roi_target)
+        total = total + detection_weight * det
+        parts["detection"] = float(det.detach())
+    return total, parts
 
 
 def dense_roi_loss(roi_logit: torch.Tensor, roi_target: torch.Tensor, *, pos_weight: float = 4.0) -> torch.Tensor:

@@ -112,6 +112,10 @@ class TrainConfig:
     # Which stage-2 epoch is kept: "iom" (the paper: the highest mean validation IoM, which grows with larger
     # ROIs since it divides by the smaller area) or "loss" (the lowest validation decoder loss).
     select2: str = "iom"
+    # Weight of losses.decoder_detection_loss in stage 2 (0: the paper's loss): every patch with calcium must
+    # draw an ROI inside its ROI_GT, none outside it.  A longer decoder fit lowered the paper's loss but drew
+    # nothing on more calcified frames (docs/learning.md): the batch-pooled Dice does not reward small deposits.
+    decoder_detection: float = 0.0
 
     def schedule(self) -> losses.RebalanceSchedule:
         return losses.RebalanceSchedule(self.rebalance_start, self.rebalance_step, self.rebalance_floor)
@@ -368,7 +372,8 @@ def _decoder_val_loss(model, fs: dataset.FrameSet, config: TrainConfig, device, 
         b = dataset.make_batch(fs, ids[s:s + config.batch_size], with_dist=True)
         with autocast(device, enabled=config.amp):
             roi_logit = model.decode(model.encode(_to(b["nc"], device), _to(b["c"], device)))
-        loss, _ = losses.decoder_loss(roi_logit, _to(b["roi"], device), _to(b["dist"], device), alpha)
+        loss, _ = losses.decoder_loss(roi_logit, _to(b["roi"], device), _to(b["dist"], device), alpha,
+                                      config.decoder_detection)
         total += float(loss) * len(b["label"])
         n += len(b["label"])
     return total / max(n, 1)
@@ -557,7 +562,8 @@ def _run_epoch(model, opt, fs: dataset.FrameSet, config: TrainConfig, device, st
             if joint:
                 loss = loss + config.aux_weight * losses.dense_roi_loss(roi_logit, _to(b["roi"], device))
         else:
-            loss, _ = losses.decoder_loss(roi_logit, _to(b["roi"], device), _to(b["dist"], device), alpha)
+            loss, _ = losses.decoder_loss(roi_logit, _to(b["roi"], device), _to(b["dist"], device), alpha,
+                                          config.decoder_detection)
         opt.zero_grad(set_to_none=True)
         if ddp is not None and len(bids) * ddp.world != len(batches[i]):
             precision.step(loss * ddp.loss_weight(len(bids), len(batches[i])), opt)  # unequal last shares
@@ -645,6 +651,8 @@ def check_config(config: TrainConfig) -> None:
         raise CacError(f"decoder_patches must be 'balanced' or 'positive', got {config.decoder_patches!r}")
     if config.select2 not in ("iom", "loss"):
         raise CacError(f"select2 must be 'iom' or 'loss', got {config.select2!r}")
+    if not config.decoder_detection >= 0:
+        raise CacError(f"decoder_detection must be >= 0, got {config.decoder_detection!r}")
     if config.hard_negative_init not in ("one", "mean"):
         raise CacError(f"hard_negative_init must be 'one' or 'mean', got {config.hard_negative_init!r}")
     if not (config.metal_negative_weight > 0 and np.isfinite(config.metal_negative_weight)):
@@ -817,7 +825,8 @@ def train(train_set: dataset.FrameSet | None, val_set: dataset.FrameSet | None, 
                 else:
                     row.update(val_loss=_decoder_val_loss(model, val_set, config, device, row["alpha"]),
                                val_iom=ev["iom_mean"], val_iom_median=ev["iom_median"],
-                               val_hd_mm=ev["hd_mm_median"], val_f1=ev["f1"])
+                               val_hd_mm=ev["hd_mm_median"], val_f1=ev["f1"],
+                               val_decoder_sensitivity=ev.get("decoder_sensitivity"))
                     key = stage2_key(config, ev["iom_mean"], row["val_loss"])
                 prev = best[f"stage{st}"]
                 improved = prev is None or list(key) > list(prev["key"])

@@ -72,6 +72,9 @@ def register(subparsers) -> None:
     p.add_argument("--select2", choices=("iom", "loss"),
                    help="stage-2 epoch kept: highest mean validation IoM (the paper; recipe paper) or lowest "
                         "validation decoder loss (recipe default; IoM grows with larger ROIs)")
+    p.add_argument("--decoder-detection", type=float, metavar="W",
+                   help="stage 2: add W times a per-patch detection loss (an ROI inside ROI_GT where there is "
+                        "calcium, none outside it) to the paper's decoder loss (default 0)")
     p.add_argument("--hard-negative-init", choices=("one", "mean"),
                    help="hard-negative score of a patch not drawn yet: one (default; unseen negatives then "
                         "dominate the score-weighted draw) or mean (the drawn negatives' mean)")
@@ -145,6 +148,7 @@ def _config(args):
                            refresh_patients=int(getattr(args, "refresh_patients", 0) or 0),
                            decoder_patches=getattr(args, "decoder_patches", None),
                            select2=getattr(args, "select2", None),
+                           decoder_detection=getattr(args, "decoder_detection", None),
                            hard_negative_init=getattr(args, "hard_negative_init", None),
                            metal_negative_weight=getattr(args, "metal_negative_weight", None))
     check_config(config)  # before minutes of data generation
