@@ -145,8 +145,9 @@ def test_stage2_epoch_kept_by_the_chosen_rule(tiny, tmp_path):
     with pytest.raises(CacError, match="select2"):
         T.train(tiny, None, _config(select2="hd"), tmp_path / "bad")
     assert not (tmp_path / "bad").exists()
-    with pytest.raises(CacError, match="decoder_detection"):
-        T.train(tiny, None, _config(decoder_detection=-1.0), tmp_path / "bad")
+    for bad in (-1.0, float("inf"), float("nan")):
+        with pytest.raises(CacError, match="decoder_detection"):
+            T.train(tiny, None, _config(decoder_detection=bad), tmp_path / "bad")
     assert not (tmp_path / "bad").exists()
 
 

@@ -651,8 +651,8 @@ def check_config(config: TrainConfig) -> None:
         raise CacError(f"decoder_patches must be 'balanced' or 'positive', got {config.decoder_patches!r}")
     if config.select2 not in ("iom", "loss"):
         raise CacError(f"select2 must be 'iom' or 'loss', got {config.select2!r}")
-    if not config.decoder_detection >= 0:
-        raise CacError(f"decoder_detection must be >= 0, got {config.decoder_detection!r}")
+    if not (config.decoder_detection >= 0 and np.isfinite(config.decoder_detection)):
+        raise CacError(f"decoder_detection must be a finite number >= 0, got {config.decoder_detection!r}")
     if config.hard_negative_init not in ("one", "mean"):
         raise CacError(f"hard_negative_init must be 'one' or 'mean', got {config.hard_negative_init!r}")
     if not (config.metal_negative_weight > 0 and np.isfinite(config.metal_negative_weight)):
