@@ -505,3 +505,8 @@ def test_score_variants_patch_scores_on_a_frameset():
     v = sv.variants(s)
     assert v["classifier"] == pytest.approx(1 / (1 + np.exp(-s["classifier_logit"])))
     assert v["geometric_mean"] == pytest.approx(np.sqrt(v["classifier"] * v["decoder_max"]))
+    # global average pooling: the classifier logit is the mean of the fc applied at each Block6 location
+    assert s["location_logits"].shape == (10, 64)
+    assert s["location_logits"].mean(axis=1) == pytest.approx(s["classifier_logit"], abs=1e-5)
+    assert (v["location_max"] >= v["location_top16"] - 1e-7).all() and (v["location_top16"] >= v["classifier"] - 1e-7).all()
+    assert not np.allclose(v["location_max"], v["classifier"])

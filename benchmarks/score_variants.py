@@ -11,6 +11,10 @@ patients, 40 % calcium-free, 6 frames each), per model, the patch, frame and cin
   edges -- the decoder is trained densely on ROI_GT by the default recipe's joint step, so it is a
   detector of its own (a decoder refitted on positive patches only is not);
 * ``geometric_mean``: ``sqrt(classifier * decoder_max)``;
+* ``location_max`` and ``location_top16``: the classifier's fully connected layer applied at each of
+  Block6's 8x8 locations (the fc is linear, so the mean of these location logits *is* the classifier
+  logit: global average pooling), read out by their maximum or the mean of the 16 largest instead --
+  a small deposit lights up few locations, which the average dilutes (multiple-instance pooling);
 
 and, with two or more models, ``ensemble``: the mean of the models' classifier logits.  Writes
 OUT (JSON) and prints a table.  (Averaging over the flips and quarter turns of training:
@@ -33,7 +37,8 @@ EDGE = 8  # px of each patch edge left out of the decoder's maximum (padding eff
 
 
 def patch_scores(model, fs, batch_size: int = 32) -> dict:
-    """Per-patch scores of one model on a FrameSet: ``classifier_logit`` and ``decoder_max`` (ungated ROI map).
+    """Per-patch scores of one model on a FrameSet: ``classifier_logit``, ``decoder_max`` (ungated ROI map)
+    and ``location_logits`` (the fc at each Block6 location, (n, locations); their mean is the classifier logit).
 
     Examples
     --------
@@ -46,6 +51,8 @@ def patch_scores(model, fs, batch_size: int = 32) -> dict:
     >>> s = patch_scores(ResUNet18(width=8, decoder_channels=[8] * 5), fs)
     >>> s["classifier_logit"].shape, bool(((s["decoder_max"] > 0) & (s["decoder_max"] < 1)).all())
     ((5,), True)
+    >>> s["location_logits"].shape, bool(np.allclose(s["location_logits"].mean(1), s["classifier_logit"], atol=1e-5))
+    ((5, 64), True)
     """
     # Not training.predict_patches: it keeps the ROI maps in float16, which ties the maxima of a
     # saturating decoder (the shipped default's decoder maximum AUC moved by 0.015 on a 2-patient fold).
@@ -54,13 +61,18 @@ def patch_scores(model, fs, batch_size: int = 32) -> dict:
 
     model.eval()
     n = fs.n_patches
-    out = {"classifier_logit": np.empty(n, np.float32), "decoder_max": np.empty(n, np.float32)}
+    out = {"classifier_logit": np.empty(n, np.float32), "decoder_max": np.empty(n, np.float32), "location_logits": None}
+    w, bias = model.fc.weight[0].float(), model.fc.bias[0].float()
     with torch.no_grad():
         for s in range(0, n, batch_size):
             b = dataset.make_batch(fs, np.arange(s, min(s + batch_size, n)))
             nc, c = torch.from_numpy(b["nc"]), torch.from_numpy(b["c"])
             feats = model.encode(nc, c)
             out["classifier_logit"][s:s + len(nc)] = model.classify_features(feats).float().numpy()
+            loc = (torch.einsum("bchw,c->bhw", feats["block6"].float(), w) + bias).flatten(1).numpy()
+            if out["location_logits"] is None:
+                out["location_logits"] = np.empty((n, loc.shape[1]), np.float32)
+            out["location_logits"][s:s + len(nc)] = loc
             roi = torch.sigmoid(model.decode(feats).float())[:, 0, EDGE:-EDGE, EDGE:-EDGE]
             out["decoder_max"][s:s + len(nc)] = roi.amax(dim=(1, 2)).numpy()
     return out
@@ -68,8 +80,13 @@ def patch_scores(model, fs, batch_size: int = 32) -> dict:
 
 def variants(scores: dict) -> dict:
     """The scored variants (probabilities) of one model's :func:`patch_scores`."""
-    p = 1.0 / (1.0 + np.exp(-scores["classifier_logit"]))
-    return {"classifier": p, "decoder_max": scores["decoder_max"], "geometric_mean": np.sqrt(p * scores["decoder_max"])}
+    def sigmoid(x):
+        return 1.0 / (1.0 + np.exp(-x))
+
+    p = sigmoid(scores["classifier_logit"])
+    loc = np.sort(scores["location_logits"], axis=1)
+    return {"classifier": p, "decoder_max": scores["decoder_max"], "geometric_mean": np.sqrt(p * scores["decoder_max"]),
+            "location_max": sigmoid(loc[:, -1]), "location_top16": sigmoid(loc[:, -16:].mean(axis=1))}
 
 
 def main(argv=None) -> int:

@@ -175,7 +175,8 @@ def decoder_detection_loss(roi_logit: torch.Tensor, roi_target: torch.Tensor, *,
     """Per-patch detection loss: an ROI inside ROI_GT where there is calcium, none outside it.
 
     Two terms on each patch's ``k`` most probable pixels (a multiple-instance
-    reading of the ROI map, ``k`` about the smallest island refinement keeps):
+    reading of the ROI map; ``k`` = 256 px is within the 100-1,000 px smallest
+    island that refinement keeps at the operating points and on the model card):
 
     - *recall*, for a patch whose ROI_GT is not empty: ``-log`` of the mean
       probability of its ``k`` most probable ROI_GT pixels (all of them when
