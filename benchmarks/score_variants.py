@@ -61,7 +61,8 @@ def patch_scores(model, fs, batch_size: int = 32) -> dict:
 
     model.eval()
     n = fs.n_patches
-    out = {"classifier_logit": np.empty(n, np.float32), "decoder_max": np.empty(n, np.float32), "location_logits": None}
+    out = {"classifier_logit": np.empty(n, np.float32), "decoder_max": np.empty(n, np.float32)}
+    locations = []
     w, bias = model.fc.weight[0].float(), model.fc.bias[0].float()
     with torch.no_grad():
         for s in range(0, n, batch_size):
@@ -69,19 +70,16 @@ def patch_scores(model, fs, batch_size: int = 32) -> dict:
             nc, c = torch.from_numpy(b["nc"]), torch.from_numpy(b["c"])
             feats = model.encode(nc, c)
             out["classifier_logit"][s:s + len(nc)] = model.classify_features(feats).float().numpy()
-            loc = (torch.einsum("bchw,c->bhw", feats["block6"].float(), w) + bias).flatten(1).numpy()
-            if out["location_logits"] is None:
-                out["location_logits"] = np.empty((n, loc.shape[1]), np.float32)
-            out["location_logits"][s:s + len(nc)] = loc
+            locations.append((torch.einsum("bchw,c->bhw", feats["block6"].float(), w) + bias).flatten(1).numpy())
             roi = torch.sigmoid(model.decode(feats).float())[:, 0, EDGE:-EDGE, EDGE:-EDGE]
             out["decoder_max"][s:s + len(nc)] = roi.amax(dim=(1, 2)).numpy()
+    out["location_logits"] = np.concatenate(locations)
     return out
 
 
 def variants(scores: dict) -> dict:
     """The scored variants (probabilities) of one model's :func:`patch_scores`."""
-    def sigmoid(x):
-        return 1.0 / (1.0 + np.exp(-x))
+    from scipy.special import expit as sigmoid
 
     p = sigmoid(scores["classifier_logit"])
     loc = np.sort(scores["location_logits"], axis=1)
@@ -96,6 +94,7 @@ def main(argv=None) -> int:
 
     import torch
     from CACIdentifierLib.modelio import load_model
+    from scipy.special import expit
     from separability import evidence
 
     torch.set_num_threads(2)
@@ -113,7 +112,7 @@ def main(argv=None) -> int:
         log(f"{path} in {time.perf_counter() - t1:.0f} s: {json.dumps(results['models'][path])}")
     if len(logits) > 1:
         mean = np.mean(logits, axis=0)
-        results["ensemble"] = evidence(1.0 / (1.0 + np.exp(-mean)), labels, fs.acquisition)
+        results["ensemble"] = evidence(expit(mean), labels, fs.acquisition)
     Path(args.out).write_text(json.dumps(results, indent=1))
     print(f"| model (seed {args.seed}) | score | patch AUC | frame AUC | cine AUC |")
     print("|---|---|---|---|---|")
