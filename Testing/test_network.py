@@ -128,6 +128,31 @@ def test_arch_dict_rebuilds_and_init():
     assert std == pytest.approx((2 / (32 * 49)) ** 0.5, rel=0.15)  # kaiming normal, fan_out
 
 
+def test_without_block1_pool_the_blocks_keep_twice_the_resolution():
+    torch.manual_seed(0)
+    pooled = ResUNet18(width=8, decoder_channels=(16, 8, 8, 8, 4)).eval()
+    full = ResUNet18(**{**pooled.arch_dict(), "block1_pool": False}).eval()
+    # the same weights fit both: the pool has none
+    full.load_state_dict(pooled.state_dict())
+    assert full.arch_dict()["block1_pool"] is False and pooled.arch_dict()["block1_pool"] is True
+    x = torch.rand(2, 1, 64, 64)
+    with torch.no_grad():
+        fp, ff = pooled.encode(x, x), full.encode(x, x)
+        cls, roi = full(x, x)
+    assert ff["block1_nc"].shape == fp["block1_nc"].shape == (2, 8, 32, 32)
+    for name in ("block2_nc", "block3", "block4", "block5", "block6"):
+        assert ff[name].shape[-1] == 2 * fp[name].shape[-1], name
+    assert cls.shape == (2,) and roi.shape == (2, 1, 64, 64)
+    # Block2 without the pool is Block2 applied to Block1 itself
+    with torch.no_grad():
+        torch.testing.assert_close(ff["block2_nc"], full.head_nc.block2(ff["block1_nc"]))
+    # the dropped pool costs 4x the compute of everything between Block1's convolution (two heads, 7x7,
+    # 1 -> 8 channels at 128x128) and the fc (64 -> 1, after the global pooling)
+    block1 = 2 * 128 * 128 * 8 * 49 + 64
+    macs_pooled = count_flops(pooled, 256, "classifier")["classifier_macs"]
+    assert count_flops(full, 256, "classifier")["classifier_macs"] == block1 + 4 * (macs_pooled - block1)
+
+
 def test_choose_device_and_autocast():
     from CACIdentifierLib import device as dev
     from CACIdentifierLib.errors import CacError

@@ -346,6 +346,19 @@ def test_cli_end_to_end_on_written_phantom(tmp_path):
     r = subprocess.run(exe + ["train", str(ds), "--out", str(tmp_path / "m2.safetensors"), "--epochs", "0"],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "0 only with --init" in r.stderr
+    # a model trained with Block1's pool fine-tuned without it (the weights fit); its fine-tune inherits that
+    full = tmp_path / "full.safetensors"
+    r = subprocess.run(exe + ["train", str(ds), "--out", str(full), "--epochs1", "1", "--epochs2", "0",
+                              "--init", str(out), "--no-block1-pool", "--samples-per-epoch", "8",
+                              "--frames-per-acquisition", "2", "--width", "16", "--threads", "2"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert load_model(full)[1]["architecture"]["block1_pool"] is False
+    r = subprocess.run(exe + ["train", str(ds), "--out", str(tmp_path / "m3.safetensors"), "--epochs", "0",
+                              "--init", str(full), "--cv", "patient", "--fold", "0", "--width", "8"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "use the same --width" in r.stderr and '"block1_pool": false' in r.stderr.replace(
+        "'", '"').replace("False", "false")
     r = subprocess.run(exe + ["train", str(ds), "--out", str(tmp_path / "m2.safetensors"), "--epochs", "1",
                               "--init", str(tmp_path / "nope.safetensors")], capture_output=True, text=True)
     assert r.returncode == 2 and "--init model" in r.stderr and "Traceback" not in r.stderr

@@ -21,12 +21,20 @@ Tail (shared)
     torchvision's ResNet-18 depth.
     Global average pooling and a fully connected layer give the CAC-presence
     logit.
+    Option ``block1_pool=False`` (not in the paper) drops Block1's max-pool:
+    Block2 and Block3 work at H/2 and Block6 ends at H/16, so a small deposit
+    (10-40 px, 1-2 px wide after the stride and the pool) keeps twice the
+    width in every later block, for about 4x the compute after Block1.  The
+    weights have the same shapes, so a model trained with the pool can be
+    fine-tuned without it.
 Decoder (U-Net-like)
     Bilinear x2 upsampling, concatenation with the skip, two 3x3 conv + BN +
     ReLU per stage: 8->16 (skip Block5), 16->32 (Block4), 32->64 (Block3 and
     the concatenated Block2 outputs), 64->128 (the two Block1 outputs),
     128->256 (no skip); then a 1x1 conv gives the ROI logit map (1 ch,
-    256x256).
+    256x256).  Without Block1's pool every stage before ``up2`` works at
+    twice the size, and ``up2`` concatenates the Block1 skips without
+    upsampling.
 
 Training is two-stage (paper): stage 1 trains heads + tail + fc
 (:meth:`ResUNet18.classifier_parameters`), stage 2 trains the decoder
@@ -116,28 +124,32 @@ def make_stage(inplanes: int, planes: int, blocks: int, stride: int = 1) -> nn.S
 
 
 class Head(nn.Module):
-    """One input head: Block1 (7x7/2 conv, BN, ReLU; 3x3/2 max-pool) and Block2 (BasicBlock stage)."""
+    """One input head: Block1 (7x7/2 conv, BN, ReLU; 3x3/2 max-pool) and Block2 (BasicBlock stage).
 
-    def __init__(self, in_channels: int, width: int, blocks_per_stage: int) -> None:
+    ``pool=False`` replaces the max-pool by the identity (Block2 at H/2 instead of H/4).
+    """
+
+    def __init__(self, in_channels: int, width: int, blocks_per_stage: int, pool: bool = True) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, width, kernel_size=7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
         self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1) if pool else nn.Identity()
         self.block2 = make_stage(width, width, blocks_per_stage)
 
     def forward(self, x: Tensor, pool=None) -> tuple[Tensor, Tensor]:
         """Block1 (before the pool) and Block2 outputs; ``pool`` replaces ``self.maxpool`` (same result)."""
         b1 = self.relu(self.bn1(self.conv1(x)))  # Block1 output before the pool: decoder skip (H/2)
-        b2 = self.block2((pool or self.maxpool)(b1))  # H/4
+        b2 = self.block2((pool or self.maxpool)(b1))  # H/4 (H/2 without the pool)
         return b1, b2
 
 
 class DecoderBlock(nn.Module):
-    """U-Net up step: bilinear x2, concatenate the skip, (conv3x3-BN-ReLU) x 2."""
+    """U-Net up step: bilinear x2 (``scale`` 1: none), concatenate the skip, (conv3x3-BN-ReLU) x 2."""
 
-    def __init__(self, in_channels: int, skip_channels: int, out_channels: int) -> None:
+    def __init__(self, in_channels: int, skip_channels: int, out_channels: int, scale: int = 2) -> None:
         super().__init__()
+        self.scale = int(scale)
         self.conv1 = conv3x3(in_channels + skip_channels, out_channels)
         self.bn1 = nn.BatchNorm2d(out_channels)
         self.conv2 = conv3x3(out_channels, out_channels)
@@ -145,7 +157,8 @@ class DecoderBlock(nn.Module):
         self.relu = nn.ReLU(inplace=True)
 
     def forward(self, x: Tensor, skip: Tensor | None = None) -> Tensor:
-        x = F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
+        if self.scale != 1:
+            x = F.interpolate(x, scale_factor=float(self.scale), mode="bilinear", align_corners=False)
         if skip is not None:
             x = torch.cat([x, skip], dim=1)
         x = self.relu(self.bn1(self.conv1(x)))
@@ -165,6 +178,9 @@ class ResUNet18(nn.Module):
     decoder_channels : output channels of the five decoder stages (at 16, 32,
         64, 128, 256 pixels for a 256 input).
     zero_init_residual : zero the last BN of each residual block (torchvision option).
+    block1_pool : Block1's 3x3 stride-2 max-pool (ResNet, the paper).  False keeps
+        Block2..Block6 at twice the resolution (Block6 at H/16) for small deposits,
+        at about 4x the compute after Block1; the weights keep their shapes.
 
     ``forward(nc, c)`` takes two ``(B, in_channels, 256, 256)`` float tensors
     and returns ``(cls_logit (B,), roi_logit (B, 1, 256, 256))``.
@@ -177,6 +193,7 @@ class ResUNet18(nn.Module):
         blocks_per_stage: int = 1,
         decoder_channels: Sequence[int] = DEFAULT_DECODER_CHANNELS,
         zero_init_residual: bool = False,
+        block1_pool: bool = True,
     ) -> None:
         super().__init__()
         decoder_channels = tuple(int(c) for c in decoder_channels)
@@ -189,12 +206,13 @@ class ResUNet18(nn.Module):
         self.blocks_per_stage = int(blocks_per_stage)
         self.decoder_channels = decoder_channels
         self.zero_init_residual = bool(zero_init_residual)
+        self.block1_pool = bool(block1_pool)
         self._classifier_frozen = False
         w = self.width
 
         # Step 1: double-head ResNet-18 classifier.
-        self.head_nc = Head(in_channels, w, blocks_per_stage)
-        self.head_c = Head(in_channels, w, blocks_per_stage)
+        self.head_nc = Head(in_channels, w, blocks_per_stage, pool=self.block1_pool)
+        self.head_c = Head(in_channels, w, blocks_per_stage, pool=self.block1_pool)
         self.block3 = make_stage(2 * w, w, blocks_per_stage, stride=1)
         self.block4 = make_stage(w, 2 * w, blocks_per_stage, stride=2)
         self.block5 = make_stage(2 * w, 4 * w, blocks_per_stage, stride=2)
@@ -209,7 +227,8 @@ class ResUNet18(nn.Module):
                 "up5": DecoderBlock(8 * w, 4 * w, d1),  # 8 -> 16, skip Block5
                 "up4": DecoderBlock(d1, 2 * w, d2),  # 16 -> 32, skip Block4
                 "up3": DecoderBlock(d2, w + 2 * w, d3),  # 32 -> 64, skips Block3 + both Block2
-                "up2": DecoderBlock(d3, 2 * w, d4),  # 64 -> 128, skips both Block1
+                # 64 -> 128, skips both Block1 (without Block1's pool: 128 -> 128, no upsampling)
+                "up2": DecoderBlock(d3, 2 * w, d4, scale=2 if self.block1_pool else 1),
                 "up1": DecoderBlock(d4, 0, d5),  # 128 -> 256
                 "out": nn.Conv2d(d5, 1, kernel_size=1),
             }
@@ -237,6 +256,7 @@ class ResUNet18(nn.Module):
             "blocks_per_stage": self.blocks_per_stage,
             "decoder_channels": list(self.decoder_channels),
             "zero_init_residual": self.zero_init_residual,
+            "block1_pool": self.block1_pool,
         }
 
     def classifier_modules(self) -> list[nn.Module]:
@@ -292,7 +312,8 @@ class ResUNet18(nn.Module):
         Keys: ``block1_nc``, ``block1_c`` (64 ch, H/2), ``block2_nc``,
         ``block2_c`` (64 ch, H/4), ``block2`` (their concatenation, 128 ch),
         ``block3`` (H/4),
-        ``block4`` (H/8), ``block5`` (H/16), ``block6`` (8w ch, H/32).
+        ``block4`` (H/8), ``block5`` (H/16), ``block6`` (8w ch, H/32); without Block1's pool
+        (``block1_pool=False``) Block2..Block6 are twice as large.
         """
         if contrast_features is None:
             if c is None:

@@ -147,7 +147,8 @@ class _SplitStage:
 
     def __call__(self, x: Tensor, features: dict, precomputed: list[Tensor]) -> Tensor:
         b = self.block
-        x = F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
+        if b.scale != 1:
+            x = F.interpolate(x, scale_factor=float(b.scale), mode="bilinear", align_corners=False)
         y = self.first(x)
         for name, part in self.skips:
             y = y + part(features[name])

@@ -603,7 +603,9 @@ def _load_initial_weights(model, path) -> None:
     from CACIdentifierLib.modelio import load_model
 
     init, _ = load_model(path)
-    if init.arch_dict() != model.arch_dict():
+    # Block1's pool changes no weight's shape: a model trained with it can be fine-tuned without it.
+    shapes = ({k: v for k, v in arch.items() if k != "block1_pool"} for arch in (init.arch_dict(), model.arch_dict()))
+    if next(shapes) != next(shapes):
         raise CacError(f"--init {path} has architecture {init.arch_dict()}, this run {model.arch_dict()}; "
                        "use the same --width or another model")
     model.load_state_dict(init.state_dict())

@@ -91,6 +91,10 @@ def register(subparsers) -> None:
     p.add_argument("--rebalance-step", type=float,
                    help="per-epoch decrease of the GDL weight alpha (Kervadec et al.: 0.01)")
     p.add_argument("--width", type=int, default=64, help="network width (ResNet-18: 64)")
+    p.add_argument("--block1-pool", action=argparse.BooleanOptionalAction, default=None,
+                   help="Block1's max-pool (ResNet, the paper; default: on, or --init's setting); "
+                   "--no-block1-pool keeps Block2..Block6 at twice the resolution for small deposits, "
+                   "at about 4x the compute (a pooled --init model can be fine-tuned without it)")
     p.add_argument("--init", metavar="MODEL",
                    help="start from this model's weights (fine-tuning, e.g. the shipped default) "
                    "instead of a random initialisation; with --epochs 0 and --cv, the model is only "
@@ -138,6 +142,8 @@ def _config(args):
     if args.batch_size < 2:
         raise CacError("--batch-size must be at least 2 (BatchNorm needs two samples)")
     arch = {} if args.width == 64 else {"width": int(args.width)}
+    if not _block1_pool(args):
+        arch["block1_pool"] = False
     config = recipe_config(name, epochs1=e1, epochs2=e2, batch_size=args.batch_size, lr1=args.lr1,
                            lr2=args.lr2, seed=args.seed, device=args.device, amp=not args.no_amp,
                            balanced=not args.no_balance, augment=not args.no_augment,
@@ -153,6 +159,17 @@ def _config(args):
                            metal_negative_weight=getattr(args, "metal_negative_weight", None))
     check_config(config)  # before minutes of data generation
     return config
+
+
+def _block1_pool(args) -> bool:
+    """``--block1-pool`` as given, else the --init model's setting, else on."""
+    if getattr(args, "block1_pool", None) is not None:
+        return bool(args.block1_pool)
+    if args.init and Path(args.init).is_file():
+        from CACIdentifierLib.modelio import read_metadata
+
+        return bool(read_metadata(args.init)["architecture"].get("block1_pool", True))
+    return True
 
 
 def _init_model(path: str | None) -> str | None:
