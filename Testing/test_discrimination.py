@@ -315,6 +315,21 @@ def test_per_cine_measures_by_hand():
     assert a["frames_with_roi_pct"] == pytest.approx(75.0) and b["frames_with_roi_pct"] == pytest.approx(50.0)
 
 
+def test_gpu_protocol_overrides_take_the_field_types():
+    """``--set`` values become the TrainConfig field's type; an architecture is a JSON object merged in."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from CACTrainerLib.recipes import recipe_config
+    from gpu_protocol import overrides
+
+    cfg = recipe_config("default", architecture={"width": 8})
+    out = overrides(cfg, {"refresh_patients": "40", "architecture": '{"block1_pool": false}', "amp": "no"})
+    assert out == {"refresh_patients": 40, "architecture": {"width": 8, "block1_pool": False}, "amp": False}
+    with pytest.raises(SystemExit, match="JSON object"):
+        overrides(cfg, {"architecture": "block1_pool=false"})
+    with pytest.raises(SystemExit, match="no field"):
+        overrides(cfg, {"nonsense": "1"})
+
+
 @pytest.mark.slow
 def test_gpu_protocol_script_runs_tiny_on_cpu(tmp_path):
     out = tmp_path / "gp"

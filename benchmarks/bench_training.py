@@ -13,7 +13,9 @@ each in fp32, under :func:`CACIdentifierLib.device.autocast` (bf16 where the
 CPU has it; otherwise autocast is off and the row equals fp32), in fp32 with
 channels_last tensors, and with both, with the ratios to fp32 measured in this run.  The
 best of ``REPEATS`` timed steps after one warm-up step is used (the machine may
-be shared).
+be shared).  Last, the joint step with both settings without Block1's max-pool
+(``block1_pool=False``: Block2..Block6 at twice the resolution) and its cost
+against the pooled network, measured in the same run.
 """
 
 from __future__ import annotations
@@ -30,9 +32,9 @@ BATCH = 16
 REPEATS = 3
 
 
-def _step_time(stage, amp: bool, channels_last: bool = False) -> float:
+def _step_time(stage, amp: bool, channels_last: bool = False, block1_pool: bool = True) -> float:
     torch.manual_seed(0)
-    model = ResUNet18()
+    model = ResUNet18(block1_pool=block1_pool)
     rng = np.random.default_rng(0)
     nc = torch.from_numpy(rng.random((BATCH, 1, 256, 256), dtype=np.float32))
     c = torch.from_numpy(rng.random((BATCH, 1, 256, 256), dtype=np.float32))
@@ -84,6 +86,10 @@ def main() -> None:
         print(f"{name:24s}: fp32 {BATCH / t32:5.1f} samples/s   autocast {BATCH / t16:5.1f} ({t32 / t16:4.2f}x)   "
               f"channels_last {BATCH / tcl:5.1f} ({t32 / tcl:4.2f}x)   both {BATCH / both:5.1f} ({t32 / both:4.2f}x)",
               flush=True)
+    pooled = _step_time("joint", amp=True, channels_last=True)
+    full = _step_time("joint", amp=True, channels_last=True, block1_pool=False)
+    print(f"joint, autocast + channels_last: with Block1's pool {BATCH / pooled:5.1f} samples/s, "
+          f"without {BATCH / full:5.1f} ({full / pooled:4.2f}x the time)", flush=True)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,8 @@ For a lent GPU (issue 12, item 8), and testable on the CPU with ``--tiny``::
 Ablations at the same budget: ``--recipes default,paper,default:noaux --set
 default:noaux.aux_weight=0`` trains a variant ``RECIPE:TAG`` of a recipe with its own
 overrides (``--set default:stream.refresh_patients=40``: new patients every epoch, their
-generation counted in the budget); every run is compared with the paper recipe and each ``default:TAG`` with
+generation counted in the budget; ``--set 'default:full.architecture={"block1_pool": false}'``:
+the network without Block1's max-pool); every run is compared with the paper recipe and each ``default:TAG`` with
 the default (Wilcoxon over the test cines).  On a CPU the same script is the
 equal-budget protocol (``--minutes 118`` on 2 cores, docs/learning.md).
 
@@ -179,7 +180,15 @@ def overrides(cfg, pairs: dict) -> dict:
         if not hasattr(cfg, key):
             raise SystemExit(f"gpu_protocol: TrainConfig has no field {key!r}")
         current = getattr(cfg, key)
-        if isinstance(current, bool) or (current is None and text.lower() in ("true", "false", "yes", "no")):
+        if isinstance(current, dict):  # architecture: a JSON object merged into the recipe's
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError:
+                value = None
+            if not isinstance(value, dict):
+                raise SystemExit(f"gpu_protocol: --set {key}: give a JSON object, e.g. '{{\"block1_pool\": false}}'")
+            out[key] = {**current, **value}
+        elif isinstance(current, bool) or (current is None and text.lower() in ("true", "false", "yes", "no")):
             out[key] = text.lower() in ("1", "true", "yes")  # bool, or "auto" (None) set either way
         elif current is None:
             raise SystemExit(f"gpu_protocol: --set {key}: give true or false")
