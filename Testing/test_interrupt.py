@@ -44,11 +44,18 @@ def _cpu_seconds(pid: int) -> float:
     return total
 
 
+def _default_sigint() -> None:
+    """In the child: SIGINT's default action, even where this test runs with it ignored (a job started
+    in the background by a non-interactive shell inherits SIG_IGN, and so would ``cac``)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def interrupt(tmp_path, argv, cpu_s: float):
     """Run ``cac`` in ``tmp_path``; SIGINT once it used ``cpu_s`` CPU seconds; (code, stderr, seconds to exit)."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen([sys.executable, "-m", "cac.cli", *map(str, argv)], cwd=tmp_path, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+                            preexec_fn=_default_sigint)
     try:
         deadline = time.monotonic() + 300
         while _cpu_seconds(proc.pid) < cpu_s:
@@ -136,7 +143,8 @@ def test_train_nproc_stops_the_workers_too(tmp_path):
     err_path = tmp_path.parent / f"{tmp_path.name}-stderr.txt"
     err_file = err_path.open("wb")
     proc = subprocess.Popen([sys.executable, "-m", "cac.cli", *argv], cwd=tmp_path, env=env,
-                            stdout=subprocess.DEVNULL, stderr=err_file, start_new_session=True)
+                            stdout=subprocess.DEVNULL, stderr=err_file, start_new_session=True,
+                            preexec_fn=_default_sigint)
     workers: set[int] = set()
     try:
         deadline = time.monotonic() + 300
