@@ -156,9 +156,14 @@ class DecoderBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(out_channels)
         self.relu = nn.ReLU(inplace=True)
 
+    def upsample(self, x: Tensor) -> Tensor:
+        """The stage's bilinear upsampling (none where ``scale`` is 1); splitnet's fast path calls it too."""
+        if self.scale == 1:
+            return x
+        return F.interpolate(x, scale_factor=float(self.scale), mode="bilinear", align_corners=False)
+
     def forward(self, x: Tensor, skip: Tensor | None = None) -> Tensor:
-        if self.scale != 1:
-            x = F.interpolate(x, scale_factor=float(self.scale), mode="bilinear", align_corners=False)
+        x = self.upsample(x)
         if skip is not None:
             x = torch.cat([x, skip], dim=1)
         x = self.relu(self.bn1(self.conv1(x)))

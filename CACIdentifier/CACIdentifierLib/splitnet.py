@@ -147,9 +147,7 @@ class _SplitStage:
 
     def __call__(self, x: Tensor, features: dict, precomputed: list[Tensor]) -> Tensor:
         b = self.block
-        if b.scale != 1:
-            x = F.interpolate(x, scale_factor=float(b.scale), mode="bilinear", align_corners=False)
-        y = self.first(x)
+        y = self.first(b.upsample(x))
         for name, part in self.skips:
             y = y + part(features[name])
         for term in precomputed:

@@ -604,8 +604,10 @@ def _load_initial_weights(model, path) -> None:
 
     init, _ = load_model(path)
     # Block1's pool changes no weight's shape: a model trained with it can be fine-tuned without it.
-    shapes = ({k: v for k, v in arch.items() if k != "block1_pool"} for arch in (init.arch_dict(), model.arch_dict()))
-    if next(shapes) != next(shapes):
+    def shapes(arch: dict) -> dict:
+        return {k: v for k, v in arch.items() if k != "block1_pool"}
+
+    if shapes(init.arch_dict()) != shapes(model.arch_dict()):
         raise CacError(f"--init {path} has architecture {init.arch_dict()}, this run {model.arch_dict()}; "
                        "use the same --width or another model")
     model.load_state_dict(init.state_dict())
