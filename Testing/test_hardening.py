@@ -371,6 +371,18 @@ def test_valid_metadata_passes():
     assert np.isfinite(meta["classifier_threshold"])
 
 
+@pytest.mark.parametrize("value,ok", [(0, True), (16, True), (-1, False), (1.5, False), (True, False), ("16", False),
+                                      (5000, False)])
+def test_metadata_classifier_topk(value, ok):
+    meta = modelio.default_metadata()
+    meta["architecture"]["classifier_topk"] = value
+    if ok:
+        assert modelio.validate_metadata(meta, "m")["architecture"]["classifier_topk"] == value
+    else:
+        with pytest.raises(CacError, match="classifier_topk"):
+            modelio.validate_metadata(meta, "m")
+
+
 # --------------------------------------------------------------------------- synchronization and options
 
 

@@ -280,6 +280,7 @@ def test_split_network_equals_the_plain_model(model):
         {"width": 12, "blocks_per_stage": 1, "decoder_channels": (40, 24, 16, 8, 8)},  # other widths
         {"width": 8, "blocks_per_stage": 3, "decoder_channels": (8, 8, 8, 8, 8), "in_channels": 2},
         {"width": 8, "blocks_per_stage": 1, "decoder_channels": (16, 8, 8, 8, 4), "block1_pool": False},
+        {"width": 8, "blocks_per_stage": 1, "decoder_channels": (16, 8, 8, 8, 4), "classifier_topk": 3},
     ],
 )
 def test_split_network_follows_the_architecture(arch):

@@ -153,6 +153,38 @@ def test_without_block1_pool_the_blocks_keep_twice_the_resolution():
     assert count_flops(full, 256, "classifier")["classifier_macs"] == block1 + 4 * (macs_pooled - block1)
 
 
+def test_classifier_topk_averages_the_largest_location_logits():
+    """Multiple-instance readout: the fc at each Block6 location, the mean of the k largest."""
+    torch.manual_seed(0)
+    avg = ResUNet18(width=8, decoder_channels=(16, 8, 8, 8, 4)).eval()
+    x, y = torch.rand(3, 1, 64, 64), torch.rand(3, 1, 64, 64)
+    with torch.no_grad():
+        feats = avg.encode(x, y)
+        loc = avg.location_logits(feats)  # Block6 is 2x2 at 64 px
+        assert loc.shape == (3, 4) and avg.arch_dict()["classifier_topk"] == 0
+        # the fc is linear: the average-pooled logit is the mean of the location logits
+        torch.testing.assert_close(avg.classify_features(feats), loc.mean(dim=1))
+        ordered = loc.sort(dim=1, descending=True).values
+        for k, expected in ((1, ordered[:, 0]), (2, ordered[:, :2].mean(1)), (4, loc.mean(1)), (99, loc.mean(1))):
+            m = ResUNet18(**{**avg.arch_dict(), "classifier_topk": k}).eval()
+            m.load_state_dict(avg.state_dict())  # no weight changes shape
+            torch.testing.assert_close(m.classify_features(feats), expected)
+            assert ResUNet18(**m.arch_dict()).classifier_topk == k
+    # the gradient reaches only the locations that were read out
+    m = ResUNet18(**{**avg.arch_dict(), "classifier_topk": 1}).eval()
+    m.load_state_dict(avg.state_dict())
+    f = feats["block6"].clone().requires_grad_(True)
+    m.classify_features({"block6": f}).sum().backward()
+    touched = f.grad.abs().sum(dim=1).flatten(1) > 0
+    assert touched.tolist() == torch.nn.functional.one_hot(loc.argmax(1), 4).bool().tolist()
+    # MACs: the fc (64 -> 1) at each of Block6's 8x8 locations of a 256-px patch instead of once
+    extra = count_flops(m, 256, "classifier")["classifier_macs"] - count_flops(avg, 256, "classifier")["classifier_macs"]
+    assert extra == 64 * (64 - 1)
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="classifier_topk"):
+            ResUNet18(classifier_topk=bad)
+
+
 def test_choose_device_and_autocast():
     from CACIdentifierLib import device as dev
     from CACIdentifierLib.errors import CacError

@@ -354,6 +354,24 @@ def test_cli_end_to_end_on_written_phantom(tmp_path):
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert load_model(full)[1]["architecture"]["block1_pool"] is False
+    # the multiple-instance readout, likewise: set once, inherited by a fine-tune of that model
+    mil = tmp_path / "mil.safetensors"
+    r = subprocess.run(exe + ["train", str(ds), "--out", str(mil), "--epochs1", "1", "--epochs2", "0",
+                              "--init", str(out), "--classifier-topk", "4", "--samples-per-epoch", "8",
+                              "--frames-per-acquisition", "2", "--width", "16", "--threads", "2"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert load_model(mil)[1]["architecture"]["classifier_topk"] == 4
+    assert load_model(mil)[0].classifier_topk == 4
+    r = subprocess.run(exe + ["train", str(ds), "--out", str(tmp_path / "m4.safetensors"), "--epochs", "0",
+                              "--init", str(mil), "--cv", "patient", "--fold", "0", "--frames-per-acquisition", "2",
+                              "--width", "16", "--json", "--threads", "2"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "m4.safetensors" / "fold_0.json").read_text())["config"]["architecture"][
+        "classifier_topk"] == 4
+    r = subprocess.run(exe + ["train", str(ds), "--out", str(tmp_path / "m5.safetensors"), "--epochs", "1",
+                              "--classifier-topk", "-2"], capture_output=True, text=True)
+    assert r.returncode == 2 and "--classifier-topk" in r.stderr and "Traceback" not in r.stderr
     r = subprocess.run(exe + ["train", str(ds), "--out", str(tmp_path / "m3.safetensors"), "--epochs", "0",
                               "--init", str(full), "--cv", "patient", "--fold", "0", "--width", "8"],
                        capture_output=True, text=True)

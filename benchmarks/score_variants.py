@@ -63,14 +63,13 @@ def patch_scores(model, fs, batch_size: int = 32) -> dict:
     n = fs.n_patches
     out = {"classifier_logit": np.empty(n, np.float32), "decoder_max": np.empty(n, np.float32)}
     locations = []
-    w, bias = model.fc.weight[0].float(), model.fc.bias[0].float()
     with torch.no_grad():
         for s in range(0, n, batch_size):
             b = dataset.make_batch(fs, np.arange(s, min(s + batch_size, n)))
             nc, c = torch.from_numpy(b["nc"]), torch.from_numpy(b["c"])
             feats = model.encode(nc, c)
             out["classifier_logit"][s:s + len(nc)] = model.classify_features(feats).float().numpy()
-            locations.append((torch.einsum("bchw,c->bhw", feats["block6"].float(), w) + bias).flatten(1).numpy())
+            locations.append(model.location_logits(feats).float().numpy())
             roi = torch.sigmoid(model.decode(feats).float())[:, 0, EDGE:-EDGE, EDGE:-EDGE]
             out["decoder_max"][s:s + len(nc)] = roi.amax(dim=(1, 2)).numpy()
     out["location_logits"] = np.concatenate(locations)

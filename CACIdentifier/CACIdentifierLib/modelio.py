@@ -115,7 +115,8 @@ def validate_metadata(meta, source) -> dict:
     and ``architecture`` (``in_channels``, ``width``, ``blocks_per_stage`` and
     ``decoder_channels`` integers within :data:`ARCHITECTURE_LIMITS` and
     :data:`DECODER_CHANNEL_LIMITS`, 5 decoder stages, ``zero_init_residual``
-    and the optional ``block1_pool`` booleans, no other keys).  Optional, checked when present: ``refinement``
+    and the optional ``block1_pool`` booleans, the optional ``classifier_topk`` integer 0..4096, no other
+    keys).  Optional, checked when present: ``refinement``
     (``min_island_px`` 0..10^7, ``sigma`` 0..100, ``threshold`` 0..1, no other
     keys), ``classifier_threshold`` 0..1, ``calibration`` (``temperature``
     0.05..20, ``bias`` -20..20), ``feature_statistics`` (:mod:`.ood`), ``roi_gt`` (``iterations`` 0..100,
@@ -142,7 +143,8 @@ def validate_metadata(meta, source) -> dict:
     if "architecture" not in meta:
         raise _bad(source, "the metadata has no architecture")
     arch = _check_dict(meta["architecture"], "architecture", source)
-    unknown = sorted(set(arch) - {*ARCHITECTURE_LIMITS, "decoder_channels", "zero_init_residual", "block1_pool"})
+    unknown = sorted(set(arch) - {*ARCHITECTURE_LIMITS, "decoder_channels", "zero_init_residual", "block1_pool"}
+                     - {"classifier_topk"})
     if unknown:
         raise _bad(source, f"unsupported architecture: unknown keys {printable(', '.join(map(str, unknown)), 80)}")
     for key, (lo, hi) in ARCHITECTURE_LIMITS.items():
@@ -154,6 +156,8 @@ def validate_metadata(meta, source) -> dict:
             raise _bad(source, "architecture.decoder_channels is not a list of 5 integers")
         for c in channels:
             _check_int(c, *DECODER_CHANNEL_LIMITS, "architecture.decoder_channels", source)
+    if "classifier_topk" in arch:
+        _check_int(arch["classifier_topk"], 0, 4096, "architecture.classifier_topk", source)
     for key in ("zero_init_residual", "block1_pool"):
         if key in arch and not isinstance(arch[key], bool):
             raise _bad(source, f"architecture.{key} is not true or false")

@@ -27,6 +27,12 @@ Tail (shared)
     width in every later block, for about 4x the compute after Block1.  The
     weights have the same shapes, so a model trained with the pool can be
     fine-tuned without it.
+    Option ``classifier_topk=k`` (not in the paper) reads the logit out as a
+    multiple-instance classifier: the fc is applied at each Block6 location
+    (it is linear, so the mean of those location logits *is* the average-pooled
+    logit) and the k largest are averaged.  A deposit that lights up a few of
+    the 64 locations is then not diluted by the rest of the patch; k = 0
+    (default) is the paper's global average pooling.  No weight changes shape.
 Decoder (U-Net-like)
     Bilinear x2 upsampling, concatenation with the skip, two 3x3 conv + BN +
     ReLU per stage: 8->16 (skip Block5), 16->32 (Block4), 32->64 (Block3 and
@@ -199,6 +205,7 @@ class ResUNet18(nn.Module):
         decoder_channels: Sequence[int] = DEFAULT_DECODER_CHANNELS,
         zero_init_residual: bool = False,
         block1_pool: bool = True,
+        classifier_topk: int = 0,
     ) -> None:
         super().__init__()
         decoder_channels = tuple(int(c) for c in decoder_channels)
@@ -206,12 +213,15 @@ class ResUNet18(nn.Module):
             raise ValueError(f"decoder_channels needs 5 values, got {decoder_channels}")
         if blocks_per_stage < 1 or width < 1 or in_channels < 1:
             raise ValueError("in_channels, width and blocks_per_stage must be positive")
+        if isinstance(classifier_topk, bool) or int(classifier_topk) != classifier_topk or classifier_topk < 0:
+            raise ValueError(f"classifier_topk must be 0 (global average) or a positive integer, got {classifier_topk!r}")
         self.in_channels = int(in_channels)
         self.width = int(width)
         self.blocks_per_stage = int(blocks_per_stage)
         self.decoder_channels = decoder_channels
         self.zero_init_residual = bool(zero_init_residual)
         self.block1_pool = bool(block1_pool)
+        self.classifier_topk = int(classifier_topk)
         self._classifier_frozen = False
         w = self.width
 
@@ -262,6 +272,7 @@ class ResUNet18(nn.Module):
             "decoder_channels": list(self.decoder_channels),
             "zero_init_residual": self.zero_init_residual,
             "block1_pool": self.block1_pool,
+            "classifier_topk": self.classifier_topk,
         }
 
     def classifier_modules(self) -> list[nn.Module]:
@@ -340,9 +351,19 @@ class ResUNet18(nn.Module):
         return features
 
     def classify_features(self, features: dict[str, Tensor]) -> Tensor:
-        """CAC-presence logit (B,) from the Block6 features: global average pooling + fc."""
+        """CAC-presence logit (B,) from the Block6 features: global average pooling + fc.
+
+        With ``classifier_topk = k > 0``: the mean of the k largest of :meth:`location_logits`.
+        """
+        if self.classifier_topk:
+            loc = self.location_logits(features)
+            return loc.topk(min(self.classifier_topk, loc.shape[1]), dim=1).values.mean(dim=1)
         x = torch.flatten(self.avgpool(features[TAIL_STAGES[-1]]), 1)
         return self.fc(x)[:, 0]
+
+    def location_logits(self, features: dict[str, Tensor]) -> Tensor:
+        """The fc applied at each Block6 location, (B, H*W); their mean is the average-pooled logit."""
+        return self.fc(torch.flatten(features[TAIL_STAGES[-1]], 2).transpose(1, 2))[..., 0]
 
     def classify(self, nc: Tensor, c: Tensor) -> Tensor:
         """CAC-presence logit (B,) of each patch pair (Step 1 only; the decoder is not run)."""
@@ -387,7 +408,7 @@ def count_flops(model: ResUNet18, input_size: int = 256, part: str = "all") -> d
     """Multiply-accumulates and FLOPs of one patch pair, counted with forward hooks.
 
     Counts the conv layers (``out_pixels * out_ch * in_ch/groups * kh * kw``)
-    and linear layers (``in * out``); BN, ReLU, pooling, interpolation and
+    and linear layers (``in * out`` at each position they are applied to); BN, ReLU, pooling, interpolation and
     additions are ignored (a few percent).  ``FLOPs = 2 * MACs``.  ``part``:
     "all" (classifier + decoder), "classifier" or "decoder".  Returns
     ``{"macs", "flops", "classifier_macs", "decoder_macs"}``.
@@ -401,7 +422,7 @@ def count_flops(model: ResUNet18, input_size: int = 256, part: str = "all") -> d
             kh, kw = module.kernel_size
             macs[key] += output.numel() // output.shape[0] * (module.in_channels // module.groups) * kh * kw
         elif isinstance(module, nn.Linear):
-            macs[key] += module.in_features * module.out_features
+            macs[key] += output.numel() // output.shape[0] * module.in_features
 
     handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
     was_training = model.training

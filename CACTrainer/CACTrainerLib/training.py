@@ -603,9 +603,10 @@ def _load_initial_weights(model, path) -> None:
     from CACIdentifierLib.modelio import load_model
 
     init, _ = load_model(path)
-    # Block1's pool changes no weight's shape: a model trained with it can be fine-tuned without it.
+    # Block1's pool and the classifier's readout change no weight's shape: a model trained with
+    # one setting can be fine-tuned with another.
     def shapes(arch: dict) -> dict:
-        return {k: v for k, v in arch.items() if k != "block1_pool"}
+        return {k: v for k, v in arch.items() if k not in ("block1_pool", "classifier_topk")}
 
     if shapes(init.arch_dict()) != shapes(model.arch_dict()):
         raise CacError(f"--init {path} has architecture {init.arch_dict()}, this run {model.arch_dict()}; "

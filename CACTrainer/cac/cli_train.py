@@ -95,6 +95,10 @@ def register(subparsers) -> None:
                    help="Block1's max-pool (ResNet, the paper; default: on, or --init's setting); "
                    "--no-block1-pool keeps Block2..Block6 at twice the resolution for small deposits, "
                    "at about 4x the compute (a pooled --init model can be fine-tuned without it)")
+    p.add_argument("--classifier-topk", type=int, default=None, metavar="K",
+                   help="classifier readout: 0 = global average pooling (the paper; default, or --init's "
+                   "setting); K > 0 = mean of the K largest of the fc's logits at Block6's locations "
+                   "(multiple-instance pooling: a small deposit is not averaged away)")
     p.add_argument("--init", metavar="MODEL",
                    help="start from this model's weights (fine-tuning, e.g. the shipped default) "
                    "instead of a random initialisation; with --epochs 0 and --cv, the model is only "
@@ -142,8 +146,14 @@ def _config(args):
     if args.batch_size < 2:
         raise CacError("--batch-size must be at least 2 (BatchNorm needs two samples)")
     arch = {} if args.width == 64 else {"width": int(args.width)}
-    if not _block1_pool(args):
+    init_arch = _init_architecture(args)
+    if not _inherited(args, "block1_pool", True, init_arch):
         arch["block1_pool"] = False
+    topk = _inherited(args, "classifier_topk", 0, init_arch)
+    if isinstance(topk, bool) or not isinstance(topk, int) or topk < 0:
+        raise CacError(f"--classifier-topk must be 0 or a positive integer, got {topk}")
+    if topk:
+        arch["classifier_topk"] = int(topk)
     config = recipe_config(name, epochs1=e1, epochs2=e2, batch_size=args.batch_size, lr1=args.lr1,
                            lr2=args.lr2, seed=args.seed, device=args.device, amp=not args.no_amp,
                            balanced=not args.no_balance, augment=not args.no_augment,
@@ -161,15 +171,20 @@ def _config(args):
     return config
 
 
-def _block1_pool(args) -> bool:
-    """``--block1-pool`` as given, else the --init model's setting, else on."""
-    if getattr(args, "block1_pool", None) is not None:
-        return bool(args.block1_pool)
+def _init_architecture(args) -> dict:
+    """The --init model's architecture (its header only), or {} without --init."""
     if args.init and Path(args.init).is_file():
         from CACIdentifierLib.modelio import read_metadata
 
-        return bool(read_metadata(args.init)["architecture"].get("block1_pool", True))
-    return True
+        return read_metadata(args.init)["architecture"]
+    return {}
+
+
+def _inherited(args, key: str, default, init_arch: dict):
+    """An architecture option that changes no weight's shape: as given, else --init's setting, else ``default``."""
+    if getattr(args, key, None) is not None:
+        return getattr(args, key)
+    return init_arch.get(key, default)
 
 
 def _init_model(path: str | None) -> str | None:
