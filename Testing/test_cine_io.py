@@ -83,6 +83,14 @@ def ramp_frames(n=5, rows=64, cols=80, dtype=np.uint16, maximum=4095, seed=0) ->
 PYDICOM3 = int(pydicom.__version__.split(".")[0]) >= 3
 
 
+def make_presentation_state() -> Dataset:
+    """A DICOM object without an image (a Grayscale Softcopy Presentation State): what a user may pick instead of the cine."""
+    ds = make_xa(ramp_frames(n=2), sop_class="1.2.840.10008.5.1.4.1.1.11.1", modality="PR")
+    for keyword in ("PixelData", "Rows", "Columns", "NumberOfFrames", "BitsAllocated", "BitsStored", "HighBit"):
+        delattr(ds, keyword)
+    return ds
+
+
 def save(ds: Dataset, path: Path) -> Path:
     """Write ``ds`` as a DICOM file (preamble, file meta) in its file meta's transfer syntax."""
     if PYDICOM3:
@@ -491,17 +499,7 @@ def test_not_dicom(tmp_path):
 
 def test_dicom_without_pixel_data(tmp_path):
     # a non-image object (a presentation state) given instead of the cine
-    ds = make_xa(ramp_frames(n=2), sop_class="1.2.840.10008.5.1.4.1.1.11.1", modality="PR")
-    for keyword in (
-        "PixelData",
-        "Rows",
-        "Columns",
-        "NumberOfFrames",
-        "BitsAllocated",
-        "BitsStored",
-        "HighBit",
-    ):
-        delattr(ds, keyword)
+    ds = make_presentation_state()
     with pytest.raises(CacError, match="is a DICOM file without pixel data .*Presentation State"):
         load_cine(save(ds, tmp_path / "nopix.dcm"))
     # an XA image whose pixel data was stripped

@@ -151,23 +151,13 @@ def test_convert_refuses_other_suffixes(tmp_path, capsys):
 def _bad_inputs(tmp_path: Path) -> dict[str, tuple[Path, str]]:
     """name -> (path, phrase expected in the error line)."""
     sys.path.insert(0, str(Path(__file__).parent))
-    from test_cine_io import make_xa, ramp_frames, save
+    from test_cine_io import make_presentation_state, make_xa, ramp_frames, save
 
     notdicom = tmp_path / "notes.bin"
     notdicom.write_bytes(b"plain text, not DICOM\n" * 40)
     empty = tmp_path / "empty"
     empty.mkdir()
-    nopix = make_xa(ramp_frames(n=2), sop_class="1.2.840.10008.5.1.4.1.1.11.1", modality="PR")
-    for keyword in (
-        "PixelData",
-        "Rows",
-        "Columns",
-        "NumberOfFrames",
-        "BitsAllocated",
-        "BitsStored",
-        "HighBit",
-    ):
-        delattr(nopix, keyword)
+    nopix = make_presentation_state()
     cases = {
         "missing": (tmp_path / "missing.dcm", "does not exist"),
         "empty folder": (empty, "is empty"),
