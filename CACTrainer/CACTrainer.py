@@ -181,6 +181,11 @@ class CACTrainerParameterNode:
 
 
 class CACTrainerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """The panel: dataset, phantom and model paths in a parameter node; each job runs in a worker process."""
+
+    # How often the panel reads the worker's progress lines (as CACIdentifier's panel).
+    POLL_INTERVAL_MS = 200
+
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
@@ -203,7 +208,7 @@ class CACTrainerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self.logic = CACTrainerLogic()
         self._timer = qt.QTimer()
-        self._timer.setInterval(200)
+        self._timer.setInterval(self.POLL_INTERVAL_MS)
         self._timer.connect("timeout()", self.onTimer)
         # ctkPathLineEdit keeps its history in the application settings under these keys.
         self.ui.datasetPathLineEdit.settingKey = "CACTrainer/DatasetDir"
