@@ -259,7 +259,7 @@ def test_batch_source_same_batches_with_and_without_workers():
     fs = D.FrameSet(rng.random((2, 512, 512)).astype(np.float16), rng.random((2, 512, 512)).astype(np.float16),
                     np.zeros((2, 512, 512), bool), np.zeros((2, 512, 512), bool), np.zeros((2, 5), np.float32),
                     np.full((2, 2), 0.3), np.array([0, 1]), np.array([5, 6]), np.zeros((2, 5), bool),
-                    ["a", "a"], ["p", "p"])
+                    np.zeros((2, 512, 512), np.float16), ["a", "a"], ["p", "p"])
     batches = [np.array([0, 3]), np.array([5, 9])]
     a = list(BatchSource(fs, batches, TrainConfig(workers=0), 1, 0).iterate(torch.device("cpu")))
     b = list(BatchSource(fs, batches, TrainConfig(workers=2), 1, 0).iterate(torch.device("cpu")))
@@ -507,7 +507,7 @@ def test_score_variants_patch_scores_on_a_frameset():
     fs = D.FrameSet(rng.random((2, 512, 512)).astype(np.float16), rng.random((2, 512, 512)).astype(np.float16),
                     np.zeros((2, 512, 512), bool), np.zeros((2, 512, 512), bool), np.zeros((2, 5), np.float32),
                     np.full((2, 2), 0.3), np.array([0, 1]), np.array([5, 6]), np.zeros((2, 5), bool),
-                    ["a", "a"], ["p", "p"])
+                    np.zeros((2, 512, 512), np.float16), ["a", "a"], ["p", "p"])
     torch.manual_seed(0)
     model = ResUNet18(width=8, decoder_channels=[8, 8, 8, 8, 8]).eval()
     s = sv.patch_scores(model, fs, batch_size=4)

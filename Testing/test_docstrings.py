@@ -14,6 +14,7 @@ MODULES = [
     "CACIdentifierLib.refinement",
     "CACIdentifierLib.metrics",
     "CACIdentifierLib.network",
+    "CACIdentifierLib.background",
     "CACIdentifierLib.calibration",
     "CACTrainerLib.phantom_annotators",
     "CACTrainerLib.calibrate",

@@ -110,3 +110,9 @@ def test_cli_gradcam_pairs_with_synchronization(tmp_path, model, capsys):
     not_paired = next(f for f in range(96) if f not in pairs)
     assert main(["gradcam", str(path), cine, "--frame", str(not_paired), "--out", str(tmp_path / "y.png")]) == 2
     assert "non-contrast frame" in capsys.readouterr().err
+    # A model reading the residual channel gets it, against the background of the paired frames.
+    torch.manual_seed(4)
+    wide = tmp_path / "wide.safetensors"
+    save_model(wide, ResUNet18(**SMALL, in_channels=2, inputs="frame+residual").eval())
+    assert main(["gradcam", str(wide), cine, "--frame", str(k), "--out", str(tmp_path / "w.png")]) == 0
+    assert (tmp_path / "w.png").read_bytes()[:4] == b"\x89PNG"

@@ -77,7 +77,7 @@ def _fake_set(n_frames, metal_rows):
     metal[metal_rows] = True
     z = np.zeros((n_frames, 1, 1), np.float16)
     return D.FrameSet(z, z, z.astype(bool), z.astype(bool), labels, np.full((n_frames, 2), 0.3),
-                      np.arange(n_frames), np.arange(n_frames), metal, ["a"] * n_frames, ["p"] * n_frames)
+                      np.arange(n_frames), np.arange(n_frames), metal, z, ["a"] * n_frames, ["p"] * n_frames)
 
 
 def test_metal_weight_steers_the_hard_negative_draw():

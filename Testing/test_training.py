@@ -369,6 +369,24 @@ def test_cli_end_to_end_on_written_phantom(tmp_path):
     assert r.returncode == 0, r.stderr
     assert json.loads((tmp_path / "m4.safetensors" / "fold_0.json").read_text())["config"]["architecture"][
         "classifier_topk"] == 4
+    # the residual channel: a frame model widened for it, inherited by its fine-tune, never taken away
+    res = tmp_path / "res.safetensors"
+    r = subprocess.run(exe + ["train", str(ds), "--out", str(res), "--epochs1", "1", "--epochs2", "1",
+                              "--init", str(out), "--residual-channel", "--samples-per-epoch", "8",
+                              "--frames-per-acquisition", "2", "--width", "16", "--threads", "2"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    arch = load_model(res)[1]["architecture"]
+    assert arch["inputs"] == "frame+residual" and arch["in_channels"] == 2
+    r = subprocess.run(exe + ["train", str(ds), "--out", str(tmp_path / "m6.safetensors"), "--epochs", "0",
+                              "--init", str(res), "--cv", "patient", "--fold", "0", "--frames-per-acquisition", "2",
+                              "--width", "16", "--json", "--threads", "2"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "m6.safetensors" / "fold_0.json").read_text())["config"]["architecture"][
+        "inputs"] == "frame+residual"
+    r = subprocess.run(exe + ["train", str(ds), "--out", str(tmp_path / "m7.safetensors"), "--epochs", "1",
+                              "--init", str(res), "--no-residual-channel"], capture_output=True, text=True)
+    assert r.returncode == 2 and "--no-residual-channel" in r.stderr and "Traceback" not in r.stderr
     r = subprocess.run(exe + ["train", str(ds), "--out", str(tmp_path / "m5.safetensors"), "--epochs", "1",
                               "--classifier-topk", "-2"], capture_output=True, text=True)
     assert r.returncode == 2 and "--classifier-topk" in r.stderr and "Traceback" not in r.stderr
@@ -469,7 +487,7 @@ def test_evaluate_decoder_sensitivity_is_the_ceiling_of_the_gate(monkeypatch):
     labels = np.zeros((n, 5), np.float32)
     labels[:2, 0] = 1.0
     fs = D.FrameSet(nc, nc.copy(), calcium, roi, labels, np.full((n, 2), 0.3), np.arange(n), np.arange(n) + 10,
-                    np.zeros((n, 5), bool), ["a", "b", "c"], ["p", "q", "r"])
+                    np.zeros((n, 5), bool), nc.copy(), ["a", "b", "c"], ["p", "q", "r"])
     rois = np.zeros((5 * n, 256, 256), np.float16)
     rois[0, 40:90, 40:90] = 0.9  # frame 0, patch 0 (origin 0, 0): 2,500 px over the calcium
     for probs, found in ((np.zeros(5 * n, np.float32), 0), (np.ones(5 * n, np.float32), 1)):

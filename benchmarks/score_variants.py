@@ -47,7 +47,7 @@ def patch_scores(model, fs, batch_size: int = 32) -> dict:
     >>> from CACTrainerLib.dataset import FrameSet
     >>> z = np.zeros((1, 512, 512), np.float16)
     >>> fs = FrameSet(z, z, z.astype(bool), z.astype(bool), np.zeros((1, 5), np.float32), np.full((1, 2), 0.3),
-    ...               np.array([0]), np.array([1]), np.zeros((1, 5), bool), ["a"], ["p"])
+    ...               np.array([0]), np.array([1]), np.zeros((1, 5), bool), z, ["a"], ["p"])
     >>> s = patch_scores(ResUNet18(width=8, decoder_channels=[8] * 5), fs)
     >>> s["classifier_logit"].shape, bool(((s["decoder_max"] > 0) & (s["decoder_max"] < 1)).all())
     ((5,), True)

@@ -258,10 +258,18 @@ def identify(
     roi = np.zeros((cine.n_frames, cine.rows, cine.columns), dtype=bool)
 
     spacing = cine.spacing_mm
+    background = None
+    if getattr(model, "inputs", "frame") == "frame+residual":
+        from .background import cine_background, with_residual
+
+        # The static background of the analysed non-contrast frames, as in training (dataset.py).
+        background = extract_patches(cine_background(cine.frames, frames_nc, spacing))[:, None]
 
     def frame_patches(index: int):
         frame, _, _ = prepare_frame(cine.frames[index], spacing)
         patches = extract_patches(normalize_frame(frame))[:, None]
+        if background is not None:
+            patches = with_residual(patches, background)
         return torch.from_numpy(patches).to(dev, dtype=dtype, memory_format=torch.channels_last)
 
     # Pairs are taken in the order of their contrast frame, and a task computes the contrast head

@@ -115,7 +115,8 @@ def validate_metadata(meta, source) -> dict:
     and ``architecture`` (``in_channels``, ``width``, ``blocks_per_stage`` and
     ``decoder_channels`` integers within :data:`ARCHITECTURE_LIMITS` and
     :data:`DECODER_CHANNEL_LIMITS`, 5 decoder stages, ``zero_init_residual``
-    and the optional ``block1_pool`` booleans, the optional ``classifier_topk`` integer 0..4096, no other
+    and the optional ``block1_pool`` booleans, the optional ``classifier_topk`` integer 0..4096, the
+    optional ``inputs`` (``"frame"`` or ``"frame+residual"`` with ``in_channels`` 2), no other
     keys).  Optional, checked when present: ``refinement``
     (``min_island_px`` 0..10^7, ``sigma`` 0..100, ``threshold`` 0..1, no other
     keys), ``classifier_threshold`` 0..1, ``calibration`` (``temperature``
@@ -144,7 +145,7 @@ def validate_metadata(meta, source) -> dict:
         raise _bad(source, "the metadata has no architecture")
     arch = _check_dict(meta["architecture"], "architecture", source)
     unknown = sorted(set(arch) - {*ARCHITECTURE_LIMITS, "decoder_channels", "zero_init_residual", "block1_pool"}
-                     - {"classifier_topk"})
+                     - {"classifier_topk", "inputs"})
     if unknown:
         raise _bad(source, f"unsupported architecture: unknown keys {printable(', '.join(map(str, unknown)), 80)}")
     for key, (lo, hi) in ARCHITECTURE_LIMITS.items():
@@ -161,6 +162,12 @@ def validate_metadata(meta, source) -> dict:
     for key in ("zero_init_residual", "block1_pool"):
         if key in arch and not isinstance(arch[key], bool):
             raise _bad(source, f"architecture.{key} is not true or false")
+    if "inputs" in arch:
+        if arch["inputs"] not in ("frame", "frame+residual"):
+            raise _bad(source, f"architecture.inputs is {printable(repr(arch['inputs']), 40)}, "
+                               "expected 'frame' or 'frame+residual'")
+        if arch["inputs"] == "frame+residual" and arch.get("in_channels") != 2:
+            raise _bad(source, "architecture.inputs 'frame+residual' needs in_channels 2")
     if "refinement" in meta:
         refinement = _check_dict(meta["refinement"], "refinement", source)
         unknown = sorted(set(refinement) - {"min_island_px", "sigma", "threshold"})

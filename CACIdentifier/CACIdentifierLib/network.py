@@ -33,6 +33,11 @@ Tail (shared)
     logit) and the k largest are averaged.  A deposit that lights up a few of
     the 64 locations is then not diluted by the rest of the patch; k = 0
     (default) is the paper's global average pooling.  No weight changes shape.
+    Option ``inputs="frame+residual"`` (not in the paper; ``in_channels`` 2)
+    says what the two input channels of each head are: the frame and the
+    frame minus the cine's static background (:mod:`.background`).  The
+    network itself treats them as any two channels; the data pipeline reads
+    ``inputs`` to build them.
 Decoder (U-Net-like)
     Bilinear x2 upsampling, concatenation with the skip, two 3x3 conv + BN +
     ReLU per stage: 8->16 (skip Block5), 16->32 (Block4), 32->64 (Block3 and
@@ -192,6 +197,10 @@ class ResUNet18(nn.Module):
     block1_pool : Block1's 3x3 stride-2 max-pool (ResNet, the paper).  False keeps
         Block2..Block6 at twice the resolution (Block6 at H/16) for small deposits,
         at about 4x the compute after Block1; the weights keep their shapes.
+    classifier_topk : 0 (global average pooling) or the number of Block6 locations whose logits
+        are averaged.
+    inputs : ``"frame"`` (``in_channels`` channels of the frame) or ``"frame+residual"``
+        (``in_channels`` 2: the frame and its residual, :func:`.background.with_residual`).
 
     ``forward(nc, c)`` takes two ``(B, in_channels, 256, 256)`` float tensors
     and returns ``(cls_logit (B,), roi_logit (B, 1, 256, 256))``.
@@ -206,6 +215,7 @@ class ResUNet18(nn.Module):
         zero_init_residual: bool = False,
         block1_pool: bool = True,
         classifier_topk: int = 0,
+        inputs: str = "frame",
     ) -> None:
         super().__init__()
         decoder_channels = tuple(int(c) for c in decoder_channels)
@@ -215,7 +225,12 @@ class ResUNet18(nn.Module):
             raise ValueError("in_channels, width and blocks_per_stage must be positive")
         if isinstance(classifier_topk, bool) or int(classifier_topk) != classifier_topk or classifier_topk < 0:
             raise ValueError(f"classifier_topk must be 0 (global average) or a positive integer, got {classifier_topk!r}")
+        if inputs not in ("frame", "frame+residual"):
+            raise ValueError(f"inputs must be 'frame' or 'frame+residual', got {inputs!r}")
+        if inputs == "frame+residual" and in_channels != 2:
+            raise ValueError(f"inputs 'frame+residual' needs in_channels 2, got {in_channels}")
         self.in_channels = int(in_channels)
+        self.inputs = str(inputs)
         self.width = int(width)
         self.blocks_per_stage = int(blocks_per_stage)
         self.decoder_channels = decoder_channels
@@ -273,6 +288,7 @@ class ResUNet18(nn.Module):
             "zero_init_residual": self.zero_init_residual,
             "block1_pool": self.block1_pool,
             "classifier_topk": self.classifier_topk,
+            "inputs": self.inputs,
         }
 
     def classifier_modules(self) -> list[nn.Module]:

@@ -68,6 +68,9 @@ class FrameSet:
         The patch holds dense metal that is not calcium (sternal wires, clips, stents), from a
         phantom's truth; False where unknown (real data).  Steers the hard-negative draw
         (``TrainConfig.metal_negative_weight``) and the failure analysis (benchmarks/difficulty.py).
+    background : (F, 512, 512) float16
+        The static background of the frame's cine (:func:`CACIdentifierLib.background.temporal_background`
+        of its paired non-contrast frames): the residual channel of ``frame+residual`` models.
     acquisition, patient : list of str (F,)
     """
 
@@ -80,6 +83,7 @@ class FrameSet:
     frame_index: np.ndarray
     contrast_index: np.ndarray
     metal: np.ndarray
+    background: np.ndarray
     acquisition: list = field(default_factory=list)
     patient: list = field(default_factory=list)
 
@@ -94,7 +98,7 @@ class FrameSet:
         dataclass travels everywhere.
 
         >>> FrameSet.array_fields()
-        ('nc', 'c', 'calcium', 'roi', 'labels', 'spacing_mm', 'frame_index', 'contrast_index', 'metal')
+        ('nc', 'c', 'calcium', 'roi', 'labels', 'spacing_mm', 'frame_index', 'contrast_index', 'metal', 'background')
         """
         return tuple(f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING)
 
@@ -249,8 +253,13 @@ def frames_from_arrays(frames: np.ndarray, majority: np.ndarray, *, frame_time_m
         if metal is not None:
             has_metal[i] = _patches_touching(metal[k_nc], origins)
     sp = np.full((n, 2), np.nan) if spacing512 is None else np.tile(np.asarray(spacing512, float), (n, 1))
+    from CACIdentifierLib.background import cine_background
+
+    bg = cine_background(frames, [p[0] for p in pairs], spacing_mm)
     return FrameSet(nc, c, cal, roi, labels, sp, np.array([p[0] for p in chosen], int),
-                    np.array([p[1] for p in chosen], int), has_metal, [acquisition] * n, [patient] * n)
+                    np.array([p[1] for p in chosen], int), has_metal,
+                    np.broadcast_to(bg.astype(np.float16), (n, FRAME, FRAME)).copy(), [acquisition] * n, [patient] * n)
+
 
 
 def _truth_onset(truth: dict) -> int | None:
@@ -368,7 +377,14 @@ class Augment:
     gamma: float = 0.2
     noise: float = 0.02
 
-    def intensity(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    def intensity(self, x: np.ndarray, rng: np.random.Generator,
+                  background: np.ndarray | None = None) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        """``x`` with a random gain, offset, gamma and noise.
+
+        With ``background`` (the same window of the cine's background), returns both, the
+        background through the same gain, offset and gamma but without the noise: the residual
+        ``x - background`` then sees the same display change as the frame.
+        """
         g = 1.0 + rng.uniform(-self.gain, self.gain)
         o = rng.uniform(-self.offset, self.offset)
         lg = np.log1p(self.gamma)
@@ -377,7 +393,10 @@ class Augment:
         y = np.clip(x, 0.0, 1.0) ** gamma * g + o
         if sd > 0:
             y = y + rng.normal(0.0, sd, size=x.shape).astype(np.float32)
-        return np.clip(y, 0.0, 1.0).astype(np.float32)
+        y = np.clip(y, 0.0, 1.0).astype(np.float32)
+        if background is None:
+            return y
+        return y, np.clip(np.clip(background, 0.0, 1.0) ** gamma * g + o, 0.0, 1.0).astype(np.float32)
 
 
 def epoch_indices(labels: np.ndarray, rng: np.random.Generator, *, balanced: bool = True,
@@ -443,23 +462,29 @@ def epoch_indices(labels: np.ndarray, rng: np.random.Generator, *, balanced: boo
 
 def make_batch(fs: FrameSet, ids: Sequence[int], rng: np.random.Generator | None = None,
                augment: Augment | None = None, *, with_dist: bool = False,
-               min_deposit_fraction: float = targets.DEFAULT_MIN_DEPOSIT_FRACTION) -> dict:
+               min_deposit_fraction: float = targets.DEFAULT_MIN_DEPOSIT_FRACTION,
+               inputs: str = "frame") -> dict:
     """Cut the patches ``ids`` (frame ``id // 5``, patch ``id % 5``) into arrays ready for torch.
 
-    Returns a dict of float32 arrays: ``nc``, ``c`` (B, 1, 256, 256),
-    ``label`` (B,), ``roi`` (B, 1, 256, 256) and, with ``with_dist``, the
-    boundary-loss ``dist`` maps (B, 1, 256, 256, pixels).  Without
-    ``augment`` the patches are exactly those of inference.
+    Returns a dict of float32 arrays: ``nc``, ``c`` (B, 1, 256, 256; with ``inputs``
+    ``"frame+residual"`` (B, 2, 256, 256), :func:`CACIdentifierLib.background.with_residual`
+    of the patch and the same window of ``fs.background``), ``label`` (B,), ``roi``
+    (B, 1, 256, 256) and, with ``with_dist``, the boundary-loss ``dist`` maps
+    (B, 1, 256, 256, pixels).  Without ``augment`` the patches are exactly those of inference.
     """
     from CACIdentifierLib import patches
+    from CACIdentifierLib.background import with_residual
 
     from .losses import signed_distance_map
 
+    residual = inputs == "frame+residual"
     origins = patches.patch_origins(FRAME, FRAME)
     b = len(ids)
     nc = np.empty((b, 1, PATCH, PATCH), np.float32)
     c = np.empty_like(nc)
     roi = np.empty_like(nc)
+    bg_nc = np.empty_like(nc) if residual else None
+    bg_c = np.empty_like(nc) if residual else None
     label = np.empty(b, np.float32)
     for j, pid in enumerate(ids):
         f, p = divmod(int(pid), 5)
@@ -475,6 +500,7 @@ def make_batch(fs: FrameSet, ids: Sequence[int], rng: np.random.Generator | None
         x_nc = fs.nc[f][win].astype(np.float32)
         x_c = fs.c[f][win].astype(np.float32)
         y_roi = fs.roi[f][win]
+        x_bg = fs.background[f][win].astype(np.float32) if residual else None
         if shifted:
             label[j] = targets.patch_labels(fs.calcium[f], [(r, q)], PATCH, min_deposit_fraction)[0]
         else:
@@ -484,13 +510,25 @@ def make_batch(fs: FrameSet, ids: Sequence[int], rng: np.random.Generator | None
                 k = int(rng.integers(4))
                 flip = bool(rng.integers(2))
                 x_nc, x_c, y_roi = (np.rot90(a, k) for a in (x_nc, x_c, y_roi))
+                if residual:
+                    x_bg = np.rot90(x_bg, k)
                 if flip:
                     x_nc, x_c, y_roi = (a[:, ::-1] for a in (x_nc, x_c, y_roi))
-            x_nc = augment.intensity(x_nc, rng)
-            x_c = augment.intensity(x_c, rng)
+                    if residual:
+                        x_bg = x_bg[:, ::-1]
+            if residual:
+                x_nc, bg_nc[j, 0] = augment.intensity(x_nc, rng, x_bg)
+                x_c, bg_c[j, 0] = augment.intensity(x_c, rng, x_bg)
+            else:
+                x_nc = augment.intensity(x_nc, rng)
+                x_c = augment.intensity(x_c, rng)
+        elif residual:
+            bg_nc[j, 0] = bg_c[j, 0] = x_bg
         nc[j, 0] = x_nc
         c[j, 0] = x_c
         roi[j, 0] = y_roi
+    if residual:
+        nc, c = with_residual(nc, bg_nc), with_residual(c, bg_c)
     out = {"nc": nc, "c": c, "label": label, "roi": roi}
     if with_dist:
         out["dist"] = signed_distance_map(roi[:, 0] > 0.5)[:, None]

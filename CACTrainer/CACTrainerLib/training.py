@@ -226,6 +226,11 @@ class PatchPredictions(NamedTuple):
     features: np.ndarray | None  # (F*5, C) Block6 features averaged over each patch, with ``return_features``
 
 
+def model_inputs(model) -> str:
+    """What a model's input channels are (``ResUNet18.inputs``), through a data-parallel wrapper."""
+    return getattr(getattr(model, "module", model), "inputs", "frame")
+
+
 @torch.no_grad()
 def predict_patches(model, fs: dataset.FrameSet, device, amp: bool, batch_size: int = 32,
                     decode: bool = False, return_features: bool = False) -> PatchPredictions:
@@ -241,7 +246,7 @@ def predict_patches(model, fs: dataset.FrameSet, device, amp: bool, batch_size: 
     rois = np.empty((len(ids), dataset.PATCH, dataset.PATCH), np.float16) if decode else None
     pooled = []
     for s in range(0, len(ids), batch_size):
-        b = dataset.make_batch(fs, ids[s:s + batch_size])
+        b = dataset.make_batch(fs, ids[s:s + batch_size], inputs=model_inputs(model))
         with autocast(device, enabled=amp):
             feats = model.encode(_to(b["nc"], device), _to(b["c"], device))
             logit = model.classify_features(feats)
@@ -369,7 +374,7 @@ def _decoder_val_loss(model, fs: dataset.FrameSet, config: TrainConfig, device, 
     ids = np.arange(fs.n_patches)
     total, n = 0.0, 0
     for s in range(0, len(ids), config.batch_size):
-        b = dataset.make_batch(fs, ids[s:s + config.batch_size], with_dist=True)
+        b = dataset.make_batch(fs, ids[s:s + config.batch_size], with_dist=True, inputs=model_inputs(model))
         with autocast(device, enabled=config.amp):
             roi_logit = model.decode(model.encode(_to(b["nc"], device), _to(b["c"], device)))
         loss, _ = losses.decoder_loss(roi_logit, _to(b["roi"], device), _to(b["dist"], device), alpha,
@@ -417,7 +422,7 @@ def recalibrate_bn(model, fs: dataset.FrameSet, config: TrainConfig, device, sta
         chunk = ids[s:s + bs]
         if len(chunk) < 2:
             break
-        b = dataset.make_batch(fs, chunk)
+        b = dataset.make_batch(fs, chunk, inputs=model_inputs(model))
         with autocast(device, enabled=config.amp):
             feats = model.encode(_to(b["nc"], device), _to(b["c"], device))
             if stage == 2:
@@ -451,7 +456,8 @@ class BatchSource(torch.utils.data.Dataset):
         rng = np.random.default_rng([int(self.config.seed), int(self.stage), int(self.epoch), int(i),
                                      *self.key_tail])
         return dataset.make_batch(self.fs, self.batches[i], rng, self.augment, with_dist=(self.stage == 2),
-                            min_deposit_fraction=self.config.min_deposit_fraction)
+                                  min_deposit_fraction=self.config.min_deposit_fraction,
+                                  inputs=self.config.architecture.get("inputs", "frame"))
 
     def iterate(self, device):
         if self.config.workers <= 0:
@@ -606,12 +612,21 @@ def _load_initial_weights(model, path) -> None:
     # Block1's pool and the classifier's readout change no weight's shape: a model trained with
     # one setting can be fine-tuned with another.
     def shapes(arch: dict) -> dict:
-        return {k: v for k, v in arch.items() if k not in ("block1_pool", "classifier_topk")}
+        return {k: v for k, v in arch.items() if k not in ("block1_pool", "classifier_topk", "inputs", "in_channels")}
 
-    if shapes(init.arch_dict()) != shapes(model.arch_dict()):
-        raise CacError(f"--init {path} has architecture {init.arch_dict()}, this run {model.arch_dict()}; "
+    a, b = init.arch_dict(), model.arch_dict()
+    widen = (a["inputs"], a["in_channels"], b["inputs"]) == ("frame", 1, "frame+residual")
+    if shapes(a) != shapes(b) or (a["in_channels"] != b["in_channels"] and not widen):
+        raise CacError(f"--init {path} has architecture {a}, this run {b}; "
                        "use the same --width or another model")
-    model.load_state_dict(init.state_dict())
+    state = init.state_dict()
+    if widen:
+        # A frame model grows a residual channel whose Block1 weights start at zero: the widened
+        # model computes exactly what the frame model did, and training decides what the residual adds.
+        for head in ("head_nc", "head_c"):
+            w = state[f"{head}.conv1.weight"]
+            state[f"{head}.conv1.weight"] = torch.cat([w, torch.zeros_like(w)], dim=1)
+    model.load_state_dict(state)
 
 
 def stage2_key(config: TrainConfig, iom_mean: float | None, val_loss: float) -> tuple:

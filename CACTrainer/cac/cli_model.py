@@ -101,10 +101,8 @@ def run_info(args) -> int:
     return 0
 
 
-def _contrast_frame_for(cine, k: int) -> int:
-    from CACIdentifierLib.sync import synchronize_cine
-
-    result = synchronize_cine(cine)
+def _contrast_frame_for(result, k: int) -> int:
+    """The contrast partner of non-contrast frame ``k`` in the synchronization ``result``."""
     for nc, c in result.pairs:
         if int(nc) == k:
             return int(c)
@@ -138,21 +136,34 @@ def run_gradcam(args) -> int:
     for name, k in (("--frame", args.frame), ("--contrast-frame", args.contrast_frame)):
         if k is not None and not 0 <= k < cine.n_frames:
             raise CacError(f"{name} {k} is outside the cine's frames 0-{cine.n_frames - 1}")
-    j = args.contrast_frame if args.contrast_frame is not None else _contrast_frame_for(cine, args.frame)
+    residual = getattr(model, "inputs", "frame") == "frame+residual"
+    sync = None
+    if args.contrast_frame is None or residual:
+        from CACIdentifierLib.sync import synchronize_cine
+
+        sync = synchronize_cine(cine)
+    j = args.contrast_frame if args.contrast_frame is not None else _contrast_frame_for(sync, args.frame)
     pair = []
     for k in (args.frame, j):
         f512, _, _ = prepare_frame(cine.frames[k], cine.spacing_mm)
-        pair.append(extract_patches(normalize_frame(f512)))
+        pair.append(extract_patches(normalize_frame(f512))[:, None])
+    if residual:
+        # The model reads each patch with its residual against the cine's static background, as identify does.
+        from CACIdentifierLib.background import cine_background, with_residual
+
+        bg = extract_patches(cine_background(cine.frames, [int(p[0]) for p in sync.pairs] or [args.frame],
+                                             cine.spacing_mm))[:, None]
+        pair = [with_residual(x, bg) for x in pair]
     nc, c = pair
     with torch.inference_mode():
-        probs = torch.sigmoid(model.classify(torch.from_numpy(nc[:, None]), torch.from_numpy(c[:, None]))).numpy()
+        probs = torch.sigmoid(model.classify(torch.from_numpy(nc), torch.from_numpy(c))).numpy()
     patch = args.patch if args.patch is not None else int(np.argmax(probs))
     cam, prob = grad_cam(model, nc[patch], c[patch], layer=args.layer, return_probability=True)
     origin = patch_origins(FRAME_SIZE, FRAME_SIZE)[patch]
     save_gradcam_png(
         args.out,
-        nc[patch],
-        c[patch],
+        nc[patch, 0],
+        c[patch, 0],
         cam,
         title=f"frame {args.frame} / contrast {j}, patch {patch} at {origin} ({args.layer})",
         probability=prob,

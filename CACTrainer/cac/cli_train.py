@@ -99,6 +99,11 @@ def register(subparsers) -> None:
                    help="classifier readout: 0 = global average pooling (the paper; default, or --init's "
                    "setting); K > 0 = mean of the K largest of the fc's logits at Block6's locations "
                    "(multiple-instance pooling: a small deposit is not averaged away)")
+    p.add_argument("--residual-channel", action=argparse.BooleanOptionalAction, default=None,
+                   help="a second input channel: each frame minus the median of its cine's non-contrast "
+                   "frames, which removes what does not move (spine, ribs, sternal wires, field edges) and "
+                   "keeps what moves with the heart (default: off, or --init's setting; a frame-only --init "
+                   "model is widened with zero weights for it)")
     p.add_argument("--init", metavar="MODEL",
                    help="start from this model's weights (fine-tuning, e.g. the shipped default) "
                    "instead of a random initialisation; with --epochs 0 and --cv, the model is only "
@@ -154,6 +159,14 @@ def _config(args):
         raise CacError(f"--classifier-topk must be 0 or a positive integer, got {topk}")
     if topk:
         arch["classifier_topk"] = int(topk)
+    residual = getattr(args, "residual_channel", None)
+    if residual is None:
+        residual = init_arch.get("inputs") == "frame+residual"
+    elif not residual and init_arch.get("inputs") == "frame+residual":
+        raise CacError("--no-residual-channel: the --init model reads the residual channel; "
+                       "a channel cannot be taken away from it")
+    if residual:
+        arch.update(inputs="frame+residual", in_channels=2)
     config = recipe_config(name, epochs1=e1, epochs2=e2, batch_size=args.batch_size, lr1=args.lr1,
                            lr2=args.lr2, seed=args.seed, device=args.device, amp=not args.no_amp,
                            balanced=not args.no_balance, augment=not args.no_augment,

@@ -1,0 +1,138 @@
+"""The residual channel (background.py): the cine's static background, in training and in identify.
+
+The background is checked against numpy's own median of the frames as identify prepares them,
+a frame model widened with zero residual weights must give exactly its old probabilities, and
+with non-zero residual weights identify must feed the network what the documentation says.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from CACIdentifierLib.background import RESIDUAL_GAIN, cine_background, temporal_background, with_residual
+from CACIdentifierLib.errors import CacError
+from CACIdentifierLib.network import ResUNet18
+
+
+def test_background_keeps_what_stays_and_drops_what_moves():
+    rng = np.random.default_rng(0)
+    frames = np.full((9, 64, 64), 0.8, np.float32) + rng.normal(0, 0.01, (9, 64, 64)).astype(np.float32)
+    frames[:, 10:12, :] = 0.3  # a static wire
+    for k in range(9):
+        frames[k, 40:44, 4 + 6 * k:8 + 6 * k] = 0.4  # a deposit moving across the frame
+    bg = temporal_background(frames)
+    assert abs(float(bg[10:12].mean()) - 0.3) < 0.01
+    assert abs(float(bg[40:44].mean()) - 0.8) < 0.01
+    res = with_residual(frames[:, None], np.broadcast_to(bg, frames.shape)[:, None].copy())
+    assert res.shape == (9, 2, 64, 64)
+    # In the residual the deposit stands out of the wire's rows by far; in the frame it does not.
+    deposit = -res[4, 1, 40:44, 28:32].mean()
+    wire = np.abs(res[4, 1, 10:12]).mean()
+    assert deposit > 10 * wire and abs(deposit - RESIDUAL_GAIN * 0.4) < 0.05
+    with pytest.raises(ValueError):
+        temporal_background(frames[0])
+    with pytest.raises(ValueError):
+        with_residual(frames[:, None], frames[:, None, :32])
+    with pytest.raises(CacError):
+        cine_background(frames, [])
+
+
+def test_cine_background_equals_the_median_of_the_prepared_frames():
+    from CACIdentifierLib.patches import normalize_frame, prepare_frame
+
+    rng = np.random.default_rng(1)
+    frames = rng.integers(0, 4096, (6, 300, 260)).astype(np.uint16)  # not 512: resampled first
+    ks = [0, 2, 3]
+    expected = np.median([normalize_frame(prepare_frame(frames[k], (0.3, 0.3))[0]) for k in ks], axis=0)
+    np.testing.assert_allclose(cine_background(frames, ks + [2], (0.3, 0.3)), expected, atol=1e-6)
+
+
+def test_architecture_and_model_card_know_the_residual_inputs():
+    from CACIdentifierLib.modelio import default_metadata, validate_metadata
+
+    with pytest.raises(ValueError, match="in_channels 2"):
+        ResUNet18(inputs="frame+residual")
+    with pytest.raises(ValueError, match="inputs must be"):
+        ResUNet18(in_channels=2, inputs="residual")
+    arch = ResUNet18(in_channels=2, inputs="frame+residual", width=8, decoder_channels=[8] * 5).arch_dict()
+    assert arch["inputs"] == "frame+residual"
+    meta = dict(default_metadata(), architecture=arch)
+    assert validate_metadata(meta, "m")["architecture"]["inputs"] == "frame+residual"
+    for bad in (dict(arch, in_channels=1), dict(arch, inputs="motion")):
+        with pytest.raises(CacError, match="architecture.inputs"):
+            validate_metadata(dict(meta, architecture=bad), "m")
+
+
+def test_make_batch_residual_channel(tmp_path):
+    from CACIdentifierLib.patches import extract_patches
+    from CACTrainerLib import dataset as D
+
+    rng = np.random.default_rng(2)
+    n = 2
+    nc = rng.random((n, 512, 512)).astype(np.float16)
+    bg = rng.random((n, 512, 512)).astype(np.float16)
+    z = np.zeros((n, 512, 512), bool)
+    fs = D.FrameSet(nc, nc.copy(), z, z, np.zeros((n, 5), np.float32), np.full((n, 2), 0.3), np.arange(n),
+                    np.arange(n) + 5, np.zeros((n, 5), bool), bg, ["a", "a"], ["p", "p"])
+    ids = list(range(5, 10))
+    plain = D.make_batch(fs, ids)
+    b = D.make_batch(fs, ids, inputs="frame+residual")
+    assert b["nc"].shape == (5, 2, 256, 256) and b["c"].shape == (5, 2, 256, 256)
+    np.testing.assert_array_equal(b["nc"][:, 0], plain["nc"][:, 0])
+    x = extract_patches(nc[1].astype(np.float32))
+    np.testing.assert_allclose(b["nc"][:, 1], RESIDUAL_GAIN * (x - extract_patches(bg[1].astype(np.float32))), atol=1e-6)
+    # Augmented: the background goes through the frame's flips, gain, offset and gamma (not its noise), so a
+    # frame equal to its background keeps a residual of noise only.
+    same = D.FrameSet(nc, nc.copy(), z, z, np.zeros((n, 5), np.float32), np.full((n, 2), 0.3), np.arange(n),
+                      np.arange(n) + 5, np.zeros((n, 5), bool), nc.copy(), ["a", "a"], ["p", "p"])
+    aug = D.make_batch(same, ids * 4, np.random.default_rng(3), D.Augment(noise=0.0), inputs="frame+residual")
+    assert np.abs(aug["nc"][:, 1]).max() < 1e-5 and np.abs(aug["c"][:, 1]).max() < 1e-5
+    noisy = D.make_batch(same, ids * 4, np.random.default_rng(3), D.Augment(), inputs="frame+residual")
+    assert 0 < np.abs(noisy["nc"][:, 1]).std() < RESIDUAL_GAIN * 0.03
+
+
+@pytest.fixture(scope="module")
+def cine():
+    from CACTrainerLib.phantom import PhantomParams, generate_acquisition
+
+    return generate_acquisition(PhantomParams(n_frames=32), seed=7, patient=1, calcium_free=False).to_cine()
+
+
+def test_identify_feeds_the_residual_a_widened_model_starts_from(cine, tmp_path):
+    from CACIdentifierLib.inference import identify
+    from CACIdentifierLib.modelio import default_metadata, load_model, save_model
+    from CACIdentifierLib.patches import extract_patches, normalize_frame, prepare_frame
+    from CACTrainerLib.training import _load_initial_weights
+
+    torch.manual_seed(0)
+    arch = {"width": 8, "decoder_channels": [8] * 5}
+    frame = ResUNet18(**arch).eval()
+    path = tmp_path / "frame.safetensors"
+    save_model(path, frame, dict(default_metadata(), architecture=frame.arch_dict()), dtype=torch.float32)
+    wide = ResUNet18(**arch, in_channels=2, inputs="frame+residual")
+    _load_initial_weights(wide, path)
+    wide.eval()
+    meta = {"architecture": wide.arch_dict()}
+    a = identify(cine, load_model(path)[0], {}, use_autocast=False, workers=1)
+    b = identify(cine, wide, meta, sync=a.sync, use_autocast=False, workers=1)
+    # Zero weights on the new channel: the widened model computes what the frame model did.
+    np.testing.assert_allclose(a.patch_probabilities, b.patch_probabilities, atol=1e-5)
+    # Give the residual weight, and identify must feed what the docs say: the frame and the gain times
+    # the frame minus the median of the analysed non-contrast frames, prepared as the patches are.
+    with torch.no_grad():
+        for head in (wide.head_nc, wide.head_c):
+            head.conv1.weight[:, 1] = torch.randn_like(head.conv1.weight[:, 1])
+    c = identify(cine, wide, meta, sync=a.sync, use_autocast=False, workers=1)
+    assert np.abs(c.patch_probabilities - a.patch_probabilities).max() > 1e-3
+
+    def prepared(k):
+        return normalize_frame(prepare_frame(cine.frames[k], cine.spacing_mm)[0])
+
+    bg = extract_patches(np.median([prepared(k) for k in a.frames], axis=0))
+    for i in (0, len(a.frames) - 1):
+        x = [extract_patches(prepared(k)) for k in (a.frames[i], a.contrast_frames[i])]
+        nc, cc = (torch.from_numpy(np.stack([p, RESIDUAL_GAIN * (p - bg)], 1).astype(np.float32)) for p in x)
+        with torch.inference_mode():
+            expected = torch.sigmoid(wide.classify(nc, cc)).numpy()
+        np.testing.assert_allclose(c.patch_probabilities[i], expected, atol=1e-4)
