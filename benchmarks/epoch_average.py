@@ -62,7 +62,7 @@ def recompute_batchnorm(model, fs, batches: int = 40, batch_size: int = 32, seed
     ids = np.random.default_rng(seed).permutation(fs.n_patches)[:batches * batch_size]
     with torch.no_grad():
         for s in range(0, len(ids), batch_size):
-            b = dataset.make_batch(fs, ids[s:s + batch_size])
+            b = dataset.make_batch(fs, ids[s:s + batch_size], inputs=getattr(model, "inputs", "frame"))
             model.classify_features(model.encode(torch.from_numpy(b["nc"]), torch.from_numpy(b["c"])))
     return model.eval()
 

@@ -65,7 +65,7 @@ def patch_scores(model, fs, batch_size: int = 32) -> dict:
     locations = []
     with torch.no_grad():
         for s in range(0, n, batch_size):
-            b = dataset.make_batch(fs, np.arange(s, min(s + batch_size, n)))
+            b = dataset.make_batch(fs, np.arange(s, min(s + batch_size, n)), inputs=getattr(model, "inputs", "frame"))
             nc, c = torch.from_numpy(b["nc"]), torch.from_numpy(b["c"])
             feats = model.encode(nc, c)
             out["classifier_logit"][s:s + len(nc)] = model.classify_features(feats).float().numpy()

@@ -47,7 +47,7 @@ def main(argv=None) -> int:
     logits = np.zeros((len(TRANSFORMS), len(ids)), np.float32)
     with torch.no_grad():
         for s in range(0, len(ids), 32):
-            b = dataset.make_batch(fs, ids[s:s + 32])
+            b = dataset.make_batch(fs, ids[s:s + 32], inputs=getattr(model, "inputs", "frame"))
             nc, c = torch.from_numpy(b["nc"]), torch.from_numpy(b["c"])
             for t, (k, flipped) in enumerate(TRANSFORMS):
                 x, y = (nc.flip(-1), c.flip(-1)) if flipped else (nc, c)
