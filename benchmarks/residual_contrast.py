@@ -1,6 +1,7 @@
 """How well labelled calcium stands out in the frame and in the residual channel (background.py).
 
     python benchmarks/residual_contrast.py [--seed 3000] [--test 16] [--out residual_contrast.json] [--png FIG]
+                                           [--patch-auc]
 
 On the test fold of separability.py (phantom_pool ``--seed``, ``--test`` new patients, 40 %
 calcium-free, 6 frames each), for every frame with labelled calcium: the ring's mean minus the
@@ -9,6 +10,11 @@ outside the mask), in the normalised frame and in the frame minus each candidate
 cine's non-contrast frames (pixel-wise median, 75th and 90th percentile, maximum).  A larger ratio:
 the calcium is less hidden in its surroundings.  Prints the medians, writes OUT (JSON) and, with
 ``--png``, a figure of three deposits (frame, residual, background).
+
+With ``--patch-auc``, the patch-level question as well: the patch AUC of separability.py's
+dark-blob filter (no learning) on the frame, on the frame minus the median, and on the frame minus
+the median of the non-contrast frames each first shifted onto it by phase correlation (respiration
+and table pan compensated); slower (one registration per non-contrast frame per analysed frame).
 """
 
 from __future__ import annotations
@@ -49,12 +55,36 @@ def contrast_ratio(image: np.ndarray, mask: np.ndarray, ring=(2, 6)) -> float:
     return float((image[band].mean() - image[mask].mean()) / (image[band].std() + 1e-9))
 
 
+def blob_patch_maxima(image: np.ndarray) -> np.ndarray:
+    """(5,) the largest ``separability.dark_blob_score`` of each patch, ``separability.MARGIN`` px inside."""
+    from CACIdentifierLib.patches import PATCH_SIZE, patch_origins
+    from separability import MARGIN, dark_blob_score
+
+    s = dark_blob_score(image)
+    return np.array([s[r + MARGIN:r + PATCH_SIZE - MARGIN, c + MARGIN:c + PATCH_SIZE - MARGIN].max()
+                     for r, c in patch_origins()])
+
+
+def registered_median(frame: np.ndarray, stack: np.ndarray) -> np.ndarray:
+    """Median of ``stack``'s frames, each first shifted onto ``frame`` (phase correlation, smoothed copies)."""
+    from scipy import ndimage as ndi
+    from skimage.registration import phase_cross_correlation
+
+    ref = ndi.gaussian_filter(frame, 2)
+    moved = []
+    for g in stack:
+        shift, _, _ = phase_cross_correlation(ref, ndi.gaussian_filter(g, 2), upsample_factor=4, normalization=None)
+        moved.append(ndi.shift(g, shift, order=1, mode="nearest"))
+    return np.median(moved, axis=0)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seed", type=int, default=3000)
     ap.add_argument("--test", type=int, default=16)
     ap.add_argument("--out", default="residual_contrast.json")
     ap.add_argument("--png")
+    ap.add_argument("--patch-auc", action="store_true")
     args = ap.parse_args(argv)
 
     from CACIdentifierLib.patches import normalize_frame, prepare_frame
@@ -63,6 +93,8 @@ def main(argv=None) -> int:
 
     ratios = {"frame": [], **{k: [] for k in BACKGROUNDS}}
     examples = []
+    blob = {"frame": [], "median": [], "registered median": []}
+    labels = []
     for p in range(args.test):
         acq = pool_acquisition(args.seed, p, n_frames=64, calcium_free_fraction=0.4)
         name = patient_name(args.seed, p)
@@ -74,18 +106,29 @@ def main(argv=None) -> int:
         bgs = {k: f(stack) for k, f in BACKGROUNDS.items()}
         for i in range(len(fs)):
             mask = np.asarray(fs.calcium[i], bool)
-            if not mask.any():
-                continue
             frame = np.asarray(fs.nc[i], np.float32)
-            ratios["frame"].append(contrast_ratio(frame, mask))
-            for k, bg in bgs.items():
-                ratios[k].append(contrast_ratio(frame - bg, mask))
-            if len(examples) < 3 and i == 0:
+            if mask.any():
+                ratios["frame"].append(contrast_ratio(frame, mask))
+                for k, bg in bgs.items():
+                    ratios[k].append(contrast_ratio(frame - bg, mask))
+            if args.patch_auc:
+                for k, img in (("frame", frame), ("median", frame - bgs["median"]),
+                               ("registered median", frame - registered_median(frame, stack))):
+                    blob[k] += list(blob_patch_maxima(img))
+                labels += list(fs.labels[i] > 0.5)
+            if len(examples) < 3 and i == 0 and mask.any():
                 examples.append((frame, frame - bgs["median"], bgs["median"], mask))
         log(f"patient {p + 1}/{args.test}: {len(ratios['frame'])} calcified frames so far")
     medians = {k: float(np.median(v)) for k, v in ratios.items()}
     result = {"seed": args.seed, "test": args.test, "frames": len(ratios["frame"]), "median_ratio": medians,
               "ratios": ratios}
+    if args.patch_auc:
+        from CACIdentifierLib.metrics import roc_auc
+
+        y = np.asarray(labels)
+        result["dark_blob_patch_auc"] = {k: roc_auc(y, np.asarray(v)) for k, v in blob.items()}
+        log(f"dark-blob filter patch AUC ({y.size} patches, {int(y.sum())} positive): "
+            + ", ".join(f"{k} {v:.3f}" for k, v in result["dark_blob_patch_auc"].items()))
     Path(args.out).write_text(json.dumps(result, indent=1))
     print(f"| image (seed {args.seed}, {len(ratios['frame'])} calcified frames) | median (ring mean - calcium mean) / ring std |")
     print("|---|---|")
