@@ -136,3 +136,16 @@ def test_identify_feeds_the_residual_a_widened_model_starts_from(cine, tmp_path)
         with torch.inference_mode():
             expected = torch.sigmoid(wide.classify(nc, cc)).numpy()
         np.testing.assert_allclose(c.patch_probabilities[i], expected, atol=1e-4)
+
+
+def test_residual_contrast_benchmark_runs(tmp_path):
+    import json
+
+    from benchmark_scripts import load
+
+    out = tmp_path / "rc.json"
+    assert load("residual_contrast").main(["--test", "3", "--patch-auc", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["frames"] > 0 and set(result["median_ratio"]) == {"frame", "median", "p75", "p90", "max"}
+    assert set(result["dark_blob_patch_auc"]) == {"frame", "median", "registered median"}
+    assert all(0.0 <= v <= 1.0 for v in result["dark_blob_patch_auc"].values())  # both classes in 3 patients

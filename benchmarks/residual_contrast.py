@@ -119,7 +119,7 @@ def main(argv=None) -> int:
             if len(examples) < 3 and i == 0 and mask.any():
                 examples.append((frame, frame - bgs["median"], bgs["median"], mask))
         log(f"patient {p + 1}/{args.test}: {len(ratios['frame'])} calcified frames so far")
-    medians = {k: float(np.median(v)) for k, v in ratios.items()}
+    medians = {k: float(np.median(v)) if v else None for k, v in ratios.items()}
     result = {"seed": args.seed, "test": args.test, "frames": len(ratios["frame"]), "median_ratio": medians,
               "ratios": ratios}
     if args.patch_auc:
@@ -128,12 +128,13 @@ def main(argv=None) -> int:
         y = np.asarray(labels)
         result["dark_blob_patch_auc"] = {k: roc_auc(y, np.asarray(v)) for k, v in blob.items()}
         log(f"dark-blob filter patch AUC ({y.size} patches, {int(y.sum())} positive): "
-            + ", ".join(f"{k} {v:.3f}" for k, v in result["dark_blob_patch_auc"].items()))
+            + ", ".join(f"{k} {'n/a' if v is None else f'{v:.3f}'}" for k, v in result["dark_blob_patch_auc"].items()))
     Path(args.out).write_text(json.dumps(result, indent=1))
     print(f"| image (seed {args.seed}, {len(ratios['frame'])} calcified frames) | median (ring mean - calcium mean) / ring std |")
     print("|---|---|")
     for k, v in medians.items():
-        print(f"| {'frame' if k == 'frame' else 'frame - ' + k + ' of the non-contrast frames'} | {v:.2f} |")
+        print(f"| {'frame' if k == 'frame' else 'frame - ' + k + ' of the non-contrast frames'} | "
+              f"{'n/a' if v is None else f'{v:.2f}'} |")
     if args.png and examples:
         import matplotlib
 
