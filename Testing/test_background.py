@@ -64,7 +64,7 @@ def test_architecture_and_model_card_know_the_residual_inputs():
             validate_metadata(dict(meta, architecture=bad), "m")
 
 
-def test_make_batch_residual_channel(tmp_path):
+def test_make_batch_residual_channel():
     from CACIdentifierLib.patches import extract_patches
     from CACTrainerLib import dataset as D
 

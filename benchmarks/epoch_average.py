@@ -52,6 +52,7 @@ def average_weights(models):
 def recompute_batchnorm(model, fs, batches: int = 40, batch_size: int = 32, seed: int = 0):
     """BatchNorm running statistics of ``model`` re-estimated (cumulative mean) on patches of ``fs``."""
     import torch
+    from CACIdentifierLib.background import model_inputs
     from CACTrainerLib import dataset
 
     norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
@@ -62,7 +63,7 @@ def recompute_batchnorm(model, fs, batches: int = 40, batch_size: int = 32, seed
     ids = np.random.default_rng(seed).permutation(fs.n_patches)[:batches * batch_size]
     with torch.no_grad():
         for s in range(0, len(ids), batch_size):
-            b = dataset.make_batch(fs, ids[s:s + batch_size], inputs=getattr(model, "inputs", "frame"))
+            b = dataset.make_batch(fs, ids[s:s + batch_size], inputs=model_inputs(model))
             model.classify_features(model.encode(torch.from_numpy(b["nc"]), torch.from_numpy(b["c"])))
     return model.eval()
 

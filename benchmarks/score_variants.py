@@ -57,6 +57,7 @@ def patch_scores(model, fs, batch_size: int = 32) -> dict:
     # Not training.predict_patches: it keeps the ROI maps in float16, which ties the maxima of a
     # saturating decoder (the shipped default's decoder maximum AUC moved by 0.015 on a 2-patient fold).
     import torch
+    from CACIdentifierLib.background import model_inputs
     from CACTrainerLib import dataset
 
     model.eval()
@@ -65,7 +66,7 @@ def patch_scores(model, fs, batch_size: int = 32) -> dict:
     locations = []
     with torch.no_grad():
         for s in range(0, n, batch_size):
-            b = dataset.make_batch(fs, np.arange(s, min(s + batch_size, n)), inputs=getattr(model, "inputs", "frame"))
+            b = dataset.make_batch(fs, np.arange(s, min(s + batch_size, n)), inputs=model_inputs(model))
             nc, c = torch.from_numpy(b["nc"]), torch.from_numpy(b["c"])
             feats = model.encode(nc, c)
             out["classifier_logit"][s:s + len(nc)] = model.classify_features(feats).float().numpy()

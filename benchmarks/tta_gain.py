@@ -31,6 +31,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     import torch
+    from CACIdentifierLib.background import model_inputs
     from CACIdentifierLib.metrics import roc_auc
     from CACIdentifierLib.modelio import load_model
     from CACTrainerLib import dataset
@@ -47,7 +48,7 @@ def main(argv=None) -> int:
     logits = np.zeros((len(TRANSFORMS), len(ids)), np.float32)
     with torch.no_grad():
         for s in range(0, len(ids), 32):
-            b = dataset.make_batch(fs, ids[s:s + 32], inputs=getattr(model, "inputs", "frame"))
+            b = dataset.make_batch(fs, ids[s:s + 32], inputs=model_inputs(model))
             nc, c = torch.from_numpy(b["nc"]), torch.from_numpy(b["c"])
             for t, (k, flipped) in enumerate(TRANSFORMS):
                 x, y = (nc.flip(-1), c.flip(-1)) if flipped else (nc, c)

@@ -20,10 +20,18 @@ from __future__ import annotations
 
 import numpy as np
 
-#: Architecture value of the models that read the residual channel (``ResUNet18(inputs=...)``).
+#: The architecture's ``inputs`` values (``ResUNet18(inputs=...)``): the frame alone (the paper), or
+#: the frame and its residual.
+FRAME_ONLY = "frame"
 FRAME_AND_RESIDUAL = "frame+residual"
+INPUTS = (FRAME_ONLY, FRAME_AND_RESIDUAL)
 #: The residual is small in normalised units (calcium: a few hundredths); scaled to the frame's range.
 RESIDUAL_GAIN = 4.0
+
+
+def model_inputs(model) -> str:
+    """What a model's input channels are (``ResUNet18.inputs``), through a data-parallel wrapper."""
+    return getattr(getattr(model, "module", model), "inputs", FRAME_ONLY)
 
 
 def temporal_background(frames: np.ndarray) -> np.ndarray:

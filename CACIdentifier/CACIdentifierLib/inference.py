@@ -259,9 +259,9 @@ def identify(
 
     spacing = cine.spacing_mm
     background = None
-    if getattr(model, "inputs", "frame") == "frame+residual":
-        from .background import cine_background, with_residual
+    from .background import FRAME_AND_RESIDUAL, cine_background, model_inputs, with_residual
 
+    if model_inputs(model) == FRAME_AND_RESIDUAL:
         # The static background of the analysed non-contrast frames, as in training (dataset.py).
         background = extract_patches(cine_background(cine.frames, frames_nc, spacing))[:, None]
 

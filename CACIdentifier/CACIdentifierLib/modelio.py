@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 
 from . import __version__, refinement
+from .background import FRAME_AND_RESIDUAL, INPUTS
 from .errors import CacError, printable
 from .fileutil import atomic_output
 from .network import CLASSIFIER_THRESHOLD, ResUNet18
@@ -163,10 +164,10 @@ def validate_metadata(meta, source) -> dict:
         if key in arch and not isinstance(arch[key], bool):
             raise _bad(source, f"architecture.{key} is not true or false")
     if "inputs" in arch:
-        if arch["inputs"] not in ("frame", "frame+residual"):
+        if arch["inputs"] not in INPUTS:
             raise _bad(source, f"architecture.inputs is {printable(repr(arch['inputs']), 40)}, "
                                "expected 'frame' or 'frame+residual'")
-        if arch["inputs"] == "frame+residual" and arch.get("in_channels") != 2:
+        if arch["inputs"] == FRAME_AND_RESIDUAL and arch.get("in_channels") != 2:
             raise _bad(source, "architecture.inputs 'frame+residual' needs in_channels 2")
     if "refinement" in meta:
         refinement = _check_dict(meta["refinement"], "refinement", source)

@@ -67,6 +67,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .background import FRAME_AND_RESIDUAL, FRAME_ONLY, INPUTS
+
 # Patch probability at or above which the classifier calls a patch positive (gates its ROI).
 CLASSIFIER_THRESHOLD = 0.5
 DEFAULT_DECODER_CHANNELS = (128, 64, 32, 16, 16)  # light: see docs/network.md (speed)
@@ -215,7 +217,7 @@ class ResUNet18(nn.Module):
         zero_init_residual: bool = False,
         block1_pool: bool = True,
         classifier_topk: int = 0,
-        inputs: str = "frame",
+        inputs: str = FRAME_ONLY,
     ) -> None:
         super().__init__()
         decoder_channels = tuple(int(c) for c in decoder_channels)
@@ -225,9 +227,9 @@ class ResUNet18(nn.Module):
             raise ValueError("in_channels, width and blocks_per_stage must be positive")
         if isinstance(classifier_topk, bool) or int(classifier_topk) != classifier_topk or classifier_topk < 0:
             raise ValueError(f"classifier_topk must be 0 (global average) or a positive integer, got {classifier_topk!r}")
-        if inputs not in ("frame", "frame+residual"):
+        if inputs not in INPUTS:
             raise ValueError(f"inputs must be 'frame' or 'frame+residual', got {inputs!r}")
-        if inputs == "frame+residual" and in_channels != 2:
+        if inputs == FRAME_AND_RESIDUAL and in_channels != 2:
             raise ValueError(f"inputs 'frame+residual' needs in_channels 2, got {in_channels}")
         self.in_channels = int(in_channels)
         self.inputs = str(inputs)

@@ -38,6 +38,7 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
+from CACIdentifierLib.background import FRAME_AND_RESIDUAL, FRAME_ONLY, cine_background, with_residual
 from CACIdentifierLib.errors import CacError
 from CACIdentifierLib.patches import FRAME_SIZE as FRAME  # the sizes' one home
 from CACIdentifierLib.patches import PATCH_SIZE as PATCH
@@ -253,13 +254,10 @@ def frames_from_arrays(frames: np.ndarray, majority: np.ndarray, *, frame_time_m
         if metal is not None:
             has_metal[i] = _patches_touching(metal[k_nc], origins)
     sp = np.full((n, 2), np.nan) if spacing512 is None else np.tile(np.asarray(spacing512, float), (n, 1))
-    from CACIdentifierLib.background import cine_background
-
     bg = cine_background(frames, [p[0] for p in pairs], spacing_mm)
     return FrameSet(nc, c, cal, roi, labels, sp, np.array([p[0] for p in chosen], int),
                     np.array([p[1] for p in chosen], int), has_metal,
                     np.broadcast_to(bg.astype(np.float16), (n, FRAME, FRAME)).copy(), [acquisition] * n, [patient] * n)
-
 
 
 def _truth_onset(truth: dict) -> int | None:
@@ -463,7 +461,7 @@ def epoch_indices(labels: np.ndarray, rng: np.random.Generator, *, balanced: boo
 def make_batch(fs: FrameSet, ids: Sequence[int], rng: np.random.Generator | None = None,
                augment: Augment | None = None, *, with_dist: bool = False,
                min_deposit_fraction: float = targets.DEFAULT_MIN_DEPOSIT_FRACTION,
-               inputs: str = "frame") -> dict:
+               inputs: str = FRAME_ONLY) -> dict:
     """Cut the patches ``ids`` (frame ``id // 5``, patch ``id % 5``) into arrays ready for torch.
 
     Returns a dict of float32 arrays: ``nc``, ``c`` (B, 1, 256, 256; with ``inputs``
@@ -473,11 +471,10 @@ def make_batch(fs: FrameSet, ids: Sequence[int], rng: np.random.Generator | None
     (B, 1, 256, 256, pixels).  Without ``augment`` the patches are exactly those of inference.
     """
     from CACIdentifierLib import patches
-    from CACIdentifierLib.background import with_residual
 
     from .losses import signed_distance_map
 
-    residual = inputs == "frame+residual"
+    residual = inputs == FRAME_AND_RESIDUAL
     origins = patches.patch_origins(FRAME, FRAME)
     b = len(ids)
     nc = np.empty((b, 1, PATCH, PATCH), np.float32)

@@ -44,6 +44,7 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+from CACIdentifierLib.background import FRAME_AND_RESIDUAL, FRAME_ONLY, model_inputs
 from CACIdentifierLib.errors import CacError
 from CACIdentifierLib.fileutil import atomic_output
 from CACIdentifierLib.network import CLASSIFIER_THRESHOLD
@@ -224,11 +225,6 @@ class PatchPredictions(NamedTuple):
     probs: np.ndarray  # (F*5,) classifier probabilities
     rois: np.ndarray | None  # (F*5, 256, 256) float16 ROI probabilities, with ``decode``
     features: np.ndarray | None  # (F*5, C) Block6 features averaged over each patch, with ``return_features``
-
-
-def model_inputs(model) -> str:
-    """What a model's input channels are (``ResUNet18.inputs``), through a data-parallel wrapper."""
-    return getattr(getattr(model, "module", model), "inputs", "frame")
 
 
 @torch.no_grad()
@@ -457,7 +453,7 @@ class BatchSource(torch.utils.data.Dataset):
                                      *self.key_tail])
         return dataset.make_batch(self.fs, self.batches[i], rng, self.augment, with_dist=(self.stage == 2),
                                   min_deposit_fraction=self.config.min_deposit_fraction,
-                                  inputs=self.config.architecture.get("inputs", "frame"))
+                                  inputs=self.config.architecture.get("inputs", FRAME_ONLY))
 
     def iterate(self, device):
         if self.config.workers <= 0:
@@ -615,7 +611,7 @@ def _load_initial_weights(model, path) -> None:
         return {k: v for k, v in arch.items() if k not in ("block1_pool", "classifier_topk", "inputs", "in_channels")}
 
     a, b = init.arch_dict(), model.arch_dict()
-    widen = (a["inputs"], a["in_channels"], b["inputs"]) == ("frame", 1, "frame+residual")
+    widen = (a["inputs"], a["in_channels"], b["inputs"]) == (FRAME_ONLY, 1, FRAME_AND_RESIDUAL)
     if shapes(a) != shapes(b) or (a["in_channels"] != b["in_channels"] and not widen):
         raise CacError(f"--init {path} has architecture {a}, this run {b}; "
                        "use the same --width or another model")

@@ -136,7 +136,9 @@ def run_gradcam(args) -> int:
     for name, k in (("--frame", args.frame), ("--contrast-frame", args.contrast_frame)):
         if k is not None and not 0 <= k < cine.n_frames:
             raise CacError(f"{name} {k} is outside the cine's frames 0-{cine.n_frames - 1}")
-    residual = getattr(model, "inputs", "frame") == "frame+residual"
+    from CACIdentifierLib.background import FRAME_AND_RESIDUAL, cine_background, model_inputs, with_residual
+
+    residual = model_inputs(model) == FRAME_AND_RESIDUAL
     sync = None
     if args.contrast_frame is None or residual:
         from CACIdentifierLib.sync import synchronize_cine
@@ -149,8 +151,6 @@ def run_gradcam(args) -> int:
         pair.append(extract_patches(normalize_frame(f512))[:, None])
     if residual:
         # The model reads each patch with its residual against the cine's static background, as identify does.
-        from CACIdentifierLib.background import cine_background, with_residual
-
         bg = extract_patches(cine_background(cine.frames, [int(p[0]) for p in sync.pairs] or [args.frame],
                                              cine.spacing_mm))[:, None]
         pair = [with_residual(x, bg) for x in pair]

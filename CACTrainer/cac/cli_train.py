@@ -159,14 +159,16 @@ def _config(args):
         raise CacError(f"--classifier-topk must be 0 or a positive integer, got {topk}")
     if topk:
         arch["classifier_topk"] = int(topk)
+    from CACIdentifierLib.background import FRAME_AND_RESIDUAL
+
     residual = getattr(args, "residual_channel", None)
     if residual is None:
-        residual = init_arch.get("inputs") == "frame+residual"
-    elif not residual and init_arch.get("inputs") == "frame+residual":
+        residual = init_arch.get("inputs") == FRAME_AND_RESIDUAL
+    elif not residual and init_arch.get("inputs") == FRAME_AND_RESIDUAL:
         raise CacError("--no-residual-channel: the --init model reads the residual channel; "
                        "a channel cannot be taken away from it")
     if residual:
-        arch.update(inputs="frame+residual", in_channels=2)
+        arch.update(inputs=FRAME_AND_RESIDUAL, in_channels=2)
     config = recipe_config(name, epochs1=e1, epochs2=e2, batch_size=args.batch_size, lr1=args.lr1,
                            lr2=args.lr2, seed=args.seed, device=args.device, amp=not args.no_amp,
                            balanced=not args.no_balance, augment=not args.no_augment,
