@@ -92,6 +92,30 @@ def test_make_batch_residual_channel():
     assert 0 < np.abs(noisy["nc"][:, 1]).std() < RESIDUAL_GAIN * 0.03
 
 
+
+def test_frame_only_training_sets_skip_the_background():
+    """background=False (what frame-only training builds): the same frames, no background, clear errors."""
+    from CACTrainerLib import dataset as D
+    from CACTrainerLib.phantom import PhantomParams, generate_acquisition
+
+    acq = generate_acquisition(PhantomParams(n_frames=40, rows=128, cols=128), seed=5, patient=0, calcium_free=False)
+    kw = dict(acquisition="A", patient="P", frames_per_acquisition=3)
+    full = D.frames_from_acquisition(acq, **kw)
+    lean = D.frames_from_acquisition(acq, background=False, **kw)
+    assert full.has_background and not lean.has_background
+    assert lean.background.shape == (len(lean), 0, 0) and lean.background.nbytes == 0
+    for k in D.FrameSet.array_fields()[:-1]:
+        np.testing.assert_array_equal(getattr(lean, k), getattr(full, k), err_msg=k)
+    # subset and concat keep "no background"; mixing the two kinds is refused by name
+    both = D.FrameSet.concat([lean, lean.subset([0])])
+    assert not both.has_background and len(both) == len(lean) + 1
+    with pytest.raises(ValueError, match="background"):
+        D.FrameSet.concat([lean, full])
+    np.testing.assert_array_equal(D.make_batch(lean, [0, 7])["nc"], D.make_batch(full, [0, 7])["nc"])
+    with pytest.raises(ValueError, match="background=True"):
+        D.make_batch(lean, [0, 7], inputs="frame+residual")
+
+
 @pytest.fixture(scope="module")
 def cine():
     from CACTrainerLib.phantom import PhantomParams, generate_acquisition
@@ -149,3 +173,12 @@ def test_residual_contrast_benchmark_runs(tmp_path):
     assert result["frames"] > 0 and set(result["median_ratio"]) == {"frame", "median", "p75", "p90", "max"}
     assert set(result["dark_blob_patch_auc"]) == {"frame", "median", "registered median"}
     assert all(0.0 <= v <= 1.0 for v in result["dark_blob_patch_auc"].values())  # both classes in 3 patients
+
+
+def test_background_cost_benchmark_runs(capsys):
+    from benchmark_scripts import load
+
+    assert load("bench_background").main(["--patients", "1"]) == 0
+    out = capsys.readouterr().out
+    # the memory ratio is arithmetic on the dtypes (a 0.5 MiB float16 background over 1.5 MiB of the rest)
+    assert "memory 1.33" in out and "ratio with/without" in out

@@ -78,6 +78,21 @@ def test_cac_calibrate_writes_a_calibrated_model_and_identify_uses_it(setup, cap
     assert identify(cine, model, {k: v for k, v in meta.items() if k != "feature_statistics"}).ood_scores is None
 
 
+def test_cac_calibrate_builds_the_background_a_residual_model_reads(setup, capsys):
+    # Frame-only models are calibrated on sets without the cine background (memory); a residual
+    # model's set must carry it, or make_batch refuses.
+    torch.manual_seed(1)
+    src, out = setup / "res.safetensors", setup / "res_cal.safetensors"
+    save_model(src, ResUNet18(in_channels=2, inputs="frame+residual", **SMALL), {"classifier_threshold": 0.5},
+               dtype=None)
+    code = main(["calibrate", str(src), "--dataset", str(setup / "ds"), "--out", str(out), "--json"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert json.loads(captured.out)["calibration"]["method"] == "platt"
+    _, meta = load_model(out)
+    assert meta["architecture"]["inputs"] == "frame+residual"
+
+
 class _Frames:
     """The two FrameSet fields frame_detection_curve reads."""
 

@@ -69,9 +69,11 @@ class FrameSet:
         The patch holds dense metal that is not calcium (sternal wires, clips, stents), from a
         phantom's truth; False where unknown (real data).  Steers the hard-negative draw
         (``TrainConfig.metal_negative_weight``) and the failure analysis (benchmarks/difficulty.py).
-    background : (F, 512, 512) float16
+    background : (F, 512, 512) float16, or (F, 0, 0) when not built
         The static background of the frame's cine (:func:`CACIdentifierLib.background.temporal_background`
         of its paired non-contrast frames): the residual channel of ``frame+residual`` models.
+        Frame-only training builds sets without it (``background=False``): a third less memory
+        and no median per cine.
     acquisition, patient : list of str (F,)
     """
 
@@ -90,6 +92,11 @@ class FrameSet:
 
     def __len__(self) -> int:
         return int(self.nc.shape[0])
+
+    @property
+    def has_background(self) -> bool:
+        """Whether the set carries its cines' backgrounds (needed by ``frame+residual`` models)."""
+        return self.background.shape[1:] == self.nc.shape[1:]
 
     @classmethod
     def array_fields(cls) -> tuple[str, ...]:
@@ -135,6 +142,9 @@ class FrameSet:
         sets = [s for s in sets if len(s)]
         if not sets:
             raise CacError("no training frames: the dataset has no non-contrast frames with a contrast pair")
+        if len({s.has_background for s in sets}) > 1:
+            raise ValueError("FrameSet.concat: some sets carry the cine background and some do not; "
+                             "build them all with the same background= setting")
         return FrameSet(
             *(np.concatenate([getattr(s, k) for s in sets]) for k in FrameSet.array_fields()),
             [a for s in sets for a in s.acquisition], [p for s in sets for p in s.patient],
@@ -189,7 +199,7 @@ def choose_frames(pairs: Sequence[Sequence[int]], n: int | None) -> list[tuple[i
 def frames_from_arrays(frames: np.ndarray, majority: np.ndarray, *, frame_time_ms: float | None,
                        spacing_mm=None, onset: int | None = None, pairs=None,
                        frames_per_acquisition: int | None = 8, acquisition: str = "", patient: str = "",
-                       metal: np.ndarray | None = None,
+                       metal: np.ndarray | None = None, background: bool = True,
                        roi_iterations: int = targets.DEFAULT_ITERATIONS,
                        roi_step_px: int = targets.DEFAULT_STEP_PX,
                        min_deposit_fraction: float = targets.DEFAULT_MIN_DEPOSIT_FRACTION) -> FrameSet:
@@ -214,6 +224,9 @@ def frames_from_arrays(frames: np.ndarray, majority: np.ndarray, *, frame_time_m
     metal : (N, rows, cols) bool or None
         Footprint of dense metal per frame (a phantom's truth); a patch touching it is flagged
         in ``FrameSet.metal``.  None: no metal known.
+    background : bool
+        Build ``FrameSet.background`` (the cine's static background, for ``frame+residual``
+        models); False leaves it empty, (F, 0, 0).
     """
     from CACIdentifierLib import patches
 
@@ -254,10 +267,13 @@ def frames_from_arrays(frames: np.ndarray, majority: np.ndarray, *, frame_time_m
         if metal is not None:
             has_metal[i] = _patches_touching(metal[k_nc], origins)
     sp = np.full((n, 2), np.nan) if spacing512 is None else np.tile(np.asarray(spacing512, float), (n, 1))
-    bg = cine_background(frames, [p[0] for p in pairs], spacing_mm)
+    if background:
+        bg = np.broadcast_to(cine_background(frames, [p[0] for p in pairs], spacing_mm).astype(np.float16),
+                             (n, FRAME, FRAME)).copy()
+    else:
+        bg = np.zeros((n, 0, 0), np.float16)
     return FrameSet(nc, c, cal, roi, labels, sp, np.array([p[0] for p in chosen], int),
-                    np.array([p[1] for p in chosen], int), has_metal,
-                    np.broadcast_to(bg.astype(np.float16), (n, FRAME, FRAME)).copy(), [acquisition] * n, [patient] * n)
+                    np.array([p[1] for p in chosen], int), has_metal, bg, [acquisition] * n, [patient] * n)
 
 
 def _truth_onset(truth: dict) -> int | None:
@@ -475,6 +491,9 @@ def make_batch(fs: FrameSet, ids: Sequence[int], rng: np.random.Generator | None
     from .losses import signed_distance_map
 
     residual = inputs == FRAME_AND_RESIDUAL
+    if residual and not fs.has_background:
+        raise ValueError("this training set was built without the cine backgrounds that a frame+residual model "
+                       "reads; build it with background=True")
     origins = patches.patch_origins(FRAME, FRAME)
     b = len(ids)
     nc = np.empty((b, 1, PATCH, PATCH), np.float32)

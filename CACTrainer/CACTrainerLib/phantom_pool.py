@@ -55,7 +55,7 @@ def pool_acquisition(seed: int, patient: int, *, n_frames: int = 64, size: int |
 
 
 def _one(args) -> object:
-    seed, patient, n_frames, fpa, size, calcium_free_fraction = args
+    seed, patient, n_frames, fpa, size, calcium_free_fraction, background = args
     from . import dataset
 
     acq = pool_acquisition(seed, patient, n_frames=n_frames, size=size, calcium_free_fraction=calcium_free_fraction)
@@ -63,7 +63,8 @@ def _one(args) -> object:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", CacWarning)
         name = patient_name(seed, patient)
-        fs = dataset.frames_from_acquisition(acq, acquisition=name, patient=name, frames_per_acquisition=fpa)
+        fs = dataset.frames_from_acquisition(acq, acquisition=name, patient=name, frames_per_acquisition=fpa,
+                                             background=background)
     return fs, len(caught) > 0
 
 
@@ -73,7 +74,8 @@ def patient_name(seed: int, patient: int) -> str:
 
 
 def _generate(patients, *, seed: int, n_frames: int, frames_per_acquisition: int, size: int | None,
-              calcium_free_fraction: float, workers: int | None, progress: ProgressCallback) -> list:
+              calcium_free_fraction: float, workers: int | None, progress: ProgressCallback,
+              background: bool = True) -> list:
     """FrameSets of the numbered ``patients`` (in their order), on ``workers`` processes.
 
     In a data-parallel run every rank needs every patient: each rank generates its share
@@ -90,13 +92,14 @@ def _generate(patients, *, seed: int, n_frames: int, frames_per_acquisition: int
             workers = max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", ctx.world)))
         made = _generate_here(mine, seed=seed, n_frames=n_frames, frames_per_acquisition=frames_per_acquisition,
                               size=size, calcium_free_fraction=calcium_free_fraction, workers=workers,
-                              progress=progress)
+                              progress=progress, background=background)
         shared = ctx.exchange({p: _pack(fs, w) for p, (fs, w) in zip(mine, made)}, owners)
         sets = [_unpack(*shared[int(p)]) for p in patients]  # the caller's order (and repeats)
         _warn_periodicity(sum(info["warned"] for _, info in shared.values()), len(sets))
         return [fs for fs, _ in sets]
     made = _generate_here(patients, seed=seed, n_frames=n_frames, frames_per_acquisition=frames_per_acquisition,
-                          size=size, calcium_free_fraction=calcium_free_fraction, workers=workers, progress=progress)
+                          size=size, calcium_free_fraction=calcium_free_fraction, workers=workers, progress=progress,
+                          background=background)
     _warn_periodicity(sum(w for _, w in made), len(made))
     return [fs for fs, _ in made]
 
@@ -122,9 +125,11 @@ def _warn_periodicity(warned: int, n: int) -> None:
 
 
 def _generate_here(patients, *, seed: int, n_frames: int, frames_per_acquisition: int, size: int | None,
-                   calcium_free_fraction: float, workers: int | None, progress: ProgressCallback) -> list:
+                   calcium_free_fraction: float, workers: int | None, progress: ProgressCallback,
+                   background: bool = True) -> list:
     """``(FrameSet, warned)`` of each of the numbered ``patients``, generated in this process's workers."""
-    jobs = [(seed, int(p), n_frames, frames_per_acquisition, size, calcium_free_fraction) for p in patients]
+    jobs = [(seed, int(p), n_frames, frames_per_acquisition, size, calcium_free_fraction, bool(background))
+            for p in patients]
     if not jobs:
         return []
     workers = max(1, min(len(jobs), int(workers or os.cpu_count() or 1)))
@@ -145,7 +150,8 @@ def _generate_here(patients, *, seed: int, n_frames: int, frames_per_acquisition
 
 def phantom_pool(n_patients: int, *, seed: int = 0, first_patient: int = 0, n_frames: int = 64,
                  frames_per_acquisition: int = 6, size: int | None = None, calcium_free_fraction: float = 0.3,
-                 workers: int | None = None, progress: ProgressCallback = no_progress, patients=None):
+                 workers: int | None = None, progress: ProgressCallback = no_progress, patients=None,
+                 background: bool = True):
     """Training frames of ``n_patients`` new randomised phantom patients (one acquisition each).
 
     Parameters
@@ -163,6 +169,9 @@ def phantom_pool(n_patients: int, *, seed: int = 0, first_patient: int = 0, n_fr
         Processes (None: all cores).
     patients : sequence of int, optional
         These patient numbers instead of the range (``n_patients`` and ``first_patient`` are then ignored).
+    background : bool
+        Keep each cine's static background (``FrameSet.background``), which only ``frame+residual``
+        models read; False saves its memory and time.
 
     Returns
     -------
@@ -173,7 +182,7 @@ def phantom_pool(n_patients: int, *, seed: int = 0, first_patient: int = 0, n_fr
     ids = list(patients) if patients is not None else [first_patient + i for i in range(int(n_patients))]
     return FrameSet.concat(_generate(ids, seed=seed, n_frames=n_frames, frames_per_acquisition=frames_per_acquisition,
                                      size=size, calcium_free_fraction=calcium_free_fraction, workers=workers,
-                                     progress=progress))
+                                     progress=progress, background=background))
 
 
 class PatientStream:
@@ -197,7 +206,7 @@ class PatientStream:
 
     def __init__(self, patients, refresh: int, *, next_patient: int, seed: int, n_frames: int = 64,
                  frames_per_acquisition: int = 6, size: int | None = None, calcium_free_fraction: float = 0.3,
-                 workers: int | None = None, progress: ProgressCallback = no_progress):
+                 workers: int | None = None, progress: ProgressCallback = no_progress, background: bool = True):
         self.start = [int(p) for p in patients]
         if not self.start:
             raise ValueError("PatientStream needs at least one patient")
@@ -205,7 +214,7 @@ class PatientStream:
             raise ValueError("next_patient must follow every starting patient (new patients are never reused ones)")
         self.refresh, self.next_patient, self.seed = int(refresh), int(next_patient), int(seed)
         self._kw = dict(n_frames=n_frames, frames_per_acquisition=frames_per_acquisition, size=size,
-                        calcium_free_fraction=calcium_free_fraction, workers=workers)
+                        calcium_free_fraction=calcium_free_fraction, workers=workers, background=background)
         self.progress = progress
         self._cache: dict = {}
 

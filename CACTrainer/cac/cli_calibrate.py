@@ -64,7 +64,10 @@ def run(args) -> int:
     if args.sensitivity is not None and not 0.0 < args.sensitivity <= 1.0:
         raise CacError(f"--sensitivity {args.sensitivity} must be a share in (0, 1], e.g. 0.9")
     island_sizes = parse_island_sizes(args.island_sizes)
-    read_metadata(args.model)  # a bad model fails here, before the data are read
+    from CACIdentifierLib.background import FRAME_AND_RESIDUAL
+
+    meta = read_metadata(args.model)  # a bad model fails here, before the data are read
+    background = (meta.get("architecture") or {}).get("inputs") == FRAME_AND_RESIDUAL  # only residual models read it
     progress = terminal_progress()
     if args.phantom_pool is not None:
         if not 1 <= args.phantom_pool <= 10000:
@@ -72,12 +75,13 @@ def run(args) -> int:
         from CACTrainerLib.phantom_pool import phantom_pool
 
         fs = phantom_pool(args.phantom_pool, seed=2000 + args.seed, frames_per_acquisition=args.frames_per_acquisition,
-                          progress=progress)
+                          progress=progress, background=background)
         data = f"phantom_pool seed {2000 + args.seed}, {args.phantom_pool} patients x {args.frames_per_acquisition} frames"
     else:
         from CACTrainerLib.dataset import build_frameset
 
-        fs = build_frameset(Path(args.dataset), frames_per_acquisition=args.frames_per_acquisition, progress=progress)
+        fs = build_frameset(Path(args.dataset), frames_per_acquisition=args.frames_per_acquisition, progress=progress,
+                            background=background)
         data = f"dataset {Path(args.dataset).name}, {len(fs)} frames"
     from CACTrainerLib.calibrate import calibrate_file
 

@@ -364,7 +364,7 @@ def _run(args, ctx) -> int:
             check_writable(path, args.overwrite)
     if refresh:
         return _train_stream(dataset, args, config, out, emit, progress)
-    fs = _load(dataset, args, progress)
+    fs = _load(dataset, args, progress, background=_needs_background(config))
     if args.cv == "none":
         return _train_final(fs, dataset, args, config, out, emit, progress)
     folds = crossval.make_folds(fs, args.cv)
@@ -394,7 +394,14 @@ def _run(args, ctx) -> int:
     return 0
 
 
-def _load(dataset: Path, args, progress):
+def _needs_background(config) -> bool:
+    """Whether the model reads the residual channel, so its training frames need their cines' backgrounds."""
+    from CACIdentifierLib.background import FRAME_AND_RESIDUAL
+
+    return dict(config.architecture or {}).get("inputs") == FRAME_AND_RESIDUAL
+
+
+def _load(dataset: Path, args, progress, *, background: bool = True):
     from CACTrainerLib.dataset import build_frameset
 
     if getattr(args, "phantom_pool", None):
@@ -402,10 +409,10 @@ def _load(dataset: Path, args, progress):
 
         fpa = args.frames_per_acquisition or 6
         return phantom_pool(args.phantom_pool, seed=1000 + args.seed, frames_per_acquisition=fpa,
-                            progress=progress)
+                            progress=progress, background=background)
 
     fpa = args.frames_per_acquisition or None
-    return build_frameset(dataset, frames_per_acquisition=fpa, progress=progress)
+    return build_frameset(dataset, frames_per_acquisition=fpa, progress=progress, background=background)
 
 
 def _train_stream(dataset: Path, args, config, out: Path, emit, progress) -> int:
@@ -420,10 +427,12 @@ def _train_stream(dataset: Path, args, config, out: Path, emit, progress) -> int
     if not train_ids:
         raise CacError("--phantom-pool: no training patients left after the validation split; give more patients")
     fpa = args.frames_per_acquisition or 6
-    val_set = (phantom_pool(0, patients=val_ids, seed=seed, frames_per_acquisition=fpa, progress=progress)
+    bg = _needs_background(config)
+    val_set = (phantom_pool(0, patients=val_ids, seed=seed, frames_per_acquisition=fpa, progress=progress,
+                            background=bg)
                if val_ids else None)  # --val-fraction 0: no checkpoint selection, the last epoch is kept
     stream = PatientStream(train_ids, args.refresh_patients, next_patient=n, seed=seed,
-                           frames_per_acquisition=fpa, progress=progress)
+                           frames_per_acquisition=fpa, progress=progress, background=bg)
     return _train_final(None, dataset, args, config, out, emit, progress, val_set=val_set, stream=stream)
 
 
