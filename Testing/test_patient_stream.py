@@ -165,3 +165,26 @@ def test_cli_trains_on_a_phantom_stream(tmp_path, capsys):
     # 3 training patients in the first window, one new one for each of the two later epochs; 1 validation
     assert data["train"] == {"patients": 5, "window_patients": 3, "refresh_patients": 1}
     assert data["val"]["patients"] == 1 and card["training"]["config"]["refresh_patients"] == 1
+
+
+def test_prefetch_gives_the_same_window_and_ends_its_workers():
+    kw = dict(refresh=1, next_patient=2, seed=3, n_frames=24, frames_per_acquisition=2, size=128, workers=1)
+    plain = PP.PatientStream([0, 1], **kw)
+    s = PP.PatientStream([0, 1], **kw)
+    s(0)
+    assert s.prefetch(1) and not s.prefetch(1)  # one prefetch at a time
+    pool = s._pending[1]
+    got, want = s(1), plain(1)
+    assert s._pending is None and pool._state != "RUN"  # collected and its workers ended
+    assert got.patient == want.patient
+    for k in D.FrameSet.array_fields():
+        np.testing.assert_array_equal(getattr(got, k), getattr(want, k), err_msg=k)
+    assert not s.prefetch(1)  # nothing left to generate for a window already here
+    # A prefetch for another window is dropped, not mixed in; close() ends one still running.
+    assert s.prefetch(5)
+    fs2 = s(2)
+    assert s._pending is None and sorted(s._cache) == [2, 3] and len(fs2) == len(plain(2))
+    assert s.prefetch(3)
+    pool = s._pending[1]
+    s.close()
+    assert s._pending is None and pool._state != "RUN"

@@ -36,6 +36,16 @@ def _ignore_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+def _background_worker() -> None:
+    # A prefetching worker runs beside training: at a lower priority it takes only the cores that
+    # training leaves idle, instead of slowing the steps it overlaps.
+    _ignore_sigint()
+    try:
+        os.nice(10)
+    except OSError:
+        pass
+
+
 def pool_acquisition(seed: int, patient: int, *, n_frames: int = 64, size: int | None = None,
                      calcium_free_fraction: float = 0.3):
     """The cine of pool patient ``patient`` of ``seed``, with its truth (``phantom.Acquisition``).
@@ -195,7 +205,13 @@ class PatientStream:
     every patient still serves ``len(patients) / refresh`` epochs (a generated cine
     costs about as much as training on its patches ~1-2 times).  A window depends
     only on the epoch, so ``--resume`` regenerates exactly the window it stopped in.
-    Only the current window is kept in memory.
+    Only the current window is kept in memory (and, after :meth:`prefetch`, the next
+    window's new patients).
+
+    :meth:`prefetch` starts generating the next window's new patients in worker
+    processes of lower priority while the current epoch trains, so the epoch after
+    it waits only for what is not done yet; the frames are the same as without it.
+    Call :meth:`close` when done (it ends unfinished workers).
 
     Examples
     --------
@@ -206,7 +222,8 @@ class PatientStream:
 
     def __init__(self, patients, refresh: int, *, next_patient: int, seed: int, n_frames: int = 64,
                  frames_per_acquisition: int = 6, size: int | None = None, calcium_free_fraction: float = 0.3,
-                 workers: int | None = None, progress: ProgressCallback = no_progress, background: bool = True):
+                 workers: int | None = None, progress: ProgressCallback = no_progress, background: bool = True,
+                 ahead: bool = True):
         self.start = [int(p) for p in patients]
         if not self.start:
             raise ValueError("PatientStream needs at least one patient")
@@ -217,6 +234,8 @@ class PatientStream:
                         calcium_free_fraction=calcium_free_fraction, workers=workers, background=background)
         self.progress = progress
         self._cache: dict = {}
+        self.ahead = bool(ahead)  # False: prefetch() does nothing (every window is generated when asked for)
+        self._pending = None  # (patient numbers, multiprocessing.Pool, AsyncResult) of a prefetch
 
     def patients(self, epoch: int) -> list:
         """Patient numbers of epoch ``epoch``'s window."""
@@ -232,12 +251,63 @@ class PatientStream:
         from .dataset import FrameSet
 
         ids = self.patients(epoch)
+        self._collect(ids)
         missing = [p for p in ids if p not in self._cache]
         if missing:
             for p, fs in zip(missing, _generate(missing, seed=self.seed, progress=self.progress, **self._kw)):
                 self._cache[p] = fs
         self._cache = {p: self._cache[p] for p in ids}  # only the window stays in memory
         return FrameSet.concat([self._cache[p] for p in ids])
+
+    def prefetch(self, epoch: int) -> bool:
+        """Start generating the patients of epoch ``epoch``'s window not generated yet, in the background.
+
+        Returns whether anything was started.  Nothing is started with ``ahead=False``, in a
+        data-parallel run (the ranks exchange patients collectively, in step) or when every
+        patient is already generated.
+        """
+        from . import distributed
+
+        ctx = distributed.current()
+        if not self.ahead or self._pending is not None or (ctx is not None and ctx.world > 1):
+            return False
+        missing = [p for p in self.patients(epoch) if p not in self._cache]
+        if not missing:
+            return False
+        kw = self._kw
+        jobs = [(self.seed, int(p), kw["n_frames"], kw["frames_per_acquisition"], kw["size"],
+                 kw["calcium_free_fraction"], bool(kw["background"])) for p in missing]
+        workers = max(1, min(len(jobs), int(kw["workers"] or os.cpu_count() or 1)))
+        pool = multiprocessing.Pool(workers, initializer=_background_worker)
+        self._pending = (missing, pool, pool.map_async(_one, jobs, chunksize=1))
+        return True
+
+    def _collect(self, ids) -> None:
+        """Take a prefetch's patients into the cache (waiting for them) if this window needs them."""
+        if self._pending is None:
+            return
+        patients, pool, result = self._pending
+        if not set(patients) & set(ids):
+            self.close()  # a prefetch for another window (not what training asks for): drop it
+            return
+        try:
+            made = result.get()
+        finally:
+            self._pending = None
+            pool.terminate()
+            pool.join()
+        for p, (fs, _) in zip(patients, made):
+            self._cache[p] = fs
+        _warn_periodicity(sum(w for _, w in made), len(made))
+        self.progress(len(made), len(made), "phantom pool")
+
+    def close(self) -> None:
+        """End a prefetch still running (its patients are dropped)."""
+        if self._pending is not None:
+            _, pool, _ = self._pending
+            self._pending = None
+            pool.terminate()
+            pool.join()
 
     def preload(self, fs) -> None:
         """Reuse frames already generated for starting patients (``fs``: whole patients of this stream's seed)."""

@@ -820,6 +820,10 @@ def train(train_set: dataset.FrameSet | None, val_set: dataset.FrameSet | None, 
                 if hard_scores is not None:
                     hard_scores = _carry_scores(old_keys, hard_scores, train_set, _unseen_score(config))
                 data_seconds = round(time.perf_counter() - t0, 3)
+            if stream is not None and window(st, epoch) + 1 < config.epochs1 + config.epochs2:
+                prefetch = getattr(stream, "prefetch", None)
+                if prefetch is not None:  # the next window's new patients, generated while this epoch trains
+                    prefetch(window(st, epoch) + 1)
             train_loss = _run_epoch(model, opt, train_set, config, device, st, epoch, progress,
                                     epochs=epochs, base_lr=base_lr,
                                     scores=hard_scores if st == 1 else None, precision=precision)

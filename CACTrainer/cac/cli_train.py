@@ -433,7 +433,10 @@ def _train_stream(dataset: Path, args, config, out: Path, emit, progress) -> int
                if val_ids else None)  # --val-fraction 0: no checkpoint selection, the last epoch is kept
     stream = PatientStream(train_ids, args.refresh_patients, next_patient=n, seed=seed,
                            frames_per_acquisition=fpa, progress=progress, background=bg)
-    return _train_final(None, dataset, args, config, out, emit, progress, val_set=val_set, stream=stream)
+    try:
+        return _train_final(None, dataset, args, config, out, emit, progress, val_set=val_set, stream=stream)
+    finally:
+        stream.close()  # a prefetch still running (an error, Ctrl-C) ends with the run
 
 
 def _train_final(fs, dataset: Path, args, config, out: Path, emit, progress, *, val_set=None,
