@@ -167,6 +167,7 @@ def test_cli_trains_on_a_phantom_stream(tmp_path, capsys):
     assert data["val"]["patients"] == 1 and card["training"]["config"]["refresh_patients"] == 1
 
 
+@pytest.mark.filterwarnings("ignore:phantom pool")  # short 24-frame cines: the periodicity warning is expected
 def test_prefetch_gives_the_same_window_and_ends_its_workers():
     kw = dict(refresh=1, next_patient=2, seed=3, n_frames=24, frames_per_acquisition=2, size=128, workers=1)
     plain = PP.PatientStream([0, 1], **kw)
