@@ -92,7 +92,6 @@ def test_make_batch_residual_channel():
     assert 0 < np.abs(noisy["nc"][:, 1]).std() < RESIDUAL_GAIN * 0.03
 
 
-
 def test_frame_only_training_sets_skip_the_background():
     """background=False (what frame-only training builds): the same frames, no background, clear errors."""
     from CACTrainerLib import dataset as D

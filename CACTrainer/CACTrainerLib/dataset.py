@@ -493,7 +493,7 @@ def make_batch(fs: FrameSet, ids: Sequence[int], rng: np.random.Generator | None
     residual = inputs == FRAME_AND_RESIDUAL
     if residual and not fs.has_background:
         raise ValueError("this training set was built without the cine backgrounds that a frame+residual model "
-                       "reads; build it with background=True")
+                         "reads; build it with background=True")
     origins = patches.patch_origins(FRAME, FRAME)
     b = len(ids)
     nc = np.empty((b, 1, PATCH, PATCH), np.float32)

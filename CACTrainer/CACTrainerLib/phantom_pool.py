@@ -134,12 +134,17 @@ def _warn_periodicity(warned: int, n: int) -> None:
                       f"frames", CacWarning, stacklevel=4)
 
 
+def _jobs(patients, seed, n_frames, frames_per_acquisition, size, calcium_free_fraction, background) -> list:
+    """The arguments of :func:`_one` for each of the numbered ``patients``."""
+    return [(seed, int(p), n_frames, frames_per_acquisition, size, calcium_free_fraction, bool(background))
+            for p in patients]
+
+
 def _generate_here(patients, *, seed: int, n_frames: int, frames_per_acquisition: int, size: int | None,
                    calcium_free_fraction: float, workers: int | None, progress: ProgressCallback,
                    background: bool = True) -> list:
     """``(FrameSet, warned)`` of each of the numbered ``patients``, generated in this process's workers."""
-    jobs = [(seed, int(p), n_frames, frames_per_acquisition, size, calcium_free_fraction, bool(background))
-            for p in patients]
+    jobs = _jobs(patients, seed, n_frames, frames_per_acquisition, size, calcium_free_fraction, background)
     if not jobs:
         return []
     workers = max(1, min(len(jobs), int(workers or os.cpu_count() or 1)))
@@ -275,8 +280,8 @@ class PatientStream:
         if not missing:
             return False
         kw = self._kw
-        jobs = [(self.seed, int(p), kw["n_frames"], kw["frames_per_acquisition"], kw["size"],
-                 kw["calcium_free_fraction"], bool(kw["background"])) for p in missing]
+        jobs = _jobs(missing, self.seed, kw["n_frames"], kw["frames_per_acquisition"], kw["size"],
+                     kw["calcium_free_fraction"], kw["background"])
         workers = max(1, min(len(jobs), int(kw["workers"] or os.cpu_count() or 1)))
         pool = multiprocessing.Pool(workers, initializer=_background_worker)
         self._pending = (missing, pool, pool.map_async(_one, jobs, chunksize=1))
