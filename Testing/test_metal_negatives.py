@@ -150,3 +150,18 @@ def test_cli_refuses_a_bad_metal_weight_before_making_data(tmp_path, capsys):
                  "--out", str(out)])
     assert code == 2 and "hard_negative_frac > 0" in capsys.readouterr().err
     assert not out.exists() and not any(tmp_path.iterdir())
+
+
+def test_cli_aux_weight_sets_the_dense_loss_and_refuses_a_bad_one(tmp_path, capsys):
+    """--aux-weight overrides the recipe's dense ROI_GT weight (an ablation without it); a negative one is refused."""
+    from cac import cli, cli_train
+
+    parser = cli.build_parser()
+    assert cli_train._config(parser.parse_args(["train", "--phantom-pool", "4"])).aux_weight == 1.0
+    cfg = cli_train._config(parser.parse_args(["train", "--phantom-pool", "4", "--aux-weight", "0"]))
+    assert (cfg.recipe, cfg.aux_weight, cfg.hard_negative_frac) == ("default", 0.0, 0.5)
+    out = tmp_path / "m.safetensors"
+    code = cli.main(["train", "--phantom-pool", "4", "--aux-weight", "nan", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and "--aux-weight" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not out.exists() and not any(tmp_path.iterdir())

@@ -671,6 +671,8 @@ def check_config(config: TrainConfig) -> None:
         raise CacError(f"decoder_detection must be a finite number >= 0, got {config.decoder_detection!r}")
     if config.hard_negative_init not in ("one", "mean"):
         raise CacError(f"hard_negative_init must be 'one' or 'mean', got {config.hard_negative_init!r}")
+    if not (config.aux_weight >= 0 and np.isfinite(config.aux_weight)):
+        raise CacError(f"aux_weight (--aux-weight) must be a finite number >= 0, got {config.aux_weight!r}")
     if not (config.metal_negative_weight > 0 and np.isfinite(config.metal_negative_weight)):
         raise CacError(f"metal_negative_weight (--metal-negative-weight) must be a positive number, "
                        f"got {config.metal_negative_weight!r}")
