@@ -525,3 +525,34 @@ def test_score_variants_patch_scores_on_a_frameset():
     assert s["location_logits"].mean(axis=1) == pytest.approx(s["classifier_logit"], abs=1e-5)
     assert (v["location_max"] >= v["location_top16"] - 1e-7).all() and (v["location_top16"] >= v["classifier"] - 1e-7).all()
     assert not np.allclose(v["location_max"], v["classifier"])
+
+
+def test_score_epochs_scores_a_checkpoint_as_its_model_file(tmp_path):
+    """benchmarks/score_epochs: a training checkpoint's ``model.`` tensors scored on a fold give the figures
+    of the model file they came from (separability.evidence on training.predict_patches), in both modes."""
+    import json
+
+    import torch
+    from benchmark_scripts import load
+    from CACIdentifierLib.modelio import load_model
+    from CACTrainerLib import training
+    from safetensors.torch import save_file
+
+    score_epochs = load("score_epochs")
+    ref = Path(__file__).resolve().parents[1] / "Resources" / "Models" / "cac_default.safetensors"
+    model, _ = load_model(ref)
+    (tmp_path / "ep").mkdir()
+    save_file({"model." + k: v.contiguous() for k, v in model.state_dict().items()},
+              str(tmp_path / "ep" / "s1e3.safetensors"))
+    out = tmp_path / "s.jsonl"
+    argv = [str(ref), "--folds", "3000:2", "--threads", "1", "--out", str(out)]
+    assert score_epochs.main(argv + [str(tmp_path / "ep" / "s1e3.safetensors")]) == 0
+    assert score_epochs.main(argv + ["--watch", str(tmp_path / "ep"), "--epochs", "3", "--poll", "0.1"]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 2 and rows[0]["seed3000"] == rows[1]["seed3000"]
+    fs = load("difficulty").test_fold(2, 3000, 1)[0]
+    probs = training.predict_patches(model, fs, torch.device("cpu"), amp=False).probs
+    expect = load("separability").evidence(probs, fs.patch_labels > 0.5, fs.acquisition)
+    assert rows[0]["seed3000"] == pytest.approx(expect)
+    with pytest.raises(SystemExit):
+        score_epochs.main([str(ref)])  # neither checkpoints nor --watch
