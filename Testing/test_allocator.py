@@ -51,3 +51,31 @@ def test_freed_large_blocks_are_reused_not_zero_filled_again():
 def test_opt_out_keeps_glibc_defaults():
     applied, faults = _faults("keep", CAC_SYSTEM_MALLOC="1")
     assert not applied and faults > 30 * 12_288
+
+
+# A 256 MiB block freed under keep_freed_memory stays resident (no trimming); release_freed_memory hands it back.
+RELEASE_PROBE = """
+import sys
+import numpy as np
+sys.path.insert(0, {lib!r})
+from CACIdentifierLib.allocator import keep_freed_memory, release_freed_memory
+assert keep_freed_memory()
+page = __import__("os").sysconf("SC_PAGE_SIZE")
+rss = lambda: int(open("/proc/self/statm").read().split()[1]) * page >> 20
+a = np.ones(256 << 17)  # 256 MiB, every page written
+b = np.ones(1 << 10)  # allocated after it
+high = rss()
+del a
+kept = rss()
+print(release_freed_memory(), high, kept, rss())
+"""
+
+
+@pytest.mark.skipif(not GLIBC, reason="glibc's malloc_trim (Linux)")
+def test_release_freed_memory_hands_kept_pages_back():
+    out = subprocess.run([sys.executable, "-c", RELEASE_PROBE.format(lib=str(ROOT / "CACIdentifier"))],
+                         capture_output=True, text=True, check=True).stdout.split()
+    called, high, kept, released = out[0] == "True", *map(int, out[1:])
+    assert called
+    assert kept > high - 32, (high, kept)  # kept: the freed block is still resident
+    assert released < kept - 200, (kept, released)  # handed back

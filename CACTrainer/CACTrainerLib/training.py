@@ -44,6 +44,7 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+from CACIdentifierLib.allocator import release_freed_memory
 from CACIdentifierLib.background import FRAME_AND_RESIDUAL, FRAME_ONLY, model_inputs
 from CACIdentifierLib.errors import CacError
 from CACIdentifierLib.fileutil import atomic_output
@@ -819,6 +820,7 @@ def train(train_set: dataset.FrameSet | None, val_set: dataset.FrameSet | None, 
                 # 221 patients by the arrays' sizes, not measured; the allocator keeps the peak for the rest of the run).
                 train_set = None
                 train_set = stream(data_epoch)
+                release_freed_memory()  # the old window's pages: the run's heap is never trimmed otherwise
                 if hard_scores is not None:
                     hard_scores = _carry_scores(old_keys, hard_scores, train_set, _unseen_score(config))
                 data_seconds = round(time.perf_counter() - t0, 3)
