@@ -40,6 +40,16 @@ ENV_OPT_OUT = "CAC_SYSTEM_MALLOC"
 M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_MAX = -1, -2, -4
 
 
+def _glibc():
+    """The C library where it is glibc on Linux, else None."""
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+
+
 def keep_freed_memory() -> bool:
     """Make glibc reuse freed large blocks (no mmap per block, no trimming); True when applied.
 
@@ -48,11 +58,8 @@ def keep_freed_memory() -> bool:
     """
     if os.environ.get(ENV_OPT_OUT, "").strip() not in ("", "0"):
         return False
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
+    libc = _glibc()
+    if libc is None:
         return False
     ok = libc.mallopt(M_MMAP_MAX, 0) == 1  # large blocks from the heap, not one mmap each
     ok = libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1) == 1 and ok  # freed heap memory stays for reuse
@@ -66,11 +73,8 @@ def release_freed_memory() -> bool:
     Call it where long-lived data were just released (a new training window), not per step.  A no-op
     (False) where glibc is absent.
     """
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
+    libc = _glibc()
+    if libc is None:
         return False
     libc.malloc_trim(0)
     return True
