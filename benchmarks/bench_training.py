@@ -14,8 +14,9 @@ CPU has it; otherwise autocast is off and the row equals fp32), in fp32 with
 channels_last tensors, and with both, with the ratios to fp32 measured in this run.  The
 best of ``REPEATS`` timed steps after one warm-up step is used (the machine may
 be shared).  Last, the joint step with both settings without Block1's max-pool
-(``block1_pool=False``: Block2..Block6 at twice the resolution) and its cost
-against the pooled network, measured in the same run.
+(``block1_pool=False``: Block2..Block6 at twice the resolution) and at half the
+width (``width=32``, ``cac train --width 32``: a quarter of the weights), each
+against the default network, measured in the same run.
 """
 
 from __future__ import annotations
@@ -32,9 +33,9 @@ BATCH = 16
 REPEATS = 3
 
 
-def _step_time(stage, amp: bool, channels_last: bool = False, block1_pool: bool = True) -> float:
+def _step_time(stage, amp: bool, channels_last: bool = False, block1_pool: bool = True, width: int = 64) -> float:
     torch.manual_seed(0)
-    model = ResUNet18(block1_pool=block1_pool)
+    model = ResUNet18(block1_pool=block1_pool, width=width)
     rng = np.random.default_rng(0)
     nc = torch.from_numpy(rng.random((BATCH, 1, 256, 256), dtype=np.float32))
     c = torch.from_numpy(rng.random((BATCH, 1, 256, 256), dtype=np.float32))
@@ -90,6 +91,9 @@ def main() -> None:
     full = _step_time("joint", amp=True, channels_last=True, block1_pool=False)
     print(f"joint, autocast + channels_last: with Block1's pool {BATCH / pooled:5.1f} samples/s, "
           f"without {BATCH / full:5.1f} ({full / pooled:4.2f}x the time)", flush=True)
+    half = _step_time("joint", amp=True, channels_last=True, width=32)
+    print(f"joint, autocast + channels_last: width 64 {BATCH / pooled:5.1f} samples/s, "
+          f"width 32 {BATCH / half:5.1f} ({pooled / half:4.2f}x as fast)", flush=True)
 
 
 if __name__ == "__main__":
