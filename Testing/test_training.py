@@ -363,12 +363,13 @@ def test_cli_end_to_end_on_written_phantom(tmp_path):
     assert r.returncode == 0, r.stderr
     assert load_model(mil)[1]["architecture"]["classifier_topk"] == 4
     assert load_model(mil)[0].classifier_topk == 4
+    # (without --width: the width is --init's too, 16 here)
     r = subprocess.run(exe + ["train", str(ds), "--out", str(tmp_path / "m4.safetensors"), "--epochs", "0",
                               "--init", str(mil), "--cv", "patient", "--fold", "0", "--frames-per-acquisition", "2",
-                              "--width", "16", "--json", "--threads", "2"], capture_output=True, text=True)
+                              "--json", "--threads", "2"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    assert json.loads((tmp_path / "m4.safetensors" / "fold_0.json").read_text())["config"]["architecture"][
-        "classifier_topk"] == 4
+    m4_arch = json.loads((tmp_path / "m4.safetensors" / "fold_0.json").read_text())["config"]["architecture"]
+    assert m4_arch["classifier_topk"] == 4 and m4_arch["width"] == 16
     # the residual channel: a frame model widened for it, inherited by its fine-tune, never taken away
     res = tmp_path / "res.safetensors"
     r = subprocess.run(exe + ["train", str(ds), "--out", str(res), "--epochs1", "1", "--epochs2", "1",
@@ -395,6 +396,7 @@ def test_cli_end_to_end_on_written_phantom(tmp_path):
                        capture_output=True, text=True)
     assert r.returncode == 2 and "use the same --width" in r.stderr and '"block1_pool": false' in r.stderr.replace(
         "'", '"').replace("False", "false")
+    assert "Traceback" not in r.stderr
     r = subprocess.run(exe + ["train", str(ds), "--out", str(tmp_path / "m2.safetensors"), "--epochs", "1",
                               "--init", str(tmp_path / "nope.safetensors")], capture_output=True, text=True)
     assert r.returncode == 2 and "--init model" in r.stderr and "Traceback" not in r.stderr

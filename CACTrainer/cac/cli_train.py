@@ -93,7 +93,8 @@ def register(subparsers) -> None:
     p.add_argument("--no-augment", action="store_true", help="no augmentation")
     p.add_argument("--rebalance-step", type=float,
                    help="per-epoch decrease of the GDL weight alpha (Kervadec et al.: 0.01)")
-    p.add_argument("--width", type=int, default=64, help="network width (ResNet-18: 64)")
+    p.add_argument("--width", type=int, default=None,
+                   help="network width (ResNet-18: 64; default: 64, or --init's width)")
     p.add_argument("--block1-pool", action=argparse.BooleanOptionalAction, default=None,
                    help="Block1's max-pool (ResNet, the paper; default: on, or --init's setting); "
                    "--no-block1-pool keeps Block2..Block6 at twice the resolution for small deposits, "
@@ -153,8 +154,14 @@ def _config(args):
         raise CacError("epochs must be at least 1 (0 only with --init: evaluate a model without training)")
     if args.batch_size < 2:
         raise CacError("--batch-size must be at least 2 (BatchNorm needs two samples)")
-    arch = {} if args.width == 64 else {"width": int(args.width)}
     init_arch = _init_architecture(args)
+    # The width sets every weight's shape: a fine-tune takes its --init model's, and a different one
+    # is refused here rather than after minutes of data generation.
+    width = int(args.width) if args.width is not None else int(init_arch.get("width", 64))
+    if init_arch and int(init_arch.get("width", 64)) != width:
+        raise CacError(f"--width {width}: the --init model {args.init} has architecture {init_arch}; "
+                       "use the same --width (or leave it out) or another model")
+    arch = {} if width == 64 else {"width": width}
     if not _inherited(args, "block1_pool", True, init_arch):
         arch["block1_pool"] = False
     topk = _inherited(args, "classifier_topk", 0, init_arch)
