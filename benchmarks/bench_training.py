@@ -15,7 +15,7 @@ channels_last tensors, and with both, with the ratios to fp32 measured in this r
 best of ``REPEATS`` timed steps after one warm-up step is used (the machine may
 be shared).  Last, the joint step with both settings without Block1's max-pool
 (``block1_pool=False``: Block2..Block6 at twice the resolution) and at half the
-width (``width=32``, ``cac train --width 32``: a quarter of the weights), each
+width (``width=32``, ``cac train --width 32``: a third of the weights), each
 against the default network, measured in the same run.
 """
 

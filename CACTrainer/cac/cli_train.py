@@ -157,8 +157,9 @@ def _config(args):
     init_arch = _init_architecture(args)
     # The width sets every weight's shape: a fine-tune takes its --init model's, and a different one
     # is refused here rather than after minutes of data generation.
-    width = int(args.width) if args.width is not None else int(init_arch.get("width", 64))
-    if init_arch and int(init_arch.get("width", 64)) != width:
+    init_width = int(init_arch.get("width", 64))
+    width = int(args.width) if args.width is not None else init_width
+    if init_arch and init_width != width:
         raise CacError(f"--width {width}: the --init model {args.init} has architecture {init_arch}; "
                        "use the same --width (or leave it out) or another model")
     arch = {} if width == 64 else {"width": width}
