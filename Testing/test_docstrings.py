@@ -31,7 +31,8 @@ def test_docstring_examples(name):
     assert result.failed == 0
 
 
-@pytest.mark.parametrize("name", ["separability", "score_variants", "compare_models", "residual_contrast"])
+@pytest.mark.parametrize("name", ["separability", "score_variants", "compare_models", "residual_contrast",
+                                  "ensemble_gain"])
 def test_benchmark_docstring_examples(name):
     from benchmark_scripts import load
 
