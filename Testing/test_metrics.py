@@ -5,6 +5,7 @@ import pytest
 import SimpleITK as sitk
 from CACIdentifierLib.errors import CacError
 from CACIdentifierLib.metrics import (
+    auc_difference,
     evaluate_masks,
     hausdorff_mm,
     iom,
@@ -105,6 +106,55 @@ def test_median_iqr_and_wilcoxon():
     ref = stats.wilcoxon(a[:7], b[:7])
     assert w["n"] == 7 and w["p"] == pytest.approx(ref.pvalue) and w["statistic"] == pytest.approx(ref.statistic)
     assert wilcoxon([1, 2], [1, 2])["p"] is None
+
+
+def test_auc_difference_matches_scipy_bootstrap_with_one_item_per_group():
+    # With every item its own group the cluster bootstrap is the ordinary paired bootstrap, which
+    # scipy.stats.bootstrap computes independently (its own resampling): the percentile intervals must
+    # agree within Monte Carlo error, and the point estimate exactly.
+    from scipy import stats
+
+    rng = np.random.default_rng(5)
+    y = np.r_[np.ones(60, bool), np.zeros(90, bool)]
+    a = y * 0.6 + rng.normal(size=y.size)
+    b = y * 1.2 + rng.normal(size=y.size)
+    r = auc_difference(y, a, b, np.arange(y.size), n_boot=3000, seed=1)
+
+    def diff(yy, aa, bb):
+        from CACIdentifierLib.metrics import roc_auc
+
+        return roc_auc(yy, bb) - roc_auc(yy, aa)
+
+    ref = stats.bootstrap((y, a, b), diff, paired=True, vectorized=False, n_resamples=3000,
+                          method="percentile", random_state=2)
+    from CACIdentifierLib.metrics import roc_auc
+
+    assert r["diff"] == pytest.approx(roc_auc(y, b) - roc_auc(y, a))
+    assert r["n_boot"] == 3000
+    assert r["ci95"][0] == pytest.approx(ref.confidence_interval.low, abs=0.015)
+    assert r["ci95"][1] == pytest.approx(ref.confidence_interval.high, abs=0.015)
+
+
+def test_auc_difference_resamples_patients_not_items():
+    # b is perfect in patient 0 and no better than a elsewhere: with items as the unit the gain would look
+    # certain; resampling patients puts "no gain" inside the interval.
+    rng = np.random.default_rng(0)
+    y = np.tile([True, False], 200)
+    patient = np.repeat(np.arange(8), 50)
+    a = rng.normal(size=y.size) + 0.3 * y
+    b = a.copy()
+    b[patient == 0] = y[patient == 0] * 10.0
+    by_patient = auc_difference(y, a, b, patient, n_boot=500)
+    by_item = auc_difference(y, a, b, np.arange(y.size), n_boot=500)
+    assert by_patient["diff"] == by_item["diff"] > 0
+    assert by_item["ci95"][0] > 0
+    assert by_patient["ci95"][0] <= 0 < by_patient["share_le_0"]
+    same = auc_difference(y, a, a, patient, n_boot=50)
+    assert same["diff"] == 0 and same["ci95"] == [0.0, 0.0]
+    with pytest.raises(ValueError, match="one class"):
+        auc_difference(np.ones(4), a[:4], b[:4], patient[:4])
+    with pytest.raises(ValueError, match="length"):
+        auc_difference(y, a, b[:-1], patient)
 
 
 def test_evaluate_masks():

@@ -20,7 +20,7 @@ import difficulty  # noqa: E402
 
 def main():
     import torch
-    from CACIdentifierLib.metrics import roc_auc
+    from CACIdentifierLib.metrics import auc_difference
     from CACIdentifierLib.modelio import load_model
     from CACTrainerLib import training
 
@@ -47,29 +47,16 @@ def main():
     pos = labels > 0.5
     neg = difficulty.negative_strata(labels, rendered, metal, patch_metal)
     strata = {"all": neg["negatives"], **{k: neg[k] for k in ("holding_metal", "metal_cines_patch_free", "no_metal")}}
-    ids = np.unique(patient)
-    rng = np.random.default_rng(0)
-    boots = [rng.choice(ids, ids.size) for _ in range(1000)]
-    index = {p: np.flatnonzero(patient == p) for p in ids}
     out = {"models": res, "pairs": {}}
     for a, b in zip(models[0::2], models[1::2]):
         for name, group in strata.items():
             sel = pos | group
-            d0 = roc_auc(pos[sel], probs[b][sel]) - roc_auc(pos[sel], probs[a][sel])
-            ds = []
-            for s in boots:
-                k = np.concatenate([index[p] for p in s])
-                kk = k[sel[k]]
-                y = pos[kk]
-                if y.all() or not y.any():
-                    continue
-                ds.append(roc_auc(y, probs[b][kk]) - roc_auc(y, probs[a][kk]))
-            ds = np.array(ds)
-            lo, hi = np.percentile(ds, [2.5, 97.5])
-            out["pairs"][f"{b} - {a}: {name}"] = {"diff": d0, "ci95": [lo, hi], "p_le_0": float((ds <= 0).mean()),
+            r = auc_difference(pos[sel], probs[a][sel], probs[b][sel], patient[sel])
+            d0, (lo, hi) = r["diff"], r["ci95"]
+            out["pairs"][f"{b} - {a}: {name}"] = {"diff": d0, "ci95": [lo, hi], "p_le_0": r["share_le_0"],
                                                    "n_neg": int(group.sum())}
             print(f"{b} - {a} [{name}, {int(group.sum())} negatives]: AUC diff {d0:+.3f} (95 % CI {lo:+.3f}..{hi:+.3f}; "
-                  f"share of resamples <= 0: {(ds <= 0).mean():.3f})", flush=True)
+                  f"share of resamples <= 0: {r['share_le_0']:.3f})", flush=True)
     Path(args.out).write_text(json.dumps(out, indent=1, default=float) + "\n")
 
 

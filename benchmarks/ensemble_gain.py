@@ -7,7 +7,7 @@ one) when ``--ref`` names a model file of its architecture.  On each test fold o
 (``difficulty.test_fold``) it scores every model alone and the ensemble, whose patch probability is
 the sigmoid of the mean of the members' logits (members calibrated differently then weigh alike), and
 gives the ensemble's patch-AUC gain over its best member with a 95 % interval from 1,000 bootstrap
-resamples of the test patients (the unit the AUC varies with; ``ab_patch_auc.py``'s resampling).
+resamples of the test patients (the unit the AUC varies with; ``metrics.auc_difference``).
 Frame and cine AUCs are separability.py's ``evidence``.  Rows are appended to ``--out`` (JSON lines).
 """
 
@@ -39,37 +39,6 @@ def mean_logit(probs: list[np.ndarray]) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.mean(z, axis=0)))
 
 
-def bootstrap_gain(labels: np.ndarray, patient: np.ndarray, a: np.ndarray, b: np.ndarray,
-                   n: int = 1000, seed: int = 0) -> dict:
-    """Patch AUC of ``b`` minus ``a`` with a patient-level bootstrap interval.
-
-    Examples
-    --------
-    >>> y = np.array([1, 0, 1, 0, 1, 0, 1, 0])
-    >>> pat = np.array([0, 0, 1, 1, 2, 2, 3, 3])
-    >>> a = np.array([.6, .5, .4, .5, .6, .5, .4, .5])  # right in patients 0 and 2 only
-    >>> r = bootstrap_gain(y, pat, a, y.astype(float), n=200)
-    >>> r["diff"], r["share_le_0"] > 0  # resamples of patients 0 and 2 alone show no gain
-    (0.5, True)
-    """
-    from CACIdentifierLib.metrics import roc_auc
-
-    y = np.asarray(labels) > 0.5
-    d0 = roc_auc(y, b) - roc_auc(y, a)
-    ids = np.unique(patient)
-    index = {p: np.flatnonzero(patient == p) for p in ids}
-    rng = np.random.default_rng(seed)
-    ds = []
-    for _ in range(n):
-        k = np.concatenate([index[p] for p in rng.choice(ids, ids.size)])
-        if y[k].all() or not y[k].any():
-            continue
-        ds.append(roc_auc(y[k], b[k]) - roc_auc(y[k], a[k]))
-    ds = np.asarray(ds)
-    lo, hi = np.percentile(ds, [2.5, 97.5])
-    return {"diff": float(d0), "ci95": [float(lo), float(hi)], "share_le_0": float((ds <= 0).mean())}
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("models", nargs="+", help="model files, or checkpoints with --ref")
@@ -82,7 +51,7 @@ def main(argv=None) -> int:
         ap.error("an ensemble needs two models or more")
 
     import torch
-    from CACIdentifierLib.metrics import roc_auc
+    from CACIdentifierLib.metrics import auc_difference, roc_auc
     from CACIdentifierLib.modelio import load_model
     from CACTrainerLib import training
     from difficulty import test_fold
@@ -109,7 +78,7 @@ def main(argv=None) -> int:
         best = int(np.argmax([r["patch_auc"] for r in single]))
         patient = np.repeat(np.asarray(fs.patient), 5)
         row = {"seed": int(s), "models": args.models, "single": single, "ensemble": evidence(ens, y, fs.acquisition),
-               "gain_over_best": bootstrap_gain(y, patient, probs[best], ens),
+               "gain_over_best": auc_difference(y, probs[best], ens, patient),
                "logit_corr_first_two": float(np.corrcoef([np.log(p + 1e-7) - np.log1p(-p + 1e-7)
                                                           for p in probs[:2]])[0, 1]),
                "best_member": args.models[best], "seconds": round(time.perf_counter() - t0, 1)}
