@@ -7,6 +7,7 @@ folder, never into the repository); the model cases mutate a small model written
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import warnings
@@ -725,3 +726,27 @@ def test_segment_extent_of_the_wrong_length_is_one_line(tmp_path, capsys):
     code, _, err = run_cac(capsys, "evaluate", bad, good)
     assert code == 2
     assert "extent" in one_error_line(err)
+
+
+def test_folder_lock_reports_a_lock_it_cannot_check_and_releases_its_own(tmp_path):
+    import json
+
+    from CACIdentifierLib.fileutil import LOCK_NAME, folder_lock
+
+    lock = tmp_path / LOCK_NAME
+    lock.write_text(json.dumps({"pid": 1, "host": "node-17.cluster", "started": "2026-12-04T10:00:00"}))
+    with pytest.raises(CacError, match=r"another training run is using .*process 1 on node-17.cluster.*delete .*run.lock"):
+        with folder_lock(tmp_path, "training run"):
+            pass
+    assert lock.exists()  # another machine's lock is never removed
+    lock.write_text("{half a lock")
+    with pytest.raises(CacError, match="run.lock is unreadable"):
+        with folder_lock(tmp_path):
+            pass
+    lock.unlink()
+    with pytest.raises(RuntimeError):
+        with folder_lock(tmp_path) as held:
+            assert held == lock and json.loads(lock.read_text())["pid"] == os.getpid()
+            raise RuntimeError("the run fails")
+    assert not lock.exists()  # released on failure too
+

@@ -238,6 +238,35 @@ def test_resume_refuses_other_settings(tiny, tmp_path):
         T.train(train, None, cfg, tmp_path / "empty", resume=True)
 
 
+def test_a_second_run_on_a_busy_run_folder_is_refused_and_a_dead_runs_lock_is_taken_over(tiny, tmp_path):
+    # A resume script started twice once ran two trainings on one folder, each overwriting the other's
+    # checkpoint every epoch: the folder lock turns that into one error line, and loses nothing.
+    import json
+    import socket
+    import subprocess
+
+    train = tiny.select(patients=["P0"])
+    cfg = _config(epochs1=1, epochs2=1, samples_per_epoch=8, batch_size=4)
+    run = tmp_path / "run"
+    T.train(train, None, cfg, run)
+    assert not (run / "run.lock").exists()  # released when the run ends
+    before = (run / "checkpoint.safetensors").read_bytes()
+    other = subprocess.Popen(["sleep", "60"])  # a live process standing in for the first run
+    try:
+        (run / "run.lock").write_text(json.dumps({"pid": other.pid, "host": socket.gethostname(),
+                                                  "started": "2026-12-04T16:25:00"}))
+        with pytest.raises(CacError, match=f"another training run is using .*process {other.pid}"):
+            T.train(train, None, cfg, run, resume=True)
+        assert (run / "checkpoint.safetensors").read_bytes() == before
+        assert json.loads((run / "run.lock").read_text())["pid"] == other.pid  # not ours to remove
+    finally:
+        other.kill()
+        other.wait()
+    # Its process gone (killed, power loss), the lock is stale: the resume takes it over and finishes.
+    result = T.train(train, None, cfg, run, resume=True)
+    assert result.history and not (run / "run.lock").exists()
+
+
 def test_folds_and_summary(tiny, tmp_path):
     folds = crossval.make_folds(tiny, "patient")
     assert folds == [["P0"], ["P1"], ["P2"], ["P3"]]

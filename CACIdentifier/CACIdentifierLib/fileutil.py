@@ -25,7 +25,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-from .errors import CacError
+from .errors import CacError, printable
 
 _TMP_RE = re.compile(r"^\.(?P<name>.+)\.(?:tmp|old)-(?P<pid>\d+)-[0-9a-f]{8}")
 
@@ -75,6 +75,88 @@ def check_output_directory(path: str | os.PathLike, overwrite: bool = False, nam
     return target
 
 
+def process_running(pid: int) -> bool:
+    """Whether process ``pid`` runs on this machine (one we may not signal counts as running)."""
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True
+    return True
+
+
+LOCK_NAME = "run.lock"
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | os.PathLike, what: str = "run") -> Iterator[Path]:
+    """Hold ``folder/run.lock`` while a process writes into ``folder``; a second writer gets a CacError.
+
+    Two training runs on one run folder overwrite each other's checkpoints every epoch, silently (a
+    resume script started twice did this).  The lock file is created atomically (``O_EXCL``) and names
+    the process and machine.  A lock left by a process that no longer runs on this machine (killed,
+    power loss) is taken over; one from another machine (a shared cluster file system) cannot be
+    checked, so it is reported with what to delete.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> d = Path(tempfile.mkdtemp())
+    >>> with folder_lock(d):
+    ...     try:
+    ...         with folder_lock(d):
+    ...             pass
+    ...     except CacError as e:
+    ...         print(str(e).startswith(f"another run is using {d} (process {os.getpid()} on"))
+    True
+    >>> (d / LOCK_NAME).exists()
+    False
+    """
+    import json
+    import socket
+    import time
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = folder / LOCK_NAME
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    for _ in range(3):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                holder = json.loads(lock.read_text())
+                pid, host = int(holder["pid"]), str(holder["host"])
+            except FileNotFoundError:
+                continue  # released meanwhile: try again
+            except (OSError, ValueError, KeyError, TypeError):
+                raise CacError(f"{lock} is unreadable; if no {what} is using {folder}, delete it and start again") \
+                    from None
+            if host == me["host"] and not process_running(pid):
+                with contextlib.suppress(FileNotFoundError):
+                    lock.unlink()  # stale: its process is gone
+                continue
+            raise CacError(f"another {what} is using {folder} (process {pid} on {printable(host, 60)}, since "
+                           f"{printable(str(holder.get('started', '?')), 30)}); wait for it to finish or choose "
+                           f"another folder; if no {what} is going on, delete {lock}") from None
+        except OSError as exc:
+            raise _disk_error(lock, exc) from None
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(me) + "\n")
+        break
+    else:
+        raise CacError(f"could not take {lock}: other processes keep creating it; delete it and start again")
+    try:
+        yield lock
+    finally:
+        try:
+            if json.loads(lock.read_text()).get("pid") == me["pid"]:
+                lock.unlink()
+        except (OSError, ValueError, AttributeError):
+            pass
+
+
 def clean_stale_temporaries(folder: Path, name: str | None = None) -> list[Path]:
     """Delete ``.NAME.tmp-PID-*`` leftovers in ``folder`` whose writing process no longer runs."""
     removed = []
@@ -87,15 +169,8 @@ def clean_stale_temporaries(folder: Path, name: str | None = None) -> list[Path]
         if not match or (name is not None and not match.group("name").startswith(name.split(".")[0])):
             continue
         pid = int(match.group("pid"))
-        if pid == os.getpid():
-            continue
-        try:
-            os.kill(pid, 0)
+        if pid == os.getpid() or process_running(pid):
             continue  # still running: its temporary is in use
-        except ProcessLookupError:
-            pass
-        except (PermissionError, OverflowError):
-            continue
         try:
             shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
             removed.append(entry)

@@ -47,7 +47,7 @@ import torch
 from CACIdentifierLib.allocator import release_freed_memory
 from CACIdentifierLib.background import FRAME_AND_RESIDUAL, FRAME_ONLY, model_inputs
 from CACIdentifierLib.errors import CacError
-from CACIdentifierLib.fileutil import atomic_output
+from CACIdentifierLib.fileutil import atomic_output, folder_lock
 from CACIdentifierLib.network import CLASSIFIER_THRESHOLD
 from CACIdentifierLib.progress import ProgressCallback, no_progress
 from CACIdentifierLib.refinement import DEFAULTS as REFINEMENT_DEFAULTS
@@ -690,7 +690,9 @@ def train(train_set: dataset.FrameSet | None, val_set: dataset.FrameSet | None, 
 
     ``resume``: continue from ``run_dir``'s checkpoint (an error if there is
     none with the same configuration); without it an existing checkpoint is
-    an error (pass resume, or use another folder).
+    an error (pass resume, or use another folder).  While it runs the folder
+    is locked (``run.lock``): a second run on it is an error, not a silent
+    exchange of checkpoints.
 
     ``stream``: training data that changes every epoch (e.g.
     :class:`~CACTrainerLib.phantom_pool.PatientStream`): ``stream(g)`` is the
@@ -698,11 +700,19 @@ def train(train_set: dataset.FrameSet | None, val_set: dataset.FrameSet | None, 
     epoch is ``epochs1``); ``train_set`` is then ignored.  It must depend on
     ``g`` alone, so that a resumed run sees the data it would have seen.
     """
+    check_config(config)  # before the lock creates the folder: a bad setting leaves nothing behind
+    if not distributed.is_main():  # rank 0 holds the lock for the whole data-parallel run
+        return _train(train_set, val_set, config, Path(run_dir), resume, emit, progress, stream)
+    with folder_lock(run_dir, "training run"):
+        return _train(train_set, val_set, config, Path(run_dir), resume, emit, progress, stream)
+
+
+def _train(train_set, val_set, config: TrainConfig, run_dir: Path, resume: bool, emit, progress, stream) -> TrainResult:
+    """The body of :func:`train`, run under its lock."""
     from CACIdentifierLib.device import autocast_dtype, choose_device
     from CACIdentifierLib.network import ResUNet18
 
     emit = emit or (lambda event: None)
-    check_config(config)
     main = distributed.is_main()  # in a data-parallel run only rank 0 reports and writes
     if not main:
         emit, progress = (lambda event: None), no_progress
