@@ -86,6 +86,27 @@ def process_running(pid: int) -> bool:
     return True
 
 
+def _create_exclusive(path: Path, text: str) -> None:
+    """Create ``path`` holding ``text``, or raise FileExistsError: never an empty or half-written file.
+
+    The text goes to a temporary file first and is hard-linked onto ``path`` (atomic, and it fails if
+    ``path`` exists), so a second process never reads a lock before its content is there.  Where the
+    file system has no hard links, ``O_EXCL`` creation with the text written at once is used instead.
+    """
+    tmp = temporary_sibling(path)
+    tmp.write_text(text)
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise
+    except OSError:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 LOCK_NAME = "run.lock"
 
 
@@ -123,7 +144,7 @@ def folder_lock(folder: str | os.PathLike, what: str = "run") -> Iterator[Path]:
     me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     for _ in range(3):
         try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            _create_exclusive(lock, json.dumps(me) + "\n")
         except FileExistsError:
             try:
                 holder = json.loads(lock.read_text())
@@ -142,8 +163,6 @@ def folder_lock(folder: str | os.PathLike, what: str = "run") -> Iterator[Path]:
                            f"another folder; if no {what} is going on, delete {lock}") from None
         except OSError as exc:
             raise _disk_error(lock, exc) from None
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(me) + "\n")
         break
     else:
         raise CacError(f"could not take {lock}: other processes keep creating it; delete it and start again")
