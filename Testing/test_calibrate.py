@@ -171,8 +171,13 @@ def test_choose_operating_point_lowers_the_island_size_only_as_far_as_needed():
     det = [training.frame_roi(rois[5 * f:5 * f + 5], probs[5 * f:5 * f + 5] >= op["threshold"],
                               exposed_field(nc[f], margin_px=3), ref).any() for f in range(n)]
     assert det == [True, True, True, True, True, False]
-    with pytest.raises(CacError, match=r"at most 0\.50, island sizes 1000 px"):
+    with pytest.raises(CacError, match=r"at most 0\.500, island sizes 1000 px.*\(--island-sizes 250,100,0\)$"):
         choose_operating_point(probs, rois, fr, refinement, 0.75, island_sizes=())
+    no_island = rois.copy()
+    no_island[5 * 3] = 0  # frame 3's calcium gets no island at all: no island size can find it
+    with pytest.raises(CacError, match=r"of 1\.000 .*at most 0\.750, island sizes 1000, 500, 250, 0 px\); "
+                                       r"choose a lower --sensitivity$"):
+        choose_operating_point(probs, no_island, fr, refinement, 1.0, island_sizes=(500, 250, 0))
     with pytest.raises(CacError, match="calcium"):
         choose_operating_point(probs, rois, _Frames(nc, np.zeros_like(calcium)), refinement, 0.5)
 
