@@ -115,8 +115,8 @@ def folder_lock(folder: str | os.PathLike, what: str = "run") -> Iterator[Path]:
     """Hold ``folder/run.lock`` while a process writes into ``folder``; a second writer gets a CacError.
 
     Two training runs on one run folder overwrite each other's checkpoints every epoch, silently (a
-    resume script started twice did this).  The lock file is created atomically (``O_EXCL``) and names
-    the process and machine.  A lock left by a process that no longer runs on this machine (killed,
+    resume script started twice did this).  The lock file is created whole and atomically
+    (:func:`_create_exclusive`) and names the process and machine.  A lock left by a process that no longer runs on this machine (killed,
     power loss) is taken over; one from another machine (a shared cluster file system) cannot be
     checked, so it is reported with what to delete.
 
