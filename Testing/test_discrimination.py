@@ -529,12 +529,13 @@ def test_score_variants_patch_scores_on_a_frameset():
 
 def test_score_epochs_scores_a_checkpoint_as_its_model_file(tmp_path):
     """benchmarks/score_epochs: a training checkpoint's ``model.`` tensors scored on a fold give the figures
-    of the model file they came from (separability.evidence on training.predict_patches), in both modes."""
+    of the model file they came from (separability.evidence on training.predict_patches), in both modes; so
+    does an epoch model of ``cac train --keep-epochs``, found by --watch under its own name."""
     import json
 
     import torch
     from benchmark_scripts import load
-    from CACIdentifierLib.modelio import load_model
+    from CACIdentifierLib.modelio import load_model, save_model
     from CACTrainerLib import training
     from safetensors.torch import save_file
 
@@ -548,8 +549,12 @@ def test_score_epochs_scores_a_checkpoint_as_its_model_file(tmp_path):
     argv = [str(ref), "--folds", "3000:2", "--threads", "1", "--out", str(out)]
     assert score_epochs.main(argv + [str(tmp_path / "ep" / "s1e3.safetensors")]) == 0
     assert score_epochs.main(argv + ["--watch", str(tmp_path / "ep"), "--epochs", "3", "--poll", "0.1"]) == 0
+    (tmp_path / training.EPOCHS_DIR).mkdir()
+    save_model(training.epoch_model_path(tmp_path, 1, 4), model, dtype=None)
+    assert score_epochs.main(argv + ["--watch", str(tmp_path / "epochs"), "--epochs", "4", "--poll", "0.1"]) == 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert len(rows) == 2 and rows[0]["seed3000"] == rows[1]["seed3000"]
+    assert len(rows) == 3 and rows[0]["seed3000"] == rows[1]["seed3000"] == rows[2]["seed3000"]
+    assert rows[2]["checkpoint"].endswith("stage1_epoch004.safetensors")
     fs = load("difficulty").test_fold(2, 3000, 1)[0]
     probs = training.predict_patches(model, fs, torch.device("cpu"), amp=False).probs
     expect = load("separability").evidence(probs, fs.patch_labels > 0.5, fs.acquisition)

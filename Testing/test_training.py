@@ -227,6 +227,45 @@ def test_tiny_training_learns_and_is_repeatable_and_resumable(tiny, tmp_path):
     assert not list((tmp_path / "r3").glob("*.pt")) and not list((tmp_path / "r3").glob("*.pkl"))
 
 
+def test_keep_epochs_writes_every_epochs_model_and_the_best_is_what_stage_2_started_from(tiny, tmp_path):
+    """``keep_epochs``: one model file with its card per epoch of both stages; the classifier of the final
+    model (frozen in stage 2) is, tensor for tensor, that of the stage-1 epoch the run kept; a resume may
+    switch it on (a setting of what is written, not of the run)."""
+    from CACIdentifierLib.modelio import load_model
+
+    train, val = tiny.select(patients=["P3"], exclude=True), tiny.select(patients=["P3"])
+    cfg = _config(epochs1=3, epochs2=1, samples_per_epoch=16, batch_size=8, keep_epochs=True)
+    res = T.train(train, val.subset([0, 1]), cfg, tmp_path / "run")
+    kept = sorted(p.name for p in (tmp_path / "run" / T.EPOCHS_DIR).glob("*.safetensors"))
+    assert kept == ["stage1_epoch001.safetensors", "stage1_epoch002.safetensors", "stage1_epoch003.safetensors",
+                    "stage2_epoch001.safetensors"]
+    assert len(list((tmp_path / "run" / T.EPOCHS_DIR).glob("*.json"))) == 4  # the cards
+    best = res.best["stage1"]["epoch"]
+    model, meta = load_model(T.epoch_model_path(tmp_path / "run", 1, best))
+    assert meta["training"]["kept_epoch"] == {"stage": 1, "epoch": best}
+    assert meta["training"]["decoder_trained"] is False  # _config has no auxiliary head
+    row = next(r for r in res.history if (r["stage"], r["epoch"]) == (1, best))
+    assert meta["metrics"]["validation"]["val_auc"] == row["val_auc"]
+    final = res.model.state_dict()
+    classifier = [k for k in final if not k.startswith("decoder.")]
+    for k in classifier:
+        assert torch.equal(model.state_dict()[k], final[k]), k
+    # stage 2's one epoch is the one kept: the final model is its file, decoder included
+    last = load_model(T.epoch_model_path(tmp_path / "run", 2, 1))[0].state_dict()
+    assert any(k.startswith("decoder.") for k in final)
+    for k in final:
+        assert torch.equal(last[k], final[k]), k
+    # a run without it writes none; its resume may ask for them
+    cfg0 = _config(epochs1=1, epochs2=1, samples_per_epoch=8, batch_size=4)
+    T.train(train, None, cfg0, tmp_path / "plain")
+    assert not (tmp_path / "plain" / T.EPOCHS_DIR).exists()
+    from dataclasses import replace
+
+    T.train(train, None, replace(cfg0, epochs2=2, keep_epochs=True), tmp_path / "plain", resume=True)
+    assert [p.name for p in (tmp_path / "plain" / T.EPOCHS_DIR).glob("*.safetensors")] == [
+        "stage2_epoch002.safetensors"]
+
+
 def test_resume_refuses_other_settings(tiny, tmp_path):
     train = tiny.select(patients=["P0"])
     cfg = _config(epochs1=1, epochs2=1, samples_per_epoch=8, batch_size=4)

@@ -27,12 +27,18 @@ from gpu_protocol import log  # noqa: E402
 
 
 def load_checkpoint_weights(path, ref_model):
-    """A copy of ``ref_model`` with the ``model.`` tensors of a training checkpoint (strict)."""
+    """A copy of ``ref_model`` with the weights of a training checkpoint (its ``model.`` tensors) or of a model
+    file (``cac train --keep-epochs`` writes one per epoch), strictly."""
+    from safetensors import safe_open
     from safetensors.torch import load_file
 
     model = copy.deepcopy(ref_model)
     tensors = load_file(str(path))
-    model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}, strict=True)
+    with safe_open(str(path), framework="pt") as f:
+        is_model_file = "cac" in (f.metadata() or {})
+    if not is_model_file:
+        tensors = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    model.load_state_dict(tensors, strict=True)
     return model
 
 

@@ -3,11 +3,12 @@
     python benchmarks/score_epochs.py REF.safetensors CK1 CK2 ... [--folds 3000:36,4000:36] [--out F]
     python benchmarks/score_epochs.py REF.safetensors --watch EPOCHS_DIR --epochs 5,10,15 [--threads 1]
 
-``CK*`` are training checkpoints (``RUN/checkpoint.safetensors`` copied as each epoch ends);
+``CK*`` are the epoch models of ``cac train --keep-epochs`` (``RUN/epochs/stage1_epochNNN.safetensors``) or
+training checkpoints (``RUN/checkpoint.safetensors`` copied as each epoch ends, named ``s1eN.safetensors``);
 ``REF`` is any model file of the same architecture (its weights are replaced).  The folds are the
 new patients of compare_models.py (``difficulty.test_fold``: phantom_pool seeds 3000 and 4000, 36
 patients each), generated once per call, so scoring several epochs costs one generation.  With
-``--watch`` the script waits for ``EPOCHS_DIR/s1eN.safetensors`` of each listed epoch N and scores
+``--watch`` the script waits for each listed stage-1 epoch N in ``EPOCHS_DIR`` (either name) and scores
 it as it appears, so a long run's epochs are scored beside it (``--threads 1`` leaves it a core).
 The figures are those of separability.py's ``evidence`` (frame AUC: a frame's most probable patch;
 cine AUC: the mean of those over a cine's frames); they are appended to ``--out`` (JSON lines).
@@ -38,17 +39,22 @@ def score(model, folds: dict) -> dict:
     return out
 
 
-def _wait_for(path: Path, poll: float) -> None:
-    while not path.exists():
+def _wait_for(folder: Path, epoch: int, poll: float) -> Path:
+    """The stage-1 ``epoch`` of ``folder`` once it exists: a kept epoch model, or a copied checkpoint."""
+    names = (f"stage1_epoch{epoch:03d}.safetensors", f"s1e{epoch}.safetensors")
+    while True:
+        for name in names:
+            if (folder / name).exists():
+                time.sleep(2.0)  # a copy may still be under way (a kept epoch model is renamed in whole)
+                return folder / name
         time.sleep(poll)
-    time.sleep(2.0)  # the copy may still be under way
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("ref", help="model file of the checkpoints' architecture")
     ap.add_argument("checkpoints", nargs="*")
-    ap.add_argument("--watch", metavar="DIR", help="wait for DIR/s1eN.safetensors of each of --epochs")
+    ap.add_argument("--watch", metavar="DIR", help="wait for each of --epochs in DIR (RUN/epochs of --keep-epochs)")
     ap.add_argument("--epochs", default="", help="comma-separated stage-1 epochs to score with --watch")
     ap.add_argument("--folds", default="3000:36,4000:36", help="SEED:PATIENTS,...")
     ap.add_argument("--threads", type=int, default=2)
@@ -72,10 +78,9 @@ def main(argv=None) -> int:
     folds = {int(s): test_fold(int(n), int(s), args.threads)[0]
              for s, n in (f.split(":") for f in args.folds.split(","))}
     log(f"folds {list(folds)} in {time.perf_counter() - t0:.0f} s")
-    paths = [Path(p) for p in args.checkpoints] or [Path(args.watch) / f"s1e{e}.safetensors" for e in epochs]
-    for path in paths:
+    for path in [Path(p) for p in args.checkpoints] or epochs:
         if args.watch:
-            _wait_for(path, args.poll)
+            path = _wait_for(Path(args.watch), path, args.poll)
         t1 = time.perf_counter()
         result = score(load_checkpoint_weights(path, ref), folds)
         row = {"checkpoint": str(path), "seconds": round(time.perf_counter() - t1, 1),

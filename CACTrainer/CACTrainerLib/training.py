@@ -59,6 +59,7 @@ CHECKPOINT = "checkpoint.safetensors"
 # Keys of evaluate()'s result that hold one value per frame or patch (left out of summaries and JSON).
 PER_ITEM_KEYS = ("frames", "probabilities", "frame_area_pct_field", "frame_pred_any", "frame_truth_any")
 CHECKPOINT_JSON = "checkpoint.json"
+EPOCHS_DIR = "epochs"  # kept epochs (TrainConfig.keep_epochs)
 
 
 @dataclass
@@ -118,6 +119,9 @@ class TrainConfig:
     # draw an ROI inside its ROI_GT, none outside it.  A longer decoder fit lowered the paper's loss but drew
     # nothing on more calcified frames (docs/learning.md): the batch-pooled Dice does not reward small deposits.
     decoder_detection: float = 0.0
+    # Write every epoch's weights as a model file, RUN/epochs/stage{S}_epoch{NNN}.safetensors with its card: for
+    # scoring single epochs or averaging them afterwards (the checkpoint holds only the latest and the best).
+    keep_epochs: bool = False
 
     def schedule(self) -> losses.RebalanceSchedule:
         return losses.RebalanceSchedule(self.rebalance_start, self.rebalance_step, self.rebalance_floor)
@@ -208,6 +212,42 @@ def save_checkpoint(run_dir: Path, model, best_state: dict | None, opt, info: di
     opt_t, opt_groups = _optimizer_tensors(opt)
     tensors.update(opt_t)
     write_checkpoint(run_dir, tensors, dict(info, optimizer=opt_groups))
+
+
+def epoch_model_path(run_dir, stage: int, epoch: int) -> Path:
+    """Where ``keep_epochs`` writes the model of ``epoch`` (1-based) of ``stage``.
+
+    Examples
+    --------
+    >>> epoch_model_path("run", 1, 7).as_posix()
+    'run/epochs/stage1_epoch007.safetensors'
+    """
+    return Path(run_dir) / EPOCHS_DIR / f"stage{int(stage)}_epoch{int(epoch):03d}.safetensors"
+
+
+def save_epoch_model(run_dir: Path, model, row: dict, config: dict) -> Path:
+    """Write the model as it ended the epoch of ``row`` (an ``epoch`` event) with a model card saying which.
+
+    The weights are float32, those of the checkpoint written at the same time.  A stage-1 epoch's decoder
+    is untrained unless the recipe trains it as an auxiliary head (``aux_weight`` > 0).  An existing file
+    is replaced: a resumed run redoes the epoch it had not checkpointed, with the same result.
+    """
+    from CACIdentifierLib.modelio import save_model
+
+    path = epoch_model_path(run_dir, row["stage"], row["epoch"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    metadata = {
+        "roi_gt": {"iterations": config["roi_iterations"], "step_px": config["roi_step_px"],
+                   "min_deposit_fraction": config["min_deposit_fraction"]},
+        "refinement": dict(config["refinement"]),
+        "classifier_threshold": config["classifier_threshold"],
+        "training": {"kept_epoch": {"stage": row["stage"], "epoch": row["epoch"]}, "config": config,
+                     "decoder_trained": row["stage"] == 2 or config.get("aux_weight", 0.0) > 0,
+                     "torch": torch.__version__},
+        "metrics": {"validation": {k: v for k, v in row.items() if k.startswith("val_")}},
+    }
+    save_model(path, model, metadata, overwrite=True, dtype=None)
+    return path
 
 
 def load_checkpoint(run_dir: Path, model=None) -> tuple[dict, dict] | None:
@@ -755,7 +795,8 @@ def _train(train_set, val_set, config: TrainConfig, run_dir: Path, resume: bool,
     if ckpt is not None:
         tensors, info = ckpt
         # The epoch counts may change on resume (extend or cut a run); everything else must match.
-        free = ("device", "num_threads", "epochs1", "epochs2", "workers", "channels_last")  # speed, not the run
+        free = ("device", "num_threads", "epochs1", "epochs2", "workers", "channels_last",  # speed, not the run
+                "keep_epochs")
         # A setting added after the checkpoint was written had its default then.
         defaults = asdict(TrainConfig())
         saved = {k: info["config"].get(k, defaults.get(k)) for k in cfg_json if k not in free}
@@ -874,6 +915,8 @@ def _train(train_set, val_set, config: TrainConfig, run_dir: Path, resume: bool,
             row["best"] = bool(improved)
             row["seconds"] = round(time.perf_counter() - t0, 3)
             history.append(row)
+            if main and config.keep_epochs:  # before the checkpoint: a resume redoes an epoch not checkpointed
+                save_epoch_model(run_dir, model, row, cfg_json)
             if main:
                 state = {"stage": st, "epochs_done": epoch + 1, "history": history, "best": best, "config": cfg_json}
                 if stream is not None and hard_scores is not None:

@@ -131,6 +131,9 @@ def register(subparsers) -> None:
                         "instead of each rank's share")
     p.add_argument("--run-dir", help="checkpoint folder (default MODEL.run/ or RUN_DIR/fold_K/)")
     p.add_argument("--dtype", choices=("float16", "float32"), default="float16", help="weights of the saved model")
+    p.add_argument("--keep-epochs", action="store_true",
+                   help="write every epoch's model to RUN_DIR/epochs/ (stageS_epochNNN.safetensors + card), "
+                        "to score or average single epochs later")
     p.add_argument("--resume", action="store_true",
                    help="continue from the run folder's checkpoint (folds: or start the fold when it has none)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
@@ -193,7 +196,8 @@ def _config(args):
                            decoder_detection=getattr(args, "decoder_detection", None),
                            hard_negative_init=getattr(args, "hard_negative_init", None),
                            metal_negative_weight=getattr(args, "metal_negative_weight", None),
-                           aux_weight=getattr(args, "aux_weight", None))
+                           aux_weight=getattr(args, "aux_weight", None),
+                           keep_epochs=bool(getattr(args, "keep_epochs", False)))
     check_config(config)  # before minutes of data generation
     return config
 
