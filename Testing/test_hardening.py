@@ -750,3 +750,33 @@ def test_folder_lock_reports_a_lock_it_cannot_check_and_releases_its_own(tmp_pat
             raise RuntimeError("the run fails")
     assert not lock.exists()  # released on failure too
 
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="process identities need /proc (Linux)")
+def test_folder_lock_takes_over_a_lock_whose_process_number_now_belongs_to_another_process(tmp_path):
+    """A stale lock naming a live number held by a *different* process (a reboot or PID wrap-around) is
+    taken over; the same live process is still respected."""
+    import json
+    import socket
+    import subprocess
+
+    from CACIdentifierLib.fileutil import LOCK_NAME, folder_lock, process_identity
+
+    lock = tmp_path / LOCK_NAME
+    other = subprocess.Popen(["sleep", "60"])
+    try:
+        ident = process_identity(other.pid)
+        assert ident is not None and ident != process_identity(os.getpid())
+        holder = {"pid": other.pid, "host": socket.gethostname(), "started": "2026-12-04T10:00:00"}
+        lock.write_text(json.dumps(dict(holder, process=ident)))
+        with pytest.raises(CacError, match=f"process {other.pid}"):
+            with folder_lock(tmp_path):
+                pass
+        boot, ticks = ident.rsplit(":", 1)
+        lock.write_text(json.dumps(dict(holder, process=f"{boot}:{int(ticks) - 1}")))  # its number, another start
+        with folder_lock(tmp_path):
+            assert json.loads(lock.read_text())["pid"] == os.getpid()
+        assert not lock.exists()
+    finally:
+        other.kill()
+        other.wait()

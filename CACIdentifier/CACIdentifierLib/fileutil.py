@@ -86,6 +86,27 @@ def process_running(pid: int) -> bool:
     return True
 
 
+def process_identity(pid: int) -> str | None:
+    """What tells process ``pid`` from a later one given the same number: the boot and its start time.
+
+    Linux only (``/proc``: the kernel's boot id and field 22 of ``/proc/PID/stat``, the start time in
+    clock ticks since boot); None elsewhere, or when the process does not run.
+
+    Examples
+    --------
+    >>> me = process_identity(os.getpid())
+    >>> me is None or me == process_identity(os.getpid())
+    True
+    """
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        stat = Path(f"/proc/{int(pid)}/stat").read_text()
+        # The command name (field 2) may hold spaces and parentheses: count fields after its last ")".
+        return f"{boot}:{stat[stat.rindex(')') + 2:].split()[19]}"
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def _create_exclusive(path: Path, text: str) -> None:
     """Create ``path`` holding ``text``, or raise FileExistsError: never an empty or half-written file.
 
@@ -116,8 +137,9 @@ def folder_lock(folder: str | os.PathLike, what: str = "run") -> Iterator[Path]:
 
     Two training runs on one run folder overwrite each other's checkpoints every epoch, silently (a
     resume script started twice did this).  The lock file is created whole and atomically
-    (:func:`_create_exclusive`) and names the process and machine.  A lock left by a process that no longer runs on this machine (killed,
-    power loss) is taken over; one from another machine (a shared cluster file system) cannot be
+    (:func:`_create_exclusive`) and names the process and machine.  A lock left by a process that no
+    longer runs on this machine (killed, power loss; where ``/proc`` tells, also when its number now
+    belongs to another process: :func:`process_identity`) is taken over; one from another machine (a shared cluster file system) cannot be
     checked, so it is reported with what to delete.
 
     Examples
@@ -141,7 +163,8 @@ def folder_lock(folder: str | os.PathLike, what: str = "run") -> Iterator[Path]:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     lock = folder / LOCK_NAME
-    me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+          "process": process_identity(os.getpid())}
     for _ in range(3):
         try:
             _create_exclusive(lock, json.dumps(me) + "\n")
@@ -154,7 +177,10 @@ def folder_lock(folder: str | os.PathLike, what: str = "run") -> Iterator[Path]:
             except (OSError, ValueError, KeyError, TypeError):
                 raise CacError(f"{lock} is unreadable; if no {what} is using {folder}, delete it and start again") \
                     from None
-            if host == me["host"] and not process_running(pid):
+            recorded, now = holder.get("process"), process_identity(pid)
+            # A number reused by another process (after a reboot, or the counter wrapping) is not the holder.
+            reused = recorded is not None and now is not None and now != recorded
+            if host == me["host"] and (reused or not process_running(pid)):
                 with contextlib.suppress(FileNotFoundError):
                     lock.unlink()  # stale: its process is gone
                 continue
