@@ -105,7 +105,7 @@ class _Frames:
 
 def test_frame_detection_curve_equals_gating_at_each_threshold():
     from CACIdentifierLib.field import exposed_field
-    from CACTrainerLib import training
+    from CACTrainerLib import evaluation, training
     from CACTrainerLib.calibrate import frame_detection_curve, operating_point
 
     rng = np.random.default_rng(3)
@@ -126,7 +126,7 @@ def test_frame_detection_curve_equals_gating_at_each_threshold():
     truth = calcium.reshape(n, -1).any(1)
     for i in range(0, len(curve["thresholds"]), 3):  # brute force: gate at the threshold, make each ROI
         t = curve["thresholds"][i]
-        det = np.array([training.frame_roi(rois[5 * f:5 * f + 5], probs[5 * f:5 * f + 5] >= t,
+        det = np.array([evaluation.frame_roi(rois[5 * f:5 * f + 5], probs[5 * f:5 * f + 5] >= t,
                                            exposed_field(nc[f], margin_px=3), refinement).any() for f in range(n)])
         assert curve["sensitivity"][i] == pytest.approx((det & truth).sum() / 4)
         assert curve["specificity"][i] == pytest.approx((~det & ~truth).sum() / 4)
@@ -141,7 +141,7 @@ def test_frame_detection_curve_equals_gating_at_each_threshold():
 
 def test_choose_operating_point_lowers_the_island_size_only_as_far_as_needed():
     from CACIdentifierLib.field import exposed_field
-    from CACTrainerLib import training
+    from CACTrainerLib import evaluation, training
     from CACTrainerLib.calibrate import choose_operating_point
 
     rng = np.random.default_rng(5)
@@ -168,7 +168,7 @@ def test_choose_operating_point_lowers_the_island_size_only_as_far_as_needed():
     op, ref, _ = choose_operating_point(probs, rois, fr, refinement, 1.0)
     assert op["min_island_px"] == 250 and op["sensitivity"] == 1.0
     # Brute force, as inference gates and refines at the chosen point:
-    det = [training.frame_roi(rois[5 * f:5 * f + 5], probs[5 * f:5 * f + 5] >= op["threshold"],
+    det = [evaluation.frame_roi(rois[5 * f:5 * f + 5], probs[5 * f:5 * f + 5] >= op["threshold"],
                               exposed_field(nc[f], margin_px=3), ref).any() for f in range(n)]
     assert det == [True, True, True, True, True, False]
     with pytest.raises(CacError, match=r"at most 0\.500, island sizes 1000 px.*\(--island-sizes 250,100,0\)$"):
@@ -183,7 +183,7 @@ def test_choose_operating_point_lowers_the_island_size_only_as_far_as_needed():
 
 
 def test_cac_calibrate_sensitivity_sets_the_threshold_that_reaches_it(setup, capsys):
-    from CACTrainerLib import training
+    from CACTrainerLib import evaluation, training
     from CACTrainerLib.dataset import build_frameset
 
     # A decoder that marks every gated patch, so the classifier's threshold alone decides which frames get an ROI.
@@ -203,10 +203,10 @@ def test_cac_calibrate_sensitivity_sets_the_threshold_that_reaches_it(setup, cap
     op = meta["operating_point"]
     assert meta["classifier_threshold"] == op["threshold"] and op["sensitivity"] >= 0.9
     assert op["threshold"] > 0.0 and op["positive_frames"] > 0
-    # Independently, through training.evaluate (the inference path) at the card's threshold and calibration:
+    # Independently, through evaluation.evaluate (the inference path) at the card's threshold and calibration:
     fs = build_frameset(setup / "ds", frames_per_acquisition=6)
     cfg = training.TrainConfig(classifier_threshold=meta["classifier_threshold"])
-    ev = training.evaluate(model, fs, cfg, torch.device("cpu"), calibration=meta["calibration"])
+    ev = evaluation.evaluate(model, fs, cfg, torch.device("cpu"), calibration=meta["calibration"])
     assert ev["detection"]["sensitivity"] == pytest.approx(op["sensitivity"])
     assert main(["calibrate", str(setup / "m.safetensors"), "--dataset", str(setup / "ds"), "--out",
                  str(setup / "x.safetensors"), "--sensitivity", "1.5"]) == 2

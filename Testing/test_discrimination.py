@@ -272,7 +272,7 @@ def test_tiny_default_recipe_beats_chance_on_a_held_out_patient(tmp_path):
     """Default recipe, tiny width, a few epochs on strong calcium: patch AUC on an unseen patient > 0.5."""
     import torch
     from CACTrainerLib import dataset as D
-    from CACTrainerLib import training
+    from CACTrainerLib import evaluation, training
     from CACTrainerLib.recipes import recipe_config
 
     torch.set_num_threads(2)
@@ -285,7 +285,7 @@ def test_tiny_default_recipe_beats_chance_on_a_held_out_patient(tmp_path):
     cfg = recipe_config("default", epochs1=8, epochs2=1, batch_size=16, architecture={"width": 16},
                         samples_per_epoch=128, seed=0, num_threads=2)
     res = training.train(train, None, cfg, tmp_path / "run")
-    ev = training.evaluate(res.model, test, cfg, torch.device("cpu"))
+    ev = evaluation.evaluate(res.model, test, cfg, torch.device("cpu"))
     assert ev["auc"] is not None and ev["auc"] > 0.5, ev["auc"]
     assert "roi_area_pct_field_median" in ev and ev["detection"]["tp"] + ev["detection"]["fn"] > 0
 
@@ -529,14 +529,14 @@ def test_score_variants_patch_scores_on_a_frameset():
 
 def test_score_epochs_scores_a_checkpoint_as_its_model_file(tmp_path):
     """benchmarks/score_epochs: a training checkpoint's ``model.`` tensors scored on a fold give the figures
-    of the model file they came from (separability.evidence on training.predict_patches), in both modes; so
+    of the model file they came from (separability.evidence on evaluation.predict_patches), in both modes; so
     does an epoch model of ``cac train --keep-epochs``, found by --watch under its own name."""
     import json
 
     import torch
     from benchmark_scripts import load
     from CACIdentifierLib.modelio import load_model, save_model
-    from CACTrainerLib import training
+    from CACTrainerLib import evaluation, training
     from safetensors.torch import save_file
 
     score_epochs = load("score_epochs")
@@ -556,7 +556,7 @@ def test_score_epochs_scores_a_checkpoint_as_its_model_file(tmp_path):
     assert len(rows) == 3 and rows[0]["seed3000"] == rows[1]["seed3000"] == rows[2]["seed3000"]
     assert rows[2]["checkpoint"].endswith("stage1_epoch004.safetensors")
     fs = load("difficulty").test_fold(2, 3000, 1)[0]
-    probs = training.predict_patches(model, fs, torch.device("cpu"), amp=False).probs
+    probs = evaluation.predict_patches(model, fs, torch.device("cpu"), amp=False).probs
     expect = load("separability").evidence(probs, fs.patch_labels > 0.5, fs.acquisition)
     assert rows[0]["seed3000"] == pytest.approx(expect)
     with pytest.raises(SystemExit):

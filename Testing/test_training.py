@@ -16,6 +16,7 @@ import torch
 from CACIdentifierLib.errors import CacError
 from CACTrainerLib import crossval, phantom
 from CACTrainerLib import dataset as D
+from CACTrainerLib import evaluation as E
 from CACTrainerLib import training as T
 
 ARCH = {"width": 16, "decoder_channels": [32, 16, 16, 8, 8]}
@@ -186,10 +187,10 @@ def test_tiny_training_learns_and_is_repeatable_and_resumable(tiny, tmp_path):
     assert events[0]["event"] == "start" and events[-1]["event"] == "done"
     # learns: patch F1 well above chance (F1 of calling every patch positive) on the training patients,
     # and on the held-out patient F1 >= 0.7 with a balanced accuracy well above 0.5 (chance)
-    ev = T.evaluate(res.model, train, cfg, "cpu", decode=False)
+    ev = E.evaluate(res.model, train, cfg, "cpu", decode=False)
     pos_rate = train.patch_labels.mean()
     assert ev["f1"] >= 0.7 and ev["f1"] > 2 * pos_rate / (1 + pos_rate) + 0.1, ev
-    ev = T.evaluate(res.model, test, cfg, "cpu", decode=False)
+    ev = E.evaluate(res.model, test, cfg, "cpu", decode=False)
     balanced_accuracy = 0.5 * (ev["tp"] / (ev["tp"] + ev["fn"]) + ev["tn"] / (ev["tn"] + ev["fp"]))
     assert ev["f1"] >= 0.7 and balanced_accuracy >= 0.75, ev
     # stage 2 produced ROIs that overlap the calcium on the held-out frames
@@ -561,7 +562,7 @@ def test_evaluate_decoder_sensitivity_is_the_ceiling_of_the_gate(monkeypatch):
     rois = np.zeros((5 * n, 256, 256), np.float16)
     rois[0, 40:90, 40:90] = 0.9  # frame 0, patch 0 (origin 0, 0): 2,500 px over the calcium
     for probs, found in ((np.zeros(5 * n, np.float32), 0), (np.ones(5 * n, np.float32), 1)):
-        monkeypatch.setattr(T, "predict_patches", lambda *a, p=probs, **k: T.PatchPredictions(p, rois, None))
-        ev = T.evaluate(None, fs, T.TrainConfig(), torch.device("cpu"))
+        monkeypatch.setattr(E, "predict_patches", lambda *a, p=probs, **k: E.PatchPredictions(p, rois, None))
+        ev = E.evaluate(None, fs, T.TrainConfig(), torch.device("cpu"))
         assert ev["detection"]["tp"] == found and ev["detection"]["fn"] == 2 - found
         assert ev["decoder_sensitivity"] == 0.5 and ev["decoder_frames_found"] == 1

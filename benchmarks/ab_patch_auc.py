@@ -22,7 +22,7 @@ def main():
     import torch
     from CACIdentifierLib.metrics import auc_difference
     from CACIdentifierLib.modelio import load_model
-    from CACTrainerLib import training
+    from CACTrainerLib import evaluation
 
     ap = argparse.ArgumentParser()
     ap.add_argument("models", nargs="+", help="pairs of model files: A1 B1 [A2 B2 ...]")
@@ -41,7 +41,7 @@ def main():
     probs, res = {}, {}
     for m in models:
         model, _ = load_model(m)
-        probs[m] = training.predict_patches(model, fs, torch.device("cpu"), amp=False).probs
+        probs[m] = evaluation.predict_patches(model, fs, torch.device("cpu"), amp=False).probs
         res[m] = difficulty.analyse(probs[m], labels, snr, rendered, metal, patch_metal)
         print(m, json.dumps(res[m]), flush=True)
     pos = labels > 0.5

@@ -112,7 +112,7 @@ def main(argv=None) -> int:
     keep_freed_memory()  # as `cac` does: reuse freed blocks (docs/learning.md, Speed)
     from CACIdentifierLib.metrics import wilcoxon
     from CACIdentifierLib.modelio import load_model
-    from CACTrainerLib import training
+    from CACTrainerLib import evaluation, training
     from CACTrainerLib.phantom_pool import phantom_pool
 
     torch.set_num_threads(2)
@@ -137,7 +137,7 @@ def main(argv=None) -> int:
             first_cfg = training.TrainConfig(
                 refinement=dict(first_meta.get("refinement", {})) or training.TrainConfig().refinement,
                 classifier_threshold=float(first_meta.get("classifier_threshold", 0.5)))
-            first_val = training.evaluate(first, val, first_cfg, device, calibration=first_meta.get("calibration"))
+            first_val = evaluation.evaluate(first, val, first_cfg, device, calibration=first_meta.get("calibration"))
             results["first_model_validation_detection"] = first_val["detection"]
             log(f"{args.models[0]} on the validation pool: {first_val['detection']}")
             target = max(target, first_val["detection"]["sensitivity"])
@@ -156,7 +156,7 @@ def main(argv=None) -> int:
         model, meta = load_model(path)
         cfg = training.TrainConfig(refinement=dict(meta.get("refinement", {})) or training.TrainConfig().refinement,
                                    classifier_threshold=float(meta.get("classifier_threshold", 0.5)))
-        ev = training.evaluate(model, test, cfg, device, calibration=meta.get("calibration"))
+        ev = evaluation.evaluate(model, test, cfg, device, calibration=meta.get("calibration"))
         cines = per_cine(ev, test)
         results["models"][path] = {"test": summarize(ev, cines), "cines": cines}
         log(f"{path}: {json.dumps(results['models'][path]['test'], default=float)}")

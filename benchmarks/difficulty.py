@@ -239,7 +239,7 @@ def main(argv=None) -> int:
         return 0
     import torch
     from CACIdentifierLib.modelio import load_model
-    from CACTrainerLib import training
+    from CACTrainerLib import evaluation
 
     torch.set_num_threads(2)
     t0 = time.perf_counter()
@@ -251,7 +251,7 @@ def main(argv=None) -> int:
     results = {}
     for path in args.models:
         model, _ = load_model(path)
-        probs = training.predict_patches(model, fs, torch.device("cpu"), amp=False).probs
+        probs = evaluation.predict_patches(model, fs, torch.device("cpu"), amp=False).probs
         results[path] = analyse(probs, labels, snr, rendered, metal, fs.metal.reshape(-1))
         log(f"{path}: {json.dumps(results[path])}")
     out.write_text(json.dumps({"test": fs.summary(), "models": results}, indent=1))

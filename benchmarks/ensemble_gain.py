@@ -53,7 +53,7 @@ def main(argv=None) -> int:
     import torch
     from CACIdentifierLib.metrics import auc_difference, roc_auc
     from CACIdentifierLib.modelio import load_model
-    from CACTrainerLib import training
+    from CACTrainerLib import evaluation
     from difficulty import test_fold
     from epoch_average import load_checkpoint_weights
     from separability import evidence
@@ -71,7 +71,7 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     for s, n in (f.split(":") for f in args.folds.split(",")):
         fs = test_fold(int(n), int(s), args.threads)[0]
-        probs = [training.predict_patches(m, fs, torch.device("cpu"), amp=False).probs for m in members]
+        probs = [evaluation.predict_patches(m, fs, torch.device("cpu"), amp=False).probs for m in members]
         ens = mean_logit(probs)
         y = fs.patch_labels > 0.5
         single = [evidence(p, y, fs.acquisition) for p in probs]

@@ -87,7 +87,7 @@ def main(argv=None) -> int:
     import torch
     from CACIdentifierLib.metrics import roc_auc
     from CACIdentifierLib.modelio import load_model
-    from CACTrainerLib import training
+    from CACTrainerLib import evaluation
     from difficulty import test_fold
 
     torch.set_num_threads(2)
@@ -107,7 +107,7 @@ def main(argv=None) -> int:
     for name, model in models.items():
         results[name] = {}
         for seed, fs in folds.items():
-            probs = training.predict_patches(model, fs, torch.device("cpu"), amp=False).probs
+            probs = evaluation.predict_patches(model, fs, torch.device("cpu"), amp=False).probs
             results[name][seed] = roc_auc(fs.patch_labels > 0.5, probs)
         log(f"{name}: " + ", ".join(f"seed {s} {a:.3f}" for s, a in results[name].items()))
     Path(args.out).write_text(json.dumps({"checkpoints": args.checkpoints, "auc": results}, indent=1))

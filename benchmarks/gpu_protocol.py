@@ -53,7 +53,7 @@ def log(msg: str) -> None:
 
 
 def per_cine(ev: dict, fs) -> dict:
-    """Per-acquisition medians of the frame measures of ``training.evaluate``."""
+    """Per-acquisition medians of the frame measures of ``evaluation.evaluate``."""
     from CACIdentifierLib.metrics import median_iqr
 
     out: dict = {}
@@ -129,7 +129,7 @@ def probe_seconds(fs, val, config, device, steps: int) -> dict:
     """
     import torch
     from CACIdentifierLib.network import ResUNet18
-    from CACTrainerLib import training
+    from CACTrainerLib import evaluation, training
 
     cfg = replace(config, epochs1=1, epochs2=1, samples_per_epoch=config.batch_size * (steps + 2),
                   hard_negative_frac=0.0)
@@ -164,11 +164,11 @@ def probe_seconds(fs, val, config, device, steps: int) -> dict:
     out = {"step1": step_seconds(1, model.classifier_parameters()
                                  + (model.decoder_parameters() if cfg.aux_weight > 0 else [])),
            "recalibrate1": seconds(lambda: training.recalibrate_bn(model, fs, cfg, device, 1, 0)),
-           "validate1": seconds(lambda: training.evaluate(model, val, cfg, device, decode=False))}
+           "validate1": seconds(lambda: evaluation.evaluate(model, val, cfg, device, decode=False))}
     model.freeze_classifier(True)
     out["step2"] = step_seconds(2, model.decoder_parameters())
     out["recalibrate2"] = seconds(lambda: training.recalibrate_bn(model, fs, cfg, device, 2, 0))
-    out["validate2"] = (seconds(lambda: training.evaluate(model, val, cfg, device, decode=True))
+    out["validate2"] = (seconds(lambda: evaluation.evaluate(model, val, cfg, device, decode=True))
                         + seconds(lambda: training._decoder_val_loss(model, val, cfg, device, 1.0)))
     return out
 
@@ -301,7 +301,7 @@ def main(argv=None) -> int:
     from CACIdentifierLib.allocator import keep_freed_memory
     from CACIdentifierLib.device import choose_device
     from CACIdentifierLib.modelio import save_model
-    from CACTrainerLib import training
+    from CACTrainerLib import evaluation, training
     from CACTrainerLib.phantom_pool import phantom_pool
 
     keep_freed_memory()  # as `cac` does: reuse freed blocks (docs/learning.md, Speed)
@@ -360,12 +360,12 @@ def main(argv=None) -> int:
             results[name] = {"error": repr(exc)}
             save()
             continue
-        ev = training.evaluate(result.model.to(device), test, cfg, device)
+        ev = evaluation.evaluate(result.model.to(device), test, cfg, device)
         cines = per_cine(ev, test)
         # The same model with Platt scaling fitted on the validation pool (the decision p >= 0.5
         # then uses the validation prevalence instead of the balanced batches' 50 %).
         cal, feature_stats = fit_calibration(result.model, val, cfg, device)
-        ev_cal = training.evaluate(result.model, test, cfg, device, calibration=cal)
+        ev_cal = evaluation.evaluate(result.model, test, cfg, device, calibration=cal)
         cines_cal = per_cine(ev_cal, test)
         results[name] = {"speed": speed, "config": training.asdict(cfg), "test": summarize(ev, cines),
                          "cines": cines, "history": result.history, "calibration": cal,

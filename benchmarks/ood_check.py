@@ -36,7 +36,7 @@ def main(argv=None) -> int:
     from CACIdentifierLib.inference import identify
     from CACIdentifierLib.modelio import load_model
     from CACIdentifierLib.ood import MARGIN, feature_statistics
-    from CACTrainerLib import dataset, training
+    from CACTrainerLib import dataset, evaluation
     from CACTrainerLib.phantom import PhantomParams, generate_acquisition
     from CACTrainerLib.phantom_domain import randomized_params
     from CACTrainerLib.phantom_pool import phantom_pool
@@ -54,7 +54,7 @@ def main(argv=None) -> int:
             sets.append(dataset.frames_from_acquisition(acq, acquisition=f"P{pt}", patient=f"P{pt}",
                                                         frames_per_acquisition=6))
         val = dataset.FrameSet.concat(sets)
-    stats = feature_statistics(training.pooled_features(model, val, torch.device("cpu"), False, 32),
+    stats = feature_statistics(evaluation.pooled_features(model, val, torch.device("cpu"), False, 32),
                                data=f"{args.domain} phantom, 12 patients")
     print(f"held-out frames: median {stats['frame_score_median']:.3g}, 99th percentile "
           f"{stats['frame_score_q99']:.3g}, warning above {MARGIN * stats['frame_score_q99']:.3g}")

@@ -29,12 +29,12 @@ from gpu_protocol import log  # noqa: E402
 def score(model, folds: dict) -> dict:
     """{seed: evidence(...)} of ``model`` on each fold (a FrameSet per phantom_pool seed)."""
     import torch
-    from CACTrainerLib import training
+    from CACTrainerLib import evaluation
     from separability import evidence
 
     out = {}
     for seed, fs in folds.items():
-        probs = training.predict_patches(model, fs, torch.device("cpu"), amp=False).probs
+        probs = evaluation.predict_patches(model, fs, torch.device("cpu"), amp=False).probs
         out[seed] = evidence(probs, fs.patch_labels > 0.5, fs.acquisition)
     return out
 

@@ -54,7 +54,7 @@ def patch_scores(model, fs, batch_size: int = 32) -> dict:
     >>> s["location_logits"].shape, bool(np.allclose(s["location_logits"].mean(1), s["classifier_logit"], atol=1e-5))
     ((5, 64), True)
     """
-    # Not training.predict_patches: it keeps the ROI maps in float16, which ties the maxima of a
+    # Not evaluation.predict_patches: it keeps the ROI maps in float16, which ties the maxima of a
     # saturating decoder (the shipped default's decoder maximum AUC moved by 0.015 on a 2-patient fold).
     import torch
     from CACIdentifierLib.background import model_inputs

@@ -20,7 +20,7 @@ reports over the calcified cines the median (Q1-Q3) of the per-cine medians of I
 precision and ROI area (% of the exposed field) and the per-cine frame sensitivity; over the
 calcium-free cines the share of analysed frames with an ROI and the ROI area; ROI pixels outside
 the exposed field (the pipeline's and the generator's true one).  As in the project's evaluation
-(``training.evaluate``, ``metrics.evaluate_masks``), IoM and HD compare the ROI with the frame's
+(``evaluation.evaluate``, ``metrics.evaluate_masks``), IoM and HD compare the ROI with the frame's
 calcium mask and the ROI precision with its ROI_GT; the IoM against ROI_GT is reported as well.
 """
 
@@ -735,7 +735,7 @@ def _circular_distance(a, b) -> float:
 def score_cine(res, masks: np.ndarray, info: dict) -> dict:
     """Per-cine figures of one ``identify`` result against the generator's truth.
 
-    As ``training.evaluate``: on the analysed frames where the ROI or the truth is non-empty, IoM
+    As ``evaluation.evaluate``: on the analysed frames where the ROI or the truth is non-empty, IoM
     and HD against the calcium mask and ROI precision against its ROI_GT; plus the IoM against
     ROI_GT, the ROI area (% of the exposed field), the frame sensitivity (share of analysed
     frames with calcium that have an ROI) and the share of frames with an ROI.  Also how well

@@ -187,12 +187,12 @@ def main(argv=None) -> int:
     if args.models:
         import torch
         from CACIdentifierLib.modelio import load_model
-        from CACTrainerLib import training
+        from CACTrainerLib import evaluation
 
         torch.set_num_threads(2)
         for path in args.models:
             model, _ = load_model(path)
-            probs = training.predict_patches(model, fs, torch.device("cpu"), amp=False).probs
+            probs = evaluation.predict_patches(model, fs, torch.device("cpu"), amp=False).probs
             results["models"][path] = evidence(probs, labels, fs.acquisition)
             log(f"{path}: {json.dumps(results['models'][path])}")
     Path(args.out).write_text(json.dumps(results, indent=1))

@@ -10,7 +10,7 @@ classifier a 50 % prior, and ``b`` moves it to the prevalence of held-out data,
 so that ``p >= 0.5`` is the Bayes decision there.  The model card stores ``T``
 (and ``b``) under ``calibration`` with the reliability figures before and after;
 :func:`CACIdentifierLib.inference.identify` and
-:func:`CACTrainerLib.training.evaluate` apply them (:func:`apply`).
+:func:`CACTrainerLib.evaluation.evaluate` apply them (:func:`apply`).
 
 Examples
 --------

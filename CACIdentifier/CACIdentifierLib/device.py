@@ -126,5 +126,21 @@ def autocast_dtype(device: torch.device | str, enabled: bool = True) -> torch.dt
     return None
 
 
+def to_device(x, device) -> torch.Tensor:
+    """``x`` (a tensor or an array) as a tensor on ``device``; a host array is made contiguous first.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> to_device(np.arange(6).reshape(2, 3).T, "cpu").is_contiguous()
+    True
+    """
+    if torch.is_tensor(x):
+        return x.to(device, non_blocking=True)
+    import numpy as np
+
+    return torch.from_numpy(np.ascontiguousarray(x)).to(device)
+
+
 # The name used in docs/ARCHITECTURE.md.
 autocast_context = autocast

@@ -34,7 +34,7 @@ ISLAND_SIZES = (500, 250)  # px: what the operating point may lower the model's 
 
 
 def exposed_field_of_frames(fs) -> list:
-    """Each frame's exposed field (3-px margin, as :func:`training.evaluate`), computed once for
+    """Each frame's exposed field (3-px margin, as :func:`evaluation.evaluate`), computed once for
     every refinement that :func:`choose_operating_point` tries."""
     from CACIdentifierLib.field import exposed_field
 
@@ -47,7 +47,7 @@ def frame_detection_curve(probs: np.ndarray, rois: np.ndarray, fs, refinement: d
     A frame's classifier gate at threshold ``t`` keeps the patches with
     probability >= ``t``: always the ``k`` most probable of its five, so a
     frame has only six possible ROIs (k = 0..5).  Each is made once
-    (:func:`training.frame_roi`), and the frame detections follow for every
+    (:func:`evaluation.frame_roi`), and the frame detections follow for every
     threshold.
 
     Parameters
@@ -71,7 +71,7 @@ def frame_detection_curve(probs: np.ndarray, rois: np.ndarray, fs, refinement: d
         probability), ``sensitivity``, ``specificity`` (arrays, NaN where
         undefined), ``positive_frames``, ``negative_frames``.
     """
-    from . import training
+    from . import evaluation
 
     n = len(fs)
     if fields is None:
@@ -84,7 +84,7 @@ def frame_detection_curve(probs: np.ndarray, rois: np.ndarray, fs, refinement: d
         for k in range(1, 6):
             gate = np.zeros(5, bool)
             gate[order[f, :k]] = True
-            has_roi[f, k] = bool(training.frame_roi(rois[5 * f:5 * f + 5], gate, field, refinement).any())
+            has_roi[f, k] = bool(evaluation.frame_roi(rois[5 * f:5 * f + 5], gate, field, refinement).any())
     thresholds = np.unique(np.concatenate([[0.0], p.ravel()]))
     k = (p[None, :, :] >= thresholds[:, None, None]).sum(axis=2)  # (T, F) patches kept per frame
     detected = has_roi[np.arange(n)[None, :], k]
@@ -248,14 +248,14 @@ def calibrate_metadata(model, metadata: dict, fs, *, method: str = "platt", devi
     from CACIdentifierLib.errors import CacError
     from CACIdentifierLib.ood import feature_statistics
 
-    from . import training
+    from . import evaluation
 
     if method not in METHODS:
         raise CacError(f"calibration method {method!r} is not one of {', '.join(METHODS)}")
     if len(fs) < 4:
         raise CacError(f"calibration needs at least 4 annotated frames, got {len(fs)}; give more data")
     device = torch.device(device)
-    probs, rois, pooled = training.predict_patches(model, fs, device, False, batch_size,
+    probs, rois, pooled = evaluation.predict_patches(model, fs, device, False, batch_size,
                                                    decode=sensitivity is not None, return_features=True)
     p = np.clip(probs.astype(float), 1e-6, 1 - 1e-6)
     y = fs.patch_labels > 0.5
@@ -278,7 +278,7 @@ def calibrate_metadata(model, metadata: dict, fs, *, method: str = "platt", devi
         meta.pop("calibration", None)
     rel = {"before": before, "after": after}
     if sensitivity is not None:
-        # float32 as training.evaluate gates them, so that a held-out probability lands on the same side.
+        # float32 as evaluation.evaluate gates them, so that a held-out probability lands on the same side.
         calibrated = (calibration.apply(probs, cal) if cal else probs).astype(np.float32)
         refinement = dict(REFINEMENT_DEFAULTS, **(meta.get("refinement") or {}))
         op, refinement, rel["curve"] = choose_operating_point(calibrated, rois, fs, refinement, sensitivity,

@@ -33,7 +33,8 @@ from CACIdentifierLib.fileutil import atomic_output
 
 from . import distributed
 from .dataset import FrameSet
-from .training import TrainConfig, evaluate, train
+from .evaluation import evaluate
+from .training import TrainConfig, train
 
 PAPER_TABLE2 = {
     "precision": (0.89, 0.81, 0.94),

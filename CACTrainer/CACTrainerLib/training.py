@@ -40,12 +40,12 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 import torch
 from CACIdentifierLib.allocator import release_freed_memory
 from CACIdentifierLib.background import FRAME_AND_RESIDUAL, FRAME_ONLY, model_inputs
+from CACIdentifierLib.device import to_device
 from CACIdentifierLib.errors import CacError
 from CACIdentifierLib.fileutil import atomic_output, folder_lock
 from CACIdentifierLib.network import CLASSIFIER_THRESHOLD
@@ -54,10 +54,9 @@ from CACIdentifierLib.refinement import DEFAULTS as REFINEMENT_DEFAULTS
 
 from . import dataset, distributed, losses, targets
 from .amp import MixedPrecision
+from .evaluation import PER_ITEM_KEYS, evaluate
 
 CHECKPOINT = "checkpoint.safetensors"
-# Keys of evaluate()'s result that hold one value per frame or patch (left out of summaries and JSON).
-PER_ITEM_KEYS = ("frames", "probabilities", "frame_area_pct_field", "frame_pred_any", "frame_truth_any")
 CHECKPOINT_JSON = "checkpoint.json"
 EPOCHS_DIR = "epochs"  # kept epochs (TrainConfig.keep_epochs)
 
@@ -150,24 +149,6 @@ def seed_everything(seed: int, stage: int = 0, epoch: int = 0) -> np.random.Gene
     return np.random.default_rng(key)
 
 
-def _to(x, device) -> torch.Tensor:
-    if torch.is_tensor(x):
-        return x.to(device, non_blocking=True)
-    return torch.from_numpy(np.ascontiguousarray(x)).to(device)
-
-
-def _prf(y_true, y_pred) -> dict:
-    from CACIdentifierLib.metrics import precision_recall_f1
-
-    r = precision_recall_f1(np.asarray(y_true).astype(bool), np.asarray(y_pred).astype(bool))
-    if isinstance(r, dict):
-        out = {k: (None if r.get(k) is None else float(r[k])) for k in ("precision", "recall", "f1")}
-        out.update({k: int(r[k]) for k in ("tp", "fp", "fn", "tn") if k in r})
-        return out
-    p, rc, f = r[:3]
-    return {"precision": float(p), "recall": float(rc), "f1": float(f)}
-
-
 def _state_tensors(prefix: str, module: torch.nn.Module) -> dict:
     return {f"{prefix}.{k}": v.detach().to("cpu").contiguous().clone() for k, v in module.state_dict().items()}
 
@@ -257,150 +238,7 @@ def load_checkpoint(run_dir: Path, model=None) -> tuple[dict, dict] | None:
     return read_checkpoint(run_dir, model)
 
 
-# -- evaluation ---------------------------------------------------------------------------------
-
-
-class PatchPredictions(NamedTuple):
-    """What :func:`predict_patches` returns."""
-
-    probs: np.ndarray  # (F*5,) classifier probabilities
-    rois: np.ndarray | None  # (F*5, 256, 256) float16 ROI probabilities, with ``decode``
-    features: np.ndarray | None  # (F*5, C) Block6 features averaged over each patch, with ``return_features``
-
-
-@torch.no_grad()
-def predict_patches(model, fs: dataset.FrameSet, device, amp: bool, batch_size: int = 32,
-                    decode: bool = False, return_features: bool = False) -> PatchPredictions:
-    """Classifier probabilities and, on request, ROI probabilities and pooled Block6 features.
-
-    ``features`` are what the classifier reads (for ood.py), from the same encoder pass.
-    """
-    from CACIdentifierLib.device import autocast
-
-    model.eval()
-    ids = np.arange(fs.n_patches)
-    probs = np.empty(len(ids), np.float32)
-    rois = np.empty((len(ids), dataset.PATCH, dataset.PATCH), np.float16) if decode else None
-    pooled = []
-    for s in range(0, len(ids), batch_size):
-        b = dataset.make_batch(fs, ids[s:s + batch_size], inputs=model_inputs(model))
-        with autocast(device, enabled=amp):
-            feats = model.encode(_to(b["nc"], device), _to(b["c"], device))
-            logit = model.classify_features(feats)
-            if decode:
-                rois[s:s + batch_size] = torch.sigmoid(model.decode(feats).float())[:, 0].cpu().numpy()
-        probs[s:s + batch_size] = torch.sigmoid(logit.float()).cpu().numpy()
-        if return_features:
-            pooled.append(feats["block6"].float().mean(dim=(2, 3)).cpu().numpy())
-    features = None
-    if return_features:
-        features = np.concatenate(pooled) if pooled else np.zeros((0, 0), np.float32)
-    return PatchPredictions(probs, rois, features)
-
-
-def pooled_features(model, fs: dataset.FrameSet, device, amp: bool, batch_size: int = 32) -> np.ndarray:
-    """(F*5, C) Block6 features averaged over each patch: what the classifier reads (for ood.py)."""
-    return predict_patches(model, fs, device, amp, batch_size, return_features=True).features
-
-
-def frame_roi(rois: np.ndarray, gate: np.ndarray, field: np.ndarray, refinement: dict) -> np.ndarray:
-    """A frame's ROI as inference makes it: the five patches' ROI probabilities gated, stitched, refined, in the field.
-
-    ``rois`` (5, 256, 256) ROI probabilities, ``gate`` (5,) bool classifier
-    decisions, ``field`` (512, 512) bool exposed field.
-    """
-    from CACIdentifierLib import patches
-    from CACIdentifierLib.refinement import refine
-
-    gated = rois.astype(np.float32) * np.asarray(gate, bool)[:, None, None]
-    return refine(patches.stitch(gated, dataset.FRAME, dataset.FRAME, mode="max"), **refinement) & field
-
-
-def evaluate(model, fs: dataset.FrameSet, config: TrainConfig, device, *, decode: bool = True,
-             calibration: dict | None = None) -> dict:
-    """Patch classification metrics and per-frame identification metrics on ``fs``.
-
-    Identification follows inference: gated ROI probabilities, stitched with
-    max, refined; IoM and Hausdorff distance (mm, where the spacing is
-    known) against the frame's majority-vote calcium mask, for the frames
-    where either mask is non-empty (both empty: undefined, skipped).
-    ``detection`` is the frame-level sensitivity and specificity;
-    ``decoder_sensitivity`` the share of calcified frames that get an ROI
-    with every patch gated in (in the exposed field), the most that any
-    classifier threshold can reach.
-    ``calibration`` (a model card's) is applied to the classifier's
-    probabilities before the threshold, as inference does.
-    """
-    from CACIdentifierLib import calibration as calib
-    from CACIdentifierLib import metrics, patches
-    from CACIdentifierLib.field import exposed_field
-    from CACIdentifierLib.refinement import refine
-
-    probs, rois, _ = predict_patches(model, fs, device, config.amp, config.batch_size, decode=decode)
-    if calibration:
-        probs = calib.apply(probs, calibration).astype(np.float32)
-    y = fs.patch_labels > 0.5
-    pred = probs >= config.classifier_threshold
-    out = {"patches": int(y.size), "positives": int(y.sum())}
-    out.update(_prf(y, pred))
-    out["auc"] = metrics.roc_auc(y, probs)
-    out["probabilities"] = probs
-    eps = 1e-7
-    p = np.clip(probs, eps, 1 - eps)
-    out["cls_loss"] = float(-np.mean(y * np.log(p) + (~y) * np.log(1 - p)))
-    if not decode:
-        return out
-    frames = []
-    areas, pred_any, truth_any = [], [], []
-    decoder_hits = []  # per calcified frame: does the ungated ROI (every patch kept) exist?
-    for f in range(len(fs)):
-        sl = slice(5 * f, 5 * f + 5)
-        field = exposed_field(fs.nc[f], margin_px=3)
-        mask = frame_roi(rois[sl], pred[sl], field, config.refinement)
-        truth = fs.calcium[f]
-        sp = fs.spacing_mm[f]
-        area = metrics.roi_area(mask, tuple(sp) if np.all(np.isfinite(sp)) else None, field)
-        areas.append(area["area_pct_field"])
-        pred_any.append(bool(mask.any()))
-        truth_any.append(bool(truth.any()))
-        if not mask.any() and not truth.any():
-            continue
-        iom = metrics.iom(mask, truth)
-        # The same decoder without classifier gating, for the paired comparison of the CV report.
-        ungated = refine(patches.stitch(rois[sl].astype(np.float32), dataset.FRAME, dataset.FRAME, mode="max"),
-                         **config.refinement)
-        iom_ungated = metrics.iom(ungated, truth)
-        if truth.any():
-            decoder_hits.append(bool((ungated & field).any()))
-        sp = fs.spacing_mm[f]
-        hd = None
-        if np.all(np.isfinite(sp)) and mask.any() and truth.any():
-            hd = metrics.hausdorff_mm(mask, truth, tuple(float(s) for s in sp))
-        frames.append({"acquisition": fs.acquisition[f], "frame": int(fs.frame_index[f]),
-                       "iom": None if iom is None or (isinstance(iom, float) and math.isnan(iom)) else float(iom),
-                       "hd_mm": None if hd is None else float(hd),
-                       "iom_ungated": None if iom_ungated is None else float(iom_ungated),
-                       "roi_area_pct_field": area["area_pct_field"], "roi_area_mm2": area["area_mm2"],
-                       "roi_precision": metrics.roi_precision(mask, fs.roi[f])})
-    ioms = [fr["iom"] for fr in frames if fr["iom"] is not None]
-    hds = [fr["hd_mm"] for fr in frames if fr["hd_mm"] is not None]
-    out["frames"] = frames
-    out["frame_area_pct_field"] = areas
-    out["frame_pred_any"] = pred_any
-    out["frame_truth_any"] = truth_any
-    out["roi_area_pct_field_median"] = float(np.median(areas)) if areas else None
-    precs = [fr["roi_precision"] for fr in frames if fr["roi_precision"] is not None]
-    out["roi_precision_median"] = float(np.median(precs)) if precs else None
-    out["detection"] = metrics.frame_detection(pred_any, truth_any)
-    # The ceiling of the frame sensitivity that any classifier threshold can reach: the share of calcified
-    # frames whose decoder draws an ROI when every patch is kept.  Frames missed within the ceiling are
-    # the classifier gate's; those beyond it the decoder's (no threshold brings them back).
-    out["decoder_sensitivity"] = float(np.mean(decoder_hits)) if decoder_hits else None
-    out["decoder_frames_found"] = int(np.sum(decoder_hits))
-    out["iom_mean"] = float(np.mean(ioms)) if ioms else None
-    out["iom_median"] = float(np.median(ioms)) if ioms else None
-    out["hd_mm_median"] = float(np.median(hds)) if hds else None
-    return out
+# -- validation ---------------------------------------------------------------------------------
 
 
 @torch.no_grad()
@@ -413,8 +251,8 @@ def _decoder_val_loss(model, fs: dataset.FrameSet, config: TrainConfig, device, 
     for s in range(0, len(ids), config.batch_size):
         b = dataset.make_batch(fs, ids[s:s + config.batch_size], with_dist=True, inputs=model_inputs(model))
         with autocast(device, enabled=config.amp):
-            roi_logit = model.decode(model.encode(_to(b["nc"], device), _to(b["c"], device)))
-        loss, _ = losses.decoder_loss(roi_logit, _to(b["roi"], device), _to(b["dist"], device), alpha,
+            roi_logit = model.decode(model.encode(to_device(b["nc"], device), to_device(b["c"], device)))
+        loss, _ = losses.decoder_loss(roi_logit, to_device(b["roi"], device), to_device(b["dist"], device), alpha,
                                       config.decoder_detection)
         total += float(loss) * len(b["label"])
         n += len(b["label"])
@@ -461,7 +299,7 @@ def recalibrate_bn(model, fs: dataset.FrameSet, config: TrainConfig, device, sta
             break
         b = dataset.make_batch(fs, chunk, inputs=model_inputs(model))
         with autocast(device, enabled=config.amp):
-            feats = model.encode(_to(b["nc"], device), _to(b["c"], device))
+            feats = model.encode(to_device(b["nc"], device), to_device(b["c"], device))
             if stage == 2:
                 model.decode(feats)
     for bn, m in zip(bns, momenta):
@@ -587,12 +425,12 @@ def _run_epoch(model, opt, fs: dataset.FrameSet, config: TrainConfig, device, st
             f = lr_factor(epoch * len(batches) + i, epochs * len(batches), config)
             for g in opt.param_groups:
                 g["lr"] = base_lr * f
-        nc = _to(b["nc"], device).contiguous(memory_format=fmt)
-        c = _to(b["c"], device).contiguous(memory_format=fmt)
+        nc = to_device(b["nc"], device).contiguous(memory_format=fmt)
+        c = to_device(b["c"], device).contiguous(memory_format=fmt)
         with autocast(device, enabled=config.amp):
             logit, roi_logit = forward(nc, c)
         if stage == 1:
-            labels = _to(b["label"], device)
+            labels = to_device(b["label"], device)
             loss = losses.classification_loss(logit, labels)
             if scores is not None:
                 with torch.no_grad():
@@ -603,9 +441,9 @@ def _run_epoch(model, opt, fs: dataset.FrameSet, config: TrainConfig, device, st
                 else:  # all ranks keep every patch's score: they draw the same next epoch
                     scores[np.asarray(batches[i])] = ddp.gather_scores(per, batches[i])
             if joint:
-                loss = loss + config.aux_weight * losses.dense_roi_loss(roi_logit, _to(b["roi"], device))
+                loss = loss + config.aux_weight * losses.dense_roi_loss(roi_logit, to_device(b["roi"], device))
         else:
-            loss, _ = losses.decoder_loss(roi_logit, _to(b["roi"], device), _to(b["dist"], device), alpha,
+            loss, _ = losses.decoder_loss(roi_logit, to_device(b["roi"], device), to_device(b["dist"], device), alpha,
                                           config.decoder_detection)
         opt.zero_grad(set_to_none=True)
         if ddp is not None and len(bids) * ddp.world != len(batches[i]):

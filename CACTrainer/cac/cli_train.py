@@ -462,7 +462,8 @@ def _train_final(fs, dataset: Path, args, config, out: Path, emit, progress, *, 
     import torch
     from CACIdentifierLib.modelio import save_model
     from CACTrainerLib import crossval, distributed
-    from CACTrainerLib.training import PER_ITEM_KEYS, plot_curves, train
+    from CACTrainerLib.evaluation import PER_ITEM_KEYS
+    from CACTrainerLib.training import plot_curves, train
 
     run_dir = Path(args.run_dir) if args.run_dir else out.with_name(out.stem + ".run")
     if stream is None:
