@@ -7,7 +7,7 @@ import pytest
 
 pytest.importorskip("slicer")
 from CACAnnotatorLib import annotation  # noqa: E402
-from CACIdentifierLib import mrml, slicercore  # noqa: E402
+from CACIdentifierLib import mrml, nrrd_io, slicercore  # noqa: E402
 from CACIdentifierLib.cine_io import load_cine  # noqa: E402
 from CACIdentifierLib.metrics import majority_vote  # noqa: E402
 from CACIdentifierLib.sync import synchronize  # noqa: E402
@@ -84,7 +84,7 @@ def test_annotators_majority_vote_and_export(loaded, tmp_path):
     added = annotation.export_to_dataset(ds, RCA, nodes, volume, onset=16)
     manifest = json.loads((ds / "manifest.json").read_text())
     assert [e["id"] for e in manifest["acquisitions"]] == [added.id] and added.calcium_frames == 3
-    majority = mrml.read_seg_nrrd(ds / manifest["acquisitions"][0]["majority"]).segments["calcium"]
+    majority = nrrd_io.read_seg_nrrd(ds / manifest["acquisitions"][0]["majority"]).segments["calcium"]
     assert np.array_equal(majority, expected)
 
 

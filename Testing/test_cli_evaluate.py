@@ -5,12 +5,12 @@ import json
 import numpy as np
 import pytest
 from cac.cli import main
-from CACIdentifierLib import mrml
+from CACIdentifierLib import nrrd_io
 from CACIdentifierLib.metrics import hausdorff_mm, iom
 
 
 def write(path, segments, spacing=(0.3, 0.3)):
-    mrml.write_seg_nrrd(path, segments, spacing)
+    nrrd_io.write_seg_nrrd(path, segments, spacing)
     return str(path)
 
 

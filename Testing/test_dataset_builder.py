@@ -67,7 +67,7 @@ def built(tmp_path_factory):
 
 
 def test_dataset_contents(built, capsys):
-    from CACIdentifierLib import mrml
+    from CACIdentifierLib import nrrd_io
     from CACTrainerLib.dataset_builder import dice
     from CACTrainerLib.phantom_writer import load_manifest
 
@@ -82,10 +82,10 @@ def test_dataset_contents(built, capsys):
     for name, d in info.items():
         rec = records[d["added"].id]
         cine = d["cine"]
-        back = mrml.read_seg_nrrd(rec["majority"], expected_shape=cine.frames.shape).segments["calcium"]
+        back = nrrd_io.read_seg_nrrd(rec["majority"], expected_shape=cine.frames.shape).segments["calcium"]
         assert np.array_equal(back, d["majority"])  # cropped files aligned back onto the cine's frames
         for path, m in zip(rec["annotators"], d["masks"]):
-            assert np.array_equal(mrml.read_seg_nrrd(path).segments["calcium"], m)
+            assert np.array_equal(nrrd_io.read_seg_nrrd(path).segments["calcium"], m)
         acq = json.loads(Path(rec["truth"]).read_text())
         onset, frames = CINES[name]
         assert acq["onset_source"] == ("given" if onset is not None else "detected")
@@ -173,9 +173,9 @@ def test_train_fold_and_evaluate(built, capsys):
     code, text, err = cli(capsys, "evaluate", out / "roi.seg.nrrd", *d["paths"], "--json", "--allow-pixel-units")
     assert code == 0, err
     result = json.loads(text)
-    from CACIdentifierLib import mrml
+    from CACIdentifierLib import nrrd_io
 
-    roi = mrml.read_seg_nrrd(out / "roi.seg.nrrd").union()
+    roi = nrrd_io.read_seg_nrrd(out / "roi.seg.nrrd").union()
     from CACIdentifierLib.dicom_seg import read_dicom_seg
 
     assert np.array_equal(read_dicom_seg(tmp / "roi.dcm", 17), roi)  # the PACS copy holds the same ROIs

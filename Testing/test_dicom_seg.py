@@ -21,7 +21,7 @@ IDENTIFYING = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "Pa
 
 
 def test_round_trip_equals_seg_nrrd_frame_by_frame(tmp_path):
-    from CACIdentifierLib import mrml
+    from CACIdentifierLib import nrrd_io
     src = pydicom.dcmread(SOURCE, stop_before_pixels=True)
     n = int(src.NumberOfFrames)
     roi = np.zeros((n, src.Rows, src.Columns), bool)
@@ -29,9 +29,9 @@ def test_round_trip_equals_seg_nrrd_frame_by_frame(tmp_path):
     roi[4, 300:310, 10:50] = True
     roi[4, 0:5, 500:512] = True  # touches the border
     roi[16, 250:400, 250:400] = True  # last frame
-    mrml.write_seg_nrrd(tmp_path / "roi.seg.nrrd", {"CAC ROI": roi}, None)
+    nrrd_io.write_seg_nrrd(tmp_path / "roi.seg.nrrd", {"CAC ROI": roi}, None)
     out = write_dicom_seg(tmp_path / "roi.dcm", SOURCE, roi)
-    nrrd = mrml.read_seg_nrrd(tmp_path / "roi.seg.nrrd").union()
+    nrrd = nrrd_io.read_seg_nrrd(tmp_path / "roi.seg.nrrd").union()
     back = read_dicom_seg(out, n)
     for k in range(n):
         assert np.array_equal(back[k], nrrd[k]), k
@@ -65,11 +65,11 @@ def test_no_patient_data_beyond_the_source(tmp_path):
 
 
 def test_cli_refuses_non_dicom_source(tmp_path, capsys):
-    from CACIdentifierLib import mrml
+    from CACIdentifierLib import nrrd_io
     from CACIdentifierLib.cine import Cine
 
     cine = Cine(frames=np.zeros((4, 64, 64), np.uint8), frame_time_ms=66.0)
-    mrml.write_frame_stack_nrrd(cine, tmp_path / "cine.nrrd")
+    nrrd_io.write_frame_stack_nrrd(cine, tmp_path / "cine.nrrd")
     code = main(["identify", str(tmp_path / "cine.nrrd"), "--out", str(tmp_path / "o"),
                  "--dicom-seg", str(tmp_path / "roi.dcm")])
     err = capsys.readouterr().err

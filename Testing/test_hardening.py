@@ -594,7 +594,7 @@ def test_val_fraction_zero_holds_out_nobody():
 @needs_data
 def test_every_loader_runs_without_pickle(plain, tmp_path, no_unpickling):
     """Model, checkpoint, DICOM cine, .seg.nrrd and manifest loaders, with every route into pickle refused."""
-    from CACIdentifierLib import mrml
+    from CACIdentifierLib import nrrd_io
     from CACTrainerLib import training
     from CACTrainerLib.dataset import build_frameset
 
@@ -609,7 +609,7 @@ def test_every_loader_runs_without_pickle(plain, tmp_path, no_unpickling):
     ds = tmp_path / "ds"
     ds.mkdir()
     (ds / "cine.dcm").symlink_to(plain)
-    mrml.write_seg_nrrd(ds / "majority.seg.nrrd", {"CAC": mask}, (0.3, 0.3))
+    nrrd_io.write_seg_nrrd(ds / "majority.seg.nrrd", {"CAC": mask}, (0.3, 0.3))
     (ds / "manifest.json").write_text(json.dumps(
         {"acquisitions": [{"id": "A", "patient": "P", "cine": "cine.dcm", "majority": "majority.seg.nrrd"}]}))
     with warnings.catch_warnings():
@@ -668,10 +668,10 @@ def test_element_length_of_gigabytes_reads_no_more_than_the_file(plain, tmp_path
 @pytest.mark.parametrize("line", [b"space: bzip2", b"space: nan", b"kinds: gzip domain domain", b"sizes: 1 1"])
 def test_nrrd_headers_that_made_slicer_core_abort(tmp_path, line):
     """Found by the fuzzing harness: slicer-core aborts the process on these; now one line."""
-    from CACIdentifierLib import mrml
+    from CACIdentifierLib import nrrd_io
 
     good = tmp_path / "good.seg.nrrd"
-    mrml.write_seg_nrrd(good, {"CAC": np.ones((2, 32, 32), bool)}, (0.3, 0.3))
+    nrrd_io.write_seg_nrrd(good, {"CAC": np.ones((2, 32, 32), bool)}, (0.3, 0.3))
     raw = good.read_bytes()
     end = raw.find(b"\n\n")
     lines = raw[:end].split(b"\n")
@@ -714,10 +714,10 @@ def test_nrrd_attributes_found_by_the_full_fuzz_run(tmp_path, capsys):
 
 def test_segment_extent_of_the_wrong_length_is_one_line(tmp_path, capsys):
     """Seed 2 of the full fuzz run, case 8657: `Segment0_Extent:=-1` gave an IndexError in evaluate."""
-    from CACIdentifierLib import mrml
+    from CACIdentifierLib import nrrd_io
 
     good = tmp_path / "good.seg.nrrd"
-    mrml.write_seg_nrrd(good, {"CAC": np.ones((2, 32, 32), bool)}, (0.3, 0.3))
+    nrrd_io.write_seg_nrrd(good, {"CAC": np.ones((2, 32, 32), bool)}, (0.3, 0.3))
     raw = good.read_bytes()
     start = raw.index(b"Segment0_Extent:=")
     end = raw.index(b"\n", start)

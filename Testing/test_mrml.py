@@ -89,7 +89,7 @@ def test_sequence_without_frame_time_or_spacing(scene):
     sequence, _ = mrml.cine_to_sequence(scene, cine, "unknowns")
     assert sequence.GetIndexName() == "frame"
     assert [sequence.GetNthIndexValue(k) for k in range(3)] == ["0", "1", "2"]
-    assert sequence.GetAttribute(mrml.ATTR_SPACING_SOURCE) == "unknown"
+    assert sequence.GetAttribute(nrrd_io.ATTR_SPACING_SOURCE) == "unknown"
     assert sequence.GetNthDataNode(0).GetSpacing() == pytest.approx((1.0, 1.0, 1.0))
     back = mrml.sequence_to_cine(sequence)
     assert back.spacing_mm is None and back.spacing_source == "unknown"

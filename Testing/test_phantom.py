@@ -289,14 +289,14 @@ def test_dicom_uids_deterministic(tmp_path, small):
 
 
 def test_seg_nrrd_read_back(tmp_path, small):
-    from CACIdentifierLib import mrml
+    from CACIdentifierLib import nrrd_io
     files = write_acquisition(tmp_path, small)
-    seg = mrml.read_seg_nrrd(tmp_path / files["majority"], expected_shape=small.frames.shape)
+    seg = nrrd_io.read_seg_nrrd(tmp_path / files["majority"], expected_shape=small.frames.shape)
     assert np.array_equal(seg.segments["calcium"], small.majority)
     assert seg.spacing_mm[0] == pytest.approx(small.spacing_mm[0], rel=1e-6)
     for name, mask in zip(files["annotators"], small.annotators):
-        assert np.array_equal(mrml.read_seg_nrrd(tmp_path / name).segments["calcium"], mask)
-    assert np.array_equal(mrml.read_seg_nrrd(tmp_path / files["truth_seg"]).segments["calcium"], small.calcium)
+        assert np.array_equal(nrrd_io.read_seg_nrrd(tmp_path / name).segments["calcium"], mask)
+    assert np.array_equal(nrrd_io.read_seg_nrrd(tmp_path / files["truth_seg"]).segments["calcium"], small.calcium)
     truth = json.loads((tmp_path / files["truth"]).read_text())
     assert truth["onset_frame"] == small.truth["onset_frame"]
 

@@ -168,7 +168,7 @@ def export_to_dataset(dataset, cine_path, nodes, volume_node, *, patient: str | 
     of ``cac dataset add``: same checks, pseudonyms and layout).  Returns its
     :class:`~CACTrainerLib.dataset_builder.Added`.
     """
-    from CACIdentifierLib import mrml
+    from CACIdentifierLib import mrml, nrrd_io
     from CACTrainerLib.dataset_builder import add_acquisition
 
     cine = mrml.frame_stack_volume_to_cine(volume_node)
@@ -177,7 +177,7 @@ def export_to_dataset(dataset, cine_path, nodes, volume_node, *, patient: str | 
         paths = []
         for i, m in enumerate(masks):
             path = Path(tmp) / f"annotator{i + 1}.seg.nrrd"
-            mrml.write_seg_nrrd(path, {"calcium": m}, cine.spacing_mm, source_fingerprint=cine.fingerprint())
+            nrrd_io.write_seg_nrrd(path, {"calcium": m}, cine.spacing_mm, source_fingerprint=cine.fingerprint())
             paths.append(path)
         return add_acquisition(dataset, cine_path, paths, patient=patient, onset=onset, key_file=key_file,
                                overwrite=overwrite)

@@ -1,8 +1,8 @@
 """Cines, masks and results as MRML nodes.
 
 Everything that touches Slicer's MRML classes lives here (the files Slicer
-reads are written without MRML by :mod:`CACIdentifierLib.nrrd_io`, whose file
-functions are re-exported here for older callers); the workflow core
+reads are written and read without MRML by :mod:`CACIdentifierLib.nrrd_io`,
+which the dataset, phantom and annotation code call directly); the workflow core
 works on :class:`~CACIdentifierLib.cine.Cine` and numpy arrays.  The same code
 runs inside the Slicer application (on ``slicer.mrmlScene``) and headless
 through the slicer-core wheel (see :mod:`CACIdentifierLib.slicercore`).
@@ -35,22 +35,7 @@ import numpy as np
 from . import slicercore
 from .cine import Cine
 from .errors import CacError
-from .nrrd_io import (  # noqa: F401  (the file functions: re-exported for older callers)
-    ATTR_FRAME_TIME_MS,
-    ATTR_R_WAVE_FRAMES,
-    ATTR_ROLE,
-    ATTR_SOURCE,
-    ATTR_SPACING_SOURCE,
-    DEFAULT_SEGMENT_COLORS,
-    SegFile,
-    read_nrrd_cine,
-    read_seg_nrrd,
-    read_seg_nrrds,
-    write_frame_stack_nrrd,
-    write_seg_nrrd,
-    write_seq_nrrd,
-    xy_spacing,
-)
+from .nrrd_io import ATTR_ROLE, DEFAULT_SEGMENT_COLORS, xy_spacing
 from .nrrd_io import apply_attributes as _apply_attributes
 from .nrrd_io import cine_attributes as _cine_attributes
 from .nrrd_io import format_number as _format_number

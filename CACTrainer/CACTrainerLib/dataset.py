@@ -313,18 +313,18 @@ def frames_from_record(record: dict, **kw) -> FrameSet:
     per-pixel majority of the annotators' files -- and the contrast onset from
     ``truth.json`` when present.
     """
-    from CACIdentifierLib import mrml
+    from CACIdentifierLib import nrrd_io
     from CACIdentifierLib.cine_io import load_cine
 
     acq_id = str(record.get("id", ""))
     cine = load_cine(record["cine"])
     shape = cine.frames.shape
     if record.get("majority"):
-        majority = mrml.read_seg_nrrd(record["majority"], expected_shape=shape).union()
+        majority = nrrd_io.read_seg_nrrd(record["majority"], expected_shape=shape).union()
     elif record.get("annotators"):
         from CACIdentifierLib.metrics import majority_vote
 
-        stacks = [mrml.read_seg_nrrd(p, expected_shape=shape).union() for p in record["annotators"]]
+        stacks = [nrrd_io.read_seg_nrrd(p, expected_shape=shape).union() for p in record["annotators"]]
         majority = np.stack([majority_vote([s[k] for s in stacks]) for k in range(shape[0])])
     else:
         raise CacError(f"acquisition {acq_id}: the manifest lists no majority or annotator segmentation")

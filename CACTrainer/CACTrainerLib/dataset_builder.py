@@ -179,11 +179,11 @@ class Added:
 
 
 def _annotator_masks(paths, segment: str | None) -> tuple[list, list]:
-    from CACIdentifierLib import mrml
+    from CACIdentifierLib import nrrd_io
 
     files = []
     for p in paths:
-        f = mrml.read_seg_nrrd(p)
+        f = nrrd_io.read_seg_nrrd(p)
         if segment is not None and segment not in f.segments:
             raise CacError(f"{p} has no segment {segment!r} (it has: {', '.join(sorted(f.segments))}); "
                            "check --segment")
@@ -331,7 +331,7 @@ def _write_acquisition(dataset: Path, rel: Path, cine, masks, majority, info: di
     """Build the acquisition folder aside, then move it in place (replacing the old one only if asked)."""
     from copy import copy
 
-    from CACIdentifierLib import mrml
+    from CACIdentifierLib import nrrd_io
 
     target = dataset / rel
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -341,12 +341,12 @@ def _write_acquisition(dataset: Path, rel: Path, cine, masks, majority, info: di
         clean = copy(cine)
         clean.source = ""  # a file path can name the patient
         clean.identifiers = {}
-        mrml.write_frame_stack_nrrd(clean, tmp / "cine.nrrd")
+        nrrd_io.write_frame_stack_nrrd(clean, tmp / "cine.nrrd")
         colors = {"calcium": CALCIUM_COLOR}
         for i, m in enumerate(masks):
-            mrml.write_seg_nrrd(tmp / f"annotator{i + 1}.seg.nrrd", {"calcium": m}, cine.spacing_mm, colors=colors,
+            nrrd_io.write_seg_nrrd(tmp / f"annotator{i + 1}.seg.nrrd", {"calcium": m}, cine.spacing_mm, colors=colors,
                                 source_fingerprint=fingerprint)
-        mrml.write_seg_nrrd(tmp / "majority.seg.nrrd", {"calcium": majority}, cine.spacing_mm, colors=colors,
+        nrrd_io.write_seg_nrrd(tmp / "majority.seg.nrrd", {"calcium": majority}, cine.spacing_mm, colors=colors,
                             source_fingerprint=fingerprint)
         (tmp / "acquisition.json").write_text(json.dumps(info, indent=1))
         old = None

@@ -152,7 +152,7 @@ def write_dicom(path, acq, *, compression: str = "none", overwrite: bool = False
 
 def write_acquisition(folder, acq, *, compression: str = "none", overwrite: bool = False) -> dict:
     """Write one acquisition's files into ``folder``; return the relative file names."""
-    from CACIdentifierLib import mrml
+    from CACIdentifierLib import nrrd_io
     from CACIdentifierLib.cine import pixel_fingerprint
 
     folder = Path(folder)
@@ -164,11 +164,11 @@ def write_acquisition(folder, acq, *, compression: str = "none", overwrite: bool
     # The pixel data is written as is (PixelData = the frames' bytes): the cine read back has these pixels.
     source = pixel_fingerprint(acq.frames)
     for name, mask in zip(files["annotators"], acq.annotators):
-        mrml.write_seg_nrrd(folder / name, {"calcium": mask}, acq.spacing_mm, colors=colors, overwrite=overwrite,
+        nrrd_io.write_seg_nrrd(folder / name, {"calcium": mask}, acq.spacing_mm, colors=colors, overwrite=overwrite,
                             source_fingerprint=source)
-    mrml.write_seg_nrrd(folder / files["majority"], {"calcium": acq.majority}, acq.spacing_mm, colors=colors,
+    nrrd_io.write_seg_nrrd(folder / files["majority"], {"calcium": acq.majority}, acq.spacing_mm, colors=colors,
                         overwrite=overwrite, source_fingerprint=source)
-    mrml.write_seg_nrrd(folder / files["truth_seg"], {"calcium": acq.calcium}, acq.spacing_mm, colors=colors,
+    nrrd_io.write_seg_nrrd(folder / files["truth_seg"], {"calcium": acq.calcium}, acq.spacing_mm, colors=colors,
                         overwrite=overwrite, source_fingerprint=source)
     with atomic_output(folder / files["truth"], overwrite) as tmp:
         tmp.write_text(json.dumps(acq.truth, indent=1))
