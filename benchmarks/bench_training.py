@@ -17,6 +17,12 @@ be shared).  Last, the joint step with both settings without Block1's max-pool
 (``block1_pool=False``: Block2..Block6 at twice the resolution) and at half the
 width (``width=32``, ``cac train --width 32``: a third of the weights), each
 against the default network, measured in the same run.
+
+``--compile``: instead, the joint step as the best CPU runs train it (width 32,
+batch 32, autocast + channels_last), eager against ``torch.compile`` (inductor)
+of the training step's forward module (``training._Forward``), the best and the
+median of ``COMPILE_STEPS`` steps after two warm-up steps (the first compiled one
+includes the compilation, reported apart).
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from CACTrainerLib.losses import classification_loss, decoder_loss, dense_roi_lo
 
 BATCH = 16
 REPEATS = 3
+COMPILE_STEPS = 10
 
 
 def _step_time(stage, amp: bool, channels_last: bool = False, block1_pool: bool = True, width: int = 64) -> float:
@@ -76,7 +83,52 @@ def _step_time(stage, amp: bool, channels_last: bool = False, block1_pool: bool 
     return min(times[1:])
 
 
+def _joint_times(compiled: bool, batch: int = 32, width: int = 32) -> list[float]:
+    """Seconds of each of COMPILE_STEPS joint steps (autocast + channels_last), eager or through torch.compile."""
+    from CACTrainerLib.training import _Forward
+
+    torch.manual_seed(0)
+    model = ResUNet18(width=width).to(memory_format=torch.channels_last)
+    forward = _Forward(model, 1, True)
+    if compiled:
+        forward = torch.compile(forward)
+    rng = np.random.default_rng(0)
+    nc, c = (torch.from_numpy(rng.random((batch, 1, 256, 256), dtype=np.float32)).contiguous(
+        memory_format=torch.channels_last) for _ in range(2))
+    labels = torch.from_numpy((rng.random(batch) > 0.5).astype(np.float32))
+    roi = torch.zeros((batch, 1, 256, 256))
+    roi[:, :, 100:140, 100:140] = 1.0
+    opt = torch.optim.AdamW(model.classifier_parameters() + model.decoder_parameters(), lr=1e-3)
+    model.train()
+    times = []
+    for _ in range(COMPILE_STEPS):
+        t0 = time.perf_counter()
+        with autocast("cpu", enabled=True):
+            logit, roi_logit = forward(nc, c)
+            loss = classification_loss(logit, labels) + dense_roi_loss(roi_logit, roi)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def compare_compile(batch: int = 32) -> None:
+    torch.set_num_threads(2)
+    eager, compiled = _joint_times(False, batch), _joint_times(True, batch)
+    e, c = np.array(eager[2:]), np.array(compiled[2:])
+    print(f"joint step, width 32, batch {batch}, autocast + channels_last, 2 threads (bf16: {cpu_supports_bf16()}): "
+          f"eager {batch / e.min():5.1f} samples/s (median {batch / np.median(e):5.1f}), torch.compile "
+          f"{batch / c.min():5.1f} (median {batch / np.median(c):5.1f}): {e.min() / c.min():4.2f}x as fast "
+          f"(medians {np.median(e) / np.median(c):4.2f}x); first compiled step {compiled[0]:.0f} s", flush=True)
+
+
 def main() -> None:
+    import sys
+
+    if "--compile" in sys.argv[1:]:
+        compare_compile()
+        return
     torch.set_num_threads(2)
     print(f"training step, batch {BATCH}, 2 threads, bf16 supported: {cpu_supports_bf16()}")
     for stage, name in ((1, "paper stage 1"), ("joint", "joint (default stage 1)"), (2, "stage 2")):
