@@ -419,10 +419,13 @@ def test_cli_end_to_end_on_written_phantom(tmp_path):
     full = tmp_path / "full.safetensors"
     r = subprocess.run(exe + ["train", str(ds), "--out", str(full), "--epochs1", "1", "--epochs2", "0",
                               "--init", str(out), "--no-block1-pool", "--samples-per-epoch", "8",
-                              "--frames-per-acquisition", "2", "--width", "16", "--threads", "2"],
+                              "--frames-per-acquisition", "2", "--width", "16", "--threads", "2", "--keep-epochs"],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert load_model(full)[1]["architecture"]["block1_pool"] is False
+    # --keep-epochs: the epoch's model beside the checkpoint, of the run's architecture
+    kept = T.epoch_model_path(tmp_path / "full.run", 1, 1)
+    assert load_model(kept)[1]["architecture"]["block1_pool"] is False
     # the multiple-instance readout, likewise: set once, inherited by a fine-tune of that model
     mil = tmp_path / "mil.safetensors"
     r = subprocess.run(exe + ["train", str(ds), "--out", str(mil), "--epochs1", "1", "--epochs2", "0",
