@@ -375,9 +375,7 @@ def main(argv=None) -> int:
         models[name] = (result, cfg)
         log(f"{name} test: {json.dumps(results[name]['test'], default=float)}")
         if name == "default":
-            meta = {"refinement": dict(cfg.refinement), "classifier_threshold": cfg.classifier_threshold,
-                    "roi_gt": {"iterations": cfg.roi_iterations, "step_px": cfg.roi_step_px,
-                               "min_deposit_fraction": cfg.min_deposit_fraction},
+            meta = {**training.inference_metadata(cfg),
                     "training": {"data": {"phantom_pool": {"train": train.summary(), "val": val.summary(),
                                                            "seeds": [1000 + args.seed, 2000 + args.seed]}},
                                  "command": "python benchmarks/gpu_protocol.py " + " ".join(sys.argv[1:]),

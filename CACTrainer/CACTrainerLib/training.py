@@ -206,7 +206,14 @@ def epoch_model_path(run_dir, stage: int, epoch: int) -> Path:
     return Path(run_dir) / EPOCHS_DIR / f"stage{int(stage)}_epoch{int(epoch):03d}.safetensors"
 
 
-def save_epoch_model(run_dir: Path, model, row: dict, config: dict) -> Path:
+def inference_metadata(config: TrainConfig) -> dict:
+    """What a model card must say for inference to use the model as it was trained and validated."""
+    return {"roi_gt": {"iterations": config.roi_iterations, "step_px": config.roi_step_px,
+                       "min_deposit_fraction": config.min_deposit_fraction},
+            "refinement": dict(config.refinement), "classifier_threshold": config.classifier_threshold}
+
+
+def save_epoch_model(run_dir: Path, model, row: dict, config: TrainConfig) -> Path:
     """Write the model as it ended the epoch of ``row`` (an ``epoch`` event) with a model card saying which.
 
     The weights are float32, those of the checkpoint written at the same time.  A stage-1 epoch's decoder
@@ -217,16 +224,11 @@ def save_epoch_model(run_dir: Path, model, row: dict, config: dict) -> Path:
 
     path = epoch_model_path(run_dir, row["stage"], row["epoch"])
     path.parent.mkdir(parents=True, exist_ok=True)
-    metadata = {
-        "roi_gt": {"iterations": config["roi_iterations"], "step_px": config["roi_step_px"],
-                   "min_deposit_fraction": config["min_deposit_fraction"]},
-        "refinement": dict(config["refinement"]),
-        "classifier_threshold": config["classifier_threshold"],
-        "training": {"kept_epoch": {"stage": row["stage"], "epoch": row["epoch"]}, "config": config,
-                     "decoder_trained": row["stage"] == 2 or config.get("aux_weight", 0.0) > 0,
-                     "torch": torch.__version__},
+    metadata = dict(inference_metadata(config), **{
+        "training": {"kept_epoch": {"stage": row["stage"], "epoch": row["epoch"]}, "config": asdict(config),
+                     "decoder_trained": row["stage"] == 2 or config.aux_weight > 0, "torch": torch.__version__},
         "metrics": {"validation": {k: v for k, v in row.items() if k.startswith("val_")}},
-    }
+    })
     save_model(path, model, metadata, overwrite=True, dtype=None)
     return path
 
@@ -754,7 +756,7 @@ def _train(train_set, val_set, config: TrainConfig, run_dir: Path, resume: bool,
             row["seconds"] = round(time.perf_counter() - t0, 3)
             history.append(row)
             if main and config.keep_epochs:  # before the checkpoint: a resume redoes an epoch not checkpointed
-                save_epoch_model(run_dir, model, row, cfg_json)
+                save_epoch_model(run_dir, model, row, config)
             if main:
                 state = {"stage": st, "epochs_done": epoch + 1, "history": history, "best": best, "config": cfg_json}
                 if stream is not None and hard_scores is not None:

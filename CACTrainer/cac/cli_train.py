@@ -463,7 +463,7 @@ def _train_final(fs, dataset: Path, args, config, out: Path, emit, progress, *, 
     from CACIdentifierLib.modelio import save_model
     from CACTrainerLib import crossval, distributed
     from CACTrainerLib.evaluation import PER_ITEM_KEYS
-    from CACTrainerLib.training import plot_curves, train
+    from CACTrainerLib.training import inference_metadata, plot_curves, train
 
     run_dir = Path(args.run_dir) if args.run_dir else out.with_name(out.stem + ".run")
     if stream is None:
@@ -485,10 +485,7 @@ def _train_final(fs, dataset: Path, args, config, out: Path, emit, progress, *, 
     plot_curves(result.history, curves_tmp, title=f"{out.name}: training curves")
     vm = {k: v for k, v in result.val_metrics.items() if k not in PER_ITEM_KEYS}
     metadata = {
-        "roi_gt": {"iterations": config.roi_iterations, "step_px": config.roi_step_px,
-                   "min_deposit_fraction": config.min_deposit_fraction},
-        "refinement": dict(config.refinement),
-        "classifier_threshold": config.classifier_threshold,
+        **inference_metadata(config),
         "training": {
             "data": {"dataset": dataset.name, "manifest_sha256_16": _dataset_fingerprint(dataset),
                      "frames_per_acquisition": args.frames_per_acquisition or "all",
