@@ -35,3 +35,26 @@ def test_fast_fuzz_subset(tmp_path):
     # The mutants exercised both paths: files that still load and files refused with one line.
     assert summary["outcomes"]["ok"] > 20 and summary["outcomes"]["clean-error"] > 20
     assert len(summary["by_kind"]) >= 7
+
+
+def test_narrowed_kinds_still_reach_the_model_base_and_rerun_with_their_kinds(tmp_path):
+    """`--kinds dicom` once dropped the model base that an `identify` case needs (a KeyError that ended the run);
+    a case of a narrowed run is drawn from the narrowed kinds and its recipe reruns it with them."""
+    import numpy as np
+    from benchmark_scripts import load
+
+    fz = load("fuzz_inputs")
+    dcm = tmp_path / "x.dcm"
+    dcm.write_bytes(np.random.default_rng(0).integers(0, 255, 4000, dtype=np.uint8).tobytes())
+    bases = {"dicom": [dcm], "model": [tmp_path / "model.safetensors"]}
+    commands = set()
+    for i in range(400):
+        case_dir = tmp_path / f"c{i}"
+        case_dir.mkdir()
+        case = fz.make_case(i, 6, bases, case_dir, False, ["dicom"])
+        assert case.kind == "dicom"
+        commands.add(str(case.argv[0]))
+        if case.argv[0] == "identify":
+            assert str(bases["model"][0]) in [str(a) for a in case.argv]
+    assert "identify" in commands, commands
+    assert "--kinds dicom" in fz.recipe(case, 6, "traceback", "", False, "dicom")

@@ -417,9 +417,13 @@ def _link_folder(src: Path, dst: Path) -> list[Path]:
     return files
 
 
-def make_case(index: int, seed: int, bases: dict, case_dir: Path, fast: bool) -> Case:
+def make_case(index: int, seed: int, bases: dict, case_dir: Path, fast: bool, kinds: list | None = None) -> Case:
+    """Case ``index`` of ``seed``: a mutant of a base of one of ``kinds`` (default: every kind of ``bases``).
+
+    ``bases`` keeps every kind even when ``kinds`` is narrower: an ``identify`` case needs the model base.
+    """
     rng = np.random.default_rng([seed, index])
-    kinds = list(bases)
+    kinds = list(kinds or bases)
     weights = np.array([{"dicom": 8, "dicom-folder": 1.5, "frames": 1.5, "nrrd": 2, "seg": 1, "model": 2,
                          "manifest": 1, "checkpoint": 1}[k] for k in kinds])
     kind = kinds[int(rng.choice(len(kinds), p=weights / weights.sum()))]
@@ -657,13 +661,13 @@ def poll(handle, timeout: float):
     return False, None, False
 
 
-def recipe(case: Case, seed: int, outcome: str, err: str, fast: bool) -> str:
+def recipe(case: Case, seed: int, outcome: str, err: str, fast: bool, kinds: str | None = None) -> str:
     kept = " ".join(str(a) for a in case.argv)
     return (
         f"outcome: {outcome}\nseed: {seed}  case: {case.index}  kind: {case.kind}  base: {case.base}\n"
         f"mutation: {case.mutation}\n"
         f"rerun this case: .venv/bin/python benchmarks/fuzz_inputs.py --seed {seed} --only {case.index}"
-        f"{' --fast' if fast else ''}\n"
+        f"{' --fast' if fast else ''}{f' --kinds {kinds}' if kinds else ''}\n"
         f"command on the kept mutant (paths of this run's work folder): "
         + (f"cac {kept}\n" if case.runner == "cli" else f"python benchmarks/fuzz_inputs.py --loader {case.runner} {kept}\n")
         + "stderr (last lines):\n" + "\n".join(err.splitlines()[-15:]) + "\n"
@@ -717,10 +721,9 @@ def main(argv=None) -> int:
     try:
         (work / "bases").mkdir()
         bases = prepare(work / "bases", sys.executable)
-        if args.kinds:
-            bases = {k: v for k, v in bases.items() if k in args.kinds.split(",")}
+        kinds = [k for k in bases if not args.kinds or k in args.kinds.split(",")]
         t_prep = time.monotonic() - t0
-        preload(bases)
+        preload(kinds)
         indices = [args.only] if args.only is not None else list(range(args.start, args.start + args.count))
         counts = {o: 0 for o in OUTCOMES}
         by_kind: dict = {}
@@ -735,7 +738,7 @@ def main(argv=None) -> int:
                 i = pending.pop(0)
                 case_dir = work / f"case-{i}"
                 case_dir.mkdir()
-                case = make_case(i, args.seed, bases, case_dir, args.fast)
+                case = make_case(i, args.seed, bases, case_dir, args.fast, kinds)
                 running[i] = (case, case_dir, run_case(case, case_dir, args.timeout, mem, args.subprocess))
             time.sleep(0.005)
             for i in list(running):
@@ -757,7 +760,7 @@ def main(argv=None) -> int:
                     keep = out / "failures" / f"{args.seed}-{i}"
                     shutil.rmtree(keep, ignore_errors=True)
                     shutil.copytree(case_dir, keep, symlinks=True)
-                    (keep / "recipe.txt").write_text(recipe(case, args.seed, outcome, se, args.fast))
+                    (keep / "recipe.txt").write_text(recipe(case, args.seed, outcome, se, args.fast, args.kinds))
                     failures.append({"case": i, "kind": case.kind, "outcome": outcome,
                                      "mutation": case.mutation, "command": " ".join(map(str, case.argv)),
                                      "last_line": (se.strip().splitlines() or [""])[-1][:300]})
