@@ -139,8 +139,8 @@ def folder_lock(folder: str | os.PathLike, what: str = "run") -> Iterator[Path]:
     resume script started twice did this).  The lock file is created whole and atomically
     (:func:`_create_exclusive`) and names the process and machine.  A lock left by a process that no
     longer runs on this machine (killed, power loss; where ``/proc`` tells, also when its number now
-    belongs to another process: :func:`process_identity`) is taken over; one from another machine (a shared cluster file system) cannot be
-    checked, so it is reported with what to delete.
+    belongs to another process: :func:`process_identity`) is taken over; one from another machine (a
+    shared cluster file system) cannot be checked, so it is reported with what to delete.
 
     Examples
     --------

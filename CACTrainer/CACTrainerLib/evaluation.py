@@ -113,9 +113,8 @@ def evaluate(model, fs: dataset.FrameSet, config, device, *, decode: bool = True
     probabilities before the threshold, as inference does.
     """
     from CACIdentifierLib import calibration as calib
-    from CACIdentifierLib import metrics, patches
+    from CACIdentifierLib import metrics
     from CACIdentifierLib.field import exposed_field
-    from CACIdentifierLib.refinement import refine
 
     probs, rois, _ = predict_patches(model, fs, device, config.amp, config.batch_size, decode=decode)
     if calibration:
@@ -148,12 +147,10 @@ def evaluate(model, fs: dataset.FrameSet, config, device, *, decode: bool = True
             continue
         iom = metrics.iom(mask, truth)
         # The same decoder without classifier gating, for the paired comparison of the CV report.
-        ungated = refine(patches.stitch(rois[sl].astype(np.float32), dataset.FRAME, dataset.FRAME, mode="max"),
-                         **config.refinement)
+        ungated = frame_roi(rois[sl], np.ones(5, bool), np.ones_like(field), config.refinement)
         iom_ungated = metrics.iom(ungated, truth)
         if truth.any():
             decoder_hits.append(bool((ungated & field).any()))
-        sp = fs.spacing_mm[f]
         hd = None
         if np.all(np.isfinite(sp)) and mask.any() and truth.any():
             hd = metrics.hausdorff_mm(mask, truth, tuple(float(s) for s in sp))
