@@ -12,7 +12,8 @@ import json
 import numpy as np
 import pytest
 from cac.cli import main as cac
-from CACIdentifierLib.modelio import default_model_path, load_model
+from CACIdentifierLib.modelio import load_model
+from CACIdentifierLib.resources import default_model_path
 
 N_FRAMES = 48
 # The shipped model was trained on phantoms with clearly visible calcium (docs/identify.md).

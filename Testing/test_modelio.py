@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from CACIdentifierLib import modelio
+from CACIdentifierLib import modelio, resources
 from CACIdentifierLib.errors import CacError
 from CACIdentifierLib.modelio import load_model, read_metadata, save_model
 from CACIdentifierLib.network import ResUNet18
@@ -158,13 +158,13 @@ def test_default_model_path(tmp_path, monkeypatch):
     path = tmp_path / "x.safetensors"
     monkeypatch.setenv("CAC_MODEL", str(path))
     with pytest.raises(CacError, match="does not exist"):
-        modelio.default_model_path()
+        resources.default_model_path()
     save_model(path, trained_like())
-    assert modelio.default_model_path() == path
+    assert resources.default_model_path() == path
     monkeypatch.delenv("CAC_MODEL")
-    shipped = Path(modelio.__file__).resolve().parents[2] / "Resources" / "Models" / "cac_default.safetensors"
+    shipped = Path(resources.__file__).resolve().parents[2] / "Resources" / "Models" / "cac_default.safetensors"
     if shipped.is_file():
-        assert modelio.default_model_path() == shipped
+        assert resources.default_model_path() == shipped
     else:
         with pytest.raises(CacError, match="no default model"):
-            modelio.default_model_path()
+            resources.default_model_path()

@@ -26,9 +26,10 @@ import numpy as np
 import torch
 from CACIdentifierLib.allocator import keep_freed_memory
 from CACIdentifierLib.inference import identify
-from CACIdentifierLib.modelio import default_model_path, load_model
+from CACIdentifierLib.modelio import load_model
 from CACIdentifierLib.patches import extract_patches, normalize_frame, patch_origins, stitch
 from CACIdentifierLib.refinement import refine
+from CACIdentifierLib.resources import default_model_path
 from CACIdentifierLib.sync import synchronize_cine
 from CACTrainerLib.phantom import PhantomParams, generate_acquisition
 from CACTrainerLib.targets import patch_labels

@@ -75,6 +75,7 @@ def prepare(work: Path, python: str) -> dict:
     VTK before it forks the cases).
     """
     import pydicom
+    from pydicom.uid import generate_uid
 
     bases: dict[str, list] = {k: [] for k in ("dicom", "dicom-folder", "frames", "nrrd", "seg", "model",
                                               "manifest", "checkpoint")}
@@ -120,7 +121,10 @@ training.save_checkpoint(run, m, None, opt, {{"stage": 1, "epochs_done": 1, "his
         one = pydicom.dcmread(source)
         one.NumberOfFrames = 1
         one.InstanceNumber = k + 1
-        one.SOPInstanceUID = f"{one.SOPInstanceUID}.{k + 1}"
+        # A new valid UID (<= 64 characters) per frame, the same on every run: appending ".k" to the real
+        # file's UID overran the limit, a defect of this base rather than of the files it tests.
+        one.SOPInstanceUID = generate_uid(entropy_srcs=[str(one.SOPInstanceUID), str(k + 1)])
+        one.file_meta.MediaStorageSOPInstanceUID = one.SOPInstanceUID
         one.PixelData = frames[k].tobytes()
         for tag in [t for t in one.keys() if t.group == 0x5000]:
             del one[tag]

@@ -39,7 +39,6 @@ from .background import FRAME_AND_RESIDUAL, INPUTS
 from .errors import CacError, printable
 from .fileutil import atomic_output
 from .network import CLASSIFIER_THRESHOLD, ResUNet18
-from .resources import DEFAULT_MODEL_NAME, MODEL_ENV, default_model_path, find_default_model  # noqa: F401 (re-exported)
 
 FORMAT = "cac-resunet18"
 FORMAT_VERSION = 1

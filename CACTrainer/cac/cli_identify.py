@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from CACIdentifierLib.cine_io import load_cine
     from CACIdentifierLib.fileutil import atomic_directory, check_output_directory
-    from CACIdentifierLib.modelio import default_model_path, load_model
+    from CACIdentifierLib.modelio import load_model
     from CACIdentifierLib.progress import json_event, json_progress, terminal_progress
     from CACIdentifierLib.report import (
         build_report,
@@ -80,6 +80,7 @@ def _run(args: argparse.Namespace) -> int:
         save_overlay_png,
         write_json,
     )
+    from CACIdentifierLib.resources import default_model_path
 
     out = Path(args.out)
     # Before the (slow) work: an output folder that cannot be written fails now, not after it.
