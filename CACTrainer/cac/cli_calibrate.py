@@ -16,7 +16,7 @@ def register(subparsers) -> None:
             "(cac phantom / cac dataset) or a pool of new randomised phantom patients -- and store it with the "
             "activation statistics that let cac identify warn about cines unlike the training data. Writes a new "
             "model file (the weights are unchanged), its card and a reliability diagram (OUT with .reliability.png). "
-            "--method platt also moves the classifier's 50 %% training prior to the data's prevalence, which "
+            "--method platt also moves the classifier's 50 % training prior to the data's prevalence, which "
             "changes which frames get an ROI; temperature changes no decision. --sensitivity S also chooses the "
             "operating point (the classifier threshold) on the same frames, with a figure (OUT with "
             ".operating_point.png). See docs/identify.md."

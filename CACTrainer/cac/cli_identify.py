@@ -29,7 +29,8 @@ def register(subparsers) -> None:
     p.add_argument("--ignore-source", action="store_true",
                    help="accept annotations that record another source cine (warns instead of refusing)")
     p.add_argument("--out", default="cac-output", help="output folder (default: ./cac-output)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
+                   help="where the network runs (default auto: a GPU when torch sees one, else the CPU)")
     p.add_argument("--onset", type=int, help="contrast onset frame (0-based), overrides detection")
     p.add_argument("--onset-guard", type=int, metavar="N",
                    help="non-contrast frames just before a detected onset that are not analysed "

@@ -53,8 +53,8 @@ def register(subparsers) -> None:
     p.add_argument("--fold", type=int, help="run only this fold (0-based) and write RUN/fold_K.json")
     p.add_argument("--summarize", metavar="RUN_DIR", help="merge RUN_DIR/fold_*.json into report.json/report.md")
     p.add_argument("--epochs", type=int, help="epochs of both stages (paper: 100)")
-    p.add_argument("--epochs1", type=int, help="classifier epochs (default 100)")
-    p.add_argument("--epochs2", type=int, help="decoder epochs (default 100)")
+    p.add_argument("--epochs1", type=int, help="classifier epochs (recipe's: default 12, paper 100)")
+    p.add_argument("--epochs2", type=int, help="decoder epochs (recipe's: default 2, paper 100)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--phantom-pool", type=int, metavar="N",
                    help="train on N new domain-randomised phantom patients generated in memory "
@@ -87,7 +87,8 @@ def register(subparsers) -> None:
     p.add_argument("--lr1", type=float, help="stage-1 learning rate (recipe's: default 1e-3, paper 1e-4)")
     p.add_argument("--lr2", type=float, help="decoder learning rate (recipe's: default 3e-4, paper 1e-3)")
     p.add_argument("--frames-per-acquisition", type=int, default=8,
-                   help="evenly spaced annotated non-contrast frames per acquisition (0: all)")
+                   help="evenly spaced annotated non-contrast frames per acquisition (default 8; 0: all, or 6 with "
+                        "--phantom-pool)")
     p.add_argument("--samples-per-epoch", type=int, help="patches per epoch (default: balanced set size)")
     p.add_argument("--no-balance", action="store_true", help="do not balance positive/negative patches")
     p.add_argument("--no-augment", action="store_true", help="no augmentation")
