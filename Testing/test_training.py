@@ -152,6 +152,26 @@ def test_stage2_epoch_kept_by_the_chosen_rule(tiny, tmp_path):
     assert not (tmp_path / "bad").exists()
 
 
+def test_stage1_epoch_kept_by_the_chosen_rule(tiny, tmp_path):
+    """select1 "f1" keeps the stage-1 epoch of highest validation F1 (ties by the lower loss), "auc" the highest
+    AUC, "last" the last epoch; a missing F1 or AUC ranks last.  A trained run records the rule's pick."""
+    epochs = [(0.75, 0.88, 0.40), (0.75, 0.90, 0.35), (None, 0.91, 0.30), (0.70, None, 0.45)]  # (F1, AUC, loss)
+
+    def kept(rule):
+        cfg = T.TrainConfig(select1=rule)
+        return max(range(len(epochs)), key=lambda e: T.stage1_key(cfg, e + 1, *epochs[e]))
+
+    assert (kept("f1"), kept("auc"), kept("last")) == (1, 2, 3)
+    assert T.TrainConfig().select1 == "f1"
+    with pytest.raises(CacError, match="select1"):
+        T.train(tiny, None, _config(select1="loss"), tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()
+    result = T.train(tiny, tiny, _config(epochs1=3, epochs2=0, select1="last", samples_per_epoch=32),
+                     tmp_path / "last")
+    assert result.best["stage1"]["epoch"] == 3
+    assert [row["best"] for row in result.history if row.get("event") == "epoch"] == [True, True, True]
+
+
 def test_decoder_detection_trains_and_logs_the_decoder_sensitivity(tiny, tmp_path):
     """A run with the detection loss reports every stage-2 epoch's validation decoder sensitivity, and its
     validation loss (what select2 "loss" ranks) includes the term it trained on."""

@@ -114,6 +114,11 @@ class TrainConfig:
     # Which stage-2 epoch is kept: "iom" (the paper: the highest mean validation IoM, which grows with larger
     # ROIs since it divides by the smaller area) or "loss" (the lowest validation decoder loss).
     select2: str = "iom"
+    # Which stage-1 epoch is kept: "f1" (the highest validation F1 at the classifier threshold, ties by the lower
+    # loss), "auc" (the highest validation AUC, free of the threshold) or "last" (the end of the schedule).  F1 at
+    # 0.5 moves with the classifier's calibration, and run W50 kept by it an epoch 0.02 below its last on new
+    # patients (docs/learning.md); one run, so the rule is a choice, not a new default.
+    select1: str = "f1"
     # Weight of losses.decoder_detection_loss in stage 2 (0: the paper's loss): every patch with calcium must
     # draw an ROI inside its ROI_GT, none outside it.  A longer decoder fit lowered the paper's loss but drew
     # nothing on more calcified frames (docs/learning.md): the batch-pooled Dice does not reward small deposits.
@@ -506,6 +511,22 @@ def _load_initial_weights(model, path) -> None:
     model.load_state_dict(state)
 
 
+def stage1_key(config: TrainConfig, epoch: int, f1: float | None, auc: float | None, cls_loss: float) -> tuple:
+    """Sort key of a stage-1 epoch (the highest is kept; ``epoch`` 1-based), by ``config.select1``.
+
+    Examples
+    --------
+    >>> epochs = [(0.746, 0.878, 0.42), (0.730, 0.899, 0.41), (0.731, 0.897, 0.43)]  # (F1, AUC, loss): run W50
+    >>> [max(range(3), key=lambda e: stage1_key(TrainConfig(select1=r), e + 1, *epochs[e])) + 1
+    ...  for r in ("f1", "auc", "last")]
+    [1, 2, 3]
+    """
+    if config.select1 == "last":
+        return (int(epoch),)
+    score = auc if config.select1 == "auc" else f1
+    return (float(score) if score is not None else -1.0, -float(cls_loss))
+
+
 def stage2_key(config: TrainConfig, iom_mean: float | None, val_loss: float) -> tuple:
     """Sort key of a stage-2 epoch (the highest is kept), by ``config.select2``.
 
@@ -546,6 +567,8 @@ def check_config(config: TrainConfig) -> None:
     """Refuse settings that cannot work, with one line saying which (before any data is made)."""
     if config.decoder_patches not in ("balanced", "positive"):
         raise CacError(f"decoder_patches must be 'balanced' or 'positive', got {config.decoder_patches!r}")
+    if config.select1 not in ("f1", "auc", "last"):
+        raise CacError(f"select1 must be 'f1', 'auc' or 'last', got {config.select1!r}")
     if config.select2 not in ("iom", "loss"):
         raise CacError(f"select2 must be 'iom' or 'loss', got {config.select2!r}")
     if not (config.decoder_detection >= 0 and np.isfinite(config.decoder_detection)):
@@ -736,7 +759,7 @@ def _train(train_set, val_set, config: TrainConfig, run_dir: Path, resume: bool,
                     # AUC too: the issue's target measure, and free of the 0.5 threshold F1 depends on.
                     row.update(val_loss=ev["cls_loss"], val_f1=ev["f1"], val_precision=ev["precision"],
                                val_recall=ev["recall"], val_auc=ev["auc"])
-                    key = (ev["f1"] if ev["f1"] is not None else -1.0, -ev["cls_loss"])
+                    key = stage1_key(config, epoch + 1, ev["f1"], ev["auc"], ev["cls_loss"])
                 else:
                     row.update(val_loss=_decoder_val_loss(model, val_set, config, device, row["alpha"]),
                                val_iom=ev["iom_mean"], val_iom_median=ev["iom_median"],

@@ -69,6 +69,9 @@ def register(subparsers) -> None:
     p.add_argument("--decoder-patches", choices=("balanced", "positive"),
                    help="stage-2 (decoder) patches: balanced positives and negatives (default), or the "
                         "positive patches only (the classifier's gate decides whether, the decoder where)")
+    p.add_argument("--select1", choices=("f1", "auc", "last"),
+                   help="stage-1 epoch kept: highest validation F1 at the classifier threshold (default), highest "
+                        "validation AUC, or the last epoch of the schedule")
     p.add_argument("--select2", choices=("iom", "loss"),
                    help="stage-2 epoch kept: highest mean validation IoM (the paper; recipe paper) or lowest "
                         "validation decoder loss (recipe default; IoM grows with larger ROIs)")
@@ -193,6 +196,7 @@ def _config(args):
                            workers=max(0, int(getattr(args, "workers", 0) or 0)),
                            refresh_patients=int(getattr(args, "refresh_patients", 0) or 0),
                            decoder_patches=getattr(args, "decoder_patches", None),
+                           select1=getattr(args, "select1", None),
                            select2=getattr(args, "select2", None),
                            decoder_detection=getattr(args, "decoder_detection", None),
                            hard_negative_init=getattr(args, "hard_negative_init", None),
