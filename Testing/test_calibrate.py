@@ -215,3 +215,31 @@ def test_cac_calibrate_sensitivity_sets_the_threshold_that_reaches_it(setup, cap
                  str(setup / "x.safetensors"), "--sensitivity", "0.9", "--island-sizes", "500,big"]) == 2
     err = capsys.readouterr().err
     assert "--island-sizes" in err and "Traceback" not in err
+
+
+def test_cac_calibrate_method_none_keeps_the_models_calibration(setup, capsys):
+    # "Statistics only": refreshing the statistics (or the operating point) of a calibrated model on new
+    # data must not drop its calibration, which would change every decision identify makes.
+    from CACTrainerLib import evaluation, training
+    from CACTrainerLib.dataset import build_frameset
+
+    torch.manual_seed(1)
+    marking = ResUNet18(**SMALL)
+    with torch.no_grad():
+        marking.decoder.out.bias.fill_(8.0)
+    platt = {"temperature": 2.5, "bias": -1.5, "method": "platt", "data": "earlier held-out data"}
+    src, out = setup / "platt.safetensors", setup / "none.safetensors"
+    save_model(src, marking, {"classifier_threshold": 0.5, "calibration": platt}, dtype=None)
+    code = main(["calibrate", str(src), "--dataset", str(setup / "ds"), "--out", str(out), "--method", "none",
+                 "--sensitivity", "0.9"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "calibration: platt (the model's own, kept), temperature 2.500, bias -1.500" in captured.out
+    model, meta = load_model(out)
+    assert meta["calibration"] == platt and len(meta["feature_statistics"]["mean"]) == model.fc.in_features
+    # The operating point was chosen on the kept calibration: the inference path with it reaches the same sensitivity.
+    op = meta["operating_point"]
+    fs = build_frameset(setup / "ds", frames_per_acquisition=6)
+    cfg = training.TrainConfig(classifier_threshold=meta["classifier_threshold"])
+    ev = evaluation.evaluate(model, fs, cfg, torch.device("cpu"), calibration=meta["calibration"])
+    assert ev["detection"]["sensitivity"] == pytest.approx(op["sensitivity"]) and op["sensitivity"] >= 0.9

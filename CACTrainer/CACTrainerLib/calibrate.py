@@ -7,7 +7,7 @@ trained on (a dataset folder, or a pool of new phantom patients):
   ``platt`` fits a temperature and a bias (the bias moves the balanced-batch
   prior to the data's prevalence, so it changes which frames get an ROI),
   ``temperature`` fits the temperature only (no decision changes), ``none``
-  leaves them;
+  leaves them (a calibration the model already has is kept);
 - the activation statistics of Block6 are stored for the out-of-distribution
   warning of ``cac identify`` (:mod:`CACIdentifierLib.ood`);
 - the reliability diagram before and after goes into a PNG beside the model;
@@ -269,13 +269,16 @@ def calibrate_metadata(model, metadata: dict, fs, *, method: str = "platt", devi
         cal = {"temperature": t, "bias": b}
     elif method == "temperature":
         cal = {"temperature": calibration.fit_temperature(logit, y), "bias": 0.0}
+    elif meta.get("calibration"):
+        # "statistics only": a calibration the model already has stays, and the operating point is chosen
+        # on the probabilities identify will see with it.
+        old = meta["calibration"]
+        cal = {"temperature": float(old.get("temperature", 1.0)), "bias": float(old.get("bias", 0.0))}
     before = calibration.reliability(p, y)
     after = calibration.reliability(calibration.apply(p, cal), y) if cal else before
-    if cal:
+    if cal and method != "none":
         meta["calibration"] = dict(cal, method=method, data=str(data), patches=int(y.size),
                                    positive_patches=int(y.sum()), ece_before=before["ece"], ece_after=after["ece"])
-    else:
-        meta.pop("calibration", None)
     rel = {"before": before, "after": after}
     if sensitivity is not None:
         # float32 as evaluation.evaluate gates them, so that a held-out probability lands on the same side.

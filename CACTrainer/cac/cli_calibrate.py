@@ -31,7 +31,8 @@ def register(subparsers) -> None:
     p.add_argument("--frames-per-acquisition", type=int, default=6, metavar="K",
                    help="paired non-contrast frames used per acquisition (default 6)")
     p.add_argument("--method", choices=("platt", "temperature", "none"), default="platt",
-                   help="platt: temperature and bias (default); temperature: no decision changes; none: statistics only")
+                   help="platt: temperature and bias (default); temperature: no decision changes; none: "
+                        "statistics only (a calibration the model has is kept)")
     p.add_argument("--sensitivity", type=float, metavar="S",
                    help="also choose the operating point: the highest classifier threshold at which a share S "
                         "(0-1] of the held-out frames with calcium still gets an ROI (e.g. 0.9)")
@@ -98,8 +99,11 @@ def run(args) -> int:
     else:
         cal = card.get("calibration")
         if cal:
-            print(f"calibration: {args.method}, temperature {cal['temperature']:.3f}, bias {cal['bias']:.3f}, "
-                  f"ECE {cal['ece_before']:.3f} -> {cal['ece_after']:.3f}")
+            kept = " (the model's own, kept)" if args.method == "none" else ""
+            ece = (f", ECE {cal['ece_before']:.3f} -> {cal['ece_after']:.3f}"
+                   if "ece_before" in cal and "ece_after" in cal else "")
+            print(f"calibration: {cal.get('method', args.method)}{kept}, temperature {cal['temperature']:.3f}, "
+                  f"bias {cal.get('bias', 0.0):.3f}{ece}")
         op = card.get("operating_point")
         if op:
             spec = "undefined" if op["specificity"] is None else f"{op['specificity']:.2f}"
