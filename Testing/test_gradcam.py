@@ -44,7 +44,11 @@ def test_block6_gradcam_equals_class_activation_map(model):
 
 def test_other_layers_and_errors(model):
     x = np.random.default_rng(1).random((256, 256), dtype=np.float32)
-    for layer in ("block5", "block3", "block2_nc", "block1_c"):
+    from CACTrainerLib.gradcam import LAYERS
+
+    # The CLI's --layer check offers exactly the encoder outputs on the classifier's path.
+    assert set(LAYERS) == set(model.encode(torch.zeros(1, 1, 256, 256), torch.zeros(1, 1, 256, 256))) - {"block1"}
+    for layer in LAYERS:
         cam = grad_cam(model, x, x, layer=layer)
         assert cam.shape == (256, 256) and 0.0 <= cam.min() and cam.max() <= 1.0
     with pytest.raises(ValueError):

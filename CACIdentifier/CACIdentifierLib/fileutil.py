@@ -52,6 +52,33 @@ def check_writable(path: str | os.PathLike, overwrite: bool = False) -> Path:
     return path
 
 
+def check_not_input(output: str | os.PathLike, *inputs, option: str = "--out") -> None:
+    """Refuse an output that is one of the command's inputs, even with ``--overwrite``.
+
+    ``--overwrite`` means "replace my earlier result", never "replace the file
+    I read" (a DICOM SEG written over its own cine, a fine-tuned model over the
+    model it started from).  Links and ``..`` spellings are seen through.
+
+    >>> check_not_input("run.seg.dcm", "run.dcm", None)
+    >>> check_not_input("a/../run.dcm", "run.dcm", option="--dicom-seg")
+    Traceback (most recent call last):
+    ...
+    CACIdentifierLib.errors.CacError: --dicom-seg a/../run.dcm is the input run.dcm; choose another output name
+    """
+    out = Path(output)
+    for source in inputs:
+        if source is None:
+            continue
+        source = Path(source)
+        try:
+            same = os.path.samefile(out, source)
+        except OSError:  # one of them does not exist (yet)
+            same = out.resolve() == source.resolve()
+        if same:
+            raise CacError(f"{option} {printable(str(output), 200)} is the input {printable(str(source), 200)}; "
+                           "choose another output name")
+
+
 def check_output_directory(path: str | os.PathLike, overwrite: bool = False, names=()) -> Path:
     """Check before the work that ``path`` can receive a command's output folder; returns it resolved.
 

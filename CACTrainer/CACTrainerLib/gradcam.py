@@ -19,6 +19,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+# The encoder outputs on the classifier's path (ResUNet18.encode's keys but "block1", which joins both heads).
+LAYERS = ("block6", "block5", "block4", "block3", "block2", "block2_nc", "block2_c", "block1_nc", "block1_c")
+
 
 def _as_batch(x) -> torch.Tensor:
     t = torch.as_tensor(np.asarray(x, dtype=np.float32) if not isinstance(x, torch.Tensor) else x).float()
@@ -78,6 +81,7 @@ def save_gradcam_png(
     probability: float | None = None,
     overwrite: bool = False,
     alpha: float = 0.45,
+    layer: str = "block6",
 ) -> None:
     """Write a PNG: the Grad-CAM map over the non-contrast and the contrast patch, side by side.
 
@@ -96,7 +100,7 @@ def save_gradcam_png(
         im = ax.imshow(np.asarray(cam), cmap="jet", alpha=alpha, vmin=0.0, vmax=1.0, interpolation="bilinear")
         ax.set_title(name)
         ax.set_axis_off()
-    fig.colorbar(im, ax=list(axes), fraction=0.025, pad=0.02, label="Grad-CAM (Block6)")
+    fig.colorbar(im, ax=list(axes), fraction=0.025, pad=0.02, label=f"Grad-CAM ({layer[:1].upper() + layer[1:]})")
     heading = title or "Grad-CAM"
     if probability is not None:
         heading += f" - P(CAC) = {probability:.3f}"

@@ -48,15 +48,14 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from CACIdentifierLib.errors import CacError
-    from CACIdentifierLib.fileutil import check_writable
+    from CACIdentifierLib.fileutil import check_not_input, check_writable
     from CACIdentifierLib.modelio import read_metadata
     from CACIdentifierLib.progress import terminal_progress
 
     out = Path(args.out)
     if out.suffix != ".safetensors":
         raise CacError(f"--out {out} must end in .safetensors")
-    if Path(args.model).resolve() == out.resolve():
-        raise CacError("--out is the input model; write the calibrated model to a new file")
+    check_not_input(out, args.model)
     outputs = [out, out.with_suffix(".json"), out.with_suffix(".reliability.png")]
     if args.sensitivity is not None:
         outputs.append(out.with_suffix(".operating_point.png"))

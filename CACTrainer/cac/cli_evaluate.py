@@ -161,6 +161,13 @@ def _fmt(v, digits: int) -> str:
 def run(args) -> int:
     from CACIdentifierLib.dicom_io import normalize_spacing
 
+    if args.csv == "-" and args.json:
+        raise CacError("--csv - and --json both write to standard output; give --csv a file name")
+    if args.csv and args.csv != "-":
+        from CACIdentifierLib.fileutil import check_not_input, check_writable
+
+        check_not_input(args.csv, args.pred, *args.truth, option="--csv")
+        check_writable(args.csv, args.overwrite)
     spacing = normalize_spacing(args.spacing.replace(",", " ").split()) if args.spacing else None
     result = evaluate_files(args.pred, args.truth, args.segment, ignore_source=args.ignore_source,
                             spacing_mm=spacing, allow_pixel_units=args.allow_pixel_units)

@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from CACIdentifierLib.cine_io import load_cine
-    from CACIdentifierLib.fileutil import atomic_directory, check_output_directory
+    from CACIdentifierLib.fileutil import atomic_directory, check_not_input, check_output_directory
     from CACIdentifierLib.modelio import load_model
     from CACIdentifierLib.progress import json_event, json_progress, terminal_progress
     from CACIdentifierLib.report import (
@@ -84,12 +84,15 @@ def _run(args: argparse.Namespace) -> int:
     from CACIdentifierLib.resources import default_model_path
 
     out = Path(args.out)
+    # A frames folder given as its own output would gain overlay.png as a frame.
+    check_not_input(out, args.cine)
     # Before the (slow) work: an output folder that cannot be written fails now, not after it.
     check_output_directory(out, args.overwrite, names=("roi.seg.nrrd", "report.json", "overlay.png"))
     dicom_seg = getattr(args, "dicom_seg", None)
     if dicom_seg:
         from CACIdentifierLib.dicom_seg import check_source
 
+        check_not_input(dicom_seg, args.cine, option="--dicom-seg")
         check_source(args.cine, dicom_seg, args.overwrite)  # before the long work
     spacing = (args.spacing, args.spacing) if args.spacing else None
     progress_json = getattr(args, "progress_json", False)

@@ -176,13 +176,12 @@ def output_kind(path) -> str:
 
 def run_convert(args: argparse.Namespace) -> int:
     from CACIdentifierLib.cine_io import load_cine
-    from CACIdentifierLib.fileutil import check_writable
+    from CACIdentifierLib.fileutil import check_not_input, check_writable
 
     kind = output_kind(args.out)
     # Fail before the (slow) read when the output cannot be written.
+    check_not_input(args.out, args.cine)
     out = check_writable(args.out, args.overwrite)
-    if Path(args.cine).resolve() == out.resolve():
-        raise CacError(f"{out} is the input; choose another output name")
     cine = load_cine(args.cine, spacing_mm=args.spacing, frame_time_ms=args.frame_time_ms)
     from CACIdentifierLib import nrrd_io
 

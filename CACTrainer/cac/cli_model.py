@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
-from CACIdentifierLib.errors import CacError
+from CACIdentifierLib.errors import CacError, printable
 
 
 def register(subparsers) -> None:
@@ -37,7 +37,8 @@ def register(subparsers) -> None:
     gc.add_argument("--contrast-frame", type=int, metavar="J", help="contrast frame (0-based); default: synchronize")
     gc.add_argument("--patch", type=int, choices=range(5), metavar="P",
                     help="patch 0-4 (corners TL, TR, BL, BR, centre); default: the most probable")
-    gc.add_argument("--layer", default="block6", help="encoder block (default block6, as the paper)")
+    gc.add_argument("--layer", default="block6", help="encoder block: block6 (default, as the paper), block5 ... block2, block2_nc, block2_c, "
+                         "block1_nc or block1_c")
     gc.add_argument("--out", required=True, help="output PNG")
     gc.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     gc.add_argument("--spacing", type=float, metavar="MM", help="pixel spacing when the file has none")
@@ -118,7 +119,7 @@ def run_gradcam(args) -> int:
     import numpy as np
     import torch
     from CACIdentifierLib.cine_io import load_cine
-    from CACIdentifierLib.fileutil import check_writable
+    from CACIdentifierLib.fileutil import check_not_input, check_writable
     from CACIdentifierLib.modelio import load_model
     from CACIdentifierLib.patches import (
         FRAME_SIZE,
@@ -127,8 +128,15 @@ def run_gradcam(args) -> int:
         patch_origins,
         prepare_frame,
     )
-    from CACTrainerLib.gradcam import grad_cam, save_gradcam_png
+    from CACTrainerLib.gradcam import LAYERS, grad_cam, save_gradcam_png
 
+    if args.layer not in LAYERS:
+        raise CacError(f"--layer {printable(args.layer, 40)} is not an encoder block on the classifier's path; "
+                       f"choose one of {', '.join(LAYERS)}")
+
+    if not str(args.out).lower().endswith(".png"):
+        raise CacError(f"--out writes a PNG; give a name ending in .png, not {args.out}")
+    check_not_input(args.out, args.cine, args.model)
     check_writable(args.out, args.overwrite)
     model, meta = load_model(args.model)
     spacing = None if args.spacing is None else (args.spacing, args.spacing)
@@ -168,6 +176,7 @@ def run_gradcam(args) -> int:
         title=f"frame {args.frame} / contrast {j}, patch {patch} at {origin} ({args.layer})",
         probability=prob,
         overwrite=args.overwrite,
+        layer=args.layer,
     )
     print(f"P(CAC) per patch: {', '.join(f'{p:.3f}' for p in probs)}; Grad-CAM of patch {patch} -> {args.out}")
     return 0

@@ -378,9 +378,10 @@ def _run(args, ctx) -> int:
         if out.exists() and not args.overwrite:
             raise CacError(f"{out} already exists; pass --overwrite to replace it or choose another name")
         # Every output (model, card, curves) is checked before training, not after it.
-        from CACIdentifierLib.fileutil import check_writable
+        from CACIdentifierLib.fileutil import check_not_input, check_writable
         from CACIdentifierLib.modelio import card_path
 
+        check_not_input(out, args.init)  # a fine-tune never replaces the model it starts from
         for path in (out, card_path(out), _curves_path(out)):
             check_writable(path, args.overwrite)
     if refresh:
