@@ -9,6 +9,7 @@ few dozen gradient steps suffice to learn it.
 import json
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -296,6 +297,27 @@ def test_resume_refuses_other_settings(tiny, tmp_path):
                 tmp_path, resume=True)
     with pytest.raises(CacError, match="no checkpoint"):
         T.train(train, None, cfg, tmp_path / "empty", resume=True)
+
+
+def test_restart_starts_a_finished_run_over(tiny, tmp_path):
+    # `cac train --overwrite` into a finished run's folder (the Slicer panel's "replace the model?") once failed
+    # after the data had loaded: "holds a checkpoint of an earlier run".  restart deletes that run's checkpoint,
+    # history and kept epochs, and nothing else in the folder.
+    train = tiny.select(patients=["P0"])
+    run = tmp_path / "run"
+    T.train(train, None, _config(epochs1=2, epochs2=1, samples_per_epoch=8, batch_size=4, keep_epochs=True), run)
+    (run / "notes.txt").write_text("mine")
+    cfg = _config(epochs1=1, epochs2=1, samples_per_epoch=8, batch_size=4, lr1=5e-4)  # other settings, too
+    with pytest.raises(CacError, match="--overwrite to start it over"):
+        T.train(train, None, cfg, run)
+    with pytest.raises(CacError, match="choose one"):
+        T.train(train, None, cfg, run, resume=True, restart=True)
+    result = T.train(train, None, cfg, run, restart=True)
+    assert [(h["stage"], h["epoch"]) for h in result.history if h.get("event") == "epoch"] == [(1, 1), (2, 1)]
+    assert not (run / T.EPOCHS_DIR).exists() or not list((run / T.EPOCHS_DIR).glob("stage*"))
+    assert (run / "notes.txt").read_text() == "mine"
+    # The new run's checkpoint resumes as the new run (its settings), not the old one.
+    T.train(train, None, replace(cfg, epochs2=2), run, resume=True)
 
 
 def test_a_second_run_on_a_busy_run_folder_is_refused_and_a_dead_runs_lock_is_taken_over(tiny, tmp_path):

@@ -179,7 +179,7 @@ def run_fold(fs: FrameSet, k: int, by: str, config: TrainConfig, out_dir, *, res
     emit({"event": "fold", "fold": k, "folds": len(folds), "by": by, "test": test_groups,
           "val": sorted(set(val_set.patient)) if val_set is not None else []})
     result = train(train_set, val_set, config, out_dir / f"fold_{k}", resume=resume, emit=emit,
-                     progress=progress or (lambda *a: None))
+                   progress=progress or (lambda *a: None), restart=overwrite and not resume)
     if not distributed.is_main():
         return {}  # data-parallel run: rank 0 tests the fold and writes fold_K.json
     from CACIdentifierLib.device import choose_device

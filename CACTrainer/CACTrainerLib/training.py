@@ -588,12 +588,14 @@ def check_config(config: TrainConfig) -> None:
 def train(train_set: dataset.FrameSet | None, val_set: dataset.FrameSet | None, config: TrainConfig, run_dir, *,
           resume: bool = False, emit: Callable[[dict], None] | None = None,
           progress: ProgressCallback = no_progress,
-          stream: Callable[[int], dataset.FrameSet] | None = None) -> TrainResult:
+          stream: Callable[[int], dataset.FrameSet] | None = None, restart: bool = False) -> TrainResult:
     """Run both stages; checkpoints go to ``run_dir`` after every epoch.
 
     ``resume``: continue from ``run_dir``'s checkpoint (an error if there is
     none with the same configuration); without it an existing checkpoint is
-    an error (pass resume, or use another folder).  While it runs the folder
+    an error (pass resume, or use another folder) unless ``restart``
+    (``--overwrite``): the earlier run's checkpoint, history and kept epochs
+    are then deleted and the run starts over.  While it runs the folder
     is locked (``run.lock``): a second run on it is an error, not a silent
     exchange of checkpoints.
 
@@ -604,13 +606,31 @@ def train(train_set: dataset.FrameSet | None, val_set: dataset.FrameSet | None, 
     ``g`` alone, so that a resumed run sees the data it would have seen.
     """
     check_config(config)  # before the lock creates the folder: a bad setting leaves nothing behind
+    if resume and restart:
+        raise CacError("resume continues the run folder's checkpoint and restart discards it; choose one")
     if not distributed.is_main():  # rank 0 holds the lock for the whole data-parallel run
-        return _train(train_set, val_set, config, Path(run_dir), resume, emit, progress, stream)
+        return _train(train_set, val_set, config, Path(run_dir), resume, emit, progress, stream, restart)
     with folder_lock(run_dir, "training run"):
-        return _train(train_set, val_set, config, Path(run_dir), resume, emit, progress, stream)
+        if restart:
+            clear_run(run_dir)
+        return _train(train_set, val_set, config, Path(run_dir), resume, emit, progress, stream, restart)
 
 
-def _train(train_set, val_set, config: TrainConfig, run_dir: Path, resume: bool, emit, progress, stream) -> TrainResult:
+def clear_run(run_dir) -> None:
+    """Delete an earlier run's checkpoint, history and kept epochs from ``run_dir`` (nothing else in it)."""
+    from .checkpoint_io import CHECKPOINT, CHECKPOINT_JSON
+
+    run_dir = Path(run_dir)
+    for name in (CHECKPOINT, CHECKPOINT_JSON, "history.json"):
+        (run_dir / name).unlink(missing_ok=True)
+    kept = run_dir / EPOCHS_DIR
+    if kept.is_dir():
+        for path in kept.glob("stage[12]_epoch[0-9][0-9][0-9]*"):
+            path.unlink(missing_ok=True)
+
+
+def _train(train_set, val_set, config: TrainConfig, run_dir: Path, resume: bool, emit, progress, stream,
+           restart: bool = False) -> TrainResult:
     """The body of :func:`train`, run under its lock."""
     from CACIdentifierLib.device import autocast_dtype, choose_device
     from CACIdentifierLib.network import ResUNet18
@@ -647,10 +667,11 @@ def _train(train_set, val_set, config: TrainConfig, run_dir: Path, resume: bool,
     stage, start_epoch = 1, 0
     best_state = None
     best = {"stage1": None, "stage2": None}
-    ckpt = load_checkpoint(run_dir, model)
+    # restart: the other ranks of a data-parallel run need not wait for rank 0's clear_run.
+    ckpt = None if restart else load_checkpoint(run_dir, model)
     if ckpt is not None and not resume:
-        raise CacError(f"{run_dir} holds a checkpoint of an earlier run; pass --resume to continue it "
-                       "or choose another run folder")
+        raise CacError(f"{run_dir} holds a checkpoint of an earlier run; pass --resume to continue it, "
+                       "--overwrite to start it over, or choose another run folder")
     if resume and ckpt is None:
         raise CacError(f"--resume: no checkpoint in {run_dir}; start without --resume")
     opt_tensors = opt_groups = None

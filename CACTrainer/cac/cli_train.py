@@ -140,7 +140,8 @@ def register(subparsers) -> None:
                         "to score or average single epochs later")
     p.add_argument("--resume", action="store_true",
                    help="continue from the run folder's checkpoint (folds: or start the fold when it has none)")
-    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs; without --resume, an earlier run's checkpoint in the "
+                        "run folder is deleted and the run starts over")
     p.add_argument("--json", action="store_true", help="JSON lines on stdout (default when stdout is not a terminal)")
     p.set_defaults(func=run)
 
@@ -476,7 +477,7 @@ def _train_final(fs, dataset: Path, args, config, out: Path, emit, progress, *, 
         train_set, val_set = crossval.validation_split(fs, args.val_fraction, args.seed)
         train_summary = train_set.summary()
     result = train(None if stream is not None else train_set, val_set, config, run_dir, resume=args.resume,
-                   emit=emit, progress=progress, stream=stream)
+                   emit=emit, progress=progress, stream=stream, restart=args.overwrite and not args.resume)
     if stream is not None:
         last = max(0, config.epochs1 + config.epochs2 - 1)
         train_summary = {"patients": stream.seen(last), "window_patients": len(stream.start),
