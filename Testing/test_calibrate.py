@@ -243,3 +243,38 @@ def test_cac_calibrate_method_none_keeps_the_models_calibration(setup, capsys):
     cfg = training.TrainConfig(classifier_threshold=meta["classifier_threshold"])
     ev = evaluation.evaluate(model, fs, cfg, torch.device("cpu"), calibration=meta["calibration"])
     assert ev["detection"]["sensitivity"] == pytest.approx(op["sensitivity"]) and op["sensitivity"] >= 0.9
+
+
+def test_calibrating_again_keeps_the_operating_points_decisions(setup, capsys):
+    # A model with an operating point calibrated again without --sensitivity kept its threshold on the new
+    # scale, so other frames got an ROI than the card's operating point claims; the threshold is carried.
+    from CACTrainerLib import evaluation, training
+    from CACTrainerLib.dataset import build_frameset
+
+    torch.manual_seed(1)
+    marking = ResUNet18(**SMALL)
+    with torch.no_grad():
+        marking.decoder.out.bias.fill_(8.0)
+    save_model(setup / "mark2.safetensors", marking, {"classifier_threshold": 0.5}, dtype=None)
+    first, again = setup / "first.safetensors", setup / "again.safetensors"
+    assert main(["calibrate", str(setup / "mark2.safetensors"), "--dataset", str(setup / "ds"), "--out", str(first),
+                 "--sensitivity", "0.9"]) == 0
+    assert main(["calibrate", str(first), "--dataset", str(setup / "ds"), "--out", str(again), "--method",
+                 "temperature"]) == 0
+    capsys.readouterr()
+    fs = build_frameset(setup / "ds", frames_per_acquisition=6)
+    detections = []
+    for path in (first, again):
+        model, meta = load_model(path)
+        cfg = training.TrainConfig(classifier_threshold=meta["classifier_threshold"])
+        ev = evaluation.evaluate(model, fs, cfg, torch.device("cpu"), calibration=meta["calibration"])
+        detections.append((ev["detection"], meta))
+    (d1, m1), (d2, m2) = detections
+    assert m2["calibration"]["method"] == "temperature" and m2["calibration"]["bias"] == 0.0
+    assert m2["classifier_threshold"] != m1["classifier_threshold"]  # another scale ...
+    assert m2["operating_point"]["threshold"] == m2["classifier_threshold"]
+    assert (d2["tp"], d2["fp"]) == (d1["tp"], d1["fp"])  # ... the same decisions
+    model, _ = load_model(again)
+    stale = evaluation.evaluate(model, fs, training.TrainConfig(classifier_threshold=m1["classifier_threshold"]),
+                                torch.device("cpu"), calibration=m2["calibration"])["detection"]
+    assert (stale["tp"], stale["fp"]) != (d1["tp"], d1["fp"])  # what keeping the old threshold did

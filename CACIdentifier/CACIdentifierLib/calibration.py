@@ -85,6 +85,25 @@ def apply(probs, calibration: dict | None) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-(np.log(q / (1 - q)) / t + b)))
 
 
+def carry_threshold(threshold: float, old: dict | None, new: dict | None) -> float:
+    """The threshold on ``new``'s calibrated scale that makes the decisions ``threshold`` made under ``old``.
+
+    Both calibrations are increasing maps of the same raw logit, so a threshold
+    carries over exactly: ``apply(p, new) >= carried`` where ``apply(p, old) >= threshold``.
+    Used when a model with an operating point is calibrated again.
+
+    >>> old, p = {"temperature": 2.0, "bias": -1.0}, np.array([0.05, 0.2, 0.4, 0.6, 0.9])
+    >>> t = carry_threshold(0.3, old, None)
+    >>> round(t, 3), (apply(p, old) >= 0.3).tolist() == (p >= t).tolist()
+    (0.576, True)
+    """
+    if not 0.0 < threshold < 1.0:
+        return float(threshold)
+    old, new = old or {}, new or {}
+    raw = (np.log(threshold / (1.0 - threshold)) - float(old.get("bias", 0.0))) * float(old.get("temperature", 1.0))
+    return float(1.0 / (1.0 + np.exp(-(raw / float(new.get("temperature", 1.0)) + float(new.get("bias", 0.0))))))
+
+
 def reliability(probs, labels, bins: int = 10) -> dict:
     """Reliability diagram data: per equal-width bin the mean probability, the observed frequency and
     the count, and the expected calibration error (ECE, count-weighted mean gap)."""

@@ -280,6 +280,13 @@ def calibrate_metadata(model, metadata: dict, fs, *, method: str = "platt", devi
         meta["calibration"] = dict(cal, method=method, data=str(data), patches=int(y.size),
                                    positive_patches=int(y.sum()), ece_before=before["ece"], ece_after=after["ece"])
     rel = {"before": before, "after": after}
+    if sensitivity is None and method != "none" and "operating_point" in meta:
+        # The operating point was chosen on the old calibration's scale: its threshold is carried to the new
+        # one, so the same frames get an ROI (--sensitivity chooses a new point).
+        t = calibration.carry_threshold(float(meta.get("classifier_threshold", 0.5)), metadata.get("calibration"),
+                                        cal)
+        meta["classifier_threshold"] = t
+        meta["operating_point"] = dict(meta["operating_point"], threshold=t)
     if sensitivity is not None:
         # float32 as evaluation.evaluate gates them, so that a held-out probability lands on the same side.
         calibrated = (calibration.apply(probs, cal) if cal else probs).astype(np.float32)
