@@ -8,10 +8,12 @@ must be readable by slicer-core's own storage nodes.
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
 from cac.cli import main as cac
+from CACIdentifierLib.errors import CacError
 from CACIdentifierLib.modelio import load_model
 from CACIdentifierLib.resources import default_model_path
 
@@ -328,3 +330,19 @@ def test_split_network_max_pool_equals_torch_max_pool_to_the_bit():
         for dtype in (torch.float32, torch.bfloat16):
             y = x.to(dtype, memory_format=torch.channels_last)
             assert torch.equal(max_pool_3x3_s2(y), F.max_pool2d(y, 3, 2, 1)), (shape, dtype)
+
+
+@pytest.mark.parametrize("kw,phrase", [({"batch_frames": -1}, "--batch-frames"), ({"batch_frames": 0}, "--batch-frames"),
+                                       ({"workers": 0}, "workers"), ({"sigma": float("nan")}, "sigma=nan"),
+                                       ({"threshold": 1.5}, "threshold=1.5"), ({"min_island_px": -1}, "min_island_px=-1")])
+def test_engine_refuses_bad_settings_before_any_work(study, model, kw, phrase):
+    # --batch-frames -1 once analysed nothing and reported "ROI found on 0 frames"; a bad refinement
+    # setting failed only after synchronization and the network.
+    from CACIdentifierLib.inference import identify
+
+    acq, _, _ = study
+    net, meta = model
+    events = []
+    with pytest.raises(CacError, match=re.escape(phrase)):
+        identify(acq.to_cine(), net, meta, progress=lambda *a: events.append(a), **kw)
+    assert events == []

@@ -220,6 +220,11 @@ def identify(
 
     progress = progress or no_progress
     t_start = time.perf_counter()
+    if int(batch_frames) < 1 or (workers is not None and int(workers) < 1):
+        raise CacError(f"frames per pass (--batch-frames, {batch_frames}) and workers ({workers}) must be at least 1")
+    # Before synchronization and the network: a bad --sigma/--min-island/--threshold costs nothing.
+    refinement.check_settings(**_refinement_parameters(
+        metadata, dict(min_island_px=min_island_px, sigma=sigma, threshold=threshold)))
     if cine.n_frames < 2:
         raise CacError("the cine has a single frame; identification needs a run with non-contrast and contrast frames")
 

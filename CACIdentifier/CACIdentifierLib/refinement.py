@@ -51,6 +51,23 @@ def remove_small_islands(mask: np.ndarray, min_island_px: int, connectivity: int
     return remove_small_objects(mask, min_size=int(min_island_px), connectivity=connectivity)
 
 
+def check_settings(*, min_island_px, sigma, threshold, **_) -> None:
+    """Raise :class:`CacError` unless ``sigma >= 0``, ``min_island_px >= 0`` and ``0 < threshold < 1`` (NaN fails).
+
+    Called by :func:`refine`, and by ``identify`` before the network runs, so a bad setting costs nothing.
+
+    >>> check_settings(min_island_px=1000, sigma=float("nan"), threshold=0.5)
+    Traceback (most recent call last):
+    ...
+    CACIdentifierLib.errors.CacError: invalid refinement settings (sigma=nan, min_island_px=1000, threshold=0.5); use sigma >= 0, min_island_px >= 0, 0 < threshold < 1
+    """
+    if not (sigma >= 0 and min_island_px >= 0 and 0.0 < threshold < 1.0):
+        raise CacError(
+            f"invalid refinement settings (sigma={sigma}, min_island_px={min_island_px}, "
+            f"threshold={threshold}); use sigma >= 0, min_island_px >= 0, 0 < threshold < 1"
+        )
+
+
 def refine(
     roi_prob: np.ndarray,
     *,
@@ -95,11 +112,7 @@ def refine(
     arr = np.asarray(roi_prob)
     if arr.ndim != 2:
         raise ValueError(f"refine expects one 2D ROI map, got shape {arr.shape}")
-    if sigma < 0 or min_island_px < 0 or not 0.0 < threshold < 1.0:
-        raise CacError(
-            f"invalid refinement settings (sigma={sigma}, min_island_px={min_island_px}, "
-            f"threshold={threshold}); use sigma >= 0, min_island_px >= 0, 0 < threshold < 1"
-        )
+    check_settings(min_island_px=min_island_px, sigma=sigma, threshold=threshold)
     mask = arr if arr.dtype == bool else arr >= prob_threshold
     mask = remove_small_islands(mask, int(min_island_px), connectivity)
     if sigma == 0 or not mask.any():
