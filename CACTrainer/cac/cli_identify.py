@@ -125,7 +125,8 @@ def _run(args: argparse.Namespace) -> int:
         model,
         metadata,
         device=args.device,
-        batch_frames=args.batch_frames if args.batch_frames is not None else (1 if args.device == "cpu" or not _gpu() else 8),
+        batch_frames=(args.batch_frames if args.batch_frames is not None
+                      else 1 if args.device == "cpu" or not _gpu() else 8),
         onset=args.onset,
         onset_guard=args.onset_guard,
         min_island_px=args.min_island_px,
