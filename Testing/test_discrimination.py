@@ -362,6 +362,28 @@ def test_cac_phantom_randomize_writes_varied_domains(tmp_path):
     assert len(photons) == 3 and all(250 <= x <= 6000 for x in photons)
 
 
+def test_cac_phantom_randomize_keeps_the_settings_it_does_not_draw(tmp_path, capsys):
+    # --randomize once rebuilt every acquisition's settings from the defaults: --side, --heart-rate,
+    # --contrast ... were dropped without a word, and options it draws (--bits) were ignored.
+    from cac.cli import main
+
+    out = tmp_path / "ds"
+    assert main(["phantom", str(out), "--patients", "2", "--frames", "10", "--size", "96", "--randomize",
+                 "--side", "right", "--heart-rate", "61", "62", "--contrast", "0.2", "--seed", "3"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["randomize"] is True
+    truths = [json.loads(p.read_text()) for p in sorted(out.glob("P*/A01/truth.json"))]
+    for t in truths:
+        assert t["side"] == "right" and 61 <= t["heart_rate_bpm"] <= 62 and t["params"]["contrast_mu_per_mm"] == 0.2
+    assert len({t["params"]["photons"] for t in truths}) == 2  # still drawn per patient
+    capsys.readouterr()
+    for drawn in (["--bits", "12"], ["--photons", "900", "--calcium-count", "1", "2"]):
+        assert main(["phantom", str(tmp_path / "x"), "--frames", "10", "--size", "96", "--randomize", *drawn]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("cac: error: --randomize draws " + drawn[0]) and err.count("\n") == 1
+        assert not (tmp_path / "x").exists()
+
+
 def _difficulty():
     from benchmark_scripts import load
 

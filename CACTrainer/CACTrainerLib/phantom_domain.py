@@ -19,6 +19,7 @@ True
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 
@@ -31,8 +32,13 @@ def _log_uniform(rng, lo, hi) -> float:
     return float(math.exp(rng.uniform(math.log(lo), math.log(hi))))
 
 
+# PhantomParams fields randomized_params draws (besides size and frame rate when not given); cac phantom
+# --randomize refuses the options that set them.
+DRAWN = ("bits", "photons", "calcium_count_range", "calcium_mu_per_mm", "annotator_min_snr")
+
+
 def randomized_params(rng: np.random.Generator, *, n_frames: int = 200, size: int | None = None,
-                      fps: float | None = None, calcium_free_fraction: float = 0.3):
+                      fps: float | None = None, calcium_free_fraction: float = 0.3, base=None):
     """A :class:`PhantomParams` drawn from wide ranges (one acquisition's domain).
 
     Parameters
@@ -46,6 +52,10 @@ def randomized_params(rng: np.random.Generator, *, n_frames: int = 200, size: in
         Frame rate; None draws one of :data:`FPS`.
     calcium_free_fraction : float
         Fraction of calcium-free patients.
+    base : PhantomParams, optional
+        Where the fields this function does not draw come from (heart rate, contrast, onset, side,
+        respiration, ECG ...): a user's settings; default :class:`PhantomParams`'s defaults.  The
+        draws do not depend on it.
 
     Returns
     -------
@@ -55,7 +65,7 @@ def randomized_params(rng: np.random.Generator, *, n_frames: int = 200, size: in
 
     size = int(size or rng.choice(SIZES))
     d_lo = rng.uniform(2.2, 3.5)
-    return PhantomParams(
+    drawn = dict(
         rows=size, cols=size, n_frames=int(n_frames), fps=float(fps or rng.choice(FPS)),
         bits=int(rng.choice([8, 10, 12])),
         photons=_log_uniform(rng, 250, 6000),
@@ -83,3 +93,4 @@ def randomized_params(rng: np.random.Generator, *, n_frames: int = 200, size: in
         # above is as before.
         annotator_min_snr=float(rng.uniform(5.0, 8.0)),
     )
+    return replace(base, **drawn) if base is not None else PhantomParams(**drawn)

@@ -202,7 +202,8 @@ def write_dataset(out_dir, params=None, *, patients: int = 1, acquisitions_per_p
     for a montage of the first acquisition (written after the dataset).  See
     the module docstring for the layout and :func:`load_manifest` for reading
     it back.  ``randomize``: each patient's domain (dose, display, bits, metal, calcium...) is drawn
-    by :func:`.phantom_domain.randomized_params` around ``params``' frames, frame rate and size.
+    by :func:`.phantom_domain.randomized_params`; frames, frame rate, size and every setting it does
+    not draw (heart rate, contrast, onset, side, ECG ...) come from ``params``.
     """
     import numpy as np
 
@@ -232,10 +233,11 @@ def write_dataset(out_dir, params=None, *, patients: int = 1, acquisitions_per_p
                     progress(done * n, total * n, acquisition_id(p, a))
                 acq_params = params
                 if randomize:
+                    # The user's other settings (heart rate, contrast, side, ECG ...) stay; truth.json records
+                    # each acquisition's drawn ones.
                     acq_params = randomized_params(np.random.default_rng([int(seed), p, 0xD0]), n_frames=params.n_frames,
                                                    size=params.rows, fps=params.fps,
-                                                   calcium_free_fraction=params.calcium_free_fraction)
-                    acq_params.ecg = params.ecg
+                                                   calcium_free_fraction=params.calcium_free_fraction, base=params)
                     if params.annotator_min_snr > 0:  # the user's visibility threshold wins
                         acq_params.annotator_min_snr = params.annotator_min_snr
                 acq = generate_acquisition(acq_params, seed, p, a, calcium_free=p in free, progress=inner)
@@ -264,7 +266,8 @@ def write_dataset(out_dir, params=None, *, patients: int = 1, acquisitions_per_p
                 del acq
         manifest = {"format": "cac-phantom-dataset/1", "seed": int(seed), "patients": patients,
                     "acquisitions_per_patient": acquisitions_per_patient, "compression": compression,
-                    "params": params.to_dict(), "command": command, "acquisitions": entries}
+                    "params": params.to_dict(), "randomize": bool(randomize), "command": command,
+                    "acquisitions": entries}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
     if montage is not None and first is not None:
         save_montage(first, montage, overwrite=overwrite)

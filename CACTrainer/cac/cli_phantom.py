@@ -27,7 +27,7 @@ def register(subparsers) -> None:
     p.add_argument("--fps", type=float, default=15.0, metavar="F", help="frame rate (default 15; 7.5 and 30 usual)")
     p.add_argument("--size", type=int, default=512, metavar="PX",
                    help="rows = columns (default 512; smaller keeps the field of view)")
-    p.add_argument("--bits", type=int, choices=(8, 10, 12), default=8, help="BitsStored (default 8)")
+    p.add_argument("--bits", type=int, choices=(8, 10, 12), default=None, help="BitsStored (default 8)")
     p.add_argument("--compression", choices=("none", "rle"), default="none",
                    help="DICOM transfer syntax: explicit little endian or RLE Lossless (default none)")
     p.add_argument("--calcium-free-fraction", type=float, default=None, metavar="F",
@@ -56,7 +56,8 @@ def register(subparsers) -> None:
                    help="annotators draw only deposits whose Rose detectability reaches D (x 0.8-1.25 per "
                         "annotator; about 5 = just visible); default: off, or 5-8 with --randomize")
     p.add_argument("--randomize", action="store_true",
-                   help="draw each patient's domain (dose, display, bits, metal, calcium look...) from wide ranges")
+                   help="draw each patient's domain (dose, display, bits, metal, calcium look...) from wide ranges "
+                        "(docs/phantom.md); the other options (heart rate, contrast, side ...) still apply")
     p.add_argument("--ecg", action="store_true", help="write the R Wave Pointer (the paper's data have no ECG)")
     p.add_argument("--montage", metavar="PNG", help="also write a montage of the first acquisition")
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT_DIR (and --montage file)")
@@ -68,9 +69,14 @@ def params_from_args(args):
     from CACIdentifierLib.errors import CacError
     from CACTrainerLib.phantom import PhantomParams
 
-    kw = {"n_frames": args.frames, "fps": args.fps, "rows": args.size, "cols": args.size, "bits": args.bits,
-          "ecg": bool(args.ecg)}
-    pairs = {
+    drawn = [option for option, value in (("--bits", args.bits), ("--photons", args.photons),
+                                          ("--calcium-count", args.calcium_count),
+                                          ("--calcium-contrast", args.calcium_contrast)) if value is not None]
+    if getattr(args, "randomize", False) and drawn:
+        raise CacError(f"--randomize draws {', '.join(drawn)} per patient; leave {'it' if len(drawn) == 1 else 'them'} "
+                       "out, or leave out --randomize to set them")
+    kw = {"n_frames": args.frames, "fps": args.fps, "rows": args.size, "cols": args.size, "ecg": bool(args.ecg)}
+    pairs = {"bits": args.bits,
         "calcium_free_fraction": args.calcium_free_fraction, "calcium_mu_per_mm": args.calcium_contrast,
         "contrast_mu_per_mm": args.contrast, "early_onset_prob": args.early_onset_prob,
         "table_pan_prob": args.table_pan_prob, "photons": args.photons,
