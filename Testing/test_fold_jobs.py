@@ -58,6 +58,19 @@ def test_two_fold_jobs_at_once_then_summary_rerun_and_resume(tmp_path):
     assert r.returncode == 0 and "fold 0 is already done" in r.stderr and "nothing to do" in r.stderr
     assert [e["event"] for e in _events(r.stdout)] == ["fold_skipped"]
     assert (run / "fold_0.json").stat().st_mtime_ns == stamp
+    # --overwrite runs it again from the start (its finished checkpoint once refused that, after the data
+    # had loaded); with --run-dir its checkpoints go there, not into the run folder.
+    fresh = [a for a in TINY if a != "--resume"]
+    r = subprocess.run(EXE + ["train", str(ds), "--out", str(run), "--fold", "0", "--epochs", "1", "--overwrite",
+                              *fresh], capture_output=True, text=True, env=_env())
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "resume" not in [e["event"] for e in _events(r.stdout)]
+    assert (run / "fold_0.json").stat().st_mtime_ns != stamp
+    scratch = tmp_path / "scratch"
+    r = subprocess.run(EXE + ["train", str(ds), "--out", str(run), "--fold", "1", "--epochs", "1", "--overwrite",
+                              "--run-dir", str(scratch), *fresh], capture_output=True, text=True, env=_env())
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (scratch / "fold_1" / "checkpoint.safetensors").exists() and (run / "fold_1.json").exists()
 
     # a killed fold resumes: kill fold 2 once its first checkpoint is written, run the same command again
     cmd = EXE + ["train", str(ds), "--out", str(run), "--fold", "2", "--epochs1", "3", "--epochs2", "1", *TINY]

@@ -133,7 +133,8 @@ def register(subparsers) -> None:
     p.add_argument("--sync-bn", action="store_true",
                    help="data-parallel runs: BatchNorm statistics over the global batch (SyncBatchNorm, CUDA) "
                         "instead of each rank's share")
-    p.add_argument("--run-dir", help="checkpoint folder (default MODEL.run/ or RUN_DIR/fold_K/)")
+    p.add_argument("--run-dir", help="checkpoint folder (default MODEL.run/; with --cv, the folds' checkpoints go "
+                                     "to RUN_DIR/fold_K/, RUN_DIR being OUT by default)")
     p.add_argument("--dtype", choices=("float16", "float32"), default="float16", help="weights of the saved model")
     p.add_argument("--keep-epochs", action="store_true",
                    help="write every epoch's model to RUN_DIR/epochs/ (stageS_epochNNN.safetensors + card), "
@@ -407,9 +408,10 @@ def _run(args, ctx) -> int:
                 emit({"event": "fold_skipped", "fold": k, "file": str(done)})
             continue
         # --resume on a fold: continue its checkpoint if it has one, else start it.
-        resume = args.resume and (out / f"fold_{k}" / T.CHECKPOINT_JSON).exists()
+        checkpoints = Path(args.run_dir) if args.run_dir else out
+        resume = args.resume and (checkpoints / f"fold_{k}" / T.CHECKPOINT_JSON).exists()
         crossval.run_fold(fs, k, args.cv, config, out, resume=resume, emit=emit, progress=progress,
-                          overwrite=args.overwrite, val_fraction=args.val_fraction)
+                          overwrite=args.overwrite, val_fraction=args.val_fraction, run_dir=checkpoints)
     if args.fold is None and main:
         report = crossval.summarize(out)
         if not as_json:
