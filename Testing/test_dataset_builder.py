@@ -21,6 +21,9 @@ CINES = {  # file -> (onset given to `add`, or None: detected; non-contrast fram
     "ge-static-phantom-jpegls.dcm": (None, [0, 2, 4, 6]),
     "rubo-rca-ecg-96f.dcm": (None, [0, 3, 6, 9, 12]),
 }
+# How the manifest records an onset not given: no contrast arrives in the static phantom, so
+# synchronization's middle frame is a guess (it was once recorded as "detected", and check never warned).
+ONSET_SOURCE = {"ge-static-phantom-jpegls.dcm": "guessed", "rubo-rca-ecg-96f.dcm": "detected"}
 pytestmark = needs_data
 
 
@@ -78,6 +81,9 @@ def test_dataset_contents(built, capsys):
     assert counts["annotated_frames"] == 10 and counts["calcium_frames"] == 10 and counts["annotators"] == [3]
     code, out, _ = cli(capsys, "dataset", "check", ds)
     assert code == 0 and "0 problem(s)" in out and "pseudonym.key" in out  # a warning only
+    ge = info["ge-static-phantom-jpegls.dcm"]["added"].id
+    assert f"{ge}: contrast onset not detected, frame 8 guessed; add it again with --onset N" in out
+    assert out.count("onset not detected") == 1  # the detected RCA onset and the given one are not flagged
     records = {Path(r["id"]).name: r for r in load_manifest(ds)}
     for name, d in info.items():
         rec = records[d["added"].id]
@@ -88,7 +94,7 @@ def test_dataset_contents(built, capsys):
             assert np.array_equal(nrrd_io.read_seg_nrrd(path).segments["calcium"], m)
         acq = json.loads(Path(rec["truth"]).read_text())
         onset, frames = CINES[name]
-        assert acq["onset_source"] == ("given" if onset is not None else "detected")
+        assert acq["onset_source"] == ("given" if onset is not None else ONSET_SOURCE[name])
         if onset is not None:
             assert acq["onset_frame"] == onset
         assert acq["calcium_frames"] == frames

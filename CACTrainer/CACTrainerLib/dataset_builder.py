@@ -297,7 +297,8 @@ def add_acquisition(dataset, cine_path, annotations, *, patient: str | None = No
 
             sync = synchronize(cine.frames, cine.frame_time_ms, r_wave_frames=cine.r_wave_frames, ecg=cine.ecg)
             onset_frame = None if sync.onset_frame is None else int(sync.onset_frame)
-            onset_source = "detected"
+            # Synchronization falls back to the middle frame when no contrast arrival is found: a guess.
+            onset_source = "detected" if sync.onset_detected else "guessed"
         calcium_frames = [int(k) for k in range(n) if majority[k].any()]
         annotated = [int(k) for k in range(n) if any(m[k].any() for m in masks)]
         record = {
@@ -391,6 +392,9 @@ def check(dataset) -> tuple[list[str], list[str]]:
             warnings.append(f"{acq}: {e.get('n_annotators', 0)} annotator(s); the paper's majority vote used three")
         if e.get("onset_frame") is None:
             warnings.append(f"{acq}: no contrast onset (not detected); add it again with --onset N")
+        elif e.get("onset_source") == "guessed":
+            warnings.append(f"{acq}: contrast onset not detected, frame {e['onset_frame']} guessed; "
+                            "add it again with --onset N")
     for folder in sorted(dataset.glob("*/*")):
         if folder.is_dir() and not folder.name.startswith(".") and folder.resolve() not in listed:
             problems.append(f"{folder.relative_to(dataset)}: folder not in the manifest (an interrupted add?)")
