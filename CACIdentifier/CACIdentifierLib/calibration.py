@@ -158,5 +158,8 @@ def plot_reliability(before: dict, after: dict, path, title: str = "") -> None:
     if title:
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    from .fileutil import atomic_output
+
+    with atomic_output(path, overwrite=True) as tmp:  # the caller checked the name; no half-written PNG
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)

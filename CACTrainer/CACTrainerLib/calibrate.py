@@ -209,7 +209,10 @@ def plot_operating_point(curve: dict, op: dict, path, title: str = "") -> None:
     ax.set_ylim(-0.02, 1.02)
     ax.legend(loc="lower left", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    from CACIdentifierLib.fileutil import atomic_output
+
+    with atomic_output(path, overwrite=True) as tmp:  # the caller checked the name; no half-written PNG
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
 
 
