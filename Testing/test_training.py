@@ -457,6 +457,10 @@ def test_cli_end_to_end_on_written_phantom(tmp_path):
     r = subprocess.run(exe + ["train", str(ds), "--out", str(tmp_path / "m2.safetensors"), "--epochs", "0"],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "0 only with --init" in r.stderr
+    # --init with --epochs 0 and no --cv would only write the model again, stripped of its calibration
+    r = subprocess.run(exe + ["train", str(ds), "--out", str(tmp_path / "m2.safetensors"), "--epochs", "0",
+                              "--init", str(out)], capture_output=True, text=True)
+    assert r.returncode == 2 and "trains nothing" in r.stderr and not (tmp_path / "m2.safetensors").exists()
     # a model trained with Block1's pool fine-tuned without it (the weights fit); its fine-tune inherits that
     full = tmp_path / "full.safetensors"
     r = subprocess.run(exe + ["train", str(ds), "--out", str(full), "--epochs1", "1", "--epochs2", "0",

@@ -159,6 +159,10 @@ def _config(args):
     if args.init:
         if e1 < 0 or e2 < 0:
             raise CacError("epochs must be 0 or more")
+        if e1 == 0 and e2 == 0 and args.cv == "none" and not args.summarize:
+            # It would write --init's weights again, without its calibration and operating point.
+            raise CacError("--epochs 0 trains nothing: with --cv patient or acquisition it tests --init on each "
+                           "fold; to score a model on data use cac evaluate or cac identify")
     elif e1 < 1 or e2 < 1:
         raise CacError("epochs must be at least 1 (0 only with --init: evaluate a model without training)")
     if args.batch_size < 2:
