@@ -538,6 +538,15 @@ def test_run_fold_writes_fold_file_and_summary(tiny, tmp_path):
         crossval.run_fold(tiny, 9, "patient", cfg, tmp_path)
     rep = crossval.summarize(tmp_path)
     assert rep["folds_run"] == 1 and rep["folds_total"] == 4
+    # A user's copy beside the folds is not a fold (it once crashed the summary); a broken fold is one line.
+    (tmp_path / "fold_1.bak.json").write_text((tmp_path / "fold_1.json").read_text())
+    assert crossval.summarize(tmp_path)["folds_run"] == 1
+    (tmp_path / "fold_2.json").write_text("{not json")
+    with pytest.raises(CacError, match="fold_2.json is not a readable fold file"):
+        crossval.summarize(tmp_path)
+    (tmp_path / "fold_2.json").write_text("[]")
+    with pytest.raises(CacError, match="not a fold file"):
+        crossval.summarize(tmp_path)
 
 
 def test_init_starts_from_a_model_file(tiny, tmp_path):

@@ -23,12 +23,13 @@ IoM of the same decoder without gating (does the classifier help the ROI?).
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-from CACIdentifierLib.errors import CacError
+from CACIdentifierLib.errors import CacError, printable
 from CACIdentifierLib.fileutil import atomic_output
 
 from . import distributed
@@ -218,15 +219,29 @@ def _fmt(stats: dict, digits: int = 2) -> str:
     return f"{stats['median']:.{digits}f} ({stats['q1']:.{digits}f}–{stats['q3']:.{digits}f})"
 
 
+def _read_fold(path: Path) -> dict:
+    """A fold file as run_fold wrote it, or one error line naming it."""
+    try:
+        fold = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise CacError(f"{path} is not a readable fold file ({printable(str(exc), 80)}); delete it or run the fold "
+                       "again with --overwrite") from None
+    if not isinstance(fold, dict) or not isinstance(fold.get("metrics"), dict) or "by" not in fold:
+        raise CacError(f"{path} is not a fold file of cac train --cv (no 'by' or 'metrics'); move it away")
+    return fold
+
+
 def summarize(run_dir, *, overwrite: bool = True, notes: str = "") -> dict:
     """Merge ``fold_*.json`` of ``run_dir`` into ``report.json`` and ``report.md`` (Table 2 layout)."""
     from CACIdentifierLib.metrics import median_iqr, wilcoxon
 
     run_dir = Path(run_dir)
-    files = sorted(run_dir.glob("fold_*.json"), key=lambda p: int(p.stem.split("_")[1]))
+    # Only fold_K.json: a copy such as fold_1.bak.json beside them is not a fold.
+    files = sorted((p for p in run_dir.glob("fold_*.json") if re.fullmatch(r"fold_\d+\.json", p.name)),
+                   key=lambda p: int(p.stem.split("_")[1]))
     if not files:
         raise CacError(f"{run_dir} holds no fold_K.json files; run `cac train DATA --out {run_dir} --cv ... --fold K` first")
-    folds = [json.loads(p.read_text()) for p in files]
+    folds = [_read_fold(p) for p in files]
     by = {f["by"] for f in folds}
     per_fold = {key: [f["metrics"].get(key) for f in folds] for _, key, _ in ROWS}
     stats = {key: median_iqr(vals) for key, vals in per_fold.items()}
