@@ -215,6 +215,13 @@ def test_cac_calibrate_sensitivity_sets_the_threshold_that_reaches_it(setup, cap
                  str(setup / "x.safetensors"), "--sensitivity", "0.9", "--island-sizes", "500,big"]) == 2
     err = capsys.readouterr().err
     assert "--island-sizes" in err and "Traceback" not in err
+    # Options that would change nothing here are refused, not ignored.
+    for extra, word in ((["--seed", "3"], "--phantom-pool"), (["--island-sizes", "250"], "--sensitivity")):
+        assert main(["calibrate", str(setup / "m.safetensors"), "--dataset", str(setup / "ds"), "--out",
+                     str(setup / "y.safetensors"), *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"cac: error: {extra[0]}") and word in err and err.count("\n") == 1
+    assert not (setup / "y.safetensors").exists()
 
 
 def test_cac_calibrate_method_none_keeps_the_models_calibration(setup, capsys):

@@ -64,6 +64,11 @@ def run(args) -> int:
     if args.sensitivity is not None and not 0.0 < args.sensitivity <= 1.0:
         raise CacError(f"--sensitivity {args.sensitivity} must be a share in (0, 1], e.g. 0.9")
     island_sizes = parse_island_sizes(args.island_sizes)
+    # Options that would change nothing are refused rather than ignored.
+    if args.seed != 0 and args.phantom_pool is None:
+        raise CacError("--seed chooses the phantom patients of --phantom-pool; it has no effect with --dataset")
+    if args.island_sizes is not None and args.sensitivity is None:
+        raise CacError("--island-sizes is used while choosing the operating point; give --sensitivity S too")
     from CACIdentifierLib.background import FRAME_AND_RESIDUAL
 
     meta = read_metadata(args.model)  # a bad model fails here, before the data are read
