@@ -182,16 +182,30 @@ def test_choose_operating_point_lowers_the_island_size_only_as_far_as_needed():
         choose_operating_point(probs, rois, _Frames(nc, np.zeros_like(calcium)), refinement, 0.5)
 
 
-def test_cac_calibrate_sensitivity_sets_the_threshold_that_reaches_it(setup, capsys):
-    from CACTrainerLib import evaluation, training
-    from CACTrainerLib.dataset import build_frameset
-
-    # A decoder that marks every gated patch, so the classifier's threshold alone decides which frames get an ROI.
+def _marking_model():
+    """A decoder that marks every gated patch, so the classifier's threshold alone decides which frames get an ROI."""
     torch.manual_seed(1)
     marking = ResUNet18(**SMALL)
     with torch.no_grad():
         marking.decoder.out.bias.fill_(8.0)
-    save_model(setup / "marking.safetensors", marking, {"classifier_threshold": 0.5}, dtype=None)
+    return marking
+
+
+def _detection(setup, path, threshold=None, calibration=None):
+    """Frame detection of a model file on the dataset through evaluation.evaluate (the inference path), at its
+    card's threshold and calibration unless given."""
+    from CACTrainerLib import evaluation, training
+    from CACTrainerLib.dataset import build_frameset
+
+    model, meta = load_model(path)
+    fs = build_frameset(setup / "ds", frames_per_acquisition=6)
+    cfg = training.TrainConfig(classifier_threshold=meta["classifier_threshold"] if threshold is None else threshold)
+    cal = meta.get("calibration") if calibration is None else calibration
+    return evaluation.evaluate(model, fs, cfg, torch.device("cpu"), calibration=cal)["detection"]
+
+
+def test_cac_calibrate_sensitivity_sets_the_threshold_that_reaches_it(setup, capsys):
+    save_model(setup / "marking.safetensors", _marking_model(), {"classifier_threshold": 0.5}, dtype=None)
     out = setup / "op.safetensors"
     code = main(["calibrate", str(setup / "marking.safetensors"), "--dataset", str(setup / "ds"), "--out", str(out),
                  "--sensitivity", "0.9"])
@@ -204,10 +218,7 @@ def test_cac_calibrate_sensitivity_sets_the_threshold_that_reaches_it(setup, cap
     assert meta["classifier_threshold"] == op["threshold"] and op["sensitivity"] >= 0.9
     assert op["threshold"] > 0.0 and op["positive_frames"] > 0
     # Independently, through evaluation.evaluate (the inference path) at the card's threshold and calibration:
-    fs = build_frameset(setup / "ds", frames_per_acquisition=6)
-    cfg = training.TrainConfig(classifier_threshold=meta["classifier_threshold"])
-    ev = evaluation.evaluate(model, fs, cfg, torch.device("cpu"), calibration=meta["calibration"])
-    assert ev["detection"]["sensitivity"] == pytest.approx(op["sensitivity"])
+    assert _detection(setup, out)["sensitivity"] == pytest.approx(op["sensitivity"])
     assert main(["calibrate", str(setup / "m.safetensors"), "--dataset", str(setup / "ds"), "--out",
                  str(setup / "x.safetensors"), "--sensitivity", "1.5"]) == 2
     assert "--sensitivity" in capsys.readouterr().err
@@ -227,16 +238,9 @@ def test_cac_calibrate_sensitivity_sets_the_threshold_that_reaches_it(setup, cap
 def test_cac_calibrate_method_none_keeps_the_models_calibration(setup, capsys):
     # "Statistics only": refreshing the statistics (or the operating point) of a calibrated model on new
     # data must not drop its calibration, which would change every decision identify makes.
-    from CACTrainerLib import evaluation, training
-    from CACTrainerLib.dataset import build_frameset
-
-    torch.manual_seed(1)
-    marking = ResUNet18(**SMALL)
-    with torch.no_grad():
-        marking.decoder.out.bias.fill_(8.0)
     platt = {"temperature": 2.5, "bias": -1.5, "method": "platt", "data": "earlier held-out data"}
     src, out = setup / "platt.safetensors", setup / "none.safetensors"
-    save_model(src, marking, {"classifier_threshold": 0.5, "calibration": platt}, dtype=None)
+    save_model(src, _marking_model(), {"classifier_threshold": 0.5, "calibration": platt}, dtype=None)
     code = main(["calibrate", str(src), "--dataset", str(setup / "ds"), "--out", str(out), "--method", "none",
                  "--sensitivity", "0.9"])
     captured = capsys.readouterr()
@@ -246,42 +250,24 @@ def test_cac_calibrate_method_none_keeps_the_models_calibration(setup, capsys):
     assert meta["calibration"] == platt and len(meta["feature_statistics"]["mean"]) == model.fc.in_features
     # The operating point was chosen on the kept calibration: the inference path with it reaches the same sensitivity.
     op = meta["operating_point"]
-    fs = build_frameset(setup / "ds", frames_per_acquisition=6)
-    cfg = training.TrainConfig(classifier_threshold=meta["classifier_threshold"])
-    ev = evaluation.evaluate(model, fs, cfg, torch.device("cpu"), calibration=meta["calibration"])
-    assert ev["detection"]["sensitivity"] == pytest.approx(op["sensitivity"]) and op["sensitivity"] >= 0.9
+    assert _detection(setup, out)["sensitivity"] == pytest.approx(op["sensitivity"]) and op["sensitivity"] >= 0.9
 
 
 def test_calibrating_again_keeps_the_operating_points_decisions(setup, capsys):
     # A model with an operating point calibrated again without --sensitivity kept its threshold on the new
     # scale, so other frames got an ROI than the card's operating point claims; the threshold is carried.
-    from CACTrainerLib import evaluation, training
-    from CACTrainerLib.dataset import build_frameset
-
-    torch.manual_seed(1)
-    marking = ResUNet18(**SMALL)
-    with torch.no_grad():
-        marking.decoder.out.bias.fill_(8.0)
-    save_model(setup / "mark2.safetensors", marking, {"classifier_threshold": 0.5}, dtype=None)
+    save_model(setup / "mark2.safetensors", _marking_model(), {"classifier_threshold": 0.5}, dtype=None)
     first, again = setup / "first.safetensors", setup / "again.safetensors"
     assert main(["calibrate", str(setup / "mark2.safetensors"), "--dataset", str(setup / "ds"), "--out", str(first),
                  "--sensitivity", "0.9"]) == 0
     assert main(["calibrate", str(first), "--dataset", str(setup / "ds"), "--out", str(again), "--method",
                  "temperature"]) == 0
     capsys.readouterr()
-    fs = build_frameset(setup / "ds", frames_per_acquisition=6)
-    detections = []
-    for path in (first, again):
-        model, meta = load_model(path)
-        cfg = training.TrainConfig(classifier_threshold=meta["classifier_threshold"])
-        ev = evaluation.evaluate(model, fs, cfg, torch.device("cpu"), calibration=meta["calibration"])
-        detections.append((ev["detection"], meta))
-    (d1, m1), (d2, m2) = detections
+    m1, m2 = load_model(first)[1], load_model(again)[1]
+    d1, d2 = _detection(setup, first), _detection(setup, again)
     assert m2["calibration"]["method"] == "temperature" and m2["calibration"]["bias"] == 0.0
     assert m2["classifier_threshold"] != m1["classifier_threshold"]  # another scale ...
     assert m2["operating_point"]["threshold"] == m2["classifier_threshold"]
     assert (d2["tp"], d2["fp"]) == (d1["tp"], d1["fp"])  # ... the same decisions
-    model, _ = load_model(again)
-    stale = evaluation.evaluate(model, fs, training.TrainConfig(classifier_threshold=m1["classifier_threshold"]),
-                                torch.device("cpu"), calibration=m2["calibration"])["detection"]
+    stale = _detection(setup, again, threshold=m1["classifier_threshold"])
     assert (stale["tp"], stale["fp"]) != (d1["tp"], d1["fp"])  # what keeping the old threshold did
