@@ -376,6 +376,16 @@ def test_cac_phantom_randomize_keeps_the_settings_it_does_not_draw(tmp_path, cap
     for t in truths:
         assert t["side"] == "right" and 61 <= t["heart_rate_bpm"] <= 62 and t["params"]["contrast_mu_per_mm"] == 0.2
     assert len({t["params"]["photons"] for t in truths}) == 2  # still drawn per patient
+    # The fields behind the refused options are the ones drawn over a base; the others come from it.
+    from CACTrainerLib.phantom import PhantomParams
+    from CACTrainerLib.phantom_domain import DRAWN, randomized_params
+
+    base = PhantomParams(bits=10, photons=99.0, calcium_count_range=(7, 9), calcium_mu_per_mm=0.9,
+                         annotator_min_snr=20.0, heart_rate_bpm_range=(61.0, 62.0), left_prob=0.0)
+    plain = randomized_params(np.random.default_rng(7), n_frames=10, size=96)
+    over = randomized_params(np.random.default_rng(7), n_frames=10, size=96, base=base)
+    assert all(getattr(over, f) == getattr(plain, f) != getattr(base, f) for f in DRAWN)
+    assert (over.heart_rate_bpm_range, over.left_prob) == ((61.0, 62.0), 0.0)
     capsys.readouterr()
     for drawn in (["--bits", "12"], ["--photons", "900", "--calcium-count", "1", "2"]):
         assert main(["phantom", str(tmp_path / "x"), "--frames", "10", "--size", "96", "--randomize", *drawn]) == 2

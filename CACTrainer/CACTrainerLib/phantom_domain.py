@@ -32,8 +32,9 @@ def _log_uniform(rng, lo, hi) -> float:
     return float(math.exp(rng.uniform(math.log(lo), math.log(hi))))
 
 
-# PhantomParams fields randomized_params draws (besides size and frame rate when not given); cac phantom
-# --randomize refuses the options that set them.
+# The PhantomParams fields that cac phantom options set and randomized_params draws over a base (its other
+# draws have no option): cac phantom --randomize refuses --bits, --photons, --calcium-count, --calcium-contrast,
+# and writes a given --annotator-min-snr over the draw.
 DRAWN = ("bits", "photons", "calcium_count_range", "calcium_mu_per_mm", "annotator_min_snr")
 
 
