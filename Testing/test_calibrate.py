@@ -191,20 +191,26 @@ def _marking_model():
     return marking
 
 
-def _detection(setup, path, threshold=None, calibration=None):
-    """Frame detection of a model file on the dataset through evaluation.evaluate (the inference path), at its
-    card's threshold and calibration unless given."""
-    from CACTrainerLib import evaluation, training
+@pytest.fixture(scope="module")
+def frames(setup):
+    """The dataset's frames, built once for the tests that score a model on them."""
     from CACTrainerLib.dataset import build_frameset
 
+    return build_frameset(setup / "ds", frames_per_acquisition=6)
+
+
+def _detection(fs, path, threshold=None, calibration=None):
+    """Frame detection of a model file on ``fs`` through evaluation.evaluate (the inference path), at its
+    card's threshold and calibration unless given."""
+    from CACTrainerLib import evaluation, training
+
     model, meta = load_model(path)
-    fs = build_frameset(setup / "ds", frames_per_acquisition=6)
     cfg = training.TrainConfig(classifier_threshold=meta["classifier_threshold"] if threshold is None else threshold)
     cal = meta.get("calibration") if calibration is None else calibration
     return evaluation.evaluate(model, fs, cfg, torch.device("cpu"), calibration=cal)["detection"]
 
 
-def test_cac_calibrate_sensitivity_sets_the_threshold_that_reaches_it(setup, capsys):
+def test_cac_calibrate_sensitivity_sets_the_threshold_that_reaches_it(setup, frames, capsys):
     save_model(setup / "marking.safetensors", _marking_model(), {"classifier_threshold": 0.5}, dtype=None)
     out = setup / "op.safetensors"
     code = main(["calibrate", str(setup / "marking.safetensors"), "--dataset", str(setup / "ds"), "--out", str(out),
@@ -218,7 +224,7 @@ def test_cac_calibrate_sensitivity_sets_the_threshold_that_reaches_it(setup, cap
     assert meta["classifier_threshold"] == op["threshold"] and op["sensitivity"] >= 0.9
     assert op["threshold"] > 0.0 and op["positive_frames"] > 0
     # Independently, through evaluation.evaluate (the inference path) at the card's threshold and calibration:
-    assert _detection(setup, out)["sensitivity"] == pytest.approx(op["sensitivity"])
+    assert _detection(frames, out)["sensitivity"] == pytest.approx(op["sensitivity"])
     assert main(["calibrate", str(setup / "m.safetensors"), "--dataset", str(setup / "ds"), "--out",
                  str(setup / "x.safetensors"), "--sensitivity", "1.5"]) == 2
     assert "--sensitivity" in capsys.readouterr().err
@@ -235,7 +241,7 @@ def test_cac_calibrate_sensitivity_sets_the_threshold_that_reaches_it(setup, cap
     assert not (setup / "y.safetensors").exists()
 
 
-def test_cac_calibrate_method_none_keeps_the_models_calibration(setup, capsys):
+def test_cac_calibrate_method_none_keeps_the_models_calibration(setup, frames, capsys):
     # "Statistics only": refreshing the statistics (or the operating point) of a calibrated model on new
     # data must not drop its calibration, which would change every decision identify makes.
     platt = {"temperature": 2.5, "bias": -1.5, "method": "platt", "data": "earlier held-out data"}
@@ -250,10 +256,10 @@ def test_cac_calibrate_method_none_keeps_the_models_calibration(setup, capsys):
     assert meta["calibration"] == platt and len(meta["feature_statistics"]["mean"]) == model.fc.in_features
     # The operating point was chosen on the kept calibration: the inference path with it reaches the same sensitivity.
     op = meta["operating_point"]
-    assert _detection(setup, out)["sensitivity"] == pytest.approx(op["sensitivity"]) and op["sensitivity"] >= 0.9
+    assert _detection(frames, out)["sensitivity"] == pytest.approx(op["sensitivity"]) and op["sensitivity"] >= 0.9
 
 
-def test_calibrating_again_keeps_the_operating_points_decisions(setup, capsys):
+def test_calibrating_again_keeps_the_operating_points_decisions(setup, frames, capsys):
     # A model with an operating point calibrated again without --sensitivity kept its threshold on the new
     # scale, so other frames got an ROI than the card's operating point claims; the threshold is carried.
     save_model(setup / "mark2.safetensors", _marking_model(), {"classifier_threshold": 0.5}, dtype=None)
@@ -264,10 +270,10 @@ def test_calibrating_again_keeps_the_operating_points_decisions(setup, capsys):
                  "temperature"]) == 0
     capsys.readouterr()
     m1, m2 = load_model(first)[1], load_model(again)[1]
-    d1, d2 = _detection(setup, first), _detection(setup, again)
+    d1, d2 = _detection(frames, first), _detection(frames, again)
     assert m2["calibration"]["method"] == "temperature" and m2["calibration"]["bias"] == 0.0
     assert m2["classifier_threshold"] != m1["classifier_threshold"]  # another scale ...
     assert m2["operating_point"]["threshold"] == m2["classifier_threshold"]
     assert (d2["tp"], d2["fp"]) == (d1["tp"], d1["fp"])  # ... the same decisions
-    stale = _detection(setup, again, threshold=m1["classifier_threshold"])
+    stale = _detection(frames, again, threshold=m1["classifier_threshold"])
     assert (stale["tp"], stale["fp"]) != (d1["tp"], d1["fp"])  # what keeping the old threshold did
