@@ -7,6 +7,7 @@ which is tested headless on slicer-core.
 """
 
 import logging
+import traceback
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -139,9 +140,11 @@ class CACAnnotatorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         except CacError as exc:
             self.ui.statusLabel.text = str(exc)
             slicer.util.errorDisplay(str(exc), windowTitle=_("CAC Annotator"))
-        except Exception as exc:
+        except Exception as exc:  # a bug: shown in a message box too, with the traceback in the log
             logging.exception("CAC Annotator: %s failed", what)
             self.ui.statusLabel.text = _("{what} failed: {error}").format(what=what, error=exc)
+            slicer.util.errorDisplay(_("{what} failed: {error}").format(what=what, error=exc),
+                                     windowTitle=_("CAC Annotator"), detailedText=traceback.format_exc())
 
     def onPairView(self) -> None:
         p = self._parameterNode
@@ -160,7 +163,8 @@ class CACAnnotatorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             nodes = self.logic.createAnnotators(p.frameStackVolume, p.annotatorCount)
             for node in nodes:
                 self.ui.annotatorSelector.setCheckState(node, 2)  # Qt.Checked
-            return _("Created {n} annotator segmentations; paint calcium in the Segment Editor.").format(n=len(nodes))
+            return _("{n} annotator segmentations ready (existing ones kept as painted); paint calcium in the "
+                     "Segment Editor.").format(n=len(nodes))
 
         self._run(_("Create annotators"), create)
 

@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 import sys
+import traceback
 from pathlib import Path
 from typing import Annotated, Optional, Union
 
@@ -190,6 +191,8 @@ class CACIdentifierWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.removeObservers()
         if self._job is not None:
             self._job.cancel()
+            self._job.cleanup()  # the scratch folder goes once the worker has ended
+            self._job = None
         if self._timer is not None:
             self._timer.stop()
 
@@ -277,10 +280,17 @@ class CACIdentifierWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     p.inputNode, list(p.annotationNodes), p.modelPath, p.device, p.sigma, p.minIslandPx,
                     p.threshold, p.onsetFrame, outputSegmentation=p.outputSegmentation, outputTable=p.outputTable,
                 )
-        except CacError as exc:
+        except CacError as exc:  # the user's input: one line saying what to do
             self._job = None
             self.ui.statusLabel.text = str(exc)
             slicer.util.errorDisplay(str(exc), windowTitle=_("CAC Identifier"))
+            return
+        except Exception as exc:  # a bug: shown, with the traceback in the log, and the panel stays usable
+            self._job = None
+            logging.exception("CAC identification could not start")
+            self.ui.statusLabel.text = _("Failed: {error}").format(error=exc)
+            slicer.util.errorDisplay(_("The identification could not start: {error}").format(error=exc),
+                                     windowTitle=_("CAC Identifier"), detailedText=traceback.format_exc())
             return
         self.ui.progressBar.setRange(0, 0)  # busy until the first progress line
         self.ui.progressBar.show()
@@ -336,12 +346,16 @@ class CACIdentifierWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._checkCanApply()
 
     def _showResult(self, result) -> None:
-        """Select the outputs the Logic loaded and show a one-line summary."""
+        """Select the outputs the Logic loaded and show a one-line summary.
+
+        The selectors then show this run's nodes: the chosen ones, or new ones where
+        the chosen held another cine's results (they are kept, never refilled).
+        """
         segmentation = _resultItem(result, "roi_segmentation", "segmentation_node")
         table = _resultItem(result, "table", "table_node")
-        if segmentation is not None and not self._parameterNode.outputSegmentation:
+        if segmentation is not None:
             self._parameterNode.outputSegmentation = segmentation
-        if table is not None and not self._parameterNode.outputTable:
+        if table is not None:
             self._parameterNode.outputTable = table
         if table is not None:
             slicer.app.applicationLogic().GetSelectionNode().SetActiveTableID(table.GetID())

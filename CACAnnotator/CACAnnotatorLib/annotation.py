@@ -11,7 +11,12 @@ the *contrast* frame of the same cardiac phase.  This Logic gives the panel:
   segmentation per annotator over the frame-stack volume (the geometry of the
   project's ``.seg.nrrd`` files), ready for the Segment Editor.
 - :func:`majority_vote_node`: the strict majority of the selected
-  annotators' segmentations into a *new* node; the inputs are not modified.
+  annotators' segmentations into the volume's vote node; the inputs are not modified.
+
+A second click never piles up nodes: the annotator segmentations, the vote and
+the comparison made for a volume are marked (``CAC_role``, ``CAC_made_for``)
+and found again; existing annotators are kept as drawn, the vote and the
+comparison are recomputed in place.
 - :func:`export_to_dataset`: the annotators' segmentations and the cine into
   a dataset through :func:`CACTrainerLib.dataset_builder.add_acquisition`,
   the code behind ``cac dataset add``.
@@ -109,9 +114,38 @@ class PairView:
             self._tag = None
 
 
+ROLE_ANNOTATOR, ROLE_VOTE = "annotator", "majority vote"
+ROLE_COMPARISON, ROLE_COMPARISON_CHART = "comparison", "comparison chart"
+CALCIUM_COLOR = (0.95, 0.85, 0.1)
+
+
+def made_for(scene, class_name: str, volume_node, role: str, name: str | None = None) -> list:
+    """The nodes of ``class_name`` this module made for ``volume_node`` in ``role`` (and named ``name``)."""
+    from CACIdentifierLib import mrml
+    from CACIdentifierLib.nrrd_io import ATTR_ROLE
+
+    return [node for node in scene.GetNodesByClass(class_name)
+            if node.GetAttribute(ATTR_ROLE) == role
+            and node.GetAttribute(mrml.ATTR_MADE_FOR) == volume_node.GetID()
+            and (name is None or node.GetName() == name)]
+
+
+def _mark(node, volume_node, role: str):
+    from CACIdentifierLib import mrml
+    from CACIdentifierLib.nrrd_io import ATTR_ROLE
+
+    node.SetAttribute(ATTR_ROLE, role)
+    mrml.mark_made_for(node, volume_node)
+    return node
+
+
 def create_annotator_segmentations(scene, volume_node, count: int = 3, names=None) -> list:
-    """``count`` empty segmentations ("annotator 1".."annotator N", one "calcium" segment each) over
-    the frame-stack ``volume_node``, whose geometry they take (also as the Segment Editor's source)."""
+    """``count`` segmentations ("annotator 1".."annotator N", one "calcium" segment each) over
+    the frame-stack ``volume_node``, whose geometry they take (also as the Segment Editor's source).
+
+    Those already made for this volume are returned as they are (with what was
+    painted in them); only the missing ones are created.
+    """
     from CACIdentifierLib import mrml
 
     if count < 1:
@@ -119,10 +153,13 @@ def create_annotator_segmentations(scene, volume_node, count: int = 3, names=Non
     cine = mrml.frame_stack_volume_to_cine(volume_node)
     names = list(names) if names else [f"annotator {i + 1}" for i in range(count)]
     empty = np.zeros(cine.frames.shape, bool)
-    return [mrml.masks_to_frame_stack_segmentation(scene, {"calcium": empty}, cine, name,
-                                                   colors={"calcium": (0.95, 0.85, 0.1)},
-                                                   reference_volume=volume_node)
-            for name in names]
+    out = []
+    for name in names:
+        existing = made_for(scene, "vtkMRMLSegmentationNode", volume_node, ROLE_ANNOTATOR, name)
+        out.append(existing[0] if existing else _mark(mrml.masks_to_frame_stack_segmentation(
+            scene, {"calcium": empty}, cine, name, colors={"calcium": CALCIUM_COLOR},
+            reference_volume=volume_node), volume_node, ROLE_ANNOTATOR))
+    return out
 
 
 def annotator_masks(nodes, shape) -> list[np.ndarray]:
@@ -143,9 +180,12 @@ def annotator_masks(nodes, shape) -> list[np.ndarray]:
 
 
 def majority_vote_node(scene, nodes, volume_node, name: str = "majority vote"):
-    """A new segmentation node with the strict majority of ``nodes`` (more than half mark a pixel).
+    """The strict majority of ``nodes`` (more than half mark a pixel) as the volume's vote node.
 
-    The inputs are read, never modified.
+    The vote made earlier for this volume under ``name`` is recomputed in place
+    (one vote per volume, however often the button is pressed); a new node is
+    made when there is none, or when that node is among ``nodes``.  The inputs
+    are read, never modified.
     """
     from CACIdentifierLib import mrml
     from CACIdentifierLib.metrics import majority_vote
@@ -154,9 +194,16 @@ def majority_vote_node(scene, nodes, volume_node, name: str = "majority vote"):
         raise CacError("select the annotators' segmentations to combine")
     cine = mrml.frame_stack_volume_to_cine(volume_node)
     masks = annotator_masks(nodes, cine.frames.shape)
-    return mrml.masks_to_frame_stack_segmentation(scene, {"calcium": majority_vote(masks)}, cine, name,
-                                                  colors={"calcium": (0.95, 0.85, 0.1)},
-                                                  reference_volume=volume_node)
+    vote = {"calcium": majority_vote(masks)}
+    inputs = {node.GetID() for node in nodes}
+    for node in made_for(scene, "vtkMRMLSegmentationNode", volume_node, ROLE_VOTE, name):
+        if node.GetID() not in inputs:
+            node.GetSegmentation().RemoveAllSegments()
+            mrml._fill_segmentation(node, vote, mrml._xy_spacing(cine), {"calcium": CALCIUM_COLOR},
+                                    mrml._ijk_to_ras(volume_node))
+            return node
+    return _mark(mrml.masks_to_frame_stack_segmentation(scene, vote, cine, name, colors={"calcium": CALCIUM_COLOR},
+                                                        reference_volume=volume_node), volume_node, ROLE_VOTE)
 
 
 def export_to_dataset(dataset, cine_path, nodes, volume_node, *, patient: str | None = None,
@@ -198,7 +245,8 @@ def compare_with_annotators(scene, roi_node, annotator_nodes, volume_node, *, wo
     same table), with how many annotators marked calcium.  ``worst_first``
     orders the rows by IoM, lowest first (frames where one side marks nothing
     have IoM 0).  Returns ``(table_node, chart_node, result)``; the chart plots
-    IoM and ROI precision over the frames.
+    IoM and ROI precision over the frames.  The comparison made earlier for this
+    volume under ``name`` is refilled (its chart follows), not duplicated.
     """
     from CACIdentifierLib import mrml
     from CACIdentifierLib.metrics import evaluate_masks, majority_vote
@@ -221,9 +269,19 @@ def compare_with_annotators(scene, roi_node, annotator_nodes, volume_node, *, wo
     for c in ("AI calcium", "annotators calcium", "agree"):
         columns[c] = ["yes" if v else "no" for v in columns[c]]
     table = mrml.table_from_columns(scene, name, columns)
+    earlier = made_for(scene, "vtkMRMLTableNode", volume_node, ROLE_COMPARISON, name)
+    if earlier:  # same columns: the chart's series, which name the table and its columns, stay valid
+        earlier[0].Copy(table)
+        scene.RemoveNode(table)
+        table = earlier[0]
+    _mark(table, volume_node, ROLE_COMPARISON)
+    charts = [c for c in made_for(scene, "vtkMRMLPlotChartNode", volume_node, ROLE_COMPARISON_CHART)
+              if c.GetNumberOfPlotSeriesNodes() and c.GetNthPlotSeriesNode(0).GetTableNodeID() == table.GetID()]
+    if charts:
+        return table, charts[0], result
     chart = mrml.plot_from_table(scene, table, "frame", ["IoM", "ROI precision"], title=name, x_label="frame",
                                  y_label="IoM, ROI precision", line_styles={"IoM": "none", "ROI precision": "none"})
-    return table, chart, result
+    return table, _mark(chart, volume_node, ROLE_COMPARISON_CHART), result
 
 
 def jump_to_frame(scene, table_node, row: int, browser) -> int:

@@ -18,6 +18,13 @@ Outputs in the scene:
 - a table, one row per non-contrast frame (frame, paired contrast frame, CAC
   probability, ROI area in mm2 and, with annotations, IoM and HD in mm).
 
+The segmentations lie on the input's own grid (:func:`mrml.frame_stack_geometry`:
+origin, spacing and directions as the user left them).  Each output is marked
+with the input it was made for (:data:`mrml.ATTR_MADE_FOR`); a given output
+node that holds another cine's results, or was deleted during the run, is not
+refilled: a new node is made instead, so one cine's results never replace
+another's.
+
 >>> out = identify_in_scene(scene, sequence_node, device="cpu")   # doctest: +SKIP
 >>> out["table"].GetNumberOfRows()                               # doctest: +SKIP
 """
@@ -27,6 +34,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -86,21 +94,33 @@ def load_identify_outputs(scene, input_node, out_dir, name=None, output_segmenta
     report_path, seg_path = out_dir / "report.json", out_dir / "roi.seg.nrrd"
     if not report_path.is_file() or not seg_path.is_file():
         raise CacError(f"{out_dir} lacks report.json or roi.seg.nrrd; run `cac identify` again")
+    if not scene.IsNodePresent(input_node):
+        raise CacError(f"the input cine {input_node.GetName()!r} was removed from the scene during the "
+                       "identification; load it again and press Apply")
     report = json.loads(report_path.read_text())
     cine = mrml.node_to_cine(input_node)
     roi = nrrd_io.read_seg_nrrd(seg_path, expected_shape=cine.frames.shape).union()
     name = name or input_node.GetName()
+    output_segmentation = reusable_output(scene, output_segmentation, input_node)
+    output_table = reusable_output(scene, output_table, input_node)
+    ijk_to_ras = mrml.frame_stack_geometry(input_node)
+    # A frame-stack volume is the Segment Editor's source for the ROI too; a sequence's 2D frames are not.
+    reference = input_node if mrml.sequence_behind(input_node) is None else None
 
     outputs: dict = {"report": report, "summary": report.get("summary"), "roi": roi}
     if output_segmentation is not None:
         output_segmentation.GetSegmentation().RemoveAllSegments()
         output_segmentation.CreateDefaultDisplayNodes()
         mrml._fill_segmentation(output_segmentation, {ROI_SEGMENT: roi}, mrml._xy_spacing(cine),
-                                {ROI_SEGMENT: ROI_COLOR})
+                                {ROI_SEGMENT: ROI_COLOR}, ijk_to_ras)
+        if reference is not None:
+            output_segmentation.SetReferenceImageGeometryParameterFromVolumeNode(reference)
         outputs["roi_segmentation"] = output_segmentation
     else:
         outputs["roi_segmentation"] = mrml.masks_to_frame_stack_segmentation(
-            scene, roi, cine, name=f"{name} CAC ROI (frame stack)", colors={ROI_SEGMENT: ROI_COLOR})
+            scene, roi, cine, name=f"{name} CAC ROI (frame stack)", colors={ROI_SEGMENT: ROI_COLOR},
+            reference_volume=reference, ijk_to_ras=ijk_to_ras)
+    mrml.mark_made_for(outputs["roi_segmentation"], input_node)
 
     sequence = mrml._input_sequence(input_node)
     browser = mrml._browser_of(scene, sequence)
@@ -116,8 +136,22 @@ def load_identify_outputs(scene, input_node, out_dir, name=None, output_segmenta
         output_table.SetName(f"{name} CAC results")
         scene.RemoveNode(table)
         table = output_table
+    mrml.mark_made_for(table, input_node)
     outputs["table"] = table
     return outputs
+
+
+def reusable_output(scene, node, input_node):
+    """``node`` if it may receive ``input_node``'s results, else None (a new node is then made).
+
+    Not reused: a node no longer in the scene (deleted during the run) and one
+    that holds the results of another input (a panel keeps the last run's
+    outputs selected; a run on the next cine must not replace them).
+    """
+    if node is None or not scene.IsNodePresent(node):
+        return None
+    made_for = node.GetAttribute(mrml.ATTR_MADE_FOR)
+    return None if made_for and made_for != input_node.GetID() else node
 
 
 # --------------------------------------------------------------------------- the job
@@ -153,8 +187,8 @@ class IdentifyJob:
         self.runner = runner or worker.ProcessRunner()
         self.python = python or worker.python_executable()
         self._own_work_dir = work_dir is None
-        self.work_dir = Path(work_dir) if work_dir is not None else Path(
-            tempfile.mkdtemp(prefix="cac-identify-", dir=slicercore.temporary_directory()))
+        # The scratch folder (it holds the raw cine) is made by start() and removed by cleanup().
+        self.work_dir = Path(work_dir) if work_dir is not None else None
         self.events: list[dict] = []
         self.cancelled = False
 
@@ -163,7 +197,20 @@ class IdentifyJob:
         return self.work_dir / "out"
 
     def start(self) -> None:
-        """Write the inputs and start the worker (returns at once)."""
+        """Write the inputs and start the worker (returns at once).
+
+        If anything fails here (a bad annotation, no Python to start), the
+        scratch folder is removed before the error goes on.
+        """
+        if self.work_dir is None:
+            self.work_dir = Path(tempfile.mkdtemp(prefix="cac-identify-", dir=slicercore.temporary_directory()))
+        try:
+            self._start()
+        except BaseException:
+            self.cleanup()
+            raise
+
+    def _start(self) -> None:
         cine = mrml.node_to_cine(self.input_node)
         cine_path = nrrd_io.write_seq_nrrd(cine, self.work_dir / "cine.seq.nrrd", overwrite=True, encoding="raw")
         annotation_paths = []
@@ -220,8 +267,26 @@ class IdentifyJob:
         return outputs
 
     def cleanup(self) -> None:
-        if self._own_work_dir and not self.runner.running():
-            shutil.rmtree(self.work_dir, ignore_errors=True)
+        """Remove the scratch folder: now if the worker has ended, else as soon as it does.
+
+        After :meth:`cancel` the worker may need a moment to die (SIGTERM, then
+        SIGKILL); a daemon thread waits for it, so the panel does not freeze and
+        no copy of the cine is left in Slicer's temporary folder.
+        """
+        if not self._own_work_dir or self.work_dir is None:
+            return
+        folder = self.work_dir
+        if not self.runner.running():
+            shutil.rmtree(folder, ignore_errors=True)
+            return
+
+        def remove_when_ended():
+            try:
+                self.runner.wait()
+            finally:
+                shutil.rmtree(folder, ignore_errors=True)
+
+        threading.Thread(target=remove_when_ended, name="cac-identify-cleanup", daemon=True).start()
 
 
 def identify_in_scene(scene, input_node, annotation_nodes=(), model_path=None, device="auto", sigma=None,

@@ -42,6 +42,15 @@ from .nrrd_io import format_number as _format_number
 from .nrrd_io import normalize_segments as _normalize_segments
 from .nrrd_io import round_spacing as _round_spacing
 
+# Attribute of an output node: the ID of the input node whose results it holds.
+ATTR_MADE_FOR = "CAC_made_for"
+
+
+def mark_made_for(node, input_node) -> None:
+    """Record on output ``node`` that it holds ``input_node``'s results (see :data:`ATTR_MADE_FOR`)."""
+    node.SetAttribute(ATTR_MADE_FOR, input_node.GetID())
+
+
 # IJK-to-RAS direction cosines of every frame: identity in LPS.
 FRAME_DIRECTIONS_RAS = ((-1.0, 0.0, 0.0), (0.0, -1.0, 0.0), (0.0, 0.0, 1.0))
 
@@ -133,6 +142,47 @@ def _set_frame_geometry(volume_node, cine_or_spacing) -> None:
 def _spacing_from_node(volume_node) -> tuple[float, float]:
     sx, sy, _ = volume_node.GetSpacing()
     return _round_spacing(sy), _round_spacing(sx)
+
+
+def _apply_node_attributes(cine: Cine, node, spacing_node) -> None:
+    """Fill ``cine``'s metadata from ``node``'s ``CAC_*`` attributes; keep a spacing the user set.
+
+    A cine read without a spacing is shown at 1.0 mm with ``CAC_spacing_source``
+    "unknown"; any other spacing on ``spacing_node`` was set by the user (the
+    Volumes module) after loading, and is the best spacing there is.  A user
+    spacing of exactly 1.0 mm cannot be told from the placeholder.
+    """
+    _apply_attributes(cine, node.GetAttribute)
+    if cine.spacing_source == "unknown":
+        spacing = _spacing_from_node(spacing_node)
+        if not np.allclose(spacing, (1.0, 1.0)):
+            cine.spacing_mm, cine.spacing_source = spacing, "user"
+
+
+def _ijk_to_ras(volume_node) -> np.ndarray:
+    """A volume node's 4x4 IJK-to-RAS matrix (its origin, spacing and directions) as an array."""
+    m = _vtk().vtkMatrix4x4()
+    volume_node.GetIJKToRASMatrix(m)
+    return np.array([[m.GetElement(i, j) for j in range(4)] for i in range(4)])
+
+
+def frame_stack_geometry(node) -> np.ndarray | None:
+    """The IJK-to-RAS matrix of the frame-stack grid of the cine behind ``node``, or None.
+
+    A frame-stack volume gives its own; a Sequence of frames (or its browser's
+    proxy) gives its first frame's, whose third axis steps one frame.  The ROI
+    and annotation segmentations take it, so that they lie on the cine
+    wherever the user has moved, turned or rescaled it in the Volumes or
+    Transforms modules.
+    """
+    if node is None:
+        return None
+    sequence = sequence_behind(node)
+    if sequence is not None:
+        node = sequence.GetNthDataNode(0) if sequence.GetNumberOfDataNodes() else None
+    if node is None or not node.IsA("vtkMRMLScalarVolumeNode"):
+        return None
+    return _ijk_to_ras(node)
 
 
 def _frame_times(cine: Cine) -> tuple[list[float], str, str]:
@@ -262,7 +312,7 @@ def sequence_to_cine(sequence_node) -> Cine:
                 cine.frame_time_ms = step * (1000.0 if unit == "s" else 1.0)
         except ValueError:
             pass
-    _apply_attributes(cine, sequence_node.GetAttribute)
+    _apply_node_attributes(cine, sequence_node, first)
     return cine
 
 
@@ -294,7 +344,7 @@ def frame_stack_volume_to_cine(volume_node) -> Cine:
         spacing_source="nrrd",
         source=volume_node.GetName() or "",
     )
-    _apply_attributes(cine, volume_node.GetAttribute)
+    _apply_node_attributes(cine, volume_node, volume_node)
     return cine
 
 
@@ -340,23 +390,34 @@ def node_to_cine(node) -> Cine:
 # --------------------------------------------------------------------------- masks -> segmentations
 
 
-def _oriented_image(mask: np.ndarray, spacing_xy: tuple[float, float]):
+def _oriented_image(mask: np.ndarray, spacing_xy: tuple[float, float], ijk_to_ras=None):
+    """``mask`` as a ``vtkOrientedImageData``: on ``ijk_to_ras`` (4x4) if given, else on the default
+    frame geometry (origin 0, ``FRAME_DIRECTIONS_RAS``) with ``spacing_xy``."""
     slicer = _slicer()
     image = _image_from_array(np.asarray(mask, dtype=np.uint8))
     oriented = slicer.vtkOrientedImageData()
     oriented.ShallowCopy(image)
+    if ijk_to_ras is not None:
+        matrix = _vtk().vtkMatrix4x4()
+        for i in range(4):
+            for j in range(4):
+                matrix.SetElement(i, j, float(ijk_to_ras[i][j]))
+        oriented.SetImageToWorldMatrix(matrix)
+        return oriented
     oriented.SetSpacing(spacing_xy[0], spacing_xy[1], 1.0)
     oriented.SetOrigin(0.0, 0.0, 0.0)
     oriented.SetDirections([list(row) for row in FRAME_DIRECTIONS_RAS])
     return oriented
 
 
-def _fill_segmentation(segmentation_node, segments: dict[str, np.ndarray], spacing_xy, colors) -> None:
-    """Add one binary-labelmap segment per entry of ``segments`` on the frame-stack geometry."""
+def _fill_segmentation(segmentation_node, segments: dict[str, np.ndarray], spacing_xy, colors,
+                       ijk_to_ras=None) -> None:
+    """Add one binary-labelmap segment per entry of ``segments`` on the frame-stack geometry
+    (``ijk_to_ras``, the cine volume's matrix, or the default one with ``spacing_xy``)."""
     slicer = _slicer()
     shape = next(iter(segments.values())).shape
     converter = slicer.vtkSegmentationConverter
-    geometry = _oriented_image(np.zeros((1, 1, 1), np.uint8), spacing_xy)
+    geometry = _oriented_image(np.zeros((1, 1, 1), np.uint8), spacing_xy, ijk_to_ras)
     geometry.SetExtent(0, shape[2] - 1, 0, shape[1] - 1, 0, shape[0] - 1)
     segmentation = segmentation_node.GetSegmentation()
     segmentation_node.SetSourceRepresentationToBinaryLabelmap()
@@ -373,7 +434,7 @@ def _fill_segmentation(segmentation_node, segments: dict[str, np.ndarray], spaci
         segment.SetNameAutoGenerated(False)
         segment.SetColorAutoGenerated(False)
         slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
-            _oriented_image(mask, spacing_xy),
+            _oriented_image(mask, spacing_xy, ijk_to_ras),
             segmentation_node,
             segment_id,
             slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE,
@@ -382,14 +443,16 @@ def _fill_segmentation(segmentation_node, segments: dict[str, np.ndarray], spaci
 
 
 def masks_to_frame_stack_segmentation(scene, masks, cine: Cine, name: str = "CAC ROI", segments=None,
-                                      colors=None, reference_volume=None):
+                                      colors=None, reference_volume=None, ijk_to_ras=None):
     """Add a Segmentation node holding ``masks`` over the cine's frame-stack geometry.
 
     ``masks`` is one ``(n_frames, rows, columns)`` bool array (its segment is
     named ``segments`` if that is a string, else "CAC ROI") or a dict of
     them, one segment each.  ``reference_volume`` (the frame-stack volume, if
     in the scene) is set as the segmentation's source geometry for Slicer's
-    Segment Editor.
+    Segment Editor, and its IJK-to-RAS matrix places the masks;
+    ``ijk_to_ras`` (:func:`frame_stack_geometry` of the input) places them
+    otherwise.  Without either, the default frame geometry with the cine's spacing.
     """
     if isinstance(masks, np.ndarray):
         masks = {segments if isinstance(segments, str) else "CAC ROI": masks}
@@ -397,9 +460,11 @@ def masks_to_frame_stack_segmentation(scene, masks, cine: Cine, name: str = "CAC
     shape = next(iter(masks.values())).shape
     if shape != tuple(np.asarray(cine.frames).shape):
         raise CacError(f"masks have shape {shape} but the cine is {tuple(np.asarray(cine.frames).shape)}")
+    if ijk_to_ras is None and reference_volume is not None:
+        ijk_to_ras = _ijk_to_ras(reference_volume)
     node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
     node.CreateDefaultDisplayNodes()
-    _fill_segmentation(node, masks, _xy_spacing(cine), colors or {})
+    _fill_segmentation(node, masks, _xy_spacing(cine), colors or {}, ijk_to_ras)
     if reference_volume is not None:
         node.SetNodeReferenceID(node.GetReferenceImageGeometryReferenceRole(), reference_volume.GetID())
     return node
@@ -424,7 +489,6 @@ def masks_to_segmentation_sequence(scene, masks: np.ndarray, cine_sequence, brow
     dims = first.GetImageData().GetDimensions()
     if (masks.shape[2], masks.shape[1]) != (dims[0], dims[1]):
         raise CacError(f"masks are {masks.shape[1:]} (rows, columns) but frames are {(dims[1], dims[0])}")
-    spacing_xy = tuple(first.GetSpacing()[:2])
     sequence = scene.AddNewNodeByClass("vtkMRMLSequenceNode", f"{name} sequence")
     sequence.SetIndexName(cine_sequence.GetIndexName())
     sequence.SetIndexUnit(cine_sequence.GetIndexUnit())
@@ -433,7 +497,9 @@ def masks_to_segmentation_sequence(scene, masks: np.ndarray, cine_sequence, brow
     for k in range(n):
         item = slicer.vtkMRMLSegmentationNode()
         item.SetName(f"{name}_{k:04d}")
-        _fill_segmentation(item, {segment_name: masks[k][None]}, spacing_xy, {segment_name: color})
+        # Each ROI on its own frame's grid (origin, spacing and directions as the user left them).
+        frame = cine_sequence.GetNthDataNode(k)
+        _fill_segmentation(item, {segment_name: masks[k][None]}, None, {segment_name: color}, _ijk_to_ras(frame))
         sequence.SetDataNodeAtValue(item, cine_sequence.GetNthIndexValue(k))
     browser.AddSynchronizedSequenceNodeID(sequence.GetID())
     _update_proxies(scene, browser)

@@ -1,0 +1,267 @@
+"""What CAC Identifier's Logic puts in the scene, on the real slicer-core scene (no mocks).
+
+- The ROIs lie on the input's own grid when the user has moved, turned or
+  rescaled the cine (checked with Slicer's own labelmap export as reference).
+- A spacing the user set on a cine read without one is used.
+- One cine's results never refill the nodes that hold another's; outputs or
+  inputs deleted during a run are handled.
+- The scratch folder holding the raw cine is removed after a failed start and
+  after Cancel.
+
+The worker's outputs (``report.json``, ``roi.seg.nrrd``) are written here with the
+I/O layer, as ``cac identify`` writes them; the worker itself is run in test_worker.py.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import numpy as np
+import pytest
+
+slicer = pytest.importorskip("slicer", reason="slicer-core is not installed")
+
+from CACIdentifierLib import logic, mrml, nrrd_io, slicercore, worker  # noqa: E402
+from CACIdentifierLib.errors import CacError  # noqa: E402
+from scene_helpers import ijk_to_ras, synthetic_cine  # noqa: E402
+
+# A rotation about the viewing axis and a shift: a cine the user has placed in the scene.
+TURN = np.array([[np.cos(0.3), -np.sin(0.3), 0.0], [np.sin(0.3), np.cos(0.3), 0.0], [0.0, 0.0, 1.0]])
+ORIGIN = (12.5, -7.0, 3.0)
+
+
+@pytest.fixture
+def scene():
+    return slicercore.new_scene()
+
+
+def roi_of(cine, seed=0) -> np.ndarray:
+    roi = np.zeros(cine.frames.shape, bool)
+    rng = np.random.default_rng(seed)
+    for k in range(cine.n_frames):
+        r, c = rng.integers(2, cine.frames.shape[1] - 8), rng.integers(2, cine.frames.shape[2] - 8)
+        roi[k, r:r + 5, c:c + 7] = True
+    return roi
+
+
+def worker_outputs(folder, cine, roi):
+    """``report.json`` and ``roi.seg.nrrd`` as ``cac identify`` writes them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    frames = [{"index": k, "contrast_frame": k, "probability": 0.5, "roi_area_mm2": float(roi[k].sum())}
+              for k in range(cine.n_frames)]
+    (folder / "report.json").write_text(json.dumps({"frames": frames}))
+    nrrd_io.write_seg_nrrd(folder / "roi.seg.nrrd", {"CAC ROI": roi}, cine.spacing_mm, overwrite=True)
+    return folder
+
+
+def place(node, spacing=(0.2, 0.3)) -> None:
+    """Move, turn and rescale a volume as a user would in the Volumes or Transforms module."""
+    directions = TURN @ np.array(mrml.FRAME_DIRECTIONS_RAS)
+    node.SetIJKToRASDirections(*directions[0], *directions[1], *directions[2])
+    node.SetOrigin(*ORIGIN)
+    node.SetSpacing(spacing[0], spacing[1], 1.0)
+
+
+def exported(scene, segmentation, reference) -> np.ndarray:
+    """The segmentation resampled by Slicer onto ``reference``'s grid ([k, j, i]), the independent reference."""
+    import vtk
+
+    out = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
+    ids = vtk.vtkStringArray()
+    segmentation.GetSegmentation().GetSegmentIDs(ids)
+    assert slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(segmentation, ids, out, reference)
+    from vtkmodules.util import numpy_support
+
+    nx, ny, nz = out.GetImageData().GetDimensions()
+    array = numpy_support.vtk_to_numpy(out.GetImageData().GetPointData().GetScalars()).reshape(nz, ny, nx)
+    assert np.allclose(ijk_to_ras(out), ijk_to_ras(reference))
+    return array > 0
+
+
+# --------------------------------------------------------------------------- geometry
+
+
+def test_roi_lies_on_a_moved_frame_stack_volume(scene, tmp_path):
+    cine = synthetic_cine()
+    volume = mrml.cine_to_frame_stack_volume(scene, cine, "placed cine")
+    place(volume)
+    roi = roi_of(cine)
+    out = logic.load_identify_outputs(scene, volume, worker_outputs(tmp_path / "out", cine, roi))
+    segmentation = out["roi_segmentation"]
+    # Slicer resamples the segmentation onto the moved volume: the ROI is where it was drawn.
+    np.testing.assert_array_equal(exported(scene, segmentation, volume), roi)
+    assert segmentation.GetNodeReference(segmentation.GetReferenceImageGeometryReferenceRole()) is volume
+    # And the Lib reads it back on that grid.
+    np.testing.assert_array_equal(mrml.segmentation_masks(segmentation, shape=roi.shape)["CAC ROI"], roi)
+
+
+def test_roi_sequence_follows_moved_frames(scene, tmp_path):
+    cine = synthetic_cine()
+    sequence, browser = mrml.cine_to_sequence(scene, cine, "placed")
+    for k in range(sequence.GetNumberOfDataNodes()):
+        place(sequence.GetNthDataNode(k))
+    roi = roi_of(cine, seed=2)
+    out = logic.load_identify_outputs(scene, sequence, worker_outputs(tmp_path / "out", cine, roi))
+    frame = sequence.GetNthDataNode(0)
+    for k in (0, cine.n_frames - 1):
+        item = out["roi_sequence"].GetNthDataNode(k)
+        labelmap = mrml._first_labelmap(item)
+        assert np.allclose(mrml._matrix_ijk_to_ras(labelmap), ijk_to_ras(sequence.GetNthDataNode(k)))
+    # The frame-stack ROI takes the first frame's grid; slice k is frame k.
+    stack = out["roi_segmentation"]
+    assert np.allclose(mrml._matrix_ijk_to_ras(mrml._first_labelmap(stack))[:3, :3], ijk_to_ras(frame)[:3, :3])
+    np.testing.assert_array_equal(mrml.segmentation_masks(stack, shape=roi.shape)["CAC ROI"], roi)
+
+
+def test_a_spacing_the_user_set_is_used(scene):
+    """A cine read without spacing shows 1.0 mm ("unknown"); a spacing set on it afterwards is the user's."""
+    cine = synthetic_cine(spacing=None)
+    volume = mrml.cine_to_frame_stack_volume(scene, cine, "stack")
+    assert mrml.node_to_cine(volume).spacing_mm is None
+    volume.SetSpacing(0.25, 0.4, 1.0)  # x = column, y = row
+    back = mrml.node_to_cine(volume)
+    assert back.spacing_mm == pytest.approx((0.4, 0.25)) and back.spacing_source == "user"
+    sequence, _ = mrml.cine_to_sequence(scene, cine, "seq")
+    assert mrml.node_to_cine(sequence).spacing_mm is None
+    for k in range(sequence.GetNumberOfDataNodes()):
+        sequence.GetNthDataNode(k).SetSpacing(0.3, 0.3, 1.0)
+    back = mrml.node_to_cine(sequence)
+    assert back.spacing_mm == pytest.approx((0.3, 0.3)) and back.spacing_source == "user"
+    # A file's own spacing is never replaced by this rule.
+    known = mrml.cine_to_frame_stack_volume(scene, synthetic_cine(), "known")
+    assert mrml.node_to_cine(known).spacing_source == "imager"
+
+
+# --------------------------------------------------------------------------- which nodes are filled
+
+
+def test_another_cines_results_are_never_refilled(scene, tmp_path):
+    first, second = synthetic_cine(seed=0), synthetic_cine(seed=1)
+    a = mrml.cine_to_frame_stack_volume(scene, first, "cine A")
+    b = mrml.cine_to_frame_stack_volume(scene, second, "cine B")
+    roi_a, roi_b = roi_of(first, 0), roi_of(second, 1)
+    out_a = logic.load_identify_outputs(scene, a, worker_outputs(tmp_path / "a", first, roi_a))
+    seg_a, table_a = out_a["roi_segmentation"], out_a["table"]
+    # The panel keeps A's outputs selected; the run on B must make its own.
+    out_b = logic.load_identify_outputs(scene, b, worker_outputs(tmp_path / "b", second, roi_b),
+                                        output_segmentation=seg_a, output_table=table_a)
+    assert out_b["roi_segmentation"] is not seg_a and out_b["table"] is not table_a
+    np.testing.assert_array_equal(mrml.segmentation_masks(seg_a, shape=roi_a.shape)["CAC ROI"], roi_a)
+    assert table_a.GetName() == "cine A CAC results"
+    # Running A again refills A's nodes.
+    again = logic.load_identify_outputs(scene, a, worker_outputs(tmp_path / "a2", first, roi_b),
+                                        output_segmentation=seg_a, output_table=table_a)
+    assert again["roi_segmentation"] is seg_a and again["table"] is table_a
+    np.testing.assert_array_equal(mrml.segmentation_masks(seg_a, shape=roi_b.shape)["CAC ROI"], roi_b)
+    # A node the user chose that holds nothing yet is filled.
+    mine = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "my ROI")
+    out = logic.load_identify_outputs(scene, b, tmp_path / "b", output_segmentation=mine)
+    assert out["roi_segmentation"] is mine and mine.GetAttribute(mrml.ATTR_MADE_FOR) == b.GetID()
+
+
+def test_nodes_deleted_during_the_run(scene, tmp_path):
+    cine = synthetic_cine()
+    volume = mrml.cine_to_frame_stack_volume(scene, cine, "cine")
+    folder = worker_outputs(tmp_path / "out", cine, roi_of(cine))
+    output = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "chosen")
+    table = scene.AddNewNodeByClass("vtkMRMLTableNode", "chosen table")
+    scene.RemoveNode(output)
+    scene.RemoveNode(table)
+    out = logic.load_identify_outputs(scene, volume, folder, output_segmentation=output, output_table=table)
+    for node in (out["roi_segmentation"], out["table"]):
+        assert scene.IsNodePresent(node)
+    scene.RemoveNode(volume)
+    with pytest.raises(CacError, match="removed from the scene"):
+        logic.load_identify_outputs(scene, volume, folder)
+
+
+# --------------------------------------------------------------------------- the scratch folder
+
+
+def _scratch(tmp_path) -> list:
+    return sorted(p.name for p in tmp_path.glob("cac-identify-*"))
+
+
+def test_failed_start_leaves_no_scratch_folder(scene, tmp_path, monkeypatch):
+    monkeypatch.setenv("CAC_TMPDIR", str(tmp_path))
+    volume = mrml.cine_to_frame_stack_volume(scene, synthetic_cine(), "cine")
+    empty = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "empty annotation")
+    job = logic.IdentifyJob(scene, volume, [empty])
+    with pytest.raises(CacError, match="has no segment"):
+        job.start()
+    assert _scratch(tmp_path) == []
+
+
+class _SleepingRunner(worker.ProcessRunner):
+    """Starts a child that sleeps (SIGTERM kills it) in place of the worker."""
+
+    def start(self, command, env=None, cwd=None) -> None:
+        super().start([sys.executable, "-c", "import time; time.sleep(60)"], env=env, cwd=cwd)
+
+
+def test_cancel_removes_the_scratch_folder_once_the_worker_ends(scene, tmp_path, monkeypatch):
+    monkeypatch.setenv("CAC_TMPDIR", str(tmp_path))
+    volume = mrml.cine_to_frame_stack_volume(scene, synthetic_cine(), "cine")
+    job = logic.IdentifyJob(scene, volume, runner=_SleepingRunner())
+    job.start()
+    assert (job.work_dir / "cine.seq.nrrd").is_file() and job.runner.running()
+    job.cancel()
+    job.cleanup()  # returns at once; the folder goes when the child has died
+    deadline = time.monotonic() + 20
+    while _scratch(tmp_path) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _scratch(tmp_path) == [] and not job.runner.running()
+
+
+# --------------------------------------------------------------------------- CAC Annotator's nodes
+
+
+def _count(scene, class_name) -> int:
+    return scene.GetNumberOfNodesByClass(class_name)
+
+
+def test_annotator_clicks_do_not_pile_up_nodes(scene):
+    from CACAnnotatorLib import annotation
+
+    cine = synthetic_cine()
+    volume = mrml.cine_to_frame_stack_volume(scene, cine, "frames")
+    place(volume)  # a moved volume: the annotators' grid is the volume's
+    nodes = annotation.create_annotator_segmentations(scene, volume, 3)
+    assert np.allclose(mrml._matrix_ijk_to_ras(mrml._first_labelmap(nodes[0])), ijk_to_ras(volume))
+    masks = [roi_of(cine, seed) for seed in range(3)]
+    for node, mask in zip(nodes, masks):  # paint
+        node.GetSegmentation().RemoveAllSegments()
+        mrml._fill_segmentation(node, {"calcium": mask}, None, {}, ijk_to_ras(volume))
+    segmentations = _count(scene, "vtkMRMLSegmentationNode")
+    again = annotation.create_annotator_segmentations(scene, volume, 3)
+    assert [n.GetID() for n in again] == [n.GetID() for n in nodes]
+    assert _count(scene, "vtkMRMLSegmentationNode") == segmentations
+    np.testing.assert_array_equal(mrml.segmentation_masks(again[0], cine.frames.shape)["calcium"], masks[0])
+    assert len(annotation.create_annotator_segmentations(scene, volume, 4)) == 4
+    assert _count(scene, "vtkMRMLSegmentationNode") == segmentations + 1
+
+    vote = annotation.majority_vote_node(scene, nodes, volume)
+    np.testing.assert_array_equal(mrml.segmentation_masks(vote, cine.frames.shape)["calcium"],
+                                  np.sum(masks, axis=0) >= 2)
+    masks[2] = masks[0]  # annotator 3 now agrees with annotator 1
+    nodes[2].GetSegmentation().RemoveAllSegments()
+    mrml._fill_segmentation(nodes[2], {"calcium": masks[2]}, None, {}, ijk_to_ras(volume))
+    count = _count(scene, "vtkMRMLSegmentationNode")
+    revote = annotation.majority_vote_node(scene, nodes, volume)
+    assert revote is vote and _count(scene, "vtkMRMLSegmentationNode") == count
+    np.testing.assert_array_equal(mrml.segmentation_masks(vote, cine.frames.shape)["calcium"],
+                                  np.sum(masks, axis=0) >= 2)
+    # A vote chosen as an input is never overwritten: a new node is made.
+    assert annotation.majority_vote_node(scene, [*nodes, vote], volume) is not vote
+
+    table, chart, _ = annotation.compare_with_annotators(scene, vote, nodes, volume)
+    tables, charts = _count(scene, "vtkMRMLTableNode"), _count(scene, "vtkMRMLPlotChartNode")
+    series = _count(scene, "vtkMRMLPlotSeriesNode")
+    table2, chart2, _ = annotation.compare_with_annotators(scene, nodes[0], nodes, volume, worst_first=True)
+    assert table2 is table and chart2 is chart
+    assert (_count(scene, "vtkMRMLTableNode"), _count(scene, "vtkMRMLPlotChartNode"),
+            _count(scene, "vtkMRMLPlotSeriesNode")) == (tables, charts, series)
+    ioms = [float(table.GetCellText(r, 1)) for r in range(table.GetNumberOfRows())]
+    assert ioms == sorted(ioms)
