@@ -197,6 +197,7 @@ class CACTrainerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._cancelled = False
         self._stderrShown = 0
         self._timer = None
+        self._trainingOutput = None  # the model file of the training that runs, for its curve nodes
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -256,6 +257,13 @@ class CACTrainerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onSceneEndClose(self, caller, event) -> None:
         if self.parent.isEntered:
             self.initializeParameterNode()
+        # The child writes a model file, not nodes: closing the scene does not throw away hours of
+        # training (Cancel does).  Its curves go on in new nodes; the earlier epochs are in the log.
+        if self.process is not None and self._trainingOutput is not None:
+            p = self.logic.getParameterNode()
+            p.curvesTable, p.curvesChart = self.logic.curveNodes(self._trainingOutput)
+            self.ui.logTextEdit.appendPlainText(_("The scene was closed; training goes on, its curves restart "
+                                                  "in new nodes (earlier epochs are in this log)."))
 
     def initializeParameterNode(self) -> None:
         self.setParameterNode(self.logic.getParameterNode())
@@ -321,9 +329,10 @@ class CACTrainerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             p.initModelPath if CACTrainerLogic.isSet(p.initModelPath) else None,
             recipe=p.recipe, phantomPool=p.phantomPool, refreshPatients=p.refreshPatients,
         )
-        table, chart = self.logic.createCurveNodes()
+        table, chart = self.logic.curveNodes(p.outputModelPath, p.curvesTable, p.curvesChart)
         p.curvesTable, p.curvesChart = table, chart
         slicer.modules.plots.logic().ShowChartInLayout(chart)
+        self._trainingOutput = p.outputModelPath
         self._startProcess(command, _("Training"))
 
     def onCalibrateButton(self) -> None:
@@ -412,8 +421,8 @@ class CACTrainerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if fraction is not None:
                 self.ui.progressBar.setRange(0, 1000)
                 self.ui.progressBar.value = int(round(fraction * 1000))
-            p = self._parameterNode
-            if p and p.curvesTable:
+            p = self.logic.getParameterNode()  # also while the panel is not shown
+            if p.curvesTable and slicer.mrmlScene.IsNodePresent(p.curvesTable):
                 self.logic.appendCurveRow(p.curvesTable, event)
             self.ui.statusLabel.text = _("{task}: stage {stage}, epoch {epoch}/{epochs}").format(
                 task=self._task, stage=event.get("stage", "?"), epoch=event.get("epoch", "?"),
@@ -447,6 +456,7 @@ class CACTrainerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 task=self._task, code=exitCode
             )
         self.process = None
+        self._trainingOutput = None
         self._updateButtons()
 
     def onCancelButton(self) -> None:
@@ -488,17 +498,42 @@ class CACTrainerLogic(ScriptedLoadableModuleLogic):
         """Slicer's Python launcher (sets up the library paths), else this interpreter."""
         return shutil.which("PythonSlicer") or sys.executable
 
+    # Attribute of a curves table: the model file whose training it shows.
+    CURVES_FOR = "CAC_curves_for"
+
     @staticmethod
-    def createCurveNodes(scene=None):
+    def createCurveNodes(scene=None, name="CAC training curves"):
         """A table with one row per epoch and a chart of its loss, F1, AUC and IoM columns."""
         from cac.train_events import CURVE_COLUMNS
         from CACIdentifierLib import mrml
 
         scene = scene or slicer.mrmlScene
-        table = mrml.table_from_columns(scene, "CAC training curves", {name: [] for name in CURVE_COLUMNS})
+        table = mrml.table_from_columns(scene, name, {column: [] for column in CURVE_COLUMNS})
         chart = mrml.plot_from_table(scene, table, "step", CURVE_COLUMNS[3:], title=_("Training curves"),
                                      x_label=_("epoch (stage 1, then stage 2)"), y_label=_("loss / F1 / AUC / IoM"))
-        chart.SetName("CAC training curves chart")
+        chart.SetName(f"{name} chart")
+        return table, chart
+
+    @classmethod
+    def curveNodes(cls, outputModelPath, table=None, chart=None, scene=None):
+        """The curves table and chart for a training that writes ``outputModelPath``.
+
+        ``table``/``chart`` (the last run's, from the parameter node) are emptied and
+        reused when they show an earlier training of the same model file; otherwise
+        new ones are made, so that another model's curves stay for comparison and
+        retraining one model does not pile up nodes.
+        """
+        scene = scene or slicer.mrmlScene
+        key = os.fspath(outputModelPath)
+        series = chart.GetNthPlotSeriesNode(0) if chart is not None and chart.GetNumberOfPlotSeriesNodes() else None
+        if (table is not None and series is not None and scene.IsNodePresent(table) and scene.IsNodePresent(chart)
+                and series.GetTableNode() is table and table.GetAttribute(cls.CURVES_FOR) == key):
+            table.GetTable().SetNumberOfRows(0)
+            table.GetTable().Modified()
+            table.Modified()
+            return table, chart
+        table, chart = cls.createCurveNodes(scene, f"CAC training curves ({Path(key).name})")
+        table.SetAttribute(cls.CURVES_FOR, key)
         return table, chart
 
     @staticmethod

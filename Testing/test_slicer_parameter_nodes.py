@@ -195,6 +195,27 @@ def test_trainer_every_field_round_trips(slicer_app, tmp_path):
 # --------------------------------------------------------------------------- CAC Annotator
 
 
+def test_trainer_curve_nodes_are_reused_per_model(slicer_app, tmp_path, monkeypatch):
+    """Training one model again empties its curves; another model gets its own; deleted nodes are remade."""
+    module = load("CACTrainer")
+    monkeypatch.setattr(module, "_", lambda text: text)  # translation needs slicer.app (the application)
+    logic, scene = module.CACTrainerLogic(), slicer_app.mrmlScene
+    parameters = logic.getParameterNode()
+    a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    table, chart = logic.curveNodes(a)
+    logic.appendCurveRow(table, {"event": "epoch", "stage": 1, "epoch": 1, "epochs": 1, "train_loss": 0.5})
+    parameters.curvesTable, parameters.curvesChart = table, chart
+    counts = [scene.GetNumberOfNodesByClass(c) for c in ("vtkMRMLTableNode", "vtkMRMLPlotChartNode")]
+    again = logic.curveNodes(a, parameters.curvesTable, parameters.curvesChart)
+    assert again == (table, chart) and table.GetNumberOfRows() == 0
+    assert [scene.GetNumberOfNodesByClass(c) for c in ("vtkMRMLTableNode", "vtkMRMLPlotChartNode")] == counts
+    other, other_chart = logic.curveNodes(b, table, chart)
+    assert other is not table and other_chart is not chart and "b.safetensors" in other.GetName()
+    scene.RemoveNode(table)
+    remade, _ = logic.curveNodes(a, table, chart)
+    assert remade is not table and scene.IsNodePresent(remade)
+
+
 def test_annotator_every_field_round_trips(slicer_app, tmp_path):
     module = load("CACAnnotator")
     fields = set(module.CACAnnotatorParameterNode.allParameters)
