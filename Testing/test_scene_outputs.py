@@ -265,3 +265,19 @@ def test_annotator_clicks_do_not_pile_up_nodes(scene):
             _count(scene, "vtkMRMLPlotSeriesNode")) == (tables, charts, series)
     ioms = [float(table.GetCellText(r, 1)) for r in range(table.GetNumberOfRows())]
     assert ioms == sorted(ioms)
+
+
+def test_annotation_without_reference_geometry_on_a_moved_volume(scene):
+    """A segmentation that lost its reference geometry (made by a script, or an older Slicer) is read on the
+    cine's own grid, not at origin 0."""
+    cine = synthetic_cine()
+    volume = mrml.cine_to_frame_stack_volume(scene, cine, "frames")
+    place(volume)
+    truth = roi_of(cine, seed=5)
+    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "scripted")
+    mrml._fill_segmentation(node, {"calcium": truth}, None, {}, ijk_to_ras(volume))
+    converter = slicer.vtkSegmentationConverter
+    node.GetSegmentation().SetConversionParameter(converter.GetReferenceImageGeometryParameterName(), "")
+    assert mrml._reference_geometry(node) is None
+    got = mrml.segmentation_masks(node, cine.frames.shape, mrml.frame_stack_geometry(volume))["calcium"]
+    np.testing.assert_array_equal(got, truth)

@@ -162,13 +162,14 @@ def create_annotator_segmentations(scene, volume_node, count: int = 3, names=Non
     return out
 
 
-def annotator_masks(nodes, shape) -> list[np.ndarray]:
-    """Each segmentation node's calcium (union of its segments) as ``shape`` (frames, rows, cols) bool."""
+def annotator_masks(nodes, shape, ijk_to_ras=None) -> list[np.ndarray]:
+    """Each segmentation node's calcium (union of its segments) as ``shape`` (frames, rows, cols) bool
+    (on the grid ``ijk_to_ras`` of the frame-stack volume where a node has no reference geometry)."""
     from CACIdentifierLib import mrml
 
     out = []
     for node in nodes:
-        segments = mrml.segmentation_masks(node, shape)
+        segments = mrml.segmentation_masks(node, shape, ijk_to_ras)
         if not segments:
             raise CacError(f"segmentation {node.GetName()!r} has no segments; paint calcium first")
         masks = [np.asarray(m, bool) for m in segments.values()]
@@ -193,14 +194,14 @@ def majority_vote_node(scene, nodes, volume_node, name: str = "majority vote"):
     if not nodes:
         raise CacError("select the annotators' segmentations to combine")
     cine = mrml.frame_stack_volume_to_cine(volume_node)
-    masks = annotator_masks(nodes, cine.frames.shape)
+    masks = annotator_masks(nodes, cine.frames.shape, mrml.frame_stack_geometry(volume_node))
     vote = {"calcium": majority_vote(masks)}
     inputs = {node.GetID() for node in nodes}
     for node in made_for(scene, "vtkMRMLSegmentationNode", volume_node, ROLE_VOTE, name):
         if node.GetID() not in inputs:
             node.GetSegmentation().RemoveAllSegments()
             mrml._fill_segmentation(node, vote, mrml._xy_spacing(cine), {"calcium": CALCIUM_COLOR},
-                                    mrml._ijk_to_ras(volume_node))
+                                    mrml.frame_stack_geometry(volume_node))
             return node
     return _mark(mrml.masks_to_frame_stack_segmentation(scene, vote, cine, name, colors={"calcium": CALCIUM_COLOR},
                                                         reference_volume=volume_node), volume_node, ROLE_VOTE)
@@ -219,7 +220,7 @@ def export_to_dataset(dataset, cine_path, nodes, volume_node, *, patient: str | 
     from CACTrainerLib.dataset_builder import add_acquisition
 
     cine = mrml.frame_stack_volume_to_cine(volume_node)
-    masks = annotator_masks(nodes, cine.frames.shape)
+    masks = annotator_masks(nodes, cine.frames.shape, mrml.frame_stack_geometry(volume_node))
     with tempfile.TemporaryDirectory(prefix="cac-annotations-") as tmp:
         paths = []
         for i, m in enumerate(masks):
@@ -255,8 +256,9 @@ def compare_with_annotators(scene, roi_node, annotator_nodes, volume_node, *, wo
         raise CacError("select the AI's ROI segmentation and the annotators' segmentations to compare")
     cine = mrml.frame_stack_volume_to_cine(volume_node)
     shape = cine.frames.shape
-    roi = annotator_masks([roi_node], shape)[0]
-    masks = annotator_masks(annotator_nodes, shape)
+    grid = mrml.frame_stack_geometry(volume_node)
+    roi = annotator_masks([roi_node], shape, grid)[0]
+    masks = annotator_masks(annotator_nodes, shape, grid)
     result = evaluate_masks(roi, majority_vote(masks), cine.spacing_mm)
     rows = result["frames"]
     for row in rows:

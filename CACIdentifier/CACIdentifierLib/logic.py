@@ -215,7 +215,8 @@ class IdentifyJob:
         cine_path = nrrd_io.write_seq_nrrd(cine, self.work_dir / "cine.seq.nrrd", overwrite=True, encoding="raw")
         annotation_paths = []
         for i, node in enumerate(self.annotation_nodes):
-            masks = mrml.segmentation_masks(node, shape=cine.frames.shape)
+            masks = mrml.segmentation_masks(node, shape=cine.frames.shape,
+                                            ijk_to_ras=mrml.frame_stack_geometry(self.input_node))
             if not masks:
                 raise CacError(f"annotation {node.GetName()!r} has no segment; draw the calcium or deselect it")
             union = np.zeros(cine.frames.shape, dtype=bool)

@@ -510,19 +510,24 @@ def masks_to_segmentation_sequence(scene, masks: np.ndarray, cine_sequence, brow
     return sequence
 
 
-def segmentation_masks(segmentation_node, shape=None) -> dict[str, np.ndarray]:
+def segmentation_masks(segmentation_node, shape=None, ijk_to_ras=None) -> dict[str, np.ndarray]:
     """Each segment of a (frame-stack) Segmentation node as a ``(n_frames, rows, columns)`` bool array.
 
-    The full geometry is the segmentation's reference image geometry (or
-    ``shape``); labelmaps with a smaller extent (drawn in the Segment Editor)
-    are padded back to it.
+    The full geometry is the segmentation's reference image geometry, else
+    ``shape`` on the cine's grid ``ijk_to_ras`` (:func:`frame_stack_geometry`
+    of the cine node; without it, the labelmap's directions at origin 0);
+    labelmaps with a smaller extent (drawn in the Segment Editor) are padded
+    back to it.
     """
     full = _reference_geometry(segmentation_node)
     if full is None and shape is not None:
         first = _first_labelmap(segmentation_node)
         if first is not None:
-            matrix = _matrix_ijk_to_ras(first)
-            matrix[:3, 3] = 0.0
+            if ijk_to_ras is not None:
+                matrix = np.array(ijk_to_ras, dtype=float)
+            else:
+                matrix = _matrix_ijk_to_ras(first)
+                matrix[:3, 3] = 0.0
             full = _Grid(matrix, (0, shape[2] - 1, 0, shape[1] - 1, 0, shape[0] - 1))
     return {name: mask for name, (mask, _) in _segments_on_grid(segmentation_node, full).items()}
 
