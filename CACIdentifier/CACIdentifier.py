@@ -697,8 +697,11 @@ class CACIdentifierTest(ScriptedLoadableModuleTest):
         self.assertTrue(np.array_equal(slicer.util.arrayFromVolume(labelmap) > 0, masks))
         self.delayDisplay("Test passed")
 
-    def _applyInPanel(self, inputNode):
-        """Set the panel's parameter node like a user, click Apply, wait for the worker; return the widget."""
+    def _applyInPanel(self, inputNode, keepOutputs=False):
+        """Set the panel's parameter node like a user, click Apply, wait for the worker; return the widget.
+
+        ``keepOutputs`` leaves the output selectors as the last run left them (a user who only changes the input).
+        """
         import time
 
         widget = slicer.modules.cacidentifier.widgetRepresentation().self()
@@ -706,8 +709,9 @@ class CACIdentifierTest(ScriptedLoadableModuleTest):
         parameters = widget._parameterNode
         parameters.inputNode = inputNode
         parameters.device = "cpu"
-        parameters.outputSegmentation = None
-        parameters.outputTable = None
+        if not keepOutputs:
+            parameters.outputSegmentation = None
+            parameters.outputTable = None
         self.assertTrue(widget.ui.applyButton.enabled)
         widget.onApplyButton()
         self.assertIsNotNone(widget._job, "Apply did not start the worker")
@@ -726,6 +730,7 @@ class CACIdentifierTest(ScriptedLoadableModuleTest):
             self.delayDisplay("Skipping identification: packages or shipped model missing")
             return
         self.delayDisplay("Apply on a phantom cine with calcium, through the worker process")
+        import numpy as np
         from CACIdentifierLib import mrml
         from CACTrainerLib.phantom import PhantomParams, generate_acquisition
 
@@ -742,6 +747,15 @@ class CACIdentifierTest(ScriptedLoadableModuleTest):
         # A second Apply replaces the ROI sequence in the browser instead of adding one.
         widget = self._applyInPanel(sequence)
         self.assertEqual(browser.GetNumberOfSynchronizedSequenceNodes(), 1)
+        # Apply on another cine with the outputs still selected: the first cine's results stay as they were.
+        first, firstRoi = parameters.outputSegmentation, roi.copy()
+        other = generate_acquisition(PhantomParams(n_frames=32, calcium_mu_per_mm=0.25), seed=12, patient=3,
+                                     calcium_free=False)
+        otherSequence, _browser = mrml.cine_to_sequence(slicer.mrmlScene, other.to_cine(), "CAC test phantom 2")
+        widget = self._applyInPanel(otherSequence, keepOutputs=True)
+        self.assertIsNot(widget._parameterNode.outputSegmentation, first)
+        kept = next(iter(mrml.segmentation_masks(first, shape=acq.frames.shape).values()))
+        self.assertTrue(np.array_equal(kept, firstRoi), "the second cine's run changed the first one's ROI")
         self.delayDisplay("Test passed")
 
     def _noiseReport(self):
