@@ -282,7 +282,7 @@ class CACAnnotatorLogic(ScriptedLoadableModuleLogic):
         from CACAnnotatorLib import annotation
         from CACIdentifierLib import mrml
 
-        browser = self._require(mrml._browser_of(slicer.mrmlScene, sequence), _("cine's sequence browser"))
+        browser = self._require(mrml.browser_of(slicer.mrmlScene, sequence), _("cine's sequence browser"))
         frame = annotation.jump_to_frame(slicer.mrmlScene, table, row, browser)
         return _("Frame {k}.").format(k=frame)
 

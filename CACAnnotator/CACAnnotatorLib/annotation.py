@@ -70,7 +70,7 @@ class PairView:
         self.scene = scene
         self.sequence = sequence_node
         self.pairs = dict(pairs)
-        self.browser = browser or mrml._browser_of(scene, sequence_node)
+        self.browser = browser or mrml.browser_of(scene, sequence_node)
         if self.browser is None:
             raise CacError("the cine has no sequence browser; load it as a sequence first")
         self.paired = None
@@ -199,10 +199,8 @@ def majority_vote_node(scene, nodes, volume_node, name: str = "majority vote"):
     inputs = {node.GetID() for node in nodes}
     for node in made_for(scene, "vtkMRMLSegmentationNode", volume_node, ROLE_VOTE, name):
         if node.GetID() not in inputs:
-            node.GetSegmentation().RemoveAllSegments()
-            mrml._fill_segmentation(node, vote, mrml._xy_spacing(cine), {"calcium": CALCIUM_COLOR},
-                                    mrml.frame_stack_geometry(volume_node))
-            return node
+            return mrml.refill_segmentation(node, vote, cine, {"calcium": CALCIUM_COLOR},
+                                            mrml.frame_stack_geometry(volume_node))
     return _mark(mrml.masks_to_frame_stack_segmentation(scene, vote, cine, name, colors={"calcium": CALCIUM_COLOR},
                                                         reference_volume=volume_node), volume_node, ROLE_VOTE)
 

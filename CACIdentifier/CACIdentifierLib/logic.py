@@ -109,10 +109,7 @@ def load_identify_outputs(scene, input_node, out_dir, name=None, output_segmenta
 
     outputs: dict = {"report": report, "summary": report.get("summary"), "roi": roi}
     if output_segmentation is not None:
-        output_segmentation.GetSegmentation().RemoveAllSegments()
-        output_segmentation.CreateDefaultDisplayNodes()
-        mrml._fill_segmentation(output_segmentation, {ROI_SEGMENT: roi}, mrml._xy_spacing(cine),
-                                {ROI_SEGMENT: ROI_COLOR}, ijk_to_ras)
+        mrml.refill_segmentation(output_segmentation, {ROI_SEGMENT: roi}, cine, {ROI_SEGMENT: ROI_COLOR}, ijk_to_ras)
         if reference is not None:
             output_segmentation.SetReferenceImageGeometryParameterFromVolumeNode(reference)
         outputs["roi_segmentation"] = output_segmentation
@@ -122,8 +119,8 @@ def load_identify_outputs(scene, input_node, out_dir, name=None, output_segmenta
             reference_volume=reference, ijk_to_ras=ijk_to_ras)
     mrml.mark_made_for(outputs["roi_segmentation"], input_node)
 
-    sequence = mrml._input_sequence(input_node)
-    browser = mrml._browser_of(scene, sequence)
+    sequence = mrml.sequence_behind(input_node)
+    browser = mrml.browser_of(scene, sequence)
     outputs["roi_sequence"] = None
     if sequence is not None and browser is not None:
         _remove_previous_roi_sequences(scene, browser)

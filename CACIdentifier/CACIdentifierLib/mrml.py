@@ -442,6 +442,18 @@ def _fill_segmentation(segmentation_node, segments: dict[str, np.ndarray], spaci
         )
 
 
+def refill_segmentation(segmentation_node, segments: dict[str, np.ndarray], cine: Cine, colors=None,
+                        ijk_to_ras=None):
+    """Replace every segment of an existing Segmentation node by ``segments`` on the cine's frame-stack grid.
+
+    ``ijk_to_ras`` as in :func:`masks_to_frame_stack_segmentation`; the node keeps its name, ID and display.
+    """
+    segmentation_node.GetSegmentation().RemoveAllSegments()
+    segmentation_node.CreateDefaultDisplayNodes()
+    _fill_segmentation(segmentation_node, _normalize_segments(segments), _xy_spacing(cine), colors or {}, ijk_to_ras)
+    return segmentation_node
+
+
 def masks_to_frame_stack_segmentation(scene, masks, cine: Cine, name: str = "CAC ROI", segments=None,
                                       colors=None, reference_volume=None, ijk_to_ras=None):
     """Add a Segmentation node holding ``masks`` over the cine's frame-stack geometry.
@@ -828,23 +840,11 @@ def sync_to_scene(scene, sync_result, name: str = "CAC sync", frame_time_ms=None
 # --------------------------------------------------------------------------- browsers
 
 
-def _browser_of(scene, sequence_node):
+def browser_of(scene, sequence_node):
     """The sequence browser that plays ``sequence_node``, or None."""
     if sequence_node is None:
         return None
     for browser in scene.GetNodesByClass("vtkMRMLSequenceBrowserNode"):
         if browser.IsSynchronizedSequenceNode(sequence_node.GetID(), True):
             return browser
-    return None
-
-
-def _input_sequence(node):
-    """The Sequence node behind ``node`` (itself, or the sequence its browser proxy shows), or None."""
-    if node.IsA("vtkMRMLSequenceNode"):
-        return node
-    scene = node.GetScene()
-    for browser in scene.GetNodesByClass("vtkMRMLSequenceBrowserNode"):
-        sequence = browser.GetSequenceNode(node)
-        if sequence is not None:
-            return sequence
     return None
