@@ -63,11 +63,22 @@ def load_cine(path, *, spacing_mm=None, frame_time_ms=None) -> Cine:
     ------
     CacError
         Missing path, empty folder, not a cine, undecodable or truncated file,
-        a single frame.
+        a single frame, NaN or infinite pixel values.
     """
+    path = Path(path)
+    cine = _load(path, spacing_mm, frame_time_ms)
+    frames = np.asarray(cine.frames)
+    if frames.dtype.kind == "f" and not np.isfinite(frames).all():
+        bad = int(np.count_nonzero(~np.isfinite(frames)))
+        raise CacError(f"{printable(str(path), 200)} holds {bad} NaN or infinite pixel value(s); "
+                       "re-export the cine with real pixel values")
+    return cine
+
+
+def _load(path: Path, spacing_mm, frame_time_ms) -> Cine:
+    """:func:`load_cine`'s dispatch on what ``path`` is."""
     from . import dicom_io
 
-    path = Path(path)
     if not path.exists():
         raise _missing_path_error(path)
     if path.is_dir():

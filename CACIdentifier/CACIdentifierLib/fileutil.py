@@ -52,12 +52,15 @@ def check_writable(path: str | os.PathLike, overwrite: bool = False) -> Path:
     return path
 
 
-def check_not_input(output: str | os.PathLike, *inputs, option: str = "--out") -> None:
+def check_not_input(output: str | os.PathLike, *inputs, option: str = "--out", inside_ok: bool = False) -> None:
     """Refuse an output that is one of the command's inputs, even with ``--overwrite``.
 
     ``--overwrite`` means "replace my earlier result", never "replace the file
     I read" (a DICOM SEG written over its own cine, a fine-tuned model over the
-    model it started from).  Links and ``..`` spellings are seen through.
+    model it started from).  An input that is a folder (a cine given as a folder
+    of frame images) covers every file in it, unless ``inside_ok`` (an output
+    folder of fixed file names in a subfolder replaces no frame).  Links and
+    ``..`` spellings are seen through.
 
     >>> check_not_input("run.seg.dcm", "run.dcm", None)
     >>> check_not_input("a/../run.dcm", "run.dcm", option="--dicom-seg")
@@ -77,6 +80,9 @@ def check_not_input(output: str | os.PathLike, *inputs, option: str = "--out") -
         if same:
             raise CacError(f"{option} {printable(str(output), 200)} is the input {printable(str(source), 200)}; "
                            "choose another output name")
+        if not inside_ok and source.is_dir() and out.resolve().is_relative_to(source.resolve()):
+            raise CacError(f"{option} {printable(str(output), 200)} lies inside the input folder "
+                           f"{printable(str(source), 200)} and could replace a frame of it; write it elsewhere")
 
 
 def check_output_directory(path: str | os.PathLike, overwrite: bool = False, names=()) -> Path:

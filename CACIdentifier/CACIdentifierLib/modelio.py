@@ -245,6 +245,21 @@ def card_path(path: str | os.PathLike) -> Path:
     return path.with_suffix(".json") if path.suffix else path.with_name(path.name + ".json")
 
 
+def check_model_path(path: str | os.PathLike) -> Path:
+    """Refuse a model path that is not valid UTF-8: the safetensors reader cannot open it (writing works).
+
+    >>> check_model_path("models/run.safetensors").name
+    'run.safetensors'
+    """
+    path = Path(path)
+    try:
+        os.fspath(path.absolute()).encode("utf-8")
+    except UnicodeEncodeError:
+        raise CacError(f"model path {printable(str(path), 200)} is not valid UTF-8, which the safetensors reader "
+                       "cannot open; rename the file (or its folder) with plain characters") from None
+    return path
+
+
 def save_model(
     path: str | os.PathLike,
     model: ResUNet18,
@@ -264,7 +279,7 @@ def save_model(
     """
     from safetensors.torch import save_file
 
-    path = Path(path)
+    path = check_model_path(path)  # before writing a model that could not be read back
     if path.suffix != ".safetensors":
         raise CacError(f"model file {path} must end in .safetensors")
     card = card_path(path)
@@ -291,7 +306,11 @@ def save_model(
         tensors[name] = t.contiguous()
     header_json = json.dumps(meta, sort_keys=True)
     with atomic_output(path, overwrite=overwrite) as tmp:
-        save_file(tensors, str(tmp), metadata={METADATA_KEY: header_json})
+        try:
+            save_file(tensors, str(tmp), metadata={METADATA_KEY: header_json})
+        except Exception as exc:  # safetensors reports a full disk as its own SafetensorError, not OSError
+            raise CacError(f"could not write {printable(str(path), 200)} ({printable(str(exc), 120)}); "
+                           "free some space or choose another output location") from None
         digest = sha256_file(tmp)
     card_data = dict(meta)
     card_data["sha256"] = digest
@@ -307,7 +326,9 @@ def read_metadata(path: str | os.PathLike) -> dict:
 
     path = Path(path)
     if not path.is_file():
-        raise CacError(f"model file {path} not found; give the path of a .safetensors model")
+        raise CacError(f"{path} is a folder, not a model file; give the path of a .safetensors model" if path.exists()
+                       else f"model file {path} not found; give the path of a .safetensors model")
+    check_model_path(path)
     try:
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}

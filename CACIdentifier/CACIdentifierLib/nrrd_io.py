@@ -38,6 +38,7 @@ Geometry (docs/ARCHITECTURE.md, "Geometry of files")
 from __future__ import annotations
 
 import contextlib
+import math
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -45,7 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .cine import Cine
+from .cine import FRAME_TIME_RANGE_MS, Cine
 from .errors import CacError, CacWarning, printable
 from .fileutil import atomic_output
 
@@ -172,7 +173,12 @@ def apply_attributes(cine: Cine, get_attribute) -> None:
     frame_time = get_attribute(ATTR_FRAME_TIME_MS)
     if frame_time and frame_time != "unknown":
         with contextlib.suppress(ValueError):
-            cine.frame_time_ms = float(frame_time)
+            value = float(frame_time)
+            if math.isfinite(value) and FRAME_TIME_RANGE_MS[0] <= value <= FRAME_TIME_RANGE_MS[1]:
+                cine.frame_time_ms = value
+            else:
+                warnings.warn(f"{ATTR_FRAME_TIME_MS} {printable(frame_time, 40)} is not a frame time; it is "
+                              "ignored (give --frame-time MS if the cine needs one)", CacWarning, stacklevel=2)
     r_waves = get_attribute(ATTR_R_WAVE_FRAMES)
     if r_waves:
         with contextlib.suppress(ValueError):
@@ -302,8 +308,9 @@ def _read_nrrd(path: Path, what: str):
         raise CacError(f"could not read {path} as {what} ({exc}); save it again from Slicer") from exc
 
 
-def _axis_spacings(header: dict, axes) -> list[float]:
-    """Spacing of each of ``axes`` (norm of its space direction, else the ``spacings`` field, else 1)."""
+def _axis_spacings(header: dict, axes) -> list[float | None]:
+    """Spacing of each of ``axes`` (norm of its space direction, else the ``spacings`` field, else None:
+    a file without either, or with zero, does not know its spacing)."""
     directions = header.get("space directions")
     spacings = header.get("spacings")
     out = []
@@ -315,7 +322,7 @@ def _axis_spacings(header: dict, axes) -> list[float]:
                 value = float(np.linalg.norm(vector))
         if value is None and spacings is not None and np.isfinite(spacings[axis]):
             value = abs(float(spacings[axis]))
-        out.append(1.0 if not value else value)
+        out.append(value or None)
     return out
 
 
@@ -374,14 +381,17 @@ def read_nrrd_cine(path) -> Cine:
             f"{path} has {data.ndim} axes ({' '.join(kinds)}); give a frame stack (3D volume) "
             "or a sequence of 2D frames"
         )
+    known = sx is not None and sy is not None
     cine = Cine(
         frames=np.ascontiguousarray(frames),
         frame_time_ms=frame_time,
-        spacing_mm=(round_spacing(sy), round_spacing(sx)),
-        spacing_source="nrrd",
+        spacing_mm=(round_spacing(sy), round_spacing(sx)) if known else None,
+        spacing_source="nrrd" if known else "unknown",
         source=str(path),
     )
     apply_attributes(cine, lambda key: header.get(key))
+    if not known:  # a recorded source cannot vouch for a spacing the file does not hold
+        cine.spacing_mm, cine.spacing_source = None, "unknown"
     cine.source = str(path)
     return cine
 
@@ -498,7 +508,41 @@ def _paste(values: np.ndarray, own: np.ndarray, full: np.ndarray, full_shape, na
     src = values[tuple(slice(max(0, -s), n - max(0, s + n - f)) for s, n, f in zip(start, values.shape, full_shape))]
     dst = tuple(slice(max(0, s), max(0, s) + m) for s, m in zip(start, src.shape))
     out[dst] = src
+    marked, kept = int(np.count_nonzero(values)), int(np.count_nonzero(src))
+    if marked > kept:
+        # A few voxels past the border are a brush stroke; more is an annotation of another grid,
+        # which would otherwise become calcium-free training data without a word.
+        k_inside = slice(max(0, -start[2]), values.shape[2] - max(0, start[2] + values.shape[2] - full_shape[2]))
+        frames_outside = marked - int(np.count_nonzero(values[:, :, k_inside]))
+        if kept == 0 or frames_outside:
+            where = f"{frames_outside} in frames the cine does not have" if frames_outside else "all of them"
+            raise CacError(f"segment {name!r} marks {marked} voxels outside the cine's frame stack ({where}); "
+                           "use the annotation made on this cine (drawn over its frame-stack volume)")
+        if marked - kept > 0.1 * marked:
+            warnings.warn(f"segment {name!r}: {marked - kept} of its {marked} marked voxels lie outside the "
+                          "frames and were dropped; check that it was drawn on this cine", CacWarning, stacklevel=3)
     return out
+
+
+def _check_label_values(segmentation, path) -> None:
+    """Refuse a labelmap whose marked voxels match no segment's label value (they would read as empty)."""
+    voxels = np.asarray(segmentation["voxels"])
+    layers = voxels[None] if voxels.ndim == 3 else voxels
+    for layer_index in range(layers.shape[0]):
+        labels = {float(seg.get("labelValue", 1)) for seg in segmentation["segments"]
+                  if int(seg.get("layer", 0) or 0) == layer_index}
+        layer = layers[layer_index]
+        values = np.unique(layer[layer != 0])
+        orphans = [float(v) for v in values if float(v) not in labels]
+        if not orphans:
+            continue
+        count = int(np.isin(layer, values[[float(v) in orphans for v in values]]).sum())
+        shown = ", ".join(format_number(v) for v in orphans[:5])
+        message = (f"{path}: {count} voxels hold label value(s) {shown} that no segment uses "
+                   f"(segments use {', '.join(format_number(v) for v in sorted(labels)) or 'none'})")
+        if len(orphans) == len(values):
+            raise CacError(message + "; the file is damaged or not a Slicer segmentation, export it again")
+        warnings.warn(message + "; those voxels are ignored", CacWarning, stacklevel=3)
 
 
 def read_seg_nrrd(path, expected_shape=None, expected_spacing_mm=None) -> SegFile:
@@ -516,7 +560,8 @@ def read_seg_nrrd(path, expected_shape=None, expected_spacing_mm=None) -> SegFil
 
     path = Path(path)
     if not path.is_file():
-        raise CacError(f"segmentation file {path} not found")
+        raise CacError(f"{path} is a folder, not a .seg.nrrd file; give the segmentation file" if path.exists()
+                       else f"segmentation file {path} not found")
     from .nrrd_check import check_nrrd
 
     check_nrrd(path)  # sizes and encoding checked before any voxel is read
@@ -532,6 +577,7 @@ def read_seg_nrrd(path, expected_shape=None, expected_spacing_mm=None) -> SegFil
     voxels = segmentation.get("voxels")
     if voxels is None or voxels.ndim not in (3, 4) or not segmentation.get("segments"):
         raise CacError(f"{path} has no segments")
+    _check_label_values(segmentation, path)
     own = np.asarray(segmentation["ijkToLPS"], dtype=float)
     file_shape = voxels.shape[-3:]
     full, full_shape, has_reference = None, None, False

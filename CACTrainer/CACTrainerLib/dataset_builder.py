@@ -266,65 +266,96 @@ def add_acquisition(dataset, cine_path, annotations, *, patient: str | None = No
     majority = majority_vote(masks)
     agreement = pairwise_dice(masks)
 
+    if dataset.exists() and not dataset.is_dir():
+        raise CacError(f"{dataset} is a file, not a dataset folder; give a folder (a new one is created)")
+    # What this call creates is removed again if it fails: a failed first add leaves no half-built dataset.
+    dataset_created = not dataset.exists()
+    created = [dataset] if dataset_created else []
     dataset.mkdir(parents=True, exist_ok=True)
     new = not (dataset / MANIFEST).exists()
-    key = read_or_create_key(dataset, key_file, create=new)
-    with _locked(dataset):
-        manifest = {"format": FORMAT, "acquisitions": []} if new else load(dataset)
-        patient_value = patient or cine.identifiers.get("PatientID", "")
-        if not patient_value:
-            raise CacError(f"{Path(cine_path).name} has no PatientID; give --patient (any stable id of the "
-                           "patient: it is pseudonymised) so that folds keep a patient's runs together")
-        pid = pseudonym(key, patient_value)
-        series, series_from = _identity(cine, key)
-        existing = [e for e in manifest["acquisitions"] if e.get("series") == series]
-        if existing and not overwrite:
-            raise CacError(f"this {'series' if series_from == 'series' else 'cine'} is already in the dataset "
-                           f"as {existing[0]['id']}; pass --overwrite to replace it")
-        if existing:
-            acq_id = existing[0]["id"]
-            rel = Path(existing[0]["cine"]).parent
-        else:
-            used = {e["id"] for e in manifest["acquisitions"]}
-            k = 1 + sum(1 for e in manifest["acquisitions"] if e.get("patient") == pid)
-            while f"{pid}-A{k:02d}" in used:
-                k += 1
-            acq_id, rel = f"{pid}-A{k:02d}", Path(pid) / f"A{k:02d}"
-        if onset is not None:
-            onset_frame, onset_source = int(onset), "given"
-        else:
-            from CACIdentifierLib.sync import synchronize
+    key_path = Path(key_file) if key_file else dataset / KEY_FILE
+    if new and not key_file and not key_path.exists():
+        created.append(key_path)
+    try:
+        key = read_or_create_key(dataset, key_file, create=new)
+        with _locked(dataset):
+            manifest = {"format": FORMAT, "acquisitions": []} if new else load(dataset)
+            patient_value = patient or cine.identifiers.get("PatientID", "")
+            if not patient_value:
+                raise CacError(f"{Path(cine_path).name} has no PatientID; give --patient (any stable id of the "
+                               "patient: it is pseudonymised) so that folds keep a patient's runs together")
+            pid = pseudonym(key, patient_value)
+            series, series_from = _identity(cine, key)
+            existing = [e for e in manifest["acquisitions"] if e.get("series") == series]
+            if existing and not overwrite:
+                raise CacError(f"this {'series' if series_from == 'series' else 'cine'} is already in the dataset "
+                               f"as {existing[0]['id']}; pass --overwrite to replace it")
+            if existing:
+                acq_id = existing[0]["id"]
+                rel = Path(existing[0]["cine"]).parent
+            else:
+                used = {e["id"] for e in manifest["acquisitions"]}
+                k = 1 + sum(1 for e in manifest["acquisitions"] if e.get("patient") == pid)
+                while f"{pid}-A{k:02d}" in used:
+                    k += 1
+                acq_id, rel = f"{pid}-A{k:02d}", Path(pid) / f"A{k:02d}"
+            if not (dataset / rel.parent).exists():
+                created.append(dataset / rel.parent)
+            if onset is not None:
+                onset_frame, onset_source = int(onset), "given"
+            else:
+                from CACIdentifierLib.sync import synchronize
 
-            sync = synchronize(cine.frames, cine.frame_time_ms, r_wave_frames=cine.r_wave_frames, ecg=cine.ecg)
-            onset_frame = None if sync.onset_frame is None else int(sync.onset_frame)
-            # Synchronization falls back to the middle frame when no contrast arrival is found: a guess.
-            onset_source = "detected" if sync.onset_detected else "guessed"
-        calcium_frames = [int(k) for k in range(n) if majority[k].any()]
-        annotated = [int(k) for k in range(n) if any(m[k].any() for m in masks)]
-        record = {
-            "id": acq_id, "patient": pid, "series": series, "series_from": series_from,
-            "cine": str(rel / "cine.nrrd"),
-            "annotators": [str(rel / f"annotator{i + 1}.seg.nrrd") for i in range(len(masks))],
-            "majority": str(rel / "majority.seg.nrrd"),
-            "truth": str(rel / "acquisition.json"),
-            "n_frames": int(n), "rows": int(rows), "columns": int(cols),
-            "frame_time_ms": cine.frame_time_ms,
-            "spacing_mm": list(cine.spacing_mm) if cine.spacing_mm is not None else None,
-            "onset_frame": onset_frame, "onset_source": onset_source,
-            "n_annotators": len(masks), "annotated_frames": len(annotated), "calcium_frames": len(calcium_frames),
-            "dice_median": agreement["median"],
-        }
-        info = {"id": acq_id, "patient": pid, "onset_frame": onset_frame, "onset_source": onset_source,
-                "calcium_frames": calcium_frames, "annotated_frames": annotated, "agreement": agreement,
-                "rule": "strict majority (a pixel is calcium when more than half of the annotators mark it)"}
-        _write_acquisition(dataset, rel, cine, masks, majority, info, replace=bool(existing),
-                           fingerprint=fingerprint)
-        manifest["acquisitions"] = [e for e in manifest["acquisitions"] if e["id"] != acq_id] + [record]
-        manifest["acquisitions"].sort(key=lambda e: e["id"])
-        _write_manifest(dataset, manifest)
+                sync = synchronize(cine.frames, cine.frame_time_ms, r_wave_frames=cine.r_wave_frames, ecg=cine.ecg)
+                onset_frame = None if sync.onset_frame is None else int(sync.onset_frame)
+                # Synchronization falls back to the middle frame when no contrast arrival is found: a guess.
+                onset_source = "detected" if sync.onset_detected else "guessed"
+            calcium_frames = [int(k) for k in range(n) if majority[k].any()]
+            annotated = [int(k) for k in range(n) if any(m[k].any() for m in masks)]
+            record = {
+                "id": acq_id, "patient": pid, "series": series, "series_from": series_from,
+                "cine": str(rel / "cine.nrrd"),
+                "annotators": [str(rel / f"annotator{i + 1}.seg.nrrd") for i in range(len(masks))],
+                "majority": str(rel / "majority.seg.nrrd"),
+                "truth": str(rel / "acquisition.json"),
+                "n_frames": int(n), "rows": int(rows), "columns": int(cols),
+                "frame_time_ms": cine.frame_time_ms,
+                "spacing_mm": list(cine.spacing_mm) if cine.spacing_mm is not None else None,
+                "onset_frame": onset_frame, "onset_source": onset_source,
+                "n_annotators": len(masks), "annotated_frames": len(annotated), "calcium_frames": len(calcium_frames),
+                "dice_median": agreement["median"],
+            }
+            info = {"id": acq_id, "patient": pid, "onset_frame": onset_frame, "onset_source": onset_source,
+                    "calcium_frames": calcium_frames, "annotated_frames": annotated, "agreement": agreement,
+                    "rule": "strict majority (a pixel is calcium when more than half of the annotators mark it)"}
+            _write_acquisition(dataset, rel, cine, masks, majority, info, replace=bool(existing),
+                               fingerprint=fingerprint)
+            manifest["acquisitions"] = [e for e in manifest["acquisitions"] if e["id"] != acq_id] + [record]
+            manifest["acquisitions"].sort(key=lambda e: e["id"])
+            _write_manifest(dataset, manifest)
+    except BaseException:
+        _remove_created(created, dataset_created)
+        raise
     warn_unrecorded(sources)  # after the work: an error above stays the only line
     return Added(acq_id, pid, str(rel), int(n), len(annotated), len(calcium_frames), onset_frame, onset_source,
                  agreement["median"], bool(existing))
+
+
+def _remove_created(paths, dataset_created: bool) -> None:
+    """Undo a failed add: remove what it created, newest first.
+
+    ``paths[0]`` is the dataset folder when ``dataset_created`` (removed whole:
+    nothing in it predates this call); other folders only if empty.
+    """
+    for i, path in reversed(list(enumerate(paths))):
+        if path.is_dir():
+            if i == 0 and dataset_created:
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    path.rmdir()
+        else:
+            path.unlink(missing_ok=True)
 
 
 def _write_acquisition(dataset: Path, rel: Path, cine, masks, majority, info: dict, replace: bool,

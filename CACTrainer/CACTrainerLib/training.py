@@ -33,6 +33,7 @@ is called after every batch (terminal progress bar, GUI Cancel).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -610,10 +611,17 @@ def train(train_set: dataset.FrameSet | None, val_set: dataset.FrameSet | None, 
         raise CacError("resume continues the run folder's checkpoint and restart discards it; choose one")
     if not distributed.is_main():  # rank 0 holds the lock for the whole data-parallel run
         return _train(train_set, val_set, config, Path(run_dir), resume, emit, progress, stream, restart)
-    with folder_lock(run_dir, "training run"):
-        if restart:
-            clear_run(run_dir)
-        return _train(train_set, val_set, config, Path(run_dir), resume, emit, progress, stream, restart)
+    created = not Path(run_dir).exists()
+    try:
+        with folder_lock(run_dir, "training run"):
+            if restart:
+                clear_run(run_dir)
+            return _train(train_set, val_set, config, Path(run_dir), resume, emit, progress, stream, restart)
+    except BaseException:
+        if created:  # a run that failed before its first checkpoint (a bad --init) leaves no empty folder
+            with contextlib.suppress(OSError):
+                Path(run_dir).rmdir()
+        raise
 
 
 def clear_run(run_dir) -> None:

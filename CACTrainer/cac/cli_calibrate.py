@@ -49,10 +49,10 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from CACIdentifierLib.errors import CacError
     from CACIdentifierLib.fileutil import check_not_input, check_writable
-    from CACIdentifierLib.modelio import read_metadata
+    from CACIdentifierLib.modelio import check_model_path, read_metadata
     from CACIdentifierLib.progress import terminal_progress
 
-    out = Path(args.out)
+    out = check_model_path(args.out)
     if out.suffix != ".safetensors":
         raise CacError(f"--out {out} must end in .safetensors")
     check_not_input(out, args.model)

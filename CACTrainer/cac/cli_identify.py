@@ -85,7 +85,7 @@ def _run(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     # A frames folder given as its own output would gain overlay.png as a frame.
-    check_not_input(out, args.cine)
+    check_not_input(out, args.cine, inside_ok=True)  # a subfolder of it replaces no frame
     # Before the (slow) work: an output folder that cannot be written fails now, not after it.
     check_output_directory(out, args.overwrite, names=("roi.seg.nrrd", "report.json", "overlay.png"))
     dicom_seg = getattr(args, "dicom_seg", None)

@@ -189,5 +189,5 @@ def run_convert(args: argparse.Namespace) -> int:
         nrrd_io.write_seq_nrrd(cine, out, overwrite=args.overwrite)
     else:
         nrrd_io.write_frame_stack_nrrd(cine, out, overwrite=args.overwrite)
-    print(f"wrote {out} ({kind}, {cine.n_frames} frames of {cine.rows} x {cine.columns})")
+    print(f"wrote {printable(str(out), None)} ({kind}, {cine.n_frames} frames of {cine.rows} x {cine.columns})")
     return 0

@@ -80,12 +80,13 @@ def run(args) -> int:
     import warnings
 
     from CACIdentifierLib.cine_io import load_cine
-    from CACIdentifierLib.fileutil import check_writable
+    from CACIdentifierLib.fileutil import check_not_input, check_writable
     from CACIdentifierLib.sync import plot_sync, synchronize_cine
 
     if args.plot:
         if not args.plot.lower().endswith(".png"):
             raise CacError(f"--plot writes a PNG; give a name ending in .png, not {args.plot}")
+        check_not_input(args.plot, args.cine, option="--plot")
         check_writable(args.plot, args.overwrite)
     cine = load_cine(args.cine, frame_time_ms=args.frame_time_ms)
     with warnings.catch_warnings():

@@ -33,7 +33,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from CACIdentifierLib.errors import CacError
+from CACIdentifierLib.errors import CacError, CacWarning, printable
 
 from .train_events import format_line
 
@@ -366,7 +366,8 @@ def _run(args, ctx) -> int:
         raise CacError("--refresh-patients needs --phantom-pool N and --cv none (a dataset on disk cannot grow)")
     dataset = Path(args.dataset) if args.dataset else Path(f"phantom-pool-{pool}-seed-{args.seed}")
     if args.dataset and not dataset.is_dir():
-        raise CacError(f"dataset folder {dataset} does not exist")
+        raise CacError(f"{dataset} is a file, not a dataset folder; give the folder holding manifest.json"
+                       if dataset.exists() else f"dataset folder {dataset} does not exist")
     as_json = args.json or not sys.stdout.isatty()
     emit = _emitter(as_json) if main else (lambda event: None)
     progress = terminal_progress() if main else (lambda *a: None)
@@ -385,8 +386,9 @@ def _run(args, ctx) -> int:
             raise CacError(f"{out} already exists; pass --overwrite to replace it or choose another name")
         # Every output (model, card, curves) is checked before training, not after it.
         from CACIdentifierLib.fileutil import check_not_input, check_writable
-        from CACIdentifierLib.modelio import card_path
+        from CACIdentifierLib.modelio import card_path, check_model_path
 
+        check_model_path(out)
         check_not_input(out, args.init)  # a fine-tune never replaces the model it starts from
         for path in (out, card_path(out), _curves_path(out)):
             check_writable(path, args.overwrite)
@@ -495,7 +497,14 @@ def _train_final(fs, dataset: Path, args, config, out: Path, emit, progress, *, 
     curves = _curves_path(out)
     # Drawn aside and moved in only once the model and its card are saved: all three or none.
     curves_tmp = temporary_sibling(curves)
-    plot_curves(result.history, curves_tmp, title=f"{out.name}: training curves")
+    try:
+        plot_curves(result.history, curves_tmp, title=f"{printable(out.name, 80)}: training curves")
+    except Exception as exc:  # a picture must never cost the trained model
+        import warnings
+
+        warnings.warn(f"the training curves could not be drawn ({printable(str(exc), 120)}); the model is saved "
+                      "without them", CacWarning, stacklevel=1)
+        curves_tmp.unlink(missing_ok=True)
     vm = {k: v for k, v in result.val_metrics.items() if k not in PER_ITEM_KEYS}
     metadata = {
         **inference_metadata(config),
@@ -519,9 +528,11 @@ def _train_final(fs, dataset: Path, args, config, out: Path, emit, progress, *, 
     dtype = torch.float16 if args.dtype == "float16" else None
     try:
         card = save_model(out, result.model, metadata, overwrite=args.overwrite, dtype=dtype)
-        os.replace(curves_tmp, curves)
+        drawn = curves_tmp.exists()
+        if drawn:
+            os.replace(curves_tmp, curves)
     finally:
         if curves_tmp.exists():
             curves_tmp.unlink()
-    emit({"event": "saved", "model": str(out), "sha256": card.get("sha256"), "curves": str(curves)})
+    emit({"event": "saved", "model": str(out), "sha256": card.get("sha256"), "curves": str(curves) if drawn else None})
     return 0
