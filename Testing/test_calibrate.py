@@ -266,9 +266,11 @@ def test_calibrating_again_keeps_the_operating_points_decisions(setup, frames, c
     first, again = setup / "first.safetensors", setup / "again.safetensors"
     assert main(["calibrate", str(setup / "mark2.safetensors"), "--dataset", str(setup / "ds"), "--out", str(first),
                  "--sensitivity", "0.9"]) == 0
+    capsys.readouterr()
     assert main(["calibrate", str(first), "--dataset", str(setup / "ds"), "--out", str(again), "--method",
                  "temperature"]) == 0
-    capsys.readouterr()
+    # The carried point's figures are the first calibration's, and the summary says so.
+    assert "carried over, not measured here" in capsys.readouterr().out
     m1, m2 = load_model(first)[1], load_model(again)[1]
     d1, d2 = _detection(frames, first), _detection(frames, again)
     assert m2["calibration"]["method"] == "temperature" and m2["calibration"]["bias"] == 0.0

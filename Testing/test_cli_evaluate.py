@@ -79,3 +79,19 @@ def test_mismatched_geometry_exit_2(files, capsys):
     spaced = write(files["tmp"] / "sp.seg.nrrd", {"CAC": np.zeros((4, 64, 64), bool)}, spacing=(0.5, 0.5))
     assert main(["evaluate", files["pred"], spaced]) == 2
     assert main(["evaluate", files["pred"], str(files["tmp"] / "missing.seg.nrrd")]) == 2
+
+
+def test_onset_scores_only_the_non_contrast_frames(files, capsys):
+    """With --onset the frames from it on (contrast frames, never annotated) are not counted as true negatives."""
+    assert main(["evaluate", files["pred"], *files["truth"], "--json"]) == 0
+    every = json.loads(capsys.readouterr().out)["summary"]["detection"]
+    assert main(["evaluate", files["pred"], *files["truth"], "--json", "--onset", "2"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["onset_frame"] == 2 and {f["index"] for f in out["frames"]} == {0, 1}
+    det = out["summary"]["detection"]
+    pred_any = (files["pred_mask"] | files["extra"])[:2].reshape(2, -1).any(axis=1)
+    truth_any = files["majority"][:2].reshape(2, -1).any(axis=1)
+    assert det["tp"] == int((pred_any & truth_any).sum()) and det["fp"] == int((pred_any & ~truth_any).sum())
+    assert det["tn"] == int((~pred_any & ~truth_any).sum()) < every["tn"]  # frame 3 no longer counts
+    assert main(["evaluate", files["pred"], *files["truth"], "--onset", "9"]) == 2
+    assert "not a frame of these files" in capsys.readouterr().err

@@ -47,7 +47,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from CACIdentifierLib.errors import CacError
+    from CACIdentifierLib.errors import CacError, printable
     from CACIdentifierLib.fileutil import check_not_input, check_writable
     from CACIdentifierLib.modelio import check_model_path, read_metadata
     from CACIdentifierLib.progress import terminal_progress
@@ -112,9 +112,13 @@ def run(args) -> int:
         if op:
             spec = "undefined" if op["specificity"] is None else f"{op['specificity']:.2f}"
             island = f", islands >= {op['min_island_px']} px" if "min_island_px" in op else ""
+            # Without --sensitivity the model's point is carried to the new scale: its figures are the old data's.
+            where = ("held-out frames" if args.sensitivity is not None else
+                     f"frames of the model's earlier point ({printable(str(op.get('data', 'its own data')), 80)}; "
+                     "carried over, not measured here: pass --sensitivity to choose it on this data)")
             print(f"operating point: classifier threshold {op['threshold']:.3f}{island}, frame sensitivity "
                   f"{op['sensitivity']:.2f} (target {op['target_sensitivity']:.2f}), specificity {spec} "
-                  f"on {op['positive_frames']} + {op['negative_frames']} held-out frames")
+                  f"on {op['positive_frames']} + {op['negative_frames']} {where}")
         st = summary["feature_statistics"]
         print(f"activation statistics: {st['frames']} frames, frame score median {st['frame_score_median']:.3g}, "
               f"99th percentile {st['frame_score_q99']:.3g}")

@@ -54,6 +54,9 @@ def register(subparsers) -> None:
                    help="compare files that record different source cines (warns instead of refusing)")
     p.add_argument("--spacing", metavar="MM",
                    help="pixel spacing in mm (one number, or ROW,COL) when the files' spacing is unknown")
+    p.add_argument("--onset", type=int, metavar="N",
+                   help="first contrast frame (0-based): score only the frames before it, the ones annotators "
+                        "mark (default: every frame; contrast frames then count as true negatives)")
     p.add_argument("--allow-pixel-units", action="store_true",
                    help="when the spacing is unknown, give HD and areas in pixels instead of refusing")
     p.set_defaults(func=run)
@@ -82,7 +85,7 @@ def _spacing_unknown(files, grid_spacing) -> str | None:
 
 
 def evaluate_files(pred_path, truth_paths, segment: str | None = None, *, ignore_source: bool = False,
-                   spacing_mm=None, allow_pixel_units: bool = False) -> dict:
+                   spacing_mm=None, allow_pixel_units: bool = False, onset: int | None = None) -> dict:
     """Read the files, align them in physical space and return :func:`metrics.evaluate_masks`'s result.
 
     Each frame row also gets ``annotators_with_calcium`` (how many of the
@@ -91,7 +94,10 @@ def evaluate_files(pred_path, truth_paths, segment: str | None = None, *, ignore
     ``"px"`` with ``allow_pixel_units``: keys ``hd_px``, ``roi_area_px``).
     Files of different source cines are refused unless ``ignore_source``;
     an unknown spacing is refused unless ``spacing_mm`` (row, col) or
-    ``allow_pixel_units`` is given.
+    ``allow_pixel_units`` is given.  ``onset`` (the first contrast frame)
+    scores only the frames before it, the non-contrast frames annotators mark:
+    otherwise every frame counts, and contrast frames, never annotated, count
+    as true negatives in the frame specificity.
     """
     from CACIdentifierLib import nrrd_io
     from CACIdentifierLib.metrics import evaluate_masks, majority_vote
@@ -119,7 +125,14 @@ def evaluate_files(pred_path, truth_paths, segment: str | None = None, *, ignore
         else:
             raise CacError(f"{unknown}: the HD cannot be given in mm; pass --spacing MM (the cine's pixel "
                            "spacing) or --allow-pixel-units (HD and areas in pixels)")
+    if onset is not None:
+        if not 1 <= onset <= truth.shape[0]:
+            raise CacError(f"--onset {onset} is not a frame of these files (1..{truth.shape[0]}); give the first "
+                           "contrast frame, 0-based, or leave it out")
+        masks, truth = [m[:onset] for m in masks], truth[:onset]
     result = evaluate_masks(masks[0], truth, spacing)
+    if onset is not None:
+        result["onset_frame"] = int(onset)
     for row in result["frames"]:
         row["annotators_with_calcium"] = int(sum(bool(m[row["index"]].any()) for m in masks[1:]))
     if units == "px":
@@ -170,7 +183,7 @@ def run(args) -> int:
         check_writable(args.csv, args.overwrite)
     spacing = normalize_spacing(args.spacing.replace(",", " ").split()) if args.spacing else None
     result = evaluate_files(args.pred, args.truth, args.segment, ignore_source=args.ignore_source,
-                            spacing_mm=spacing, allow_pixel_units=args.allow_pixel_units)
+                            spacing_mm=spacing, allow_pixel_units=args.allow_pixel_units, onset=args.onset)
     if args.csv:
         text = table_csv(result)
         if args.csv == "-":
