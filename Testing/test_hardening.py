@@ -780,3 +780,13 @@ def test_folder_lock_takes_over_a_lock_whose_process_number_now_belongs_to_anoth
     finally:
         other.kill()
         other.wait()
+
+
+@needs_data
+@pytest.mark.parametrize("photometric", ["YBR_FULL", "RGB"])
+def test_colour_photometric_on_grey_samples_is_one_line(plain, tmp_path, capsys, photometric):
+    """A header claiming colour over one sample per pixel once failed in numpy ("operands could not be broadcast")."""
+    path = mutate(plain, tmp_path, "ybr.dcm", lambda d: setattr(d, "PhotometricInterpretation", photometric))
+    code, _, err = run_cac(capsys, "info", path)
+    assert code == 2
+    assert "PhotometricInterpretation" in one_error_line(err) and "SamplesPerPixel 1 (it needs 3)" in err

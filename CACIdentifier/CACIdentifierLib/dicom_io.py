@@ -369,6 +369,11 @@ def _pixel_geometry(ds, path: Path) -> tuple[int, int, int, int, int]:
     bits = _int_tag(ds, "BitsAllocated")
     if samples not in (1, 3):
         raise CacError(f"{path} gives SamplesPerPixel {samples}; an image has 1 (grey) or 3 (colour)")
+    photometric = str(getattr(ds, "PhotometricInterpretation", "") or "").strip().upper()
+    needed = 1 if photometric.startswith("MONOCHROME") else 3 if photometric.startswith(("RGB", "YBR")) else None
+    if needed is not None and samples != needed:
+        raise CacError(f"{path} gives PhotometricInterpretation {printable(photometric, 20)} with SamplesPerPixel "
+                       f"{samples} (it needs {needed}); the header is inconsistent, export the cine again")
     if bits not in (1, 8, 16, 32, 64):
         raise CacError(f"{path} gives BitsAllocated {bits}; expected 8 or 16 (the header is corrupt)")
     check_cine_size(n_frames, rows, cols, max(1, bits // 8) * samples, path)
