@@ -115,6 +115,11 @@ def test_cli_identify_outputs(study, tmp_path):
 
     assert roi_file.source_fingerprint == load_cine(folder / files["cine"]).fingerprint()
     assert roi_file.spacing_known is True
+    # The report names the cine as the ROI file does; its path (it can name the patient) is not written.
+    assert report["source_fingerprint"] == roi_file.source_fingerprint
+    assert "source" not in report and str(folder) not in (out / "report.json").read_text()
+    assert cac(["identify", str(folder / files["cine"]), "--out", str(tmp_path / "named"), "--record-source"]) == 0
+    assert json.loads((tmp_path / "named" / "report.json").read_text())["source"] == str(folder / files["cine"])
     analysed = {row["index"] for row in report["frames"]}
     assert not roi[[f for f in range(N_FRAMES) if f not in analysed]].any()
 

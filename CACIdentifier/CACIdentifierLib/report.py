@@ -68,11 +68,18 @@ def evaluate_against_annotations(result, annotator_masks: list[np.ndarray], spac
     return ev
 
 
-def build_report(result, cine, evaluation: dict | None = None, model_info: dict | None = None) -> dict:
-    """The ``report.json`` content of ``cac identify``."""
+def build_report(result, cine, evaluation: dict | None = None, model_info: dict | None = None,
+                 record_source: bool = False) -> dict:
+    """The ``report.json`` content of ``cac identify``.
+
+    The cine is named by its pixel fingerprint (``source_fingerprint``, the one
+    its ``roi.seg.nrrd`` records); its file path, which can name the patient,
+    only with ``record_source``.
+    """
     sync = result.sync
     report = {
-        "source": cine.source,
+        "source_fingerprint": cine.fingerprint(),
+        **({"source": cine.source} if record_source else {}),
         "frames": frame_rows(result, evaluation),
         "onset_frame": int(sync.onset_frame) if sync.onset_frame is not None else None,
         "period_frames": _num(sync.period_frames),

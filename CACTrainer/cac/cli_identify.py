@@ -48,6 +48,9 @@ def register(subparsers) -> None:
                    help="also write the ROIs as a DICOM Segmentation referencing the source XA file and its frames")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder (and --dicom-seg file)")
     p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
+    p.add_argument("--record-source", action="store_true",
+                   help="also write the cine's file path into report.json (off by default: a path can name the "
+                        "patient; the cine is named by its pixel fingerprint)")
     p.add_argument(
         "--progress-json", action="store_true",
         help='print progress as JSON lines on stdout ({"event": "progress", "done", "total", "message"}), '
@@ -142,7 +145,7 @@ def _run(args: argparse.Namespace) -> int:
         evaluation = evaluate_against_annotations(result, annotations, cine.spacing_mm)
         truth = evaluation["truth"]
     model_info = {"path": str(model_path), "name": metadata.get("name", model_path.stem)}
-    report = build_report(result, cine, evaluation, model_info)
+    report = build_report(result, cine, evaluation, model_info, record_source=args.record_source)
     for warning in report.get("distribution_warnings", []):
         print(f"cac: warning: {warning}", file=sys.stderr)
 
