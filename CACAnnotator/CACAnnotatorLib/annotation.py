@@ -194,13 +194,13 @@ def majority_vote_node(scene, nodes, volume_node, name: str = "majority vote"):
     if not nodes:
         raise CacError("select the annotators' segmentations to combine")
     cine = mrml.frame_stack_volume_to_cine(volume_node)
-    masks = annotator_masks(nodes, cine.frames.shape, mrml.frame_stack_geometry(volume_node))
+    grid = mrml.frame_stack_geometry(volume_node)
+    masks = annotator_masks(nodes, cine.frames.shape, grid)
     vote = {"calcium": majority_vote(masks)}
     inputs = {node.GetID() for node in nodes}
     for node in made_for(scene, "vtkMRMLSegmentationNode", volume_node, ROLE_VOTE, name):
         if node.GetID() not in inputs:
-            return mrml.refill_segmentation(node, vote, cine, {"calcium": CALCIUM_COLOR},
-                                            mrml.frame_stack_geometry(volume_node))
+            return mrml.refill_segmentation(node, vote, cine, {"calcium": CALCIUM_COLOR}, grid)
     return _mark(mrml.masks_to_frame_stack_segmentation(scene, vote, cine, name, colors={"calcium": CALCIUM_COLOR},
                                                         reference_volume=volume_node), volume_node, ROLE_VOTE)
 

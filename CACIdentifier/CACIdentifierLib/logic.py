@@ -211,9 +211,9 @@ class IdentifyJob:
         cine = mrml.node_to_cine(self.input_node)
         cine_path = nrrd_io.write_seq_nrrd(cine, self.work_dir / "cine.seq.nrrd", overwrite=True, encoding="raw")
         annotation_paths = []
+        grid = mrml.frame_stack_geometry(self.input_node)
         for i, node in enumerate(self.annotation_nodes):
-            masks = mrml.segmentation_masks(node, shape=cine.frames.shape,
-                                            ijk_to_ras=mrml.frame_stack_geometry(self.input_node))
+            masks = mrml.segmentation_masks(node, shape=cine.frames.shape, ijk_to_ras=grid)
             if not masks:
                 raise CacError(f"annotation {node.GetName()!r} has no segment; draw the calcium or deselect it")
             union = np.zeros(cine.frames.shape, dtype=bool)

@@ -159,11 +159,16 @@ def _apply_node_attributes(cine: Cine, node, spacing_node) -> None:
             cine.spacing_mm, cine.spacing_source = spacing, "user"
 
 
+def _as_array(matrix) -> np.ndarray:
+    """A ``vtkMatrix4x4`` as a 4x4 array."""
+    return np.array([[matrix.GetElement(i, j) for j in range(4)] for i in range(4)])
+
+
 def _ijk_to_ras(volume_node) -> np.ndarray:
     """A volume node's 4x4 IJK-to-RAS matrix (its origin, spacing and directions) as an array."""
     m = _vtk().vtkMatrix4x4()
     volume_node.GetIJKToRASMatrix(m)
-    return np.array([[m.GetElement(i, j) for j in range(4)] for i in range(4)])
+    return _as_array(m)
 
 
 def frame_stack_geometry(node) -> np.ndarray | None:
@@ -172,8 +177,8 @@ def frame_stack_geometry(node) -> np.ndarray | None:
     A frame-stack volume gives its own; a Sequence of frames (or its browser's
     proxy) gives its first frame's, whose third axis steps one frame.  The ROI
     and annotation segmentations take it, so that they lie on the cine
-    wherever the user has moved, turned or rescaled it in the Volumes or
-    Transforms modules.
+    wherever the user has moved, turned or rescaled it in the Volumes module.
+    A parent transform the volume sits under (not hardened) is not applied.
     """
     if node is None:
         return None
@@ -548,7 +553,7 @@ def _matrix_ijk_to_ras(oriented) -> np.ndarray:
     vtk = _vtk()
     m = vtk.vtkMatrix4x4()
     oriented.GetImageToWorldMatrix(m)
-    return np.array([[m.GetElement(i, j) for j in range(4)] for i in range(4)])
+    return _as_array(m)
 
 
 @dataclass
