@@ -158,7 +158,7 @@ def test_another_cines_results_are_never_refilled(scene, tmp_path):
     # A node the user chose that holds nothing yet is filled.
     mine = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "my ROI")
     out = logic.load_identify_outputs(scene, b, tmp_path / "b", output_segmentation=mine)
-    assert out["roi_segmentation"] is mine and mine.GetAttribute(mrml.ATTR_MADE_FOR) == b.GetID()
+    assert out["roi_segmentation"] is mine and mrml.is_made_for(mine, b) and mrml.made_for(mine) is b
 
 
 def test_nodes_deleted_during_the_run(scene, tmp_path):
@@ -281,3 +281,147 @@ def test_annotation_without_reference_geometry_on_a_moved_volume(scene):
     assert mrml._reference_geometry(node) is None
     got = mrml.segmentation_masks(node, cine.frames.shape, mrml.frame_stack_geometry(volume))["calcium"]
     np.testing.assert_array_equal(got, truth)
+
+
+# --------------------------------------------------------------------------- a scene imported into another
+
+
+def _save(scene, path):
+    scene.SetRootDirectory(str(path.parent))
+    scene.SetURL(str(path))
+    assert scene.Commit(), "the scene could not be saved"
+
+
+def test_outputs_keep_their_cine_when_a_saved_scene_is_imported(scene, tmp_path):
+    """Slicer gives imported nodes new IDs where they clash; the link output -> cine must follow.
+
+    (It was an ID in an attribute, which kept the old ID and then named the other scene's cine.)
+    """
+    from CACAnnotatorLib import annotation
+
+    first = synthetic_cine(seed=0)
+    a = mrml.cine_to_frame_stack_volume(scene, first, "cine A")
+    sequence_a, browser_a = mrml.cine_to_sequence(scene, first, "cine A sequence")
+    out = logic.load_identify_outputs(scene, a, worker_outputs(tmp_path / "a", first, roi_of(first)))
+    annotation.create_annotator_segmentations(scene, a, 2)
+    annotation.PairView(scene, sequence_a, {0: 3})
+    _save(scene, tmp_path / "a.mrml")
+    ids_in_a = {out["roi_segmentation"].GetID(), out["table"].GetID(), a.GetID()}
+
+    other = slicercore.new_scene()
+    b = mrml.cine_to_frame_stack_volume(other, synthetic_cine(seed=1), "cine B")
+    sequence_b, browser_b = mrml.cine_to_sequence(other, synthetic_cine(seed=1), "cine B sequence")
+    assert b.GetID() in ids_in_a  # the IDs clash: the import must rename A's nodes
+    other.SetURL(str(tmp_path / "a.mrml"))
+    other.Import()  # reports failure: only the .mrml was saved, not the pixels (the links are what is checked)
+    imported_a = other.GetFirstNodeByName("cine A")
+    assert imported_a is not None and imported_a.GetID() != b.GetID()
+    segmentation = other.GetFirstNodeByName("cine A CAC ROI (frame stack)")
+    table = other.GetFirstNodeByName("cine A CAC results")
+    for node in (segmentation, table):
+        assert mrml.made_for(node).GetID() == imported_a.GetID()
+        assert not mrml.is_made_for(node, b)
+    # B's run does not refill A's outputs, and B has no annotators yet.
+    assert logic.reusable_output(other, segmentation, b, logic.ROLE_ROI) is None
+    assert logic.reusable_output(other, table, b, logic.ROLE_RESULTS) is None
+    assert annotation.made_for(other, "vtkMRMLSegmentationNode", b, annotation.ROLE_ANNOTATOR) == []
+    assert len(annotation.made_for(other, "vtkMRMLSegmentationNode", imported_a, annotation.ROLE_ANNOTATOR)) == 2
+    # B's browser is B's, and A's pair browser still names A's browser.
+    assert mrml.browser_of(other, sequence_b).GetID() == browser_b.GetID()
+    pair = other.GetFirstNodeByName(annotation.PAIR_BROWSER_NAME)
+    imported_browser_a = other.GetFirstNodeByName("cine A sequence browser")
+    assert browser_a.GetID() == browser_b.GetID() != imported_browser_a.GetID()  # clashed, renamed
+    assert pair.GetNodeReferenceID(mrml.REF_PAIR_OF_BROWSER) == imported_browser_a.GetID()
+
+
+def test_browser_of_never_answers_the_pair_browser(scene):
+    from CACAnnotatorLib import annotation
+
+    cine = synthetic_cine()
+    sequence, browser = mrml.cine_to_sequence(scene, cine, "cine")
+    pair = annotation.PairView(scene, sequence, {0: 3}).paired
+    scene.RemoveNode(browser)  # the user makes a new browser for the cine: it comes after the pair browser
+    assert mrml.browser_of(scene, sequence) is None
+    again = scene.AddNewNodeByClass("vtkMRMLSequenceBrowserNode", "new browser")
+    again.SetAndObserveMasterSequenceNodeID(sequence.GetID())
+    assert mrml.browser_of(scene, sequence).GetID() == again.GetID() != pair.GetID()
+
+
+# --------------------------------------------------------------------------- another cine's segmentations
+
+
+def test_segmentations_of_another_cine_of_the_same_size_are_refused(scene, tmp_path, monkeypatch):
+    from CACAnnotatorLib import annotation
+
+    first, second = synthetic_cine(seed=0), synthetic_cine(seed=1)
+    assert first.frames.shape == second.frames.shape
+    a = mrml.cine_to_frame_stack_volume(scene, first, "cine A")
+    b = mrml.cine_to_frame_stack_volume(scene, second, "cine B")
+    nodes_a = annotation.create_annotator_segmentations(scene, a, 3)
+    roi_a = logic.load_identify_outputs(scene, a, worker_outputs(tmp_path / "a", first, roi_of(first)))
+    with pytest.raises(CacError, match="belongs to 'cine A', another cine than 'cine B'"):
+        annotation.majority_vote_node(scene, nodes_a, b)
+    with pytest.raises(CacError, match="another cine"):
+        annotation.compare_with_annotators(scene, roi_a["roi_segmentation"], nodes_a, b)
+    with pytest.raises(CacError, match="another cine"):
+        annotation.export_to_dataset(tmp_path / "dataset", tmp_path / "cine.seq.nrrd", nodes_a, b)
+    assert not (tmp_path / "dataset").exists()
+    monkeypatch.setenv("CAC_TMPDIR", str(tmp_path))
+    with pytest.raises(CacError, match="another cine"):
+        logic.IdentifyJob(scene, b, nodes_a).start()
+    # A user's segmentation drawn over A (the Segment Editor's source volume) is A's too.
+    drawn = mrml.masks_to_frame_stack_segmentation(scene, {"calcium": roi_of(first)}, first, "drawn",
+                                                   reference_volume=a)
+    with pytest.raises(CacError, match="'drawn' belongs to 'cine A'"):
+        annotation.majority_vote_node(scene, [drawn], b)
+    # The same cine as a Sequence and as a frame-stack volume is one cine.
+    sequence, _ = mrml.cine_to_sequence(scene, first, "cine A sequence")
+    mrml.check_same_cine([*nodes_a, drawn, roi_a["roi_segmentation"]], sequence)
+    assert annotation.majority_vote_node(scene, nodes_a, a) is not None
+
+
+# --------------------------------------------------------------------------- transforms and roles
+
+
+def test_outputs_go_under_the_transform_the_cine_is_shown_under(scene, tmp_path):
+    from CACAnnotatorLib import annotation
+
+    cine = synthetic_cine()
+    transform = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "table shift")
+    volume = mrml.cine_to_frame_stack_volume(scene, cine, "stack")
+    volume.SetAndObserveTransformNodeID(transform.GetID())
+    out = logic.load_identify_outputs(scene, volume, worker_outputs(tmp_path / "v", cine, roi_of(cine)))
+    assert out["roi_segmentation"].GetTransformNodeID() == transform.GetID()
+    annotators = annotation.create_annotator_segmentations(scene, volume, 2)
+    assert {n.GetTransformNodeID() for n in annotators} == {transform.GetID()}
+    assert annotation.majority_vote_node(scene, annotators, volume).GetTransformNodeID() == transform.GetID()
+
+    sequence, browser = mrml.cine_to_sequence(scene, cine, "seq")
+    browser.GetProxyNode(sequence).SetAndObserveTransformNodeID(transform.GetID())
+    out = logic.load_identify_outputs(scene, sequence, worker_outputs(tmp_path / "s", cine, roi_of(cine)))
+    assert browser.GetProxyNode(out["roi_sequence"]).GetTransformNodeID() == transform.GetID()
+    assert out["roi_segmentation"].GetTransformNodeID() == transform.GetID()
+    # Without a transform, none.
+    plain = mrml.cine_to_frame_stack_volume(scene, cine, "plain")
+    out = logic.load_identify_outputs(scene, plain, worker_outputs(tmp_path / "p", cine, roi_of(cine)))
+    assert out["roi_segmentation"].GetTransformNodeID() is None
+
+
+def test_an_annotators_segmentation_chosen_as_output_keeps_its_painting(scene, tmp_path):
+    from CACAnnotatorLib import annotation
+
+    cine = synthetic_cine()
+    volume = mrml.cine_to_frame_stack_volume(scene, cine, "stack")
+    painted = roi_of(cine, seed=7)
+    annotator = annotation.create_annotator_segmentations(scene, volume, 1)[0]
+    annotator.GetSegmentation().RemoveAllSegments()
+    mrml._fill_segmentation(annotator, {"calcium": painted}, None, {}, ijk_to_ras(volume))
+    vote = annotation.majority_vote_node(scene, [annotator], volume)
+    for chosen in (annotator, vote):
+        out = logic.load_identify_outputs(scene, volume, worker_outputs(tmp_path / "o", cine, roi_of(cine)),
+                                          output_segmentation=chosen)
+        assert out["roi_segmentation"] is not chosen
+        np.testing.assert_array_equal(mrml.segmentation_masks(chosen, cine.frames.shape)["calcium"], painted)
+    # The Identifier's own output is refilled on the next run.
+    again = logic.load_identify_outputs(scene, volume, tmp_path / "o", output_segmentation=out["roi_segmentation"])
+    assert again["roi_segmentation"] is out["roi_segmentation"]

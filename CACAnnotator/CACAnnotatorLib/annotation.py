@@ -34,7 +34,6 @@ import numpy as np
 from CACIdentifierLib.errors import CacError
 
 PAIR_BROWSER_NAME = "CAC paired contrast"
-PAIR_ATTRIBUTE = "CAC_pair_of_browser"
 
 
 def pair_table(pairs) -> dict[int, int]:
@@ -75,11 +74,14 @@ class PairView:
             raise CacError("the cine has no sequence browser; load it as a sequence first")
         self.paired = None
         for node in scene.GetNodesByClass("vtkMRMLSequenceBrowserNode"):
-            if node.GetAttribute(PAIR_ATTRIBUTE) == self.browser.GetID():
+            if node.GetNodeReferenceID(mrml.REF_PAIR_OF_BROWSER) == self.browser.GetID():
                 self.paired = node  # reuse: one pair browser per cine browser
         if self.paired is None:
             self.paired = scene.AddNewNodeByClass("vtkMRMLSequenceBrowserNode", PAIR_BROWSER_NAME)
-            self.paired.SetAttribute(PAIR_ATTRIBUTE, self.browser.GetID())
+            # A node reference (Slicer renames it when the scene is imported into another), and an
+            # attribute that stays if the cine's browser is deleted: browser_of never takes this one.
+            self.paired.SetNodeReferenceID(mrml.REF_PAIR_OF_BROWSER, self.browser.GetID())
+            self.paired.SetAttribute(mrml.REF_PAIR_OF_BROWSER, "yes")
             self.paired.SetAndObserveMasterSequenceNodeID(sequence_node.GetID())
             # Its own proxy node, so that the left view keeps the cine browser's frame.
             self.paired.SetSaveChanges(sequence_node, False)
@@ -125,8 +127,7 @@ def made_for(scene, class_name: str, volume_node, role: str, name: str | None = 
     from CACIdentifierLib.nrrd_io import ATTR_ROLE
 
     return [node for node in scene.GetNodesByClass(class_name)
-            if node.GetAttribute(ATTR_ROLE) == role
-            and node.GetAttribute(mrml.ATTR_MADE_FOR) == volume_node.GetID()
+            if node.GetAttribute(ATTR_ROLE) == role and mrml.is_made_for(node, volume_node)
             and (name is None or node.GetName() == name)]
 
 
@@ -136,6 +137,8 @@ def _mark(node, volume_node, role: str):
 
     node.SetAttribute(ATTR_ROLE, role)
     mrml.mark_made_for(node, volume_node)
+    if node.IsA("vtkMRMLTransformableNode"):  # segmentations lie over the volume as shown (tables do not move)
+        mrml.place_under_transform_of(volume_node.GetScene(), node, volume_node)
     return node
 
 
@@ -195,12 +198,14 @@ def majority_vote_node(scene, nodes, volume_node, name: str = "majority vote"):
         raise CacError("select the annotators' segmentations to combine")
     cine = mrml.frame_stack_volume_to_cine(volume_node)
     grid = mrml.frame_stack_geometry(volume_node)
+    mrml.check_same_cine(nodes, volume_node, cine)
     masks = annotator_masks(nodes, cine.frames.shape, grid)
     vote = {"calcium": majority_vote(masks)}
     inputs = {node.GetID() for node in nodes}
     for node in made_for(scene, "vtkMRMLSegmentationNode", volume_node, ROLE_VOTE, name):
         if node.GetID() not in inputs:
-            return mrml.refill_segmentation(node, vote, cine, {"calcium": CALCIUM_COLOR}, grid)
+            return _mark(mrml.refill_segmentation(node, vote, cine, {"calcium": CALCIUM_COLOR}, grid), volume_node,
+                         ROLE_VOTE)
     return _mark(mrml.masks_to_frame_stack_segmentation(scene, vote, cine, name, colors={"calcium": CALCIUM_COLOR},
                                                         reference_volume=volume_node), volume_node, ROLE_VOTE)
 
@@ -218,6 +223,7 @@ def export_to_dataset(dataset, cine_path, nodes, volume_node, *, patient: str | 
     from CACTrainerLib.dataset_builder import add_acquisition
 
     cine = mrml.frame_stack_volume_to_cine(volume_node)
+    mrml.check_same_cine(nodes, volume_node, cine)
     masks = annotator_masks(nodes, cine.frames.shape, mrml.frame_stack_geometry(volume_node))
     with tempfile.TemporaryDirectory(prefix="cac-annotations-") as tmp:
         paths = []
@@ -255,6 +261,7 @@ def compare_with_annotators(scene, roi_node, annotator_nodes, volume_node, *, wo
     cine = mrml.frame_stack_volume_to_cine(volume_node)
     shape = cine.frames.shape
     grid = mrml.frame_stack_geometry(volume_node)
+    mrml.check_same_cine([roi_node, *annotator_nodes], volume_node, cine)
     roi = annotator_masks([roi_node], shape, grid)[0]
     masks = annotator_masks(annotator_nodes, shape, grid)
     result = evaluate_masks(roi, majority_vote(masks), cine.spacing_mm)

@@ -20,7 +20,7 @@ Outputs in the scene:
 
 The segmentations lie on the input's own grid (:func:`mrml.frame_stack_geometry`:
 origin, spacing and directions as the user left them).  Each output is marked
-with the input it was made for (:data:`mrml.ATTR_MADE_FOR`); a given output
+with the input it was made for (:data:`mrml.REF_MADE_FOR`); a given output
 node that holds another cine's results, or was deleted during the run, is not
 refilled: a new node is made instead, so one cine's results never replace
 another's.
@@ -45,6 +45,8 @@ from .progress import Cancelled
 
 ROI_COLOR = (1.0, 0.18, 0.69)
 ROI_SEGMENT = "CAC ROI"
+# CAC_role of the outputs (the ROI sequence is "roi" too): an output is refilled only in its own role.
+ROLE_ROI, ROLE_RESULTS = "roi", "results"
 
 
 # --------------------------------------------------------------------------- outputs -> nodes
@@ -101,8 +103,8 @@ def load_identify_outputs(scene, input_node, out_dir, name=None, output_segmenta
     cine = mrml.node_to_cine(input_node)
     roi = nrrd_io.read_seg_nrrd(seg_path, expected_shape=cine.frames.shape).union()
     name = name or input_node.GetName()
-    output_segmentation = reusable_output(scene, output_segmentation, input_node)
-    output_table = reusable_output(scene, output_table, input_node)
+    output_segmentation = reusable_output(scene, output_segmentation, input_node, ROLE_ROI)
+    output_table = reusable_output(scene, output_table, input_node, ROLE_RESULTS)
     ijk_to_ras = mrml.frame_stack_geometry(input_node)
     # A frame-stack volume is the Segment Editor's source for the ROI too; a sequence's 2D frames are not.
     reference = input_node if mrml.sequence_behind(input_node) is None else None
@@ -118,6 +120,8 @@ def load_identify_outputs(scene, input_node, out_dir, name=None, output_segmenta
             scene, roi, cine, name=f"{name} CAC ROI (frame stack)", colors={ROI_SEGMENT: ROI_COLOR},
             reference_volume=reference, ijk_to_ras=ijk_to_ras)
     mrml.mark_made_for(outputs["roi_segmentation"], input_node)
+    outputs["roi_segmentation"].SetAttribute(nrrd_io.ATTR_ROLE, ROLE_ROI)
+    mrml.place_under_transform_of(scene, outputs["roi_segmentation"], input_node)
 
     sequence = mrml.sequence_behind(input_node)
     browser = mrml.browser_of(scene, sequence)
@@ -126,6 +130,7 @@ def load_identify_outputs(scene, input_node, out_dir, name=None, output_segmenta
         _remove_previous_roi_sequences(scene, browser)
         outputs["roi_sequence"] = mrml.masks_to_segmentation_sequence(
             scene, roi, sequence, browser, name=f"{name} CAC ROI", color=ROI_COLOR)
+        mrml.place_under_transform_of(scene, browser.GetProxyNode(outputs["roi_sequence"]), input_node)
 
     table = mrml.table_from_columns(scene, f"{name} CAC results", results_table_columns(report))
     if output_table is not None:
@@ -134,21 +139,27 @@ def load_identify_outputs(scene, input_node, out_dir, name=None, output_segmenta
         scene.RemoveNode(table)
         table = output_table
     mrml.mark_made_for(table, input_node)
+    table.SetAttribute(nrrd_io.ATTR_ROLE, ROLE_RESULTS)
     outputs["table"] = table
     return outputs
 
 
-def reusable_output(scene, node, input_node):
-    """``node`` if it may receive ``input_node``'s results, else None (a new node is then made).
+def reusable_output(scene, node, input_node, role):
+    """``node`` if it may receive ``input_node``'s results as ``role``, else None (a new node is then made).
 
-    Not reused: a node no longer in the scene (deleted during the run) and one
-    that holds the results of another input (a panel keeps the last run's
-    outputs selected; a run on the next cine must not replace them).
+    Not reused: a node no longer in the scene (deleted during the run); one
+    that holds the results of another input, or of an input since deleted (a
+    panel keeps the last run's outputs selected; a run on the next cine must
+    not replace them); and one made for another role, such as an annotator's
+    segmentation or a majority vote of CAC Annotator (refilling it would erase
+    the painting).  A node the user made is reused.
     """
     if node is None or not scene.IsNodePresent(node):
         return None
-    made_for = node.GetAttribute(mrml.ATTR_MADE_FOR)
-    return None if made_for and made_for != input_node.GetID() else node
+    node_role = node.GetAttribute(nrrd_io.ATTR_ROLE)
+    if not mrml.is_output(node) and node_role is None:
+        return node
+    return node if mrml.is_made_for(node, input_node) and node_role in (None, role) else None
 
 
 # --------------------------------------------------------------------------- the job
@@ -212,6 +223,7 @@ class IdentifyJob:
         cine_path = nrrd_io.write_seq_nrrd(cine, self.work_dir / "cine.seq.nrrd", overwrite=True, encoding="raw")
         annotation_paths = []
         grid = mrml.frame_stack_geometry(self.input_node)
+        mrml.check_same_cine(self.annotation_nodes, self.input_node, cine)
         for i, node in enumerate(self.annotation_nodes):
             masks = mrml.segmentation_masks(node, shape=cine.frames.shape, ijk_to_ras=grid)
             if not masks:

@@ -42,13 +42,35 @@ from .nrrd_io import format_number as _format_number
 from .nrrd_io import normalize_segments as _normalize_segments
 from .nrrd_io import round_spacing as _round_spacing
 
-# Attribute of an output node: the ID of the input node whose results it holds.
-ATTR_MADE_FOR = "CAC_made_for"
+# An output node refers to the input node whose results it holds through a node reference of this
+# role, and carries an attribute of the same name ("yes").  A reference, not an ID in an attribute:
+# Slicer renames references when a saved scene is imported into one whose node IDs clash, so an ID
+# kept in an attribute would then name another cine.  The attribute stays when the input is deleted
+# (Slicer then drops the reference): such an output is still known to hold some cine's results.
+REF_MADE_FOR = ATTR_MADE_FOR = "CAC_made_for"
+# A second browser made to show a cine's paired contrast frame refers to the cine's own browser so.
+REF_PAIR_OF_BROWSER = "CAC_pair_of_browser"
 
 
 def mark_made_for(node, input_node) -> None:
-    """Record on output ``node`` that it holds ``input_node``'s results (see :data:`ATTR_MADE_FOR`)."""
-    node.SetAttribute(ATTR_MADE_FOR, input_node.GetID())
+    """Record on output ``node`` that it holds ``input_node``'s results (see :data:`REF_MADE_FOR`)."""
+    node.SetNodeReferenceID(REF_MADE_FOR, input_node.GetID())
+    node.SetAttribute(ATTR_MADE_FOR, "yes")
+
+
+def made_for(node):
+    """The input node whose results ``node`` holds; None when unmarked or when that input was deleted."""
+    return node.GetNodeReference(REF_MADE_FOR) if node is not None else None
+
+
+def is_made_for(node, input_node) -> bool:
+    """Whether ``node`` is marked as holding ``input_node``'s results."""
+    return node is not None and input_node is not None and node.GetNodeReferenceID(REF_MADE_FOR) == input_node.GetID()
+
+
+def is_output(node) -> bool:
+    """Whether ``node`` was made to hold some input's results (even if that input is gone)."""
+    return node is not None and node.GetAttribute(ATTR_MADE_FOR) is not None
 
 
 # IJK-to-RAS direction cosines of every frame: identity in LPS.
@@ -178,7 +200,8 @@ def frame_stack_geometry(node) -> np.ndarray | None:
     proxy) gives its first frame's, whose third axis steps one frame.  The ROI
     and annotation segmentations take it, so that they lie on the cine
     wherever the user has moved, turned or rescaled it in the Volumes module.
-    A parent transform the volume sits under (not hardened) is not applied.
+    A parent transform the volume sits under (not hardened) is not part of it:
+    the outputs go under the same transform (:func:`place_under_transform_of`).
     """
     if node is None:
         return None
@@ -373,6 +396,30 @@ def sequence_behind(node):
     return None
 
 
+def parent_transform_id(scene, node):
+    """The ID of the transform the cine behind ``node`` is shown under, or None.
+
+    A volume's own parent transform; for a Sequence (which cannot be
+    transformed), that of its browser's proxy volume, the node on screen.
+    """
+    if node is None:
+        return None
+    if node.IsA("vtkMRMLSequenceNode"):
+        browser = browser_of(scene, node)
+        node = browser.GetProxyNode(node) if browser is not None else None
+    return node.GetTransformNodeID() if node is not None and node.IsA("vtkMRMLTransformableNode") else None
+
+
+def place_under_transform_of(scene, output_node, input_node) -> None:
+    """Put ``output_node`` under the transform ``input_node``'s cine is shown under, so the two line up.
+
+    Outputs lie on the input's IJK grid (:func:`frame_stack_geometry`); a
+    transform the user put the cine under (not hardened) must move them too.
+    """
+    if output_node is not None:
+        output_node.SetAndObserveTransformNodeID(parent_transform_id(scene, input_node))
+
+
 def node_to_cine(node) -> Cine:
     """The :class:`Cine` behind a node the user picked as input.
 
@@ -525,6 +572,43 @@ def masks_to_segmentation_sequence(scene, masks: np.ndarray, cine_sequence, brow
         proxy.SetName(name)
         browser.SetOverwriteProxyName(sequence, False)
     return sequence
+
+
+def drawn_over(segmentation_node):
+    """The node whose cine ``segmentation_node`` belongs to, or None if it records none.
+
+    The input it was made for (:data:`REF_MADE_FOR`), else the volume it was
+    drawn over (the Segment Editor's source volume, its reference image geometry).
+    """
+    return made_for(segmentation_node) or segmentation_node.GetNodeReference(
+        segmentation_node.GetReferenceImageGeometryReferenceRole())
+
+
+def check_same_cine(segmentation_nodes, cine_node, cine: Cine | None = None) -> None:
+    """Refuse segmentations made for, or drawn over, another cine than ``cine_node``'s.
+
+    A segmentation of another cine with the same frame count and size would
+    otherwise be read as this cine's calcium (a shape check cannot tell them
+    apart).  Cines are compared by pixel content (:meth:`Cine.fingerprint`), so
+    a segmentation over a cine's frame-stack volume goes with its Sequence and
+    the other way round.  A segmentation that records no volume is let through.
+    ``cine`` is ``cine_node``'s, when already read.
+    """
+    fingerprint = None
+    for node in segmentation_nodes:
+        source = drawn_over(node)
+        if source is None or source.GetID() == cine_node.GetID():
+            continue
+        if fingerprint is None:
+            fingerprint = (cine if cine is not None else node_to_cine(cine_node)).fingerprint()
+        try:
+            other = node_to_cine(source).fingerprint()
+        except CacError:
+            other = None
+        if other != fingerprint:
+            raise CacError(f"segmentation {node.GetName()!r} belongs to {source.GetName()!r}, another cine than "
+                           f"{cine_node.GetName()!r}; choose this cine's segmentations (or {source.GetName()!r} "
+                           "as the cine)")
 
 
 def segmentation_masks(segmentation_node, shape=None, ijk_to_ras=None) -> dict[str, np.ndarray]:
@@ -846,10 +930,20 @@ def sync_to_scene(scene, sync_result, name: str = "CAC sync", frame_time_ms=None
 
 
 def browser_of(scene, sequence_node):
-    """The sequence browser that plays ``sequence_node``, or None."""
+    """The sequence browser that plays ``sequence_node``, or None.
+
+    A pair browser (:data:`REF_PAIR_OF_BROWSER`, CAC Annotator's paired
+    contrast view) plays the cine too, but is never the cine's own browser.
+    """
     if sequence_node is None:
         return None
     for browser in scene.GetNodesByClass("vtkMRMLSequenceBrowserNode"):
-        if browser.IsSynchronizedSequenceNode(sequence_node.GetID(), True):
+        if browser.IsSynchronizedSequenceNode(sequence_node.GetID(), True) and not is_pair_browser(browser):
             return browser
     return None
+
+
+def is_pair_browser(browser) -> bool:
+    """Whether ``browser`` is a second browser showing the paired contrast frames of another's cine."""
+    return browser.GetNodeReferenceID(REF_PAIR_OF_BROWSER) is not None or browser.GetAttribute(
+        REF_PAIR_OF_BROWSER) is not None
