@@ -10,10 +10,12 @@ a training-curve plot.  The jobs import no Slicer module logic (files through
 ``CACIdentifierLib.nrrd_io``).
 """
 
+import logging
 import math
 import os
 import shutil
 import sys
+import traceback
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -54,13 +56,14 @@ def buildPhantomCommand(python, datasetDir, patients, acquisitionsPerPatient, se
 
 def buildTrainCommand(python, datasetDir, outputModelPath, cvMode="patient", fold=-1, epochs1=0,
                       epochs2=0, device="auto", seed=0, overwrite=False, initModelPath=None, recipe="default",
-                      phantomPool=0, refreshPatients=0):
+                      phantomPool=0, refreshPatients=0, resume=False):
     """Command line of ``cac train`` with JSON progress lines on stdout (``--json``).
 
     ``epochs1``/``epochs2`` of 0 leave the recipe's own (default 12 + 2, paper 100 + 100).
     ``initModelPath``: fine-tune that model (``--init``) instead of starting from random weights.
     ``phantomPool`` > 0 trains on that many phantom patients generated in memory instead of
     ``datasetDir``; ``refreshPatients`` > 0 replaces that many of them every epoch (a stream, ``--cv none`` only).
+    ``resume``: continue the checkpoint a cancelled training of the same model left (``--resume``).
     """
     if cvMode not in ("patient", "acquisition", "none"):
         raise ValueError(f"unknown cross-validation mode {cvMode!r}")
@@ -82,6 +85,8 @@ def buildTrainCommand(python, datasetDir, outputModelPath, cvMode="patient", fol
         arguments += ["--fold", int(fold)]
     if initModelPath:
         arguments += ["--init", initModelPath]
+    if resume:
+        arguments.append("--resume")
     return _cacCommand(python, "train", *arguments, overwrite=overwrite)
 
 
@@ -198,6 +203,7 @@ class CACTrainerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._stderrShown = 0
         self._timer = None
         self._trainingOutput = None  # the model file of the training that runs, for its curve nodes
+        self._curvesTable = None  # the curves table of the training that runs (not whatever a parameter node names)
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -262,6 +268,7 @@ class CACTrainerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self.process is not None and self._trainingOutput is not None:
             p = self.logic.getParameterNode()
             p.curvesTable, p.curvesChart = self.logic.curveNodes(self._trainingOutput)
+            self._curvesTable = p.curvesTable
             self.ui.logTextEdit.appendPlainText(_("The scene was closed; training goes on, its curves restart "
                                                   "in new nodes (earlier epochs are in this log)."))
 
@@ -293,7 +300,21 @@ class CACTrainerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # ------------------------------------------------------------------ processes
 
+    def _guarded(self, what, function) -> None:
+        """Run a button's work; an unexpected error is shown with its traceback, the panel stays usable."""
+        try:
+            function()
+        except Exception as exc:
+            logging.exception("CAC Trainer: %s failed", what)
+            self.ui.statusLabel.text = _("{what} failed: {error}").format(what=what, error=exc)
+            slicer.util.errorDisplay(_("{what} failed: {error}").format(what=what, error=exc),
+                                     windowTitle=_("CAC Trainer"), detailedText=traceback.format_exc())
+            self._updateButtons()
+
     def onGenerateButton(self) -> None:
+        self._guarded(_("Generating a phantom dataset"), self._generate)
+
+    def _generate(self) -> None:
         p = self._parameterNode
         overwrite = False
         if p.datasetDir.exists() and any(p.datasetDir.iterdir()):
@@ -309,33 +330,61 @@ class CACTrainerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._startProcess(command, _("Generating phantom dataset"))
 
     def onTrainButton(self) -> None:
+        self._guarded(_("Training"), self._train)
+
+    def _train(self) -> None:
         p = self._parameterNode
         if p.refreshPatients > 0 and (p.phantomPool <= 0 or p.cvMode != "none"):
             slicer.util.errorDisplay(_("New patients every epoch need phantom patients (more than 0) and "
                                        "cross-validation 'none'."))
             return
-        if p.phantomPool > 0:  # patients generated in memory: no dataset folder to check
-            overwrite = self._confirmOutput(p.outputModelPath)
-        else:
-            overwrite = self._confirmDatasetAndOutput(
-                p.datasetDir, p.outputModelPath,
-                _("{path} has no manifest.json; generate a phantom dataset or choose a dataset folder.").format(
-                    path=p.datasetDir))
-        if overwrite is None:
+        if p.phantomPool <= 0 and not (p.datasetDir / "manifest.json").is_file():
+            slicer.util.errorDisplay(_("{path} has no manifest.json; generate a phantom dataset or choose a dataset "
+                                       "folder.").format(path=p.datasetDir))
             return
+        unfinished = self.logic.unfinishedTraining(p.outputModelPath, p.cvMode)
+        if unfinished:  # a training of this model was cancelled: its checkpoint can be continued
+            resume = self._askResume(unfinished)
+            if resume is None:
+                return
+            # Resuming replaces only an older model file; starting over discards the checkpoint (--overwrite).
+            overwrite = (p.cvMode == "none" and p.outputModelPath.exists()) if resume else True
+        else:
+            resume = False
+            overwrite = self._confirmOutput(p.outputModelPath)
+            if overwrite is None:
+                return
         command = buildTrainCommand(
             self.logic.pythonExecutable(), p.datasetDir, p.outputModelPath, p.cvMode, p.fold,
             p.epochs1, p.epochs2, p.device, p.seed, overwrite,
             p.initModelPath if CACTrainerLogic.isSet(p.initModelPath) else None,
-            recipe=p.recipe, phantomPool=p.phantomPool, refreshPatients=p.refreshPatients,
+            recipe=p.recipe, phantomPool=p.phantomPool, refreshPatients=p.refreshPatients, resume=resume,
         )
-        table, chart = self.logic.curveNodes(p.outputModelPath, p.curvesTable, p.curvesChart)
+        table, chart = self.logic.curveNodes(p.outputModelPath, p.curvesTable, p.curvesChart,
+                                             keepRows=resume)
         p.curvesTable, p.curvesChart = table, chart
+        self._curvesTable = table
         slicer.modules.plots.logic().ShowChartInLayout(chart)
         self._trainingOutput = p.outputModelPath
         self._startProcess(command, _("Training"))
 
+    @staticmethod
+    def _askResume(unfinished):
+        """True to resume the cancelled training, False to start it over, None to do nothing."""
+        where = "; ".join(_("{folder}: stage {stage}, {epochs} epochs done").format(
+            folder=run["run_dir"].name, stage=run["stage"] or "?", epochs=run["epochs_done"] or "?")
+            for run in unfinished[:4])
+        answer = qt.QMessageBox.question(
+            slicer.util.mainWindow(), _("Resume training"),
+            _("A training of this model stopped before it finished ({where}).\n\nResume it from its checkpoint? "
+              "Yes: resume. No: start over (the checkpoint is deleted). Cancel: do nothing.").format(where=where),
+            qt.QMessageBox.Yes | qt.QMessageBox.No | qt.QMessageBox.Cancel, qt.QMessageBox.Yes)
+        return {qt.QMessageBox.Yes: True, qt.QMessageBox.No: False}.get(answer)
+
     def onCalibrateButton(self) -> None:
+        self._guarded(_("Calibrating"), self._calibrate)
+
+    def _calibrate(self) -> None:
         p = self._parameterNode
         overwrite = self._confirmDatasetAndOutput(
             p.calibrationDataDir, p.calibratedModelPath,
@@ -421,9 +470,11 @@ class CACTrainerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if fraction is not None:
                 self.ui.progressBar.setRange(0, 1000)
                 self.ui.progressBar.value = int(round(fraction * 1000))
-            p = self.logic.getParameterNode()  # also while the panel is not shown
-            if p.curvesTable and slicer.mrmlScene.IsNodePresent(p.curvesTable):
-                self.logic.appendCurveRow(p.curvesTable, event)
+            # The running training's own table: a scene loaded meanwhile may bring a parameter node
+            # that names another model's curves.
+            table = self._curvesTable
+            if table is not None and slicer.mrmlScene.IsNodePresent(table):
+                self.logic.appendCurveRow(table, event)
             self.ui.statusLabel.text = _("{task}: stage {stage}, epoch {epoch}/{epochs}").format(
                 task=self._task, stage=event.get("stage", "?"), epoch=event.get("epoch", "?"),
                 epochs=event.get("epochs", "?"),
@@ -457,6 +508,7 @@ class CACTrainerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             )
         self.process = None
         self._trainingOutput = None
+        self._curvesTable = None
         self._updateButtons()
 
     def onCancelButton(self) -> None:
@@ -466,9 +518,10 @@ class CACTrainerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _stopProcess(self) -> None:
         """Kill the child's process tree (PythonSlicer and the Python it starts); returns at once.
 
-        The trainer saves a checkpoint every epoch and gets a moment to finish
-        writing (SIGTERM, then SIGKILL): ``--resume`` continues later.  The timer
-        notices the exit and updates the panel.
+        ``cac`` takes the SIGTERM as an interrupt (SIGKILL follows after a few
+        seconds): files being written are removed, and a training keeps the
+        checkpoint of its last finished epoch, which **Train** then offers to
+        resume (``--resume``).  The timer notices the exit and updates the panel.
         """
         if self.process is None:
             return
@@ -514,12 +567,22 @@ class CACTrainerLogic(ScriptedLoadableModuleLogic):
         chart.SetName(f"{name} chart")
         return table, chart
 
+    @staticmethod
+    def unfinishedTraining(outputModelPath, cvMode="none"):
+        """Checkpoints a cancelled training of ``outputModelPath`` left (``[{"run_dir", "stage", "epochs_done"}]``)."""
+        from CACTrainerLib.checkpoint_io import unfinished_runs
+
+        if not CACTrainerLogic.isSet(outputModelPath):
+            return []
+        return unfinished_runs(Path(outputModelPath), cvMode)
+
     @classmethod
-    def curveNodes(cls, outputModelPath, table=None, chart=None, scene=None):
+    def curveNodes(cls, outputModelPath, table=None, chart=None, scene=None, keepRows=False):
         """The curves table and chart for a training that writes ``outputModelPath``.
 
         ``table``/``chart`` (the last run's, from the parameter node) are emptied and
-        reused when they show an earlier training of the same model file; otherwise
+        reused when they show an earlier training of the same model file (``keepRows``:
+        not emptied, for a resumed training that goes on from its last epoch); otherwise
         new ones are made, so that another model's curves stay for comparison and
         retraining one model does not pile up nodes.
         """
@@ -528,9 +591,10 @@ class CACTrainerLogic(ScriptedLoadableModuleLogic):
         series = chart.GetNthPlotSeriesNode(0) if chart is not None and chart.GetNumberOfPlotSeriesNodes() else None
         if (table is not None and series is not None and scene.IsNodePresent(table) and scene.IsNodePresent(chart)
                 and series.GetTableNode() is table and table.GetAttribute(cls.CURVES_FOR) == key):
-            table.GetTable().SetNumberOfRows(0)
-            table.GetTable().Modified()
-            table.Modified()
+            if not keepRows:
+                table.GetTable().SetNumberOfRows(0)
+                table.GetTable().Modified()
+                table.Modified()
             return table, chart
         table, chart = cls.createCurveNodes(scene, f"CAC training curves ({Path(key).name})")
         table.SetAttribute(cls.CURVES_FOR, key)

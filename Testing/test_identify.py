@@ -320,8 +320,10 @@ def test_split_network_follows_the_architecture(arch):
         cache = split.contrast_cache(c)
         logit, features = split.classify(nc, [cache, cache])
         roi = split.decode(features, [cache, cache], keep)
+    # Folded BatchNorms round differently in float32 through the deep decoder: on a 2-core AMD EPYC
+    # (AVX-512) 2 of 12,288 ROI values differed by 1.9e-4; a wiring error differs by orders more.
     torch.testing.assert_close(logit, cls_ref, atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(roi, roi_ref[keep], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(roi, roi_ref[keep], atol=1e-3, rtol=1e-3)
 
 
 def test_split_network_max_pool_equals_torch_max_pool_to_the_bit():

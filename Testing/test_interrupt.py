@@ -174,3 +174,58 @@ def test_train_nproc_stops_the_workers_too(tmp_path):
             if _alive(p):
                 os.kill(p, signal.SIGKILL)
         err_file.close()
+
+
+def test_panel_cancel_keeps_the_checkpoint_and_train_resumes_it(tmp_path):
+    """CAC Trainer's Cancel (SIGTERM to the process group, ProcessRunner.kill) during a training, then Train again.
+
+    `cac` takes SIGTERM as an interrupt (exit 143, one line, no temporary file), the checkpoint of the
+    last finished epoch stays, the panel's Logic finds it, and the command the panel builds with
+    resume continues it to a model (before: SIGTERM's default action ended the process on the spot
+    and the panel had no way to resume).
+    """
+    import pytest
+
+    pytest.importorskip("slicer", reason="slicer-core is not installed")
+    import slicer_python
+    from CACIdentifierLib import slicercore
+    from CACIdentifierLib.worker import ProcessRunner, child_environment, parse_events
+
+    if not slicer_python.available():
+        pytest.skip("Slicer 5.10.0's Python files are not here")
+    tiny = ["--width", "8", "--samples-per-epoch", "16", "--frames-per-acquisition", "4"]
+    model = tmp_path / "m.safetensors"
+    with slicer_python.slicer_5_10(slicercore.new_scene()):
+        module = slicer_python.load_module_script(slicer_python.ROOT / "CACTrainer" / "CACTrainer.py")
+        logic = module.CACTrainerLogic
+        command = module.buildTrainCommand(sys.executable, "", model, "none", -1, 40, 1, "cpu", 0, phantomPool=4)
+        runner = ProcessRunner()
+        runner.start(command + tiny, env=child_environment(), cwd=tmp_path)
+        try:
+            deadline, events = time.monotonic() + 300, []
+            while not any(e.get("event") == "epoch" for e in events):
+                assert runner.running(), runner.stderr_text()[-800:]
+                assert time.monotonic() < deadline
+                events += parse_events(runner.read_lines())
+                time.sleep(0.05)
+            runner.kill()  # the panel's Cancel
+            assert runner.wait(timeout=60) == 143, runner.stderr_text()[-800:]
+        finally:
+            if runner.running():
+                os.killpg(runner.process.pid, signal.SIGKILL)
+        assert runner.stderr_text().rstrip().endswith("cac: terminated"), runner.stderr_text()[-800:]
+        assert "Traceback" not in runner.stderr_text()
+        run_dir = tmp_path / "m.run"
+        assert {p.name for p in run_dir.iterdir()} <= {"checkpoint.json", "checkpoint.safetensors", "history.json"}
+        assert not model.exists()
+        [unfinished] = logic.unfinishedTraining(model, "none")
+        assert unfinished["run_dir"] == run_dir and unfinished["stage"] == 1 and unfinished["epochs_done"] >= 1
+
+        resume = module.buildTrainCommand(sys.executable, "", model, "none", -1, unfinished["epochs_done"] + 1, 1,
+                                          "cpu", 0, phantomPool=4, resume=True)
+        done = subprocess.run(resume + tiny, env=child_environment(), cwd=tmp_path, capture_output=True, text=True,
+                              timeout=600)
+        assert done.returncode == 0, done.stderr[-800:]
+        events = parse_events(done.stdout.splitlines())
+        assert {"event": "resume", "stage": 1, "epoch": unfinished["epochs_done"]} in events
+        assert model.is_file() and logic.unfinishedTraining(model, "none") == []

@@ -425,3 +425,28 @@ def test_an_annotators_segmentation_chosen_as_output_keeps_its_painting(scene, t
     # The Identifier's own output is refilled on the next run.
     again = logic.load_identify_outputs(scene, volume, tmp_path / "o", output_segmentation=out["roi_segmentation"])
     assert again["roi_segmentation"] is out["roi_segmentation"]
+
+
+# --------------------------------------------------------------------------- re-runs
+
+
+def test_reruns_leave_no_orphan_nodes_and_keep_the_tables_storage(scene, tmp_path):
+    cine = synthetic_cine()
+    sequence, browser = mrml.cine_to_sequence(scene, cine, "cine")
+    folder = worker_outputs(tmp_path / "out", cine, roi_of(cine))
+    first = logic.load_identify_outputs(scene, sequence, folder)
+    table = first["table"]
+    table.AddDefaultStorageNode()  # the user saved the table once: its storage node holds the file name
+    storage = table.GetStorageNodeID()
+    counts = None
+    for _ in range(3):  # Apply again and again on the same cine, with the panel's outputs selected
+        out = logic.load_identify_outputs(scene, sequence, folder, output_segmentation=first["roi_segmentation"],
+                                          output_table=table)
+        assert out["table"] is table and table.GetStorageNodeID() == storage
+        assert table.GetName() == "cine sequence CAC results" and table.GetNumberOfRows() == cine.n_frames
+        now = {}
+        for i in range(scene.GetNumberOfNodes()):
+            class_name = scene.GetNthNode(i).GetClassName()
+            now[class_name] = now.get(class_name, 0) + 1
+        assert counts is None or now == counts, "a re-run left nodes behind"
+        counts = now

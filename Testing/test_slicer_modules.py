@@ -393,7 +393,9 @@ def test_trainer_commands_are_accepted_by_the_cac_parser():
     from cac import cli
     parser = cli.build_parser()
     subcommands = set(parser._subparsers._group_actions[0].choices)
-    for command in (train, no_cv, tuned, phantom, calibrate, kept):
+    resumed = f["buildTrainCommand"]("py", "/d", "/m.safetensors", "none", resume=True)
+    assert "--resume" in resumed and "--resume" not in no_cv and "--overwrite" not in resumed
+    for command in (train, no_cv, tuned, phantom, calibrate, kept, resumed):
         if command[3] not in subcommands:
             pytest.skip(f"`cac {command[3]}` is not available yet")
         args = parser.parse_args(command[3:])
@@ -401,6 +403,7 @@ def test_trainer_commands_are_accepted_by_the_cac_parser():
     args = parser.parse_args(train[3:])
     assert (args.cv, args.fold, args.epochs1, args.epochs2, args.device, args.seed) == ("acquisition", 2, 3, 4, "cpu", 9)
     assert parser.parse_args(tuned[3:]).init == "/shipped.safetensors"
+    assert parser.parse_args(resumed[3:]).resume and not parser.parse_args(no_cv[3:]).resume
     from cac import cli_train
 
     args = parser.parse_args(paper[3:])

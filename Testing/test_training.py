@@ -624,3 +624,34 @@ def test_evaluate_decoder_sensitivity_is_the_ceiling_of_the_gate(monkeypatch):
         ev = E.evaluate(None, fs, T.TrainConfig(), torch.device("cpu"))
         assert ev["detection"]["tp"] == found and ev["detection"]["fn"] == 2 - found
         assert ev["decoder_sensitivity"] == 0.5 and ev["decoder_frames_found"] == 1
+
+
+def test_unfinished_runs_are_what_resume_continues(tmp_path):
+    """A checkpoint newer than the model (or without one) is unfinished; a fold with its result is finished."""
+    import os
+
+    from CACTrainerLib.checkpoint_io import CHECKPOINT, CHECKPOINT_JSON, default_run_dir, unfinished_runs
+
+    model = tmp_path / "m.safetensors"
+    run_dir = default_run_dir(model)
+    assert run_dir == tmp_path / "m.run" and unfinished_runs(model) == []
+    run_dir.mkdir()
+    (run_dir / CHECKPOINT).write_bytes(b"x")
+    (run_dir / CHECKPOINT_JSON).write_text(json.dumps({"stage": 2, "epochs_done": 3}))
+    assert unfinished_runs(model) == [{"run_dir": run_dir, "stage": 2, "epochs_done": 3}]
+    model.write_bytes(b"m")  # the run finished: its model is newer than the checkpoint
+    os.utime(run_dir / CHECKPOINT, (1e9, 1e9))
+    assert unfinished_runs(model) == []
+    os.utime(model, (1e9 - 10, 1e9 - 10))  # an older model retrained and cancelled: the checkpoint is newer
+    assert [r["stage"] for r in unfinished_runs(model)] == [2]
+    (run_dir / CHECKPOINT_JSON).write_text("{broken")
+    assert unfinished_runs(model)[0]["stage"] is None
+
+    cv = tmp_path / "cv"
+    for k in (0, 1, 2):
+        (cv / f"fold_{k}").mkdir(parents=True)
+        (cv / f"fold_{k}" / CHECKPOINT).write_bytes(b"x")
+        (cv / f"fold_{k}" / CHECKPOINT_JSON).write_text(json.dumps({"stage": 1, "epochs_done": k}))
+    (cv / "fold_1.json").write_text("{}")  # fold 1 is done
+    assert [(r["run_dir"].name, r["epochs_done"]) for r in unfinished_runs(cv, "patient")] == [
+        ("fold_0", 0), ("fold_2", 2)]

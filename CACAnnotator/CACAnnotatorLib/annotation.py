@@ -278,7 +278,7 @@ def compare_with_annotators(scene, roi_node, annotator_nodes, volume_node, *, wo
     table = mrml.table_from_columns(scene, name, columns)
     earlier = made_for(scene, "vtkMRMLTableNode", volume_node, ROLE_COMPARISON, name)
     if earlier:  # same columns: the chart's series, which name the table and its columns, stay valid
-        earlier[0].Copy(table)
+        mrml.refill_table(earlier[0], table)
         scene.RemoveNode(table)
         table = earlier[0]
     _mark(table, volume_node, ROLE_COMPARISON)

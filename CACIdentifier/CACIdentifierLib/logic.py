@@ -64,9 +64,8 @@ def _remove_previous_roi_sequences(scene, browser) -> None:
             continue
         proxy = browser.GetProxyNode(sequence)
         browser.RemoveSynchronizedSequenceNode(sequence.GetID())
-        if proxy is not None and scene.IsNodePresent(proxy):
-            scene.RemoveNode(proxy)
-        scene.RemoveNode(sequence)
+        mrml.remove_with_helpers(scene, proxy)  # and its display node: re-runs leave nothing behind
+        mrml.remove_with_helpers(scene, sequence)
 
 
 def results_table_columns(report: dict) -> dict[str, list]:
@@ -134,7 +133,7 @@ def load_identify_outputs(scene, input_node, out_dir, name=None, output_segmenta
 
     table = mrml.table_from_columns(scene, f"{name} CAC results", results_table_columns(report))
     if output_table is not None:
-        output_table.Copy(table)
+        mrml.refill_table(output_table, table)
         output_table.SetName(f"{name} CAC results")
         scene.RemoveNode(table)
         table = output_table

@@ -739,6 +739,28 @@ def _first_labelmap(node):
 # --------------------------------------------------------------------------- tables and plots
 
 
+def refill_table(target, source) -> None:
+    """Put ``source``'s rows and columns into table node ``target``, keeping ``target``'s name, storage
+    node (where the user saves it) and references; ``Copy`` would replace them with ``source``'s."""
+    target.CopyContent(source, True)
+    target.Modified()
+
+
+def remove_with_helpers(scene, node) -> None:
+    """Remove ``node`` with its display and storage nodes (``RemoveNode`` alone leaves them in the scene)."""
+    if node is None or not scene.IsNodePresent(node):
+        return
+    helpers = []
+    for getter, count in (("GetNthDisplayNode", "GetNumberOfDisplayNodes"),
+                          ("GetNthStorageNode", "GetNumberOfStorageNodes")):
+        if hasattr(node, count):
+            helpers += [getattr(node, getter)(i) for i in range(getattr(node, count)())]
+    scene.RemoveNode(node)
+    for helper in helpers:
+        if helper is not None and scene.IsNodePresent(helper):
+            scene.RemoveNode(helper)
+
+
 def table_from_columns(scene, name: str, columns: dict[str, list]):
     """Add a ``vtkMRMLTableNode`` with one column per entry (ints, floats, bools or strings).
 

@@ -30,7 +30,7 @@ import sys
 import threading
 from pathlib import Path
 
-# Seconds between the polite stop (SIGTERM: the trainer checkpoints) and SIGKILL.
+# Seconds between the polite stop (SIGTERM: `cac` removes what it was writing and exits 143) and SIGKILL.
 KILL_GRACE_S = 3.0
 
 
@@ -142,8 +142,10 @@ class ProcessRunner:
     def kill(self) -> None:
         """Stop the child and every process it started; returns at once (no GUI freeze).
 
-        SIGTERM to the whole process group first (the trainer saves a
-        checkpoint), SIGKILL to the group after :data:`KILL_GRACE_S` from a
+        SIGTERM to the whole process group first (``cac`` unwinds as on
+        Ctrl-C: files being written are removed; a training keeps the
+        checkpoint of its last finished epoch, written after every epoch, for
+        ``--resume``), SIGKILL to the group after :data:`KILL_GRACE_S` from a
         timer thread if anything is left.  On Windows, ``taskkill /T /F``.
         """
         process = self.process

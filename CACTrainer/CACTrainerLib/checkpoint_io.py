@@ -41,6 +41,47 @@ def write_checkpoint(run_dir: Path, tensors: dict, info: dict) -> None:
         tmp.write_text(json.dumps(info, indent=1) + "\n")
 
 
+def default_run_dir(out) -> Path:
+    """The run folder of ``cac train --out MODEL.safetensors`` without ``--run-dir``: ``MODEL.run/`` beside it."""
+    out = Path(out)
+    return out.with_name(out.stem + ".run")
+
+
+def unfinished_runs(out, cv: str = "none") -> list[dict]:
+    """The checkpoints that an interrupted ``cac train --out OUT --cv CV`` left, which ``--resume`` continues.
+
+    With ``cv`` "none", the run folder :func:`default_run_dir` when its
+    checkpoint is newer than the model ``out`` (or there is no model yet);
+    with cross-validation, each ``OUT/fold_K/`` whose fold has no
+    ``OUT/fold_K.json`` (the fold's result) yet.  Returns
+    ``[{"run_dir", "stage", "epochs_done"}]`` (stage and epochs as the
+    checkpoint's JSON copy says; None where it cannot be read).
+
+    >>> unfinished_runs("/nonexistent/model.safetensors")
+    []
+    """
+    out = Path(out)
+    if cv == "none":
+        run_dir = default_run_dir(out)
+        checkpoint = run_dir / CHECKPOINT
+        if not checkpoint.is_file() or (out.is_file() and out.stat().st_mtime >= checkpoint.stat().st_mtime):
+            return []
+        folders = [run_dir]
+    else:
+        folders = [d for d in sorted(out.glob("fold_*")) if d.is_dir() and (d / CHECKPOINT).is_file()
+                   and not (out / f"{d.name}.json").exists()]
+    found = []
+    for run_dir in folders:
+        try:
+            info = json.loads((run_dir / CHECKPOINT_JSON).read_text()) if (
+                run_dir / CHECKPOINT_JSON).stat().st_size <= MAX_JSON_BYTES else {}
+        except (OSError, ValueError):
+            info = {}
+        info = info if isinstance(info, dict) else {}
+        found.append({"run_dir": run_dir, "stage": info.get("stage"), "epochs_done": info.get("epochs_done")})
+    return found
+
+
 def _bad(run_dir: Path, what: str) -> CacError:
     return CacError(
         f"the checkpoint in {run_dir} is unusable ({what}); delete {run_dir} or start without --resume"

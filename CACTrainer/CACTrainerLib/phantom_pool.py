@@ -32,8 +32,11 @@ from CACIdentifierLib.progress import ProgressCallback, no_progress
 
 def _ignore_sigint() -> None:
     # Ctrl-C reaches the whole process group: the parent reports it and ends the workers, which must
-    # not print tracebacks of their own.
+    # not print tracebacks of their own.  SIGTERM (to the group, from a panel's Cancel) ends a worker
+    # silently, whatever handler it inherited from `cac` (which turns SIGTERM into an interrupt).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "SIGTERM"):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _background_worker() -> None:

@@ -69,13 +69,40 @@ def _quiet_stdout() -> None:
         pass
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (the Slicer panels' Cancel, a cluster's job stop): handled as Ctrl-C is, exit code 143."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
+def terminate_as_interrupt() -> None:
+    """Let SIGTERM unwind like Ctrl-C: outputs being written are removed, a training keeps the
+    checkpoint of its last finished epoch, and one line says so (the default action ends the
+    process on the spot, with no message and temporary files left behind)."""
+    import signal
+    import threading
+
+    if hasattr(signal, "SIGTERM") and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise_terminated)
+
+
+def _stopped(exc: KeyboardInterrupt) -> int:
+    if isinstance(exc, Terminated):
+        print("cac: terminated", file=sys.stderr)
+        return 143
+    print("cac: interrupted", file=sys.stderr)
+    return 130
+
+
 def main(argv: list[str] | None = None) -> int:
+    terminate_as_interrupt()
     try:
         parser = build_parser()  # imports every subcommand module: Ctrl-C may come here too
         args = parser.parse_args(argv)
-    except KeyboardInterrupt:
-        print("cac: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        return _stopped(exc)
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return 2
@@ -89,9 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         # One printable line whatever the message quotes (tag values, parser messages, paths).
         print(f"cac: error: {printable(exc, MESSAGE_LIMIT)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("cac: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        return _stopped(exc)
     except BrokenPipeError:
         # The reader of our output went away (`cac info ... | head -1`): end quietly, like cat does.
         _quiet_stdout()
@@ -117,14 +143,14 @@ def exit_now(code: int) -> None:
 def entry(argv: list[str] | None = None) -> None:
     """The ``cac`` program (console script, ``python -m cac``, ``python -m cac.cli``): :func:`main`, then exit.
 
-    After an interrupt (exit code 130) the process ends at once: the outputs
+    After an interrupt (exit code 130, or 143 for SIGTERM) the process ends at once: the outputs
     are already cleaned up and the message printed, and the interpreter's own
     shutdown (torch's library finalizers) takes seconds on a busy machine,
     which Ctrl-C should not wait for.
     """
     code = main(argv)
-    if code == 130:
-        exit_now(130)
+    if code in (130, 143):
+        exit_now(code)
     # The work is done and reported: a Ctrl-C now must not turn a finished run into a signal death
     # (exit -2) during the interpreter's shutdown.
     import signal

@@ -477,10 +477,11 @@ def _train_final(fs, dataset: Path, args, config, out: Path, emit, progress, *, 
     import torch
     from CACIdentifierLib.modelio import save_model
     from CACTrainerLib import crossval, distributed
+    from CACTrainerLib.checkpoint_io import default_run_dir
     from CACTrainerLib.evaluation import PER_ITEM_KEYS
     from CACTrainerLib.training import inference_metadata, plot_curves, train
 
-    run_dir = Path(args.run_dir) if args.run_dir else out.with_name(out.stem + ".run")
+    run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(out)
     if stream is None:
         train_set, val_set = crossval.validation_split(fs, args.val_fraction, args.seed)
         train_summary = train_set.summary()
