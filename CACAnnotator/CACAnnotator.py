@@ -7,6 +7,7 @@ which is tested headless on slicer-core.
 """
 
 import logging
+import sys
 import traceback
 from pathlib import Path
 from typing import Annotated, Optional
@@ -24,13 +25,19 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
+# What the Annotator's actions import beyond Slicer's own Python (import names of CACIdentifier's
+# REQUIRED_PACKAGES): pairing, comparison and the dataset export read and write cines and .seg.nrrd
+# files; no torch.
+ANNOTATOR_PACKAGES = ("numpy", "scipy", "skimage", "pydicom", "pylibjpeg", "nrrd", "slicerio")
+
 
 class CACAnnotator(ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = _("CAC Annotator")
         self.parent.categories = [translate("qSlicerAbstractCoreModule", "Cardiac")]
-        self.parent.dependencies = ["Sequences", "Segmentations"]
+        # CACIdentifier: its Lib (synchronization, metrics, file I/O) and its installer of Python packages.
+        self.parent.dependencies = ["Sequences", "Segmentations", "CACIdentifier"]
         self.parent.contributors = ["SlicerCAC developers"]
         self.parent.helpText = _(
             "Annotate calcium as in De Rose et al. 2025: each annotator paints calcium on the non-contrast "
@@ -94,6 +101,13 @@ class CACAnnotatorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.comparisonTableView.connect("clicked(QModelIndex)", self.onComparisonRowClicked)
         self.initializeParameterNode()
 
+    def onReload(self) -> None:
+        """Developer mode's Reload: drop the Lib's modules too, so the next import reads the edited files."""
+        for name in list(sys.modules):
+            if name == "CACAnnotatorLib" or name.startswith("CACAnnotatorLib."):
+                del sys.modules[name]
+        super().onReload()
+
     def cleanup(self) -> None:
         self.removeObservers()
         if self.logic:
@@ -134,6 +148,9 @@ class CACAnnotatorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         from CACIdentifierLib.errors import CacError
 
         try:
+            if not self.logic.ensurePythonPackages():
+                self.ui.statusLabel.text = _("{what}: Python packages are missing.").format(what=what)
+                return
             with slicer.util.WaitCursor():
                 message = function()
             self.ui.statusLabel.text = message or _("Done.")
@@ -220,6 +237,12 @@ class CACAnnotatorLogic(ScriptedLoadableModuleLogic):
 
     def getParameterNode(self):
         return CACAnnotatorParameterNode(super().getParameterNode())
+
+    @staticmethod
+    def ensurePythonPackages(askConfirmation: bool = True) -> bool:
+        """Install what the Annotator needs (CAC Identifier's installer, without torch); True when all is there."""
+        return slicer.util.getModuleLogic("CACIdentifier").ensurePythonPackages(
+            askConfirmation, names=ANNOTATOR_PACKAGES, moduleTitle=_("CAC Annotator"))
 
     def _require(self, node, what):
         from CACIdentifierLib.errors import CacError

@@ -220,8 +220,12 @@ class CACIdentifierWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             sequence = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLSequenceNode")
             if sequence:
                 self._parameterNode.inputNode = sequence
-        # An unset Path parameter reads as "."; show the shipped model instead.
-        if str(self._parameterNode.modelPath) in ("", "."):
+        # An unset Path parameter reads as "."; show the shipped model instead.  A scene saved with another
+        # install's shipped model (another computer, an updated extension) gets this install's.
+        from CACIdentifierLib.resources import is_shipped_model_location
+
+        path = self._parameterNode.modelPath
+        if str(path) in ("", ".") or (not path.exists() and is_shipped_model_location(path)):
             default = self.logic.defaultModelPath()
             if default is not None:
                 self._parameterNode.modelPath = default
@@ -425,12 +429,15 @@ class CACIdentifierLogic(ScriptedLoadableModuleLogic):
     # ------------------------------------------------------------------ packages
 
     @staticmethod
-    def missingPackages() -> list:
-        """(import name, pip requirement) of each required package that is absent or too old."""
+    def missingPackages(names=None) -> list:
+        """(import name, pip requirement) of each required package (of ``names`` only, when given) that is
+        absent or too old."""
         from importlib import metadata
 
         missing = []
         for name, distribution, minimum, requirement in REQUIRED_PACKAGES:
+            if names is not None and name not in names:
+                continue
             if importlib.util.find_spec(name) is None:
                 missing.append((name, requirement))
                 continue
@@ -442,28 +449,33 @@ class CACIdentifierLogic(ScriptedLoadableModuleLogic):
                 missing.append((name, requirement))
         return missing
 
-    def ensurePythonPackages(self, askConfirmation: bool = True) -> bool:
+    def ensurePythonPackages(self, askConfirmation: bool = True, names=None, moduleTitle=None) -> bool:
         """Install what is missing after the user agrees; True when everything is there.
+
+        ``names`` (import names) limits it to what a caller needs: CAC Annotator
+        needs no torch, CAC Trainer everything (its jobs run ``cac``); ``moduleTitle``
+        is the module named in the messages.
 
         torch comes from the PyTorch Utils extension (the build that matches the GPU),
         the others from pip, one at a time, only if missing or too old; what Slicer bundles
         is never replaced.  A failure is shown in a message box with pip's log; when an
         already imported package was upgraded, a restart is offered.
         """
-        missing = self.missingPackages()
+        missing = self.missingPackages(names)
         if not missing:
             return True
+        title = moduleTitle or _("CAC Identifier")
         bundled = [name for name, _req in missing if name in self.BUNDLED_WITH_SLICER]
         if bundled:
             slicer.util.errorDisplay(
-                _("This Slicer's {names} is missing or too old for CAC Identifier, and Slicer's own copy is "
-                  "never replaced: use Slicer 5.10 or later.").format(names=", ".join(bundled)),
-                windowTitle=_("CAC Identifier"))
+                _("This Slicer's {names} is missing or too old for {module}, and Slicer's own copy is "
+                  "never replaced: use Slicer 5.10 or later.").format(names=", ".join(bundled), module=title),
+                windowTitle=title)
             return False
         names = ", ".join(name for name, _req in missing)
         if askConfirmation and not slicer.util.confirmOkCancelDisplay(
-            _("CAC Identifier needs these Python packages: {names}. Install them now? "
-              "This may take several minutes.").format(names=names),
+            _("{module} needs these Python packages: {names}. Install them now? "
+              "This may take several minutes.").format(names=names, module=title),
             windowTitle=_("Install Python packages"),
         ):
             return False
@@ -488,7 +500,7 @@ class CACIdentifierLogic(ScriptedLoadableModuleLogic):
                 names=", ".join(upgraded)), windowTitle=_("Restart Slicer")):
             slicer.util.restart()
             return False
-        still = self.missingPackages()
+        still = self.missingPackages(names)
         if still:
             slicer.util.errorDisplay(
                 _("Could not install: {names}.").format(names=", ".join(name for name, _req in still)),
@@ -544,9 +556,14 @@ class CACIdentifierLogic(ScriptedLoadableModuleLogic):
 
     def _modelPath(self, modelPath):
         from CACIdentifierLib.errors import CacError
+        from CACIdentifierLib.resources import is_shipped_model_location
 
         modelPath = Path(modelPath) if modelPath not in (None, "") else None
         if modelPath is not None and (str(modelPath) in ("", ".") or modelPath.is_dir()):
+            modelPath = None
+        if modelPath is not None and not modelPath.exists() and is_shipped_model_location(modelPath):
+            # A scene saved elsewhere names another install's shipped model: this install's is meant.
+            logging.info("CAC Identifier: %s is not here; using this install's shipped model", modelPath)
             modelPath = None
         if modelPath is None:
             modelPath = self.defaultModelPath()

@@ -238,7 +238,7 @@ class CACTrainerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onReload(self) -> None:
         """Developer mode's Reload: drop the Lib's modules too, so the next import reads the edited files."""
         for name in list(sys.modules):
-            if name == "CACTrainerLib" or name.startswith("CACTrainerLib."):
+            if name.split(".")[0] in ("CACTrainerLib", "cac"):  # cac: the command line beside it (train_events)
                 del sys.modules[name]
         super().onReload()
 
@@ -303,6 +303,10 @@ class CACTrainerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _guarded(self, what, function) -> None:
         """Run a button's work; an unexpected error is shown with its traceback, the panel stays usable."""
         try:
+            # The jobs run `cac` in Slicer's Python: torch and the rest, installed by CAC Identifier's installer.
+            if not slicer.util.getModuleLogic("CACIdentifier").ensurePythonPackages(moduleTitle=_("CAC Trainer")):
+                self.ui.statusLabel.text = _("{what}: Python packages are missing.").format(what=what)
+                return
             function()
         except Exception as exc:
             logging.exception("CAC Trainer: %s failed", what)

@@ -237,3 +237,52 @@ def test_annotator_every_field_round_trips(slicer_app, tmp_path):
     check_round_trip(slicer_app, tmp_path / "b", module, "CACAnnotatorLogic", values)
     with pytest.raises(ValueError):
         module.CACAnnotatorLogic().getParameterNode().annotatorCount = 10
+
+
+def test_identifier_scene_saved_with_another_installs_shipped_model(slicer_app, tmp_path, monkeypatch):
+    """A scene records the shipped model's absolute path; elsewhere (another computer, an updated extension)
+    that path is gone and this install's shipped model is meant.  A missing model of the user's own is an error."""
+    from CACIdentifierLib.errors import CacError
+    from CACIdentifierLib.resources import find_default_model
+
+    monkeypatch.delenv("CAC_MODEL", raising=False)
+    module = load("CACIdentifier")
+    monkeypatch.setattr(module, "_", lambda text: text)
+    logic = module.CACIdentifierLogic()
+    shipped = find_default_model()
+    if shipped is None:
+        pytest.skip("no shipped model in this checkout")
+    elsewhere = tmp_path / "Slicer-5.10.0" / "CACIdentifier" / "Resources" / "Models" / shipped.name
+    assert logic._modelPath(elsewhere) == shipped
+    assert logic._modelPath(shipped) == shipped
+    with pytest.raises(CacError, match="not found"):
+        logic._modelPath(tmp_path / "models" / shipped.name)
+
+
+def test_annotator_asks_only_for_the_packages_it_needs(slicer_app, monkeypatch):
+    """CAC Annotator installs through CAC Identifier's installer what its actions import (pynrrd, slicerio,
+    pylibjpeg, scikit-image for the export...), never torch; CAC Trainer asks for everything."""
+    import importlib.util
+
+    identifier, annotator = load("CACIdentifier"), load("CACAnnotator")
+    required = {name for name, *_ in identifier.REQUIRED_PACKAGES}
+    assert set(annotator.ANNOTATOR_PACKAGES) <= required and "torch" not in annotator.ANNOTATOR_PACKAGES
+    real = importlib.util.find_spec
+    absent = {"nrrd", "torch"}
+    monkeypatch.setattr(identifier.importlib.util, "find_spec", lambda name, *a: None if name in absent else real(name, *a))
+    logic = identifier.CACIdentifierLogic
+    assert [name for name, _ in logic.missingPackages(annotator.ANNOTATOR_PACKAGES)] == ["nrrd"]
+    assert {name for name, _ in logic.missingPackages()} == absent
+    # The Annotator's Logic goes through CAC Identifier's installer with its own list.
+    calls = []
+
+    class Installer:
+        def ensurePythonPackages(self, askConfirmation=True, names=None, moduleTitle=None):
+            calls.append((names, moduleTitle))
+            return True
+
+    monkeypatch.setattr(annotator, "_", lambda text: text)
+    monkeypatch.setattr(annotator.slicer.util, "getModuleLogic",
+                        lambda name: Installer() if name == "CACIdentifier" else None)
+    assert annotator.CACAnnotatorLogic().ensurePythonPackages()
+    assert calls == [(annotator.ANNOTATOR_PACKAGES, "CAC Annotator")]

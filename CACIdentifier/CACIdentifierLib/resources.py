@@ -37,6 +37,22 @@ def find_default_model() -> Path | None:
     return next((path for path in _shipped_model_candidates() if path.is_file()), None)
 
 
+def is_shipped_model_location(path) -> bool:
+    """Whether ``path`` names the shipped model's place in some install (``.../Resources/Models/`` + its name).
+
+    A scene saved with the panel's default model records the absolute path of
+    that install's copy; on another computer, or after the extension was
+    updated, the path is gone but means "the shipped model".
+
+    >>> is_shipped_model_location("/old/Slicer/CACIdentifier/Resources/Models/cac_default.safetensors")
+    True
+    >>> is_shipped_model_location("/home/me/models/cac_default.safetensors")
+    False
+    """
+    parts = Path(path).parts
+    return len(parts) >= 3 and tuple(parts[-3:]) == ("Resources", "Models", DEFAULT_MODEL_NAME)
+
+
 def default_model_path() -> Path:
     """The shipped default model (:func:`find_default_model`); :class:`CacError` saying where it looked if none."""
     path = find_default_model()
