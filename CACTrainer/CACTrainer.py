@@ -346,7 +346,7 @@ class CACTrainerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             slicer.util.errorDisplay(_("{path} has no manifest.json; generate a phantom dataset or choose a dataset "
                                        "folder.").format(path=p.datasetDir))
             return
-        unfinished = self.logic.unfinishedTraining(p.outputModelPath, p.cvMode)
+        unfinished = self.logic.unfinishedTraining(p.outputModelPath, p.cvMode, p.fold)
         if unfinished:  # a training of this model was cancelled: its checkpoint can be continued
             resume = self._askResume(unfinished)
             if resume is None:
@@ -572,13 +572,17 @@ class CACTrainerLogic(ScriptedLoadableModuleLogic):
         return table, chart
 
     @staticmethod
-    def unfinishedTraining(outputModelPath, cvMode="none"):
-        """Checkpoints a cancelled training of ``outputModelPath`` left (``[{"run_dir", "stage", "epochs_done"}]``)."""
+    def unfinishedTraining(outputModelPath, cvMode="none", fold=-1):
+        """Checkpoints a cancelled training of ``outputModelPath`` left (``[{"run_dir", "stage", "epochs_done"}]``);
+        with cross-validation and a chosen ``fold`` (>= 0), that fold's only: the one Train would run."""
         from CACTrainerLib.checkpoint_io import unfinished_runs
 
         if not CACTrainerLogic.isSet(outputModelPath):
             return []
-        return unfinished_runs(Path(outputModelPath), cvMode)
+        runs = unfinished_runs(Path(outputModelPath), cvMode)
+        if cvMode != "none" and fold is not None and int(fold) >= 0:
+            runs = [run for run in runs if run["run_dir"].name == f"fold_{int(fold)}"]
+        return runs
 
     @classmethod
     def curveNodes(cls, outputModelPath, table=None, chart=None, scene=None, keepRows=False):

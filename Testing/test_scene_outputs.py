@@ -450,3 +450,29 @@ def test_reruns_leave_no_orphan_nodes_and_keep_the_tables_storage(scene, tmp_pat
             now[class_name] = now.get(class_name, 0) + 1
         assert counts is None or now == counts, "a re-run left nodes behind"
         counts = now
+
+
+def test_the_roi_sequences_proxy_chosen_as_output_is_not_refilled_and_removed(scene, tmp_path):
+    """The proxy "<cine> CAC ROI" shows one item of the ROI sequence; refilling it as the frame-stack output
+    and then removing it with the old ROI sequence left the panel pointing at a deleted node."""
+    cine = synthetic_cine()
+    sequence, browser = mrml.cine_to_sequence(scene, cine, "cine")
+    folder = worker_outputs(tmp_path / "out", cine, roi_of(cine))
+    first = logic.load_identify_outputs(scene, sequence, folder)
+    proxy = browser.GetProxyNode(first["roi_sequence"])
+    assert proxy is not None and logic.reusable_output(scene, proxy, sequence, logic.ROLE_ROI) is None
+    out = logic.load_identify_outputs(scene, sequence, folder, output_segmentation=proxy)
+    assert out["roi_segmentation"] is not proxy and scene.IsNodePresent(out["roi_segmentation"])
+
+
+def test_two_cines_in_one_browser_keep_their_own_roi_sequences(scene, tmp_path):
+    first, second = synthetic_cine(seed=0), synthetic_cine(seed=1)
+    seq_a, browser = mrml.cine_to_sequence(scene, first, "A")
+    seq_b = mrml._build_sequence(scene, second, "B sequence")
+    browser.AddSynchronizedSequenceNodeID(seq_b.GetID())
+    out_a = logic.load_identify_outputs(scene, seq_a, worker_outputs(tmp_path / "a", first, roi_of(first)))
+    out_b = logic.load_identify_outputs(scene, seq_b, worker_outputs(tmp_path / "b", second, roi_of(second)))
+    assert scene.IsNodePresent(out_a["roi_sequence"]) and scene.IsNodePresent(out_b["roi_sequence"])
+    again = logic.load_identify_outputs(scene, seq_a, tmp_path / "a")
+    assert not scene.IsNodePresent(out_a["roi_sequence"]) and scene.IsNodePresent(again["roi_sequence"])
+    assert scene.IsNodePresent(out_b["roi_sequence"])

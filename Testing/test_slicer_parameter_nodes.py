@@ -254,6 +254,8 @@ def test_identifier_scene_saved_with_another_installs_shipped_model(slicer_app, 
         pytest.skip("no shipped model in this checkout")
     elsewhere = tmp_path / "Slicer-5.10.0" / "CACIdentifier" / "Resources" / "Models" / shipped.name
     assert logic._modelPath(elsewhere) == shipped
+    windows = "C:\\Program Files\\Slicer\\CACIdentifier\\Resources\\Models\\" + shipped.name
+    assert logic._modelPath(windows) == shipped  # a scene saved on Windows
     assert logic._modelPath(shipped) == shipped
     with pytest.raises(CacError, match="not found"):
         logic._modelPath(tmp_path / "models" / shipped.name)
@@ -286,3 +288,19 @@ def test_annotator_asks_only_for_the_packages_it_needs(slicer_app, monkeypatch):
                         lambda name: Installer() if name == "CACIdentifier" else None)
     assert annotator.CACAnnotatorLogic().ensurePythonPackages()
     assert calls == [(annotator.ANNOTATOR_PACKAGES, "CAC Annotator")]
+
+
+def test_trainer_offers_to_resume_only_the_fold_it_would_run(slicer_app, tmp_path):
+    import json
+
+    from CACTrainerLib.checkpoint_io import CHECKPOINT, CHECKPOINT_JSON
+
+    logic = load("CACTrainer").CACTrainerLogic
+    for k in (0, 2):
+        (tmp_path / f"fold_{k}").mkdir()
+        (tmp_path / f"fold_{k}" / CHECKPOINT).write_bytes(b"x")
+        (tmp_path / f"fold_{k}" / CHECKPOINT_JSON).write_text(json.dumps({"stage": 1, "epochs_done": 1}))
+    (tmp_path / "fold_2.json").write_text("{}")  # fold 2 is done; fold 0 was cancelled
+    assert [r["run_dir"].name for r in logic.unfinishedTraining(tmp_path, "patient", -1)] == ["fold_0"]
+    assert logic.unfinishedTraining(tmp_path, "patient", 2) == []  # Train on fold 2: nothing to resume there
+    assert [r["run_dir"].name for r in logic.unfinishedTraining(tmp_path, "patient", 0)] == ["fold_0"]

@@ -655,3 +655,15 @@ def test_unfinished_runs_are_what_resume_continues(tmp_path):
     (cv / "fold_1.json").write_text("{}")  # fold 1 is done
     assert [(r["run_dir"].name, r["epochs_done"]) for r in unfinished_runs(cv, "patient")] == [
         ("fold_0", 0), ("fold_2", 2)]
+
+
+def test_cac_main_leaves_sigterm_alone():
+    """Only the `cac` program turns SIGTERM into an interrupt; main() called from Slicer's console or a test
+    must not leave its handler behind."""
+    import signal
+
+    from cac import cli
+
+    before = signal.getsignal(signal.SIGTERM)
+    assert cli.main(["info", "/nonexistent.dcm"]) == 2
+    assert signal.getsignal(signal.SIGTERM) is before

@@ -52,8 +52,9 @@ ROLE_ROI, ROLE_RESULTS = "roi", "results"
 # --------------------------------------------------------------------------- outputs -> nodes
 
 
-def _remove_previous_roi_sequences(scene, browser) -> None:
-    """Remove the ROI sequences (and their proxies) that an earlier run synchronized in ``browser``."""
+def _remove_previous_roi_sequences(scene, browser, cine_sequence) -> None:
+    """Remove the ROI sequences (and their proxies) that an earlier run on ``cine_sequence`` synchronized in
+    ``browser`` (another cine played in the same browser keeps its own)."""
     import vtk
 
     collection = vtk.vtkCollection()
@@ -61,6 +62,8 @@ def _remove_previous_roi_sequences(scene, browser) -> None:
     for i in range(collection.GetNumberOfItems()):
         sequence = collection.GetItemAsObject(i)
         if sequence is None or sequence.GetAttribute(nrrd_io.ATTR_ROLE) != "roi":
+            continue
+        if mrml.is_output(sequence) and not mrml.is_made_for(sequence, cine_sequence):
             continue
         proxy = browser.GetProxyNode(sequence)
         browser.RemoveSynchronizedSequenceNode(sequence.GetID())
@@ -126,9 +129,10 @@ def load_identify_outputs(scene, input_node, out_dir, name=None, output_segmenta
     browser = mrml.browser_of(scene, sequence)
     outputs["roi_sequence"] = None
     if sequence is not None and browser is not None:
-        _remove_previous_roi_sequences(scene, browser)
+        _remove_previous_roi_sequences(scene, browser, sequence)
         outputs["roi_sequence"] = mrml.masks_to_segmentation_sequence(
             scene, roi, sequence, browser, name=f"{name} CAC ROI", color=ROI_COLOR)
+        mrml.mark_made_for(outputs["roi_sequence"], sequence)
         mrml.place_under_transform_of(scene, browser.GetProxyNode(outputs["roi_sequence"]), input_node)
 
     table = mrml.table_from_columns(scene, f"{name} CAC results", results_table_columns(report))
@@ -155,6 +159,8 @@ def reusable_output(scene, node, input_node, role):
     """
     if node is None or not scene.IsNodePresent(node):
         return None
+    if mrml.sequence_behind(node) is not None:
+        return None  # a browser's proxy (such as the ROI sequence's) shows one item; a re-run replaces it
     node_role = node.GetAttribute(nrrd_io.ATTR_ROLE)
     if not mrml.is_output(node) and node_role is None:
         return node

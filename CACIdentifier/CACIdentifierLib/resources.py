@@ -38,7 +38,7 @@ def find_default_model() -> Path | None:
 
 
 def is_shipped_model_location(path) -> bool:
-    """Whether ``path`` names the shipped model's place in some install (``.../Resources/Models/`` + its name).
+    r"""Whether ``path`` names the shipped model's place in some install (``.../Resources/Models/`` + its name).
 
     A scene saved with the panel's default model records the absolute path of
     that install's copy; on another computer, or after the extension was
@@ -46,10 +46,15 @@ def is_shipped_model_location(path) -> bool:
 
     >>> is_shipped_model_location("/old/Slicer/CACIdentifier/Resources/Models/cac_default.safetensors")
     True
+    >>> is_shipped_model_location("C:\\Slicer\\CACIdentifier\\Resources\\Models\\cac_default.safetensors")
+    True
     >>> is_shipped_model_location("/home/me/models/cac_default.safetensors")
     False
     """
-    parts = Path(path).parts
+    from pathlib import PureWindowsPath
+
+    text = str(path)
+    parts = PureWindowsPath(text).parts if "\\" in text else Path(text).parts  # a scene saved on Windows
     return len(parts) >= 3 and tuple(parts[-3:]) == ("Resources", "Models", DEFAULT_MODEL_NAME)
 
 

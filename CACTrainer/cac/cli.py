@@ -97,7 +97,6 @@ def _stopped(exc: KeyboardInterrupt) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    terminate_as_interrupt()
     try:
         parser = build_parser()  # imports every subcommand module: Ctrl-C may come here too
         args = parser.parse_args(argv)
@@ -148,6 +147,7 @@ def entry(argv: list[str] | None = None) -> None:
     shutdown (torch's library finalizers) takes seconds on a busy machine,
     which Ctrl-C should not wait for.
     """
+    terminate_as_interrupt()  # the program only: main() called from Slicer's console or a test leaves it alone
     code = main(argv)
     if code in (130, 143):
         exit_now(code)
