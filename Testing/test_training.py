@@ -297,6 +297,12 @@ def test_resume_refuses_other_settings(tiny, tmp_path):
                 tmp_path, resume=True)
     with pytest.raises(CacError, match="no checkpoint"):
         T.train(train, None, cfg, tmp_path / "empty", resume=True)
+    # Other data (another fold, cross-validation mode or dataset): resuming would train on held-out patients.
+    with pytest.raises(CacError, match="other training and validation data"):
+        T.train(tiny.select(patients=["P1"]), None, replace(cfg, epochs1=2), tmp_path, resume=True)
+    with pytest.raises(CacError, match="other training and validation data"):
+        T.train(train, tiny.select(patients=["P3"]), replace(cfg, epochs1=2), tmp_path, resume=True)
+    T.train(train, None, replace(cfg, epochs1=2), tmp_path, resume=True)  # the same data: resumes
 
 
 def test_restart_starts_a_finished_run_over(tiny, tmp_path):

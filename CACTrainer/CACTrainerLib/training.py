@@ -624,6 +624,23 @@ def train(train_set: dataset.FrameSet | None, val_set: dataset.FrameSet | None, 
         raise
 
 
+def _data_key(train_set, val_set) -> str:
+    """A fingerprint of which acquisitions train and validate (their names and frame counts): a resumed run
+    must see the same split."""
+    import hashlib
+
+    def part(frames):
+        if frames is None:
+            return []
+        counts: dict[str, int] = {}
+        for a in frames.acquisition:
+            counts[str(a)] = counts.get(str(a), 0) + 1
+        return sorted(counts.items())
+
+    text = json.dumps({"train": part(train_set), "val": part(val_set)})
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def clear_run(run_dir) -> None:
     """Delete an earlier run's checkpoint, history and kept epochs from ``run_dir`` (nothing else in it)."""
     from .checkpoint_io import CHECKPOINT, CHECKPOINT_JSON
@@ -662,6 +679,7 @@ def _train(train_set, val_set, config: TrainConfig, run_dir: Path, resume: bool,
     if val_set is not None and len(val_set) == 0:
         val_set = None
     cfg_json = asdict(config)
+    data_key = _data_key(train_set, val_set) if stream is None else None
     t_start = time.perf_counter()
 
     seed_everything(config.seed)
@@ -697,6 +715,10 @@ def _train(train_set, val_set, config: TrainConfig, run_dir: Path, resume: bool,
             diff = sorted(k for k in now if saved.get(k) != now[k])
             raise CacError(f"--resume: the checkpoint in {run_dir} was made with other settings ({', '.join(diff)}); "
                            "use the same options or another run folder")
+        if info.get("data") is not None and data_key is not None and info["data"] != data_key:
+            # Another dataset, cross-validation mode or fold: resuming would train on held-out patients.
+            raise CacError(f"--resume: the checkpoint in {run_dir} was made on other training and validation data "
+                           "(dataset, cross-validation mode or fold changed); use the same ones or another run folder")
         model.load_state_dict(_prefixed(tensors, "model"))
         best_state = _prefixed(tensors, "best") or None
         history, best = info["history"], info["best"]
@@ -810,7 +832,8 @@ def _train(train_set, val_set, config: TrainConfig, run_dir: Path, resume: bool,
             if main and config.keep_epochs:  # before the checkpoint: a resume redoes an epoch not checkpointed
                 save_epoch_model(run_dir, model, row, config)
             if main:
-                state = {"stage": st, "epochs_done": epoch + 1, "history": history, "best": best, "config": cfg_json}
+                state = {"stage": st, "epochs_done": epoch + 1, "history": history, "best": best, "config": cfg_json,
+                         "data": data_key}
                 if stream is not None and hard_scores is not None:
                     state["hnm_frames"] = _frame_keys(train_set)  # a resumed run starts in the next window
                 save_checkpoint(run_dir, model, best_state, opt, state,
@@ -819,7 +842,7 @@ def _train(train_set, val_set, config: TrainConfig, run_dir: Path, resume: bool,
         emit({"event": "stage_done", "stage": st, "best": best[f"stage{st}"]})
         if st == 1 and main:
             save_checkpoint(run_dir, model, best_state, opt, {
-                "stage": 2, "epochs_done": 0, "history": history, "best": best, "config": cfg_json})
+                "stage": 2, "epochs_done": 0, "history": history, "best": best, "config": cfg_json, "data": data_key})
         start_epoch = 0
 
     if best_state is not None:
