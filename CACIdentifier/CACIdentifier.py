@@ -472,10 +472,10 @@ class CACIdentifierLogic(ScriptedLoadableModuleLogic):
                   "never replaced: use Slicer 5.10 or later.").format(names=", ".join(bundled), module=title),
                 windowTitle=title)
             return False
-        names = ", ".join(name for name, _req in missing)
+        listed = ", ".join(name for name, _req in missing)  # `names` stays the caller's selection
         if askConfirmation and not slicer.util.confirmOkCancelDisplay(
             _("{module} needs these Python packages: {names}. Install them now? "
-              "This may take several minutes.").format(names=names, module=title),
+              "This may take several minutes.").format(names=listed, module=title),
             windowTitle=_("Install Python packages"),
         ):
             return False
@@ -491,7 +491,7 @@ class CACIdentifierLogic(ScriptedLoadableModuleLogic):
         except Exception as exc:
             logging.exception("Installing Python packages failed")
             slicer.util.errorDisplay(
-                _("Could not install {names}: {error}").format(names=names, error=exc),
+                _("Could not install {names}: {error}").format(names=listed, error=exc),
                 windowTitle=_("Install Python packages"), detailedText="\n".join(log) or str(exc))
             return False
         importlib.invalidate_caches()

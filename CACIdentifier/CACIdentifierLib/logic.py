@@ -61,7 +61,7 @@ def _remove_previous_roi_sequences(scene, browser, cine_sequence) -> None:
     browser.GetSynchronizedSequenceNodes(collection, True)
     for i in range(collection.GetNumberOfItems()):
         sequence = collection.GetItemAsObject(i)
-        if sequence is None or sequence.GetAttribute(nrrd_io.ATTR_ROLE) != "roi":
+        if sequence is None or sequence.GetAttribute(nrrd_io.ATTR_ROLE) != ROLE_ROI:
             continue
         if mrml.is_output(sequence) and not mrml.is_made_for(sequence, cine_sequence):
             continue
@@ -108,8 +108,9 @@ def load_identify_outputs(scene, input_node, out_dir, name=None, output_segmenta
     output_segmentation = reusable_output(scene, output_segmentation, input_node, ROLE_ROI)
     output_table = reusable_output(scene, output_table, input_node, ROLE_RESULTS)
     ijk_to_ras = mrml.frame_stack_geometry(input_node)
+    sequence = mrml.sequence_behind(input_node)
     # A frame-stack volume is the Segment Editor's source for the ROI too; a sequence's 2D frames are not.
-    reference = input_node if mrml.sequence_behind(input_node) is None else None
+    reference = input_node if sequence is None else None
 
     outputs: dict = {"report": report, "summary": report.get("summary"), "roi": roi}
     if output_segmentation is not None:
@@ -125,7 +126,6 @@ def load_identify_outputs(scene, input_node, out_dir, name=None, output_segmenta
     outputs["roi_segmentation"].SetAttribute(nrrd_io.ATTR_ROLE, ROLE_ROI)
     mrml.place_under_transform_of(scene, outputs["roi_segmentation"], input_node)
 
-    sequence = mrml.sequence_behind(input_node)
     browser = mrml.browser_of(scene, sequence)
     outputs["roi_sequence"] = None
     if sequence is not None and browser is not None:

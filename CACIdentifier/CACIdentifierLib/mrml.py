@@ -967,5 +967,4 @@ def browser_of(scene, sequence_node):
 
 def is_pair_browser(browser) -> bool:
     """Whether ``browser`` is a second browser showing the paired contrast frames of another's cine."""
-    return browser.GetNodeReferenceID(REF_PAIR_OF_BROWSER) is not None or browser.GetAttribute(
-        REF_PAIR_OF_BROWSER) is not None
+    return browser.GetAttribute(REF_PAIR_OF_BROWSER) is not None  # set with the reference, kept without it

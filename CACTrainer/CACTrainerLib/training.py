@@ -628,14 +628,10 @@ def _data_key(train_set, val_set) -> str:
     """A fingerprint of which acquisitions train and validate (their names and frame counts): a resumed run
     must see the same split."""
     import hashlib
+    from collections import Counter
 
     def part(frames):
-        if frames is None:
-            return []
-        counts: dict[str, int] = {}
-        for a in frames.acquisition:
-            counts[str(a)] = counts.get(str(a), 0) + 1
-        return sorted(counts.items())
+        return [] if frames is None else sorted(Counter(map(str, frames.acquisition)).items())
 
     text = json.dumps({"train": part(train_set), "val": part(val_set)})
     return hashlib.sha256(text.encode()).hexdigest()[:16]
