@@ -123,6 +123,7 @@ class CACAnnotatorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onSceneStartClose(self, caller, event) -> None:
         self.logic.stopPairView()
+        self.ui.patientLineEdit.text = ""  # it belonged to the closed scene's cine
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -198,9 +199,19 @@ class CACAnnotatorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p = self._parameterNode
 
         def export():
-            added = self.logic.exportToDataset(
-                p.datasetPath, p.cinePath, list(self.ui.annotatorSelector.checkedNodes()), p.frameStackVolume,
-                None if p.onsetFrame < 0 else p.onsetFrame)
+            from CACTrainerLib.dataset_builder import AlreadyInDataset
+
+            # The patient's ID is read from the field, never stored in the parameter node (saved with the scene).
+            arguments = (p.datasetPath, p.cinePath, list(self.ui.annotatorSelector.checkedNodes()),
+                         p.frameStackVolume, None if p.onsetFrame < 0 else p.onsetFrame, self.ui.patientLineEdit.text)
+            try:
+                added = self.logic.exportToDataset(*arguments)
+            except AlreadyInDataset as exc:
+                if not slicer.util.confirmOkCancelDisplay(
+                        _("This cine is already in the dataset as {id}. Replace it with these annotations?").format(
+                            id=exc.acquisition), windowTitle=_("CAC Annotator")):
+                    return _("Export cancelled: {id} kept as it was.").format(id=exc.acquisition)
+                added = self.logic.exportToDataset(*arguments, overwrite=True)
             return _("Added {id}: {n} annotated frames, {k} with calcium.").format(
                 id=added.id, n=added.annotated_frames, k=added.calcium_frames)
 
@@ -284,14 +295,24 @@ class CACAnnotatorLogic(ScriptedLoadableModuleLogic):
 
         return annotation.majority_vote_node(slicer.mrmlScene, nodes, self._require(volume, _("frame-stack volume")))
 
-    def exportToDataset(self, datasetPath, cinePath, nodes, volume, onset=None):
+    def exportToDataset(self, datasetPath, cinePath, nodes, volume, onset=None, patient=None, overwrite=False):
+        """``cac dataset add`` from the panel.  ``patient``: the patient's ID for a cine without a PatientID (or
+        to override it); pseudonymised in the dataset and not kept in the scene.  Raises ``AlreadyInDataset``
+        when the cine is in the dataset and ``overwrite`` is False (the panel asks, then passes True)."""
         from CACAnnotatorLib import annotation
         from CACIdentifierLib.errors import CacError
+        from CACTrainerLib.dataset_builder import NeedsPatient
 
         if str(datasetPath) in ("", ".") or str(cinePath) in ("", "."):
             raise CacError(_("Choose the cine file and the dataset folder first."))
-        return annotation.export_to_dataset(Path(datasetPath), Path(cinePath), nodes,
-                                            self._require(volume, _("frame-stack volume")), onset=onset)
+        try:
+            return annotation.export_to_dataset(Path(datasetPath), Path(cinePath), nodes,
+                                                self._require(volume, _("frame-stack volume")), onset=onset,
+                                                patient=(patient or "").strip() or None, overwrite=overwrite)
+        except NeedsPatient:
+            raise CacError(_("{name} has no PatientID: type the patient's ID in 'Patient ID' (any ID that stays the "
+                             "same for this patient's runs; the dataset keeps only a pseudonym).").format(
+                name=Path(cinePath).name)) from None
 
 
     def compare(self, aiNode, annotatorNodes, volume, worstFirst=False):

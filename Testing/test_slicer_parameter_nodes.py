@@ -239,6 +239,57 @@ def test_annotator_every_field_round_trips(slicer_app, tmp_path):
         module.CACAnnotatorLogic().getParameterNode().annotatorCount = 10
 
 
+def test_annotator_export_asks_for_the_patient_and_for_replacing(slicer_app, tmp_path, monkeypatch):
+    """The panel's Export of a cine without a PatientID (a .seq.nrrd) names the panel's Patient ID field, not a
+    command-line flag; with the ID it adds the cine, pseudonymised; a second Export of the same cine raises
+    AlreadyInDataset with the acquisition's id (the panel asks), and replaces it with overwrite."""
+    import json
+
+    import numpy as np
+    from CACIdentifierLib import mrml, nrrd_io
+    from CACIdentifierLib.errors import CacError
+    from CACTrainerLib.dataset_builder import AlreadyInDataset, NeedsPatient
+    from scene_helpers import synthetic_cine
+
+    module = load("CACAnnotator")
+    monkeypatch.setattr(module, "_", lambda text: text)
+    cine = synthetic_cine(n=12, rows=48, cols=48)
+    cine_path = nrrd_io.write_seq_nrrd(cine, tmp_path / "run.seq.nrrd")
+    assert not load_identifiers(cine_path)
+    volume = mrml.cine_to_frame_stack_volume(slicer_app.mrmlScene, cine, "frames")
+    nodes = module.CACAnnotatorLogic().createAnnotators(volume, 2)
+    calcium = np.zeros(cine.frames.shape, bool)
+    calcium[2, 10:16, 20:26] = True
+    for node in nodes:
+        node.GetSegmentation().RemoveAllSegments()
+        mrml._fill_segmentation(node, {"calcium": calcium}, None, {}, mrml.frame_stack_geometry(volume))
+    logic, dataset = module.CACAnnotatorLogic(), tmp_path / "dataset"
+    with pytest.raises(CacError, match="no PatientID: type the patient's ID in 'Patient ID'") as info:
+        logic.exportToDataset(dataset, cine_path, nodes, volume, 6)
+    assert not isinstance(info.value, NeedsPatient) and "--patient" not in str(info.value)
+    assert not dataset.exists()  # a failed first export leaves no half-built dataset
+    added = logic.exportToDataset(dataset, cine_path, nodes, volume, 6, patient="  patient 7 ")
+    assert added.calcium_frames == 1
+    manifest = (dataset / "manifest.json").read_text()
+    assert "patient 7" not in manifest and json.loads(manifest)["acquisitions"][0]["id"] == added.id
+    with pytest.raises(AlreadyInDataset) as again:
+        logic.exportToDataset(dataset, cine_path, nodes, volume, 6, patient="patient 7")
+    assert again.value.acquisition == added.id and isinstance(again.value, CacError)
+    calcium[5, 30:34, 30:34] = True
+    for node in nodes:
+        node.GetSegmentation().RemoveAllSegments()
+        mrml._fill_segmentation(node, {"calcium": calcium}, None, {}, mrml.frame_stack_geometry(volume))
+    replaced = logic.exportToDataset(dataset, cine_path, nodes, volume, 6, patient="patient 7", overwrite=True)
+    assert replaced.id == added.id and replaced.calcium_frames == 2
+    assert len(json.loads((dataset / "manifest.json").read_text())["acquisitions"]) == 1
+
+
+def load_identifiers(path):
+    from CACIdentifierLib.cine_io import load_cine
+
+    return {k: v for k, v in load_cine(path).identifiers.items() if k == "PatientID" and v}
+
+
 def test_identifier_scene_saved_with_another_installs_shipped_model(slicer_app, tmp_path, monkeypatch):
     """A scene records the shipped model's absolute path; elsewhere (another computer, an updated extension)
     that path is gone and this install's shipped model is meant.  A missing model of the user's own is an error."""

@@ -178,6 +178,26 @@ class Added:
     replaced: bool
 
 
+class NeedsPatient(CacError):
+    """The cine has no DICOM PatientID and no patient was given.
+
+    A front end words the remedy its own way (``--patient`` on the command
+    line, the Patient ID field in CAC Annotator).
+    """
+
+
+class AlreadyInDataset(CacError):
+    """The series (or, without a SeriesInstanceUID, the same pixels) is already in the dataset.
+
+    ``acquisition`` is the id it has there, so that a front end can ask
+    whether to replace it (``overwrite=True``).
+    """
+
+    def __init__(self, message: str, acquisition: str) -> None:
+        super().__init__(message)
+        self.acquisition = acquisition
+
+
 def _annotator_masks(paths, segment: str | None) -> tuple[list, list]:
     from CACIdentifierLib import nrrd_io
 
@@ -225,6 +245,15 @@ def add_acquisition(dataset, cine_path, annotations, *, patient: str | None = No
     ignore_source : bool
         Accept annotations that record another source cine (a warning
         instead of an error).
+
+    Raises
+    ------
+    NeedsPatient
+        The cine has no PatientID and ``patient`` is not given.
+    AlreadyInDataset
+        The series is in the dataset already and ``overwrite`` is False.
+    CacError
+        Any other bad input (files, frames, grids, sources).
     """
     from CACIdentifierLib.cine_io import load_cine
     from CACIdentifierLib.metrics import majority_vote
@@ -282,14 +311,15 @@ def add_acquisition(dataset, cine_path, annotations, *, patient: str | None = No
             manifest = {"format": FORMAT, "acquisitions": []} if new else load(dataset)
             patient_value = patient or cine.identifiers.get("PatientID", "")
             if not patient_value:
-                raise CacError(f"{Path(cine_path).name} has no PatientID; give --patient (any stable id of the "
+                raise NeedsPatient(f"{Path(cine_path).name} has no PatientID; give --patient (any stable id of the "
                                "patient: it is pseudonymised) so that folds keep a patient's runs together")
             pid = pseudonym(key, patient_value)
             series, series_from = _identity(cine, key)
             existing = [e for e in manifest["acquisitions"] if e.get("series") == series]
             if existing and not overwrite:
-                raise CacError(f"this {'series' if series_from == 'series' else 'cine'} is already in the dataset "
-                               f"as {existing[0]['id']}; pass --overwrite to replace it")
+                raise AlreadyInDataset(f"this {'series' if series_from == 'series' else 'cine'} is already in the "
+                                       f"dataset as {existing[0]['id']}; pass --overwrite to replace it",
+                                       existing[0]["id"])
             if existing:
                 acq_id = existing[0]["id"]
                 rel = Path(existing[0]["cine"]).parent
