@@ -74,6 +74,10 @@ def _versionTuple(text):
 #
 
 
+# What developer Reload of this module drops from sys.modules: its Lib and everything that imports it.
+RELOADED_WITH_IDENTIFIER = ("CACIdentifierLib", "CACAnnotatorLib", "CACTrainerLib", "cac")
+
+
 class CACIdentifier(ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
@@ -181,9 +185,13 @@ class CACIdentifierWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.initializeParameterNode()
 
     def onReload(self) -> None:
-        """Developer mode's Reload: drop the Lib's modules too, so the next import reads the edited files."""
+        """Developer mode's Reload: drop the Lib's modules too, so the next import reads the edited files.
+
+        The Libs and the command line built on CACIdentifierLib go as well: kept, they would hold the old
+        module's classes (an old CacError is not the new one, and the other panels would show user errors
+        as bugs)."""
         for name in list(sys.modules):
-            if name == "CACIdentifierLib" or name.startswith("CACIdentifierLib."):
+            if name.split(".")[0] in RELOADED_WITH_IDENTIFIER:
                 del sys.modules[name]
         super().onReload()
 

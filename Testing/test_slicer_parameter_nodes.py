@@ -239,6 +239,22 @@ def test_annotator_every_field_round_trips(slicer_app, tmp_path):
         module.CACAnnotatorLogic().getParameterNode().annotatorCount = 10
 
 
+def test_identifier_reload_drops_every_package_built_on_its_lib(slicer_app):
+    """Developer Reload of CAC Identifier drops CACIdentifierLib and every package that imports it: one kept would
+    hold the old CacError, and its panel would show user errors as bugs."""
+    import re
+
+    module = load("CACIdentifier")
+    importing = set()
+    for init in ROOT.glob("*/*/__init__.py"):
+        package = init.parent
+        if any(re.search(r"^\s*(from|import) CACIdentifierLib", path.read_text(), re.M)
+               for path in package.rglob("*.py")):
+            importing.add(package.name)
+    assert {"CACAnnotatorLib", "CACTrainerLib", "cac"} <= importing
+    assert importing | {"CACIdentifierLib"} <= set(module.RELOADED_WITH_IDENTIFIER)
+
+
 def test_annotator_export_asks_for_the_patient_and_for_replacing(slicer_app, tmp_path, monkeypatch):
     """The panel's Export of a cine without a PatientID (a .seq.nrrd) names the panel's Patient ID field, not a
     command-line flag; with the ID it adds the cine, pseudonymised; a second Export of the same cine raises
