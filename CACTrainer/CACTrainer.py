@@ -346,9 +346,12 @@ class CACTrainerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             slicer.util.errorDisplay(_("{path} has no manifest.json; generate a phantom dataset or choose a dataset "
                                        "folder.").format(path=p.datasetDir))
             return
-        unfinished = self.logic.unfinishedTraining(p.outputModelPath, p.cvMode, p.fold)
+        source = self.logic.trainingSource(p.datasetDir, p.phantomPool, p.refreshPatients, p.seed, p.cvMode)
+        unfinished = self.logic.unfinishedTraining(p.outputModelPath, p.cvMode, p.fold, source)
         if unfinished:  # a training of this model was cancelled: its checkpoint can be continued
-            resume = self._askResume(unfinished)
+            # Made on other data, it cannot be (cac train refuses): only starting over is offered.
+            other = [run for run in unfinished if run["same_data"] is False]
+            resume = self._askStartOver(other, source) if other else self._askResume(unfinished)
             if resume is None:
                 return
             # Resuming replaces only an older model file; starting over discards the checkpoint (--overwrite).
@@ -384,6 +387,18 @@ class CACTrainerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
               "Yes: resume. No: start over (the checkpoint is deleted). Cancel: do nothing.").format(where=where),
             qt.QMessageBox.Yes | qt.QMessageBox.No | qt.QMessageBox.Cancel, qt.QMessageBox.Yes)
         return {qt.QMessageBox.Yes: True, qt.QMessageBox.No: False}.get(answer)
+
+    @staticmethod
+    def _askStartOver(other, source):
+        """False to start over a cancelled training made on other data, None to do nothing."""
+        from CACTrainerLib.checkpoint_io import describe_source
+
+        run = other[0]
+        text = _("A training of this model stopped before it finished ({folder}), but it was made on {theirs}; "
+                 "this panel would train on {ours}, so it cannot be resumed.\n\nStart over (the checkpoint is "
+                 "deleted)? To resume it instead, choose its data again.").format(
+            folder=run["run_dir"].name, theirs=describe_source(run["source"]), ours=describe_source(source))
+        return False if slicer.util.confirmOkCancelDisplay(text, windowTitle=_("Resume training")) else None
 
     def onCalibrateButton(self) -> None:
         self._guarded(_("Calibrating"), self._calibrate)
@@ -572,16 +587,28 @@ class CACTrainerLogic(ScriptedLoadableModuleLogic):
         return table, chart
 
     @staticmethod
-    def unfinishedTraining(outputModelPath, cvMode="none", fold=-1):
-        """Checkpoints a cancelled training of ``outputModelPath`` left (``[{"run_dir", "stage", "epochs_done"}]``);
-        with cross-validation and a chosen ``fold`` (>= 0), that fold's only: the one Train would run."""
-        from CACTrainerLib.checkpoint_io import unfinished_runs
+    def trainingSource(datasetDir, phantomPool=0, refreshPatients=0, seed=0, cvMode="none"):
+        """What a training with these settings trains on, as its checkpoint records it (``data_source``)."""
+        from CACTrainerLib.checkpoint_io import data_source
+
+        return data_source(None if phantomPool > 0 else datasetDir, phantom_pool=phantomPool,
+                           refresh_patients=refreshPatients, seed=seed, cv=cvMode)
+
+    @staticmethod
+    def unfinishedTraining(outputModelPath, cvMode="none", fold=-1, source=None):
+        """Checkpoints a cancelled training of ``outputModelPath`` left
+        (``[{"run_dir", "stage", "epochs_done", "source", "same_data"}]``); with cross-validation and a chosen
+        ``fold`` (>= 0), that fold's only: the one Train would run.  ``same_data``: whether the checkpoint was made
+        on ``source`` (``trainingSource``), None when it does not say or no source is given."""
+        from CACTrainerLib.checkpoint_io import same_source, unfinished_runs
 
         if not CACTrainerLogic.isSet(outputModelPath):
             return []
         runs = unfinished_runs(Path(outputModelPath), cvMode)
         if cvMode != "none" and fold is not None and int(fold) >= 0:
             runs = [run for run in runs if run["run_dir"].name == f"fold_{int(fold)}"]
+        for run in runs:
+            run["same_data"] = same_source(run["source"], source)
         return runs
 
     @classmethod

@@ -220,6 +220,11 @@ def test_panel_cancel_keeps_the_checkpoint_and_train_resumes_it(tmp_path):
         assert not model.exists()
         [unfinished] = logic.unfinishedTraining(model, "none")
         assert unfinished["run_dir"] == run_dir and unfinished["stage"] == 1 and unfinished["epochs_done"] >= 1
+        # The checkpoint says what it was made on; the panel offers Resume only for the same phantom pool.
+        assert unfinished["source"] == {"phantom_pool": 4, "refresh_patients": 0, "seed": 0, "cv": "none"}
+        for pool, same in ((4, True), (5, False)):
+            source = logic.trainingSource("", pool, 0, 0, "none")
+            assert [r["same_data"] for r in logic.unfinishedTraining(model, "none", -1, source)] == [same]
 
         resume = module.buildTrainCommand(sys.executable, "", model, "none", -1, unfinished["epochs_done"] + 1, 1,
                                           "cpu", 0, phantomPool=4, resume=True)

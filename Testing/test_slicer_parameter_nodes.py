@@ -371,3 +371,32 @@ def test_trainer_offers_to_resume_only_the_fold_it_would_run(slicer_app, tmp_pat
     assert [r["run_dir"].name for r in logic.unfinishedTraining(tmp_path, "patient", -1)] == ["fold_0"]
     assert logic.unfinishedTraining(tmp_path, "patient", 2) == []  # Train on fold 2: nothing to resume there
     assert [r["run_dir"].name for r in logic.unfinishedTraining(tmp_path, "patient", 0)] == ["fold_0"]
+
+
+def test_trainer_offers_resume_only_on_the_checkpoints_data(slicer_app, tmp_path):
+    """The resume question comes only where cac train would accept the resume: a checkpoint made on another
+    dataset, cross-validation mode or phantom pool is marked same_data False (the panel offers to start over)."""
+    import json
+
+    from CACTrainerLib.checkpoint_io import CHECKPOINT, CHECKPOINT_JSON, data_source
+
+    logic = load("CACTrainer").CACTrainerLogic
+    dataset = tmp_path / "ds"
+    dataset.mkdir()
+    (dataset / "manifest.json").write_text(json.dumps({"acquisitions": [{"id": "P-a-A01", "n_frames": 40}]}))
+    out = tmp_path / "cv"
+    (out / "fold_0").mkdir(parents=True)
+    (out / "fold_0" / CHECKPOINT).write_bytes(b"x")
+    (out / "fold_0" / CHECKPOINT_JSON).write_text(json.dumps(
+        {"stage": 1, "epochs_done": 2, "source": data_source(dataset, cv="patient")}))
+
+    def same(datasetDir, pool, cv):
+        source = logic.trainingSource(datasetDir, pool, 0, 0, cv)
+        return [r["same_data"] for r in logic.unfinishedTraining(out, cv, 0, source)]
+
+    assert same(dataset, 0, "patient") == [True]
+    assert same(dataset, 0, "acquisition") == [False]
+    assert same(tmp_path / "other", 0, "patient") == [False]
+    assert same(dataset, 20, "patient") == [False]
+    (out / "fold_0" / CHECKPOINT_JSON).write_text(json.dumps({"stage": 1, "epochs_done": 2}))  # an older checkpoint
+    assert same(dataset, 0, "patient") == [None]

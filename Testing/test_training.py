@@ -305,6 +305,48 @@ def test_resume_refuses_other_settings(tiny, tmp_path):
     T.train(train, None, replace(cfg, epochs1=2), tmp_path, resume=True)  # the same data: resumes
 
 
+def test_resume_refuses_a_checkpoint_made_on_another_source(tiny, tmp_path):
+    """The checkpoint records what the run trained on (data_source): a stream of phantom patients has no other
+    fingerprint of its data, so another pool size, seed or dataset folder is refused by it."""
+    from CACTrainerLib.checkpoint_io import data_source, unfinished_runs
+
+    train = tiny.select(patients=["P0"])
+    cfg = _config(epochs1=1, epochs2=1, samples_per_epoch=8, batch_size=4)
+    pool = data_source(phantom_pool=260, refresh_patients=40, seed=0)
+    T.train(train, None, cfg, tmp_path / "m.run", source=pool)
+    saved = json.loads((tmp_path / "m.run" / T.CHECKPOINT_JSON).read_text())["source"]
+    assert saved == pool
+    with pytest.raises(CacError, match="made on 260 phantom patients .40 new per epoch., seed 0, not on 200 phantom"):
+        T.train(train, None, replace(cfg, epochs1=2), tmp_path / "m.run", resume=True,
+                source=data_source(phantom_pool=200, refresh_patients=40, seed=0))
+    with pytest.raises(CacError, match="not on dataset"):
+        T.train(train, None, replace(cfg, epochs1=2), tmp_path / "m.run", resume=True,
+                source=data_source(tmp_path / "ds"))
+    T.train(train, None, replace(cfg, epochs1=2), tmp_path / "m.run", resume=True, source=dict(pool))  # the same
+    assert [r["source"] for r in unfinished_runs(tmp_path / "m.safetensors")] == [pool]
+
+
+def test_data_source_follows_the_acquisitions_not_the_folder(tmp_path):
+    from CACTrainerLib.checkpoint_io import data_source, same_source
+
+    manifest = {"format": 1, "acquisitions": [{"id": "P-a-A01", "n_frames": 40}, {"id": "P-b-A01", "n_frames": 30}]}
+    (tmp_path / "ds").mkdir()
+    (tmp_path / "ds" / "manifest.json").write_text(json.dumps(manifest))
+    a = data_source(tmp_path / "ds", cv="patient")
+    assert a["acquisitions"] and a["dataset"] == str((tmp_path / "ds").resolve())
+    (tmp_path / "ds").rename(tmp_path / "moved")
+    moved = data_source(tmp_path / "moved", cv="patient")
+    assert same_source(a, moved) is True  # a moved folder holds the same data
+    assert same_source(a, data_source(tmp_path / "moved", cv="acquisition")) is False  # other held-out sets
+    manifest["acquisitions"].append({"id": "P-c-A01", "n_frames": 25})
+    (tmp_path / "moved" / "manifest.json").write_text(json.dumps(manifest))
+    assert same_source(a, data_source(tmp_path / "moved", cv="patient")) is False  # an acquisition added
+    assert same_source(a, data_source(phantom_pool=10, cv="patient")) is False
+    # Unreadable manifest: compared by folder.
+    assert data_source(tmp_path / "missing")["acquisitions"] is None
+    assert same_source(data_source(tmp_path / "missing"), data_source(tmp_path / "missing")) is True
+
+
 def test_restart_starts_a_finished_run_over(tiny, tmp_path):
     # `cac train --overwrite` into a finished run's folder (the Slicer panel's "replace the model?") once failed
     # after the data had loaded: "holds a checkpoint of an earlier run".  restart deletes that run's checkpoint,
@@ -644,7 +686,7 @@ def test_unfinished_runs_are_what_resume_continues(tmp_path):
     run_dir.mkdir()
     (run_dir / CHECKPOINT).write_bytes(b"x")
     (run_dir / CHECKPOINT_JSON).write_text(json.dumps({"stage": 2, "epochs_done": 3}))
-    assert unfinished_runs(model) == [{"run_dir": run_dir, "stage": 2, "epochs_done": 3}]
+    assert unfinished_runs(model) == [{"run_dir": run_dir, "stage": 2, "epochs_done": 3, "source": None}]
     model.write_bytes(b"m")  # the run finished: its model is newer than the checkpoint
     os.utime(run_dir / CHECKPOINT, (1e9, 1e9))
     assert unfinished_runs(model) == []

@@ -47,6 +47,71 @@ def default_run_dir(out) -> Path:
     return out.with_name(out.stem + ".run")
 
 
+def data_source(dataset=None, *, phantom_pool: int = 0, refresh_patients: int = 0, seed: int = 0,
+                cv: str = "none") -> dict:
+    """What a training run trains on, as its checkpoint records it (see :func:`same_source`).
+
+    A dataset folder is recorded by its path and by a fingerprint of its
+    acquisitions (their ids and frame counts, from ``manifest.json``), so a
+    moved folder is the same data and an added acquisition is not;
+    phantom patients by their number, the patients replaced per epoch and
+    the seed.  ``cv`` is the cross-validation mode (a fold's held-out patients
+    depend on it).  Reading a manifest needs no torch: the Trainer panel
+    calls this before it offers to resume.
+
+    >>> data_source(phantom_pool=260, refresh_patients=40, seed=2)
+    {'phantom_pool': 260, 'refresh_patients': 40, 'seed': 2, 'cv': 'none'}
+    """
+    if phantom_pool and int(phantom_pool) > 0:
+        return {"phantom_pool": int(phantom_pool), "refresh_patients": int(refresh_patients or 0),
+                "seed": int(seed), "cv": cv}
+    import hashlib
+
+    dataset = Path(dataset)
+    try:
+        manifest = json.loads((dataset / "manifest.json").read_text())
+        rows = sorted((str(a.get("id")), int(a.get("n_frames") or 0)) for a in manifest["acquisitions"])
+        fingerprint = hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        fingerprint = None  # unreadable here: the training itself reports the dataset's problem
+    return {"dataset": str(dataset.resolve()), "acquisitions": fingerprint, "cv": cv}
+
+
+def same_source(saved: dict | None, current: dict | None) -> bool | None:
+    """Whether a checkpoint's :func:`data_source` is the one a run would train on now; None when unknown.
+
+    >>> a = data_source(phantom_pool=260, seed=0)
+    >>> same_source(a, dict(a)), same_source(a, data_source(phantom_pool=200, seed=0)), same_source(None, a)
+    (True, False, None)
+    """
+    if not isinstance(saved, dict) or not isinstance(current, dict):
+        return None  # a checkpoint written before sources were recorded
+    if ("phantom_pool" in saved) != ("phantom_pool" in current) or saved.get("cv") != current.get("cv"):
+        return False
+    if "phantom_pool" in current:
+        keys = ("phantom_pool", "refresh_patients", "seed")
+        return all(saved.get(k) == current.get(k) for k in keys)
+    if saved.get("acquisitions") and current.get("acquisitions"):
+        return saved["acquisitions"] == current["acquisitions"]
+    return saved.get("dataset") == current.get("dataset")
+
+
+def describe_source(source: dict | None) -> str:
+    """``source`` (:func:`data_source`) in a few words for a message.
+
+    >>> describe_source(data_source(phantom_pool=260, refresh_patients=40, seed=2, cv="none"))
+    '260 phantom patients (40 new per epoch), seed 2'
+    """
+    if not isinstance(source, dict):
+        return "unrecorded data"
+    cv = source.get("cv")
+    by = f", cross-validation by {cv}" if cv and cv != "none" else ""
+    if "phantom_pool" in source:
+        new = f" ({source.get('refresh_patients')} new per epoch)" if source.get("refresh_patients") else ""
+        return f"{source.get('phantom_pool')} phantom patients{new}, seed {source.get('seed')}{by}"
+    return f"dataset {printable(source.get('dataset'), 120)}{by}"
+
+
 def unfinished_runs(out, cv: str = "none") -> list[dict]:
     """The checkpoints that an interrupted ``cac train --out OUT --cv CV`` left, which ``--resume`` continues.
 
@@ -54,8 +119,9 @@ def unfinished_runs(out, cv: str = "none") -> list[dict]:
     checkpoint is newer than the model ``out`` (or there is no model yet);
     with cross-validation, each ``OUT/fold_K/`` whose fold has no
     ``OUT/fold_K.json`` (the fold's result) yet.  Returns
-    ``[{"run_dir", "stage", "epochs_done"}]`` (stage and epochs as the
-    checkpoint's JSON copy says; None where it cannot be read).
+    ``[{"run_dir", "stage", "epochs_done", "source"}]`` (as the checkpoint's
+    JSON copy says, ``source`` being its :func:`data_source`; None where it
+    cannot be read or was not recorded).
 
     >>> unfinished_runs("/nonexistent/model.safetensors")
     []
@@ -78,7 +144,8 @@ def unfinished_runs(out, cv: str = "none") -> list[dict]:
         except (OSError, ValueError):
             info = {}
         info = info if isinstance(info, dict) else {}
-        found.append({"run_dir": run_dir, "stage": info.get("stage"), "epochs_done": info.get("epochs_done")})
+        found.append({"run_dir": run_dir, "stage": info.get("stage"), "epochs_done": info.get("epochs_done"),
+                      "source": info.get("source") if isinstance(info.get("source"), dict) else None})
     return found
 
 

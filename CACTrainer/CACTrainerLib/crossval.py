@@ -161,10 +161,11 @@ def _as_shipped(config: TrainConfig) -> tuple[TrainConfig, dict | None]:
 
 def run_fold(fs: FrameSet, k: int, by: str, config: TrainConfig, out_dir, *, resume: bool = False,
              emit=None, progress=None, overwrite: bool = False, val_fraction: float = 0.15,
-             run_dir=None) -> dict:
+             run_dir=None, source: dict | None = None) -> dict:
     """Train and test fold ``k``; write ``out_dir/fold_K.json`` and return its content.
 
-    The fold's checkpoints go to ``run_dir/fold_K/`` (``run_dir`` defaults to ``out_dir``).
+    The fold's checkpoints go to ``run_dir/fold_K/`` (``run_dir`` defaults to ``out_dir``); ``source``
+    (:func:`~CACTrainerLib.checkpoint_io.data_source`) is recorded in them.
     """
     out_dir = Path(out_dir)
     folds = make_folds(fs, by)
@@ -184,7 +185,7 @@ def run_fold(fs: FrameSet, k: int, by: str, config: TrainConfig, out_dir, *, res
     emit({"event": "fold", "fold": k, "folds": len(folds), "by": by, "test": test_groups,
           "val": sorted(set(val_set.patient)) if val_set is not None else []})
     result = train(train_set, val_set, config, Path(run_dir or out_dir) / f"fold_{k}", resume=resume, emit=emit,
-                   progress=progress or (lambda *a: None), restart=overwrite and not resume)
+                   progress=progress or (lambda *a: None), restart=overwrite and not resume, source=source)
     if not distributed.is_main():
         return {}  # data-parallel run: rank 0 tests the fold and writes fold_K.json
     from CACIdentifierLib.device import choose_device

@@ -589,7 +589,8 @@ def check_config(config: TrainConfig) -> None:
 def train(train_set: dataset.FrameSet | None, val_set: dataset.FrameSet | None, config: TrainConfig, run_dir, *,
           resume: bool = False, emit: Callable[[dict], None] | None = None,
           progress: ProgressCallback = no_progress,
-          stream: Callable[[int], dataset.FrameSet] | None = None, restart: bool = False) -> TrainResult:
+          stream: Callable[[int], dataset.FrameSet] | None = None, restart: bool = False,
+          source: dict | None = None) -> TrainResult:
     """Run both stages; checkpoints go to ``run_dir`` after every epoch.
 
     ``resume``: continue from ``run_dir``'s checkpoint (an error if there is
@@ -605,18 +606,24 @@ def train(train_set: dataset.FrameSet | None, val_set: dataset.FrameSet | None, 
     training set of epoch ``g``, counted over both stages (stage 2's first
     epoch is ``epochs1``); ``train_set`` is then ignored.  It must depend on
     ``g`` alone, so that a resumed run sees the data it would have seen.
+
+    ``source``: what the run trains on (:func:`~CACTrainerLib.checkpoint_io.data_source`),
+    recorded in the checkpoint; a resume on other data is refused (a stream
+    has no other fingerprint of its data), and CAC Trainer reads it to offer
+    a resume only where it would be accepted.
     """
     check_config(config)  # before the lock creates the folder: a bad setting leaves nothing behind
     if resume and restart:
         raise CacError("resume continues the run folder's checkpoint and restart discards it; choose one")
     if not distributed.is_main():  # rank 0 holds the lock for the whole data-parallel run
-        return _train(train_set, val_set, config, Path(run_dir), resume, emit, progress, stream, restart)
+        return _train(train_set, val_set, config, Path(run_dir), resume, emit, progress, stream, restart, source)
     created = not Path(run_dir).exists()
     try:
         with folder_lock(run_dir, "training run"):
             if restart:
                 clear_run(run_dir)
-            return _train(train_set, val_set, config, Path(run_dir), resume, emit, progress, stream, restart)
+            return _train(train_set, val_set, config, Path(run_dir), resume, emit, progress, stream, restart,
+                          source)
     except BaseException:
         if created:  # a run that failed before its first checkpoint (a bad --init) leaves no empty folder
             with contextlib.suppress(OSError):
@@ -651,7 +658,7 @@ def clear_run(run_dir) -> None:
 
 
 def _train(train_set, val_set, config: TrainConfig, run_dir: Path, resume: bool, emit, progress, stream,
-           restart: bool = False) -> TrainResult:
+           restart: bool = False, source: dict | None = None) -> TrainResult:
     """The body of :func:`train`, run under its lock."""
     from CACIdentifierLib.device import autocast_dtype, choose_device
     from CACIdentifierLib.network import ResUNet18
@@ -711,6 +718,11 @@ def _train(train_set, val_set, config: TrainConfig, run_dir: Path, resume: bool,
             diff = sorted(k for k in now if saved.get(k) != now[k])
             raise CacError(f"--resume: the checkpoint in {run_dir} was made with other settings ({', '.join(diff)}); "
                            "use the same options or another run folder")
+        from .checkpoint_io import describe_source, same_source
+
+        if same_source(info.get("source"), source) is False:
+            raise CacError(f"--resume: the checkpoint in {run_dir} was made on {describe_source(info['source'])}, "
+                           f"not on {describe_source(source)}; use the same data or another run folder")
         if info.get("data") is not None and data_key is not None and info["data"] != data_key:
             # Another dataset, cross-validation mode or fold: resuming would train on held-out patients.
             raise CacError(f"--resume: the checkpoint in {run_dir} was made on other training and validation data "
@@ -829,7 +841,7 @@ def _train(train_set, val_set, config: TrainConfig, run_dir: Path, resume: bool,
                 save_epoch_model(run_dir, model, row, config)
             if main:
                 state = {"stage": st, "epochs_done": epoch + 1, "history": history, "best": best, "config": cfg_json,
-                         "data": data_key}
+                         "data": data_key, "source": source}
                 if stream is not None and hard_scores is not None:
                     state["hnm_frames"] = _frame_keys(train_set)  # a resumed run starts in the next window
                 save_checkpoint(run_dir, model, best_state, opt, state,
@@ -838,7 +850,8 @@ def _train(train_set, val_set, config: TrainConfig, run_dir: Path, resume: bool,
         emit({"event": "stage_done", "stage": st, "best": best[f"stage{st}"]})
         if st == 1 and main:
             save_checkpoint(run_dir, model, best_state, opt, {
-                "stage": 2, "epochs_done": 0, "history": history, "best": best, "config": cfg_json, "data": data_key})
+                "stage": 2, "epochs_done": 0, "history": history, "best": best, "config": cfg_json, "data": data_key,
+                "source": source})
         start_epoch = 0
 
     if best_state is not None:

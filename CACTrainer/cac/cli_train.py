@@ -392,11 +392,16 @@ def _run(args, ctx) -> int:
         check_not_input(out, args.init)  # a fine-tune never replaces the model it starts from
         for path in (out, card_path(out), _curves_path(out)):
             check_writable(path, args.overwrite)
+    from CACTrainerLib.checkpoint_io import data_source
+
+    # Recorded in the checkpoints: a resume on other data is refused, and CAC Trainer offers none.
+    source = data_source(None if pool else dataset, phantom_pool=pool or 0, refresh_patients=refresh,
+                         seed=args.seed, cv=args.cv)
     if refresh:
-        return _train_stream(dataset, args, config, out, emit, progress)
+        return _train_stream(dataset, args, config, out, emit, progress, source=source)
     fs = _load(dataset, args, progress, background=_needs_background(config))
     if args.cv == "none":
-        return _train_final(fs, dataset, args, config, out, emit, progress)
+        return _train_final(fs, dataset, args, config, out, emit, progress, source=source)
     folds = crossval.make_folds(fs, args.cv)
     todo = [args.fold] if args.fold is not None else list(range(len(folds)))
     if args.fold is not None and not 0 <= args.fold < len(folds):
@@ -417,7 +422,8 @@ def _run(args, ctx) -> int:
         checkpoints = Path(args.run_dir) if args.run_dir else out
         resume = args.resume and (checkpoints / f"fold_{k}" / T.CHECKPOINT_JSON).exists()
         crossval.run_fold(fs, k, args.cv, config, out, resume=resume, emit=emit, progress=progress,
-                          overwrite=args.overwrite, val_fraction=args.val_fraction, run_dir=checkpoints)
+                          overwrite=args.overwrite, val_fraction=args.val_fraction, run_dir=checkpoints,
+                          source=source)
     if args.fold is None and main:
         report = crossval.summarize(out)
         if not as_json:
@@ -446,7 +452,7 @@ def _load(dataset: Path, args, progress, *, background: bool = True):
     return build_frameset(dataset, frames_per_acquisition=fpa, progress=progress, background=background)
 
 
-def _train_stream(dataset: Path, args, config, out: Path, emit, progress) -> int:
+def _train_stream(dataset: Path, args, config, out: Path, emit, progress, *, source=None) -> int:
     """--phantom-pool N --refresh-patients K: fixed validation patients, a training window sliding over new ones."""
     from CACTrainerLib.crossval import validation_groups
     from CACTrainerLib.phantom_pool import PatientStream, patient_name, phantom_pool
@@ -465,13 +471,14 @@ def _train_stream(dataset: Path, args, config, out: Path, emit, progress) -> int
     stream = PatientStream(train_ids, args.refresh_patients, next_patient=n, seed=seed,
                            frames_per_acquisition=fpa, progress=progress, background=bg)
     try:
-        return _train_final(None, dataset, args, config, out, emit, progress, val_set=val_set, stream=stream)
+        return _train_final(None, dataset, args, config, out, emit, progress, val_set=val_set, stream=stream,
+                            source=source)
     finally:
         stream.close()  # a prefetch still running (an error, Ctrl-C) ends with the run
 
 
 def _train_final(fs, dataset: Path, args, config, out: Path, emit, progress, *, val_set=None,
-                 stream=None) -> int:
+                 stream=None, source=None) -> int:
     from dataclasses import asdict
 
     import torch
@@ -486,7 +493,8 @@ def _train_final(fs, dataset: Path, args, config, out: Path, emit, progress, *, 
         train_set, val_set = crossval.validation_split(fs, args.val_fraction, args.seed)
         train_summary = train_set.summary()
     result = train(None if stream is not None else train_set, val_set, config, run_dir, resume=args.resume,
-                   emit=emit, progress=progress, stream=stream, restart=args.overwrite and not args.resume)
+                   emit=emit, progress=progress, stream=stream, restart=args.overwrite and not args.resume,
+                   source=source)
     if stream is not None:
         last = max(0, config.epochs1 + config.epochs2 - 1)
         train_summary = {"patients": stream.seen(last), "window_patients": len(stream.start),
