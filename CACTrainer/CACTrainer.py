@@ -379,7 +379,8 @@ class CACTrainerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _askResume(unfinished):
         """True to resume the cancelled training, False to start it over, None to do nothing."""
         where = "; ".join(_("{folder}: stage {stage}, {epochs} epochs done").format(
-            folder=run["run_dir"].name, stage=run["stage"] or "?", epochs=run["epochs_done"] or "?")
+            folder=run["run_dir"].name, stage="?" if run["stage"] is None else run["stage"],
+            epochs="?" if run["epochs_done"] is None else run["epochs_done"])
             for run in unfinished[:4])
         answer = qt.QMessageBox.question(
             slicer.util.mainWindow(), _("Resume training"),

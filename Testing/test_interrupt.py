@@ -234,3 +234,28 @@ def test_panel_cancel_keeps_the_checkpoint_and_train_resumes_it(tmp_path):
         events = parse_events(done.stdout.splitlines())
         assert {"event": "resume", "stage": 1, "epoch": unfinished["epochs_done"]} in events
         assert model.is_file() and logic.unfinishedTraining(model, "none") == []
+
+
+def test_an_interrupt_during_the_slicer_import_keeps_its_kind(monkeypatch):
+    """SIGTERM during the (long) import of slicer-core surfaces inside an ImportError; it is re-raised as the
+    Terminated it was, so `cac` exits 143 ("terminated"), not 130 as for Ctrl-C."""
+    import builtins
+
+    import pytest
+    from CACIdentifierLib import slicercore
+    from cac.cli import Terminated
+
+    real = builtins.__import__
+
+    def interrupted(name, *args, **kwargs):
+        if name == "slicer":
+            try:
+                raise Terminated()
+            except Terminated as exc:
+                raise ImportError("import of slicer interrupted") from exc
+        return real(name, *args, **kwargs)
+
+    monkeypatch.delitem(sys.modules, "slicer", raising=False)
+    monkeypatch.setattr(builtins, "__import__", interrupted)
+    with pytest.raises(Terminated):
+        slicercore.import_slicer()

@@ -43,8 +43,8 @@ def import_slicer():
 
         cause = exc
         while cause is not None:  # an interrupt during the (long) import can surface as ImportError
-            if isinstance(cause, KeyboardInterrupt):
-                raise KeyboardInterrupt from None
+            if isinstance(cause, KeyboardInterrupt):  # the interrupt itself: `cac` tells Ctrl-C from SIGTERM
+                raise cause from None
             cause = cause.__cause__ or cause.__context__
         try:
             installed = importlib.util.find_spec("slicer") is not None
