@@ -351,7 +351,9 @@ class CACIdentifierWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         except Exception as exc:  # a bug: show it and keep the traceback in the log
             logging.exception("CAC identification failed")
             self.ui.statusLabel.text = _("Failed: {error}").format(error=exc)
-            slicer.util.errorDisplay(_("Identification failed: {error}").format(error=exc), detailedText=str(exc))
+            slicer.util.errorDisplay(_("Identification failed: {error}").format(error=exc),
+                                     windowTitle=_("CAC Identifier"),
+                                     detailedText=traceback.format_exc() + "\n" + job.runner.stderr_text())
         finally:
             job.cleanup()
             self.ui.progressBar.hide()
