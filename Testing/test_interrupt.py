@@ -242,8 +242,8 @@ def test_an_interrupt_during_the_slicer_import_keeps_its_kind(monkeypatch):
     import builtins
 
     import pytest
-    from CACIdentifierLib import slicercore
     from cac.cli import Terminated
+    from CACIdentifierLib import slicercore
 
     real = builtins.__import__
 
