@@ -222,6 +222,41 @@ def _count(scene, class_name) -> int:
     return scene.GetNumberOfNodesByClass(class_name)
 
 
+def test_links_kept_the_old_way_are_read_and_upgraded(scene):
+    """Scenes saved by development builds before the node references kept the input's ID in the CAC_made_for
+    attribute and marked the pair browser by attribute only: their painted annotators are reused (no second,
+    empty "annotator 1"), their pair browser too, and the links become references."""
+    from CACAnnotatorLib import annotation
+
+    cine = synthetic_cine()
+    volume = mrml.cine_to_frame_stack_volume(scene, cine, "frames")
+    sequence, browser = mrml.cine_to_sequence(scene, cine, "cine")
+    old = []
+    for i in (1, 2, 3):
+        node = mrml.masks_to_frame_stack_segmentation(scene, {"calcium": roi_of(cine, i)}, cine, f"annotator {i}",
+                                                      reference_volume=volume)
+        node.SetAttribute(nrrd_io.ATTR_ROLE, annotation.ROLE_ANNOTATOR)
+        node.SetAttribute(mrml.ATTR_MADE_FOR, volume.GetID())  # the old way: the ID in the attribute
+        old.append(node)
+    gone = mrml.masks_to_frame_stack_segmentation(scene, {"calcium": roi_of(cine, 4)}, cine, "of a deleted cine")
+    gone.SetAttribute(mrml.ATTR_MADE_FOR, "vtkMRMLScalarVolumeNode99")
+    pair = scene.AddNewNodeByClass("vtkMRMLSequenceBrowserNode", annotation.PAIR_BROWSER_NAME)
+    pair.SetAttribute(mrml.REF_PAIR_OF_BROWSER, browser.GetID())
+    pair.SetAndObserveMasterSequenceNodeID(sequence.GetID())
+    segmentations = _count(scene, "vtkMRMLSegmentationNode")
+
+    again = annotation.create_annotator_segmentations(scene, volume, 3)
+    assert [n.GetID() for n in again] == [n.GetID() for n in old]
+    assert _count(scene, "vtkMRMLSegmentationNode") == segmentations
+    assert all(mrml.made_for(n) is volume and n.GetAttribute(mrml.ATTR_MADE_FOR) == "yes" for n in old)
+    assert mrml.made_for(gone) is None and mrml.is_output(gone)  # its input is gone: still an output
+    browsers = _count(scene, "vtkMRMLSequenceBrowserNode")
+    view = annotation.PairView(scene, sequence, {0: 3})
+    assert view.paired is pair and _count(scene, "vtkMRMLSequenceBrowserNode") == browsers
+    assert pair.GetNodeReferenceID(mrml.REF_PAIR_OF_BROWSER) == browser.GetID() and mrml.is_pair_browser(pair)
+    assert mrml.browser_of(scene, sequence) is browser
+
+
 def test_annotator_clicks_do_not_pile_up_nodes(scene):
     from CACAnnotatorLib import annotation
 

@@ -74,6 +74,7 @@ class PairView:
             raise CacError("the cine has no sequence browser; load it as a sequence first")
         self.paired = None
         for node in scene.GetNodesByClass("vtkMRMLSequenceBrowserNode"):
+            mrml.upgrade_link(node, mrml.REF_PAIR_OF_BROWSER)  # a scene saved by an earlier development build
             if node.GetNodeReferenceID(mrml.REF_PAIR_OF_BROWSER) == self.browser.GetID():
                 self.paired = node  # reuse: one pair browser per cine browser
         if self.paired is None:

@@ -58,13 +58,33 @@ def mark_made_for(node, input_node) -> None:
     node.SetAttribute(ATTR_MADE_FOR, "yes")
 
 
+def upgrade_link(node, role: str) -> None:
+    """Turn a link kept the old way into a node reference: scenes saved by development builds before the
+    references kept the linked node's ID in the attribute ``role`` itself (no reference).
+
+    When that ID names a node of the scene, it becomes the reference; the attribute becomes "yes" either
+    way.  (The old ID was right in the scene it was saved from; a scene loaded on its own keeps its IDs.)
+    """
+    if node is None:
+        return
+    value = node.GetAttribute(role)
+    if value is None or value == "yes" or node.GetNodeReferenceID(role):
+        return
+    scene = node.GetScene()
+    if scene is not None and scene.GetNodeByID(value) is not None:
+        node.SetNodeReferenceID(role, value)
+    node.SetAttribute(role, "yes")
+
+
 def made_for(node):
     """The input node whose results ``node`` holds; None when unmarked or when that input was deleted."""
+    upgrade_link(node, REF_MADE_FOR)
     return node.GetNodeReference(REF_MADE_FOR) if node is not None else None
 
 
 def is_made_for(node, input_node) -> bool:
     """Whether ``node`` is marked as holding ``input_node``'s results."""
+    upgrade_link(node, REF_MADE_FOR)
     return node is not None and input_node is not None and node.GetNodeReferenceID(REF_MADE_FOR) == input_node.GetID()
 
 
