@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from cac.cli import main
+from CACIdentifierLib.errors import CacError
 
 pytest.importorskip("slicer")
 pydicom = pytest.importorskip("pydicom")
@@ -24,7 +25,6 @@ CINES = {  # file -> (onset given to `add`, or None: detected; non-contrast fram
 # How the manifest records an onset not given: no contrast arrives in the static phantom, so
 # synchronization's middle frame is a guess (it was once recorded as "detected", and check never warned).
 ONSET_SOURCE = {"ge-static-phantom-jpegls.dcm": "guessed", "rubo-rca-ecg-96f.dcm": "detected"}
-pytestmark = needs_data
 
 
 def annotations(tmp, name, n_frames, frames, spacing, seed):
@@ -69,6 +69,7 @@ def built(tmp_path_factory):
     return tmp, ds, info
 
 
+@needs_data
 def test_dataset_contents(built, capsys):
     from CACIdentifierLib import nrrd_io
     from CACTrainerLib.dataset_builder import dice
@@ -106,6 +107,7 @@ def test_dataset_contents(built, capsys):
         assert np.array_equal(again.frames, cine.frames) and again.frame_time_ms == pytest.approx(cine.frame_time_ms)
 
 
+@needs_data
 def test_no_identifying_data(built):
     tmp, ds, info = built
     secrets = set()
@@ -128,6 +130,7 @@ def test_no_identifying_data(built):
     assert (ds / "pseudonym.key").stat().st_mode & 0o077 == 0
 
 
+@needs_data
 def test_bad_inputs_one_line_each(built, capsys):
     tmp, ds, info = built
     d17 = info["rubo-biplane-b-ecg-17f.dcm"]
@@ -157,6 +160,7 @@ def test_bad_inputs_one_line_each(built, capsys):
 
 
 @pytest.mark.slow
+@needs_data
 def test_train_fold_and_evaluate(built, capsys):
     tmp, ds, info = built
     run = tmp / "cv"
@@ -191,3 +195,111 @@ def test_train_fold_and_evaluate(built, capsys):
         k = row["index"]
         if roi[k].any() and truth[k].any():
             assert row["iom"] == pytest.approx(np.sum(roi[k] & truth[k]) / min(roi[k].sum(), truth[k].sum()))
+
+
+# --------------------------------------------------------------------------- a small phantom dataset (no data needed)
+
+
+def quiet(*argv) -> int:
+    """`cac` without its report on stdout (a fixture has no capsys)."""
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        return main([str(a) for a in argv])
+
+
+@pytest.fixture(scope="module")
+def phantom_dataset(tmp_path_factory):
+    """A dataset of one 20-frame 64 px phantom cine with its three annotators, and the phantom folder."""
+    tmp = tmp_path_factory.mktemp("phantom_ds")
+    assert quiet("phantom", tmp / "ph", "--frames", 20, "--size", 64, "--calcium-free-fraction", 0) == 0
+    acq = tmp / "ph" / "P001" / "A01"
+    assert quiet("dataset", "add", tmp / "ds", acq / "cine.dcm", "--onset", 10, "--annotations",
+                 *(acq / f"annotator{i}.seg.nrrd" for i in (1, 2, 3))) == 0
+    return tmp / "ds", acq
+
+
+def copy_of(phantom_dataset, tmp_path):
+    import shutil
+
+    ds = shutil.copytree(phantom_dataset[0], tmp_path / "ds")
+    return ds, next(ds.glob("P-*/A01"))
+
+
+def test_check_reads_every_file_as_training_will(phantom_dataset, tmp_path, capsys):
+    """A garbage cine and an empty annotator file passed `check` (0 problems) and then failed `cac train`."""
+    ds, acq = copy_of(phantom_dataset, tmp_path)
+    code, out, _ = cli(capsys, "dataset", "check", ds)
+    assert code == 0 and "0 problem(s)" in out
+    (acq / "cine.nrrd").write_text("garbage\n")
+    (acq / "annotator2.seg.nrrd").write_bytes(b"")
+    majority = (acq / "majority.seg.nrrd").read_bytes()
+    body = majority.index(b"\n\n") + 2
+    (acq / "majority.seg.nrrd").write_bytes(majority[: body + (len(majority) - body) // 2])
+    other = tmp_path / "other"
+    assert quiet("phantom", other, "--frames", 20, "--size", 96) == 0
+    (acq / "annotator3.seg.nrrd").write_bytes((other / "P001" / "A01" / "annotator1.seg.nrrd").read_bytes())
+    (acq / "acquisition.json").write_text("[1]")
+    code, out, _ = cli(capsys, "dataset", "check", ds, "--json")
+    problems = json.loads(out)["problems"]
+    assert code == 1 and len(problems) == 5, problems
+    rel = acq.relative_to(ds)
+    assert f"cine file {rel / 'cine.nrrd'} is not a NRRD file" in problems[0]
+    assert f"majority file {rel / 'majority.seg.nrrd'} is truncated" in problems[1]
+    assert f"annotator file {rel / 'annotator2.seg.nrrd'} is not a NRRD file" in problems[2]
+    assert f"annotator file {rel / 'annotator3.seg.nrrd'} covers 20 frames of 96x96 px but the cine has 20 " \
+           "frames of 64x64 px" in problems[3]
+    assert "acquisition.json is not a JSON object" in problems[4]
+    assert all(str(tmp_path) not in p and "--overwrite" in p for p in problems)  # relative paths, one remedy
+
+
+def test_check_compares_the_cine_with_the_manifest(phantom_dataset, tmp_path, capsys):
+    from CACIdentifierLib.cine_io import load_cine
+    from CACIdentifierLib.nrrd_io import write_frame_stack_nrrd
+
+    ds, acq = copy_of(phantom_dataset, tmp_path)
+    cine = load_cine(acq / "cine.nrrd")
+    cine.frames = cine.frames[:12]
+    write_frame_stack_nrrd(cine, acq / "cine.nrrd", overwrite=True)
+    code, out, _ = cli(capsys, "dataset", "check", ds)
+    assert code == 1 and "cine.nrrd holds 12 frames of 64x64 px but the manifest lists 20 frames" in out
+    # Training reads the segmentations on the cine's grid: the four of 20 frames no longer fit it.
+    assert "5 problem(s)" in out and out.count("covers 20 frames of 64x64 px but the cine has 12 frames") == 4
+
+
+def test_add_refuses_one_annotation_file_given_twice(phantom_dataset, tmp_path, capsys):
+    import shutil
+    import warnings
+
+    from CACIdentifierLib.errors import CacWarning
+    from CACTrainerLib.dataset_builder import add_acquisition
+
+    _, acq = phantom_dataset
+    seg = acq / "annotator1.seg.nrrd"
+    spelt_again = acq / ".." / "A01" / "annotator1.seg.nrrd"
+    code, _, err = cli(capsys, "dataset", "add", tmp_path / "ds", acq / "cine.dcm", "--onset", "10",
+                       "--annotations", seg, spelt_again, acq / "annotator2.seg.nrrd")
+    assert code == 2 and err.count("\n") == 1 and "is given twice" in err and "Traceback" not in err
+    assert not (tmp_path / "ds").exists()
+    copy = shutil.copy(seg, tmp_path / "copy.seg.nrrd")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        add_acquisition(tmp_path / "ds", acq / "cine.dcm", [seg, copy, acq / "annotator2.seg.nrrd"], onset=10)
+    ours = [str(w.message) for w in caught if issubclass(w.category, CacWarning)]
+    assert any("are identical files" in m and str(copy) in m for m in ours), ours
+
+
+def test_info_text_shows_the_patients(phantom_dataset, capsys):
+    code, out, _ = cli(capsys, "dataset", "info", phantom_dataset[0])
+    assert code == 0 and out.splitlines()[0] == "patients: 1"
+
+
+def test_train_reads_a_truth_file_that_is_no_object_in_one_line(phantom_dataset, tmp_path, capsys):
+    """`check` reports it (above); `cac train` on the dataset anyway once ended in an AttributeError traceback."""
+    from CACTrainerLib.dataset import frames_from_record, load_records
+
+    ds, acq = copy_of(phantom_dataset, tmp_path)
+    (acq / "acquisition.json").write_text("[1]")
+    with pytest.raises(CacError, match="is not a readable truth file"):
+        frames_from_record(load_records(ds)[0])

@@ -353,3 +353,62 @@ def test_engine_refuses_bad_settings_before_any_work(study, model, kw, phrase):
     with pytest.raises(CacError, match=re.escape(phrase)):
         identify(acq.to_cine(), net, meta, progress=lambda *a: events.append(a), **kw)
     assert events == []
+
+
+@pytest.mark.parametrize("option,phrase", [
+    (["--spacing", "0"], "spacing 0.0 is not valid; give a number of mm between"),  # once taken for "not given"
+    (["--spacing", "-0.3"], "spacing -0.3 is not valid"),
+    (["--spacing", "nan"], "spacing nan is not valid"),
+    (["--sigma", "1e9"], "sigma=1000000000.0 (--sigma)"),  # once a MemoryError after the network
+    (["--threshold", "inf"], "threshold=inf (--threshold)"),
+    (["--min-island", "-5"], "min_island_px=-5 (--min-island)"),
+])
+def test_cli_identify_refuses_bad_options_before_reading_anything(study, tmp_path, capsys, monkeypatch, option,
+                                                                   phrase):
+    from CACIdentifierLib import cine_io
+
+    def not_now(*a, **k):
+        raise AssertionError("the cine was read before the options were checked")
+
+    monkeypatch.setattr(cine_io, "load_cine", not_now)
+    _, folder, files = study
+    rc = cac(["identify", str(folder / files["cine"]), "--out", str(tmp_path / "o"), *option])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("cac: error:") and err.count("\n") == 1, err
+    assert phrase in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_cli_memory_error_is_one_line(tmp_path, capsys, monkeypatch):
+    """A MemoryError no check foresaw: one line and exit code 2, no traceback (genuine bugs keep theirs)."""
+    import cac.cli_identify as cli_identify
+
+    def out_of_memory(args):
+        raise MemoryError("Unable to allocate 7.28 TiB for an array")
+
+    monkeypatch.setattr(cli_identify, "_run", out_of_memory)
+    assert cac(["identify", "whatever.dcm", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("cac: error: not enough memory for `cac identify`") and err.count("\n") == 1, err
+
+    def bug(args):
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(cli_identify, "_run", bug)
+    with pytest.raises(ZeroDivisionError):
+        cac(["identify", "whatever.dcm", "--out", str(tmp_path / "o")])
+
+
+def test_given_onset_before_the_first_non_blank_frame_says_to_give_a_later_one(study):
+    from CACIdentifierLib.sync import synchronize
+
+    acq, _, _ = study
+    frames = np.array(acq.frames, copy=True)
+    frames[:2] = 0  # frames 0 and 1 blank, as the first frame of some runs is
+    with pytest.raises(CacError) as info:
+        synchronize(frames, acq.frame_time_ms, onset=2, blank_frames=[0, 1])
+    message = str(info.value)
+    assert message.startswith("onset 2 leaves no non-blank non-contrast frame (frames 0-1 are blank)"), message
+    assert "--onset 3 or more" in message and "detection" not in message
+    with pytest.raises(CacError, match=re.escape("onset 1 leaves no non-blank non-contrast frame (frame 0 is")):
+        synchronize(frames, acq.frame_time_ms, onset=1, blank_frames=[0, 1])

@@ -147,6 +147,13 @@ def test_read_nrrd_cine_errors(tmp_path):
         nrrd_io.read_nrrd_cine(bad)
 
 
+def test_a_segmentation_given_as_the_cine_is_named(tmp_path):
+    # Read as a cine, a .seg.nrrd is a stack of label frames; the user must hear which file is wrong.
+    seg = nrrd_io.write_seg_nrrd(tmp_path / "roi.seg.nrrd", {"c": np.ones((3, 40, 52), bool)}, (0.3, 0.3))
+    with pytest.raises(CacError, match="is a segmentation .*not a cine"):
+        nrrd_io.read_nrrd_cine(seg)
+
+
 
 def _write_with_storage_node(scene, node, storage, path):
     scene.AddNode(storage)

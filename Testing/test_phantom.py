@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import replace
 
 import numpy as np
@@ -459,3 +460,78 @@ def test_phantom_pool_says_once_how_many_cines_were_paired_by_similarity():
     assert len(fs) > 0 and len(ours) <= 1
     # 16 frames hold about one beat on each side of the onset: some cines have no clear periodicity.
     assert ours and str(ours[0].message).startswith("phantom pool: ") and " of 4 cines " in str(ours[0].message)
+
+
+@pytest.mark.parametrize("argv, option", [
+    (["--size", "100000"], "--size"),
+    (["--frames", "100000000", "--size", "64"], "--frames"),
+    (["--frames", "5000", "--size", "1024"], "--frames 5000 at --size"),  # each fine, together 40 GiB
+    (["--respiration-mm", "0", "1e9", "--frames", "20", "--size", "64"], "--respiration-mm"),
+    (["--contrast", "nan", "--frames", "20", "--size", "64"], "--contrast"),
+    (["--calcium-contrast", "nan", "--frames", "20", "--size", "64"], "--calcium-contrast"),
+    (["--photons", "inf", "--frames", "20", "--size", "64"], "--photons"),
+    (["--fps", "nan"], "--fps"),
+    (["--heart-rate", "nan", "80"], "--heart-rate"),
+    (["--onset-range", "0.2", "inf"], "--onset-range"),
+    (["--calcium-free-fraction", "nan"], "--calcium-free-fraction"),
+    (["--early-onset-prob", "nan"], "--early-onset-prob"),
+    (["--table-pan-prob", "inf"], "--table-pan-prob"),
+    (["--annotator-min-snr", "nan"], "--annotator-min-snr"),
+    (["--patients", "100000000", "--frames", "20", "--size", "64"], "--patients"),
+    (["--acquisitions-per-patient", "100"], "--acquisitions-per-patient"),
+    (["--seed", "-1", "--randomize"], "--seed"),
+])
+def test_cli_refuses_numbers_out_of_range(tmp_path, capsys, argv, option):
+    """Huge, NaN and infinite values were accepted: crashes (275 GiB arrays) or NaN cast into the frames."""
+    from cac.cli import main
+
+    out = tmp_path / "p2"
+    capsys.readouterr()
+    assert main(["phantom", str(out), *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"cac: error: {option}") and err.count("\n") == 1, err
+    assert "Traceback" not in err and not out.exists()
+
+
+def test_every_parameter_is_checked_finite_and_in_range():
+    from CACIdentifierLib.errors import CacError
+    from CACTrainerLib.phantom import PARAM_LIMITS
+    from CACTrainerLib.phantom_domain import randomized_params
+
+    PhantomParams().validate()
+    for i in range(50):  # the domain randomisation draws within the limits
+        randomized_params(np.random.default_rng(i)).validate()
+    ranges = {f for f, v in PhantomParams().to_dict().items() if isinstance(v, list)}
+    numeric = {f for f, v in PhantomParams().to_dict().items()
+               if isinstance(v, (int, float)) and not isinstance(v, bool)} - {"bits"}
+    assert set(PARAM_LIMITS) == (ranges | numeric) - {"calcium_shape_probs"}  # no number left unchecked
+    for name, (label, lo, hi, _unit) in PARAM_LIMITS.items():
+        for bad in (math.nan, math.inf, hi * 2 + 1, lo - 1):
+            value = (lo, bad) if name in ranges else bad
+            with pytest.raises(CacError, match=f"^{label} must be"):
+                replace(PhantomParams(), **{name: value}).validate()
+    for kw in ({"calcium_shape_probs": (math.nan, 1, 0)}, {"catheter": "yes"}, {"rr_jitter": 0.5},
+               {"sod_mm_range": (900.0, 1000.0)}, {"bits": 9}):
+        with pytest.raises(CacError):
+            replace(PhantomParams(), **kw).validate()
+
+
+def test_cli_montage_must_be_a_png_outside_the_dataset(tmp_path, capsys):
+    from cac.cli import main
+
+    args = ["phantom", str(tmp_path / "pm"), "--patients", "1", "--frames", "10", "--size", "64"]
+    capsys.readouterr()
+    assert main(args + ["--montage", str(tmp_path / "m.txt")]) == 2
+    err = capsys.readouterr().err
+    assert "--montage writes a PNG; give a name ending in .png" in err and err.count("\n") == 1
+    assert not (tmp_path / "m.txt").exists() and not (tmp_path / "pm").exists()
+    assert main(args) == 0
+    manifest = (tmp_path / "pm" / "manifest.json").read_bytes()
+    for inside in (tmp_path / "pm" / "m.png", tmp_path / "pm" / "P001" / ".." / "m.png"):
+        capsys.readouterr()
+        assert main(args + ["--montage", str(inside), "--overwrite"]) == 2
+        err = capsys.readouterr().err
+        assert "lies inside OUT_DIR" in err and err.count("\n") == 1
+    assert (tmp_path / "pm" / "manifest.json").read_bytes() == manifest  # the dataset is untouched
+    assert main(args + ["--montage", str(tmp_path / "m.png"), "--overwrite"]) == 0
+    assert (tmp_path / "m.png").read_bytes().startswith(b"\x89PNG")

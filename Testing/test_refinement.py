@@ -1,5 +1,7 @@
 """ROI refinement: island removal (against skimage's label areas), smoothing, threshold."""
 
+import re
+
 import numpy as np
 import pytest
 from CACIdentifierLib.errors import CacError
@@ -87,3 +89,39 @@ def test_refine_equals_full_frame_gaussian(seed):
         expected = ndimage.gaussian_filter(mask.astype(np.float32), sig, mode="nearest", truncate=4.0) >= 0.3
         got = refine(mask, min_island_px=0, sigma=3.0, threshold=0.3, spacing_mm=sp)
         assert np.array_equal(got, expected)
+
+
+@pytest.mark.parametrize("kw,phrase", [
+    ({"sigma": 1e9}, "sigma=1000000000.0 (--sigma)"),  # once a MemoryError after the network had run
+    ({"sigma": float("inf")}, "sigma=inf (--sigma)"),
+    ({"sigma": -1.0}, "sigma=-1.0 (--sigma)"),
+    ({"sigma": float("nan")}, "sigma=nan (--sigma)"),
+    ({"min_island_px": float("inf")}, "min_island_px=inf (--min-island)"),
+    ({"min_island_px": 10**8}, "min_island_px=100000000 (--min-island)"),
+    ({"min_island_px": -1}, "min_island_px=-1 (--min-island)"),
+    ({"threshold": 0.0}, "threshold=0.0 (--threshold)"),
+    ({"threshold": 1.0}, "threshold=1.0 (--threshold)"),
+    ({"threshold": float("nan")}, "threshold=nan (--threshold)"),
+    ({"sigma": None}, "sigma=None (--sigma)"),  # not a number
+])
+def test_check_settings_refuses_out_of_range_with_the_option_name(kw, phrase):
+    from CACIdentifierLib.refinement import DEFAULTS, check_settings
+
+    with pytest.raises(CacError, match=re.escape(phrase)) as info:
+        check_settings(**{**DEFAULTS, **kw})
+    assert "\n" not in str(info.value)
+    with pytest.raises(CacError, match=re.escape(phrase)):
+        refine(np.zeros((8, 8), bool), **{**DEFAULTS, **kw})
+
+
+def test_check_settings_names_every_bad_setting_and_accepts_the_bounds():
+    from CACIdentifierLib.refinement import MIN_ISLAND_MAX_PX, SIGMA_MAX_PX, check_settings
+
+    with pytest.raises(CacError, match=r"settings sigma=200.0 \(--sigma\).*; threshold=2 \(--threshold\)"):
+        check_settings(sigma=200.0, min_island_px=0, threshold=2)
+    check_settings(sigma=0, min_island_px=0, threshold=1e-6)
+    check_settings(sigma=SIGMA_MAX_PX, min_island_px=MIN_ISLAND_MAX_PX, threshold=1 - 1e-6)
+    # The largest sigma runs on a full 512-px frame (no memory blow-up), and blurs a calcium-sized ROI away.
+    mask = np.zeros((512, 512), bool)
+    mask[200:260, 200:260] = True
+    assert not refine(mask, min_island_px=0, sigma=SIGMA_MAX_PX).any()

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from cac.cli import main
 from CACIdentifierLib import sync
-from CACIdentifierLib.errors import CacError
+from CACIdentifierLib.errors import CacError, CacWarning
 from CACIdentifierLib.sync.blas import openblas_fns
 from CACIdentifierLib.sync.onset import fit_ramp
 from CACIdentifierLib.sync.period import period_bounds
@@ -474,7 +474,8 @@ def test_onset_guard_band(phantom_case):
     assert guarded.guard_frames == 3 and guarded.non_contrast_frames == list(range(onset - 3))
     # the pairs kept are exactly the unguarded ones of those frames
     assert guarded.pairs == [p for p in plain.pairs if p[0] < onset - 3]
-    given = sync.synchronize(phantom_case.frames, ft, onset=onset, onset_guard=3)
+    with pytest.warns(CacWarning, match="ignored with the given onset"):  # said, not silently dropped
+        given = sync.synchronize(phantom_case.frames, ft, onset=onset, onset_guard=3)
     assert given.guard_frames == 0 and given.non_contrast_frames == list(range(onset))
     huge = sync.synchronize(phantom_case.frames, ft, onset_guard=10_000)
     assert huge.non_contrast_frames == [0] and huge.guard_frames == onset - 1

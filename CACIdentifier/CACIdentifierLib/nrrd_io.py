@@ -341,6 +341,9 @@ def read_nrrd_cine(path) -> Cine:
         raise CacError(f"{path} not found")
     check_nrrd(path)  # sizes and encoding checked before any pixel is read
     data, header = _read_nrrd(path, "a cine")
+    if any(re.fullmatch(r"Segment\d+_ID", str(key)) for key in header):
+        # A .seg.nrrd reads as a volume of labels; synchronizing it fails far from the real mistake.
+        raise CacError(f"{path} is a segmentation (it has Segment0_ID...), not a cine; give the cine it was drawn on")
     kinds = [str(k).lower() for k in header.get("kinds", ["domain"] * data.ndim)]
     components = [a for a, kind in enumerate(kinds) if kind not in ("domain", "space", "list", "time")]
     if components and data.shape[components[0]] > 1:

@@ -51,21 +51,61 @@ def remove_small_islands(mask: np.ndarray, min_island_px: int, connectivity: int
     return remove_small_objects(mask, min_size=int(min_island_px), connectivity=connectivity)
 
 
+# Upper bounds, the model card's own (modelio.validate_metadata), so that no card's setting is refused here.
+# sigma: at 100 px (a fifth of the 512-px grid) the kernel (4 sigma radius) already spans most of the frame
+# and blurs any calcium-sized ROI away; larger values only cost memory (sigma 1e9 ran out of it).
+SIGMA_MAX_PX = 100.0
+# min_island_px: 10**7 is far beyond a 512 x 512 frame (262,144 px), where every island is removed already.
+MIN_ISLAND_MAX_PX = 10**7
+
+
+def _number(value) -> float:
+    """``value`` as a float; NaN (refused by every range) when it is not a number."""
+    try:
+        return float(value)
+    except (TypeError, ValueError, OverflowError):
+        return float("nan")
+
+
 def check_settings(*, min_island_px, sigma, threshold, **_) -> None:
-    """Raise :class:`CacError` unless ``sigma >= 0``, ``min_island_px >= 0`` and ``0 < threshold < 1`` (NaN fails).
+    """Raise :class:`CacError` unless every refinement setting is a finite number in its range.
 
-    Called by :func:`refine`, and by ``identify`` before the network runs, so a bad setting costs nothing.
+    ``0 <= sigma <= SIGMA_MAX_PX``, ``0 <= min_island_px <= MIN_ISLAND_MAX_PX`` and
+    ``0 < threshold < 1``; NaN and infinity fail.  The message names each bad
+    setting with its ``cac identify`` option.  Called by :func:`refine`, and by
+    ``identify`` before the network runs, so a bad setting costs nothing.
 
+    Parameters
+    ----------
+    min_island_px, sigma, threshold : float
+        The settings of :func:`refine`.
+
+    Raises
+    ------
+    CacError
+        One line naming every setting out of its range and what to give instead.
+
+    Examples
+    --------
     >>> check_settings(min_island_px=1000, sigma=float("nan"), threshold=0.5)
     Traceback (most recent call last):
     ...
-    CACIdentifierLib.errors.CacError: invalid refinement settings (sigma=nan, min_island_px=1000, threshold=0.5); use sigma >= 0, min_island_px >= 0, 0 < threshold < 1
+    CACIdentifierLib.errors.CacError: invalid refinement setting sigma=nan (--sigma): give a Gaussian sigma from 0 to 100 pixels (paper: 3)
     """
-    if not (sigma >= 0 and min_island_px >= 0 and 0.0 < threshold < 1.0):
-        raise CacError(
-            f"invalid refinement settings (sigma={sigma}, min_island_px={min_island_px}, "
-            f"threshold={threshold}); use sigma >= 0, min_island_px >= 0, 0 < threshold < 1"
-        )
+    sigma_v, island_v, threshold_v = _number(sigma), _number(min_island_px), _number(threshold)
+    problems = []
+    # Written as "not in range" so that NaN fails too; infinity fails the upper bounds.
+    if not 0.0 <= sigma_v <= SIGMA_MAX_PX:
+        problems.append(f"sigma={sigma} (--sigma): give a Gaussian sigma from 0 to {SIGMA_MAX_PX:g} pixels "
+                        f"(paper: 3)")
+    if not 0.0 <= island_v <= MIN_ISLAND_MAX_PX:
+        problems.append(f"min_island_px={min_island_px} (--min-island): give a number of pixels from 0 to "
+                        f"{MIN_ISLAND_MAX_PX} (paper: 1000)")
+    if not 0.0 < threshold_v < 1.0:
+        problems.append(f"threshold={threshold} (--threshold): give a number between 0 and 1, both excluded "
+                        f"(paper: 0.5)")
+    if problems:
+        raise CacError(f"invalid refinement setting{'s' if len(problems) > 1 else ''} " + "; ".join(problems))
 
 
 def refine(

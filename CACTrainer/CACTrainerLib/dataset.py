@@ -277,6 +277,8 @@ def frames_from_arrays(frames: np.ndarray, majority: np.ndarray, *, frame_time_m
 
 
 def _truth_onset(truth: dict) -> int | None:
+    if not isinstance(truth, dict):
+        raise TypeError("a truth file holds a JSON object")  # the caller turns it into one CacError line
     for key in ("onset_frame", "contrast_onset_frame", "onset", "contrast_onset"):
         value = truth.get(key)
         if isinstance(value, dict):

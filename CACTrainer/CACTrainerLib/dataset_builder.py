@@ -54,7 +54,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from CACIdentifierLib.errors import CacError
+from CACIdentifierLib.errors import CacError, CacWarning
 from CACIdentifierLib.fileutil import atomic_output
 
 FORMAT = "cac-dataset/1"
@@ -211,6 +211,30 @@ def _annotator_masks(paths, segment: str | None) -> tuple[list, list]:
     return files
 
 
+def _refuse_repeated(annotations) -> None:
+    """Refuse one file given as two annotators (the same path, however spelt: links and ``..`` seen through)."""
+    seen = {}
+    for a in annotations:
+        real = Path(a).resolve()
+        if real in seen:
+            raise CacError(f"annotation file {a} is given twice (also as {seen[real]}); give each annotator's own "
+                           ".seg.nrrd once")
+        seen[real] = a
+
+
+def _identical_files(paths) -> list[tuple[str, str]]:
+    """Pairs of distinct files with byte-identical contents (a file copied for another annotator)."""
+    first_of = {}
+    pairs = []
+    for p in paths:
+        digest = hashlib.sha256(Path(p).read_bytes()).hexdigest()
+        if digest in first_of:
+            pairs.append((first_of[digest], p))
+        else:
+            first_of[digest] = p
+    return pairs
+
+
 def _identity(cine, key: bytes) -> tuple[str, str]:
     uid = cine.identifiers.get("SeriesInstanceUID", "")
     if uid:
@@ -255,6 +279,8 @@ def add_acquisition(dataset, cine_path, annotations, *, patient: str | None = No
     CacError
         Any other bad input (files, frames, grids, sources).
     """
+    import warnings
+
     from CACIdentifierLib.cine_io import load_cine
     from CACIdentifierLib.metrics import majority_vote
     from CACIdentifierLib.seg_align import (
@@ -269,6 +295,7 @@ def add_acquisition(dataset, cine_path, annotations, *, patient: str | None = No
     annotations = [str(a) for a in annotations]
     if not annotations:
         raise CacError("no annotations given; pass each annotator's .seg.nrrd with --annotations")
+    _refuse_repeated(annotations)
     if not Path(cine_path).exists():
         raise CacError(f"cine {cine_path} not found; give the DICOM file or folder, .nrrd or frame folder")
     cine = load_cine(cine_path, spacing_mm=spacing_mm, frame_time_ms=frame_time_ms)
@@ -276,6 +303,7 @@ def add_acquisition(dataset, cine_path, annotations, *, patient: str | None = No
     if onset is not None and not 0 < int(onset) < n:
         raise CacError(f"--onset {onset} is outside the cine's frames 1..{n - 1}; give the first contrast frame")
     files = _annotator_masks(annotations, segment)
+    identical = _identical_files(annotations)
     # Annotators among themselves first, so that the message names the two that disagree.
     try:
         common_grid([grid_of(f) for f in files], annotations)
@@ -367,6 +395,10 @@ def add_acquisition(dataset, cine_path, annotations, *, patient: str | None = No
         _remove_created(created, dataset_created)
         raise
     warn_unrecorded(sources)  # after the work: an error above stays the only line
+    for first, second in identical:
+        warnings.warn(f"annotations {first} and {second} are identical files: one drawing counted as two "
+                      "annotators inflates their agreement and the majority; check that each is its annotator's own",
+                      CacWarning, stacklevel=2)
     return Added(acq_id, pid, str(rel), int(n), len(annotated), len(calcium_frames), onset_frame, onset_source,
                  agreement["median"], bool(existing))
 
@@ -430,7 +462,12 @@ def _write_acquisition(dataset: Path, rel: Path, cine, masks, majority, info: di
 
 def check(dataset) -> tuple[list[str], list[str]]:
     """``(problems, warnings)`` of a dataset, one line each: problems break training or the layout,
-    warnings do not (fewer than three annotators, no onset, the pseudonym key inside the folder)."""
+    warnings do not (fewer than three annotators, no onset, the pseudonym key inside the folder).
+
+    Every file of every acquisition is checked the way training will need it, without loading the voxels:
+    each NRRD's header and data length (:func:`~CACIdentifierLib.nrrd_check.check_nrrd`: not garbage, empty or
+    truncated), the cine's frames and size against the manifest, each segmentation's grid against the cine,
+    and ``acquisition.json`` as a JSON object."""
     dataset = Path(dataset)
     manifest = load(dataset)
     problems, warnings = [], []
@@ -438,12 +475,7 @@ def check(dataset) -> tuple[list[str], list[str]]:
     series = {}
     for e in manifest["acquisitions"]:
         acq = e.get("id", "?")
-        for key in ("cine", "majority", "truth"):
-            if not e.get(key) or not (dataset / e[key]).is_file():
-                problems.append(f"{acq}: {key} file {e.get(key)} is missing")
-        for a in e.get("annotators", []):
-            if not (dataset / a).is_file():
-                problems.append(f"{acq}: annotator file {a} is missing")
+        problems += _file_problems(dataset, e, acq)
         if e.get("cine"):
             listed.add((dataset / e["cine"]).parent.resolve())
         if e.get("series") in series:
@@ -467,6 +499,90 @@ def check(dataset) -> tuple[list[str], list[str]]:
         warnings.append(f"{KEY_FILE}: the pseudonym key is inside the dataset; move it out before sharing "
                         "(then pass --key FILE to add more)")
     return problems, warnings
+
+
+def _nrrd_problem(path: Path, exc: Exception) -> str:
+    """Why an NRRD file cannot be read, without its absolute path and the readers' advice (check gives its own)."""
+    text = str(exc)
+    text = text[len(str(path)):] if text.startswith(str(path)) else f": {text}"
+    return text.split(";")[0].rstrip()
+
+
+def _stack_grid(path: Path, segmentation: bool) -> tuple[tuple[int, int, int], bool]:
+    """``((frames, rows, columns), exact)`` of a frame-stack ``.nrrd`` or a ``.seg.nrrd``, from its header.
+
+    :func:`~CACIdentifierLib.nrrd_check.check_nrrd` reads the header and counts the data bytes (no voxel is
+    kept), so a garbage, empty or truncated file raises :class:`CacError`.  A segmentation's grid is its
+    reference image geometry (what :func:`~CACIdentifierLib.nrrd_io.read_seg_nrrd` pads a cropped labelmap
+    to); without one ``exact`` is False: its labelmap need only fit in the cine's grid.
+    """
+    from CACIdentifierLib.nrrd_check import check_nrrd
+    from CACIdentifierLib.nrrd_io import _REFERENCE_GEOMETRY, _parse_reference_geometry
+
+    fields = check_nrrd(path)
+    sizes = [int(v) for v in fields["sizes"].split()]
+    # A frame stack is (columns, rows, frames); a segmentation in layers has a leading layer axis.
+    if len(sizes) != 3 and not (segmentation and len(sizes) == 4):
+        kind = "segmentation" if segmentation else "frame stack"
+        raise CacError(f"{path} has {len(sizes)} axes, not those of a {kind}")
+    shape = (sizes[-1], sizes[-2], sizes[-3])
+    if segmentation:
+        for parameter in fields.get("Segmentation_ConversionParameters", "").split("&"):
+            name, _, rest = parameter.partition("|")
+            parsed = _parse_reference_geometry(rest.partition("|")[0]) if name == _REFERENCE_GEOMETRY else None
+            if parsed is not None:
+                e = parsed[1]
+                return (e[5] - e[4] + 1, e[3] - e[2] + 1, e[1] - e[0] + 1), True
+        return shape, False
+    return shape, True
+
+
+def _file_problems(dataset: Path, e: dict, acq: str) -> list[str]:
+    """The problems of one acquisition's files: missing, unreadable, truncated, or not on the cine's grid."""
+    redo = "add the acquisition again with `cac dataset add ... --overwrite`"
+    problems = []
+    for key in ("cine", "majority", "truth"):
+        if not e.get(key) or not (dataset / e[key]).is_file():
+            problems.append(f"{acq}: {key} file {e.get(key)} is missing")
+    for a in e.get("annotators", []):
+        if not (dataset / a).is_file():
+            problems.append(f"{acq}: annotator file {a} is missing")
+    listed = (e.get("n_frames"), e.get("rows"), e.get("columns"))
+    # The cine's grid as the manifest records it; the file's own when it reads (an unreadable cine is one problem,
+    # and the segmentations are still judged against the manifest).
+    cine = listed if all(isinstance(v, int) and not isinstance(v, bool) for v in listed) else None
+    if e.get("cine") and (dataset / e["cine"]).is_file():
+        path = dataset / e["cine"]
+        try:
+            grid, _ = _stack_grid(path, segmentation=False)
+        except (CacError, OSError) as exc:
+            problems.append(f"{acq}: cine file {e['cine']}{_nrrd_problem(path, exc)}; {redo}")
+        else:
+            if cine is not None and grid != cine:
+                problems.append(f"{acq}: cine file {e['cine']} holds {grid[0]} frames of {grid[1]}x{grid[2]} px but "
+                                f"the manifest lists {cine[0]} frames of {cine[1]}x{cine[2]} px; {redo}")
+            cine = grid
+    segmentations = [("majority", e.get("majority"))] + [("annotator", a) for a in e.get("annotators", [])]
+    for key, rel in segmentations:
+        if not rel or not (dataset / rel).is_file():
+            continue
+        path = dataset / rel
+        try:
+            grid, exact = _stack_grid(path, segmentation=True)
+        except (CacError, OSError) as exc:
+            problems.append(f"{acq}: {key} file {rel}{_nrrd_problem(path, exc)}; {redo}")
+            continue
+        if cine is not None and (grid != cine if exact else any(g > c for g, c in zip(grid, cine))):
+            problems.append(f"{acq}: {key} file {rel} covers {grid[0]} frames of {grid[1]}x{grid[2]} px but the "
+                            f"cine has {cine[0]} frames of {cine[1]}x{cine[2]} px; {redo}")
+    if e.get("truth") and (dataset / e["truth"]).is_file():
+        try:
+            truth = json.loads((dataset / e["truth"]).read_bytes().decode("utf-8"))
+        except (ValueError, OSError, RecursionError):
+            truth = None
+        if not isinstance(truth, dict):
+            problems.append(f"{acq}: truth file {e['truth']} is not a JSON object; {redo}")
+    return problems
 
 
 def info(dataset) -> dict:

@@ -23,6 +23,7 @@ rate, contrast timing, noise...).  The same arguments give identical arrays.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -37,6 +38,59 @@ _PATIENT, _VIEW, _DYNAMICS, _BACKGROUND, _NOISE, _ANNOTATORS, _METAL = range(7)
 # A pixel is in the metal footprint (truth) above this line integral: the faint end of calcium
 # (``faint_attenuation`` 0.07), so the footprint holds all the metal a reader could see.
 METAL_FOOTPRINT_MIN = 0.07
+
+# What PhantomParams.validate accepts: field -> (name in messages: the `cac phantom` option where there is one,
+# lowest, highest, unit).  Wide around realistic values; the reasons are in the docstring of validate.
+PARAM_LIMITS = {
+    "rows": ("--size", 32, 4096, " px"), "cols": ("--size", 32, 4096, " px"),
+    "n_frames": ("--frames", 8, 5000, " frames"), "fps": ("--fps", 0.5, 120, " fps"),
+    "spacing_mm_range": ("spacing_mm_range", 0.05, 2.0, " mm"),
+    "sid_mm_range": ("sid_mm_range", 300, 3000, " mm"), "sod_mm_range": ("sod_mm_range", 200, 2500, " mm"),
+    "view_jitter_deg": ("view_jitter_deg", 0, 45, " degrees"),
+    "heart_rate_bpm_range": ("--heart-rate", 20, 250, " bpm"), "rr_jitter": ("rr_jitter", 0, 0.3, ""),
+    "systole_fraction": ("systole_fraction", 0.1, 0.9, " of the cycle"),
+    "contraction": ("contraction", 0, 0.5, ""), "longitudinal": ("longitudinal", 0, 0.5, ""),
+    "twist_deg": ("twist_deg", 0, 45, " degrees"),
+    "respiration_hz_range": ("respiration_hz_range", 0, 1, " Hz"),
+    "respiration_mm_range": ("--respiration-mm", 0, 30, " mm"),
+    "table_pan_prob": ("--table-pan-prob", 0, 1, ""), "table_pan_mm_range": ("table_pan_mm_range", 0, 50, " mm"),
+    "onset_fraction_range": ("--onset-range", 0.01, 0.99, " of the run"),
+    "early_onset_prob": ("--early-onset-prob", 0, 1, ""),
+    "early_onset_fraction_range": ("early_onset_fraction_range", 0.01, 0.99, " of the run"),
+    "wash_in_s_range": ("wash_in_s_range", 0.05, 10, " s"),
+    "contrast_mu_per_mm": ("--contrast", 0, 1, " /mm"), "contrast_spread": ("contrast_spread", 0, 3, ""),
+    "blood_mu_per_mm": ("blood_mu_per_mm", 0, 0.1, " /mm"),
+    "vessel_diameter_mm_range": ("vessel_diameter_mm_range", 0.5, 8, " mm"), "tortuosity": ("tortuosity", 0, 5, ""),
+    "left_prob": ("left_prob", 0, 1, ""), "heart_mu_per_mm": ("heart_mu_per_mm", 0, 0.1, " /mm"),
+    "spine_mu": ("spine_mu", 0, 10, ""), "rib_mu_per_mm": ("rib_mu_per_mm", 0, 0.5, " /mm"),
+    "diaphragm_mu": ("diaphragm_mu", 0, 10, ""), "lung_texture": ("lung_texture", 0, 1, ""),
+    "lung_markings": ("lung_markings", 0, 1000, ""),
+    "lung_markings_mu_per_mm": ("lung_markings_mu_per_mm", 0, 0.5, " /mm"),
+    "catheter_mu_per_mm": ("catheter_mu_per_mm", 0, 2, " /mm"), "reflux": ("reflux", 0, 5, ""),
+    "calcium_count_range": ("--calcium-count", 0, 20, ""),
+    "calcium_free_fraction": ("--calcium-free-fraction", 0, 1, ""),
+    "calcium_size_mm_range": ("calcium_size_mm_range", 0.1, 20, " mm"),
+    "calcium_mu_per_mm": ("--calcium-contrast", 0, 2, " /mm"),
+    "calcium_small_prob": ("calcium_small_prob", 0, 1, ""), "calcium_mu_spread": ("calcium_mu_spread", 0, 3, ""),
+    "photons": ("--photons", 1, 1e7, " quanta per pixel"), "blur_px": ("blur_px", 0, 10, " px"),
+    "exposure_drift": ("exposure_drift", 0, 0.5, ""), "vignetting": ("vignetting", 0, 2, ""),
+    "collimator_prob": ("collimator_prob", 0, 1, ""), "metal_prob": ("metal_prob", 0, 1, ""),
+    "display_gamma_range": ("display_gamma_range", 0.1, 10, ""),
+    "annotator_bias_px_range": ("annotator_bias_px_range", -5, 5, " px"),
+    "annotator_jitter_px": ("annotator_jitter_px", 0, 5, " px"), "faint_attenuation": ("faint_attenuation", 0, 1, ""),
+    "annotator_miss_faint_prob": ("annotator_miss_faint_prob", 0, 1, ""),
+    "annotator_min_snr": ("--annotator-min-snr", 0, 100, " (about 5 = just visible; 0 = off)"),
+    "annotator_spurious_prob": ("annotator_spurious_prob", 0, 1, ""),
+}
+_RANGE_PARAMS = {k for k in PARAM_LIMITS if k.endswith(("_range", "_spread"))}
+_INTEGER_PARAMS = {"rows", "cols", "n_frames", "lung_markings", "calcium_count_range"}
+# Frame pixels of one cine (frames x rows x cols): the frames and their calcium, metal and annotator masks
+# are built in memory at about 8 bytes a pixel, so this is about 8 GiB (e.g. 1000 frames of 1024 x 1024).
+MAX_CINE_PIXELS = 2**30
+
+
+def _is_real(v) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_))
 
 
 @dataclass
@@ -167,31 +221,56 @@ class PhantomParams:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
 
     def validate(self) -> None:
+        """Refuse parameters the phantom cannot render, with one line naming the setting.
+
+        Every number must be finite and within the limits of :data:`PARAM_LIMITS` (a setting of
+        ``cac phantom`` is named by its option, the others by their field).  The limits are wide
+        around the realistic values and keep a cine renderable: at most :data:`MAX_CINE_PIXELS`
+        frame pixels (the cine and its masks are built in memory, about 8 bytes a pixel), a
+        respiratory and pan excursion of a few cm (the static layers carry a margin that wide) and an
+        RR jitter below 0.3 (a beat must stay longer than zero).
+
+        Raises
+        ------
+        CacError
+            When a parameter is not a finite number in its range, or a range is reversed.
+        """
         from CACIdentifierLib.errors import CacError
 
-        if self.rows < 32 or self.cols < 32:
-            raise CacError(f"image size {self.rows}x{self.cols} is too small; use at least 32x32")
-        if self.n_frames < 8:
-            raise CacError(f"{self.n_frames} frames are too few; use at least 8")
-        if not (0.5 <= self.fps <= 120):
-            raise CacError(f"frame rate {self.fps} fps is out of range; use 0.5-120")
+        for name, (label, lo, hi, unit) in PARAM_LIMITS.items():
+            value = getattr(self, name)
+            is_range = name in _RANGE_PARAMS
+            values = tuple(value) if isinstance(value, (tuple, list)) else (value,)
+            shown = " ".join(str(v) if isinstance(v, numbers.Integral) else f"{v:g}" if _is_real(v) else repr(v)
+                             for v in values)
+            whole = name in _INTEGER_PARAMS
+            # `lo <= v <= hi` is False for NaN, so a NaN is refused with the out-of-range values.
+            if (isinstance(value, (tuple, list)) != is_range or len(values) != (2 if is_range else 1)
+                    or not all(_is_real(v) and lo <= v <= hi and (not whole or v == int(v)) for v in values)):
+                fraction = whole and any(_is_real(v) and math.isfinite(v) and v != int(v) for v in values)
+                what = (("whole numbers " if fraction else "") + "MIN MAX within " if is_range
+                        else "a whole number within " if fraction else "")
+                raise CacError(f"{label} must be {what}{lo:g}-{hi:g}{unit}, not {shown}")
+            if is_range and values[0] > values[1]:
+                raise CacError(f"{label} {shown} is reversed; give MIN then MAX")
+        pixels = self.n_frames * self.rows * self.cols
+        if pixels > MAX_CINE_PIXELS:
+            raise CacError(f"--frames {self.n_frames} at --size {self.rows}x{self.cols} is {pixels:.3g} pixels, more "
+                           f"than the {MAX_CINE_PIXELS:.3g} a cine may have (it is built in memory, about 8 bytes a "
+                           "pixel); use fewer frames or a smaller size")
+        if self.sod_mm_range[1] >= self.sid_mm_range[0]:
+            raise CacError("sod_mm_range must end below sid_mm_range: the isocentre lies between source and detector")
         if self.bits not in (8, 10, 12, 16):
-            raise CacError(f"bits {self.bits} not supported; use 8, 10, 12 or 16")
-        if not (0.0 <= self.calcium_free_fraction <= 1.0):
-            raise CacError("calcium-free fraction must be in [0, 1]")
-        lo, hi = self.calcium_count_range
-        if lo < 0 or hi < lo or hi > 20:
-            raise CacError(f"calcium count range {lo} {hi} is invalid; give 0 <= MIN <= MAX <= 20")
-        if self.calcium_mu_per_mm < 0 or self.contrast_mu_per_mm < 0:
-            raise CacError("calcium and contrast attenuations must not be negative")
-        if self.photons <= 0:
-            raise CacError("photons must be positive")
+            raise CacError(f"--bits {self.bits} not supported; use 8, 10, 12 or 16")
         if self.display not in ("log", "gamma"):
             raise CacError(f"display {self.display!r} not supported; use log or gamma")
-        if not (0.0 <= self.metal_prob <= 1.0):
-            raise CacError("metal probability must be in [0, 1]")
-        if len(self.calcium_shape_probs) != 3 or min(self.calcium_shape_probs) < 0 or sum(self.calcium_shape_probs) <= 0:
-            raise CacError("calcium shape probabilities must be three non-negative numbers, not all zero")
+        for name in ("catheter", "ecg"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise CacError(f"{name} must be True or False, not {getattr(self, name)!r}")
+        shape = self.calcium_shape_probs
+        if (not isinstance(shape, (tuple, list)) or len(shape) != 3
+                or not all(_is_real(v) and math.isfinite(v) and 0 <= v <= 1 for v in shape) or sum(shape) <= 0):
+            raise CacError("calcium_shape_probs must be three probabilities in [0, 1], not all zero")
 
 
 @dataclass

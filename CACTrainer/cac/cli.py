@@ -6,8 +6,10 @@ their heavy dependencies (torch, slicer-core) inside ``run`` so that
 ``cac --help`` and ``cac info`` stay fast.
 
 Errors: a :class:`~CACIdentifierLib.errors.CacError` is printed as one line
-``cac: error: ...`` on stderr with exit code 2 (the argparse convention);
-warnings are printed as ``cac: warning: ...`` and the work goes on.
+``cac: error: ...`` on stderr with exit code 2 (the argparse convention), and
+so is a MemoryError (``cac: error: not enough memory for ...``); other
+exceptions are bugs and keep their traceback.  Warnings are printed as
+``cac: warning: ...`` and the work goes on.
 """
 
 from __future__ import annotations
@@ -117,6 +119,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt as exc:
         return _stopped(exc)
+    except MemoryError:
+        # Last resort for an allocation no check foresaw: a traceback would only say numpy or torch asked
+        # for too much; outputs are written through temporaries, so nothing half-written is left.
+        print(f"cac: error: not enough memory for `cac {args.command}` with these inputs and settings; "
+              "close other programs, or give a smaller input or smaller settings", file=sys.stderr)
+        return 2
     except BrokenPipeError:
         # The reader of our output went away (`cac info ... | head -1`): end quietly, like cat does.
         _quiet_stdout()

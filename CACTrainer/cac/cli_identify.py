@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -69,15 +70,26 @@ def run(args: argparse.Namespace) -> int:
     except CacError as exc:
         json_event("error", message=str(exc))
         raise
+    except MemoryError:
+        # cli.main() prints the line for the terminal; the parent process reads this event.
+        json_event("error", message="not enough memory to identify in this cine with these settings")
+        raise
     json_event("done", out=str(Path(args.out).resolve()))
     return code
 
 
 def _run(args: argparse.Namespace) -> int:
     from CACIdentifierLib.cine_io import load_cine
-    from CACIdentifierLib.fileutil import atomic_directory, check_not_input, check_output_directory
+    from CACIdentifierLib.dicom_io import normalize_spacing
+    from CACIdentifierLib.fileutil import (
+        atomic_directory,
+        atomic_output,
+        check_not_input,
+        check_output_directory,
+    )
     from CACIdentifierLib.modelio import load_model
     from CACIdentifierLib.progress import json_event, json_progress, terminal_progress
+    from CACIdentifierLib.refinement import DEFAULTS, check_settings
     from CACIdentifierLib.report import (
         build_report,
         evaluate_against_annotations,
@@ -86,6 +98,11 @@ def _run(args: argparse.Namespace) -> int:
     )
     from CACIdentifierLib.resources import default_model_path
 
+    # Options first, before any file is looked at.  --spacing 0 is refused here, not taken for "not given".
+    spacing = normalize_spacing(args.spacing)
+    # The given refinement settings (the others come from the model card, checked when it is read).
+    check_settings(**{key: value if value is not None else DEFAULTS[key] for key, value in
+                      (("sigma", args.sigma), ("min_island_px", args.min_island_px), ("threshold", args.threshold))})
     out = Path(args.out)
     # A frames folder given as its own output would gain overlay.png as a frame.
     check_not_input(out, args.cine, inside_ok=True)  # a subfolder of it replaces no frame
@@ -97,7 +114,6 @@ def _run(args: argparse.Namespace) -> int:
 
         check_not_input(dicom_seg, args.cine, option="--dicom-seg")
         check_source(args.cine, dicom_seg, args.overwrite)  # before the long work
-    spacing = (args.spacing, args.spacing) if args.spacing else None
     progress_json = getattr(args, "progress_json", False)
     if progress_json:
         json_event("progress", done=0, total=1, message="reading the cine")
@@ -151,15 +167,23 @@ def _run(args: argparse.Namespace) -> int:
 
     from CACIdentifierLib.nrrd_io import write_seg_nrrd
 
-    with atomic_directory(out, overwrite=args.overwrite) as tmp:
-        write_seg_nrrd(tmp / "roi.seg.nrrd", {"CAC ROI": result.roi}, cine.spacing_mm,
-                       colors={"CAC ROI": (1.0, 0.18, 0.69)}, source_fingerprint=cine.fingerprint())
-        write_json(tmp / "report.json", report)
-        save_overlay_png(tmp / "overlay.png", cine, result, truth)
+    seg = None
     if dicom_seg:
-        from CACIdentifierLib.dicom_seg import write_dicom_seg
+        from CACIdentifierLib.dicom_seg import build_dicom_seg
 
-        write_dicom_seg(dicom_seg, args.cine, result.roi, cine.spacing_mm, overwrite=args.overwrite)
+        # Made in memory before any output is written: a SEG that cannot be made leaves nothing behind.
+        seg = build_dicom_seg(args.cine, result.roi, cine.spacing_mm)
+    with contextlib.ExitStack() as stack:
+        # Every output is written to a temporary name first; the folder is moved in place, then the SEG
+        # file, and a failure before that deletes all of them (a retry is not refused for an existing folder).
+        seg_tmp = stack.enter_context(atomic_output(dicom_seg, args.overwrite)) if seg is not None else None
+        with atomic_directory(out, overwrite=args.overwrite) as tmp:
+            write_seg_nrrd(tmp / "roi.seg.nrrd", {"CAC ROI": result.roi}, cine.spacing_mm,
+                           colors={"CAC ROI": (1.0, 0.18, 0.69)}, source_fingerprint=cine.fingerprint())
+            write_json(tmp / "report.json", report)
+            save_overlay_png(tmp / "overlay.png", cine, result, truth)
+            if seg is not None:
+                seg.save_as(seg_tmp)
 
     if progress_json:
         pass  # stdout carries only JSON lines; run() prints the "done" event

@@ -33,11 +33,17 @@ def register(subparsers) -> None:
         description=(
             "Read a cine (DICOM XA file, folder of DICOM or PNG/JPEG frames, .nrrd or .seq.nrrd) and print "
             "its size, frame time, pixel spacing and where it came from, R waves (0-based frames), ECG, "
-            "blank frames and identifiers."
+            "blank frames and the maker.  Patient and study identifiers (PatientID, study date, UIDs) are "
+            "shown only with --identifiers."
         ),
     )
     info.add_argument("cine", help="DICOM XA file, folder of DICOM or PNG/JPEG frames, .nrrd or .seq.nrrd")
     info.add_argument("--json", action="store_true", help="print JSON on stdout")
+    info.add_argument(
+        "--identifiers",
+        action="store_true",
+        help="also print the patient and study identifiers (PatientID, StudyDate, study/series/instance UIDs)",
+    )
     _add_overrides(info)
     info.set_defaults(func=run_info)
 
@@ -64,8 +70,22 @@ def _spacing_json(spacing_mm):
     return row if row == col else [row, col]
 
 
-def cine_info(cine) -> dict:
-    """The ``cac info --json`` dictionary for a :class:`~CACIdentifierLib.cine.Cine`."""
+# Tags that identify a patient or an examination: printed only when asked (--identifiers), because
+# `cac info` output ends up in terminals, logs and bug reports.
+PATIENT_IDENTIFIERS = ("PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "StudyDate")
+
+
+def cine_info(cine, identifiers: bool = False) -> dict:
+    """The ``cac info --json`` dictionary for a :class:`~CACIdentifierLib.cine.Cine`.
+
+    Parameters
+    ----------
+    cine : Cine
+        The cine read by :func:`~CACIdentifierLib.cine_io.load_cine`.
+    identifiers : bool
+        Include the patient and study identifiers (:data:`PATIENT_IDENTIFIERS`); otherwise only their
+        names are listed under ``identifiers_hidden``.
+    """
     from CACIdentifierLib.dicom_io import transfer_syntax_name
 
     ecg = None
@@ -97,7 +117,14 @@ def cine_info(cine) -> dict:
         "ecg": ecg,
         "modality": cine.modality,
         "blank_frames": [int(k) for k in cine.blank_frames],
-        "identifiers": dict(cine.identifiers),
+        "identifiers": {
+            key: value
+            for key, value in cine.identifiers.items()
+            if identifiers or key not in PATIENT_IDENTIFIERS
+        },
+        "identifiers_hidden": []
+        if identifiers
+        else [key for key in cine.identifiers if key in PATIENT_IDENTIFIERS],
     }
 
 
@@ -146,6 +173,10 @@ def _text(info: dict) -> str:
     ]
     for key, value in info["identifiers"].items():
         lines.append(f"{key + ':':<19} {printable(value)}")
+    if info["identifiers_hidden"]:
+        lines.append(
+            f"{'identifiers:':<19} {', '.join(info['identifiers_hidden'])} not shown (pass --identifiers)"
+        )
     return "\n".join(lines)
 
 
@@ -153,7 +184,7 @@ def run_info(args: argparse.Namespace) -> int:
     from CACIdentifierLib.cine_io import load_cine
 
     cine = load_cine(args.cine, spacing_mm=args.spacing, frame_time_ms=args.frame_time_ms)
-    info = cine_info(cine)
+    info = cine_info(cine, identifiers=args.identifiers)
     if args.json:
         json.dump(info, sys.stdout, indent=2)
         sys.stdout.write("\n")

@@ -6,6 +6,10 @@ import json
 import shlex
 import sys
 
+# Largest --patients and --acquisitions-per-patient: the widths of the folder numbers (P001, A01).
+MAX_PATIENTS = 999
+MAX_ACQUISITIONS = 99
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -19,14 +23,15 @@ def register(subparsers) -> None:
         ),
     )
     p.add_argument("out_dir", metavar="OUT_DIR", help="dataset folder to create")
-    p.add_argument("--patients", type=int, default=1, metavar="P", help="number of patients (default 1)")
+    p.add_argument("--patients", type=int, default=1, metavar="P",
+                   help=f"number of patients, 1-{MAX_PATIENTS} (default 1)")
     p.add_argument("--acquisitions-per-patient", type=int, default=1, metavar="A",
-                   help="acquisitions (projections) per patient (default 1)")
-    p.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default 0)")
-    p.add_argument("--frames", type=int, default=200, metavar="N", help="frames per cine (default 200)")
+                   help=f"acquisitions (projections) per patient, 1-{MAX_ACQUISITIONS} (default 1)")
+    p.add_argument("--seed", type=int, default=0, metavar="S", help="random seed, 0-4294967295 (default 0)")
+    p.add_argument("--frames", type=int, default=200, metavar="N", help="frames per cine, 8-5000 (default 200)")
     p.add_argument("--fps", type=float, default=15.0, metavar="F", help="frame rate (default 15; 7.5 and 30 usual)")
     p.add_argument("--size", type=int, default=512, metavar="PX",
-                   help="rows = columns (default 512; smaller keeps the field of view)")
+                   help="rows = columns, 32-4096 (default 512; smaller keeps the field of view)")
     p.add_argument("--bits", type=int, choices=(8, 10, 12), default=None, help="BitsStored (default 8)")
     p.add_argument("--compression", choices=("none", "rle"), default="none",
                    help="DICOM transfer syntax: explicit little endian or RLE Lossless (default none)")
@@ -59,7 +64,8 @@ def register(subparsers) -> None:
                    help="draw each patient's domain (dose, display, bits, metal, calcium look...) from wide ranges "
                         "(docs/phantom.md); the other options (heart rate, contrast, side ...) still apply")
     p.add_argument("--ecg", action="store_true", help="write the R Wave Pointer (the paper's data have no ECG)")
-    p.add_argument("--montage", metavar="PNG", help="also write a montage of the first acquisition")
+    p.add_argument("--montage", metavar="PNG",
+                   help="also write a montage of the first acquisition (a .png outside OUT_DIR)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT_DIR (and --montage file)")
     p.add_argument("--json", action="store_true", help="print the manifest entries as JSON on stdout")
     p.set_defaults(func=run)
@@ -85,27 +91,10 @@ def params_from_args(args):
     kw.update({k: v for k, v in pairs.items() if v is not None})
     if args.side != "random":
         kw["left_prob"] = 1.0 if args.side == "left" else 0.0
-    ranges = {"heart_rate_bpm_range": ("--heart-rate", args.heart_rate),
-              "onset_fraction_range": ("--onset-range", args.onset_range),
-              "respiration_mm_range": ("--respiration-mm", args.respiration_mm),
-              "calcium_count_range": ("--calcium-count", args.calcium_count)}
-    for k, (option, v) in ranges.items():
-        if v is not None:
-            if v[0] > v[1]:
-                raise CacError(f"{option} {v[0]:g} {v[1]:g} is reversed; give MIN then MAX")
-            kw[k] = tuple(v)
-    for name in ("early_onset_prob", "table_pan_prob"):
-        if not 0 <= kw.get(name, 0) <= 1:
-            raise CacError(f"--{name.replace('_', '-')} must be in [0, 1]")
-    if args.onset_range is not None and not (0 < args.onset_range[0] and args.onset_range[1] < 1):
-        raise CacError("--onset-range must lie strictly inside (0, 1)")
-    if args.heart_rate is not None and not (20 <= args.heart_rate[0] and args.heart_rate[1] <= 250):
-        raise CacError("--heart-rate must lie within 20-250 bpm")
-    if args.photons is not None and args.photons <= 0:
-        raise CacError("--photons must be positive")
-    min_snr = getattr(args, "annotator_min_snr", None)
-    if min_snr is not None and not 0 <= min_snr <= 100:
-        raise CacError("--annotator-min-snr must be in [0, 100] (about 5 = just visible; 0 = off)")
+    ranges = {"heart_rate_bpm_range": args.heart_rate, "onset_fraction_range": args.onset_range,
+              "respiration_mm_range": args.respiration_mm, "calcium_count_range": args.calcium_count}
+    kw.update({k: tuple(v) for k, v in ranges.items() if v is not None})
+    # PhantomParams.validate checks every number (finite, in range, MIN <= MAX) and names the option.
     params = PhantomParams(**kw)
     params.validate()
     return params
@@ -120,12 +109,27 @@ def run(args) -> int:
     from CACTrainerLib.phantom_writer import load_manifest, write_dataset
 
     params = params_from_args(args)
-    if args.patients < 1 or args.acquisitions_per_patient < 1:
-        raise CacError("--patients and --acquisitions-per-patient must be at least 1")
+    # Folders are named P001-P999 and A01-A99: more would break their order (P1000 sorts before P101).
+    if not 1 <= args.patients <= MAX_PATIENTS:
+        raise CacError(f"--patients must be 1-{MAX_PATIENTS} (patient folders are P001-P{MAX_PATIENTS}), "
+                       f"not {args.patients}")
+    if not 1 <= args.acquisitions_per_patient <= MAX_ACQUISITIONS:
+        raise CacError(f"--acquisitions-per-patient must be 1-{MAX_ACQUISITIONS} (acquisition folders are "
+                       f"A01-A{MAX_ACQUISITIONS}), not {args.acquisitions_per_patient}")
+    # The generators take the seed modulo 2**32 (and refuse a negative one): other seeds would alias.
+    if not 0 <= args.seed < 2**32:
+        raise CacError(f"--seed must be 0-{2**32 - 1}, not {args.seed}")
     out = Path(args.out_dir)
     if out.exists() and not args.overwrite:
         raise CacError(f"{out} already exists; pass --overwrite to replace it or choose another folder")
     if args.montage:
+        montage = Path(args.montage)
+        if montage.suffix.lower() != ".png":
+            raise CacError(f"--montage writes a PNG; give a name ending in .png, not {args.montage}")
+        # The dataset folder is replaced as a whole, after which the montage would overwrite its files.
+        if montage.resolve().is_relative_to(out.resolve()):
+            raise CacError(f"--montage {args.montage} lies inside OUT_DIR {out}, which the dataset replaces; "
+                           "write the montage outside it")
         check_writable(args.montage, args.overwrite)
     command = "cac " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv else None
     write_dataset(out, params, patients=args.patients, acquisitions_per_patient=args.acquisitions_per_patient,

@@ -90,6 +90,10 @@ def synchronize(
     guard = ONSET_GUARD_FRAMES if onset_guard is None else int(onset_guard)
     if guard < 0:
         raise CacError(f"the onset guard must be 0 or more frames, got {guard}")
+    if onset is not None and onset_guard is not None:
+        # The guard hedges against a late *detected* onset; a given onset is taken as it is.
+        warnings.warn(f"the onset guard ({guard} frames) applies only to a detected onset; it is ignored "
+                      f"with the given onset {onset}", CacWarning, stacklevel=2)
     report = progress or (lambda *a: None)
     warn_list: list[str] = []
     report(0, 4, "ECG-like signal")
@@ -127,6 +131,12 @@ def synchronize(
     # Without a significant rise (even at a given onset) there is no plateau to wait for.
     contrast_start = max(onset_frame, min(course.contrast_start, n - 1)) if course.detected else onset_frame
     if onset_frame <= 0 or not valid[:onset_frame].any():
+        if onset is not None:
+            # The user's onset is not a detection error: only a later onset can help.
+            first = int(np.argmax(valid))
+            before = "frame 0 is" if onset == 1 else f"frames 0-{onset - 1} are"
+            raise CacError(f"onset {onset} leaves no non-blank non-contrast frame ({before} blank); "
+                           f"give a later onset, --onset {first + 1} or more")
         raise CacError("contrast is present from the first frame: there are no non-contrast frames to pair; "
                        "pass --onset N if the onset detection is wrong")
     if not valid[contrast_start:].any():
