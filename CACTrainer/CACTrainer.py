@@ -346,6 +346,15 @@ class CACTrainerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             slicer.util.errorDisplay(_("{path} has no manifest.json; generate a phantom dataset or choose a dataset "
                                        "folder.").format(path=p.datasetDir))
             return
+        wanted = self.logic.outputNeeded(p.outputModelPath, p.cvMode)
+        if wanted == "model file":
+            slicer.util.errorDisplay(_("With cross-validation 'none', the output is one model: choose a "
+                                       ".safetensors file, not {path}.").format(path=p.outputModelPath))
+            return
+        if wanted == "run folder":
+            slicer.util.errorDisplay(_("With cross-validation, the output is a run folder of fold models: choose a "
+                                       "folder, not the model file {path}.").format(path=p.outputModelPath))
+            return
         source = self.logic.trainingSource(p.datasetDir, p.phantomPool, p.refreshPatients, p.seed, p.cvMode)
         unfinished = self.logic.unfinishedTraining(p.outputModelPath, p.cvMode, p.fold, source)
         if unfinished:  # a training of this model was cancelled: its checkpoint can be continued
@@ -586,6 +595,21 @@ class CACTrainerLogic(ScriptedLoadableModuleLogic):
                                      x_label=_("epoch (stage 1, then stage 2)"), y_label=_("loss / F1 / AUC / IoM"))
         chart.SetName(f"{name} chart")
         return table, chart
+
+    @staticmethod
+    def outputNeeded(outputModelPath, cvMode="none"):
+        """None when ``outputModelPath`` suits this cross-validation mode, else what it must be instead:
+        "model file" (``cvMode`` none) or "run folder".
+
+        ``cac train`` refuses the same (a model is one file, a cross-validation run a folder of folds);
+        checked here so that the panel says it before the child process starts.
+        """
+        isModelFile = Path(outputModelPath).suffix.lower() == ".safetensors"
+        if cvMode == "none" and not isModelFile:
+            return "model file"
+        if cvMode != "none" and isModelFile:
+            return "run folder"
+        return None
 
     @staticmethod
     def trainingSource(datasetDir, phantomPool=0, refreshPatients=0, seed=0, cvMode="none"):

@@ -279,3 +279,36 @@ def test_calibrating_again_keeps_the_operating_points_decisions(setup, frames, c
     assert (d2["tp"], d2["fp"]) == (d1["tp"], d1["fp"])  # ... the same decisions
     stale = _detection(frames, again, threshold=m1["classifier_threshold"])
     assert (stale["tp"], stale["fp"]) != (d1["tp"], d1["fp"])  # what keeping the old threshold did
+
+
+def test_cac_calibrate_warns_when_the_data_trained_the_model(setup, capsys):
+    """The card's training record (cac train) shows a calibration on the model's own data: one warning, no refusal."""
+    import hashlib
+
+    from cac.cli_calibrate import training_overlap
+
+    fingerprint = hashlib.sha256((setup / "ds" / "manifest.json").read_bytes()).hexdigest()[:16]
+    torch.manual_seed(2)
+    own = setup / "own.safetensors"
+    record = {"dataset": "ds", "manifest_sha256_16": fingerprint, "val_patients": ["P004"]}
+    save_model(own, ResUNet18(**SMALL), {"classifier_threshold": 0.5, "training": {"data": record}}, dtype=None)
+    code = main(["calibrate", str(own), "--dataset", str(setup / "ds"), "--out", str(setup / "own_cal.safetensors")])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    # (the phantom's own warnings, e.g. about cardiac periodicity, may come too)
+    warnings = [line for line in err.splitlines() if "calibration patients" in line]
+    assert len(warnings) == 1 and warnings[0].startswith("cac: warning: ") and "Traceback" not in err, err
+    assert ("4 of the 4 calibration patients are in the data the model was trained on (3 trained it, 1 chose its "
+            "checkpoints, the same dataset") in warnings[0]
+    assert (setup / "own_cal.safetensors").exists()
+    # Another dataset (another manifest) whose ids match the validation patients: said, with the doubt.
+    other = {**record, "manifest_sha256_16": "0" * 16, "val_patients": ["P002", "P009"]}
+    line = training_overlap({"training": {"data": other}}, ["P001", "P002", "P002", "P003"], setup / "ds")
+    assert line.startswith("1 of the 3 calibration patients have the ids of the patients that chose") and "P002" in line
+    # No overlap, or no training record (a model not made by cac train): nothing to say.
+    assert training_overlap({"training": {"data": {**other, "val_patients": ["P007"]}}}, ["P001"], setup / "ds") is None
+    assert training_overlap({"classifier_threshold": 0.5}, ["P001"], setup / "ds") is None
+    code = main(["calibrate", str(setup / "m.safetensors"), "--dataset", str(setup / "ds"), "--out",
+                 str(setup / "plain_cal.safetensors")])
+    err = capsys.readouterr().err
+    assert code == 0 and "calibration patients" not in err, err

@@ -94,4 +94,20 @@ def test_onset_scores_only_the_non_contrast_frames(files, capsys):
     assert det["tp"] == int((pred_any & truth_any).sum()) and det["fp"] == int((pred_any & ~truth_any).sum())
     assert det["tn"] == int((~pred_any & ~truth_any).sum()) < every["tn"]  # frame 3 no longer counts
     assert main(["evaluate", files["pred"], *files["truth"], "--onset", "9"]) == 2
-    assert "not a frame of these files" in capsys.readouterr().err
+    assert "is not a possible first contrast frame of these files" in capsys.readouterr().err
+
+
+def test_bad_spacing_and_onset_messages_say_what_is_valid(files, capsys):
+    """--spacing is quoted as typed (not as a Python list); --onset's range is the onsets that can be given."""
+    assert main(["evaluate", files["pred"], files["truth"][0], "--spacing", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "--spacing 0 is not valid" in err and "[" not in err and "Traceback" not in err
+    assert main(["evaluate", files["pred"], files["truth"][0], "--spacing", "0.3,-1"]) == 2
+    assert "--spacing 0.3,-1 is not valid" in capsys.readouterr().err
+    # 4 frames: the first contrast frame can be 1..3 (0 leaves no frame before it, 4 is past the last)
+    for onset in ("0", "4", "-3"):
+        assert main(["evaluate", files["pred"], *files["truth"], "--onset", onset]) == 2
+        err = capsys.readouterr().err
+        assert "(1..3)" in err and "Traceback" not in err, err
+    assert main(["evaluate", files["pred"], *files["truth"], "--json", "--onset", "3"]) == 0
+    assert json.loads(capsys.readouterr().out)["onset_frame"] == 3

@@ -61,7 +61,11 @@ def test_info_json_rca(capsys):
     assert info["r_wave_frames"] == [19, 52, 76]
     assert info["ecg_present"] is True and info["ecg"]["samples"] == 3840
     assert info["modality"] == "XA" and info["blank_frames"] == []
-    assert info["identifiers"]["PatientID"] == "556342B"
+    # Patient identifiers are hidden unless asked for (--identifiers): the output ends up in logs.
+    assert "PatientID" not in info["identifiers"] and "PatientID" in info["identifiers_hidden"]
+    code, out, err = run_cac(capsys, "info", RCA, "--json", "--identifiers")
+    assert code == 0, err
+    assert json.loads(out)["identifiers"]["PatientID"] == "556342B"
 
 
 @needs_data
@@ -222,3 +226,35 @@ def test_console_script_exit_code_and_stderr(tmp_path):
     assert result.stdout == ""
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("cac: error: ") and "not a DICOM file" in lines[0]
+
+
+def test_convert_output_inside_a_file_says_it_is_a_file(tmp_path, capsys):
+    (tmp_path / "out1.nrrd").write_bytes(b"someone's file")
+    code, _, err = run_cac(capsys, "convert", tmp_path / "whatever.dcm", tmp_path / "out1.nrrd" / "x.nrrd")
+    line = error_line(err)
+    assert code == 2 and "out1.nrrd is a file, not a folder" in line and "not writable" not in line
+
+
+def test_convert_onto_its_input_names_no_out_option(tmp_path, capsys):
+    """convert's output is positional: the refusal must not name an --out option the command does not have."""
+    (tmp_path / "out1.nrrd").write_bytes(b"a cine")
+    path = tmp_path / "out1.nrrd"
+    code, _, err = run_cac(capsys, "convert", path, path, "--overwrite")
+    line = error_line(err)
+    assert code == 2 and "is the input" in line and "--out" not in line
+
+
+@needs_data
+def test_info_shows_patient_identifiers_only_when_asked(capsys):
+    """`cac info` output goes into terminals, logs and bug reports: no PatientID, study date or UIDs unless asked."""
+    from cac.cli_io import PATIENT_IDENTIFIERS
+    from CACIdentifierLib.cine_io import load_cine
+
+    secrets = [v for k, v in load_cine(RCA).identifiers.items() if k in PATIENT_IDENTIFIERS and v]
+    assert len(secrets) >= 3
+    for argv in (("info", RCA), ("info", RCA, "--json")):
+        code, out, _ = run_cac(capsys, *argv)
+        assert code == 0 and not [s for s in secrets if s in out]
+        assert "PatientID" in out  # named as hidden, so the user knows there is something to ask for
+    code, out, _ = run_cac(capsys, "info", RCA, "--identifiers")
+    assert code == 0 and all(s in out for s in secrets)

@@ -400,3 +400,19 @@ def test_trainer_offers_resume_only_on_the_checkpoints_data(slicer_app, tmp_path
     assert same(dataset, 20, "patient") == [False]
     (out / "fold_0" / CHECKPOINT_JSON).write_text(json.dumps({"stage": 1, "epochs_done": 2}))  # an older checkpoint
     assert same(dataset, 0, "patient") == [None]
+
+
+def test_trainer_says_which_output_a_cross_validation_mode_needs(slicer_app, tmp_path, capsys):
+    """`cac train --cv patient --out m.safetensors` is refused (it made a folder named like a model file);
+    the panel says so before it starts the child process, and for the reverse mistake too."""
+    logic = load("CACTrainer").CACTrainerLogic
+    assert logic.outputNeeded(tmp_path / "m.safetensors", "none") is None
+    assert logic.outputNeeded(tmp_path / "runs", "patient") is None
+    assert logic.outputNeeded(tmp_path / "m.safetensors", "patient") == "run folder"
+    assert logic.outputNeeded(tmp_path / "m.SafeTensors", "acquisition") == "run folder"
+    assert logic.outputNeeded(tmp_path / "runs", "none") == "model file"
+    # and the CLI agrees: the same pair is refused there
+    from cac.cli import main
+
+    assert main(["train", "--phantom-pool", "4", "--cv", "patient", "--out", str(tmp_path / "m.safetensors")]) == 2
+    assert "is a run folder" in capsys.readouterr().err and not (tmp_path / "m.safetensors").exists()

@@ -530,11 +530,11 @@ def test_cli_end_to_end_on_written_phantom(tmp_path):
     assert load_model(mil)[1]["architecture"]["classifier_topk"] == 4
     assert load_model(mil)[0].classifier_topk == 4
     # (without --width: the width is --init's too, 16 here)
-    r = subprocess.run(exe + ["train", str(ds), "--out", str(tmp_path / "m4.safetensors"), "--epochs", "0",
+    r = subprocess.run(exe + ["train", str(ds), "--out", str(tmp_path / "cv4"), "--epochs", "0",
                               "--init", str(mil), "--cv", "patient", "--fold", "0", "--frames-per-acquisition", "2",
                               "--json", "--threads", "2"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    m4_arch = json.loads((tmp_path / "m4.safetensors" / "fold_0.json").read_text())["config"]["architecture"]
+    m4_arch = json.loads((tmp_path / "cv4" / "fold_0.json").read_text())["config"]["architecture"]
     assert m4_arch["classifier_topk"] == 4 and m4_arch["width"] == 16
     # the residual channel: a frame model widened for it, inherited by its fine-tune, never taken away
     res = tmp_path / "res.safetensors"
@@ -545,11 +545,11 @@ def test_cli_end_to_end_on_written_phantom(tmp_path):
     assert r.returncode == 0, r.stderr
     arch = load_model(res)[1]["architecture"]
     assert arch["inputs"] == "frame+residual" and arch["in_channels"] == 2
-    r = subprocess.run(exe + ["train", str(ds), "--out", str(tmp_path / "m6.safetensors"), "--epochs", "0",
+    r = subprocess.run(exe + ["train", str(ds), "--out", str(tmp_path / "cv6"), "--epochs", "0",
                               "--init", str(res), "--cv", "patient", "--fold", "0", "--frames-per-acquisition", "2",
                               "--width", "16", "--json", "--threads", "2"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    assert json.loads((tmp_path / "m6.safetensors" / "fold_0.json").read_text())["config"]["architecture"][
+    assert json.loads((tmp_path / "cv6" / "fold_0.json").read_text())["config"]["architecture"][
         "inputs"] == "frame+residual"
     r = subprocess.run(exe + ["train", str(ds), "--out", str(tmp_path / "m7.safetensors"), "--epochs", "1",
                               "--init", str(res), "--no-residual-channel"], capture_output=True, text=True)
@@ -557,7 +557,7 @@ def test_cli_end_to_end_on_written_phantom(tmp_path):
     r = subprocess.run(exe + ["train", str(ds), "--out", str(tmp_path / "m5.safetensors"), "--epochs", "1",
                               "--classifier-topk", "-2"], capture_output=True, text=True)
     assert r.returncode == 2 and "--classifier-topk" in r.stderr and "Traceback" not in r.stderr
-    r = subprocess.run(exe + ["train", str(ds), "--out", str(tmp_path / "m3.safetensors"), "--epochs", "0",
+    r = subprocess.run(exe + ["train", str(ds), "--out", str(tmp_path / "cv3"), "--epochs", "0",
                               "--init", str(full), "--cv", "patient", "--fold", "0", "--width", "8"],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "use the same --width" in r.stderr and '"block1_pool": false' in r.stderr.replace(
@@ -715,3 +715,130 @@ def test_cac_main_leaves_sigterm_alone():
     before = signal.getsignal(signal.SIGTERM)
     assert cli.main(["info", "/nonexistent.dcm"]) == 2
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+@pytest.mark.parametrize("field, value", [
+    ("lr1", float("nan")), ("lr2", -1.0), ("lr1", float("inf")), ("architecture", {"width": 0}),
+    ("architecture", {"width": -8}), ("num_threads", 0), ("batch_size", 0), ("samples_per_epoch", 0),
+    ("weight_decay", float("nan")), ("warmup_frac", 1.5), ("hard_negative_frac", -0.1),
+    ("rebalance_step", float("inf")), ("epochs1", -1), ("workers", -1), ("seed", -1)])
+def test_check_config_refuses_nan_infinite_and_negative_settings(field, value):
+    """Each would fail later with a traceback (torch.optim, the network) or silently (threads 0: every core)."""
+    with pytest.raises(CacError, match=field if field != "architecture" else "width"):
+        T.check_config(_config(**{field: value}))
+
+
+def test_check_config_accepts_the_recipes_and_a_learning_rate_of_0():
+    from CACTrainerLib.recipes import RECIPES, recipe_config
+
+    for name in RECIPES:
+        T.check_config(recipe_config(name))
+    T.check_config(_config(lr1=0.0, lr2=0.0, num_threads=None, architecture={"width": 1}))  # the weights stay
+
+
+@pytest.mark.parametrize("argv, phrase", [
+    (["--width", "0"], "--width 0 must be 1 or more"),
+    (["--width", "-8"], "--width -8 must be 1 or more"),
+    (["--lr1", "nan"], "--lr1 nan must be a finite number > 0"),
+    (["--lr2", "-1"], "--lr2 -1.0 must be a finite number > 0"),
+    (["--lr1", "0"], "--lr1 0.0 must be a finite number > 0"),
+    (["--threads", "0"], "(--threads) must be a whole number >= 1"),
+    (["--samples-per-epoch", "0"], "(--samples-per-epoch) must be a whole number >= 1"),
+    (["--workers", "-1"], "(--workers) must be a whole number >= 0"),
+    (["--seed", "-1"], "(--seed) must be a whole number >= 0"),
+    (["--rebalance-step", "nan"], "(--rebalance-step) must be a finite number"),
+    (["--val-fraction", "nan"], "--val-fraction nan must be at least 0"),
+    (["--frames-per-acquisition", "-2"], "--frames-per-acquisition -2 must be 0 (all) or more"),
+    # an invalid --epochs is refused even where --epochs1 and --epochs2 override it ...
+    (["--epochs", "-1", "--epochs1", "1", "--epochs2", "1"], "--epochs -1 must be 0 or more"),
+    # ... and a valid one that both override would be ignored: the combination is refused
+    (["--epochs", "3", "--epochs1", "1", "--epochs2", "1"], "give --epochs, or --epochs1 and --epochs2"),
+    (["--epochs1", "-2"], "--epochs1 -2 must be 0 or more"),
+])
+def test_cli_train_refuses_bad_numbers_in_one_line_before_any_data(argv, phrase, tmp_path, capsys, monkeypatch):
+    from cac import cli_train
+    from cac.cli import main
+
+    monkeypatch.setattr(cli_train, "_load", lambda *a, **k: (_ for _ in ()).throw(AssertionError("data made")))
+    code = main(["train", "--phantom-pool", "4", "--out", str(tmp_path / "m.safetensors"), *argv])
+    err = capsys.readouterr().err
+    assert code == 2 and phrase in err, err
+    assert err.startswith("cac: error: ") and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not any(tmp_path.iterdir())
+
+
+def test_cli_train_refuses_a_dataset_with_a_phantom_pool_and_a_model_file_as_cv_run_folder(tmp_path, capsys,
+                                                                                          monkeypatch):
+    from cac import cli_train
+    from cac.cli import main
+
+    monkeypatch.setattr(cli_train, "_load", lambda *a, **k: (_ for _ in ()).throw(AssertionError("data made")))
+    (tmp_path / "ds").mkdir()
+
+    def run(*argv):
+        code = main(["train", *map(str, argv)])
+        return code, capsys.readouterr().err
+
+    # The pool would be trained on and DS silently ignored.
+    code, err = run(tmp_path / "ds", "--phantom-pool", "3", "--out", tmp_path / "m.safetensors")
+    assert code == 2 and "give a DATASET folder or --phantom-pool N, not both" in err
+    # 0 is refused as -1 and 1 are, not taken for "no pool"
+    for n in ("0", "-1", "1"):
+        code, err = run("--phantom-pool", n, "--out", tmp_path / "m.safetensors")
+        assert code == 2 and "--phantom-pool needs at least 2 patients" in err, (n, err)
+    # With --cv, --out is created as a folder: a model-file name is refused, nothing is created.
+    code, err = run(tmp_path / "ds", "--out", tmp_path / "x.safetensors", "--cv", "acquisition", "--fold", "0")
+    assert code == 2 and "is a run folder" in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]
+
+
+def test_cli_train_human_lines_say_what_trains_and_where_the_model_went(capsys):
+    """In a terminal the start, done and saved events are sentences; with --json every event is its JSON line."""
+    from cac.cli_train import _emitter
+    from cac.train_events import format_line
+
+    events = [
+        {"event": "start", "device": "cpu", "autocast": "bfloat16", "resumed": False,
+         "train": {"frames": 12, "patches": 60, "positive_patches": 9, "acquisitions": 3, "patients": 3},
+         "val": {"frames": 4, "patches": 20, "positive_patches": 2, "acquisitions": 1, "patients": 1},
+         "config": {"epochs1": 12, "epochs2": 2, "lr1": 1e-3}},
+        {"event": "done", "seconds": 61.4, "best": {"stage1": {"epoch": 9}, "stage2": {"epoch": 2}}, "val": {}},
+        {"event": "saved", "model": "runs/m.safetensors", "sha256": "ab", "curves": "runs/m_curves.png"},
+        {"event": "fold", "fold": 1, "folds": 4, "by": "patient", "test": ["P002"], "val": ["P003"]},
+        {"event": "fold_done", "fold": 1, "metrics": {"precision": 0.5, "recall": 1.0, "f1": 2 / 3, "iom": None}},
+    ]
+    emit = _emitter(False, "runs/data")
+    for event in events:
+        emit(event)
+    lines = capsys.readouterr().out.splitlines()
+    assert not [line for line in lines if line.startswith("{")]  # no raw JSON for a person
+    start, done, saved, fold, fold_done = lines
+    assert start.startswith("training on runs/data: 12 frames of 3 patients to train, 4 frames of 1 patient")
+    assert "device cpu (bfloat16)" in start and "12 + 2 epochs" in start
+    assert done == "training done in 61 s (kept stage 1 epoch 9, stage 2 epoch 2)"
+    assert saved == "model written to runs/m.safetensors (card runs/m.json, curves runs/m_curves.png)"
+    assert fold == "fold 1 (2 of 4, by patient): testing P002"
+    assert fold_done == "fold 1 done: precision 0.500, recall 1.000, f1 0.667"
+    emit = _emitter(True, "runs/data")
+    for event in events:
+        emit(event)
+    assert capsys.readouterr().out.splitlines() == [format_line(e) for e in events]
+
+
+@pytest.mark.slow
+def test_cli_train_in_a_terminal_ends_with_where_the_model_was_written(tmp_path, capsys, monkeypatch):
+    import sys as _sys
+
+    from cac.cli import main
+
+    out = tmp_path / "m.safetensors"
+    monkeypatch.setattr(_sys.stdout, "isatty", lambda: True)  # capsys's stdout stands for a terminal
+    code = main(["train", "--phantom-pool", "2", "--out", str(out), "--width", "8", "--samples-per-epoch", "16",
+                 "--epochs1", "1", "--epochs2", "1", "--threads", "1", "--batch-size", "4",
+                 "--frames-per-acquisition", "2"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    lines = captured.out.splitlines()
+    assert lines[0].startswith("training on 2 phantom patients (--seed 0): ") and "1 + 1 epochs" in lines[0]
+    assert lines[-1] == f"model written to {out} (card {tmp_path / 'm.json'}, curves {tmp_path / 'm_curves.png'})"
+    assert not [line for line in lines if line.startswith("{")] and out.exists()

@@ -47,6 +47,9 @@ def check_writable(path: str | os.PathLike, overwrite: bool = False) -> Path:
         raise CacError(f"{path} is a folder; give a file name")
     if not path.parent.exists():
         raise CacError(f"folder {path.parent} does not exist; create it first")
+    if not path.parent.is_dir():  # os.access would call it "not writable": say what is wrong
+        raise CacError(f"{path.parent} is a file, not a folder; {path.name} cannot be written inside it, "
+                       "choose another output location")
     if not os.access(path.parent, os.W_OK | os.X_OK):
         raise CacError(f"folder {path.parent} is not writable; choose another output location")
     return path

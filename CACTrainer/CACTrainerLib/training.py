@@ -564,8 +564,67 @@ def _carry_scores(old_keys: list, scores: np.ndarray, new: dataset.FrameSet, uns
     return out
 
 
+def _finite(value) -> bool:
+    """Whether ``value`` is a real, finite number (not a bool, a string, NaN or infinity)."""
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) \
+        and bool(np.isfinite(value))
+
+
+def _whole(value) -> bool:
+    """Whether ``value`` is an integer (not a bool)."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
 def check_config(config: TrainConfig) -> None:
-    """Refuse settings that cannot work, with one line saying which (before any data is made)."""
+    """Refuse settings that cannot work, with one line saying which (before any data is made).
+
+    Parameters
+    ----------
+    config : TrainConfig
+        The run's settings; each message names the field and its ``cac train`` option.
+
+    Raises
+    ------
+    CacError
+        For the first setting that is out of range: a NaN, infinite or negative
+        number, a learning rate below 0, a width, batch or thread count below 1.
+    """
+    # A learning rate of 0 is allowed here (the weights stay: a test of the loop); cac train refuses it.
+    for name, option in (("lr1", "--lr1"), ("lr2", "--lr2")):
+        value = getattr(config, name)
+        if not (_finite(value) and value >= 0):
+            raise CacError(f"{name} ({option}) must be a finite number > 0, e.g. 1e-3; got {value!r}")
+    for name, option in (("epochs1", "--epochs1"), ("epochs2", "--epochs2")):
+        value = getattr(config, name)
+        if not (_whole(value) and value >= 0):
+            raise CacError(f"{name} ({option}) must be a whole number >= 0, got {value!r}")
+    if not (_whole(config.batch_size) and config.batch_size >= 1):
+        raise CacError(f"batch_size (--batch-size) must be a whole number >= 1, got {config.batch_size!r}")
+    if config.samples_per_epoch is not None and not (_whole(config.samples_per_epoch)
+                                                     and config.samples_per_epoch >= 1):
+        raise CacError("samples_per_epoch (--samples-per-epoch) must be a whole number >= 1 (leave it out for "
+                       f"the balanced set's size), got {config.samples_per_epoch!r}")
+    if config.num_threads is not None and not (_whole(config.num_threads) and config.num_threads >= 1):
+        raise CacError(f"num_threads (--threads) must be a whole number >= 1 (leave it out for torch's default), "
+                       f"got {config.num_threads!r}")
+    if not (_whole(config.workers) and config.workers >= 0):
+        raise CacError(f"workers (--workers) must be a whole number >= 0, got {config.workers!r}")
+    if not (_whole(config.seed) and config.seed >= 0):
+        raise CacError(f"seed (--seed) must be a whole number >= 0, got {config.seed!r}")
+    width = dict(config.architecture or {}).get("width", 64)
+    # Any width >= 1 builds (BatchNorm has no group size to divide); 64 is ResNet-18's.
+    if not (_whole(width) and width >= 1):
+        raise CacError(f"width (--width) must be a whole number >= 1 (ResNet-18: 64), got {width!r}")
+    # weight_decay, warmup_frac, hard_negative_frac and the rebalance start/floor come from the recipe:
+    # no option to name.
+    for name, label in (("weight_decay", "weight_decay"), ("rebalance_step", "rebalance_step (--rebalance-step)")):
+        value = getattr(config, name)
+        if not (_finite(value) and value >= 0):
+            raise CacError(f"{label} must be a finite number >= 0, got {value!r}")
+    for name in ("warmup_frac", "hard_negative_frac", "rebalance_start", "rebalance_floor"):
+        value = getattr(config, name)
+        if not (_finite(value) and 0 <= value <= 1):
+            raise CacError(f"{name} must be a share between 0 and 1, got {value!r}")
     if config.decoder_patches not in ("balanced", "positive"):
         raise CacError(f"decoder_patches must be 'balanced' or 'positive', got {config.decoder_patches!r}")
     if config.select1 not in ("f1", "auc", "last"):

@@ -88,6 +88,15 @@ def run(args) -> int:
         fs = build_frameset(Path(args.dataset), frames_per_acquisition=args.frames_per_acquisition, progress=progress,
                             background=background)
         data = f"dataset {Path(args.dataset).name}, {len(fs)} frames"
+    overlap = training_overlap(meta, fs.patient, None if args.phantom_pool is not None else Path(args.dataset))
+    if overlap:
+        import warnings
+
+        from CACIdentifierLib.errors import CacWarning
+
+        # Not refused: a user may knowingly calibrate on what they have; the card still records the data.
+        warnings.warn(f"{overlap}; a calibration fitted on them is over-confident, calibrate on patients the "
+                      "model never trained on", CacWarning, stacklevel=1)
     from CACTrainerLib.calibrate import calibrate_file
 
     result = calibrate_file(args.model, out, fs, method=args.method, data=data, overwrite=args.overwrite,
@@ -125,6 +134,80 @@ def run(args) -> int:
         figures = [Path(f).name for f in (result["figure"], result.get("operating_point_figure")) if f]
         print(f"wrote {out} (+ {out.with_suffix('.json').name}, {', '.join(figures)})")
     return 0
+
+
+def training_overlap(meta: dict, patients, dataset: Path | None) -> str | None:
+    """Which calibration patients the model trained on, as the start of a warning line, or None.
+
+    Parameters
+    ----------
+    meta : dict
+        The model's metadata; its ``training`` -> ``data`` (written by ``cac train``) records the
+        dataset's ``manifest_sha256_16``, its name (``phantom-pool-N-seed-S`` for a phantom pool) and
+        the ``val_patients`` held out for checkpoint selection.
+    patients : sequence of str
+        The patient id of every calibration frame.
+    dataset : Path or None
+        The calibration dataset folder (None: a phantom pool).
+
+    Returns
+    -------
+    str or None
+        E.g. ``"3 of the 4 calibration patients are in the data the model was trained on (the same
+        dataset: ...)"``; None when no overlap is known (a model without a training record: nothing to say).
+
+    Examples
+    --------
+    >>> meta = {"training": {"data": {"dataset": "phantom-pool-3-seed-0", "val_patients": ["S1000_P00002"]}}}
+    >>> training_overlap(meta, ["S1000_P00001", "S1000_P00002", "S2000_P00000"], None)
+    '2 of the 3 calibration patients are in the data the model was trained on (1 trained it, 1 chose its \
+checkpoints)'
+    >>> training_overlap(meta, ["S2000_P00000"], None) is None
+    True
+    """
+    import re
+
+    from CACIdentifierLib.errors import printable
+
+    data = (meta.get("training") or {}).get("data") or {}
+    if not isinstance(data, dict):
+        return None
+    ours = {str(p) for p in patients}
+    val = {str(p) for p in data.get("val_patients") or []}
+    trained: set = set()
+    same = False
+    fingerprint = data.get("manifest_sha256_16")
+    if dataset is not None and fingerprint:
+        from .cli_train import _dataset_fingerprint
+
+        same = _dataset_fingerprint(dataset) == fingerprint
+        if same:  # the very dataset: every patient not held out for validation trained the model
+            trained = ours - val
+    pool = re.fullmatch(r"phantom-pool-(\d+)-seed-(-?\d+)", str(data.get("dataset", "")))
+    if pool:
+        # A pool's patients are numbered from 0 under seed 1000 + S (cac train); a stream added some.
+        from CACTrainerLib.phantom_pool import patient_name
+
+        n, seed = int(pool.group(1)), 1000 + int(pool.group(2))
+        train = data.get("train") or {}
+        if "window_patients" in train:
+            n += max(0, int(train.get("patients", 0)) - int(train["window_patients"]))
+        trained |= ours & {patient_name(seed, i) for i in range(n)}
+        trained -= val
+    hit_train, hit_val = ours & trained, ours & val
+    if not (hit_train or hit_val or same):
+        return None
+    if not (hit_train or same):
+        # Ids alone: another dataset's P001 may be another patient, so the line says so.
+        names = sorted(hit_val)
+        shown = printable(", ".join(names[:4]), 80) + (", ..." if len(names) > 4 else "")
+        return (f"{len(names)} of the {len(ours)} calibration patients have the ids of the patients that chose "
+                f"the model's checkpoints ({shown}), unless they are other patients with the same ids")
+    parts = [f"{len(hit_train)} trained it" if hit_train else "",
+             f"{len(hit_val)} chose its checkpoints" if hit_val else "",
+             "the same dataset: its manifest.json is the one in the model card" if same else ""]
+    return (f"{len(hit_train | hit_val)} of the {len(ours)} calibration patients are in the data the model was "
+            f"trained on ({', '.join(part for part in parts if part)})")
 
 
 def parse_island_sizes(text: str | None) -> tuple[int, ...]:

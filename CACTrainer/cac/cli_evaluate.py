@@ -126,9 +126,12 @@ def evaluate_files(pred_path, truth_paths, segment: str | None = None, *, ignore
             raise CacError(f"{unknown}: the HD cannot be given in mm; pass --spacing MM (the cine's pixel "
                            "spacing) or --allow-pixel-units (HD and areas in pixels)")
     if onset is not None:
-        if not 1 <= onset <= truth.shape[0]:
-            raise CacError(f"--onset {onset} is not a frame of these files (1..{truth.shape[0]}); give the first "
-                           "contrast frame, 0-based, or leave it out")
+        # Frame 0 cannot be the onset (no frame before it would be scored), nor can one past the last frame.
+        last = truth.shape[0] - 1
+        if not 1 <= onset <= last:
+            valid = f"1..{last}" if last >= 1 else "none: the files have a single frame"
+            raise CacError(f"--onset {onset} is not a possible first contrast frame of these files ({valid}); "
+                           "give the first contrast frame, 0-based, or leave it out")
         masks, truth = [m[:onset] for m in masks], truth[:onset]
     result = evaluate_masks(masks[0], truth, spacing)
     if onset is not None:
@@ -171,9 +174,28 @@ def _fmt(v, digits: int) -> str:
     return "-" if v is None else f"{v:.{digits}f}"
 
 
-def run(args) -> int:
-    from CACIdentifierLib.dicom_io import normalize_spacing
+def _parse_spacing(text: str | None) -> tuple[float, float] | None:
+    """``--spacing MM`` or ``ROW,COL`` as (row, col) mm; CacError quoting the text as typed.
 
+    >>> _parse_spacing("0.3"), _parse_spacing("0.3,0.4"), _parse_spacing(None)
+    ((0.3, 0.3), (0.3, 0.4), None)
+    """
+    from CACIdentifierLib.cine import SPACING_RANGE_MM
+    from CACIdentifierLib.dicom_io import normalize_spacing
+    from CACIdentifierLib.errors import printable
+
+    if text is None:
+        return None
+    try:
+        return normalize_spacing(text.replace(",", " ").split())
+    except CacError:
+        # normalize_spacing quotes its argument, here a Python list: the option as typed reads better.
+        lo, hi = SPACING_RANGE_MM
+        raise CacError(f"--spacing {printable(text, 60)} is not valid; give one number of mm between {lo:g} and "
+                       f"{hi:g} (or ROW,COL), e.g. --spacing 0.3") from None
+
+
+def run(args) -> int:
     if args.csv == "-" and args.json:
         raise CacError("--csv - and --json both write to standard output; give --csv a file name")
     if args.csv and args.csv != "-":
@@ -181,7 +203,7 @@ def run(args) -> int:
 
         check_not_input(args.csv, args.pred, *args.truth, option="--csv")
         check_writable(args.csv, args.overwrite)
-    spacing = normalize_spacing(args.spacing.replace(",", " ").split()) if args.spacing else None
+    spacing = _parse_spacing(args.spacing)
     result = evaluate_files(args.pred, args.truth, args.segment, ignore_source=args.ignore_source,
                             spacing_mm=spacing, allow_pixel_units=args.allow_pixel_units, onset=args.onset)
     if args.csv:

@@ -211,7 +211,7 @@ def run_convert(args: argparse.Namespace) -> int:
 
     kind = output_kind(args.out)
     # Fail before the (slow) read when the output cannot be written.
-    check_not_input(args.out, args.cine)
+    check_not_input(args.out, args.cine, option="output")
     out = check_writable(args.out, args.overwrite)
     cine = load_cine(args.cine, spacing_mm=args.spacing, frame_time_ms=args.frame_time_ms)
     from CACIdentifierLib import nrrd_io

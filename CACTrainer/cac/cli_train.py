@@ -28,6 +28,7 @@ import argparse
 import contextlib
 import hashlib
 import json
+import math
 import os
 import shlex
 import sys
@@ -123,7 +124,8 @@ def register(subparsers) -> None:
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="NHWC tensors (default: on CUDA only; on a CPU 1.5-1.7x faster where measured, "
                         "docs/learning.md, Speed)")
-    p.add_argument("--threads", type=int, help="CPU threads for torch")
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="CPU threads for torch, 1 or more (default: torch's choice, usually every core)")
     p.add_argument("--workers", type=int, default=0,
                    help="DataLoader processes cutting and augmenting batches (GPU: 4-12; CPU: 0)")
     p.add_argument("--seed", type=int, default=0)
@@ -152,6 +154,18 @@ def _config(args):
     from CACTrainerLib.training import check_config
 
     name = getattr(args, "recipe", None) or "default"
+    # Each given count is checked, also one that --epochs1/--epochs2 override: a typo is never ignored.
+    for option, value in (("--epochs", args.epochs), ("--epochs1", args.epochs1), ("--epochs2", args.epochs2)):
+        if value is not None and value < 0:
+            raise CacError(f"{option} {value} must be 0 or more")
+    if args.epochs is not None and args.epochs1 is not None and args.epochs2 is not None:
+        raise CacError("--epochs sets both stages and --epochs1 and --epochs2 set each: give --epochs, or "
+                       "--epochs1 and --epochs2")
+    # The learning rates are checked here as well as in check_config, which allows 0 (a test of the loop).
+    for option, value in (("--lr1", args.lr1), ("--lr2", args.lr2)):
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise CacError(f"{option} {value} must be a finite number > 0, e.g. 1e-3 (or leave it out for "
+                           "the recipe's)")
     e1 = args.epochs1 if args.epochs1 is not None else (args.epochs if args.epochs is not None
                                                          else RECIPES[name]["epochs1"])
     e2 = args.epochs2 if args.epochs2 is not None else (args.epochs if args.epochs is not None
@@ -172,6 +186,8 @@ def _config(args):
     # is refused here rather than after minutes of data generation.
     init_width = int(init_arch.get("width", 64))
     width = int(args.width) if args.width is not None else init_width
+    if width < 1:  # before --init's width is compared: the one line says what --width can be
+        raise CacError(f"--width {width} must be 1 or more (ResNet-18: 64; --init's width when left out)")
     if init_arch and init_width != width:
         raise CacError(f"--width {width}: the --init model {args.init} has architecture {init_arch}; "
                        "use the same --width (or leave it out) or another model")
@@ -199,7 +215,7 @@ def _config(args):
                            samples_per_epoch=args.samples_per_epoch, rebalance_step=args.rebalance_step,
                            architecture=arch, num_threads=args.threads, init=_init_model(args.init),
                            channels_last=getattr(args, "channels_last", None),
-                           workers=max(0, int(getattr(args, "workers", 0) or 0)),
+                           workers=int(getattr(args, "workers", 0) or 0),
                            refresh_patients=int(getattr(args, "refresh_patients", 0) or 0),
                            decoder_patches=getattr(args, "decoder_patches", None),
                            select1=getattr(args, "select1", None),
@@ -237,23 +253,79 @@ def _init_model(path: str | None) -> str | None:
     return str(Path(path).resolve())
 
 
-def _emitter(as_json: bool):
+def _emitter(as_json: bool, data: str = ""):
+    """The ``emit`` of a run: every event as a JSON line, or (``as_json`` false) a short line for a person.
+
+    ``data``: what the run trains on, for the human start line (the start event does not say).
+    """
     def emit(event: dict) -> None:
         if as_json:
             print(format_line(event), flush=True)
-        elif event.get("event") == "epoch":
-            parts = [f"stage {event['stage']} epoch {event['epoch']}/{event['epochs']}",
-                     f"train {event['train_loss']:.4f}"]
-            for key in ("val_loss", "val_f1", "val_auc", "val_iom"):
-                if event.get(key) is not None:
-                    parts.append(f"{key} {event[key]:.3f}")
-            parts.append(f"{event['seconds']:.0f} s" + (" *" if event.get("best") else ""))
-            print("  ".join(parts), flush=True)
-        elif event.get("event") in ("start", "fold", "fold_done", "done", "resume"):
-            brief = {k: v for k, v in event.items() if k not in ("config", "best")}
-            print(format_line(brief), flush=True)
+            return
+        line = _human_line(event, data)
+        if line:
+            print(line, flush=True)
 
     return emit
+
+
+def _count(n, what: str) -> str:
+    return f"{n} {what}" + ("" if n == 1 else "s")
+
+
+def _frames_of(summary: dict | None) -> str:
+    """``48 frames of 3 patients`` from a FrameSet summary."""
+    if not summary:
+        return "no frames"
+    return f"{_count(summary['frames'], 'frame')} of {_count(summary.get('patients', '?'), 'patient')}"
+
+
+def _human_line(event: dict, data: str = "") -> str | None:
+    """One line for a person for a progress event, or None for an event not shown in a terminal."""
+    kind = event.get("event")
+    if kind == "epoch":
+        parts = [f"stage {event['stage']} epoch {event['epoch']}/{event['epochs']}",
+                 f"train {event['train_loss']:.4f}"]
+        for key in ("val_loss", "val_f1", "val_auc", "val_iom"):
+            if event.get(key) is not None:
+                parts.append(f"{key} {event[key]:.3f}")
+        parts.append(f"{event['seconds']:.0f} s" + (" *" if event.get("best") else ""))
+        return "  ".join(parts)
+    if kind == "start":
+        config = event.get("config") or {}
+        val = event.get("val")
+        held = (f"{_frames_of(val)} to validate" if val
+                else "none held out to validate (the last epoch is kept)")
+        autocast = event.get("autocast")
+        device = f"{event.get('device')}" + (f" ({autocast})" if autocast and autocast != "None" else "")
+        return (f"training on {data or 'the data'}: {_frames_of(event.get('train'))} to train, {held}; "
+                f"device {device}; {config.get('epochs1', '?')} + {config.get('epochs2', '?')} epochs "
+                "(stage 1 + stage 2)")
+    if kind == "resume":
+        return f"resuming the run folder's checkpoint: stage {event.get('stage')}, {event.get('epoch')} epochs done"
+    if kind == "done":
+        best = event.get("best") or {}
+        kept = [f"stage {s} epoch {(best.get(f'stage{s}') or {}).get('epoch')}"
+                for s in (1, 2) if (best.get(f"stage{s}") or {}).get("epoch") is not None]
+        return f"training done in {event.get('seconds', 0):.0f} s" + (f" (kept {', '.join(kept)})" if kept else "")
+    if kind == "saved":
+        from CACIdentifierLib.modelio import card_path
+
+        curves = (f"curves {printable(event['curves'], None)}" if event.get("curves")
+                  else "no curves: they could not be drawn")
+        return (f"model written to {printable(event['model'], None)} "
+                f"(card {printable(str(card_path(event['model'])), None)}, {curves})")
+    if kind == "fold":
+        test = ", ".join(map(str, event.get("test") or [])) or "?"
+        k = event.get("fold")
+        number = f"{k + 1} of {event.get('folds', '?')}, " if isinstance(k, int) else ""
+        return f"fold {k} ({number}by {event.get('by')}): testing {test}"
+    if kind == "fold_done":
+        m = event.get("metrics") or {}
+        scores = ", ".join(f"{k} {m[k]:.3f}" for k in ("precision", "recall", "f1", "iom")
+                           if isinstance(m.get(k), (int, float)))
+        return f"fold {event.get('fold')} done" + (f": {scores}" if scores else "")
+    return None
 
 
 def _curves_path(out: Path) -> Path:
@@ -355,10 +427,22 @@ def _run(args, ctx) -> int:
 
         warnings.simplefilter("ignore")  # rank 0 says it once
     pool = getattr(args, "phantom_pool", None)
-    if (not args.dataset and not pool) or not args.out:
+    if args.dataset and pool is not None:
+        raise CacError(f"give a DATASET folder or --phantom-pool N, not both (got {printable(args.dataset, 80)} "
+                       f"and --phantom-pool {pool})")
+    if (not args.dataset and pool is None) or not args.out:
         raise CacError("give a DATASET folder (or --phantom-pool N) and --out (or --summarize RUN_DIR)")
     if pool is not None and pool < 2:
         raise CacError("--phantom-pool needs at least 2 patients (one is held out for validation)")
+    if args.cv != "none" and Path(args.out).suffix.lower() == ".safetensors":
+        # With --cv, --out is created as a folder: a folder named like a model file would only mislead.
+        raise CacError(f"--out {printable(args.out, 120)}: with --cv {args.cv}, --out is a run folder (one "
+                       "fold_K.json per fold, report.md), not a model file; give a folder name such as "
+                       f"runs/cv_{args.cv}")
+    if not 0.0 <= args.val_fraction < 1.0:  # NaN too; checked again at the split, after the data are read
+        raise CacError(f"--val-fraction {args.val_fraction} must be at least 0 and below 1")
+    if args.frames_per_acquisition is not None and args.frames_per_acquisition < 0:
+        raise CacError(f"--frames-per-acquisition {args.frames_per_acquisition} must be 0 (all) or more")
     refresh = int(getattr(args, "refresh_patients", 0) or 0)
     if refresh < 0:
         raise CacError("--refresh-patients must be 0 or more")
@@ -369,7 +453,9 @@ def _run(args, ctx) -> int:
         raise CacError(f"{dataset} is a file, not a dataset folder; give the folder holding manifest.json"
                        if dataset.exists() else f"dataset folder {dataset} does not exist")
     as_json = args.json or not sys.stdout.isatty()
-    emit = _emitter(as_json) if main else (lambda event: None)
+    data = (f"{pool} phantom patients (--seed {args.seed})" if pool is not None
+            else printable(str(dataset), 120))
+    emit = _emitter(as_json, data) if main else (lambda event: None)
     progress = terminal_progress() if main else (lambda *a: None)
     config = _config(args)
     if ctx is not None:
