@@ -593,7 +593,7 @@ def check_config(config: TrainConfig) -> None:
     for name, option in (("lr1", "--lr1"), ("lr2", "--lr2")):
         value = getattr(config, name)
         if not (_finite(value) and value >= 0):
-            raise CacError(f"{name} ({option}) must be a finite number > 0, e.g. 1e-3; got {value!r}")
+            raise CacError(f"{name} ({option}) must be a finite number >= 0, e.g. 1e-3; got {value!r}")
     for name, option in (("epochs1", "--epochs1"), ("epochs2", "--epochs2")):
         value = getattr(config, name)
         if not (_whole(value) and value >= 0):
