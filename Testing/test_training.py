@@ -649,9 +649,8 @@ def test_channels_last_is_opt_in_on_cpus():
     assert _config(parser.parse_args(base + ["--no-channels-last"])).channels_last is False
 
 
-def test_evaluate_decoder_sensitivity_is_the_ceiling_of_the_gate(monkeypatch):
-    """Hand-made decoder output: the calcified frame whose decoder is silent stays missed at any threshold;
-    the one it marks is found once its patch is gated in."""
+def _hand_made_frames():
+    """Three frames and their decoder output: 0 calcified and marked, 1 calcified and silent, 2 calcium-free."""
     from CACTrainerLib import dataset as D
 
     rng = np.random.default_rng(0)
@@ -667,11 +666,41 @@ def test_evaluate_decoder_sensitivity_is_the_ceiling_of_the_gate(monkeypatch):
                     np.zeros((n, 5), bool), nc.copy(), ["a", "b", "c"], ["p", "q", "r"])
     rois = np.zeros((5 * n, 256, 256), np.float16)
     rois[0, 40:90, 40:90] = 0.9  # frame 0, patch 0 (origin 0, 0): 2,500 px over the calcium
+    return fs, rois
+
+
+def test_evaluate_decoder_sensitivity_is_the_ceiling_of_the_gate(monkeypatch):
+    """Hand-made decoder output: the calcified frame whose decoder is silent stays missed at any threshold;
+    the one it marks is found once its patch is gated in."""
+    fs, rois = _hand_made_frames()
+    n = len(fs)
     for probs, found in ((np.zeros(5 * n, np.float32), 0), (np.ones(5 * n, np.float32), 1)):
         monkeypatch.setattr(E, "predict_patches", lambda *a, p=probs, **k: E.PatchPredictions(p, rois, None))
         ev = E.evaluate(None, fs, T.TrainConfig(), torch.device("cpu"))
         assert ev["detection"]["tp"] == found and ev["detection"]["fn"] == 2 - found
         assert ev["decoder_sensitivity"] == 0.5 and ev["decoder_frames_found"] == 1
+
+
+def test_evaluate_reuses_predictions_and_withholds_gated_frames(monkeypatch):
+    """Given predictions, evaluate does not run the network and scores the same; a frame gate of False takes
+    that frame's ROI away (a found frame becomes missed), and a gate of the wrong length is refused."""
+    fs, rois = _hand_made_frames()
+    given = E.PatchPredictions(np.ones(5 * len(fs), np.float32), rois, None)
+
+    def no_network(*a, **k):
+        raise AssertionError("the network ran although predictions were given")
+
+    monkeypatch.setattr(E, "predict_patches", no_network)
+    cfg, cpu = T.TrainConfig(), torch.device("cpu")
+    ev = E.evaluate(None, fs, cfg, cpu, predictions=given)
+    assert ev["detection"]["tp"] == 1 and ev["frame_pred_any"] == [True, False, False]
+    ev = E.evaluate(None, fs, cfg, cpu, predictions=given, frame_gate=[False, True, True])
+    assert ev["detection"]["tp"] == 0 and ev["frame_pred_any"] == [False, False, False]
+    assert ev["decoder_frames_found"] == 1  # the ceiling ignores the gate
+    with pytest.raises(ValueError, match="2 values for 3 frames"):
+        E.evaluate(None, fs, cfg, cpu, predictions=given, frame_gate=[True, True])
+    with pytest.raises(ValueError, match="do not match"):
+        E.evaluate(None, fs, cfg, cpu, predictions=E.PatchPredictions(given.probs[:5], rois[:5], None))
 
 
 def test_unfinished_runs_are_what_resume_continues(tmp_path):

@@ -98,7 +98,8 @@ def frame_roi(rois: np.ndarray, gate: np.ndarray, field: np.ndarray, refinement:
 
 
 def evaluate(model, fs: dataset.FrameSet, config, device, *, decode: bool = True,
-             calibration: dict | None = None) -> dict:
+             calibration: dict | None = None, predictions: PatchPredictions | None = None,
+             frame_gate=None) -> dict:
     """Patch classification metrics and per-frame identification metrics on ``fs``.
 
     Identification follows inference: gated ROI probabilities, stitched with
@@ -111,12 +112,24 @@ def evaluate(model, fs: dataset.FrameSet, config, device, *, decode: bool = True
     classifier threshold can reach.
     ``calibration`` (a model card's) is applied to the classifier's
     probabilities before the threshold, as inference does.
+    ``predictions`` (an earlier :func:`predict_patches` of ``model`` on ``fs``,
+    uncalibrated, with ROIs where ``decode``) skips the network, so that
+    operating points can be compared on one pass; ``frame_gate`` (one bool
+    per frame) withholds the ROI of the frames where it is False, for frame
+    decisions beyond the patch threshold (benchmarks/frame_score.py).
     """
     from CACIdentifierLib import calibration as calib
     from CACIdentifierLib import metrics
     from CACIdentifierLib.field import exposed_field
 
-    probs, rois, _ = predict_patches(model, fs, device, config.amp, config.batch_size, decode=decode)
+    if predictions is None:
+        predictions = predict_patches(model, fs, device, config.amp, config.batch_size, decode=decode)
+    probs, rois, _ = predictions
+    if len(probs) != fs.n_patches or (decode and rois is None):
+        raise ValueError("predictions do not match the frames (or lack the ROIs that decode needs)")
+    gate_frames = np.ones(len(fs), bool) if frame_gate is None else np.asarray(frame_gate, bool).reshape(-1)
+    if gate_frames.size != len(fs):
+        raise ValueError(f"frame_gate has {gate_frames.size} values for {len(fs)} frames")
     if calibration:
         probs = calib.apply(probs, calibration).astype(np.float32)
     y = fs.patch_labels > 0.5
@@ -136,7 +149,7 @@ def evaluate(model, fs: dataset.FrameSet, config, device, *, decode: bool = True
     for f in range(len(fs)):
         sl = slice(5 * f, 5 * f + 5)
         field = exposed_field(fs.nc[f], margin_px=3)
-        mask = frame_roi(rois[sl], pred[sl], field, config.refinement)
+        mask = frame_roi(rois[sl], pred[sl] & gate_frames[f], field, config.refinement)
         truth = fs.calcium[f]
         sp = fs.spacing_mm[f]
         area = metrics.roi_area(mask, tuple(sp) if np.all(np.isfinite(sp)) else None, field)
