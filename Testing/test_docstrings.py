@@ -16,6 +16,7 @@ MODULES = [
     "CACIdentifierLib.network",
     "CACIdentifierLib.background",
     "CACIdentifierLib.calibration",
+    "CACIdentifierLib.nrrd_io",
     "CACTrainerLib.phantom_annotators",
     "CACTrainerLib.calibrate",
     "cac.train_events",

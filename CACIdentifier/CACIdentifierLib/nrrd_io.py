@@ -422,6 +422,30 @@ def _parse_reference_geometry(text: str):
     return _LPS_TO_RAS @ ras, tuple(int(v) for v in values[16:])
 
 
+def reference_shape(conversion_parameters: str) -> tuple[int, int, int] | None:
+    """``(frames, rows, columns)`` of the reference image geometry in a ``.seg.nrrd`` header, or None.
+
+    ``conversion_parameters`` is the header's ``Segmentation_ConversionParameters`` field
+    (``name|value|description`` entries joined by ``&``); the grid is what :func:`read_seg_nrrd` pads a
+    cropped labelmap to.  A header without a readable geometry gives None.
+
+    Examples
+    --------
+    >>> geometry = "-1;0;0;0;0;-1;0;0;0;0;1;0;0;0;0;1;0;511;0;255;0;9;"
+    >>> reference_shape(f"Reference image geometry|{geometry}|Image geometry&Smoothing|0.5|")
+    (10, 256, 512)
+    >>> reference_shape("Smoothing|0.5|") is None
+    True
+    """
+    for parameter in conversion_parameters.split("&"):
+        name, _, rest = parameter.partition("|")
+        parsed = _parse_reference_geometry(rest.partition("|")[0]) if name == _REFERENCE_GEOMETRY else None
+        if parsed is not None:
+            e = parsed[1]
+            return e[5] - e[4] + 1, e[3] - e[2] + 1, e[1] - e[0] + 1
+    return None
+
+
 def write_seg_nrrd(path, segments: dict[str, np.ndarray], spacing_mm, colors=None, overwrite: bool = False, *,
                    source_fingerprint: str | None = None) -> Path:
     """Write named per-frame masks as a ``.seg.nrrd`` that 3D Slicer opens over the frame-stack volume.

@@ -517,7 +517,7 @@ def _stack_grid(path: Path, segmentation: bool) -> tuple[tuple[int, int, int], b
     to); without one ``exact`` is False: its labelmap need only fit in the cine's grid.
     """
     from CACIdentifierLib.nrrd_check import check_nrrd
-    from CACIdentifierLib.nrrd_io import _REFERENCE_GEOMETRY, _parse_reference_geometry
+    from CACIdentifierLib.nrrd_io import reference_shape
 
     fields = check_nrrd(path)
     sizes = [int(v) for v in fields["sizes"].split()]
@@ -527,13 +527,8 @@ def _stack_grid(path: Path, segmentation: bool) -> tuple[tuple[int, int, int], b
         raise CacError(f"{path} has {len(sizes)} axes, not those of a {kind}")
     shape = (sizes[-1], sizes[-2], sizes[-3])
     if segmentation:
-        for parameter in fields.get("Segmentation_ConversionParameters", "").split("&"):
-            name, _, rest = parameter.partition("|")
-            parsed = _parse_reference_geometry(rest.partition("|")[0]) if name == _REFERENCE_GEOMETRY else None
-            if parsed is not None:
-                e = parsed[1]
-                return (e[5] - e[4] + 1, e[3] - e[2] + 1, e[1] - e[0] + 1), True
-        return shape, False
+        grid = reference_shape(fields.get("Segmentation_ConversionParameters", ""))
+        return (shape, False) if grid is None else (grid, True)
     return shape, True
 
 
