@@ -120,3 +120,20 @@ def test_cli_gradcam_pairs_with_synchronization(tmp_path, model, capsys):
     save_model(wide, ResUNet18(**SMALL, in_channels=2, inputs="frame+residual").eval())
     assert main(["gradcam", str(wide), cine, "--frame", str(k), "--out", str(tmp_path / "w.png")]) == 0
     assert (tmp_path / "w.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@needs_data
+def test_cli_gradcam_warns_of_a_pair_on_the_wrong_side_of_the_onset(tmp_path, model, capsys):
+    """The RCA cine's contrast arrives at frame 16: a swapped pair still gives its map, with one warning per frame."""
+    path = tmp_path / "m.safetensors"
+    save_model(path, model)
+    cine = str(RCA)
+    assert main(["gradcam", str(path), cine, "--frame", "5", "--contrast-frame", "30", "--out",
+                 str(tmp_path / "a.png")]) == 0
+    assert "warning" not in capsys.readouterr().err
+    assert main(["gradcam", str(path), cine, "--frame", "30", "--contrast-frame", "5", "--out",
+                 str(tmp_path / "b.png")]) == 0
+    err = capsys.readouterr().err
+    assert "--frame 30 is at or after the contrast onset (frame 16)" in err
+    assert "--contrast-frame 5 is before the contrast onset (frame 16)" in err
+    assert (tmp_path / "b.png").read_bytes()[:4] == b"\x89PNG"

@@ -115,6 +115,34 @@ def _contrast_frame_for(result, k: int) -> int:
     )
 
 
+def _warn_phase_mismatch(cine, sync, frame: int, contrast_frame: int) -> None:
+    """Warn when the frame given as non-contrast lies after the contrast onset, or the contrast frame before it.
+
+    The network reads the pair as (non-contrast, contrast); a swapped or misplaced pair gives a map of what
+    the model was never trained on.  The onset is the synchronization's, or detected here.
+    """
+    import warnings
+
+    from CACIdentifierLib.errors import CacWarning
+
+    if sync is not None:
+        onset = int(sync.onset_frame)
+    else:
+        from CACIdentifierLib.sync import detect_contrast_onset
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # no onset found: nothing to compare against
+            onset, score = detect_contrast_onset(cine.frames)
+        if score == 0.0:
+            return
+    if frame >= onset:
+        warnings.warn(f"--frame {frame} is at or after the contrast onset (frame {onset}): the map reads it as a "
+                      f"non-contrast frame; choose a frame before {onset}", CacWarning, stacklevel=2)
+    if contrast_frame < onset:
+        warnings.warn(f"--contrast-frame {contrast_frame} is before the contrast onset (frame {onset}): the map "
+                      f"reads it as the contrast frame; choose one from {onset} on", CacWarning, stacklevel=2)
+
+
 def run_gradcam(args) -> int:
     import numpy as np
     import torch
@@ -153,6 +181,7 @@ def run_gradcam(args) -> int:
 
         sync = synchronize_cine(cine)
     j = args.contrast_frame if args.contrast_frame is not None else _contrast_frame_for(sync, args.frame)
+    _warn_phase_mismatch(cine, sync, args.frame, j)
     pair = []
     for k in (args.frame, j):
         f512, _, _ = prepare_frame(cine.frames[k], cine.spacing_mm)
