@@ -338,22 +338,19 @@ class CACTrainerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _train(self) -> None:
         p = self._parameterNode
-        if p.refreshPatients > 0 and (p.phantomPool <= 0 or p.cvMode != "none"):
-            slicer.util.errorDisplay(_("New patients every epoch need phantom patients (more than 0) and "
-                                       "cross-validation 'none'."))
-            return
-        if p.phantomPool <= 0 and not (p.datasetDir / "manifest.json").is_file():
-            slicer.util.errorDisplay(_("{path} has no manifest.json; generate a phantom dataset or choose a dataset "
-                                       "folder.").format(path=p.datasetDir))
-            return
-        wanted = self.logic.outputNeeded(p.outputModelPath, p.cvMode)
-        if wanted == "model file":
-            slicer.util.errorDisplay(_("With cross-validation 'none', the output is one model: choose a "
-                                       ".safetensors file, not {path}.").format(path=p.outputModelPath))
-            return
-        if wanted == "run folder":
-            slicer.util.errorDisplay(_("With cross-validation, the output is a run folder of fold models: choose a "
-                                       "folder, not the model file {path}.").format(path=p.outputModelPath))
+        problem = self.logic.trainingProblem(p.datasetDir, p.phantomPool, p.refreshPatients, p.cvMode,
+                                             p.outputModelPath)
+        if problem:
+            slicer.util.errorDisplay({
+                "new patients need the phantom": _("New patients every epoch need phantom patients (more than 0) "
+                                                   "and cross-validation 'none'."),
+                "no manifest": _("{path} has no manifest.json; generate a phantom dataset or choose a dataset "
+                                 "folder.").format(path=p.datasetDir),
+                "model file": _("With cross-validation 'none', the output is one model: choose a .safetensors "
+                                "file, not {path}.").format(path=p.outputModelPath),
+                "run folder": _("With cross-validation, the output is a run folder of fold models: choose a "
+                                "folder, not the model file {path}.").format(path=p.outputModelPath),
+            }[problem])
             return
         source = self.logic.trainingSource(p.datasetDir, p.phantomPool, p.refreshPatients, p.seed, p.cvMode)
         unfinished = self.logic.unfinishedTraining(p.outputModelPath, p.cvMode, p.fold, source)
@@ -610,6 +607,21 @@ class CACTrainerLogic(ScriptedLoadableModuleLogic):
         if cvMode != "none" and isModelFile:
             return "run folder"
         return None
+
+    @classmethod
+    def trainingProblem(cls, datasetDir, phantomPool=0, refreshPatients=0, cvMode="none", outputModelPath=""):
+        """Why a training with these settings cannot start, or None: "new patients need the phantom"
+        (``refreshPatients`` without phantom patients, or with cross-validation), "no manifest" (a dataset
+        folder without ``manifest.json``), "model file" or "run folder" (:meth:`outputNeeded`).
+
+        The panel asks before it starts the child process, where ``cac train`` would refuse the same; it
+        words the answer (translated) itself.
+        """
+        if refreshPatients > 0 and (phantomPool <= 0 or cvMode != "none"):
+            return "new patients need the phantom"
+        if phantomPool <= 0 and not (Path(datasetDir) / "manifest.json").is_file():
+            return "no manifest"
+        return cls.outputNeeded(outputModelPath, cvMode)
 
     @staticmethod
     def trainingSource(datasetDir, phantomPool=0, refreshPatients=0, seed=0, cvMode="none"):

@@ -411,6 +411,17 @@ def test_trainer_says_which_output_a_cross_validation_mode_needs(slicer_app, tmp
     assert logic.outputNeeded(tmp_path / "m.safetensors", "patient") == "run folder"
     assert logic.outputNeeded(tmp_path / "m.SafeTensors", "acquisition") == "run folder"
     assert logic.outputNeeded(tmp_path / "runs", "none") == "model file"
+    # the whole check the panel runs before it starts training
+    model = tmp_path / "m.safetensors"
+    assert logic.trainingProblem(tmp_path, 8, 0, "none", model) is None
+    assert logic.trainingProblem(tmp_path, 8, 2, "none", model) is None
+    assert logic.trainingProblem(tmp_path, 8, 2, "patient", tmp_path / "runs") == "new patients need the phantom"
+    assert logic.trainingProblem(tmp_path, 0, 2, "none", model) == "new patients need the phantom"
+    assert logic.trainingProblem(tmp_path, 0, 0, "none", model) == "no manifest"
+    (tmp_path / "manifest.json").write_text("{}")
+    assert logic.trainingProblem(tmp_path, 0, 0, "none", model) is None
+    assert logic.trainingProblem(tmp_path, 0, 0, "patient", model) == "run folder"
+    assert logic.trainingProblem(tmp_path, 0, 0, "none", tmp_path / "runs") == "model file"
     # and the CLI agrees: the same pair is refused there
     from cac.cli import main
 
