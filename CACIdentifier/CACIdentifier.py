@@ -398,6 +398,10 @@ def summaryText(report, summary) -> str:
     if frames:
         withRoi = sum(1 for row in frames if (row.get("roi_area_mm2") or 0) > 0)
         parts.append(_("{n} non-contrast frames, CAC ROI in {k}").format(n=len(frames), k=withRoi))
+    params = (report or {}).get("parameters") or {}
+    if params.get("cine_gate_withheld"):
+        parts.append(_("no ROI drawn: the cine's evidence {e} is below the model's cine threshold {c}").format(
+            e=number(params.get("cine_evidence"), 3), c=number(params.get("cine_threshold"), 3)))
     if report and report.get("heart_rate_bpm") is not None:
         parts.append(_("heart rate {bpm} bpm").format(bpm=number(report["heart_rate_bpm"], 0)))
     if summary:

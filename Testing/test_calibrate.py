@@ -182,6 +182,46 @@ def test_choose_operating_point_lowers_the_island_size_only_as_far_as_needed():
         choose_operating_point(probs, rois, _Frames(nc, np.zeros_like(calcium)), refinement, 0.5)
 
 
+def test_cine_gate_point_keeps_the_sensitivity_and_sets_calcium_free_cines_apart():
+    """Two cines of three frames: calcified (gate scores 0.9, 0.3, 0.25) and calcium-free with one strong false
+    positive (0.8, 0.1, 0.1).  Finding every calcified frame by the frame alone flags a calcium-free frame; the
+    cine evidence (mean most-probable patch) takes the whole calcium-free cine out at the same sensitivity."""
+    from CACIdentifierLib.field import exposed_field
+    from CACIdentifierLib.temporal import cine_evidence
+    from CACTrainerLib import evaluation, training
+    from CACTrainerLib.calibrate import choose_operating_point, frame_detection_curve
+
+    n = 6
+    nc = np.full((n, 512, 512), 0.5, np.float32)
+    calcium = np.zeros((n, 512, 512), bool)
+    calcium[:3, 100:104, 100:104] = True
+    rois = np.zeros((5 * n, 256, 256), np.float32)
+    rois[::5, 80:120, 80:120] = 0.9  # every frame's patch 0 gets a 1600 px island once gated
+    probs = np.full(5 * n, 0.05, np.float32)
+    probs[::5] = [0.9, 0.3, 0.25, 0.8, 0.1, 0.1]
+
+    class Cines(_Frames):
+        acquisition = ["calc"] * 3 + ["free"] * 3
+
+    fr = Cines(nc, calcium)
+    refinement = training.TrainConfig().refinement
+    curve = frame_detection_curve(probs, rois, fr, refinement)
+    np.testing.assert_allclose(curve["gate_scores"], probs[::5])
+    op, ref, _ = choose_operating_point(probs, rois, fr, refinement, 1.0)
+    assert op["specificity"] == pytest.approx(2 / 3) and "cine_threshold" not in op
+    op, ref, _ = choose_operating_point(probs, rois, fr, refinement, 1.0, cine_gate=True)
+    assert op["sensitivity"] == 1.0 and op["specificity"] == 1.0
+    assert op["threshold"] == pytest.approx(0.25) and op["cine_threshold"] == pytest.approx(0.4833, abs=1e-3)
+    # Brute force, as evaluate (and inference) apply the two thresholds:
+    gate = cine_evidence(probs.reshape(n, 5).max(1), fr.acquisition) >= op["cine_threshold"]
+    det = [bool(gate[f]) and evaluation.frame_roi(rois[5 * f:5 * f + 5], probs[5 * f:5 * f + 5] >= op["threshold"],
+                                                  exposed_field(nc[f], margin_px=3), ref).any() for f in range(n)]
+    assert det == [True, True, True, False, False, False]
+    rois[5 * 2] = 0  # the third calcified frame's decoder is silent: no pair reaches every frame
+    with pytest.raises(CacError, match="at most 0.667"):
+        choose_operating_point(probs, rois, fr, refinement, 1.0, island_sizes=(), cine_gate=True)
+
+
 def _marking_model():
     """A decoder that marks every gated patch, so the classifier's threshold alone decides which frames get an ROI."""
     torch.manual_seed(1)
@@ -233,12 +273,33 @@ def test_cac_calibrate_sensitivity_sets_the_threshold_that_reaches_it(setup, fra
     err = capsys.readouterr().err
     assert "--island-sizes" in err and "Traceback" not in err
     # Options that would change nothing here are refused, not ignored.
-    for extra, word in ((["--seed", "3"], "--phantom-pool"), (["--island-sizes", "250"], "--sensitivity")):
+    for extra, word in ((["--seed", "3"], "--phantom-pool"), (["--island-sizes", "250"], "--sensitivity"),
+                        (["--cine-gate"], "--sensitivity")):
         assert main(["calibrate", str(setup / "m.safetensors"), "--dataset", str(setup / "ds"), "--out",
                      str(setup / "y.safetensors"), *extra]) == 2
         err = capsys.readouterr().err
         assert err.startswith(f"cac: error: {extra[0]}") and word in err and err.count("\n") == 1
     assert not (setup / "y.safetensors").exists()
+    # With --cine-gate the card gets a cine threshold, and evaluate (the inference path) reaches the sensitivity.
+    gated = setup / "gated.safetensors"
+    code = main(["calibrate", str(setup / "marking.safetensors"), "--dataset", str(setup / "ds"), "--out", str(gated),
+                 "--sensitivity", "0.9", "--cine-gate"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "cine threshold" in captured.out
+    model, meta = load_model(gated)
+    assert meta["cine_threshold"] == meta["operating_point"]["cine_threshold"]
+    from CACTrainerLib import evaluation, training
+
+    cfg = training.TrainConfig(classifier_threshold=meta["classifier_threshold"], cine_threshold=meta["cine_threshold"],
+                               refinement=meta["refinement"])
+    ev = evaluation.evaluate(model, frames, cfg, torch.device("cpu"), calibration=meta["calibration"])
+    assert ev["detection"]["sensitivity"] == pytest.approx(meta["operating_point"]["sensitivity"])
+    assert ev["detection"]["specificity"] == pytest.approx(meta["operating_point"]["specificity"])
+    # Calibrating the gated model again without a new point drops the cine threshold (chosen on old probabilities).
+    again = setup / "again.safetensors"
+    assert main(["calibrate", str(gated), "--dataset", str(setup / "ds"), "--out", str(again)]) == 0
+    assert "cine_threshold" not in load_model(again)[1]
 
 
 def test_cac_calibrate_method_none_keeps_the_models_calibration(setup, frames, capsys):

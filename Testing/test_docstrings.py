@@ -17,6 +17,7 @@ MODULES = [
     "CACIdentifierLib.background",
     "CACIdentifierLib.calibration",
     "CACIdentifierLib.nrrd_io",
+    "CACIdentifierLib.temporal",
     "CACTrainerLib.phantom_annotators",
     "CACTrainerLib.calibrate",
     "cac.train_events",
@@ -33,7 +34,7 @@ def test_docstring_examples(name):
 
 
 @pytest.mark.parametrize("name", ["separability", "score_variants", "compare_models", "residual_contrast",
-                                  "ensemble_gain", "pool_spread", "frame_score"])
+                                  "ensemble_gain", "pool_spread"])
 def test_benchmark_docstring_examples(name):
     from benchmark_scripts import load
 

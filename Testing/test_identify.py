@@ -412,3 +412,27 @@ def test_given_onset_before_the_first_non_blank_frame_says_to_give_a_later_one(s
     assert "--onset 3 or more" in message and "detection" not in message
     with pytest.raises(CacError, match=re.escape("onset 1 leaves no non-blank non-contrast frame (frame 0 is")):
         synchronize(frames, acq.frame_time_ms, onset=1, blank_frames=[0, 1])
+
+
+def test_cine_gate_withholds_every_roi_of_a_cine_below_the_card_threshold(study, model):
+    """A card's cine threshold above the cine's mean frame probability leaves no ROI (and says so); below it, or
+    with cine_gate=False, the frames keep exactly their own ROIs."""
+    from CACIdentifierLib.inference import identify
+
+    acq, _, _ = study
+    net, meta = model
+    cine = acq.to_cine()
+    plain = identify(cine, net, meta, use_autocast=False)
+    assert plain.roi.any(), "the test needs a cine with ROIs"
+    evidence = plain.parameters["cine_evidence"]
+    assert evidence == pytest.approx(float(np.mean(plain.probabilities)), abs=1e-4)
+    assert plain.parameters["cine_threshold"] is None and not plain.parameters["cine_gate_withheld"]
+    above = dict(meta, cine_threshold=evidence + 0.01)
+    gated = identify(cine, net, above, sync=plain.sync, use_autocast=False)
+    assert not gated.roi.any() and gated.parameters["cine_gate_withheld"]
+    assert np.all(gated.roi_area_pct_field == 0)
+    np.testing.assert_allclose(gated.probabilities, plain.probabilities, atol=1e-6)  # the frames' scores stay
+    off = identify(cine, net, above, sync=plain.sync, use_autocast=False, cine_gate=False)
+    assert np.array_equal(off.roi, plain.roi) and not off.parameters["cine_gate_withheld"]
+    below = identify(cine, net, dict(meta, cine_threshold=evidence - 0.01), sync=plain.sync, use_autocast=False)
+    assert np.array_equal(below.roi, plain.roi) and not below.parameters["cine_gate_withheld"]

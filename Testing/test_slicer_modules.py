@@ -473,6 +473,10 @@ def test_identifier_result_summary():
     text = summary_text(report, summary)
     assert text == "3 non-contrast frames, CAC ROI in 1; heart rate 72 bpm; IoM 0.64 (0.46-0.86), HD 47.2 (n/a-63.8) mm."
     assert summary_text(None, None) == "Done."
+    gated = {"frames": [{"index": 0, "roi_area_mm2": 0.0}],
+             "parameters": {"cine_gate_withheld": True, "cine_evidence": 0.1234, "cine_threshold": 0.2}}
+    assert summary_text(gated, None) == ("1 non-contrast frames, CAC ROI in 0; no ROI drawn: the cine's evidence "
+                                         "0.123 is below the model's cine threshold 0.200.")
     result = {"roi_segmentation": "seg", "table": None, "report": report}
     assert item(result, "roi_segmentation", "segmentation_node") == "seg"
     assert item(result, "table", "table_node") is None
@@ -482,6 +486,9 @@ def test_identifier_result_summary():
     report_source = (lib / "report.py").read_text()
     for key in ("frames", "heart_rate_bpm", "roi_area_mm2", "summary"):
         assert f'"{key}"' in report_source
+    inference_source = (lib / "inference.py").read_text()
+    for key in ("cine_gate_withheld", "cine_evidence", "cine_threshold"):
+        assert key + "=" in inference_source
     logic_source = (lib / "logic.py").read_text()
     for key in ("roi_segmentation", "table", "report", "summary"):
         assert f'"{key}"' in logic_source

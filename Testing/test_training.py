@@ -699,6 +699,11 @@ def test_evaluate_reuses_predictions_and_withholds_gated_frames(monkeypatch):
     assert ev["decoder_frames_found"] == 1  # the ceiling ignores the gate
     with pytest.raises(ValueError, match="2 values for 3 frames"):
         E.evaluate(None, fs, cfg, cpu, predictions=given, frame_gate=[True, True])
+    # A card's cine threshold gates each acquisition by its mean most-probable patch (here one frame a cine).
+    ev = E.evaluate(None, fs, T.TrainConfig(cine_threshold=1.5), cpu, predictions=given)
+    assert ev["frame_pred_any"] == [False, False, False]
+    ev = E.evaluate(None, fs, T.TrainConfig(cine_threshold=0.9), cpu, predictions=given)
+    assert ev["frame_pred_any"] == [True, False, False]
     with pytest.raises(ValueError, match="do not match"):
         E.evaluate(None, fs, cfg, cpu, predictions=E.PatchPredictions(given.probs[:5], rois[:5], None))
 

@@ -174,7 +174,8 @@ def main(argv=None) -> int:
     for path in args.models:
         model, meta = load_model(path)
         cfg = training.TrainConfig(refinement=dict(meta.get("refinement", {})) or training.TrainConfig().refinement,
-                                   classifier_threshold=float(meta.get("classifier_threshold", 0.5)))
+                                   classifier_threshold=float(meta.get("classifier_threshold", 0.5)),
+                                   cine_threshold=meta.get("cine_threshold"))
         ev = evaluation.evaluate(model, test, cfg, device, calibration=meta.get("calibration"))
         cines = per_cine(ev, test)
         results["models"][path] = {"test": summarize(ev, cines), "cines": cines}

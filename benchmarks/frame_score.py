@@ -5,9 +5,9 @@
 
 Inference decides per frame: an ROI appears where a patch's probability reaches the classifier threshold
 and its decoder map survives refinement.  A frame's *gate score* is the highest threshold at which it
-still gets an ROI (:func:`gate_score`), so "frame found" at threshold t is "gate score >= t".  Issue 12's
-measures at a matched sensitivity hinge on how well that score separates calcified from calcium-free
-frames.  Calcium is visible in every non-contrast frame of a calcified cine, while a false positive
+still gets an ROI (``gate_scores`` of calibrate.frame_detection_curve), so "frame found" at threshold t
+is "gate score >= t".  Issue 12's measures at a matched sensitivity hinge on how well that score
+separates calcified from calcium-free frames.  Calcium is visible in every non-contrast frame of a calcified cine, while a false positive
 comes and goes, so the mean evidence over a cine's frames may separate better than any one frame.
 
 Every model (FIRST first, then each MODEL) is run once on a validation pool (``--val`` patients of
@@ -23,13 +23,15 @@ specificity whose sensitivity reaches the target (``--sensitivity``; default FIR
 sensitivity at its card's point, as ``compare_models.py --match-first``).  The test pool then gets
 issue 12's item-4 measures at that point (evaluation.evaluate with ``frame_gate``) and the verdict
 against FIRST at its card's point (compare_models.item4_verdict); frame AUCs of each score beside.
+The ``frame+cine_p`` family is what ``cac calibrate --cine-gate`` chooses and inference applies
+(calibrate.cine_operating_point, temporal.cine_gate).  ``--cache DIR`` keeps the pools and each
+model's predictions, so that later runs (another model, another target) skip the network.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -43,95 +45,67 @@ from gpu_protocol import log, per_cine, summarize  # noqa: E402
 FAMILIES = ("frame", "frame+cine_p", "frame+cine_gate")
 
 
-def gate_score(probs: np.ndarray, rois: np.ndarray, field: np.ndarray, refinement: dict) -> float:
-    """The highest classifier threshold at which the frame still gets an ROI; 0 when none does.
+def cached_pool(cache: Path | None, name: str, make):
+    """``make()``'s FrameSet, kept in ``cache/name/`` as one .npy per field (read back memory-mapped)."""
+    import dataclasses
 
-    ``probs`` (5,) calibrated patch probabilities, ``rois`` (5, 256, 256) decoder maps, ``field`` the
-    frame's exposed field.  Gating in more patches only adds to the stitched map (max), so the ROI
-    grows monotonically as the threshold falls and one pass down the sorted probabilities finds it.
-    """
-    from CACTrainerLib.evaluation import frame_roi
+    from CACTrainerLib.dataset import FrameSet
 
-    for p in sorted(set(np.asarray(probs, float).tolist()), reverse=True):
-        if frame_roi(rois, probs >= p, field, refinement).any():
-            return float(p)
-    return 0.0
-
-
-def cine_mean(scores, cines) -> np.ndarray:
-    """Each frame's score replaced by the mean over the frames of its cine.
-
-    Examples
-    --------
-    >>> cine_mean([0.2, 0.4, 0.9], ["a", "a", "b"]).tolist()
-    [0.30000000000000004, 0.30000000000000004, 0.9]
-    """
-    s = np.asarray(scores, float)
-    c = np.asarray(cines, dtype=object)
-    out = np.empty_like(s)
-    for name in set(c.tolist()):
-        sel = c == name
-        out[sel] = s[sel].mean()
-    return out
+    if cache is None:
+        return make()
+    folder = cache / name
+    names = [f.name for f in dataclasses.fields(FrameSet)]
+    if (folder / "done").exists():
+        return FrameSet(**{n: (np.load(folder / f"{n}.npy", mmap_mode="r") if n not in ("acquisition", "patient")
+                               else np.load(folder / f"{n}.npy").tolist()) for n in names})
+    fs = make()
+    folder.mkdir(parents=True, exist_ok=True)
+    for n in names:
+        np.save(folder / f"{n}.npy", np.asarray(getattr(fs, n)))
+    (folder / "done").write_text("")
+    return fs
 
 
-def operating_point(frame: np.ndarray, truth: np.ndarray, target: float, cine=None) -> dict:
-    """The validation point of highest specificity whose frame sensitivity reaches ``target``.
-
-    A frame is found when ``frame >= t`` (and ``cine >= c`` when ``cine`` is given: per-frame cine
-    scores).  Ties in specificity keep the higher sensitivity, then the higher thresholds.
-
-    Examples
-    --------
-    Three calcified frames (scores 0.9, 0.6, 0.3) and three calcium-free ones (0.8, 0.2, 0.1):
-    finding two of three costs one false positive; with cine scores that set the calcium-free
-    frame at 0.8 apart, none.
-
-    >>> f = np.array([0.9, 0.6, 0.3, 0.8, 0.2, 0.1]); y = np.array([1, 1, 1, 0, 0, 0], bool)
-    >>> operating_point(f, y, 0.6)
-    {'t': 0.6, 'c': None, 'sensitivity': 0.6666666666666666, 'specificity': 0.6666666666666666}
-    >>> operating_point(f, y, 0.6, cine=np.array([0.7, 0.7, 0.7, 0.4, 0.4, 0.4]))
-    {'t': 0.6, 'c': 0.7, 'sensitivity': 0.6666666666666666, 'specificity': 1.0}
-    """
-    frame = np.asarray(frame, float)
-    truth = np.asarray(truth, bool)
-    need = math.ceil(target * truth.sum() - 1e-9)
-    best = None
-    for c in ([None] if cine is None else sorted(set(np.asarray(cine, float).tolist()))):
-        ok = np.ones_like(truth) if c is None else np.asarray(cine, float) >= c
-        pos = np.sort(frame[truth & ok])[::-1]
-        if need < 1 or len(pos) < need:
-            continue
-        t = float(pos[need - 1])
-        found = (frame >= t) & ok
-        sens = float(found[truth].mean())
-        spec = float((~found[~truth]).mean())
-        key = (spec, sens, t, -1.0 if c is None else c)
-        if best is None or key > best[0]:
-            best = (key, {"t": t, "c": c, "sensitivity": sens, "specificity": spec})
-    if best is None:
-        raise ValueError(f"no point reaches sensitivity {target}")
-    return best[1]
-
-
-def frame_evidence(model, meta: dict, fs) -> dict:
-    """One network pass over ``fs``: predictions, calibrated probabilities and the per-frame scores."""
+def cached_predictions(cache: Path | None, path: str, pool: str, model, fs):
+    """The model's uncalibrated patch probabilities and ROI maps on ``fs`` (cached per model file and pool)."""
     import torch
-    from CACIdentifierLib import calibration as calib
-    from CACIdentifierLib.field import exposed_field
     from CACTrainerLib import evaluation
 
-    cfg = card_config(meta)
+    if cache is not None:
+        stat = Path(path).stat()
+        folder = cache / f"{Path(path).name}-{stat.st_size}-{int(stat.st_mtime)}-{pool}"
+        if (folder / "done").exists():
+            return evaluation.PatchPredictions(np.load(folder / "probs.npy"),
+                                               np.load(folder / "rois.npy", mmap_mode="r"), None)
     pred = evaluation.predict_patches(model, fs, torch.device("cpu"), amp=False, decode=True)
+    if cache is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+        np.save(folder / "probs.npy", pred.probs)
+        np.save(folder / "rois.npy", pred.rois)
+        (folder / "done").write_text("")
+    return pred
+
+
+def frame_evidence(pred, meta: dict, fs) -> dict:
+    """Calibrated probabilities and the per-frame scores of one network pass ``pred`` over ``fs``.
+
+    ``gate``: the highest classifier threshold at which the frame gets an ROI at the card's refinement
+    (calibrate.NO_ROI where none); ``cine_p`` and ``cine_gate``: the means of the most probable patch
+    and of ``gate`` over the frame's cine (temporal.cine_evidence).
+    """
+    from CACIdentifierLib import calibration as calib
+    from CACIdentifierLib.temporal import cine_evidence
+    from CACTrainerLib.calibrate import frame_detection_curve
+
     probs = pred.probs
     if meta.get("calibration"):
         probs = calib.apply(probs, meta["calibration"]).astype(np.float32)
     p5 = probs.reshape(-1, 5)
-    gate = np.array([gate_score(p5[f], pred.rois[5 * f:5 * f + 5], exposed_field(fs.nc[f], margin_px=3),
-                                cfg.refinement) for f in range(len(fs))])
-    truth = np.asarray([bool(c.any()) for c in fs.calcium])
-    return {"pred": pred, "gate": gate, "max_p": p5.max(axis=1), "truth": truth,
-            "cine_p": cine_mean(p5.max(axis=1), fs.acquisition), "cine_gate": cine_mean(gate, fs.acquisition)}
+    curve = frame_detection_curve(probs, pred.rois, fs, card_config(meta).refinement)
+    gate = curve["gate_scores"]
+    return {"pred": pred, "gate": gate, "max_p": p5.max(axis=1), "truth": curve["truth"],
+            "cine_p": cine_evidence(p5.max(axis=1), fs.acquisition),
+            "cine_gate": cine_evidence(gate, fs.acquisition)}
 
 
 def card_config(meta: dict, threshold: float | None = None):
@@ -153,6 +127,7 @@ def main(argv=None) -> int:
     ap.add_argument("--sensitivity", type=float, help="target frame sensitivity (default: FIRST's on validation)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--out", default="frame_score.json")
+    ap.add_argument("--cache", type=Path, help="keep the pools and each model's predictions here for later runs")
     args = ap.parse_args(argv)
 
     import torch
@@ -160,6 +135,7 @@ def main(argv=None) -> int:
     from CACIdentifierLib.metrics import frame_detection, roc_auc
     from CACIdentifierLib.modelio import load_model
     from CACTrainerLib import evaluation
+    from CACTrainerLib.calibrate import cine_operating_point
     from CACTrainerLib.dataset import FrameSet
     from CACTrainerLib.phantom_pool import phantom_pool
     from compare_models import item4_verdict
@@ -168,15 +144,18 @@ def main(argv=None) -> int:
     torch.set_num_threads(2)
     t0 = time.perf_counter()
     kw = dict(n_frames=64, frames_per_acquisition=6, workers=args.workers, calcium_free_fraction=0.4)
-    val = phantom_pool(args.val, seed=args.val_seed, **kw)
-    test = FrameSet.concat([phantom_pool(args.test, seed=int(s), **kw) for s in args.test_seed.split(",")])
+    val_name, test_name = f"val{args.val}-{args.val_seed}", f"test{args.test}-{args.test_seed.replace(',', '_')}"
+    val = cached_pool(args.cache, val_name, lambda: phantom_pool(args.val, seed=args.val_seed, **kw))
+    test = cached_pool(args.cache, test_name, lambda: FrameSet.concat(
+        [phantom_pool(args.test, seed=int(s), **kw) for s in args.test_seed.split(",")]))
     log(f"validation {val.summary()}; test {test.summary()} in {time.perf_counter() - t0:.0f} s")
     out = {"validation": val.summary(), "test": test.summary(), "models": {}}
     cpu = torch.device("cpu")
     target, reference = args.sensitivity, None
     for i, path in enumerate(args.models):
         model, meta = load_model(path)
-        ev_val, ev_test = frame_evidence(model, meta, val), frame_evidence(model, meta, test)
+        ev_val = frame_evidence(cached_predictions(args.cache, path, val_name, model, val), meta, val)
+        ev_test = frame_evidence(cached_predictions(args.cache, path, test_name, model, test), meta, test)
         card = card_config(meta)
         row = {"frame_auc": {}, "families": {}}
         for name, split in (("validation", ev_val), ("test", ev_test)):
@@ -194,17 +173,22 @@ def main(argv=None) -> int:
             out["target_sensitivity"] = target
         for fam in FAMILIES:
             cine_key = {"frame": None, "frame+cine_p": "cine_p", "frame+cine_gate": "cine_gate"}[fam]
-            point = operating_point(ev_val["gate"], ev_val["truth"], target,
-                                    cine=None if cine_key is None else ev_val[cine_key])
-            gate = np.ones(len(test), bool) if cine_key is None else ev_test[cine_key] >= point["c"]
-            ev = evaluation.evaluate(model, test, card_config(meta, point["t"]), cpu,
+            # The frame alone is the cine gate at its lowest candidate (every cine passes).
+            cine_val = np.zeros(len(val)) if cine_key is None else ev_val[cine_key]
+            point = cine_operating_point(ev_val["gate"], cine_val, ev_val["truth"], target)
+            if point is None:  # the decoder draws too few ROIs at any threshold
+                row["families"][fam] = {"validation": None, "unreachable_sensitivity": target}
+                log(f"{Path(path).name} {fam}: no point reaches validation sensitivity {target:.3f}")
+                continue
+            gate = np.ones(len(test), bool) if cine_key is None else ev_test[cine_key] >= point["cine_threshold"]
+            ev = evaluation.evaluate(model, test, card_config(meta, point["threshold"]), cpu,
                                      calibration=meta.get("calibration"), predictions=ev_test["pred"],
                                      frame_gate=gate)
             summary = summarize(ev, per_cine(ev, test))
             row["families"][fam] = {"validation": point, "test": summary,
                                     "item4_vs_first_card": item4_verdict(reference, summary)}
             d = summary["frame_detection"]
-            log(f"{Path(path).name} {fam}: t={point['t']:.4f} c={point['c']} validation sens "
+            log(f"{Path(path).name} {fam}: t={point['threshold']:.4f} c={point['cine_threshold']:.4f} validation sens "
                 f"{point['sensitivity']:.3f} spec {point['specificity']:.3f}; test found {d['tp']}/{d['tp'] + d['fn']}"
                 f" clean {d['tn']}/{d['tn'] + d['fp']} area {summary['roi_area_pct_field']['median']:.2f} % "
                 f"precision {summary['roi_precision']['median']:.2f}")

@@ -170,6 +170,7 @@ def identify(
     classifier_threshold: float | None = None,
     use_autocast: bool = True,
     temporal: bool = False,
+    cine_gate: bool = True,
     workers: int | None = None,
     progress: ProgressCallback | None = None,
 ) -> IdentifyResult:
@@ -200,6 +201,10 @@ def identify(
     temporal : bool
         Keep only ROIs that recur at the same cardiac phase in another beat
         (:func:`.temporal.temporal_filter`); off by default (see docs/identify.md).
+    cine_gate : bool
+        Apply the model card's ``cine_threshold`` where it has one: no ROI on any frame of a cine whose
+        mean frame probability lies below it (:func:`.temporal.cine_gate`; ``parameters`` then say
+        ``cine_gate_withheld``).  False shows each frame's own ROIs.
     use_autocast : bool
         Run in the device's reduced precision (bf16/fp16, see :func:`.device.autocast_dtype`);
         False runs in fp32.
@@ -362,9 +367,19 @@ def identify(
         from .temporal import temporal_filter
 
         roi = temporal_filter(roi, frames_nc, np.asarray(sync.phase, float))
+    probabilities = patch_probs.max(axis=1) if n else np.zeros(0, np.float32)
+    # The cine's evidence (temporal.py): a card chosen with `cac calibrate --cine-gate` withholds every
+    # ROI of a cine whose frames, on average, say calcium less than its cine threshold.
+    from .temporal import cine_evidence
+
+    evidence = cine_evidence(probabilities)
+    cine_thr = metadata.get("cine_threshold") if cine_gate else None
+    withheld = cine_thr is not None and n > 0 and evidence < float(cine_thr)
+    if withheld:
+        for f in set(frames_nc):
+            roi[f] = False
     field_px = max(int(field_mask.sum()), 1)
     area_pct = np.array([100.0 * roi[f].sum() / field_px for f in frames_nc], dtype=float)
-    probabilities = patch_probs.max(axis=1) if n else np.zeros(0, np.float32)
     if spacing is not None:
         pixel_area = float(spacing[0]) * float(spacing[1])
         areas = np.array([roi[f].sum() * pixel_area for f in frames_nc], dtype=float)
@@ -382,7 +397,8 @@ def identify(
         "device": str(dev),
     }
     params = dict(refine_params, classifier_threshold=float(cls_thr), device=str(dev), temporal=bool(temporal),
-                  temperature=temperature, calibration_bias=bias)
+                  temperature=temperature, calibration_bias=bias, cine_evidence=round(float(evidence), 4),
+                  cine_threshold=None if cine_thr is None else float(cine_thr), cine_gate_withheld=bool(withheld))
     return IdentifyResult(
         frames=frames_nc,
         contrast_frames=frames_c,

@@ -1,4 +1,4 @@
-"""Temporal consistency across beats (the paper's stated future work).
+"""Temporal consistency across beats and across the cine (the paper's stated future work).
 
 Calcium sits on the vessel wall: at the same cardiac phase it is at the same
 place in every beat, so its ROI recurs.  A false positive from noise or a
@@ -6,6 +6,13 @@ passing structure flickers.  :func:`temporal_filter` keeps an ROI component
 only when a frame of about the same phase in *another* beat has an ROI within
 ``radius_px`` of it; frames with no same-phase partner keep their ROIs (no
 evidence either way).
+
+Calcium is in every non-contrast frame of a calcified run, so the evidence of
+the whole cine -- the mean of its frames' CAC probabilities
+(:func:`cine_evidence`) -- separates calcified from calcium-free runs better
+than any one frame does.  :func:`cine_gate` withholds every ROI of a cine whose
+evidence lies below the model card's ``cine_threshold`` (chosen on held-out data
+by ``cac calibrate --cine-gate``; docs/identify.md).
 
 Examples
 --------
@@ -77,3 +84,57 @@ def temporal_filter(masks: np.ndarray, frames, phase, beat=None, *, phase_tol: f
         keep = np.unique(labels[support & masks[f]])
         out[f] = np.isin(labels, keep[keep > 0])
     return out
+
+
+def cine_evidence(frame_probabilities, cines=None) -> np.ndarray | float:
+    """The mean frame probability of a cine (or of each frame's cine, with ``cines``).
+
+    Parameters
+    ----------
+    frame_probabilities : sequence of float
+        Each analysed frame's CAC probability (its most probable patch, calibrated).
+    cines : sequence, optional
+        The cine of each frame, when frames of several cines are given together.
+
+    Returns
+    -------
+    float, or ndarray with ``cines``: every frame's cine evidence.
+
+    Examples
+    --------
+    >>> cine_evidence([0.25, 0.5, 0.75])
+    0.5
+    >>> cine_evidence([0.2, 0.4, 0.9], cines=["a", "a", "b"]).round(2).tolist()
+    [0.3, 0.3, 0.9]
+    """
+    p = np.asarray(frame_probabilities, float).reshape(-1)
+    if cines is None:
+        return float(p.mean()) if p.size else 0.0
+    c = np.asarray(cines, dtype=object).reshape(-1)
+    if c.size != p.size:
+        raise ValueError(f"{c.size} cine names for {p.size} frame probabilities")
+    out = np.empty_like(p)
+    for name in dict.fromkeys(c.tolist()):
+        sel = c == name
+        out[sel] = p[sel].mean()
+    return out
+
+
+def cine_gate(frame_probabilities, cine_threshold, cines=None) -> np.ndarray:
+    """Per frame: may it keep its ROI?  False on every frame of a cine whose evidence is below ``cine_threshold``.
+
+    ``cine_threshold`` None keeps every frame (a model card without a cine gate).
+
+    Examples
+    --------
+    >>> cine_gate([0.1, 0.3, 0.9, 0.8], 0.5, cines=["free", "free", "calc", "calc"]).tolist()
+    [False, False, True, True]
+    >>> cine_gate([0.1, 0.3], None).tolist()
+    [True, True]
+    """
+    p = np.asarray(frame_probabilities, float).reshape(-1)
+    if cine_threshold is None:
+        return np.ones(p.size, bool)
+    evidence = cine_evidence(p, cines) if cines is not None else np.full(p.size, cine_evidence(p))
+    return np.asarray(evidence >= float(cine_threshold), bool)
+

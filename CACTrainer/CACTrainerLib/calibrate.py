@@ -30,6 +30,7 @@ import numpy as np
 from CACIdentifierLib.refinement import DEFAULTS as REFINEMENT_DEFAULTS
 
 METHODS = ("platt", "temperature", "none")
+NO_ROI = -1.0  # the gate score of a frame without an ROI at any threshold: never found
 ISLAND_SIZES = (500, 250)  # px: what the operating point may lower the model's min_island_px to, in turn
 
 
@@ -69,7 +70,9 @@ def frame_detection_curve(probs: np.ndarray, rois: np.ndarray, fs, refinement: d
     dict
         ``thresholds`` (ascending candidate thresholds: 0 and every distinct
         probability), ``sensitivity``, ``specificity`` (arrays, NaN where
-        undefined), ``positive_frames``, ``negative_frames``.
+        undefined), ``positive_frames``, ``negative_frames``; per frame
+        ``gate_scores`` (the highest threshold at which the frame still gets
+        an ROI, :data:`NO_ROI` where none does) and ``truth`` (it has calcium).
     """
     from . import evaluation
 
@@ -91,8 +94,12 @@ def frame_detection_curve(probs: np.ndarray, rois: np.ndarray, fs, refinement: d
     npos, nneg = int(truth.sum()), int((~truth).sum())
     sens = (detected & truth).sum(axis=1) / npos if npos else np.full(len(thresholds), np.nan)
     spec = (~detected & ~truth).sum(axis=1) / nneg if nneg else np.full(len(thresholds), np.nan)
+    # Each frame's gate score: the highest threshold at which it still gets an ROI (NO_ROI when none does).
+    first = np.where(has_roi[:, 1:].any(axis=1), has_roi[:, 1:].argmax(axis=1), -1)
+    ranked = np.take_along_axis(p, order, axis=1)
+    gate = np.where(first >= 0, ranked[np.arange(n), np.maximum(first, 0)], NO_ROI)
     return {"thresholds": thresholds, "sensitivity": sens, "specificity": spec,
-            "positive_frames": npos, "negative_frames": nneg}
+            "positive_frames": npos, "negative_frames": nneg, "gate_scores": gate, "truth": truth}
 
 
 def operating_point(curve: dict, sensitivity: float) -> dict:
@@ -127,8 +134,64 @@ def operating_point(curve: dict, sensitivity: float) -> dict:
             "positive_frames": int(curve["positive_frames"]), "negative_frames": int(curve["negative_frames"])}
 
 
+def cine_operating_point(gate_scores, evidence, truth, sensitivity: float) -> dict | None:
+    """The classifier and cine thresholds of highest frame specificity whose sensitivity reaches ``sensitivity``.
+
+    A frame is found when its gate score is at least ``t`` and its cine's evidence at least ``c``
+    (:func:`CACIdentifierLib.temporal.cine_gate`).  For each candidate ``c`` (every distinct evidence)
+    ``t`` is the highest that still finds the target share of the frames with calcium; ties in
+    specificity keep the higher sensitivity, then the higher thresholds.  None when no pair reaches it.
+
+    Parameters
+    ----------
+    gate_scores : (F,) float
+        Per frame, the highest classifier threshold at which it gets an ROI (:func:`frame_detection_curve`).
+    evidence : (F,) float
+        Per frame, its cine's evidence (:func:`CACIdentifierLib.temporal.cine_evidence` with ``cines``).
+    truth : (F,) bool
+        The frame has calcium.
+    sensitivity : float
+        Target frame sensitivity, (0, 1].
+
+    Examples
+    --------
+    Three calcified frames (gate scores 0.9, 0.6, 0.3) and three calcium-free ones (0.8, 0.2, 0.1):
+    alone, finding two of three costs the false positive at 0.8; the cine evidence sets it apart.
+
+    >>> g = np.array([0.9, 0.6, 0.3, 0.8, 0.2, 0.1]); y = np.array([1, 1, 1, 0, 0, 0], bool)
+    >>> cine_operating_point(g, np.array([0.7, 0.7, 0.7, 0.4, 0.4, 0.4]), y, 0.6)
+    {'threshold': 0.6, 'cine_threshold': 0.7, 'sensitivity': 0.6666666666666666, 'specificity': 1.0}
+
+    A calcified frame without any ROI (``NO_ROI``) is missed at every threshold:
+
+    >>> cine_operating_point(np.array([0.9, NO_ROI, 0.2]), np.ones(3), np.array([1, 1, 0], bool), 0.5)
+    {'threshold': 0.9, 'cine_threshold': 1.0, 'sensitivity': 0.5, 'specificity': 1.0}
+    >>> cine_operating_point(np.array([NO_ROI, 0.2]), np.ones(2), np.array([1, 0], bool), 0.5) is None
+    True
+    """
+    g = np.asarray(gate_scores, float)
+    e = np.asarray(evidence, float)
+    y = np.asarray(truth, bool)
+    need = int(np.ceil(sensitivity * y.sum() - 1e-9))
+    best = None
+    for c in np.unique(e):
+        ok = e >= c
+        pos = np.sort(g[y & ok & (g >= 0)])[::-1]
+        if need < 1 or len(pos) < need:
+            continue
+        t = float(pos[need - 1])
+        found = (g >= t) & ok
+        sens = float(found[y].mean())
+        spec = float((~found[~y]).mean()) if (~y).any() else float("nan")
+        key = (-1.0 if np.isnan(spec) else spec, sens, t, float(c))
+        if best is None or key > best[0]:
+            best = (key, {"threshold": t, "cine_threshold": float(c), "sensitivity": sens,
+                          "specificity": None if np.isnan(spec) else spec})
+    return None if best is None else best[1]
+
+
 def choose_operating_point(probs: np.ndarray, rois: np.ndarray, fs, refinement: dict, sensitivity: float,
-                           island_sizes=ISLAND_SIZES) -> tuple[dict, dict, dict]:
+                           island_sizes=ISLAND_SIZES, cine_gate: bool = False) -> tuple[dict, dict, dict]:
     """The operating point at the largest island size that reaches ``sensitivity``, then the highest threshold.
 
     The model's own ``min_island_px`` is tried first; then each of
@@ -146,6 +209,9 @@ def choose_operating_point(probs: np.ndarray, rois: np.ndarray, fs, refinement: 
         Target frame sensitivity, (0, 1].
     island_sizes : sequence of int
         Smaller ``min_island_px`` values that may be used (empty: the model's only).
+    cine_gate : bool
+        Choose a cine threshold with the classifier threshold (:func:`cine_operating_point`; each
+        acquisition of ``fs`` is a cine): the point then has ``cine_threshold``.
 
     Returns
     -------
@@ -168,6 +234,21 @@ def choose_operating_point(probs: np.ndarray, rois: np.ndarray, fs, refinement: 
     for size in sizes:
         ref = dict(refinement, min_island_px=size)
         curve = frame_detection_curve(probs, rois, fs, ref, fields)
+        if cine_gate:
+            if not 0.0 < sensitivity <= 1.0:
+                raise CacError(f"target sensitivity {sensitivity} must be in (0, 1]")
+            if not curve["positive_frames"]:
+                raise CacError("choosing an operating point needs frames with calcium in the held-out data")
+            from CACIdentifierLib.temporal import cine_evidence
+
+            evidence = cine_evidence(np.asarray(probs, float).reshape(-1, 5).max(axis=1), fs.acquisition)
+            joint = cine_operating_point(curve["gate_scores"], evidence, curve["truth"], sensitivity)
+            if joint is None:
+                best = max(best, float(np.nanmax(curve["sensitivity"])))
+                continue
+            return (dict(joint, target_sensitivity=float(sensitivity), min_island_px=size,
+                         positive_frames=int(curve["positive_frames"]),
+                         negative_frames=int(curve["negative_frames"])), ref, curve)
         try:
             op = operating_point(curve, sensitivity)
         except CacError:
@@ -218,7 +299,7 @@ def plot_operating_point(curve: dict, op: dict, path, title: str = "") -> None:
 
 def calibrate_metadata(model, metadata: dict, fs, *, method: str = "platt", device="cpu", data: str = "",
                        batch_size: int = 32, sensitivity: float | None = None,
-                       island_sizes=ISLAND_SIZES) -> tuple[dict, dict]:
+                       island_sizes=ISLAND_SIZES, cine_gate: bool = False) -> tuple[dict, dict]:
     """New metadata with ``calibration`` and ``feature_statistics`` fitted on ``fs``; and the reliability data.
 
     Parameters
@@ -239,6 +320,11 @@ def calibrate_metadata(model, metadata: dict, fs, *, method: str = "platt", devi
         into the card's ``refinement``).
     island_sizes : sequence of int
         The smaller ``min_island_px`` values the operating point may use.
+    cine_gate : bool
+        With ``sensitivity``: also choose the cine threshold (``cine_threshold`` in the card; each
+        acquisition of ``fs`` is a cine; :func:`choose_operating_point`).  A card's earlier cine
+        threshold is dropped whenever the calibration or the point changes without it: it was chosen
+        on the old probabilities.
 
     Returns
     -------
@@ -283,6 +369,10 @@ def calibrate_metadata(model, metadata: dict, fs, *, method: str = "platt", devi
         meta["calibration"] = dict(cal, method=method, data=str(data), patches=int(y.size),
                                    positive_patches=int(y.sum()), ece_before=before["ece"], ece_after=after["ece"])
     rel = {"before": before, "after": after}
+    if cine_gate and sensitivity is None:
+        raise CacError("the cine threshold is chosen with the operating point; give a target sensitivity too")
+    if "cine_threshold" in meta and (sensitivity is not None or method != "none"):
+        del meta["cine_threshold"]  # chosen on the old probabilities: set again below, or gone
     if sensitivity is None and method != "none" and "operating_point" in meta:
         # The operating point was chosen on the old calibration's scale: its threshold is carried to the new
         # one, so the same frames get an ROI (--sensitivity chooses a new point).
@@ -295,7 +385,9 @@ def calibrate_metadata(model, metadata: dict, fs, *, method: str = "platt", devi
         calibrated = (calibration.apply(probs, cal) if cal else probs).astype(np.float32)
         refinement = dict(REFINEMENT_DEFAULTS, **(meta.get("refinement") or {}))
         op, refinement, rel["curve"] = choose_operating_point(calibrated, rois, fs, refinement, sensitivity,
-                                                              island_sizes)
+                                                              island_sizes, cine_gate=cine_gate)
+        if cine_gate:
+            meta["cine_threshold"] = op["cine_threshold"]
         meta["refinement"] = refinement
         meta["classifier_threshold"] = op["threshold"]
         meta["operating_point"] = dict(op, data=str(data))
@@ -304,7 +396,8 @@ def calibrate_metadata(model, metadata: dict, fs, *, method: str = "platt", devi
 
 
 def calibrate_file(model_path, out_path, fs, *, method: str = "platt", data: str = "", overwrite: bool = False,
-                   device="cpu", sensitivity: float | None = None, island_sizes=ISLAND_SIZES) -> dict:
+                   device="cpu", sensitivity: float | None = None, island_sizes=ISLAND_SIZES,
+                   cine_gate: bool = False) -> dict:
     """Calibrate the model at ``model_path`` on ``fs`` and write it to ``out_path`` (+ card, reliability PNG)."""
     import torch
     from CACIdentifierLib import calibration
@@ -312,7 +405,7 @@ def calibrate_file(model_path, out_path, fs, *, method: str = "platt", data: str
 
     model, meta = load_model(model_path)
     new_meta, rel = calibrate_metadata(model, meta, fs, method=method, device=device, data=data,
-                                       sensitivity=sensitivity, island_sizes=island_sizes)
+                                       sensitivity=sensitivity, island_sizes=island_sizes, cine_gate=cine_gate)
     dtype = torch.float16 if str(meta.get("weights_dtype", "")).endswith("16") else torch.float32
     card = save_model(out_path, model, new_meta, overwrite=overwrite, dtype=dtype)
     png = Path(out_path).with_suffix(".reliability.png")

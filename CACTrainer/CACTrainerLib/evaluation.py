@@ -116,7 +116,9 @@ def evaluate(model, fs: dataset.FrameSet, config, device, *, decode: bool = True
     uncalibrated, with ROIs where ``decode``) skips the network, so that
     operating points can be compared on one pass; ``frame_gate`` (one bool
     per frame) withholds the ROI of the frames where it is False, for frame
-    decisions beyond the patch threshold (benchmarks/frame_score.py).
+    decisions beyond the patch threshold (benchmarks/frame_score.py); without
+    it ``config.cine_threshold`` (a card's) gates each acquisition as
+    inference gates a cine (:func:`CACIdentifierLib.temporal.cine_gate`).
     """
     from CACIdentifierLib import calibration as calib
     from CACIdentifierLib import metrics
@@ -127,6 +129,11 @@ def evaluate(model, fs: dataset.FrameSet, config, device, *, decode: bool = True
     probs, rois, _ = predictions
     if len(probs) != fs.n_patches or (decode and rois is None):
         raise ValueError("predictions do not match the frames (or lack the ROIs that decode needs)")
+    if frame_gate is None and getattr(config, "cine_threshold", None) is not None:
+        # The card's cine gate, as inference applies it (temporal.cine_gate): each acquisition is a cine.
+        from CACIdentifierLib.temporal import cine_gate
+
+        frame_gate = cine_gate(probs.reshape(-1, 5).max(axis=1), config.cine_threshold, fs.acquisition)
     gate_frames = np.ones(len(fs), bool) if frame_gate is None else np.asarray(frame_gate, bool).reshape(-1)
     if gate_frames.size != len(fs):
         raise ValueError(f"frame_gate has {gate_frames.size} values for {len(fs)} frames")

@@ -84,6 +84,7 @@ class TrainConfig:
     rebalance_step: float = 0.01
     rebalance_floor: float = 0.01
     classifier_threshold: float = CLASSIFIER_THRESHOLD
+    cine_threshold: float | None = None  # a card's cine gate (temporal.cine_gate), set for scoring, never trained
     refinement: dict = field(default_factory=lambda: dict(REFINEMENT_DEFAULTS))
     architecture: dict = field(default_factory=dict)
     num_threads: int | None = None

@@ -40,6 +40,9 @@ def register(subparsers) -> None:
                    help="with --sensitivity: smaller refinement island sizes (pixels) tried, largest first, when the "
                         "model's own (the paper's 1000) cannot reach S at any threshold; 'none' keeps the model's "
                         "(default: 500,250)")
+    p.add_argument("--cine-gate", action="store_true",
+                   help="with --sensitivity: also choose a cine threshold; identify then draws no ROI in a cine "
+                        "whose frames' mean CAC probability lies below it (each held-out acquisition is a cine)")
     p.add_argument("--out", required=True, help="output model file (.safetensors)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--json", action="store_true", help="print the calibration as JSON on stdout")
@@ -69,6 +72,8 @@ def run(args) -> int:
         raise CacError("--seed chooses the phantom patients of --phantom-pool; it has no effect with --dataset")
     if args.island_sizes is not None and args.sensitivity is None:
         raise CacError("--island-sizes is used while choosing the operating point; give --sensitivity S too")
+    if args.cine_gate and args.sensitivity is None:
+        raise CacError("--cine-gate is chosen with the operating point; give --sensitivity S too")
     from CACIdentifierLib.background import FRAME_AND_RESIDUAL
 
     meta = read_metadata(args.model)  # a bad model fails here, before the data are read
@@ -100,10 +105,11 @@ def run(args) -> int:
     from CACTrainerLib.calibrate import calibrate_file
 
     result = calibrate_file(args.model, out, fs, method=args.method, data=data, overwrite=args.overwrite,
-                            sensitivity=args.sensitivity, island_sizes=island_sizes)
+                            sensitivity=args.sensitivity, island_sizes=island_sizes, cine_gate=args.cine_gate)
     card = result["card"]
     summary = {"model": str(out), "calibration": card.get("calibration"),
                "classifier_threshold": card.get("classifier_threshold"), "operating_point": card.get("operating_point"),
+               "cine_threshold": card.get("cine_threshold"),
                "feature_statistics": {k: v for k, v in card["feature_statistics"].items() if k not in ("mean", "std")},
                "reliability_png": result["figure"], "operating_point_png": result.get("operating_point_figure")}
     if args.json:
@@ -121,6 +127,8 @@ def run(args) -> int:
         if op:
             spec = "undefined" if op["specificity"] is None else f"{op['specificity']:.2f}"
             island = f", islands >= {op['min_island_px']} px" if "min_island_px" in op else ""
+            if card.get("cine_threshold") is not None:
+                island += f", cine threshold {card['cine_threshold']:.3f}"
             # Without --sensitivity the model's point is carried to the new scale: its figures are the old data's.
             where = ("held-out frames" if args.sensitivity is not None else
                      f"frames of the model's earlier point ({printable(str(op.get('data', 'its own data')), 80)}; "

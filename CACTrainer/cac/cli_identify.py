@@ -45,6 +45,9 @@ def register(subparsers) -> None:
     p.add_argument("--no-autocast", action="store_true", help="run the network in fp32 on CPU")
     p.add_argument("--temporal", action="store_true",
                    help="keep only ROIs that recur at the same cardiac phase in another beat")
+    p.add_argument("--no-cine-gate", action="store_true",
+                   help="show each frame's own ROIs even where the model card's cine threshold (cac calibrate "
+                        "--cine-gate) judges the whole cine calcium-free")
     p.add_argument("--dicom-seg", metavar="OUT.dcm",
                    help="also write the ROIs as a DICOM Segmentation referencing the source XA file and its frames")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder (and --dicom-seg file)")
@@ -153,6 +156,7 @@ def _run(args: argparse.Namespace) -> int:
         threshold=args.threshold,
         use_autocast=not args.no_autocast,
         temporal=args.temporal,
+        cine_gate=not args.no_cine_gate,
         progress=json_progress() if progress_json else terminal_progress(),
     )
     evaluation = None
@@ -164,6 +168,10 @@ def _run(args: argparse.Namespace) -> int:
     report = build_report(result, cine, evaluation, model_info, record_source=args.record_source)
     for warning in report.get("distribution_warnings", []):
         print(f"cac: warning: {warning}", file=sys.stderr)
+    if result.parameters.get("cine_gate_withheld"):
+        print(f"cac: no ROI drawn: the cine's evidence {result.parameters['cine_evidence']:.3f} (mean frame "
+              f"probability) is below the model's cine threshold {result.parameters['cine_threshold']:.3f}; "
+              "--no-cine-gate shows each frame's own ROIs", file=sys.stderr)
 
     from CACIdentifierLib.nrrd_io import write_seg_nrrd
 
