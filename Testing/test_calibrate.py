@@ -297,9 +297,9 @@ def test_cac_calibrate_sensitivity_sets_the_threshold_that_reaches_it(setup, fra
     assert ev["detection"]["sensitivity"] == pytest.approx(meta["operating_point"]["sensitivity"])
     assert ev["detection"]["specificity"] == pytest.approx(meta["operating_point"]["specificity"])
     # Calibrating the gated model again without a new point drops the cine threshold (chosen on old probabilities).
-    again = setup / "again.safetensors"
-    assert main(["calibrate", str(gated), "--dataset", str(setup / "ds"), "--out", str(again)]) == 0
-    assert "cine_threshold" not in load_model(again)[1]
+    ungated = setup / "gated_again.safetensors"
+    assert main(["calibrate", str(gated), "--dataset", str(setup / "ds"), "--out", str(ungated)]) == 0
+    assert "cine_threshold" not in load_model(ungated)[1]
 
 
 def test_cac_calibrate_method_none_keeps_the_models_calibration(setup, frames, capsys):

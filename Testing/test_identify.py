@@ -436,3 +436,23 @@ def test_cine_gate_withholds_every_roi_of_a_cine_below_the_card_threshold(study,
     assert np.array_equal(off.roi, plain.roi) and not off.parameters["cine_gate_withheld"]
     below = identify(cine, net, dict(meta, cine_threshold=evidence - 0.01), sync=plain.sync, use_autocast=False)
     assert np.array_equal(below.roi, plain.roi) and not below.parameters["cine_gate_withheld"]
+
+
+def test_cli_identify_says_when_the_cine_gate_withheld_the_rois(study, model, tmp_path, capsys):
+    """A card whose cine threshold no cine reaches: one line says why there is no ROI; --no-cine-gate shows them."""
+    from CACIdentifierLib.modelio import save_model
+
+    _, folder, files = study
+    net, meta = model
+    gated = tmp_path / "gated.safetensors"
+    save_model(gated, net, {k: v for k, v in meta.items() if k != "sha256"} | {"cine_threshold": 1.01})
+    assert cac(["identify", str(folder / files["cine"]), "--out", str(tmp_path / "g"), "--model", str(gated)]) == 0
+    err = capsys.readouterr().err
+    assert "cac: no ROI drawn: the cine's evidence" in err and "cine threshold 1.010" in err
+    report = json.loads((tmp_path / "g" / "report.json").read_text())
+    assert report["parameters"]["cine_gate_withheld"] and not any(r["roi_area_mm2"] for r in report["frames"])
+    assert cac(["identify", str(folder / files["cine"]), "--out", str(tmp_path / "n"), "--model", str(gated),
+                "--no-cine-gate"]) == 0
+    assert "no ROI drawn" not in capsys.readouterr().err
+    report = json.loads((tmp_path / "n" / "report.json").read_text())
+    assert not report["parameters"]["cine_gate_withheld"] and any(r["roi_area_mm2"] for r in report["frames"])

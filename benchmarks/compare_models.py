@@ -117,6 +117,8 @@ def main(argv=None) -> int:
     ap.add_argument("--sensitivity", type=float, help="with --calibrate: target frame sensitivity (operating point)")
     ap.add_argument("--match-first", action="store_true",
                     help="with --sensitivity: at least the first model's frame sensitivity on the validation pool")
+    ap.add_argument("--cine-gate", action="store_true",
+                    help="with --sensitivity: also choose a cine threshold (cac calibrate --cine-gate)")
     ap.add_argument("--island-sizes",
                     help="with --sensitivity: smaller refinement island sizes the operating point may use, or none "
                          "(default: cac calibrate's)")
@@ -162,11 +164,13 @@ def main(argv=None) -> int:
             target = max(target, first_val["detection"]["sensitivity"])
         done = calibrate_file(args.models[-1], args.calibrate, val, method="platt", overwrite=True,
                               data=f"phantom_pool seed {args.val_seed}, {args.val} patients x 6 frames",
-                              sensitivity=target, island_sizes=parse_island_sizes(args.island_sizes))
+                              sensitivity=target, island_sizes=parse_island_sizes(args.island_sizes),
+                              cine_gate=args.cine_gate)
         cal, rel = done["card"]["calibration"], done["reliability"]
         results["calibration"] = {"temperature": cal["temperature"], "bias": cal["bias"],
                                   "before": rel["before"], "after": rel["after"],
-                                  "operating_point": done["card"].get("operating_point")}
+                                  "operating_point": done["card"].get("operating_point"),
+                                  "cine_threshold": done["card"].get("cine_threshold")}
         log(f"operating point: {done['card'].get('operating_point')}")
         log(f"calibration T={cal['temperature']:.3f} b={cal['bias']:.3f} "
             f"ECE {rel['before']['ece']:.3f} -> {rel['after']['ece']:.3f}")
