@@ -379,7 +379,8 @@ def calibrate_metadata(model, metadata: dict, fs, *, method: str = "platt", devi
         t = calibration.carry_threshold(float(meta.get("classifier_threshold", 0.5)), metadata.get("calibration"),
                                         cal)
         meta["classifier_threshold"] = t
-        meta["operating_point"] = dict(meta["operating_point"], threshold=t)
+        meta["operating_point"] = {k: v for k, v in dict(meta["operating_point"], threshold=t).items()
+                                   if k != "cine_threshold" or "cine_threshold" in meta}
     if sensitivity is not None:
         # float32 as evaluation.evaluate gates them, so that a held-out probability lands on the same side.
         calibrated = (calibration.apply(probs, cal) if cal else probs).astype(np.float32)
