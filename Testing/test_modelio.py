@@ -168,3 +168,30 @@ def test_default_model_path(tmp_path, monkeypatch):
     else:
         with pytest.raises(CacError, match="no default model"):
             resources.default_model_path()
+
+
+def test_ctrl_c_while_loading_is_an_interrupt_not_an_unreadable_model(tmp_path, monkeypatch):
+    """A SIGINT inside safetensors' native loader surfaced as a TypeError and so as "not a readable model"
+    (a CI run's `cac identify` interrupted at that moment exited 2, not 130); it is held and passed on."""
+    import os
+    import signal
+
+    import safetensors.torch
+
+    path = tmp_path / "m.safetensors"
+    modelio.save_model(path, ResUNet18(width=8, decoder_channels=(16, 8, 8, 8, 8)))
+
+    def interrupted_load(name, device="cpu"):
+        try:
+            os.kill(os.getpid(), signal.SIGINT)  # arrives while "native code" runs ...
+            for _ in range(1000):  # ... Python checks for it here ...
+                pass
+        except KeyboardInterrupt:
+            pass  # ... and the native code swallows what the handler raised
+        raise TypeError("could not determine the shape of object type 'torch.storage.UntypedStorage'")
+
+    monkeypatch.setattr(safetensors.torch, "load_file", interrupted_load)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    with pytest.raises(KeyboardInterrupt):
+        modelio.load_model(path)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored

@@ -376,6 +376,31 @@ def _tensor_shapes(path: Path) -> dict[str, tuple[int, ...]]:
         ) from None
 
 
+def _load_holding_ctrl_c(load_file, path):
+    """``load_file(path)`` with Ctrl+C held until it returns, then passed on.
+
+    A SIGINT that arrived inside safetensors' native code came out as a TypeError ("could not determine
+    the shape of object type ...") and so as "not a readable model"; the interrupt is what happened.
+    """
+    import signal
+    import threading
+
+    previous = signal.getsignal(signal.SIGINT) if threading.current_thread() is threading.main_thread() else None
+    if previous is None:  # not the main thread, or a handler not set from Python: leave it alone
+        return load_file(str(path), device="cpu")
+    caught = []
+    signal.signal(signal.SIGINT, lambda signum, frame: caught.append(frame))
+    try:
+        return load_file(str(path), device="cpu")
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if caught:
+            if callable(previous):
+                previous(signal.SIGINT, caught[0])  # Python's default raises KeyboardInterrupt here
+            elif previous == signal.SIG_DFL:
+                raise KeyboardInterrupt
+
+
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[ResUNet18, dict]:
     """Load a model written by :func:`save_model`; returns ``(model in eval mode, metadata)``.
 
@@ -411,7 +436,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> t
             "the file and its metadata disagree"
         )
     try:
-        tensors = load_file(str(path), device="cpu")
+        tensors = _load_holding_ctrl_c(load_file, path)
     except Exception as exc:
         raise CacError(
             f"{path} is not a readable safetensors model ({printable(str(exc), 120)}); re-download or re-train it"
