@@ -704,6 +704,14 @@ def test_evaluate_reuses_predictions_and_withholds_gated_frames(monkeypatch):
     assert ev["frame_pred_any"] == [False, False, False]
     ev = E.evaluate(None, fs, T.TrainConfig(cine_threshold=0.9), cpu, predictions=given)
     assert ev["frame_pred_any"] == [True, False, False]
+    # ... on the calibrated probabilities, as inference gates (0.9 raw, 0.057 after a bias of -5).
+    raw = E.PatchPredictions(np.full(5 * len(fs), 0.9, np.float32), rois, None)
+    low = {"temperature": 1.0, "bias": -5.0}
+    ev = E.evaluate(None, fs, T.TrainConfig(classifier_threshold=0.01), cpu, predictions=raw, calibration=low)
+    assert ev["frame_pred_any"] == [True, False, False]
+    ev = E.evaluate(None, fs, T.TrainConfig(classifier_threshold=0.01, cine_threshold=0.5), cpu, predictions=raw,
+                    calibration=low)
+    assert ev["frame_pred_any"] == [False, False, False]
     with pytest.raises(ValueError, match="do not match"):
         E.evaluate(None, fs, cfg, cpu, predictions=E.PatchPredictions(given.probs[:5], rois[:5], None))
 

@@ -129,16 +129,17 @@ def evaluate(model, fs: dataset.FrameSet, config, device, *, decode: bool = True
     probs, rois, _ = predictions
     if len(probs) != fs.n_patches or (decode and rois is None):
         raise ValueError("predictions do not match the frames (or lack the ROIs that decode needs)")
+    if calibration:
+        probs = calib.apply(probs, calibration).astype(np.float32)
     if frame_gate is None and getattr(config, "cine_threshold", None) is not None:
-        # The card's cine gate, as inference applies it (temporal.cine_gate): each acquisition is a cine.
+        # The card's cine gate on the calibrated probabilities, as inference applies it (temporal.cine_gate):
+        # each acquisition is a cine.
         from CACIdentifierLib.temporal import cine_gate
 
         frame_gate = cine_gate(probs.reshape(-1, 5).max(axis=1), config.cine_threshold, fs.acquisition)
     gate_frames = np.ones(len(fs), bool) if frame_gate is None else np.asarray(frame_gate, bool).reshape(-1)
     if gate_frames.size != len(fs):
         raise ValueError(f"frame_gate has {gate_frames.size} values for {len(fs)} frames")
-    if calibration:
-        probs = calib.apply(probs, calibration).astype(np.float32)
     y = fs.patch_labels > 0.5
     pred = probs >= config.classifier_threshold
     out = {"patches": int(y.size), "positives": int(y.sum())}
