@@ -211,7 +211,8 @@ def test_cine_gate_point_keeps_the_sensitivity_and_sets_calcium_free_cines_apart
     assert op["specificity"] == pytest.approx(2 / 3) and "cine_threshold" not in op
     op, ref, _ = choose_operating_point(probs, rois, fr, refinement, 1.0, cine_gate=True)
     assert op["sensitivity"] == 1.0 and op["specificity"] == 1.0
-    assert op["threshold"] == pytest.approx(0.25) and op["cine_threshold"] == pytest.approx(0.4833, abs=1e-3)
+    # halfway down to the next lower candidates: gate score 0.1 below 0.25, cine evidence 0.333 below 0.483
+    assert op["threshold"] == pytest.approx(0.175) and op["cine_threshold"] == pytest.approx(0.4083, abs=1e-3)
     # Brute force, as evaluate (and inference) apply the two thresholds:
     gate = cine_evidence(probs.reshape(n, 5).max(1), fr.acquisition) >= op["cine_threshold"]
     det = [bool(gate[f]) and evaluation.frame_roi(rois[5 * f:5 * f + 5], probs[5 * f:5 * f + 5] >= op["threshold"],
