@@ -20,6 +20,7 @@ MODULES = [
     "CACIdentifierLib.temporal",
     "CACTrainerLib.phantom_annotators",
     "CACTrainerLib.calibrate",
+    "CACTrainerLib.training",
     "cac.train_events",
     "cac.cli_calibrate",
 ]

@@ -155,9 +155,7 @@ def main(argv=None) -> int:
         target = args.sensitivity
         if target is not None and args.match_first:
             first, first_meta = load_model(args.models[0])
-            first_cfg = training.TrainConfig(
-                refinement=dict(first_meta.get("refinement", {})) or training.TrainConfig().refinement,
-                classifier_threshold=float(first_meta.get("classifier_threshold", 0.5)))
+            first_cfg = training.card_config(first_meta)
             first_val = evaluation.evaluate(first, val, first_cfg, device, calibration=first_meta.get("calibration"))
             results["first_model_validation_detection"] = first_val["detection"]
             log(f"{args.models[0]} on the validation pool: {first_val['detection']}")
@@ -177,9 +175,7 @@ def main(argv=None) -> int:
         args.models.append(args.calibrate)
     for path in args.models:
         model, meta = load_model(path)
-        cfg = training.TrainConfig(refinement=dict(meta.get("refinement", {})) or training.TrainConfig().refinement,
-                                   classifier_threshold=float(meta.get("classifier_threshold", 0.5)),
-                                   cine_threshold=meta.get("cine_threshold"))
+        cfg = training.card_config(meta)
         ev = evaluation.evaluate(model, test, cfg, device, calibration=meta.get("calibration"))
         cines = per_cine(ev, test)
         results["models"][path] = {"test": summarize(ev, cines), "cines": cines}

@@ -109,12 +109,12 @@ def frame_evidence(pred, meta: dict, fs) -> dict:
 
 
 def card_config(meta: dict, threshold: float | None = None):
-    """TrainConfig with a card's refinement and classifier threshold (or ``threshold``)."""
+    """The card's scoring settings (training.card_config), without its cine gate (a family sets its own)
+    and with ``threshold`` as the classifier threshold where given."""
     from CACTrainerLib import training
 
-    return training.TrainConfig(
-        refinement=dict(meta.get("refinement", {})) or training.TrainConfig().refinement,
-        classifier_threshold=float(meta.get("classifier_threshold", 0.5) if threshold is None else threshold))
+    moved = {} if threshold is None else {"classifier_threshold": float(threshold)}
+    return training.card_config(meta, cine_threshold=None, **moved)
 
 
 def main(argv=None) -> int:
@@ -134,7 +134,7 @@ def main(argv=None) -> int:
     from CACIdentifierLib.allocator import keep_freed_memory
     from CACIdentifierLib.metrics import frame_detection, roc_auc
     from CACIdentifierLib.modelio import load_model
-    from CACTrainerLib import evaluation
+    from CACTrainerLib import evaluation, training
     from CACTrainerLib.calibrate import cine_operating_point
     from CACTrainerLib.dataset import FrameSet
     from CACTrainerLib.phantom_pool import phantom_pool
@@ -156,13 +156,16 @@ def main(argv=None) -> int:
         model, meta = load_model(path)
         ev_val = frame_evidence(cached_predictions(args.cache, path, val_name, model, val), meta, val)
         ev_test = frame_evidence(cached_predictions(args.cache, path, test_name, model, test), meta, test)
-        card = card_config(meta)
+        card = training.card_config(meta)  # the card's own point, its cine gate included
         row = {"frame_auc": {}, "families": {}}
         for name, split in (("validation", ev_val), ("test", ev_test)):
             row["frame_auc"][name] = {k: roc_auc(split["truth"], split[k])
                                       for k in ("max_p", "gate", "cine_p", "cine_gate")}
         # The card's own point: the gate score against the card's threshold.
-        card_val = frame_detection(ev_val["gate"] >= card.classifier_threshold, ev_val["truth"])
+        found = ev_val["gate"] >= card.classifier_threshold
+        if card.cine_threshold is not None:
+            found &= ev_val["cine_p"] >= card.cine_threshold
+        card_val = frame_detection(found, ev_val["truth"])
         ev = evaluation.evaluate(model, test, card, cpu, calibration=meta.get("calibration"),
                                  predictions=ev_test["pred"])
         row["card"] = {"validation": card_val, "test": summarize(ev, per_cine(ev, test))}

@@ -188,7 +188,7 @@ def cine_operating_point(gate_scores, evidence, truth, sensitivity: float) -> di
         spec = float((~found[~y]).mean()) if (~y).any() else float("nan")
         key = (-1.0 if np.isnan(spec) else spec, sens, t, float(c))
         if best is None or key > best[0]:
-            best = (key, {"threshold": _halfway_down(t, g), "cine_threshold": _halfway_down(float(c), e),
+            best = (key, {"threshold": _halfway_down(t, g[g >= 0]), "cine_threshold": _halfway_down(float(c), e),
                           "sensitivity": sens, "specificity": None if np.isnan(spec) else spec})
     return None if best is None else best[1]
 

@@ -220,6 +220,18 @@ def inference_metadata(config: TrainConfig) -> dict:
             "refinement": dict(config.refinement), "classifier_threshold": config.classifier_threshold}
 
 
+def card_config(meta: dict, **overrides) -> TrainConfig:
+    """The scoring settings of a model card (:func:`inference_metadata`'s inverse): refinement, classifier
+    threshold and cine threshold, as inference uses them; ``overrides`` replace any of them.
+
+    >>> card_config({"classifier_threshold": 0.2, "cine_threshold": 0.1}).cine_threshold
+    0.1
+    """
+    return TrainConfig(**dict(dict(refinement=dict(meta.get("refinement") or {}) or TrainConfig().refinement,
+                                   classifier_threshold=float(meta.get("classifier_threshold", CLASSIFIER_THRESHOLD)),
+                                   cine_threshold=meta.get("cine_threshold")), **overrides))
+
+
 def save_epoch_model(run_dir: Path, model, row: dict, config: TrainConfig) -> Path:
     """Write the model as it ended the epoch of ``row`` (an ``epoch`` event) with a model card saying which.
 
