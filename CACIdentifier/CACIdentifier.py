@@ -122,6 +122,8 @@ class CACIdentifierParameterNode:
     (sigma, minIslandPx, threshold: -1, shown as "model's", takes the model card's value: a model's
     operating point may set its own island size.)
     onsetFrame - first contrast frame (0-based), -1 for automatic detection.
+    temporal - keep only ROIs that recur across beats at the same cardiac phase (``cac identify --temporal``).
+    cineGate - apply the model card's cine threshold, if it has one (off: ``cac identify --no-cine-gate``).
     outputSegmentation, outputTable - created when empty.
     """
 
@@ -135,6 +137,8 @@ class CACIdentifierParameterNode:
     minIslandPx: Annotated[int, WithinRange(-1, 1000000), Default(-1)]
     threshold: Annotated[float, WithinRange(-1.0, 1.0), Default(-1.0)]
     onsetFrame: Annotated[int, WithinRange(-1, 100000), Default(-1)]
+    temporal: Annotated[bool, Default(False)]
+    cineGate: Annotated[bool, Default(True)]
     outputSegmentation: vtkMRMLSegmentationNode
     outputTable: vtkMRMLTableNode
 
@@ -291,6 +295,7 @@ class CACIdentifierWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self._job = self.logic.startIdentification(
                     p.inputNode, list(p.annotationNodes), p.modelPath, p.device, p.sigma, p.minIslandPx,
                     p.threshold, p.onsetFrame, outputSegmentation=p.outputSegmentation, outputTable=p.outputTable,
+                    temporal=p.temporal, cineGate=p.cineGate,
                 )
         except CacError as exc:  # the user's input: one line saying what to do
             self._job = None
@@ -588,7 +593,7 @@ class CACIdentifierLogic(ScriptedLoadableModuleLogic):
         return modelPath
 
     def _jobArguments(self, inputNode, annotationNodes, modelPath, device, sigma, minIslandPx, threshold,
-                      onsetFrame, outputSegmentation, outputTable) -> dict:
+                      onsetFrame, outputSegmentation, outputTable, temporal=False, cineGate=True) -> dict:
         from CACIdentifierLib.errors import CacError
 
         if inputNode is None:
@@ -603,6 +608,8 @@ class CACIdentifierLogic(ScriptedLoadableModuleLogic):
             min_island_px=_setting(minIslandPx, int),
             threshold=_setting(threshold, float),
             onset_frame=_setting(onsetFrame, int),
+            temporal=bool(temporal),
+            cine_gate=bool(cineGate),
             output_segmentation=outputSegmentation,
             output_table=outputTable,
             runner=self.runnerFactory() if self.runnerFactory else None,
@@ -611,7 +618,8 @@ class CACIdentifierLogic(ScriptedLoadableModuleLogic):
 
     def startIdentification(self, inputNode, annotationNodes=None, modelPath=None, device: str = "auto",
                             sigma: float | None = None, minIslandPx: int | None = None, threshold: float | None = None,
-                            onsetFrame: int = -1, outputSegmentation=None, outputTable=None):
+                            onsetFrame: int = -1, outputSegmentation=None, outputTable=None,
+                            temporal: bool = False, cineGate: bool = True):
         """Start the worker on ``inputNode`` and return its ``CACIdentifierLib.logic.IdentifyJob`` at once.
 
         The caller polls ``job.poll()`` (progress events), then calls ``job.load_results()``
@@ -620,14 +628,14 @@ class CACIdentifierLogic(ScriptedLoadableModuleLogic):
         # Imported here, not at module load: the Lib needs packages that may have just been installed.
         cacLogic = importlib.import_module("CACIdentifierLib.logic")
         arguments = self._jobArguments(inputNode, annotationNodes, modelPath, device, sigma, minIslandPx,
-                                       threshold, onsetFrame, outputSegmentation, outputTable)
+                                       threshold, onsetFrame, outputSegmentation, outputTable, temporal, cineGate)
         job = cacLogic.IdentifyJob(slicer.mrmlScene, **arguments)
         job.start()
         return job
 
     def process(self, inputNode, annotationNodes=None, modelPath=None, device: str = "auto", sigma: float | None = None,
                 minIslandPx: int | None = None, threshold: float | None = None, onsetFrame: int = -1, progress=None,
-                outputSegmentation=None, outputTable=None):
+                outputSegmentation=None, outputTable=None, temporal: bool = False, cineGate: bool = True):
         """Identify CAC ROIs in ``inputNode`` through the worker process and put the results in the scene.
 
         Blocks until the worker has finished (the panel uses :meth:`startIdentification` instead).
@@ -637,12 +645,14 @@ class CACIdentifierLogic(ScriptedLoadableModuleLogic):
         :param modelPath: .safetensors model; None/empty for the shipped default.
         :param sigma, minIslandPx, threshold: refinement settings; None or negative for the model card's.
         :param onsetFrame: first contrast frame (0-based); -1 or None to detect it.
+        :param temporal: keep only ROIs that recur across beats (``cac identify --temporal``).
+        :param cineGate: apply the model card's cine threshold if it has one (False: ``--no-cine-gate``).
         :param progress: ``progress(done, total, message)``; may raise progress.Cancelled (the worker is killed).
         :return: dict with ``roi_sequence``, ``roi_segmentation``, ``table``, ``report``, ``summary``.
         """
         cacLogic = importlib.import_module("CACIdentifierLib.logic")
         arguments = self._jobArguments(inputNode, annotationNodes, modelPath, device, sigma, minIslandPx,
-                                       threshold, onsetFrame, outputSegmentation, outputTable)
+                                       threshold, onsetFrame, outputSegmentation, outputTable, temporal, cineGate)
 
         def keepResponsive(done, total, message=""):
             if getattr(slicer, "app", None) is not None:

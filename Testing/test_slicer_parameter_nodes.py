@@ -89,6 +89,8 @@ def test_identifier_parameter_node_defaults(slicer_app):
     # -1: the refinement settings of the model card (the shipped model's operating point sets its island size).
     assert (parameters.device, parameters.sigma, parameters.minIslandPx) == ("auto", -1.0, -1)
     assert (parameters.threshold, parameters.onsetFrame) == (-1.0, -1)
+    # The CLI's defaults: no temporal filter; a card's cine gate applies (`cac identify` without flags).
+    assert (parameters.temporal, parameters.cineGate) == (False, True)
     assert str(parameters.modelPath) in ("", ".")
     # A singleton: the module finds the same node again (the panel calls this on every enter()).
     assert module.CACIdentifierLogic().getParameterNode().parameterNode is parameters.parameterNode
@@ -111,6 +113,8 @@ def test_identifier_every_field_round_trips(slicer_app, tmp_path):
         "minIslandPx": 250,
         "threshold": 0.35,
         "onsetFrame": 7,
+        "temporal": True,
+        "cineGate": False,
         "outputSegmentation": output,
         "outputTable": table,
     }

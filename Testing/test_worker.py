@@ -305,6 +305,28 @@ def test_module_logic_leaves_refinement_to_the_model_card(module_logic, phantom)
     assert chosen[chosen.index("--threshold") + 1] == "0.35"
 
 
+def test_module_logic_passes_the_panel_checkboxes(module_logic, phantom):
+    """The panel's defaults run `cac identify` as its own defaults do (no temporal filter, the card's cine gate);
+    the two Advanced checkboxes turn into --temporal and --no-cine-gate."""
+    from CACIdentifierLib import mrml
+
+    slicer, logic = module_logic
+    sequence, _ = mrml.cine_to_sequence(slicer.mrmlScene, phantom.to_cine(), "phantom")
+    parameters = logic.getParameterNode()
+    recorder = type(logic)(runnerFactory=_RecordingRunner, python=sys.executable)
+    _RecordingRunner.commands.clear()
+    recorder.startIdentification(sequence, temporal=parameters.temporal, cineGate=parameters.cineGate)
+    recorder.startIdentification(sequence, temporal=True, cineGate=False)
+    default, chosen = _RecordingRunner.commands
+    assert not {"--temporal", "--no-cine-gate"} & set(default), default
+    assert {"--temporal", "--no-cine-gate"} <= set(chosen), chosen
+    # The worker's command line is one `cac identify` accepts.
+    from cac.cli import build_parser
+
+    args = build_parser().parse_args(chosen[chosen.index("identify"):])
+    assert args.temporal and args.no_cine_gate
+
+
 def _noise_report(module_logic) -> dict:
     """The module's report on a cine of uniform noise (24 frames, onset 12)."""
     from CACIdentifierLib import mrml

@@ -180,8 +180,13 @@ def python_executable() -> str:
 
 
 def identify_command(python, cine_path, out_dir, *, model_path=None, annotation_paths=(), device="auto",
-                     sigma=None, min_island_px=None, threshold=None, onset_frame=None) -> list[str]:
-    """The ``cac identify ... --progress-json`` command line that CAC Identifier's Logic runs."""
+                     sigma=None, min_island_px=None, threshold=None, onset_frame=None, temporal=False,
+                     cine_gate=True) -> list[str]:
+    """The ``cac identify ... --progress-json`` command line that CAC Identifier's Logic runs.
+
+    ``temporal`` adds ``--temporal``; ``cine_gate=False`` adds ``--no-cine-gate`` (the card's cine threshold,
+    if any, is then not applied).
+    """
     command = [os.fspath(python), "-m", "cac", "identify", os.fspath(cine_path),
                "--out", os.fspath(out_dir), "--progress-json", "--overwrite", "--device", str(device)]
     if model_path:
@@ -193,6 +198,10 @@ def identify_command(python, cine_path, out_dir, *, model_path=None, annotation_
             command += [flag, repr(value) if isinstance(value, float) else str(int(value))]
     if onset_frame is not None and int(onset_frame) >= 0:
         command += ["--onset", str(int(onset_frame))]
+    if temporal:
+        command.append("--temporal")
+    if not cine_gate:
+        command.append("--no-cine-gate")
     return command
 
 
