@@ -139,6 +139,44 @@ def test_frame_detection_curve_equals_gating_at_each_threshold():
         operating_point(dict(curve, positive_frames=0), 0.5)
 
 
+@pytest.mark.parametrize("roi_patches", [1, 2])
+def test_frame_detection_curve_with_fewer_roi_patches_equals_the_evaluation(roi_patches):
+    """A card's roi_patches: the curve's detections and gate scores are those of evaluation.evaluate at each
+    threshold (the inference path: the most probable gated patches draw the ROI), not those of all patches."""
+    from CACTrainerLib import evaluation, training
+    from CACTrainerLib.calibrate import frame_detection_curve
+
+    rng = np.random.default_rng(7)
+    n = 10
+    nc = rng.uniform(0.3, 0.7, (n, 512, 512)).astype(np.float32)
+    calcium = np.zeros((n, 512, 512), bool)
+    calcium[: n // 2, 300:310, 300:310] = True
+    rois = np.zeros((5 * n, 256, 256), np.float32)
+    for i in range(5 * n):
+        if rng.random() < 0.4:
+            r, c = rng.integers(40, 200, 2)
+            rois[i, r:r + 50, c:c + 50] = 0.9
+    probs = rng.random(5 * n).astype(np.float32)
+    fs = _Frames(nc, calcium)
+    # What evaluate reads besides: patch labels, spacing, ROI_GT, the frames' cines.
+    fs.patch_labels = (rng.random(5 * n) < 0.5).astype(np.float32)
+    fs.n_patches, fs.spacing_mm, fs.roi = 5 * n, np.full((n, 2), 0.3), calcium
+    fs.acquisition, fs.frame_index = [f"a{f}" for f in range(n)], np.arange(n)
+    refinement = training.TrainConfig().refinement
+    curve = frame_detection_curve(probs, rois, fs, refinement, roi_patches=roi_patches)
+    every = frame_detection_curve(probs, rois, fs, refinement)
+    assert not np.array_equal(curve["gate_scores"], every["gate_scores"])  # the case tells them apart
+    pred = evaluation.PatchPredictions(probs, rois, None)
+    for i in range(0, len(curve["thresholds"]), 4):
+        t = float(curve["thresholds"][i])
+        cfg = training.TrainConfig(classifier_threshold=t, refinement=refinement, roi_patches=roi_patches)
+        ev = evaluation.evaluate(None, fs, cfg, "cpu", predictions=pred)
+        found = np.array(ev["frame_pred_any"])
+        assert np.array_equal(found, curve["gate_scores"] >= t)
+        assert curve["sensitivity"][i] == pytest.approx(ev["detection"]["sensitivity"])
+        assert curve["specificity"][i] == pytest.approx(ev["detection"]["specificity"])
+
+
 def test_choose_operating_point_lowers_the_island_size_only_as_far_as_needed():
     from CACIdentifierLib.field import exposed_field
     from CACTrainerLib import evaluation, training
@@ -275,7 +313,7 @@ def test_cac_calibrate_sensitivity_sets_the_threshold_that_reaches_it(setup, fra
     assert "--island-sizes" in err and "Traceback" not in err
     # Options that would change nothing here are refused, not ignored.
     for extra, word in ((["--seed", "3"], "--phantom-pool"), (["--island-sizes", "250"], "--sensitivity"),
-                        (["--cine-gate"], "--sensitivity")):
+                        (["--cine-gate"], "--sensitivity"), (["--roi-patches", "2"], "--sensitivity")):
         assert main(["calibrate", str(setup / "m.safetensors"), "--dataset", str(setup / "ds"), "--out",
                      str(setup / "y.safetensors"), *extra]) == 2
         err = capsys.readouterr().err
@@ -295,6 +333,19 @@ def test_cac_calibrate_sensitivity_sets_the_threshold_that_reaches_it(setup, fra
     cfg = training.TrainConfig(classifier_threshold=meta["classifier_threshold"], cine_threshold=meta["cine_threshold"],
                                refinement=meta["refinement"])
     ev = evaluation.evaluate(model, frames, cfg, torch.device("cpu"), calibration=meta["calibration"])
+    assert ev["detection"]["sensitivity"] == pytest.approx(meta["operating_point"]["sensitivity"])
+    assert ev["detection"]["specificity"] == pytest.approx(meta["operating_point"]["specificity"])
+    # With --roi-patches the card keeps the ROI to the most probable patches, and the point is chosen with it.
+    few = setup / "few.safetensors"
+    code = main(["calibrate", str(setup / "marking.safetensors"), "--dataset", str(setup / "ds"), "--out", str(few),
+                 "--sensitivity", "0.9", "--roi-patches", "1", "--json"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert json.loads(captured.out)["roi_patches"] == 1
+    model, meta = load_model(few)
+    assert meta["roi_patches"] == 1
+    ev = evaluation.evaluate(model, frames, training.card_config(meta), torch.device("cpu"),
+                             calibration=meta["calibration"])
     assert ev["detection"]["sensitivity"] == pytest.approx(meta["operating_point"]["sensitivity"])
     assert ev["detection"]["specificity"] == pytest.approx(meta["operating_point"]["specificity"])
     # Calibrating the gated model again without a new point drops the cine threshold (chosen on old probabilities).

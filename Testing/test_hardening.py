@@ -357,6 +357,13 @@ def test_nan_weights_are_refused(tmp_path):
         ("calibration", {"temperature": "1.3"}),
         ("calibration", {"bias": float("nan")}),
         ("calibration", [1.3]),
+        ("cine_threshold", "0.2"),
+        ("cine_threshold", 1.5),
+        ("cine_threshold", float("nan")),
+        ("roi_patches", 0),
+        ("roi_patches", 6),
+        ("roi_patches", 2.0),
+        ("roi_patches", True),
     ],
 )
 def test_metadata_schema(field, value):
@@ -369,6 +376,7 @@ def test_metadata_schema(field, value):
 def test_valid_metadata_passes():
     meta = modelio.default_metadata()
     assert modelio.validate_metadata(meta, "m") is meta
+    assert modelio.validate_metadata(dict(meta, cine_threshold=0.2, roi_patches=2), "m")["roi_patches"] == 2
     assert np.isfinite(meta["classifier_threshold"])
 
 

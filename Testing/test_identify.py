@@ -438,6 +438,35 @@ def test_cine_gate_withholds_every_roi_of_a_cine_below_the_card_threshold(study,
     assert np.array_equal(below.roi, plain.roi) and not below.parameters["cine_gate_withheld"]
 
 
+def test_roi_patches_draw_the_roi_from_the_most_probable_patches_only(study, model):
+    """A card's roi_patches keeps each frame's ROI to its most probable positive patches: the frames' probabilities
+    stay, every ROI lies within the all-patch ROI, and a frame's ROI is exactly the all-patch ROI where only that
+    many patches are positive."""
+    from CACIdentifierLib.inference import identify
+
+    acq, _, _ = study
+    net, meta = model
+    cine = acq.to_cine()
+    first = identify(cine, net, meta, use_autocast=False)
+    # A threshold that lets several patches in on some frames and one on others.
+    thr = float(np.quantile(first.patch_probabilities, 0.7))
+    meta = dict(meta, classifier_threshold=thr)
+    plain = identify(cine, net, meta, sync=first.sync, use_autocast=False)
+    one = identify(cine, net, dict(meta, roi_patches=1), sync=plain.sync, use_autocast=False)
+    assert one.parameters["roi_patches"] == 1 and plain.parameters["roi_patches"] == 5
+    np.testing.assert_allclose(one.probabilities, plain.probabilities, atol=1e-6)
+    assert not (one.roi & ~plain.roi).any()
+    positive = (plain.patch_probabilities >= thr).sum(axis=1)
+    assert (positive > 1).any() and one.roi.sum() < plain.roi.sum()
+    single = np.asarray(plain.frames)[positive <= 1]
+    assert single.size and np.array_equal(one.roi[single], plain.roi[single])
+    # The argument overrides the card (cac identify --roi-patches).
+    again = identify(cine, net, dict(meta, roi_patches=1), sync=plain.sync, use_autocast=False, roi_patches=5)
+    assert np.array_equal(again.roi, plain.roi)
+    with pytest.raises(CacError, match="roi_patches"):
+        identify(cine, net, meta, sync=plain.sync, use_autocast=False, roi_patches=0)
+
+
 def test_cli_identify_says_when_the_cine_gate_withheld_the_rois(study, model, tmp_path, capsys):
     """A card whose cine threshold no cine reaches: one line says why there is no ROI; --no-cine-gate shows them."""
     from CACIdentifierLib.modelio import save_model
@@ -445,10 +474,10 @@ def test_cli_identify_says_when_the_cine_gate_withheld_the_rois(study, model, tm
     _, folder, files = study
     net, meta = model
     gated = tmp_path / "gated.safetensors"
-    save_model(gated, net, {k: v for k, v in meta.items() if k != "sha256"} | {"cine_threshold": 1.01})
+    save_model(gated, net, {k: v for k, v in meta.items() if k != "sha256"} | {"cine_threshold": 1.0})
     assert cac(["identify", str(folder / files["cine"]), "--out", str(tmp_path / "g"), "--model", str(gated)]) == 0
     err = capsys.readouterr().err
-    assert "cac: no ROI drawn: the cine's evidence" in err and "cine threshold 1.010" in err
+    assert "cac: no ROI drawn: the cine's evidence" in err and "cine threshold 1.000" in err
     report = json.loads((tmp_path / "g" / "report.json").read_text())
     assert report["parameters"]["cine_gate_withheld"] and not any(r["roi_area_mm2"] for r in report["frames"])
     assert cac(["identify", str(folder / files["cine"]), "--out", str(tmp_path / "n"), "--model", str(gated),
@@ -456,3 +485,15 @@ def test_cli_identify_says_when_the_cine_gate_withheld_the_rois(study, model, tm
     assert "no ROI drawn" not in capsys.readouterr().err
     report = json.loads((tmp_path / "n" / "report.json").read_text())
     assert not report["parameters"]["cine_gate_withheld"] and any(r["roi_area_mm2"] for r in report["frames"])
+
+
+def test_cli_identify_roi_patches_reaches_the_report(study, tmp_path, capsys):
+    """`cac identify --roi-patches K` is passed on and reported; outside 1-5 it is one usage error (exit 2)."""
+    _, folder, files = study
+    cine = str(folder / files["cine"])
+    assert cac(["identify", cine, "--out", str(tmp_path / "k"), "--roi-patches", "2"]) == 0
+    capsys.readouterr()
+    assert json.loads((tmp_path / "k" / "report.json").read_text())["parameters"]["roi_patches"] == 2
+    with pytest.raises(SystemExit) as stop:
+        cac(["identify", cine, "--out", str(tmp_path / "bad"), "--roi-patches", "9"])
+    assert stop.value.code == 2 and "--roi-patches" in capsys.readouterr().err

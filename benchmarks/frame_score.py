@@ -101,7 +101,8 @@ def frame_evidence(pred, meta: dict, fs) -> dict:
     if meta.get("calibration"):
         probs = calib.apply(probs, meta["calibration"]).astype(np.float32)
     p5 = probs.reshape(-1, 5)
-    curve = frame_detection_curve(probs, pred.rois, fs, card_config(meta).refinement)
+    config = card_config(meta)
+    curve = frame_detection_curve(probs, pred.rois, fs, config.refinement, roi_patches=config.roi_patches)
     gate = curve["gate_scores"]
     return {"pred": pred, "gate": gate, "max_p": p5.max(axis=1), "truth": curve["truth"],
             "cine_p": cine_evidence(p5.max(axis=1), fs.acquisition),

@@ -168,6 +168,7 @@ def identify(
     sigma: float | None = None,
     threshold: float | None = None,
     classifier_threshold: float | None = None,
+    roi_patches: int | None = None,
     use_autocast: bool = True,
     temporal: bool = False,
     cine_gate: bool = True,
@@ -198,6 +199,9 @@ def identify(
         Refinement overrides (default: the model's metadata, else :data:`.refinement.DEFAULTS`).
     classifier_threshold : float, optional
         Patch probability above which a patch is called positive (default: metadata, else 0.5).
+    roi_patches : int, optional
+        At most this many of a frame's positive patches, the most probable, draw its ROI
+        (:func:`.refinement.most_probable_patches`; default: the card's ``roi_patches``, else all 5).
     temporal : bool
         Keep only ROIs that recur at the same cardiac phase in another beat
         (:func:`.temporal.temporal_filter`); off by default (see docs/identify.md).
@@ -220,7 +224,7 @@ def identify(
     from .device import autocast_dtype, choose_device
     from .network import CLASSIFIER_THRESHOLD
     from .patches import PATCH_SIZE, extract_patches, normalize_frame, prepare_frame, restore_mask, stitch
-    from .refinement import refine
+    from .refinement import ROI_PATCHES, most_probable_patches, refine
     from .splitnet import SplitResUNet18
 
     progress = progress or no_progress
@@ -250,6 +254,9 @@ def identify(
         metadata, dict(min_island_px=min_island_px, sigma=sigma, threshold=threshold)
     )
     cls_thr = classifier_threshold if classifier_threshold is not None else metadata.get("classifier_threshold", CLASSIFIER_THRESHOLD)
+    roi_k = int(roi_patches if roi_patches is not None else metadata.get("roi_patches", ROI_PATCHES))
+    if not 1 <= roi_k <= ROI_PATCHES:
+        raise CacError(f"roi_patches {roi_k} must be 1-{ROI_PATCHES} (the patches that may draw a frame's ROI)")
     # Temperature (and Platt bias) fitted on held-out data (calibration.py); 1 and 0 for uncalibrated models.
     temperature = float((metadata.get("calibration") or {}).get("temperature", 1.0))
     bias = float((metadata.get("calibration") or {}).get("bias", 0.0))
@@ -307,6 +314,10 @@ def identify(
                 logit, features = net.classify(nc_t, pair_caches)
                 cls_prob = torch.sigmoid(logit.float() / temperature + bias)
                 positive = cls_prob >= cls_thr
+                if roi_k < ROI_PATCHES:  # the frame's decision stays; its most probable patches draw the ROI
+                    positive = torch.from_numpy(most_probable_patches(
+                        cls_prob.float().cpu().numpy().reshape(-1, ROI_PATCHES),
+                        positive.cpu().numpy().reshape(-1, ROI_PATCHES), roi_k).reshape(-1)).to(positive.device)
                 roi_prob = torch.zeros((nc_t.shape[0], PATCH_SIZE, PATCH_SIZE), device=dev)
                 if bool(positive.any()):
                     # Gating: the decoder runs only where the classifier says CAC.
@@ -396,7 +407,8 @@ def identify(
         "workers": int(workers),
         "device": str(dev),
     }
-    params = dict(refine_params, classifier_threshold=float(cls_thr), device=str(dev), temporal=bool(temporal),
+    params = dict(refine_params, classifier_threshold=float(cls_thr), roi_patches=roi_k, device=str(dev),
+                  temporal=bool(temporal),
                   temperature=temperature, calibration_bias=bias, cine_evidence=round(float(evidence), 4),
                   cine_threshold=None if cine_thr is None else float(cine_thr), cine_gate_withheld=bool(withheld))
     return IdentifyResult(

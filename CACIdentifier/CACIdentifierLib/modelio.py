@@ -119,7 +119,7 @@ def validate_metadata(meta, source) -> dict:
     optional ``inputs`` (``"frame"`` or ``"frame+residual"`` with ``in_channels`` 2), no other
     keys).  Optional, checked when present: ``refinement``
     (``min_island_px`` 0..10^7, ``sigma`` 0..100, ``threshold`` 0..1, no other
-    keys), ``classifier_threshold`` 0..1, ``calibration`` (``temperature``
+    keys), ``classifier_threshold`` and ``cine_threshold`` 0..1, ``roi_patches`` 1..5, ``calibration`` (``temperature``
     0.05..20, ``bias`` -20..20), ``feature_statistics`` (:mod:`.ood`), ``roi_gt`` (``iterations`` 0..100,
     ``step_px`` 0..1000), ``training``/``metrics``/``patch_layout``/
     ``normalization`` objects, ``name``/``created``/``software_version``/
@@ -181,6 +181,10 @@ def validate_metadata(meta, source) -> dict:
             _check_float(refinement["threshold"], 0.0, 1.0, "refinement.threshold", source)
     if "classifier_threshold" in meta:
         _check_float(meta["classifier_threshold"], 0.0, 1.0, "classifier_threshold", source)
+    if "cine_threshold" in meta:
+        _check_float(meta["cine_threshold"], 0.0, 1.0, "cine_threshold", source)
+    if "roi_patches" in meta:
+        _check_int(meta["roi_patches"], 1, 5, "roi_patches", source)
     if "calibration" in meta:
         cal = _check_dict(meta["calibration"], "calibration", source)
         if "temperature" in cal:

@@ -173,3 +173,50 @@ def refine(
     out = np.zeros_like(mask)
     out[tuple(box)] = smooth >= threshold
     return out
+
+
+# All five patches of a frame may feed its ROI (the paper); a model card's ``roi_patches`` may keep fewer.
+ROI_PATCHES = 5
+
+
+def most_probable_patches(probs, gate, roi_patches: int | None = ROI_PATCHES) -> np.ndarray:
+    """The classifier gate kept to each frame's ``roi_patches`` most probable gated patches.
+
+    Whether a frame gets an ROI stays the classifier's decision (some patch
+    reaches the threshold); which patches draw it can be fewer.  A lower
+    threshold finds more frames but lets more patches in, and each brings
+    its decoder islands, so the ROI grows and loses precision
+    (docs/learning.md, session 39).  Keeping the most probable ones decouples
+    the frame decision from the ROI's extent.
+
+    Parameters
+    ----------
+    probs : array_like, shape (..., 5)
+        Classifier probabilities of each frame's five patches.
+    gate : array_like of bool, shape (..., 5)
+        The classifier's decisions (probability >= threshold).
+    roi_patches : int, optional
+        How many gated patches per frame may draw the ROI, 1-5; 5 or None keeps
+        the gate as it is.  Ties go to the lower patch index.
+
+    Returns
+    -------
+    ndarray of bool, the shape of ``gate``
+
+    Examples
+    --------
+    >>> most_probable_patches([[0.9, 0.2, 0.7, 0.6, 0.1]], [[True, False, True, True, False]], 2).tolist()
+    [[True, False, True, False, False]]
+    >>> most_probable_patches([0.1, 0.8, 0.3, 0.2, 0.4], [False, True, False, False, False], 2).tolist()
+    [False, True, False, False, False]
+    """
+    gate = np.asarray(gate, bool)
+    if roi_patches is None or int(roi_patches) >= gate.shape[-1]:
+        return gate.copy()
+    if int(roi_patches) < 1:
+        raise ValueError(f"roi_patches must be 1-{ROI_PATCHES}, got {roi_patches}")
+    p = np.where(gate, np.asarray(probs, np.float64), -np.inf)
+    order = np.argsort(-p, axis=-1, kind="stable")
+    keep = np.zeros(gate.shape, bool)
+    np.put_along_axis(keep, order[..., : int(roi_patches)], True, axis=-1)
+    return keep & gate

@@ -42,7 +42,8 @@ def exposed_field_of_frames(fs) -> list:
     return [exposed_field(fs.nc[f], margin_px=3) for f in range(len(fs))]
 
 
-def frame_detection_curve(probs: np.ndarray, rois: np.ndarray, fs, refinement: dict, fields=None) -> dict:
+def frame_detection_curve(probs: np.ndarray, rois: np.ndarray, fs, refinement: dict, fields=None,
+                          roi_patches: int | None = None) -> dict:
     """Frame-level detection at every classifier threshold, exactly, with five refinements per frame.
 
     A frame's classifier gate at threshold ``t`` keeps the patches with
@@ -64,6 +65,10 @@ def frame_detection_curve(probs: np.ndarray, rois: np.ndarray, fs, refinement: d
     fields : sequence of (512, 512) bool, optional
         Each frame's exposed field (:func:`exposed_field_of_frames`); computed
         here when not given.
+    roi_patches : int, optional
+        A model card's ``roi_patches``: at most that many of the gated patches
+        draw the ROI (:func:`CACIdentifierLib.refinement.most_probable_patches`);
+        None or 5 for all.
 
     Returns
     -------
@@ -83,11 +88,13 @@ def frame_detection_curve(probs: np.ndarray, rois: np.ndarray, fs, refinement: d
     truth = np.array([bool(fs.calcium[f].any()) for f in range(n)])
     order = np.argsort(-p, axis=1)
     has_roi = np.zeros((n, 6), bool)  # has_roi[f, k]: the ROI with the k most probable patches is non-empty
+    drawn = 5 if roi_patches is None else max(1, min(5, int(roi_patches)))
     for f, field in enumerate(fields):
-        for k in range(1, 6):
+        for k in range(1, drawn + 1):
             gate = np.zeros(5, bool)
             gate[order[f, :k]] = True
             has_roi[f, k] = bool(evaluation.frame_roi(rois[5 * f:5 * f + 5], gate, field, refinement).any())
+        has_roi[f, drawn + 1:] = has_roi[f, drawn]  # more patches gated, the same ones draw the ROI
     thresholds = np.unique(np.concatenate([[0.0], p.ravel()]))
     k = (p[None, :, :] >= thresholds[:, None, None]).sum(axis=2)  # (T, F) patches kept per frame
     detected = has_roi[np.arange(n)[None, :], k]
@@ -201,7 +208,8 @@ def _halfway_down(value: float, values: np.ndarray) -> float:
 
 
 def choose_operating_point(probs: np.ndarray, rois: np.ndarray, fs, refinement: dict, sensitivity: float,
-                           island_sizes=ISLAND_SIZES, cine_gate: bool = False) -> tuple[dict, dict, dict]:
+                           island_sizes=ISLAND_SIZES, cine_gate: bool = False,
+                           roi_patches: int | None = None) -> tuple[dict, dict, dict]:
     """The operating point at the largest island size that reaches ``sensitivity``, then the highest threshold.
 
     The model's own ``min_island_px`` is tried first; then each of
@@ -222,6 +230,8 @@ def choose_operating_point(probs: np.ndarray, rois: np.ndarray, fs, refinement: 
     cine_gate : bool
         Choose a cine threshold with the classifier threshold (:func:`cine_operating_point`; each
         acquisition of ``fs`` is a cine): the point then has ``cine_threshold``.
+    roi_patches : int, optional
+        The card's ``roi_patches`` (:func:`frame_detection_curve`).
 
     Returns
     -------
@@ -243,7 +253,7 @@ def choose_operating_point(probs: np.ndarray, rois: np.ndarray, fs, refinement: 
     best = 0.0
     for size in sizes:
         ref = dict(refinement, min_island_px=size)
-        curve = frame_detection_curve(probs, rois, fs, ref, fields)
+        curve = frame_detection_curve(probs, rois, fs, ref, fields, roi_patches=roi_patches)
         if cine_gate:
             if not 0.0 < sensitivity <= 1.0:
                 raise CacError(f"target sensitivity {sensitivity} must be in (0, 1]")
@@ -309,7 +319,8 @@ def plot_operating_point(curve: dict, op: dict, path, title: str = "") -> None:
 
 def calibrate_metadata(model, metadata: dict, fs, *, method: str = "platt", device="cpu", data: str = "",
                        batch_size: int = 32, sensitivity: float | None = None,
-                       island_sizes=ISLAND_SIZES, cine_gate: bool = False) -> tuple[dict, dict]:
+                       island_sizes=ISLAND_SIZES, cine_gate: bool = False,
+                       roi_patches: int | None = None) -> tuple[dict, dict]:
     """New metadata with ``calibration`` and ``feature_statistics`` fitted on ``fs``; and the reliability data.
 
     Parameters
@@ -335,6 +346,10 @@ def calibrate_metadata(model, metadata: dict, fs, *, method: str = "platt", devi
         acquisition of ``fs`` is a cine; :func:`choose_operating_point`).  A card's earlier cine
         threshold is dropped whenever the calibration or the point changes without it: it was chosen
         on the old probabilities.
+    roi_patches : int, optional
+        Store ``roi_patches`` in the card (at most that many of a frame's gated patches draw its ROI,
+        :func:`CACIdentifierLib.refinement.most_probable_patches`; 5 removes it); the operating point
+        is then chosen with it (needs ``sensitivity``).  None keeps the card's.
 
     Returns
     -------
@@ -379,6 +394,14 @@ def calibrate_metadata(model, metadata: dict, fs, *, method: str = "platt", devi
         meta["calibration"] = dict(cal, method=method, data=str(data), patches=int(y.size),
                                    positive_patches=int(y.sum()), ece_before=before["ece"], ece_after=after["ece"])
     rel = {"before": before, "after": after}
+    if roi_patches is not None:
+        if sensitivity is None:
+            raise CacError("the ROI's patch count is chosen with the operating point; give a target sensitivity too")
+        if not 1 <= int(roi_patches) <= 5:
+            raise CacError(f"roi_patches {roi_patches} must be 1-5 (5: every gated patch draws the ROI)")
+        meta.pop("roi_patches", None)
+        if int(roi_patches) < 5:
+            meta["roi_patches"] = int(roi_patches)
     if cine_gate and sensitivity is None:
         raise CacError("the cine threshold is chosen with the operating point; give a target sensitivity too")
     if "cine_threshold" in meta and (sensitivity is not None or method != "none"):
@@ -396,7 +419,8 @@ def calibrate_metadata(model, metadata: dict, fs, *, method: str = "platt", devi
         calibrated = (calibration.apply(probs, cal) if cal else probs).astype(np.float32)
         refinement = dict(REFINEMENT_DEFAULTS, **(meta.get("refinement") or {}))
         op, refinement, rel["curve"] = choose_operating_point(calibrated, rois, fs, refinement, sensitivity,
-                                                              island_sizes, cine_gate=cine_gate)
+                                                              island_sizes, cine_gate=cine_gate,
+                                                              roi_patches=meta.get("roi_patches"))
         if cine_gate:
             meta["cine_threshold"] = op["cine_threshold"]
         meta["refinement"] = refinement
@@ -408,7 +432,7 @@ def calibrate_metadata(model, metadata: dict, fs, *, method: str = "platt", devi
 
 def calibrate_file(model_path, out_path, fs, *, method: str = "platt", data: str = "", overwrite: bool = False,
                    device="cpu", sensitivity: float | None = None, island_sizes=ISLAND_SIZES,
-                   cine_gate: bool = False) -> dict:
+                   cine_gate: bool = False, roi_patches: int | None = None) -> dict:
     """Calibrate the model at ``model_path`` on ``fs`` and write it to ``out_path`` (+ card, reliability PNG)."""
     import torch
     from CACIdentifierLib import calibration
@@ -416,7 +440,8 @@ def calibrate_file(model_path, out_path, fs, *, method: str = "platt", data: str
 
     model, meta = load_model(model_path)
     new_meta, rel = calibrate_metadata(model, meta, fs, method=method, device=device, data=data,
-                                       sensitivity=sensitivity, island_sizes=island_sizes, cine_gate=cine_gate)
+                                       sensitivity=sensitivity, island_sizes=island_sizes, cine_gate=cine_gate,
+                                       roi_patches=roi_patches)
     dtype = torch.float16 if str(meta.get("weights_dtype", "")).endswith("16") else torch.float32
     card = save_model(out_path, model, new_meta, overwrite=overwrite, dtype=dtype)
     png = Path(out_path).with_suffix(".reliability.png")

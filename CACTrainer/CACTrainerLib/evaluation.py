@@ -111,7 +111,8 @@ def evaluate(model, fs: dataset.FrameSet, config, device, *, decode: bool = True
     with every patch gated in (in the exposed field), the most that any
     classifier threshold can reach.
     ``calibration`` (a model card's) is applied to the classifier's
-    probabilities before the threshold, as inference does.
+    probabilities before the threshold, as inference does; ``config.roi_patches``
+    (a card's) keeps the ROI to each frame's most probable gated patches.
     ``predictions`` (an earlier :func:`predict_patches` of ``model`` on ``fs``,
     uncalibrated, with ROIs where ``decode``) skips the network, so that
     operating points can be compared on one pass; ``frame_gate`` (one bool
@@ -142,6 +143,12 @@ def evaluate(model, fs: dataset.FrameSet, config, device, *, decode: bool = True
         raise ValueError(f"frame_gate has {gate_frames.size} values for {len(fs)} frames")
     y = fs.patch_labels > 0.5
     pred = probs >= config.classifier_threshold
+    # The patches that draw each frame's ROI: the gated ones, or only the most probable of them (a card's
+    # roi_patches, refinement.most_probable_patches); the patch metrics stay the classifier's.
+    from CACIdentifierLib.refinement import most_probable_patches
+
+    drawn = most_probable_patches(probs.reshape(-1, 5), pred.reshape(-1, 5),
+                                  getattr(config, "roi_patches", None)).reshape(-1)
     out = {"patches": int(y.size), "positives": int(y.sum())}
     out.update(_prf(y, pred))
     out["auc"] = metrics.roc_auc(y, probs)
@@ -157,7 +164,7 @@ def evaluate(model, fs: dataset.FrameSet, config, device, *, decode: bool = True
     for f in range(len(fs)):
         sl = slice(5 * f, 5 * f + 5)
         field = exposed_field(fs.nc[f], margin_px=3)
-        mask = frame_roi(rois[sl], pred[sl] & gate_frames[f], field, config.refinement)
+        mask = frame_roi(rois[sl], drawn[sl] & gate_frames[f], field, config.refinement)
         truth = fs.calcium[f]
         sp = fs.spacing_mm[f]
         area = metrics.roi_area(mask, tuple(sp) if np.all(np.isfinite(sp)) else None, field)

@@ -85,6 +85,7 @@ class TrainConfig:
     rebalance_floor: float = 0.01
     classifier_threshold: float = CLASSIFIER_THRESHOLD
     cine_threshold: float | None = None  # a card's cine gate (temporal.cine_gate), set for scoring, never trained
+    roi_patches: int = 5  # a card's roi_patches (refinement.most_probable_patches), set for scoring, never trained
     refinement: dict = field(default_factory=lambda: dict(REFINEMENT_DEFAULTS))
     architecture: dict = field(default_factory=dict)
     num_threads: int | None = None
@@ -217,19 +218,23 @@ def inference_metadata(config: TrainConfig) -> dict:
     """What a model card must say for inference to use the model as it was trained and validated."""
     return {"roi_gt": {"iterations": config.roi_iterations, "step_px": config.roi_step_px,
                        "min_deposit_fraction": config.min_deposit_fraction},
-            "refinement": dict(config.refinement), "classifier_threshold": config.classifier_threshold}
+            "refinement": dict(config.refinement), "classifier_threshold": config.classifier_threshold,
+            **({"roi_patches": int(config.roi_patches)} if config.roi_patches < 5 else {})}
 
 
 def card_config(meta: dict, **overrides) -> TrainConfig:
     """The scoring settings of a model card (:func:`inference_metadata`'s inverse): refinement, classifier
-    threshold and cine threshold, as inference uses them; ``overrides`` replace any of them.
+    threshold, cine threshold and ROI patch count, as inference uses them; ``overrides`` replace any of them.
 
     >>> card_config({"classifier_threshold": 0.2, "cine_threshold": 0.1}).cine_threshold
     0.1
+    >>> card_config({"roi_patches": 2}).roi_patches, card_config({}).roi_patches
+    (2, 5)
     """
     return TrainConfig(**dict(dict(refinement=dict(meta.get("refinement") or {}) or TrainConfig().refinement,
                                    classifier_threshold=float(meta.get("classifier_threshold", CLASSIFIER_THRESHOLD)),
-                                   cine_threshold=meta.get("cine_threshold")), **overrides))
+                                   cine_threshold=meta.get("cine_threshold"),
+                                   roi_patches=int(meta.get("roi_patches", 5))), **overrides))
 
 
 def save_epoch_model(run_dir: Path, model, row: dict, config: TrainConfig) -> Path:

@@ -43,6 +43,10 @@ def register(subparsers) -> None:
     p.add_argument("--cine-gate", action="store_true",
                    help="with --sensitivity: also choose a cine threshold; identify then draws no ROI in a cine "
                         "whose frames' mean CAC probability lies below it (each held-out acquisition is a cine)")
+    p.add_argument("--roi-patches", type=int, choices=range(1, 6), metavar="K",
+                   help="with --sensitivity: at most the K most probable of a frame's gated patches (of 5) draw its "
+                        "ROI; the frame decision is unchanged, the ROI smaller and more precise (default: the "
+                        "model's, 5 unless its card says otherwise)")
     p.add_argument("--out", required=True, help="output model file (.safetensors)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--json", action="store_true", help="print the calibration as JSON on stdout")
@@ -74,6 +78,8 @@ def run(args) -> int:
         raise CacError("--island-sizes is used while choosing the operating point; give --sensitivity S too")
     if args.cine_gate and args.sensitivity is None:
         raise CacError("--cine-gate is chosen with the operating point; give --sensitivity S too")
+    if args.roi_patches is not None and args.sensitivity is None:
+        raise CacError("--roi-patches is chosen with the operating point; give --sensitivity S too")
     from CACIdentifierLib.background import FRAME_AND_RESIDUAL
 
     meta = read_metadata(args.model)  # a bad model fails here, before the data are read
@@ -105,11 +111,12 @@ def run(args) -> int:
     from CACTrainerLib.calibrate import calibrate_file
 
     result = calibrate_file(args.model, out, fs, method=args.method, data=data, overwrite=args.overwrite,
-                            sensitivity=args.sensitivity, island_sizes=island_sizes, cine_gate=args.cine_gate)
+                            sensitivity=args.sensitivity, island_sizes=island_sizes, cine_gate=args.cine_gate,
+                            roi_patches=args.roi_patches)
     card = result["card"]
     summary = {"model": str(out), "calibration": card.get("calibration"),
                "classifier_threshold": card.get("classifier_threshold"), "operating_point": card.get("operating_point"),
-               "cine_threshold": card.get("cine_threshold"),
+               "cine_threshold": card.get("cine_threshold"), "roi_patches": card.get("roi_patches", 5),
                "feature_statistics": {k: v for k, v in card["feature_statistics"].items() if k not in ("mean", "std")},
                "reliability_png": result["figure"], "operating_point_png": result.get("operating_point_figure")}
     if args.json:
@@ -129,6 +136,8 @@ def run(args) -> int:
             island = f", islands >= {op['min_island_px']} px" if "min_island_px" in op else ""
             if card.get("cine_threshold") is not None:
                 island += f", cine threshold {card['cine_threshold']:.3f}"
+            if card.get("roi_patches") is not None:
+                island += f", ROI from the {card['roi_patches']} most probable patches"
             # Without --sensitivity the model's point is carried to the new scale: its figures are the old data's.
             where = ("held-out frames" if args.sensitivity is not None else
                      f"frames of the model's earlier point ({printable(str(op.get('data', 'its own data')), 80)}; "

@@ -39,6 +39,9 @@ def register(subparsers) -> None:
     p.add_argument("--sigma", type=float, help="refinement Gaussian sigma in pixels")
     p.add_argument("--min-island", type=int, dest="min_island_px", help="smallest ROI island kept, in pixels")
     p.add_argument("--threshold", type=float, help="ROI threshold after the Gaussian")
+    p.add_argument("--roi-patches", type=int, choices=range(1, 6), metavar="K",
+                   help="at most the K most probable of a frame's positive patches (of 5) draw its ROI "
+                        "(default: the model card's, else 5)")
     p.add_argument("--spacing", type=float, help="pixel spacing in mm, for image folders without one")
     p.add_argument("--frame-time", type=float, dest="frame_time_ms", help="frame time in ms, if the file has none")
     p.add_argument("--batch-frames", type=int, default=None, help="frames per forward pass (default: 1 on CPU, 8 on GPU)")
@@ -154,6 +157,7 @@ def _run(args: argparse.Namespace) -> int:
         min_island_px=args.min_island_px,
         sigma=args.sigma,
         threshold=args.threshold,
+        roi_patches=args.roi_patches,
         use_autocast=not args.no_autocast,
         temporal=args.temporal,
         cine_gate=not args.no_cine_gate,
