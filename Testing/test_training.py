@@ -628,10 +628,12 @@ def test_external_validation_scores_the_model_as_inference_uses_it(tmp_path):
     path = tmp_path / "m.safetensors"
     cal = {"temperature": 2.0, "bias": -1.0}
     save_model(path, ResUNet18(width=8, decoder_channels=[16, 8, 8, 8, 8]),
-               {"classifier_threshold": 0.3, "refinement": {"min_island_px": 200}, "calibration": cal}, dtype=None)
+               {"classifier_threshold": 0.3, "refinement": {"min_island_px": 200}, "calibration": cal,
+                "roi_patches": 2}, dtype=None)
     cfg = _config(epochs1=0, epochs2=0, init=str(path))
     scored, calibration = crossval._as_shipped(cfg)
     assert scored.classifier_threshold == 0.3 and calibration["temperature"] == 2.0 and calibration["bias"] == -1.0
+    assert scored.roi_patches == 2
     assert scored.refinement["min_island_px"] == 200 and scored.refinement["sigma"] == cfg.refinement["sigma"]
     trained, none = crossval._as_shipped(_config(epochs1=1, epochs2=0, init=str(path)))
     assert none is None and trained.classifier_threshold == 0.5

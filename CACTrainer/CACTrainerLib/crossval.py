@@ -157,7 +157,8 @@ def _as_shipped(config: TrainConfig) -> tuple[TrainConfig, dict | None]:
     refinement = dict(config.refinement, **(meta.get("refinement") or {}))
     threshold = float(meta.get("classifier_threshold", config.classifier_threshold))
     return (replace(config, refinement=refinement, classifier_threshold=threshold,
-                    cine_threshold=meta.get("cine_threshold")), meta.get("calibration"))
+                    cine_threshold=meta.get("cine_threshold"), roi_patches=int(meta.get("roi_patches", 5))),
+            meta.get("calibration"))
 
 
 def run_fold(fs: FrameSet, k: int, by: str, config: TrainConfig, out_dir, *, resume: bool = False,
