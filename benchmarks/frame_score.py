@@ -26,6 +26,8 @@ against FIRST at its card's point (compare_models.item4_verdict); frame AUCs of 
 The ``frame+cine_p`` family is what ``cac calibrate --cine-gate`` chooses and inference applies
 (calibrate.cine_operating_point, temporal.cine_gate).  ``--cache DIR`` keeps the pools and each
 model's predictions, so that later runs (another model, another target) skip the network.
+``--roi-patches 5,2,1`` also scores each card with its ROI drawn from the K most probable positive patches
+(the card option ``roi_patches``, docs/identify.md).
 """
 
 from __future__ import annotations
@@ -129,6 +131,9 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--out", default="frame_score.json")
     ap.add_argument("--cache", type=Path, help="keep the pools and each model's predictions here for later runs")
+    ap.add_argument("--roi-patches", metavar="K[,K...]",
+                    help="also score each model's card with its ROI drawn from the K most probable positive patches "
+                         "(the card option roi_patches; 5 = all), against FIRST's card")
     args = ap.parse_args(argv)
 
     import torch
@@ -196,6 +201,19 @@ def main(argv=None) -> int:
                 f"{point['sensitivity']:.3f} spec {point['specificity']:.3f}; test found {d['tp']}/{d['tp'] + d['fn']}"
                 f" clean {d['tn']}/{d['tn'] + d['fp']} area {summary['roi_area_pct_field']['median']:.2f} % "
                 f"precision {summary['roi_precision']['median']:.2f}")
+        for k in ([] if not args.roi_patches else [int(v) for v in args.roi_patches.split(",")]):
+            # The card's point with the ROI from the k most probable positive patches (the product path:
+            # training.card_config -> evaluation.evaluate, as cac calibrate --roi-patches and identify use it).
+            ev = evaluation.evaluate(model, test, training.card_config(meta, roi_patches=k), cpu,
+                                     calibration=meta.get("calibration"), predictions=ev_test["pred"])
+            summary = summarize(ev, per_cine(ev, test))
+            row.setdefault("roi_patches", {})[str(k)] = {"test": summary,
+                                                         "item4_vs_first_card": item4_verdict(reference, summary)}
+            d = summary["frame_detection"]
+            log(f"{Path(path).name} card, roi_patches {k}: test found {d['tp']}/{d['tp'] + d['fn']} clean "
+                f"{d['tn']}/{d['tn'] + d['fp']} area {summary['roi_area_pct_field']['median']:.2f} % precision "
+                f"{summary['roi_precision']['median']:.2f} IoM {summary['iom']['median'] or float('nan'):.2f} HD "
+                f"{summary['hd_mm']['median'] or float('nan'):.1f} mm")
         out["models"][path] = row
         log(f"{Path(path).name} frame AUC {json.dumps(row['frame_auc'], default=float)}; card test "
             f"{row['card']['test']['frame_detection']}")
