@@ -111,6 +111,63 @@ def frame_evidence(pred, meta: dict, fs) -> dict:
             "cine_gate": cine_evidence(gate, fs.acquisition)}
 
 
+def roi_patches_figure(pred, meta: dict, fs, k: int, path, title: str = "") -> None:
+    """A PNG of the card's ROIs drawn from all five patches and from the ``k`` most probable ones.
+
+    Three calcified frames where the two ROIs differ most (largest area drawn by all five but not by
+    ``k``) and two calcium-free frames that have an ROI with five patches and none with ``k`` (or the
+    largest such difference): the frame, ROI_GT's calcium in green, the all-patch ROI outlined in red,
+    the ``k``-patch ROI filled in yellow.  Chosen for showing the difference, not at random.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from CACIdentifierLib import calibration as calib
+    from CACIdentifierLib.field import exposed_field
+    from CACIdentifierLib.fileutil import atomic_output
+    from CACIdentifierLib.refinement import most_probable_patches
+    from CACTrainerLib import evaluation
+    from scipy import ndimage
+
+    config = card_config(meta)
+    probs = pred.probs if not meta.get("calibration") else calib.apply(pred.probs, meta["calibration"])
+    p5 = np.asarray(probs, np.float32).reshape(-1, 5)
+    gate = p5 >= config.classifier_threshold
+    few = most_probable_patches(p5, gate, k)
+    rows = []
+    for f in np.flatnonzero(gate.sum(axis=1) > k):
+        field = exposed_field(fs.nc[f], margin_px=3)
+        sl = slice(5 * f, 5 * f + 5)
+        all5 = evaluation.frame_roi(pred.rois[sl], gate[f], field, config.refinement)
+        some = evaluation.frame_roi(pred.rois[sl], few[f], field, config.refinement)
+        rows.append((int((all5 & ~some).sum()), bool(fs.calcium[f].any()), f, all5, some))
+    calcified = sorted((r for r in rows if r[1]), key=lambda r: -r[0])[:3]
+    free = sorted((r for r in rows if not r[1]), key=lambda r: (r[4].any(), -r[0]))[:2]
+    shown = calcified + free
+    if not shown:
+        return
+    fig, axes = plt.subplots(1, len(shown), figsize=(3.2 * len(shown), 3.6))
+    for ax, (_, has_calcium, f, all5, some) in zip(np.atleast_1d(axes), shown):
+        ax.imshow(fs.nc[f], cmap="gray")
+        overlay = np.zeros((*some.shape, 4))
+        overlay[some] = (1.0, 0.9, 0.0, 0.45)
+        overlay[ndimage.binary_dilation(fs.calcium[f], iterations=2) & ~ndimage.binary_erosion(fs.calcium[f])] = (
+            0.1, 1.0, 0.2, 1.0)
+        ax.imshow(overlay)
+        if all5.any():
+            ax.contour(all5, levels=[0.5], colors="red", linewidths=0.8)
+        ax.set_title(f"{'calcified' if has_calcium else 'calcium-free'} frame\narea 5: {all5.mean() * 100:.1f} %, "
+                     f"{k}: {some.mean() * 100:.1f} %", fontsize=8)
+        ax.axis("off")
+    fig.suptitle(title or f"ROI from all 5 patches (red outline) and from the {k} most probable (yellow); "
+                 "calcium green", fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 0.92))  # room for the title above the panels' own
+    with atomic_output(path, overwrite=True) as tmp:
+        fig.savefig(tmp, dpi=90, format="png")
+    plt.close(fig)
+
+
 def card_config(meta: dict, threshold: float | None = None):
     """The card's scoring settings (training.card_config), without its cine gate (a family sets its own)
     and with ``threshold`` as the classifier threshold where given."""
@@ -131,6 +188,8 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--out", default="frame_score.json")
     ap.add_argument("--cache", type=Path, help="keep the pools and each model's predictions here for later runs")
+    ap.add_argument("--png", type=Path, help="with --roi-patches: a figure of the last model's ROIs from all five "
+                                                 "and from the smallest K patches")
     ap.add_argument("--roi-patches", metavar="K[,K...]",
                     help="also score each model's card with its ROI drawn from the K most probable positive patches "
                          "(the card option roi_patches; 5 = all), against FIRST's card")
@@ -214,6 +273,11 @@ def main(argv=None) -> int:
                 f"{d['tn']}/{d['tn'] + d['fp']} area {summary['roi_area_pct_field']['median']:.2f} % precision "
                 f"{summary['roi_precision']['median']:.2f} IoM {summary['iom']['median'] or float('nan'):.2f} HD "
                 f"{summary['hd_mm']['median'] or float('nan'):.1f} mm")
+        if args.png and args.roi_patches and i == len(args.models) - 1:
+            k = min(int(v) for v in args.roi_patches.split(","))
+            roi_patches_figure(ev_test["pred"], meta, test, k, args.png,
+                               f"{Path(path).name}: ROI from all 5 patches (red outline) and from the {k} most "
+                               "probable (yellow); calcium green")
         out["models"][path] = row
         log(f"{Path(path).name} frame AUC {json.dumps(row['frame_auc'], default=float)}; card test "
             f"{row['card']['test']['frame_detection']}")
