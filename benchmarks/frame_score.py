@@ -168,6 +168,13 @@ def roi_patches_figure(pred, meta: dict, fs, k: int, path, title: str = "") -> N
     plt.close(fig)
 
 
+def item4_line(summary: dict) -> str:
+    """The test summary's item-4 measures in one log line."""
+    d = summary["frame_detection"]
+    return (f"test found {d['tp']}/{d['tp'] + d['fn']} clean {d['tn']}/{d['tn'] + d['fp']} area "
+            f"{summary['roi_area_pct_field']['median']:.2f} % precision {summary['roi_precision']['median']:.2f}")
+
+
 def card_config(meta: dict, threshold: float | None = None):
     """The card's scoring settings (training.card_config), without its cine gate (a family sets its own)
     and with ``threshold`` as the classifier threshold where given."""
@@ -255,11 +262,8 @@ def main(argv=None) -> int:
             summary = summarize(ev, per_cine(ev, test))
             row["families"][fam] = {"validation": point, "test": summary,
                                     "item4_vs_first_card": item4_verdict(reference, summary)}
-            d = summary["frame_detection"]
             log(f"{Path(path).name} {fam}: t={point['threshold']:.4f} c={point['cine_threshold']:.4f} validation sens "
-                f"{point['sensitivity']:.3f} spec {point['specificity']:.3f}; test found {d['tp']}/{d['tp'] + d['fn']}"
-                f" clean {d['tn']}/{d['tn'] + d['fp']} area {summary['roi_area_pct_field']['median']:.2f} % "
-                f"precision {summary['roi_precision']['median']:.2f}")
+                f"{point['sensitivity']:.3f} spec {point['specificity']:.3f}; {item4_line(summary)}")
         for k in ([] if not args.roi_patches else [int(v) for v in args.roi_patches.split(",")]):
             # The card's point with the ROI from the k most probable positive patches (the product path:
             # training.card_config -> evaluation.evaluate, as cac calibrate --roi-patches and identify use it).
@@ -268,11 +272,8 @@ def main(argv=None) -> int:
             summary = summarize(ev, per_cine(ev, test))
             row.setdefault("roi_patches", {})[str(k)] = {"test": summary,
                                                          "item4_vs_first_card": item4_verdict(reference, summary)}
-            d = summary["frame_detection"]
-            log(f"{Path(path).name} card, roi_patches {k}: test found {d['tp']}/{d['tp'] + d['fn']} clean "
-                f"{d['tn']}/{d['tn'] + d['fp']} area {summary['roi_area_pct_field']['median']:.2f} % precision "
-                f"{summary['roi_precision']['median']:.2f} IoM {summary['iom']['median'] or float('nan'):.2f} HD "
-                f"{summary['hd_mm']['median'] or float('nan'):.1f} mm")
+            log(f"{Path(path).name} card, roi_patches {k}: {item4_line(summary)} IoM "
+                f"{summary['iom']['median'] or float('nan'):.2f} HD {summary['hd_mm']['median'] or float('nan'):.1f} mm")
         if args.png and args.roi_patches and i == len(args.models) - 1:
             k = min(int(v) for v in args.roi_patches.split(","))
             roi_patches_figure(ev_test["pred"], meta, test, k, args.png,
