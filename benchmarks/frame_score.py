@@ -111,7 +111,7 @@ def frame_evidence(pred, meta: dict, fs) -> dict:
             "cine_gate": cine_evidence(gate, fs.acquisition)}
 
 
-def roi_patches_figure(pred, meta: dict, fs, k: int, path, title: str = "") -> None:
+def roi_patches_figure(pred, meta: dict, fs, k: int, path, name: str = "") -> None:
     """A PNG of the card's ROIs drawn from all five patches and from the ``k`` most probable ones.
 
     Three calcified frames where the two ROIs differ most (largest area drawn by all five but not by
@@ -160,8 +160,8 @@ def roi_patches_figure(pred, meta: dict, fs, k: int, path, title: str = "") -> N
         ax.set_title(f"{'calcified' if has_calcium else 'calcium-free'} frame\narea 5: {all5.mean() * 100:.1f} %, "
                      f"{k}: {some.mean() * 100:.1f} %", fontsize=8)
         ax.axis("off")
-    fig.suptitle(title or f"ROI from all 5 patches (red outline) and from the {k} most probable (yellow); "
-                 "calcium green", fontsize=9)
+    fig.suptitle(f"{name + ': ' if name else ''}ROI from all 5 patches (red outline) and from the {k} most "
+                 "probable (yellow); calcium green", fontsize=9)
     fig.tight_layout(rect=(0, 0, 1, 0.92))  # room for the title above the panels' own
     with atomic_output(path, overwrite=True) as tmp:
         fig.savefig(tmp, dpi=90, format="png")
@@ -201,6 +201,7 @@ def main(argv=None) -> int:
                     help="also score each model's card with its ROI drawn from the K most probable positive patches "
                          "(the card option roi_patches; 5 = all), against FIRST's card")
     args = ap.parse_args(argv)
+    roi_ks = [int(v) for v in args.roi_patches.split(",")] if args.roi_patches else []
 
     import torch
     from CACIdentifierLib.allocator import keep_freed_memory
@@ -264,7 +265,7 @@ def main(argv=None) -> int:
                                     "item4_vs_first_card": item4_verdict(reference, summary)}
             log(f"{Path(path).name} {fam}: t={point['threshold']:.4f} c={point['cine_threshold']:.4f} validation sens "
                 f"{point['sensitivity']:.3f} spec {point['specificity']:.3f}; {item4_line(summary)}")
-        for k in ([] if not args.roi_patches else [int(v) for v in args.roi_patches.split(",")]):
+        for k in roi_ks:
             # The card's point with the ROI from the k most probable positive patches (the product path:
             # training.card_config -> evaluation.evaluate, as cac calibrate --roi-patches and identify use it).
             ev = evaluation.evaluate(model, test, training.card_config(meta, roi_patches=k), cpu,
@@ -274,11 +275,8 @@ def main(argv=None) -> int:
                                                          "item4_vs_first_card": item4_verdict(reference, summary)}
             log(f"{Path(path).name} card, roi_patches {k}: {item4_line(summary)} IoM "
                 f"{summary['iom']['median'] or float('nan'):.2f} HD {summary['hd_mm']['median'] or float('nan'):.1f} mm")
-        if args.png and args.roi_patches and i == len(args.models) - 1:
-            k = min(int(v) for v in args.roi_patches.split(","))
-            roi_patches_figure(ev_test["pred"], meta, test, k, args.png,
-                               f"{Path(path).name}: ROI from all 5 patches (red outline) and from the {k} most "
-                               "probable (yellow); calcium green")
+        if args.png and roi_ks and i == len(args.models) - 1:
+            roi_patches_figure(ev_test["pred"], meta, test, min(roi_ks), args.png, Path(path).name)
         out["models"][path] = row
         log(f"{Path(path).name} frame AUC {json.dumps(row['frame_auc'], default=float)}; card test "
             f"{row['card']['test']['frame_detection']}")
