@@ -593,3 +593,32 @@ def test_score_epochs_scores_a_checkpoint_as_its_model_file(tmp_path):
     assert rows[0]["seed3000"] == pytest.approx(expect)
     with pytest.raises(SystemExit):
         score_epochs.main([str(ref)])  # neither checkpoints nor --watch
+
+
+def test_epoch_average_saves_a_model_the_loader_reads_with_the_averaged_files_named(tmp_path):
+    """benchmarks/epoch_average.save_average: the real card schema and loader accept it; REF's figures are dropped."""
+    import torch
+    from benchmark_scripts import load
+    from CACIdentifierLib.errors import CacError
+    from CACIdentifierLib.modelio import load_model, read_card, save_model
+    from CACIdentifierLib.network import ResUNet18
+
+    save_average = load("epoch_average").save_average
+    ref = ResUNet18(width=8, decoder_channels=[8, 8, 8, 8, 8])
+    ref_card = save_model(tmp_path / "ref.safetensors", ref,
+                          {"classifier_threshold": 0.3, "metrics": {"patch_auc": 0.9}, "training": {"epochs1": 4}})
+    average = ResUNet18(width=8, decoder_channels=[8, 8, 8, 8, 8])
+    with torch.no_grad():
+        for p in average.parameters():
+            p.fill_(0.25)
+    out = tmp_path / "avg.safetensors"
+    save_average(out, average, ref_card, ["a/stage1_epoch003.safetensors", "a/stage1_epoch004.safetensors"], 16)
+    loaded, meta = load_model(out)
+    assert torch.allclose(next(loaded.parameters()), torch.tensor(0.25))
+    assert meta["classifier_threshold"] == 0.3 and not meta.get("metrics")
+    card = read_card(out)
+    assert card["training"] == {"epochs1": 4, "weight_average": {
+        "checkpoints": ["stage1_epoch003.safetensors", "stage1_epoch004.safetensors"],
+        "batchnorm_recomputed_on_patients": 16}}
+    with pytest.raises(CacError, match="already exists"):
+        save_average(out, average, ref_card, ["x.safetensors"], 16)

@@ -8,7 +8,9 @@ same architecture.  The averaged model's BatchNorm statistics are recomputed in 
 ``--bn-patients`` patients of the training pool (phantom_pool seed 0): averaging the running
 statistics of several epochs does not give the statistics of the averaged weights.  Prints the
 patch AUC on each held-out fold (phantom_pool seeds, as compare_models.py) of the average, the
-average without the BatchNorm pass, and the ``--single`` checkpoints (indices into CK*).
+average without the BatchNorm pass, and the ``--single`` checkpoints (indices into CK*).  ``--save OUT``
+writes the average with recomputed BatchNorm as a model file whose card is REF's, with the averaged files
+named under ``training.weight_average`` (a stage-1 classifier: its decoder is REF's until refitted).
 """
 
 from __future__ import annotations
@@ -74,6 +76,23 @@ def recompute_batchnorm(model, fs, batches: int = 40, batch_size: int = 32, seed
     return model.eval()
 
 
+def save_average(path, model, ref_meta: dict, checkpoints, bn_patients: int) -> None:
+    """``model`` written with REF's card, recording which files were averaged (never over an existing file)."""
+    from CACIdentifierLib.modelio import save_model
+
+    meta = copy.deepcopy(ref_meta)
+    # REF's measured figures, calibration and activation statistics do not describe the average
+    for key in ("format", "version", "architecture", "created", "software_version", "weights_dtype", "sha256",
+                "weights_file", "metrics", "calibration", "feature_statistics"):
+        meta.pop(key, None)
+    training = dict(meta.get("training") or {})
+    training["weight_average"] = {"checkpoints": [Path(c).name for c in checkpoints],
+                                  "batchnorm_recomputed_on_patients": bn_patients}
+    meta["training"] = training
+    save_model(path, model, meta)
+    log(f"saved {path}")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("ref")
@@ -82,6 +101,7 @@ def main(argv=None) -> int:
     ap.add_argument("--folds", default="3000:36,4000:36", help="SEED:PATIENTS,...")
     ap.add_argument("--bn-patients", type=int, default=16)
     ap.add_argument("--out", default="epoch_average.json")
+    ap.add_argument("--save", default=None, help="write the average (BatchNorm recomputed) as this model file")
     args = ap.parse_args(argv)
 
     import torch
@@ -92,7 +112,7 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(2)
     t0 = time.perf_counter()
-    ref, _ = load_model(args.ref)
+    ref, ref_meta = load_model(args.ref)
     folds = {int(s): test_fold(int(n), int(s))[0] for s, n in (f.split(":") for f in args.folds.split(","))}
     bn_fs = test_fold(args.bn_patients, 0)[0]
     log(f"folds {list(folds)} and {args.bn_patients} training patients in {time.perf_counter() - t0:.0f} s")
@@ -103,6 +123,9 @@ def main(argv=None) -> int:
     averaged = average_weights(loaded)
     models[f"average of {len(loaded)}, BatchNorm as averaged"] = averaged
     models[f"average of {len(loaded)}, BatchNorm recomputed"] = recompute_batchnorm(copy.deepcopy(averaged), bn_fs)
+    if args.save:
+        save_average(args.save, models[f"average of {len(loaded)}, BatchNorm recomputed"], ref_meta,
+                     args.checkpoints, args.bn_patients)
     results = {}
     for name, model in models.items():
         results[name] = {}
