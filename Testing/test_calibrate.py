@@ -177,6 +177,26 @@ def test_frame_detection_curve_with_fewer_roi_patches_equals_the_evaluation(roi_
         assert curve["specificity"][i] == pytest.approx(ev["detection"]["specificity"])
 
 
+def test_frame_detection_curve_refuses_no_roi_patches_and_reads_more_than_five_as_all():
+    """roi_patches 0 is refused as in refinement.most_probable_patches (it was clamped to 1); 7 means all five."""
+    from CACTrainerLib import training
+    from CACTrainerLib.calibrate import frame_detection_curve
+
+    rng = np.random.default_rng(3)
+    n = 4
+    fs = _Frames(rng.uniform(0.3, 0.7, (n, 512, 512)).astype(np.float32), np.zeros((n, 512, 512), bool))
+    fs.calcium[:2, 300:310, 300:310] = True
+    rois = np.zeros((5 * n, 256, 256), np.float32)
+    rois[::2, 60:120, 60:120] = 0.9
+    probs = rng.random(5 * n).astype(np.float32)
+    refinement = training.TrainConfig().refinement
+    with pytest.raises(ValueError, match="roi_patches must be 1-5"):
+        frame_detection_curve(probs, rois, fs, refinement, roi_patches=0)
+    every = frame_detection_curve(probs, rois, fs, refinement)
+    seven = frame_detection_curve(probs, rois, fs, refinement, roi_patches=7)
+    assert np.array_equal(every["gate_scores"], seven["gate_scores"])
+
+
 def test_choose_operating_point_lowers_the_island_size_only_as_far_as_needed():
     from CACIdentifierLib.field import exposed_field
     from CACTrainerLib import evaluation, training

@@ -68,7 +68,7 @@ def frame_detection_curve(probs: np.ndarray, rois: np.ndarray, fs, refinement: d
     roi_patches : int, optional
         A model card's ``roi_patches``: at most that many of the gated patches
         draw the ROI (:func:`CACIdentifierLib.refinement.most_probable_patches`);
-        None or 5 for all.
+        None or 5 (or more) for all; below 1 is a ValueError.
 
     Returns
     -------
@@ -88,7 +88,9 @@ def frame_detection_curve(probs: np.ndarray, rois: np.ndarray, fs, refinement: d
     truth = np.array([bool(fs.calcium[f].any()) for f in range(n)])
     order = np.argsort(-p, axis=1)
     has_roi = np.zeros((n, 6), bool)  # has_roi[f, k]: the ROI with the k most probable patches is non-empty
-    drawn = 5 if roi_patches is None else max(1, min(5, int(roi_patches)))
+    if roi_patches is not None and int(roi_patches) < 1:  # as most_probable_patches: no ROI from no patch
+        raise ValueError(f"roi_patches must be 1-5, got {roi_patches}")
+    drawn = 5 if roi_patches is None else min(5, int(roi_patches))
     for f, field in enumerate(fields):
         for k in range(1, drawn + 1):
             gate = np.zeros(5, bool)
