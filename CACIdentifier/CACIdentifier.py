@@ -124,6 +124,8 @@ class CACIdentifierParameterNode:
     onsetFrame - first contrast frame (0-based), -1 for automatic detection.
     temporal - keep only ROIs that recur across beats at the same cardiac phase (``cac identify --temporal``).
     cineGate - apply the model card's cine threshold, if it has one (off: ``cac identify --no-cine-gate``).
+    roiPatches - draw each frame's ROI from at most this many of its most probable gated patches, 1-5
+    (``cac identify --roi-patches``); 0, shown as "model's", takes the model card's value.
     outputSegmentation, outputTable - created when empty.
     """
 
@@ -139,6 +141,7 @@ class CACIdentifierParameterNode:
     onsetFrame: Annotated[int, WithinRange(-1, 100000), Default(-1)]
     temporal: Annotated[bool, Default(False)]
     cineGate: Annotated[bool, Default(True)]
+    roiPatches: Annotated[int, WithinRange(0, 5), Default(0)]
     outputSegmentation: vtkMRMLSegmentationNode
     outputTable: vtkMRMLTableNode
 
@@ -295,7 +298,7 @@ class CACIdentifierWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self._job = self.logic.startIdentification(
                     p.inputNode, list(p.annotationNodes), p.modelPath, p.device, p.sigma, p.minIslandPx,
                     p.threshold, p.onsetFrame, outputSegmentation=p.outputSegmentation, outputTable=p.outputTable,
-                    temporal=p.temporal, cineGate=p.cineGate,
+                    temporal=p.temporal, cineGate=p.cineGate, roiPatches=p.roiPatches,
                 )
         except CacError as exc:  # the user's input: one line saying what to do
             self._job = None
@@ -593,7 +596,8 @@ class CACIdentifierLogic(ScriptedLoadableModuleLogic):
         return modelPath
 
     def _jobArguments(self, inputNode, annotationNodes, modelPath, device, sigma, minIslandPx, threshold,
-                      onsetFrame, outputSegmentation, outputTable, temporal=False, cineGate=True) -> dict:
+                      onsetFrame, outputSegmentation, outputTable, temporal=False, cineGate=True,
+                      roiPatches=0) -> dict:
         from CACIdentifierLib.errors import CacError
 
         if inputNode is None:
@@ -610,6 +614,7 @@ class CACIdentifierLogic(ScriptedLoadableModuleLogic):
             onset_frame=_setting(onsetFrame, int),
             temporal=bool(temporal),
             cine_gate=bool(cineGate),
+            roi_patches=int(roiPatches) if roiPatches and int(roiPatches) > 0 else None,  # 0: the card's
             output_segmentation=outputSegmentation,
             output_table=outputTable,
             runner=self.runnerFactory() if self.runnerFactory else None,
@@ -619,7 +624,7 @@ class CACIdentifierLogic(ScriptedLoadableModuleLogic):
     def startIdentification(self, inputNode, annotationNodes=None, modelPath=None, device: str = "auto",
                             sigma: float | None = None, minIslandPx: int | None = None, threshold: float | None = None,
                             onsetFrame: int = -1, outputSegmentation=None, outputTable=None,
-                            temporal: bool = False, cineGate: bool = True):
+                            temporal: bool = False, cineGate: bool = True, roiPatches: int = 0):
         """Start the worker on ``inputNode`` and return its ``CACIdentifierLib.logic.IdentifyJob`` at once.
 
         The caller polls ``job.poll()`` (progress events), then calls ``job.load_results()``
@@ -628,14 +633,16 @@ class CACIdentifierLogic(ScriptedLoadableModuleLogic):
         # Imported here, not at module load: the Lib needs packages that may have just been installed.
         cacLogic = importlib.import_module("CACIdentifierLib.logic")
         arguments = self._jobArguments(inputNode, annotationNodes, modelPath, device, sigma, minIslandPx,
-                                       threshold, onsetFrame, outputSegmentation, outputTable, temporal, cineGate)
+                                       threshold, onsetFrame, outputSegmentation, outputTable, temporal, cineGate,
+                                       roiPatches)
         job = cacLogic.IdentifyJob(slicer.mrmlScene, **arguments)
         job.start()
         return job
 
     def process(self, inputNode, annotationNodes=None, modelPath=None, device: str = "auto", sigma: float | None = None,
                 minIslandPx: int | None = None, threshold: float | None = None, onsetFrame: int = -1, progress=None,
-                outputSegmentation=None, outputTable=None, temporal: bool = False, cineGate: bool = True):
+                outputSegmentation=None, outputTable=None, temporal: bool = False, cineGate: bool = True,
+                roiPatches: int = 0):
         """Identify CAC ROIs in ``inputNode`` through the worker process and put the results in the scene.
 
         Blocks until the worker has finished (the panel uses :meth:`startIdentification` instead).
@@ -647,12 +654,14 @@ class CACIdentifierLogic(ScriptedLoadableModuleLogic):
         :param onsetFrame: first contrast frame (0-based); -1 or None to detect it.
         :param temporal: keep only ROIs that recur across beats (``cac identify --temporal``).
         :param cineGate: apply the model card's cine threshold if it has one (False: ``--no-cine-gate``).
+        :param roiPatches: each frame's ROI from at most this many most probable gated patches (1-5); 0 for the card's.
         :param progress: ``progress(done, total, message)``; may raise progress.Cancelled (the worker is killed).
         :return: dict with ``roi_sequence``, ``roi_segmentation``, ``table``, ``report``, ``summary``.
         """
         cacLogic = importlib.import_module("CACIdentifierLib.logic")
         arguments = self._jobArguments(inputNode, annotationNodes, modelPath, device, sigma, minIslandPx,
-                                       threshold, onsetFrame, outputSegmentation, outputTable, temporal, cineGate)
+                                       threshold, onsetFrame, outputSegmentation, outputTable, temporal, cineGate,
+                                       roiPatches)
 
         def keepResponsive(done, total, message=""):
             if getattr(slicer, "app", None) is not None:

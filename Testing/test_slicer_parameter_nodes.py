@@ -91,6 +91,7 @@ def test_identifier_parameter_node_defaults(slicer_app):
     assert (parameters.threshold, parameters.onsetFrame) == (-1.0, -1)
     # The CLI's defaults: no temporal filter; a card's cine gate applies (`cac identify` without flags).
     assert (parameters.temporal, parameters.cineGate) == (False, True)
+    assert parameters.roiPatches == 0  # "model's": the card's roi_patches
     assert str(parameters.modelPath) in ("", ".")
     # A singleton: the module finds the same node again (the panel calls this on every enter()).
     assert module.CACIdentifierLogic().getParameterNode().parameterNode is parameters.parameterNode
@@ -115,6 +116,7 @@ def test_identifier_every_field_round_trips(slicer_app, tmp_path):
         "onsetFrame": 7,
         "temporal": True,
         "cineGate": False,
+        "roiPatches": 2,
         "outputSegmentation": output,
         "outputTable": table,
     }
@@ -132,7 +134,8 @@ def test_identifier_refuses_values_out_of_range(slicer_app):
     module = load("CACIdentifier")
     parameters = module.CACIdentifierLogic().getParameterNode()
     for name, bad in (("device", "tpu"), ("sigma", 51.0), ("threshold", 1.5), ("onsetFrame", -2),
-                      ("minIslandPx", -2), ("sigma", -1.5), ("threshold", -2.0)):
+                      ("minIslandPx", -2), ("sigma", -1.5), ("threshold", -2.0), ("roiPatches", 6),
+                      ("roiPatches", -1)):
         with pytest.raises(ValueError):
             setattr(parameters, name, bad)
     with pytest.raises((TypeError, ValueError)):

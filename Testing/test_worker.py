@@ -306,8 +306,8 @@ def test_module_logic_leaves_refinement_to_the_model_card(module_logic, phantom)
 
 
 def test_module_logic_passes_the_panel_checkboxes(module_logic, phantom):
-    """The panel's defaults run `cac identify` as its own defaults do (no temporal filter, the card's cine gate);
-    the two Advanced checkboxes turn into --temporal and --no-cine-gate."""
+    """The panel's defaults run `cac identify` as its own defaults do (no temporal filter, the card's cine gate
+    and roi_patches); the Advanced checkboxes and spin box turn into --temporal, --no-cine-gate, --roi-patches."""
     from CACIdentifierLib import mrml
 
     slicer, logic = module_logic
@@ -315,16 +315,18 @@ def test_module_logic_passes_the_panel_checkboxes(module_logic, phantom):
     parameters = logic.getParameterNode()
     recorder = type(logic)(runnerFactory=_RecordingRunner, python=sys.executable)
     _RecordingRunner.commands.clear()
-    recorder.startIdentification(sequence, temporal=parameters.temporal, cineGate=parameters.cineGate)
-    recorder.startIdentification(sequence, temporal=True, cineGate=False)
+    recorder.startIdentification(sequence, temporal=parameters.temporal, cineGate=parameters.cineGate,
+                                 roiPatches=parameters.roiPatches)
+    recorder.startIdentification(sequence, temporal=True, cineGate=False, roiPatches=2)
     default, chosen = _RecordingRunner.commands
-    assert not {"--temporal", "--no-cine-gate"} & set(default), default
+    assert not {"--temporal", "--no-cine-gate", "--roi-patches"} & set(default), default
     assert {"--temporal", "--no-cine-gate"} <= set(chosen), chosen
+    assert chosen[chosen.index("--roi-patches") + 1] == "2"
     # The worker's command line is one `cac identify` accepts.
     from cac.cli import build_parser
 
     args = build_parser().parse_args(chosen[chosen.index("identify"):])
-    assert args.temporal and args.no_cine_gate
+    assert args.temporal and args.no_cine_gate and args.roi_patches == 2
 
 
 def _noise_report(module_logic) -> dict:
