@@ -143,6 +143,7 @@ def test_frame_detection_curve_equals_gating_at_each_threshold():
 def test_frame_detection_curve_with_fewer_roi_patches_equals_the_evaluation(roi_patches):
     """A card's roi_patches: the curve's detections and gate scores are those of evaluation.evaluate at each
     threshold (the inference path: the most probable gated patches draw the ROI), not those of all patches."""
+    from CACIdentifierLib import metrics
     from CACTrainerLib import evaluation, training
     from CACTrainerLib.calibrate import frame_detection_curve
 
@@ -175,6 +176,8 @@ def test_frame_detection_curve_with_fewer_roi_patches_equals_the_evaluation(roi_
         assert np.array_equal(found, curve["gate_scores"] >= t)
         assert curve["sensitivity"][i] == pytest.approx(ev["detection"]["sensitivity"])
         assert curve["specificity"][i] == pytest.approx(ev["detection"]["specificity"])
+        assert ev["auc_within_position"] == pytest.approx(np.mean(
+            [metrics.roc_auc(fs.patch_labels[k::5] > 0.5, probs[k::5]) for k in range(5)]))
 
 
 def test_frame_detection_curve_refuses_no_roi_patches_and_reads_more_than_five_as_all():

@@ -84,6 +84,22 @@ def test_roi_precision_area_and_detection_by_hand():
     assert d["sensitivity"] == pytest.approx(2 / 3) and d["specificity"] == pytest.approx(1 / 2)
 
 
+def test_within_position_auc_does_not_credit_knowing_where_calcium_usually_is():
+    """A scorer that knows only the patch's position beats chance on the pooled AUC, not within the positions;
+    each position's AUC is the pooled formula on that position's patches."""
+    rng = np.random.default_rng(11)
+    rate = np.array([0.5, 0.05, 0.05, 0.05, 0.6])
+    y = rng.random((400, 5)) < rate
+    position_only = np.broadcast_to(rate, y.shape) + rng.normal(0, 1e-3, y.shape)  # blind to the image
+    assert metrics.roc_auc(y.ravel(), position_only.ravel()) > 0.75
+    r = metrics.within_position_auc(y.ravel(), position_only.ravel())
+    assert r["mean"] == pytest.approx(0.5, abs=0.06)
+    seeing = y + rng.normal(0, 0.8, y.shape)  # sees the calcium, not the place
+    r = metrics.within_position_auc(y.ravel(), seeing.ravel())
+    assert r["per_position"][4] == metrics.roc_auc(y[:, 4], seeing[:, 4]) and r["mean"] > 0.7
+    assert metrics.within_position_auc([0] * 10, list(range(10)))["mean"] is None
+
+
 def test_a_frame_covering_roi_scores_iom_one_but_not_precision():
     truth = np.zeros((64, 64), bool)
     truth[30:33, 30:33] = True

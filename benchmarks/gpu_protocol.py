@@ -108,7 +108,7 @@ def summarize(ev: dict, cines: dict) -> dict:
 
     return {
         "patch_f1": ev.get("f1"), "patch_precision": ev.get("precision"), "patch_recall": ev.get("recall"),
-        "patch_auc": ev.get("auc"),
+        "patch_auc": ev.get("auc"), "patch_auc_within_position": ev.get("auc_within_position"),
         "iom": m(calc, "iom"), "hd_mm": m(calc, "hd_mm"), "roi_precision": m(calc, "roi_precision"),
         "roi_area_pct_field": m(list(cines.values()), "roi_area_pct_field"),
         "calcium_free_frames_with_roi_pct": m(free, "frames_with_roi_pct"),

@@ -6,7 +6,8 @@ Every frame gives five patch pairs at fixed places (``patches.patch_origins``: f
 centre).  Calcium lies over the heart, so some positions hold far more positive patches than others,
 and a scorer that knows only the position already ranks patches better than chance.  The pooled patch
 AUC (compare_models.py, issue 12's target) mixes that prior with what the network sees in the image;
-the AUC within each position, with positives and negatives of the same place, does not.
+the AUC within each position, with positives and negatives of the same place
+(``metrics.within_position_auc``, also in every evaluation as ``auc_within_position``), does not.
 
 Reads the pools and network passes that ``benchmarks/frame_score.py --cache DIR`` keeps (a pool folder
 ``DIR/POOL`` and ``DIR/<model file name>-<size>-<mtime>-POOL/probs.npy`` per model; the model file
@@ -44,22 +45,6 @@ def position_prior_auc(labels) -> float:
     return roc_auc(y.ravel(), np.broadcast_to(y.mean(axis=0), y.shape).ravel())
 
 
-def within_position_auc(labels, probs) -> list:
-    """The patch AUC at each of the five positions (None where a position holds one class only).
-
-    Examples
-    --------
-    >>> y = [[1, 0, 0, 0, 1], [0, 0, 0, 0, 1], [1, 0, 0, 0, 0], [0, 1, 0, 0, 0]]
-    >>> p = [[0.9, 0.1, 0.1, 0.1, 0.6], [0.2, 0.2, 0.1, 0.1, 0.7], [0.8, 0.3, 0.1, 0.1, 0.9], [0.1, 0.4, 0.1, 0.1, 0.5]]
-    >>> within_position_auc(y, p)
-    [1.0, 1.0, None, None, 0.5]
-    """
-    from CACIdentifierLib.metrics import roc_auc
-
-    y, p = np.asarray(labels, bool), np.asarray(probs, float).reshape(np.shape(labels))
-    return [roc_auc(y[:, k], p[:, k]) for k in range(y.shape[1])]
-
-
 def prediction_folder(cache: Path, model: str, pool: str) -> Path:
     """frame_score.py's folder of ``model``'s network pass over ``pool``."""
     stat = Path(model).stat()
@@ -74,7 +59,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
 
-    from CACIdentifierLib.metrics import roc_auc
+    from CACIdentifierLib.metrics import roc_auc, within_position_auc
 
     rows = []
     for pool in args.pool:
@@ -88,7 +73,7 @@ def main(argv=None) -> int:
                 log(f"  {Path(model).name}: no cached network pass in {folder} (run frame_score.py --cache)")
                 continue
             probs = np.load(folder / "probs.npy").reshape(-1, 5)
-            within = within_position_auc(labels, probs)
+            within = within_position_auc(labels.ravel(), probs.ravel())["per_position"]
             row = {"pool": pool, "model": Path(model).name, "patch_auc": roc_auc(labels.ravel(), probs.ravel()),
                    "position_prior_auc": prior, "within_position_auc": within,
                    "positives_per_position": labels.sum(axis=0).tolist()}

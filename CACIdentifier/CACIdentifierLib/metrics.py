@@ -262,6 +262,36 @@ def roc_auc(y_true: Sequence, scores: Sequence) -> float | None:
     return float((ranks[y].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
 
 
+def within_position_auc(y_true: Sequence, scores: Sequence, positions: int = 5) -> dict:
+    """ROC AUC among the patches of each position of the frame, and their mean.
+
+    Every frame gives its patches at fixed places, and calcium is more
+    frequent at some (over the heart), so a scorer that knows only the place
+    already beats chance on the pooled AUC (docs/learning.md, session 40);
+    within a place it cannot.  ``y_true`` and ``scores`` hold ``positions``
+    consecutive patches per frame.
+
+    Returns
+    -------
+    dict
+        ``per_position`` (an AUC, or None where a place holds one class
+        only) and ``mean`` (over the places with an AUC; None if none has).
+
+    Examples
+    --------
+    >>> y = [1, 0, 0, 0, 1,  0, 0, 0, 0, 1,  1, 0, 0, 0, 0,  0, 1, 0, 0, 0]
+    >>> s = [.9, .1, .1, .1, .6,  .2, .2, .1, .1, .7,  .8, .3, .1, .1, .9,  .1, .4, .1, .1, .5]
+    >>> r = within_position_auc(y, s)
+    >>> r["per_position"], r["mean"]
+    ([1.0, 1.0, None, None, 0.5], 0.8333333333333334)
+    """
+    y = np.asarray(y_true, bool).reshape(-1, positions)
+    s = np.asarray(scores, float).reshape(-1, positions)
+    per = [roc_auc(y[:, k], s[:, k]) for k in range(positions)]
+    defined = [a for a in per if a is not None]
+    return {"per_position": per, "mean": float(np.mean(defined)) if defined else None}
+
+
 def auc_difference(y_true: Sequence, scores_a: Sequence, scores_b: Sequence, groups: Sequence, *,
                    n_boot: int = 1000, seed: int = 0) -> dict:
     """ROC AUC of ``scores_b`` minus ``scores_a`` with a cluster-bootstrap 95 % interval.
