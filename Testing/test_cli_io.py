@@ -258,3 +258,28 @@ def test_info_shows_patient_identifiers_only_when_asked(capsys):
         assert "PatientID" in out  # named as hidden, so the user knows there is something to ask for
     code, out, _ = run_cac(capsys, "info", RCA, "--identifiers")
     assert code == 0 and all(s in out for s in secrets)
+
+
+@pytest.mark.parametrize("argv, where", [
+    (["identify", "x.dcm", "--roi-patches", "0"], "cac identify --help"),
+    (["identify", "x.dcm", "--threshold", "abc"], "cac identify --help"),
+    (["identify"], "cac identify --help"),
+    (["dataset", "add"], "cac dataset add --help"),
+    (["no-such-command"], "cac --help"),
+    (["--no-such-option"], "cac --help"),
+])
+def test_usage_errors_are_one_cac_error_line(argv, where, capsys):
+    """argparse's own errors as every other error: one `cac: error:` line naming the help to read, exit 2,
+    no usage block (it printed the usage and `cac identify: error: ...`)."""
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("cac: error: ") and err[0].endswith(f"see '{where}'"), err
+
+
+def test_no_command_prints_the_commands_and_one_error_line(capsys):
+    assert main([]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "identify" in "\n".join(err) and err[-1].startswith("cac: error: no command given")
+    assert sum(line.startswith("cac: error:") for line in err) == 1

@@ -40,8 +40,22 @@ SUBCOMMAND_MODULES = [
 ]
 
 
+class CacArgumentParser(argparse.ArgumentParser):
+    """argparse with its errors as every other error of ``cac``: one ``cac: error:`` line, exit code 2.
+
+    argparse prints the whole usage block and ``cac identify: error: ...``; the usage of a subcommand
+    with twenty options buries the one line that says what is wrong, so the line names where to look
+    instead.  Sub-parsers inherit the class (argparse makes them with the parent's type).
+    """
+
+    def error(self, message):
+        command = " ".join(self.prog.split()[1:])  # "cac identify" -> "identify"
+        where = f"cac {command} --help" if command else "cac --help"
+        self.exit(2, f"cac: error: {printable(message, MESSAGE_LIMIT)}; see '{where}'\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CacArgumentParser(
         prog="cac",
         description="Coronary artery calcification (CAC) identification in X-ray angiography cines.",
     )
@@ -106,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         return _stopped(exc)
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
+        print("cac: error: no command given; choose one of the commands above", file=sys.stderr)
         return 2
     warnings.showwarning = _show_warning
     from CACIdentifierLib.allocator import keep_freed_memory
