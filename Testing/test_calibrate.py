@@ -438,6 +438,12 @@ def test_cac_calibrate_warns_when_the_data_trained_the_model(setup, capsys):
     assert ("4 of the 4 calibration patients are in the data the model was trained on (3 trained it, 1 chose its "
             "checkpoints, the same dataset") in warnings[0]
     assert (setup / "own_cal.safetensors").exists()
+    # The operating point's figures then do not call those frames held out.
+    code = main(["calibrate", str(own), "--dataset", str(setup / "ds"), "--out", str(setup / "own_op.safetensors"),
+                 "--sensitivity", "0.5"])
+    out = capsys.readouterr().out
+    assert code == 0 and "operating point:" in out
+    assert "held-out" not in out and "some of them the model's training data" in out, out
     # Another dataset (another manifest) whose ids match the validation patients: said, with the doubt.
     other = {**record, "manifest_sha256_16": "0" * 16, "val_patients": ["P002", "P009"]}
     line = training_overlap({"training": {"data": other}}, ["P001", "P002", "P002", "P003"], setup / "ds")

@@ -139,7 +139,9 @@ def run(args) -> int:
             if card.get("roi_patches") is not None:
                 island += f", ROI from the {card['roi_patches']} most probable patches"
             # Without --sensitivity the model's point is carried to the new scale: its figures are the old data's.
-            where = ("held-out frames" if args.sensitivity is not None else
+            # Frames the model trained on (the warning above) are not held out: the figures say so.
+            measured = "frames, some of them the model's training data" if overlap else "held-out frames"
+            where = (measured if args.sensitivity is not None else
                      f"frames of the model's earlier point ({printable(str(op.get('data', 'its own data')), 80)}; "
                      "carried over, not measured here: pass --sensitivity to choose it on this data)")
             print(f"operating point: classifier threshold {op['threshold']:.3f}{island}, frame sensitivity "
