@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
-from CACIdentifierLib.errors import CacError
+from CACIdentifierLib.errors import CacError, printable
 
 
 def register(subparsers) -> None:
@@ -71,9 +71,17 @@ def summary(result, n_frames: int) -> str:
     shown = result.pairs[:12]
     more = f" ... ({len(result.pairs)} pairs)" if len(result.pairs) > len(shown) else ""
     lines.append("pairs (non-contrast -> contrast): " + ", ".join(f"{a}->{b}" for a, b in shown) + more)
-    for w in result.warnings:
-        lines.append(f"warning: {w}")
-    return "\n".join(lines)
+    return "\n".join(lines)  # not the warnings: run prints them on stderr
+
+
+def warning_messages(caught, result) -> list[str]:
+    """The warnings of a synchronization, each once: those raised (``caught``, in order), then any other
+    that the result carries.  Raised only: the onset guard ignored with a given onset."""
+    messages = []
+    for w in [str(c.message) for c in caught] + list(result.warnings):
+        if w not in messages:
+            messages.append(w)
+    return messages
 
 
 def run(args) -> int:
@@ -89,18 +97,19 @@ def run(args) -> int:
         check_not_input(args.plot, args.cine, option="--plot")
         check_writable(args.plot, args.overwrite)
     cine = load_cine(args.cine, frame_time_ms=args.frame_time_ms)
-    with warnings.catch_warnings():
-        # The result carries its warnings; print them once below instead of twice.
-        warnings.simplefilter("ignore")
+    with warnings.catch_warnings(record=True) as caught:
+        # Recorded, to print each once below (the result carries most of them too).
+        warnings.simplefilter("always")
         result = synchronize_cine(cine, onset=args.onset, method=args.method, use_ecg=not args.no_ecg,
                                   onset_guard=args.onset_guard)
+    # On stderr like every cac warning, in both output modes: stdout has only the result.
+    for w in warning_messages(caught, result):
+        print(f"cac: warning: {printable(w, 2000)}", file=sys.stderr)  # as cli._show_warning
     if args.plot:
         plot_sync(result, args.plot, overwrite=args.overwrite, title=str(args.cine))
     if args.json:
         json.dump(result.to_json(), sys.stdout)
         sys.stdout.write("\n")
-        for w in result.warnings:
-            print(f"cac: warning: {w}", file=sys.stderr)
     else:
         print(summary(result, cine.n_frames))
     return 0

@@ -143,15 +143,20 @@ def synchronize(
         raise CacError(f"no usable contrast frames after frame {contrast_start}; pass --onset N to set the onset")
 
     report(2, 4, "cardiac phase")
+    # The image estimate's warnings (no periodicity and its pairing fallback, a constant period)
+    # are only true of the result when it gives the phase, not when the ECG does.
+    image_warns: list[str] = []
     if method == "paper":
         image = paper_estimate(signal, valid, frame_time_ms, onset_frame, contrast_start)
         if not image.periodic:
-            warn_list.append(f"no clear periodicity in the ECG-like signal (score {image.confidence:.2f})")
+            image_warns.append(f"no clear periodicity in the ECG-like signal (score {image.confidence:.2f})")
         frame_distance = None
     else:
         image, frame_distance = default_estimate(feats, valid, frame_time_ms, onset_frame, contrast_start,
-                                                  warn_list)
-    ecg_est = ecg_estimate(n, r_wave_frames, ecg, frame_time_ms, warn_list) if use_ecg else None
+                                                  image_warns)
+    ecg_warns: list[str] = []
+    ecg_est = ecg_estimate(n, r_wave_frames, ecg, frame_time_ms, ecg_warns) if use_ecg else None
+    warn_list += (image_warns if ecg_est is None else []) + ecg_warns
     report(3, 4, "pairing")
     nc = [i for i in range(onset_frame) if valid[i]]
     cp = [j for j in range(contrast_start, n) if valid[j]]

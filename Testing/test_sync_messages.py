@@ -1,0 +1,142 @@
+"""The warnings of cardiac synchronization and of `cac sync` say what was done, where every cac warning goes.
+
+- The image estimate's "no clear cardiac periodicity ... paired with the most
+  similar contrast frame instead" is said only when that fallback gives the
+  pairs, not when the ECG gives the phase (the image estimate is still kept).
+- `cac sync` prints its warnings on stderr as ``cac: warning: ...`` in both
+  output modes; stdout has only the result.
+- `cac sync --onset N --onset-guard M` says that the guard is ignored, as
+  `cac identify` does (the library's warning).
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+from cac.cli import main
+from CACIdentifierLib import sync
+from CACIdentifierLib.cine import Cine, EcgTrace
+from conftest import BIPLANE, needs_data
+from scipy import ndimage
+
+FRAME_TIME = 66.7
+FALLBACK = "no clear cardiac periodicity in the images"
+GUARD = "the onset guard (4 frames) applies only to a detected onset; it is ignored with the given onset 5"
+
+
+def _static_cine(n=40, size=64, onset=20, seed=0):
+    """A cine where nothing beats: a still textured background whose diagonal vessel fills from ``onset``."""
+    rng = np.random.default_rng(seed)
+    bg = ndimage.gaussian_filter(rng.standard_normal((size, size)), 3) * 0.3 + 0.5
+    yy, xx = np.mgrid[0:size, 0:size]
+    vessel = (np.abs(yy - xx) < 3).astype(float)
+    fill = np.clip((np.arange(n) - onset + 1) / 3, 0, 1)[:, None, None]
+    frames = bg * (1 - 0.4 * fill * vessel) + 0.01 * rng.standard_normal((n, size, size))
+    return (np.clip(frames, 0, 1) * 4000).astype(np.uint16)
+
+
+def _ecg(n, period_ms=800.0):
+    """An ECG curve over ``n`` frames with an R peak every ``period_ms`` (from 100 ms)."""
+    t = np.arange(0, n * FRAME_TIME, 2.0)
+    x = np.zeros_like(t)
+    for r in np.arange(100.0, t[-1], period_ms):
+        x += np.exp(-0.5 * ((t - r) / 8.0) ** 2)
+    return EcgTrace(x, t)
+
+
+def _sync(frames, **kw):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = sync.synchronize(frames, FRAME_TIME, onset_guard=0, **kw)  # no guard: all pairs compare
+    return res, [str(w.message) for w in caught]
+
+
+@pytest.mark.parametrize("method", ["default", "paper"])
+def test_image_periodicity_warning_only_when_the_images_give_the_phase(method):
+    frames = _static_cine()
+    image_warning = FALLBACK if method == "default" else "no clear periodicity in the ECG-like signal"
+    # The ECG gives the period and the pairs: no word of a fallback that did not happen.
+    res, said = _sync(frames, ecg=_ecg(len(frames)), method=method)
+    assert res.ecg_used and res.periodic and res.period_frames == pytest.approx(800 / FRAME_TIME, rel=0.01)
+    assert not res.image.periodic  # the image estimate found none, and is kept beside the ECG's
+    assert res.pairs == res.ecg.pairs and res.pairs != res.image.pairs
+    assert not any("periodicity" in w for w in said + res.warnings), said
+    # The same with the R Wave Pointer instead of a curve.
+    res, said = _sync(frames, r_wave_frames=[3, 15, 27, 39], method=method)
+    assert res.ecg_used and not any("periodicity" in w for w in said + res.warnings), said
+    # The images give the phase (no ECG, the ECG set aside, an ECG with one R wave): the warning stays.
+    for kw in ({}, {"ecg": _ecg(len(frames)), "use_ecg": False}, {"r_wave_frames": [3]}):
+        res, said = _sync(frames, method=method, **kw)
+        assert not res.ecg_used and not res.periodic
+        assert sum(image_warning in w for w in said) == 1, (kw, said)
+        assert sum(image_warning in w for w in res.warnings) == 1, (kw, res.warnings)
+        if method == "default":
+            assert res.pairs == res.image.pairs  # the most similar contrast frames, as it says
+    assert any("fewer than two R waves" in w for w in said)
+
+
+@pytest.fixture()
+def cine_files(tmp_path):
+    """The still cine as .seq.nrrd, without and with R waves (the R Wave Pointer)."""
+    from CACIdentifierLib.nrrd_io import write_seq_nrrd
+
+    frames = _static_cine()
+    plain = write_seq_nrrd(Cine(frames=frames, frame_time_ms=FRAME_TIME), tmp_path / "still.seq.nrrd")
+    with_ecg = write_seq_nrrd(Cine(frames=frames, frame_time_ms=FRAME_TIME, r_wave_frames=[3, 15, 27, 39]),
+                              tmp_path / "still-ecg.seq.nrrd")
+    return plain, with_ecg
+
+
+def _run(capsys, *argv):
+    assert main(["sync", *map(str, argv)]) == 0
+    cap = capsys.readouterr()
+    return cap.out, cap.err.splitlines()
+
+
+def test_cli_sync_warnings_on_stderr_in_both_modes(cine_files, capsys):
+    plain, _ = cine_files
+    out, err = _run(capsys, plain)
+    assert "warning" not in out.lower() and "periodicity" not in out.replace("(no clear periodicity)", "")
+    assert "phase from images" in out
+    assert err and all(line.startswith("cac: warning: ") for line in err), err
+    assert sum(FALLBACK in line for line in err) == 1
+    out_json, err_json = _run(capsys, plain, "--json")
+    json.loads(out_json)
+    assert err_json == err  # the same lines, the same way, as with --json
+
+
+def test_cli_sync_no_fallback_warning_when_the_ecg_is_used(cine_files, capsys):
+    plain, with_ecg = cine_files
+    out, err = _run(capsys, with_ecg)
+    assert "phase from ECG" in out and "image-based estimate: no periodicity found" in out
+    assert not any("periodicity" in line for line in err), err
+    out, err = _run(capsys, with_ecg, "--no-ecg")
+    assert "phase from images" in out and sum(FALLBACK in line for line in err) == 1
+
+
+def test_cli_sync_says_the_guard_is_ignored_with_an_onset(cine_files, capsys):
+    _, with_ecg = cine_files
+    for mode in ((), ("--json",)):
+        out, err = _run(capsys, with_ecg, "--onset", 5, "--onset-guard", 4, *mode)
+        assert err.count(f"cac: warning: {GUARD}") == 1, err
+        assert "guard" not in out
+        _, err = _run(capsys, with_ecg, "--onset", 5, *mode)  # no guard asked: nothing to say
+        assert not any("guard" in line for line in err), err
+        _, err = _run(capsys, with_ecg, "--onset-guard", 4, *mode)  # a detected onset: the guard applies
+        assert not any("guard" in line for line in err), err
+
+
+@needs_data
+def test_cli_sync_on_the_real_biplane_cine(capsys):
+    """The audit's case: an ECG cine whose images show no periodicity (about 1.5 beats)."""
+    out, err = _run(capsys, BIPLANE)
+    assert "phase from ECG" in out and "period: 11.00 frames" in out and "warning" not in out
+    assert err == ["cac: warning: frame 0 is blank; the ECG-like signal uses frame 1 as reference"]
+    out, err = _run(capsys, BIPLANE, "--no-ecg")
+    assert "period: none found" in out and "warning" not in out
+    assert all(line.startswith("cac: warning: ") for line in err) and sum(FALLBACK in line for line in err) == 1
+    _, err = _run(capsys, BIPLANE, "--onset", 5, "--onset-guard", 4)
+    assert f"cac: warning: {GUARD}" in err
