@@ -14,11 +14,16 @@ Layout of a dataset folder::
 The whole folder is built aside and moved in place at the end
 (:func:`CACIdentifierLib.fileutil.atomic_directory`): there is never a
 half-written dataset, and an existing one is only replaced with ``overwrite``.
+``overwrite`` replaces only a phantom dataset (:func:`previous_phantom`): an
+empty folder, or one whose ``manifest.json`` has format
+``cac-phantom-dataset/1``; the earlier phantom's patient folders that the new
+one does not write are removed afterwards (only the files its manifest lists).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +34,10 @@ XA_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.12.1"
 MANIFEST = "manifest.json"
 CALCIUM_COLOR = (0.95, 0.85, 0.1)
 PATH_KEYS = ("cine", "majority", "truth", "truth_seg")
+FORMAT = "cac-phantom-dataset/1"
+# The files write_dataset puts in a dataset folder (besides manifest.json): only these are ever removed.
+_PHANTOM_FILE = re.compile(r"P\d{3}/A\d{2}/(?:cine\.dcm|annotator\d\.seg\.nrrd|majority\.seg\.nrrd|truth\.json"
+                           r"|truth\.seg\.nrrd)")
 
 
 def _ds(x: float) -> str:
@@ -191,6 +200,76 @@ def calcium_free_patients(n_patients: int, fraction: float, seed: int) -> set[in
     return {int(i) for i in order[:k]}
 
 
+def previous_phantom(out_dir) -> list[Path]:
+    """Check that ``write_dataset(out_dir, overwrite=True)`` may replace what is in ``out_dir``.
+
+    Returns the files (absolute) that the phantom dataset there lists: none for a
+    missing or empty folder.  Refused (:class:`CacError`): a folder holding
+    anything else, e.g. a ``cac dataset`` dataset (format ``cac-dataset/1``), a
+    manifest of another format, or files without a manifest; ``--overwrite``
+    never replaces data that ``cac phantom`` did not write.
+    """
+    target = Path(out_dir)
+    if not target.is_dir():
+        return []  # missing (created), or a file (refused by atomic_directory)
+    try:
+        if not any(target.iterdir()):
+            return []
+    except OSError as exc:
+        raise CacError(f"cannot read folder {out_dir} ({exc.strerror or type(exc).__name__}); "
+                       "choose another OUT_DIR") from None
+    choose = "--overwrite replaces only a dataset written by `cac phantom`; choose another OUT_DIR"
+    path = target / MANIFEST
+    if not path.is_file():
+        raise CacError(f"{out_dir} is a non-empty folder without a phantom manifest.json, not a dataset "
+                       f"written by `cac phantom`; {choose}")
+    try:
+        manifest = json.loads(path.read_bytes().decode("utf-8"))
+    except (ValueError, OSError, RecursionError):
+        manifest = None
+    fmt = manifest.get("format") if isinstance(manifest, dict) else None
+    if fmt != FORMAT:
+        if fmt == "cac-dataset/1":
+            what = "a real-data dataset built by `cac dataset` (manifest format cac-dataset/1)"
+        elif isinstance(fmt, str):
+            what = f"not a phantom dataset (manifest format {printable(fmt, 60)!r}, not {FORMAT})"
+        else:
+            what = f"not a phantom dataset (its manifest.json has no format {FORMAT})"
+        raise CacError(f"{out_dir} is {what}; {choose}")
+    try:
+        entries = load_manifest(target)
+    except CacError as exc:
+        raise CacError(f"{exc} (phantom folder {out_dir}); remove it yourself or choose another OUT_DIR") from None
+    files = []
+    for e in entries:
+        files += [e[key] for key in PATH_KEYS if e.get(key)] + list(e["annotators"])
+    return [Path(f) for f in files]
+
+
+def _remove_stale(out_dir, files, keep) -> None:
+    """Delete the earlier phantom's ``files`` outside the patient folders ``keep`` (which the new
+    dataset replaced whole), then their acquisition and patient folders if that left them empty.
+    Only files the phantom writes (``P001/A01/cine.dcm`` ...) inside ``out_dir`` are touched."""
+    root = Path(out_dir).resolve()
+    folders = set()
+    for f in files:
+        try:
+            rel = f.relative_to(root)
+            if rel.parts[0] in keep or not _PHANTOM_FILE.fullmatch(rel.as_posix()):
+                continue
+            if not f.resolve().is_relative_to(root):
+                continue  # reached through a symbolic link: not the phantom's
+            f.unlink(missing_ok=True)
+        except (ValueError, OSError):
+            continue
+        folders.update((root / rel.parent, root / rel.parts[0]))
+    for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):
+        try:
+            folder.rmdir()  # only when empty: the user's own files keep their folder
+        except OSError:
+            pass
+
+
 def write_dataset(out_dir, params=None, *, patients: int = 1, acquisitions_per_patient: int = 1, seed: int = 0,
                   compression: str = "none", overwrite: bool = False, progress=None, command: str | None = None,
                   montage=None, randomize: bool = False) -> Path:
@@ -214,6 +293,8 @@ def write_dataset(out_dir, params=None, *, patients: int = 1, acquisitions_per_p
     params.validate()
     if patients < 1 or acquisitions_per_patient < 1:
         raise CacError("need at least one patient and one acquisition per patient")
+    # Before any work: --overwrite replaces only an earlier phantom (never the user's own data).
+    old_files = previous_phantom(out_dir) if overwrite else []
     free = calcium_free_patients(patients, params.calcium_free_fraction, seed)
     total = patients * acquisitions_per_patient
     n = params.n_frames
@@ -264,11 +345,13 @@ def write_dataset(out_dir, params=None, *, patients: int = 1, acquisitions_per_p
                 })
                 done += 1
                 del acq
-        manifest = {"format": "cac-phantom-dataset/1", "seed": int(seed), "patients": patients,
+        manifest = {"format": FORMAT, "seed": int(seed), "patients": patients,
                     "acquisitions_per_patient": acquisitions_per_patient, "compression": compression,
                     "params": params.to_dict(), "randomize": bool(randomize), "command": command,
                     "acquisitions": entries}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    # The new manifest is in place; the earlier phantom's other patients (P002 of a bigger run) go.
+    _remove_stale(out_dir, old_files, {patient_id(p) for p in range(patients)})
     if montage is not None and first is not None:
         save_montage(first, montage, overwrite=overwrite)
     if progress is not None:

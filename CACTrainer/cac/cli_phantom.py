@@ -66,7 +66,10 @@ def register(subparsers) -> None:
     p.add_argument("--ecg", action="store_true", help="write the R Wave Pointer (the paper's data have no ECG)")
     p.add_argument("--montage", metavar="PNG",
                    help="also write a montage of the first acquisition (a .png outside OUT_DIR)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing OUT_DIR (and --montage file)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the phantom dataset an earlier `cac phantom` wrote in OUT_DIR, completely (its "
+                        "patient folders and manifest; files it did not write stay), and the --montage file; "
+                        "any other non-empty folder (e.g. a `cac dataset` dataset) is refused")
     p.add_argument("--json", action="store_true", help="print the manifest entries as JSON on stdout")
     p.set_defaults(func=run)
 
@@ -106,7 +109,7 @@ def run(args) -> int:
     from CACIdentifierLib.errors import CacError
     from CACIdentifierLib.fileutil import check_writable
     from CACIdentifierLib.progress import terminal_progress
-    from CACTrainerLib.phantom_writer import load_manifest, write_dataset
+    from CACTrainerLib.phantom_writer import load_manifest, previous_phantom, write_dataset
 
     params = params_from_args(args)
     # Folders are named P001-P999 and A01-A99: more would break their order (P1000 sorts before P101).
@@ -121,6 +124,7 @@ def run(args) -> int:
         raise CacError(f"--seed must be 0-{2**32 - 1}, not {args.seed}")
     out = Path(args.out_dir)
     if out.exists() and not args.overwrite:
+        previous_phantom(out)  # a folder that --overwrite would refuse (not a phantom) is named as such
         raise CacError(f"{out} already exists; pass --overwrite to replace it or choose another folder")
     if args.montage:
         montage = Path(args.montage)
