@@ -61,12 +61,14 @@ def _source_dataset(source):
     return ds
 
 
-def check_source(source, out, overwrite: bool = False) -> None:
+def check_source(source, out, overwrite: bool = False, check_output: bool = True) -> None:
     """Fail early (before inference) when the SEG cannot be written.
 
     Refused: a non-DICOM source, one highdicom cannot make a SEG of (tried with
     a ROI of one pixel on the first and on the last frame, kept in memory), an
     output that exists (without ``overwrite``) or cannot be written.
+    ``check_output=False`` skips the output check, for a SEG that goes into a
+    folder the caller creates and has checked itself.
 
     Raises
     ------
@@ -75,7 +77,8 @@ def check_source(source, out, overwrite: bool = False) -> None:
     """
     _import_highdicom()
     ds = _source_dataset(source)
-    check_writable(out, overwrite)
+    if check_output:
+        check_writable(out, overwrite)
     probe = np.zeros((_n_frames(ds), int(ds.Rows), int(ds.Columns)), bool)
     probe[0, 0, 0] = probe[-1, -1, -1] = True
     build_dicom_seg(source, probe)

@@ -18,6 +18,7 @@ Disk errors (full disk, read-only folder) become one-line
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import shutil
@@ -272,7 +273,10 @@ def temporary_sibling(path: Path) -> Path:
 
 def _disk_error(target: Path, exc: OSError) -> CacError:
     reason = exc.strerror or type(exc).__name__
-    return CacError(f"could not write {target} ({reason}); free some space or choose another output location")
+    # "Free some space" only where space is the cause: after "Is a directory" it sent users hunting for disk.
+    if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        return CacError(f"could not write {target} ({reason}); free some space or choose another output location")
+    return CacError(f"could not write {target} ({reason}); choose another output location")
 
 
 @contextlib.contextmanager

@@ -68,6 +68,22 @@ def evaluate_against_annotations(result, annotator_masks: list[np.ndarray], spac
     return ev
 
 
+def summary_line(summary: dict) -> str:
+    """The one-line comparison with the annotators, rounded as ``cac evaluate`` prints it, ``-`` where undefined.
+
+    >>> summary_line({"iom": {"median": 0.8108108108108109}, "hd_mm": {"median": 17.61819385018477}})
+    'IoM median 0.81, HD median 17.6 mm'
+    >>> summary_line({"iom": {"median": None}, "hd_mm": {"median": None}})
+    'IoM median -, HD median - (no frame where both mark calcium, or the spacing is unknown)'
+    """
+    iom_median, hd_median = summary["iom"]["median"], summary["hd_mm"]["median"]
+    iom_text = "-" if iom_median is None else f"{iom_median:.2f}"
+    # HD needs calcium in both masks and a known spacing: say why there is no number.
+    hd_text = ("- (no frame where both mark calcium, or the spacing is unknown)" if hd_median is None
+               else f"{hd_median:.1f} mm")
+    return f"IoM median {iom_text}, HD median {hd_text}"
+
+
 def build_report(result, cine, evaluation: dict | None = None, model_info: dict | None = None,
                  record_source: bool = False) -> dict:
     """The ``report.json`` content of ``cac identify``.

@@ -8,9 +8,11 @@ import json
 import sys
 from pathlib import Path
 
-from CACIdentifierLib.errors import CacError
+from CACIdentifierLib.errors import CacError, printable
 
 DEFAULT_MODEL = "default"
+# The files written into the --out folder.
+OUTPUT_NAMES = ("roi.seg.nrrd", "report.json", "overlay.png")
 
 
 def register(subparsers) -> None:
@@ -52,16 +54,20 @@ def register(subparsers) -> None:
                    help="show each frame's own ROIs even where the model card's cine threshold (cac calibrate "
                         "--cine-gate) judges the whole cine calcium-free")
     p.add_argument("--dicom-seg", metavar="OUT.dcm",
-                   help="also write the ROIs as a DICOM Segmentation referencing the source XA file and its frames")
+                   help="also write the ROIs as a DICOM Segmentation referencing the source XA file and its frames "
+                        "(a file name; it may lie in the --out folder, e.g. DIR/roi.seg.dcm)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder (and --dicom-seg file)")
-    p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
+    p.add_argument("--json", action="store_true",
+                   help="print the report as JSON on stdout (not with --progress-json, whose stdout carries only "
+                        "its events: the report is then read from DIR/report.json)")
     p.add_argument("--record-source", action="store_true",
                    help="also write the cine's file path into report.json (off by default: a path can name the "
                         "patient; the cine is named by its pixel fingerprint)")
     p.add_argument(
         "--progress-json", action="store_true",
         help='print progress as JSON lines on stdout ({"event": "progress", "done", "total", "message"}), '
-        'then {"event": "done", "out": DIR} or {"event": "error", "message": ...}; for a parent process',
+        'then {"event": "done", "out": DIR} or {"event": "error", "message": ...}; for a parent process '
+        "(not with --json)",
     )
     p.set_defaults(func=run)
 
@@ -100,11 +106,18 @@ def _run(args: argparse.Namespace) -> int:
         build_report,
         evaluate_against_annotations,
         save_overlay_png,
+        summary_line,
         write_json,
     )
     from CACIdentifierLib.resources import default_model_path
 
     # Options first, before any file is looked at.  --spacing 0 is refused here, not taken for "not given".
+    if args.json and getattr(args, "progress_json", False):
+        # Both print on stdout: the report would be mixed into the event stream a parent parses line by line.
+        raise CacError("--json and --progress-json both print on stdout; give one (with --progress-json the "
+                       "report is in DIR/report.json)")
+    if args.batch_frames is not None and args.batch_frames < 1:
+        raise CacError(f"--batch-frames {args.batch_frames} is not valid; give at least 1 frame per forward pass")
     spacing = normalize_spacing(args.spacing)
     # The given refinement settings (the others come from the model card, checked when it is read).
     check_settings(**{key: value if value is not None else DEFAULTS[key] for key, value in
@@ -113,13 +126,17 @@ def _run(args: argparse.Namespace) -> int:
     # A frames folder given as its own output would gain overlay.png as a frame.
     check_not_input(out, args.cine, inside_ok=True)  # a subfolder of it replaces no frame
     # Before the (slow) work: an output folder that cannot be written fails now, not after it.
-    check_output_directory(out, args.overwrite, names=("roi.seg.nrrd", "report.json", "overlay.png"))
+    check_output_directory(out, args.overwrite, names=OUTPUT_NAMES)
     dicom_seg = getattr(args, "dicom_seg", None)
+    seg_in_out = False
     if dicom_seg:
-        from CACIdentifierLib.dicom_seg import check_source
-
         check_not_input(dicom_seg, args.cine, option="--dicom-seg")
-        check_source(args.cine, dicom_seg, args.overwrite)  # before the long work
+        seg_in_out = _check_dicom_seg_location(Path(dicom_seg), out)
+        _check_dicom_seg_source(args.cine, Path(dicom_seg), args.overwrite, new_folder=seg_in_out and not out.exists())
+    # A missing GPU fails now, not after synchronization and its warnings.
+    from CACIdentifierLib.device import choose_device
+
+    choose_device(args.device)
     progress_json = getattr(args, "progress_json", False)
     if progress_json:
         json_event("progress", done=0, total=1, message="reading the cine")
@@ -188,14 +205,16 @@ def _run(args: argparse.Namespace) -> int:
     with contextlib.ExitStack() as stack:
         # Every output is written to a temporary name first; the folder is moved in place, then the SEG
         # file, and a failure before that deletes all of them (a retry is not refused for an existing folder).
-        seg_tmp = stack.enter_context(atomic_output(dicom_seg, args.overwrite)) if seg is not None else None
+        # A SEG inside the output folder is staged with the folder's files and moved in place with them.
+        seg_tmp = (stack.enter_context(atomic_output(dicom_seg, args.overwrite))
+                   if seg is not None and not seg_in_out else None)
         with atomic_directory(out, overwrite=args.overwrite) as tmp:
             write_seg_nrrd(tmp / "roi.seg.nrrd", {"CAC ROI": result.roi}, cine.spacing_mm,
                            colors={"CAC ROI": (1.0, 0.18, 0.69)}, source_fingerprint=cine.fingerprint())
             write_json(tmp / "report.json", report)
             save_overlay_png(tmp / "overlay.png", cine, result, truth)
             if seg is not None:
-                seg.save_as(seg_tmp)
+                seg.save_as(tmp / Path(dicom_seg).name if seg_in_out else seg_tmp)
 
     if progress_json:
         pass  # stdout carries only JSON lines; run() prints the "done" event
@@ -207,11 +226,42 @@ def _run(args: argparse.Namespace) -> int:
         print(f"{len(result.frames)} non-contrast frames analysed (onset at frame {report['onset_frame']}); "
               f"ROI found on {n_roi} frames")
         if evaluation is not None:
-            s = evaluation["summary"]
-            print(f"against annotators: IoM median {s['iom']['median']}, HD median {s['hd_mm']['median']} mm")
+            print(f"against annotators: {summary_line(evaluation['summary'])}")
         print(f"outputs: {out / 'roi.seg.nrrd'}, {out / 'report.json'}, {out / 'overlay.png'}"
               + (f", {dicom_seg}" if dicom_seg else ""))
     return 0
+
+
+def _check_dicom_seg_location(seg: Path, out: Path) -> bool:
+    """Refuse a --dicom-seg path that is a folder, the --out folder or one of its outputs, before any work.
+
+    Returns whether the SEG lies directly in the --out folder: it is then written with the folder's files
+    (the folder need not exist yet, and no --overwrite is needed for the folder this command creates).
+    """
+    where, folder = seg.resolve(), out.resolve()
+    if where == folder:
+        raise CacError(f"--dicom-seg {printable(str(seg), 200)} is the --out folder; give a file name, "
+                       f"e.g. {printable(str(out / 'roi.seg.dcm'), 200)}")
+    if seg.is_dir():
+        raise CacError(f"--dicom-seg {printable(str(seg), 200)} is a folder; give a file name, "
+                       f"e.g. {printable(str(seg / 'roi.seg.dcm'), 200)}")
+    if where.parent == folder and where.name in OUTPUT_NAMES:
+        raise CacError(f"--dicom-seg {printable(str(seg), 200)} is the {where.name} that identify writes in "
+                       "--out; choose another name")
+    if where.parent != folder and where.is_relative_to(folder) and not where.parent.exists():
+        # Only the --out folder itself is created by the command, not folders inside it.
+        raise CacError(f"--dicom-seg {printable(str(seg), 200)} lies in a subfolder of --out that does not exist; "
+                       "write it directly in the --out folder or elsewhere")
+    return where.parent == folder
+
+
+def _check_dicom_seg_source(cine, seg: Path, overwrite: bool, new_folder: bool) -> None:
+    """Before the long work: the cine can be referenced by a SEG, and (unless the SEG goes into the --out
+    folder this command creates, already checked) the SEG's location can be written."""
+    from CACIdentifierLib.dicom_seg import check_source
+
+    # The output check would refuse the folder that does not exist yet (check_output_directory checked it).
+    check_source(cine, seg, overwrite, check_output=not new_folder)
 
 
 def _gpu() -> bool:

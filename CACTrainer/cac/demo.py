@@ -47,8 +47,9 @@ def run(out_dir: str = "demo-output", seed: int = 7) -> int:
         s = report.get("summary", {})
         print(f"  {acq_id}: {target}/roi.seg.nrrd  {target}/report.json  {target}/overlay.png")
         if s:
-            print(f"      IoM median {s['iom']['median']} (Q1 {s['iom']['q1']}, Q3 {s['iom']['q3']}); "
-                  f"HD median {s['hd_mm']['median']} mm; {report['timings']['seconds_per_frame']} s/frame")
+            from CACIdentifierLib.report import summary_line
+
+            print(f"      {summary_line(s)}; {report['timings']['seconds_per_frame']:.2f} s/frame")
     print("Open a cine and its roi.seg.nrrd in 3D Slicer (CACIdentifier module) to browse the ROIs frame by frame.")
     return 0
 
