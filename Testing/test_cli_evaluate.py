@@ -71,6 +71,15 @@ def test_text_output_and_single_truth(files, capsys):
     assert "IoM" in text and "HD (mm)" in text and "median (Q1-Q3)" in text
 
 
+def test_text_output_says_why_a_measure_is_undefined(files, capsys):
+    """A calcium-free truth: HD is undefined on every frame (IoM is 0); the text says why, not "- (---)"."""
+    empty = write(files["tmp"] / "empty.seg.nrrd", {"CAC": np.zeros((4, 64, 64), bool)})
+    assert main(["evaluate", files["pred"], empty]) == 0
+    text = capsys.readouterr().out
+    assert "HD (mm): - (no frame where both mark calcium)" in text and "IoM: 0.00" in text
+    assert "(---)" not in text and "ROI precision: 0.00" in text  # the AI's ROIs lie outside the (empty) truth
+
+
 def test_mismatched_geometry_exit_2(files, capsys):
     other = write(files["tmp"] / "small.seg.nrrd", {"CAC": np.zeros((5, 64, 64), bool)})  # another frame count
     assert main(["evaluate", files["pred"], other]) == 2

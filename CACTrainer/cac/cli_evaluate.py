@@ -240,6 +240,10 @@ def run(args) -> int:
     for key, label, digits in (("iom", "IoM", 2), (hd_key, "HD (px)" if px else "HD (mm)", 2),
                                ("roi_precision", "ROI precision", 2)):
         s = result["summary"][key]
+        if s["median"] is None:  # "- (---)" read as a broken table: say it is undefined
+            why = "no frame with an AI ROI" if key == "roi_precision" else "no frame where both mark calcium"
+            print(f"{label}: - ({why})")
+            continue
         print(f"{label}: {_fmt(s['median'], digits)} ({_fmt(s['q1'], digits)}-{_fmt(s['q3'], digits)}) median (Q1-Q3)")
     pr = result["summary"]["presence"]
     print(f"calcium presence: AI and annotators agree on {pr['both'] + pr['neither']} of {pr['frames']} frames "
