@@ -67,3 +67,21 @@ def refuse_unpickling(monkeypatch) -> None:
 def no_unpickling(monkeypatch):
     """Any use of pickle (functions, Unpickler classes, torch.load, np.load of pickles) fails the test."""
     refuse_unpickling(monkeypatch)
+
+
+@pytest.fixture(scope="module")
+def all_roi_model(tmp_path_factory):
+    """A tiny model that calls every patch positive with a ROI everywhere: identify's ROI is then known (and fast)."""
+    import torch
+    from CACIdentifierLib.modelio import save_model
+    from CACIdentifierLib.network import ResUNet18
+
+    torch.manual_seed(0)
+    net = ResUNet18(width=8, decoder_channels=[16, 8, 8, 8, 8])
+    with torch.no_grad():
+        for layer in (net.fc, net.decoder["out"]):
+            layer.weight.zero_()
+            layer.bias.fill_(10.0)
+    path = tmp_path_factory.mktemp("model") / "all.safetensors"
+    save_model(path, net.eval(), dtype=None)
+    return path

@@ -31,26 +31,8 @@ def phantom(tmp_path_factory):
     return acq, folder / files["cine"], [folder / name for name in files["annotators"]]
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    """A tiny model that calls every patch positive with a ROI everywhere (fast, and its ROI is known)."""
-    import torch
-    from CACIdentifierLib.modelio import save_model
-    from CACIdentifierLib.network import ResUNet18
-
-    torch.manual_seed(0)
-    net = ResUNet18(width=8, decoder_channels=[16, 8, 8, 8, 8])
-    with torch.no_grad():
-        for layer in (net.fc, net.decoder["out"]):
-            layer.weight.zero_()
-            layer.bias.fill_(10.0)
-    path = tmp_path_factory.mktemp("model") / "all.safetensors"
-    save_model(path, net.eval(), dtype=None)
-    return path
-
-
-def _argv(phantom, tiny_model, out, *extra):
-    return ["identify", str(phantom[1]), "--out", str(out), "--model", str(tiny_model), "--onset", "10",
+def _argv(phantom, all_roi_model, out, *extra):
+    return ["identify", str(phantom[1]), "--out", str(out), "--model", str(all_roi_model), "--onset", "10",
             "--device", "cpu", *extra]
 
 
@@ -80,12 +62,12 @@ def no_reading(monkeypatch):
     ("out/report.json", "is the report.json that identify writes in --out"),
     ("out/sub/seg.dcm", "lies in a subfolder of --out that does not exist"),  # once "create it first", then refused
 ])
-def test_dicom_seg_that_is_a_folder_or_an_output_is_refused_before_any_work(phantom, tiny_model, tmp_path, capsys,
+def test_dicom_seg_that_is_a_folder_or_an_output_is_refused_before_any_work(phantom, all_roi_model, tmp_path, capsys,
                                                                             no_reading, where, phrase):
     # --dicom-seg DIR (the --out folder) once failed after the work with "free some space" and left DIR filled.
     pytest.importorskip("highdicom")
     (tmp_path / "folder").mkdir()
-    assert cac(_argv(phantom, tiny_model, tmp_path / "out", "--dicom-seg", str(tmp_path / where))) == 2
+    assert cac(_argv(phantom, all_roi_model, tmp_path / "out", "--dicom-seg", str(tmp_path / where))) == 2
     assert phrase in _one_error(capsys)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["folder"]
 
@@ -101,13 +83,13 @@ def test_free_some_space_only_when_space_is_the_cause():
 
 # --------------------------------------------------------------------------- 2: SEG inside a new --out folder
 
-def test_dicom_seg_inside_the_new_out_folder_just_works(phantom, tiny_model, tmp_path, capsys):
+def test_dicom_seg_inside_the_new_out_folder_just_works(phantom, all_roi_model, tmp_path, capsys):
     pytest.importorskip("highdicom")
     from CACIdentifierLib.dicom_seg import read_dicom_seg
     from CACIdentifierLib.nrrd_io import read_seg_nrrd
 
     out = tmp_path / "y2"
-    argv = _argv(phantom, tiny_model, out, "--dicom-seg", str(out / "seg.dcm"))
+    argv = _argv(phantom, all_roi_model, out, "--dicom-seg", str(out / "seg.dcm"))
     code = cac(argv)
     assert code == 0, capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == ["overlay.png", "report.json", "roi.seg.nrrd", "seg.dcm"]
@@ -123,7 +105,7 @@ def test_dicom_seg_inside_the_new_out_folder_just_works(phantom, tiny_model, tmp
     assert sorted(p.name for p in out.iterdir()) == ["overlay.png", "report.json", "roi.seg.nrrd", "seg.dcm"]
 
 
-def test_dicom_seg_in_a_new_out_folder_leaves_nothing_when_the_seg_fails(phantom, tiny_model, tmp_path, capsys,
+def test_dicom_seg_in_a_new_out_folder_leaves_nothing_when_the_seg_fails(phantom, all_roi_model, tmp_path, capsys,
                                                                         monkeypatch):
     pytest.importorskip("highdicom")
     from CACIdentifierLib import dicom_seg
@@ -138,15 +120,15 @@ def test_dicom_seg_in_a_new_out_folder_leaves_nothing_when_the_seg_fails(phantom
 
     monkeypatch.setattr(dicom_seg, "build_dicom_seg", fail_after_the_check)
     out = tmp_path / "y2"
-    assert cac(_argv(phantom, tiny_model, out, "--dicom-seg", str(out / "seg.dcm"))) == 2
+    assert cac(_argv(phantom, all_roi_model, out, "--dicom-seg", str(out / "seg.dcm"))) == 2
     assert "cannot make a DICOM SEG" in _one_error(capsys)
     assert len(calls) == 2 and list(tmp_path.iterdir()) == []
 
 
 # --------------------------------------------------------------------------- 3: summary line
 
-def test_summary_against_annotators_is_rounded(phantom, tiny_model, tmp_path, capsys):
-    code = cac(_argv(phantom, tiny_model, tmp_path / "o", "--annotations", *map(str, phantom[2])))
+def test_summary_against_annotators_is_rounded(phantom, all_roi_model, tmp_path, capsys):
+    code = cac(_argv(phantom, all_roi_model, tmp_path / "o", "--annotations", *map(str, phantom[2])))
     out = capsys.readouterr().out
     assert code == 0
     line = next(line for line in out.splitlines() if line.startswith("against annotators:"))
@@ -168,31 +150,31 @@ def test_summary_line_says_when_undefined():
     (["--json", "--progress-json"], "--json and --progress-json both print on stdout"),
     (["--batch-frames", "0"], "--batch-frames 0 is not valid; give at least 1"),
 ])
-def test_bad_option_combinations_are_refused_before_any_work(phantom, tiny_model, tmp_path, capsys, no_reading,
+def test_bad_option_combinations_are_refused_before_any_work(phantom, all_roi_model, tmp_path, capsys, no_reading,
                                                              extra, phrase):
-    assert cac(_argv(phantom, tiny_model, tmp_path / "o", *extra)) == 2
+    assert cac(_argv(phantom, all_roi_model, tmp_path / "o", *extra)) == 2
     line = _one_error(capsys)
     assert phrase in line and "None" not in line and "workers" not in line, line
     assert not (tmp_path / "o").exists()
 
 
-def test_missing_cuda_is_refused_before_any_work(phantom, tiny_model, tmp_path, capsys, no_reading, monkeypatch):
+def test_missing_cuda_is_refused_before_any_work(phantom, all_roi_model, tmp_path, capsys, no_reading, monkeypatch):
     import torch
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    argv = _argv(phantom, tiny_model, tmp_path / "o")
+    argv = _argv(phantom, all_roi_model, tmp_path / "o")
     argv[argv.index("cpu")] = "cuda"
     assert cac(argv) == 2
     assert "CUDA is not available" in _one_error(capsys)
 
 
-def test_engine_checks_the_device_before_synchronizing(phantom, tiny_model, monkeypatch):
+def test_engine_checks_the_device_before_synchronizing(phantom, all_roi_model, monkeypatch):
     import torch
     from CACIdentifierLib.inference import identify
     from CACIdentifierLib.modelio import load_model
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    net, meta = load_model(tiny_model)
+    net, meta = load_model(all_roi_model)
     events = []
     with pytest.raises(CacError, match="CUDA is not available"):
         identify(phantom[0].to_cine(), net, meta, device="cuda", progress=lambda *a: events.append(a))
@@ -201,7 +183,7 @@ def test_engine_checks_the_device_before_synchronizing(phantom, tiny_model, monk
 
 # --------------------------------------------------------------------------- 7: timings
 
-def test_stage_timings_fit_in_the_total_with_parallel_workers(phantom, tiny_model, monkeypatch):
+def test_stage_timings_fit_in_the_total_with_parallel_workers(phantom, all_roi_model, monkeypatch):
     from CACIdentifierLib import refinement
     from CACIdentifierLib.inference import identify
     from CACIdentifierLib.modelio import load_model
@@ -213,7 +195,7 @@ def test_stage_timings_fit_in_the_total_with_parallel_workers(phantom, tiny_mode
         return refine(*a, **k)
 
     monkeypatch.setattr(refinement, "refine", slow_refine)
-    net, meta = load_model(tiny_model)
+    net, meta = load_model(all_roi_model)
     # Two frames per task: several tasks, whatever contrast frames the pairs share.
     t = identify(phantom[0].to_cine(), net, meta, onset=10, workers=2, batch_frames=2).timings
     assert t["workers"] == 2
