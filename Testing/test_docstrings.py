@@ -35,7 +35,7 @@ def test_docstring_examples(name):
 
 
 @pytest.mark.parametrize("name", ["separability", "score_variants", "compare_models", "residual_contrast",
-                                  "ensemble_gain", "pool_spread", "position_auc"])
+                                  "ensemble_gain", "pool_spread", "position_auc", "pairing_value"])
 def test_benchmark_docstring_examples(name):
     from benchmark_scripts import load
 
