@@ -205,6 +205,10 @@ def test_tiny_training_learns_and_is_repeatable_and_resumable(tiny, tmp_path):
         assert key in epochs[0]
     # stage 1 reports the validation patch AUC, the same number evaluate() gives for that epoch's model
     assert all(0.0 <= e["val_auc"] <= 1.0 for e in epochs if e["stage"] == 1)
+    # ... and within the patch positions (metrics.within_position_auc of the same predictions; None where
+    # this one validation patient has a single class at every position)
+    stage1 = [e["val_auc_within_position"] for e in epochs if e["stage"] == 1]
+    assert all(a is None or 0.0 <= a <= 1.0 for a in stage1)
     assert events[0]["event"] == "start" and events[-1]["event"] == "done"
     # learns: patch F1 well above chance (F1 of calling every patch positive) on the training patients,
     # and on the held-out patient F1 >= 0.7 with a balanced accuracy well above 0.5 (chance)
@@ -867,6 +871,12 @@ def test_cli_train_human_lines_say_what_trains_and_where_the_model_went(capsys):
     for event in events:
         emit(event)
     assert capsys.readouterr().out.splitlines() == [format_line(e) for e in events]
+    # An epoch line names the AUC within the patch positions beside the pooled one.
+    from cac.cli_train import _human_line
+
+    line = _human_line({"event": "epoch", "stage": 1, "epoch": 3, "epochs": 12, "train_loss": 0.41, "val_loss": 0.5,
+                        "val_f1": 0.6, "val_auc": 0.85, "val_auc_within_position": 0.8, "seconds": 30.2})
+    assert "val_auc 0.850  (within positions) 0.800  30 s" in line, line
 
 
 @pytest.mark.slow

@@ -893,8 +893,10 @@ def _train(train_set, val_set, config: TrainConfig, run_dir: Path, resume: bool,
                 ev = evaluate(model, val_set, config, device, decode=(st == 2))
                 if st == 1:
                     # AUC too: the target measure, and free of the 0.5 threshold F1 depends on.
+                    # ... and within each patch position, which knowing where calcium usually is cannot raise.
                     row.update(val_loss=ev["cls_loss"], val_f1=ev["f1"], val_precision=ev["precision"],
-                               val_recall=ev["recall"], val_auc=ev["auc"])
+                               val_recall=ev["recall"], val_auc=ev["auc"],
+                               val_auc_within_position=ev["auc_within_position"])
                     key = stage1_key(config, epoch + 1, ev["f1"], ev["auc"], ev["cls_loss"])
                 else:
                     row.update(val_loss=_decoder_val_loss(model, val_set, config, device, row["alpha"]),

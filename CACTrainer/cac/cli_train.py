@@ -286,9 +286,10 @@ def _human_line(event: dict, data: str = "") -> str | None:
     if kind == "epoch":
         parts = [f"stage {event['stage']} epoch {event['epoch']}/{event['epochs']}",
                  f"train {event['train_loss']:.4f}"]
-        for key in ("val_loss", "val_f1", "val_auc", "val_iom"):
+        for key in ("val_loss", "val_f1", "val_auc", "val_auc_within_position", "val_iom"):
             if event.get(key) is not None:
-                parts.append(f"{key} {event[key]:.3f}")
+                name = "(within positions)" if key == "val_auc_within_position" else key
+                parts.append(f"{name} {event[key]:.3f}")
         parts.append(f"{event['seconds']:.0f} s" + (" *" if event.get("best") else ""))
         return "  ".join(parts)
     if kind == "start":
