@@ -656,13 +656,17 @@ class CACTrainerLogic(ScriptedLoadableModuleLogic):
         reused when they show an earlier training of the same model file (``keepRows``:
         not emptied, for a resumed training that goes on from its last epoch); otherwise
         new ones are made, so that another model's curves stay for comparison and
-        retraining one model does not pile up nodes.
+        retraining one model does not pile up nodes.  A table of an older version, with
+        other columns, is not reused (its rows could not take the new values).
         """
+        from cac.train_events import CURVE_COLUMNS
+
         scene = scene or slicer.mrmlScene
         key = os.fspath(outputModelPath)
         series = chart.GetNthPlotSeriesNode(0) if chart is not None and chart.GetNumberOfPlotSeriesNodes() else None
         if (table is not None and series is not None and scene.IsNodePresent(table) and scene.IsNodePresent(chart)
-                and series.GetTableNode() is table and table.GetAttribute(cls.CURVES_FOR) == key):
+                and series.GetTableNode() is table and table.GetAttribute(cls.CURVES_FOR) == key
+                and [table.GetColumnName(i) for i in range(table.GetNumberOfColumns())] == CURVE_COLUMNS):
             if not keepRows:
                 table.GetTable().SetNumberOfRows(0)
                 table.GetTable().Modified()

@@ -320,9 +320,11 @@ def test_trainer_curve_nodes_on_the_real_scene():
     assert [table.GetColumnName(i) for i in range(table.GetNumberOfColumns())] == CURVE_COLUMNS
     assert chart.GetNumberOfPlotSeriesNodes() == len(CURVE_COLUMNS) - 3
     series = [chart.GetNthPlotSeriesNode(i) for i in range(chart.GetNumberOfPlotSeriesNodes())]
-    assert {s.GetYColumnName() for s in series} == {"train_loss", "val_loss", "val_f1", "val_auc", "val_iom"}
+    assert {s.GetYColumnName() for s in series} == {"train_loss", "val_loss", "val_f1", "val_auc",
+                                                    "val_auc_within_position", "val_iom"}
     assert all(s.GetTableNode() is table and s.GetXColumnName() == "step" for s in series)
-    events = [{"event": "epoch", "stage": 1, "epoch": 1, "epochs": 2, "train_loss": 0.7, "val_f1": 0.5, "val_auc": 0.8},
+    events = [{"event": "epoch", "stage": 1, "epoch": 1, "epochs": 2, "train_loss": 0.7, "val_f1": 0.5, "val_auc": 0.8,
+               "val_auc_within_position": 0.75},
               {"event": "epoch", "stage": 1, "epoch": 2, "epochs": 2, "train_loss": 0.6, "val_f1": 0.6},
               {"event": "epoch", "stage": 2, "epoch": 1, "epochs": 1, "train_loss": 0.4, "val_iom": 0.55}]
     for event in events:
@@ -333,6 +335,7 @@ def test_trainer_curve_nodes_on_the_real_scene():
     assert vtable.GetValueByName(2, "stage").ToDouble() == 2.0
     assert vtable.GetValueByName(0, "val_auc").ToDouble() == pytest.approx(0.8)
     assert math.isnan(vtable.GetValueByName(1, "val_auc").ToDouble())
+    assert vtable.GetValueByName(0, "val_auc_within_position").ToDouble() == pytest.approx(0.75)
     assert vtable.GetValueByName(2, "val_iom").ToDouble() == pytest.approx(0.55)
     assert math.isnan(vtable.GetValueByName(0, "val_iom").ToDouble())
 

@@ -218,6 +218,14 @@ def test_trainer_curve_nodes_are_reused_per_model(slicer_app, tmp_path, monkeypa
     assert [scene.GetNumberOfNodesByClass(c) for c in ("vtkMRMLTableNode", "vtkMRMLPlotChartNode")] == counts
     other, other_chart = logic.curveNodes(b, table, chart)
     assert other is not table and other_chart is not chart and "b.safetensors" in other.GetName()
+    # A table of an older version (fewer columns, e.g. a saved scene) is not reused for a resumed training:
+    # its rows could not take the new columns.
+    old = table.GetTable()
+    old.RemoveColumnByName("val_auc_within_position")
+    kept, _ = logic.curveNodes(a, table, chart, keepRows=True)
+    assert kept is not table
+    logic.appendCurveRow(kept, {"event": "epoch", "stage": 1, "epoch": 2, "epochs": 2, "train_loss": 0.4,
+                                "val_auc_within_position": 0.7})
     scene.RemoveNode(table)
     remade, _ = logic.curveNodes(a, table, chart)
     assert remade is not table and scene.IsNodePresent(remade)

@@ -14,7 +14,8 @@ import json
 import math
 
 # Columns of the panel's training-curves table (one row per epoch event).
-CURVE_COLUMNS = ["step", "stage", "epoch", "train_loss", "val_loss", "val_f1", "val_auc", "val_iom"]
+CURVE_COLUMNS = ["step", "stage", "epoch", "train_loss", "val_loss", "val_f1", "val_auc", "val_auc_within_position",
+                 "val_iom"]
 
 
 def format_line(event: dict) -> str:
