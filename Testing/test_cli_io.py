@@ -147,6 +147,23 @@ def test_convert_sequence_and_frame_stack(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ge.nrrd", "ge.seq.nrrd"]  # no temporary left over
 
 
+@needs_data
+def test_convert_writes_the_source_path_only_when_asked(tmp_path, capsys):
+    """A converted cine goes to annotators: the input's path (an archive path can name the patient) is not in the
+    header unless --record-source (it was always written as CAC_source)."""
+    import shutil
+
+    named = tmp_path / "Doe_John_MRN778899"
+    named.mkdir()
+    shutil.copy(GE, named / "run.dcm")
+    for out, extra in ((tmp_path / "plain.nrrd", []), (tmp_path / "plain.seq.nrrd", []),
+                       (tmp_path / "kept.nrrd", ["--record-source"])):
+        code, _, err = run_cac(capsys, "convert", named / "run.dcm", out, *extra)
+        assert code == 0, err
+        header = out.read_bytes()[:4096]
+        assert (b"Doe_John" in header) == bool(extra), header[:400]
+
+
 def test_convert_refuses_other_suffixes(tmp_path, capsys):
     code, _, err = run_cac(capsys, "convert", tmp_path / "whatever.dcm", tmp_path / "out.mha")
     assert code == 2 and ".seq.nrrd" in error_line(err)

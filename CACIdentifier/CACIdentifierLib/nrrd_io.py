@@ -144,8 +144,12 @@ def xy_spacing(spacing_mm) -> tuple[float, float]:
     return float(col), float(row)
 
 
-def cine_attributes(cine: Cine) -> dict[str, str]:
-    """The ``CAC_*`` key-value pairs that carry a cine's metadata in nodes and files."""
+def cine_attributes(cine: Cine, record_source: bool = True) -> dict[str, str]:
+    """The ``CAC_*`` key-value pairs that carry a cine's metadata in nodes and files.
+
+    ``record_source=False`` leaves out ``CAC_source`` (the path the cine was read from): files are
+    shared (with annotators, other sites), and an archive path often names the patient.
+    """
     if cine.spacing_mm is None:
         source = "unknown"
     else:
@@ -157,7 +161,7 @@ def cine_attributes(cine: Cine) -> dict[str, str]:
     }
     if cine.r_wave_frames:
         attrs[ATTR_R_WAVE_FRAMES] = " ".join(str(int(k)) for k in cine.r_wave_frames)
-    if cine.source:
+    if cine.source and record_source:
         attrs[ATTR_SOURCE] = str(cine.source)
     return attrs
 
@@ -238,12 +242,13 @@ def _check_cine(cine: Cine) -> np.ndarray:
 # --------------------------------------------------------------------------- cines
 
 
-def write_frame_stack_nrrd(cine: Cine, path, overwrite: bool = False) -> Path:
+def write_frame_stack_nrrd(cine: Cine, path, overwrite: bool = False, record_source: bool = False) -> Path:
     """Write ``cine`` as a 3D ``.nrrd`` frame stack (gzip), the volume to annotate in Slicer.
 
     Slice ``k`` = frame ``k``, in-plane spacing = ``cine.spacing_mm`` (1.0 and
     ``CAC_spacing_source:=unknown`` when unknown), slice spacing 1, origin 0,
     LPS identity directions.  Never replaces ``path`` unless ``overwrite``.
+    The source path goes into the header (``CAC_source``) only with ``record_source``.
     """
     frames = _check_cine(cine)
     header = {
@@ -253,20 +258,22 @@ def write_frame_stack_nrrd(cine: Cine, path, overwrite: bool = False) -> Path:
         "kinds": ["domain", "domain", "domain"],
         "encoding": "gzip",
     }
-    header.update({key: _ascii(value) for key, value in cine_attributes(cine).items()})
+    header.update({key: _ascii(value) for key, value in cine_attributes(cine, record_source).items()})
     with atomic_output(path, overwrite) as tmp:
         _nrrd().write(str(tmp), np.ascontiguousarray(frames.transpose(2, 1, 0)), header, index_order="F")
     return Path(path)
 
 
-def write_seq_nrrd(cine: Cine, path, overwrite: bool = False, encoding: str = "gzip") -> Path:
+def write_seq_nrrd(cine: Cine, path, overwrite: bool = False, encoding: str = "gzip",
+                   record_source: bool = False) -> Path:
     """Write ``cine`` as a ``.seq.nrrd`` volume sequence, the layout of Slicer's volume sequence storage.
 
     3D Slicer opens it as a Sequence with a browser (drag and drop).  The
     index is the time in ms, or the frame number when unknown; ``CAC_*`` keys
     carry the spacing source, frame time and R waves.  ``encoding="raw"``
     skips compression (the Logic's hand-over file to the worker: written in
-    Slicer's GUI thread, read once, deleted).
+    Slicer's GUI thread, read once, deleted).  The source path goes into the
+    header (``CAC_source``) only with ``record_source``.
     """
     frames = _check_cine(cine)
     times = cine.frame_times_ms()
@@ -284,7 +291,7 @@ def write_seq_nrrd(cine: Cine, path, overwrite: bool = False, encoding: str = "g
         "units": ["", "", "", unit],
         "encoding": encoding,
     }
-    header.update({key: _ascii(value) for key, value in cine_attributes(cine).items()})
+    header.update({key: _ascii(value) for key, value in cine_attributes(cine, record_source).items()})
     header["DataNodeClassName"] = "vtkMRMLScalarVolumeNode"
     header[f"axis {_SEQUENCE_AXIS} index type"] = "numeric"
     header[f"axis {_SEQUENCE_AXIS} index values"] = " ".join(format_number(v) for v in values)

@@ -58,6 +58,9 @@ def register(subparsers) -> None:
     convert.add_argument("cine", help="DICOM XA file, folder of DICOM or PNG/JPEG frames, .nrrd or .seq.nrrd")
     convert.add_argument("out", help="output file: NAME.seq.nrrd (sequence) or NAME.nrrd (frame stack)")
     convert.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    convert.add_argument("--record-source", action="store_true",
+                         help="also write the input's path into the header (CAC_source; off by default: the file "
+                              "goes to annotators, and a path can name the patient)")
     _add_overrides(convert)
     convert.set_defaults(func=run_convert)
 
@@ -217,8 +220,8 @@ def run_convert(args: argparse.Namespace) -> int:
     from CACIdentifierLib import nrrd_io
 
     if kind == "sequence":
-        nrrd_io.write_seq_nrrd(cine, out, overwrite=args.overwrite)
+        nrrd_io.write_seq_nrrd(cine, out, overwrite=args.overwrite, record_source=args.record_source)
     else:
-        nrrd_io.write_frame_stack_nrrd(cine, out, overwrite=args.overwrite)
+        nrrd_io.write_frame_stack_nrrd(cine, out, overwrite=args.overwrite, record_source=args.record_source)
     print(f"wrote {printable(str(out), None)} ({kind}, {cine.n_frames} frames of {cine.rows} x {cine.columns})")
     return 0
