@@ -307,6 +307,12 @@ def test_resume_refuses_other_settings(tiny, tmp_path):
     with pytest.raises(CacError, match="other training and validation data"):
         T.train(train, tiny.select(patients=["P3"]), replace(cfg, epochs1=2), tmp_path, resume=True)
     T.train(train, None, replace(cfg, epochs1=2), tmp_path, resume=True)  # the same data: resumes
+    # Another network (--width ...): a changed setting, not an unusable checkpoint to delete.
+    wider = replace(cfg, epochs1=2, architecture={**cfg.architecture, "width": 2 * cfg.architecture["width"]})
+    with pytest.raises(CacError, match=r"--resume: .* other settings \(architecture.width\)"):
+        T.train(train, None, wider, tmp_path, resume=True)
+    with pytest.raises(CacError, match=r"earlier run with another network \(architecture.width\); pass --overwrite"):
+        T.train(train, None, wider, tmp_path)
 
 
 def test_resume_refuses_a_checkpoint_made_on_another_source(tiny, tmp_path):

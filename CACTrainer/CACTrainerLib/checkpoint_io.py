@@ -100,12 +100,14 @@ def describe_source(source: dict | None) -> str:
     """``source`` (:func:`data_source`) in a few words for a message.
 
     >>> describe_source(data_source(phantom_pool=260, refresh_patients=40, seed=2, cv="none"))
-    '260 phantom patients (40 new per epoch), seed 2'
+    '260 phantom patients (40 new per epoch), seed 2, training on everything (--cv none)'
     """
     if not isinstance(source, dict):
         return "unrecorded data"
     cv = source.get("cv")
-    by = f", cross-validation by {cv}" if cv and cv != "none" else ""
+    # Said either way: two sources that differ only here must not read the same ("... not on dataset X").
+    by = f", cross-validation by {cv}" if cv and cv != "none" else (", training on everything (--cv none)" if cv
+                                                                     else "")
     if "phantom_pool" in source:
         new = f" ({source.get('refresh_patients')} new per epoch)" if source.get("refresh_patients") else ""
         return f"{source.get('phantom_pool')} phantom patients{new}, seed {source.get('seed')}{by}"

@@ -257,6 +257,25 @@ def save_epoch_model(run_dir: Path, model, row: dict, config: TrainConfig) -> Pa
     return path
 
 
+def _load_run_checkpoint(run_dir: Path, model, cfg_json: dict, resume: bool):
+    """:func:`load_checkpoint`, where weights that do not fit because the network options changed (--width ...)
+    are said to be a changed setting, not an unusable checkpoint (whose advice was to delete a good run)."""
+    try:
+        return load_checkpoint(run_dir, model)
+    except CacError:
+        plain = load_checkpoint(run_dir)  # the state alone (checked); a broken one raises its own message
+        saved = json.loads(json.dumps(((plain[1].get("config") or {}).get("architecture") or {}) if plain else {}))
+        now = json.loads(json.dumps(cfg_json.get("architecture") or {}))
+        changed = sorted(f"architecture.{k}" for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+        if not saved or not changed:
+            raise
+        if resume:
+            raise CacError(f"--resume: the checkpoint in {run_dir} was made with other settings "
+                           f"({', '.join(changed)}); use the same options or another run folder") from None
+        raise CacError(f"{run_dir} holds a checkpoint of an earlier run with another network ({', '.join(changed)}); "
+                       "pass --overwrite to start it over, or choose another run folder") from None
+
+
 def load_checkpoint(run_dir: Path, model=None) -> tuple[dict, dict] | None:
     """The run folder's checkpoint ``(tensors, state)``, checked against ``model``; None if there is none."""
     from .checkpoint_io import read_checkpoint
@@ -774,7 +793,7 @@ def _train(train_set, val_set, config: TrainConfig, run_dir: Path, resume: bool,
     best_state = None
     best = {"stage1": None, "stage2": None}
     # restart: the other ranks of a data-parallel run need not wait for rank 0's clear_run.
-    ckpt = None if restart else load_checkpoint(run_dir, model)
+    ckpt = None if restart else _load_run_checkpoint(run_dir, model, cfg_json, resume)
     if ckpt is not None and not resume:
         raise CacError(f"{run_dir} holds a checkpoint of an earlier run; pass --resume to continue it, "
                        "--overwrite to start it over, or choose another run folder")
