@@ -398,13 +398,14 @@ class CACTrainerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     @staticmethod
     def _askStartOver(other, source):
         """False to start over a cancelled training made on other data, None to do nothing."""
-        from CACTrainerLib.checkpoint_io import describe_source
+        from CACTrainerLib.checkpoint_io import describe_sources
 
         run = other[0]
+        theirs, ours = describe_sources(run["source"], source)
         text = _("A training of this model stopped before it finished ({folder}), but it was made on {theirs}; "
                  "this panel would train on {ours}, so it cannot be resumed.\n\nStart over (the checkpoint is "
                  "deleted)? To resume it instead, choose its data again.").format(
-            folder=run["run_dir"].name, theirs=describe_source(run["source"]), ours=describe_source(source))
+            folder=run["run_dir"].name, theirs=theirs, ours=ours)
         return False if slicer.util.confirmOkCancelDisplay(text, windowTitle=_("Resume training")) else None
 
     def onCalibrateButton(self) -> None:

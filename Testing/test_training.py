@@ -332,6 +332,11 @@ def test_resume_refuses_a_checkpoint_made_on_another_source(tiny, tmp_path):
     with pytest.raises(CacError, match="not on dataset"):
         T.train(train, None, replace(cfg, epochs1=2), tmp_path / "m.run", resume=True,
                 source=data_source(tmp_path / "ds"))
+    # The same pool with cross-validation: the mode is named on both sides (it was left out of the second).
+    with pytest.raises(CacError, match=r"seed 0, training on everything \(--cv none\), not on .* seed 0, "
+                                       r"cross-validation by patient;"):
+        T.train(train, None, replace(cfg, epochs1=2), tmp_path / "m.run", resume=True,
+                source=data_source(phantom_pool=260, refresh_patients=40, seed=0, cv="patient"))
     T.train(train, None, replace(cfg, epochs1=2), tmp_path / "m.run", resume=True, source=dict(pool))  # the same
     assert [r["source"] for r in unfinished_runs(tmp_path / "m.safetensors")] == [pool]
 

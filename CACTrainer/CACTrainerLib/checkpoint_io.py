@@ -96,22 +96,37 @@ def same_source(saved: dict | None, current: dict | None) -> bool | None:
     return saved.get("dataset") == current.get("dataset")
 
 
-def describe_source(source: dict | None) -> str:
+def describe_source(source: dict | None, say_cv: bool = False) -> str:
     """``source`` (:func:`data_source`) in a few words for a message.
 
+    ``say_cv`` names the cross-validation mode even when there is none (see :func:`describe_sources`).
+
     >>> describe_source(data_source(phantom_pool=260, refresh_patients=40, seed=2, cv="none"))
-    '260 phantom patients (40 new per epoch), seed 2, training on everything (--cv none)'
+    '260 phantom patients (40 new per epoch), seed 2'
     """
     if not isinstance(source, dict):
         return "unrecorded data"
     cv = source.get("cv")
-    # Said either way: two sources that differ only here must not read the same ("... not on dataset X").
-    by = f", cross-validation by {cv}" if cv and cv != "none" else (", training on everything (--cv none)" if cv
-                                                                     else "")
+    by = f", cross-validation by {cv}" if cv and cv != "none" else (
+        ", training on everything (--cv none)" if say_cv else "")
     if "phantom_pool" in source:
         new = f" ({source.get('refresh_patients')} new per epoch)" if source.get("refresh_patients") else ""
         return f"{source.get('phantom_pool')} phantom patients{new}, seed {source.get('seed')}{by}"
     return f"dataset {printable(source.get('dataset'), 120)}{by}"
+
+
+def describe_sources(saved: dict | None, current: dict | None) -> tuple[str, str]:
+    """Two sources in words for "made on A, not on B": the cross-validation mode is named on both sides when it
+    is what differs (otherwise "dataset X, cross-validation by patient, not on dataset X" hides it).
+
+    >>> describe_sources(data_source("ds", cv="patient"), data_source("ds", cv="none"))
+    ('dataset ds, cross-validation by patient', 'dataset ds, training on everything (--cv none)')
+    """
+    def mode(source):
+        return (source.get("cv") or "none") if isinstance(source, dict) else None
+
+    say = mode(saved) != mode(current)
+    return describe_source(saved, say), describe_source(current, say)
 
 
 def unfinished_runs(out, cv: str = "none") -> list[dict]:

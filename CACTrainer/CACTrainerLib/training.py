@@ -814,11 +814,12 @@ def _train(train_set, val_set, config: TrainConfig, run_dir: Path, resume: bool,
             diff = sorted(k for k in now if saved.get(k) != now[k])
             raise CacError(f"--resume: the checkpoint in {run_dir} was made with other settings ({', '.join(diff)}); "
                            "use the same options or another run folder")
-        from .checkpoint_io import describe_source, same_source
+        from .checkpoint_io import describe_sources, same_source
 
         if same_source(info.get("source"), source) is False:
-            raise CacError(f"--resume: the checkpoint in {run_dir} was made on {describe_source(info['source'])}, "
-                           f"not on {describe_source(source)}; use the same data or another run folder")
+            theirs, ours = describe_sources(info["source"], source)
+            raise CacError(f"--resume: the checkpoint in {run_dir} was made on {theirs}, "
+                           f"not on {ours}; use the same data or another run folder")
         if info.get("data") is not None and data_key is not None and info["data"] != data_key:
             # Another dataset, cross-validation mode or fold: resuming would train on held-out patients.
             raise CacError(f"--resume: the checkpoint in {run_dir} was made on other training and validation data "
