@@ -68,14 +68,19 @@ def cached_pool(cache: Path | None, name: str, make):
     return fs
 
 
+def prediction_folder(cache: Path, path: str, pool: str) -> Path:
+    """The cache folder of model file ``path``'s network pass over ``pool`` (its size and time name it)."""
+    stat = Path(path).stat()
+    return cache / f"{Path(path).name}-{stat.st_size}-{int(stat.st_mtime)}-{pool}"
+
+
 def cached_predictions(cache: Path | None, path: str, pool: str, model, fs):
     """The model's uncalibrated patch probabilities and ROI maps on ``fs`` (cached per model file and pool)."""
     import torch
     from CACTrainerLib import evaluation
 
     if cache is not None:
-        stat = Path(path).stat()
-        folder = cache / f"{Path(path).name}-{stat.st_size}-{int(stat.st_mtime)}-{pool}"
+        folder = prediction_folder(cache, path, pool)
         if (folder / "done").exists():
             return evaluation.PatchPredictions(np.load(folder / "probs.npy"),
                                                np.load(folder / "rois.npy", mmap_mode="r"), None)

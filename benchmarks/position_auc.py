@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from frame_score import prediction_folder  # noqa: E402
 from gpu_protocol import log  # noqa: E402
 
 
@@ -43,12 +44,6 @@ def position_prior_auc(labels) -> float:
 
     y = np.asarray(labels, bool)
     return roc_auc(y.ravel(), np.broadcast_to(y.mean(axis=0), y.shape).ravel())
-
-
-def prediction_folder(cache: Path, model: str, pool: str) -> Path:
-    """frame_score.py's folder of ``model``'s network pass over ``pool``."""
-    stat = Path(model).stat()
-    return cache / f"{Path(model).name}-{stat.st_size}-{int(stat.st_mtime)}-{pool}"
 
 
 def main(argv=None) -> int:

@@ -156,6 +156,17 @@ def _refinement_parameters(metadata: dict, overrides: dict) -> dict:
     return params
 
 
+def check_batching(batch_frames=None, workers=None) -> None:
+    """Refuse fewer than one frame per forward pass or fewer than one worker (None: the default).
+
+    Each setting is named alone: "workers (None)" meant nothing to a ``--batch-frames 0`` user.
+    """
+    if batch_frames is not None and int(batch_frames) < 1:
+        raise CacError(f"--batch-frames {batch_frames} is not valid; give at least 1 frame per forward pass")
+    if workers is not None and int(workers) < 1:
+        raise CacError(f"workers {workers} is not valid; give at least 1")
+
+
 def identify(
     cine: Cine,
     model,
@@ -232,11 +243,7 @@ def identify(
 
     progress = progress or no_progress
     t_start = time.perf_counter()
-    if int(batch_frames) < 1 or (workers is not None and int(workers) < 1):
-        # Name only the offending setting: "workers (None)" meant nothing to a --batch-frames 0 user.
-        if int(batch_frames) < 1:
-            raise CacError(f"--batch-frames {batch_frames} is not valid; give at least 1 frame per forward pass")
-        raise CacError(f"workers {workers} is not valid; give at least 1")
+    check_batching(batch_frames, workers)
     # Before synchronization and the network: a bad --sigma/--min-island/--threshold costs nothing.
     refinement.check_settings(**_refinement_parameters(
         metadata, dict(min_island_px=min_island_px, sigma=sigma, threshold=threshold)))

@@ -99,6 +99,7 @@ def _run(args: argparse.Namespace) -> int:
         check_not_input,
         check_output_directory,
     )
+    from CACIdentifierLib.inference import check_batching
     from CACIdentifierLib.modelio import load_model
     from CACIdentifierLib.progress import json_event, json_progress, terminal_progress
     from CACIdentifierLib.refinement import DEFAULTS, check_settings
@@ -116,8 +117,7 @@ def _run(args: argparse.Namespace) -> int:
         # Both print on stdout: the report would be mixed into the event stream a parent parses line by line.
         raise CacError("--json and --progress-json both print on stdout; give one (with --progress-json the "
                        "report is in DIR/report.json)")
-    if args.batch_frames is not None and args.batch_frames < 1:
-        raise CacError(f"--batch-frames {args.batch_frames} is not valid; give at least 1 frame per forward pass")
+    check_batching(args.batch_frames)  # before the cine is read
     spacing = normalize_spacing(args.spacing)
     # The given refinement settings (the others come from the model card, checked when it is read).
     check_settings(**{key: value if value is not None else DEFAULTS[key] for key, value in
