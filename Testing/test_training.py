@@ -569,6 +569,19 @@ def test_cli_end_to_end_on_written_phantom(tmp_path):
     r = subprocess.run(exe + ["train", str(ds), "--out", str(tmp_path / "m7.safetensors"), "--epochs", "1",
                               "--init", str(res), "--no-residual-channel"], capture_output=True, text=True)
     assert r.returncode == 2 and "--no-residual-channel" in r.stderr and "Traceback" not in r.stderr
+    # the vessel channel: the residual model widened for it, never taken away, never without the residual
+    ves = tmp_path / "ves.safetensors"
+    r = subprocess.run(exe + ["train", str(ds), "--out", str(ves), "--epochs1", "1", "--epochs2", "1",
+                              "--init", str(res), "--vessel-channel", "--samples-per-epoch", "8",
+                              "--frames-per-acquisition", "2", "--width", "16", "--threads", "2"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    arch = load_model(ves)[1]["architecture"]
+    assert arch["inputs"] == "frame+residual+vessels" and arch["in_channels"] == 3
+    for flags in (["--init", str(ves), "--no-vessel-channel"], ["--vessel-channel", "--no-residual-channel"]):
+        r = subprocess.run(exe + ["train", str(ds), "--out", str(tmp_path / "m8.safetensors"), "--epochs", "1",
+                                  *flags], capture_output=True, text=True)
+        assert r.returncode == 2 and "-channel" in r.stderr and "Traceback" not in r.stderr, r.stderr
     r = subprocess.run(exe + ["train", str(ds), "--out", str(tmp_path / "m5.safetensors"), "--epochs", "1",
                               "--classifier-topk", "-2"], capture_output=True, text=True)
     assert r.returncode == 2 and "--classifier-topk" in r.stderr and "Traceback" not in r.stderr

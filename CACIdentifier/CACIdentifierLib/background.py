@@ -14,6 +14,16 @@ A model whose architecture says ``inputs="frame+residual"`` reads two channels p
 normalised frame and :data:`RESIDUAL_GAIN` times (frame - background).  Both the non-contrast and
 the contrast patch get the same background, that of the non-contrast frames, so the contrast
 patch's residual is a digital subtraction angiogram: the vessels where calcium can lie.
+
+A model whose architecture says ``inputs="frame+residual+vessels"`` reads three channels: the
+non-contrast head gets its frame, its residual and the paired contrast patch's residual (the
+vessels, pixel by pixel where the calcium is); the contrast head gets its frame, its residual and
+zeros.  The two heads meet only after Block2 (a quarter of the resolution, network.py), so a
+frame+residual model can use the contrast frame only as a coarse vessel map, and a contrast frame of
+another cardiac phase costs it almost nothing (benchmarks/pairing_value.py, docs/learning.md); the
+third channel puts the synchronized vessels under the non-contrast head's first convolution.  The
+contrast head's third channel stays zero so that it depends on the contrast frame alone, and
+inference computes it once per contrast frame.
 """
 
 from __future__ import annotations
@@ -24,7 +34,11 @@ import numpy as np
 #: the frame and its residual.
 FRAME_ONLY = "frame"
 FRAME_AND_RESIDUAL = "frame+residual"
-INPUTS = (FRAME_ONLY, FRAME_AND_RESIDUAL)
+FRAME_RESIDUAL_AND_VESSELS = "frame+residual+vessels"
+#: Each adds channels to the one before it (a model can be widened along this order, training.py).
+INPUTS = (FRAME_ONLY, FRAME_AND_RESIDUAL, FRAME_RESIDUAL_AND_VESSELS)
+#: Input channels of each head, by ``inputs`` (``"frame"``: any number of frame channels, usually 1).
+IN_CHANNELS = {FRAME_AND_RESIDUAL: 2, FRAME_RESIDUAL_AND_VESSELS: 3}
 #: The residual is small in normalised units (calcium: a few hundredths); scaled to the frame's range.
 RESIDUAL_GAIN = 4.0
 
@@ -32,6 +46,15 @@ RESIDUAL_GAIN = 4.0
 def model_inputs(model) -> str:
     """What a model's input channels are (``ResUNet18.inputs``), through a data-parallel wrapper."""
     return getattr(getattr(model, "module", model), "inputs", FRAME_ONLY)
+
+
+def reads_background(inputs: str) -> bool:
+    """Whether a model with these ``inputs`` needs its cine's static background.
+
+    >>> [reads_background(i) for i in INPUTS]
+    [False, True, True]
+    """
+    return inputs in IN_CHANNELS
 
 
 def temporal_background(frames: np.ndarray) -> np.ndarray:
@@ -89,6 +112,53 @@ def with_residual(x: np.ndarray, background: np.ndarray) -> np.ndarray:
     if x.shape != background.shape or x.ndim < 3 or x.shape[-3] != 1:
         raise ValueError(f"expected two (..., 1, H, W) arrays of one shape, got {x.shape} and {background.shape}")
     return np.concatenate([x, RESIDUAL_GAIN * (x - background)], axis=-3)
+
+
+def with_vessels(nc: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The heads' inputs of a ``frame+residual+vessels`` model from their ``frame+residual`` inputs.
+
+    Parameters
+    ----------
+    nc, c : (..., 2, H, W) arrays of the same shape
+        :func:`with_residual` of the non-contrast patches and of their paired contrast patches.
+
+    Returns
+    -------
+    nc3, c3 : (..., 3, H, W) float32 ndarrays
+        ``nc`` followed by ``c``'s residual (the vessels under the non-contrast patch), and ``c``
+        followed by zeros.
+
+    Examples
+    --------
+    >>> nc = np.zeros((2, 2, 4, 4), np.float32); c = np.ones_like(nc); c[:, 1] = -0.5
+    >>> nc3, c3 = with_vessels(nc, c)
+    >>> nc3.shape, float(nc3[0, 2, 0, 0]), float(c3[0, 1, 0, 0]), float(c3[0, 2, 0, 0])
+    ((2, 3, 4, 4), -0.5, -0.5, 0.0)
+    """
+    nc = np.asarray(nc, np.float32)
+    c = np.asarray(c, np.float32)
+    if nc.shape != c.shape or nc.ndim < 3 or nc.shape[-3] != 2:
+        raise ValueError(f"expected two (..., 2, H, W) arrays of one shape, got {nc.shape} and {c.shape}")
+    return (np.concatenate([nc, c[..., 1:2, :, :]], axis=-3),
+            np.concatenate([c, np.zeros_like(c[..., :1, :, :])], axis=-3))
+
+
+def head_inputs(nc: np.ndarray, c: np.ndarray, bg_nc, bg_c, inputs: str) -> tuple[np.ndarray, np.ndarray]:
+    """The two heads' inputs for a model's ``inputs`` from normalised (..., 1, H, W) patches.
+
+    ``bg_nc`` and ``bg_c`` are the same windows of the cine's background as seen by each patch (the
+    same array, or each through its patch's intensity augmentation); unused for ``"frame"``.
+
+    >>> x = np.full((1, 1, 2, 2), 0.5, np.float32); bg = np.full_like(x, 0.25)
+    >>> [a.shape[1] for i in INPUTS for a in head_inputs(x, x, bg, bg, i)]
+    [1, 1, 2, 2, 3, 3]
+    """
+    if inputs == FRAME_ONLY:
+        return np.asarray(nc, np.float32), np.asarray(c, np.float32)
+    if inputs not in IN_CHANNELS:
+        raise ValueError(f"inputs must be one of {', '.join(INPUTS)}, got {inputs!r}")
+    nc2, c2 = with_residual(nc, bg_nc), with_residual(c, bg_c)
+    return with_vessels(nc2, c2) if inputs == FRAME_RESIDUAL_AND_VESSELS else (nc2, c2)
 
 
 def cine_background(frames, non_contrast, spacing_mm=None) -> np.ndarray:

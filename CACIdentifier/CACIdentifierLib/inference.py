@@ -290,18 +290,33 @@ def identify(
 
     spacing = cine.spacing_mm
     background = None
-    from .background import FRAME_AND_RESIDUAL, cine_background, model_inputs, with_residual
+    from .background import (FRAME_RESIDUAL_AND_VESSELS, cine_background, model_inputs, reads_background,
+                             with_residual, with_vessels)
 
-    if model_inputs(model) == FRAME_AND_RESIDUAL:
+    inputs = model_inputs(model)
+    if reads_background(inputs):
         # The static background of the analysed non-contrast frames, as in training (dataset.py).
         background = extract_patches(cine_background(cine.frames, frames_nc, spacing))[:, None]
 
-    def frame_patches(index: int):
+    def frame_arrays(index: int) -> np.ndarray:
         frame, _, _ = prepare_frame(cine.frames[index], spacing)
         patches = extract_patches(normalize_frame(frame))[:, None]
-        if background is not None:
-            patches = with_residual(patches, background)
+        return patches if background is None else with_residual(patches, background)
+
+    def tensor(patches: np.ndarray):
         return torch.from_numpy(patches).to(dev, dtype=dtype, memory_format=torch.channels_last)
+
+    def contrast_patches(index: int):
+        c = frame_arrays(index)
+        if inputs == FRAME_RESIDUAL_AND_VESSELS:  # zeros under the contrast head (background.with_vessels)
+            c = with_vessels(c, c)[1]
+        return tensor(c)
+
+    def non_contrast_patches(k: int):
+        nc = frame_arrays(frames_nc[k])
+        if inputs == FRAME_RESIDUAL_AND_VESSELS:  # the paired contrast frame's residual under this head
+            nc = with_vessels(nc, frame_arrays(frames_c[k]))[0]
+        return tensor(nc)
 
     # Pairs are taken in the order of their contrast frame, and a task computes the contrast head
     # (Block1-Block2 of five patches) once per contrast frame it holds: about half the pairs share
@@ -320,10 +335,11 @@ def identify(
         t0 = time.perf_counter()
         out = []
         with torch.inference_mode():
-            caches = {f_c: net.contrast_cache(frame_patches(f_c)) for f_c in dict.fromkeys(frames_c[k] for k in members)}
+            caches = {f_c: net.contrast_cache(contrast_patches(f_c))
+                      for f_c in dict.fromkeys(frames_c[k] for k in members)}
             for start in range(0, len(members), batch_frames):
                 batch = members[start : start + batch_frames]
-                nc_t = torch.cat([frame_patches(frames_nc[k]) for k in batch])
+                nc_t = torch.cat([non_contrast_patches(k) for k in batch])
                 pair_caches = [caches[frames_c[k]] for k in batch]
                 logit, features = net.classify(nc_t, pair_caches)
                 cls_prob = torch.sigmoid(logit.float() / temperature + bias)

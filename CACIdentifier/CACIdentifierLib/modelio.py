@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 
 from . import __version__, refinement
-from .background import FRAME_AND_RESIDUAL, INPUTS
+from .background import IN_CHANNELS, INPUTS
 from .errors import CacError, printable
 from .fileutil import atomic_output
 from .network import CLASSIFIER_THRESHOLD, ResUNet18
@@ -116,7 +116,8 @@ def validate_metadata(meta, source) -> dict:
     ``decoder_channels`` integers within :data:`ARCHITECTURE_LIMITS` and
     :data:`DECODER_CHANNEL_LIMITS`, 5 decoder stages, ``zero_init_residual``
     and the optional ``block1_pool`` booleans, the optional ``classifier_topk`` integer 0..4096, the
-    optional ``inputs`` (``"frame"`` or ``"frame+residual"`` with ``in_channels`` 2), no other
+    optional ``inputs`` (``"frame"``, ``"frame+residual"`` with ``in_channels`` 2 or
+    ``"frame+residual+vessels"`` with 3), no other
     keys).  Optional, checked when present: ``refinement``
     (``min_island_px`` 0..10^7, ``sigma`` 0..100, ``threshold`` 0..1, no other
     keys), ``classifier_threshold`` and ``cine_threshold`` 0..1, ``roi_patches`` 1..5, ``calibration`` (``temperature``
@@ -165,9 +166,10 @@ def validate_metadata(meta, source) -> dict:
     if "inputs" in arch:
         if arch["inputs"] not in INPUTS:
             raise _bad(source, f"architecture.inputs is {printable(repr(arch['inputs']), 40)}, "
-                               "expected 'frame' or 'frame+residual'")
-        if arch["inputs"] == FRAME_AND_RESIDUAL and arch.get("in_channels") != 2:
-            raise _bad(source, "architecture.inputs 'frame+residual' needs in_channels 2")
+                               f"expected one of {', '.join(map(repr, INPUTS))}")
+        need = IN_CHANNELS.get(arch["inputs"])
+        if need is not None and arch.get("in_channels") != need:
+            raise _bad(source, f"architecture.inputs {arch['inputs']!r} needs in_channels {need}")
     if "refinement" in meta:
         refinement = _check_dict(meta["refinement"], "refinement", source)
         unknown = sorted(set(refinement) - {"min_island_px", "sigma", "threshold"})

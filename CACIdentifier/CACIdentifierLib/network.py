@@ -37,7 +37,9 @@ Tail (shared)
     says what the two input channels of each head are: the frame and the
     frame minus the cine's static background (:mod:`.background`).  The
     network itself treats them as any two channels; the data pipeline reads
-    ``inputs`` to build them.
+    ``inputs`` to build them.  ``inputs="frame+residual+vessels"`` (``in_channels``
+    3) adds the paired contrast patch's residual under the non-contrast head
+    (zeros under the contrast head), :func:`.background.with_vessels`.
 Decoder (U-Net-like)
     Bilinear x2 upsampling, concatenation with the skip, two 3x3 conv + BN +
     ReLU per stage: 8->16 (skip Block5), 16->32 (Block4), 32->64 (Block3 and
@@ -67,7 +69,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .background import FRAME_AND_RESIDUAL, FRAME_ONLY, INPUTS
+from .background import FRAME_ONLY, IN_CHANNELS, INPUTS
 
 # Patch probability at or above which the classifier calls a patch positive (gates its ROI).
 CLASSIFIER_THRESHOLD = 0.5
@@ -201,8 +203,9 @@ class ResUNet18(nn.Module):
         at about 4x the compute after Block1; the weights keep their shapes.
     classifier_topk : 0 (global average pooling) or the number of Block6 locations whose logits
         are averaged.
-    inputs : ``"frame"`` (``in_channels`` channels of the frame) or ``"frame+residual"``
-        (``in_channels`` 2: the frame and its residual, :func:`.background.with_residual`).
+    inputs : ``"frame"`` (``in_channels`` channels of the frame), ``"frame+residual"``
+        (``in_channels`` 2: the frame and its residual, :func:`.background.with_residual`) or
+        ``"frame+residual+vessels"`` (``in_channels`` 3, :func:`.background.with_vessels`).
 
     ``forward(nc, c)`` takes two ``(B, in_channels, 256, 256)`` float tensors
     and returns ``(cls_logit (B,), roi_logit (B, 1, 256, 256))``.
@@ -228,9 +231,9 @@ class ResUNet18(nn.Module):
         if isinstance(classifier_topk, bool) or int(classifier_topk) != classifier_topk or classifier_topk < 0:
             raise ValueError(f"classifier_topk must be 0 (global average) or a positive integer, got {classifier_topk!r}")
         if inputs not in INPUTS:
-            raise ValueError(f"inputs must be 'frame' or 'frame+residual', got {inputs!r}")
-        if inputs == FRAME_AND_RESIDUAL and in_channels != 2:
-            raise ValueError(f"inputs 'frame+residual' needs in_channels 2, got {in_channels}")
+            raise ValueError(f"inputs must be one of {', '.join(INPUTS)}, got {inputs!r}")
+        if inputs in IN_CHANNELS and in_channels != IN_CHANNELS[inputs]:
+            raise ValueError(f"inputs {inputs!r} needs in_channels {IN_CHANNELS[inputs]}, got {in_channels}")
         self.in_channels = int(in_channels)
         self.inputs = str(inputs)
         self.width = int(width)

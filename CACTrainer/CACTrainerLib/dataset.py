@@ -38,7 +38,7 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
-from CACIdentifierLib.background import FRAME_AND_RESIDUAL, FRAME_ONLY, cine_background, with_residual
+from CACIdentifierLib.background import FRAME_ONLY, cine_background, head_inputs, reads_background
 from CACIdentifierLib.errors import CacError
 from CACIdentifierLib.patches import FRAME_SIZE as FRAME  # the sizes' one home
 from CACIdentifierLib.patches import PATCH_SIZE as PATCH
@@ -484,7 +484,8 @@ def make_batch(fs: FrameSet, ids: Sequence[int], rng: np.random.Generator | None
 
     Returns a dict of float32 arrays: ``nc``, ``c`` (B, 1, 256, 256; with ``inputs``
     ``"frame+residual"`` (B, 2, 256, 256), :func:`CACIdentifierLib.background.with_residual`
-    of the patch and the same window of ``fs.background``), ``label`` (B,), ``roi``
+    of the patch and the same window of ``fs.background``; with ``"frame+residual+vessels"``
+    (B, 3, 256, 256), :func:`CACIdentifierLib.background.with_vessels`), ``label`` (B,), ``roi``
     (B, 1, 256, 256) and, with ``with_dist``, the boundary-loss ``dist`` maps
     (B, 1, 256, 256, pixels).  Without ``augment`` the patches are exactly those of inference.
     """
@@ -492,9 +493,9 @@ def make_batch(fs: FrameSet, ids: Sequence[int], rng: np.random.Generator | None
 
     from .losses import signed_distance_map
 
-    residual = inputs == FRAME_AND_RESIDUAL
+    residual = reads_background(inputs)
     if residual and not fs.has_background:
-        raise ValueError("this training set was built without the cine backgrounds that a frame+residual model "
+        raise ValueError(f"this training set was built without the cine backgrounds that a {inputs} model "
                          "reads; build it with background=True")
     origins = patches.patch_origins(FRAME, FRAME)
     b = len(ids)
@@ -545,8 +546,7 @@ def make_batch(fs: FrameSet, ids: Sequence[int], rng: np.random.Generator | None
         nc[j, 0] = x_nc
         c[j, 0] = x_c
         roi[j, 0] = y_roi
-    if residual:
-        nc, c = with_residual(nc, bg_nc), with_residual(c, bg_c)
+    nc, c = head_inputs(nc, c, bg_nc, bg_c, inputs)
     out = {"nc": nc, "c": c, "label": label, "roi": roi}
     if with_dist:
         out["dist"] = signed_distance_map(roi[:, 0] > 0.5)[:, None]

@@ -45,7 +45,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from CACIdentifierLib.allocator import release_freed_memory
-from CACIdentifierLib.background import FRAME_AND_RESIDUAL, FRAME_ONLY, model_inputs
+from CACIdentifierLib.background import FRAME_ONLY, IN_CHANNELS, INPUTS, model_inputs
 from CACIdentifierLib.device import to_device
 from CACIdentifierLib.errors import CacError
 from CACIdentifierLib.fileutil import atomic_output, folder_lock
@@ -535,17 +535,20 @@ def _load_initial_weights(model, path) -> None:
         return {k: v for k, v in arch.items() if k not in ("block1_pool", "classifier_topk", "inputs", "in_channels")}
 
     a, b = init.arch_dict(), model.arch_dict()
-    widen = (a["inputs"], a["in_channels"], b["inputs"]) == (FRAME_ONLY, 1, FRAME_AND_RESIDUAL)
+    # Each of INPUTS adds channels to the one before it: an earlier kind of model can be widened.
+    widen = (a["in_channels"] == IN_CHANNELS.get(a["inputs"], 1) and b["inputs"] in IN_CHANNELS
+             and INPUTS.index(a["inputs"]) < INPUTS.index(b["inputs"]))
     if shapes(a) != shapes(b) or (a["in_channels"] != b["in_channels"] and not widen):
         raise CacError(f"--init {path} has architecture {a}, this run {b}; "
                        "use the same --width or another model")
     state = init.state_dict()
     if widen:
-        # A frame model grows a residual channel whose Block1 weights start at zero: the widened
-        # model computes exactly what the frame model did, and training decides what the residual adds.
+        # A model grows its new channels with Block1 weights at zero: the widened model computes
+        # exactly what the narrower one did, and training decides what the new channels add.
+        extra = b["in_channels"] - a["in_channels"]
         for head in ("head_nc", "head_c"):
             w = state[f"{head}.conv1.weight"]
-            state[f"{head}.conv1.weight"] = torch.cat([w, torch.zeros_like(w)], dim=1)
+            state[f"{head}.conv1.weight"] = torch.cat([w, w.new_zeros((w.shape[0], extra, *w.shape[2:]))], dim=1)
     model.load_state_dict(state)
 
 

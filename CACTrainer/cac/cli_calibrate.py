@@ -80,10 +80,10 @@ def run(args) -> int:
         raise CacError("--cine-gate is chosen with the operating point; give --sensitivity S too")
     if args.roi_patches is not None and args.sensitivity is None:
         raise CacError("--roi-patches is chosen with the operating point; give --sensitivity S too")
-    from CACIdentifierLib.background import FRAME_AND_RESIDUAL
+    from CACIdentifierLib.background import reads_background
 
     meta = read_metadata(args.model)  # a bad model fails here, before the data are read
-    background = (meta.get("architecture") or {}).get("inputs") == FRAME_AND_RESIDUAL  # only residual models read it
+    background = reads_background((meta.get("architecture") or {}).get("inputs"))  # only residual models read it
     progress = terminal_progress()
     if args.phantom_pool is not None:
         if not 1 <= args.phantom_pool <= 10000:

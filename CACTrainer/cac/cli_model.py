@@ -172,9 +172,10 @@ def run_gradcam(args) -> int:
     for name, k in (("--frame", args.frame), ("--contrast-frame", args.contrast_frame)):
         if k is not None and not 0 <= k < cine.n_frames:
             raise CacError(f"{name} {k} is outside the cine's frames 0-{cine.n_frames - 1}")
-    from CACIdentifierLib.background import FRAME_AND_RESIDUAL, cine_background, model_inputs, with_residual
+    from CACIdentifierLib.background import cine_background, head_inputs, model_inputs, reads_background
 
-    residual = model_inputs(model) == FRAME_AND_RESIDUAL
+    inputs = model_inputs(model)
+    residual = reads_background(inputs)
     sync = None
     if args.contrast_frame is None or residual:
         from CACIdentifierLib.sync import synchronize_cine
@@ -190,8 +191,9 @@ def run_gradcam(args) -> int:
         # The model reads each patch with its residual against the cine's static background, as identify does.
         bg = extract_patches(cine_background(cine.frames, [int(p[0]) for p in sync.pairs] or [args.frame],
                                              cine.spacing_mm))[:, None]
-        pair = [with_residual(x, bg) for x in pair]
-    nc, c = pair
+    else:
+        bg = None
+    nc, c = head_inputs(*pair, bg, bg, inputs)
     with torch.inference_mode():
         probs = torch.sigmoid(model.classify(torch.from_numpy(nc), torch.from_numpy(c))).numpy()
     patch = args.patch if args.patch is not None else int(np.argmax(probs))

@@ -113,6 +113,11 @@ def register(subparsers) -> None:
                    "frames, which removes what does not move (spine, ribs, sternal wires, field edges) and "
                    "keeps what moves with the heart (default: off, or --init's setting; a frame-only --init "
                    "model is widened with zero weights for it)")
+    p.add_argument("--vessel-channel", action=argparse.BooleanOptionalAction, default=None,
+                   help="a third input channel under the non-contrast head: the residual of the paired "
+                   "contrast patch (the vessels, pixel by pixel at the same cardiac phase); implies "
+                   "--residual-channel (default: off, or --init's setting; a narrower --init model is "
+                   "widened with zero weights for it)")
     p.add_argument("--init", metavar="MODEL",
                    help="start from this model's weights (fine-tuning, e.g. the shipped default) "
                    "instead of a random initialisation; with --epochs 0 and --cv, the model is only "
@@ -199,16 +204,26 @@ def _config(args):
         raise CacError(f"--classifier-topk must be 0 or a positive integer, got {topk}")
     if topk:
         arch["classifier_topk"] = int(topk)
-    from CACIdentifierLib.background import FRAME_AND_RESIDUAL
+    from CACIdentifierLib.background import FRAME_AND_RESIDUAL, FRAME_RESIDUAL_AND_VESSELS, IN_CHANNELS
 
+    init_inputs = init_arch.get("inputs", "frame")
     residual = getattr(args, "residual_channel", None)
+    vessels = getattr(args, "vessel_channel", None)
     if residual is None:
-        residual = init_arch.get("inputs") == FRAME_AND_RESIDUAL
-    elif not residual and init_arch.get("inputs") == FRAME_AND_RESIDUAL:
+        residual = init_inputs in IN_CHANNELS or bool(vessels)
+    elif not residual and init_inputs in IN_CHANNELS:
         raise CacError("--no-residual-channel: the --init model reads the residual channel; "
                        "a channel cannot be taken away from it")
-    if residual:
-        arch.update(inputs=FRAME_AND_RESIDUAL, in_channels=2)
+    if vessels is None:
+        vessels = init_inputs == FRAME_RESIDUAL_AND_VESSELS
+    elif not vessels and init_inputs == FRAME_RESIDUAL_AND_VESSELS:
+        raise CacError("--no-vessel-channel: the --init model reads the vessel channel; "
+                       "a channel cannot be taken away from it")
+    if vessels and not residual:
+        raise CacError("--vessel-channel needs the residual channel; leave out --no-residual-channel")
+    inputs = FRAME_RESIDUAL_AND_VESSELS if vessels else FRAME_AND_RESIDUAL if residual else None
+    if inputs is not None:
+        arch.update(inputs=inputs, in_channels=IN_CHANNELS[inputs])
     config = recipe_config(name, epochs1=e1, epochs2=e2, batch_size=args.batch_size, lr1=args.lr1,
                            lr2=args.lr2, seed=args.seed, device=args.device, amp=not args.no_amp,
                            balanced=not args.no_balance, augment=not args.no_augment,
@@ -520,9 +535,9 @@ def _run(args, ctx) -> int:
 
 def _needs_background(config) -> bool:
     """Whether the model reads the residual channel, so its training frames need their cines' backgrounds."""
-    from CACIdentifierLib.background import FRAME_AND_RESIDUAL
+    from CACIdentifierLib.background import reads_background
 
-    return dict(config.architecture or {}).get("inputs") == FRAME_AND_RESIDUAL
+    return reads_background(dict(config.architecture or {}).get("inputs"))
 
 
 def _load(dataset: Path, args, progress, *, background: bool = True):
