@@ -11,8 +11,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from CACIdentifierLib.background import (FRAME_AND_RESIDUAL, FRAME_RESIDUAL_AND_VESSELS, RESIDUAL_GAIN, head_inputs,
-                                         with_vessels)
+from CACIdentifierLib.background import (
+    FRAME_AND_RESIDUAL,
+    FRAME_RESIDUAL_AND_VESSELS,
+    RESIDUAL_GAIN,
+    head_inputs,
+    with_vessels,
+)
 from CACIdentifierLib.errors import CacError
 from CACIdentifierLib.network import ResUNet18
 

@@ -290,8 +290,14 @@ def identify(
 
     spacing = cine.spacing_mm
     background = None
-    from .background import (FRAME_RESIDUAL_AND_VESSELS, cine_background, model_inputs, reads_background,
-                             with_residual, with_vessels)
+    from .background import (
+        FRAME_RESIDUAL_AND_VESSELS,
+        cine_background,
+        model_inputs,
+        reads_background,
+        with_residual,
+        with_vessels,
+    )
 
     inputs = model_inputs(model)
     if reads_background(inputs):
