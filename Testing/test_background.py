@@ -122,7 +122,19 @@ def cine():
     return generate_acquisition(PhantomParams(n_frames=32), seed=7, patient=1, calcium_free=False).to_cine()
 
 
-def test_identify_feeds_the_residual_a_widened_model_starts_from(cine, tmp_path):
+def _expected_inputs(p_nc, p_c, bg, inputs):
+    """The heads' inputs as the documentation describes them, built by hand."""
+    r_nc, r_c = RESIDUAL_GAIN * (p_nc - bg), RESIDUAL_GAIN * (p_c - bg)
+    nc, c = [p_nc, r_nc], [p_c, r_c]
+    if inputs == "frame+residual+vessels":  # the paired contrast patch's residual; zeros under the contrast head
+        nc, c = nc + [r_c], c + [np.zeros_like(p_c)]
+    return (torch.from_numpy(np.stack(x, 1).astype(np.float32)) for x in (nc, c))
+
+
+@pytest.mark.parametrize("narrow,wide", [({"in_channels": 1, "inputs": "frame"}, {"in_channels": 2, "inputs": "frame+residual"}),
+                                         ({"in_channels": 2, "inputs": "frame+residual"},
+                                          {"in_channels": 3, "inputs": "frame+residual+vessels"})])
+def test_identify_feeds_the_new_channel_a_widened_model_starts_from(cine, tmp_path, narrow, wide):
     from CACIdentifierLib.inference import identify
     from CACIdentifierLib.modelio import default_metadata, load_model, save_model
     from CACIdentifierLib.patches import extract_patches, normalize_frame, prepare_frame
@@ -130,34 +142,37 @@ def test_identify_feeds_the_residual_a_widened_model_starts_from(cine, tmp_path)
 
     torch.manual_seed(0)
     arch = {"width": 8, "decoder_channels": [8] * 5}
-    frame = ResUNet18(**arch).eval()
-    path = tmp_path / "frame.safetensors"
-    save_model(path, frame, dict(default_metadata(), architecture=frame.arch_dict()), dtype=torch.float32)
-    wide = ResUNet18(**arch, in_channels=2, inputs="frame+residual")
-    _load_initial_weights(wide, path)
-    wide.eval()
-    meta = {"architecture": wide.arch_dict()}
+    small = ResUNet18(**arch, **narrow).eval()
+    path = tmp_path / "narrow.safetensors"
+    save_model(path, small, dict(default_metadata(), architecture=small.arch_dict()), dtype=torch.float32)
+    model = ResUNet18(**arch, **wide)
+    _load_initial_weights(model, path)
+    model.eval()
+    meta = {"architecture": model.arch_dict()}
     a = identify(cine, load_model(path)[0], {}, use_autocast=False, workers=1)
-    b = identify(cine, wide, meta, sync=a.sync, use_autocast=False, workers=1)
-    # Zero weights on the new channel: the widened model computes what the frame model did.
+    b = identify(cine, model, meta, sync=a.sync, use_autocast=False, workers=1)
+    # Zero weights on the new channel: the widened model computes what the narrower model did.
     np.testing.assert_allclose(a.patch_probabilities, b.patch_probabilities, atol=1e-5)
-    # Give the residual weight, and identify must feed what the docs say: the frame and the gain times
-    # the frame minus the median of the analysed non-contrast frames, prepared as the patches are.
+    # Give the new channel weight, and identify must feed what the docs say (background.py): the residual is
+    # the gain times the frame minus the median of the analysed non-contrast frames, prepared as the patches
+    # are; the vessel channel is the paired contrast patch's residual.  Two workers: the contrast head is
+    # computed once per contrast frame and shared.
+    new = wide["in_channels"] - 1
     with torch.no_grad():
-        for head in (wide.head_nc, wide.head_c):
-            head.conv1.weight[:, 1] = torch.randn_like(head.conv1.weight[:, 1])
-    c = identify(cine, wide, meta, sync=a.sync, use_autocast=False, workers=1)
+        for head in (model.head_nc, model.head_c):
+            head.conv1.weight[:, new] = torch.randn_like(head.conv1.weight[:, new])
+    c = identify(cine, model, meta, sync=a.sync, use_autocast=False, workers=2)
     assert np.abs(c.patch_probabilities - a.patch_probabilities).max() > 1e-3
 
     def prepared(k):
         return normalize_frame(prepare_frame(cine.frames[k], cine.spacing_mm)[0])
 
     bg = extract_patches(np.median([prepared(k) for k in a.frames], axis=0))
-    for i in (0, len(a.frames) - 1):
-        x = [extract_patches(prepared(k)) for k in (a.frames[i], a.contrast_frames[i])]
-        nc, cc = (torch.from_numpy(np.stack([p, RESIDUAL_GAIN * (p - bg)], 1).astype(np.float32)) for p in x)
+    for i in range(len(a.frames)):
+        nc, cc = _expected_inputs(*(extract_patches(prepared(k)) for k in (a.frames[i], a.contrast_frames[i])), bg,
+                                  wide["inputs"])
         with torch.inference_mode():
-            expected = torch.sigmoid(wide.classify(nc, cc)).numpy()
+            expected = torch.sigmoid(model.classify(nc, cc)).numpy()
         np.testing.assert_allclose(c.patch_probabilities[i], expected, atol=1e-4)
 
 

@@ -1,16 +1,14 @@
 """The vessel channel (background.with_vessels): the paired contrast patch's residual under the non-contrast head.
 
-A frame+residual model widened with zero weights must give exactly its old probabilities, and with
-non-zero weights on the new channel identify must feed the network what the documentation says: the
-non-contrast head reads its frame, its residual and the *paired* contrast frame's residual; the contrast
-head reads its frame, its residual and zeros.
+The non-contrast head reads its frame, its residual and the *paired* contrast frame's residual; the
+contrast head reads its frame, its residual and zeros.  What identify feeds a widened model is checked
+with the residual channel's in test_background.py.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from CACIdentifierLib.background import (
     FRAME_AND_RESIDUAL,
     FRAME_RESIDUAL_AND_VESSELS,
@@ -72,48 +70,3 @@ def test_make_batch_vessel_channel_follows_the_augmented_contrast_patch():
     aug = D.make_batch(fs, ids, np.random.default_rng(3), D.Augment(), inputs=FRAME_RESIDUAL_AND_VESSELS)
     np.testing.assert_array_equal(aug["nc"][:, 2], aug["c"][:, 1])
     assert not np.array_equal(aug["nc"][:, 2], ves["nc"][:, 2])
-
-
-@pytest.fixture(scope="module")
-def cine():
-    from CACTrainerLib.phantom import PhantomParams, generate_acquisition
-
-    return generate_acquisition(PhantomParams(n_frames=32), seed=7, patient=1, calcium_free=False).to_cine()
-
-
-def test_identify_feeds_the_paired_vessels_a_widened_model_starts_from(cine, tmp_path):
-    from CACIdentifierLib.inference import identify
-    from CACIdentifierLib.modelio import default_metadata, load_model, save_model
-    from CACIdentifierLib.patches import extract_patches, normalize_frame, prepare_frame
-    from CACTrainerLib.training import _load_initial_weights
-
-    torch.manual_seed(0)
-    res = ResUNet18(**SMALL, in_channels=2, inputs=FRAME_AND_RESIDUAL).eval()
-    path = tmp_path / "res.safetensors"
-    save_model(path, res, dict(default_metadata(), architecture=res.arch_dict()), dtype=torch.float32)
-    wide = ResUNet18(**SMALL, in_channels=3, inputs=FRAME_RESIDUAL_AND_VESSELS)
-    _load_initial_weights(wide, path)
-    wide.eval()
-    meta = {"architecture": wide.arch_dict()}
-    a = identify(cine, load_model(path)[0], {}, use_autocast=False, workers=1)
-    b = identify(cine, wide, meta, sync=a.sync, use_autocast=False, workers=1)
-    # Zero weights on the new channel: the widened model computes what the frame+residual model did.
-    np.testing.assert_allclose(a.patch_probabilities, b.patch_probabilities, atol=1e-5)
-    with torch.no_grad():
-        for head in (wide.head_nc, wide.head_c):
-            head.conv1.weight[:, 2] = torch.randn_like(head.conv1.weight[:, 2])
-    c = identify(cine, wide, meta, sync=a.sync, use_autocast=False, workers=2)
-    assert np.abs(c.patch_probabilities - a.patch_probabilities).max() > 1e-3
-
-    def prepared(k):
-        return normalize_frame(prepare_frame(cine.frames[k], cine.spacing_mm)[0])
-
-    bg = extract_patches(np.median([prepared(k) for k in a.frames], axis=0))
-    for i in range(len(a.frames)):
-        p_nc, p_c = (extract_patches(prepared(k)) for k in (a.frames[i], a.contrast_frames[i]))
-        r_nc, r_c = RESIDUAL_GAIN * (p_nc - bg), RESIDUAL_GAIN * (p_c - bg)
-        nc = torch.from_numpy(np.stack([p_nc, r_nc, r_c], 1).astype(np.float32))
-        cc = torch.from_numpy(np.stack([p_c, r_c, np.zeros_like(p_c)], 1).astype(np.float32))
-        with torch.inference_mode():
-            expected = torch.sigmoid(wide.classify(nc, cc)).numpy()
-        np.testing.assert_allclose(c.patch_probabilities[i], expected, atol=1e-4)
