@@ -18,11 +18,14 @@ MODULES = [
     "CACIdentifierLib.calibration",
     "CACIdentifierLib.nrrd_io",
     "CACIdentifierLib.temporal",
+    "CACIdentifierLib.seg_align",
+    "CACIdentifierLib.fileutil",
     "CACTrainerLib.phantom_annotators",
     "CACTrainerLib.calibrate",
     "CACTrainerLib.training",
     "cac.train_events",
     "cac.cli_calibrate",
+    "cac.cli_model",
 ]
 
 

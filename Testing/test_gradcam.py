@@ -84,6 +84,47 @@ def test_model_info_default_and_file(tmp_path, model, capsys):
     assert main(["model-info", str(tmp_path / "none.safetensors")]) == 2
 
 
+def test_model_info_summarises_the_feature_statistics(tmp_path, model, capsys):
+    """The card's per-feature mean and SD (512 values each for the default model) once flooded the terminal."""
+    from CACIdentifierLib.ood import feature_statistics
+
+    pooled = np.random.default_rng(4).normal(0.0, 1.0, (40 * 5, 128))  # 40 frames x 5 patches, 128 channels
+    stats = feature_statistics(pooled, data="held-out phantom")
+    path = tmp_path / "m.safetensors"
+    save_model(path, model, {"feature_statistics": stats})
+    assert main(["model-info", str(path)]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if "feature_statistics" in line]
+    assert len(lines) == 1 and len(lines[0]) < 300, lines
+    assert lines[0].startswith("  feature_statistics: 128 features from 40 frames (held-out phantom); frame score "
+                               f"median {stats['frame_score_median']:.3g}, 99th percentile {stats['frame_score_q99']:.3g}")
+    assert f"{stats['mean'][0]}" not in lines[0] and "--json" in lines[0]
+    assert main(["model-info", str(path), "--json"]) == 0  # complete there
+    card = json.loads(capsys.readouterr().out)["metadata"]["feature_statistics"]
+    assert card["mean"] == pytest.approx(stats["mean"]) and card["std"] == pytest.approx(stats["std"])
+
+
+def test_model_info_splits_long_card_entries(tmp_path, model, capsys):
+    """A trained card's metrics and training record were single lines of 500-3,400 characters."""
+    training = {"data": {"val_patients": [f"P{k:03d}" for k in range(39)], "val": {"patients": 39}},
+                "machine": "2 cores", "command": "cac train ds --out m.safetensors"}
+    metrics = {"validation": {"auc": 0.8135518641756646, "detection": {"sensitivity": 0.7916666666666666,
+                                                                        "specificity": 0.375}, "f1": 0.6743772241992882}}
+    path = tmp_path / "m.safetensors"
+    save_model(path, model, {"training": training, "metrics": metrics, "classifier_threshold": 0.24311064928770065})
+    assert main(["model-info", str(path)]) == 0
+    out = capsys.readouterr().out
+    card_lines = out.split("metadata:\n", 1)[1].splitlines()
+    assert max(map(len, card_lines)) < 100, out
+    for line in ("  metrics:", "    validation:", "      auc: 0.8136", '      detection: {"sensitivity": 0.7917, "specificity": 0.375}',
+                 "      val_patients: [39 items: --json lists them]", "  classifier_threshold: 0.2431",
+                 '    command: "cac train ds --out m.safetensors"'):
+        assert line in out.splitlines(), (line, out)
+    assert "P017" not in out
+    assert main(["model-info", str(path), "--json"]) == 0  # complete there
+    card = json.loads(capsys.readouterr().out)["metadata"]
+    assert card["training"]["data"]["val_patients"][17] == "P017" and card["metrics"] == metrics
+
+
 @needs_data
 def test_cli_gradcam_on_real_cine(tmp_path, model, capsys):
     path = tmp_path / "m.safetensors"

@@ -254,6 +254,37 @@ def test_model_save_on_a_full_disk_is_one_error(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_model_save_error_advice_follows_its_cause(tmp_path, monkeypatch):
+    """Every failed model write once said "free some space", after a refused permission or a missing folder too."""
+    import contextlib
+
+    import safetensors.torch
+
+    # A real SafetensorError: the folder vanished between the checks and the write.
+    @contextlib.contextmanager
+    def gone(path, overwrite=False):
+        yield tmp_path / "gone" / "m.safetensors"
+
+    with monkeypatch.context() as m:
+        m.setattr(modelio, "atomic_output", gone)
+        with pytest.raises(CacError) as err:
+            modelio.save_model(tmp_path / "m.safetensors", ResUNet18(**SMALL), dtype=None)
+    message = str(err.value)
+    assert "(No such file or directory); choose another output location" in message, message
+    assert "free some space" not in message and ".tmp" not in message  # the writer's temporary name stays out
+
+    def denied(*args, **kwargs):
+        raise RuntimeError("Error while serializing: I/O error: Permission denied (os error 13)")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", denied)
+    with pytest.raises(CacError) as err:
+        modelio.save_model(tmp_path / "m.safetensors", ResUNet18(**SMALL), dtype=None)
+    message = str(err.value)
+    assert message == (f"could not write {tmp_path / 'm.safetensors'} (Permission denied); you may not write there: "
+                       "choose a folder you can write to or change its permissions")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_model_paths_that_are_not_utf8(tmp_path, capsys):
     torch.manual_seed(0)
     good = tmp_path / "m.safetensors"

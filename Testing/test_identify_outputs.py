@@ -73,12 +73,15 @@ def test_dicom_seg_that_is_a_folder_or_an_output_is_refused_before_any_work(phan
 
 
 def test_free_some_space_only_when_space_is_the_cause():
-    from CACIdentifierLib.fileutil import _disk_error
+    from CACIdentifierLib.fileutil import write_error
 
-    message = str(_disk_error(Path("q2"), IsADirectoryError(errno.EISDIR, "Is a directory")))
+    message = str(write_error(Path("q2"), IsADirectoryError(errno.EISDIR, "Is a directory")))
     assert "Is a directory" in message and "free some space" not in message and "another output location" in message
     for code in (errno.ENOSPC, errno.EDQUOT):
-        assert "free some space" in str(_disk_error(Path("q2"), OSError(code, "No space")))
+        assert "free some space" in str(write_error(Path("q2"), OSError(code, "No space")))
+    for code in (errno.EACCES, errno.EPERM):  # a refused permission asks for a folder one may write to
+        message = str(write_error(Path("q2"), PermissionError(code, "Permission denied")))
+        assert "(Permission denied); you may not write there" in message and "free some space" not in message
 
 
 # --------------------------------------------------------------------------- 2: SEG inside a new --out folder

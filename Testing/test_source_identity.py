@@ -118,11 +118,15 @@ def test_dataset_builder_refuses_annotations_of_another_cine(tmp_path, capsys):
                            source_fingerprint=cine.fingerprint())
     ds = tmp_path / "ds"
     code, _, err = run(capsys, "dataset", "add", ds, XA17, "--annotations", right, wrong, "--onset", 5)
-    assert code == 2 and one_error_line(err) and "different cines" in err and "wrong.seg.nrrd" in err
+    assert code == 2 and one_error_line(err) and "right.seg.nrrd" not in err
+    fp_wrong, fp_cine = pixel_fingerprint(other).split(":")[1][:8], cine.fingerprint().split(":")[1][:8]
+    # It names the file drawn on another cine, not "the cine and X are segmentations of different cines".
+    assert (f"{wrong} was drawn on another cine (it records source fingerprint {fp_wrong}, the cine's is {fp_cine}); "
+            "give the annotations made on this cine, or pass --ignore-source to use it anyway") in err
     assert not (ds / "manifest.json").exists()
     code, out, err = run(capsys, "dataset", "add", ds, XA17, "--annotations", right, wrong, "--onset", 5,
                          "--ignore-source", "--json")
-    assert code == 0 and "compared anyway" in err
+    assert code == 0 and f"{wrong} was drawn on another cine" in err and "used anyway (--ignore-source)" in err
     entry = json.loads((ds / "manifest.json").read_text())["acquisitions"][0]
     # The dataset's own segmentations record the cine (and no UID).
     seg = read_seg_nrrd(ds / entry["majority"])
@@ -137,7 +141,9 @@ def test_identify_refuses_annotations_of_another_cine(tmp_path, capsys):
     other = write_seg_nrrd(tmp_path / "other.seg.nrrd", {"calcium": mask}, cine.spacing_mm,
                            source_fingerprint=pixel_fingerprint(cine.frames[::-1]))
     code, _, err = run(capsys, "identify", XA17, "--out", tmp_path / "out", "--annotations", other)
-    assert code == 2 and one_error_line(err) and "different cines" in err
+    assert code == 2 and one_error_line(err) and "segmentations of different cines" not in err
+    assert f"{other} was drawn on another cine (it records source fingerprint " in err
+    assert err.rstrip().endswith("use the annotations made on this cine, or pass --ignore-source to use it anyway")
     assert not (tmp_path / "out").exists()
 
 

@@ -225,7 +225,7 @@ def folder_lock(folder: str | os.PathLike, what: str = "run") -> Iterator[Path]:
                            f"{printable(str(holder.get('started', '?')), 30)}); wait for it to finish or choose "
                            f"another folder; if no {what} is going on, delete {lock}") from None
         except OSError as exc:
-            raise _disk_error(lock, exc) from None
+            raise write_error(lock, exc) from None
         break
     else:
         raise CacError(f"could not take {lock}: other processes keep creating it; delete it and start again")
@@ -271,11 +271,38 @@ def temporary_sibling(path: Path) -> Path:
     return path.with_name(_temporary_name(path.name))
 
 
-def _disk_error(target: Path, exc: OSError) -> CacError:
-    reason = exc.strerror or type(exc).__name__
+_OS_ERROR_RE = re.compile(r"\(os error (\d+)\)")
+
+
+def write_error(target: str | os.PathLike, exc: BaseException) -> CacError:
+    """One line for a failed write of ``target``, with the advice its cause calls for.
+
+    ``exc`` is an :class:`OSError`, or another exception whose message carries
+    the OS error number as Rust writes it (``... (os error 28)``: the
+    safetensors writer's ``SafetensorError``).  A full disk or quota asks for
+    space, a refused permission for a folder one may write to; any other cause
+    is named by the OS's own message.
+
+    >>> print(write_error("m.safetensors", RuntimeError("I/O error: Permission denied (os error 13)")))
+    could not write m.safetensors (Permission denied); you may not write there: choose a folder you can write to or change its permissions
+    """
+    target = printable(str(target), 200)
+    code = exc.errno if isinstance(exc, OSError) else None
+    if code is None:
+        match = _OS_ERROR_RE.search(str(exc))
+        code = int(match.group(1)) if match else None
+    if isinstance(exc, OSError) and exc.strerror:
+        reason = exc.strerror
+    elif code is not None:
+        reason = os.strerror(code)
+    else:
+        reason = printable(str(exc), 120) or type(exc).__name__
     # "Free some space" only where space is the cause: after "Is a directory" it sent users hunting for disk.
-    if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+    if code in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
         return CacError(f"could not write {target} ({reason}); free some space or choose another output location")
+    if code in (errno.EACCES, errno.EPERM):
+        return CacError(f"could not write {target} ({reason}); you may not write there: choose a folder you can "
+                        "write to or change its permissions")
     return CacError(f"could not write {target} ({reason}); choose another output location")
 
 
@@ -296,7 +323,7 @@ def atomic_output(path: str | os.PathLike, overwrite: bool = False) -> Iterator[
                 raise CacError(f"internal error: nothing was written for {target}")
             os.replace(tmp, target)
         except OSError as exc:
-            raise _disk_error(target, exc) from None
+            raise write_error(target, exc) from None
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -345,7 +372,7 @@ def atomic_directory(path: str | os.PathLike, overwrite: bool = False) -> Iterat
                     else:
                         os.replace(entry, final)  # tmp is inside target: one rename each
         except OSError as exc:
-            raise _disk_error(target, exc) from None
+            raise write_error(target, exc) from None
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -37,7 +37,7 @@ import torch
 from . import __version__, refinement
 from .background import IN_CHANNELS, INPUTS
 from .errors import CacError, printable
-from .fileutil import atomic_output
+from .fileutil import atomic_output, write_error
 from .network import CLASSIFIER_THRESHOLD, ResUNet18
 
 FORMAT = "cac-resunet18"
@@ -314,9 +314,8 @@ def save_model(
     with atomic_output(path, overwrite=overwrite) as tmp:
         try:
             save_file(tensors, str(tmp), metadata={METADATA_KEY: header_json})
-        except Exception as exc:  # safetensors reports a full disk as its own SafetensorError, not OSError
-            raise CacError(f"could not write {printable(str(path), 200)} ({printable(str(exc), 120)}); "
-                           "free some space or choose another output location") from None
+        except Exception as exc:  # safetensors reports an OS error as its own SafetensorError ("(os error 28)")
+            raise write_error(path, exc) from None
         digest = sha256_file(tmp)
     card_data = dict(meta)
     card_data["sha256"] = digest

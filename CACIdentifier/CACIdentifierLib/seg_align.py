@@ -200,21 +200,29 @@ def segfile_on_cine(seg, n_frames: int, rows: int, cols: int, spacing_mm) -> dic
 
 
 def check_same_source(items, *, ignore: bool = False, advice: str = "compare segmentations of the same cine",
-                      override: str = "--ignore-source", warn_missing: bool = True) -> str | None:
+                      override: str = "--ignore-source", warn_missing: bool = True,
+                      first_is_cine: bool = False) -> str | None:
     """Refuse inputs that record different source cines; return the common fingerprint (None if none).
 
     ``items`` is a list of ``(name, fingerprint or None)``: a segmentation's
     :attr:`~CACIdentifierLib.nrrd_io.SegFile.source_fingerprint`, or a cine's
     own fingerprint.  Two different fingerprints raise :class:`CacError` (one
     line naming both files and the first 8 hex digits of each), unless
-    ``ignore``: then a warning.  Inputs without a fingerprint get one
-    warning (:func:`warn_unrecorded`; later, or never, with
+    ``ignore``: then a warning.  With ``first_is_cine`` the first item is the
+    cine itself and the others its segmentations: the line names the
+    segmentation that was drawn on another cine.  Inputs without a fingerprint
+    get one warning (:func:`warn_unrecorded`; later, or never, with
     ``warn_missing=False``): they cannot be checked.
 
-    >>> check_same_source([("a", "pixels-sha256:" + "1" * 64), ("b", "pixels-sha256:" + "2" * 64)])
+    >>> a, b = "pixels-sha256:" + "1" * 64, "pixels-sha256:" + "2" * 64
+    >>> check_same_source([("a", a), ("b", b)])
     Traceback (most recent call last):
     ...
     CACIdentifierLib.errors.CacError: a and b are segmentations of different cines (source fingerprints 11111111 and 22222222); compare segmentations of the same cine, or pass --ignore-source to compare them anyway
+    >>> check_same_source([("the cine", a), ("b", b)], first_is_cine=True, advice="use the annotations made on it")
+    Traceback (most recent call last):
+    ...
+    CACIdentifierLib.errors.CacError: b was drawn on another cine (it records source fingerprint 22222222, the cine's is 11111111); use the annotations made on it, or pass --ignore-source to use it anyway
     """
     known = [(name, fp) for name, fp in items if fp]
     if warn_missing:
@@ -222,13 +230,21 @@ def check_same_source(items, *, ignore: bool = False, advice: str = "compare seg
     if not known:
         return None
     first_name, first = known[0]
+    cine = first_is_cine and bool(items) and items[0][1] == first
     for name, fp in known[1:]:
-        if fp != first:
+        if fp == first:
+            continue
+        if cine:
+            message = (f"{name} was drawn on another cine (it records source fingerprint {short_fingerprint(fp)}, "
+                       f"the cine's is {short_fingerprint(first)})")
+            anyway, done = "use it anyway", "used anyway"
+        else:
             message = (f"{first_name} and {name} are segmentations of different cines (source fingerprints "
                        f"{short_fingerprint(first)} and {short_fingerprint(fp)})")
-            if not ignore:
-                raise CacError(f"{message}; {advice}, or pass {override} to compare them anyway")
-            warnings.warn(f"{message}; compared anyway ({override})", CacWarning, stacklevel=2)
+            anyway, done = "compare them anyway", "compared anyway"
+        if not ignore:
+            raise CacError(f"{message}; {advice}, or pass {override} to {anyway}")
+        warnings.warn(f"{message}; {done} ({override})", CacWarning, stacklevel=2)
     return first
 
 

@@ -158,7 +158,8 @@ def _run(args: argparse.Namespace) -> int:
                 raise CacError(f"{path} has no segment; give an annotation with the calcium drawn")
             annotations.append(seg.union())
             sources.append((path, seg.source_fingerprint))
-        check_same_source(sources, ignore=args.ignore_source, advice="use the annotations made on this cine")
+        check_same_source(sources, ignore=args.ignore_source, advice="use the annotations made on this cine",
+                          first_is_cine=True)
 
     from CACIdentifierLib.inference import identify
 

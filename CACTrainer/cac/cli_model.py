@@ -98,8 +98,72 @@ def run_info(args) -> int:
         for key in sorted(meta):
             if key == "architecture":
                 continue
-            print(f"  {key}: {json.dumps(meta[key], sort_keys=True)}")
+            if key == "feature_statistics":
+                print(f"  {key}: {feature_statistics_summary(meta[key])}")
+                continue
+            print("\n".join(metadata_lines(key, meta[key], "  ")))
     return 0
+
+
+def metadata_lines(key: str, value, indent: str = "", width: int = 100) -> list[str]:
+    r"""A model card entry as readable lines: a long object one key per line, long lists counted.
+
+    ``--json`` prints the card complete; the terminal gets floats to 4 significant digits, an object
+    whose line would pass ``width`` characters split into its keys (indented), and a list of more than
+    8 items counted (a card's validation patients, per-epoch figures).
+
+    >>> print("\n".join(metadata_lines("metrics", {"auc": 0.81356, "patients": list(range(39)), "note": "x" * 90})))
+    metrics:
+      auc: 0.8136
+      note: "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+      patients: [39 items: --json lists them]
+    >>> metadata_lines("threshold", 0.24311064928770065)
+    ['threshold: 0.2431']
+    """
+    def short(v):
+        if isinstance(v, float):
+            return float(f"{v:.4g}")
+        if isinstance(v, dict):
+            return {k: short(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [short(x) for x in v]
+        return v
+
+    if isinstance(value, list) and len(value) > 8:
+        return [f"{indent}{key}: [{len(value)} items: --json lists them]"]
+    line = f"{indent}{key}: {json.dumps(short(value), sort_keys=True)}"
+    if len(line) <= width or not isinstance(value, dict) or not value:
+        return [line]
+    lines = [f"{indent}{key}:"]
+    for k in sorted(value):
+        lines += metadata_lines(str(k), value[k], indent + "  ", width)
+    return lines
+
+
+def feature_statistics_summary(stats: dict) -> str:
+    """One readable line for a model card's ``feature_statistics`` (:mod:`CACIdentifierLib.ood`).
+
+    The per-feature mean and SD (one value per channel of the classifier's
+    Block6, 512 for the default model) are counted, not printed: ``--json``
+    has them.
+
+    >>> print(feature_statistics_summary({"mean": [0.0] * 64, "std": [1.0] * 64, "frames": 72,
+    ...                                   "frame_score_median": 0.75, "frame_score_q99": 2.6, "data": "phantom"}))
+    64 features from 72 frames (phantom); frame score median 0.75, 99th percentile 2.6: a cine whose median frame scores above 3.9 is flagged as unlike the model's data (per-feature mean and SD: --json)
+    """
+    from CACIdentifierLib.errors import printable
+    from CACIdentifierLib.ood import MARGIN
+
+    frames = stats.get("frames")
+    text = f"{len(stats['mean'])} features"
+    if frames is not None:
+        text += f" from {frames} frames"
+    if stats.get("data"):
+        text += f" ({printable(str(stats['data']), 80)})"
+    q99 = float(stats["frame_score_q99"])
+    return (f"{text}; frame score median {float(stats['frame_score_median']):.3g}, 99th percentile {q99:.3g}: "
+            f"a cine whose median frame scores above {MARGIN * q99:.3g} is flagged as unlike the model's data "
+            "(per-feature mean and SD: --json)")
 
 
 def _contrast_frame_for(result, k: int) -> int:
