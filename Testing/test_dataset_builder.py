@@ -290,6 +290,48 @@ def test_add_refuses_one_annotation_file_given_twice(phantom_dataset, tmp_path, 
     assert any("are identical files" in m and str(copy) in m for m in ours), ours
 
 
+def test_check_warns_when_no_acquisition_has_calcium(tmp_path, capsys):
+    """A dataset whose annotations are all empty passed `check` without a word; training has no positive patch."""
+    import itertools
+
+    from CACIdentifierLib.cine_io import load_cine
+    from CACIdentifierLib.nrrd_io import write_seg_nrrd
+
+    names = (tmp_path / f"annotation{k}.seg.nrrd" for k in itertools.count())
+
+    def add(acq, marks, overwrite=()):
+        """Add the cine of ``acq`` with one annotator per entry of ``marks`` (a (row, col) square on frame 2, or None)."""
+        cine = load_cine(acq / "cine.dcm")
+        paths = []
+        for mark in marks:
+            mask = np.zeros(cine.frames.shape, bool)
+            if mark is not None:
+                mask[2, mark[0] : mark[0] + 10, mark[1] : mark[1] + 10] = True
+            paths.append(write_seg_nrrd(next(names), {"calcium": mask}, cine.spacing_mm,
+                                        source_fingerprint=cine.fingerprint()))
+        assert quiet("dataset", "add", ds, acq / "cine.dcm", "--onset", 10, *overwrite, "--annotations", *paths) == 0
+
+    assert quiet("phantom", tmp_path / "ph", "--patients", 2, "--frames", 20, "--size", 64) == 0
+    ds = tmp_path / "ds"
+    first, second = (tmp_path / "ph" / p / "A01" for p in ("P001", "P002"))
+    add(first, [None, None, None])
+    add(second, [None, None])
+    code, out, _ = cli(capsys, "dataset", "check", ds)
+    assert code == 0 and "0 problem(s)" in out  # a warning, not a problem
+    assert ("warning: no calcium marked in all 2 acquisitions: every annotation is empty, so training would have no "
+            "positive patch;") in out
+    # Marks that never make a majority (three annotators, three different places) give no positive patch either.
+    add(first, [(10, 10), (25, 10), (40, 10)], overwrite=["--overwrite"])
+    code, out, _ = cli(capsys, "dataset", "check", ds, "--json")
+    warnings = json.loads(out)["warnings"]
+    assert code == 0 and sum("no calcium" in w for w in warnings) == 1, warnings
+    assert any(w.startswith("no calcium in the majority vote of all 2 acquisitions") for w in warnings), warnings
+    # One acquisition with calcium in its majority is enough: no such warning.
+    add(second, [(10, 10), (12, 12)], overwrite=["--overwrite"])
+    code, out, _ = cli(capsys, "dataset", "check", ds)
+    assert code == 0 and "no calcium" not in out, out
+
+
 def test_info_text_shows_the_patients(phantom_dataset, capsys):
     code, out, _ = cli(capsys, "dataset", "info", phantom_dataset[0])
     assert code == 0 and out.splitlines()[0] == "patients: 1"
@@ -303,3 +345,98 @@ def test_train_reads_a_truth_file_that_is_no_object_in_one_line(phantom_dataset,
     (acq / "acquisition.json").write_text("[1]")
     with pytest.raises(CacError, match="is not a readable truth file"):
         frames_from_record(load_records(ds)[0])
+
+
+# --------------------------------------------------------------------------- a detected onset and the guard band
+
+
+def phantom_run(tmp, seed):
+    """A 40-frame 128 px phantom run with calcium (and its three annotators): the cine, the three files, the true onset."""
+    ph = tmp / f"ph{seed}"
+    assert quiet("phantom", ph, "--frames", 40, "--size", 128, "--seed", seed, "--calcium-free-fraction", 0) == 0
+    acq = ph / "P001" / "A01"
+    return acq / "cine.dcm", [acq / f"annotator{i}.seg.nrrd" for i in (1, 2, 3)], \
+        json.loads((acq / "truth.json").read_text())["onset_frame"]
+
+
+def test_detected_onset_leaves_the_guard_band_out_of_training(tmp_path):
+    """A detected onset 2 frames late put two wash-in frames, calcium unmarked, into training as calcium-free.
+
+    The frames training takes as non-contrast are now those `cac identify` analyses (and CAC Annotator pairs):
+    the ones before the detected onset less ONSET_GUARD_FRAMES.  Phantom seed 3: true onset 8, detected 10.
+    """
+    import warnings
+
+    from CACIdentifierLib import sync
+    from CACIdentifierLib.cine_io import load_cine
+    from CACTrainerLib.dataset import frames_from_record, load_records
+    from CACTrainerLib.dataset_builder import add_acquisition
+
+    cine_path, annotations, true_onset = phantom_run(tmp_path, 3)
+    cine = load_cine(cine_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        identify = sync.synchronize(cine.frames, cine.frame_time_ms)
+        added = add_acquisition(tmp_path / "ds", cine_path, annotations, patient="p")
+    assert identify.onset_detected and identify.onset_frame == true_onset + 2  # the case: detected 2 frames late
+    analysed = sorted({int(a) for a, _ in identify.pairs})
+    record = load_records(tmp_path / "ds")[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trained = frames_from_record(record, frames_per_acquisition=None, background=False)
+    assert max(trained.frame_index) < true_onset  # no wash-in frame (iodine, calcium unmarked) in training
+    assert sorted(trained.frame_index.tolist()) == analysed  # training's non-contrast frames = identify's
+    assert added.onset_source == "detected" and added.detected_onset_frame == identify.onset_frame
+    assert added.onset_guard_frames == sync.ONSET_GUARD_FRAMES and added.onset_frame == analysed[-1] + 1
+    truth = json.loads(Path(record["truth"]).read_text())
+    for stored in (record, truth):  # the manifest and acquisition.json (what training reads) agree
+        assert (stored["onset_frame"], stored["detected_onset_frame"], stored["onset_guard_frames"]) == \
+            (added.onset_frame, identify.onset_frame, sync.ONSET_GUARD_FRAMES)
+    # A given onset is taken as it is: no guard.
+    given = add_acquisition(tmp_path / "ds2", cine_path, annotations, patient="p", onset=true_onset)
+    assert (given.onset_frame, given.onset_source, given.detected_onset_frame, given.onset_guard_frames) == \
+        (true_onset, "given", None, 0)
+
+
+def test_add_warns_when_unmarked_frames_precede_a_detected_onset(tmp_path, capsys):
+    """Phantom seed 1: true onset 11, detected at 20.  Beyond the guard, frames 11-17 hold contrast; the annotators
+    marked calcium in every frame up to 10 and in none after: `add` says so and names --onset."""
+    cine_path, annotations, true_onset = phantom_run(tmp_path, 1)
+    code, out, err = cli(capsys, "dataset", "add", tmp_path / "ds", cine_path, "--patient", "p",
+                         "--annotations", *annotations)
+    assert code == 0 and "onset 18 (detected at frame 20, less a 2-frame guard band)" in out, out
+    lines = [line for line in err.splitlines() if "no annotator marks" in line]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("cac: warning: ") and f"frames {true_onset}-17" in lines[0] and \
+        f"up to frame {true_onset - 1}" in lines[0] and "--onset N --overwrite" in lines[0], lines[0]
+    # With the onset given, no such warning (the user decided which frames are non-contrast).
+    code, out, err = cli(capsys, "dataset", "add", tmp_path / "ds", cine_path, "--patient", "p", "--overwrite",
+                         "--onset", true_onset, "--annotations", *annotations)
+    assert code == 0 and "no annotator marks" not in err and f"onset {true_onset} (given)" in out, err
+
+
+def test_unmarked_run_is_judged_against_the_annotators_own_spacing():
+    from CACTrainerLib.dataset_builder import unmarked_before_onset
+
+    assert unmarked_before_onset(list(range(11)), 18) == (11, 17)
+    assert unmarked_before_onset(list(range(11)), 11) is None
+    assert unmarked_before_onset([0, 3, 6, 9, 12], 14) is None  # every third frame marked: a gap of one is theirs
+    assert unmarked_before_onset([0, 3, 6, 9, 12], 16) == (13, 15)
+    assert unmarked_before_onset([], 16) is None and unmarked_before_onset([20, 21], 16) is None
+    assert unmarked_before_onset([5], 8) == (6, 7)
+
+
+def test_check_warns_about_a_detected_onset_stored_without_guard(tmp_path, capsys):
+    """A dataset built before the guard band stored the detected onset itself: `check` says so."""
+    cine_path, annotations, _ = phantom_run(tmp_path, 3)
+    assert quiet("dataset", "add", tmp_path / "ds", cine_path, "--patient", "p", "--annotations", *annotations) == 0
+    code, out, _ = cli(capsys, "dataset", "check", tmp_path / "ds")
+    assert code == 0 and "guard" not in out, out
+    manifest = json.loads((tmp_path / "ds" / "manifest.json").read_text())
+    record = manifest["acquisitions"][0]
+    record["onset_frame"] = record.pop("detected_onset_frame")  # as written before
+    del record["onset_guard_frames"]
+    (tmp_path / "ds" / "manifest.json").write_text(json.dumps(manifest))
+    code, out, _ = cli(capsys, "dataset", "check", tmp_path / "ds")
+    assert code == 0 and f"{record['id']}: contrast onset detected at frame 10 and stored without the 2-frame " \
+        "guard band" in out and "--overwrite" in out, out

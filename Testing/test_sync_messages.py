@@ -7,6 +7,8 @@
   output modes; stdout has only the result.
 - `cac sync --onset N --onset-guard M` says that the guard is ignored, as
   `cac identify` does (the library's warning).
+- A contrast arrival within the first frames (no baseline to detect it from) is refused with one
+  line that says where the rise was found and what to pass (`--onset N`).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import pytest
 from cac.cli import main
 from CACIdentifierLib import sync
 from CACIdentifierLib.cine import Cine, EcgTrace
-from conftest import BIPLANE, needs_data
+from conftest import BIPLANE, LCA_FRAMES, needs_data
 from scipy import ndimage
 
 FRAME_TIME = 66.7
@@ -140,3 +142,36 @@ def test_cli_sync_on_the_real_biplane_cine(capsys):
     assert all(line.startswith("cac: warning: ") for line in err) and sum(FALLBACK in line for line in err) == 1
     _, err = _run(capsys, BIPLANE, "--onset", 5, "--onset-guard", 4)
     assert f"cac: warning: {GUARD}" in err
+
+
+EARLY = ("a run filmed after the injection has none, and an arrival within the first few frames leaves too short a "
+         "baseline to detect it: look at the frames and pass --onset N (N: the first frame with contrast in the vessels)")
+
+
+def test_contrast_from_the_first_frames_names_onset():
+    """One frame before the vessel fills: the detected rise starts at frame 0, and the error says what to do."""
+    from CACIdentifierLib.errors import CacError
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(CacError) as caught:
+            sync.synchronize(_static_cine(onset=1), FRAME_TIME)
+        assert sync.synchronize(_static_cine(onset=1), FRAME_TIME, onset=1).onset_frame == 1  # --onset: the way out
+    message = str(caught.value)
+    assert message.startswith("contrast is present from the first frame (the detected rise starts at frame 0, "
+                              "fully arrived from frame "), message
+    assert message.endswith(EARLY) and "\n" not in message, message
+
+
+@needs_data
+def test_cli_sync_on_the_real_lca_frames(capsys):
+    """The LCA JPEG folder: contrast in the proximal vessels from frame 0, the bolus in the left main from frame 3.
+    Without --onset one error line that names it; with --onset the pairs."""
+    code = main(["sync", str(LCA_FRAMES), "--json"])
+    captured = capsys.readouterr()
+    errors = [line for line in captured.err.splitlines() if line.startswith("cac: error: ")]
+    assert code == 2 and captured.out == "" and len(errors) == 1, captured.err
+    assert "contrast is present from the first frame (the detected rise starts at frame 0" in errors[0]
+    assert errors[0].endswith(EARLY), errors[0]
+    assert main(["sync", str(LCA_FRAMES), "--json", "--onset", "3"]) == 0
+    assert {a for a, _ in json.loads(capsys.readouterr().out)["pairs"]} == {0, 1, 2}

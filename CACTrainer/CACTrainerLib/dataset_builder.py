@@ -176,6 +176,8 @@ class Added:
     onset_source: str
     dice_median: float | None
     replaced: bool
+    detected_onset_frame: int | None = None
+    onset_guard_frames: int = 0
 
 
 class NeedsPatient(CacError):
@@ -264,6 +266,10 @@ def add_acquisition(dataset, cine_path, annotations, *, patient: str | None = No
         override it); pseudonymised like the DICOM one.
     onset : int, optional
         First contrast frame (0-based); detected by synchronization when None.
+        Training takes the frames before ``onset_frame`` as non-contrast: the
+        given onset, or the detected one less the guard band that ``cac
+        identify`` leaves out (:data:`CACIdentifierLib.sync.ONSET_GUARD_FRAMES`;
+        the detected onset is kept as ``detected_onset_frame``).
     overwrite : bool
         Replace an acquisition of the same series already in the dataset.
     ignore_source : bool
@@ -319,7 +325,7 @@ def add_acquisition(dataset, cine_path, annotations, *, patient: str | None = No
     fingerprint = cine.fingerprint()
     sources = [("the cine", fingerprint), *((a, f.source_fingerprint) for a, f in zip(annotations, files))]
     check_same_source(sources, ignore=ignore_source, advice="give the annotations made on this cine",
-                      warn_missing=False)
+                      warn_missing=False, first_is_cine=True)
     majority = majority_vote(masks)
     agreement = pairwise_dice(masks)
 
@@ -359,15 +365,24 @@ def add_acquisition(dataset, cine_path, annotations, *, patient: str | None = No
                 acq_id, rel = f"{pid}-A{k:02d}", Path(pid) / f"A{k:02d}"
             if not (dataset / rel.parent).exists():
                 created.append(dataset / rel.parent)
+            detected_onset = None
             if onset is not None:
                 onset_frame, onset_source = int(onset), "given"
             else:
                 from CACIdentifierLib.sync import synchronize
 
+                # Default guard band: the pairs leave out the frames just before a detected onset, as in identify.
                 sync = synchronize(cine.frames, cine.frame_time_ms, r_wave_frames=cine.r_wave_frames, ecg=cine.ecg)
                 onset_frame = None if sync.onset_frame is None else int(sync.onset_frame)
                 # Synchronization falls back to the middle frame when no contrast arrival is found: a guess.
                 onset_source = "detected" if sync.onset_detected else "guessed"
+                if sync.onset_detected:
+                    # A detected onset is more often late than early: training takes as non-contrast the frames
+                    # `cac identify` analyses (and CAC Annotator pairs), not the guard band's wash-in candidates.
+                    detected_onset = onset_frame
+                    if sync.guard_frames and sync.pairs:
+                        onset_frame = max(int(a) for a, _ in sync.pairs) + 1
+            guard = 0 if detected_onset is None else detected_onset - onset_frame
             calcium_frames = [int(k) for k in range(n) if majority[k].any()]
             annotated = [int(k) for k in range(n) if any(m[k].any() for m in masks)]
             record = {
@@ -380,10 +395,12 @@ def add_acquisition(dataset, cine_path, annotations, *, patient: str | None = No
                 "frame_time_ms": cine.frame_time_ms,
                 "spacing_mm": list(cine.spacing_mm) if cine.spacing_mm is not None else None,
                 "onset_frame": onset_frame, "onset_source": onset_source,
+                "detected_onset_frame": detected_onset, "onset_guard_frames": guard,
                 "n_annotators": len(masks), "annotated_frames": len(annotated), "calcium_frames": len(calcium_frames),
                 "dice_median": agreement["median"],
             }
             info = {"id": acq_id, "patient": pid, "onset_frame": onset_frame, "onset_source": onset_source,
+                    "detected_onset_frame": detected_onset, "onset_guard_frames": guard,
                     "calcium_frames": calcium_frames, "annotated_frames": annotated, "agreement": agreement,
                     "rule": "strict majority (a pixel is calcium when more than half of the annotators mark it)"}
             _write_acquisition(dataset, rel, cine, masks, majority, info, replace=bool(existing),
@@ -395,12 +412,38 @@ def add_acquisition(dataset, cine_path, annotations, *, patient: str | None = No
         _remove_created(created, dataset_created)
         raise
     warn_unrecorded(sources)  # after the work: an error above stays the only line
+    unmarked = None if onset is not None or onset_frame is None else unmarked_before_onset(annotated, onset_frame)
+    if unmarked is not None:
+        found = f"detected at frame {detected_onset}" if detected_onset is not None else f"guessed at frame {onset_frame}"
+        warnings.warn(f"the annotators mark calcium up to frame {unmarked[0] - 1}, but no annotator marks frames "
+                      f"{unmarked[0]}-{unmarked[1]}, which training takes as calcium-free non-contrast frames (contrast "
+                      f"onset {found}); if contrast has arrived in them, add the run again with --onset N --overwrite "
+                      "(N: the first frame with contrast)", CacWarning, stacklevel=2)
     for first, second in identical:
         warnings.warn(f"annotations {first} and {second} are identical files: one drawing counted as two "
                       "annotators inflates their agreement and the majority; check that each is its annotator's own",
                       CacWarning, stacklevel=2)
     return Added(acq_id, pid, str(rel), int(n), len(annotated), len(calcium_frames), onset_frame, onset_source,
-                 agreement["median"], bool(existing))
+                 agreement["median"], bool(existing), detected_onset, guard)
+
+
+def unmarked_before_onset(annotated, onset_frame: int) -> tuple[int, int] | None:
+    """``(first, last)`` of the frames just before ``onset_frame`` that no annotator marks, when that run is longer
+    than every run of unmarked frames between the marked frames before it (the annotators' own spacing); else None.
+
+    Annotators mark calcium on non-contrast frames, and a deposit recurs in every beat: marks that stop well
+    before the onset training uses suggest that the onset is late, and that the frames between hold contrast.
+
+    >>> unmarked_before_onset([0, 1, 2, 3, 4, 5], 9), unmarked_before_onset([0, 3, 6, 9], 12)
+    ((6, 8), None)
+    """
+    marked = sorted(int(k) for k in annotated if k < onset_frame)
+    if not marked:
+        return None
+    spacing = max((b - a - 1 for a, b in zip(marked, marked[1:])), default=0)
+    if onset_frame - 1 - marked[-1] > spacing:
+        return marked[-1] + 1, onset_frame - 1
+    return None
 
 
 def _remove_created(paths, dataset_created: bool) -> None:
@@ -462,7 +505,8 @@ def _write_acquisition(dataset: Path, rel: Path, cine, masks, majority, info: di
 
 def check(dataset) -> tuple[list[str], list[str]]:
     """``(problems, warnings)`` of a dataset, one line each: problems break training or the layout,
-    warnings do not (fewer than three annotators, no onset, the pseudonym key inside the folder).
+    warnings do not (fewer than three annotators, no onset, no calcium in any majority vote, the pseudonym key
+    inside the folder).
 
     Every file of every acquisition is checked the way training will need it, without loading the voxels:
     each NRRD's header and data length (:func:`~CACIdentifierLib.nrrd_check.check_nrrd`: not garbage, empty or
@@ -488,6 +532,14 @@ def check(dataset) -> tuple[list[str], list[str]]:
         elif e.get("onset_source") == "guessed":
             warnings.append(f"{acq}: contrast onset not detected, frame {e['onset_frame']} guessed; "
                             "add it again with --onset N")
+        elif e.get("onset_source") == "detected" and "onset_guard_frames" not in e:
+            from CACIdentifierLib.sync import ONSET_GUARD_FRAMES
+
+            warnings.append(f"{acq}: contrast onset detected at frame {e['onset_frame']} and stored without the "
+                            f"{ONSET_GUARD_FRAMES}-frame guard band (an older `cac dataset add`): training takes the "
+                            "frames just before it, which `cac identify` leaves out, as non-contrast; add it again "
+                            "with --overwrite")
+    warnings += _no_calcium_warning(manifest["acquisitions"])
     for folder in sorted(dataset.glob("*/*")):
         if folder.is_dir() and not folder.name.startswith(".") and folder.resolve() not in listed:
             problems.append(f"{folder.relative_to(dataset)}: folder not in the manifest (an interrupted add?)")
@@ -499,6 +551,25 @@ def check(dataset) -> tuple[list[str], list[str]]:
         warnings.append(f"{KEY_FILE}: the pseudonym key is inside the dataset; move it out before sharing "
                         "(then pass --key FILE to add more)")
     return problems, warnings
+
+
+def _no_calcium_warning(acquisitions) -> list[str]:
+    """One line when no acquisition has calcium in its majority vote: training would find no positive patch.
+
+    Read from the manifest's counts (``calcium_frames``: frames with calcium in the majority vote,
+    ``annotated_frames``: frames any annotator marked); a record without them is not judged.
+    """
+    if not acquisitions or any(e.get("calcium_frames") != 0 for e in acquisitions):
+        return []
+    n = len(acquisitions)
+    where = "the acquisition" if n == 1 else f"all {n} acquisitions"
+    if all(e.get("annotated_frames") == 0 for e in acquisitions):
+        return [f"no calcium marked in {where}: every annotation is empty, so training would have no positive "
+                "patch; add runs with calcium marked (or add these again with --overwrite and the annotators' "
+                "calcium segmentations)"]
+    return [f"no calcium in the majority vote of {where} (no pixel is marked by more than half of the "
+            "annotators): training would have no positive patch; check that the annotators marked the same "
+            "calcium, or add runs with calcium marked"]
 
 
 def _nrrd_problem(path: Path, exc: Exception) -> str:

@@ -31,7 +31,9 @@ def register(subparsers) -> None:
                    help="each annotator's .seg.nrrd drawn over the cine's frame-stack volume (three in the paper)")
     a.add_argument("--patient", metavar="ID",
                    help="patient id when the cine has no DICOM PatientID (pseudonymised like it)")
-    a.add_argument("--onset", type=int, metavar="N", help="first contrast frame, 0-based (default: detected)")
+    a.add_argument("--onset", type=int, metavar="N",
+                   help="first contrast frame, 0-based (default: detected, and then the frames just before it, "
+                        "which `cac identify` leaves out, are not training frames either)")
     a.add_argument("--segment", metavar="NAME", help="use only this segment of each file (default: union)")
     a.add_argument("--spacing", type=float, nargs="+", metavar="MM", help="pixel spacing for frame folders")
     a.add_argument("--frame-time", type=float, metavar="MS", help="frame time for frame folders")
@@ -73,9 +75,13 @@ def run(args) -> int:
         else:
             dice = "-" if added.dice_median is None else f"{added.dice_median:.2f}"
             onset = "-" if added.onset_frame is None else added.onset_frame
+            source = added.onset_source
+            if added.onset_guard_frames:
+                source = (f"detected at frame {added.detected_onset_frame}, less a {added.onset_guard_frames}-frame "
+                          "guard band")
             print(f"{'replaced' if added.replaced else 'added'} {added.id} ({added.folder}): {added.n_frames} frames, "
                   f"{added.annotated_frames} annotated, {added.calcium_frames} with calcium (majority), "
-                  f"onset {onset} ({added.onset_source}), annotator Dice median {dice}")
+                  f"onset {onset} ({source}), annotator Dice median {dice}")
         return 0
     if args.dataset_command == "check":
         problems, warnings = dataset_builder.check(args.dataset)

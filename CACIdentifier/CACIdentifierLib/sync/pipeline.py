@@ -137,8 +137,15 @@ def synchronize(
             before = "frame 0 is" if onset == 1 else f"frames 0-{onset - 1} are"
             raise CacError(f"onset {onset} leaves no non-blank non-contrast frame ({before} blank); "
                            f"give a later onset, --onset {first + 1} or more")
-        raise CacError("contrast is present from the first frame: there are no non-contrast frames to pair; "
-                       "pass --onset N if the onset detection is wrong")
+        # The rise is fitted from frame 0 when the cine starts with contrast, and also when its arrival comes
+        # within the first few frames: too short a baseline to tell from the rise (docs/sync.md, "Limits").
+        first = "first frame" if valid[0] else "first non-blank frame"
+        found = (f" (the detected rise starts at frame {onset_frame}, fully arrived from frame {contrast_start})"
+                 if course.detected else "")
+        raise CacError(f"contrast is present from the {first}{found}: there are no non-contrast frames to pair; "
+                       "a run filmed after the injection has none, and an arrival within the first few frames "
+                       "leaves too short a baseline to detect it: look at the frames and pass --onset N (N: the "
+                       "first frame with contrast in the vessels)")
     if not valid[contrast_start:].any():
         raise CacError(f"no usable contrast frames after frame {contrast_start}; pass --onset N to set the onset")
 
