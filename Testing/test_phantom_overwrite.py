@@ -98,3 +98,23 @@ def test_overwrite_replaces_phantom_completely(tmp_path, capsys):
     assert _phantom(out, "--patients", "1", "--overwrite") == 0
     assert sorted(p.name for p in (out / "P002").iterdir()) == ["mine.txt"]
     assert not list(tmp_path.glob(".*")) and not list(out.glob(".*")), "no temporaries left"
+
+
+def test_overwrite_keeps_the_users_files_inside_patient_folders(tmp_path, capsys):
+    """The patient folders a new run writes were swapped in whole: a user's file inside P001/ was lost."""
+    out = tmp_path / "ph"
+    assert _phantom(out, "--patients", "2", "--acquisitions-per-patient", "2") == 0
+    (out / "P001" / "notes.txt").write_text("mine")
+    (out / "P001" / "A01" / "reading.txt").write_text("also mine")
+    old_cine = (out / "P001" / "A01" / "cine.dcm").read_bytes()
+    assert _phantom(out, "--patients", "1", "--overwrite", "--seed", "5") == 0
+    capsys.readouterr()
+    assert (out / "P001" / "notes.txt").read_text() == "mine"
+    assert (out / "P001" / "A01" / "reading.txt").read_text() == "also mine"
+    assert (out / "P001" / "A01" / "cine.dcm").read_bytes() != old_cine, "the phantom's own files are new"
+    assert sorted(p.name for p in (out / "P001").iterdir()) == ["A01", "notes.txt"], "no stale P001/A02"
+    assert sorted(p.name for p in (out / "P001" / "A01").iterdir()) == sorted(
+        ["annotator1.seg.nrrd", "annotator2.seg.nrrd", "annotator3.seg.nrrd", "cine.dcm", "majority.seg.nrrd",
+         "reading.txt", "truth.json", "truth.seg.nrrd"])
+    assert not (out / "P002").exists()
+    assert not list(tmp_path.glob(".*")) and not list(out.glob(".*")) and not list(out.glob("P001/.*"))

@@ -335,7 +335,9 @@ def atomic_directory(path: str | os.PathLike, overwrite: bool = False) -> Iterat
 
     A new folder appears whole (one rename).  An existing folder is only
     written with ``overwrite``, and then only the files the block wrote are
-    replaced (each by one rename); anything else in the folder stays.
+    replaced (each by one rename); anything else in the folder stays, also
+    inside a subfolder the block wrote (a dataset's patient folder is swapped
+    in whole, then what the new one lacks is moved back into it).
     """
     target = check_output_directory(path, overwrite)
     existed = target.exists()
@@ -364,10 +366,12 @@ def atomic_directory(path: str | os.PathLike, overwrite: bool = False) -> Iterat
                 for entry in entries:
                     final = target / entry.name
                     if entry.is_dir() and final.is_dir():
-                        # A folder output (a dataset's patient) is swapped whole; the old one then deleted.
+                        # A folder output (a dataset's patient) is swapped whole; what the old one held and the
+                        # new one lacks (the user's own files) moves back, then the rest of the old one goes.
                         old = target / _temporary_name(entry.name, "old")
                         os.replace(final, old)
                         os.replace(entry, final)
+                        _move_missing(old, final)
                         shutil.rmtree(old, ignore_errors=True)
                     else:
                         os.replace(entry, final)  # tmp is inside target: one rename each
@@ -376,6 +380,16 @@ def atomic_directory(path: str | os.PathLike, overwrite: bool = False) -> Iterat
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _move_missing(source: Path, dest: Path) -> None:
+    """Move each entry of ``source`` that ``dest`` lacks into ``dest`` (recursing into folders both have)."""
+    for entry in sorted(source.iterdir()):
+        final = dest / entry.name
+        if not final.exists() and not final.is_symlink():
+            os.replace(entry, final)
+        elif entry.is_dir() and not entry.is_symlink() and final.is_dir() and not final.is_symlink():
+            _move_missing(entry, final)
 
 
 def natural_sort_key(name: str) -> list:

@@ -247,15 +247,15 @@ def previous_phantom(out_dir) -> list[Path]:
 
 
 def _remove_stale(out_dir, files, keep) -> None:
-    """Delete the earlier phantom's ``files`` outside the patient folders ``keep`` (which the new
-    dataset replaced whole), then their acquisition and patient folders if that left them empty.
-    Only files the phantom writes (``P001/A01/cine.dcm`` ...) inside ``out_dir`` are touched."""
+    """Delete the earlier phantom's ``files`` that the new dataset did not write again (``keep``: its
+    files), then their acquisition and patient folders if that left them empty.  Only files the
+    phantom writes (``P001/A01/cine.dcm`` ...) inside ``out_dir`` are touched."""
     root = Path(out_dir).resolve()
     folders = set()
     for f in files:
         try:
             rel = f.relative_to(root)
-            if rel.parts[0] in keep or not _PHANTOM_FILE.fullmatch(rel.as_posix()):
+            if rel.as_posix() in keep or not _PHANTOM_FILE.fullmatch(rel.as_posix()):
                 continue
             if not f.resolve().is_relative_to(root):
                 continue  # reached through a symbolic link: not the phantom's
@@ -350,8 +350,11 @@ def write_dataset(out_dir, params=None, *, patients: int = 1, acquisitions_per_p
                     "params": params.to_dict(), "randomize": bool(randomize), "command": command,
                     "acquisitions": entries}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
-    # The new manifest is in place; the earlier phantom's other patients (P002 of a bigger run) go.
-    _remove_stale(out_dir, old_files, {patient_id(p) for p in range(patients)})
+    # The new manifest is in place; what the earlier phantom wrote and this one did not (P002 or P001/A02 of
+    # a bigger run) goes.  The user's own files stay, also inside the patient folders (atomic_directory).
+    new_files = {Path(f).as_posix() for e in entries for f in [*(e[k] for k in PATH_KEYS if e.get(k)),
+                                                                *e["annotators"]]}
+    _remove_stale(out_dir, old_files, new_files)
     if montage is not None and first is not None:
         save_montage(first, montage, overwrite=overwrite)
     if progress is not None:
