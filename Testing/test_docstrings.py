@@ -38,7 +38,8 @@ def test_docstring_examples(name):
 
 
 @pytest.mark.parametrize("name", ["separability", "score_variants", "compare_models", "residual_contrast",
-                                  "ensemble_gain", "pool_spread", "position_auc", "pairing_value"])
+                                  "ensemble_gain", "pool_spread", "position_auc", "pairing_value",
+                                  "vessel_alignment"])
 def test_benchmark_docstring_examples(name):
     from benchmark_scripts import load
 

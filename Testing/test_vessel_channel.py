@@ -70,3 +70,18 @@ def test_make_batch_vessel_channel_follows_the_augmented_contrast_patch():
     aug = D.make_batch(fs, ids, np.random.default_rng(3), D.Augment(), inputs=FRAME_RESIDUAL_AND_VESSELS)
     np.testing.assert_array_equal(aug["nc"][:, 2], aug["c"][:, 1])
     assert not np.array_equal(aug["nc"][:, 2], ves["nc"][:, 2])
+
+
+def test_vessel_alignment_benchmark_runs(tmp_path):
+    import json
+
+    from benchmark_scripts import load
+
+    out = tmp_path / "va.json"
+    assert load("vessel_alignment").main(["--test", "3", "--seed", "7000", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["frames"] > 0 and set(result["maps"]) == {"non-contrast", "paired contrast", "other-phase contrast"}
+    # The residual of the non-contrast frame shows the calcium darker than its surroundings in most frames.
+    assert result["maps"]["non-contrast"]["darker_fraction"] > 0.8
+    lo, hi = result["paired_minus_other_phase"]["ci95"]
+    assert lo <= result["paired_minus_other_phase"]["mean"] <= hi
