@@ -42,8 +42,10 @@ class CACAnnotator(ScriptedLoadableModule):
         self.parent.helpText = _(
             "Annotate calcium as in De Rose et al. 2025: each annotator paints calcium on the non-contrast "
             "frames of the frame-stack volume, guided by the paired contrast frame of the same cardiac phase "
-            "(pair view). Combine the annotators by strict majority vote, and export the cine with the "
-            "annotations to a dataset that CAC Trainer (cac train) reads. See docs/dataset.md."
+            "(pair view: paint in the left view, which shows the frame-stack volume on the frame being browsed). "
+            "Combine the annotators by strict majority vote, save their segmentations as .seg.nrrd files that "
+            "record their cine, compare the AI with them, and export the cine with the annotations to a dataset "
+            "that CAC Trainer (cac train) reads. See docs/slicer.md and docs/dataset.md."
         )
         self.parent.acknowledgementText = _(
             "Method: De Rose et al., A multi-model deep learning approach for the identification of "
@@ -59,6 +61,7 @@ class CACAnnotatorParameterNode:
     frameStackVolume - the cine as one volume (slice k = frame k): the annotations' geometry.
     onsetFrame - first contrast frame (0-based), -1 to detect it.
     annotatorCount - how many annotator segmentations to create.
+    annotationsPath - the folder the checked annotations are saved in (.seg.nrrd with the cine's fingerprint).
     cinePath - the file or folder the cine was loaded from (for the export).
     datasetPath - the dataset folder to export to.
     aiSegmentation - the CAC Identifier's ROI segmentation to compare with the annotators.
@@ -70,6 +73,7 @@ class CACAnnotatorParameterNode:
     frameStackVolume: Optional[vtkMRMLScalarVolumeNode]  # noqa: UP045
     onsetFrame: Annotated[int, WithinRange(-1, 100000), Default(-1)]
     annotatorCount: Annotated[int, WithinRange(1, 9), Default(3)]
+    annotationsPath: Path
     cinePath: Path
     datasetPath: Path
     aiSegmentation: Optional[vtkMRMLSegmentationNode]  # noqa: UP045
@@ -96,6 +100,7 @@ class CACAnnotatorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.pairViewButton.connect("clicked(bool)", self.onPairView)
         self.ui.createAnnotatorsButton.connect("clicked(bool)", self.onCreateAnnotators)
         self.ui.majorityButton.connect("clicked(bool)", self.onMajority)
+        self.ui.saveAnnotationsButton.connect("clicked(bool)", self.onSaveAnnotations)
         self.ui.exportButton.connect("clicked(bool)", self.onExport)
         self.ui.compareButton.connect("clicked(bool)", self.onCompare)
         self.ui.comparisonTableView.connect("clicked(QModelIndex)", self.onComparisonRowClicked)
@@ -152,9 +157,14 @@ class CACAnnotatorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if not self.logic.ensurePythonPackages():
                 self.ui.statusLabel.text = _("{what}: Python packages are missing.").format(what=what)
                 return
+            self.logic.messages = []
             with slicer.util.WaitCursor():
                 message = function()
             self.ui.statusLabel.text = message or _("Done.")
+            if self.logic.messages:  # the warnings of synchronization and of `cac dataset add`, never only in a log
+                lines = "\n".join(_("Warning: {m}").format(m=m) for m in self.logic.messages)
+                self.ui.statusLabel.text = f"{self.ui.statusLabel.text}\n{lines}"
+                slicer.util.warningDisplay(lines, windowTitle=_("CAC Annotator"))
         except CacError as exc:
             self.ui.statusLabel.text = str(exc)
             slicer.util.errorDisplay(str(exc), windowTitle=_("CAC Annotator"))
@@ -168,9 +178,15 @@ class CACAnnotatorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p = self._parameterNode
 
         def show():
-            view = self.logic.showPairView(p.cineSequence, None if p.onsetFrame < 0 else p.onsetFrame)
+            view = self.logic.showPairView(p.cineSequence, None if p.onsetFrame < 0 else p.onsetFrame,
+                                           p.frameStackVolume)
             self.ui.pairLabel.text = _("{n} non-contrast frames paired").format(n=len(view.pairs))
-            return _("Browse the cine: the right view shows the paired contrast frame.")
+            if view.volume is None:
+                return _("The right view shows the paired contrast frame. Choose the frame-stack volume and show "
+                         "the pair view again to paint in the left view: strokes over the cine's own frame do "
+                         "not land on the frame shown.")
+            return _("Browse the cine or scroll the left view: paint calcium in the left view (the frame-stack "
+                     "volume, on the frame being browsed); the right view shows the paired contrast frame.")
 
         self._run(_("Pair view"), show)
 
@@ -194,6 +210,28 @@ class CACAnnotatorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return _("Majority vote written to {name}.").format(name=node.GetName())
 
         self._run(_("Majority vote"), vote)
+
+    def onSaveAnnotations(self) -> None:
+        p = self._parameterNode
+
+        def save():
+            from CACAnnotatorLib.annotation import AlreadySaved
+
+            nodes = list(self.ui.annotatorSelector.checkedNodes())
+            try:
+                paths = self.logic.saveAnnotations(nodes, p.frameStackVolume, p.annotationsPath)
+            except AlreadySaved as exc:
+                if not slicer.util.confirmOkCancelDisplay(
+                        _("{names} already exist in {folder}. Replace them?").format(
+                            names=", ".join(path.name for path in exc.paths), folder=exc.paths[0].parent),
+                        windowTitle=_("CAC Annotator")):
+                    return _("Not saved: the files in {folder} were kept as they were.").format(
+                        folder=exc.paths[0].parent)
+                paths = self.logic.saveAnnotations(nodes, p.frameStackVolume, p.annotationsPath, overwrite=True)
+            return _("Saved {names} in {folder}.").format(names=", ".join(path.name for path in paths),
+                                                          folder=paths[0].parent)
+
+        self._run(_("Save annotations"), save)
 
     def onExport(self) -> None:
         p = self._parameterNode
@@ -225,9 +263,9 @@ class CACAnnotatorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             table, _chart, result = self.logic.compare(p.aiSegmentation, list(self.ui.annotatorSelector.checkedNodes()),
                                                        p.frameStackVolume, p.worstFirst)
             self.ui.comparisonTableView.setMRMLTableNode(table)
-            presence = result["summary"]["presence"]
-            return _("AI and annotators agree on calcium in {a} of {n} frames; click a row to show it.").format(
-                a=presence["both"] + presence["neither"], n=presence["frames"])
+            from CACAnnotatorLib import annotation
+
+            return annotation.comparison_summary(result)
 
         self._run(_("Compare"), compare)
 
@@ -245,6 +283,7 @@ class CACAnnotatorLogic(ScriptedLoadableModuleLogic):
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
         self.pairView = None
+        self.messages = []  # the last action's warnings (synchronization, dataset add), worded for the panel
 
     def getParameterNode(self):
         return CACAnnotatorParameterNode(super().getParameterNode())
@@ -262,22 +301,38 @@ class CACAnnotatorLogic(ScriptedLoadableModuleLogic):
             raise CacError(_("Select the {what} first.").format(what=what))
         return node
 
-    def showPairView(self, sequence, onset=None):
+    def showPairView(self, sequence, onset=None, volume=None, sliceLogics=None):
+        """The pair view: ``volume`` (the frame-stack volume, painted over) on the left on the browser's frame,
+        the paired contrast frame on the right.  ``sliceLogics`` (left, right): the views' ``vtkMRMLSliceLogic``,
+        by default those of the Red and Yellow views of the side-by-side layout."""
         from CACAnnotatorLib import annotation
 
         self._require(sequence, _("cine sequence"))
         self.stopPairView()
-        self.pairView = annotation.PairView(slicer.mrmlScene, sequence,
-                                            annotation.pairs_for_sequence(sequence, onset))
+        pairs, self.messages = annotation.with_messages(annotation.pairs_for_sequence, sequence, onset)
+        self.pairView = annotation.PairView(slicer.mrmlScene, sequence, pairs, volume=volume)
+        layoutManager = slicer.app.layoutManager() if hasattr(slicer, "app") else None
+        if sliceLogics is None and layoutManager is not None:
+            layoutManager.setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutSideBySideView)
+            sliceLogics = tuple(layoutManager.sliceWidget(name).sliceLogic() for name in ("Red", "Yellow"))
+        if sliceLogics is not None:
+            self.pairView.show(*sliceLogics)
+            if volume is not None:
+                self.pairView.keep_out_of_right_view(self._annotationNodes(volume))
         self.pairView.start()
-        if slicer.app.layoutManager() is not None:
-            slicer.app.layoutManager().setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutSideBySideView)
-            left = self.pairView.browser.GetProxyNode(sequence)
-            for viewName, volume in (("Red", left), ("Yellow", self.pairView.proxy)):
-                composite = slicer.app.layoutManager().sliceWidget(viewName).mrmlSliceCompositeNode()
-                composite.SetBackgroundVolumeID(volume.GetID() if volume else None)
-            slicer.util.resetSliceViews()
         return self.pairView
+
+    def _annotationNodes(self, volume):
+        """The annotators' segmentations and the vote this module made for ``volume``."""
+        from CACAnnotatorLib import annotation
+
+        return [node for role in (annotation.ROLE_ANNOTATOR, annotation.ROLE_VOTE)
+                for node in annotation.made_for(slicer.mrmlScene, "vtkMRMLSegmentationNode", volume, role)]
+
+    def _keepOutOfPairView(self, nodes, volume):
+        if (self.pairView is not None and self.pairView.volume is not None and volume is not None
+                and self.pairView.volume.GetID() == volume.GetID()):
+            self.pairView.keep_out_of_right_view(nodes)
 
     def stopPairView(self) -> None:
         if self.pairView is not None:
@@ -287,13 +342,27 @@ class CACAnnotatorLogic(ScriptedLoadableModuleLogic):
     def createAnnotators(self, volume, count):
         from CACAnnotatorLib import annotation
 
-        return annotation.create_annotator_segmentations(slicer.mrmlScene, self._require(volume, _("frame-stack volume")),
-                                                         count)
+        nodes = annotation.create_annotator_segmentations(slicer.mrmlScene,
+                                                          self._require(volume, _("frame-stack volume")), count)
+        self._keepOutOfPairView(nodes, volume)
+        return nodes
 
     def majorityVote(self, nodes, volume):
         from CACAnnotatorLib import annotation
 
-        return annotation.majority_vote_node(slicer.mrmlScene, nodes, self._require(volume, _("frame-stack volume")))
+        vote, self.messages = annotation.with_messages(annotation.majority_vote_node, slicer.mrmlScene, nodes,
+                                                       self._require(volume, _("frame-stack volume")))
+        self._keepOutOfPairView([vote], volume)
+        return vote
+
+    def saveAnnotations(self, nodes, volume, folder, overwrite=False):
+        """Each segmentation as ``folder/<name>.seg.nrrd`` recording its cine (``CAC_source_fingerprint``), which
+        Slicer's own Save does not.  Raises ``AlreadySaved`` when a file exists and ``overwrite`` is False (the
+        panel asks, then passes True)."""
+        from CACAnnotatorLib import annotation
+
+        return annotation.save_annotations(nodes, self._require(volume, _("frame-stack volume")), folder,
+                                           overwrite=overwrite)
 
     def exportToDataset(self, datasetPath, cinePath, nodes, volume, onset=None, patient=None, overwrite=False):
         """``cac dataset add`` from the panel.  ``patient``: the patient's ID for a cine without a PatientID (or
@@ -306,9 +375,11 @@ class CACAnnotatorLogic(ScriptedLoadableModuleLogic):
         if str(datasetPath) in ("", ".") or str(cinePath) in ("", "."):
             raise CacError(_("Choose the cine file and the dataset folder first."))
         try:
-            return annotation.export_to_dataset(Path(datasetPath), Path(cinePath), nodes,
-                                                self._require(volume, _("frame-stack volume")), onset=onset,
-                                                patient=(patient or "").strip() or None, overwrite=overwrite)
+            added, self.messages = annotation.with_messages(
+                annotation.export_to_dataset, Path(datasetPath), Path(cinePath), nodes,
+                self._require(volume, _("frame-stack volume")), onset=onset,
+                patient=(patient or "").strip() or None, overwrite=overwrite)
+            return added
         except NeedsPatient:
             raise CacError(_("{name} has no PatientID: type the patient's ID in 'Patient ID' (any ID that stays the "
                              "same for this patient's runs; the dataset keeps only a pseudonym).").format(

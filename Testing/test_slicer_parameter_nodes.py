@@ -241,6 +241,7 @@ def test_annotator_every_field_round_trips(slicer_app, tmp_path):
         "frameStackVolume": add(slicer_app, "vtkMRMLScalarVolumeNode", "cine frames"),
         "onsetFrame": 9,
         "annotatorCount": 2,
+        "annotationsPath": tmp_path / "annotations",
         "cinePath": tmp_path / "run.dcm",
         "datasetPath": tmp_path / "dataset",
         "aiSegmentation": add(slicer_app, "vtkMRMLSegmentationNode", "CAC ROI"),

@@ -1,0 +1,562 @@
+"""CAC Annotator as an annotator uses it, on the real slicer-core scene: where a brush stroke in the pair view
+lands, which segmentations the vote, the comparison and the export accept, and what the panel is told.
+
+The views are slicer-core's own ``vtkMRMLSliceLogic`` (slice and composite nodes, fit); where a stroke lands is
+computed by the Segment Editor's own ``vtkSlicerSegmentEditorLogic.XyToIjk`` (view position -> labelmap index)
+and painted with its ``ModifySegmentByLabelmap``.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("slicer")
+import slicer  # noqa: E402
+import slicer_python  # noqa: E402
+from CACAnnotatorLib import annotation  # noqa: E402
+from CACIdentifierLib import mrml, nrrd_io, slicercore  # noqa: E402
+from CACIdentifierLib.errors import CacError  # noqa: E402
+from scene_helpers import synthetic_cine  # noqa: E402
+
+VIEW = (200, 160)  # the slice views' size in pixels
+
+
+@pytest.fixture
+def scene():
+    return slicercore.new_scene()
+
+
+def slice_logic(scene, name):
+    """A slice view's logic as the layout manager makes it (its slice node and composite node in the scene)."""
+    logic = slicer.vtkMRMLSliceLogic()
+    logic.SetMRMLScene(scene)
+    node = logic.AddSliceNode(name)
+    node.SetDimensions(VIEW[0], VIEW[1], 1)
+    return logic
+
+
+def loaded(scene, cine, name="run"):
+    sequence, browser = mrml.cine_to_sequence(scene, cine, name)
+    volume = mrml.cine_to_frame_stack_volume(scene, cine, f"{name} frames")
+    return sequence, browser, volume
+
+
+def stroke(scene, segmentation, slice_node, xy=(VIEW[0] / 2, VIEW[1] / 2)):
+    """Paint one voxel where the Segment Editor's logic puts a click at ``xy`` of the view; return its IJK."""
+    editor = slicer.vtkSlicerSegmentEditorLogic()
+    editor.SetMRMLScene(scene)
+    editor.SetSegmentEditorNode(scene.AddNewNodeByClass("vtkMRMLSegmentEditorNode"))
+    editor.SetSegmentationNode(segmentation)
+    segment_id = segmentation.GetSegmentation().GetSegmentIdBySegmentName("calcium")
+    converter = slicer.vtkSegmentationConverter
+    modifier = slicer.vtkOrientedImageData()  # the editor's modifier labelmap: the segmentation's reference grid
+    converter.DeserializeImageGeometry(segmentation.GetSegmentation().GetConversionParameter(
+        converter.GetReferenceImageGeometryParameterName()), modifier, True)
+    ijk = [0, 0, 0]
+    slicer.vtkSlicerSegmentEditorLogic.XyToIjk(list(xy), ijk, slice_node, modifier,
+                                               segmentation.GetParentTransformNode())
+    scalars = modifier.GetPointData().GetScalars()
+    scalars.Fill(0)
+    extent = modifier.GetExtent()
+    nx, ny = extent[1] - extent[0] + 1, extent[3] - extent[2] + 1
+    index = (ijk[2] - extent[4]) * nx * ny + (ijk[1] - extent[2]) * nx + (ijk[0] - extent[0])
+    scalars.SetTuple1(index, 1)
+    editor.ModifySegmentByLabelmap(segmentation, segment_id, modifier, editor.ModificationModeAdd, False, True)
+    return ijk
+
+
+# --------------------------------------------------------------------------- the pair view and the brush
+
+
+@pytest.mark.parametrize("moved", [False, True], ids=["volume as loaded", "volume under a transform"])
+def test_a_stroke_in_the_pair_view_lands_on_the_frame_shown(scene, moved):
+    """Browsing frame k and painting in the left view marks frame k of the annotation, and the right view shows
+    frame k's contrast pair.  (The left view showed the cine's frame, which lies in one plane for every frame:
+    a stroke landed on frame 0 of the annotation whatever frame was browsed.)"""
+    cine = synthetic_cine(n=10, rows=40, cols=52)
+    sequence, browser, volume = loaded(scene, cine)
+    if moved:
+        transform = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "table shift")
+        matrix = transform.GetMatrixTransformToParent()
+        matrix.SetElement(2, 3, 7.5)  # 7.5 mm along the frame axis: frame k lies at z = k + 7.5
+        matrix.SetElement(0, 3, -3.0)
+        transform.SetMatrixTransformToParent(matrix)
+        volume.SetAndObserveTransformNodeID(transform.GetID())
+    pairs = {0: 7, 1: 8, 2: 9, 3: 6}
+    left, right = slice_logic(scene, "Red"), slice_logic(scene, "Yellow")
+    view = annotation.PairView(scene, sequence, pairs, volume=volume)
+    view.show(left, right)
+    view.start()
+    assert left.GetSliceCompositeNode().GetBackgroundVolumeID() == volume.GetID()
+    assert right.GetSliceCompositeNode().GetBackgroundVolumeID() == view.proxy.GetID()
+    annotator = annotation.create_annotator_segmentations(scene, volume, 1)[0]
+    painted = []
+    for k in (2, 0, 3, 1):
+        browser.SetSelectedItemNumber(k)  # as the user browses
+        assert view.frame_in_view() == k
+        ijk = stroke(scene, annotator, left.GetSliceNode())
+        assert ijk[2] == k, f"browsing frame {k}, the stroke landed on frame {ijk[2]}"
+        painted.append(k)
+        shown = mrml._array_from_image(view.proxy.GetImageData())[0]
+        assert np.array_equal(shown, cine.frames[pairs[k]])
+    mask = annotation.annotator_masks([annotator], cine.frames.shape, mrml.frame_stack_geometry(volume))[0]
+    assert sorted(np.flatnonzero(mask.any(axis=(1, 2)))) == sorted(painted)
+    view.stop()
+
+
+def test_scrolling_the_left_view_selects_that_frame_and_its_pair(scene):
+    cine = synthetic_cine(n=10, rows=40, cols=52)
+    sequence, browser, volume = loaded(scene, cine)
+    pairs = {0: 7, 1: 8, 2: 9}
+    left, right = slice_logic(scene, "Red"), slice_logic(scene, "Yellow")
+    view = annotation.PairView(scene, sequence, pairs, volume=volume)
+    view.show(left, right)
+    view.start()
+    assert browser.GetSelectedItemNumber() == 0 and view.frame_in_view() == 0  # fitting did not move the browser
+    red = left.GetSliceNode()
+    ras = mrml.frame_stack_geometry(volume) @ np.array([10.0, 10.0, 2.0, 1.0])
+    red.JumpSliceByOffsetting(*ras[:3])  # the user scrolls the left view to frame 2
+    assert browser.GetSelectedItemNumber() == 2 and view.current_pair == 9
+    assert view.paired.GetSelectedItemNumber() == 9
+    ras = mrml.frame_stack_geometry(volume) @ np.array([10.0, 10.0, 5.0, 1.0])
+    red.JumpSliceByOffsetting(*ras[:3])  # a contrast frame: browsed, no pair, the right view stays
+    assert browser.GetSelectedItemNumber() == 5 and view.current_pair is None
+    assert view.paired.GetSelectedItemNumber() == 9
+    view.stop()
+    red.JumpSliceByOffsetting(*(mrml.frame_stack_geometry(volume) @ np.array([10.0, 10.0, 1.0, 1.0]))[:3])
+    assert browser.GetSelectedItemNumber() == 5  # no longer following
+    # The user deletes the volume while the pair view is shown: browsing and scrolling go on without errors.
+    view.start()
+    scene.RemoveNode(volume)
+    browser.SetSelectedItemNumber(1)
+    assert view.update() == 8 and view.frame_in_view() is None
+    view._view_moved()
+    assert browser.GetSelectedItemNumber() == 1
+    view.stop()
+
+
+def test_annotations_stay_out_of_the_contrast_view(scene):
+    """Segmentations over the volume are not shown over the contrast frame (they would lie there at the plane of
+    another frame), so the Segment Editor, which puts its source volume into every view that shows the
+    segmentation being edited, leaves the paired contrast frame in the right view."""
+    cine = synthetic_cine(n=10, rows=40, cols=52)
+    sequence, browser, volume = loaded(scene, cine)
+    left, right = slice_logic(scene, "Red"), slice_logic(scene, "Yellow")
+    three_d = scene.AddNewNodeByClass("vtkMRMLViewNode", "View1")
+    view = annotation.PairView(scene, sequence, {0: 7}, volume=volume)
+    view.show(left, right)
+    nodes = annotation.create_annotator_segmentations(scene, volume, 2)
+    view.keep_out_of_right_view(nodes)
+    editor = slicer.vtkSlicerSegmentEditorLogic()
+    editor.SetMRMLScene(scene)
+    editor.SetSegmentEditorNode(scene.AddNewNodeByClass("vtkMRMLSegmentEditorNode"))
+    for node in nodes:
+        editor.SetSegmentationNode(node)
+        assert not editor.IsSegmentationDisplayableInView(right.GetSliceNode())
+        assert editor.IsSegmentationDisplayableInView(left.GetSliceNode())
+        assert editor.IsSegmentationDisplayableInView(three_d)
+
+
+def test_the_pair_view_refuses_a_volume_of_another_cine(scene):
+    sequence, _, _ = loaded(scene, synthetic_cine(seed=0), "a")
+    other = mrml.cine_to_frame_stack_volume(scene, synthetic_cine(seed=1), "b frames")
+    with pytest.raises(CacError, match="'b frames' holds another cine than the sequence 'a sequence'"):
+        annotation.PairView(scene, sequence, {0: 3}, volume=other)
+
+
+# --------------------------------------------------------------------------- the panel's Logic
+
+
+@pytest.fixture
+def annotator_module(monkeypatch):
+    if not slicer_python.available():
+        pytest.skip("Slicer 5.10.0's Python files not found")
+    with slicer_python.slicer_5_10(slicercore.new_scene()) as app:
+        module = slicer_python.load_module_script(slicer_python.ROOT / "CACAnnotator" / "CACAnnotator.py")
+        monkeypatch.setattr(module, "_", lambda text: text)  # translation needs slicer.app (the application)
+        yield app, module
+
+
+def test_logic_pair_view_paints_on_the_browsed_frame_and_keeps_annotators_out_of_the_right(annotator_module):
+    app, module = annotator_module
+    scene = app.mrmlScene
+    cine = synthetic_cine(n=10, rows=40, cols=52)
+    sequence, browser, volume = loaded(scene, cine)
+    logic = module.CACAnnotatorLogic()
+    left, right = slice_logic(scene, "Red"), slice_logic(scene, "Yellow")
+    before = logic.createAnnotators(volume, 1)  # made before the pair view is shown
+    view = logic.showPairView(sequence, 4, volume, sliceLogics=(left, right))
+    after = logic.createAnnotators(volume, 2)[1:]  # and after
+    vote = logic.majorityVote(before + after, volume)
+    for node in before + after + [vote]:
+        assert not node.GetDisplayNode().IsDisplayableInView(right.GetSliceNode().GetID()), node.GetName()
+    frame = sorted(view.pairs)[-1]
+    browser.SetSelectedItemNumber(frame)
+    assert stroke(scene, after[0], left.GetSliceNode())[2] == frame
+    logic.stopPairView()
+
+
+def test_logic_pair_view_tells_about_a_guessed_onset_in_the_panels_words(annotator_module):
+    """Synchronization's warnings (a guessed onset: the pairs are a fallback) reach the panel; they named
+    `--onset`, a flag the panel does not have, and were only in the Python log."""
+    app, module = annotator_module
+    cine = synthetic_cine(n=12, rows=40, cols=52)
+    sequence, _, _ = loaded(app.mrmlScene, cine)
+    logic = module.CACAnnotatorLogic()
+    view = logic.showPairView(sequence, None, None)
+    assert view.pairs
+    assert any("set 'Onset frame' in the panel" in m for m in logic.messages), logic.messages
+    assert not any("--onset" in m for m in logic.messages)
+    logic.stopPairView()
+
+
+def test_logic_pair_view_error_names_the_onset_field(annotator_module):
+    """The real LCA run has contrast from its first frame: the error's remedy is the panel's field."""
+    from CACIdentifierLib.cine_io import load_cine
+    from conftest import LCA_FRAMES, require
+
+    app, module = annotator_module
+    sequence, _, _ = loaded(app.mrmlScene, load_cine(require(LCA_FRAMES)))
+    with pytest.raises(CacError) as info:
+        module.CACAnnotatorLogic().showPairView(sequence, None, None)
+    message = str(info.value)
+    assert "--onset" not in message and "'Onset frame'" in message, message
+
+
+# --------------------------------------------------------------------------- files of another cine
+
+
+def load_segmentation(scene, path, name):
+    """A .seg.nrrd read into a node by slicer-core's storage node, as Slicer's Add Data loads it."""
+    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
+    storage = scene.AddNewNodeByClass("vtkMRMLSegmentationStorageNode")
+    storage.SetFileName(str(path))
+    node.SetAndObserveStorageNodeID(storage.GetID())
+    assert storage.ReadData(node), path
+    return node
+
+
+def test_vote_compare_and_export_refuse_files_of_another_cine(scene, tmp_path):
+    """Annotation files of another cine of the same size were read as this cine's calcium when their spacing
+    differed (each node read on its own grid) or when only their file recorded the cine."""
+    import slicer_seg_files
+
+    this, other = synthetic_cine(seed=0, spacing=(0.2, 0.3)), synthetic_cine(seed=1, spacing=(0.25, 0.35))
+    volume = mrml.cine_to_frame_stack_volume(scene, this, "this frames")
+    calcium = np.zeros(this.frames.shape, bool)
+    calcium[1, 5:9, 10:20] = True
+    mine = nrrd_io.write_seg_nrrd(tmp_path / "mine.seg.nrrd", {"calcium": calcium}, this.spacing_mm,
+                                  source_fingerprint=this.fingerprint())
+    theirs = nrrd_io.write_seg_nrrd(tmp_path / "theirs.seg.nrrd", {"calcium": calcium}, other.spacing_mm,
+                                    source_fingerprint=other.fingerprint())
+    same_grid = nrrd_io.write_seg_nrrd(tmp_path / "same_grid.seg.nrrd", {"calcium": calcium}, this.spacing_mm,
+                                       source_fingerprint=other.fingerprint())
+    unrecorded = slicer_seg_files.write(tmp_path / "unrecorded.seg.nrrd", {"calcium": calcium}, other.spacing_mm)
+    good = [load_segmentation(scene, mine, f"mine {i}") for i in range(2)]
+    assert annotation.majority_vote_node(scene, good, volume) is not None  # this cine's files are accepted
+
+    for path, message in ((theirs, "was loaded from theirs.seg.nrrd, which records another cine"),
+                          (same_grid, "was loaded from same_grid.seg.nrrd, which records another cine"),
+                          (unrecorded, r"has pixel spacing 0.25 x 0.35 mm, but 'this frames' has 0.2 x 0.3 mm")):
+        foreign = load_segmentation(scene, path, "foreign")
+        with pytest.raises(CacError, match=message):
+            annotation.majority_vote_node(scene, [*good, foreign], volume)
+        with pytest.raises(CacError, match=message):
+            annotation.compare_with_annotators(scene, foreign, good, volume)
+        with pytest.raises(CacError, match=message):
+            annotation.export_to_dataset(tmp_path / "dataset", tmp_path / "cine.seq.nrrd", [*good, foreign], volume)
+        assert not (tmp_path / "dataset").exists()
+        scene.RemoveNode(foreign)
+
+
+def test_another_size_is_named_with_both_sizes(scene, tmp_path):
+    import slicer_seg_files
+
+    this = synthetic_cine(n=6, rows=40, cols=52)
+    volume = mrml.cine_to_frame_stack_volume(scene, this, "this frames")
+    path = slicer_seg_files.write(tmp_path / "big.seg.nrrd", {"calcium": np.ones((8, 48, 52), bool)}, (0.2, 0.3))
+    node = load_segmentation(scene, path, "big")
+    with pytest.raises(CacError, match=r"'big' covers 8 frames of 48 x 52 px, but 'this frames' has 6 frames of "
+                                       r"40 x 52 px: it was drawn over another cine"):
+        annotation.majority_vote_node(scene, [node], volume)
+
+
+# --------------------------------------------------------------------------- export
+
+
+def exported_cine(scene, tmp_path, seed=0):
+    cine = synthetic_cine(n=12, rows=48, cols=48, seed=seed)
+    path = nrrd_io.write_seq_nrrd(cine, tmp_path / f"run{seed}.seq.nrrd")
+    volume = mrml.cine_to_frame_stack_volume(scene, cine, f"run{seed} frames")
+    return cine, path, volume
+
+
+def caught(function, *args, **kwargs):
+    """``(function(...), [its warnings' lines])``, independent of the module's own collector."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        result = function(*args, **kwargs)
+    return result, [str(w.message) for w in record]
+
+
+def paint(node, volume, mask):
+    node.GetSegmentation().RemoveAllSegments()
+    mrml._fill_segmentation(node, {"calcium": mask}, None, {}, mrml.frame_stack_geometry(volume))
+
+
+def test_export_of_another_cine_file_names_the_file_not_a_temporary(scene, tmp_path):
+    """The cine file chosen in the panel is not the volume's cine: the error named a temporary annotation file
+    (deleted by then) and blamed the annotation."""
+    _, _, volume = exported_cine(scene, tmp_path, seed=0)
+    _, other_path, _ = exported_cine(scene, tmp_path, seed=1)
+    nodes = annotation.create_annotator_segmentations(scene, volume, 2)
+    with pytest.raises(CacError) as info:
+        annotation.export_to_dataset(tmp_path / "dataset", other_path, nodes, volume, patient="7", onset=6)
+    message = str(info.value)
+    assert "the cine file run1.seq.nrrd holds another cine than 'run0 frames'" in message
+    assert "cac-annotations-" not in message
+    assert not (tmp_path / "dataset").exists()
+
+
+def test_export_warnings_name_the_annotators_and_the_unused_contrast_marks(scene, tmp_path):
+    cine, path, volume = exported_cine(scene, tmp_path)
+    nodes = annotation.create_annotator_segmentations(scene, volume, 3)
+    copied = np.zeros(cine.frames.shape, bool)
+    copied[2, 10:16, 20:26] = True
+    late = copied.copy()
+    late[8:10, 30:34, 30:34] = True  # frames 8-9: at or after the onset (6), contrast frames
+    for node, mask in zip(nodes, (copied, copied, late)):
+        paint(node, volume, mask)
+    added, messages = caught(annotation.export_to_dataset, tmp_path / "dataset", path, nodes, volume, patient="7",
+                             onset=6)
+    assert added.calcium_frames == 1
+    text = "\n".join(messages)
+    assert "cac-annotations-" not in text and "/tmp" not in text, text
+    assert "annotations 'annotator 1' and 'annotator 2' are identical files" in text
+    assert ("calcium marked at or after frame 6 is not used for training (training takes only the non-contrast "
+            "frames before it): 'annotator 3' on frames 8-9") in text
+
+
+def test_export_of_annotators_who_found_no_calcium_is_no_copied_drawing(scene, tmp_path):
+    _, path, volume = exported_cine(scene, tmp_path)
+    nodes = annotation.create_annotator_segmentations(scene, volume, 3)
+    added, messages = caught(annotation.export_to_dataset, tmp_path / "dataset", path, nodes, volume, patient="7",
+                             onset=6)
+    assert added.calcium_frames == 0 and not any("identical" in m for m in messages), messages
+    manifest = json.loads((tmp_path / "dataset" / "manifest.json").read_text())
+    assert manifest["acquisitions"][0]["n_annotators"] == 3
+
+
+def test_logic_export_messages_reach_the_panel(annotator_module, tmp_path):
+    app, module = annotator_module
+    scene = app.mrmlScene
+    cine, path, volume = exported_cine(scene, tmp_path)
+    logic = module.CACAnnotatorLogic()
+    nodes = logic.createAnnotators(volume, 3)
+    late = np.zeros(cine.frames.shape, bool)
+    late[9, 30:34, 30:34] = True
+    paint(nodes[0], volume, late)
+    added = logic.exportToDataset(tmp_path / "dataset", path, nodes, volume, 6, "7")
+    assert added.calcium_frames == 0
+    assert any("'annotator 1' on frame 9" in m for m in logic.messages), logic.messages
+
+
+# --------------------------------------------------------------------------- comparison
+
+
+def test_comparison_summary_counts_each_kind_of_frame(scene):
+    """The panel said "agree on calcium in N of M frames", N counting every frame neither side marks (the
+    contrast frames among them): an AI that missed every annotated frame still "agreed" on most frames."""
+    cine = synthetic_cine(n=10, rows=40, cols=52)
+    volume = mrml.cine_to_frame_stack_volume(scene, cine, "frames")
+    truth = np.zeros(cine.frames.shape, bool)
+    truth[1:4, 5:10, 5:10] = True
+    roi = np.zeros(cine.frames.shape, bool)
+    roi[3:5, 20:25, 20:25] = True
+    nodes = [mrml.masks_to_frame_stack_segmentation(scene, {"calcium": truth}, cine, f"a{i}", reference_volume=volume)
+             for i in range(3)]
+    ai = mrml.masks_to_frame_stack_segmentation(scene, {"CAC ROI": roi}, cine, "ai", reference_volume=volume)
+    _, _, result = annotation.compare_with_annotators(scene, ai, nodes, volume)
+    line = annotation.comparison_summary(result)
+    assert ("by both the AI and the annotators' majority in 1 frames, by the AI only in 1, by the annotators only "
+            "in 2, by neither in 6 (of all 10 frames") in line
+    assert "spacing" not in line
+    unknown = synthetic_cine(n=10, rows=40, cols=52, spacing=None)
+    volume = mrml.cine_to_frame_stack_volume(scene, unknown, "no spacing")
+    nodes = [mrml.masks_to_frame_stack_segmentation(scene, {"calcium": truth}, unknown, "b", reference_volume=volume)]
+    ai = mrml.masks_to_frame_stack_segmentation(scene, {"CAC ROI": roi}, unknown, "ai2", reference_volume=volume)
+    table, _, result = annotation.compare_with_annotators(scene, ai, nodes, volume)
+    assert "the pixel spacing of this cine is unknown" in annotation.comparison_summary(result)
+
+
+# --------------------------------------------------------------------------- saving the annotations
+
+
+def test_saved_annotations_record_their_cine_and_are_never_replaced_unasked(scene, tmp_path):
+    """Slicer's own Save of an annotator's segmentation records no source cine (checked here on slicer-core's
+    storage node); the module's Save writes each checked segmentation with the cine's fingerprint, under a
+    temporary name then renamed, and replaces nothing unless asked."""
+    import subprocess
+    import sys
+
+    cine = synthetic_cine(n=8, rows=40, cols=52)
+    volume = mrml.cine_to_frame_stack_volume(scene, cine, "run frames")
+    nodes = annotation.create_annotator_segmentations(scene, volume, 2)
+    drawn = [np.zeros(cine.frames.shape, bool) for _ in nodes]
+    drawn[0][2, 5:12, 8:20] = True
+    drawn[1][2, 6:12, 9:22] = True
+    for node, mask in zip(nodes, drawn):
+        paint(node, volume, mask)
+    storage = scene.AddNewNodeByClass("vtkMRMLSegmentationStorageNode")
+    storage.SetFileName(str(tmp_path / "slicer_saved.seg.nrrd"))
+    assert storage.WriteData(nodes[0])
+    assert nrrd_io.read_seg_nrrd(tmp_path / "slicer_saved.seg.nrrd").source_fingerprint is None
+
+    folder = tmp_path / "annotations"
+    paths = annotation.save_annotations(nodes, volume, folder)
+    assert [p.name for p in paths] == ["annotator_1.seg.nrrd", "annotator_2.seg.nrrd"]
+    assert sorted(p.name for p in folder.iterdir()) == ["annotator_1.seg.nrrd", "annotator_2.seg.nrrd"]
+    for path, mask in zip(paths, drawn):
+        seg = nrrd_io.read_seg_nrrd(path, expected_shape=cine.frames.shape)
+        assert seg.source_fingerprint == cine.fingerprint() and list(seg.segments) == ["calcium"]
+        np.testing.assert_array_equal(seg.segments["calcium"], mask)
+
+    before = [p.read_bytes() for p in paths]
+    (folder / "annotator_2.seg.nrrd").unlink()
+    paint(nodes[0], volume, np.zeros(cine.frames.shape, bool))
+    with pytest.raises(annotation.AlreadySaved, match="annotator_1.seg.nrrd already exists in") as info:
+        annotation.save_annotations(nodes, volume, folder)
+    assert info.value.paths == [paths[0]] and isinstance(info.value, CacError)
+    assert paths[0].read_bytes() == before[0] and not paths[1].exists()  # nothing written when refused
+    annotation.save_annotations(nodes, volume, folder, overwrite=True)
+    assert not nrrd_io.read_seg_nrrd(paths[0]).segments["calcium"].any()
+    assert sorted(p.name for p in folder.iterdir()) == ["annotator_1.seg.nrrd", "annotator_2.seg.nrrd"]
+
+    # The files of another cine are now refused by the command line (they record their cine).
+    other = synthetic_cine(n=8, rows=40, cols=52, seed=4)
+    other_volume = mrml.cine_to_frame_stack_volume(scene, other, "other frames")
+    other_nodes = annotation.create_annotator_segmentations(scene, other_volume, 1)
+    paint(other_nodes[0], other_volume, drawn[0])
+    other_path = annotation.save_annotations(other_nodes, other_volume, tmp_path / "other")[0]
+    run = subprocess.run([sys.executable, "-m", "cac", "evaluate", str(paths[1]), str(other_path)],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2 and "segmentations of different cines" in run.stderr, run.stderr
+    assert "Traceback" not in run.stderr
+
+
+def test_save_refuses_two_nodes_of_one_file_name_and_a_file_as_folder(scene, tmp_path):
+    cine = synthetic_cine(n=8, rows=40, cols=52)
+    volume = mrml.cine_to_frame_stack_volume(scene, cine, "run frames")
+    a, b = annotation.create_annotator_segmentations(scene, volume, 2)
+    b.SetName("annotator/1")
+    with pytest.raises(CacError, match="'annotator 1' and 'annotator/1' would both be saved as annotator_1.seg.nrrd"):
+        annotation.save_annotations([a, b], volume, tmp_path / "x")
+    (tmp_path / "file").write_text("")
+    with pytest.raises(CacError, match="is a file, not a folder"):
+        annotation.save_annotations([a], volume, tmp_path / "file")
+    with pytest.raises(CacError, match="choose the folder"):
+        annotation.save_annotations([a], volume, "")
+    assert not (tmp_path / "x").exists()
+
+
+def test_docstring_examples_of_the_annotation_logic():
+    import doctest
+
+    result = doctest.testmod(annotation, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted >= 2 and result.failed == 0
+
+
+def test_export_keeps_the_spacing_the_user_set_on_the_volume(scene, tmp_path):
+    """A run without pixel spacing: the user sets it on the frame-stack volume (Volumes module), as the docs say,
+    and paints.  The export was refused, blaming the annotation ("has pixel spacing 0.25 x 0.3 mm but the cine
+    has 1 x 1 mm ... use the annotation made on this cine")."""
+    cine = synthetic_cine(n=12, rows=48, cols=48, spacing=None)
+    path = nrrd_io.write_seq_nrrd(cine, tmp_path / "run.seq.nrrd")
+    volume = mrml.cine_to_frame_stack_volume(scene, cine, "run frames")
+    volume.SetSpacing(0.3, 0.25, 1.0)  # columns 0.3 mm, rows 0.25 mm
+    nodes = annotation.create_annotator_segmentations(scene, volume, 2)
+    calcium = np.zeros(cine.frames.shape, bool)
+    calcium[2, 10:16, 20:26] = True
+    wider = calcium.copy()
+    wider[2, 16, 20:26] = True
+    for node, mask in zip(nodes, (calcium, wider)):
+        paint(node, volume, mask)
+    added = annotation.export_to_dataset(tmp_path / "dataset", path, nodes, volume, patient="7", onset=6)
+    assert added.calcium_frames == 1
+    record = json.loads((tmp_path / "dataset" / "manifest.json").read_text())["acquisitions"][0]
+    assert record["spacing_mm"] == [0.25, 0.3] and record["frame_time_ms"] == pytest.approx(33.3)
+    majority = nrrd_io.read_seg_nrrd(tmp_path / "dataset" / record["majority"]).segments["calcium"]
+    np.testing.assert_array_equal(majority, calcium)
+
+
+# --------------------------------------------------------------------------- the vote
+
+
+def test_a_hand_edited_vote_is_never_recomputed_over(scene):
+    """Each click recomputed the volume's 'majority vote' in place, also after a reader had corrected it by
+    hand in the Segment Editor: the correction was lost without a word."""
+    cine = synthetic_cine(n=8, rows=40, cols=52)
+    volume = mrml.cine_to_frame_stack_volume(scene, cine, "run frames")
+    nodes = annotation.create_annotator_segmentations(scene, volume, 3)
+    drawn = [np.zeros(cine.frames.shape, bool) for _ in nodes]
+    for i, mask in enumerate(drawn):
+        mask[2, 5:12, 8 + i:20 + i] = True
+    for node, mask in zip(nodes, drawn):
+        paint(node, volume, mask)
+    expected = np.sum(drawn, axis=0) >= 2
+    vote = annotation.majority_vote_node(scene, nodes, volume)
+    again = annotation.majority_vote_node(scene, nodes, volume)  # unedited: recomputed in place, no new node
+    assert again is vote
+    corrected = expected.copy()
+    corrected[5, 30:35, 30:35] = True  # the reader adds a deposit the majority missed
+    paint(vote, volume, corrected)
+    count = scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode")
+    new, messages = caught(annotation.majority_vote_node, scene, nodes, volume)
+    assert new is not vote and new.GetName() == "majority vote" and vote.GetName() == "majority vote (edited)"
+    np.testing.assert_array_equal(mrml.segmentation_masks(vote, cine.frames.shape)["calcium"], corrected)
+    np.testing.assert_array_equal(mrml.segmentation_masks(new, cine.frames.shape)["calcium"], expected)
+    assert scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == count + 1
+    assert messages == ["the vote 'majority vote' was changed after it was computed; it is kept as "
+                        "'majority vote (edited)', and the new vote is in a new 'majority vote'"]
+    assert annotation.majority_vote_node(scene, nodes, volume) is new  # the new one is recomputed in place
+    assert scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == count + 1
+
+
+def test_vote_of_one_two_and_four_annotators_against_numpy(scene):
+    cine = synthetic_cine(n=6, rows=40, cols=52)
+    volume = mrml.cine_to_frame_stack_volume(scene, cine, "run frames")
+    rng = np.random.default_rng(5)
+    drawn = [rng.random(cine.frames.shape) < 0.3 for _ in range(4)]
+    nodes = annotation.create_annotator_segmentations(scene, volume, 4)
+    for node, mask in zip(nodes, drawn):
+        paint(node, volume, mask)
+    for n, needed in ((1, 1), (2, 2), (3, 2), (4, 3)):  # strict majority: more than half
+        vote = annotation.majority_vote_node(scene, nodes[:n], volume, name=f"vote of {n}")
+        hand = np.zeros(cine.frames.shape, int)
+        for mask in drawn[:n]:
+            hand += mask
+        np.testing.assert_array_equal(mrml.segmentation_masks(vote, cine.frames.shape)["calcium"], hand >= needed)
+
+
+def test_a_vote_of_an_earlier_version_is_reused_only_when_it_holds_this_vote(scene):
+    """A scene saved before votes recorded their digest: a vote equal to the new one is recomputed in place; one
+    that differs is kept (it may hold a hand edit), with a warning that says why."""
+    cine = synthetic_cine(n=8, rows=40, cols=52)
+    volume = mrml.cine_to_frame_stack_volume(scene, cine, "run frames")
+    nodes = annotation.create_annotator_segmentations(scene, volume, 1)
+    drawn = np.zeros(cine.frames.shape, bool)
+    drawn[3, 5:12, 8:20] = True
+    paint(nodes[0], volume, drawn)
+    vote = annotation.majority_vote_node(scene, nodes, volume)
+    vote.RemoveAttribute(annotation.ATTR_VOTE_DIGEST)
+    assert annotation.majority_vote_node(scene, nodes, volume) is vote
+    vote.RemoveAttribute(annotation.ATTR_VOTE_DIGEST)
+    paint(nodes[0], volume, np.zeros(cine.frames.shape, bool))  # the annotator's calcium changed since
+    new, messages = caught(annotation.majority_vote_node, scene, nodes, volume)
+    assert new is not vote and vote.GetName() == "majority vote (edited)"
+    assert "records no digest (a scene of an earlier version), so a hand edit cannot be ruled out" in messages[0]
