@@ -55,7 +55,8 @@ class CACAnnotator(ScriptedLoadableModule):
 
 @parameterNodeWrapper
 class CACAnnotatorParameterNode:
-    """The panel's state, saved with the scene (no patient identifier is kept here).
+    """The panel's state, saved with the scene: no DICOM patient attribute is kept here, but the paths below are
+    kept as chosen (as Slicer's storage nodes keep their file names), so a folder named after a patient is saved too.
 
     cineSequence - the cine as a Sequence (its browser is the left view of the pair view).
     frameStackVolume - the cine as one volume (slice k = frame k): the annotations' geometry.
