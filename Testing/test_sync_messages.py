@@ -175,3 +175,29 @@ def test_cli_sync_on_the_real_lca_frames(capsys):
     assert errors[0].endswith(EARLY), errors[0]
     assert main(["sync", str(LCA_FRAMES), "--json", "--onset", "3"]) == 0
     assert {a for a, _ in json.loads(capsys.readouterr().out)["pairs"]} == {0, 1, 2}
+
+
+def test_too_few_contrast_frames_for_a_beat_warns_with_the_phase_mismatch():
+    """A run whose contrast plateau is shorter than a beat pairs some frames with another phase: say so."""
+    import warnings
+
+    from CACIdentifierLib.errors import CacWarning
+    from CACIdentifierLib.sync import synchronize
+    from CACTrainerLib.phantom import PhantomParams, generate_acquisition
+
+    cine = generate_acquisition(PhantomParams(n_frames=96, rows=128, cols=128), seed=4, patient=0,
+                                calcium_free=False).to_cine()
+
+    def run(onset):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", CacWarning)
+            result = synchronize(cine.frames, cine.frame_time_ms, onset=onset)
+        return result, [str(w.message) for w in caught if "can be paired with" in str(w.message)]
+
+    result, found = run(92)  # 4 contrast frames at most: less than a beat (about 11 frames)
+    assert result.periodic and result.period_frames > 4
+    worst = max(abs((result.phase[i] - result.phase[j] + 0.5) % 1.0 - 0.5) for i, j in result.pairs)
+    assert worst > 0.1 and len(found) == 1, found
+    assert f"up to {worst:.2f} cycle in phase" in found[0] and "--onset" not in found[0]  # the onset was given
+    result, found = run(None)  # detected onset 31, plateau from 46: every phase has its contrast frame
+    assert not found and result.periodic and result.contrast_start < 60

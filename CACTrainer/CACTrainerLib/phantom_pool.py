@@ -78,7 +78,8 @@ def _one(args) -> object:
         name = patient_name(seed, patient)
         fs = dataset.frames_from_acquisition(acq, acquisition=name, patient=name, frames_per_acquisition=fpa,
                                              background=background)
-    return fs, len(caught) > 0
+    # Counted for the summary line only when it is what the line says (other warnings: none in 16 pool cines).
+    return fs, any("periodicity" in str(w.message) for w in caught)
 
 
 def patient_name(seed: int, patient: int) -> str:

@@ -13,6 +13,10 @@ from .blas import single_threaded_blas
 from .default import default_estimate, prepare_features
 from .ecg import ecg_estimate
 from .onset import ONSET_GUARD_FRAMES, contrast_course
+
+#: A pair that differs by more than this fraction of a cardiac cycle in phase is worth a warning: frame
+#: quantisation alone gives up to half a frame, 0.02-0.05 cycle at 10-25 frames a beat.
+PHASE_MISMATCH_WARN = 0.1
 from .period import paper_estimate
 from .phase import pair_by_phase
 from .result import METHODS, SyncResult
@@ -179,6 +183,18 @@ def synchronize(
     if len(kept) < len(nc):
         keep = set(kept)
         pairs = [p for p in pairs if int(p[0]) in keep]
+    worst = 0.0
+    if chosen.periodic and cp and chosen.period_frames and cp[-1] - cp[0] + 1 < chosen.period_frames:
+        # Fewer contrast frames than one beat: some non-contrast phases may have no contrast frame of their phase.
+        worst = max((abs((chosen.phase[i] - chosen.phase[j] + 0.5) % 1.0 - 0.5) for i, j in pairs), default=0.0)
+    if worst > PHASE_MISMATCH_WARN:
+        span = f"frames {cp[0]}-{cp[-1]}" if len(cp) > 1 else f"frame {cp[0]}"
+        warn_list.append(f"only contrast {span} can be paired with ({len(cp)} of a cardiac cycle of "
+                         f"{chosen.period_frames:.1f} frames), so pairs differ by up to {worst:.2f} cycle in phase; "
+                         "a run that films at "
+                         "least one beat after the contrast arrives pairs by phase"
+                         + ("" if onset is not None else "; if the contrast arrives earlier than "
+                            f"frame {onset_frame}, pass --onset N"))
     for w in warn_list:
         warnings.warn(w, CacWarning, stacklevel=3)
     report(4, 4, "done")
