@@ -13,14 +13,14 @@ from .blas import single_threaded_blas
 from .default import default_estimate, prepare_features
 from .ecg import ecg_estimate
 from .onset import ONSET_GUARD_FRAMES, contrast_course
-
-#: A pair that differs by more than this fraction of a cardiac cycle in phase is worth a warning: frame
-#: quantisation alone gives up to half a frame, 0.02-0.05 cycle at 10-25 frames a beat.
-PHASE_MISMATCH_WARN = 0.1
 from .period import paper_estimate
 from .phase import pair_by_phase
 from .result import METHODS, SyncResult
 from .signal import SMALL_SIDE, bin_mean, check_frames, ecg_like_signal, signal_and_small
+
+#: A pair that differs by more than this fraction of a cardiac cycle in phase is worth a warning: frame
+#: quantisation alone gives up to half a frame, 0.02-0.05 cycle at 10-25 frames a beat.
+PHASE_MISMATCH_WARN = 0.1
 
 
 @single_threaded_blas()  # a fresh context per call (contextlib's ContextDecorator)
