@@ -282,10 +282,11 @@ def test_add_refuses_one_annotation_file_given_twice(phantom_dataset, tmp_path, 
                        "--annotations", seg, spelt_again, acq / "annotator2.seg.nrrd")
     assert code == 2 and err.count("\n") == 1 and "is given twice" in err and "Traceback" not in err
     assert not (tmp_path / "ds").exists()
-    copy = shutil.copy(seg, tmp_path / "copy.seg.nrrd")
+    drawn = acq / "annotator3.seg.nrrd"  # the one with calcium marked (two empty files are no copied drawing)
+    copy = shutil.copy(drawn, tmp_path / "copy.seg.nrrd")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        add_acquisition(tmp_path / "ds", acq / "cine.dcm", [seg, copy, acq / "annotator2.seg.nrrd"], onset=10)
+        add_acquisition(tmp_path / "ds", acq / "cine.dcm", [drawn, copy, acq / "annotator2.seg.nrrd"], onset=10)
     ours = [str(w.message) for w in caught if issubclass(w.category, CacWarning)]
     assert any("are identical files" in m and str(copy) in m for m in ours), ours
 
@@ -440,3 +441,142 @@ def test_check_warns_about_a_detected_onset_stored_without_guard(tmp_path, capsy
     code, out, _ = cli(capsys, "dataset", "check", tmp_path / "ds")
     assert code == 0 and f"{record['id']}: contrast onset detected at frame 10 and stored without the 2-frame " \
         "guard band" in out and "--overwrite" in out, out
+
+
+# --------------------------------------------------------------------------- empty annotations; marks on contrast frames
+
+
+def marks_file(path, cine, frames, at=(20, 20)):
+    """A .seg.nrrd of ``cine`` (recording it) with a 10 px square at ``at`` on each of ``frames``."""
+    from CACIdentifierLib.nrrd_io import write_seg_nrrd
+
+    mask = np.zeros(cine.frames.shape, bool)
+    for k in frames:
+        mask[k, at[0]:at[0] + 10, at[1]:at[1] + 10] = True
+    return write_seg_nrrd(path, {"calcium": mask}, cine.spacing_mm, source_fingerprint=cine.fingerprint())
+
+
+def add_warnings(*args, **kwargs):
+    """``(add_acquisition(...), [its CacWarnings' lines])``."""
+    import warnings
+
+    from CACIdentifierLib.errors import CacWarning
+    from CACTrainerLib.dataset_builder import add_acquisition
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        added = add_acquisition(*args, **kwargs)
+    return added, [str(w.message) for w in caught if issubclass(w.category, CacWarning)]
+
+
+def test_two_annotators_who_marked_nothing_are_no_identical_files(phantom_dataset, tmp_path):
+    """Two annotators who found no calcium write the same empty file (same grid, same cine): `add` warned that
+    "annotations X and Y are identical files: one drawing counted as two annotators", which it is not.  Two
+    identical files with calcium marked are still reported."""
+    from CACIdentifierLib.cine_io import load_cine
+
+    cine_path = phantom_dataset[1] / "cine.dcm"
+    cine = load_cine(cine_path)
+    first, second = (marks_file(tmp_path / f"empty{i}.seg.nrrd", cine, []) for i in (1, 2))
+    marked = marks_file(tmp_path / "marked.seg.nrrd", cine, [2, 3])
+    assert first.read_bytes() == second.read_bytes()  # the case: byte for byte the same
+    added, messages = add_warnings(tmp_path / "ds", cine_path, [first, second, marked], onset=10, patient="p")
+    assert added.annotated_frames == 2 and not any("identical" in m for m in messages), messages
+    copy = tmp_path / "copy.seg.nrrd"
+    copy.write_bytes(marked.read_bytes())
+    _, messages = add_warnings(tmp_path / "ds2", cine_path, [marked, copy, first], onset=10, patient="p")
+    assert [m for m in messages if "identical" in m] == [
+        f"annotations {marked} and {copy} are identical files: one drawing counted as two annotators inflates their "
+        "agreement and the majority; check that each is its annotator's own"], messages
+
+
+def test_counts_are_of_the_frames_training_uses_and_contrast_marks_are_warned(phantom_dataset, tmp_path, capsys):
+    """`add` counted the frames marked at or after the onset, which training never uses, in "annotated" and "with
+    calcium", and said nothing about them; `check` then did not see that a dataset marked only on contrast frames
+    gives training no positive patch."""
+    from CACIdentifierLib.cine_io import load_cine
+    from CACTrainerLib.dataset import frames_from_record, load_records
+
+    cine_path = phantom_dataset[1] / "cine.dcm"
+    cine = load_cine(cine_path)
+    a1 = marks_file(tmp_path / "a1.seg.nrrd", cine, [2, 12, 13])
+    a2 = marks_file(tmp_path / "a2.seg.nrrd", cine, [2, 12], at=(21, 21))
+    a3 = marks_file(tmp_path / "a3.seg.nrrd", cine, [14])
+    ds = tmp_path / "ds"
+    code, out, err = cli(capsys, "dataset", "add", ds, cine_path, "--onset", 10, "--patient", "p",
+                         "--annotations", a1, a2, a3)
+    assert code == 0 and ": 20 frames, 1 annotated, 1 with calcium (majority), onset 10 (given)" in out, out
+    assert err == (f"cac: warning: calcium marked at or after frame 10 is not used for training (training takes only "
+                   f"the non-contrast frames before it): {a1} on frames 12-13; {a2} on frame 12; {a3} on frame 14; "
+                   "mark calcium on the non-contrast frames, or, if those frames hold no contrast, add the run again "
+                   "with --onset N --overwrite (N: the first frame with contrast)\n"), err
+    record = json.loads((ds / "manifest.json").read_text())["acquisitions"][0]
+    assert (record["annotated_frames"], record["calcium_frames"], record["contrast_annotated_frames"]) == (1, 1, 3)
+    truth = json.loads((ds / record["truth"]).read_text())
+    assert (truth["annotated_frames"], truth["calcium_frames"], truth["contrast_annotated_frames"]) == \
+        ([2], [2], [12, 13, 14])
+    # The figures are training's: its frames with calcium are those counted.
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trained = frames_from_record(load_records(ds)[0], frames_per_acquisition=None, background=False)
+    assert max(trained.frame_index) < 10
+    assert sorted(int(k) for k, c in zip(trained.frame_index, trained.calcium) if c.any()) == [2]
+    code, out, _ = cli(capsys, "dataset", "info", ds, "--json")
+    counts = json.loads(out)
+    assert (counts["annotated_frames"], counts["calcium_frames"], counts["contrast_annotated_frames"]) == (1, 1, 3)
+    code, out, _ = cli(capsys, "dataset", "check", ds)
+    assert code == 0 and "no calcium" not in out, out
+
+    # Calcium marked on the contrast frames only: training has no positive patch, and `check` says why.
+    only_late = [marks_file(tmp_path / f"late{i}.seg.nrrd", cine, [12, 13], at=(20 + i, 20)) for i in (1, 2)]
+    late_ds = tmp_path / "late"
+    added, messages = add_warnings(late_ds, cine_path, only_late, onset=10, patient="p")
+    assert (added.annotated_frames, added.calcium_frames, added.contrast_annotated_frames) == (0, 0, 2)
+    assert any(m.startswith("calcium marked at or after frame 10 is not used for training") for m in messages)
+    code, out, _ = cli(capsys, "dataset", "check", late_ds)
+    assert code == 0 and ("warning: no calcium marked before the contrast onset in the acquisition: the marks at or "
+                          "after it are not used for training, so training would have no positive patch; mark calcium "
+                          "on the non-contrast frames (or, if the frames marked hold no contrast, add it again with "
+                          "--onset N --overwrite, N: the first frame with contrast)") in out, out
+    # Marks before the onset give no such warning.
+    _, messages = add_warnings(tmp_path / "early", cine_path, [a1, a2], onset=14, patient="p")
+    assert not any("not used for training" in m for m in messages), messages
+
+
+def test_older_records_counted_contrast_frames_and_still_load(phantom_dataset, tmp_path, capsys):
+    """A dataset written before the counts left out the contrast frames: `info` and `check` take its counts again
+    from acquisition.json (frame lists and onset), or, without those, as they are."""
+    from CACIdentifierLib.cine_io import load_cine
+
+    cine_path = phantom_dataset[1] / "cine.dcm"
+    cine = load_cine(cine_path)
+    late = [marks_file(tmp_path / f"late{i}.seg.nrrd", cine, [12, 13], at=(20 + i, 20)) for i in (1, 2)]
+    ds = tmp_path / "ds"
+    assert quiet("dataset", "add", ds, cine_path, "--onset", 10, "--patient", "p", "--annotations", *late) == 0
+    manifest = json.loads((ds / "manifest.json").read_text())
+    record = manifest["acquisitions"][0]
+    truth_path = ds / record["truth"]
+    truth = json.loads(truth_path.read_text())
+    # As an older `cac dataset add` wrote them: every frame counted, no contrast count.
+    record.pop("contrast_annotated_frames", None)
+    truth.pop("contrast_annotated_frames", None)
+    record["annotated_frames"], record["calcium_frames"] = 2, 2
+    truth["annotated_frames"], truth["calcium_frames"] = [12, 13], [12, 13]
+    (ds / "manifest.json").write_text(json.dumps(manifest))
+    truth_path.write_text(json.dumps(truth))
+    code, out, _ = cli(capsys, "dataset", "info", ds, "--json")
+    counts = json.loads(out)
+    assert code == 0 and (counts["annotated_frames"], counts["calcium_frames"],
+                          counts.get("contrast_annotated_frames")) == (0, 0, 2), counts
+    code, out, _ = cli(capsys, "dataset", "check", ds)
+    assert code == 0 and "0 problem(s)" in out and "no calcium marked before the contrast onset" in out, out
+    # Without the frame lists, the record's own counts (every frame) are taken as they are.
+    del truth["annotated_frames"], truth["calcium_frames"]
+    truth_path.write_text(json.dumps(truth))
+    code, out, _ = cli(capsys, "dataset", "info", ds, "--json")
+    counts = json.loads(out)
+    assert (counts["annotated_frames"], counts["calcium_frames"], counts["contrast_annotated_frames"]) == (2, 2, 0)
+    code, out, _ = cli(capsys, "dataset", "check", ds)
+    assert code == 0 and "0 problem(s)" in out and "no calcium" not in out, out

@@ -415,6 +415,89 @@ def test_segmentations_of_another_cine_of_the_same_size_are_refused(scene, tmp_p
     assert annotation.majority_vote_node(scene, nodes_a, a) is not None
 
 
+def load_segmentation(scene, path, name):
+    """A .seg.nrrd read into a node by slicer-core's storage node, as Slicer's Add Data loads it."""
+    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
+    storage = scene.AddNewNodeByClass("vtkMRMLSegmentationStorageNode")
+    storage.SetFileName(str(path))
+    node.SetAndObserveStorageNodeID(storage.GetID())
+    assert storage.ReadData(node), path
+    return node
+
+
+class _RecordingRunner(worker.ProcessRunner):
+    """Records the worker's command and runs nothing of it."""
+
+    def start(self, command, env=None, cwd=None) -> None:
+        self.started = list(command)
+        super().start([sys.executable, "-c", "pass"], env=env, cwd=cwd)
+
+
+def test_identifier_refuses_annotation_files_of_another_cine(scene, tmp_path, monkeypatch):
+    """Annotation files loaded into the scene (no volume recorded) were written for the worker with *this* cine's
+    fingerprint, whatever cine they were drawn on: a file recording another cine, or one of another pixel spacing,
+    was compared with the AI as this cine's calcium.  They are refused as CAC Annotator refuses them, with the
+    same lines, for a frame-stack volume and for a Sequence as input, before anything is written."""
+    import slicer_seg_files
+    from CACAnnotatorLib import annotation
+
+    monkeypatch.setenv("CAC_TMPDIR", str(tmp_path))
+    this, other = synthetic_cine(seed=0, spacing=(0.2, 0.3)), synthetic_cine(seed=1, spacing=(0.25, 0.35))
+    volume = mrml.cine_to_frame_stack_volume(scene, this, "this frames")
+    sequence, _ = mrml.cine_to_sequence(scene, this, "this run")
+    calcium = np.zeros(this.frames.shape, bool)
+    calcium[1, 5:9, 10:20] = True
+    files = tmp_path / "files"
+    files.mkdir()
+    mine = nrrd_io.write_seg_nrrd(files / "mine.seg.nrrd", {"calcium": calcium}, this.spacing_mm,
+                                  source_fingerprint=this.fingerprint())
+    slicer_saved = slicer_seg_files.write(files / "slicer_saved.seg.nrrd", {"calcium": calcium}, this.spacing_mm)
+    theirs = nrrd_io.write_seg_nrrd(files / "theirs.seg.nrrd", {"calcium": calcium}, other.spacing_mm,
+                                    source_fingerprint=other.fingerprint())
+    same_grid = nrrd_io.write_seg_nrrd(files / "same_grid.seg.nrrd", {"calcium": calcium}, this.spacing_mm,
+                                       source_fingerprint=other.fingerprint())
+    unrecorded = slicer_seg_files.write(files / "unrecorded.seg.nrrd", {"calcium": calcium}, other.spacing_mm)
+    bigger = np.zeros((8, 40, 52), bool)
+    bigger[1, 5:9, 10:20] = True
+    longer = slicer_seg_files.write(files / "longer.seg.nrrd", {"calcium": bigger}, this.spacing_mm)
+    good = [load_segmentation(scene, path, f"good {i}") for i, path in enumerate((mine, slicer_saved))]
+
+    for source, where in ((volume, "'this frames'"), (sequence, "the frame-stack volume of 'this run sequence'")):
+        for path, message in (
+                (theirs, "segmentation 'foreign' was loaded from theirs.seg.nrrd, which records another cine (source "
+                         f"fingerprint {other.fingerprint()[14:22]}, this cine's is {this.fingerprint()[14:22]}); "
+                         f"choose the annotations made on {where}"),
+                (same_grid, "segmentation 'foreign' was loaded from same_grid.seg.nrrd, which records another cine"),
+                (unrecorded, f"segmentation 'foreign' has pixel spacing 0.25 x 0.35 mm, but {where} has 0.2 x 0.3 mm "
+                             f"(or other axes): it was drawn over another cine; choose the segmentations drawn over "
+                             f"{where}"),
+                (longer, f"segmentation 'foreign' covers 8 frames of 40 x 52 px, but {where} has 6 frames of 40 x 52 "
+                         f"px: it was drawn over another cine")):
+            foreign = load_segmentation(scene, path, "foreign")
+            job = logic.IdentifyJob(scene, source, [*good, foreign], runner=_RecordingRunner())
+            with pytest.raises(CacError) as info:
+                job.start()
+            assert str(info.value).startswith(message), str(info.value)
+            assert "\n" not in str(info.value) and not hasattr(job.runner, "started")
+            assert _scratch(tmp_path) == []  # nothing written: no copy of the cine left behind
+            if source is volume:  # the very line CAC Annotator gives for it
+                with pytest.raises(CacError) as annotator:
+                    annotation.majority_vote_node(scene, [*good, foreign], volume)
+                assert str(annotator.value) == str(info.value)
+            scene.RemoveNode(foreign)
+
+        # This cine's files (recorded, or Slicer's own Save on its grid) go to the worker, as this cine's calcium.
+        job = logic.IdentifyJob(scene, source, good, runner=_RecordingRunner(), work_dir=tmp_path / "files")
+        job.start()
+        job.runner.wait()
+        written = [nrrd_io.read_seg_nrrd(files / f"annotation{i}.seg.nrrd", expected_shape=this.frames.shape)
+                   for i in range(2)]
+        assert [str(files / f"annotation{i}.seg.nrrd") in job.runner.started for i in range(2)] == [True, True]
+        for seg in written:
+            assert seg.source_fingerprint == this.fingerprint()
+            np.testing.assert_array_equal(seg.union(), calcium)
+
+
 # --------------------------------------------------------------------------- transforms and roles
 
 

@@ -167,6 +167,13 @@ def reusable_output(scene, node, input_node, role):
     return node if mrml.is_made_for(node, input_node) and node_role in (None, role) else None
 
 
+def annotation_volume_name(input_node) -> str:
+    """How messages about annotations name the volume they are drawn over: the input itself when it is a
+    frame-stack volume, else the frame-stack volume of the Sequence (or proxy) chosen as input."""
+    name = input_node.GetName()
+    return repr(name) if mrml.sequence_behind(input_node) is None else f"the frame-stack volume of {name!r}"
+
+
 # --------------------------------------------------------------------------- the job
 
 
@@ -231,6 +238,11 @@ class IdentifyJob:
         annotation_paths = []
         grid = mrml.frame_stack_geometry(self.input_node)
         mrml.check_same_cine(self.annotation_nodes, self.input_node, cine)
+        # A node that records no volume (loaded from a file): the cine its file records, else its grid, as in
+        # CAC Annotator.  Each file below records this cine's fingerprint, so the worker cannot tell any more.
+        where = annotation_volume_name(self.input_node)
+        for node in self.annotation_nodes:
+            mrml.check_annotation_of(node, cine, cine.frames.shape, grid, where)
         for i, node in enumerate(self.annotation_nodes):
             masks = mrml.segmentation_masks(node, shape=cine.frames.shape, ijk_to_ras=grid)
             if not masks:

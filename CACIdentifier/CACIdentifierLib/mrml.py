@@ -631,6 +631,88 @@ def check_same_cine(segmentation_nodes, cine_node, cine: Cine | None = None) -> 
                            "as the cine)")
 
 
+def check_annotation_of(segmentation_node, cine: Cine, shape, ijk_to_ras=None,
+                        volume_name: str = "the frame-stack volume") -> None:
+    """Refuse an annotation that its file or its grid shows to be of another cine than ``cine``.
+
+    What :func:`check_same_cine` cannot see, because the node records no volume
+    (a ``.seg.nrrd`` loaded with Add Data or ``loadSegmentation``):
+
+    - the file it was loaded from records another cine
+      (``CAC_source_fingerprint``; :func:`check_recorded_source`);
+    - it records none, was drawn over no volume, and its own grid (reference
+      image geometry) has another pixel spacing, axes or size than ``shape`` on
+      ``ijk_to_ras``, the cine's frame-stack grid (:func:`check_annotation_grid`).
+
+    Either would otherwise be read as this cine's calcium.  ``volume_name`` names
+    the cine's volume in the messages.  CAC Identifier and CAC Annotator refuse
+    such annotations with the same one-line messages.
+    """
+    same_cine = cine is not None and check_recorded_source(segmentation_node, cine, volume_name)
+    if not same_cine and drawn_over(segmentation_node) is None:
+        check_annotation_grid(segmentation_node, shape, ijk_to_ras, volume_name)
+
+
+def recorded_source(segmentation_node) -> tuple[str | None, str | None]:
+    """``(fingerprint, file)``: the ``CAC_source_fingerprint`` recorded in the ``.seg.nrrd`` the node was loaded
+    from, and that file's path; ``(None, file or None)`` when the node has no file or its file records none."""
+    from pathlib import Path
+
+    from .nrrd_io import ATTR_SOURCE_FINGERPRINT
+
+    storage = segmentation_node.GetStorageNode()
+    name = storage.GetFileName() if storage is not None else None
+    if not name or not Path(name).is_file():
+        return None, None
+    try:
+        import nrrd
+
+        recorded = nrrd.read_header(name).get(ATTR_SOURCE_FINGERPRINT)
+    except Exception:  # not a NRRD header we can read: nothing recorded to check
+        return None, name
+    return (str(recorded).strip() or None) if recorded else None, name
+
+
+def check_recorded_source(segmentation_node, cine: Cine, volume_name: str = "the frame-stack volume") -> bool:
+    """Refuse a node loaded from a ``.seg.nrrd`` that records another cine (``CAC_source_fingerprint``);
+    True when its file records this cine, False when it records none (or the node has no file)."""
+    from pathlib import Path
+
+    from .cine import short_fingerprint
+
+    recorded, name = recorded_source(segmentation_node)
+    if recorded is None:
+        return False
+    if recorded != cine.fingerprint():
+        raise CacError(f"segmentation {segmentation_node.GetName()!r} was loaded from {Path(name).name}, which "
+                       f"records another cine (source fingerprint {short_fingerprint(recorded)}, this cine's is "
+                       f"{short_fingerprint(cine.fingerprint())}); choose the annotations made on {volume_name}")
+    return True
+
+
+def _frames_of(shape) -> str:
+    return f"{shape[0]} frames of {shape[1]} x {shape[2]} px"
+
+
+def check_annotation_grid(segmentation_node, shape, ijk_to_ras, volume_name: str = "the frame-stack volume") -> None:
+    """Refuse a segmentation whose own grid (reference image geometry) has another pixel spacing, axes or size
+    than ``shape`` on ``ijk_to_ras``; one without a reference geometry (or no grid to compare) is let through."""
+    grid = _reference_geometry(segmentation_node)
+    if grid is None or ijk_to_ras is None:
+        return
+    name = segmentation_node.GetName()
+    own, cine = np.asarray(grid.ijk_to_ras)[:3, :3], np.asarray(ijk_to_ras, float)[:3, :3]
+    if not np.allclose(own, cine, rtol=1e-4, atol=1e-6):
+        a, b = np.linalg.norm(own, axis=0), np.linalg.norm(cine, axis=0)
+        raise CacError(f"segmentation {name!r} has pixel spacing {a[1]:.4g} x {a[0]:.4g} mm, but "
+                       f"{volume_name} has {b[1]:.4g} x {b[0]:.4g} mm (or other axes): it was drawn over another cine; "
+                       f"choose the segmentations drawn over {volume_name}")
+    if tuple(grid.shape) != tuple(shape):
+        raise CacError(f"segmentation {name!r} covers {_frames_of(grid.shape)}, but {volume_name} "
+                       f"has {_frames_of(shape)}: it was drawn over another cine; choose the segmentations drawn over "
+                       f"{volume_name}")
+
+
 def segmentation_masks(segmentation_node, shape=None, ijk_to_ras=None) -> dict[str, np.ndarray]:
     """Each segment of a (frame-stack) Segmentation node as a ``(n_frames, rows, columns)`` bool array.
 

@@ -164,7 +164,12 @@ def _locked(dataset: Path):
 
 @dataclass
 class Added:
-    """What :func:`add_acquisition` did (no identifying data: safe to print)."""
+    """What :func:`add_acquisition` did (no identifying data: safe to print).
+
+    ``annotated_frames`` and ``calcium_frames`` count the frames training uses, those before ``onset_frame``
+    (all frames when there is no onset); ``contrast_annotated_frames`` the frames at or after it that an
+    annotator marked, which training does not use.
+    """
 
     id: str
     patient: str
@@ -178,6 +183,7 @@ class Added:
     replaced: bool
     detected_onset_frame: int | None = None
     onset_guard_frames: int = 0
+    contrast_annotated_frames: int = 0
 
 
 class NeedsPatient(CacError):
@@ -224,11 +230,20 @@ def _refuse_repeated(annotations) -> None:
         seen[real] = a
 
 
-def _identical_files(paths) -> list[tuple[str, str]]:
-    """Pairs of distinct files with byte-identical contents (a file copied for another annotator)."""
+def _identical_files(paths, files=None) -> list[tuple[str, str]]:
+    """Pairs of distinct files with byte-identical contents (a file copied for another annotator).
+
+    With ``files`` (each path's :class:`~CACIdentifierLib.nrrd_io.SegFile`), files that mark nothing are left
+    out: two annotators who found no calcium write the same empty file (same grid, same cine), which is no
+    drawing counted twice.
+    """
+    marks = {p: True for p in paths} if files is None else \
+        {p: any(np.any(m) for m in f.segments.values()) for p, f in zip(paths, files)}
     first_of = {}
     pairs = []
     for p in paths:
+        if not marks[p]:
+            continue
         digest = hashlib.sha256(Path(p).read_bytes()).hexdigest()
         if digest in first_of:
             pairs.append((first_of[digest], p))
@@ -309,7 +324,7 @@ def add_acquisition(dataset, cine_path, annotations, *, patient: str | None = No
     if onset is not None and not 0 < int(onset) < n:
         raise CacError(f"--onset {onset} is outside the cine's frames 1..{n - 1}; give the first contrast frame")
     files = _annotator_masks(annotations, segment)
-    identical = _identical_files(annotations)
+    identical = _identical_files(annotations, files)
     # Annotators among themselves first, so that the message names the two that disagree.
     try:
         common_grid([grid_of(f) for f in files], annotations)
@@ -383,8 +398,13 @@ def add_acquisition(dataset, cine_path, annotations, *, patient: str | None = No
                     if sync.guard_frames and sync.pairs:
                         onset_frame = max(int(a) for a, _ in sync.pairs) + 1
             guard = 0 if detected_onset is None else detected_onset - onset_frame
-            calcium_frames = [int(k) for k in range(n) if majority[k].any()]
-            annotated = [int(k) for k in range(n) if any(m[k].any() for m in masks)]
+            # Training takes the frames before onset_frame: the counts are of those; marks at or after it
+            # (contrast frames, or the guard band) are counted apart, and warned about below.
+            used = n if onset_frame is None else onset_frame
+            marked = [int(k) for k in range(n) if any(m[k].any() for m in masks)]
+            calcium_frames = [int(k) for k in range(used) if majority[k].any()]
+            annotated = [k for k in marked if k < used]
+            contrast_marked = [k for k in marked if k >= used]
             record = {
                 "id": acq_id, "patient": pid, "series": series, "series_from": series_from,
                 "cine": str(rel / "cine.nrrd"),
@@ -397,11 +417,13 @@ def add_acquisition(dataset, cine_path, annotations, *, patient: str | None = No
                 "onset_frame": onset_frame, "onset_source": onset_source,
                 "detected_onset_frame": detected_onset, "onset_guard_frames": guard,
                 "n_annotators": len(masks), "annotated_frames": len(annotated), "calcium_frames": len(calcium_frames),
+                "contrast_annotated_frames": len(contrast_marked),
                 "dice_median": agreement["median"],
             }
             info = {"id": acq_id, "patient": pid, "onset_frame": onset_frame, "onset_source": onset_source,
                     "detected_onset_frame": detected_onset, "onset_guard_frames": guard,
-                    "calcium_frames": calcium_frames, "annotated_frames": annotated, "agreement": agreement,
+                    "calcium_frames": calcium_frames, "annotated_frames": annotated,
+                    "contrast_annotated_frames": contrast_marked, "agreement": agreement,
                     "rule": "strict majority (a pixel is calcium when more than half of the annotators mark it)"}
             _write_acquisition(dataset, rel, cine, masks, majority, info, replace=bool(existing),
                                fingerprint=fingerprint)
@@ -412,19 +434,42 @@ def add_acquisition(dataset, cine_path, annotations, *, patient: str | None = No
         _remove_created(created, dataset_created)
         raise
     warn_unrecorded(sources)  # after the work: an error above stays the only line
-    unmarked = None if onset is not None or onset_frame is None else unmarked_before_onset(annotated, onset_frame)
+    unmarked = None if onset is not None or onset_frame is None else unmarked_before_onset(marked, onset_frame)
     if unmarked is not None:
         found = f"detected at frame {detected_onset}" if detected_onset is not None else f"guessed at frame {onset_frame}"
         warnings.warn(f"the annotators mark calcium up to frame {unmarked[0] - 1}, but no annotator marks frames "
                       f"{unmarked[0]}-{unmarked[1]}, which training takes as calcium-free non-contrast frames (contrast "
                       f"onset {found}); if contrast has arrived in them, add the run again with --onset N --overwrite "
                       "(N: the first frame with contrast)", CacWarning, stacklevel=2)
+    if contrast_marked:
+        late = [(a, [k for k in range(used, n) if m[k].any()]) for a, m in zip(annotations, masks)]
+        which = "; ".join(f"{a} on {frame_runs(frames)}" for a, frames in late if frames)
+        warnings.warn(f"calcium marked at or after frame {onset_frame} is not used for training (training takes only "
+                      f"the non-contrast frames before it): {which}; mark calcium on the non-contrast frames, or, if "
+                      "those frames hold no contrast, add the run again with --onset N --overwrite (N: the first frame "
+                      "with contrast)", CacWarning, stacklevel=2)
     for first, second in identical:
         warnings.warn(f"annotations {first} and {second} are identical files: one drawing counted as two "
                       "annotators inflates their agreement and the majority; check that each is its annotator's own",
                       CacWarning, stacklevel=2)
     return Added(acq_id, pid, str(rel), int(n), len(annotated), len(calcium_frames), onset_frame, onset_source,
-                 agreement["median"], bool(existing), detected_onset, guard)
+                 agreement["median"], bool(existing), detected_onset, guard, len(contrast_marked))
+
+
+def frame_runs(frames) -> str:
+    """Frame numbers as runs, for messages.
+
+    >>> frame_runs([3, 4, 5, 9]), frame_runs([7])
+    ('frames 3-5, 9', 'frame 7')
+    """
+    runs, start = [], None
+    for i, k in enumerate(frames):
+        if start is None:
+            start = k
+        if i + 1 == len(frames) or frames[i + 1] != k + 1:
+            runs.append(str(start) if start == k else f"{start}-{k}")
+            start = None
+    return ("frame " if len(frames) == 1 else "frames ") + ", ".join(runs)
 
 
 def unmarked_before_onset(annotated, onset_frame: int) -> tuple[int, int] | None:
@@ -539,7 +584,7 @@ def check(dataset) -> tuple[list[str], list[str]]:
                             f"{ONSET_GUARD_FRAMES}-frame guard band (an older `cac dataset add`): training takes the "
                             "frames just before it, which `cac identify` leaves out, as non-contrast; add it again "
                             "with --overwrite")
-    warnings += _no_calcium_warning(manifest["acquisitions"])
+    warnings += _no_calcium_warning([frame_counts(dataset, e) for e in manifest["acquisitions"]])
     for folder in sorted(dataset.glob("*/*")):
         if folder.is_dir() and not folder.name.startswith(".") and folder.resolve() not in listed:
             problems.append(f"{folder.relative_to(dataset)}: folder not in the manifest (an interrupted add?)")
@@ -553,23 +598,54 @@ def check(dataset) -> tuple[list[str], list[str]]:
     return problems, warnings
 
 
-def _no_calcium_warning(acquisitions) -> list[str]:
-    """One line when no acquisition has calcium in its majority vote: training would find no positive patch.
+def frame_counts(dataset, record: dict) -> dict:
+    """The marked frames of a manifest record that training uses: ``{"annotated_frames", "calcium_frames",
+    "contrast_annotated_frames"}`` (None where unknown).
 
-    Read from the manifest's counts (``calcium_frames``: frames with calcium in the majority vote,
-    ``annotated_frames``: frames any annotator marked); a record without them is not judged.
+    Training takes the frames before ``onset_frame``; ``annotated_frames`` (any annotator marks calcium) and
+    ``calcium_frames`` (the majority vote does) count those, ``contrast_annotated_frames`` the marked frames at
+    or after it.  Records of this ``cac dataset add`` hold the three counts.  An older one counted every frame,
+    contrast frames too: its counts are taken again from its ``acquisition.json`` (the frame lists and the onset),
+    or, when that cannot be read, as they are (contrast marks unknown).
     """
-    if not acquisitions or any(e.get("calcium_frames") != 0 for e in acquisitions):
+    if "contrast_annotated_frames" in record:
+        return {key: record.get(key) for key in ("annotated_frames", "calcium_frames", "contrast_annotated_frames")}
+    old = {"annotated_frames": record.get("annotated_frames"), "calcium_frames": record.get("calcium_frames"),
+           "contrast_annotated_frames": None}
+    try:
+        truth = json.loads((Path(dataset) / record["truth"]).read_bytes().decode("utf-8"))
+        onset = truth.get("onset_frame", record.get("onset_frame"))
+        annotated, calcium = truth["annotated_frames"], truth["calcium_frames"]
+        used = None if onset is None else int(onset)
+        return {"annotated_frames": sum(1 for k in annotated if used is None or int(k) < used),
+                "calcium_frames": sum(1 for k in calcium if used is None or int(k) < used),
+                "contrast_annotated_frames": sum(1 for k in annotated if used is not None and int(k) >= used)}
+    except (KeyError, TypeError, ValueError, AttributeError, OSError, RecursionError):
+        return old
+
+
+def _no_calcium_warning(counts) -> list[str]:
+    """One line when no acquisition has calcium in its majority vote on the frames training uses (those before
+    the onset): training would find no positive patch.
+
+    ``counts`` holds each acquisition's :func:`frame_counts`; one without them is not judged.
+    """
+    if not counts or any(c.get("calcium_frames") != 0 for c in counts):
         return []
-    n = len(acquisitions)
+    n = len(counts)
     where = "the acquisition" if n == 1 else f"all {n} acquisitions"
-    if all(e.get("annotated_frames") == 0 for e in acquisitions):
+    if all(c.get("annotated_frames") == 0 for c in counts):
+        if any(c.get("contrast_annotated_frames") for c in counts):
+            return [f"no calcium marked before the contrast onset in {where}: the marks at or after it are not used "
+                    "for training, so training would have no positive patch; mark calcium on the non-contrast "
+                    f"frames (or, if the frames marked hold no contrast, add {'it' if n == 1 else 'them'} again with "
+                    "--onset N --overwrite, N: the first frame with contrast)"]
         return [f"no calcium marked in {where}: every annotation is empty, so training would have no positive "
                 "patch; add runs with calcium marked (or add these again with --overwrite and the annotators' "
                 "calcium segmentations)"]
-    return [f"no calcium in the majority vote of {where} (no pixel is marked by more than half of the "
-            "annotators): training would have no positive patch; check that the annotators marked the same "
-            "calcium, or add runs with calcium marked"]
+    return [f"no calcium in the majority vote of {where} (no pixel of a frame before the contrast onset is marked by "
+            "more than half of the annotators): training would have no positive patch; check that the annotators "
+            "marked the same calcium, or add runs with calcium marked"]
 
 
 def _nrrd_problem(path: Path, exc: Exception) -> str:
@@ -652,16 +728,21 @@ def _file_problems(dataset: Path, e: dict, acq: str) -> list[str]:
 
 
 def info(dataset) -> dict:
-    """Counts of a dataset: patients, acquisitions, frames, annotated frames, frames with calcium, agreement."""
+    """Counts of a dataset: patients, acquisitions, frames, annotated frames, frames with calcium, agreement.
+
+    Annotated frames and frames with calcium are those training uses, before each onset (:func:`frame_counts`);
+    ``contrast_annotated_frames`` counts the marked frames at or after it."""
     manifest = load(dataset)
     acqs = manifest["acquisitions"]
     dice_values = [e["dice_median"] for e in acqs if e.get("dice_median") is not None]
+    counts = [frame_counts(dataset, e) for e in acqs]
     return {
         "patients": len({e["patient"] for e in acqs}),
         "acquisitions": len(acqs),
         "frames": int(sum(e.get("n_frames", 0) for e in acqs)),
-        "annotated_frames": int(sum(e.get("annotated_frames", 0) for e in acqs)),
-        "calcium_frames": int(sum(e.get("calcium_frames", 0) for e in acqs)),
+        "annotated_frames": int(sum(c.get("annotated_frames") or 0 for c in counts)),
+        "calcium_frames": int(sum(c.get("calcium_frames") or 0 for c in counts)),
+        "contrast_annotated_frames": int(sum(c.get("contrast_annotated_frames") or 0 for c in counts)),
         "annotators": sorted({int(e.get("n_annotators", 0)) for e in acqs}),
         "dice_median_of_acquisitions": float(np.median(dice_values)) if dice_values else None,
         "per_patient": {p: sum(1 for e in acqs if e["patient"] == p) for p in sorted({e["patient"] for e in acqs})},
