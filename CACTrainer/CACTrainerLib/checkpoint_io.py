@@ -119,8 +119,8 @@ def describe_sources(saved: dict | None, current: dict | None) -> tuple[str, str
     """Two sources in words for "made on A, not on B": the cross-validation mode is named on both sides when it
     is what differs (otherwise "dataset X, cross-validation by patient, not on dataset X" hides it).
 
-    >>> describe_sources(data_source("ds", cv="patient"), data_source("ds", cv="none"))
-    ('dataset ds, cross-validation by patient', 'dataset ds, training on everything (--cv none)')
+    >>> describe_sources(data_source("/data/ds", cv="patient"), data_source("/data/ds", cv="none"))
+    ('dataset /data/ds, cross-validation by patient', 'dataset /data/ds, training on everything (--cv none)')
     """
     def mode(source):
         return (source.get("cv") or "none") if isinstance(source, dict) else None
