@@ -251,8 +251,7 @@ class CACAnnotatorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                             id=exc.acquisition), windowTitle=_("CAC Annotator")):
                     return _("Export cancelled: {id} kept as it was.").format(id=exc.acquisition)
                 added = self.logic.exportToDataset(*arguments, overwrite=True)
-            return _("Added {id}: {n} annotated frames, {k} with calcium.").format(
-                id=added.id, n=added.annotated_frames, k=added.calcium_frames)
+            return self.logic.exportSummary(added)
 
         self._run(_("Export"), export)
 
@@ -386,6 +385,22 @@ class CACAnnotatorLogic(ScriptedLoadableModuleLogic):
                              "same for this patient's runs; the dataset keeps only a pseudonym).").format(
                 name=Path(cinePath).name)) from None
 
+
+    @staticmethod
+    def exportSummary(added) -> str:
+        """The status line after an export: its counts are of the frames training uses, those before the
+        contrast onset; the frames marked at or after it (``contrast_annotated_frames``) are named apart."""
+        if added.onset_frame is None:
+            line = _("Added {id}. Frames training uses (all: no contrast onset): {n} annotated, {k} with calcium "
+                     "in the majority vote.")
+        else:
+            line = _("Added {id}. Frames training uses (before the onset at frame {onset}): {n} annotated, {k} with "
+                     "calcium in the majority vote.")
+        line = line.format(id=added.id, n=added.annotated_frames, k=added.calcium_frames, onset=added.onset_frame)
+        if added.contrast_annotated_frames:
+            line += " " + _("Frames marked at or after the onset, not used for training: {c}.").format(
+                c=added.contrast_annotated_frames)
+        return line
 
     def compare(self, aiNode, annotatorNodes, volume, worstFirst=False):
         from CACAnnotatorLib import annotation

@@ -505,7 +505,8 @@ def test_counts_are_of_the_frames_training_uses_and_contrast_marks_are_warned(ph
     ds = tmp_path / "ds"
     code, out, err = cli(capsys, "dataset", "add", ds, cine_path, "--onset", 10, "--patient", "p",
                          "--annotations", a1, a2, a3)
-    assert code == 0 and ": 20 frames, 1 annotated, 1 with calcium (majority), onset 10 (given)" in out, out
+    assert code == 0 and (": 20 frames, 1 annotated and 1 with calcium (majority) before the onset (frames training "
+                          "uses), 3 annotated at or after it (not used for training), onset 10 (given)") in out, out
     assert err == (f"cac: warning: calcium marked at or after frame 10 is not used for training (training takes only "
                    f"the non-contrast frames before it): {a1} on frames 12-13; {a2} on frame 12; {a3} on frame 14; "
                    "mark calcium on the non-contrast frames, or, if those frames hold no contrast, add the run again "
@@ -526,6 +527,9 @@ def test_counts_are_of_the_frames_training_uses_and_contrast_marks_are_warned(ph
     code, out, _ = cli(capsys, "dataset", "info", ds, "--json")
     counts = json.loads(out)
     assert (counts["annotated_frames"], counts["calcium_frames"], counts["contrast_annotated_frames"]) == (1, 1, 3)
+    code, out, _ = cli(capsys, "dataset", "info", ds)
+    assert code == 0 and ("frames: 20 (1 annotated and 1 with calcium (majority) before each onset (frames training "
+                          "uses), 3 annotated at or after it (not used for training))") in out.splitlines(), out
     code, out, _ = cli(capsys, "dataset", "check", ds)
     assert code == 0 and "no calcium" not in out, out
 

@@ -372,15 +372,14 @@ def annotator_masks(nodes, shape, ijk_to_ras=None, cine=None, volume_name: str =
     A node loaded from a ``.seg.nrrd`` that records another cine than ``cine``
     (``CAC_source_fingerprint``) is refused, and so is a node that records no cine (no file fingerprint,
     no volume it was drawn over: :func:`CACIdentifierLib.mrml.check_same_cine` checks those) on another
-    grid (another size, pixel spacing or axes): its pixels would be read as this cine's calcium.
+    grid (another size, pixel spacing or axes): its pixels would be read as this cine's calcium.  Those checks
+    are :func:`CACIdentifierLib.mrml.check_annotation_of`'s, CAC Identifier's, with its lines.
     """
     from CACIdentifierLib import mrml
 
     out = []
     for node in nodes:
-        same_cine = cine is not None and _check_file_source(node, cine, volume_name)
-        if not same_cine and mrml.drawn_over(node) is None:
-            _check_grid(node, shape, ijk_to_ras, volume_name)
+        mrml.check_annotation_of(node, cine, shape, ijk_to_ras, volume_name)  # CAC Identifier's checks and lines
         segments = mrml.segmentation_masks(node, shape, ijk_to_ras)
         if not segments:
             raise CacError(f"segmentation {node.GetName()!r} has no segments; paint calcium first")
@@ -396,50 +395,6 @@ def annotator_masks(nodes, shape, ijk_to_ras=None, cine=None, volume_name: str =
 
 def _size(shape) -> str:
     return f"{shape[0]} frames of {shape[1]} x {shape[2]} px"
-
-
-def _check_grid(node, shape, ijk_to_ras, volume_name: str) -> None:
-    """Refuse a segmentation whose own grid (reference geometry) has another pixel spacing, axes or size."""
-    from CACIdentifierLib import mrml
-
-    grid = mrml._reference_geometry(node)
-    if grid is None or ijk_to_ras is None:
-        return
-    own, cine = np.asarray(grid.ijk_to_ras)[:3, :3], np.asarray(ijk_to_ras, float)[:3, :3]
-    if not np.allclose(own, cine, rtol=1e-4, atol=1e-6):
-        a, b = np.linalg.norm(own, axis=0), np.linalg.norm(cine, axis=0)
-        raise CacError(f"segmentation {node.GetName()!r} has pixel spacing {a[1]:.4g} x {a[0]:.4g} mm, but "
-                       f"{volume_name} has {b[1]:.4g} x {b[0]:.4g} mm (or other axes): it was drawn over another cine; "
-                       f"choose the segmentations drawn over {volume_name}")
-    if tuple(grid.shape) != tuple(shape):
-        raise CacError(f"segmentation {node.GetName()!r} covers {_size(grid.shape)}, but {volume_name} "
-                       f"has {_size(shape)}: it was drawn over another cine; choose the segmentations drawn over "
-                       f"{volume_name}")
-
-
-def _check_file_source(node, cine, volume_name: str) -> bool:
-    """Refuse a node loaded from a ``.seg.nrrd`` that records another cine (``CAC_source_fingerprint``);
-    True when its file records this cine, False when it records none (or the node has no file)."""
-    from CACIdentifierLib.cine import short_fingerprint
-    from CACIdentifierLib.nrrd_io import ATTR_SOURCE_FINGERPRINT
-
-    storage = node.GetStorageNode()
-    name = storage.GetFileName() if storage is not None else None
-    if not name or not Path(name).is_file():
-        return False
-    try:
-        import nrrd
-
-        recorded = nrrd.read_header(name).get(ATTR_SOURCE_FINGERPRINT)
-    except Exception:  # not a NRRD header we can read: nothing recorded to check
-        return False
-    if not recorded:
-        return False
-    if str(recorded).strip() != cine.fingerprint():
-        raise CacError(f"segmentation {node.GetName()!r} was loaded from {Path(name).name}, which records another "
-                       f"cine (source fingerprint {short_fingerprint(str(recorded).strip())}, this cine's is "
-                       f"{short_fingerprint(cine.fingerprint())}); choose the annotations made on {volume_name}")
-    return True
 
 
 ATTR_VOTE_DIGEST = "CAC_vote_digest"  # what the module wrote into its vote node (to tell a hand-edited vote)
@@ -590,9 +545,10 @@ def export_to_dataset(dataset, cine_path, nodes, volume_node, *, patient: str | 
     were drawn over the volume.  A pixel spacing the user set on the volume (the
     file has none) and the volume's frame time are given with the file, as
     ``--spacing`` and ``--frame-time`` are on the command line.  Messages and warnings name the segmentation
-    nodes, not the temporary files.  Calcium marked at or after the onset that
-    training uses (contrast frames: training takes only the frames before it)
-    gives a warning naming the annotators and frames.
+    nodes, not the temporary files.  The warnings are ``cac dataset add``'s, among them the one on calcium
+    marked at or after the onset that training uses (contrast frames: training takes only the frames
+    before it), which names the annotators and frames; :func:`with_messages` words their command-line
+    remedies for the panel.
     """
     import warnings
 
@@ -636,42 +592,12 @@ def export_to_dataset(dataset, cine_path, nodes, volume_node, *, patient: str | 
             if type(exc) is CacError and tmp in str(exc):
                 raise CacError(named(str(exc))) from None
             raise
-    empty = [str(path) for path, m in zip(paths, masks) if not m.any()]
-    for w in caught:
-        text = str(w.message)
-        if "identical files" in text and sum(path in text for path in empty) == 2:
-            continue  # two annotators who found no calcium agree; that is no copied drawing
+    for w in caught:  # add_acquisition's own warnings, calcium marked at or after the onset among them
         if issubclass(w.category, CacWarning):
-            warnings.warn(named(text), CacWarning, stacklevel=2)
+            warnings.warn(named(str(w.message)), CacWarning, stacklevel=2)
         else:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    if added.onset_frame is not None:
-        late = [(node.GetName(), [k for k in range(added.onset_frame, len(m)) if m[k].any()])
-                for node, m in zip(nodes, masks)]
-        late = [(name, frames) for name, frames in late if frames]
-        if late:
-            which = "; ".join(f"{name!r} on {_frame_list(frames)}" for name, frames in late)
-            warnings.warn(f"calcium marked at or after frame {added.onset_frame} is not used for training (training "
-                          f"takes only the non-contrast frames before it): {which}; mark calcium on the non-contrast "
-                          "frames, or, if those frames hold no contrast, export again with 'Onset frame' set to the "
-                          "first frame with contrast", CacWarning, stacklevel=2)
     return added
-
-
-def _frame_list(frames) -> str:
-    """Frame numbers as runs.
-
-    >>> _frame_list([3, 4, 5, 9]), _frame_list([7])
-    ('frames 3-5, 9', 'frame 7')
-    """
-    runs, start = [], None
-    for i, k in enumerate(frames):
-        if start is None:
-            start = k
-        if i + 1 == len(frames) or frames[i + 1] != k + 1:
-            runs.append(str(start) if start == k else f"{start}-{k}")
-            start = None
-    return ("frame " if len(frames) == 1 else "frames ") + ", ".join(runs)
 
 
 # --------------------------------------------------------------------------- AI against the annotators

@@ -61,6 +61,18 @@ def _spacing(values):
     raise CacError("--spacing takes one value (square pixels) or two (row column), in mm")
 
 
+def _training_counts(annotated: int, calcium: int, contrast_annotated: int | None, where: str) -> str:
+    """The frame counts ``add`` and ``info`` print: ``annotated`` and ``calcium`` are of the frames training
+    uses, ``where`` says which; ``contrast_annotated``, the marked frames at or after the onset, is named when
+    there are any: "3 annotated and 2 with calcium (majority) before the onset (frames training uses), 4
+    annotated at or after it (not used for training)".
+    """
+    line = f"{annotated} annotated and {calcium} with calcium (majority) {where}"
+    if contrast_annotated:
+        line += f", {contrast_annotated} annotated at or after it (not used for training)"
+    return line
+
+
 def run(args) -> int:
     from CACTrainerLib import dataset_builder
 
@@ -79,9 +91,12 @@ def run(args) -> int:
             if added.onset_guard_frames:
                 source = (f"detected at frame {added.detected_onset_frame}, less a {added.onset_guard_frames}-frame "
                           "guard band")
+            where = ("before the onset (frames training uses)" if added.onset_frame is not None else
+                     "(no onset: training uses all frames)")
+            counts = _training_counts(added.annotated_frames, added.calcium_frames,
+                                      added.contrast_annotated_frames, where)
             print(f"{'replaced' if added.replaced else 'added'} {added.id} ({added.folder}): {added.n_frames} frames, "
-                  f"{added.annotated_frames} annotated, {added.calcium_frames} with calcium (majority), "
-                  f"onset {onset} ({source}), annotator Dice median {dice}")
+                  f"{counts}, onset {onset} ({source}), annotator Dice median {dice}")
         return 0
     if args.dataset_command == "check":
         problems, warnings = dataset_builder.check(args.dataset)
@@ -104,8 +119,10 @@ def run(args) -> int:
             dice = counts["dice_median_of_acquisitions"]
             print(f"patients: {counts['patients']}")
             print(f"acquisitions: {counts['acquisitions']}")
-            print(f"frames: {counts['frames']} ({counts['annotated_frames']} annotated, "
-                  f"{counts['calcium_frames']} with calcium in the majority vote)")
+            frames = _training_counts(counts["annotated_frames"], counts["calcium_frames"],
+                                      counts.get("contrast_annotated_frames"),
+                                      "before each onset (frames training uses)")
+            print(f"frames: {counts['frames']} ({frames})")
             print(f"annotators per acquisition: {', '.join(map(str, counts['annotators'])) or '-'}")
             print(f"annotator agreement (pairwise Dice, median of acquisitions): "
                   f"{'-' if dice is None else f'{dice:.2f}'}")
