@@ -43,3 +43,13 @@ def ijk_to_ras(node) -> np.ndarray:
     m = vtk.vtkMatrix4x4()
     node.GetIJKToRASMatrix(m)
     return np.array([[m.GetElement(i, j) for j in range(4)] for i in range(4)])
+
+
+def load_segmentation(scene, path, name):
+    """A .seg.nrrd read into a node by slicer-core's storage node, as Slicer's Add Data loads it."""
+    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
+    storage = scene.AddNewNodeByClass("vtkMRMLSegmentationStorageNode")
+    storage.SetFileName(str(path))
+    node.SetAndObserveStorageNodeID(storage.GetID())
+    assert storage.ReadData(node), path
+    return node

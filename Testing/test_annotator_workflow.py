@@ -19,7 +19,7 @@ import slicer_python  # noqa: E402
 from CACAnnotatorLib import annotation  # noqa: E402
 from CACIdentifierLib import mrml, nrrd_io, slicercore  # noqa: E402
 from CACIdentifierLib.errors import CacError  # noqa: E402
-from scene_helpers import synthetic_cine  # noqa: E402
+from scene_helpers import load_segmentation, synthetic_cine  # noqa: E402
 
 VIEW = (200, 160)  # the slice views' size in pixels
 
@@ -227,16 +227,6 @@ def test_logic_pair_view_error_names_the_onset_field(annotator_module):
 
 
 # --------------------------------------------------------------------------- files of another cine
-
-
-def load_segmentation(scene, path, name):
-    """A .seg.nrrd read into a node by slicer-core's storage node, as Slicer's Add Data loads it."""
-    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
-    storage = scene.AddNewNodeByClass("vtkMRMLSegmentationStorageNode")
-    storage.SetFileName(str(path))
-    node.SetAndObserveStorageNodeID(storage.GetID())
-    assert storage.ReadData(node), path
-    return node
 
 
 def test_vote_compare_and_export_refuse_files_of_another_cine(scene, tmp_path):

@@ -25,7 +25,7 @@ slicer = pytest.importorskip("slicer", reason="slicer-core is not installed")
 
 from CACIdentifierLib import logic, mrml, nrrd_io, slicercore, worker  # noqa: E402
 from CACIdentifierLib.errors import CacError  # noqa: E402
-from scene_helpers import ijk_to_ras, synthetic_cine  # noqa: E402
+from scene_helpers import ijk_to_ras, load_segmentation, synthetic_cine  # noqa: E402
 
 # A rotation about the viewing axis and a shift: a cine the user has placed in the scene.
 TURN = np.array([[np.cos(0.3), -np.sin(0.3), 0.0], [np.sin(0.3), np.cos(0.3), 0.0], [0.0, 0.0, 1.0]])
@@ -413,16 +413,6 @@ def test_segmentations_of_another_cine_of_the_same_size_are_refused(scene, tmp_p
     sequence, _ = mrml.cine_to_sequence(scene, first, "cine A sequence")
     mrml.check_same_cine([*nodes_a, drawn, roi_a["roi_segmentation"]], sequence)
     assert annotation.majority_vote_node(scene, nodes_a, a) is not None
-
-
-def load_segmentation(scene, path, name):
-    """A .seg.nrrd read into a node by slicer-core's storage node, as Slicer's Add Data loads it."""
-    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
-    storage = scene.AddNewNodeByClass("vtkMRMLSegmentationStorageNode")
-    storage.SetFileName(str(path))
-    node.SetAndObserveStorageNodeID(storage.GetID())
-    assert storage.ReadData(node), path
-    return node
 
 
 class _RecordingRunner(worker.ProcessRunner):
