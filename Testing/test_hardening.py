@@ -798,3 +798,20 @@ def test_colour_photometric_on_grey_samples_is_one_line(plain, tmp_path, capsys,
     code, _, err = run_cac(capsys, "info", path)
     assert code == 2
     assert "PhotometricInterpretation" in one_error_line(err) and "SamplesPerPixel 1 (it needs 3)" in err
+
+
+def test_an_acquisition_id_from_a_manifest_cannot_drive_the_terminal_in_warnings():
+    """Fuzzing (seed 8, case 322): a manifest id '\\x1b[2J' reached a synchronization warning raw."""
+    import warnings
+
+    from CACIdentifierLib.errors import CacWarning
+    from CACTrainerLib.dataset import frames_from_arrays
+
+    frames = np.random.default_rng(0).integers(0, 255, (24, 64, 64)).astype(np.uint8)  # no periodicity: a warning
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", CacWarning)
+        frames_from_arrays(frames, np.zeros(frames.shape, bool), frame_time_ms=66.7, onset=12,
+                           acquisition="\x1b[2J", background=False)
+    messages = [str(w.message) for w in caught]
+    assert messages and all(m.startswith("\\x1b[2J: ") for m in messages), messages
+    assert not any("\x1b" in m for m in messages)

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 from CACIdentifierLib.background import FRAME_ONLY, cine_background, head_inputs, reads_background
-from CACIdentifierLib.errors import CacError
+from CACIdentifierLib.errors import CacError, printable
 from CACIdentifierLib.patches import FRAME_SIZE as FRAME  # the sizes' one home
 from CACIdentifierLib.patches import PATCH_SIZE as PATCH
 from CACIdentifierLib.progress import ProgressCallback, no_progress
@@ -244,8 +244,9 @@ def frames_from_arrays(frames: np.ndarray, majority: np.ndarray, *, frame_time_m
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", CacWarning)
             pairs = synchronize(frames, frame_time_ms, onset=onset).pairs
-        for w in caught:  # say which acquisition: a dataset has many
-            warnings.warn(f"{acquisition}: {w.message}" if acquisition else str(w.message), CacWarning, stacklevel=2)
+        for w in caught:  # say which acquisition: a dataset has many (its id comes from a file: made printable)
+            warnings.warn(f"{printable(acquisition, 80)}: {w.message}" if acquisition else str(w.message), CacWarning,
+                          stacklevel=2)
     chosen = choose_frames(pairs, frames_per_acquisition)
     n = len(chosen)
     nc = np.empty((n, FRAME, FRAME), np.float16)
