@@ -551,14 +551,18 @@ def test_cli_end_to_end_on_written_phantom(tmp_path):
     assert r.returncode == 0, r.stderr
     m4_arch = json.loads((tmp_path / "cv4" / "fold_0.json").read_text())["config"]["architecture"]
     assert m4_arch["classifier_topk"] == 4 and m4_arch["width"] == 16
+    def widened(init, flag, name):
+        """The architecture of a one-epoch fine-tune of ``init`` with the input channel ``flag``."""
+        path = tmp_path / name
+        r = subprocess.run(exe + ["train", str(ds), "--out", str(path), "--epochs1", "1", "--epochs2", "1",
+                                  "--init", str(init), flag, "--samples-per-epoch", "8",
+                                  "--frames-per-acquisition", "2", "--width", "16", "--threads", "2"],
+                           capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        return path, load_model(path)[1]["architecture"]
+
     # the residual channel: a frame model widened for it, inherited by its fine-tune, never taken away
-    res = tmp_path / "res.safetensors"
-    r = subprocess.run(exe + ["train", str(ds), "--out", str(res), "--epochs1", "1", "--epochs2", "1",
-                              "--init", str(out), "--residual-channel", "--samples-per-epoch", "8",
-                              "--frames-per-acquisition", "2", "--width", "16", "--threads", "2"],
-                       capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    arch = load_model(res)[1]["architecture"]
+    res, arch = widened(out, "--residual-channel", "res.safetensors")
     assert arch["inputs"] == "frame+residual" and arch["in_channels"] == 2
     r = subprocess.run(exe + ["train", str(ds), "--out", str(tmp_path / "cv6"), "--epochs", "0",
                               "--init", str(res), "--cv", "patient", "--fold", "0", "--frames-per-acquisition", "2",
@@ -570,13 +574,7 @@ def test_cli_end_to_end_on_written_phantom(tmp_path):
                               "--init", str(res), "--no-residual-channel"], capture_output=True, text=True)
     assert r.returncode == 2 and "--no-residual-channel" in r.stderr and "Traceback" not in r.stderr
     # the vessel channel: the residual model widened for it, never taken away, never without the residual
-    ves = tmp_path / "ves.safetensors"
-    r = subprocess.run(exe + ["train", str(ds), "--out", str(ves), "--epochs1", "1", "--epochs2", "1",
-                              "--init", str(res), "--vessel-channel", "--samples-per-epoch", "8",
-                              "--frames-per-acquisition", "2", "--width", "16", "--threads", "2"],
-                       capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    arch = load_model(ves)[1]["architecture"]
+    ves, arch = widened(res, "--vessel-channel", "ves.safetensors")
     assert arch["inputs"] == "frame+residual+vessels" and arch["in_channels"] == 3
     for flags in (["--init", str(ves), "--no-vessel-channel"], ["--vessel-channel", "--no-residual-channel"]):
         r = subprocess.run(exe + ["train", str(ds), "--out", str(tmp_path / "m8.safetensors"), "--epochs", "1",

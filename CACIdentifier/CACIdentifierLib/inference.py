@@ -312,16 +312,15 @@ def identify(
     def tensor(patches: np.ndarray):
         return torch.from_numpy(patches).to(dev, dtype=dtype, memory_format=torch.channels_last)
 
-    def contrast_patches(index: int):
-        c = frame_arrays(index)
+    def contrast_patches(c: np.ndarray):
         if inputs == FRAME_RESIDUAL_AND_VESSELS:  # zeros under the contrast head (background.with_vessels)
             c = with_vessels(c, c)[1]
         return tensor(c)
 
-    def non_contrast_patches(k: int):
+    def non_contrast_patches(k: int, contrast: dict):
         nc = frame_arrays(frames_nc[k])
         if inputs == FRAME_RESIDUAL_AND_VESSELS:  # the paired contrast frame's residual under this head
-            nc = with_vessels(nc, frame_arrays(frames_c[k]))[0]
+            nc = with_vessels(nc, contrast[frames_c[k]])[0]
         return tensor(nc)
 
     # Pairs are taken in the order of their contrast frame, and a task computes the contrast head
@@ -341,11 +340,12 @@ def identify(
         t0 = time.perf_counter()
         out = []
         with torch.inference_mode():
-            caches = {f_c: net.contrast_cache(contrast_patches(f_c))
-                      for f_c in dict.fromkeys(frames_c[k] for k in members)}
+            # Each contrast frame prepared once per task: for its head and for the vessels of its pairs.
+            contrast = {f_c: frame_arrays(f_c) for f_c in dict.fromkeys(frames_c[k] for k in members)}
+            caches = {f_c: net.contrast_cache(contrast_patches(c)) for f_c, c in contrast.items()}
             for start in range(0, len(members), batch_frames):
                 batch = members[start : start + batch_frames]
-                nc_t = torch.cat([non_contrast_patches(k) for k in batch])
+                nc_t = torch.cat([non_contrast_patches(k, contrast) for k in batch])
                 pair_caches = [caches[frames_c[k]] for k in batch]
                 logit, features = net.classify(nc_t, pair_caches)
                 cls_prob = torch.sigmoid(logit.float() / temperature + bias)
