@@ -241,7 +241,7 @@ def test_jpeg_baseline_pixels_match_other_decoders(path):
 def test_image_folder_lca():
     from skimage import io as skio
 
-    with pytest.warns(CacWarning, match="ignored"):  # proj0_montage.png beside the frames is not a frame
+    with pytest.warns(CacWarning, match=r"ignored: proj0_montage\.png$"):  # beside the frames, not a frame
         cine = load_cine(LCA_FRAMES, spacing_mm=0.308 / 1.4014)
     assert cine.frames.shape == (37, 512, 512) and cine.frames.dtype == np.uint8
     assert cine.frame_time_ms is None
@@ -282,6 +282,23 @@ def test_image_folder_png16_and_rgb(tmp_path):
         Image.fromarray(np.stack([frame] * 3, axis=-1)).save(grey / f"g{k}.png")  # grey stored as RGB
     cine = load_cine(grey)
     assert np.array_equal(cine.frames, (frames >> 4).astype(np.uint8))
+
+
+def test_image_folder_names_ignored_images(tmp_path):
+    from PIL import Image
+
+    frames = ramp_frames(n=4, dtype=np.uint8, maximum=255)
+    for k, frame in enumerate(frames):
+        Image.fromarray(frame).save(tmp_path / f"IM0_{k + 1}.png")
+    # five stray images, one with a terminal escape in its name: named, printable, at most three
+    for name in ("montage.png", "b\x1b[31m.png", "cover.jpg", "zz.png", "notes.tif"):
+        Image.fromarray(frames[0]).save(tmp_path / name)
+    with pytest.warns(CacWarning) as caught:
+        cine = load_cine(tmp_path)
+    assert cine.frames.shape[0] == 4
+    (message,) = [str(w.message) for w in caught if "ignored" in str(w.message)]
+    assert message.endswith("ignored: b\\x1b[31m.png, cover.jpg, montage.png and 2 more")
+    assert message.startswith("5 image(s) in ") and message.isprintable()
 
 
 # --------------------------------------------------------------------------- synthetic DICOM

@@ -213,10 +213,15 @@ def read_image_folder(path, spacing_mm=None, frame_time_ms=None) -> Cine:
     if not candidates:
         raise CacError(f"folder {folder} holds no PNG/JPEG/TIFF frames; give a folder of cine frames")
     files = sorted(_frame_group(candidates), key=lambda p: natural_sort_key(p.name))
-    ignored = len(candidates) - len(files)
+    kept = set(files)
+    ignored = sorted((p for p in candidates if p not in kept), key=lambda p: natural_sort_key(p.name))
     if ignored:
+        # Named, so a user can tell a stray montage from frames misnamed by an export.
+        shown = ", ".join(printable(p.name, 60) for p in ignored[:3])
+        more = f" and {len(ignored) - 3} more" if len(ignored) > 3 else ""
         warnings.warn(
-            f"{ignored} image(s) in {folder.name} do not follow the frames' naming ({files[0].name}...) and were ignored",
+            f"{len(ignored)} image(s) in {printable(folder.name, 80)} do not follow the frames' naming "
+            f"({printable(files[0].name, 60)}...) and were ignored: {shown}{more}",
             CacWarning,
             stacklevel=2,
         )
