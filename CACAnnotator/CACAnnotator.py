@@ -129,6 +129,7 @@ class CACAnnotatorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onSceneStartClose(self, caller, event) -> None:
         self.logic.stopPairView()
+        self.ui.pairLabel.text = ""
         self.ui.patientLineEdit.text = ""  # it belonged to the closed scene's cine
         self.setParameterNode(None)
 
@@ -180,8 +181,8 @@ class CACAnnotatorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         def show():
             view = self.logic.showPairView(p.cineSequence, None if p.onsetFrame < 0 else p.onsetFrame,
-                                           p.frameStackVolume)
-            self.ui.pairLabel.text = _("{n} non-contrast frames paired").format(n=len(view.pairs))
+                                           p.frameStackVolume, onFrame=self.showPairNote)
+            self.showPairNote(view)
             if view.volume is None:
                 return _("The right view shows the paired contrast frame. Choose the frame-stack volume and show "
                          "the pair view again to paint in the left view: strokes over the cine's own frame do "
@@ -190,6 +191,11 @@ class CACAnnotatorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                      "volume, on the frame being browsed); the right view shows the paired contrast frame.")
 
         self._run(_("Pair view"), show)
+
+    def showPairNote(self, view) -> None:
+        """The pair line: how many frames are paired, and what the views show for the browsed frame (a contrast
+        frame: no pair, the right view left empty)."""
+        self.ui.pairLabel.text = _("{n} non-contrast frames paired. {note}").format(n=len(view.pairs), note=view.note)
 
     def onCreateAnnotators(self) -> None:
         p = self._parameterNode
@@ -301,16 +307,18 @@ class CACAnnotatorLogic(ScriptedLoadableModuleLogic):
             raise CacError(_("Select the {what} first.").format(what=what))
         return node
 
-    def showPairView(self, sequence, onset=None, volume=None, sliceLogics=None):
+    def showPairView(self, sequence, onset=None, volume=None, sliceLogics=None, onFrame=None):
         """The pair view: ``volume`` (the frame-stack volume, painted over) on the left on the browser's frame,
-        the paired contrast frame on the right.  ``sliceLogics`` (left, right): the views' ``vtkMRMLSliceLogic``,
-        by default those of the Red and Yellow views of the side-by-side layout."""
+        the paired contrast frame on the right (left empty on a frame without a pair: a contrast frame...).
+        ``sliceLogics`` (left, right): the views' ``vtkMRMLSliceLogic``, by default those of the Red and Yellow
+        views of the side-by-side layout.  ``onFrame(view)`` is called each time the browsed frame changes;
+        ``view.note`` says what the views show for it (the panel's pair line)."""
         from CACAnnotatorLib import annotation
 
         self._require(sequence, _("cine sequence"))
         self.stopPairView()
-        pairs, self.messages = annotation.with_messages(annotation.pairs_for_sequence, sequence, onset)
-        self.pairView = annotation.PairView(slicer.mrmlScene, sequence, pairs, volume=volume)
+        self.pairView, self.messages = annotation.with_messages(
+            annotation.pair_view_for_sequence, slicer.mrmlScene, sequence, onset, volume, onFrame)
         layoutManager = slicer.app.layoutManager() if hasattr(slicer, "app") else None
         if sliceLogics is None and layoutManager is not None:
             layoutManager.setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutSideBySideView)
@@ -388,15 +396,22 @@ class CACAnnotatorLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def exportSummary(added) -> str:
-        """The status line after an export: its counts are of the frames training uses, those before the
-        contrast onset; the frames marked at or after it (``contrast_annotated_frames``) are named apart."""
+        """The status line after an export: "Added" or, when the cine was in the dataset already and its
+        acquisition was replaced, "Replaced"; its counts and the annotators' agreement (pairwise Dice median)
+        are of the frames training uses, those before the contrast onset (the non-contrast frames, where
+        annotations are made); the frames marked at or after it (``contrast_annotated_frames``) are named apart."""
         if added.onset_frame is None:
-            line = _("Added {id}. Frames training uses (all: no contrast onset): {n} annotated, {k} with calcium "
-                     "in the majority vote.")
+            line = (_("Replaced {id}.") if added.replaced else _("Added {id}.")) + " " + _(
+                "Frames training uses (all: no contrast onset): {n} annotated, {k} with calcium in the majority "
+                "vote.")
         else:
-            line = _("Added {id}. Frames training uses (before the onset at frame {onset}): {n} annotated, {k} with "
-                     "calcium in the majority vote.")
+            line = (_("Replaced {id}.") if added.replaced else _("Added {id}.")) + " " + _(
+                "Frames training uses (before the onset at frame {onset}): {n} annotated, {k} with calcium in the "
+                "majority vote.")
         line = line.format(id=added.id, n=added.annotated_frames, k=added.calcium_frames, onset=added.onset_frame)
+        if added.dice_median is not None:
+            line += " " + _("Annotators' agreement on those frames (pairwise Dice median): {d:.2f}.").format(
+                d=added.dice_median)
         if added.contrast_annotated_frames:
             line += " " + _("Frames marked at or after the onset, not used for training: {c}.").format(
                 c=added.contrast_annotated_frames)

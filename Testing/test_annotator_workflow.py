@@ -160,6 +160,115 @@ def test_annotations_stay_out_of_the_contrast_view(scene):
         assert editor.IsSegmentationDisplayableInView(three_d)
 
 
+def test_a_frame_without_a_pair_empties_the_right_view_and_says_why(scene):
+    """Browsing to a contrast frame left the right view on the last pair, as if it were this frame's, without a
+    word.  Now the right view is left empty there, the note says why (a contrast frame, a blank frame, the guard
+    band before the onset), and the pair comes back on a paired frame."""
+    cine = synthetic_cine(n=10, rows=40, cols=52)
+    sequence, browser, volume = loaded(scene, cine)
+    left, right = slice_logic(scene, "Red"), slice_logic(scene, "Yellow")
+    seen = []
+    view = annotation.PairView(scene, sequence, {0: 7, 1: 8, 2: 9}, volume=volume, onset=5, blank_frames=[3],
+                               guard_frames=1, on_frame=seen.append)
+    view.show(left, right)
+    view.start()
+    composite = right.GetSliceCompositeNode()
+    browser.SetSelectedItemNumber(2)
+    assert composite.GetBackgroundVolumeID() == view.proxy.GetID()
+    assert view.note == "Frame 2 (non-contrast): the right view shows its paired contrast frame 9."
+    browser.SetSelectedItemNumber(6)  # a contrast frame
+    assert view.current_pair is None and composite.GetBackgroundVolumeID() is None
+    assert view.note == ("Frame 6 is a contrast frame (contrast from frame 5 on): annotations are made on the "
+                         "non-contrast frames, so it has no pair, and the right view is left empty; browse to one of "
+                         "the paired frames 0-2.")
+    assert seen and seen[-1] is view  # the panel is told at each frame
+    browser.SetSelectedItemNumber(3)
+    assert view.note.startswith("Frame 3 is blank: it has no pair, and the right view is left empty")
+    browser.SetSelectedItemNumber(4)
+    assert view.note.startswith("Frame 4 lies just before the contrast onset at frame 5")
+    browser.SetSelectedItemNumber(1)  # a paired frame again: its pair is shown
+    assert composite.GetBackgroundVolumeID() == view.proxy.GetID()
+    np.testing.assert_array_equal(mrml._array_from_image(view.proxy.GetImageData())[0], cine.frames[8])
+    # A volume the user puts into the right view while it is empty stays there.
+    browser.SetSelectedItemNumber(8)
+    composite.SetBackgroundVolumeID(volume.GetID())
+    browser.SetSelectedItemNumber(0)
+    assert composite.GetBackgroundVolumeID() == volume.GetID()
+    view.stop()
+
+
+def test_logic_pair_view_tells_the_panel_about_a_contrast_frame(annotator_module):
+    app, module = annotator_module
+    scene = app.mrmlScene
+    cine = synthetic_cine(n=10, rows=40, cols=52)
+    sequence, browser, volume = loaded(scene, cine)
+    left, right = slice_logic(scene, "Red"), slice_logic(scene, "Yellow")
+    lines = []
+    view = module.CACAnnotatorLogic().showPairView(sequence, 4, volume, sliceLogics=(left, right),
+                                                   onFrame=lambda v: lines.append(v.note))
+    assert view.onset == 4 and view.pairs and max(view.pairs) < 4
+    browser.SetSelectedItemNumber(7)
+    assert lines[-1].startswith("Frame 7 is a contrast frame (contrast from frame 4 on): annotations are made on "
+                                "the non-contrast frames"), lines
+    assert right.GetSliceCompositeNode().GetBackgroundVolumeID() is None
+    browser.SetSelectedItemNumber(min(view.pairs))
+    assert lines[-1].startswith(f"Frame {min(view.pairs)} (non-contrast): the right view shows its paired contrast")
+    assert right.GetSliceCompositeNode().GetBackgroundVolumeID() == view.proxy.GetID()
+    view.stop()
+
+
+def test_annotations_stay_out_of_the_contrast_view_in_views_and_display_nodes_made_later(scene):
+    """The segmentations were kept out of the right view by listing the views that existed then: a view created
+    later (another layout) never showed them, and a display node made later (the segmentation shown again) showed
+    them in the right view, where the Segment Editor then puts the volume it paints over."""
+    cine = synthetic_cine(n=10, rows=40, cols=52)
+    sequence, browser, volume = loaded(scene, cine)
+    left, right = slice_logic(scene, "Red"), slice_logic(scene, "Yellow")
+    view = annotation.PairView(scene, sequence, {0: 7}, volume=volume)
+    view.show(left, right)
+    view.start()
+    nodes = annotation.create_annotator_segmentations(scene, volume, 2)
+    view.keep_out_of_right_view(nodes)
+    green = slice_logic(scene, "Green").GetSliceNode()  # views created after the setting
+    three_d = scene.AddNewNodeByClass("vtkMRMLViewNode", "View2")
+    for node in nodes:
+        display = node.GetDisplayNode()
+        assert display.IsDisplayableInView(green.GetID()) and display.IsDisplayableInView(three_d.GetID())
+        assert not display.IsDisplayableInView(right.GetSliceNode().GetID())
+    scene.RemoveNode(nodes[0].GetDisplayNode())  # shown again: a new display node
+    nodes[0].CreateDefaultDisplayNodes()
+    display = nodes[0].GetDisplayNode()
+    assert not display.IsDisplayableInView(right.GetSliceNode().GetID())
+    assert display.IsDisplayableInView(left.GetSliceNode().GetID()) and display.IsDisplayableInView(green.GetID())
+    # Not following: showing the pair view again lists the views made meanwhile.
+    view.stop()
+    other = scene.AddNewNodeByClass("vtkMRMLViewNode", "View3")
+    assert not nodes[1].GetDisplayNode().IsDisplayableInView(other.GetID())
+    view.show(left, right)
+    assert nodes[1].GetDisplayNode().IsDisplayableInView(other.GetID())
+    assert not nodes[1].GetDisplayNode().IsDisplayableInView(right.GetSliceNode().GetID())
+
+
+def test_logic_keeps_annotators_out_of_the_right_view_in_a_view_made_later(annotator_module):
+    app, module = annotator_module
+    scene = app.mrmlScene
+    cine = synthetic_cine(n=10, rows=40, cols=52)
+    sequence, browser, volume = loaded(scene, cine)
+    logic = module.CACAnnotatorLogic()
+    left, right = slice_logic(scene, "Red"), slice_logic(scene, "Yellow")
+    logic.showPairView(sequence, 4, volume, sliceLogics=(left, right))
+    nodes = logic.createAnnotators(volume, 2) + [logic.majorityVote(logic.createAnnotators(volume, 2), volume)]
+    green = slice_logic(scene, "Green").GetSliceNode()
+    editor = slicer.vtkSlicerSegmentEditorLogic()
+    editor.SetMRMLScene(scene)
+    editor.SetSegmentEditorNode(scene.AddNewNodeByClass("vtkMRMLSegmentEditorNode"))
+    for node in nodes:
+        editor.SetSegmentationNode(node)
+        assert editor.IsSegmentationDisplayableInView(green), node.GetName()
+        assert not editor.IsSegmentationDisplayableInView(right.GetSliceNode()), node.GetName()
+    logic.stopPairView()
+
+
 def test_the_pair_view_refuses_a_volume_of_another_cine(scene):
     sequence, _, _ = loaded(scene, synthetic_cine(seed=0), "a")
     other = mrml.cine_to_frame_stack_volume(scene, synthetic_cine(seed=1), "b frames")
@@ -272,6 +381,56 @@ def test_another_size_is_named_with_both_sizes(scene, tmp_path):
     with pytest.raises(CacError, match=r"'big' covers 8 frames of 48 x 52 px, but 'this frames' has 6 frames of "
                                        r"40 x 52 px: it was drawn over another cine"):
         annotation.majority_vote_node(scene, [node], volume)
+
+
+def test_a_segmentation_drawn_over_a_cropped_volume_is_refused_with_cac_dataset_adds_line(scene, tmp_path):
+    """Refused by the vote, the comparison, Save and the export, as `cac dataset add` refuses its file (which it
+    took, placed by the crop's origin): one check, one line, whether the node was loaded from a file Slicer saved
+    or drawn in the scene over a cropped copy of the volume.  Given the volume's geometry, it is accepted."""
+    from functools import partial
+
+    import slicer_seg_files
+    from CACIdentifierLib.cine import Cine
+    from CACTrainerLib import dataset_builder
+
+    cine = synthetic_cine(n=8, rows=48, cols=48)
+    path = nrrd_io.write_seq_nrrd(cine, tmp_path / "run.seq.nrrd")
+    volume = mrml.cine_to_frame_stack_volume(scene, cine, "run frames")
+    good = annotation.create_annotator_segmentations(scene, volume, 1)
+    calcium = np.zeros(cine.frames.shape, bool)
+    calcium[2, 20:26, 20:26] = True
+    saved = slicer_seg_files.write(tmp_path / "cropped.seg.nrrd", {"calcium": calcium}, cine.spacing_mm,
+                                   box=(10, 40, 12, 44))
+    from_file = load_segmentation(scene, saved, "from file")
+    crop = mrml.cine_to_frame_stack_volume(scene, Cine(frames=cine.frames[:, 10:40, 12:44].copy(),
+                                                       frame_time_ms=cine.frame_time_ms, spacing_mm=cine.spacing_mm),
+                                           "run frames cropped")
+    row, col = cine.spacing_mm
+    crop.SetOrigin(-col * 12, -row * 10, 0.0)  # where Crop Volume leaves a crop: on the volume's pixels
+    drawn = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "drawn")
+    drawn.SetReferenceImageGeometryParameterFromVolumeNode(crop)  # the Segment Editor's source volume: the crop
+    mrml._fill_segmentation(drawn, {"calcium": calcium[:, 10:40, 12:44]}, None, {}, mrml.frame_stack_geometry(crop))
+    grid = mrml.frame_stack_geometry(volume)
+    for node in (from_file, drawn):
+        with pytest.raises(CacError) as expected:
+            dataset_builder.check_not_cropped(f"segmentation {node.GetName()!r}", grid, (8, 30, 32), grid,
+                                              cine.frames.shape, "'run frames'", saved=False)
+        line = str(expected.value)
+        assert line.startswith(f"segmentation {node.GetName()!r} was drawn over a cropped copy of 'run frames' (30 x "
+                               "32 of its 48 x 48 px), so where it lies on the frames cannot be checked; in Slicer's "
+                               "Segment Editor give it the geometry of 'run frames' ('Specify geometry'), or draw it")
+        for function, *args in ((annotation.majority_vote_node, scene, [*good, node], volume),
+                                (annotation.compare_with_annotators, scene, good[0], [node], volume),
+                                (annotation.save_annotations, [node], volume, tmp_path / "saved"),
+                                (partial(annotation.export_to_dataset, patient="7", onset=6), tmp_path / "dataset",
+                                 path, [*good, node], volume)):
+            with pytest.raises(CacError) as refused:
+                function(*args)
+            assert str(refused.value) == line, function
+    assert not (tmp_path / "saved").exists() and not (tmp_path / "dataset").exists()
+    drawn.SetReferenceImageGeometryParameterFromVolumeNode(volume)  # 'Specify geometry': the whole volume
+    vote = annotation.majority_vote_node(scene, [drawn], volume)
+    np.testing.assert_array_equal(mrml.segmentation_masks(vote, cine.frames.shape, grid)["calcium"], calcium)
 
 
 # --------------------------------------------------------------------------- export
@@ -389,24 +548,49 @@ def test_logic_export_messages_reach_the_panel(annotator_module, tmp_path):
 
 def test_logic_export_status_counts_the_frames_training_uses(annotator_module, tmp_path):
     """The status line said "Added ...: N annotated frames, K with calcium." though the counts are of the frames
-    before the contrast onset only (those training uses); the frames marked at or after it went unsaid."""
+    before the contrast onset only (those training uses); the frames marked at or after it went unsaid.  It said
+    "Added" too when the export had replaced the acquisition already in the dataset."""
     cine, path, volume, logic, nodes = panel_export(annotator_module, tmp_path, 2)
     marks = np.zeros(cine.frames.shape, bool)
     marks[[2, 3, 8, 9, 10], 30:34, 30:34] = True
     for node in nodes:
         paint(node, volume, marks)
     added = logic.exportToDataset(tmp_path / "dataset", path, nodes, volume, 6, "7")
+    assert not added.replaced
     assert logic.exportSummary(added) == (
         f"Added {added.id}. Frames training uses (before the onset at frame 6): 2 annotated, 2 with calcium in the "
-        "majority vote. Frames marked at or after the onset, not used for training: 3.")
+        "majority vote. Annotators' agreement on those frames (pairwise Dice median): 1.00. Frames marked at or "
+        "after the onset, not used for training: 3.")
     before = np.zeros(cine.frames.shape, bool)
     before[1, 30:34, 30:34] = True
     for node in nodes:
         paint(node, volume, before)
     added = logic.exportToDataset(tmp_path / "dataset", path, nodes, volume, 6, "7", overwrite=True)
+    assert added.replaced
     assert logic.exportSummary(added) == (
-        f"Added {added.id}. Frames training uses (before the onset at frame 6): 1 annotated, 1 with calcium in the "
-        "majority vote.")
+        f"Replaced {added.id}. Frames training uses (before the onset at frame 6): 1 annotated, 1 with calcium in "
+        "the majority vote. Annotators' agreement on those frames (pairwise Dice median): 1.00.")
+
+
+def test_logic_export_agreement_is_of_the_non_contrast_frames(annotator_module, tmp_path):
+    """The annotators' agreement (dice_median) counted the frames at or after the contrast onset, which nobody
+    annotates: two annotators who agree on every non-contrast frame got a median of 0.5 for one stray mark each on
+    a contrast frame.  It is now of the frames before the onset, and the status line says so."""
+    cine, path, volume, logic, nodes = panel_export(annotator_module, tmp_path, 2)
+    first, second = np.zeros(cine.frames.shape, bool), np.zeros(cine.frames.shape, bool)
+    first[2, 30:34, 30:34] = second[2, 30:34, 30:34] = True  # the same deposit on non-contrast frame 2
+    first[9, 10:14, 10:14] = True  # strays on contrast frame 9, in different places
+    second[9, 40:44, 40:44] = True
+    for node, mask in zip(nodes, (first, second)):
+        paint(node, volume, mask)
+    added = logic.exportToDataset(tmp_path / "dataset", path, nodes, volume, 6, "7")
+    assert added.dice_median == pytest.approx(1.0)  # over frames 2 and 9 it was the median of 1 and 0: 0.5
+    assert "Annotators' agreement on those frames (pairwise Dice median): 1.00." in logic.exportSummary(added)
+    record = json.loads((tmp_path / "dataset" / "manifest.json").read_text())["acquisitions"][0]
+    truth = json.loads((tmp_path / "dataset" / record["truth"]).read_text())
+    assert record["dice_median"] == pytest.approx(1.0) and truth["agreement"]["frames"] == [2]
+    assert truth["agreement"]["before_frame"] == 6
+    assert truth["agreement_frames"].startswith("the non-contrast frames before the onset (frames 0-5)")
 
 
 # --------------------------------------------------------------------------- comparison

@@ -1,4 +1,4 @@
-"""`cac dataset` on the real XA cines with three annotators' cropped .seg.nrrd written by slicer-core.
+"""`cac dataset` on the real XA cines with three annotators' .seg.nrrd written by slicer-core, cropped to their content.
 
 Acceptance of the real-data loop: add -> info -> check -> a tiny `cac train --cv patient` fold ->
 `cac identify` + `cac evaluate`; bad inputs refused with one line; no identifying field in the dataset.
@@ -28,7 +28,8 @@ ONSET_SOURCE = {"ge-static-phantom-jpegls.dcm": "guessed", "rubo-rca-ecg-96f.dcm
 
 
 def annotations(tmp, name, n_frames, frames, spacing, seed):
-    """Three annotators' masks (overlapping squares that move a little) saved cropped by slicer-core."""
+    """Three annotators' masks (overlapping squares that move a little) saved cropped to their minimum extent by
+    slicer-core (drawn over the whole frame-stack volume: one drawn over a cropped copy is refused, below)."""
     rng = np.random.default_rng(seed)
     masks = []
     for _ in range(3):
@@ -37,10 +38,8 @@ def annotations(tmp, name, n_frames, frames, spacing, seed):
             r, c = 200 + 3 * k + rng.integers(-3, 4), 240 + 2 * k + rng.integers(-3, 4)
             m[k, r : r + 24, c : c + 18] = True
         masks.append(m)
-    boxes = [(150, 300, 180, 330), (0, 512, 0, 512), (180, 300, 220, 320)]  # drawn over cropped volumes
     sp = spacing or (1.0, 1.0)
-    paths = [ssf.write(tmp / f"{name}-ann{a + 1}.seg.nrrd", {"calcium": masks[a]}, sp, box=boxes[a], crop=True)
-             for a in range(3)]
+    paths = [ssf.write(tmp / f"{name}-ann{a + 1}.seg.nrrd", {"calcium": masks[a]}, sp, crop=True) for a in range(3)]
     return masks, paths
 
 
@@ -289,6 +288,59 @@ def test_add_refuses_one_annotation_file_given_twice(phantom_dataset, tmp_path, 
         add_acquisition(tmp_path / "ds", acq / "cine.dcm", [drawn, copy, acq / "annotator2.seg.nrrd"], onset=10)
     ours = [str(w.message) for w in caught if issubclass(w.category, CacWarning)]
     assert any("are identical files" in m and str(copy) in m for m in ours), ours
+
+
+def test_add_refuses_a_segmentation_drawn_over_a_cropped_volume(phantom_dataset, tmp_path, capsys):
+    """CAC Annotator refused a segmentation drawn over a cropped copy of the frame-stack volume; `add` took its file
+    and placed it by the crop's origin, which nothing checks.  It now refuses it with the Annotator's line (one
+    check, `dataset_builder.check_not_cropped`), exit code 2; a file saved cropped to its minimum extent (its
+    reference geometry: the whole volume) is still accepted."""
+    from CACIdentifierLib.cine_io import load_cine
+
+    _, acq = phantom_dataset
+    cine = load_cine(acq / "cine.dcm")
+    mask = np.zeros(cine.frames.shape, bool)
+    mask[2, 20:30, 20:30] = True
+    spacing = cine.spacing_mm or (1.0, 1.0)
+    whole = [ssf.write(tmp_path / f"whole{i}.seg.nrrd", {"calcium": mask}, spacing, crop=True) for i in (1, 2)]
+    cropped = ssf.write(tmp_path / "cropped.seg.nrrd", {"calcium": mask}, spacing, box=(8, 56, 4, 60))
+    code, out, err = cli(capsys, "dataset", "add", tmp_path / "ds", acq / "cine.dcm", "--onset", 10,
+                         "--annotations", whole[0], cropped)
+    assert code == 2 and out == ""
+    assert err == (f"cac: error: {cropped} was drawn over a cropped copy of the cine's frame-stack volume (48 x 56 of "
+                   "its 64 x 64 px), so where it lies on the frames cannot be checked; in Slicer's Segment Editor give "
+                   "it the geometry of the cine's frame-stack volume ('Specify geometry') and save it again, or draw it "
+                   "over the cine's frame-stack volume\n"), err
+    assert not (tmp_path / "ds").exists()
+    code, out, err = cli(capsys, "dataset", "add", tmp_path / "ds", acq / "cine.dcm", "--onset", 10,
+                         "--annotations", *whole)
+    assert code == 0 and "1 annotated and 1 with calcium" in out, err
+
+
+def test_agreement_is_of_the_non_contrast_frames(phantom_dataset, tmp_path):
+    """`dice_median` took the frames at or after the contrast onset too, where nobody annotates: two annotators who
+    agree on the non-contrast frames got 0.5 for one stray mark each on a contrast frame.  It is of the frames
+    before the onset now, and acquisition.json says which frames it covers."""
+    from CACIdentifierLib.cine_io import load_cine
+    from CACIdentifierLib.nrrd_io import write_seg_nrrd
+
+    cine_path = phantom_dataset[1] / "cine.dcm"
+    cine = load_cine(cine_path)
+    masks = [np.zeros(cine.frames.shape, bool) for _ in range(2)]
+    for m in masks:
+        m[2, 20:30, 20:30] = True  # the same deposit on non-contrast frame 2
+    masks[0][12, 5:10, 5:10] = True  # strays on contrast frame 12, in different places
+    masks[1][12, 40:45, 40:45] = True
+    paths = [write_seg_nrrd(tmp_path / f"a{i}.seg.nrrd", {"calcium": m}, cine.spacing_mm,
+                            source_fingerprint=cine.fingerprint()) for i, m in enumerate(masks)]
+    added, _ = add_warnings(tmp_path / "ds", cine_path, paths, onset=10, patient="p")
+    assert added.dice_median == pytest.approx(1.0)  # with frame 12: the median of 1 and 0, 0.5
+    record = json.loads((tmp_path / "ds" / "manifest.json").read_text())["acquisitions"][0]
+    truth = json.loads((tmp_path / "ds" / record["truth"]).read_text())
+    assert record["dice_median"] == pytest.approx(1.0)
+    assert truth["agreement"]["frames"] == [2] and truth["agreement"]["before_frame"] == 10
+    assert truth["agreement_frames"] == ("the non-contrast frames before the onset (frames 0-9), where annotations are "
+                                         "made; marks at or after it are left out")
 
 
 def test_check_warns_when_no_acquisition_has_calcium(tmp_path, capsys):

@@ -51,24 +51,44 @@ def pair_table(pairs) -> dict[int, int]:
     return {int(a): int(b) for a, b in pairs}
 
 
-def pairs_for_sequence(sequence_node, onset: int | None = None) -> dict[int, int]:
-    """Synchronize the cine held by ``sequence_node`` and return its :func:`pair_table`."""
+def sync_for_sequence(sequence_node, onset: int | None = None):
+    """Synchronize the cine held by ``sequence_node``: its :class:`~CACIdentifierLib.sync.result.SyncResult`."""
     from CACIdentifierLib import mrml
     from CACIdentifierLib.sync import synchronize
 
     cine = mrml.sequence_to_cine(sequence_node)
-    result = synchronize(cine.frames, cine.frame_time_ms, onset=onset, r_wave_frames=cine.r_wave_frames)
-    return pair_table(result.pairs)
+    return synchronize(cine.frames, cine.frame_time_ms, onset=onset, r_wave_frames=cine.r_wave_frames)
+
+
+def pairs_for_sequence(sequence_node, onset: int | None = None) -> dict[int, int]:
+    """Synchronize the cine held by ``sequence_node`` and return its :func:`pair_table`."""
+    return pair_table(sync_for_sequence(sequence_node, onset).pairs)
+
+
+def pair_view_for_sequence(scene, sequence_node, onset: int | None = None, volume=None, on_frame=None):
+    """A :class:`PairView` of the cine held by ``sequence_node``, with its pairs, contrast onset and blank frames
+    from synchronization (``onset``: the first contrast frame when given)."""
+    result = sync_for_sequence(sequence_node, onset)
+    return PairView(scene, sequence_node, pair_table(result.pairs), volume=volume, onset=result.onset_frame,
+                    blank_frames=result.blank_frames, guard_frames=result.guard_frames, on_frame=on_frame)
 
 
 class PairView:
     """A second browser that shows the contrast frame paired with the cine browser's selected frame.
 
     ``pairs`` is ``{non-contrast: contrast}``.  On a frame without a pair
-    (contrast frames, blank frames) the paired browser stays where it was and
-    :attr:`current_pair` is None.  :meth:`start` follows the cine browser
-    through a MRML observer; :meth:`update` does the same once (tests, or a
-    panel without observers).
+    (contrast frames, blank frames, the guard band just before a detected
+    onset) the paired browser stays where it was, :attr:`current_pair` is None,
+    and the right view, once shown, is left empty until a paired frame is
+    browsed (it showed the last pair, as if it were this frame's).
+    :attr:`note` says in one line what the views show for the browsed frame
+    (a contrast frame: "Frame N is a contrast frame ..."), and ``on_frame``,
+    when given, is called with the view after each update (the panel shows the
+    note).  ``onset`` (first contrast frame), ``blank_frames`` and
+    ``guard_frames`` (synchronization's, :func:`pair_view_for_sequence`) name
+    why a frame has no pair.  :meth:`start` follows the cine browser through a
+    MRML observer; :meth:`update` does the same once (tests, or a panel without
+    observers).
 
     ``volume`` is the cine's frame-stack volume, the one the annotators paint
     over (it must hold the same cine).  The frames of a Sequence all lie in one
@@ -80,17 +100,25 @@ class PairView:
     frame the user scrolls the left view to; the right view shows the paired
     contrast frame.  :meth:`keep_out_of_right_view` keeps segmentations out of
     the right view, where they would lie over another frame (and where the
-    Segment Editor would otherwise put the volume it paints over).
+    Segment Editor would otherwise put the volume it paints over); it holds for
+    views created later and for display nodes made later (while following,
+    and again each time the pair view is shown).
 
     >>> # view = PairView(scene, sequence, pairs, volume=frames); view.show(red_logic, yellow_logic); view.start()
     """
 
-    def __init__(self, scene, sequence_node, pairs: dict[int, int], browser=None, volume=None):
+    def __init__(self, scene, sequence_node, pairs: dict[int, int], browser=None, volume=None, *,
+                 onset: int | None = None, blank_frames=(), guard_frames: int = 0, on_frame=None):
         from CACIdentifierLib import mrml
 
         self.scene = scene
         self.sequence = sequence_node
         self.pairs = dict(pairs)
+        self.onset = None if onset is None else int(onset)
+        self.blank_frames = {int(k) for k in blank_frames}
+        self.guard_frames = int(guard_frames or 0)
+        self.on_frame = on_frame
+        self.note = ""
         self.browser = browser or mrml.browser_of(scene, sequence_node)
         if self.browser is None:
             raise CacError("the cine has no sequence browser; load it as a sequence first")
@@ -113,8 +141,12 @@ class PairView:
             self.paired.SetSaveChanges(sequence_node, False)
         self.slice_node = None  # the left view's, once shown with a volume
         self.right_view_id = None
+        self.right_composite = None  # the right view's composite node, once shown
+        self._right_emptied = False  # the right view was emptied here on a frame without a pair
+        self._kept_out = []  # IDs of the segmentations kept out of the right view
         self._tags = []
         self._following = False
+        self._applying = False
         self.current_pair = None
         self.update()
 
@@ -138,9 +170,56 @@ class PairView:
         if self.current_pair is not None and self.paired.GetSelectedItemNumber() != self.current_pair:
             self.paired.SetSelectedItemNumber(self.current_pair)
         slicercore.logic(self.scene, "sequences").UpdateProxyNodesFromSequences(self.paired)
+        self._right_view_on_pair()
         if self.slice_node is not None and self.frame_in_view() != frame:
             self._follow(self._jump_to, frame)
+        self.note = self.frame_note(frame)
+        if self.on_frame is not None:
+            self.on_frame(self)
         return self.current_pair
+
+    def _right_view_on_pair(self) -> None:
+        """Empty the right view on a frame without a pair (it would show the last pair as this frame's); show
+        the pair again on a paired frame.  A volume the user put in the right view meanwhile is left there."""
+        composite = self.right_composite
+        if composite is None or composite.GetScene() is None:
+            return
+        proxy = self.proxy
+        shown = composite.GetBackgroundVolumeID()
+        if self.current_pair is None:
+            if proxy is not None and shown == proxy.GetID():
+                composite.SetBackgroundVolumeID(None)
+                self._right_emptied = True
+        elif self._right_emptied:
+            if not shown and proxy is not None:
+                composite.SetBackgroundVolumeID(proxy.GetID())
+            self._right_emptied = False
+
+    def frame_note(self, frame: int | None = None) -> str:
+        """One line on what the pair view shows for ``frame`` (the browsed one by default), for the panel.
+
+        >>> # view.frame_note(40) -> "Frame 40 is a contrast frame (contrast from frame 16 on): annotations are
+        >>> #   made on the non-contrast frames, so it has no pair, and the right view is left empty; browse to
+        >>> #   one of the paired frames 0-13."
+        """
+        from CACTrainerLib.dataset_builder import frame_runs
+
+        frame = self.frame if frame is None else int(frame)
+        pair = self.pairs.get(frame)
+        if pair is not None:
+            return f"Frame {frame} (non-contrast): the right view shows its paired contrast frame {pair}."
+        where = ("the right view is left empty" if self.right_composite is not None else
+                 "the paired browser stays where it was")
+        paired = f"; browse to one of the paired {frame_runs(sorted(self.pairs))}" if self.pairs else ""
+        if self.onset is not None and frame >= self.onset:
+            return (f"Frame {frame} is a contrast frame (contrast from frame {self.onset} on): annotations are made on "
+                    f"the non-contrast frames, so it has no pair, and {where}{paired}.")
+        if frame in self.blank_frames:
+            return f"Frame {frame} is blank: it has no pair, and {where}{paired}."
+        if self.onset is not None and self.onset - self.guard_frames <= frame:
+            return (f"Frame {frame} lies just before the contrast onset at frame {self.onset}, which may be late: "
+                    f"like cac identify, the pair view leaves it unpaired, and {where}{paired}.")
+        return f"Frame {frame} has no paired contrast frame, and {where}{paired}."
 
     # ------------------------------------------------------------------ the left view on the volume
 
@@ -212,8 +291,11 @@ class PairView:
             logic.GetSliceCompositeNode().SetBackgroundVolumeID(node.GetID() if node is not None else None)
             self._follow(logic.FitSliceToAll)
         self.right_view_id = right_logic.GetSliceNode().GetID()
+        self.right_composite = right_logic.GetSliceCompositeNode()
+        self._right_emptied = False
         if self.volume is not None:
             self.slice_node = left_logic.GetSliceNode()
+        self._apply_keep_out()  # the views as they are now (the right one may be another than before)
         self.update()
         if following:
             self.start()
@@ -223,9 +305,23 @@ class PairView:
 
         There they would lie over the contrast frame at the plane of another frame; and the Segment
         Editor puts the volume it paints over into each view that shows the segmentation, which would
-        replace the paired contrast frame.
+        replace the paired contrast frame.  A display node lists the views it is shown in, so the list is
+        made again whenever it would go stale: while following (:meth:`start`), when a view is created
+        (a layout with more views) and when a display node of these segmentations is made (the
+        segmentation shown again); and each time the pair view is shown.  Before, views created later
+        never showed the segmentations, and a display node made later showed them in the right view too.
         """
-        if self.right_view_id is None:
+        for node in nodes:
+            if node is not None and node.GetID() not in self._kept_out:
+                self._kept_out.append(node.GetID())
+                if self._tags:  # following: its display nodes made later are kept out too
+                    self._observe_kept(node)
+        self._apply_keep_out(create=True)
+
+    def _apply_keep_out(self, *_args, create: bool = False) -> None:
+        """List every view but the right one in each display node of the kept-out segmentations (those still in
+        the scene); ``create``: give a segmentation without a display node its default ones first."""
+        if self.right_view_id is None or not self._kept_out or self._applying:
             return
         views = [v.GetID() for v in self.scene.GetNodesByClass("vtkMRMLAbstractViewNode")
                  if v.GetID() != self.right_view_id]
@@ -233,18 +329,39 @@ class PairView:
             views.append(self.slice_node.GetID())
         if not views:
             return
-        for node in nodes:
-            if node.GetDisplayNode() is None:
-                node.CreateDefaultDisplayNodes()
-            for i in range(node.GetNumberOfDisplayNodes()):
-                node.GetNthDisplayNode(i).SetViewNodeIDs(views)
+        self._applying = True  # making display nodes and setting their views calls back here
+        try:
+            for node_id in list(self._kept_out):
+                node = self.scene.GetNodeByID(node_id)
+                if node is None or not node.IsA("vtkMRMLDisplayableNode"):
+                    self._kept_out.remove(node_id)
+                    continue
+                if create and node.GetDisplayNode() is None:
+                    node.CreateDefaultDisplayNodes()
+                for i in range(node.GetNumberOfDisplayNodes()):
+                    display = node.GetNthDisplayNode(i)
+                    if display is not None and list(display.GetViewNodeIDs()) != views:
+                        display.SetViewNodeIDs(views)
+        finally:
+            self._applying = False
+
+    def _observe_kept(self, node) -> None:
+        """Keep ``node`` out of the right view when it gets a display node (it is shown again)."""
+        self._tags.append((node, node.AddObserver(node.DisplayModifiedEvent, self._apply_keep_out)))
 
     def start(self) -> None:
-        """Follow the cine browser (an observer on its Modified event), and the left view when shown on a volume."""
+        """Follow the cine browser (an observer on its Modified event), and the left view when shown on a volume;
+        keep the segmentations kept out of the right view out of it in views and display nodes made later."""
         if not self._tags:
             self._tags.append((self.browser, self.browser.AddObserver("ModifiedEvent", self.update)))
             if self.slice_node is not None:
                 self._tags.append((self.slice_node, self.slice_node.AddObserver("ModifiedEvent", self._view_moved)))
+            self._tags.append((self.scene, self.scene.AddObserver(self.scene.NodeAddedEvent, self._apply_keep_out)))
+            for node_id in self._kept_out:
+                node = self.scene.GetNodeByID(node_id)
+                if node is not None:
+                    self._observe_kept(node)
+            self._apply_keep_out()
 
     def stop(self) -> None:
         for node, tag in self._tags:
@@ -365,6 +482,31 @@ def create_annotator_segmentations(scene, volume_node, count: int = 3, names=Non
     return out
 
 
+def check_not_cropped(nodes, shape, ijk_to_ras=None, volume_name: str = "the frame-stack volume") -> None:
+    """Refuse a segmentation drawn over a cropped copy of the frame-stack volume (``shape`` on ``ijk_to_ras``).
+
+    ``cac dataset add`` refuses such a file with the same line: both call
+    :func:`CACTrainerLib.dataset_builder.check_not_cropped` (the crop's position on the frames cannot be
+    checked).  Run before :func:`CACIdentifierLib.mrml.check_same_cine`, which would call the crop another cine.
+    """
+    from CACIdentifierLib import mrml
+    from CACTrainerLib import dataset_builder
+
+    for node in nodes:
+        grid = mrml._reference_geometry(node)  # the volume it was drawn over (None: none recorded)
+        if grid is not None:
+            dataset_builder.check_not_cropped(f"segmentation {node.GetName()!r}", grid.ijk_to_ras, grid.shape,
+                                              ijk_to_ras, shape, volume_name, saved=False)
+
+
+def _check_same_cine(nodes, volume_node, cine, grid) -> None:
+    """:func:`check_not_cropped`, then :func:`CACIdentifierLib.mrml.check_same_cine` (CAC Identifier's)."""
+    from CACIdentifierLib import mrml
+
+    check_not_cropped(nodes, cine.frames.shape, grid, repr(volume_node.GetName()))
+    mrml.check_same_cine(nodes, volume_node, cine)
+
+
 def annotator_masks(nodes, shape, ijk_to_ras=None, cine=None, volume_name: str = "the frame-stack volume") -> list:
     """Each segmentation node's calcium (union of its segments) as ``shape`` (frames, rows, cols) bool
     (on the grid ``ijk_to_ras`` of the frame-stack volume where a node has no reference geometry).
@@ -373,10 +515,12 @@ def annotator_masks(nodes, shape, ijk_to_ras=None, cine=None, volume_name: str =
     (``CAC_source_fingerprint``) is refused, and so is a node that records no cine (no file fingerprint,
     no volume it was drawn over: :func:`CACIdentifierLib.mrml.check_same_cine` checks those) on another
     grid (another size, pixel spacing or axes): its pixels would be read as this cine's calcium.  Those checks
-    are :func:`CACIdentifierLib.mrml.check_annotation_of`'s, CAC Identifier's, with its lines.
+    are :func:`CACIdentifierLib.mrml.check_annotation_of`'s, CAC Identifier's, with its lines; a node drawn
+    over a cropped copy of the volume is refused first, with ``cac dataset add``'s line (:func:`check_not_cropped`).
     """
     from CACIdentifierLib import mrml
 
+    check_not_cropped(nodes, shape, ijk_to_ras, volume_name)
     out = []
     for node in nodes:
         mrml.check_annotation_of(node, cine, shape, ijk_to_ras, volume_name)  # CAC Identifier's checks and lines
@@ -442,7 +586,7 @@ def majority_vote_node(scene, nodes, volume_node, name: str = "majority vote"):
         raise CacError("select the annotators' segmentations to combine")
     cine = mrml.frame_stack_volume_to_cine(volume_node)
     grid = mrml.frame_stack_geometry(volume_node)
-    mrml.check_same_cine(nodes, volume_node, cine)
+    _check_same_cine(nodes, volume_node, cine, grid)
     masks = annotator_masks(nodes, cine.frames.shape, grid, cine, repr(volume_node.GetName()))
     vote = {"calcium": majority_vote(masks)}
     inputs = {node.GetID() for node in nodes}
@@ -509,7 +653,7 @@ def save_annotations(nodes, volume_node, folder, *, overwrite: bool = False) -> 
     folder = Path(folder)
     cine = mrml.frame_stack_volume_to_cine(volume_node)
     grid = mrml.frame_stack_geometry(volume_node)
-    mrml.check_same_cine(nodes, volume_node, cine)
+    _check_same_cine(nodes, volume_node, cine, grid)
     annotator_masks(nodes, cine.frames.shape, grid, cine, repr(volume_node.GetName()))  # the checks
     paths = [folder / annotation_file_name(node) for node in nodes]
     seen = {}
@@ -558,7 +702,7 @@ def export_to_dataset(dataset, cine_path, nodes, volume_node, *, patient: str | 
     from CACTrainerLib.dataset_builder import add_acquisition
 
     cine = mrml.frame_stack_volume_to_cine(volume_node)
-    mrml.check_same_cine(nodes, volume_node, cine)
+    _check_same_cine(nodes, volume_node, cine, mrml.frame_stack_geometry(volume_node))
     masks = annotator_masks(nodes, cine.frames.shape, mrml.frame_stack_geometry(volume_node), cine,
                             repr(volume_node.GetName()))
     if not masks:
@@ -626,7 +770,7 @@ def compare_with_annotators(scene, roi_node, annotator_nodes, volume_node, *, wo
     cine = mrml.frame_stack_volume_to_cine(volume_node)
     shape = cine.frames.shape
     grid = mrml.frame_stack_geometry(volume_node)
-    mrml.check_same_cine([roi_node, *annotator_nodes], volume_node, cine)
+    _check_same_cine([roi_node, *annotator_nodes], volume_node, cine, grid)
     roi = annotator_masks([roi_node], shape, grid, cine, repr(volume_node.GetName()))[0]
     masks = annotator_masks(annotator_nodes, shape, grid, cine, repr(volume_node.GetName()))
     result = evaluate_masks(roi, majority_vote(masks), cine.spacing_mm)

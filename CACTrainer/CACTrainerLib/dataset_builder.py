@@ -8,11 +8,13 @@ dataset, so ``cac train`` and ``--cv patient`` read it unchanged)::
     P-1a2b3c4d5e6f/A01/cine.nrrd         the cine as a frame-stack volume (no DICOM header)
     P-1a2b3c4d5e6f/A01/annotator1.seg.nrrd ...  each annotator's calcium, on the cine's grid
     P-1a2b3c4d5e6f/A01/majority.seg.nrrd the strict majority vote (the paper's ground truth)
-    P-1a2b3c4d5e6f/A01/acquisition.json  onset, annotator agreement (pairwise Dice per frame)
+    P-1a2b3c4d5e6f/A01/acquisition.json  onset, annotator agreement (pairwise Dice per non-contrast frame)
 
 What :func:`add_acquisition` checks: the cine loads; each segmentation lies
-on the cine's pixel grid in physical space (files saved cropped, or drawn
-over a cropped volume, are accepted: :mod:`CACIdentifierLib.seg_align`);
+on the cine's pixel grid in physical space (files saved cropped to their
+minimum extent are accepted: :mod:`CACIdentifierLib.seg_align`; one drawn
+over a cropped copy of the frame-stack volume is refused, as CAC Annotator
+refuses it: :func:`check_not_cropped`);
 each segmentation that records its source cine (``CAC_source_fingerprint``:
 CAC Annotator, ``cac identify``, the phantom) records this one (equal shapes
 are not enough; ``ignore_source`` overrides); the annotators agree on the
@@ -103,20 +105,30 @@ def dice(a: np.ndarray, b: np.ndarray) -> float | None:
     return 2.0 * float(np.sum(a & b)) / (na + nb)
 
 
-def pairwise_dice(masks) -> dict:
-    """Pairwise Dice of the annotators per frame where any of them marks calcium.
+def pairwise_dice(masks, before: int | None = None) -> dict:
+    """Pairwise Dice of the annotators per frame where any of them marks calcium, on the frames before
+    ``before`` (the contrast onset: the non-contrast frames, the ones annotated and used for training; all
+    frames when None).  Marks at or after it do not count: nobody annotates contrast frames, so marks there are
+    strays or a late onset, which :func:`add_acquisition` warns about apart.
 
     Returns ``{"pairs": [[i, j], ...], "frames": [k, ...], "dice": [[d_pair0, d_pair1, ...] per frame],
-    "median": median over all defined values (None if none)}`` (annotators 0-based; None where both
-    of a pair are empty).
+    "median": median over all defined values (None if none), "before_frame": before}`` (annotators 0-based;
+    None where both of a pair are empty).
+
+    >>> a = np.zeros((4, 2, 2), bool); b = a.copy()
+    >>> a[0, 0] = b[0, 0] = True; a[3, 1] = True   # agree on frame 0; frame 3 (contrast) only one marks
+    >>> pairwise_dice([a, b])["median"], pairwise_dice([a, b], before=2)["median"]
+    (0.5, 1.0)
     """
     masks = [np.asarray(m, bool) for m in masks]
     pairs = list(itertools.combinations(range(len(masks)), 2))
-    frames = [k for k in range(masks[0].shape[0]) if any(m[k].any() for m in masks)]
+    n = masks[0].shape[0] if before is None else min(int(before), masks[0].shape[0])
+    frames = [k for k in range(n) if any(m[k].any() for m in masks)]
     table = [[dice(masks[i][k], masks[j][k]) for i, j in pairs] for k in frames]
     values = [v for row in table for v in row if v is not None]
     return {"pairs": [list(p) for p in pairs], "frames": frames, "dice": table,
-            "median": float(np.median(values)) if values else None}
+            "median": float(np.median(values)) if values else None,
+            "before_frame": None if before is None else int(before)}
 
 
 # --------------------------------------------------------------------------- manifest
@@ -168,7 +180,9 @@ class Added:
 
     ``annotated_frames`` and ``calcium_frames`` count the frames training uses, those before ``onset_frame``
     (all frames when there is no onset); ``contrast_annotated_frames`` the frames at or after it that an
-    annotator marked, which training does not use.
+    annotator marked, which training does not use.  ``dice_median``, the annotators' agreement (median of
+    their pairwise Dice per frame, :func:`pairwise_dice`), is of those same frames before the onset: the
+    non-contrast frames, where annotations are made.
     """
 
     id: str
@@ -217,6 +231,43 @@ def _annotator_masks(paths, segment: str | None) -> tuple[list, list]:
                            "check --segment")
         files.append(f)
     return files
+
+
+def check_not_cropped(name: str, ijk_to_ras, shape, cine_ijk_to_ras, cine_shape,
+                      volume: str = "the cine's frame-stack volume", *, saved: bool = True) -> None:
+    """Refuse a segmentation drawn over a cropped copy of the cine's frame-stack volume, in one line.
+
+    ``ijk_to_ras`` and ``shape`` ``(frames, rows, columns)`` are the segmentation's reference image geometry
+    (the volume it was drawn over); ``cine_ijk_to_ras`` (None: not compared) and ``cine_shape`` the frame-stack
+    volume's.  The same pixel axes and frames but fewer rows or columns: it was drawn over a crop.  Its pixels
+    could be put back on the cine only by the crop's origin, which nothing checks (a crop saved with its origin
+    reset would land on the frames' corner), so such a segmentation is refused, by CAC Annotator (its nodes:
+    ``saved`` False) and by ``cac dataset add`` (its files: "save it again" in the remedy) alike.  Other grids
+    (another spacing or axes, another frame count, a larger frame) are left to the callers' own checks, which
+    name them as another cine's; so is a segmentation without a reference geometry (``shape`` None).
+
+    >>> check_not_cropped("a.seg.nrrd", np.diag([-1.0, -1, 1, 1]), (4, 30, 32), np.diag([-1.0, -1, 1, 1]), (4, 48, 48))
+    Traceback (most recent call last):
+    ...
+    CACIdentifierLib.errors.CacError: a.seg.nrrd was drawn over a cropped copy of the cine's frame-stack volume \
+(30 x 32 of its 48 x 48 px), so where it lies on the frames cannot be checked; in Slicer's Segment Editor give it \
+the geometry of the cine's frame-stack volume ('Specify geometry') and save it again, or draw it over the cine's \
+frame-stack volume
+    """
+    if ijk_to_ras is None or shape is None:
+        return
+    own, whole = tuple(int(v) for v in shape), tuple(int(v) for v in cine_shape)
+    if own[0] != whole[0] or own[1:] == whole[1:] or own[1] > whole[1] or own[2] > whole[2]:
+        return
+    if cine_ijk_to_ras is not None:
+        axes, cine_axes = np.asarray(ijk_to_ras, float)[:3, :3], np.asarray(cine_ijk_to_ras, float)[:3, :3]
+        scale = float(np.linalg.norm(cine_axes, axis=0).min())
+        if not np.allclose(axes, cine_axes, rtol=1e-3, atol=1e-3 * scale):
+            return
+    raise CacError(f"{name} was drawn over a cropped copy of {volume} ({own[1]} x {own[2]} of its {whole[1]} x "
+                   f"{whole[2]} px), so where it lies on the frames cannot be checked; in Slicer's Segment Editor give "
+                   f"it the geometry of {volume} ('Specify geometry'){' and save it again' if saved else ''}, or draw "
+                   f"it over {volume}")
 
 
 def _refuse_repeated(annotations) -> None:
@@ -307,6 +358,7 @@ def add_acquisition(dataset, cine_path, annotations, *, patient: str | None = No
     from CACIdentifierLib.seg_align import (
         check_same_source,
         common_grid,
+        frame_stack_matrix,
         grid_of,
         segfile_on_cine,
         warn_unrecorded,
@@ -331,6 +383,11 @@ def add_acquisition(dataset, cine_path, annotations, *, patient: str | None = No
     except CacError as exc:
         raise CacError(str(exc).replace("compare segmentations of the same cine",
                                         "the annotators must segment the same cine")) from None
+    # Drawn over a cropped copy of the frame-stack volume: refused, as CAC Annotator refuses it (one check).
+    for a, f in zip(annotations, files):
+        matrix, shape, has_reference = grid_of(f)
+        if has_reference:
+            check_not_cropped(a, matrix, shape, frame_stack_matrix(cine.spacing_mm), (n, rows, cols))
     masks = []
     for f in files:
         on_cine = segfile_on_cine(f, n, rows, cols, cine.spacing_mm)
@@ -342,7 +399,6 @@ def add_acquisition(dataset, cine_path, annotations, *, patient: str | None = No
     check_same_source(sources, ignore=ignore_source, advice="give the annotations made on this cine",
                       warn_missing=False, first_is_cine=True)
     majority = majority_vote(masks)
-    agreement = pairwise_dice(masks)
 
     if dataset.exists() and not dataset.is_dir():
         raise CacError(f"{dataset} is a file, not a dataset folder; give a folder (a new one is created)")
@@ -405,6 +461,8 @@ def add_acquisition(dataset, cine_path, annotations, *, patient: str | None = No
             calcium_frames = [int(k) for k in range(used) if majority[k].any()]
             annotated = [k for k in marked if k < used]
             contrast_marked = [k for k in marked if k >= used]
+            # The annotators' agreement on the frames they annotate (the non-contrast ones), as the counts above.
+            agreement = pairwise_dice(masks, before=onset_frame)
             record = {
                 "id": acq_id, "patient": pid, "series": series, "series_from": series_from,
                 "cine": str(rel / "cine.nrrd"),
@@ -424,6 +482,10 @@ def add_acquisition(dataset, cine_path, annotations, *, patient: str | None = No
                     "detected_onset_frame": detected_onset, "onset_guard_frames": guard,
                     "calcium_frames": calcium_frames, "annotated_frames": annotated,
                     "contrast_annotated_frames": contrast_marked, "agreement": agreement,
+                    "agreement_frames": ("all frames (no contrast onset)" if onset_frame is None else
+                                         "the non-contrast frames before the onset "
+                                         f"({frame_runs(list(range(onset_frame)))}), "
+                                         "where annotations are made; marks at or after it are left out"),
                     "rule": "strict majority (a pixel is calcium when more than half of the annotators mark it)"}
             _write_acquisition(dataset, rel, cine, masks, majority, info, replace=bool(existing),
                                fingerprint=fingerprint)

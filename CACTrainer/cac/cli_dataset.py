@@ -96,7 +96,8 @@ def run(args) -> int:
             counts = _training_counts(added.annotated_frames, added.calcium_frames,
                                       added.contrast_annotated_frames, where)
             print(f"{'replaced' if added.replaced else 'added'} {added.id} ({added.folder}): {added.n_frames} frames, "
-                  f"{counts}, onset {onset} ({source}), annotator Dice median {dice}")
+                  f"{counts}, onset {onset} ({source}), annotator Dice median {dice}"
+                  f"{' (frames before the onset)' if added.onset_frame is not None else ''}")
         return 0
     if args.dataset_command == "check":
         problems, warnings = dataset_builder.check(args.dataset)
