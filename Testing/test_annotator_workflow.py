@@ -391,7 +391,7 @@ def test_a_segmentation_drawn_over_a_cropped_volume_is_refused_with_cac_dataset_
 
     import slicer_seg_files
     from CACIdentifierLib.cine import Cine
-    from CACTrainerLib import dataset_builder
+    from CACIdentifierLib.seg_align import check_not_cropped
 
     cine = synthetic_cine(n=8, rows=48, cols=48)
     path = nrrd_io.write_seq_nrrd(cine, tmp_path / "run.seq.nrrd")
@@ -413,8 +413,8 @@ def test_a_segmentation_drawn_over_a_cropped_volume_is_refused_with_cac_dataset_
     grid = mrml.frame_stack_geometry(volume)
     for node in (from_file, drawn):
         with pytest.raises(CacError) as expected:
-            dataset_builder.check_not_cropped(f"segmentation {node.GetName()!r}", grid, (8, 30, 32), grid,
-                                              cine.frames.shape, "'run frames'", saved=False)
+            check_not_cropped(f"segmentation {node.GetName()!r}", grid, (8, 30, 32), grid, cine.frames.shape,
+                              "'run frames'", saved=False)
         line = str(expected.value)
         assert line.startswith(f"segmentation {node.GetName()!r} was drawn over a cropped copy of 'run frames' (30 x "
                                "32 of its 48 x 48 px), so where it lies on the frames cannot be checked; in Slicer's "

@@ -293,7 +293,7 @@ def test_add_refuses_one_annotation_file_given_twice(phantom_dataset, tmp_path, 
 def test_add_refuses_a_segmentation_drawn_over_a_cropped_volume(phantom_dataset, tmp_path, capsys):
     """CAC Annotator refused a segmentation drawn over a cropped copy of the frame-stack volume; `add` took its file
     and placed it by the crop's origin, which nothing checks.  It now refuses it with the Annotator's line (one
-    check, `dataset_builder.check_not_cropped`), exit code 2; a file saved cropped to its minimum extent (its
+    check, `seg_align.check_not_cropped`), exit code 2; a file saved cropped to its minimum extent (its
     reference geometry: the whole volume) is still accepted."""
     from CACIdentifierLib.cine_io import load_cine
 

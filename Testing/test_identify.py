@@ -147,6 +147,42 @@ def test_cli_identify_onset_zero_means_no_noncontrast_frames(study, tmp_path, ca
     assert not (tmp_path / "o").exists()
 
 
+def test_cli_identify_refuses_annotations_drawn_over_a_cropped_volume(study, tmp_path, capsys):
+    """`identify --annotations` refused a file drawn over a cropped copy of the cine's frame-stack volume (its
+    reference geometry: fewer rows and columns, the origin at the crop's corner) with another line than `cac dataset
+    add` ("covers 48 frames of ... px but the cine has ..."); now with the very line of `dataset add`, `evaluate` and
+    CAC Annotator (one check, `seg_align.check_not_cropped`): exit code 2, no traceback, nothing written.  The same
+    calcium saved by slicer-core cropped to its minimum extent (the whole volume its geometry) is accepted."""
+    pytest.importorskip("slicer")
+    import slicer_seg_files as ssf
+    from CACIdentifierLib.nrrd_io import read_seg_nrrd
+
+    acq, folder, files = study
+    cine = str(folder / files["cine"])
+    calcium = read_seg_nrrd(folder / files["annotators"][0]).union()
+    _, rows, cols = acq.frames.shape
+    whole = ssf.write(tmp_path / "whole.seg.nrrd", {"calcium": calcium}, acq.spacing_mm, crop=True)
+    volume = "the cine's frame-stack volume"
+    for crop in (False, True):
+        boxed = ssf.write(tmp_path / f"boxed{crop:d}.seg.nrrd", {"calcium": calcium}, acq.spacing_mm,
+                          box=(8, rows - 8, 4, cols), crop=crop)
+        for given in ([boxed], [whole, boxed]):
+            capsys.readouterr()
+            assert cac(["identify", cine, "--out", str(tmp_path / "out"), "--device", "cpu",
+                        "--dicom-seg", str(tmp_path / "roi.dcm"), "--annotations", *given]) == 2
+            out, err = capsys.readouterr()
+            assert (out, err) == ("", f"cac: error: {boxed} was drawn over a cropped copy of {volume} ({rows - 16} x "
+                                      f"{cols - 4} of its {rows} x {cols} px), so where it lies on the frames cannot be "
+                                      f"checked; in Slicer's Segment Editor give it the geometry of {volume} ('Specify "
+                                      f"geometry') and save it again, or draw it over {volume}\n")
+            assert not (tmp_path / "out").exists() and not (tmp_path / "roi.dcm").exists()
+    # Saved cropped to its minimum extent: the same frames' calcium, compared with the AI.
+    assert read_seg_nrrd(whole).shape == acq.frames.shape
+    assert cac(["identify", cine, "--out", str(tmp_path / "out"), "--device", "cpu", "--annotations", whole]) == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["summary"]["iom"]["median"] is not None
+
+
 def test_identify_in_scene(study, model):
     """The Logic: the cine handed to the worker process as a file, its outputs loaded as nodes."""
     from CACIdentifierLib import logic, mrml, slicercore

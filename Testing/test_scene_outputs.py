@@ -488,6 +488,71 @@ def test_identifier_refuses_annotation_files_of_another_cine(scene, tmp_path, mo
             np.testing.assert_array_equal(seg.union(), calcium)
 
 
+def test_identifier_refuses_a_segmentation_drawn_over_a_cropped_volume(scene, tmp_path, monkeypatch):
+    """Apply refused a segmentation drawn over a cropped copy of the frame-stack volume with "belongs to ..., another
+    cine" (drawn in the scene) or "covers ... px: it was drawn over another cine" (loaded from the file Slicer saved);
+    CAC Annotator, `cac dataset add`, `evaluate` and `identify` refuse it as a crop.  Now Apply does too, with their
+    line (one check, `mrml.check_nodes_not_cropped` -> `seg_align.check_not_cropped`), for a frame-stack volume and
+    for a Sequence as input, before anything is written or started.  A file saved cropped to its minimum extent, and
+    the drawn one once given the volume's geometry, are handed to the worker as this cine's calcium."""
+    import slicer_seg_files
+    from CACAnnotatorLib import annotation
+    from CACIdentifierLib.cine import Cine
+    from CACIdentifierLib.seg_align import check_not_cropped
+
+    monkeypatch.setenv("CAC_TMPDIR", str(tmp_path))
+    cine = synthetic_cine(n=6, rows=40, cols=52)
+    volume = mrml.cine_to_frame_stack_volume(scene, cine, "this frames")
+    sequence, _ = mrml.cine_to_sequence(scene, cine, "this run")
+    calcium = np.zeros(cine.frames.shape, bool)
+    calcium[1, 12:18, 20:30] = True
+    files = tmp_path / "files"
+    files.mkdir()
+    minimum = slicer_seg_files.write(files / "minimum.seg.nrrd", {"calcium": calcium}, cine.spacing_mm, crop=True)
+    boxed = slicer_seg_files.write(files / "boxed.seg.nrrd", {"calcium": calcium}, cine.spacing_mm, box=(6, 36, 8, 48))
+    good = load_segmentation(scene, minimum, "good")
+    from_file = load_segmentation(scene, boxed, "from file")
+    crop = mrml.cine_to_frame_stack_volume(scene, Cine(frames=cine.frames[:, 6:36, 8:48].copy(),
+                                                       frame_time_ms=cine.frame_time_ms, spacing_mm=cine.spacing_mm),
+                                           "this frames cropped")
+    row, col = cine.spacing_mm
+    crop.SetOrigin(-col * 8, -row * 6, 0.0)  # where Crop Volume leaves a crop: on the volume's pixels
+    drawn = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "drawn")
+    drawn.SetReferenceImageGeometryParameterFromVolumeNode(crop)  # the Segment Editor's source volume: the crop
+    mrml._fill_segmentation(drawn, {"calcium": calcium[:, 6:36, 8:48]}, None, {}, mrml.frame_stack_geometry(crop))
+
+    for source, where in ((volume, "'this frames'"), (sequence, "the frame-stack volume of 'this run sequence'")):
+        for node in (from_file, drawn):
+            line = (f"segmentation {node.GetName()!r} was drawn over a cropped copy of {where} (30 x 40 of its 40 x 52 "
+                    f"px), so where it lies on the frames cannot be checked; in Slicer's Segment Editor give it the "
+                    f"geometry of {where} ('Specify geometry'), or draw it over {where}")
+            with pytest.raises(CacError) as shared:  # the check itself, as `cac dataset add` calls it on the file
+                check_not_cropped(f"segmentation {node.GetName()!r}", np.diag([-col, -row, 1.0, 1.0]), (6, 30, 40),
+                                  None, cine.frames.shape, where, saved=False)
+            assert str(shared.value) == line
+            job = logic.IdentifyJob(scene, source, [good, node], runner=_RecordingRunner())
+            with pytest.raises(CacError) as info:
+                job.start()
+            assert str(info.value) == line
+            assert not hasattr(job.runner, "started") and _scratch(tmp_path) == []  # nothing started or left
+            if source is volume:  # the very line CAC Annotator gives for it
+                with pytest.raises(CacError) as annotator:
+                    annotation.majority_vote_node(scene, [good, node], volume)
+                assert str(annotator.value) == line
+
+    # 'Specify geometry': the whole volume.  The drawn calcium, and the file saved cropped to its minimum extent,
+    # go to the worker on the cine's frames.
+    drawn.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+    (tmp_path / "ok").mkdir()
+    for source in (volume, sequence):
+        job = logic.IdentifyJob(scene, source, [good, drawn], runner=_RecordingRunner(), work_dir=tmp_path / "ok")
+        job.start()
+        job.runner.wait()
+        for i in range(2):
+            written = nrrd_io.read_seg_nrrd(tmp_path / "ok" / f"annotation{i}.seg.nrrd", expected_shape=cine.frames.shape)
+            np.testing.assert_array_equal(written.union(), calcium)
+
+
 # --------------------------------------------------------------------------- transforms and roles
 
 

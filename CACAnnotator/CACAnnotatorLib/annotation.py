@@ -482,28 +482,12 @@ def create_annotator_segmentations(scene, volume_node, count: int = 3, names=Non
     return out
 
 
-def check_not_cropped(nodes, shape, ijk_to_ras=None, volume_name: str = "the frame-stack volume") -> None:
-    """Refuse a segmentation drawn over a cropped copy of the frame-stack volume (``shape`` on ``ijk_to_ras``).
-
-    ``cac dataset add`` refuses such a file with the same line: both call
-    :func:`CACTrainerLib.dataset_builder.check_not_cropped` (the crop's position on the frames cannot be
-    checked).  Run before :func:`CACIdentifierLib.mrml.check_same_cine`, which would call the crop another cine.
-    """
-    from CACIdentifierLib import mrml
-    from CACTrainerLib import dataset_builder
-
-    for node in nodes:
-        grid = mrml._reference_geometry(node)  # the volume it was drawn over (None: none recorded)
-        if grid is not None:
-            dataset_builder.check_not_cropped(f"segmentation {node.GetName()!r}", grid.ijk_to_ras, grid.shape,
-                                              ijk_to_ras, shape, volume_name, saved=False)
-
-
 def _check_same_cine(nodes, volume_node, cine, grid) -> None:
-    """:func:`check_not_cropped`, then :func:`CACIdentifierLib.mrml.check_same_cine` (CAC Identifier's)."""
+    """:func:`CACIdentifierLib.mrml.check_nodes_not_cropped`, then :func:`CACIdentifierLib.mrml.check_same_cine`,
+    as CAC Identifier's Apply runs them."""
     from CACIdentifierLib import mrml
 
-    check_not_cropped(nodes, cine.frames.shape, grid, repr(volume_node.GetName()))
+    mrml.check_nodes_not_cropped(nodes, cine.frames.shape, grid, repr(volume_node.GetName()))
     mrml.check_same_cine(nodes, volume_node, cine)
 
 
@@ -516,11 +500,12 @@ def annotator_masks(nodes, shape, ijk_to_ras=None, cine=None, volume_name: str =
     no volume it was drawn over: :func:`CACIdentifierLib.mrml.check_same_cine` checks those) on another
     grid (another size, pixel spacing or axes): its pixels would be read as this cine's calcium.  Those checks
     are :func:`CACIdentifierLib.mrml.check_annotation_of`'s, CAC Identifier's, with its lines; a node drawn
-    over a cropped copy of the volume is refused first, with ``cac dataset add``'s line (:func:`check_not_cropped`).
+    over a cropped copy of the volume is refused first, with ``cac dataset add``'s line
+    (:func:`CACIdentifierLib.mrml.check_nodes_not_cropped`, CAC Identifier's too).
     """
     from CACIdentifierLib import mrml
 
-    check_not_cropped(nodes, shape, ijk_to_ras, volume_name)
+    mrml.check_nodes_not_cropped(nodes, shape, ijk_to_ras, volume_name)
     out = []
     for node in nodes:
         mrml.check_annotation_of(node, cine, shape, ijk_to_ras, volume_name)  # CAC Identifier's checks and lines

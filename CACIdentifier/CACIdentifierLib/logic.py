@@ -237,10 +237,14 @@ class IdentifyJob:
         cine_path = nrrd_io.write_seq_nrrd(cine, self.work_dir / "cine.seq.nrrd", overwrite=True, encoding="raw")
         annotation_paths = []
         grid = mrml.frame_stack_geometry(self.input_node)
+        where = annotation_volume_name(self.input_node)
+        # Drawn over a cropped copy of the frame-stack volume (in the scene, or the file it was loaded from): the
+        # line of CAC Annotator and of `cac dataset add` / `evaluate` / `identify`, before check_same_cine calls
+        # the crop another cine.
+        mrml.check_nodes_not_cropped(self.annotation_nodes, cine.frames.shape, grid, where)
         mrml.check_same_cine(self.annotation_nodes, self.input_node, cine)
         # A node that records no volume (loaded from a file): the cine its file records, else its grid, as in
         # CAC Annotator.  Each file below records this cine's fingerprint, so the worker cannot tell any more.
-        where = annotation_volume_name(self.input_node)
         for node in self.annotation_nodes:
             mrml.check_annotation_of(node, cine, cine.frames.shape, grid, where)
         for i, node in enumerate(self.annotation_nodes):

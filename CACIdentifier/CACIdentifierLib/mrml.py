@@ -631,6 +631,29 @@ def check_same_cine(segmentation_nodes, cine_node, cine: Cine | None = None) -> 
                            "as the cine)")
 
 
+def check_nodes_not_cropped(segmentation_nodes, shape, ijk_to_ras=None,
+                            volume_name: str = "the frame-stack volume") -> None:
+    """Refuse a segmentation drawn over a cropped copy of the frame-stack volume (``shape`` on ``ijk_to_ras``).
+
+    Its reference image geometry (the volume it was drawn over, or the
+    geometry of the file it was loaded from) has the volume's frames and axes
+    but fewer rows or columns: it could be put back on the frames only by the
+    crop's origin, which nothing checks.  The line is
+    :func:`CACIdentifierLib.seg_align.check_not_cropped`'s, as ``cac dataset
+    add``, ``cac evaluate`` and ``cac identify --annotations`` give it for
+    the file (without "and save it again").  CAC Identifier's Apply and CAC
+    Annotator run this before :func:`check_same_cine`, which would call the
+    crop another cine.  A node without a reference geometry is let through.
+    """
+    from .seg_align import check_not_cropped
+
+    for node in segmentation_nodes:
+        grid = _reference_geometry(node)
+        if grid is not None:
+            check_not_cropped(f"segmentation {node.GetName()!r}", grid.ijk_to_ras, grid.shape, ijk_to_ras, shape,
+                              volume_name, saved=False)
+
+
 def check_annotation_of(segmentation_node, cine: Cine, shape, ijk_to_ras=None,
                         volume_name: str = "the frame-stack volume") -> None:
     """Refuse an annotation that its file or its grid shows to be of another cine than ``cine``.

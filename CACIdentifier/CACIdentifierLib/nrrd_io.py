@@ -579,7 +579,7 @@ def _check_label_values(segmentation, path) -> None:
         warnings.warn(message + "; those voxels are ignored", CacWarning, stacklevel=3)
 
 
-def read_seg_nrrd(path, expected_shape=None, expected_spacing_mm=None) -> SegFile:
+def read_seg_nrrd(path, expected_shape=None, expected_spacing_mm=None, *, expected_ijk_to_ras=None) -> SegFile:
     """Read a ``.seg.nrrd`` (written here or drawn in Slicer over the frame-stack volume).
 
     Returns a :class:`SegFile` whose masks are ``(n_frames, rows, columns)``
@@ -588,7 +588,12 @@ def read_seg_nrrd(path, expected_shape=None, expected_spacing_mm=None) -> SegFil
     segmentation's reference image geometry, or ``expected_shape`` when the
     file has none.  ``expected_shape`` ``(n_frames, rows, columns)`` and
     ``expected_spacing_mm`` ``(row, column)`` are checked when given: a
-    mismatch raises :class:`CacError` (annotations of another cine).
+    mismatch raises :class:`CacError` (annotations of another cine).  With
+    ``expected_ijk_to_ras`` too (the cine's frame-stack matrix,
+    :func:`~CACIdentifierLib.seg_align.frame_stack_matrix`), a file drawn over a
+    cropped copy of that volume is refused first, before any voxel is placed,
+    with :func:`~CACIdentifierLib.seg_align.check_not_cropped`'s line (``cac
+    identify --annotations``; ``cac dataset add`` and CAC Annotator give the same).
     """
     import slicerio
 
@@ -625,6 +630,10 @@ def read_seg_nrrd(path, expected_shape=None, expected_spacing_mm=None) -> SegFil
                 full, full_shape = matrix, (extent[1] - extent[0] + 1, extent[3] - extent[2] + 1,
                                             extent[5] - extent[4] + 1)
                 has_reference = True
+    if has_reference and expected_shape is not None and expected_ijk_to_ras is not None:
+        from .seg_align import check_not_cropped
+
+        check_not_cropped(str(path), _LPS_TO_RAS @ full, full_shape[::-1], expected_ijk_to_ras, expected_shape)
     if full is None and expected_shape is not None:
         # No reference geometry stored: assume the frame-stack convention (origin 0, the file's axes).
         full = own.copy()

@@ -1,12 +1,15 @@
 """Segmentations of one cine aligned in physical space.
 
 Slicer saves a segmentation on the grid it was drawn on, cropped or not: a
-file cropped to its minimum extent, or drawn over a cropped copy of the
-frame-stack volume, holds fewer rows and columns and a shifted origin, yet
-its pixels are the same pixels of the same frames.  Comparing such files by
-array shape would refuse them or, worse, compare shifted pixels.  Here each
-file's arrays are placed by their ``ijk_to_ras`` matrix (read by
-:func:`CACIdentifierLib.nrrd_io.read_seg_nrrd`) on one common grid.
+file cropped to its minimum extent holds fewer rows and columns and a
+shifted origin, yet its pixels are the same pixels of the same frames.
+Comparing such files by array shape would refuse them or, worse, compare
+shifted pixels.  Here each file's arrays are placed by their ``ijk_to_ras``
+matrix (read by :func:`CACIdentifierLib.nrrd_io.read_seg_nrrd`) on one
+common grid.  A segmentation drawn over a *cropped copy* of the frame-stack
+volume (its reference geometry: fewer rows or columns of the same pixels)
+could be placed only by the crop's origin, which nothing checks: it is
+refused everywhere with one line (:func:`check_not_cropped`).
 
 Rules
 -----
@@ -17,7 +20,10 @@ Rules
   were drawn on) must cover the same frames; a file without one (its own
   labelmap extent) may cover fewer, and its missing frames are empty.
 - Rows and columns: the common grid is the union of all the files' grids;
-  a file is empty where it has no pixels.
+  a file is empty where it has no pixels.  But a reference geometry with
+  the cine's frames and axes and fewer rows or columns is a cropped copy of
+  its volume, refused (:func:`check_not_cropped`; without the cine, against
+  the largest of the files', :func:`check_none_cropped`).
 - Source: equal shapes do not make the same cine.  Files written by this
   project record the content fingerprint of their cine
   (``CAC_source_fingerprint``); :func:`check_same_source` refuses files of
@@ -197,6 +203,114 @@ def segfile_on_cine(seg, n_frames: int, rows: int, cols: int, spacing_mm) -> dic
         placed = grid.place(1, mask)
         out[seg_name] = placed[k0 : k0 + n_frames, j0 : j0 + rows, i0 : i0 + cols]
     return out
+
+
+def check_not_cropped(name: str, ijk_to_ras, shape, cine_ijk_to_ras, cine_shape,
+                      volume: str = "the cine's frame-stack volume", *, saved: bool = True) -> None:
+    """Refuse a segmentation drawn over a cropped copy of the cine's frame-stack volume, in one line.
+
+    The same pixel axes and frames as the volume but fewer rows or columns:
+    it was drawn over a crop.  Its pixels could be put back on the cine only
+    by the crop's origin, which nothing checks (a crop saved with its origin
+    reset would land on the frames' corner), so such a segmentation is
+    refused by ``cac dataset add``, ``cac evaluate`` and ``cac identify
+    --annotations`` (its files) and by CAC Annotator and CAC Identifier (its
+    nodes: :func:`CACIdentifierLib.mrml.check_nodes_not_cropped`), alike.  A
+    file saved cropped to its minimum extent keeps the whole volume as its
+    reference geometry and passes.  Other grids (another spacing or axes,
+    another frame count, a larger frame) are left to the callers' own
+    checks, which name them as another cine's.
+
+    Parameters
+    ----------
+    name : str
+        The segmentation as the line names it (a file's path, ``"segmentation 'A'"``).
+    ijk_to_ras : array_like or None
+        4x4 matrix of the segmentation's reference image geometry (the volume it was drawn over).
+    shape : tuple of int or None
+        ``(frames, rows, columns)`` of that geometry; None (no reference geometry recorded): not checked.
+    cine_ijk_to_ras : array_like or None
+        4x4 matrix of the cine's frame-stack volume; None: the axes are not compared.
+    cine_shape : tuple of int
+        ``(frames, rows, columns)`` of the cine's frame-stack volume.
+    volume : str
+        How the line names the volume.
+    saved : bool
+        A file (True): the remedy ends "and save it again"; a node in the scene (False): it does not.
+
+    Raises
+    ------
+    CacError
+        One line: what was cropped from what, and what to do.
+
+    Examples
+    --------
+    >>> check_not_cropped("a.seg.nrrd", np.diag([-1.0, -1, 1, 1]), (4, 30, 32), np.diag([-1.0, -1, 1, 1]), (4, 48, 48))
+    Traceback (most recent call last):
+    ...
+    CACIdentifierLib.errors.CacError: a.seg.nrrd was drawn over a cropped copy of the cine's frame-stack volume \
+(30 x 32 of its 48 x 48 px), so where it lies on the frames cannot be checked; in Slicer's Segment Editor give it \
+the geometry of the cine's frame-stack volume ('Specify geometry') and save it again, or draw it over the cine's \
+frame-stack volume
+    >>> check_not_cropped("a.seg.nrrd", np.diag([-1.0, -1, 1, 1]), (4, 48, 48), np.diag([-1.0, -1, 1, 1]), (4, 48, 48))
+    """
+    if ijk_to_ras is None or shape is None:
+        return
+    own, whole = tuple(int(v) for v in shape), tuple(int(v) for v in cine_shape)
+    if own[0] != whole[0] or own[1:] == whole[1:] or own[1] > whole[1] or own[2] > whole[2]:
+        return
+    if cine_ijk_to_ras is not None:
+        axes, cine_axes = np.asarray(ijk_to_ras, float)[:3, :3], np.asarray(cine_ijk_to_ras, float)[:3, :3]
+        scale = float(np.linalg.norm(cine_axes, axis=0).min())
+        if not np.allclose(axes, cine_axes, rtol=1e-3, atol=1e-3 * scale):
+            return
+    raise CacError(f"{name} was drawn over a cropped copy of {volume} ({own[1]} x {own[2]} of its {whole[1]} x "
+                   f"{whole[2]} px), so where it lies on the frames cannot be checked; in Slicer's Segment Editor give "
+                   f"it the geometry of {volume} ('Specify geometry'){' and save it again' if saved else ''}, or draw "
+                   f"it over {volume}")
+
+
+def check_none_cropped(files, names=None) -> None:
+    """:func:`check_not_cropped` for segmentation files of one cine compared without the cine (``cac evaluate``).
+
+    The cine's frame-stack volume is known here only through the files'
+    reference geometries: the largest rows and columns among them (on the
+    same frames and axes) stand for it, and a file whose reference geometry
+    has fewer is refused.  Files without a reference geometry are not
+    checked (their grid is their labelmap's own extent), nor can files all
+    drawn over one same crop be told (none is larger): those are compared
+    with each other as they lie.
+
+    Parameters
+    ----------
+    files : list of :class:`~CACIdentifierLib.nrrd_io.SegFile`
+        The files as read (:func:`~CACIdentifierLib.nrrd_io.read_seg_nrrd` without ``expected_shape``).
+    names : list of str, optional
+        How the line names each file (default: its path).
+
+    Examples
+    --------
+    >>> from CACIdentifierLib.nrrd_io import SegFile
+    >>> whole = SegFile({"c": np.zeros((4, 48, 48), bool)}, (1.0, 1.0), path="whole.seg.nrrd",
+    ...                 ijk_to_ras=np.diag([-1.0, -1, 1, 1]), has_reference=True)
+    >>> crop = SegFile({"c": np.zeros((4, 30, 48), bool)}, (1.0, 1.0), path="crop.seg.nrrd",
+    ...                ijk_to_ras=np.diag([-1.0, -1, 1, 1]), has_reference=True)
+    >>> check_none_cropped([whole, whole])
+    >>> check_none_cropped([whole, crop])  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    CACIdentifierLib.errors.CacError: crop.seg.nrrd was drawn over a cropped copy of the cine's frame-stack volume \
+(30 x 48 of its 48 x 48 px), ...
+    """
+    names = names or [getattr(f, "path", "") for f in files]
+    grids = [(_name(names, n), *grid_of(f)) for n, f in enumerate(files)]
+    grids = [(name, matrix, shape) for name, matrix, shape, has_reference in grids if has_reference]
+    if len(grids) < 2:
+        return
+    _, matrix, shape = max(grids, key=lambda g: g[2][1] * g[2][2])
+    whole = (shape[0], max(g[2][1] for g in grids), max(g[2][2] for g in grids))
+    for name, own_matrix, own_shape in grids:
+        check_not_cropped(name, own_matrix, own_shape, matrix, whole)
 
 
 def check_same_source(items, *, ignore: bool = False, advice: str = "compare segmentations of the same cine",

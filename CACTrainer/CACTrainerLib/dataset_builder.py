@@ -13,8 +13,9 @@ dataset, so ``cac train`` and ``--cv patient`` read it unchanged)::
 What :func:`add_acquisition` checks: the cine loads; each segmentation lies
 on the cine's pixel grid in physical space (files saved cropped to their
 minimum extent are accepted: :mod:`CACIdentifierLib.seg_align`; one drawn
-over a cropped copy of the frame-stack volume is refused, as CAC Annotator
-refuses it: :func:`check_not_cropped`);
+over a cropped copy of the frame-stack volume is refused, with the line of
+CAC Annotator, CAC Identifier, ``cac evaluate`` and ``cac identify``:
+:func:`CACIdentifierLib.seg_align.check_not_cropped`);
 each segmentation that records its source cine (``CAC_source_fingerprint``:
 CAC Annotator, ``cac identify``, the phantom) records this one (equal shapes
 are not enough; ``ignore_source`` overrides); the annotators agree on the
@@ -233,43 +234,6 @@ def _annotator_masks(paths, segment: str | None) -> tuple[list, list]:
     return files
 
 
-def check_not_cropped(name: str, ijk_to_ras, shape, cine_ijk_to_ras, cine_shape,
-                      volume: str = "the cine's frame-stack volume", *, saved: bool = True) -> None:
-    """Refuse a segmentation drawn over a cropped copy of the cine's frame-stack volume, in one line.
-
-    ``ijk_to_ras`` and ``shape`` ``(frames, rows, columns)`` are the segmentation's reference image geometry
-    (the volume it was drawn over); ``cine_ijk_to_ras`` (None: not compared) and ``cine_shape`` the frame-stack
-    volume's.  The same pixel axes and frames but fewer rows or columns: it was drawn over a crop.  Its pixels
-    could be put back on the cine only by the crop's origin, which nothing checks (a crop saved with its origin
-    reset would land on the frames' corner), so such a segmentation is refused, by CAC Annotator (its nodes:
-    ``saved`` False) and by ``cac dataset add`` (its files: "save it again" in the remedy) alike.  Other grids
-    (another spacing or axes, another frame count, a larger frame) are left to the callers' own checks, which
-    name them as another cine's; so is a segmentation without a reference geometry (``shape`` None).
-
-    >>> check_not_cropped("a.seg.nrrd", np.diag([-1.0, -1, 1, 1]), (4, 30, 32), np.diag([-1.0, -1, 1, 1]), (4, 48, 48))
-    Traceback (most recent call last):
-    ...
-    CACIdentifierLib.errors.CacError: a.seg.nrrd was drawn over a cropped copy of the cine's frame-stack volume \
-(30 x 32 of its 48 x 48 px), so where it lies on the frames cannot be checked; in Slicer's Segment Editor give it \
-the geometry of the cine's frame-stack volume ('Specify geometry') and save it again, or draw it over the cine's \
-frame-stack volume
-    """
-    if ijk_to_ras is None or shape is None:
-        return
-    own, whole = tuple(int(v) for v in shape), tuple(int(v) for v in cine_shape)
-    if own[0] != whole[0] or own[1:] == whole[1:] or own[1] > whole[1] or own[2] > whole[2]:
-        return
-    if cine_ijk_to_ras is not None:
-        axes, cine_axes = np.asarray(ijk_to_ras, float)[:3, :3], np.asarray(cine_ijk_to_ras, float)[:3, :3]
-        scale = float(np.linalg.norm(cine_axes, axis=0).min())
-        if not np.allclose(axes, cine_axes, rtol=1e-3, atol=1e-3 * scale):
-            return
-    raise CacError(f"{name} was drawn over a cropped copy of {volume} ({own[1]} x {own[2]} of its {whole[1]} x "
-                   f"{whole[2]} px), so where it lies on the frames cannot be checked; in Slicer's Segment Editor give "
-                   f"it the geometry of {volume} ('Specify geometry'){' and save it again' if saved else ''}, or draw "
-                   f"it over {volume}")
-
-
 def _refuse_repeated(annotations) -> None:
     """Refuse one file given as two annotators (the same path, however spelt: links and ``..`` seen through)."""
     seen = {}
@@ -356,6 +320,7 @@ def add_acquisition(dataset, cine_path, annotations, *, patient: str | None = No
     from CACIdentifierLib.cine_io import load_cine
     from CACIdentifierLib.metrics import majority_vote
     from CACIdentifierLib.seg_align import (
+        check_not_cropped,
         check_same_source,
         common_grid,
         frame_stack_matrix,
@@ -383,7 +348,7 @@ def add_acquisition(dataset, cine_path, annotations, *, patient: str | None = No
     except CacError as exc:
         raise CacError(str(exc).replace("compare segmentations of the same cine",
                                         "the annotators must segment the same cine")) from None
-    # Drawn over a cropped copy of the frame-stack volume: refused, as CAC Annotator refuses it (one check).
+    # Drawn over a cropped copy of the frame-stack volume: refused, with the line every other caller gives (one check).
     for a, f in zip(annotations, files):
         matrix, shape, has_reference = grid_of(f)
         if has_reference:

@@ -5,8 +5,12 @@ identify``) with one or several annotators' segmentations of the same cine;
 several annotators are combined by strict majority vote (the paper's ground
 truth).  The union of a file's segments is used unless ``--segment`` names
 one.  The files are aligned in physical space first
-(:mod:`CACIdentifierLib.seg_align`): files saved cropped, with other extents
-or origins are the same frames; another spacing or frame count is refused.
+(:mod:`CACIdentifierLib.seg_align`): files saved cropped to their minimum
+extent, with other extents or origins are the same frames; another spacing or
+frame count is refused, and so is a file drawn over a cropped copy of the
+frame-stack volume (its reference geometry has fewer rows or columns than the
+largest of the files'), with ``cac dataset add``'s line
+(:func:`~CACIdentifierLib.seg_align.check_none_cropped`).
 Files that record different source cines (``CAC_source_fingerprint``, written
 by ``cac identify``, the phantom, the dataset builder and CAC Annotator) are
 refused unless ``--ignore-source``; files that record none are compared with a
@@ -92,7 +96,9 @@ def evaluate_files(pred_path, truth_paths, segment: str | None = None, *, ignore
     truth files mark calcium there); the result gets ``grid``: the common
     grid's shape and where each file lies on it, and ``units`` (``"mm"``, or
     ``"px"`` with ``allow_pixel_units``: keys ``hd_px``, ``roi_area_px``).
-    Files of different source cines are refused unless ``ignore_source``;
+    A file drawn over a cropped copy of the frame-stack volume is refused
+    (:func:`~CACIdentifierLib.seg_align.check_none_cropped`), and so are
+    files of different source cines unless ``ignore_source``;
     an unknown spacing is refused unless ``spacing_mm`` (row, col) or
     ``allow_pixel_units`` is given.  ``onset`` (the first contrast frame)
     scores only the frames before it, the non-contrast frames annotators mark:
@@ -101,7 +107,12 @@ def evaluate_files(pred_path, truth_paths, segment: str | None = None, *, ignore
     """
     from CACIdentifierLib import nrrd_io
     from CACIdentifierLib.metrics import evaluate_masks, majority_vote
-    from CACIdentifierLib.seg_align import align_segfiles, check_same_source
+    from CACIdentifierLib.seg_align import (
+        align_segfiles,
+        check_none_cropped,
+        check_same_source,
+        warn_unrecorded,
+    )
 
     pred = nrrd_io.read_seg_nrrd(pred_path)
     truths = [nrrd_io.read_seg_nrrd(p) for p in truth_paths]
@@ -109,7 +120,10 @@ def evaluate_files(pred_path, truth_paths, segment: str | None = None, *, ignore
     for f in files:
         _mask_of(f.segments, f.path, segment)  # one clear line for a missing segment, before aligning
     aligned, grid = align_segfiles(files)  # another geometry is another cine: that error first
-    check_same_source([(f.path, f.source_fingerprint) for f in files], ignore=ignore_source)
+    sources = [(f.path, f.source_fingerprint) for f in files]
+    check_same_source(sources, ignore=ignore_source, warn_missing=False)
+    check_none_cropped(files)  # on the same lattice, but drawn over a cropped copy of the volume: placed by nothing
+    warn_unrecorded(sources)  # after the refusals: a refused file gets its one line only
     masks = [_mask_of(a, f.path, segment) for f, a in zip(files, aligned)]
     truth = majority_vote(masks[1:])
     spacing, units = tuple(grid.spacing_mm), "mm"

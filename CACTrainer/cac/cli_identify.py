@@ -149,11 +149,13 @@ def _run(args: argparse.Namespace) -> int:
     annotations = None
     if args.annotations:
         from CACIdentifierLib.nrrd_io import read_seg_nrrd
-        from CACIdentifierLib.seg_align import check_same_source
+        from CACIdentifierLib.seg_align import check_same_source, frame_stack_matrix
 
         annotations, sources = [], [("the cine", cine.fingerprint())]
         for path in args.annotations:
-            seg = read_seg_nrrd(path, expected_shape=cine.frames.shape)
+            # One drawn over a cropped copy of the cine's frame-stack volume is refused with `cac dataset add`'s line.
+            seg = read_seg_nrrd(path, expected_shape=cine.frames.shape,
+                                expected_ijk_to_ras=frame_stack_matrix(cine.spacing_mm))
             if not seg.segments:
                 raise CacError(f"{path} has no segment; give an annotation with the calcium drawn")
             annotations.append(seg.union())
