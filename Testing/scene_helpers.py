@@ -53,3 +53,20 @@ def load_segmentation(scene, path, name):
     node.SetAndObserveStorageNodeID(storage.GetID())
     assert storage.ReadData(node), path
     return node
+
+
+def drawn_over_crop(scene, cine: Cine, calcium: np.ndarray, box, name="drawn"):
+    """A segmentation node drawn in the Segment Editor over a cropped copy (``box`` = r0, r1, c0, c1) of the
+    cine's frame-stack volume, as Crop Volume leaves it: on the volume's pixels, fewer rows and columns."""
+    from CACIdentifierLib import mrml
+
+    r0, r1, c0, c1 = box
+    crop = mrml.cine_to_frame_stack_volume(scene, Cine(frames=cine.frames[:, r0:r1, c0:c1].copy(),
+                                                       frame_time_ms=cine.frame_time_ms, spacing_mm=cine.spacing_mm),
+                                           f"{name} crop")
+    row, col = cine.spacing_mm
+    crop.SetOrigin(-col * c0, -row * r0, 0.0)
+    drawn = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
+    drawn.SetReferenceImageGeometryParameterFromVolumeNode(crop)  # the Segment Editor's source volume: the crop
+    mrml._fill_segmentation(drawn, {"calcium": calcium[:, r0:r1, c0:c1]}, None, {}, mrml.frame_stack_geometry(crop))
+    return drawn

@@ -19,7 +19,7 @@ import slicer_python  # noqa: E402
 from CACAnnotatorLib import annotation  # noqa: E402
 from CACIdentifierLib import mrml, nrrd_io, slicercore  # noqa: E402
 from CACIdentifierLib.errors import CacError  # noqa: E402
-from scene_helpers import load_segmentation, synthetic_cine  # noqa: E402
+from scene_helpers import drawn_over_crop, load_segmentation, synthetic_cine  # noqa: E402
 
 VIEW = (200, 160)  # the slice views' size in pixels
 
@@ -250,12 +250,7 @@ def test_annotations_stay_out_of_the_contrast_view_in_views_and_display_nodes_ma
 
 
 def test_logic_keeps_annotators_out_of_the_right_view_in_a_view_made_later(annotator_module):
-    app, module = annotator_module
-    scene = app.mrmlScene
-    cine = synthetic_cine(n=10, rows=40, cols=52)
-    sequence, browser, volume = loaded(scene, cine)
-    logic = module.CACAnnotatorLogic()
-    left, right = slice_logic(scene, "Red"), slice_logic(scene, "Yellow")
+    scene, cine, sequence, browser, volume, logic, left, right = panel_logic(annotator_module)
     logic.showPairView(sequence, 4, volume, sliceLogics=(left, right))
     nodes = logic.createAnnotators(volume, 2) + [logic.majorityVote(logic.createAnnotators(volume, 2), volume)]
     green = slice_logic(scene, "Green").GetSliceNode()
@@ -289,13 +284,18 @@ def annotator_module(monkeypatch):
         yield app, module
 
 
-def test_logic_pair_view_paints_on_the_browsed_frame_and_keeps_annotators_out_of_the_right(annotator_module):
+def panel_logic(annotator_module):
+    """A 10-frame cine loaded in the module's scene, the panel's Logic and the side-by-side views' slice logics."""
     app, module = annotator_module
     scene = app.mrmlScene
     cine = synthetic_cine(n=10, rows=40, cols=52)
     sequence, browser, volume = loaded(scene, cine)
-    logic = module.CACAnnotatorLogic()
-    left, right = slice_logic(scene, "Red"), slice_logic(scene, "Yellow")
+    return (scene, cine, sequence, browser, volume, module.CACAnnotatorLogic(),
+            slice_logic(scene, "Red"), slice_logic(scene, "Yellow"))
+
+
+def test_logic_pair_view_paints_on_the_browsed_frame_and_keeps_annotators_out_of_the_right(annotator_module):
+    scene, cine, sequence, browser, volume, logic, left, right = panel_logic(annotator_module)
     before = logic.createAnnotators(volume, 1)  # made before the pair view is shown
     view = logic.showPairView(sequence, 4, volume, sliceLogics=(left, right))
     after = logic.createAnnotators(volume, 2)[1:]  # and after
@@ -390,7 +390,6 @@ def test_a_segmentation_drawn_over_a_cropped_volume_is_refused_with_cac_dataset_
     from functools import partial
 
     import slicer_seg_files
-    from CACIdentifierLib.cine import Cine
     from CACIdentifierLib.seg_align import check_not_cropped
 
     cine = synthetic_cine(n=8, rows=48, cols=48)
@@ -402,14 +401,7 @@ def test_a_segmentation_drawn_over_a_cropped_volume_is_refused_with_cac_dataset_
     saved = slicer_seg_files.write(tmp_path / "cropped.seg.nrrd", {"calcium": calcium}, cine.spacing_mm,
                                    box=(10, 40, 12, 44))
     from_file = load_segmentation(scene, saved, "from file")
-    crop = mrml.cine_to_frame_stack_volume(scene, Cine(frames=cine.frames[:, 10:40, 12:44].copy(),
-                                                       frame_time_ms=cine.frame_time_ms, spacing_mm=cine.spacing_mm),
-                                           "run frames cropped")
-    row, col = cine.spacing_mm
-    crop.SetOrigin(-col * 12, -row * 10, 0.0)  # where Crop Volume leaves a crop: on the volume's pixels
-    drawn = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "drawn")
-    drawn.SetReferenceImageGeometryParameterFromVolumeNode(crop)  # the Segment Editor's source volume: the crop
-    mrml._fill_segmentation(drawn, {"calcium": calcium[:, 10:40, 12:44]}, None, {}, mrml.frame_stack_geometry(crop))
+    drawn = drawn_over_crop(scene, cine, calcium, (10, 40, 12, 44))
     grid = mrml.frame_stack_geometry(volume)
     for node in (from_file, drawn):
         with pytest.raises(CacError) as expected:

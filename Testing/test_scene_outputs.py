@@ -25,7 +25,7 @@ slicer = pytest.importorskip("slicer", reason="slicer-core is not installed")
 
 from CACIdentifierLib import logic, mrml, nrrd_io, slicercore, worker  # noqa: E402
 from CACIdentifierLib.errors import CacError  # noqa: E402
-from scene_helpers import ijk_to_ras, load_segmentation, synthetic_cine  # noqa: E402
+from scene_helpers import drawn_over_crop, ijk_to_ras, load_segmentation, synthetic_cine  # noqa: E402
 
 # A rotation about the viewing axis and a shift: a cine the user has placed in the scene.
 TURN = np.array([[np.cos(0.3), -np.sin(0.3), 0.0], [np.sin(0.3), np.cos(0.3), 0.0], [0.0, 0.0, 1.0]])
@@ -497,7 +497,6 @@ def test_identifier_refuses_a_segmentation_drawn_over_a_cropped_volume(scene, tm
     the drawn one once given the volume's geometry, are handed to the worker as this cine's calcium."""
     import slicer_seg_files
     from CACAnnotatorLib import annotation
-    from CACIdentifierLib.cine import Cine
     from CACIdentifierLib.seg_align import check_not_cropped
 
     monkeypatch.setenv("CAC_TMPDIR", str(tmp_path))
@@ -512,14 +511,8 @@ def test_identifier_refuses_a_segmentation_drawn_over_a_cropped_volume(scene, tm
     boxed = slicer_seg_files.write(files / "boxed.seg.nrrd", {"calcium": calcium}, cine.spacing_mm, box=(6, 36, 8, 48))
     good = load_segmentation(scene, minimum, "good")
     from_file = load_segmentation(scene, boxed, "from file")
-    crop = mrml.cine_to_frame_stack_volume(scene, Cine(frames=cine.frames[:, 6:36, 8:48].copy(),
-                                                       frame_time_ms=cine.frame_time_ms, spacing_mm=cine.spacing_mm),
-                                           "this frames cropped")
+    drawn = drawn_over_crop(scene, cine, calcium, (6, 36, 8, 48))
     row, col = cine.spacing_mm
-    crop.SetOrigin(-col * 8, -row * 6, 0.0)  # where Crop Volume leaves a crop: on the volume's pixels
-    drawn = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "drawn")
-    drawn.SetReferenceImageGeometryParameterFromVolumeNode(crop)  # the Segment Editor's source volume: the crop
-    mrml._fill_segmentation(drawn, {"calcium": calcium[:, 6:36, 8:48]}, None, {}, mrml.frame_stack_geometry(crop))
 
     for source, where in ((volume, "'this frames'"), (sequence, "the frame-stack volume of 'this run sequence'")):
         for node in (from_file, drawn):
