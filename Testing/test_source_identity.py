@@ -145,6 +145,10 @@ def test_identify_refuses_annotations_of_another_cine(tmp_path, capsys):
     assert f"{other} was drawn on another cine (it records source fingerprint " in err
     assert err.rstrip().endswith("use the annotations made on this cine, or pass --ignore-source to use it anyway")
     assert not (tmp_path / "out").exists()
+    # Refused before the model is read: with a model file that is not there, the annotation's line still comes.
+    code, _, err = run(capsys, "identify", XA17, "--out", tmp_path / "out", "--model", tmp_path / "none.safetensors",
+                       "--annotations", other)
+    assert code == 2 and f"{other} was drawn on another cine" in err and "none.safetensors" not in err
 
 
 @pytest.fixture(scope="module")

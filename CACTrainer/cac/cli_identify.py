@@ -141,11 +141,7 @@ def _run(args: argparse.Namespace) -> int:
     if progress_json:
         json_event("progress", done=0, total=1, message="reading the cine")
     cine = load_cine(args.cine, spacing_mm=spacing, frame_time_ms=args.frame_time_ms)
-    if progress_json:
-        json_event("progress", done=0, total=1, message="loading the model")
-    model_path = default_model_path() if args.model == DEFAULT_MODEL else Path(args.model)
-    model, metadata = load_model(model_path)
-
+    # Before the model: a wrong annotation file is refused at once.
     annotations = None
     if args.annotations:
         from CACIdentifierLib.nrrd_io import read_seg_nrrd
@@ -162,6 +158,11 @@ def _run(args: argparse.Namespace) -> int:
             sources.append((path, seg.source_fingerprint))
         check_same_source(sources, ignore=args.ignore_source, advice="use the annotations made on this cine",
                           first_is_cine=True)
+
+    if progress_json:
+        json_event("progress", done=0, total=1, message="loading the model")
+    model_path = default_model_path() if args.model == DEFAULT_MODEL else Path(args.model)
+    model, metadata = load_model(model_path)
 
     from CACIdentifierLib.inference import identify
 
