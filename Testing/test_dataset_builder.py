@@ -341,6 +341,18 @@ def test_agreement_is_of_the_non_contrast_frames(phantom_dataset, tmp_path):
     assert truth["agreement"]["frames"] == [2] and truth["agreement"]["before_frame"] == 10
     assert truth["agreement_frames"] == ("the non-contrast frames before the onset (frames 0-9), where annotations are "
                                          "made; marks at or after it are left out")
+    # As an older `cac dataset add` wrote it (every marked frame, contrast frame 12 too): `info` takes it again from
+    # the per-frame table, of the frames before the onset.
+    truth["agreement"] = {"pairs": [[0, 1]], "frames": [2, 12], "dice": [[1.0], [0.0]], "median": 0.5}
+    del truth["agreement_frames"]
+    record["dice_median"] = 0.5
+    (tmp_path / "ds" / record["truth"]).write_text(json.dumps(truth))
+    manifest = json.loads((tmp_path / "ds" / "manifest.json").read_text())
+    manifest["acquisitions"][0] = record
+    (tmp_path / "ds" / "manifest.json").write_text(json.dumps(manifest))
+    from CACTrainerLib.dataset_builder import info
+
+    assert info(tmp_path / "ds")["dice_median_of_acquisitions"] == pytest.approx(1.0)
 
 
 def test_check_warns_when_no_acquisition_has_calcium(tmp_path, capsys):

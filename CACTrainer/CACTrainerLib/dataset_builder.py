@@ -651,6 +651,30 @@ def frame_counts(dataset, record: dict) -> dict:
         return old
 
 
+def agreement_median(dataset, record: dict) -> float | None:
+    """The annotators' agreement of a manifest record on the frames training uses (before ``onset_frame``).
+
+    Records of this ``cac dataset add`` hold it as ``dice_median`` (their ``acquisition.json`` agreement has
+    ``before_frame``).  An older one took every marked frame, contrast frames too: its median is taken again from
+    the per-frame table of its ``acquisition.json``, or, when that cannot be read, is the recorded one.
+
+    >>> agreement_median(".", {"dice_median": 0.5})  # no truth file to read: as recorded
+    0.5
+    """
+    recorded = record.get("dice_median")
+    try:
+        truth = json.loads((Path(dataset) / record["truth"]).read_bytes().decode("utf-8"))
+        agreement = truth["agreement"]
+        if "before_frame" in agreement:
+            return recorded
+        onset = truth.get("onset_frame", record.get("onset_frame"))
+        values = [v for k, row in zip(agreement["frames"], agreement["dice"]) if onset is None or int(k) < int(onset)
+                  for v in row if v is not None]
+        return float(np.median(values)) if values else None
+    except (KeyError, TypeError, ValueError, AttributeError, OSError, RecursionError):
+        return recorded
+
+
 def _no_calcium_warning(counts) -> list[str]:
     """One line when no acquisition has calcium in its majority vote on the frames training uses (those before
     the onset): training would find no positive patch.
@@ -758,10 +782,11 @@ def info(dataset) -> dict:
     """Counts of a dataset: patients, acquisitions, frames, annotated frames, frames with calcium, agreement.
 
     Annotated frames and frames with calcium are those training uses, before each onset (:func:`frame_counts`);
-    ``contrast_annotated_frames`` counts the marked frames at or after it."""
+    ``contrast_annotated_frames`` counts the marked frames at or after it; the agreement is of the same frames
+    (:func:`agreement_median`)."""
     manifest = load(dataset)
     acqs = manifest["acquisitions"]
-    dice_values = [e["dice_median"] for e in acqs if e.get("dice_median") is not None]
+    dice_values = [d for d in (agreement_median(dataset, e) for e in acqs) if d is not None]
     counts = [frame_counts(dataset, e) for e in acqs]
     return {
         "patients": len({e["patient"] for e in acqs}),
