@@ -499,13 +499,13 @@ def annotator_masks(nodes, shape, ijk_to_ras=None, cine=None, volume_name: str =
     (``CAC_source_fingerprint``) is refused, and so is a node that records no cine (no file fingerprint,
     no volume it was drawn over: :func:`CACIdentifierLib.mrml.check_same_cine` checks those) on another
     grid (another size, pixel spacing or axes): its pixels would be read as this cine's calcium.  Those checks
-    are :func:`CACIdentifierLib.mrml.check_annotation_of`'s, CAC Identifier's, with its lines; a node drawn
-    over a cropped copy of the volume is refused first, with ``cac dataset add``'s line
-    (:func:`CACIdentifierLib.mrml.check_nodes_not_cropped`, CAC Identifier's too).
+    are :func:`CACIdentifierLib.mrml.check_annotation_of`'s, CAC Identifier's, with its lines.  A node drawn
+    over a cropped copy of the volume is refused before, with ``cac dataset add``'s line, by the callers here
+    (:func:`_check_same_cine`, which runs :func:`CACIdentifierLib.mrml.check_nodes_not_cropped` as CAC
+    Identifier does).
     """
     from CACIdentifierLib import mrml
 
-    mrml.check_nodes_not_cropped(nodes, shape, ijk_to_ras, volume_name)
     out = []
     for node in nodes:
         mrml.check_annotation_of(node, cine, shape, ijk_to_ras, volume_name)  # CAC Identifier's checks and lines
