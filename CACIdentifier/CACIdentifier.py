@@ -124,6 +124,8 @@ class CACIdentifierParameterNode:
     onsetFrame - first contrast frame (0-based), -1 for automatic detection.
     temporal - keep only ROIs that recur across beats at the same cardiac phase (``cac identify --temporal``).
     cineGate - apply the model card's cine threshold, if it has one (off: ``cac identify --no-cine-gate``).
+    staticFilter - remove ROIs on dark spots that stay on the same pixels through the run (detector marks,
+    a static phantom; off: ``cac identify --keep-static``).
     roiPatches - draw each frame's ROI from at most this many of its most probable gated patches, 1-5
     (``cac identify --roi-patches``); 0, shown as "model's", takes the model card's value.
     outputSegmentation, outputTable - created when empty.
@@ -141,6 +143,7 @@ class CACIdentifierParameterNode:
     onsetFrame: Annotated[int, WithinRange(-1, 100000), Default(-1)]
     temporal: Annotated[bool, Default(False)]
     cineGate: Annotated[bool, Default(True)]
+    staticFilter: Annotated[bool, Default(True)]
     roiPatches: Annotated[int, WithinRange(0, 5), Default(0)]
     outputSegmentation: vtkMRMLSegmentationNode
     outputTable: vtkMRMLTableNode
@@ -299,6 +302,7 @@ class CACIdentifierWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     p.inputNode, list(p.annotationNodes), p.modelPath, p.device, p.sigma, p.minIslandPx,
                     p.threshold, p.onsetFrame, outputSegmentation=p.outputSegmentation, outputTable=p.outputTable,
                     temporal=p.temporal, cineGate=p.cineGate, roiPatches=p.roiPatches,
+                    staticFilter=p.staticFilter,
                 )
         except CacError as exc:  # the user's input: one line saying what to do
             self._job = None
@@ -410,6 +414,8 @@ def summaryText(report, summary) -> str:
     if params.get("cine_gate_withheld"):
         parts.append(_("no ROI drawn: the cine's evidence {e} is below the model's cine threshold {c}").format(
             e=number(params.get("cine_evidence"), 3), c=number(params.get("cine_threshold"), 3)))
+    if params.get("static_rois_removed"):
+        parts.append(_("{n} ROIs on spots that never move removed").format(n=int(params["static_rois_removed"])))
     if report and report.get("heart_rate_bpm") is not None:
         parts.append(_("heart rate {bpm} bpm").format(bpm=number(report["heart_rate_bpm"], 0)))
     if summary:
@@ -597,7 +603,7 @@ class CACIdentifierLogic(ScriptedLoadableModuleLogic):
 
     def _jobArguments(self, inputNode, annotationNodes, modelPath, device, sigma, minIslandPx, threshold,
                       onsetFrame, outputSegmentation, outputTable, temporal=False, cineGate=True,
-                      roiPatches=0) -> dict:
+                      roiPatches=0, staticFilter=True) -> dict:
         from CACIdentifierLib.errors import CacError
 
         if inputNode is None:
@@ -615,6 +621,7 @@ class CACIdentifierLogic(ScriptedLoadableModuleLogic):
             temporal=bool(temporal),
             cine_gate=bool(cineGate),
             roi_patches=int(roiPatches) if roiPatches and int(roiPatches) > 0 else None,  # 0: the card's
+            static_filter=bool(staticFilter),
             output_segmentation=outputSegmentation,
             output_table=outputTable,
             runner=self.runnerFactory() if self.runnerFactory else None,
@@ -624,7 +631,8 @@ class CACIdentifierLogic(ScriptedLoadableModuleLogic):
     def startIdentification(self, inputNode, annotationNodes=None, modelPath=None, device: str = "auto",
                             sigma: float | None = None, minIslandPx: int | None = None, threshold: float | None = None,
                             onsetFrame: int = -1, outputSegmentation=None, outputTable=None,
-                            temporal: bool = False, cineGate: bool = True, roiPatches: int = 0):
+                            temporal: bool = False, cineGate: bool = True, roiPatches: int = 0,
+                            staticFilter: bool = True):
         """Start the worker on ``inputNode`` and return its ``CACIdentifierLib.logic.IdentifyJob`` at once.
 
         The caller polls ``job.poll()`` (progress events), then calls ``job.load_results()``
@@ -634,7 +642,7 @@ class CACIdentifierLogic(ScriptedLoadableModuleLogic):
         cacLogic = importlib.import_module("CACIdentifierLib.logic")
         arguments = self._jobArguments(inputNode, annotationNodes, modelPath, device, sigma, minIslandPx,
                                        threshold, onsetFrame, outputSegmentation, outputTable, temporal, cineGate,
-                                       roiPatches)
+                                       roiPatches, staticFilter)
         job = cacLogic.IdentifyJob(slicer.mrmlScene, **arguments)
         job.start()
         return job
@@ -642,7 +650,7 @@ class CACIdentifierLogic(ScriptedLoadableModuleLogic):
     def process(self, inputNode, annotationNodes=None, modelPath=None, device: str = "auto", sigma: float | None = None,
                 minIslandPx: int | None = None, threshold: float | None = None, onsetFrame: int = -1, progress=None,
                 outputSegmentation=None, outputTable=None, temporal: bool = False, cineGate: bool = True,
-                roiPatches: int = 0):
+                roiPatches: int = 0, staticFilter: bool = True):
         """Identify CAC ROIs in ``inputNode`` through the worker process and put the results in the scene.
 
         Blocks until the worker has finished (the panel uses :meth:`startIdentification` instead).
@@ -655,13 +663,14 @@ class CACIdentifierLogic(ScriptedLoadableModuleLogic):
         :param temporal: keep only ROIs that recur across beats (``cac identify --temporal``).
         :param cineGate: apply the model card's cine threshold if it has one (False: ``--no-cine-gate``).
         :param roiPatches: each frame's ROI from at most this many most probable gated patches (1-5); 0 for the card's.
+        :param staticFilter: remove ROIs on spots that never move (False: ``cac identify --keep-static``).
         :param progress: ``progress(done, total, message)``; may raise progress.Cancelled (the worker is killed).
         :return: dict with ``roi_sequence``, ``roi_segmentation``, ``table``, ``report``, ``summary``.
         """
         cacLogic = importlib.import_module("CACIdentifierLib.logic")
         arguments = self._jobArguments(inputNode, annotationNodes, modelPath, device, sigma, minIslandPx,
                                        threshold, onsetFrame, outputSegmentation, outputTable, temporal, cineGate,
-                                       roiPatches)
+                                       roiPatches, staticFilter)
 
         def keepResponsive(done, total, message=""):
             if getattr(slicer, "app", None) is not None:

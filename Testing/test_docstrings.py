@@ -30,6 +30,7 @@ MODULES = [
     "CACIdentifierLib.roi_gt",
     "CACIdentifierLib.resources",
     "CACIdentifierLib.field",
+    "CACIdentifierLib.static_structures",
     "CACIdentifierLib.errors",
     "CACIdentifierLib.report",
     "CACIdentifierLib.worker",

@@ -480,6 +480,8 @@ def test_identifier_result_summary():
              "parameters": {"cine_gate_withheld": True, "cine_evidence": 0.1234, "cine_threshold": 0.2}}
     assert summary_text(gated, None) == ("1 non-contrast frames, CAC ROI in 0; no ROI drawn: the cine's evidence "
                                          "0.123 is below the model's cine threshold 0.200.")
+    static = {"frames": [{"index": 0, "roi_area_mm2": 3.0}], "parameters": {"static_rois_removed": 2}}
+    assert summary_text(static, None) == "1 non-contrast frames, CAC ROI in 1; 2 ROIs on spots that never move removed."
     result = {"roi_segmentation": "seg", "table": None, "report": report}
     assert item(result, "roi_segmentation", "segmentation_node") == "seg"
     assert item(result, "table", "table_node") is None
@@ -490,7 +492,7 @@ def test_identifier_result_summary():
     for key in ("frames", "heart_rate_bpm", "roi_area_mm2", "summary"):
         assert f'"{key}"' in report_source
     inference_source = (lib / "inference.py").read_text()
-    for key in ("cine_gate_withheld", "cine_evidence", "cine_threshold"):
+    for key in ("cine_gate_withheld", "cine_evidence", "cine_threshold", "static_rois_removed"):
         assert key + "=" in inference_source
     logic_source = (lib / "logic.py").read_text()
     for key in ("roi_segmentation", "table", "report", "summary"):

@@ -89,8 +89,9 @@ def test_identifier_parameter_node_defaults(slicer_app):
     # -1: the refinement settings of the model card (the shipped model's operating point sets its island size).
     assert (parameters.device, parameters.sigma, parameters.minIslandPx) == ("auto", -1.0, -1)
     assert (parameters.threshold, parameters.onsetFrame) == (-1.0, -1)
-    # The CLI's defaults: no temporal filter; a card's cine gate applies (`cac identify` without flags).
-    assert (parameters.temporal, parameters.cineGate) == (False, True)
+    # The CLI's defaults: no temporal filter; a card's cine gate applies; static spots' ROIs removed
+    # (`cac identify` without flags).
+    assert (parameters.temporal, parameters.cineGate, parameters.staticFilter) == (False, True, True)
     assert parameters.roiPatches == 0  # "model's": the card's roi_patches
     assert str(parameters.modelPath) in ("", ".")
     # A singleton: the module finds the same node again (the panel calls this on every enter()).
@@ -116,6 +117,7 @@ def test_identifier_every_field_round_trips(slicer_app, tmp_path):
         "onsetFrame": 7,
         "temporal": True,
         "cineGate": False,
+        "staticFilter": False,
         "roiPatches": 2,
         "outputSegmentation": output,
         "outputTable": table,

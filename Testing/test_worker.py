@@ -307,7 +307,8 @@ def test_module_logic_leaves_refinement_to_the_model_card(module_logic, phantom)
 
 def test_module_logic_passes_the_panel_checkboxes(module_logic, phantom):
     """The panel's defaults run `cac identify` as its own defaults do (no temporal filter, the card's cine gate
-    and roi_patches); the Advanced checkboxes and spin box turn into --temporal, --no-cine-gate, --roi-patches."""
+    and roi_patches, static spots' ROIs removed); the Advanced checkboxes and spin box turn into --temporal,
+    --no-cine-gate, --roi-patches, --keep-static."""
     from CACIdentifierLib import mrml
 
     slicer, logic = module_logic
@@ -316,17 +317,17 @@ def test_module_logic_passes_the_panel_checkboxes(module_logic, phantom):
     recorder = type(logic)(runnerFactory=_RecordingRunner, python=sys.executable)
     _RecordingRunner.commands.clear()
     recorder.startIdentification(sequence, temporal=parameters.temporal, cineGate=parameters.cineGate,
-                                 roiPatches=parameters.roiPatches)
-    recorder.startIdentification(sequence, temporal=True, cineGate=False, roiPatches=2)
+                                 roiPatches=parameters.roiPatches, staticFilter=parameters.staticFilter)
+    recorder.startIdentification(sequence, temporal=True, cineGate=False, roiPatches=2, staticFilter=False)
     default, chosen = _RecordingRunner.commands
-    assert not {"--temporal", "--no-cine-gate", "--roi-patches"} & set(default), default
-    assert {"--temporal", "--no-cine-gate"} <= set(chosen), chosen
+    assert not {"--temporal", "--no-cine-gate", "--roi-patches", "--keep-static"} & set(default), default
+    assert {"--temporal", "--no-cine-gate", "--keep-static"} <= set(chosen), chosen
     assert chosen[chosen.index("--roi-patches") + 1] == "2"
     # The worker's command line is one `cac identify` accepts.
     from cac.cli import build_parser
 
     args = build_parser().parse_args(chosen[chosen.index("identify"):])
-    assert args.temporal and args.no_cine_gate and args.roi_patches == 2
+    assert args.temporal and args.no_cine_gate and args.roi_patches == 2 and args.keep_static
 
 
 def _noise_report(module_logic) -> dict:

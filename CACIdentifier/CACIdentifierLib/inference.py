@@ -28,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy import ndimage as ndi
 
 from . import refinement
 from .cine import Cine
@@ -73,6 +74,7 @@ class IdentifyResult:
     parameters: dict = field(default_factory=dict)
     exposed_field: np.ndarray | None = None  # (rows, columns) bool: where X-rays reach the detector
     roi_area_pct_field: np.ndarray | None = None  # (len(frames),) ROI area, % of the exposed field
+    static_spots: dict = field(default_factory=dict)  # frame -> [(row, col)]: centres of ROIs removed as static
     ood_scores: np.ndarray | None = None  # (len(frames),) activation score (ood.py); None without statistics
     ood_warning: str | None = None  # one line when the cine lies outside the model's training data
 
@@ -184,6 +186,7 @@ def identify(
     roi_patches: int | None = None,
     use_autocast: bool = True,
     temporal: bool = False,
+    static_filter: bool = True,
     cine_gate: bool = True,
     workers: int | None = None,
     progress: ProgressCallback | None = None,
@@ -218,6 +221,11 @@ def identify(
     temporal : bool
         Keep only ROIs that recur at the same cardiac phase in another beat
         (:func:`.temporal.temporal_filter`); off by default (see docs/identify.md).
+    static_filter : bool
+        Remove ROI components on dark spots that stay on the same pixels through the run (detector
+        defects, markers, a static phantom): coronary calcium moves with the heart
+        (:func:`.static_structures.remove_static`; ``parameters`` say how many were removed, or why the
+        run was not judged).  False keeps them.
     cine_gate : bool
         Apply the model card's ``cine_threshold`` where it has one: no ROI on any frame of a cine whose
         mean frame probability lies below it (:func:`.temporal.cine_gate`; ``parameters`` then say
@@ -410,6 +418,17 @@ def identify(
     field_mask = exposed_field(cine.frames)
     for f in set(frames_nc):
         roi[f] &= field_mask
+    # No ROI on a spot that never moves: coronary calcium moves with the heart (static_structures.py).
+    static_removed, static_note, static_spots = {}, None, {}
+    if static_filter:
+        from .static_structures import filter_cine
+
+        before = {f: roi[f].copy() for f in set(frames_nc) if roi[f].any()}
+        roi, static_removed, static_note = filter_cine(roi, frames_nc, cine, sync, field_mask)
+        for f in static_removed:
+            gone, n_gone = ndi.label(before[f] & ~roi[f])
+            static_spots[f] = [tuple(round(float(v), 1) for v in ndi.center_of_mass(gone == k))
+                               for k in range(1, n_gone + 1)]
     if temporal and getattr(sync, "phase", None) is not None:
         from .temporal import temporal_filter
 
@@ -448,7 +467,10 @@ def identify(
         "worker_seconds": {"network": round(t_net, 4), "refinement": round(t_ref, 4)},
     }
     params = dict(refine_params, classifier_threshold=float(cls_thr), roi_patches=roi_k, device=str(dev),
-                  temporal=bool(temporal),
+                  temporal=bool(temporal), static_filter=bool(static_filter),
+                  static_rois_removed=int(sum(static_removed.values())),
+                  static_frames=sorted(int(f) for f in static_removed),
+                  static_note=static_note,
                   temperature=temperature, calibration_bias=bias, cine_evidence=round(float(evidence), 4),
                   cine_threshold=None if cine_thr is None else float(cine_thr), cine_gate_withheld=bool(withheld))
     return IdentifyResult(
@@ -463,6 +485,7 @@ def identify(
         parameters=params,
         exposed_field=field_mask,
         roi_area_pct_field=area_pct,
+        static_spots=static_spots,
         ood_scores=ood_scores,
         ood_warning=ood_warning(ood_scores, feature_stats) if ood_scores is not None else None,
     )

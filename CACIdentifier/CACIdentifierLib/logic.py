@@ -191,7 +191,7 @@ class IdentifyJob:
     def __init__(self, scene, input_node, annotation_nodes=(), model_path=None, device="auto", sigma=None,
                  min_island_px=None, threshold=None, onset_frame=None, output_segmentation=None,
                  output_table=None, name=None, runner=None, python=None, work_dir=None, temporal=False,
-                 cine_gate=True, roi_patches=None):
+                 cine_gate=True, roi_patches=None, static_filter=True):
         if input_node is None:
             raise CacError("no input cine selected; load a cine and choose it as input")
         self.scene = scene
@@ -202,7 +202,7 @@ class IdentifyJob:
                            "(annotations are never modified)")
         self.options = dict(model_path=model_path, device=device, sigma=sigma, min_island_px=min_island_px,
                             threshold=threshold, onset_frame=onset_frame, temporal=temporal, cine_gate=cine_gate,
-                            roi_patches=roi_patches)
+                            roi_patches=roi_patches, static_filter=static_filter)
         self.output_segmentation = output_segmentation
         self.output_table = output_table
         self.name = name
@@ -325,7 +325,8 @@ class IdentifyJob:
 def identify_in_scene(scene, input_node, annotation_nodes=(), model_path=None, device="auto", sigma=None,
                       min_island_px=None, threshold=None, onset_frame=None, progress=None,
                       output_segmentation=None, output_table=None, name=None, runner=None, python=None,
-                      poll_s: float = 0.1, temporal=False, cine_gate=True, roi_patches=None) -> dict:
+                      poll_s: float = 0.1, temporal=False, cine_gate=True, roi_patches=None,
+                      static_filter=True) -> dict:
     """Identify CAC ROIs in a cine node through the worker process and put the results in the scene.
 
     ``input_node`` is a Sequence of 2D frames, its browser's proxy volume or a
@@ -340,7 +341,7 @@ def identify_in_scene(scene, input_node, annotation_nodes=(), model_path=None, d
                       min_island_px=min_island_px, threshold=threshold, onset_frame=onset_frame,
                       output_segmentation=output_segmentation, output_table=output_table, name=name,
                       runner=runner, python=python, temporal=temporal, cine_gate=cine_gate,
-                      roi_patches=roi_patches)
+                      roi_patches=roi_patches, static_filter=static_filter)
     try:
         job.start()
         while not job.finished:

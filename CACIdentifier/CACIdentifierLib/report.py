@@ -202,12 +202,18 @@ def save_overlay_png(path: Path, cine, result, truth: np.ndarray | None = None, 
                 ax.contour(result.roi[f], levels=[0.5], colors=["#ff2fb0"], linewidths=1.5)
             if truth is not None and truth[f].any():
                 ax.contour(truth[f], levels=[0.5], colors=["#30ff30"], linewidths=1.0)
+            spots = (getattr(result, "static_spots", None) or {}).get(f, [])
+            if spots:
+                ax.plot([s[1] for s in spots], [s[0] for s in spots], "x", color="#40c0ff", markersize=7, mew=1.5)
             ax.set_title(title, fontsize=9)
             ax.axis("off")
     handles = [plt.Line2D([], [], color="#ff2fb0", label="AI ROI"),
                plt.Line2D([], [], color="#ffd000", linestyle="dashed", label="exposed field")]
     if truth is not None:
         handles.append(plt.Line2D([], [], color="#30ff30", label="annotators (majority)"))
+    if any((getattr(result, "static_spots", None) or {}).get(f) for f in frames):
+        handles.append(plt.Line2D([], [], color="#40c0ff", marker="x", linestyle="none",
+                                  label="ROI removed: spot that never moves"))
     fig.legend(handles=handles, loc="lower center", ncol=len(handles))
     fig.tight_layout(rect=(0, 0.03, 1, 1))
     fig.savefig(path, dpi=80)

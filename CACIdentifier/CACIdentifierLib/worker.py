@@ -181,11 +181,12 @@ def python_executable() -> str:
 
 def identify_command(python, cine_path, out_dir, *, model_path=None, annotation_paths=(), device="auto",
                      sigma=None, min_island_px=None, threshold=None, onset_frame=None, temporal=False,
-                     cine_gate=True, roi_patches=None) -> list[str]:
+                     cine_gate=True, roi_patches=None, static_filter=True) -> list[str]:
     """The ``cac identify ... --progress-json`` command line that CAC Identifier's Logic runs.
 
     ``temporal`` adds ``--temporal``; ``cine_gate=False`` adds ``--no-cine-gate`` (the card's cine threshold,
-    if any, is then not applied); ``roi_patches`` (1-5) adds ``--roi-patches`` (None: the card's).
+    if any, is then not applied); ``roi_patches`` (1-5) adds ``--roi-patches`` (None: the card's);
+    ``static_filter=False`` adds ``--keep-static`` (ROIs on spots that never move are then kept).
     """
     command = [os.fspath(python), "-m", "cac", "identify", os.fspath(cine_path),
                "--out", os.fspath(out_dir), "--progress-json", "--overwrite", "--device", str(device)]
@@ -204,6 +205,8 @@ def identify_command(python, cine_path, out_dir, *, model_path=None, annotation_
         command.append("--no-cine-gate")
     if roi_patches is not None:
         command += ["--roi-patches", str(int(roi_patches))]
+    if not static_filter:
+        command.append("--keep-static")
     return command
 
 

@@ -50,6 +50,9 @@ def register(subparsers) -> None:
     p.add_argument("--no-autocast", action="store_true", help="run the network in fp32 on CPU")
     p.add_argument("--temporal", action="store_true",
                    help="keep only ROIs that recur at the same cardiac phase in another beat")
+    p.add_argument("--keep-static", action="store_true",
+                   help="keep ROIs on dark spots that stay on the same pixels through the run (detector defects, "
+                        "markers, a static phantom); by default they are removed: coronary calcium moves with the heart")
     p.add_argument("--no-cine-gate", action="store_true",
                    help="show each frame's own ROIs even where the model card's cine threshold (cac calibrate "
                         "--cine-gate) judges the whole cine calcium-free")
@@ -181,6 +184,7 @@ def _run(args: argparse.Namespace) -> int:
         roi_patches=args.roi_patches,
         use_autocast=not args.no_autocast,
         temporal=args.temporal,
+        static_filter=not args.keep_static,
         cine_gate=not args.no_cine_gate,
         progress=json_progress() if progress_json else terminal_progress(),
     )
@@ -193,6 +197,11 @@ def _run(args: argparse.Namespace) -> int:
     report = build_report(result, cine, evaluation, model_info, record_source=args.record_source)
     for warning in report.get("distribution_warnings", []):
         print(f"cac: warning: {warning}", file=sys.stderr)
+    removed = result.parameters.get("static_rois_removed", 0)
+    if removed:
+        print(f"cac: {removed} ROI(s) on {len(result.parameters['static_frames'])} frame(s) removed: dark spots that stay "
+              "on the same pixels through the run, not calcium moving with the heart; --keep-static keeps them",
+              file=sys.stderr)
     if result.parameters.get("cine_gate_withheld"):
         print(f"cac: no ROI drawn: the cine's evidence {result.parameters['cine_evidence']:.3f} (mean frame "
               f"probability) is below the model's cine threshold {result.parameters['cine_threshold']:.3f}; "
