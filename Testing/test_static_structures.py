@@ -156,19 +156,24 @@ def test_true_calcium_of_the_second_generator_is_never_static():
     assert judged >= 10
 
 
-@pytest.fixture(scope="module")
-def rca_runs():
+def plain_and_filtered(path):
+    """A real run, and the shipped model's identification of it without and with the static filter."""
     from CACIdentifierLib.cine_io import load_cine
     from CACIdentifierLib.inference import identify
     from CACIdentifierLib.modelio import load_model
 
-    cine = load_cine(RCA)
+    cine = load_cine(path)
     model, meta = load_model(MODEL)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         plain = identify(cine, model, meta, device="cpu", static_filter=False)
-        filtered = identify(cine, model, meta, device="cpu")
+        filtered = identify(cine, model, meta, device="cpu", sync=plain.sync)
     return cine, plain, filtered
+
+
+@pytest.fixture(scope="module")
+def rca_runs():
+    return plain_and_filtered(RCA)
 
 
 @needs_data
@@ -228,17 +233,9 @@ def test_overlay_marks_the_removed_rois(rca_runs, tmp_path):
 
 @needs_data
 def test_static_phantom_keeps_no_roi_on_a_clear_spot():
-    from CACIdentifierLib.cine_io import load_cine
-    from CACIdentifierLib.inference import identify
-    from CACIdentifierLib.modelio import load_model
     from CACIdentifierLib.static_structures import noise_level
 
-    cine = load_cine(GE)
-    model, meta = load_model(MODEL)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        plain = identify(cine, model, meta, device="cpu", static_filter=False)
-        filtered = identify(cine, model, meta, device="cpu", sync=plain.sync)
+    cine, plain, filtered = plain_and_filtered(GE)
     assert filtered.parameters["static_rois_removed"] > 0
     for f in filtered.frames:
         labels, n = ndi.label(filtered.roi[f])

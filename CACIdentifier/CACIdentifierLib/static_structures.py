@@ -207,12 +207,8 @@ def static_scores(mask: np.ndarray, frame: int, frames: np.ndarray, usable=None,
         The frame's ROI.
     frame : int
         Index of that frame in ``frames``.
-    frames : (n, rows, cols) array
-        The whole run.
-    usable : sequence of int, optional
-        Frames the percentile is taken over (default all; leave out blank frames).
-    sigmas : (float, float)
-        :func:`blob_response` scales in pixels.
+    frames, usable, sigmas
+        The whole run, the frames the percentile is taken over, the scales: as :class:`PercentileMap`.
     noise : float, optional
         The frame's response noise (default: :func:`noise_level` of its whole response).
     percentile_map : PercentileMap, optional
