@@ -282,3 +282,21 @@ def test_benchmark_counts_removed_components_and_those_on_truth():
     assert removed_components(before, after, [0, 1], truth) == (4, 2, 1)
     assert removed_components(before, after, [1], truth) == (1, 0, 0)
     assert removed_components(before, after, [0]) == (3, 2, 0)
+
+
+@needs_data
+def test_the_marks_are_found_on_a_run_of_twice_the_size(rca_runs):
+    """The scales grow with the frame (scaled_sigmas): the RCA run upsampled to 1024 px loses the same ROIs."""
+    from CACIdentifierLib.inference import identify
+    from CACIdentifierLib.modelio import load_model
+
+    cine, _, filtered = rca_runs
+    big = Cine(frames=np.stack([ndi.zoom(f, 2, order=1) for f in cine.frames]), frame_time_ms=cine.frame_time_ms)
+    model, meta = load_model(MODEL)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = identify(big, model, meta, device="cpu")
+    assert result.parameters["static_frames"] == filtered.parameters["static_frames"]
+    for f in result.frames:
+        for y, x in ((32, 324), (181, 470)):
+            assert min(np.hypot(sy - 2 * y, sx - 2 * x) for sy, sx in result.static_spots[f]) < 30, f
