@@ -93,6 +93,10 @@ def test_short_runs_are_not_judged_and_blank_frames_are_left_out():
     cine = Cine(frames=frames[:8], frame_time_ms=66.7)
     out, removed, note = filter_cine(roi[:8], [0], cine)
     assert removed == {} and "shorter than a heartbeat" in note and np.array_equal(out, roi[:8])
+    # One frame a beat (ECG-triggered): calcium would sit on the same pixels in every frame; not judged.
+    assert filter_cine(roi, [0], Cine(frames=frames, frame_time_ms=800.0))[1:] == ({}, note)
+    # Nor is a run whose frame time is unknown and in which no cardiac period was found.
+    assert filter_cine(roi, [0], Cine(frames=frames))[1:] == ({}, note)
     # Blank (white) frames hide the static spot; the sync's blank frames are left out of the percentile.
     blank = frames.copy()
     blank[10:16] = 1.0
@@ -103,7 +107,10 @@ def test_short_runs_are_not_judged_and_blank_frames_are_left_out():
     # A periodic run shorter than its period is not judged.
     sync = SimpleNamespace(blank_frames=[], periodic=True, period_frames=40.0)
     assert filter_cine(roi, [0], Cine(frames=frames, frame_time_ms=66.7), sync)[2] is not None
-    assert covers_a_beat(MAX_FRAMES + 1)
+    # A period found in the images needs no frame time.
+    sync = SimpleNamespace(blank_frames=[], periodic=True, period_frames=10.0)
+    assert filter_cine(roi, [0], Cine(frames=frames), sync)[1] == {0: 1}
+    assert not covers_a_beat(MAX_FRAMES)
 
 
 def test_blob_response_is_a_difference_of_gaussians_as_scipy_gives_it():

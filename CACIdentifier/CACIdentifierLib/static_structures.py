@@ -19,7 +19,7 @@ spots moves (loses more than half its response, and more than the noise allows) 
 spot keeps at least :data:`STATIC_SCORE` of it (:func:`remove_static`), so an ROI that holds a
 static spot and a moving one stays.  Components without a clear spot are kept: nothing to judge;
 so are components larger than an ROI about one spot (:data:`MAX_COMPONENT_PX`).
-A run shorter than a heartbeat is not judged either (:func:`covers_a_beat`).
+A run shorter than a heartbeat, or of one frame a beat, is not judged either (:func:`covers_a_beat`).
 
 Examples
 --------
@@ -70,10 +70,11 @@ MAX_COMPONENT_PX = 8000
 #: Maxima this close to the unexposed border (in outer widths) are the collimator edge, not spots: the
 #: edge's response follows the exposure, so in a static run it seemed to move.
 EDGE_WIDTHS = 2.0
-#: Seconds of frames a run needs for the test when its cardiac period is unknown (a beat at 60 bpm).
+#: Seconds of frames a run needs for the test when no cardiac period was found in it (a beat at 60 bpm).
 MIN_SECONDS = 1.0
-#: Frames it needs when neither the period nor the frame time is known (one second at 15 fps).
-MIN_FRAMES = 15
+#: ...and the longest frame time at which it is judged then: several frames a beat.  A run of one frame
+#: a beat (ECG-triggered) shows calcium on the same pixels in every frame, as a static spot.
+MAX_FRAME_TIME_MS = 200.0
 #: Pixels a static spot may shift between frames: none (detector marks and defects are fixed to the
 #: detector's pixels; allowing 1 px let slowly moving calcium count as static).
 JITTER_PX = 0
@@ -122,20 +123,21 @@ def noise_level(response: np.ndarray) -> float:
 
 
 def covers_a_beat(n_frames: int, period_frames: float | None = None, frame_time_ms: float | None = None) -> bool:
-    """Whether a run of ``n_frames`` lasts a heartbeat, so that calcium has moved in it.
+    """Whether calcium has moved during a run of ``n_frames``: it lasts a heartbeat, seen at several frames a beat.
 
-    The synchronized period if known; else :data:`MIN_SECONDS` of frames; else :data:`MIN_FRAMES`.
+    The synchronized period if one was found; else :data:`MIN_SECONDS` of frames taken at most
+    :data:`MAX_FRAME_TIME_MS` apart; a run with neither (no period, no frame time) is not judged.
 
     >>> covers_a_beat(17, period_frames=14.2), covers_a_beat(12, period_frames=14.2)
     (True, False)
-    >>> covers_a_beat(16, frame_time_ms=66.7), covers_a_beat(16)
-    (True, True)
+    >>> covers_a_beat(16, frame_time_ms=66.7), covers_a_beat(16, frame_time_ms=800.0), covers_a_beat(16)
+    (True, False, False)
     """
     if period_frames is not None and np.isfinite(period_frames) and period_frames > 0:
         return n_frames >= float(period_frames)
-    if frame_time_ms is not None and np.isfinite(frame_time_ms) and frame_time_ms > 0:
+    if frame_time_ms is not None and np.isfinite(frame_time_ms) and 0 < frame_time_ms <= MAX_FRAME_TIME_MS:
         return n_frames * float(frame_time_ms) >= 1000.0 * MIN_SECONDS
-    return n_frames >= MIN_FRAMES
+    return False
 
 
 class PercentileMap:
@@ -353,7 +355,8 @@ def filter_cine(roi: np.ndarray, frames_analysed, cine, sync=None, field=None):
     usable = [k for k in range(cine.n_frames) if k not in blank]
     period = getattr(sync, "period_frames", None) if getattr(sync, "periodic", False) else None
     if not covers_a_beat(len(usable), period, cine.frame_time_ms):
-        return np.asarray(roi, bool), {}, "not judged: the run is shorter than a heartbeat"
+        return np.asarray(roi, bool), {}, ("not judged: the run is shorter than a heartbeat, or its frames are too far "
+                                           "apart (or their time unknown) to see the heart move")
     if len(usable) > MAX_FRAMES:
         usable = [usable[i] for i in np.linspace(0, len(usable) - 1, MAX_FRAMES).round().astype(int)]
     if field is None:
