@@ -2,6 +2,7 @@
 
 Prints:
 - per-frame time of the engine (five patch pairs, both stages, refinement), bf16 autocast and fp32,
+  bf16 without the static filter (its cost as a ratio),
   with the shipped model's gating, with the decoder forced on every patch (worst case) and on no
   patch (the cine is calcium-free: what a classifier without false positives would give);
 - the phantom's truth (deposits in the cine, patch pairs with calcium) next to the patch pairs the
@@ -112,6 +113,7 @@ def main() -> int:
     runs = {}
     for name, kw in (
         ("bf16 gated", dict(use_autocast=True)),
+        ("bf16 gated, no static filter", dict(use_autocast=True, static_filter=False)),
         ("fp32 gated", dict(use_autocast=False)),
         ("bf16 decoder on every patch", dict(use_autocast=True, classifier_threshold=0.0)),
         ("bf16 decoder on no patch", dict(use_autocast=True, classifier_threshold=1.01)),
@@ -123,6 +125,8 @@ def main() -> int:
         runs[name] = (res, dt)
         print(f"engine {name:30s}: {dt:.4f} s/frame ({dt / 0.10:.2f} x the 0.10 s target)")
 
+    print(f"static filter (static_structures.py): {runs['bf16 gated'][1] / runs['bf16 gated, no static filter'][1]:.3f}x "
+          f"the time without it, {runs['bf16 gated'][0].parameters['static_rois_removed']} ROIs removed")
     bf, fp = runs["bf16 gated"][0], runs["fp32 gated"][0]
     truth = np.array([patch_labels(acq.calcium[f], patch_origins()) for f in bf.frames]) > 0.5
     called = bf.patch_probabilities >= 0.5

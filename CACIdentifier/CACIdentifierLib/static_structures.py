@@ -199,8 +199,20 @@ class PercentileMap:
         self.filled[i, j] = True
 
 
+def field_interior(field, sigmas=BLOB_SIGMAS_PX) -> np.ndarray:
+    """Where spots may lie: the exposed field less :data:`EDGE_WIDTHS` outer widths along its border.
+
+    >>> field = np.zeros((40, 40), bool); field[5:35, 5:35] = True
+    >>> interior = field_interior(field)
+    >>> int(interior.sum()), bool(interior[20, 20]), bool(interior[8, 20])
+    (196, True, False)
+    """
+    return ndi.binary_erosion(np.asarray(field, bool), iterations=int(np.ceil(EDGE_WIDTHS * max(sigmas))),
+                              border_value=1)
+
+
 def static_scores(mask: np.ndarray, frame: int, frames: np.ndarray, usable=None, *, sigmas=BLOB_SIGMAS_PX,
-                  noise: float | None = None, percentile_map: PercentileMap | None = None, field=None):
+                  noise: float | None = None, percentile_map: PercentileMap | None = None, interior=None):
     """Each ROI component of one frame, with what its spots keep through the run.
 
     Parameters
@@ -212,12 +224,11 @@ def static_scores(mask: np.ndarray, frame: int, frames: np.ndarray, usable=None,
     frames, usable, sigmas
         The whole run, the frames the percentile is taken over, the scales: as :class:`PercentileMap`.
     noise : float, optional
-        The frame's response noise (default: :func:`noise_level` of its whole response).
+        The run's response noise (default: :func:`noise_level` of this frame's whole response).
     percentile_map : PercentileMap, optional
         The run's map, to share between frames (default: a new one from ``frames``, ``usable``, ``sigmas``).
-    field : (rows, cols) bool, optional
-        The exposed field (``field.exposed_field``): maxima within :data:`EDGE_WIDTHS` outer widths of
-        its border are not spots.
+    interior : (rows, cols) bool, optional
+        Where spots may lie (:func:`field_interior` of the exposed field; default everywhere).
 
     Returns
     -------
@@ -236,24 +247,30 @@ def static_scores(mask: np.ndarray, frame: int, frames: np.ndarray, usable=None,
     if n == 0:
         return labels, {}
     frames = np.asarray(frames)
+    rows, cols = frames.shape[1:]
     pm = percentile_map if percentile_map is not None else PercentileMap(frames, usable, sigmas)
-    own = blob_response(frames[frame], sigmas)
     if noise is None:
-        noise = noise_level(own)
+        noise = noise_level(blob_response(frames[frame], sigmas))
     # Spots: local maxima of the response at least MIN_DEPTH times the noise, at most one per outer width.
     spacing = 2 * int(round(max(sigmas))) + 1
-    peaks = (own >= MIN_DEPTH * noise) & (own > 0) & (own == ndi.maximum_filter(own, size=spacing))
-    if field is not None:
-        peaks &= ndi.binary_erosion(np.asarray(field, bool), iterations=int(np.ceil(EDGE_WIDTHS * max(sigmas))),
-                                    border_value=1)
+    # The response is computed on the component's box only, with room for the Gaussians (scipy's radius,
+    # 4 widths) and the maximum filter, so that it equals the whole frame's there.
+    margin = int(4 * max(sigmas) + 0.5) + spacing
     scores = {}
-    max_px = MAX_COMPONENT_PX * max(frames.shape[1], frames.shape[2], 512) ** 2 / 512.0 ** 2
+    max_px = MAX_COMPONENT_PX * max(rows, cols, 512) ** 2 / 512.0 ** 2
     sizes = ndi.sum_labels(np.ones(labels.shape), labels, index=np.arange(1, n + 1))
     for c, box in enumerate(ndi.find_objects(labels), start=1):
         if sizes[c - 1] > max_px:
             scores[c] = None
             continue
-        spots = np.argwhere((labels[box] == c) & peaks[box]) + [box[0].start, box[1].start]
+        r0, r1 = max(box[0].start - margin, 0), min(box[0].stop + margin, rows)
+        c0, c1 = max(box[1].start - margin, 0), min(box[1].stop + margin, cols)
+        own = blob_response(frames[frame, r0:r1, c0:c1], sigmas)
+        candidates = (labels[r0:r1, c0:c1] == c) & (own >= MIN_DEPTH * noise) & (own > 0)
+        candidates &= own == ndi.maximum_filter(own, size=spacing)
+        if interior is not None:
+            candidates &= np.asarray(interior, bool)[r0:r1, c0:c1]
+        spots = np.argwhere(candidates)
         if len(spots) == 0:
             scores[c] = None
             continue
@@ -263,7 +280,7 @@ def static_scores(mask: np.ndarray, frame: int, frames: np.ndarray, usable=None,
         kept, moving = [], 0
         for r, q in spots:
             own3 = float(own[max(r - 1, 0):r + 2, max(q - 1, 0):q + 2].mean())
-            low3 = float(pm.region(r - 1, r + 2, q - 1, q + 2).mean())
+            low3 = float(pm.region(r + r0 - 1, r + r0 + 2, q + c0 - 1, q + c0 + 2).mean())
             kept.append((own3, low3 / own3))
             # A spot moves if it loses more than half its response, and clearly more than the noise.
             moving += low3 < 0.5 * own3 and own3 - low3 >= MIN_DEPTH * noise
@@ -292,7 +309,7 @@ def remove_static(roi: np.ndarray, frames_analysed, frames: np.ndarray, usable=N
         Share of its strongest spot's response that a component without a moving spot must keep to be
         removed (:data:`STATIC_SCORE`).
     field : (rows, cols) bool, optional
-        The exposed field (see :func:`static_scores`).
+        The exposed field: spots are sought in its :func:`field_interior` only.
 
     Returns
     -------
@@ -303,11 +320,19 @@ def remove_static(roi: np.ndarray, frames_analysed, frames: np.ndarray, usable=N
     """
     out = np.array(roi, bool, copy=True)
     removed = {}
+    with_roi = [f for f in dict.fromkeys(int(f) for f in frames_analysed) if out[f].any()]
+    if not with_roi:
+        return out, removed
+    frames = np.asarray(frames)
     pm = PercentileMap(frames, usable, sigmas)  # shared: the ROIs of a run recur at about the same places
-    for f in dict.fromkeys(int(f) for f in frames_analysed):
-        if not out[f].any():
-            continue
-        labels, scores = static_scores(out[f], f, frames, sigmas=sigmas, percentile_map=pm, field=field)
+    # Computed once for the run: the noise (median over up to three of its frames with an ROI) and where spots
+    # may lie.
+    sample = [with_roi[i] for i in np.linspace(0, len(with_roi) - 1, min(3, len(with_roi))).round().astype(int)]
+    noise = float(np.median([noise_level(blob_response(frames[f], sigmas)) for f in sample]))
+    interior = field_interior(field, sigmas) if field is not None else None
+    for f in with_roi:
+        labels, scores = static_scores(out[f], f, frames, sigmas=sigmas, noise=noise, percentile_map=pm,
+                                       interior=interior)
         static = [c for c, s in scores.items() if s is not None and not s["moving"] and s["share"] >= threshold]
         if static:
             out[f] &= ~np.isin(labels, static)
