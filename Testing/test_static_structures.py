@@ -307,3 +307,16 @@ def test_the_marks_are_found_on_a_run_of_twice_the_size(rca_runs):
     for f in result.frames:
         for y, x in ((32, 324), (181, 470)):
             assert min(np.hypot(sy - 2 * y, sx - 2 * x) for sy, sx in result.static_spots[f]) < 30, f
+
+
+def test_degenerate_runs_judge_nothing_and_do_not_fail():
+    """Flat, black, tiny and one-pixel-spike runs (the noise is then 0): nothing removed, no error."""
+    rng = np.random.default_rng(0)
+    runs = {"flat": np.full((20, 64, 64), 0.5), "black": np.zeros((20, 64, 64)), "tiny": rng.random((20, 8, 8)),
+            "spikes": np.where(rng.random((20, 64, 64)) > 0.999, 0.0, 1.0),
+            "uint16": rng.integers(0, 4096, (20, 64, 64)).astype(np.uint16)}
+    for name, frames in runs.items():
+        for roi in (np.ones(frames.shape, bool), np.pad(np.ones((20, 4, 4), bool), ((0, 0), (2, frames.shape[1] - 6),
+                                                                                       (2, frames.shape[2] - 6)))):
+            out, removed, note = filter_cine(roi, list(range(10)), Cine(frames=frames, frame_time_ms=66.7))
+            assert removed == {} and note is None and np.array_equal(out, roi), name

@@ -280,12 +280,17 @@ def static_scores(mask: np.ndarray, frame: int, frames: np.ndarray, usable=None,
         kept, moving = [], 0
         for r, q in spots:
             own3 = float(own[max(r - 1, 0):r + 2, max(q - 1, 0):q + 2].mean())
+            if own3 <= 0:  # a one-pixel maximum among darker neighbours: no spot
+                continue
             low3 = float(pm.region(r + r0 - 1, r + r0 + 2, q + c0 - 1, q + c0 + 2).mean())
             kept.append((own3, low3 / own3))
             # A spot moves if it loses more than half its response, and clearly more than the noise.
             moving += low3 < 0.5 * own3 and own3 - low3 >= MIN_DEPTH * noise
+        if not kept:
+            scores[c] = None
+            continue
         strongest = max(kept)
-        scores[c] = {"share": strongest[1], "spots": len(spots), "moving": int(moving)}
+        scores[c] = {"share": strongest[1], "spots": len(kept), "moving": int(moving)}
     return labels, scores
 
 
