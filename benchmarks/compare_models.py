@@ -14,7 +14,8 @@ as one more model.  ``--sensitivity S`` also sets that copy's operating point on
 (``cac calibrate --sensitivity``); with ``--match-first`` the target is the first model's frame
 sensitivity on the same pool if that is higher (a replacement must not miss more calcium);
 ``--island-sizes`` as ``cac calibrate``'s.
-On the real cines of ../shared/data: median ROI area (% of field) and ROI pixels outside the field.
+On the real cines of ../shared/data: median ROI area (% of field), ROI pixels outside the field, and the ROIs
+``identify``'s static filter removed (docs/identify.md "ROIs on structures that do not move").
 Last, issue 12's replacement rule for every later model against the first (:func:`item4_verdict`).
 """
 
@@ -195,6 +196,7 @@ def main(argv=None) -> int:
                          "frames_with_roi": int(sum(bool(res.roi[f].any()) for f in res.frames)),
                          "roi_area_pct_field_median": float(np.median(res.roi_area_pct_field)),
                          "roi_px_outside_field": outside,
+                         "static_rois_removed": int(res.parameters.get("static_rois_removed", 0)),
                          "p_median": float(np.median(res.probabilities))}
         results["models"][path]["real"] = real
         log(f"{path} real: {real}")
