@@ -236,6 +236,13 @@ def test_overlay_marks_the_removed_rois(rca_runs, tmp_path):
         r, g, b = img[..., 0], img[..., 1], img[..., 2]
         return int(((r < 0.4) & (g > 0.6) & (b > 0.9)).sum())
     assert blue(with_marks) > 20 and blue(without) == 0
+    # report.json lists them by frame (JSON keys are strings); a run without any has no such entry.
+    from CACIdentifierLib.report import build_report
+
+    listed = json.loads(json.dumps(build_report(filtered, cine)))["static_spots"]
+    assert sorted(map(int, listed)) == sorted(filtered.static_spots)
+    assert listed[str(frames[0])] == [list(c) for c in filtered.static_spots[frames[0]]]
+    assert "static_spots" not in build_report(plain, cine)
 
 
 @needs_data

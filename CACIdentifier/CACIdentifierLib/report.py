@@ -122,6 +122,10 @@ def build_report(result, cine, evaluation: dict | None = None, model_info: dict 
         scores = getattr(result, "ood_scores", None)
         if scores is not None and len(scores):
             report["activation_score_median"] = _num(float(np.median(scores)), 3)
+    spots = getattr(result, "static_spots", None)
+    if spots:
+        # Centres (row, column; pixels) of the ROIs removed as spots that never move, by frame (static_structures.py).
+        report["static_spots"] = {str(f): [list(c) for c in spots[f]] for f in sorted(spots)}
     if evaluation is not None:
         report["summary"] = evaluation["summary"]
     return report
