@@ -125,7 +125,7 @@ class CACIdentifierParameterNode:
     temporal - keep only ROIs that recur across beats at the same cardiac phase (``cac identify --temporal``).
     cineGate - apply the model card's cine threshold, if it has one (off: ``cac identify --no-cine-gate``).
     staticFilter - remove ROIs on dark spots that stay on the same pixels through the run (detector marks,
-    a static phantom; off: ``cac identify --keep-static``).
+    in a run whose heartbeat synchronization found; off: ``cac identify --keep-static``).
     roiPatches - draw each frame's ROI from at most this many of its most probable gated patches, 1-5
     (``cac identify --roi-patches``); 0, shown as "model's", takes the model card's value.
     outputSegmentation, outputTable - created when empty.

@@ -111,6 +111,16 @@ def test_short_runs_are_not_judged_and_blank_frames_are_left_out():
     sync = SimpleNamespace(blank_frames=[], periodic=True, period_frames=10.0)
     assert filter_cine(roi, [0], Cine(frames=frames), sync)[1] == {0: 1}
     assert not covers_a_beat(MAX_FRAMES)
+    # With a synchronization, a run in which it found no heartbeat is not judged, whatever its frame time
+    # (a static phantom, a generator without motion): nothing shows that calcium would have moved.
+    timed = Cine(frames=frames, frame_time_ms=66.7)
+    assert filter_cine(roi, [0], timed)[1] == {0: 1}
+    sync = SimpleNamespace(blank_frames=[], periodic=False, period_frames=None)
+    out, removed, note = filter_cine(roi, [0], timed, sync)
+    assert removed == {} and "no heartbeat" in note
+    # Nor one whose heartbeat spans a single frame (ECG-triggered, an R wave on every frame).
+    sync = SimpleNamespace(blank_frames=[], periodic=True, period_frames=1.0)
+    assert filter_cine(roi, [0], timed, sync)[1:] == ({}, note)
 
 
 def test_blob_response_is_a_difference_of_gaussians_as_scipy_gives_it():
@@ -246,18 +256,14 @@ def test_overlay_marks_the_removed_rois(rca_runs, tmp_path):
 
 
 @needs_data
-def test_static_phantom_keeps_no_roi_on_a_clear_spot():
-    from CACIdentifierLib.static_structures import noise_level
-
+def test_static_phantom_is_not_judged():
+    """The GE phantom does not move: synchronization finds no heartbeat, so no ROI of it is removed."""
     cine, plain, filtered = plain_and_filtered(GE)
-    assert filtered.parameters["static_rois_removed"] > 0
-    for f in filtered.frames:
-        labels, n = ndi.label(filtered.roi[f])
-        response = blob_response(cine.frames[f])
-        noise = noise_level(response)
-        # Nothing in this phantom moves: what is left has no spot clearer than the filter's threshold.
-        for c in range(1, n + 1):
-            assert response[labels == c].max() < 3.0 * noise
+    assert not plain.sync.periodic
+    assert filtered.parameters["static_rois_removed"] == 0 and "no heartbeat" in filtered.parameters["static_note"]
+    assert np.array_equal(filtered.roi, plain.roi)
+    # Judged without a synchronization, by its frame time alone, its clear spots would go (what the sync rule spares).
+    assert filter_cine(plain.roi, plain.frames, cine)[1]
 
 
 @needs_data

@@ -223,7 +223,7 @@ def identify(
         (:func:`.temporal.temporal_filter`); off by default (see docs/identify.md).
     static_filter : bool
         Remove ROI components on dark spots that stay on the same pixels through the run (detector
-        defects, markers, a static phantom): coronary calcium moves with the heart
+        defects, markers) in a run whose heartbeat synchronization found: coronary calcium moves with the heart
         (:func:`.static_structures.remove_static`; ``parameters`` say how many were removed, or why the
         run was not judged).  False keeps them.
     cine_gate : bool

@@ -1,9 +1,9 @@
 """ROIs on structures that do not move with the heart (not in the paper).
 
 Coronary calcium lies on the vessel wall and moves with the heart: over a heartbeat it leaves the
-place it had in any one frame.  A dark spot that stays on the same pixels in every frame of the run
--- a detector or image-intensifier defect, a marker on the table or the collimator, a static
-phantom -- cannot be coronary calcium, whatever the classifier says.  On the real right coronary
+place it had in any one frame.  In a run where the heart is seen to beat, a dark spot that stays on
+the same pixels in every frame -- a detector or image-intensifier defect, a marker on the collimator
+-- cannot be coronary calcium, whatever the classifier says.  On the real right coronary
 run of ``../shared/data`` the shipped model puts an ROI on two such spots in every non-contrast
 frame (docs/identify.md, "ROIs on structures that do not move").
 
@@ -19,7 +19,9 @@ spots moves (loses more than half its response, and more than the noise allows) 
 spot keeps at least :data:`STATIC_SCORE` of it (:func:`remove_static`), so an ROI that holds a
 static spot and a moving one stays.  Components without a clear spot are kept: nothing to judge;
 so are components larger than an ROI about one spot (:data:`MAX_COMPONENT_PX`).
-A run shorter than a heartbeat, or of one frame a beat, is not judged either (:func:`covers_a_beat`).
+A run in which synchronization found no heartbeat of several frames (a static phantom, a generator
+without motion, an ECG-triggered run of one frame a beat: nothing shows that calcium would have
+moved), or shorter than its heartbeat, is not judged either (:func:`filter_cine`).
 
 Examples
 --------
@@ -56,7 +58,7 @@ BLOB_SIGMAS_PX = (1.0, 4.0)
 PERCENTILE = 5.0
 #: Share of the component's core response kept at that percentile from which it is static.
 STATIC_SCORE = 0.5
-#: A response under this many times the frame's noise is no spot: a component without one is not judged.
+#: A response under this many times the run's noise is no spot: a component without one is not judged.
 MIN_DEPTH = 3.0
 #: A component's spots are its local maxima of at least this share of its strongest one (and
 #: MIN_DEPTH): what the ROI is about.  Beside the real run's detector marks (18-22 times the noise)
@@ -70,10 +72,12 @@ MAX_COMPONENT_PX = 8000
 #: Maxima this close to the unexposed border (in outer widths) are the collimator edge, not spots: the
 #: edge's response follows the exposure, so in a static run it seemed to move.
 EDGE_WIDTHS = 2.0
-#: Seconds of frames a run needs for the test when no cardiac period was found in it (a beat at 60 bpm).
+#: The fewest frames a heartbeat must span for a run to be judged: several frames a beat.  A run of one
+#: frame a beat (ECG-triggered) shows calcium on the same pixels in every frame, as a static spot.
+MIN_FRAMES_PER_BEAT = 3.0
+#: Without a synchronization (a caller of :func:`filter_cine` that has none): the seconds of frames a run
+#: needs (a beat at 60 bpm), taken at most MAX_FRAME_TIME_MS apart.
 MIN_SECONDS = 1.0
-#: ...and the longest frame time at which it is judged then: several frames a beat.  A run of one frame
-#: a beat (ECG-triggered) shows calcium on the same pixels in every frame, as a static spot.
 MAX_FRAME_TIME_MS = 200.0
 #: Pixels a static spot may shift between frames: none (detector marks and defects are fixed to the
 #: detector's pixels; allowing 1 px let slowly moving calcium count as static).
@@ -125,16 +129,16 @@ def noise_level(response: np.ndarray) -> float:
 def covers_a_beat(n_frames: int, period_frames: float | None = None, frame_time_ms: float | None = None) -> bool:
     """Whether calcium has moved during a run of ``n_frames``: it lasts a heartbeat, seen at several frames a beat.
 
-    The synchronized period if one was found; else :data:`MIN_SECONDS` of frames taken at most
-    :data:`MAX_FRAME_TIME_MS` apart; a run with neither (no period, no frame time) is not judged.
+    The heartbeat's ``period_frames`` (at least :data:`MIN_FRAMES_PER_BEAT`) if given; else, for callers
+    without a synchronization, :data:`MIN_SECONDS` of frames taken at most :data:`MAX_FRAME_TIME_MS` apart.
 
-    >>> covers_a_beat(17, period_frames=14.2), covers_a_beat(12, period_frames=14.2)
-    (True, False)
+    >>> covers_a_beat(17, period_frames=14.2), covers_a_beat(12, period_frames=14.2), covers_a_beat(9, 1.0)
+    (True, False, False)
     >>> covers_a_beat(16, frame_time_ms=66.7), covers_a_beat(16, frame_time_ms=800.0), covers_a_beat(16)
     (True, False, False)
     """
-    if period_frames is not None and np.isfinite(period_frames) and period_frames > 0:
-        return n_frames >= float(period_frames)
+    if period_frames is not None:
+        return bool(np.isfinite(period_frames) and period_frames >= MIN_FRAMES_PER_BEAT and n_frames >= period_frames)
     if frame_time_ms is not None and np.isfinite(frame_time_ms) and 0 < frame_time_ms <= MAX_FRAME_TIME_MS:
         return n_frames * float(frame_time_ms) >= 1000.0 * MIN_SECONDS
     return False
@@ -360,9 +364,9 @@ def filter_cine(roi: np.ndarray, frames_analysed, cine, sync=None, field=None):
     """:func:`remove_static` on a whole run, as ``identify`` does it.
 
     The percentile is taken over the run's non-blank frames (``sync.blank_frames``; at most
-    :data:`MAX_FRAMES` of them, evenly spaced); a run shorter
-    than a heartbeat (:func:`covers_a_beat`: the synchronized period if periodic, else the frame time)
-    is not judged.
+    :data:`MAX_FRAMES` of them, evenly spaced).  With ``sync``, only a run in which it found a heartbeat
+    (``periodic``) of at least :data:`MIN_FRAMES_PER_BEAT` frames, and that lasts it, is judged; without,
+    :func:`covers_a_beat` on the frame time.
 
     Parameters
     ----------
@@ -383,8 +387,14 @@ def filter_cine(roi: np.ndarray, frames_analysed, cine, sync=None, field=None):
     """
     blank = {int(b) for b in (getattr(sync, "blank_frames", None) or [])}
     usable = [k for k in range(cine.n_frames) if k not in blank]
-    period = getattr(sync, "period_frames", None) if getattr(sync, "periodic", False) else None
-    if not covers_a_beat(len(usable), period, cine.frame_time_ms):
+    if sync is not None:
+        # Only a run in which synchronization found a heartbeat shows that calcium would have moved.
+        period = sync.period_frames if getattr(sync, "periodic", False) else None
+        if period is None or not covers_a_beat(len(usable), float(period)):
+            return np.asarray(roi, bool), {}, (
+                "not judged: no heartbeat of several frames that the run lasts was found in it (a static or "
+                "ECG-triggered run, or one shorter than a beat), so nothing shows that calcium would have moved")
+    elif not covers_a_beat(len(usable), frame_time_ms=cine.frame_time_ms):
         return np.asarray(roi, bool), {}, ("not judged: the run is shorter than a heartbeat, or its frames are too far "
                                            "apart (or their time unknown) to see the heart move")
     if len(usable) > MAX_FRAMES:

@@ -52,7 +52,8 @@ def register(subparsers) -> None:
                    help="keep only ROIs that recur at the same cardiac phase in another beat")
     p.add_argument("--keep-static", action="store_true",
                    help="keep ROIs on dark spots that stay on the same pixels through the run (detector defects, "
-                        "markers, a static phantom); by default they are removed: coronary calcium moves with the heart")
+                        "markers) of a run in which a heartbeat is found; by default they are removed: coronary calcium moves with "
+                        "the heart")
     p.add_argument("--no-cine-gate", action="store_true",
                    help="show each frame's own ROIs even where the model card's cine threshold (cac calibrate "
                         "--cine-gate) judges the whole cine calcium-free")
