@@ -9,7 +9,7 @@ frame (docs/identify.md, "ROIs on structures that do not move").
 
 The test works on a blob response, a difference of Gaussians in which dark spots are positive
 (:func:`blob_response`).  For each spot of an ROI component of an analysed frame (a local maximum
-of at least :data:`MIN_DEPTH` times the frame's noise and :data:`SPOT_FRACTION` of the
+of at least :data:`MIN_DEPTH` times the run's noise and :data:`SPOT_FRACTION` of the
 component's strongest) it asks how much of the spot's response
 remains at the same pixels in the run's weaker frames: the :data:`PERCENTILE`-th percentile over
 its non-blank frames (:func:`static_scores`).  Calcium that moves is away from its pixels for much
@@ -56,7 +56,7 @@ BLOB_SIGMAS_PX = (1.0, 4.0)
 #: moves only 2-3 px kept 0.52-0.55 of its response at the 10th percentile with 1 px of jitter
 #: allowed, 0.16-0.19 at the 5th with none, while the real run's detector marks keep 0.57-1.0.
 PERCENTILE = 5.0
-#: Share of the component's core response kept at that percentile from which it is static.
+#: Share of its strongest spot's response that a component must keep at that percentile to be static.
 STATIC_SCORE = 0.5
 #: A response under this many times the run's noise is no spot: a component without one is not judged.
 MIN_DEPTH = 3.0
@@ -69,8 +69,8 @@ SPOT_FRACTION = 0.5
 #: one spot, and are kept whatever spots they hold: an ROI across the heart that holds a detector mark
 #: is not the mark's.  The shipped model's ROIs on the real run's marks cover 1,800-2,200 px.
 MAX_COMPONENT_PX = 8000
-#: Maxima this close to the unexposed border (in outer widths) are the collimator edge, not spots: the
-#: edge's response follows the exposure, so in a static run it seemed to move.
+#: Maxima this close to the unexposed border (in outer widths) are the collimator edge's response, not
+#: spots of the image.
 EDGE_WIDTHS = 2.0
 #: The fewest frames a heartbeat must span for a run to be judged: several frames a beat.  A run of one
 #: frame a beat (ECG-triggered) shows calcium on the same pixels in every frame, as a static spot.
