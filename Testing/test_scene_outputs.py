@@ -423,6 +423,18 @@ class _RecordingRunner(worker.ProcessRunner):
         super().start([sys.executable, "-c", "pass"], env=env, cwd=cwd)
 
 
+def _inputs_and_calcium(scene, cine, where, tmp_path):
+    """The cine as a frame-stack volume and as a Sequence, a calcium mask marked at ``where`` and an empty
+    ``files`` folder: what the Identifier's annotation checks start from."""
+    volume = mrml.cine_to_frame_stack_volume(scene, cine, "this frames")
+    sequence, _ = mrml.cine_to_sequence(scene, cine, "this run")
+    calcium = np.zeros(cine.frames.shape, bool)
+    calcium[where] = True
+    files = tmp_path / "files"
+    files.mkdir()
+    return volume, sequence, calcium, files
+
+
 def test_identifier_refuses_annotation_files_of_another_cine(scene, tmp_path, monkeypatch):
     """Annotation files loaded into the scene (no volume recorded) were written for the worker with *this* cine's
     fingerprint, whatever cine they were drawn on: a file recording another cine, or one of another pixel spacing,
@@ -433,12 +445,7 @@ def test_identifier_refuses_annotation_files_of_another_cine(scene, tmp_path, mo
 
     monkeypatch.setenv("CAC_TMPDIR", str(tmp_path))
     this, other = synthetic_cine(seed=0, spacing=(0.2, 0.3)), synthetic_cine(seed=1, spacing=(0.25, 0.35))
-    volume = mrml.cine_to_frame_stack_volume(scene, this, "this frames")
-    sequence, _ = mrml.cine_to_sequence(scene, this, "this run")
-    calcium = np.zeros(this.frames.shape, bool)
-    calcium[1, 5:9, 10:20] = True
-    files = tmp_path / "files"
-    files.mkdir()
+    volume, sequence, calcium, files = _inputs_and_calcium(scene, this, (1, slice(5, 9), slice(10, 20)), tmp_path)
     mine = nrrd_io.write_seg_nrrd(files / "mine.seg.nrrd", {"calcium": calcium}, this.spacing_mm,
                                   source_fingerprint=this.fingerprint())
     slicer_saved = slicer_seg_files.write(files / "slicer_saved.seg.nrrd", {"calcium": calcium}, this.spacing_mm)
@@ -501,12 +508,7 @@ def test_identifier_refuses_a_segmentation_drawn_over_a_cropped_volume(scene, tm
 
     monkeypatch.setenv("CAC_TMPDIR", str(tmp_path))
     cine = synthetic_cine(n=6, rows=40, cols=52)
-    volume = mrml.cine_to_frame_stack_volume(scene, cine, "this frames")
-    sequence, _ = mrml.cine_to_sequence(scene, cine, "this run")
-    calcium = np.zeros(cine.frames.shape, bool)
-    calcium[1, 12:18, 20:30] = True
-    files = tmp_path / "files"
-    files.mkdir()
+    volume, sequence, calcium, files = _inputs_and_calcium(scene, cine, (1, slice(12, 18), slice(20, 30)), tmp_path)
     minimum = slicer_seg_files.write(files / "minimum.seg.nrrd", {"calcium": calcium}, cine.spacing_mm, crop=True)
     boxed = slicer_seg_files.write(files / "boxed.seg.nrrd", {"calcium": calcium}, cine.spacing_mm, box=(6, 36, 8, 48))
     good = load_segmentation(scene, minimum, "good")

@@ -423,12 +423,13 @@ def identify(
     if static_filter:
         from .static_structures import filter_cine
 
-        before = {f: roi[f].copy() for f in set(frames_nc) if roi[f].any()}
-        roi, static_removed, static_note = filter_cine(roi, frames_nc, cine, sync, field_mask)
+        # filter_cine returns a new array when it removes anything, so ``roi`` still holds what was there.
+        kept, static_removed, static_note = filter_cine(roi, frames_nc, cine, sync, field_mask)
         for f in static_removed:
-            gone, n_gone = ndi.label(before[f] & ~roi[f])
+            gone, n_gone = ndi.label(roi[f] & ~kept[f])
             static_spots[f] = [tuple(round(float(v), 1) for v in ndi.center_of_mass(gone == k))
                                for k in range(1, n_gone + 1)]
+        roi = kept
     if temporal and getattr(sync, "phase", None) is not None:
         from .temporal import temporal_filter
 
