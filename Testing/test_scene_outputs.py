@@ -46,12 +46,16 @@ def roi_of(cine, seed=0) -> np.ndarray:
     return roi
 
 
-def worker_outputs(folder, cine, roi):
-    """``report.json`` and ``roi.seg.nrrd`` as ``cac identify`` writes them."""
+def worker_outputs(folder, cine, roi, static_spots=None):
+    """``report.json`` and ``roi.seg.nrrd`` as ``cac identify`` writes them (``static_spots``: frame ->
+    ``[(row, col)]``, the centres of ROIs removed on spots that never move)."""
     folder.mkdir(parents=True, exist_ok=True)
     frames = [{"index": k, "contrast_frame": k, "probability": 0.5, "roi_area_mm2": float(roi[k].sum())}
               for k in range(cine.n_frames)]
-    (folder / "report.json").write_text(json.dumps({"frames": frames}))
+    report = {"frames": frames}
+    if static_spots:
+        report["static_spots"] = {str(f): [list(c) for c in v] for f, v in static_spots.items()}
+    (folder / "report.json").write_text(json.dumps(report))
     nrrd_io.write_seg_nrrd(folder / "roi.seg.nrrd", {"CAC ROI": roi}, cine.spacing_mm, overwrite=True)
     return folder
 
@@ -601,7 +605,7 @@ def test_an_annotators_segmentation_chosen_as_output_keeps_its_painting(scene, t
 def test_reruns_leave_no_orphan_nodes_and_keep_the_tables_storage(scene, tmp_path):
     cine = synthetic_cine()
     sequence, browser = mrml.cine_to_sequence(scene, cine, "cine")
-    folder = worker_outputs(tmp_path / "out", cine, roi_of(cine))
+    folder = worker_outputs(tmp_path / "out", cine, roi_of(cine), static_spots={1: [(10.0, 20.5)]})
     first = logic.load_identify_outputs(scene, sequence, folder)
     table = first["table"]
     table.AddDefaultStorageNode()  # the user saved the table once: its storage node holds the file name
@@ -644,3 +648,72 @@ def test_two_cines_in_one_browser_keep_their_own_roi_sequences(scene, tmp_path):
     again = logic.load_identify_outputs(scene, seq_a, tmp_path / "a")
     assert not scene.IsNodePresent(out_a["roi_sequence"]) and scene.IsNodePresent(again["roi_sequence"])
     assert scene.IsNodePresent(out_b["roi_sequence"])
+
+
+# --------------------------------------------------------------------------- removed static ROIs
+
+SPOTS = {1: [(10.0, 20.5)], 3: [(4.0, 5.0), (30.5, 31.0)]}
+
+
+def _ijk_of(point_ras, volume) -> np.ndarray:
+    """``point_ras`` in ``volume``'s IJK, by Slicer's own RAS-to-IJK matrix (the independent reference)."""
+    import vtk
+
+    m = vtk.vtkMatrix4x4()
+    volume.GetRASToIJKMatrix(m)
+    return np.array(m.MultiplyPoint([*point_ras, 1.0])[:3])
+
+
+def _static_nodes(scene) -> list:
+    return [n for n in scene.GetNodesByClass("vtkMRMLMarkupsFiducialNode")
+            if n.GetAttribute(nrrd_io.ATTR_ROLE) == logic.ROLE_STATIC]
+
+
+def test_removed_static_rois_are_marked_on_a_moved_frame_stack_volume(scene, tmp_path):
+    cine = synthetic_cine()
+    volume = mrml.cine_to_frame_stack_volume(scene, cine, "placed cine")
+    place(volume)
+    out = logic.load_identify_outputs(scene, volume, worker_outputs(tmp_path / "a", cine, roi_of(cine), SPOTS))
+    node = out["static_spots"]
+    assert out["static_spots_sequence"] is None  # a frame-stack volume without a browser
+    assert node.GetLocked() and mrml.is_made_for(node, volume)
+    expected = [(c, r, f) for f in sorted(SPOTS) for r, c in SPOTS[f]]   # IJK: column, row, frame
+    got = [_ijk_of(p, volume) for p in mrml.markups_points(node)]
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+    # A re-run that removed nothing leaves no crosses; one that did replaces them.
+    again = logic.load_identify_outputs(scene, volume, worker_outputs(tmp_path / "b", cine, roi_of(cine)))
+    assert again["static_spots"] is None and not scene.IsNodePresent(node) and _static_nodes(scene) == []
+    for _ in range(2):
+        logic.load_identify_outputs(scene, volume, tmp_path / "a")
+    assert len(_static_nodes(scene)) == 1
+
+
+def test_removed_static_rois_follow_moved_frames_in_the_browser(scene, tmp_path):
+    cine = synthetic_cine()
+    sequence, browser = mrml.cine_to_sequence(scene, cine, "placed")
+    for k in range(sequence.GetNumberOfDataNodes()):
+        place(sequence.GetNthDataNode(k), spacing=(0.2 + 0.01 * k, 0.3))  # every frame its own grid
+    other, _ = mrml.cine_to_sequence(scene, synthetic_cine(seed=1), "other")
+    kept = logic.load_identify_outputs(scene, other, worker_outputs(tmp_path / "o", cine, roi_of(cine), SPOTS))
+    folder = worker_outputs(tmp_path / "a", cine, roi_of(cine), SPOTS)
+    for _ in range(2):  # a re-run replaces its own crosses, never another cine's
+        out = logic.load_identify_outputs(scene, sequence, folder)
+    assert scene.IsNodePresent(kept["static_spots"]) and scene.IsNodePresent(kept["static_spots_sequence"])
+    assert len(_static_nodes(scene)) == 2  # one frame-stack point list per cine (sequence items are not in the scene)
+    points = out["static_spots_sequence"]
+    assert points.GetNumberOfDataNodes() == cine.n_frames and mrml.is_made_for(points, sequence)
+    for k in range(cine.n_frames):
+        item, frame = points.GetNthDataNode(k), sequence.GetNthDataNode(k)
+        got = [_ijk_of(p, frame) for p in mrml.markups_points(item)]
+        np.testing.assert_allclose(np.reshape(got, (-1, 3)), np.reshape([(c, r, 0) for r, c in SPOTS.get(k, [])], (-1, 3)),
+                                   atol=1e-6)
+    # The browser's proxy shows the selected frame's crosses.
+    browser.SetSelectedItemNumber(3)
+    proxy = browser.GetProxyNode(points)
+    assert proxy.GetName() == "placed sequence CAC removed static spots"
+    assert len(mrml.markups_points(proxy)) == 2
+    # The frame-stack point list lies on the first frame's grid, slice k being frame k.
+    stack = out["static_spots"]
+    first = sequence.GetNthDataNode(0)
+    got = [_ijk_of(p, first) for p in mrml.markups_points(stack)]
+    np.testing.assert_allclose(got, [(c, r, f) for f in sorted(SPOTS) for r, c in SPOTS[f]], atol=1e-6)

@@ -256,6 +256,35 @@ def test_overlay_marks_the_removed_rois(rca_runs, tmp_path):
 
 
 @needs_data
+def test_the_slicer_scene_marks_the_removed_rois_on_the_marks(rca_runs, tmp_path):
+    """CAC Identifier's outputs in the real slicer-core scene: a cross per removed ROI, on the detector marks."""
+    pytest.importorskip("slicer", reason="slicer-core is not installed")
+    import vtk
+    from CACIdentifierLib import logic, mrml, nrrd_io, slicercore
+    from CACIdentifierLib.report import build_report, write_json
+
+    cine, _, filtered = rca_runs
+    write_json(tmp_path / "report.json", build_report(filtered, cine))
+    nrrd_io.write_seg_nrrd(tmp_path / "roi.seg.nrrd", {"CAC ROI": filtered.roi}, cine.spacing_mm)
+    scene = slicercore.new_scene()
+    sequence, _ = mrml.cine_to_sequence(scene, cine, "rca")
+    out = logic.load_identify_outputs(scene, sequence, tmp_path)
+    points = out["static_spots_sequence"]
+    total = 0
+    for f in range(cine.n_frames):
+        m = vtk.vtkMatrix4x4()
+        sequence.GetNthDataNode(f).GetRASToIJKMatrix(m)
+        ijk = [m.MultiplyPoint([*p, 1.0])[:2] for p in mrml.markups_points(points.GetNthDataNode(f))]
+        total += len(ijk)
+        if f not in filtered.static_spots:
+            assert ijk == [], f
+            continue
+        for y, x in ((32, 324), (181, 470)):  # the marks of the test above, (row, column)
+            assert min(np.hypot(r - y, c - x) for c, r in ijk) < 15, (f, ijk)
+    assert total == filtered.parameters["static_rois_removed"] == len(mrml.markups_points(out["static_spots"]))
+
+
+@needs_data
 def test_static_phantom_is_not_judged():
     """The GE phantom does not move: synchronization finds no heartbeat, so no ROI of it is removed."""
     cine, plain, filtered = plain_and_filtered(GE)

@@ -16,7 +16,10 @@ Outputs in the scene:
 - the ROIs as one frame-stack segmentation (``output_segmentation`` is
   refilled when given);
 - a table, one row per non-contrast frame (frame, paired contrast frame, CAC
-  probability, ROI area in mm2 and, with annotations, IoM and HD in mm).
+  probability, ROI area in mm2 and, with annotations, IoM and HD in mm);
+- where ROIs on spots that never move were removed (report ``static_spots``), locked
+  point lists of blue crosses at their centres: one on the frame-stack grid and a
+  sequence of them in the cine's browser, replacing an earlier run's.
 
 The segmentations lie on the input's own grid (:func:`mrml.frame_stack_geometry`:
 origin, spacing and directions as the user left them).  Each output is marked
@@ -45,23 +48,25 @@ from .progress import Cancelled
 
 ROI_COLOR = (1.0, 0.18, 0.69)
 ROI_SEGMENT = "CAC ROI"
+# The overlay's blue crosses: where an ROI on a spot that never moves was removed (static_structures.py).
+STATIC_COLOR = (0.3, 0.75, 0.93)
 # CAC_role of the outputs (the ROI sequence is "roi" too): an output is refilled only in its own role.
-ROLE_ROI, ROLE_RESULTS = "roi", "results"
+ROLE_ROI, ROLE_RESULTS, ROLE_STATIC = "roi", "results", "static_spots"
 
 
 # --------------------------------------------------------------------------- outputs -> nodes
 
 
-def _remove_previous_roi_sequences(scene, browser, cine_sequence) -> None:
-    """Remove the ROI sequences (and their proxies) that an earlier run on ``cine_sequence`` synchronized in
-    ``browser`` (another cine played in the same browser keeps its own)."""
+def _remove_previous_roi_sequences(scene, browser, cine_sequence, role=ROLE_ROI) -> None:
+    """Remove the ROI sequences (or those of another ``role``) and their proxies that an earlier run on
+    ``cine_sequence`` synchronized in ``browser`` (another cine played in the same browser keeps its own)."""
     import vtk
 
     collection = vtk.vtkCollection()
     browser.GetSynchronizedSequenceNodes(collection, True)
     for i in range(collection.GetNumberOfItems()):
         sequence = collection.GetItemAsObject(i)
-        if sequence is None or sequence.GetAttribute(nrrd_io.ATTR_ROLE) != ROLE_ROI:
+        if sequence is None or sequence.GetAttribute(nrrd_io.ATTR_ROLE) != role:
             continue
         if mrml.is_output(sequence) and not mrml.is_made_for(sequence, cine_sequence):
             continue
@@ -90,9 +95,10 @@ def load_identify_outputs(scene, input_node, out_dir, name=None, output_segmenta
                           output_table=None) -> dict:
     """Load what ``cac identify`` wrote in ``out_dir`` as nodes over ``input_node`` (the cine it read).
 
-    Returns ``{"roi_sequence", "roi_segmentation", "table", "report", "summary", "roi"}``
-    (``roi``: the ``(n_frames, rows, columns)`` bool masks; ``roi_sequence`` is None
-    when the input is a frame-stack volume without a browser).
+    Returns ``{"roi_sequence", "roi_segmentation", "table", "report", "summary", "roi", "static_spots",
+    "static_spots_sequence"}`` (``roi``: the ``(n_frames, rows, columns)`` bool masks; ``roi_sequence``
+    and ``static_spots_sequence`` are None when the input is a frame-stack volume without a browser;
+    the ``static_spots`` point list and its sequence are None when no ROI was removed as static).
     """
     out_dir = Path(out_dir)
     report_path, seg_path = out_dir / "report.json", out_dir / "roi.seg.nrrd"
@@ -135,6 +141,8 @@ def load_identify_outputs(scene, input_node, out_dir, name=None, output_segmenta
         mrml.mark_made_for(outputs["roi_sequence"], sequence)
         mrml.place_under_transform_of(scene, browser.GetProxyNode(outputs["roi_sequence"]), input_node)
 
+    _static_spots_to_scene(scene, outputs, report, cine, input_node, sequence, browser, name, ijk_to_ras)
+
     table = mrml.table_from_columns(scene, f"{name} CAC results", results_table_columns(report))
     if output_table is not None:
         mrml.refill_table(output_table, table)
@@ -145,6 +153,36 @@ def load_identify_outputs(scene, input_node, out_dir, name=None, output_segmenta
     table.SetAttribute(nrrd_io.ATTR_ROLE, ROLE_RESULTS)
     outputs["table"] = table
     return outputs
+
+
+def _static_spots_to_scene(scene, outputs, report, cine, input_node, sequence, browser, name, ijk_to_ras) -> None:
+    """Blue crosses where ROIs on spots that never move were removed (report ``static_spots``), as the overlay
+    shows them: a point list on the frame-stack grid and, for a cine in a browser, a sequence of point lists.
+
+    An earlier run's crosses on the same input are removed first: a run that removed nothing leaves none.
+    """
+    for node in list(scene.GetNodesByClass("vtkMRMLMarkupsFiducialNode")):
+        if node.GetAttribute(nrrd_io.ATTR_ROLE) == ROLE_STATIC and mrml.is_made_for(node, input_node):
+            mrml.remove_with_helpers(scene, node)
+    if browser is not None:
+        _remove_previous_roi_sequences(scene, browser, sequence, role=ROLE_STATIC)
+    spots = {int(f): v for f, v in (report.get("static_spots") or {}).items() if v}
+    outputs["static_spots"] = outputs["static_spots_sequence"] = None
+    if not spots:
+        return
+    label = "ROI removed: spot that never moves"
+    node = mrml.points_to_frame_stack_markups(scene, spots, cine, f"{name} CAC removed static spots (frame stack)",
+                                              STATIC_COLOR, label, ijk_to_ras)
+    node.SetAttribute(nrrd_io.ATTR_ROLE, ROLE_STATIC)
+    mrml.mark_made_for(node, input_node)
+    mrml.place_under_transform_of(scene, node, input_node)
+    outputs["static_spots"] = node
+    if sequence is not None and browser is not None:
+        seq = mrml.points_to_markups_sequence(scene, spots, sequence, browser, f"{name} CAC removed static spots",
+                                              STATIC_COLOR, label, role=ROLE_STATIC)
+        mrml.mark_made_for(seq, sequence)
+        mrml.place_under_transform_of(scene, browser.GetProxyNode(seq), input_node)
+        outputs["static_spots_sequence"] = seq
 
 
 def reusable_output(scene, node, input_node, role):

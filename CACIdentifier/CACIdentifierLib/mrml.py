@@ -594,6 +594,88 @@ def masks_to_segmentation_sequence(scene, masks: np.ndarray, cine_sequence, brow
     return sequence
 
 
+def _default_ijk_to_ras(spacing_xy) -> np.ndarray:
+    """The default frame geometry's IJK-to-RAS matrix (origin 0, ``FRAME_DIRECTIONS_RAS``, ``spacing_xy``)."""
+    m = np.eye(4)
+    m[:3, :3] = np.asarray(FRAME_DIRECTIONS_RAS, float) @ np.diag([float(spacing_xy[0]), float(spacing_xy[1]), 1.0])
+    return m
+
+
+def _fill_points(markups_node, points_ijk, ijk_to_ras, color, label: str) -> None:
+    """Put one locked control point per ``(column, row, slice)`` IJK position on ``markups_node``."""
+    m = np.asarray(ijk_to_ras, float)
+    for ijk in points_ijk:
+        ras = m @ np.array([float(ijk[0]), float(ijk[1]), float(ijk[2]), 1.0])
+        markups_node.AddControlPoint(float(ras[0]), float(ras[1]), float(ras[2]), label)
+    markups_node.SetLocked(True)  # where an ROI was removed is a fact of the run, not something to edit
+    _style_points(markups_node.GetDisplayNode(), color)
+
+
+def _style_points(display, color) -> None:
+    """Small crosses in ``color``, no labels (many points on one frame would hide the image)."""
+    if display is None:
+        return
+    display.SetSelectedColor(*[float(c) for c in color[:3]])
+    display.SetColor(*[float(c) for c in color[:3]])
+    display.SetGlyphTypeFromString("Cross2D")
+    display.SetPointLabelsVisibility(False)
+
+
+def points_to_frame_stack_markups(scene, points: dict, cine: Cine, name: str, color, label: str = "",
+                                  ijk_to_ras=None):
+    """A point list (``vtkMRMLMarkupsFiducialNode``) of ``points`` on the cine's frame-stack geometry.
+
+    ``points`` maps a frame index to ``(row, column)`` pixel positions on that
+    frame (fractions allowed); each becomes a locked control point on slice
+    ``frame`` of the frame-stack grid (``ijk_to_ras``, :func:`frame_stack_geometry`
+    of the input, else the default geometry with the cine's spacing).
+    """
+    node = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", name)
+    node.CreateDefaultDisplayNodes()
+    m = _default_ijk_to_ras(_xy_spacing(cine)) if ijk_to_ras is None else ijk_to_ras
+    _fill_points(node, [(c, r, int(f)) for f in sorted(points, key=int) for r, c in points[f]], m, color, label)
+    return node
+
+
+def points_to_markups_sequence(scene, points: dict, cine_sequence, browser, name: str, color, label: str = "",
+                               role: str = "points"):
+    """``points`` (frame index -> ``(row, column)`` list) as a Sequence of point lists synchronized in ``browser``.
+
+    One locked point list per item of ``cine_sequence`` (frames without points get an empty one),
+    on that frame's own 2D geometry, so the browser's proxy shows the selected frame's points.
+    Returns the sequence node (attribute ``CAC_role`` = ``role``).
+    """
+    slicer = _slicer()
+    sequence = scene.AddNewNodeByClass("vtkMRMLSequenceNode", f"{name} sequence")
+    sequence.SetIndexName(cine_sequence.GetIndexName())
+    sequence.SetIndexUnit(cine_sequence.GetIndexUnit())
+    sequence.SetIndexType(cine_sequence.GetIndexType())
+    sequence.SetAttribute(ATTR_ROLE, role)
+    by_frame = {int(f): v for f, v in points.items()}
+    for k in range(cine_sequence.GetNumberOfDataNodes()):
+        item = slicer.vtkMRMLMarkupsFiducialNode()
+        item.SetName(f"{name}_{k:04d}")
+        _fill_points(item, [(c, r, 0) for r, c in by_frame.get(k, [])],
+                     _ijk_to_ras(cine_sequence.GetNthDataNode(k)), color, label)
+        sequence.SetDataNodeAtValue(item, cine_sequence.GetNthIndexValue(k))
+    browser.AddSynchronizedSequenceNodeID(sequence.GetID())
+    _update_proxies(scene, browser)
+    proxy = browser.GetProxyNode(sequence)
+    if proxy is not None:
+        proxy.SetName(name)
+        browser.SetOverwriteProxyName(sequence, False)
+        if proxy.GetDisplayNode() is None:  # items in a sequence keep no display node: the proxy's shows them all
+            proxy.CreateDefaultDisplayNodes()
+        _style_points(proxy.GetDisplayNode(), color)
+    return sequence
+
+
+def markups_points(markups_node) -> np.ndarray:
+    """``(n, 3)`` RAS positions of a point list's control points."""
+    return np.array([markups_node.GetNthControlPointPositionVector(i)
+                     for i in range(markups_node.GetNumberOfControlPoints())], float).reshape(-1, 3)
+
+
 def drawn_over(segmentation_node):
     """The node whose cine ``segmentation_node`` belongs to, or None if it records none.
 
