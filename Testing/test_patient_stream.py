@@ -189,3 +189,47 @@ def test_prefetch_gives_the_same_window_and_ends_its_workers():
     pool = s._pending[1]
     s.close()
     assert s._pending is None and pool._state != "RUN"
+
+
+@pytest.mark.filterwarnings("ignore:phantom pool")
+def test_counterfactual_twins_differ_from_their_cine_only_at_the_calcium():
+    """--counterfactual-twins: each calcified cine's calcium frames again, without the calcium, labelled 0."""
+    from scipy import ndimage as ndi
+
+    kw = dict(seed=3, n_frames=24, frames_per_acquisition=3, size=128, workers=1, calcium_free_fraction=0.0)
+    patients = [p for p in range(6) if PP.phantom_pool(0, patients=[p], **kw).labels.any()][:2]
+    assert patients, "no calcified pool patient among the first six"
+    plain = PP.phantom_pool(0, patients=patients, **kw)
+    both = PP.phantom_pool(0, patients=patients, twins=True, **kw)
+    twin = np.array([a.endswith(PP.TWIN_SUFFIX) for a in both.acquisition])
+    calcified = plain.labels.any(axis=1)
+    # The cines' own frames are unchanged; one twin frame per frame with labelled calcium.
+    for k in D.FrameSet.array_fields():
+        np.testing.assert_array_equal(getattr(both.subset(np.flatnonzero(~twin)), k), getattr(plain, k), err_msg=k)
+    assert twin.sum() == calcified.sum() > 0
+    tw, src = both.subset(np.flatnonzero(twin)), plain.subset(np.flatnonzero(calcified))
+    assert not tw.labels.any() and not tw.calcium.any() and not tw.roi.any()
+    assert tw.patient == src.patient and all(a == b + PP.TWIN_SUFFIX for a, b in zip(tw.acquisition, src.acquisition))
+    np.testing.assert_array_equal(tw.frame_index, src.frame_index)
+    np.testing.assert_array_equal(tw.contrast_index, src.contrast_index)
+    # The paired contrast frames lose their calcium too (a calcium-free patient's hold none), nothing else.
+    assert 0 < np.mean(tw.c != src.c) < 0.01
+    # The non-contrast frames differ only at the calcium (the labelled deposits and those too faint to be
+    # labelled, which the twin loses too): there they are brighter; everywhere else they are the same.
+    diff = tw.nc.astype(np.float32) - src.nc.astype(np.float32)
+    near = np.stack([ndi.binary_dilation(m, iterations=8) for m in src.calcium])
+    assert diff[src.calcium].mean() > 0.01
+    assert np.mean(np.abs(diff[~near]) > 2 / 255) < 0.002
+
+
+def test_cli_counterfactual_twins_need_a_stream(tmp_path, capsys):
+    from cac.cli import main
+    from CACTrainerLib.checkpoint_io import data_source, describe_source, same_source
+
+    code = main(["train", "--phantom-pool", "4", "--counterfactual-twins", "--out", str(tmp_path / "m.safetensors")])
+    assert code == 2 and "--counterfactual-twins needs --phantom-pool N with --refresh-patients" in capsys.readouterr().err
+    plain = data_source(phantom_pool=8, refresh_patients=2, seed=1)
+    twins = data_source(phantom_pool=8, refresh_patients=2, seed=1, twins=True)
+    assert "counterfactual_twins" not in plain and same_source(plain, dict(plain))
+    assert same_source(plain, twins) is False and same_source(twins, dict(twins))  # --resume on other data refused
+    assert "with counterfactual twins" in describe_source(twins)

@@ -48,14 +48,14 @@ def default_run_dir(out) -> Path:
 
 
 def data_source(dataset=None, *, phantom_pool: int = 0, refresh_patients: int = 0, seed: int = 0,
-                cv: str = "none") -> dict:
+                cv: str = "none", twins: bool = False) -> dict:
     """What a training run trains on, as its checkpoint records it (see :func:`same_source`).
 
     A dataset folder is recorded by its path and by a fingerprint of its
     acquisitions (their ids and frame counts, from ``manifest.json``), so a
     moved folder is the same data and an added acquisition is not;
     phantom patients by their number, the patients replaced per epoch and
-    the seed.  ``cv`` is the cross-validation mode (a fold's held-out patients
+    the seed (and ``counterfactual_twins`` when the stream adds them).  ``cv`` is the cross-validation mode (a fold's held-out patients
     depend on it).  Reading a manifest needs no torch: the Trainer panel
     calls this before it offers to resume.
 
@@ -63,8 +63,11 @@ def data_source(dataset=None, *, phantom_pool: int = 0, refresh_patients: int = 
     {'phantom_pool': 260, 'refresh_patients': 40, 'seed': 2, 'cv': 'none'}
     """
     if phantom_pool and int(phantom_pool) > 0:
-        return {"phantom_pool": int(phantom_pool), "refresh_patients": int(refresh_patients or 0),
-                "seed": int(seed), "cv": cv}
+        source = {"phantom_pool": int(phantom_pool), "refresh_patients": int(refresh_patients or 0),
+                  "seed": int(seed), "cv": cv}
+        if twins:  # only when used: the sources recorded before the option stay equal to today's
+            source["counterfactual_twins"] = True
+        return source
     import hashlib
 
     dataset = Path(dataset)
@@ -90,7 +93,8 @@ def same_source(saved: dict | None, current: dict | None) -> bool | None:
         return False
     if "phantom_pool" in current:
         keys = ("phantom_pool", "refresh_patients", "seed")
-        return all(saved.get(k) == current.get(k) for k in keys)
+        return (all(saved.get(k) == current.get(k) for k in keys)
+                and bool(saved.get("counterfactual_twins")) == bool(current.get("counterfactual_twins")))
     if saved.get("acquisitions") and current.get("acquisitions"):
         return saved["acquisitions"] == current["acquisitions"]
     return saved.get("dataset") == current.get("dataset")
@@ -111,7 +115,8 @@ def describe_source(source: dict | None, say_cv: bool = False) -> str:
         ", training on everything (--cv none)" if say_cv else "")
     if "phantom_pool" in source:
         new = f" ({source.get('refresh_patients')} new per epoch)" if source.get("refresh_patients") else ""
-        return f"{source.get('phantom_pool')} phantom patients{new}, seed {source.get('seed')}{by}"
+        twins = " with counterfactual twins" if source.get("counterfactual_twins") else ""
+        return f"{source.get('phantom_pool')} phantom patients{new}{twins}, seed {source.get('seed')}{by}"
     return f"dataset {printable(source.get('dataset'), 120)}{by}"
 
 

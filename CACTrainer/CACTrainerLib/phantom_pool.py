@@ -50,11 +50,14 @@ def _background_worker() -> None:
 
 
 def pool_acquisition(seed: int, patient: int, *, n_frames: int = 64, size: int | None = None,
-                     calcium_free_fraction: float = 0.3):
+                     calcium_free_fraction: float = 0.3, calcium_visible: bool = True):
     """The cine of pool patient ``patient`` of ``seed``, with its truth (``phantom.Acquisition``).
 
     What :func:`phantom_pool` trains on, before frames are chosen and paired; for analyses that
     need the truth a :class:`~CACTrainerLib.dataset.FrameSet` does not keep (``benchmarks/difficulty.py``).
+    ``calcium_visible=False`` renders the same cine with its calcium attenuating nothing: every
+    other draw (anatomy, motion, metal, noise) is the same, so only the deposits' pixels change and
+    the annotators see no calcium (the counterfactual twin of :func:`phantom_pool`).
     """
     from .phantom import generate_acquisition
     from .phantom_domain import randomized_params
@@ -64,11 +67,13 @@ def pool_acquisition(seed: int, patient: int, *, n_frames: int = 64, size: int |
     # Onset in the middle third, so both parts hold about two beats.
     params.onset_fraction_range = (0.4, 0.55)
     params.early_onset_prob = 0.0
+    if not calcium_visible:
+        params.calcium_mu_per_mm = 0.0
     return generate_acquisition(params, seed=seed, patient=patient, acquisition=0)
 
 
 def _one(args) -> object:
-    seed, patient, n_frames, fpa, size, calcium_free_fraction, background = args
+    seed, patient, n_frames, fpa, size, calcium_free_fraction, background, twins = args
     from . import dataset
 
     acq = pool_acquisition(seed, patient, n_frames=n_frames, size=size, calcium_free_fraction=calcium_free_fraction)
@@ -78,8 +83,36 @@ def _one(args) -> object:
         name = patient_name(seed, patient)
         fs = dataset.frames_from_acquisition(acq, acquisition=name, patient=name, frames_per_acquisition=fpa,
                                              background=background)
+        if twins:
+            fs = _with_twin(fs, acq, seed, patient, n_frames, fpa, size, calcium_free_fraction, background)
     # Counted for the summary line only when it is what the line says (other warnings: none in 16 pool cines).
     return fs, any("periodicity" in str(w.message) for w in caught)
+
+
+TWIN_SUFFIX = "~twin"
+
+
+def _with_twin(fs, acq, seed, patient, n_frames, fpa, size, calcium_free_fraction, background):
+    """``fs`` and, for its frames with labelled calcium, the same frames of the calcium-free twin (labels 0).
+
+    The twin's patches show the same anatomy, metal, motion and noise as the calcified ones: only
+    the calcium tells them apart, so context (position, heart border, catheter) cannot.  Same
+    patient (never split from it), acquisition ``name~twin``; the pairs are the cine's own.
+    """
+    from . import dataset
+
+    rows = np.flatnonzero(fs.labels.any(axis=1))
+    if rows.size == 0:
+        return fs
+    twin = pool_acquisition(seed, patient, n_frames=n_frames, size=size, calcium_free_fraction=calcium_free_fraction,
+                            calcium_visible=False)
+    name = fs.acquisition[0]
+    pairs = [[int(a), int(b)] for a, b in zip(fs.frame_index[rows], fs.contrast_index[rows])]
+    tfs = dataset.frames_from_acquisition(twin, acquisition=name + TWIN_SUFFIX, patient=fs.patient[0], pairs=pairs,
+                                          frames_per_acquisition=None, background=False)
+    if background:  # the cine's static background is the calcified cine's (calcium moves: it is not in it)
+        tfs.background = fs.background[rows].copy()
+    return dataset.FrameSet.concat([fs, tfs])
 
 
 def patient_name(seed: int, patient: int) -> str:
@@ -89,7 +122,7 @@ def patient_name(seed: int, patient: int) -> str:
 
 def _generate(patients, *, seed: int, n_frames: int, frames_per_acquisition: int, size: int | None,
               calcium_free_fraction: float, workers: int | None, progress: ProgressCallback,
-              background: bool = True) -> list:
+              background: bool = True, twins: bool = False) -> list:
     """FrameSets of the numbered ``patients`` (in their order), on ``workers`` processes.
 
     In a data-parallel run every rank needs every patient: each rank generates its share
@@ -106,14 +139,14 @@ def _generate(patients, *, seed: int, n_frames: int, frames_per_acquisition: int
             workers = max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", ctx.world)))
         made = _generate_here(mine, seed=seed, n_frames=n_frames, frames_per_acquisition=frames_per_acquisition,
                               size=size, calcium_free_fraction=calcium_free_fraction, workers=workers,
-                              progress=progress, background=background)
+                              progress=progress, background=background, twins=twins)
         shared = ctx.exchange({p: _pack(fs, w) for p, (fs, w) in zip(mine, made)}, owners)
         sets = [_unpack(*shared[int(p)]) for p in patients]  # the caller's order (and repeats)
         _warn_periodicity(sum(info["warned"] for _, info in shared.values()), len(sets))
         return [fs for fs, _ in sets]
     made = _generate_here(patients, seed=seed, n_frames=n_frames, frames_per_acquisition=frames_per_acquisition,
                           size=size, calcium_free_fraction=calcium_free_fraction, workers=workers, progress=progress,
-                          background=background)
+                          background=background, twins=twins)
     _warn_periodicity(sum(w for _, w in made), len(made))
     return [fs for fs, _ in made]
 
@@ -138,17 +171,18 @@ def _warn_periodicity(warned: int, n: int) -> None:
                       f"frames", CacWarning, stacklevel=4)
 
 
-def _jobs(patients, seed, n_frames, frames_per_acquisition, size, calcium_free_fraction, background) -> list:
+def _jobs(patients, seed, n_frames, frames_per_acquisition, size, calcium_free_fraction, background,
+          twins=False) -> list:
     """The arguments of :func:`_one` for each of the numbered ``patients``."""
-    return [(seed, int(p), n_frames, frames_per_acquisition, size, calcium_free_fraction, bool(background))
-            for p in patients]
+    return [(seed, int(p), n_frames, frames_per_acquisition, size, calcium_free_fraction, bool(background),
+             bool(twins)) for p in patients]
 
 
 def _generate_here(patients, *, seed: int, n_frames: int, frames_per_acquisition: int, size: int | None,
                    calcium_free_fraction: float, workers: int | None, progress: ProgressCallback,
-                   background: bool = True) -> list:
+                   background: bool = True, twins: bool = False) -> list:
     """``(FrameSet, warned)`` of each of the numbered ``patients``, generated in this process's workers."""
-    jobs = _jobs(patients, seed, n_frames, frames_per_acquisition, size, calcium_free_fraction, background)
+    jobs = _jobs(patients, seed, n_frames, frames_per_acquisition, size, calcium_free_fraction, background, twins)
     if not jobs:
         return []
     workers = max(1, min(len(jobs), int(workers or os.cpu_count() or 1)))
@@ -170,7 +204,7 @@ def _generate_here(patients, *, seed: int, n_frames: int, frames_per_acquisition
 def phantom_pool(n_patients: int, *, seed: int = 0, first_patient: int = 0, n_frames: int = 64,
                  frames_per_acquisition: int = 6, size: int | None = None, calcium_free_fraction: float = 0.3,
                  workers: int | None = None, progress: ProgressCallback = no_progress, patients=None,
-                 background: bool = True):
+                 background: bool = True, twins: bool = False):
     """Training frames of ``n_patients`` new randomised phantom patients (one acquisition each).
 
     Parameters
@@ -191,6 +225,10 @@ def phantom_pool(n_patients: int, *, seed: int = 0, first_patient: int = 0, n_fr
     background : bool
         Keep each cine's static background (``FrameSet.background``), which only ``frame+residual``
         models read; False saves its memory and time.
+    twins : bool
+        Add each calcified cine's counterfactual twin: its frames with labelled calcium rendered
+        again without the calcium (:func:`pool_acquisition` ``calcium_visible=False``), labelled
+        calcium-free, as acquisition ``<name>~twin`` of the same patient.
 
     Returns
     -------
@@ -201,7 +239,7 @@ def phantom_pool(n_patients: int, *, seed: int = 0, first_patient: int = 0, n_fr
     ids = list(patients) if patients is not None else [first_patient + i for i in range(int(n_patients))]
     return FrameSet.concat(_generate(ids, seed=seed, n_frames=n_frames, frames_per_acquisition=frames_per_acquisition,
                                      size=size, calcium_free_fraction=calcium_free_fraction, workers=workers,
-                                     progress=progress, background=background))
+                                     progress=progress, background=background, twins=twins))
 
 
 class PatientStream:
@@ -232,7 +270,7 @@ class PatientStream:
     def __init__(self, patients, refresh: int, *, next_patient: int, seed: int, n_frames: int = 64,
                  frames_per_acquisition: int = 6, size: int | None = None, calcium_free_fraction: float = 0.3,
                  workers: int | None = None, progress: ProgressCallback = no_progress, background: bool = True,
-                 ahead: bool = True):
+                 ahead: bool = True, twins: bool = False):
         self.start = [int(p) for p in patients]
         if not self.start:
             raise ValueError("PatientStream needs at least one patient")
@@ -240,7 +278,8 @@ class PatientStream:
             raise ValueError("next_patient must follow every starting patient (new patients are never reused ones)")
         self.refresh, self.next_patient, self.seed = int(refresh), int(next_patient), int(seed)
         self._kw = dict(n_frames=n_frames, frames_per_acquisition=frames_per_acquisition, size=size,
-                        calcium_free_fraction=calcium_free_fraction, workers=workers, background=background)
+                        calcium_free_fraction=calcium_free_fraction, workers=workers, background=background,
+                        twins=bool(twins))
         self.progress = progress
         self._cache: dict = {}
         self.ahead = bool(ahead)  # False: prefetch() does nothing (every window is generated when asked for)
@@ -285,7 +324,7 @@ class PatientStream:
             return False
         kw = self._kw
         jobs = _jobs(missing, self.seed, kw["n_frames"], kw["frames_per_acquisition"], kw["size"],
-                     kw["calcium_free_fraction"], kw["background"])
+                     kw["calcium_free_fraction"], kw["background"], kw["twins"])
         workers = max(1, min(len(jobs), int(kw["workers"] or os.cpu_count() or 1)))
         pool = multiprocessing.Pool(workers, initializer=_background_worker)
         self._pending = (missing, pool, pool.map_async(_one, jobs, chunksize=1))

@@ -64,6 +64,10 @@ def register(subparsers) -> None:
                    help="with --phantom-pool: every epoch, replace the K oldest training patients with K new "
                         "ones (a window sliding over an endless stream of patients, so a long run cannot "
                         "memorise them; validation patients stay fixed)")
+    p.add_argument("--counterfactual-twins", action="store_true",
+                   help="with --phantom-pool and --refresh-patients: add each calcified training cine's twin, "
+                        "its calcium frames rendered again without the calcium and labelled calcium-free (same "
+                        "anatomy, metal and noise: only the calcium tells the two apart)")
     p.add_argument("--recipe", choices=("default", "paper"), default="default",
                    help="default: joint training with a dense auxiliary loss, for a CPU budget; "
                         "paper: the paper's two-stage protocol (100 + 100 epochs, for a GPU)")
@@ -464,6 +468,10 @@ def _run(args, ctx) -> int:
         raise CacError("--refresh-patients must be 0 or more")
     if refresh and (pool is None or args.cv != "none"):
         raise CacError("--refresh-patients needs --phantom-pool N and --cv none (a dataset on disk cannot grow)")
+    twins = bool(getattr(args, "counterfactual_twins", False))
+    if twins and not refresh:
+        raise CacError("--counterfactual-twins needs --phantom-pool N with --refresh-patients K (the twins are "
+                       "rendered for the training stream only; the validation patients stay as drawn)")
     dataset = Path(args.dataset) if args.dataset else Path(f"phantom-pool-{pool}-seed-{args.seed}")
     if args.dataset and not dataset.is_dir():
         raise CacError(f"{dataset} is a file, not a dataset folder; give the folder holding manifest.json"
@@ -498,7 +506,7 @@ def _run(args, ctx) -> int:
 
     # Recorded in the checkpoints: a resume on other data is refused, and CAC Trainer offers none.
     source = data_source(None if pool else dataset, phantom_pool=pool or 0, refresh_patients=refresh,
-                         seed=args.seed, cv=args.cv)
+                         seed=args.seed, cv=args.cv, twins=twins)
     if refresh:
         return _train_stream(dataset, args, config, out, emit, progress, source=source)
     fs = _load(dataset, args, progress, background=_needs_background(config))
@@ -571,7 +579,8 @@ def _train_stream(dataset: Path, args, config, out: Path, emit, progress, *, sou
                             background=bg)
                if val_ids else None)  # --val-fraction 0: no checkpoint selection, the last epoch is kept
     stream = PatientStream(train_ids, args.refresh_patients, next_patient=n, seed=seed,
-                           frames_per_acquisition=fpa, progress=progress, background=bg)
+                           frames_per_acquisition=fpa, progress=progress, background=bg,
+                           twins=bool(getattr(args, "counterfactual_twins", False)))
     try:
         return _train_final(None, dataset, args, config, out, emit, progress, val_set=val_set, stream=stream,
                             source=source)
