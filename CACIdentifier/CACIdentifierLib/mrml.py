@@ -573,11 +573,7 @@ def masks_to_segmentation_sequence(scene, masks: np.ndarray, cine_sequence, brow
     dims = first.GetImageData().GetDimensions()
     if (masks.shape[2], masks.shape[1]) != (dims[0], dims[1]):
         raise CacError(f"masks are {masks.shape[1:]} (rows, columns) but frames are {(dims[1], dims[0])}")
-    sequence = scene.AddNewNodeByClass("vtkMRMLSequenceNode", f"{name} sequence")
-    sequence.SetIndexName(cine_sequence.GetIndexName())
-    sequence.SetIndexUnit(cine_sequence.GetIndexUnit())
-    sequence.SetIndexType(cine_sequence.GetIndexType())
-    sequence.SetAttribute(ATTR_ROLE, "roi")
+    sequence = _sequence_like(scene, cine_sequence, f"{name} sequence", "roi")
     for k in range(n):
         item = slicer.vtkMRMLSegmentationNode()
         item.SetName(f"{name}_{k:04d}")
@@ -585,13 +581,29 @@ def masks_to_segmentation_sequence(scene, masks: np.ndarray, cine_sequence, brow
         frame = cine_sequence.GetNthDataNode(k)
         _fill_segmentation(item, {segment_name: masks[k][None]}, None, {segment_name: color}, _ijk_to_ras(frame))
         sequence.SetDataNodeAtValue(item, cine_sequence.GetNthIndexValue(k))
+    _show_in_browser(scene, browser, sequence, name)
+    return sequence
+
+
+def _sequence_like(scene, cine_sequence, name: str, role: str):
+    """A new Sequence node indexed as ``cine_sequence`` (name, unit, type), with ``CAC_role`` ``role``."""
+    sequence = scene.AddNewNodeByClass("vtkMRMLSequenceNode", name)
+    sequence.SetIndexName(cine_sequence.GetIndexName())
+    sequence.SetIndexUnit(cine_sequence.GetIndexUnit())
+    sequence.SetIndexType(cine_sequence.GetIndexType())
+    sequence.SetAttribute(ATTR_ROLE, role)
+    return sequence
+
+
+def _show_in_browser(scene, browser, sequence, name: str):
+    """Synchronize ``sequence`` in ``browser``; its proxy (returned, None if not made) is named ``name``."""
     browser.AddSynchronizedSequenceNodeID(sequence.GetID())
     _update_proxies(scene, browser)
     proxy = browser.GetProxyNode(sequence)
     if proxy is not None:
         proxy.SetName(name)
         browser.SetOverwriteProxyName(sequence, False)
-    return sequence
+    return proxy
 
 
 def _default_ijk_to_ras(spacing_xy) -> np.ndarray:
@@ -646,11 +658,7 @@ def points_to_markups_sequence(scene, points: dict, cine_sequence, browser, name
     Returns the sequence node (attribute ``CAC_role`` = ``role``).
     """
     slicer = _slicer()
-    sequence = scene.AddNewNodeByClass("vtkMRMLSequenceNode", f"{name} sequence")
-    sequence.SetIndexName(cine_sequence.GetIndexName())
-    sequence.SetIndexUnit(cine_sequence.GetIndexUnit())
-    sequence.SetIndexType(cine_sequence.GetIndexType())
-    sequence.SetAttribute(ATTR_ROLE, role)
+    sequence = _sequence_like(scene, cine_sequence, f"{name} sequence", role)
     by_frame = {int(f): v for f, v in points.items()}
     for k in range(cine_sequence.GetNumberOfDataNodes()):
         item = slicer.vtkMRMLMarkupsFiducialNode()
@@ -658,12 +666,8 @@ def points_to_markups_sequence(scene, points: dict, cine_sequence, browser, name
         _fill_points(item, [(c, r, 0) for r, c in by_frame.get(k, [])],
                      _ijk_to_ras(cine_sequence.GetNthDataNode(k)), color, label)
         sequence.SetDataNodeAtValue(item, cine_sequence.GetNthIndexValue(k))
-    browser.AddSynchronizedSequenceNodeID(sequence.GetID())
-    _update_proxies(scene, browser)
-    proxy = browser.GetProxyNode(sequence)
+    proxy = _show_in_browser(scene, browser, sequence, name)
     if proxy is not None:
-        proxy.SetName(name)
-        browser.SetOverwriteProxyName(sequence, False)
         if proxy.GetDisplayNode() is None:  # items in a sequence keep no display node: the proxy's shows them all
             proxy.CreateDefaultDisplayNodes()
         _style_points(proxy.GetDisplayNode(), color)
