@@ -638,3 +638,28 @@ def test_epoch_average_saves_a_model_the_loader_reads_with_the_averaged_files_na
         "batchnorm_recomputed_on_patients": 16}}
     with pytest.raises(CacError, match="already exists"):
         save_average(out, average, ref_card, ["x.safetensors"], 16)
+
+
+def test_dose_bound_twins_differ_only_in_quantum_noise():
+    """benchmarks/dose_bound.py: the photon twins keep frames and labels; the noise falls as 1/sqrt(factor)."""
+    from benchmark_scripts import load
+
+    dose_bound = load("dose_bound")
+    with pytest.raises(ValueError, match="must include 1"):
+        dose_bound.photon_twins(3000, 0, [2, 4])
+    patient = next(p for p in range(6) if dose_bound.photon_twins(3000, p, [1], n_frames=24, size=128,
+                                                                    frames_per_acquisition=2)[0][1.0].labels.any())
+    twins, photons = dose_bound.photon_twins(3000, patient, [4, 1, 1e6], n_frames=24, size=128,
+                                             frames_per_acquisition=2)
+    assert sorted(twins) == [1.0, 4.0, 1e6] and 250 <= photons <= 6000
+    ref = twins[1e6]
+    for fs in twins.values():
+        np.testing.assert_array_equal(fs.frame_index, ref.frame_index)
+        np.testing.assert_array_equal(fs.contrast_index, ref.contrast_index)
+        np.testing.assert_array_equal(fs.labels, ref.labels)
+        np.testing.assert_array_equal(fs.calcium, ref.calcium)
+    # The noise against the (nearly) noise-free twin: halved at 4x the photons, within the
+    # per-frame normalisation and 8-bit rounding.
+    noise = {k: float(np.std(twins[k].nc.astype(np.float32) - ref.nc.astype(np.float32))) for k in (1.0, 4.0)}
+    assert noise[1.0] > 0.002
+    assert 0.4 < noise[4.0] / noise[1.0] < 0.62
