@@ -222,6 +222,16 @@ def test_counterfactual_twins_differ_from_their_cine_only_at_the_calcium():
     assert np.mean(np.abs(diff[~near]) > 2 / 255) < 0.002
 
 
+@pytest.mark.filterwarnings("ignore:phantom pool")
+def test_a_twin_carries_no_label_where_the_annotators_marked_an_invisible_deposit():
+    """Pool patient 63 of seed 1011: the simulated annotators mark its twin's invisible deposit (it lies on
+    something darker than its ring); the twin is calcium-free all the same."""
+    both = PP.phantom_pool(0, patients=[63], seed=1011, workers=1, twins=True)
+    twin = np.array([a.endswith(PP.TWIN_SUFFIX) for a in both.acquisition])
+    assert twin.any() and both.labels[~twin].any()
+    assert not both.labels[twin].any() and not both.calcium[twin].any()
+
+
 def test_cli_counterfactual_twins_need_a_stream(tmp_path, capsys):
     from cac.cli import main
     from CACTrainerLib.checkpoint_io import data_source, describe_source, same_source

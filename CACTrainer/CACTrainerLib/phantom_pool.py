@@ -106,6 +106,9 @@ def _with_twin(fs, acq, seed, patient, n_frames, fpa, size, calcium_free_fractio
         return fs
     twin = pool_acquisition(seed, patient, n_frames=n_frames, size=size, calcium_free_fraction=calcium_free_fraction,
                             calcium_visible=False)
+    # No calcium is rendered, so nothing is calcium: the simulated annotators, who judge a deposit by how dark it
+    # looks against its ring, can still mark an invisible one that happens to lie on something darker.
+    twin.majority = np.zeros_like(twin.majority)
     name = fs.acquisition[0]
     pairs = [[int(a), int(b)] for a, b in zip(fs.frame_index[rows], fs.contrast_index[rows])]
     tfs = dataset.frames_from_acquisition(twin, acquisition=name + TWIN_SUFFIX, patient=fs.patient[0], pairs=pairs,
