@@ -73,6 +73,10 @@ def photon_twins(seed: int, patient: int, factors, *, n_frames: int = 64, size: 
     return out, float(params.photons)
 
 
+def _fmt(auc) -> str:
+    return "-" if auc is None else f"{auc:.3f}"  # None: a group without both classes
+
+
 def _job(args):
     seed, patient, factors = args
     return photon_twins(seed, patient, factors)
@@ -122,7 +126,7 @@ def main(argv=None) -> int:
     print(f"| model (seed {args.seed}) | " + " | ".join(f"x{f:g} photons" for f in factors) + " |")
     print("|---|" + "---|" * len(factors))
     for path, rows in results["models"].items():
-        cells = [f"{r['patch_auc']:.3f} ({r['patch_auc_low_dose_half']:.3f} / {r['patch_auc_high_dose_half']:.3f})"
+        cells = [f"{_fmt(r['patch_auc'])} ({_fmt(r['patch_auc_low_dose_half'])} / {_fmt(r['patch_auc_high_dose_half'])})"
                  for r in rows.values()]
         print(f"| {Path(path).name} | " + " | ".join(cells) + " |")
     log(f"done in {time.perf_counter() - t0:.0f} s; {args.out}")
