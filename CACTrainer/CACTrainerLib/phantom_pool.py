@@ -56,8 +56,9 @@ def pool_acquisition(seed: int, patient: int, *, n_frames: int = 64, size: int |
     What :func:`phantom_pool` trains on, before frames are chosen and paired; for analyses that
     need the truth a :class:`~CACTrainerLib.dataset.FrameSet` does not keep (``benchmarks/difficulty.py``).
     ``calcium_visible=False`` renders the same cine with its calcium attenuating nothing: every
-    other draw (anatomy, motion, metal, noise) is the same, so only the deposits' pixels change and
-    the annotators see no calcium (the counterfactual twin of :func:`phantom_pool`).
+    other draw (anatomy, motion, metal, noise) is the same, so only the deposits' pixels change (the
+    counterfactual twin of :func:`phantom_pool`, whose majority vote it empties: the simulated annotators
+    can still mark an invisible deposit that lies on something darker).
     """
     from .phantom import generate_acquisition
     from .phantom_domain import randomized_params
