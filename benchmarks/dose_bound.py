@@ -39,29 +39,22 @@ def photon_twins(seed: int, patient: int, factors, *, n_frames: int = 64, size: 
 
     All twins share the factor-1 cine's frame pairs and majority-vote labels (``factors`` must hold 1).
     """
-    from CACIdentifierLib.metrics import majority_vote
     from CACIdentifierLib.sync import synchronize
     from CACTrainerLib import dataset
     from CACTrainerLib.phantom import generate_acquisition
-    from CACTrainerLib.phantom_domain import randomized_params
+    from CACTrainerLib.phantom_pool import pool_params
 
     factors = sorted(float(f) for f in factors)
     if factors[0] != 1.0:
         raise ValueError("factors must include 1 (the cine as drawn)")
-    # The draw of phantom_pool.pool_acquisition, kept here to change the photons alone.
-    rng = np.random.default_rng([int(seed), int(patient), 0xD0])
-    params = randomized_params(rng, n_frames=n_frames, size=size, calcium_free_fraction=calcium_free_fraction)
-    params.onset_fraction_range = (0.4, 0.55)
-    params.early_onset_prob = 0.0
+    params = pool_params(seed, patient, n_frames=n_frames, size=size, calcium_free_fraction=calcium_free_fraction)
     out, pairs, majority = {}, None, None
     for factor in factors:
         p = copy.deepcopy(params)
         p.photons = min(params.photons * factor, MAX_PHOTONS)
         acq = generate_acquisition(p, seed=seed, patient=patient, acquisition=0)
         if pairs is None:
-            majority = getattr(acq, "majority", None)
-            if majority is None:
-                majority = np.stack([majority_vote([a[k] for a in acq.annotators]) for k in range(len(acq.frames))])
+            majority = acq.majority
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 frame_time = getattr(acq, "frame_time_ms", None) or acq.truth.get("frame_time_ms")

@@ -57,7 +57,7 @@ ROLE_ROI, ROLE_RESULTS, ROLE_STATIC = "roi", "results", "static_spots"
 # --------------------------------------------------------------------------- outputs -> nodes
 
 
-def _remove_previous_roi_sequences(scene, browser, cine_sequence, role=ROLE_ROI) -> None:
+def _remove_previous_sequences(scene, browser, cine_sequence, role=ROLE_ROI) -> None:
     """Remove the ROI sequences (or those of another ``role``) and their proxies that an earlier run on
     ``cine_sequence`` synchronized in ``browser`` (another cine played in the same browser keeps its own)."""
     import vtk
@@ -135,7 +135,7 @@ def load_identify_outputs(scene, input_node, out_dir, name=None, output_segmenta
     browser = mrml.browser_of(scene, sequence)
     outputs["roi_sequence"] = None
     if sequence is not None and browser is not None:
-        _remove_previous_roi_sequences(scene, browser, sequence)
+        _remove_previous_sequences(scene, browser, sequence)
         outputs["roi_sequence"] = mrml.masks_to_segmentation_sequence(
             scene, roi, sequence, browser, name=f"{name} CAC ROI", color=ROI_COLOR)
         mrml.mark_made_for(outputs["roi_sequence"], sequence)
@@ -165,7 +165,7 @@ def _static_spots_to_scene(scene, outputs, report, cine, input_node, sequence, b
         if node.GetAttribute(nrrd_io.ATTR_ROLE) == ROLE_STATIC and mrml.is_made_for(node, input_node):
             mrml.remove_with_helpers(scene, node)
     if browser is not None:
-        _remove_previous_roi_sequences(scene, browser, sequence, role=ROLE_STATIC)
+        _remove_previous_sequences(scene, browser, sequence, role=ROLE_STATIC)
     spots = {int(f): v for f, v in (report.get("static_spots") or {}).items() if v}
     outputs["static_spots"] = outputs["static_spots_sequence"] = None
     if not spots:

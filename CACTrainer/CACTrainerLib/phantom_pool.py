@@ -49,6 +49,23 @@ def _background_worker() -> None:
         pass
 
 
+def pool_params(seed: int, patient: int, *, n_frames: int = 64, size: int | None = None,
+                calcium_free_fraction: float = 0.3):
+    """The phantom parameters drawn for pool patient ``patient`` of ``seed`` (what :func:`pool_acquisition` renders).
+
+    Analyses that change one parameter and keep every other draw start from these
+    (``benchmarks/dose_bound.py``: the photons).
+    """
+    from .phantom_domain import randomized_params
+
+    rng = np.random.default_rng([int(seed), int(patient), 0xD0])
+    params = randomized_params(rng, n_frames=n_frames, size=size, calcium_free_fraction=calcium_free_fraction)
+    # Onset in the middle third, so both parts hold about two beats.
+    params.onset_fraction_range = (0.4, 0.55)
+    params.early_onset_prob = 0.0
+    return params
+
+
 def pool_acquisition(seed: int, patient: int, *, n_frames: int = 64, size: int | None = None,
                      calcium_free_fraction: float = 0.3, calcium_visible: bool = True):
     """The cine of pool patient ``patient`` of ``seed``, with its truth (``phantom.Acquisition``).
@@ -61,13 +78,8 @@ def pool_acquisition(seed: int, patient: int, *, n_frames: int = 64, size: int |
     can still mark an invisible deposit that lies on something darker).
     """
     from .phantom import generate_acquisition
-    from .phantom_domain import randomized_params
 
-    rng = np.random.default_rng([int(seed), int(patient), 0xD0])
-    params = randomized_params(rng, n_frames=n_frames, size=size, calcium_free_fraction=calcium_free_fraction)
-    # Onset in the middle third, so both parts hold about two beats.
-    params.onset_fraction_range = (0.4, 0.55)
-    params.early_onset_prob = 0.0
+    params = pool_params(seed, patient, n_frames=n_frames, size=size, calcium_free_fraction=calcium_free_fraction)
     if not calcium_visible:
         params.calcium_mu_per_mm = 0.0
     return generate_acquisition(params, seed=seed, patient=patient, acquisition=0)
