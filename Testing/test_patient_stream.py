@@ -220,6 +220,16 @@ def test_counterfactual_twins_differ_from_their_cine_only_at_the_calcium():
     near = np.stack([ndi.binary_dilation(m, iterations=8) for m in src.calcium])
     assert diff[src.calcium].mean() > 0.01
     assert np.mean(np.abs(diff[~near]) > 2 / 255) < 0.002
+    # The residual channel's background is the twin's own -- what this patient's calcium-free cine, synchronized
+    # by itself, gets -- not the calcified cine's, which keeps part of a deposit that moves little.
+    for p in patients:
+        rows = np.array([pat == PP.patient_name(3, p) for pat in tw.patient])
+        alone = D.frames_from_acquisition(
+            PP.pool_acquisition(3, p, n_frames=24, size=128, calcium_free_fraction=0.0, calcium_visible=False),
+            frames_per_acquisition=None)
+        np.testing.assert_array_equal(tw.background[rows], np.broadcast_to(alone.background[0], tw.background[rows].shape))
+    moved = tw.background.astype(np.float32) - src.background.astype(np.float32)
+    assert moved.max() > 0.01 and np.mean(np.abs(moved) > 2 / 255) < 0.01  # brighter where calcium stayed, only there
 
 
 @pytest.mark.filterwarnings("ignore:phantom pool")

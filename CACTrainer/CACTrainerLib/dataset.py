@@ -196,6 +196,26 @@ def choose_frames(pairs: Sequence[Sequence[int]], n: int | None) -> list[tuple[i
     return [pairs[i] for i in idx]
 
 
+def synchronized_pairs(frames: np.ndarray, frame_time_ms: float | None, *, onset: int | None = None,
+                       acquisition: str = "") -> list:
+    """The ``[non-contrast, contrast]`` frame pairs of a cine (:func:`CACIdentifierLib.sync.synchronize`).
+
+    Its warnings name ``acquisition``: a dataset has many.
+    """
+    import warnings
+
+    from CACIdentifierLib.errors import CacWarning
+    from CACIdentifierLib.sync import synchronize
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", CacWarning)
+        pairs = synchronize(frames, frame_time_ms, onset=onset).pairs
+    for w in caught:  # say which acquisition (its id comes from a file: made printable)
+        warnings.warn(f"{printable(acquisition, 80)}: {w.message}" if acquisition else str(w.message), CacWarning,
+                      stacklevel=3)
+    return pairs
+
+
 def frames_from_arrays(frames: np.ndarray, majority: np.ndarray, *, frame_time_ms: float | None,
                        spacing_mm=None, onset: int | None = None, pairs=None,
                        frames_per_acquisition: int | None = 8, acquisition: str = "", patient: str = "",
@@ -236,17 +256,7 @@ def frames_from_arrays(frames: np.ndarray, majority: np.ndarray, *, frame_time_m
         raise CacError(f"{acquisition or 'acquisition'}: frames {frames.shape} and calcium masks "
                        f"{majority.shape} must both be (n_frames, rows, cols)")
     if pairs is None:
-        import warnings
-
-        from CACIdentifierLib.errors import CacWarning
-        from CACIdentifierLib.sync import synchronize
-
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", CacWarning)
-            pairs = synchronize(frames, frame_time_ms, onset=onset).pairs
-        for w in caught:  # say which acquisition: a dataset has many (its id comes from a file: made printable)
-            warnings.warn(f"{printable(acquisition, 80)}: {w.message}" if acquisition else str(w.message), CacWarning,
-                          stacklevel=2)
+        pairs = synchronized_pairs(frames, frame_time_ms, onset=onset, acquisition=acquisition)
     chosen = choose_frames(pairs, frames_per_acquisition)
     n = len(chosen)
     nc = np.empty((n, FRAME, FRAME), np.float16)
@@ -295,17 +305,29 @@ def frames_from_acquisition(acq, *, acquisition: str = "", patient: str = "", **
     Uses the majority-vote annotation, the truth's contrast onset and the
     acquisition's frame time and spacing.
     """
-    truth = dict(getattr(acq, "truth", {}) or {})
     majority = getattr(acq, "majority", None)
     if majority is None:
         from CACIdentifierLib.metrics import majority_vote
 
         majority = np.stack([majority_vote([a[k] for a in acq.annotators]) for k in range(len(acq.frames))])
+    frame_time, spacing, onset = acquisition_timing(acq)
+    return frames_from_arrays(acq.frames, majority, frame_time_ms=frame_time, spacing_mm=spacing,
+                              onset=kw.pop("onset", onset), acquisition=acquisition,
+                              patient=patient, metal=kw.pop("metal", getattr(acq, "metal", None)), **kw)
+
+
+def acquisition_timing(acq) -> tuple:
+    """``(frame_time_ms, spacing_mm, contrast onset)`` of a phantom ``Acquisition``, from its fields or its truth."""
+    truth = dict(getattr(acq, "truth", {}) or {})
     frame_time = getattr(acq, "frame_time_ms", None) or truth.get("frame_time_ms")
     spacing = getattr(acq, "spacing_mm", None) or truth.get("spacing_mm")
-    return frames_from_arrays(acq.frames, majority, frame_time_ms=frame_time, spacing_mm=spacing,
-                              onset=kw.pop("onset", _truth_onset(truth)), acquisition=acquisition,
-                              patient=patient, metal=kw.pop("metal", getattr(acq, "metal", None)), **kw)
+    return frame_time, spacing, _truth_onset(truth)
+
+
+def acquisition_pairs(acq, *, acquisition: str = "") -> list:
+    """The frame pairs :func:`frames_from_acquisition` synchronizes ``acq`` to (pass them back as ``pairs=``)."""
+    frame_time, _, onset = acquisition_timing(acq)
+    return synchronized_pairs(acq.frames, frame_time, onset=onset, acquisition=acquisition)
 
 
 def frames_from_record(record: dict, **kw) -> FrameSet:
