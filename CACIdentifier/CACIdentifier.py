@@ -400,7 +400,9 @@ def _resultItem(result, *keys):
 
 
 def summaryText(report, summary) -> str:
-    """One line for the status label from the identification report (``cac identify``'s report.json)."""
+    """The status label's text from the identification report (``cac identify``'s report.json): one line,
+    then each of the report's warnings on a line of its own (synchronization's, and the one saying the cine
+    lies outside the model's training data first: the terminal shows them, the panel must too)."""
 
     def number(value, digits=2):
         return "n/a" if value is None else f"{value:.{digits}f}"
@@ -423,7 +425,9 @@ def summaryText(report, summary) -> str:
         parts.append(_("IoM {m} ({q1}-{q3}), HD {hm} ({hq1}-{hq3}) mm").format(
             m=number(iom.get("median")), q1=number(iom.get("q1")), q3=number(iom.get("q3")),
             hm=number(hd.get("median"), 1), hq1=number(hd.get("q1"), 1), hq3=number(hd.get("q3"), 1)))
-    return "; ".join(parts) + "." if parts else _("Done.")
+    text = "; ".join(parts) + "." if parts else _("Done.")
+    warnings = list((report or {}).get("distribution_warnings") or []) + list((report or {}).get("warnings") or [])
+    return text + "".join("\n" + _("Warning: {warning}").format(warning=w) for w in warnings)
 
 
 #

@@ -205,3 +205,33 @@ def test_stage_timings_fit_in_the_total_with_parallel_workers(phantom, all_roi_m
     assert t["sync"] + t["network"] + t["refinement"] <= t["total"] + 1e-3, t
     summed = t["worker_seconds"]
     assert summed["network"] >= t["network"] - 1e-4 and summed["refinement"] >= t["refinement"] - 1e-4
+
+
+def _overlay(tmp_path, name, **result):
+    """The overlay PNG of a hand-made 2-frame result, read back as an RGB array."""
+    from types import SimpleNamespace
+
+    import matplotlib.image as mpimg
+    from CACIdentifierLib.report import save_overlay_png
+
+    frames = np.full((4, 64, 64), 120, np.uint8)
+    roi = np.zeros((4, 64, 64), bool)
+    roi[0, 20:30, 20:30] = True
+    base = dict(frames=[0, 1], contrast_frames=[2, 3], probabilities=np.array([0.6, 0.1]), roi=roi,
+                exposed_field=None, static_spots={}, parameters={}, ood_warning=None)
+    path = tmp_path / name
+    save_overlay_png(path, SimpleNamespace(frames=frames), SimpleNamespace(**{**base, **result}), frames=[0, 1])
+    return mpimg.imread(path)[..., :3]
+
+
+def test_overlay_carries_the_out_of_distribution_banner_and_the_operating_point(tmp_path):
+    """A shared picture says what the terminal said: a cine unlike the training data gets a red banner on top."""
+    def red(img):  # the banner's colour (#c00000), anywhere in the top tenth
+        top = img[: img.shape[0] // 10]
+        return np.any((top[..., 0] > 0.6) & (top[..., 1] < 0.2) & (top[..., 2] < 0.2))
+
+    plain = _overlay(tmp_path, "plain.png")
+    warned = _overlay(tmp_path, "warned.png", ood_warning="outside", parameters={"classifier_threshold": 0.24})
+    assert red(warned) and not red(plain)
+    assert red(_overlay(tmp_path, "large.png", roi_area_pct_field=np.array([8.0, 9.0])))  # ROIs far larger than calcium
+    assert warned.shape == plain.shape  # the same figure, the banner and note fitted inside it

@@ -482,6 +482,10 @@ def test_identifier_result_summary():
                                          "0.123 is below the model's cine threshold 0.200.")
     static = {"frames": [{"index": 0, "roi_area_mm2": 3.0}], "parameters": {"static_rois_removed": 2}}
     assert summary_text(static, None) == "1 non-contrast frames, CAC ROI in 1; 2 ROIs on spots that never move removed."
+    warned = {"frames": [{"index": 0, "roi_area_mm2": 3.0}], "warnings": ["no contrast arrival found"],
+              "distribution_warnings": ["the cine's image features lie outside the model's training data"]}
+    assert summary_text(warned, None) == ("1 non-contrast frames, CAC ROI in 1.\nWarning: the cine's image features "
+                                          "lie outside the model's training data\nWarning: no contrast arrival found")
     result = {"roi_segmentation": "seg", "table": None, "report": report}
     assert item(result, "roi_segmentation", "segmentation_node") == "seg"
     assert item(result, "table", "table_node") is None
@@ -489,7 +493,7 @@ def test_identifier_result_summary():
     # The keys read above are the ones the Lib writes.
     lib = ROOT / "CACIdentifier" / "CACIdentifierLib"
     report_source = (lib / "report.py").read_text()
-    for key in ("frames", "heart_rate_bpm", "roi_area_mm2", "summary"):
+    for key in ("frames", "heart_rate_bpm", "roi_area_mm2", "summary", "warnings", "distribution_warnings"):
         assert f'"{key}"' in report_source
     inference_source = (lib / "inference.py").read_text()
     for key in ("cine_gate_withheld", "cine_evidence", "cine_threshold", "static_rois_removed"):

@@ -180,8 +180,48 @@ def frames_that_matter(result, truth: np.ndarray | None = None, limit: int = 4) 
     return sorted(chosen[:limit])
 
 
+OOD_BANNER = "This cine lies outside the model's training data: do not trust the ROIs or the probability"
+AREA_BANNER = "The ROIs are far larger than calcium: this cine may lie outside the model's training data"
+
+
+def overlay_notes(result) -> tuple[str | None, list[str]]:
+    """What the overlay says besides the frames: a warning banner (or None) and notes under the legend.
+
+    A picture is shared without the terminal's warnings, so it carries the ones that change how it is
+    read: a cine unlike the model's training data (:func:`distribution_warnings`), the operating point that
+    decided which frames have ROIs (p(CAC) in the frame titles is compared with it), and a cine gate
+    that withheld every ROI.
+
+    Examples
+    --------
+    >>> from types import SimpleNamespace
+    >>> r = SimpleNamespace(parameters={"classifier_threshold": 0.2431}, ood_warning=None)
+    >>> overlay_notes(r)
+    (None, ["a frame gets ROIs where p(CAC) >= 0.24 (the model's operating point)"])
+    >>> r = SimpleNamespace(parameters={"classifier_threshold": 0.5, "cine_gate_withheld": True}, ood_warning="...")
+    >>> banner, notes = overlay_notes(r)
+    >>> banner == OOD_BANNER, notes[1]
+    (True, 'the cine gate judged the whole cine calcium-free: its ROIs are withheld')
+    """
+    params = getattr(result, "parameters", None) or {}
+    notes = []
+    threshold = params.get("classifier_threshold")
+    if threshold is not None:
+        notes.append(f"a frame gets ROIs where p(CAC) >= {float(threshold):.2f} (the model's operating point)")
+    if params.get("cine_gate_withheld"):
+        notes.append("the cine gate judged the whole cine calcium-free: its ROIs are withheld")
+    banner = None
+    if distribution_warnings(result):
+        banner = OOD_BANNER if getattr(result, "ood_warning", None) else AREA_BANNER
+    return banner, notes
+
+
 def save_overlay_png(path: Path, cine, result, truth: np.ndarray | None = None, frames: list[int] | None = None) -> None:
-    """Non-contrast frame, paired contrast frame, AI ROI contour (and annotation contour) per row."""
+    """Non-contrast frame, paired contrast frame, AI ROI contour (and annotation contour) per row.
+
+    Under the legend, the notes of :func:`overlay_notes`; above the frames, its banner when the cine
+    lies outside the model's training data.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -218,7 +258,17 @@ def save_overlay_png(path: Path, cine, result, truth: np.ndarray | None = None, 
     if any((getattr(result, "static_spots", None) or {}).get(f) for f in frames):
         handles.append(plt.Line2D([], [], color="#40c0ff", marker="x", linestyle="none",
                                   label="ROI removed: spot that never moves"))
-    fig.legend(handles=handles, loc="lower center", ncol=len(handles))
-    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    banner, notes = overlay_notes(result)
+    height = fig.get_size_inches()[1]
+    line = 0.2 / height  # one line of small text, as a fraction of the figure's height
+    for i, note in enumerate(reversed(notes)):
+        fig.text(0.5, 0.004 + i * line, note, ha="center", va="bottom", fontsize=8, color="#444444")
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), bbox_to_anchor=(0.5, len(notes) * line))
+    top = 1.0
+    if banner:
+        top = 1 - 1.5 * line
+        fig.text(0.5, 1 - 0.2 * line, banner, ha="center", va="top", fontsize=9, color="white", weight="bold",
+                 bbox={"facecolor": "#c00000", "edgecolor": "none", "pad": 3})
+    fig.tight_layout(rect=(0, 0.03 + len(notes) * line, 1, top))
     fig.savefig(path, dpi=80)
     plt.close(fig)
