@@ -663,3 +663,14 @@ def test_dose_bound_twins_differ_only_in_quantum_noise():
     noise = {k: float(np.std(twins[k].nc.astype(np.float32) - ref.nc.astype(np.float32))) for k in (1.0, 4.0)}
     assert noise[1.0] > 0.002
     assert 0.4 < noise[4.0] / noise[1.0] < 0.62
+
+
+@pytest.mark.parametrize("argv", [["a", "b", "--roi-patches", "2"], ["a", "b", "--cine-gate"],
+                                  ["a", "b", "--sensitivity", "0.9"]])
+def test_compare_models_refuses_operating_point_options_without_calibrating(argv, capsys):
+    """compare_models.py: an option of the calibrated copy's operating point, given without one, is an error."""
+    from benchmark_scripts import load
+
+    with pytest.raises(SystemExit) as stop:
+        load("compare_models").main(argv)
+    assert stop.value.code == 2 and "give --calibrate OUT" in capsys.readouterr().err

@@ -123,7 +123,15 @@ def main(argv=None) -> int:
     ap.add_argument("--island-sizes",
                     help="with --sensitivity: smaller refinement island sizes the operating point may use, or none "
                          "(default: cac calibrate's)")
+    ap.add_argument("--roi-patches", type=int, choices=range(1, 6), metavar="K",
+                    help="with --sensitivity: the calibrated copy draws each frame's ROI from its K most probable "
+                         "gated patches (cac calibrate --roi-patches), the operating point chosen so")
     args = ap.parse_args(argv)
+    if (args.roi_patches is not None or args.cine_gate or args.island_sizes) and args.sensitivity is None:
+        ap.error("--roi-patches, --cine-gate and --island-sizes are chosen with the operating point: give "
+                 "--calibrate OUT --sensitivity S too")
+    if args.sensitivity is not None and not args.calibrate:
+        ap.error("--sensitivity sets the calibrated copy's operating point: give --calibrate OUT too")
 
     import torch
     from CACIdentifierLib.allocator import keep_freed_memory
@@ -164,12 +172,13 @@ def main(argv=None) -> int:
         done = calibrate_file(args.models[-1], args.calibrate, val, method="platt", overwrite=True,
                               data=f"phantom_pool seed {args.val_seed}, {args.val} patients x 6 frames",
                               sensitivity=target, island_sizes=parse_island_sizes(args.island_sizes),
-                              cine_gate=args.cine_gate)
+                              cine_gate=args.cine_gate, roi_patches=args.roi_patches)
         cal, rel = done["card"]["calibration"], done["reliability"]
         results["calibration"] = {"temperature": cal["temperature"], "bias": cal["bias"],
                                   "before": rel["before"], "after": rel["after"],
                                   "operating_point": done["card"].get("operating_point"),
-                                  "cine_threshold": done["card"].get("cine_threshold")}
+                                  "cine_threshold": done["card"].get("cine_threshold"),
+                                  "roi_patches": done["card"].get("roi_patches", 5)}
         log(f"operating point: {done['card'].get('operating_point')}")
         log(f"calibration T={cal['temperature']:.3f} b={cal['bias']:.3f} "
             f"ECE {rel['before']['ece']:.3f} -> {rel['after']['ece']:.3f}")
