@@ -26,26 +26,66 @@ def no_progress(done: int, total: int, message: str = "") -> None:
     """A progress callback that does nothing."""
 
 
-def terminal_progress(stream=None, width: int = 30, min_interval_s: float = 0.1) -> ProgressCallback:
-    """Return a callback drawing ``[#####.....] done/total message`` on ``stream`` (stderr).
+def _clock_text(seconds: float) -> str:
+    """``m:ss`` or ``h:mm:ss``.
 
-    Only draws when the stream is a terminal, so logs and CI output stay clean.
+    >>> _clock_text(75), _clock_text(3725.2)
+    ('1:15', '1:02:05')
+    """
+    s = int(round(seconds))
+    h, rest = divmod(s, 3600)
+    return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60}:{rest % 60:02d}"
+
+
+def terminal_progress(stream=None, width: int = 30, min_interval_s: float = 0.1,
+                      clock: Callable[[], float] = time.monotonic) -> ProgressCallback:
+    """Return a callback drawing ``[#####.....] done/total message  1:15 left`` on ``stream`` (stderr).
+
+    Only draws when the stream is a terminal, so logs and CI output stay clean.  The time left is the
+    elapsed time per step so far times the steps left, counted from the first step of the current
+    count (a new total, ``done`` going back or a count that was finished starts a new one: a training
+    epoch, a new stage).
+
+    Examples
+    --------
+    >>> import io
+    >>> class Tty(io.StringIO):
+    ...     def isatty(self):
+    ...         return True
+    >>> out, now = Tty(), [0.0]
+    >>> bar = terminal_progress(out, width=4, clock=lambda: now[0])
+    >>> bar(0, 4, "epoch 1"); now[0] = 30.0; bar(1, 4, "epoch 1")
+    >>> out.getvalue().split("\\r")[-1].rstrip()
+    '[#...] 1/4 epoch 1                                   1:30 left'
+    >>> now[0] = 90.0; bar(4, 4, "epoch 1")
+    >>> now[0] = 100.0; bar(1, 4, "epoch 2"); now[0] = 110.0; bar(2, 4, "epoch 2")  # a new count
+    >>> out.getvalue().split("\\r")[-1].rstrip()
+    '[##..] 2/4 epoch 2                                   0:20 left'
     """
     stream = stream or sys.stderr
     interactive = hasattr(stream, "isatty") and stream.isatty()
-    last = [0.0]
+    last = [-float("inf")]
+    count = {"start": None, "first": 0, "done": 0, "total": None}
 
     def callback(done: int, total: int, message: str = "") -> None:
         if not interactive:
             return
-        now = time.monotonic()
+        now = clock()
+        if (count["start"] is None or total != count["total"] or done < count["done"]
+                or count["done"] >= count["total"]):
+            count.update(start=now, first=done, total=total)  # a new count: its rate starts here
+        count["done"] = done
         if done < total and now - last[0] < min_interval_s:
             return
         last[0] = now
         frac = 0.0 if total <= 0 else min(1.0, done / total)
         filled = int(round(frac * width))
         bar = "#" * filled + "." * (width - filled)
-        stream.write(f"\r[{bar}] {done}/{total} {message[:40]:<40}")
+        steps = done - count["first"]
+        left = ""
+        if 0 < done < total and steps > 0:
+            left = f"  {_clock_text((now - count['start']) / steps * (total - done))} left"
+        stream.write(f"\r[{bar}] {done}/{total} {message[:40]:<40}{left}")
         if done >= total:
             stream.write("\n")
         stream.flush()
