@@ -33,6 +33,7 @@ MODULES = [
     "CACIdentifierLib.static_structures",
     "CACIdentifierLib.errors",
     "CACIdentifierLib.report",
+    "CACIdentifierLib.logic",
     "CACIdentifierLib.worker",
     "CACIdentifierLib.cine",
     "CACIdentifierLib.modelio",

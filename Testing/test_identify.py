@@ -212,6 +212,13 @@ def test_identify_in_scene(study, model):
     table = out["table"]
     assert table.GetNumberOfRows() == len(out["report"]["frames"])
     assert table.GetTable().GetColumnByName("IoM") is not None
+    # Issue 12's item-4 measures are in the table, as the report has them, row by row.
+    for column, key in (("ROI area (% of field)", "roi_area_pct_field"), ("ROI precision", "roi_precision")):
+        values = table.GetTable().GetColumnByName(column)
+        assert values is not None, column
+        expected = [r[key] for r in out["report"]["frames"]]
+        got = [values.GetValue(i) for i in range(values.GetNumberOfValues())]
+        np.testing.assert_allclose(got, [np.nan if v is None else v for v in expected], err_msg=column)
     # The ROI sequence is synchronized in the cine's browser: each item is that frame's ROI.
     roi_sequence = out["roi_sequence"]
     assert roi_sequence is not None and browser.IsSynchronizedSequenceNode(roi_sequence.GetID(), True)

@@ -77,17 +77,32 @@ def _remove_previous_sequences(scene, browser, cine_sequence, role=ROLE_ROI) -> 
 
 
 def results_table_columns(report: dict) -> dict[str, list]:
-    """The columns of the results table from ``report.json`` (IoM and HD only when annotations were given)."""
+    """The columns of the results table from ``report.json``: issue 12's item-4 measures beside the paper's.
+
+    ROI area in mm2 and in % of the exposed field (IoM divides by the smaller area, so a ROI over
+    everything scores 1: its size must be shown beside it); with annotations IoM, HD and ROI precision
+    (the share of the ROI inside the annotators' ROI_GT).
+
+    Examples
+    --------
+    >>> report = {"frames": [{"index": 3, "contrast_frame": 40, "probability": 0.7, "roi_area_mm2": 12.5,
+    ...                       "roi_area_pct_field": 0.4, "iom": 1.0, "hd_mm": 3.2, "roi_precision": 0.8}],
+    ...           "summary": {}}
+    >>> list(results_table_columns(report))
+    ['frame', 'contrast frame', 'CAC probability', 'ROI area (mm2)', 'ROI area (% of field)', 'IoM', 'HD (mm)', 'ROI precision']
+    """
     rows = report["frames"]
     columns = {
         "frame": [r["index"] for r in rows],
         "contrast frame": [r["contrast_frame"] for r in rows],
         "CAC probability": [r["probability"] for r in rows],
         "ROI area (mm2)": [r["roi_area_mm2"] for r in rows],
+        "ROI area (% of field)": [r.get("roi_area_pct_field") for r in rows],
     }
     if "summary" in report:
         columns["IoM"] = [r.get("iom") for r in rows]
         columns["HD (mm)"] = [r.get("hd_mm") for r in rows]
+        columns["ROI precision"] = [r.get("roi_precision") for r in rows]
     return columns
 
 
