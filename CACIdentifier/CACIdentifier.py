@@ -425,6 +425,16 @@ def summaryText(report, summary) -> str:
         parts.append(_("IoM {m} ({q1}-{q3}), HD {hm} ({hq1}-{hq3}) mm").format(
             m=number(iom.get("median")), q1=number(iom.get("q1")), q3=number(iom.get("q3")),
             hm=number(hd.get("median"), 1), hq1=number(hd.get("q1"), 1), hq3=number(hd.get("q3"), 1)))
+        # IoM divides by the smaller area (a ROI over everything scores 1): its size, precision and the
+        # frames it flags wrongly stand beside it (issue 12, item 4).
+        precision, area = summary.get("roi_precision") or {}, summary.get("roi_area_pct_field") or {}
+        detection = summary.get("detection") or {}
+        if precision or area:
+            parts.append(_("ROI precision {p}, ROI area {a} % of the field").format(
+                p=number(precision.get("median")), a=number(area.get("median"))))
+        if detection:
+            parts.append(_("frames with calcium found {se}, calcium-free frames clean {sp}").format(
+                se=number(detection.get("sensitivity")), sp=number(detection.get("specificity"))))
     text = "; ".join(parts) + "." if parts else _("Done.")
     warnings = list((report or {}).get("distribution_warnings") or []) + list((report or {}).get("warnings") or [])
     return text + "".join("\n" + _("Warning: {warning}").format(warning=w) for w in warnings)

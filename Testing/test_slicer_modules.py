@@ -476,6 +476,11 @@ def test_identifier_result_summary():
     text = summary_text(report, summary)
     assert text == "3 non-contrast frames, CAC ROI in 1; heart rate 72 bpm; IoM 0.64 (0.46-0.86), HD 47.2 (n/a-63.8) mm."
     assert summary_text(None, None) == "Done."
+    summary.update(roi_precision={"median": 0.8}, roi_area_pct_field={"median": 0.4213},
+                   detection={"sensitivity": 0.9, "specificity": None})
+    assert summary_text(report, summary).endswith(
+        "HD 47.2 (n/a-63.8) mm; ROI precision 0.80, ROI area 0.42 % of the field; "
+        "frames with calcium found 0.90, calcium-free frames clean n/a.")
     gated = {"frames": [{"index": 0, "roi_area_mm2": 0.0}],
              "parameters": {"cine_gate_withheld": True, "cine_evidence": 0.1234, "cine_threshold": 0.2}}
     assert summary_text(gated, None) == ("1 non-contrast frames, CAC ROI in 0; no ROI drawn: the cine's evidence "
