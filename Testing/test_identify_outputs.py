@@ -136,8 +136,11 @@ def test_summary_against_annotators_is_rounded(phantom, all_roi_model, tmp_path,
     assert code == 0
     line = next(line for line in out.splitlines() if line.startswith("against annotators:"))
     s = json.loads((tmp_path / "o" / "report.json").read_text())["summary"]
-    assert line == (f"against annotators: IoM median {s['iom']['median']:.2f}, "
-                    f"HD median {s['hd_mm']['median']:.1f} mm"), line
+    assert line.startswith(f"against annotators: IoM median {s['iom']['median']:.2f}, "
+                           f"HD median {s['hd_mm']['median']:.1f} mm; "
+                           f"ROI precision median {s['roi_precision']['median']:.2f}, "
+                           f"ROI area median {s['roi_area_pct_field']['median']:.2f} % of the field; "
+                           f"frames with calcium found {s['detection']['sensitivity']:.2f}"), line
 
 
 def test_summary_line_says_when_undefined():

@@ -75,13 +75,30 @@ def summary_line(summary: dict) -> str:
     'IoM median 0.81, HD median 17.6 mm'
     >>> summary_line({"iom": {"median": None}, "hd_mm": {"median": None}})
     'IoM median -, HD median - (no frame where both mark calcium, or the spacing is unknown)'
+
+    With the measures that cannot be gamed (IoM divides by the smaller area: a ROI over everything
+    scores 1), as :func:`CACIdentifierLib.metrics.evaluate_masks` gives them:
+
+    >>> summary_line({"iom": {"median": 1.0}, "hd_mm": {"median": 9.04}, "roi_precision": {"median": 0.5},
+    ...               "roi_area_pct_field": {"median": 0.4213}, "detection": {"sensitivity": 1.0, "specificity": None}})
+    'IoM median 1.00, HD median 9.0 mm; ROI precision median 0.50, ROI area median 0.42 % of the field; frames with calcium found 1.00, calcium-free frames clean -'
     """
+    def text(value, digits=2):
+        return "-" if value is None else f"{value:.{digits}f}"
+
     iom_median, hd_median = summary["iom"]["median"], summary["hd_mm"]["median"]
-    iom_text = "-" if iom_median is None else f"{iom_median:.2f}"
     # HD needs calcium in both masks and a known spacing: say why there is no number.
     hd_text = ("- (no frame where both mark calcium, or the spacing is unknown)" if hd_median is None
                else f"{hd_median:.1f} mm")
-    return f"IoM median {iom_text}, HD median {hd_text}"
+    line = f"IoM median {text(iom_median)}, HD median {hd_text}"
+    if "roi_precision" in summary or "roi_area_pct_field" in summary:
+        line += (f"; ROI precision median {text((summary.get('roi_precision') or {}).get('median'))}, ROI area "
+                 f"median {text((summary.get('roi_area_pct_field') or {}).get('median'))} % of the field")
+    detection = summary.get("detection")
+    if detection:
+        line += (f"; frames with calcium found {text(detection.get('sensitivity'))}, calcium-free frames clean "
+                 f"{text(detection.get('specificity'))}")
+    return line
 
 
 def build_report(result, cine, evaluation: dict | None = None, model_info: dict | None = None,
