@@ -53,6 +53,7 @@ MODULES = [
     "CACTrainerLib.distributed",
     "CACTrainerLib.losses",
     "cac.cli_evaluate",
+    "cac.cli_train",
     "CACAnnotatorLib.annotation",
 ]
 

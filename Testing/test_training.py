@@ -889,6 +889,11 @@ def test_cli_train_human_lines_say_what_trains_and_where_the_model_went(capsys):
     assert saved == "model written to runs/m.safetensors (card runs/m.json, curves runs/m_curves.png)"
     assert fold == "fold 1 (2 of 4, by patient): testing P002"
     assert fold_done == "fold 1 done: precision 0.500, recall 1.000, f1 0.667"
+    # An epoch line ends with the stage's time left, from the mean epoch time so far.
+    for epoch, seconds in ((1, 100.0), (2, 80.0)):
+        emit({"event": "epoch", "stage": 1, "epoch": epoch, "epochs": 4, "train_loss": 0.4, "seconds": seconds})
+    first, second = capsys.readouterr().out.splitlines()
+    assert first.endswith("100 s  ~5:00 left in stage 1") and second.endswith("80 s  ~3:00 left in stage 1")
     emit = _emitter(True, "runs/data")
     for event in events:
         emit(event)

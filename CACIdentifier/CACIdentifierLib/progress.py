@@ -26,10 +26,10 @@ def no_progress(done: int, total: int, message: str = "") -> None:
     """A progress callback that does nothing."""
 
 
-def _clock_text(seconds: float) -> str:
+def clock_text(seconds: float) -> str:
     """``m:ss`` or ``h:mm:ss``.
 
-    >>> _clock_text(75), _clock_text(3725.2)
+    >>> clock_text(75), clock_text(3725.2)
     ('1:15', '1:02:05')
     """
     s = int(round(seconds))
@@ -84,7 +84,7 @@ def terminal_progress(stream=None, width: int = 30, min_interval_s: float = 0.1,
         steps = done - count["first"]
         left = ""
         if 0 < done < total and steps > 0:
-            left = f"  {_clock_text((now - count['start']) / steps * (total - done))} left"
+            left = f"  {clock_text((now - count['start']) / steps * (total - done))} left"
         stream.write(f"\r[{bar}] {done}/{total} {message[:40]:<40}{left}")
         if done >= total:
             stream.write("\n")
