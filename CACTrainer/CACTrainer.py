@@ -201,6 +201,7 @@ class CACTrainerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._task = ""
         self._cancelled = False
         self._stderrShown = 0
+        self._epochSeconds = {}
         self._timer = None
         self._trainingOutput = None  # the model file of the training that runs, for its curve nodes
         self._curvesTable = None  # the curves table of the training that runs (not whatever a parameter node names)
@@ -464,6 +465,7 @@ class CACTrainerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._updateButtons()
             return
         self._stderrShown = 0
+        self._epochSeconds = {}  # stage -> its epochs' seconds so far, for the time left
         self._timer.start()
         self._updateButtons()
 
@@ -484,7 +486,7 @@ class CACTrainerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.onFinished(process.returncode)
 
     def _handleLine(self, line) -> None:
-        from cac.train_events import parse_line, progress_fraction
+        from cac.train_events import parse_line, progress_fraction, time_left
 
         event = parse_line(line)
         if event is None:
@@ -505,7 +507,7 @@ class CACTrainerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.statusLabel.text = _("{task}: stage {stage}, epoch {epoch}/{epochs}").format(
                 task=self._task, stage=event.get("stage", "?"), epoch=event.get("epoch", "?"),
                 epochs=event.get("epochs", "?"),
-            )
+            ) + time_left(self._epochSeconds, event)
         elif kind == "fold":
             fold = event.get("fold")
             self.ui.statusLabel.text = _("{task}: fold {fold} of {folds}").format(

@@ -53,7 +53,6 @@ MODULES = [
     "CACTrainerLib.distributed",
     "CACTrainerLib.losses",
     "cac.cli_evaluate",
-    "cac.cli_train",
     "CACAnnotatorLib.annotation",
 ]
 

@@ -36,7 +36,7 @@ from pathlib import Path
 
 from CACIdentifierLib.errors import CacError, CacWarning, printable
 
-from .train_events import format_line
+from .train_events import format_line, time_left
 
 
 def register(subparsers) -> None:
@@ -285,38 +285,11 @@ def _emitter(as_json: bool, data: str = ""):
             return
         line = _human_line(event, data)
         if line and event.get("event") == "epoch":
-            line += _time_left(seconds, event)
+            line += time_left(seconds, event)
         if line:
             print(line, flush=True)
 
     return emit
-
-
-def _time_left(seconds: dict, event: dict) -> str:
-    """``"  ~1:02:05 left in stage 1"`` from the mean epoch time of the stage so far (``seconds`` keeps it).
-
-    Examples
-    --------
-    >>> seen = {}
-    >>> _time_left(seen, {"stage": 1, "epoch": 1, "epochs": 20, "seconds": 346.3})
-    '  ~1:49:40 left in stage 1'
-    >>> _time_left(seen, {"stage": 1, "epoch": 2, "epochs": 20, "seconds": 300.0}), seen
-    ('  ~1:36:57 left in stage 1', {1: [346.3, 300.0]})
-    >>> _time_left(seen, {"stage": 1, "epoch": 20, "epochs": 20, "seconds": 300.0})  # the stage is done
-    ''
-    """
-    from CACIdentifierLib.progress import clock_text
-
-    try:
-        stage, epoch, epochs, spent = int(event["stage"]), int(event["epoch"]), int(event["epochs"]), \
-            float(event["seconds"])
-    except (KeyError, TypeError, ValueError):
-        return ""
-    times = seconds.setdefault(stage, [])
-    times.append(spent)
-    if epoch >= epochs:
-        return ""
-    return f"  ~{clock_text(sum(times) / len(times) * (epochs - epoch))} left in stage {stage}"
 
 
 def _count(n, what: str) -> str:

@@ -67,3 +67,32 @@ def curve_row(event: dict) -> dict:
         except (TypeError, ValueError):
             row[key] = math.nan
     return row
+
+
+def time_left(seconds: dict, event: dict) -> str:
+    """``"  ~1:02:05 left in stage 1"`` from the mean epoch time of the stage so far (``seconds`` keeps it).
+
+    For the terminal lines of ``cac train`` and the CACTrainer panel's status line.
+
+    Examples
+    --------
+    >>> seen = {}
+    >>> time_left(seen, {"stage": 1, "epoch": 1, "epochs": 20, "seconds": 346.3})
+    '  ~1:49:40 left in stage 1'
+    >>> time_left(seen, {"stage": 1, "epoch": 2, "epochs": 20, "seconds": 300.0}), seen
+    ('  ~1:36:57 left in stage 1', {1: [346.3, 300.0]})
+    >>> time_left(seen, {"stage": 1, "epoch": 20, "epochs": 20, "seconds": 300.0})  # the stage is done
+    ''
+    """
+    from CACIdentifierLib.progress import clock_text
+
+    try:
+        stage, epoch, epochs, spent = int(event["stage"]), int(event["epoch"]), int(event["epochs"]), \
+            float(event["seconds"])
+    except (KeyError, TypeError, ValueError):
+        return ""
+    times = seconds.setdefault(stage, [])
+    times.append(spent)
+    if epoch >= epochs:
+        return ""
+    return f"  ~{clock_text(sum(times) / len(times) * (epochs - epoch))} left in stage {stage}"
