@@ -214,7 +214,7 @@ def overlay_notes(result) -> tuple[str | None, list[str]]:
     >>> from types import SimpleNamespace
     >>> r = SimpleNamespace(parameters={"classifier_threshold": 0.2431}, ood_warning=None)
     >>> overlay_notes(r)
-    (None, ["a frame gets ROIs where p(CAC) >= 0.24 (the model's operating point)"])
+    (None, ["ROIs are drawn only on frames with p(CAC) >= 0.24 (the model's operating point)"])
     >>> r = SimpleNamespace(parameters={"classifier_threshold": 0.5, "cine_gate_withheld": True}, ood_warning="...")
     >>> banner, notes = overlay_notes(r)
     >>> banner == OOD_BANNER, notes[1]
@@ -224,7 +224,7 @@ def overlay_notes(result) -> tuple[str | None, list[str]]:
     notes = []
     threshold = params.get("classifier_threshold")
     if threshold is not None:
-        notes.append(f"a frame gets ROIs where p(CAC) >= {float(threshold):.2f} (the model's operating point)")
+        notes.append(f"ROIs are drawn only on frames with p(CAC) >= {float(threshold):.2f} (the model's operating point)")
     if params.get("cine_gate_withheld"):
         notes.append("the cine gate judged the whole cine calcium-free: its ROIs are withheld")
     banner = None
