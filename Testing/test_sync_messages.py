@@ -201,3 +201,20 @@ def test_too_few_contrast_frames_for_a_beat_warns_with_the_phase_mismatch():
     assert f"up to {worst:.2f} cycle in phase" in found[0] and "--onset" not in found[0]  # the onset was given
     result, found = run(None)  # detected onset 31, plateau from 46: every phase has its contrast frame
     assert not found and result.periodic and result.contrast_start < 60
+
+
+def test_memory_guard_names_sizes_that_say_something(monkeypatch):
+    """A transient memory squeeze stopped a training run with "needs about 0.0 GiB, more than this machine can
+    spare (0.1 GiB available)": both sizes now readable, and what to do when memory is only short for now."""
+    from CACIdentifierLib.errors import CacError
+    from CACIdentifierLib.sync import pipeline
+
+    monkeypatch.setattr(pipeline, "memory_available_bytes", lambda: 50 * 2**20)
+    frames = np.zeros((64, 512, 512), np.uint8)
+    with pytest.raises(CacError) as err:
+        pipeline._check_memory(frames)
+    message = str(err.value)
+    assert "0.0 GiB" not in message and "needs about 32 MiB" in message and "50 MiB available" in message
+    assert "close other programs" in message
+    monkeypatch.setattr(pipeline, "memory_available_bytes", lambda: 2**30)
+    pipeline._check_memory(frames)  # a gigabyte is plenty for 64 frames

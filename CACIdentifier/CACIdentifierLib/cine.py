@@ -67,6 +67,17 @@ def memory_available_bytes() -> int | None:
     return min(candidates) if candidates else None
 
 
+def memory_text(nbytes: float) -> str:
+    """A memory size for a message: GiB from 1 GiB up, MiB below (``0.0 GiB`` said nothing).
+
+    >>> memory_text(3 * 2**30), memory_text(48 * 2**20), memory_text(1000)
+    ('3.00 GiB', '48 MiB', '1 MiB')
+    """
+    if nbytes >= 2**30:
+        return f"{nbytes / 2**30:.2f} GiB"
+    return f"{max(1, round(nbytes / 2**20))} MiB"
+
+
 def check_cine_size(n_frames: int, rows: int, columns: int, itemsize: int, source) -> None:
     """Refuse, before anything is decoded, a cine whose size is degenerate or does not fit in memory.
 
@@ -85,9 +96,9 @@ def check_cine_size(n_frames: int, rows: int, columns: int, itemsize: int, sourc
     available = memory_available_bytes()
     if available is not None and need > CINE_MEMORY_SHARE * available:
         raise CacError(
-            f"{source} holds {n_frames} frames of {rows} x {columns} pixels ({need / 2**30:.2f} GiB decoded), "
-            f"more than this machine can spare ({available / 2**30:.2f} GiB available); "
-            "use a machine with more memory or a shorter cine"
+            f"{source} holds {n_frames} frames of {rows} x {columns} pixels ({memory_text(need)} decoded), "
+            f"more than this machine can spare ({memory_text(available)} available); "
+            "close other programs, or use a machine with more memory or a shorter cine"
         )
 
 

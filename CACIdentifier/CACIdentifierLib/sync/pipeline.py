@@ -7,7 +7,7 @@ import warnings
 import numpy as np
 
 from ..blank import detect_blank_frames
-from ..cine import FRAME_TIME_RANGE_MS, MIN_FRAME_SIDE, memory_available_bytes
+from ..cine import FRAME_TIME_RANGE_MS, MIN_FRAME_SIDE, memory_available_bytes, memory_text
 from ..errors import CacError, CacWarning
 from .blas import single_threaded_blas
 from .default import default_estimate, prepare_features
@@ -279,6 +279,7 @@ def _check_memory(frames: np.ndarray) -> None:
     available = memory_available_bytes()
     if available is not None and need > 0.5 * available:
         raise CacError(
-            f"synchronizing {n} frames needs about {need / 2**30:.1f} GiB, more than this machine can spare "
-            f"({available / 2**30:.1f} GiB available); synchronize a shorter part of the cine"
+            f"synchronizing {n} frames needs about {memory_text(need)}, more than this machine can spare "
+            f"(half of the {memory_text(available)} available now); close other programs or synchronize a "
+            "shorter part of the cine"
         )
