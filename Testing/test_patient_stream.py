@@ -191,6 +191,42 @@ def test_prefetch_gives_the_same_window_and_ends_its_workers():
     assert s._pending is None and pool._state != "RUN"
 
 
+_REAL_ONE = PP._one
+
+
+def _fails_once(job):
+    """``phantom_pool._one`` that fails the first time in any process (a flag file), as a memory squeeze did."""
+    import os
+    from pathlib import Path
+
+    from CACIdentifierLib.errors import CacError
+
+    flag = Path(os.environ["CAC_TEST_FAIL_ONCE"])
+    if not flag.exists():
+        flag.write_text("failed")
+        raise CacError("synchronizing 64 frames needs about 32 MiB, more than this machine can spare")
+    return _REAL_ONE(job)
+
+
+@pytest.mark.filterwarnings("ignore:phantom pool")
+def test_a_prefetch_that_fails_is_made_again_in_the_foreground(tmp_path, monkeypatch):
+    """A background patient that fails once (memory short for a moment) no longer stops a training run."""
+    from CACIdentifierLib.errors import CacWarning
+
+    kw = dict(refresh=1, next_patient=2, seed=3, n_frames=24, frames_per_acquisition=2, size=128, workers=1)
+    plain, s = PP.PatientStream([0, 1], **kw), PP.PatientStream([0, 1], **kw)
+    s(0)
+    monkeypatch.setenv("CAC_TEST_FAIL_ONCE", str(tmp_path / "failed"))
+    monkeypatch.setattr(PP, "_one", _fails_once)
+    assert s.prefetch(1)
+    with pytest.warns(CacWarning, match="generating the next patients ahead failed .* generating them again now"):
+        got = s(1)
+    assert (tmp_path / "failed").exists() and s._pending is None
+    want = plain(1)
+    for k in D.FrameSet.array_fields():
+        np.testing.assert_array_equal(getattr(got, k), getattr(want, k), err_msg=k)
+
+
 @pytest.mark.filterwarnings("ignore:phantom pool")
 def test_counterfactual_twins_differ_from_their_cine_only_at_the_calcium():
     """--counterfactual-twins: each calcified cine's calcium frames again, without the calcium, labelled 0."""

@@ -26,7 +26,7 @@ import signal
 import warnings
 
 import numpy as np
-from CACIdentifierLib.errors import CacWarning
+from CACIdentifierLib.errors import CacError, CacWarning
 from CACIdentifierLib.progress import ProgressCallback, no_progress
 
 
@@ -367,6 +367,13 @@ class PatientStream:
             return
         try:
             made = result.get()
+        except (CacError, MemoryError) as exc:
+            # Made ahead while training ran, a patient can fail for a moment's cause (memory short while
+            # something else ran: a training of hours stopped so).  The window's patients are then made
+            # again in the foreground (__call__); a second failure stops the run, which --resume continues.
+            warnings.warn(f"phantom pool: generating the next patients ahead failed ({exc}); generating them "
+                          "again now", CacWarning, stacklevel=3)
+            return
         finally:
             self._pending = None
             pool.terminate()
