@@ -55,7 +55,7 @@ def main(argv=None) -> int:
     from CACTrainerLib import phantom_pool
 
     warnings.simplefilter("ignore")
-    fs, _ = phantom_pool._one((args.seed, args.patient, 64, 6, None, 0.3, True, True))
+    fs = phantom_pool.phantom_pool(0, seed=args.seed, patients=[args.patient], twins=True, workers=1)
     twin = np.array([a.endswith(phantom_pool.TWIN_SUFFIX) for a in fs.acquisition])
     if not twin.any():
         raise SystemExit(f"pool patient {args.patient} of seed {args.seed} has no labelled calcium: choose another")
