@@ -56,7 +56,8 @@ def buildPhantomCommand(python, datasetDir, patients, acquisitionsPerPatient, se
 
 def buildTrainCommand(python, datasetDir, outputModelPath, cvMode="patient", fold=-1, epochs1=0,
                       epochs2=0, device="auto", seed=0, overwrite=False, initModelPath=None, recipe="default",
-                      phantomPool=0, refreshPatients=0, resume=False):
+                      phantomPool=0, refreshPatients=0, resume=False, residualChannel=False,
+                      counterfactualTwins=False):
     """Command line of ``cac train`` with JSON progress lines on stdout (``--json``).
 
     ``epochs1``/``epochs2`` of 0 leave the recipe's own (default 12 + 2, paper 100 + 100).
@@ -64,6 +65,9 @@ def buildTrainCommand(python, datasetDir, outputModelPath, cvMode="patient", fol
     ``phantomPool`` > 0 trains on that many phantom patients generated in memory instead of
     ``datasetDir``; ``refreshPatients`` > 0 replaces that many of them every epoch (a stream, ``--cv none`` only).
     ``resume``: continue the checkpoint a cancelled training of the same model left (``--resume``).
+    ``residualChannel``: add the residual input channel (``--residual-channel``); off leaves the recipe's
+    (or ``initModelPath``'s) setting.  ``counterfactualTwins``: add each calcified stream cine's calcium-free
+    twin (``--counterfactual-twins``; needs ``refreshPatients``).
     """
     if cvMode not in ("patient", "acquisition", "none"):
         raise ValueError(f"unknown cross-validation mode {cvMode!r}")
@@ -71,6 +75,8 @@ def buildTrainCommand(python, datasetDir, outputModelPath, cvMode="patient", fol
         raise ValueError(f"unknown recipe {recipe!r}")
     if int(refreshPatients) > 0 and (int(phantomPool) <= 0 or cvMode != "none"):
         raise ValueError("new patients every epoch need phantom patients and cross-validation none")
+    if counterfactualTwins and int(refreshPatients) <= 0:
+        raise ValueError("counterfactual twins need new phantom patients every epoch")
     arguments = [] if int(phantomPool) > 0 else [datasetDir]
     arguments += ["--out", outputModelPath, "--cv", cvMode, "--recipe", recipe]
     for flag, epochs in (("--epochs1", epochs1), ("--epochs2", epochs2)):
@@ -81,6 +87,10 @@ def buildTrainCommand(python, datasetDir, outputModelPath, cvMode="patient", fol
         arguments += ["--phantom-pool", int(phantomPool)]
         if int(refreshPatients) > 0:
             arguments += ["--refresh-patients", int(refreshPatients)]
+            if counterfactualTwins:
+                arguments.append("--counterfactual-twins")
+    if residualChannel:
+        arguments.append("--residual-channel")
     if cvMode != "none" and fold is not None and int(fold) >= 0:
         arguments += ["--fold", int(fold)]
     if initModelPath:
@@ -148,6 +158,8 @@ class CACTrainerParameterNode:
     epochs1, epochs2 - epochs of stage 1 (classifier) and stage 2 (decoder); 0: the recipe's.
     phantomPool - train on this many phantom patients generated in memory (0: on datasetDir).
     refreshPatients - with phantomPool: new patients every epoch (a stream; cross-validation none).
+    residualChannel - a second input channel, each frame minus its cine's static background.
+    counterfactualTwins - with refreshPatients: each calcified stream cine again without its calcium.
     device - "auto", "cpu" or "cuda".
     initModelPath - optional model to fine-tune (empty: random initialisation).
     calibrationModelPath, calibrationDataDir - the model to calibrate and its held-out dataset.
@@ -169,6 +181,8 @@ class CACTrainerParameterNode:
     epochs2: Annotated[int, WithinRange(0, 10000), Default(0)]
     phantomPool: Annotated[int, WithinRange(0, 100000), Default(0)]
     refreshPatients: Annotated[int, WithinRange(0, 100000), Default(0)]
+    residualChannel: Annotated[bool, Default(False)]
+    counterfactualTwins: Annotated[bool, Default(False)]
     device: Annotated[str, Choice(["auto", "cpu", "cuda"]), Default("auto")]
     initModelPath: Path
     calibrationModelPath: Path
@@ -340,11 +354,13 @@ class CACTrainerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _train(self) -> None:
         p = self._parameterNode
         problem = self.logic.trainingProblem(p.datasetDir, p.phantomPool, p.refreshPatients, p.cvMode,
-                                             p.outputModelPath)
+                                             p.outputModelPath, p.counterfactualTwins)
         if problem:
             slicer.util.errorDisplay({
                 "new patients need the phantom": _("New patients every epoch need phantom patients (more than 0) "
                                                    "and cross-validation 'none'."),
+                "twins need new patients": _("Counterfactual twins are made for the new phantom patients of "
+                                             "each epoch: set new patients per epoch (more than 0)."),
                 "no manifest": _("{path} has no manifest.json; generate a phantom dataset or choose a dataset "
                                  "folder.").format(path=p.datasetDir),
                 "model file": _("With cross-validation 'none', the output is one model: choose a .safetensors "
@@ -353,7 +369,8 @@ class CACTrainerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                 "folder, not the model file {path}.").format(path=p.outputModelPath),
             }[problem])
             return
-        source = self.logic.trainingSource(p.datasetDir, p.phantomPool, p.refreshPatients, p.seed, p.cvMode)
+        source = self.logic.trainingSource(p.datasetDir, p.phantomPool, p.refreshPatients, p.seed, p.cvMode,
+                                           p.counterfactualTwins)
         unfinished = self.logic.unfinishedTraining(p.outputModelPath, p.cvMode, p.fold, source)
         if unfinished:  # a training of this model was cancelled: its checkpoint can be continued
             # Made on other data, it cannot be (cac train refuses): only starting over is offered.
@@ -373,6 +390,7 @@ class CACTrainerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             p.epochs1, p.epochs2, p.device, p.seed, overwrite,
             p.initModelPath if CACTrainerLogic.isSet(p.initModelPath) else None,
             recipe=p.recipe, phantomPool=p.phantomPool, refreshPatients=p.refreshPatients, resume=resume,
+            residualChannel=p.residualChannel, counterfactualTwins=p.counterfactualTwins,
         )
         table, chart = self.logic.curveNodes(p.outputModelPath, p.curvesTable, p.curvesChart,
                                              keepRows=resume)
@@ -612,27 +630,33 @@ class CACTrainerLogic(ScriptedLoadableModuleLogic):
         return None
 
     @classmethod
-    def trainingProblem(cls, datasetDir, phantomPool=0, refreshPatients=0, cvMode="none", outputModelPath=""):
+    def trainingProblem(cls, datasetDir, phantomPool=0, refreshPatients=0, cvMode="none", outputModelPath="",
+                        counterfactualTwins=False):
         """Why a training with these settings cannot start, or None: "new patients need the phantom"
-        (``refreshPatients`` without phantom patients, or with cross-validation), "no manifest" (a dataset
-        folder without ``manifest.json``), "model file" or "run folder" (:meth:`outputNeeded`).
+        (``refreshPatients`` without phantom patients, or with cross-validation), "twins need new patients"
+        (``counterfactualTwins`` without ``refreshPatients``), "no manifest" (a dataset folder without
+        ``manifest.json``), "model file" or "run folder" (:meth:`outputNeeded`).
 
         The panel asks before it starts the child process, where ``cac train`` would refuse the same; it
         words the answer (translated) itself.
         """
         if refreshPatients > 0 and (phantomPool <= 0 or cvMode != "none"):
             return "new patients need the phantom"
+        if counterfactualTwins and refreshPatients <= 0:
+            return "twins need new patients"
         if phantomPool <= 0 and not (Path(datasetDir) / "manifest.json").is_file():
             return "no manifest"
         return cls.outputNeeded(outputModelPath, cvMode)
 
     @staticmethod
-    def trainingSource(datasetDir, phantomPool=0, refreshPatients=0, seed=0, cvMode="none"):
+    def trainingSource(datasetDir, phantomPool=0, refreshPatients=0, seed=0, cvMode="none",
+                       counterfactualTwins=False):
         """What a training with these settings trains on, as its checkpoint records it (``data_source``)."""
         from CACTrainerLib.checkpoint_io import data_source
 
         return data_source(None if phantomPool > 0 else datasetDir, phantom_pool=phantomPool,
-                           refresh_patients=refreshPatients, seed=seed, cv=cvMode)
+                           refresh_patients=refreshPatients, seed=seed, cv=cvMode,
+                           twins=bool(counterfactualTwins and phantomPool > 0))
 
     @staticmethod
     def unfinishedTraining(outputModelPath, cvMode="none", fold=-1, source=None):

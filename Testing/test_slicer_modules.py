@@ -407,6 +407,15 @@ def test_trainer_commands_are_accepted_by_the_cac_parser():
     assert (args.cv, args.fold, args.epochs1, args.epochs2, args.device, args.seed) == ("acquisition", 2, 3, 4, "cpu", 9)
     assert parser.parse_args(tuned[3:]).init == "/shipped.safetensors"
     assert parser.parse_args(resumed[3:]).resume and not parser.parse_args(no_cv[3:]).resume
+    # The panel's two input options reach the parser; twins only on a stream, as `cac train` refuses otherwise.
+    twins = f["buildTrainCommand"]("py", "", "/m.safetensors", "none", phantomPool=60, refreshPatients=10,
+                                   residualChannel=True, counterfactualTwins=True)
+    parsed = parser.parse_args(twins[3:])
+    assert parsed.residual_channel is True and parsed.counterfactual_twins is True
+    plain = parser.parse_args(stream[3:])
+    assert plain.residual_channel is None and plain.counterfactual_twins is False  # unchecked: the recipe's
+    with pytest.raises(ValueError, match="twins"):
+        f["buildTrainCommand"]("py", "", "/m.safetensors", "none", phantomPool=60, counterfactualTwins=True)
     from cac import cli_train
 
     args = parser.parse_args(paper[3:])

@@ -169,6 +169,8 @@ def test_trainer_every_field_round_trips(slicer_app, tmp_path):
         "epochs2": 6,
         "phantomPool": 60,
         "refreshPatients": 10,
+        "residualChannel": True,
+        "counterfactualTwins": True,
         "device": "cpu",
         "initModelPath": tmp_path / "base.safetensors",
         "calibrationModelPath": tmp_path / "trained.safetensors",
@@ -418,6 +420,19 @@ def test_trainer_offers_resume_only_on_the_checkpoints_data(slicer_app, tmp_path
     assert same(dataset, 20, "patient") == [False]
     (out / "fold_0" / CHECKPOINT_JSON).write_text(json.dumps({"stage": 1, "epochs_done": 2}))  # an older checkpoint
     assert same(dataset, 0, "patient") == [None]
+    # A stream with counterfactual twins: resumable only with the twins box as the run had it.
+    stream = tmp_path / "stream.safetensors"
+    run = stream.with_name(stream.stem + ".run")  # cac train's run folder without --run-dir
+    run.mkdir()
+    (run / CHECKPOINT).write_bytes(b"x")
+    (run / CHECKPOINT_JSON).write_text(json.dumps({"stage": 1, "epochs_done": 3, "source": data_source(
+        phantom_pool=60, refresh_patients=10, seed=4, twins=True)}))
+
+    def same_stream(twins):
+        source = logic.trainingSource("", 60, 10, 4, "none", twins)
+        return [r["same_data"] for r in logic.unfinishedTraining(stream, "none", -1, source)]
+
+    assert same_stream(True) == [True] and same_stream(False) == [False]
 
 
 def test_trainer_says_which_output_a_cross_validation_mode_needs(slicer_app, tmp_path, capsys):
@@ -435,6 +450,8 @@ def test_trainer_says_which_output_a_cross_validation_mode_needs(slicer_app, tmp
     assert logic.trainingProblem(tmp_path, 8, 2, "none", model) is None
     assert logic.trainingProblem(tmp_path, 8, 2, "patient", tmp_path / "runs") == "new patients need the phantom"
     assert logic.trainingProblem(tmp_path, 0, 2, "none", model) == "new patients need the phantom"
+    assert logic.trainingProblem(tmp_path, 8, 0, "none", model, True) == "twins need new patients"
+    assert logic.trainingProblem(tmp_path, 8, 2, "none", model, True) is None
     assert logic.trainingProblem(tmp_path, 0, 0, "none", model) == "no manifest"
     (tmp_path / "manifest.json").write_text("{}")
     assert logic.trainingProblem(tmp_path, 0, 0, "none", model) is None
