@@ -69,8 +69,8 @@ def test_png_written_atomically(tmp_path, model):
     assert [p.name for p in tmp_path.iterdir()] == ["cam.png"]
 
 
-def test_model_info_default_and_file(tmp_path, model, capsys):
-    assert main(["model-info", "--json"]) == 0
+def test_model_info_default_and_file(tmp_path, model, capsys, monkeypatch):
+    assert main(["model-info", "--architecture", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     default = ResUNet18()
     assert info["parameters"]["total"] == count_parameters(default)
@@ -82,6 +82,17 @@ def test_model_info_default_and_file(tmp_path, model, capsys):
     text = capsys.readouterr().out
     assert f"{count_parameters(model):,}" in text and "training" in text
     assert main(["model-info", str(tmp_path / "none.safetensors")]) == 2
+    assert main(["model-info", str(path), "--architecture"]) == 2
+    assert "not both" in capsys.readouterr().err
+    # Without a file: the model `cac identify` uses without --model ($CAC_MODEL here), card and all.
+    monkeypatch.setenv("CAC_MODEL", str(path))
+    assert main(["model-info", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["metadata"]["training"] == {"epochs": 2}
+    assert main(["model-info"]) == 0
+    assert capsys.readouterr().out.startswith(f"model: {path} (the default model of cac identify)")
+    monkeypatch.setenv("CAC_MODEL", str(tmp_path / "gone.safetensors"))
+    assert main(["model-info"]) == 2
+    assert "CAC_MODEL" in capsys.readouterr().err
 
 
 def test_model_info_summarises_the_feature_statistics(tmp_path, model, capsys):

@@ -11,14 +11,18 @@ from CACIdentifierLib.errors import CacError, printable
 def register(subparsers) -> None:
     info = subparsers.add_parser(
         "model-info",
-        help="parameters, FLOPs and metadata of a model (or of the default architecture)",
+        help="parameters, FLOPs and metadata of a model (default: the model cac identify uses)",
         description=(
             "Print the parameter counts (total, classifier, decoder), the FLOPs per patch pair and per frame "
             "(5 patch pairs; FLOPs = 2 x multiply-accumulates of conv and linear layers) and the metadata of "
-            "MODEL.safetensors; without a model, of the default double-head ResUNet-18."
+            "MODEL.safetensors; without a model, of the model cac identify uses without --model (the shipped "
+            "default, or $CAC_MODEL); with --architecture, of the untrained default double-head ResUNet-18."
         ),
     )
-    info.add_argument("model", nargs="?", help="model file (.safetensors); omit for the default architecture")
+    info.add_argument("model", nargs="?",
+                      help="model file (.safetensors); omit for the model cac identify uses by default")
+    info.add_argument("--architecture", action="store_true",
+                      help="the untrained default architecture instead of a model file (no metadata)")
     info.add_argument("--json", action="store_true", help="print JSON on stdout")
     info.set_defaults(func=run_info)
 
@@ -74,19 +78,25 @@ def model_summary(model, metadata: dict | None = None) -> dict:
 def run_info(args) -> int:
     from CACIdentifierLib.network import ResUNet18
 
-    if args.model:
-        from CACIdentifierLib.modelio import load_model
-
-        model, meta = load_model(args.model)
+    if args.architecture and args.model:
+        raise CacError("give a model file or --architecture, not both")
+    if args.architecture:
+        model, meta, name = ResUNet18(), None, "default architecture (untrained)"
     else:
-        model, meta = ResUNet18(), None
+        from CACIdentifierLib.modelio import load_model
+        from CACIdentifierLib.resources import default_model_path
+
+        # Without a file: the model `cac identify` would use, so "what am I running?" has an answer.
+        path = args.model or default_model_path()
+        model, meta = load_model(path)
+        name = str(path) if args.model else f"{path} (the default model of cac identify)"
     summary = model_summary(model, meta)
     if args.json:
         json.dump(summary, sys.stdout, indent=2, sort_keys=True)
         sys.stdout.write("\n")
         return 0
     p, fp, ff = summary["parameters"], summary["flops_per_patch_pair"], summary["flops_per_frame"]
-    print(f"model: {args.model or 'default architecture (untrained)'}")
+    print(f"model: {printable(name, limit=None)}")
     print(f"architecture: {json.dumps(summary['architecture'])}")
     print(f"parameters: {p['total']:,} (classifier {p['classifier']:,}, decoder {p['decoder']:,})")
     print(f"GFLOPs per patch pair: {fp['total'] / 1e9:.2f} (classifier {fp['classifier'] / 1e9:.2f}, "
