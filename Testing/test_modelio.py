@@ -159,6 +159,10 @@ def test_default_model_path(tmp_path, monkeypatch):
     monkeypatch.setenv("CAC_MODEL", str(path))
     with pytest.raises(CacError, match="does not exist"):
         resources.default_model_path()
+    monkeypatch.setenv("CAC_MODEL", str(tmp_path))  # a folder exists, but is no model file
+    with pytest.raises(CacError, match="the folder .* not to a model file"):
+        resources.default_model_path()
+    monkeypatch.setenv("CAC_MODEL", str(path))
     save_model(path, trained_like())
     assert resources.default_model_path() == path
     monkeypatch.delenv("CAC_MODEL")

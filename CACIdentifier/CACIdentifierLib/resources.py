@@ -61,6 +61,8 @@ def is_shipped_model_location(path) -> bool:
 def default_model_path() -> Path:
     """The shipped default model (:func:`find_default_model`); :class:`CacError` saying where it looked if none."""
     path = find_default_model()
+    if path is not None and path.is_dir():
+        raise CacError(f"${MODEL_ENV} points to the folder {path}, not to a model file (.safetensors); fix it or unset it")
     if path is not None and not path.is_file():
         raise CacError(f"${MODEL_ENV} points to {path}, which does not exist; fix it or unset it")
     if path is None:
