@@ -53,6 +53,33 @@ def test_window_slides_over_new_patients_and_keeps_only_itself(monkeypatch, pati
         PP.PatientStream([0, 5], refresh=1, next_patient=5, seed=9)  # a "new" patient would be a starting one
 
 
+def test_the_window_is_held_once_not_twice(monkeypatch, patients):
+    """The patients a stream keeps are views of the window it returns: one window in memory during an epoch,
+    not the window and a copy of it (the old code held both: about twice the window's bytes)."""
+    import tracemalloc
+
+    def fresh_copies(ids, **kw):  # made anew, as generation does, so tracemalloc sees every byte
+        return [patients[i % 5].subset(np.arange(len(patients[i % 5]))) for i in ids]
+
+    monkeypatch.setattr(PP, "_generate", fresh_copies)
+    s = PP.PatientStream([0, 1, 3], refresh=1, next_patient=4, seed=9)
+    tracemalloc.start()
+    try:
+        fs0 = s(0)
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    window = sum(getattr(fs0, k).nbytes for k in D.FrameSet.array_fields())
+    assert held < 1.3 * window, (held, window)
+    assert all(np.shares_memory(s._cache[p].nc, fs0.nc) for p in (0, 1, 3))
+    fs0 = None  # training releases the old window before it asks for the next
+    fs1 = s(1)  # built from views of the released window: each patient's frames are still its own
+    names = np.array(fs1.patient)
+    for p in (1, 3, 4):
+        for k in D.FrameSet.array_fields():
+            np.testing.assert_array_equal(getattr(fs1, k)[names == f"P{p}"], getattr(patients[p], k))
+
+
 def test_carry_scores_keeps_shared_frames_by_acquisition_and_frame(patients):
     old = D.FrameSet.concat([patients[0], patients[1]])
     new = D.FrameSet.concat([patients[1], patients[3]])

@@ -128,6 +128,17 @@ class FrameSet:
             [self.acquisition[i] for i in rows], [self.patient[i] for i in rows],
         )
 
+    def rows(self, start: int, stop: int) -> FrameSet:
+        """Frames ``start:stop`` as views of this set's arrays (no copy, unlike :meth:`subset`).
+
+        >>> fs = FrameSet(*(np.zeros((4, 2)) for _ in FrameSet.array_fields()), list("abcd"), list("pqrs"))
+        >>> part = fs.rows(1, 3)
+        >>> len(part), part.patient, bool(np.shares_memory(part.nc, fs.nc))
+        (2, ['q', 'r'], True)
+        """
+        return FrameSet(*(getattr(self, k)[start:stop] for k in self.array_fields()),
+                        self.acquisition[start:stop], self.patient[start:stop])
+
     def select(self, *, patients=None, acquisitions=None, exclude=False) -> FrameSet:
         """Frames of the given patients/acquisitions (or all others with ``exclude``)."""
         keep = np.ones(len(self), bool)

@@ -279,7 +279,8 @@ class PatientStream:
     every patient still serves ``len(patients) / refresh`` epochs (a generated cine
     costs about as much as training on its patches ~1-2 times).  A window depends
     only on the epoch, so ``--resume`` regenerates exactly the window it stopped in.
-    Only the current window is kept in memory (and, after :meth:`prefetch`, the next
+    Only the current window is kept in memory, once: the patients kept for the next
+    windows are views of the set it returns (and, after :meth:`prefetch`, the next
     window's new patients).
 
     :meth:`prefetch` starts generating the next window's new patients in worker
@@ -332,7 +333,15 @@ class PatientStream:
             for p, fs in zip(missing, _generate(missing, seed=self.seed, progress=self.progress, **self._kw)):
                 self._cache[p] = fs
         self._cache = {p: self._cache[p] for p in ids}  # only the window stays in memory
-        return FrameSet.concat([self._cache[p] for p in ids])
+        window = FrameSet.concat([self._cache[p] for p in ids])
+        # The window's patients are kept as views of the set training gets, not as a second copy of it:
+        # one window in memory during an epoch instead of two (the set is never written to).
+        start = 0
+        for p in ids:
+            n = len(self._cache[p])
+            self._cache[p] = window.rows(start, start + n)
+            start += n
+        return window
 
     def prefetch(self, epoch: int) -> bool:
         """Start generating the patients of epoch ``epoch``'s window not generated yet, in the background.
