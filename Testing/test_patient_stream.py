@@ -80,6 +80,21 @@ def test_the_window_is_held_once_not_twice(monkeypatch, patients):
             np.testing.assert_array_equal(getattr(fs1, k)[names == f"P{p}"], getattr(patients[p], k))
 
 
+def test_a_window_that_does_not_fit_is_refused_in_one_line(monkeypatch, patients):
+    """Without room for the window's copy the stream says so (close programs, --resume), instead of the kernel's
+    OOM killer stopping the run without a word (it stopped a 10.5 GB twins arm so in session 46)."""
+    import CACIdentifierLib.cine as cine
+
+    monkeypatch.setattr(PP, "_generate", lambda ids, **kw: [patients[i % 5] for i in ids])
+    monkeypatch.setattr(cine, "memory_available_bytes", lambda: 3 * 2**20)
+    s = PP.PatientStream([0, 1, 3], refresh=1, next_patient=4, seed=9)
+    with pytest.raises(CacError, match=r"window \(3 patients\) needs about \d+ MiB, more than this machine can "
+                                       r"spare \(3 MiB available\); close other programs and continue with --resume"):
+        s(0)
+    monkeypatch.setattr(cine, "memory_available_bytes", lambda: None)  # unknown (not Linux): no refusal
+    assert len(s(0)) == sum(len(patients[p]) for p in (0, 1, 3))
+
+
 def test_carry_scores_keeps_shared_frames_by_acquisition_and_frame(patients):
     old = D.FrameSet.concat([patients[0], patients[1]])
     new = D.FrameSet.concat([patients[1], patients[3]])

@@ -269,6 +269,24 @@ def phantom_pool(n_patients: int, *, seed: int = 0, first_patient: int = 0, n_fr
                                      progress=progress, background=background, twins=twins))
 
 
+def _check_window_memory(sets) -> None:
+    """Refuse, in one line, a window that this machine cannot hold now, instead of the kernel's OOM killer
+    stopping the run (or another program) without a word; the last epoch's checkpoint stays for ``--resume``.
+
+    The window's frames are about to be copied into one set; its patients' own arrays (or the previous
+    window they are views of) still hold memory, so only the copy has to fit in what is available.
+    """
+    from CACIdentifierLib.cine import memory_available_bytes, memory_text
+
+    need = sum(getattr(fs, k).nbytes for fs in sets for k in type(fs).array_fields()) if sets else 0
+    available = memory_available_bytes()
+    if available is not None and need > available:
+        raise CacError(f"the next training window ({len(sets)} patients) needs about "
+                       f"{memory_text(need)}, more than this machine can spare ({memory_text(available)} "
+                       "available); close other programs and continue with --resume, or train on fewer patients "
+                       "(--phantom-pool) or frames (--frames-per-acquisition)")
+
+
 class PatientStream:
     """Training patients that change every epoch: a window sliding along an endless numbered sequence.
 
@@ -333,6 +351,7 @@ class PatientStream:
             for p, fs in zip(missing, _generate(missing, seed=self.seed, progress=self.progress, **self._kw)):
                 self._cache[p] = fs
         self._cache = {p: self._cache[p] for p in ids}  # only the window stays in memory
+        _check_window_memory([self._cache[p] for p in ids])
         window = FrameSet.concat([self._cache[p] for p in ids])
         # The window's patients are kept as views of the set training gets, not as a second copy of it:
         # one window in memory during an epoch instead of two (the set is never written to).
