@@ -95,6 +95,28 @@ def test_a_window_that_does_not_fit_is_refused_in_one_line(monkeypatch, patients
     assert len(s(0)) == sum(len(patients[p]) for p in (0, 1, 3))
 
 
+def test_cli_training_does_not_hold_the_whole_set_beside_its_split(monkeypatch, tmp_path, patients, capsys):
+    """`cac train DATASET --cv none` splits the frames into training and validation copies; the whole set is
+    released before training starts (it was held for the whole run: every frame twice)."""
+    from cac import cli_train
+    from cac.cli import main
+
+    holder = [D.FrameSet.concat([patients[p] for p in range(5)])]
+    whole = weakref.ref(holder[0])
+    seen = []
+
+    def train(*a, **kw):
+        seen.append(whole() is None)
+        raise CacError("stopped by the test")
+
+    monkeypatch.setattr(cli_train, "_load", lambda *a, **kw: holder.pop())
+    monkeypatch.setattr(T, "train", train)
+    (tmp_path / "ds").mkdir()
+    assert main(["train", str(tmp_path / "ds"), "--cv", "none", "--out", str(tmp_path / "m.safetensors")]) == 2
+    assert "stopped by the test" in capsys.readouterr().err
+    assert seen == [True]
+
+
 def test_carry_scores_keeps_shared_frames_by_acquisition_and_frame(patients):
     old = D.FrameSet.concat([patients[0], patients[1]])
     new = D.FrameSet.concat([patients[1], patients[3]])

@@ -513,9 +513,11 @@ def _run(args, ctx) -> int:
                          seed=args.seed, cv=args.cv, twins=twins)
     if refresh:
         return _train_stream(dataset, args, config, out, emit, progress, source=source)
-    fs = _load(dataset, args, progress, background=_needs_background(config))
     if args.cv == "none":
-        return _train_final(fs, dataset, args, config, out, emit, progress, source=source)
+        # No reference kept here: _train_final drops the whole set once it is split (its frames once, not twice).
+        return _train_final(_load(dataset, args, progress, background=_needs_background(config)), dataset, args,
+                            config, out, emit, progress, source=source)
+    fs = _load(dataset, args, progress, background=_needs_background(config))
     folds = crossval.make_folds(fs, args.cv)
     todo = [args.fold] if args.fold is not None else list(range(len(folds)))
     if args.fold is not None and not 0 <= args.fold < len(folds):
@@ -606,6 +608,7 @@ def _train_final(fs, dataset: Path, args, config, out: Path, emit, progress, *, 
     run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(out)
     if stream is None:
         train_set, val_set = crossval.validation_split(fs, args.val_fraction, args.seed)
+        fs = None  # the split copied its frames: the whole set is not held beside them for the whole run
         train_summary = train_set.summary()
     result = train(None if stream is not None else train_set, val_set, config, run_dir, resume=args.resume,
                    emit=emit, progress=progress, stream=stream, restart=args.overwrite and not args.resume,
