@@ -117,6 +117,30 @@ def test_cli_training_does_not_hold_the_whole_set_beside_its_split(monkeypatch, 
     assert seen == [True]
 
 
+def test_a_pool_that_cannot_fit_is_refused_before_any_patient_is_made(monkeypatch, tmp_path, capsys):
+    """40 patients x 8 frames x 1.5 MiB = 480 MiB at least: with 100 MiB available `cac train` says so at once,
+    for a stream and for a fixed pool, instead of generating for hours and being killed for memory."""
+    import CACIdentifierLib.cine as cine
+    from cac.cli import main
+
+    def never(*a, **kw):
+        raise AssertionError("a patient was generated")
+
+    monkeypatch.setattr(PP, "_generate", never)
+    monkeypatch.setattr(cine, "memory_available_bytes", lambda: 100 * 2**20)
+    for stream in ([], ["--refresh-patients", "5"]):
+        out = tmp_path / f"m{len(stream)}.safetensors"
+        assert main(["train", "--phantom-pool", "40", *stream, "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert ("--phantom-pool 40: 40 patients x 8 frames hold at least 480 MiB, more than this machine can spare "
+                "(100 MiB available)") in err, err
+        assert "Traceback" not in err and not out.exists()
+    monkeypatch.setattr(cine, "memory_available_bytes", lambda: 481 * 2**20)
+    PP.check_pool_memory(40, 8, background=False)  # fits: no refusal
+    with pytest.raises(CacError, match="at least 640 MiB"):
+        PP.check_pool_memory(40, 8, background=True)  # the residual channel's background: 2 MiB a frame
+
+
 def test_carry_scores_keeps_shared_frames_by_acquisition_and_frame(patients):
     old = D.FrameSet.concat([patients[0], patients[1]])
     new = D.FrameSet.concat([patients[1], patients[3]])

@@ -269,6 +269,44 @@ def phantom_pool(n_patients: int, *, seed: int = 0, first_patient: int = 0, n_fr
                                      progress=progress, background=background, twins=twins))
 
 
+SURE_FRAMES = 16  # paired non-contrast frames every 64-frame pool cine has at least (its onset: 40-55 % in)
+
+
+def frame_bytes(background: bool = True) -> int:
+    """Bytes one training frame holds in a :class:`~CACTrainerLib.dataset.FrameSet` (512 grid): the non-contrast
+    and contrast frames (float16), the calcium and ROI_GT masks (bool), and the cine background (float16) when
+    the model reads it.
+
+    >>> frame_bytes(False) / 2**20, frame_bytes(True) / 2**20
+    (1.5, 2.0)
+    """
+    from .dataset import FRAME
+
+    return FRAME * FRAME * (2 + 2 + 1 + 1 + (2 if background else 0))
+
+
+def check_pool_memory(n_patients: int, frames_per_acquisition: int, *, background: bool = True) -> None:
+    """Refuse, before any patient is generated, a pool whose frames alone cannot fit in the memory available now.
+
+    Each pool patient gives ``frames_per_acquisition`` frames, up to the paired non-contrast frames of its
+    64-frame cine (the contrast arrives after 40-55 % of it: more than ``SURE_FRAMES``), so ``n_patients`` of
+    them hold at least ``n_patients x min(frames_per_acquisition, SURE_FRAMES)`` frames: a lower bound, so a
+    pool refused here could never have been trained on (counterfactual twins and the copies made while a window
+    is built only add to it).  Hours of generation are not spent first, and the kernel's OOM killer does not
+    stop the run (or another program) without a word.
+    """
+    from CACIdentifierLib.cine import memory_available_bytes, memory_text
+
+    frames_per_acquisition = min(int(frames_per_acquisition), SURE_FRAMES)
+    need = int(n_patients) * frames_per_acquisition * frame_bytes(background)
+    available = memory_available_bytes()
+    if available is not None and need > available:
+        raise CacError(f"--phantom-pool {n_patients}: {n_patients} patients x {frames_per_acquisition} frames hold "
+                       f"at least {memory_text(need)}, more than this machine can spare ({memory_text(available)} "
+                       "available); give fewer patients (with --refresh-patients a smaller window still sees new "
+                       "ones every epoch) or fewer --frames-per-acquisition, or close other programs")
+
+
 def _check_window_memory(sets) -> None:
     """Refuse, in one line, a window that this machine cannot hold now, instead of the kernel's OOM killer
     stopping the run (or another program) without a word; the last epoch's checkpoint stays for ``--resume``.

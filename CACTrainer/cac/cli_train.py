@@ -558,9 +558,10 @@ def _load(dataset: Path, args, progress, *, background: bool = True):
     from CACTrainerLib.dataset import build_frameset
 
     if getattr(args, "phantom_pool", None):
-        from CACTrainerLib.phantom_pool import phantom_pool
+        from CACTrainerLib.phantom_pool import check_pool_memory, phantom_pool
 
         fpa = args.frames_per_acquisition or 6
+        check_pool_memory(args.phantom_pool, fpa, background=background)
         return phantom_pool(args.phantom_pool, seed=1000 + args.seed, frames_per_acquisition=fpa,
                             progress=progress, background=background)
 
@@ -571,7 +572,7 @@ def _load(dataset: Path, args, progress, *, background: bool = True):
 def _train_stream(dataset: Path, args, config, out: Path, emit, progress, *, source=None) -> int:
     """--phantom-pool N --refresh-patients K: fixed validation patients, a training window sliding over new ones."""
     from CACTrainerLib.crossval import validation_groups
-    from CACTrainerLib.phantom_pool import PatientStream, patient_name, phantom_pool
+    from CACTrainerLib.phantom_pool import PatientStream, check_pool_memory, patient_name, phantom_pool
 
     n, seed = int(args.phantom_pool), 1000 + args.seed
     val_names = validation_groups([patient_name(seed, i) for i in range(n)], args.val_fraction, args.seed)
@@ -581,6 +582,7 @@ def _train_stream(dataset: Path, args, config, out: Path, emit, progress, *, sou
         raise CacError("--phantom-pool: no training patients left after the validation split; give more patients")
     fpa = args.frames_per_acquisition or 6
     bg = _needs_background(config)
+    check_pool_memory(n, fpa, background=bg)  # the window and the validation patients: the N patients at once
     val_set = (phantom_pool(0, patients=val_ids, seed=seed, frames_per_acquisition=fpa, progress=progress,
                             background=bg)
                if val_ids else None)  # --val-fraction 0: no checkpoint selection, the last epoch is kept
