@@ -2,7 +2,7 @@
 
 ``PatientStream`` (``cac train --phantom-pool N --refresh-patients K``) keeps the window's patients for the
 next windows.  It once kept them as separate arrays beside the concatenated window training reads, so an
-epoch held every frame twice (a 160-patient stream: about 7.5 GB resident for 3.8 GB of frames); they are
+epoch held every frame twice (a 160-patient stream: the control arm of session 46 was 7.5 GB resident for 2.5 GiB of frames); they are
 now views of that window.  This generates a small stream of real phantom patients, then measures with
 ``tracemalloc`` (numpy reports its arrays to it) what the stream and its window hold after the first and
 the second window, against the window's own bytes, and what keeping separate copies would hold (the old
