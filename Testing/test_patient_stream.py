@@ -143,6 +143,64 @@ def test_a_pool_that_cannot_fit_is_refused_before_any_patient_is_made(monkeypatc
         PP.check_pool_memory(40, 8, background=True)  # the residual channel's background: 2 MiB a frame
 
 
+def _copies(patients, ids):
+    return [patients[p].subset(range(len(patients[p]))) for p in ids]
+
+
+def test_a_consumed_concat_never_holds_the_frames_twice(patients):
+    """A dataset or a fixed pool is copied into one set once loaded; `consume` empties each input field as soon
+    as it is copied, so the peak is the set plus one field (was: the set twice)."""
+    import tracemalloc
+
+    peaks = {}
+    for consume in (False, True):
+        tracemalloc.start()
+        sets = _copies(patients, [0, 1, 3, 4] * 3)
+        held = sum(fs.nbytes for fs in sets)
+        tracemalloc.reset_peak()
+        base = tracemalloc.get_traced_memory()[0]
+        both = D.FrameSet.concat(sets, consume=consume)
+        peaks[consume] = (tracemalloc.get_traced_memory()[1] - base + held) / held
+        tracemalloc.stop()
+        for k in D.FrameSet.array_fields():
+            np.testing.assert_array_equal(getattr(both, k),
+                                          np.concatenate([getattr(patients[p], k) for p in [0, 1, 3, 4] * 3]))
+        assert both.patient == [f"P{p}" for p in [0, 1, 3, 4] * 3 for _ in range(len(patients[p]))]
+        assert all(len(fs) == (0 if consume else len(patients[0])) for fs in sets)
+    assert peaks[False] > 1.9, peaks
+    assert peaks[True] < 1.4, peaks  # the largest field (nc, c or background) is 2 of the 8 bytes a pixel
+
+
+def test_a_dataset_that_cannot_fit_is_refused_after_its_first_acquisition(monkeypatch, tmp_path, patients, capsys):
+    """`cac train DATASET`: once the first acquisition shows what one costs, the others are checked against the
+    memory available, in one line (exit 2), instead of loading for hours and a silent OOM stop."""
+    import CACIdentifierLib.cine as cine
+    from cac.cli import main
+
+    records = [{"id": f"A{i}", "patient": f"P{i}"} for i in range(4)]
+    loaded = []
+
+    def from_record(rec, **kw):
+        loaded.append(rec["id"])
+        return _copies(patients, [int(rec["id"][1:]) % 2])[0]
+
+    monkeypatch.setattr(D, "load_records", lambda dataset: records)
+    monkeypatch.setattr(D, "frames_from_record", from_record)
+    one = patients[0].nbytes
+    monkeypatch.setattr(cine, "memory_available_bytes", lambda: 2 * one)
+    (tmp_path / "ds").mkdir()
+    out = tmp_path / "m.safetensors"
+    assert main(["train", str(tmp_path / "ds"), "--cv", "none", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert loaded == ["A0"] and not out.exists() and "Traceback" not in err
+    assert (f"the dataset's other 3 acquisitions need about {round(3 * one / 2**20)} MiB for their training frames, "
+            f"more than this machine can spare ({round(2 * one / 2**20)} MiB available after 1 of 4)") in err, err
+    monkeypatch.setattr(cine, "memory_available_bytes", lambda: 3 * one)  # the rest fits: all four loaded
+    loaded.clear()
+    fs = D.build_frameset(tmp_path / "ds")
+    assert loaded == ["A0", "A1", "A2", "A3"] and len(fs) == 2 * (len(patients[0]) + len(patients[1]))
+
+
 def test_carry_scores_keeps_shared_frames_by_acquisition_and_frame(patients):
     old = D.FrameSet.concat([patients[0], patients[1]])
     new = D.FrameSet.concat([patients[1], patients[3]])

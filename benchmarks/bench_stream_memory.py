@@ -8,6 +8,10 @@ now views of that window.  This generates a small stream of real phantom patient
 the second window, against the window's own bytes, and what keeping separate copies would hold (the old
 way: the window plus a copy of its patients), in the same run.
 
+Then the copy of a dataset or a fixed pool into one set (``build_frameset``, ``phantom_pool``): its peak with
+``FrameSet.concat(..., consume=True)``, which empties each input field once copied, against a plain concat
+that holds the frames twice, on the same patients.
+
 Usage: ``python benchmarks/bench_stream_memory.py [--window 4] [--refresh 2]``.
 """
 
@@ -19,7 +23,7 @@ import tracemalloc
 import warnings
 
 from CACTrainerLib.dataset import FrameSet
-from CACTrainerLib.phantom_pool import PatientStream, phantom_pool
+from CACTrainerLib.phantom_pool import PatientStream, _generate, phantom_pool
 
 
 def nbytes(fs) -> int:
@@ -53,7 +57,25 @@ def main(argv=None) -> None:
             print(f"window {epoch}: {len(window)} frames, {size / 2**20:.0f} MiB; held {held / 2**20:.0f} MiB "
                   f"({held / size:.2f}x the window); with the patients as separate copies "
                   f"{old / 2**20:.0f} MiB ({old / size:.2f}x); ratio {held / old:.2f}")
-    tracemalloc.stop()
+        tracemalloc.stop()
+        window = copies = None
+        stream._cache.clear()
+        gc.collect()
+        parts = _generate(list(range(args.window)), seed=1000, n_frames=64, frames_per_acquisition=6, size=None,
+                          calcium_free_fraction=0.4, workers=1, progress=lambda *a: None, background=True, twins=False)
+        peaks = {}
+        for consume in (False, True):
+            tracemalloc.start()  # before the inputs, so that freeing them counts
+            sets = [fs.subset(range(len(fs))) for fs in parts]
+            size = sum(nbytes(fs) for fs in sets)
+            tracemalloc.reset_peak()
+            whole = FrameSet.concat(sets, consume=consume)
+            peaks[consume] = tracemalloc.get_traced_memory()[1] / size
+            tracemalloc.stop()
+            whole = sets = None
+            gc.collect()
+        print(f"one set from {args.window} patients ({size / 2**20:.0f} MiB): peak {peaks[True]:.2f}x the frames "
+              f"consumed, {peaks[False]:.2f}x plain; ratio {peaks[True] / peaks[False]:.2f}")
 
 
 if __name__ == "__main__":

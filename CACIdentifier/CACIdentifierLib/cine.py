@@ -67,6 +67,20 @@ def memory_available_bytes() -> int | None:
     return min(candidates) if candidates else None
 
 
+def memory_short(need: float, share: float = 1.0) -> int | None:
+    """The bytes available now if ``need`` is more than ``share`` of them (a refusal is due), else None.
+
+    None also when the available memory is unknown (not Linux): nothing is refused on a guess.  One rule for
+    every up-front memory refusal, each with its own message: the kernel's OOM killer stops a process (or
+    another program) without a word.
+
+    >>> memory_short(0) is None
+    True
+    """
+    available = memory_available_bytes()
+    return available if available is not None and need > share * available else None
+
+
 def memory_text(nbytes: float) -> str:
     """A memory size for a message: GiB from 1 GiB up, MiB below (``0.0 GiB`` said nothing).
 
@@ -93,8 +107,8 @@ def check_cine_size(n_frames: int, rows: int, columns: int, itemsize: int, sourc
             f"{MIN_FRAME_SIDE} and {MAX_FRAME_SIDE} pixels a side (the header may be corrupt)"
         )
     need = int(n_frames) * int(rows) * int(columns) * int(itemsize)
-    available = memory_available_bytes()
-    if available is not None and need > CINE_MEMORY_SHARE * available:
+    available = memory_short(need, CINE_MEMORY_SHARE)
+    if available is not None:
         raise CacError(
             f"{source} holds {n_frames} frames of {rows} x {columns} pixels ({memory_text(need)} decoded), "
             f"more than this machine can spare ({memory_text(available)} available); "

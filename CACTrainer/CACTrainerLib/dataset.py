@@ -115,6 +115,15 @@ class FrameSet:
         return len(self) * 5
 
     @property
+    def nbytes(self) -> int:
+        """Bytes of the set's arrays (what copying it costs).
+
+        >>> FrameSet(*(np.zeros((4, 2), np.float16) for _ in FrameSet.array_fields()), list("abcd"), list("pqrs")).nbytes
+        160
+        """
+        return sum(getattr(self, k).nbytes for k in self.array_fields())
+
+    @property
     def patch_labels(self) -> np.ndarray:
         """(F*5,) labels; patch id ``k`` is frame ``k // 5``, patch ``k % 5``."""
         return self.labels.reshape(-1)
@@ -149,17 +158,37 @@ class FrameSet:
         return self.subset(~keep if exclude else keep)
 
     @staticmethod
-    def concat(sets: Sequence[FrameSet]) -> FrameSet:
+    def concat(sets: Sequence[FrameSet], *, consume: bool = False) -> FrameSet:
+        """One set of all frames of ``sets``, in order.
+
+        ``consume=True`` empties each input field as soon as it is copied, so a whole dataset or pool is never
+        held twice: the peak is the result plus one field of the inputs, not twice the result.  Only for inputs
+        nobody else holds (a list just built); they are left with no frames.
+
+        >>> a = FrameSet(*(np.zeros((2, 3)) for _ in FrameSet.array_fields()), list("ab"), list("pq"))
+        >>> b = FrameSet(*(np.ones((1, 3)) for _ in FrameSet.array_fields()), list("c"), list("r"))
+        >>> both = FrameSet.concat([a, b], consume=True)
+        >>> len(both), both.patient, len(a), len(b)
+        (3, ['p', 'q', 'r'], 0, 0)
+        """
         sets = [s for s in sets if len(s)]
         if not sets:
             raise CacError("no training frames: the dataset has no non-contrast frames with a contrast pair")
         if len({s.has_background for s in sets}) > 1:
             raise ValueError("FrameSet.concat: some sets carry the cine background and some do not; "
                              "build them all with the same background= setting")
-        return FrameSet(
-            *(np.concatenate([getattr(s, k) for s in sets]) for k in FrameSet.array_fields()),
-            [a for s in sets for a in s.acquisition], [p for s in sets for p in s.patient],
-        )
+        acquisition = [a for s in sets for a in s.acquisition]
+        patient = [p for s in sets for p in s.patient]
+        arrays = []
+        for k in FrameSet.array_fields():
+            arrays.append(np.concatenate([getattr(s, k) for s in sets]))
+            if consume:
+                for s in sets:
+                    setattr(s, k, getattr(s, k)[:0].copy())
+        if consume:
+            for s in sets:
+                s.acquisition, s.patient = [], []
+        return FrameSet(*arrays, acquisition, patient)
 
     def summary(self) -> dict:
         lab = self.patch_labels
@@ -399,8 +428,31 @@ def build_frameset(dataset, *, frames_per_acquisition: int | None = 8, progress:
     for i, rec in enumerate(records):
         progress(i, len(records), f"loading {rec.get('id', i)}")
         sets.append(frames_from_record(rec, frames_per_acquisition=frames_per_acquisition, **kw))
+        _check_dataset_memory(sets, len(records))
     progress(len(records), len(records), "dataset loaded")
-    return FrameSet.concat(sets)
+    return FrameSet.concat(sets, consume=True)
+
+
+def _check_dataset_memory(loaded: Sequence[FrameSet], n_records: int) -> None:
+    """Refuse, in one line, a dataset whose remaining acquisitions will not fit, as soon as that shows.
+
+    The acquisitions still to load are taken to be no smaller than the smallest loaded so far (a capped
+    ``frames_per_acquisition`` keeps them alike), so the refusal comes after the first acquisition rather than
+    after hours of loading and a silent stop by the kernel's OOM killer; the final copy into one set adds at most
+    one field (:meth:`FrameSet.concat` ``consume``).
+    """
+    from CACIdentifierLib.cine import memory_short, memory_text
+
+    rest = n_records - len(loaded)
+    sizes = [fs.nbytes for fs in loaded if len(fs)]
+    if not rest or not sizes:
+        return
+    need = rest * min(sizes)
+    if (available := memory_short(need)) is not None:
+        raise CacError(f"the dataset's other {rest} acquisitions need about {memory_text(need)} for their "
+                       f"training frames, more than this machine can spare ({memory_text(available)} available "
+                       f"after {len(loaded)} of {n_records}); train on fewer frames per acquisition "
+                       "(--frames-per-acquisition) or close other programs")
 
 
 # -- sampling and augmentation ------------------------------------------------------------------

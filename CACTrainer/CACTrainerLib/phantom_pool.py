@@ -267,7 +267,7 @@ def phantom_pool(n_patients: int, *, seed: int = 0, first_patient: int = 0, n_fr
     ids = list(patients) if patients is not None else [first_patient + i for i in range(int(n_patients))]
     return FrameSet.concat(_generate(ids, seed=seed, n_frames=n_frames, frames_per_acquisition=frames_per_acquisition,
                                      size=size, calcium_free_fraction=calcium_free_fraction, workers=workers,
-                                     progress=progress, background=background, twins=twins))
+                                     progress=progress, background=background, twins=twins), consume=True)
 
 
 SURE_FRAMES = 16  # paired non-contrast frames every 64-frame pool cine has at least (its onset: 40-55 % in)
@@ -296,12 +296,11 @@ def check_pool_memory(n_patients: int, frames_per_acquisition: int, *, backgroun
     is built only add to it).  Hours of generation are not spent first, and the kernel's OOM killer does not
     stop the run (or another program) without a word.
     """
-    from CACIdentifierLib.cine import memory_available_bytes, memory_text
+    from CACIdentifierLib.cine import memory_short, memory_text
 
     frames_per_acquisition = min(int(frames_per_acquisition), SURE_FRAMES)
     need = int(n_patients) * frames_per_acquisition * frame_bytes(background)
-    available = memory_available_bytes()
-    if available is not None and need > available:
+    if (available := memory_short(need)) is not None:
         raise CacError(f"--phantom-pool {n_patients}: {n_patients} patients x {frames_per_acquisition} frames hold "
                        f"at least {memory_text(need)}, more than this machine can spare ({memory_text(available)} "
                        "available); give fewer patients (with --refresh-patients a smaller window still sees new "
@@ -315,11 +314,10 @@ def _check_window_memory(sets) -> None:
     The window's frames are about to be copied into one set; its patients' own arrays (or the previous
     window they are views of) still hold memory, so only the copy has to fit in what is available.
     """
-    from CACIdentifierLib.cine import memory_available_bytes, memory_text
+    from CACIdentifierLib.cine import memory_short, memory_text
 
-    need = sum(getattr(fs, k).nbytes for fs in sets for k in type(fs).array_fields()) if sets else 0
-    available = memory_available_bytes()
-    if available is not None and need > available:
+    need = sum(fs.nbytes for fs in sets)
+    if (available := memory_short(need)) is not None:
         raise CacError(f"the next training window ({len(sets)} patients) needs about "
                        f"{memory_text(need)}, more than this machine can spare ({memory_text(available)} "
                        "available); close other programs and continue with --resume, or train on fewer patients "
