@@ -424,34 +424,33 @@ def build_frameset(dataset, *, frames_per_acquisition: int | None = 8, progress:
     records = load_records(dataset)
     if not records:
         raise CacError("the dataset manifest lists no acquisitions")
-    sets = []
+    sets, smallest = [], None
     for i, rec in enumerate(records):
         progress(i, len(records), f"loading {rec.get('id', i)}")
         sets.append(frames_from_record(rec, frames_per_acquisition=frames_per_acquisition, **kw))
-        _check_dataset_memory(sets, len(records))
+        if len(sets[-1]):
+            smallest = min(sets[-1].nbytes, smallest or sets[-1].nbytes)
+            _check_dataset_memory(smallest, i + 1, len(records))
     progress(len(records), len(records), "dataset loaded")
     return FrameSet.concat(sets, consume=True)
 
 
-def _check_dataset_memory(loaded: Sequence[FrameSet], n_records: int) -> None:
+def _check_dataset_memory(smallest: int, loaded: int, n_records: int) -> None:
     """Refuse, in one line, a dataset whose remaining acquisitions will not fit, as soon as that shows.
 
-    The acquisitions still to load are taken to be no smaller than the smallest loaded so far (a capped
-    ``frames_per_acquisition`` keeps them alike), so the refusal comes after the first acquisition rather than
-    after hours of loading and a silent stop by the kernel's OOM killer; the final copy into one set adds at most
-    one field (:meth:`FrameSet.concat` ``consume``).
+    The acquisitions still to load are taken to be no smaller than the ``smallest`` loaded so far (bytes; a
+    capped ``frames_per_acquisition`` keeps them alike), so the refusal comes after the first acquisition rather
+    than after hours of loading and a silent stop by the kernel's OOM killer; the final copy into one set adds
+    at most one field (:meth:`FrameSet.concat` ``consume``).
     """
     from CACIdentifierLib.cine import memory_short, memory_text
 
-    rest = n_records - len(loaded)
-    sizes = [fs.nbytes for fs in loaded if len(fs)]
-    if not rest or not sizes:
-        return
-    need = rest * min(sizes)
-    if (available := memory_short(need)) is not None:
+    rest = n_records - loaded
+    need = rest * smallest
+    if rest and (available := memory_short(need)) is not None:
         raise CacError(f"the dataset's other {rest} acquisitions need about {memory_text(need)} for their "
                        f"training frames, more than this machine can spare ({memory_text(available)} available "
-                       f"after {len(loaded)} of {n_records}); train on fewer frames per acquisition "
+                       f"after {loaded} of {n_records}); train on fewer frames per acquisition "
                        "(--frames-per-acquisition) or close other programs")
 
 
