@@ -26,10 +26,6 @@ from CACTrainerLib.dataset import FrameSet
 from CACTrainerLib.phantom_pool import PatientStream, _generate, phantom_pool
 
 
-def nbytes(fs) -> int:
-    return sum(getattr(fs, k).nbytes for k in FrameSet.array_fields())
-
-
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--window", type=int, default=4, help="patients in a window")
@@ -50,9 +46,9 @@ def main(argv=None) -> None:
             window = stream(epoch)
             gc.collect()
             held, _ = tracemalloc.get_traced_memory()
-            size = nbytes(window)
+            size = window.nbytes
             copies = FrameSet.concat([fs.subset(range(len(fs))) for fs in stream._cache.values()])  # the old way
-            old = held + nbytes(copies)
+            old = held + copies.nbytes
             copies = None
             print(f"window {epoch}: {len(window)} frames, {size / 2**20:.0f} MiB; held {held / 2**20:.0f} MiB "
                   f"({held / size:.2f}x the window); with the patients as separate copies "
@@ -67,7 +63,7 @@ def main(argv=None) -> None:
         for consume in (False, True):
             tracemalloc.start()  # before the inputs, so that freeing them counts
             sets = [fs.subset(range(len(fs))) for fs in parts]
-            size = sum(nbytes(fs) for fs in sets)
+            size = sum(fs.nbytes for fs in sets)
             tracemalloc.reset_peak()
             FrameSet.concat(sets, consume=consume)  # the peak is what counts; the set is freed at once
             peaks[consume] = tracemalloc.get_traced_memory()[1] / size
