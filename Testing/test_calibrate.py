@@ -472,7 +472,7 @@ def test_cac_calibrate_sensitivity_sets_the_threshold_that_reaches_it(setup, fra
     assert ev["detection"]["sensitivity"] == pytest.approx(meta["operating_point"]["sensitivity"])
     assert ev["detection"]["specificity"] == pytest.approx(meta["operating_point"]["specificity"])
     # With --confidence the threshold goes down to where the sensitivity's lower bound reaches the target; four
-    # patients (two calcified) cannot promise 0.9, and the line says how far they go.
+    # patients (two calcified) cannot promise 0.9 -- at most 0.1 ** (1 / 2) = 0.316 -- and the line says so.
     sure = setup / "sure.safetensors"
     assert main(["calibrate", str(setup / "marking.safetensors"), "--dataset", str(setup / "ds"), "--out", str(sure),
                  "--sensitivity", "0.9", "--confidence", "0.9"]) == 2
@@ -480,18 +480,27 @@ def test_cac_calibrate_sensitivity_sets_the_threshold_that_reaches_it(setup, fra
     assert "with 90% confidence" in err and "over 4 patients" in err and "Traceback" not in err
     assert not sure.exists()
     code = main(["calibrate", str(setup / "marking.safetensors"), "--dataset", str(setup / "ds"), "--out", str(sure),
-                 "--sensitivity", "0.6", "--confidence", "0.9"])
+                 "--sensitivity", "0.3", "--confidence", "0.9"])
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert "on new patients with 90% confidence" in captured.out
     op_sure = load_model(sure)[1]["operating_point"]
-    assert op_sure["sensitivity_lower_bound"] >= 0.6 and op_sure["confidence"] == 0.9 and op_sure["groups"] == 4
-    plain = setup / "plain06.safetensors"
+    assert op_sure["sensitivity_lower_bound"] >= 0.3 and op_sure["confidence"] == 0.9 and op_sure["groups"] == 4
+    plain = setup / "plain03.safetensors"
     assert main(["calibrate", str(setup / "marking.safetensors"), "--dataset", str(setup / "ds"), "--out", str(plain),
-                 "--sensitivity", "0.6"]) == 0
+                 "--sensitivity", "0.3"]) == 0
     capsys.readouterr()
     assert op_sure["threshold"] <= load_model(plain)[1]["operating_point"]["threshold"]
-    assert _detection(frames, sure)["sensitivity"] == pytest.approx(op_sure["sensitivity"])
+    # The card's refinement (the bound may need smaller islands than the plain point), in fp32 as calibrate chose it:
+    # two calcified frames lie 0.0013 above this threshold, within what bf16 autocast moves a probability.
+    import dataclasses
+
+    from CACTrainerLib import evaluation, training
+
+    model, meta = load_model(sure)
+    ev = evaluation.evaluate(model, frames, dataclasses.replace(training.card_config(meta), amp=False),
+                             torch.device("cpu"), calibration=meta["calibration"])
+    assert ev["detection"]["sensitivity"] == pytest.approx(op_sure["sensitivity"])
     assert main(["calibrate", str(setup / "m.safetensors"), "--dataset", str(setup / "ds"), "--out",
                  str(setup / "x.safetensors"), "--sensitivity", "0.9", "--confidence", "1"]) == 2
     assert "--confidence 1.0 must be a share in (0, 1)" in capsys.readouterr().err

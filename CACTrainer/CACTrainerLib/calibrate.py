@@ -200,7 +200,12 @@ def sensitivity_bound(gate_scores, truth, groups, confidence: float) -> tuple[np
         n_eff = np.where(var > 0, np.minimum(total, sens * (1.0 - sens) / var), float(k))
     x = sens * n_eff
     bound = np.where(x > 0, stats.beta.ppf(1.0 - confidence, np.maximum(x, 1e-12), n_eff - x + 1.0), 0.0)
-    return levels, sens, np.minimum(bound, sens)
+    # The true sensitivity only rises as the level falls, so a bound at a lower level also bounds every higher
+    # one: each level keeps the least of them.  Without it the first level whose bound reaches a target is the
+    # first lucky one among many noisy bounds (the effective number moves from level to level), and the target
+    # was missed more often than 1 - confidence (docs/identify.md).
+    bound = np.minimum.accumulate(np.minimum(bound, sens)[::-1])[::-1]
+    return levels, sens, bound
 
 
 def confident_level(gate_scores, truth, groups, sensitivity: float,
