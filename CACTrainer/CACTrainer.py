@@ -101,19 +101,16 @@ def buildTrainCommand(python, datasetDir, outputModelPath, cvMode="patient", fol
 
 
 def buildCalibrateCommand(python, modelPath, dataDir, calibratedModelPath, method="platt", sensitivity=0.0,
-                          overwrite=False, confidence=0.0):
+                          overwrite=False):
     """Command line of ``cac calibrate``: calibration and activation statistics fitted on a held-out dataset.
 
     ``sensitivity`` in (0, 1] also chooses the operating point (``--sensitivity``); 0 keeps the model's threshold.
-    ``confidence`` in (0, 1) with it: the sensitivity holds on new patients with that confidence (``--confidence``).
     """
     if method not in ("platt", "temperature", "none"):
         raise ValueError(f"unknown calibration method {method!r}")
     arguments = [modelPath, "--dataset", dataDir, "--method", method, "--out", calibratedModelPath]
     if sensitivity and float(sensitivity) > 0:
         arguments += ["--sensitivity", f"{float(sensitivity):g}"]
-        if confidence and float(confidence) > 0:
-            arguments += ["--confidence", f"{float(confidence):g}"]
     return _cacCommand(python, "calibrate", *arguments, overwrite=overwrite)
 
 
@@ -167,7 +164,6 @@ class CACTrainerParameterNode:
     initModelPath - optional model to fine-tune (empty: random initialisation).
     calibrationModelPath, calibrationDataDir - the model to calibrate and its held-out dataset.
     calibrationMethod - "platt", "temperature" or "none"; targetSensitivity - operating point (0: keep).
-    sensitivityConfidence - with targetSensitivity: reach it on new patients with this confidence (0: off).
     calibratedModelPath - the calibrated model written (.safetensors).
     curvesTable, curvesChart - training curves of the last run.
     """
@@ -193,7 +189,6 @@ class CACTrainerParameterNode:
     calibrationDataDir: Path
     calibrationMethod: Annotated[str, Choice(["platt", "temperature", "none"]), Default("platt")]
     targetSensitivity: Annotated[float, WithinRange(0.0, 1.0), Default(0.0)]
-    sensitivityConfidence: Annotated[float, WithinRange(0.0, 0.99), Default(0.0)]
     calibratedModelPath: Path
     curvesTable: vtkMRMLTableNode
     curvesChart: vtkMRMLPlotChartNode
@@ -444,7 +439,7 @@ class CACTrainerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         command = buildCalibrateCommand(
             self.logic.pythonExecutable(), p.calibrationModelPath, p.calibrationDataDir, p.calibratedModelPath,
-            p.calibrationMethod, p.targetSensitivity, overwrite, p.sensitivityConfidence,
+            p.calibrationMethod, p.targetSensitivity, overwrite,
         )
         self._startProcess(command, _("Calibrating"))
 

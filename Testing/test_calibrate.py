@@ -284,105 +284,6 @@ def test_cine_gate_point_keeps_the_sensitivity_and_sets_calcium_free_cines_apart
         choose_operating_point(probs, rois, fr, refinement, 1.0, island_sizes=(), cine_gate=True)
 
 
-def test_sensitivity_bound_agrees_with_clopper_pearson_for_independent_frames_and_counts_patients():
-    """The bound against scipy's exact binomial interval when every frame is its own patient, and the cluster
-    effect: a patient's frames duplicated change nothing, while the same frames taken as independent give a
-    tighter (higher) bound."""
-    from CACTrainerLib.calibrate import sensitivity_bound
-    from scipy import stats
-
-    rng = np.random.default_rng(0)
-    n = 400
-    g = rng.random(n)
-    y = np.ones(n, bool)
-    levels, sens, bound = sensitivity_bound(g, y, np.arange(n), 0.9)
-    assert np.all(np.diff(levels) < 0) and np.all(np.diff(sens) > 0) and np.all(np.diff(bound) >= 0)
-    for j in (n // 2, int(0.9 * n), int(0.97 * n)):  # frame sensitivity 0.5, 0.9, 0.97
-        found = round(sens[j] * n)
-        ref = stats.binomtest(found, n).proportion_ci(confidence_level=0.8, method="exact").low  # one-sided 0.9
-        assert bound[j] == pytest.approx(ref, abs=0.006), j
-        assert bound[j] < sens[j]
-    # Everything found: the one-sided exact bound of n of n, n the number of patients.
-    assert bound[-1] == pytest.approx(0.1 ** (1 / n))
-    # 50 patients of 8 frames that share their gate score: as 50 frames, not 400.
-    gp = np.repeat(rng.random(50), 8)
-    groups = np.repeat(np.arange(50), 8)
-    _, s_cl, b_cl = sensitivity_bound(gp, np.ones(400, bool), groups, 0.9)
-    _, s_one, b_one = sensitivity_bound(gp[::8], np.ones(50, bool), np.arange(50), 0.9)
-    np.testing.assert_allclose(s_cl, s_one)
-    np.testing.assert_allclose(b_cl, b_one, atol=1e-12)
-    _, _, b_ind = sensitivity_bound(gp, np.ones(400, bool), np.arange(400), 0.9)
-    assert np.mean(b_ind[5:-5] - b_cl[5:-5]) > 0.03
-    # Calcium-free frames and frames without any ROI are not levels; a frame never found keeps the bound down.
-    y2 = np.r_[np.ones(50, bool), np.zeros(50, bool)]
-    g2 = np.r_[rng.random(45), np.full(5, -1.0), rng.random(50)]
-    lv, s2, b2 = sensitivity_bound(g2, y2, np.arange(100) // 2, 0.95)
-    assert len(lv) == 45 and s2[-1] == pytest.approx(0.9) and b2[-1] < 0.9
-    with pytest.raises(ValueError, match="confidence"):
-        sensitivity_bound(g2, y2, np.arange(100), 1.0)
-
-
-def test_a_confident_operating_point_holds_its_sensitivity_on_new_patients_where_the_plain_one_does_not():
-    """Simulated patients (a patient's frames share a detectability, so they move together): 200 calibration draws
-    of 40 patients each, the sensitivity at the chosen threshold measured on the whole population.  The plain
-    point falls short of the target about half the time; the point at 90 % confidence rarely does."""
-    from CACTrainerLib.calibrate import confident_level
-
-    rng = np.random.default_rng(1)
-    n_pat, per = 4000, 6
-    patient = rng.normal(0.0, 1.0, n_pat)  # detectability shared by a patient's frames
-    def score(x):  # a gate score is a probability (a negative one would read as "no ROI")
-        return 1.0 / (1.0 + np.exp(-x))
-
-    pop = score(patient[:, None] + 0.5 * rng.normal(size=(n_pat, per))).ravel()
-    target, short_plain, short_conf = 0.9, 0, 0
-    for _ in range(200):
-        pick = rng.choice(n_pat, 40, replace=False)
-        g = score(patient[pick, None] + 0.5 * rng.normal(size=(40, per))).ravel()
-        groups = np.repeat(np.arange(40), per)
-        plain = np.sort(g)[::-1][int(np.ceil(target * g.size)) - 1]
-        level, bound, _ = confident_level(g, np.ones(g.size, bool), groups, target, 0.9)
-        assert level <= plain and bound >= target
-        short_plain += (pop >= plain).mean() < target
-        short_conf += (pop >= level).mean() < target
-    assert 60 <= short_plain <= 140  # about half of 200
-    assert short_conf <= 30  # about 10 % of 200 or fewer
-
-
-def test_choose_operating_point_with_confidence_lowers_the_threshold_and_says_why_it_cannot():
-    from CACTrainerLib import training
-    from CACTrainerLib.calibrate import choose_operating_point
-
-    n = 28
-    nc = np.full((n, 512, 512), 0.5, np.float32)
-    calcium = np.zeros((n, 512, 512), bool)
-    calcium[:24, 100:104, 100:104] = True  # 12 calcified patients of 2 frames, 2 calcium-free ones
-    rois = np.zeros((5 * n, 256, 256), np.float32)
-    rois[::5, 80:120, 80:120] = 0.9
-    probs = np.full(5 * n, 0.01, np.float32)
-    probs[::5] = np.r_[np.linspace(0.95, 0.30, 24), [0.6, 0.4, 0.1, 0.05]]
-
-    class Patients(_Frames):
-        patient = [f"p{f // 2}" for f in range(n)]
-
-    fr = Patients(nc, calcium)
-    refinement = training.TrainConfig().refinement
-    plain, _, _ = choose_operating_point(probs, rois, fr, refinement, 0.75, island_sizes=())
-    level = np.sort(probs[:120:5])[::-1][17]  # the 18th of 24 calcified frames
-    assert plain["threshold"] == pytest.approx((level + probs[18 * 5]) / 2) and "confidence" not in plain
-    sure, _, _ = choose_operating_point(probs, rois, fr, refinement, 0.75, island_sizes=(), confidence=0.8)
-    assert sure["threshold"] < plain["threshold"] and sure["sensitivity"] > plain["sensitivity"]
-    assert sure["confidence"] == 0.8 and sure["groups"] == 14 and 0.75 <= sure["sensitivity_lower_bound"]
-    assert sure["sensitivity_lower_bound"] <= sure["sensitivity"]
-    assert sure["specificity"] < plain["specificity"]  # the price: the calcium-free frame at 0.4
-    # 12 calcified patients cannot promise 0.9 at 80 % (everything found: 0.2 ** (1 / 12) = 0.874; one frame
-    # missed, 23 of 24, the frames count more, but the bound stays under 0.9).
-    with pytest.raises(CacError, match=r"with 80% confidence .*at most 0\.8\d\d over 14 patients.*--confidence"):
-        choose_operating_point(probs, rois, fr, refinement, 0.9, island_sizes=(), confidence=0.8)
-    with pytest.raises(CacError, match="confidence"):
-        choose_operating_point(probs, rois, fr, refinement, 0.75, confidence=1.0)
-
-
 def _marking_model():
     """A decoder that marks every gated patch, so the classifier's threshold alone decides which frames get an ROI."""
     torch.manual_seed(1)
@@ -435,8 +336,7 @@ def test_cac_calibrate_sensitivity_sets_the_threshold_that_reaches_it(setup, fra
     assert "--island-sizes" in err and "Traceback" not in err
     # Options that would change nothing here are refused, not ignored.
     for extra, word in ((["--seed", "3"], "--phantom-pool"), (["--island-sizes", "250"], "--sensitivity"),
-                        (["--cine-gate"], "--sensitivity"), (["--roi-patches", "2"], "--sensitivity"),
-                        (["--confidence", "0.9"], "--sensitivity")):
+                        (["--cine-gate"], "--sensitivity"), (["--roi-patches", "2"], "--sensitivity")):
         assert main(["calibrate", str(setup / "m.safetensors"), "--dataset", str(setup / "ds"), "--out",
                      str(setup / "y.safetensors"), *extra]) == 2
         err = capsys.readouterr().err
@@ -471,39 +371,6 @@ def test_cac_calibrate_sensitivity_sets_the_threshold_that_reaches_it(setup, fra
                              calibration=meta["calibration"])
     assert ev["detection"]["sensitivity"] == pytest.approx(meta["operating_point"]["sensitivity"])
     assert ev["detection"]["specificity"] == pytest.approx(meta["operating_point"]["specificity"])
-    # With --confidence the threshold goes down to where the sensitivity's lower bound reaches the target; four
-    # patients (two calcified) cannot promise 0.9 -- at most 0.1 ** (1 / 2) = 0.316 -- and the line says so.
-    sure = setup / "sure.safetensors"
-    assert main(["calibrate", str(setup / "marking.safetensors"), "--dataset", str(setup / "ds"), "--out", str(sure),
-                 "--sensitivity", "0.9", "--confidence", "0.9"]) == 2
-    err = capsys.readouterr().err
-    assert "with 90% confidence" in err and "over 4 patients" in err and "Traceback" not in err
-    assert not sure.exists()
-    code = main(["calibrate", str(setup / "marking.safetensors"), "--dataset", str(setup / "ds"), "--out", str(sure),
-                 "--sensitivity", "0.3", "--confidence", "0.9"])
-    captured = capsys.readouterr()
-    assert code == 0, captured.err
-    assert "on new patients with 90% confidence" in captured.out
-    op_sure = load_model(sure)[1]["operating_point"]
-    assert op_sure["sensitivity_lower_bound"] >= 0.3 and op_sure["confidence"] == 0.9 and op_sure["groups"] == 4
-    plain = setup / "plain03.safetensors"
-    assert main(["calibrate", str(setup / "marking.safetensors"), "--dataset", str(setup / "ds"), "--out", str(plain),
-                 "--sensitivity", "0.3"]) == 0
-    capsys.readouterr()
-    assert op_sure["threshold"] <= load_model(plain)[1]["operating_point"]["threshold"]
-    # The card's refinement (the bound may need smaller islands than the plain point), in fp32 as calibrate chose it:
-    # two calcified frames lie 0.0013 above this threshold, within what bf16 autocast moves a probability.
-    import dataclasses
-
-    from CACTrainerLib import evaluation, training
-
-    model, meta = load_model(sure)
-    ev = evaluation.evaluate(model, frames, dataclasses.replace(training.card_config(meta), amp=False),
-                             torch.device("cpu"), calibration=meta["calibration"])
-    assert ev["detection"]["sensitivity"] == pytest.approx(op_sure["sensitivity"])
-    assert main(["calibrate", str(setup / "m.safetensors"), "--dataset", str(setup / "ds"), "--out",
-                 str(setup / "x.safetensors"), "--sensitivity", "0.9", "--confidence", "1"]) == 2
-    assert "--confidence 1.0 must be a share in (0, 1)" in capsys.readouterr().err
     # Calibrating the gated model again without a new point drops the cine threshold (chosen on old probabilities).
     ungated = setup / "gated_again.safetensors"
     assert main(["calibrate", str(gated), "--dataset", str(setup / "ds"), "--out", str(ungated)]) == 0

@@ -177,7 +177,6 @@ def test_trainer_every_field_round_trips(slicer_app, tmp_path):
         "calibrationDataDir": tmp_path / "held-out",
         "calibrationMethod": "temperature",
         "targetSensitivity": 0.9,
-        "sensitivityConfidence": 0.9,
         "calibratedModelPath": tmp_path / "calibrated.safetensors",
         "curvesTable": table,
         "curvesChart": chart,
@@ -192,8 +191,6 @@ def test_trainer_every_field_round_trips(slicer_app, tmp_path):
         reloaded.cvMode = "leave-one-out"
     with pytest.raises(ValueError):
         reloaded.targetSensitivity = 1.5
-    with pytest.raises(ValueError):
-        reloaded.sensitivityConfidence = 1.0
     with pytest.raises(ValueError):
         reloaded.calibrationMethod = "isotonic"
     with pytest.raises(ValueError):

@@ -111,146 +111,12 @@ def frame_detection_curve(probs: np.ndarray, rois: np.ndarray, fs, refinement: d
             "positive_frames": npos, "negative_frames": nneg, "gate_scores": gate, "truth": truth}
 
 
-
-
-def frame_groups(fs) -> list:
-    """Who each frame belongs to for the sensitivity bound: its patient, else its acquisition, else itself.
-
-    A patient's frames (and runs) move together, so the bound counts patients, not frames alone.
-
-    >>> class F:
-    ...     patient, acquisition = ["p1", "p1", "p2"], ["a", "b", "c"]
-    ...     def __len__(self): return 3
-    >>> frame_groups(F())
-    ['p1', 'p1', 'p2']
-    """
-    for name in ("patient", "acquisition"):
-        ids = list(getattr(fs, name, None) or [])
-        if len(ids) == len(fs) and all(str(i) for i in ids):
-            return [str(i) for i in ids]
-    return [str(f) for f in range(len(fs))]
-
-
-def sensitivity_bound(gate_scores, truth, groups, confidence: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One-sided lower confidence bound of the frame sensitivity at each threshold a calcified frame sets.
-
-    A threshold ``t`` finds a calcified frame when its gate score is at least
-    ``t`` (:func:`frame_detection_curve`).  The frames of one patient are not
-    independent (the same heart, dose and deposits), so the bound is a
-    Clopper-Pearson bound on an effective number of frames: the sensitivity's
-    variance over patients (the cluster, or ratio-estimator, variance) sets
-    how many independent frames the data are worth (Kish's design effect), at
-    most all of them; where no patient differs from the others (everything
-    found) the number of calcified patients.  Chosen over a cluster bootstrap,
-    whose percentile bound held the target less often on simulated patients
-    (docs/identify.md, "A sensitivity that holds").
-
-    Parameters
-    ----------
-    gate_scores : (F,) float
-        Per frame, the highest threshold at which it gets an ROI (:data:`NO_ROI`: none).
-    truth : (F,) bool
-        The frame has calcium.
-    groups : sequence of hashable, length F
-        The frame's patient (:func:`frame_groups`).
-    confidence : float
-        In (0, 1), e.g. 0.9.
-
-    Returns
-    -------
-    levels, sensitivity, bound : ndarray
-        The distinct gate scores of the calcified frames that can get an ROI, descending; the
-        sensitivity at each on these frames; its lower bound.  Both rise as the level falls.
-
-    Examples
-    --------
-    Ten patients of two calcified frames each; the frames of a patient share their gate score, so
-    they count as ten frames, not twenty:
-
-    >>> g = np.repeat(np.linspace(0.95, 0.5, 10), 2); y = np.ones(20, bool)
-    >>> levels, sens, bound = sensitivity_bound(g, y, np.repeat(np.arange(10), 2), 0.9)
-    >>> float(sens[7]), round(float(bound[7]), 3), round(float(bound[-1]), 3)
-    (0.8, 0.533, 0.794)
-    """
-    from scipy import stats
-
-    g = np.asarray(gate_scores, float)
-    y = np.asarray(truth, bool)
-    if not 0.0 < confidence < 1.0:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
-    _, gid = np.unique(np.asarray([str(v) for v in groups], dtype=object), return_inverse=True)
-    found = y & (g >= 0)
-    levels = np.unique(g[found])[::-1]
-    if not levels.size:
-        return levels, np.zeros(0), np.zeros(0)
-    n_groups = int(gid.max()) + 1
-    positives = np.bincount(gid[y], minlength=n_groups).astype(float)
-    calcified = positives > 0
-    # hits[k, j]: calcified frames of patient k found at levels[j] (a frame counts from its own level down).
-    hits = np.zeros((n_groups, levels.size))
-    np.add.at(hits, (gid[found], np.searchsorted(-levels, -g[found])), 1.0)
-    hits = np.cumsum(hits, axis=1)[calcified]
-    m, total, k = positives[calcified], positives.sum(), int(calcified.sum())
-    sens = hits.sum(axis=0) / total
-    if k > 1:  # the ratio estimator's variance over patients, with the small-sample factor k / (k - 1)
-        var = k / (k - 1) * ((hits - sens[None, :] * m[:, None]) ** 2).sum(axis=0) / total ** 2
-    else:
-        var = np.zeros(levels.size)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        n_eff = np.where(var > 0, np.minimum(total, sens * (1.0 - sens) / var), float(k))
-    x = sens * n_eff
-    bound = np.where(x > 0, stats.beta.ppf(1.0 - confidence, np.maximum(x, 1e-12), n_eff - x + 1.0), 0.0)
-    # The true sensitivity only rises as the level falls, so a bound at a lower level also bounds every higher
-    # one: each level keeps the least of them.  Without it the first level whose bound reaches a target is the
-    # first lucky one among many noisy bounds (the effective number moves from level to level), and the target
-    # was missed more often than 1 - confidence (docs/identify.md).
-    bound = np.minimum.accumulate(np.minimum(bound, sens)[::-1])[::-1]
-    return levels, sens, bound
-
-
-def confident_level(gate_scores, truth, groups, sensitivity: float,
-                    confidence: float) -> tuple[float | None, float | None, float]:
-    """The highest level whose sensitivity and its lower bound (:func:`sensitivity_bound`) reach ``sensitivity``.
-
-    Returns
-    -------
-    (level, bound, best) : float or None, float or None, float
-        The level (a calcified frame's gate score) and the bound there (both None where no level
-        reaches it), and the highest bound reached.
-
-    Examples
-    --------
-    Ten patients: 0.7 of the frames are found from 0.65 down, but with 90 % confidence only at 0.5,
-    where all are; 0.8 cannot be promised with ten patients (at most 0.794):
-
-    >>> g = np.repeat(np.linspace(0.95, 0.5, 10), 2); y = np.ones(20, bool); grp = np.repeat(np.arange(10), 2)
-    >>> level, bound, best = confident_level(g, y, grp, 0.7, 0.9)
-    >>> float(level), round(bound, 3)
-    (0.5, 0.794)
-    >>> confident_level(g, y, grp, 0.8, 0.9)[:2], round(confident_level(g, y, grp, 0.8, 0.9)[2], 3)
-    ((None, None), 0.794)
-    """
-    levels, sens, bound = sensitivity_bound(gate_scores, truth, groups, confidence)
-    ok = np.flatnonzero((bound >= sensitivity - 1e-12) & (sens >= sensitivity - 1e-12))
-    best = float(bound.max()) if bound.size else 0.0
-    if not ok.size:
-        return None, None, best
-    return float(levels[ok[0]]), float(bound[ok[0]]), best
-
-
-def operating_point(curve: dict, sensitivity: float, confidence: float | None = None, groups=None) -> dict:
+def operating_point(curve: dict, sensitivity: float) -> dict:
     """The highest classifier threshold whose frame sensitivity on the curve is at least ``sensitivity``.
 
     The threshold is put halfway down to the next lower candidate: it keeps
     the same held-out patches (none lies between), with a margin below the
     lowest one kept.
-
-    With ``confidence`` (e.g. 0.9) the lower confidence bound of the
-    sensitivity must reach ``sensitivity`` too (:func:`sensitivity_bound`,
-    the frames grouped by ``groups``): the point then holds on new patients
-    of the same kind with that confidence, where the plain point falls short
-    about half the time.  The result adds ``confidence``,
-    ``sensitivity_lower_bound`` and ``groups`` (their number).
 
     Examples
     --------
@@ -266,32 +132,18 @@ def operating_point(curve: dict, sensitivity: float, confidence: float | None = 
     if not curve["positive_frames"]:
         raise CacError("choosing an operating point needs frames with calcium in the held-out data")
     t, sens, spec = curve["thresholds"], curve["sensitivity"], curve["specificity"]
-    extra = {}
-    if confidence is not None:
-        level, bound, best = confident_level(curve["gate_scores"], curve["truth"], groups, sensitivity, confidence)
-        n_groups = len(set(map(str, groups)))
-        if level is None:
-            raise CacError(f"no classifier threshold reaches a frame sensitivity of {sensitivity:.3f} with "
-                           f"{confidence:.0%} confidence on these data (its lower bound reaches at most {best:.3f} "
-                           f"over {n_groups} patients); choose a lower --sensitivity or --confidence, or "
-                           "calibrate on more patients")
-        i = int(np.searchsorted(t, level))  # a gate score is one of the patch probabilities, so a candidate
-        extra = {"confidence": float(confidence), "groups": n_groups, "sensitivity_lower_bound": bound}
-    else:
-        ok = np.flatnonzero(sens >= sensitivity - 1e-12)
-        if not ok.size:
-            raise CacError(f"no classifier threshold reaches a frame sensitivity of {sensitivity:.3f} on these data "
-                           f"(at most {np.nanmax(sens):.3f}); choose a lower --sensitivity")
-        i = int(ok.max())
+    ok = np.flatnonzero(sens >= sensitivity - 1e-12)
+    if not ok.size:
+        raise CacError(f"no classifier threshold reaches a frame sensitivity of {sensitivity:.3f} on these data "
+                       f"(at most {np.nanmax(sens):.3f}); choose a lower --sensitivity")
+    i = int(ok.max())
     thr = 0.5 * (t[i - 1] + t[i]) if i > 0 else float(t[i])
     return {"threshold": float(thr), "target_sensitivity": float(sensitivity),
             "sensitivity": float(sens[i]), "specificity": None if np.isnan(spec[i]) else float(spec[i]),
-            "positive_frames": int(curve["positive_frames"]), "negative_frames": int(curve["negative_frames"]),
-            **extra}
+            "positive_frames": int(curve["positive_frames"]), "negative_frames": int(curve["negative_frames"])}
 
 
-def cine_operating_point(gate_scores, evidence, truth, sensitivity: float, confidence: float | None = None,
-                         groups=None) -> dict | None:
+def cine_operating_point(gate_scores, evidence, truth, sensitivity: float) -> dict | None:
     """The classifier and cine thresholds of highest frame specificity whose sensitivity reaches ``sensitivity``.
 
     A frame is found when its gate score is at least ``t`` and its cine's evidence at least ``c``
@@ -311,9 +163,6 @@ def cine_operating_point(gate_scores, evidence, truth, sensitivity: float, confi
         The frame has calcium.
     sensitivity : float
         Target frame sensitivity, (0, 1].
-    confidence : float, optional
-        Also the lower confidence bound of the sensitivity must reach it (:func:`operating_point`);
-        the frames grouped by ``groups``.  The point then has ``sensitivity_lower_bound``.
 
     Examples
     --------
@@ -339,24 +188,17 @@ def cine_operating_point(gate_scores, evidence, truth, sensitivity: float, confi
     best = None
     for c in np.unique(e):
         ok = e >= c
-        bound = None
-        if confidence is not None:  # a frame of a cine under c is never found: its gate score is NO_ROI
-            t, bound, _ = confident_level(np.where(ok, g, NO_ROI), y, groups, sensitivity, confidence)
-            if t is None:
-                continue
-        else:
-            pos = np.sort(g[y & ok & (g >= 0)])[::-1]
-            if need < 1 or len(pos) < need:
-                continue
-            t = float(pos[need - 1])
+        pos = np.sort(g[y & ok & (g >= 0)])[::-1]
+        if need < 1 or len(pos) < need:
+            continue
+        t = float(pos[need - 1])
         found = (g >= t) & ok
         sens = float(found[y].mean())
         spec = float((~found[~y]).mean()) if (~y).any() else float("nan")
         key = (-1.0 if np.isnan(spec) else spec, sens, t, float(c))
         if best is None or key > best[0]:
             best = (key, {"threshold": _halfway_down(t, g[g >= 0]), "cine_threshold": _halfway_down(float(c), e),
-                          "sensitivity": sens, "specificity": None if np.isnan(spec) else spec,
-                          **({} if bound is None else {"sensitivity_lower_bound": bound})})
+                          "sensitivity": sens, "specificity": None if np.isnan(spec) else spec})
     return None if best is None else best[1]
 
 
@@ -369,7 +211,7 @@ def _halfway_down(value: float, values: np.ndarray) -> float:
 
 def choose_operating_point(probs: np.ndarray, rois: np.ndarray, fs, refinement: dict, sensitivity: float,
                            island_sizes=ISLAND_SIZES, cine_gate: bool = False,
-                           roi_patches: int | None = None, confidence: float | None = None) -> tuple[dict, dict, dict]:
+                           roi_patches: int | None = None) -> tuple[dict, dict, dict]:
     """The operating point at the largest island size that reaches ``sensitivity``, then the highest threshold.
 
     The model's own ``min_island_px`` is tried first; then each of
@@ -392,9 +234,6 @@ def choose_operating_point(probs: np.ndarray, rois: np.ndarray, fs, refinement: 
         acquisition of ``fs`` is a cine): the point then has ``cine_threshold``.
     roi_patches : int, optional
         The card's ``roi_patches`` (:func:`frame_detection_curve`).
-    confidence : float, optional
-        Reach ``sensitivity`` with this confidence on new patients (:func:`operating_point`; the
-        frames grouped by patient, :func:`frame_groups`), not only on these frames.
 
     Returns
     -------
@@ -413,9 +252,6 @@ def choose_operating_point(probs: np.ndarray, rois: np.ndarray, fs, refinement: 
     own = int(refinement["min_island_px"])
     sizes = [own] + sorted({int(s) for s in island_sizes if 0 <= int(s) < own}, reverse=True)
     fields = exposed_field_of_frames(fs)
-    groups = frame_groups(fs) if confidence is not None else None
-    if confidence is not None and not 0.0 < confidence < 1.0:
-        raise CacError(f"confidence {confidence} must be in (0, 1), e.g. 0.9")
     best = 0.0
     for size in sizes:
         ref = dict(refinement, min_island_px=size)
@@ -428,42 +264,27 @@ def choose_operating_point(probs: np.ndarray, rois: np.ndarray, fs, refinement: 
             from CACIdentifierLib.temporal import cine_evidence
 
             evidence = cine_evidence(np.asarray(probs, float).reshape(-1, 5).max(axis=1), fs.acquisition)
-            joint = cine_operating_point(curve["gate_scores"], evidence, curve["truth"], sensitivity,
-                                         confidence=confidence, groups=groups)
+            joint = cine_operating_point(curve["gate_scores"], evidence, curve["truth"], sensitivity)
             if joint is None:
-                best = max(best, _best_reached(curve, groups, confidence))
+                best = max(best, float(np.nanmax(curve["sensitivity"])))
                 continue
-            if confidence is not None:
-                joint.update(confidence=float(confidence), groups=len(set(groups)))
             return (dict(joint, target_sensitivity=float(sensitivity), min_island_px=size,
                          positive_frames=int(curve["positive_frames"]),
                          negative_frames=int(curve["negative_frames"])), ref, curve)
         try:
-            op = operating_point(curve, sensitivity, confidence=confidence, groups=groups)
+            op = operating_point(curve, sensitivity)
         except CacError:
             if not curve["positive_frames"]:
                 raise
-            best = max(best, _best_reached(curve, groups, confidence))
+            best = max(best, float(np.nanmax(curve["sensitivity"])))
             continue
         return dict(op, min_island_px=size), ref, curve
     # Three decimals: a target of 0.934 against a best of 0.929 must not read "0.93 ... at most 0.93".
     smaller = [str(v) for v in (250, 100, 0) if v < min(sizes)]
     hint = f", or let smaller ROI islands count (--island-sizes {','.join(smaller)})" if smaller else ""
-    if confidence is not None:
-        raise CacError(f"no classifier threshold reaches a frame sensitivity of {sensitivity:.3f} with "
-                       f"{confidence:.0%} confidence on these data (its lower bound reaches at most {best:.3f} over "
-                       f"{len(set(groups))} patients, island sizes {', '.join(map(str, sizes))} px); choose a lower "
-                       f"--sensitivity or --confidence, or calibrate on more patients{hint}")
     raise CacError(f"no classifier threshold reaches a frame sensitivity of {sensitivity:.3f} on these data "
                    f"(at most {best:.3f}, island sizes {', '.join(map(str, sizes))} px); "
                    f"choose a lower --sensitivity{hint}")
-
-
-def _best_reached(curve: dict, groups, confidence: float | None) -> float:
-    """The highest sensitivity the curve reaches, or with ``confidence`` the highest lower bound of it."""
-    if confidence is None:
-        return float(np.nanmax(curve["sensitivity"]))
-    return confident_level(curve["gate_scores"], curve["truth"], groups, 1.0, confidence)[2]
 
 
 def plot_operating_point(curve: dict, op: dict, path, title: str = "") -> None:
@@ -482,8 +303,6 @@ def plot_operating_point(curve: dict, op: dict, path, title: str = "") -> None:
     ax.axvline(op["threshold"], color="k", lw=0.8, ls="--")
     ax.axhline(op["target_sensitivity"], color="tab:red", lw=0.6, ls=":")
     spec = "" if op["specificity"] is None else f", specificity {op['specificity']:.2f}"
-    if op.get("sensitivity_lower_bound") is not None:
-        spec += f"\n(sensitivity >= {op['sensitivity_lower_bound']:.2f} on new patients, {op['confidence']:.0%} confidence)"
     island = f", islands >= {op['min_island_px']} px" if "min_island_px" in op else ""
     ax.set_title((title + "\n" if title else "") + f"threshold {op['threshold']:.3f}{island}: sensitivity "
                  f"{op['sensitivity']:.2f}{spec}", fontsize=9)
@@ -503,7 +322,7 @@ def plot_operating_point(curve: dict, op: dict, path, title: str = "") -> None:
 def calibrate_metadata(model, metadata: dict, fs, *, method: str = "platt", device="cpu", data: str = "",
                        batch_size: int = 32, sensitivity: float | None = None,
                        island_sizes=ISLAND_SIZES, cine_gate: bool = False,
-                       roi_patches: int | None = None, confidence: float | None = None) -> tuple[dict, dict]:
+                       roi_patches: int | None = None) -> tuple[dict, dict]:
     """New metadata with ``calibration`` and ``feature_statistics`` fitted on ``fs``; and the reliability data.
 
     Parameters
@@ -533,8 +352,6 @@ def calibrate_metadata(model, metadata: dict, fs, *, method: str = "platt", devi
         Store ``roi_patches`` in the card (at most that many of a frame's gated patches draw its ROI,
         :func:`CACIdentifierLib.refinement.most_probable_patches`; 5 removes it); the operating point
         is then chosen with it (needs ``sensitivity``).  None keeps the card's.
-    confidence : float, optional
-        With ``sensitivity``: reach it with this confidence on new patients (:func:`choose_operating_point`).
 
     Returns
     -------
@@ -589,8 +406,6 @@ def calibrate_metadata(model, metadata: dict, fs, *, method: str = "platt", devi
             meta["roi_patches"] = int(roi_patches)
     if cine_gate and sensitivity is None:
         raise CacError("the cine threshold is chosen with the operating point; give a target sensitivity too")
-    if confidence is not None and sensitivity is None:
-        raise CacError("the confidence is that of the operating point's sensitivity; give a target sensitivity too")
     if "cine_threshold" in meta and (sensitivity is not None or method != "none"):
         del meta["cine_threshold"]  # chosen on the old probabilities: set again below, or gone
     if sensitivity is None and method != "none" and "operating_point" in meta:
@@ -607,8 +422,7 @@ def calibrate_metadata(model, metadata: dict, fs, *, method: str = "platt", devi
         refinement = dict(REFINEMENT_DEFAULTS, **(meta.get("refinement") or {}))
         op, refinement, rel["curve"] = choose_operating_point(calibrated, rois, fs, refinement, sensitivity,
                                                               island_sizes, cine_gate=cine_gate,
-                                                              roi_patches=meta.get("roi_patches"),
-                                                              confidence=confidence)
+                                                              roi_patches=meta.get("roi_patches"))
         if cine_gate:
             meta["cine_threshold"] = op["cine_threshold"]
         meta["refinement"] = refinement
@@ -620,7 +434,7 @@ def calibrate_metadata(model, metadata: dict, fs, *, method: str = "platt", devi
 
 def calibrate_file(model_path, out_path, fs, *, method: str = "platt", data: str = "", overwrite: bool = False,
                    device="cpu", sensitivity: float | None = None, island_sizes=ISLAND_SIZES,
-                   cine_gate: bool = False, roi_patches: int | None = None, confidence: float | None = None) -> dict:
+                   cine_gate: bool = False, roi_patches: int | None = None) -> dict:
     """Calibrate the model at ``model_path`` on ``fs`` and write it to ``out_path`` (+ card, reliability PNG)."""
     import torch
     from CACIdentifierLib import calibration
@@ -629,7 +443,7 @@ def calibrate_file(model_path, out_path, fs, *, method: str = "platt", data: str
     model, meta = load_model(model_path)
     new_meta, rel = calibrate_metadata(model, meta, fs, method=method, device=device, data=data,
                                        sensitivity=sensitivity, island_sizes=island_sizes, cine_gate=cine_gate,
-                                       roi_patches=roi_patches, confidence=confidence)
+                                       roi_patches=roi_patches)
     dtype = torch.float16 if str(meta.get("weights_dtype", "")).endswith("16") else torch.float32
     card = save_model(out_path, model, new_meta, overwrite=overwrite, dtype=dtype)
     png = Path(out_path).with_suffix(".reliability.png")

@@ -36,11 +36,6 @@ def register(subparsers) -> None:
     p.add_argument("--sensitivity", type=float, metavar="S",
                    help="also choose the operating point: the highest classifier threshold at which a share S "
                         "(0-1] of the held-out frames with calcium still gets an ROI (e.g. 0.9)")
-    p.add_argument("--confidence", type=float, metavar="C",
-                   help="with --sensitivity: reach S with confidence C (0-1, e.g. 0.9) on new patients like the "
-                        "held-out ones, not only on these frames: the threshold is lowered until a lower "
-                        "confidence bound of the sensitivity (frames of one patient counted together) reaches S; costs "
-                        "specificity, more with fewer patients")
     p.add_argument("--island-sizes", metavar="PX[,PX...]",
                    help="with --sensitivity: smaller refinement island sizes (pixels) tried, largest first, when the "
                         "model's own (the paper's 1000) cannot reach S at any threshold; 'none' keeps the model's "
@@ -81,10 +76,6 @@ def run(args) -> int:
         raise CacError("--seed chooses the phantom patients of --phantom-pool; it has no effect with --dataset")
     if args.island_sizes is not None and args.sensitivity is None:
         raise CacError("--island-sizes is used while choosing the operating point; give --sensitivity S too")
-    if args.confidence is not None and args.sensitivity is None:
-        raise CacError("--confidence is that of the operating point's sensitivity; give --sensitivity S too")
-    if args.confidence is not None and not 0.0 < args.confidence < 1.0:
-        raise CacError(f"--confidence {args.confidence} must be a share in (0, 1), e.g. 0.9")
     if args.cine_gate and args.sensitivity is None:
         raise CacError("--cine-gate is chosen with the operating point; give --sensitivity S too")
     if args.roi_patches is not None and args.sensitivity is None:
@@ -121,7 +112,7 @@ def run(args) -> int:
 
     result = calibrate_file(args.model, out, fs, method=args.method, data=data, overwrite=args.overwrite,
                             sensitivity=args.sensitivity, island_sizes=island_sizes, cine_gate=args.cine_gate,
-                            roi_patches=args.roi_patches, confidence=args.confidence)
+                            roi_patches=args.roi_patches)
     card = result["card"]
     summary = {"model": str(out), "calibration": card.get("calibration"),
                "classifier_threshold": card.get("classifier_threshold"), "operating_point": card.get("operating_point"),
@@ -153,12 +144,8 @@ def run(args) -> int:
             where = (measured if args.sensitivity is not None else
                      f"frames of the model's earlier point ({printable(str(op.get('data', 'its own data')), 80)}; "
                      "carried over, not measured here: pass --sensitivity to choose it on this data)")
-            held = ""
-            if op.get("sensitivity_lower_bound") is not None and args.sensitivity is not None:
-                held = (f"; at least {op['sensitivity_lower_bound']:.2f} on new patients with "
-                        f"{op['confidence']:.0%} confidence, {op['groups']} patients)")
             print(f"operating point: classifier threshold {op['threshold']:.3f}{island}, frame sensitivity "
-                  f"{op['sensitivity']:.2f} (target {op['target_sensitivity']:.2f}{held}), specificity {spec} "
+                  f"{op['sensitivity']:.2f} (target {op['target_sensitivity']:.2f}), specificity {spec} "
                   f"on {op['positive_frames']} + {op['negative_frames']} {where}")
         st = summary["feature_statistics"]
         print(f"activation statistics: {st['frames']} frames, frame score median {st['frame_score_median']:.3g}, "
