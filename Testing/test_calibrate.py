@@ -222,6 +222,8 @@ def test_choose_operating_point_lowers_the_island_size_only_as_far_as_needed():
     # Reachable with the model's own 1000 px: no change.
     op, ref, curve = choose_operating_point(probs, rois, fr, refinement, 0.5)
     assert op["min_island_px"] == 1000 and ref == refinement and op["sensitivity"] == 0.5
+    # No patient ids: each frame its own; 2 of 4 found: sqrt(4 / 3 * 4 * 0.5 ** 2) / 4
+    assert op["calcified_patients"] == 4 and op["sensitivity_se"] == pytest.approx(np.sqrt(4 / 3) / 4)
     # 0.75 needs the 576 px island: 500 px, not 250 (which would also let the 324 px one through).
     op, ref, curve = choose_operating_point(probs, rois, fr, refinement, 0.75)
     assert op["min_island_px"] == 500 and ref["min_island_px"] == 500 and op["sensitivity"] == 0.75
@@ -284,6 +286,35 @@ def test_cine_gate_point_keeps_the_sensitivity_and_sets_calcium_free_cines_apart
         choose_operating_point(probs, rois, fr, refinement, 1.0, island_sizes=(), cine_gate=True)
 
 
+def test_sensitivity_standard_error_is_the_spread_over_sets_of_patients():
+    """Simulated patients whose frames share a detectability: the standard error of one set of 40 patients against
+    the sensitivity's spread over 300 such sets, and against the binomial formula for independent frames.  A
+    frame-level standard error (the patients ignored) would be far too small."""
+    from CACTrainerLib.calibrate import sensitivity_standard_error
+
+    rng = np.random.default_rng(2)
+    n, per, t = 40, 6, 0.5
+    sens, se, naive = [], [], []
+    for _ in range(300):
+        g = (rng.normal(1.0, 1.0, (n, 1)) + 0.5 * rng.normal(size=(n, per))).ravel()
+        found, groups = g >= t, np.repeat(np.arange(n), per)
+        s_i, k = sensitivity_standard_error(found, np.ones(found.size, bool), groups)
+        assert k == n
+        p = found.mean()
+        sens.append(p)
+        se.append(s_i)
+        naive.append(np.sqrt(p * (1 - p) / found.size))
+    assert 0.85 < np.median(se) / np.std(sens) < 1.15
+    assert np.median(naive) < 0.7 * np.std(sens)
+    # Every frame its own patient: the binomial standard error (with the small-sample factor k / (k - 1)).
+    found = rng.random(500) < 0.9
+    s_i, k = sensitivity_standard_error(found, np.ones(500, bool), np.arange(500))
+    p = found.mean()
+    assert k == 500 and s_i == pytest.approx(np.sqrt(p * (1 - p) / 499))
+    # Calcium-free frames do not count; one calcified patient has no spread to measure.
+    assert sensitivity_standard_error([1, 0, 1], [1, 1, 0], ["a", "a", "b"]) == (None, 1)
+
+
 def _marking_model():
     """A decoder that marks every gated patch, so the classifier's threshold alone decides which frames get an ROI."""
     torch.manual_seed(1)
@@ -323,6 +354,9 @@ def test_cac_calibrate_sensitivity_sets_the_threshold_that_reaches_it(setup, fra
     assert (setup / "op.operating_point.png").stat().st_size > 1000
     model, meta = load_model(out)
     op = meta["operating_point"]
+    # Four patients, two with calcium: the spread over them is printed and kept in the card.
+    assert op["calcified_patients"] == 2 and op["sensitivity_se"] is not None
+    assert f"standard error {op['sensitivity_se']:.3f} over 2 patients with calcium" in captured.out
     assert meta["classifier_threshold"] == op["threshold"] and op["sensitivity"] >= 0.9
     assert op["threshold"] > 0.0 and op["positive_frames"] > 0
     # Independently, through evaluation.evaluate (the inference path) at the card's threshold and calibration:

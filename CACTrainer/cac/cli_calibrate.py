@@ -35,7 +35,8 @@ def register(subparsers) -> None:
                         "statistics only (a calibration the model has is kept)")
     p.add_argument("--sensitivity", type=float, metavar="S",
                    help="also choose the operating point: the highest classifier threshold at which a share S "
-                        "(0-1] of the held-out frames with calcium still gets an ROI (e.g. 0.9)")
+                        "(0-1] of the held-out frames with calcium still gets an ROI (e.g. 0.9); new patients fall "
+                        "short of it about half the time (its standard error over patients is printed)")
     p.add_argument("--island-sizes", metavar="PX[,PX...]",
                    help="with --sensitivity: smaller refinement island sizes (pixels) tried, largest first, when the "
                         "model's own (the paper's 1000) cannot reach S at any threshold; 'none' keeps the model's "
@@ -144,8 +145,11 @@ def run(args) -> int:
             where = (measured if args.sensitivity is not None else
                      f"frames of the model's earlier point ({printable(str(op.get('data', 'its own data')), 80)}; "
                      "carried over, not measured here: pass --sensitivity to choose it on this data)")
+            # The spread over patients: an estimate from these patients, which new ones miss about half the time.
+            se = (f"; standard error {op['sensitivity_se']:.3f} over {op['calcified_patients']} patients with calcium"
+                  if op.get("sensitivity_se") is not None else "")
             print(f"operating point: classifier threshold {op['threshold']:.3f}{island}, frame sensitivity "
-                  f"{op['sensitivity']:.2f} (target {op['target_sensitivity']:.2f}), specificity {spec} "
+                  f"{op['sensitivity']:.2f} (target {op['target_sensitivity']:.2f}{se}), specificity {spec} "
                   f"on {op['positive_frames']} + {op['negative_frames']} {where}")
         st = summary["feature_statistics"]
         print(f"activation statistics: {st['frames']} frames, frame score median {st['frame_score_median']:.3g}, "
