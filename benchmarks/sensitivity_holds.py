@@ -36,24 +36,6 @@ from frame_score import cached_pool, cached_predictions, frame_evidence, predict
 from gpu_protocol import log  # noqa: E402
 
 
-def frame_groups(fs) -> list:
-    """Who each frame belongs to for the sensitivity bound: its patient, else its acquisition, else itself.
-
-    A patient's frames (and runs) move together, so the bound counts patients, not frames alone.
-
-    >>> class F:
-    ...     patient, acquisition = ["p1", "p1", "p2"], ["a", "b", "c"]
-    ...     def __len__(self): return 3
-    >>> frame_groups(F())
-    ['p1', 'p1', 'p2']
-    """
-    for name in ("patient", "acquisition"):
-        ids = list(getattr(fs, name, None) or [])
-        if len(ids) == len(fs) and all(str(i) for i in ids):
-            return [str(i) for i in ids]
-    return [str(f) for f in range(len(fs))]
-
-
 def sensitivity_bound(gate_scores, truth, groups, confidence: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One-sided lower confidence bound of the frame sensitivity at each threshold a calcified frame sets.
 
@@ -75,7 +57,7 @@ def sensitivity_bound(gate_scores, truth, groups, confidence: float) -> tuple[np
     truth : (F,) bool
         The frame has calcium.
     groups : sequence of hashable, length F
-        The frame's patient (:func:`frame_groups`).
+        The frame's patient (calibrate.frame_groups).
     confidence : float
         In (0, 1), e.g. 0.9.
 
@@ -195,7 +177,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     from CACIdentifierLib.modelio import load_model
-    from CACTrainerLib.calibrate import cine_operating_point
+    from CACTrainerLib.calibrate import cine_operating_point, frame_groups
 
     model, meta = load_model(args.model)
     pools = sorted(d.name for d in args.cache.iterdir() if (d / "done").exists() and (d / "nc.npy").exists()
