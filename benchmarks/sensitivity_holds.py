@@ -18,7 +18,7 @@ the calcium-free cines' frames with an ROI (the price).  The pool named ``val...
 with every other patient as the new ones (the case of compare_models.py --calibrate).
 
 Measured and not adopted into ``cac calibrate`` (docs/learning.md): the bound kept the share of draws that fall
-short near 1 - C, but a point it gives still fell short in 11-54 % of the draws that got one at 72 patients.
+short near 1 - C, but a point it gave still fell short in 15-60 % of the draws that got one at 72 patients (C 0.9-0.95).
 """
 
 from __future__ import annotations
