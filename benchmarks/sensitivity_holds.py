@@ -6,7 +6,7 @@
 
 ``cac calibrate --sensitivity S`` puts the classifier threshold at the highest value whose frame sensitivity on
 the held-out frames reaches S; ``--confidence C`` lowers it until a lower confidence bound of the sensitivity
-does (calibrate.sensitivity_bound).  This script pools every patient of every pool in the cache that has a pass
+does (:func:`sensitivity_bound`, here).  This script pools every patient of every pool in the cache that has a pass
 of MODEL (frame_score.py's cache: pools of 6 frames per cine, 40 % calcium-free cines), and draws ``--splits``
 random calibration sets of each size in ``--cal`` patients; the patients left over are the new ones.  Each rule
 (the plain point, and each C) chooses its threshold on the calibration set with the card's refinement
@@ -106,9 +106,9 @@ def sensitivity_bound(gate_scores, truth, groups, confidence: float) -> tuple[np
     x = sens * n_eff
     bound = np.where(x > 0, stats.beta.ppf(1.0 - confidence, np.maximum(x, 1e-12), n_eff - x + 1.0), 0.0)
     # The true sensitivity only rises as the level falls, so a bound at a lower level also bounds every higher
-    # one: each level keeps the least of them.  Without it the first level whose bound reaches a target is the
-    # first lucky one among many noisy bounds (the effective number moves from level to level), and the target
-    # was missed more often than 1 - confidence (docs/learning.md).
+    # one: each level keeps the least of them, so that the first level whose bound reaches a target is not merely
+    # the first lucky one among noisy bounds (the effective number moves from level to level; on the phantom data
+    # it changed no figure, docs/learning.md).
     bound = np.minimum.accumulate(np.minimum(bound, sens)[::-1])[::-1]
     return levels, sens, bound
 
@@ -151,13 +151,13 @@ def confident_point(gate_scores, truth, groups, sensitivity: float, confidence: 
     >>> confident_point(g, np.ones(20, bool), grp, 0.7, 0.9)["threshold"]
     0.5
     """
+    from CACTrainerLib.calibrate import _halfway_down
+
     level, bound, _ = confident_level(gate_scores, truth, groups, sensitivity, confidence)
     if level is None:
         return None
     g = np.asarray(gate_scores, float)
-    lower = g[(g >= 0) & (g < level)]
-    threshold = 0.5 * (level + lower.max()) if lower.size else level
-    return {"threshold": float(threshold), "sensitivity_lower_bound": bound}
+    return {"threshold": _halfway_down(level, g[g >= 0]), "sensitivity_lower_bound": bound}
 
 
 def floats(text: str) -> list:
