@@ -3,6 +3,7 @@ CACIdentifierLib.ood, their use by identify."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -338,7 +339,9 @@ def _detection(fs, path, threshold=None, calibration=None):
     from CACTrainerLib import evaluation, training
 
     model, meta = load_model(path)
-    cfg = training.TrainConfig(classifier_threshold=meta["classifier_threshold"] if threshold is None else threshold)
+    # fp32, as calibrate scores: a bf16 autocast moves probabilities by ~0.004 and could flip a frame at the threshold.
+    cfg = training.TrainConfig(classifier_threshold=meta["classifier_threshold"] if threshold is None else threshold,
+                               amp=False)
     cal = meta.get("calibration") if calibration is None else calibration
     return evaluation.evaluate(model, fs, cfg, torch.device("cpu"), calibration=cal)["detection"]
 
@@ -388,7 +391,7 @@ def test_cac_calibrate_sensitivity_sets_the_threshold_that_reaches_it(setup, fra
     from CACTrainerLib import evaluation, training
 
     cfg = training.TrainConfig(classifier_threshold=meta["classifier_threshold"], cine_threshold=meta["cine_threshold"],
-                               refinement=meta["refinement"])
+                               refinement=meta["refinement"], amp=False)
     ev = evaluation.evaluate(model, frames, cfg, torch.device("cpu"), calibration=meta["calibration"])
     assert ev["detection"]["sensitivity"] == pytest.approx(meta["operating_point"]["sensitivity"])
     assert ev["detection"]["specificity"] == pytest.approx(meta["operating_point"]["specificity"])
@@ -401,8 +404,8 @@ def test_cac_calibrate_sensitivity_sets_the_threshold_that_reaches_it(setup, fra
     assert json.loads(captured.out)["roi_patches"] == 1
     model, meta = load_model(few)
     assert meta["roi_patches"] == 1
-    ev = evaluation.evaluate(model, frames, training.card_config(meta), torch.device("cpu"),
-                             calibration=meta["calibration"])
+    ev = evaluation.evaluate(model, frames, dataclasses.replace(training.card_config(meta), amp=False),
+                             torch.device("cpu"), calibration=meta["calibration"])
     assert ev["detection"]["sensitivity"] == pytest.approx(meta["operating_point"]["sensitivity"])
     assert ev["detection"]["specificity"] == pytest.approx(meta["operating_point"]["specificity"])
     # Calibrating the gated model again without a new point drops the cine threshold (chosen on old probabilities).
