@@ -22,3 +22,19 @@ def test_frame_curve_is_the_brute_force_count_at_every_threshold_and_stops_at_th
     j = int(np.argmax(c["sensitivity"] >= 0.5))
     assert fc.specificity_at(c, 0.5) == c["specificity"][j] and c["sensitivity"][j - 1] < 0.5
     assert fc.specificity_at(c, c["ceiling"] + 0.01) is None
+
+
+def test_the_figure_is_written_where_asked_and_leaves_the_model_files_alone(tmp_path):
+    """figure() once wrote its PNG over the last model file (a loop variable shadowed the output path)."""
+    fc = load("frame_curves")
+    models = [tmp_path / "a.safetensors", tmp_path / "b.safetensors"]
+    for m in models:
+        m.write_bytes(b"weights")
+    c = fc.frame_curve(np.array([0.9, 0.4, 0.6, 0.1]), np.array([1, 1, 0, 0], bool))
+    row = {"ceiling": c["ceiling"], "calcified_frames": 2, "calcium_free_frames": 2,
+           "card": {"sensitivity": 1.0, "specificity": 0.5},
+           "curve": {k: c[k].tolist() for k in ("thresholds", "sensitivity", "specificity")}}
+    out = {"panels": [{"pools": ["p"], "models": {str(m): row for m in models}}]}
+    fc.figure(out, tmp_path / "curves.png")
+    assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert all(m.read_bytes() == b"weights" for m in models)

@@ -145,10 +145,10 @@ def figure(out: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, n, figsize=(5 * n, 4.3), squeeze=False)
     for ax, panel in zip(axes[0], out["panels"]):
         patients = None
-        for path, row in panel["models"].items():
+        for model_path, row in panel["models"].items():  # not ``path``: that is the PNG's (a model was overwritten)
             c = row["curve"]
             line, = ax.plot(c["specificity"], c["sensitivity"], lw=1.2,
-                            label=f"{Path(path).stem} (ceiling {row['ceiling']:.3f})")
+                            label=f"{Path(model_path).stem} (ceiling {row['ceiling']:.3f})")
             ax.plot(row["card"]["specificity"], row["card"]["sensitivity"], "o", color=line.get_color(), ms=5)
             patients = row["calcified_frames"] + row["calcium_free_frames"]
         ax.set_xlabel("frame specificity (calcium-free frames without an ROI)")
