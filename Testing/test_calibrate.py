@@ -339,7 +339,7 @@ def _detection(fs, path, threshold=None, calibration=None):
     from CACTrainerLib import evaluation, training
 
     model, meta = load_model(path)
-    # fp32, as calibrate scores: a bf16 autocast moves probabilities by ~0.004 and could flip a frame at the threshold.
+    # fp32, as calibrate scores: bf16 autocast moves probabilities by a few thousandths and can flip a frame there.
     cfg = training.TrainConfig(classifier_threshold=meta["classifier_threshold"] if threshold is None else threshold,
                                amp=False)
     cal = meta.get("calibration") if calibration is None else calibration
