@@ -225,9 +225,11 @@ def test_choose_operating_point_lowers_the_island_size_only_as_far_as_needed():
     assert op["min_island_px"] == 1000 and ref == refinement and op["sensitivity"] == 0.5
     # No patient ids: each frame its own; 2 of 4 found: sqrt(4 / 3 * 4 * 0.5 ** 2) / 4
     assert op["calcified_patients"] == 4 and op["sensitivity_se"] == pytest.approx(np.sqrt(4 / 3) / 4)
+    assert op["ceiling"] == 0.5  # at 1000 px only the two 1600-px islands survive, at any threshold
     # 0.75 needs the 576 px island: 500 px, not 250 (which would also let the 324 px one through).
     op, ref, curve = choose_operating_point(probs, rois, fr, refinement, 0.75)
     assert op["min_island_px"] == 500 and ref["min_island_px"] == 500 and op["sensitivity"] == 0.75
+    assert op["ceiling"] == 0.75  # the 324-px island is still cut at 500 px
     assert op["specificity"] == 0.5  # the false 576 px island on frame 4 comes in with it
     op, ref, _ = choose_operating_point(probs, rois, fr, refinement, 1.0)
     assert op["min_island_px"] == 250 and op["sensitivity"] == 1.0
@@ -360,6 +362,7 @@ def test_cac_calibrate_sensitivity_sets_the_threshold_that_reaches_it(setup, fra
     # Four patients, two with calcium: the spread over them is printed and kept in the card.
     assert op["calcified_patients"] == 2 and op["sensitivity_se"] is not None
     assert f"standard error {op['sensitivity_se']:.3f} over 2 patients with calcium" in captured.out
+    assert 0.9 <= op["sensitivity"] <= op["ceiling"] <= 1.0 and f"at most {op['ceiling']:.3f} at any" in captured.out
     assert meta["classifier_threshold"] == op["threshold"] and op["sensitivity"] >= 0.9
     assert op["threshold"] > 0.0 and op["positive_frames"] > 0
     # Independently, through evaluation.evaluate (the inference path) at the card's threshold and calibration:

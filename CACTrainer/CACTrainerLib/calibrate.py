@@ -302,7 +302,8 @@ def choose_operating_point(probs: np.ndarray, rois: np.ndarray, fs, refinement: 
     (operating_point, refinement, curve) : dict, dict, dict
         :func:`operating_point` with ``min_island_px``, ``sensitivity_se`` (the
         sensitivity's standard error over patients, None with fewer than two
-        calcified ones) and ``calcified_patients`` added; the refinement
+        calcified ones), ``calcified_patients`` and ``ceiling`` (the highest
+        sensitivity any threshold reaches at that island size) added; the refinement
         with that island size; the :func:`frame_detection_curve` at it.
 
     Raises
@@ -335,7 +336,7 @@ def choose_operating_point(probs: np.ndarray, rois: np.ndarray, fs, refinement: 
             found = (curve["gate_scores"] >= joint["threshold"]) & (evidence >= joint["cine_threshold"])
             return (dict(joint, target_sensitivity=float(sensitivity), min_island_px=size,
                          positive_frames=int(curve["positive_frames"]),
-                         negative_frames=int(curve["negative_frames"]),
+                         negative_frames=int(curve["negative_frames"]), ceiling=_ceiling(curve),
                          **_spread(found, curve["truth"], fs)), ref, curve)
         try:
             op = operating_point(curve, sensitivity)
@@ -345,13 +346,20 @@ def choose_operating_point(probs: np.ndarray, rois: np.ndarray, fs, refinement: 
             best = max(best, float(np.nanmax(curve["sensitivity"])))
             continue
         found = curve["gate_scores"] >= op["threshold"]
-        return dict(op, min_island_px=size, **_spread(found, curve["truth"], fs)), ref, curve
+        return dict(op, min_island_px=size, ceiling=_ceiling(curve), **_spread(found, curve["truth"], fs)), ref, curve
     # Three decimals: a target of 0.934 against a best of 0.929 must not read "0.93 ... at most 0.93".
     smaller = [str(v) for v in (250, 100, 0) if v < min(sizes)]
     hint = f", or let smaller ROI islands count (--island-sizes {','.join(smaller)})" if smaller else ""
     raise CacError(f"no classifier threshold reaches a frame sensitivity of {sensitivity:.3f} on these data "
                    f"(at most {best:.3f}, island sizes {', '.join(map(str, sizes))} px); "
                    f"choose a lower --sensitivity{hint}")
+
+
+def _ceiling(curve: dict) -> float:
+    """The highest frame sensitivity at any classifier threshold: calcified frames whose decoder draws nothing
+    that survives the island cut are missed at every threshold.  Two cards differ least near it (docs/learning.md,
+    session 49)."""
+    return float(np.nanmax(curve["sensitivity"]))
 
 
 def _spread(found, truth, fs) -> dict:

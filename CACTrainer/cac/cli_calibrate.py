@@ -148,6 +148,8 @@ def run(args) -> int:
             # The spread over patients: an estimate from these patients, which new ones miss about half the time.
             se = (f"; standard error {op['sensitivity_se']:.3f} over {op['calcified_patients']} patients with calcium"
                   if op.get("sensitivity_se") is not None else "")
+            # The ceiling: near it two cards differ least (docs/learning.md, session 49).
+            se += f"; at most {op['ceiling']:.3f} at any threshold" if op.get("ceiling") is not None else ""
             print(f"operating point: classifier threshold {op['threshold']:.3f}{island}, frame sensitivity "
                   f"{op['sensitivity']:.2f} (target {op['target_sensitivity']:.2f}{se}), specificity {spec} "
                   f"on {op['positive_frames']} + {op['negative_frames']} {where}")
