@@ -102,11 +102,11 @@ def main(argv=None) -> int:
             if not (args.cache / pool / "done").exists() or missing:
                 ap.error(f"pool {pool}: no cached pool or pass of {', '.join(missing) or 'the pool'} in "
                          f"{args.cache}; run frame_score.py with --cache first")
+    loaded = {path: load_model(path) for path in args.models}  # once, for every panel
     out = {"panels": []}
     for pools in panels:
         panel = {"pools": pools, "models": {}}
-        for path in args.models:
-            model, meta = load_model(path)
+        for path, (model, meta) in loaded.items():
             gate, truth = [], []
             for pool in pools:
                 fs = cached_pool(args.cache, pool, None)
@@ -144,18 +144,18 @@ def figure(out: dict, path: Path) -> None:
     n = len(out["panels"])
     fig, axes = plt.subplots(1, n, figsize=(5 * n, 4.3), squeeze=False)
     for ax, panel in zip(axes[0], out["panels"]):
-        patients = None
+        frames = None
         for model_path, row in panel["models"].items():  # not ``path``: that is the PNG's (a model was overwritten)
             c = row["curve"]
             line, = ax.plot(c["specificity"], c["sensitivity"], lw=1.2,
                             label=f"{Path(model_path).stem} (ceiling {row['ceiling']:.3f})")
             ax.plot(row["card"]["specificity"], row["card"]["sensitivity"], "o", color=line.get_color(), ms=5)
-            patients = row["calcified_frames"] + row["calcium_free_frames"]
+            frames = row["calcified_frames"] + row["calcium_free_frames"]
         ax.set_xlabel("frame specificity (calcium-free frames without an ROI)")
         ax.set_ylabel("frame sensitivity (calcified frames with an ROI)")
         ax.set_xlim(0, 1)
         ax.set_ylim(0.5, 1.0)
-        ax.set_title(f"{' + '.join(panel['pools'])}\n{patients} frames; dot: the card's own threshold", fontsize=8)
+        ax.set_title(f"{' + '.join(panel['pools'])}\n{frames} frames; dot: the card's own threshold", fontsize=8)
         ax.legend(fontsize=7, loc="lower left")
     fig.tight_layout()
     with atomic_output(path, overwrite=True) as tmp:

@@ -331,7 +331,7 @@ def choose_operating_point(probs: np.ndarray, rois: np.ndarray, fs, refinement: 
             evidence = cine_evidence(np.asarray(probs, float).reshape(-1, 5).max(axis=1), fs.acquisition)
             joint = cine_operating_point(curve["gate_scores"], evidence, curve["truth"], sensitivity)
             if joint is None:
-                best = max(best, float(np.nanmax(curve["sensitivity"])))
+                best = max(best, _ceiling(curve))
                 continue
             found = (curve["gate_scores"] >= joint["threshold"]) & (evidence >= joint["cine_threshold"])
             return (dict(joint, target_sensitivity=float(sensitivity), min_island_px=size,
@@ -343,7 +343,7 @@ def choose_operating_point(probs: np.ndarray, rois: np.ndarray, fs, refinement: 
         except CacError:
             if not curve["positive_frames"]:
                 raise
-            best = max(best, float(np.nanmax(curve["sensitivity"])))
+            best = max(best, _ceiling(curve))
             continue
         found = curve["gate_scores"] >= op["threshold"]
         return dict(op, min_island_px=size, ceiling=_ceiling(curve), **_spread(found, curve["truth"], fs)), ref, curve

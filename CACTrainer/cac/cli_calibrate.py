@@ -146,12 +146,12 @@ def run(args) -> int:
                      f"frames of the model's earlier point ({printable(str(op.get('data', 'its own data')), 80)}; "
                      "carried over, not measured here: pass --sensitivity to choose it on this data)")
             # The spread over patients: an estimate from these patients, which new ones miss about half the time.
-            se = (f"; standard error {op['sensitivity_se']:.3f} over {op['calcified_patients']} patients with calcium"
-                  if op.get("sensitivity_se") is not None else "")
+            spread = (f"; standard error {op['sensitivity_se']:.3f} over {op['calcified_patients']} patients with "
+                      "calcium" if op.get("sensitivity_se") is not None else "")
             # The ceiling: near it two cards differ least (docs/learning.md, session 49).
-            se += f"; at most {op['ceiling']:.3f} at any threshold" if op.get("ceiling") is not None else ""
+            spread += f"; at most {op['ceiling']:.3f} at any threshold" if op.get("ceiling") is not None else ""
             print(f"operating point: classifier threshold {op['threshold']:.3f}{island}, frame sensitivity "
-                  f"{op['sensitivity']:.2f} (target {op['target_sensitivity']:.2f}{se}), specificity {spec} "
+                  f"{op['sensitivity']:.2f} (target {op['target_sensitivity']:.2f}{spread}), specificity {spec} "
                   f"on {op['positive_frames']} + {op['negative_frames']} {where}")
         st = summary["feature_statistics"]
         print(f"activation statistics: {st['frames']} frames, frame score median {st['frame_score_median']:.3g}, "
