@@ -77,6 +77,7 @@ def sensitivity_bound(gate_scores, truth, groups, confidence: float) -> tuple[np
     >>> float(sens[7]), round(float(bound[7]), 3), round(float(bound[-1]), 3)
     (0.8, 0.533, 0.794)
     """
+    from CACTrainerLib.calibrate import ratio_variance
     from scipy import stats
 
     g = np.asarray(gate_scores, float)
@@ -97,10 +98,7 @@ def sensitivity_bound(gate_scores, truth, groups, confidence: float) -> tuple[np
     hits = np.cumsum(hits, axis=1)[calcified]
     m, total, k = positives[calcified], positives.sum(), int(calcified.sum())
     sens = hits.sum(axis=0) / total
-    if k > 1:  # the ratio estimator's variance over patients, with the small-sample factor k / (k - 1)
-        var = k / (k - 1) * ((hits - sens[None, :] * m[:, None]) ** 2).sum(axis=0) / total ** 2
-    else:
-        var = np.zeros(levels.size)
+    var = ratio_variance(hits, m)  # over patients; zero with one calcified patient
     with np.errstate(divide="ignore", invalid="ignore"):
         n_eff = np.where(var > 0, np.minimum(total, sens * (1.0 - sens) / var), float(k))
     x = sens * n_eff
@@ -151,13 +149,13 @@ def confident_point(gate_scores, truth, groups, sensitivity: float, confidence: 
     >>> confident_point(g, np.ones(20, bool), grp, 0.7, 0.9)["threshold"]
     0.5
     """
-    from CACTrainerLib.calibrate import _halfway_down
+    from CACTrainerLib.calibrate import halfway_down
 
     level, bound, _ = confident_level(gate_scores, truth, groups, sensitivity, confidence)
     if level is None:
         return None
     g = np.asarray(gate_scores, float)
-    return {"threshold": _halfway_down(level, g[g >= 0]), "sensitivity_lower_bound": bound}
+    return {"threshold": halfway_down(level, g[g >= 0]), "sensitivity_lower_bound": bound}
 
 
 def floats(text: str) -> list:

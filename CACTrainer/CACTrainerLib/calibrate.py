@@ -152,9 +152,43 @@ def sensitivity_standard_error(found, truth, groups) -> tuple[float | None, int]
     k = int(keep.sum())
     if k < 2:
         return None, k
-    m, h = m[keep], h[keep]
-    p = h.sum() / m.sum()
-    return float(np.sqrt(k / (k - 1) * ((h - p * m) ** 2).sum()) / m.sum()), k
+    return float(np.sqrt(ratio_variance(h[keep], m[keep]))), k
+
+
+def ratio_variance(hits, positives):
+    """The variance over patients of a sensitivity pooled over them (the ratio estimator's).
+
+    ``k / (k - 1) * sum_i (h_i - p m_i)^2 / M^2`` with ``p = sum h / M``: the
+    formula of :func:`sensitivity_standard_error`, at one threshold or at
+    many (one column each).
+
+    Parameters
+    ----------
+    hits : (k,) or (k, L) array_like
+        Per calcified patient, its calcified frames found (at each of ``L`` thresholds).
+    positives : (k,) array_like
+        Per calcified patient, its calcified frames (all > 0).
+
+    Returns
+    -------
+    float or (L,) ndarray
+        Zero with fewer than two patients.
+
+    Examples
+    --------
+    >>> round(float(ratio_variance([3, 1], [3, 3])), 4)
+    0.1111
+    >>> ratio_variance([[3, 3], [1, 3]], [3, 3]).round(4).tolist()
+    [0.1111, 0.0]
+    """
+    h = np.asarray(hits, float)
+    m = np.asarray(positives, float)
+    k, total = m.size, m.sum()
+    if k < 2:
+        return np.zeros(h.shape[1:]) if h.ndim > 1 else 0.0
+    p = h.sum(axis=0) / total
+    mm = m.reshape((k,) + (1,) * (h.ndim - 1))
+    return k / (k - 1) * ((h - p * mm) ** 2).sum(axis=0) / total ** 2
 
 
 def frame_groups(fs) -> list:
@@ -259,14 +293,18 @@ def cine_operating_point(gate_scores, evidence, truth, sensitivity: float) -> di
         spec = float((~found[~y]).mean()) if (~y).any() else float("nan")
         key = (-1.0 if np.isnan(spec) else spec, sens, t, float(c))
         if best is None or key > best[0]:
-            best = (key, {"threshold": _halfway_down(t, g[g >= 0]), "cine_threshold": _halfway_down(float(c), e),
+            best = (key, {"threshold": halfway_down(t, g[g >= 0]), "cine_threshold": halfway_down(float(c), e),
                           "sensitivity": sens, "specificity": None if np.isnan(spec) else spec})
     return None if best is None else best[1]
 
 
-def _halfway_down(value: float, values: np.ndarray) -> float:
+def halfway_down(value: float, values: np.ndarray) -> float:
     """``value`` moved halfway down to the next lower of ``values``: the same held-out decisions, with a
-    margin for a probability that comes out a little lower elsewhere (bf16, another thread count)."""
+    margin for a probability that comes out a little lower elsewhere (bf16, another thread count).
+
+    >>> halfway_down(0.5, np.array([0.9, 0.5, 0.3])), halfway_down(0.3, np.array([0.9, 0.3]))
+    (0.4, 0.3)
+    """
     lower = values[values < value]
     return float(0.5 * (value + lower.max())) if lower.size else float(value)
 
