@@ -18,10 +18,12 @@ def test_frame_curve_is_the_brute_force_count_at_every_threshold_and_stops_at_th
         assert sens == pytest.approx(np.mean(g[y] >= t)) and spec == pytest.approx(np.mean(g[~y] < t))
     assert c["ceiling"] == pytest.approx(1 - 12 / y.sum()) == pytest.approx(c["sensitivity"][-1])
     assert np.all(np.diff(c["sensitivity"]) >= 0) and np.all(np.diff(c["specificity"]) <= 0)
-    # The specificity at a sensitivity is read at the highest threshold reaching it; beyond the ceiling, none.
-    j = int(np.argmax(c["sensitivity"] >= 0.5))
-    assert fc.specificity_at(c, 0.5) == c["specificity"][j] and c["sensitivity"][j - 1] < 0.5
-    assert fc.specificity_at(c, c["ceiling"] + 0.01) is None
+    # The specificity at a sensitivity (calibrate's frame-only point) is the curve's at the highest threshold
+    # reaching it; beyond the ceiling, none.
+    for target in (0.3, 0.5, 0.8, c["ceiling"]):
+        j = int(np.argmax(c["sensitivity"] >= target - 1e-12))
+        assert fc.specificity_at(g, y, target) == pytest.approx(c["specificity"][j]) and c["sensitivity"][j - 1] < target
+    assert fc.specificity_at(g, y, c["ceiling"] + 0.01) is None
 
 
 def test_the_figure_is_written_where_asked_and_leaves_the_model_files_alone(tmp_path):

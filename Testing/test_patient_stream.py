@@ -141,6 +141,8 @@ def test_a_pool_that_cannot_fit_is_refused_before_any_patient_is_made(monkeypatc
     PP.check_pool_memory(40, 8, background=False)  # fits: no refusal
     with pytest.raises(CacError, match="at least 640 MiB"):
         PP.check_pool_memory(40, 8, background=True)  # the residual channel's background: 2 MiB a frame
+    with pytest.raises(CacError, match="40 patients x 16 frames hold at least 960 MiB"):
+        PP.check_pool_memory(40, None, background=False)  # None: every paired frame, at least SURE_FRAMES of them
 
 
 def _copies(patients, ids):

@@ -71,14 +71,18 @@ def frame_curve(gate_scores, truth) -> dict:
             "ceiling": float((pos >= 0).mean()) if len(pos) else float("nan")}
 
 
-def specificity_at(curve: dict, sensitivity: float) -> float | None:
-    """The specificity at the highest threshold whose sensitivity reaches ``sensitivity`` (None beyond the ceiling).
+def specificity_at(gate_scores, truth, sensitivity: float) -> float | None:
+    """The specificity at the highest threshold whose sensitivity reaches ``sensitivity`` (None beyond the ceiling):
+    calibrate's frame-only operating point (every cine passes the cine gate), as ``cac calibrate`` chooses it.
 
-    >>> specificity_at(frame_curve(np.array([0.9, 0.4, 0.6, 0.1]), np.array([1, 1, 0, 0], bool)), 1.0)
+    >>> specificity_at(np.array([0.9, 0.4, 0.6, 0.1]), np.array([1, 1, 0, 0], bool), 1.0)
     0.5
     """
-    hit = np.flatnonzero(curve["sensitivity"] >= sensitivity - 1e-12)
-    return None if not len(hit) else float(curve["specificity"][hit[0]])
+    from CACTrainerLib.calibrate import cine_operating_point
+
+    g = np.asarray(gate_scores, float)
+    op = cine_operating_point(g, np.ones(g.size), truth, sensitivity)
+    return None if op is None else op["specificity"]
 
 
 def main(argv=None) -> int:
@@ -120,7 +124,7 @@ def main(argv=None) -> int:
                    "calcium_free_frames": int((~y).sum()),
                    "card": {"threshold": t, "sensitivity": float((g[y] >= t).mean()),
                             "specificity": float((g[~y] < t).mean())},
-                   "specificity_at": {str(s): specificity_at(curve, s) for s in LEVELS},
+                   "specificity_at": {str(s): specificity_at(g, y, s) for s in LEVELS},
                    "curve": {k: curve[k].tolist() for k in ("thresholds", "sensitivity", "specificity")}}
             panel["models"][path] = row
             log(f"{'+'.join(pools)} {Path(path).name}: ceiling {row['ceiling']:.3f}, frame AUC {row['frame_auc']:.3f}, "

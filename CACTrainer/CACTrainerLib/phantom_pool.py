@@ -286,7 +286,7 @@ def frame_bytes(background: bool = True) -> int:
     return FRAME * FRAME * (2 + 2 + 1 + 1 + (2 if background else 0))
 
 
-def check_pool_memory(n_patients: int, frames_per_acquisition: int, *, background: bool = True) -> None:
+def check_pool_memory(n_patients: int, frames_per_acquisition: int | None, *, background: bool = True) -> None:
     """Refuse, before any patient is generated, a pool whose frames alone cannot fit in the memory available now.
 
     Each pool patient gives ``frames_per_acquisition`` frames, up to the paired non-contrast frames of its
@@ -298,7 +298,8 @@ def check_pool_memory(n_patients: int, frames_per_acquisition: int, *, backgroun
     """
     from CACIdentifierLib.cine import memory_short, memory_text
 
-    frames_per_acquisition = min(int(frames_per_acquisition), SURE_FRAMES)
+    # None keeps every paired frame (dataset.choose_frames): at least SURE_FRAMES of them.
+    frames_per_acquisition = min(int(frames_per_acquisition or SURE_FRAMES), SURE_FRAMES)
     need = int(n_patients) * frames_per_acquisition * frame_bytes(background)
     if (available := memory_short(need)) is not None:
         raise CacError(f"--phantom-pool {n_patients}: {n_patients} patients x {frames_per_acquisition} frames hold "
