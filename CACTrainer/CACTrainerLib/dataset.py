@@ -469,6 +469,9 @@ class Augment:
     offset : additive offset range ``[-offset, offset]`` (normalised units).
     gamma : exponent ``exp(U[-log(1+gamma), log(1+gamma)])``.
     noise : Gaussian noise standard deviation drawn in ``[0, noise]``.
+    display : probability that a patch pair goes through XA display processing
+        (:func:`display_processing`, parameters from :meth:`display_params`), the
+        same for both frames of the pair, as one X-ray system processes a whole run.
     """
 
     flips: bool = True
@@ -477,6 +480,19 @@ class Augment:
     offset: float = 0.05
     gamma: float = 0.2
     noise: float = 0.02
+    display: float = 0.0
+
+    def display_params(self, rng: np.random.Generator) -> tuple[float, float, float, float] | None:
+        """Harmonization and edge-enhancement strengths for one patch pair, or None (no processing).
+
+        Kernel sizes in pixels of the 512-pixel training frame: harmonization 8-48 px with gain 0-2
+        (the flat look of modern systems' large-kernel processing), edge enhancement 0.7-3 px with
+        gain 0-1.5.  Drawn only with probability ``display``, so unprocessed runs stay in the mix.
+        """
+        if self.display <= 0 or rng.random() >= self.display:
+            return None
+        return (float(rng.uniform(8.0, 48.0)), float(rng.uniform(0.0, 2.0)),
+                float(rng.uniform(0.7, 3.0)), float(rng.uniform(0.0, 1.5)))
 
     def intensity(self, x: np.ndarray, rng: np.random.Generator,
                   background: np.ndarray | None = None) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
@@ -498,6 +514,75 @@ class Augment:
         if background is None:
             return y
         return y, np.clip(np.clip(background, 0.0, 1.0) ** gamma * g + o, 0.0, 1.0).astype(np.float32)
+
+
+def display_processing(x: np.ndarray, params, background: np.ndarray | None = None):
+    """XA display processing of a normalised image: harmonization and edge enhancement.
+
+    Real systems store runs after unsharp masking at two scales: a large kernel flattens
+    the background (harmonization) and a small one sharpens edges, which gives dark and
+    bright rims along edges and deepens small dark details -- calcium among them.  The
+    project's phantom draws neither; an independent generator's cines with it drew
+    more false positives from the shipped model (docs/learning.md).
+
+    ``y = x + g_L (x - B_L x) + g_S (x - G_S x)`` with ``B_L`` two box filters of the
+    variance of a Gaussian of ``sigma_L`` and ``G_S`` a Gaussian of ``sigma_S``; then
+    mapped linearly so that its 1st-99th percentile range falls where ``x``'s was, as the
+    pipeline's frame normalisation does, and clipped to [0, 1].
+
+    Parameters
+    ----------
+    x : (H, W) float array in [0, 1]
+    params : (sigma_L, gain_L, sigma_S, gain_S)
+        Kernel sizes in pixels, gains >= 0 (:meth:`Augment.display_params`).
+    background : (H, W) float array, optional
+        The same window of the cine's static background: processed by the same filter and
+        linear map (the filter is linear, so the residual ``x - background`` is the processed
+        residual), and returned as well.
+
+    Returns
+    -------
+    y : (H, W) float32 array in [0, 1]; ``(y, background)`` when a background is given.
+
+    Examples
+    --------
+    A step gets a dark rim on its dark side and a bright one on its bright side; a flat
+    image stays flat.
+
+    >>> x = np.full((64, 64), 0.3, np.float32); x[:, 32:] = 0.7
+    >>> y = display_processing(x, (16.0, 1.0, 2.0, 1.0))
+    >>> bool(y[10, 30] < y[10, 5]), bool(y[10, 33] > y[10, 60])
+    (True, True)
+    >>> float(np.ptp(display_processing(np.full((32, 32), 0.5, np.float32), (16.0, 1.0, 2.0, 1.0))))
+    0.0
+    """
+    x = np.asarray(x, np.float32)
+    y = _unsharp(x, params)
+    lo_x, hi_x = np.percentile(x, [1.0, 99.0])
+    lo_y, hi_y = np.percentile(y, [1.0, 99.0])
+    scale = (hi_x - lo_x) / (hi_y - lo_y) if hi_y > lo_y else 1.0
+
+    def mapped(v):
+        return np.clip(lo_x + (v - lo_y) * scale, 0.0, 1.0).astype(np.float32)
+
+    if background is None:
+        return mapped(y)
+    return mapped(y), mapped(_unsharp(np.asarray(background, np.float32), params))
+
+
+def _unsharp(x: np.ndarray, params) -> np.ndarray:
+    """``x + g_L (x - B_L x) + g_S (x - G_S x)`` of :func:`display_processing`, not yet mapped."""
+    from scipy import ndimage
+
+    sigma_l, gain_l, sigma_s, gain_s = (float(v) for v in params)
+    y = x.copy()
+    if gain_l > 0:
+        width = max(int(round(sigma_l * np.sqrt(6.0))), 1)  # two boxes of this width: the Gaussian's variance
+        low = ndimage.uniform_filter(ndimage.uniform_filter(x, width, mode="reflect"), width, mode="reflect")
+        y += gain_l * (x - low)
+    if gain_s > 0:
+        y += gain_s * (x - ndimage.gaussian_filter(x, sigma_s, mode="reflect"))
+    return y
 
 
 def epoch_indices(labels: np.ndarray, rng: np.random.Generator, *, balanced: bool = True,
@@ -610,19 +695,28 @@ def make_batch(fs: FrameSet, ids: Sequence[int], rng: np.random.Generator | None
         else:
             label[j] = fs.labels[f, p]
         if augment is not None:
+            x_bg_nc = x_bg_c = x_bg
+            display = augment.display_params(rng)  # no draw when display is 0: the other draws stay as they were
+            if display is not None:  # one system processes the whole run: both frames, and the background alike
+                if residual:
+                    x_nc, x_bg_nc = display_processing(x_nc, display, x_bg)
+                    x_c, x_bg_c = display_processing(x_c, display, x_bg)
+                else:
+                    x_nc = display_processing(x_nc, display)
+                    x_c = display_processing(x_c, display)
             if augment.flips:
                 k = int(rng.integers(4))
                 flip = bool(rng.integers(2))
                 x_nc, x_c, y_roi = (np.rot90(a, k) for a in (x_nc, x_c, y_roi))
                 if residual:
-                    x_bg = np.rot90(x_bg, k)
+                    x_bg_nc, x_bg_c = np.rot90(x_bg_nc, k), np.rot90(x_bg_c, k)
                 if flip:
                     x_nc, x_c, y_roi = (a[:, ::-1] for a in (x_nc, x_c, y_roi))
                     if residual:
-                        x_bg = x_bg[:, ::-1]
+                        x_bg_nc, x_bg_c = x_bg_nc[:, ::-1], x_bg_c[:, ::-1]
             if residual:
-                x_nc, bg_nc[j, 0] = augment.intensity(x_nc, rng, x_bg)
-                x_c, bg_c[j, 0] = augment.intensity(x_c, rng, x_bg)
+                x_nc, bg_nc[j, 0] = augment.intensity(x_nc, rng, x_bg_nc)
+                x_c, bg_c[j, 0] = augment.intensity(x_c, rng, x_bg_c)
             else:
                 x_nc = augment.intensity(x_nc, rng)
                 x_c = augment.intensity(x_c, rng)

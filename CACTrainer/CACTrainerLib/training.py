@@ -76,6 +76,9 @@ class TrainConfig:
     amp: bool = True  # bf16 autocast where the device supports it
     balanced: bool = True
     augment: bool = True
+    # Probability that a training patch pair goes through XA display processing (harmonization and edge
+    # enhancement, dataset.display_processing), which the phantom does not draw; 0: never.
+    display_augment: float = 0.0
     samples_per_epoch: int | None = None
     roi_iterations: int = targets.DEFAULT_ITERATIONS
     roi_step_px: int = targets.DEFAULT_STEP_PX
@@ -365,7 +368,7 @@ class BatchSource(torch.utils.data.Dataset):
     def __init__(self, fs: dataset.FrameSet, batches: list, config: TrainConfig, stage: int, epoch: int,
                  rank: int | None = None):
         self.fs, self.batches, self.config, self.stage, self.epoch = fs, batches, config, stage, epoch
-        self.augment = dataset.Augment() if config.augment else None
+        self.augment = dataset.Augment(display=config.display_augment) if config.augment else None
         # Data-parallel ranks cut their own shares of the batches: one more key, distinct draws per rank.
         self.key_tail = [] if rank is None else [int(rank)]
 
@@ -680,6 +683,10 @@ def check_config(config: TrainConfig) -> None:
     if not (config.metal_negative_weight > 0 and np.isfinite(config.metal_negative_weight)):
         raise CacError(f"metal_negative_weight (--metal-negative-weight) must be a positive number, "
                        f"got {config.metal_negative_weight!r}")
+    if not 0.0 <= config.display_augment <= 1.0:
+        raise CacError(f"display_augment (--display-augment) is a probability in [0, 1], got {config.display_augment!r}")
+    if config.display_augment > 0 and not config.augment:
+        raise CacError("display_augment (--display-augment) is an augmentation: leave out --no-augment")
     if config.metal_negative_weight != 1.0 and config.hard_negative_frac <= 0:
         raise CacError("metal_negative_weight (--metal-negative-weight) weighs the hard-negative draw: it needs "
                        "hard_negative_frac > 0 (the default recipe)")

@@ -100,6 +100,10 @@ def register(subparsers) -> None:
     p.add_argument("--samples-per-epoch", type=int, help="patches per epoch (default: balanced set size)")
     p.add_argument("--no-balance", action="store_true", help="do not balance positive/negative patches")
     p.add_argument("--no-augment", action="store_true", help="no augmentation")
+    p.add_argument("--display-augment", type=float, metavar="P",
+                   help="put a share P of the training patch pairs through XA display processing (harmonization "
+                        "and edge enhancement at random strengths), which real systems apply and the phantom does "
+                        "not (default 0)")
     p.add_argument("--rebalance-step", type=float,
                    help="per-epoch decrease of the GDL weight alpha (Kervadec et al.: 0.01)")
     p.add_argument("--width", type=int, default=None,
@@ -231,6 +235,7 @@ def _config(args):
     config = recipe_config(name, epochs1=e1, epochs2=e2, batch_size=args.batch_size, lr1=args.lr1,
                            lr2=args.lr2, seed=args.seed, device=args.device, amp=not args.no_amp,
                            balanced=not args.no_balance, augment=not args.no_augment,
+                           display_augment=getattr(args, "display_augment", None),
                            samples_per_epoch=args.samples_per_epoch, rebalance_step=args.rebalance_step,
                            architecture=arch, num_threads=args.threads, init=_init_model(args.init),
                            channels_last=getattr(args, "channels_last", None),
