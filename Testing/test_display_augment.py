@@ -74,7 +74,7 @@ def test_make_batch_processes_a_share_of_pairs_and_draws_nothing_when_off():
     np.testing.assert_array_equal(out["roi"], ref["roi"])
 
 
-def test_the_option_is_checked_and_recorded(tmp_path, capsys):
+def test_the_option_is_checked_before_any_work(tmp_path, capsys):
     from CACIdentifierLib.errors import CacError
     from CACTrainerLib import training as T
     from CACTrainerLib.recipes import recipe_config
@@ -82,8 +82,11 @@ def test_the_option_is_checked_and_recorded(tmp_path, capsys):
     for bad in (-0.1, 1.5, float("nan")):
         with pytest.raises(CacError, match="display_augment"):
             T.check_config(recipe_config("default", display_augment=bad))
-    with pytest.raises(CacError, match="leave out --no-augment"):
-        T.check_config(recipe_config("default", display_augment=0.5, augment=False))
+    # The batches of an epoch carry it; with --no-augment there is no augmentation at all, display included.
+    assert T.BatchSource(None, [], recipe_config("default", display_augment=0.5), 1, 0).augment.display == 0.5
+    off = recipe_config("default", display_augment=0.5, augment=False)
+    T.check_config(off)
+    assert T.BatchSource(None, [], off, 1, 0).augment is None
     assert recipe_config("default", display_augment=0.5).display_augment == 0.5
     from cac.cli import main
 

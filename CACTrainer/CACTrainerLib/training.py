@@ -77,7 +77,7 @@ class TrainConfig:
     balanced: bool = True
     augment: bool = True
     # Probability that a training patch pair goes through XA display processing (harmonization and edge
-    # enhancement, dataset.display_processing), which the phantom does not draw; 0: never.
+    # enhancement, dataset.display_processing), which the phantom does not draw; 0: never (and with augment off).
     display_augment: float = 0.0
     samples_per_epoch: int | None = None
     roi_iterations: int = targets.DEFAULT_ITERATIONS
@@ -685,8 +685,6 @@ def check_config(config: TrainConfig) -> None:
                        f"got {config.metal_negative_weight!r}")
     if not 0.0 <= config.display_augment <= 1.0:
         raise CacError(f"display_augment (--display-augment) is a probability in [0, 1], got {config.display_augment!r}")
-    if config.display_augment > 0 and not config.augment:
-        raise CacError("display_augment (--display-augment) is an augmentation: leave out --no-augment")
     if config.metal_negative_weight != 1.0 and config.hard_negative_frac <= 0:
         raise CacError("metal_negative_weight (--metal-negative-weight) weighs the hard-negative draw: it needs "
                        "hard_negative_frac > 0 (the default recipe)")
