@@ -103,7 +103,7 @@ def register(subparsers) -> None:
     p.add_argument("--display-augment", type=float, metavar="P",
                    help="put a share P of the training patch pairs through XA display processing (harmonization "
                         "and edge enhancement at random strengths), which real systems apply and the phantom does "
-                        "not (default 0)")
+                        "not (default recipe: 0.5; paper recipe: 0)")
     p.add_argument("--rebalance-step", type=float,
                    help="per-epoch decrease of the GDL weight alpha (Kervadec et al.: 0.01)")
     p.add_argument("--width", type=int, default=None,
