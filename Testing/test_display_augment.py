@@ -1,5 +1,7 @@
 """XA display processing as a training augmentation (``--display-augment``): harmonization and edge enhancement."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from CACTrainerLib import dataset as D
@@ -64,7 +66,7 @@ def test_make_batch_processes_a_share_of_pairs_and_draws_nothing_when_off():
     b = D.make_batch(fs, ids, np.random.default_rng(7), D.Augment(display=0.0))
     np.testing.assert_array_equal(a["nc"], b["nc"])
     ref = D.make_batch(fs, ids)
-    out = D.make_batch(fs, ids, np.random.default_rng(7), D.Augment(**{**plain.__dict__, "display": 0.5}))
+    out = D.make_batch(fs, ids, np.random.default_rng(7), replace(plain, display=0.5))
     changed = np.abs(out["nc"] - ref["nc"]).reshape(len(ids), -1).max(axis=1) > 1e-3
     assert 0.2 < changed.mean() < 0.8  # about half of the pairs
     # Both frames of a pair are processed or neither (one system, one run).

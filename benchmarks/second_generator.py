@@ -918,8 +918,9 @@ def main(argv=None) -> int:
     if args.edge_enhance:
         try:
             enhance = tuple(float(v) for v in args.edge_enhance.split(","))
-            assert len(enhance) == 2 and enhance[0] > 0 and enhance[1] >= 0
-        except (ValueError, AssertionError):
+        except ValueError:
+            enhance = ()
+        if len(enhance) != 2 or not enhance[0] > 0 or not enhance[1] >= 0:  # not an assert: -O would drop it
             ap.error(f"--edge-enhance {args.edge_enhance!r}: give SIGMA,GAIN, e.g. 4,1")
 
     import torch
