@@ -296,7 +296,8 @@ def test_resume_refuses_other_settings(tiny, tmp_path):
     train = tiny.select(patients=["P0"])
     cfg = _config(epochs1=1, epochs2=1, samples_per_epoch=8, batch_size=4)
     T.train(train, None, cfg, tmp_path)
-    with pytest.raises(CacError, match="other settings"):
+    # The message names the checkpoint's value: what to pass to continue the run.
+    with pytest.raises(CacError, match=rf"other settings \(lr1: {cfg.lr1!r} there, 0.0005 now\)"):
         T.train(train, None, _config(epochs1=1, epochs2=1, samples_per_epoch=8, batch_size=4, lr1=5e-4),
                 tmp_path, resume=True)
     with pytest.raises(CacError, match="no checkpoint"):

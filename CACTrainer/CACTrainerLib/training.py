@@ -260,6 +260,16 @@ def save_epoch_model(run_dir: Path, model, row: dict, config: TrainConfig) -> Pa
     return path
 
 
+def _short(value, limit: int = 40) -> str:
+    """``value`` as a short text for a message (long lists and dicts cut with an ellipsis).
+
+    >>> _short(0.5), _short(list(range(30)))[-5:]
+    ('0.5', '11...')
+    """
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def _load_run_checkpoint(run_dir: Path, model, cfg_json: dict, resume: bool):
     """:func:`load_checkpoint`, where weights that do not fit because the network options changed (--width ...)
     are said to be a changed setting, not an unusable checkpoint (whose advice was to delete a good run)."""
@@ -820,7 +830,9 @@ def _train(train_set, val_set, config: TrainConfig, run_dir: Path, resume: bool,
         now = {k: v for k, v in cfg_json.items() if k not in free}
         if saved != now:
             diff = sorted(k for k in now if saved.get(k) != now[k])
-            raise CacError(f"--resume: the checkpoint in {run_dir} was made with other settings ({', '.join(diff)}); "
+            # The checkpoint's value is what to pass to continue (e.g. a run from before a recipe changed).
+            said = ", ".join(f"{k}: {_short(saved.get(k))} there, {_short(now[k])} now" for k in diff)
+            raise CacError(f"--resume: the checkpoint in {run_dir} was made with other settings ({said}); "
                            "use the same options or another run folder")
         from .checkpoint_io import describe_sources, same_source
 
