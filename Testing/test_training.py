@@ -300,6 +300,10 @@ def test_resume_refuses_other_settings(tiny, tmp_path):
     with pytest.raises(CacError, match=rf"other settings \(lr1: {cfg.lr1!r} there, 0.0005 now\)"):
         T.train(train, None, _config(epochs1=1, epochs2=1, samples_per_epoch=8, batch_size=4, lr1=5e-4),
                 tmp_path, resume=True)
+    # A nested setting by its dotted name, not the whole dict cut short.
+    islands = replace(cfg, refinement={**cfg.refinement, "min_island_px": 77})
+    with pytest.raises(CacError, match=r"other settings \(refinement.min_island_px: \d+ there, 77 now\)"):
+        T.train(train, None, islands, tmp_path, resume=True)
     with pytest.raises(CacError, match="no checkpoint"):
         T.train(train, None, cfg, tmp_path / "empty", resume=True)
     # Other data (another fold, cross-validation mode or dataset): resuming would train on held-out patients.

@@ -270,6 +270,26 @@ def _short(value, limit: int = 40) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
+def _changed(saved: dict, now: dict):
+    """(name, saved value, new value) of each setting that differs, a nested one (architecture, refinement) by its
+    dotted name, sorted.
+
+    >>> _changed({"lr1": 1e-3, "refinement": {"sigma": 3.0, "min_island_px": 250}},
+    ...          {"lr1": 1e-3, "refinement": {"sigma": 3.0, "min_island_px": 100}})
+    [('refinement.min_island_px', 250, 100)]
+    """
+    out = []
+    for k in now:
+        a, b = saved.get(k), now[k]
+        if a == b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += [(f"{k}.{j}", a.get(j), b.get(j)) for j in sorted(set(a) | set(b)) if a.get(j) != b.get(j)]
+        else:
+            out.append((k, a, b))
+    return sorted(out)
+
+
 def _load_run_checkpoint(run_dir: Path, model, cfg_json: dict, resume: bool):
     """:func:`load_checkpoint`, where weights that do not fit because the network options changed (--width ...)
     are said to be a changed setting, not an unusable checkpoint (whose advice was to delete a good run)."""
@@ -829,9 +849,8 @@ def _train(train_set, val_set, config: TrainConfig, run_dir: Path, resume: bool,
         saved = {k: info["config"].get(k, defaults.get(k)) for k in cfg_json if k not in free}
         now = {k: v for k, v in cfg_json.items() if k not in free}
         if saved != now:
-            diff = sorted(k for k in now if saved.get(k) != now[k])
             # The checkpoint's value is what to pass to continue (e.g. a run from before a recipe changed).
-            said = ", ".join(f"{k}: {_short(saved.get(k))} there, {_short(now[k])} now" for k in diff)
+            said = ", ".join(f"{k}: {_short(a)} there, {_short(b)} now" for k, a, b in _changed(saved, now))
             raise CacError(f"--resume: the checkpoint in {run_dir} was made with other settings ({said}); "
                            "use the same options or another run folder")
         from .checkpoint_io import describe_sources, same_source
