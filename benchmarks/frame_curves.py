@@ -2,7 +2,7 @@
 
     python benchmarks/frame_score.py MODEL [MODEL ...] --cache DIR --test-seed 3000,4000,5000,6000   # passes
     python benchmarks/frame_curves.py MODEL [MODEL ...] --cache DIR --pools val72-2000,test36-3000_4000_5000_6000
-        [--pools test36-15000_16000_17000_18000 ...] [--png frame_curves.png] [--out frame_curves.json]
+        [--pools test36-15000_16000_17000_18000 ...] [--png frame_curves.png] [--out frame_curves.json] [--bootstrap 2000]
 
 A card decides per frame: an ROI appears where a patch reaches the classifier threshold and its decoder map
 survives refinement, so a frame is found at threshold t when its gate score (the highest threshold at which it
@@ -15,6 +15,11 @@ Each ``--pools`` is one panel: the named pools of frame_score.py's cache, pooled
 holds the ceiling, the frame AUC of the gate score, the specificity at the highest threshold reaching each of a
 few sensitivities, and the card's own point; ``--png`` draws the curves with the card points marked.  No network
 runs: every pool needs a cached pass of every model (frame_score.py with ``--cache``).
+
+``--bootstrap N`` adds, for each model after the first, the paired difference from the first (frame AUC and
+specificity at each sensitivity) with a 95 % interval over N resamples of the panel's patients: the frames of one
+patient move together, so a difference smaller than its interval is what another set of patients may reverse
+(docs/learning.md, session 51: one model's specificity at sensitivity 0.90 spanned 0.24-0.56 between sets).
 """
 
 from __future__ import annotations
@@ -85,6 +90,75 @@ def specificity_at(gate_scores, truth, sensitivity: float) -> float | None:
     return None if op is None else op["specificity"]
 
 
+def paired_bootstrap(gate_a, gate_b, truth, groups, n: int, seed: int = 0, levels=LEVELS) -> dict:
+    """Model B minus model A on the same frames, with a 95 % interval over resamples of whole patients.
+
+    Parameters
+    ----------
+    gate_a, gate_b : (F,) float
+        The two models' gate scores (frame_score.frame_evidence) on the same frames.
+    truth : (F,) bool
+        The frame has calcium.
+    groups : sequence of hashable, length F
+        The frame's patient; a resample draws patients with replacement and keeps all their frames.
+    n : int
+        Resamples (>= 1).
+    seed : int
+    levels : sequence of float
+        Sensitivities at which :func:`specificity_at` is compared.
+
+    Returns
+    -------
+    dict
+        ``frame_auc`` and ``specificity_at_S`` for each level: ``difference`` (B - A on all frames), ``low`` and
+        ``high`` (2.5th and 97.5th percentiles over the resamples where both are defined), ``resamples`` used.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> y = np.repeat(rng.random(40) < 0.5, 6)                     # 40 patients, 6 frames each
+    >>> groups = np.repeat(np.arange(40), 6)
+    >>> a = y + rng.normal(0, 1, y.size)
+    >>> d = paired_bootstrap(a, a, y, groups, n=50, levels=(0.8,))
+    >>> d["frame_auc"]["difference"], d["frame_auc"]["low"], d["frame_auc"]["high"]
+    (0.0, 0.0, 0.0)
+    >>> d = paired_bootstrap(a, a + 3 * y, y, groups, n=200, levels=(0.8,))
+    >>> d["frame_auc"]["low"] > 0
+    True
+    """
+    from CACIdentifierLib.metrics import roc_auc
+
+    if n < 1:
+        raise ValueError("the bootstrap needs at least one resample")
+    ga, gb = np.asarray(gate_a, float), np.asarray(gate_b, float)
+    y = np.asarray(truth, bool)
+    _, code = np.unique(np.asarray([str(g) for g in groups]), return_inverse=True)
+    members = [np.flatnonzero(code == k) for k in range(code.max() + 1)]
+
+    def stats(idx):
+        out = {}
+        a, b = roc_auc(y[idx], ga[idx]), roc_auc(y[idx], gb[idx])
+        out["frame_auc"] = None if a is None or b is None else b - a
+        for s in levels:
+            a, b = specificity_at(ga[idx], y[idx], s), specificity_at(gb[idx], y[idx], s)
+            out[f"specificity_at_{s}"] = None if a is None or b is None else b - a
+        return out
+
+    full = stats(np.arange(y.size))
+    rng = np.random.default_rng(seed)
+    draws = {k: [] for k in full}
+    for _ in range(n):
+        idx = np.concatenate([members[k] for k in rng.integers(0, len(members), len(members))])
+        for k, v in stats(idx).items():
+            if v is not None:
+                draws[k].append(v)
+    result = {}
+    for k, v in full.items():
+        lo, hi = (np.percentile(draws[k], [2.5, 97.5]).tolist() if draws[k] else (None, None))
+        result[k] = {"difference": v, "low": lo, "high": hi, "resamples": len(draws[k])}
+    return result
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("models", nargs="+")
@@ -93,11 +167,16 @@ def main(argv=None) -> int:
                     help="comma-separated cached pool names, pooled into one panel (repeat for more panels)")
     ap.add_argument("--out", default="frame_curves.json")
     ap.add_argument("--png", type=Path)
+    ap.add_argument("--bootstrap", type=int, default=0, metavar="N",
+                    help="each later model minus the first, with a 95 %% interval over N resamples of patients")
     args = ap.parse_args(argv)
+    if args.bootstrap < 0:
+        ap.error("--bootstrap: the number of resamples cannot be negative")
 
     from CACIdentifierLib.metrics import roc_auc
     from CACIdentifierLib.modelio import load_model
     from CACTrainerLib import training
+    from CACTrainerLib.calibrate import frame_groups
 
     panels = [[p for p in spec.split(",") if p] for spec in args.pools]
     for pools in panels:
@@ -110,6 +189,9 @@ def main(argv=None) -> int:
     out = {"panels": []}
     for pools in panels:
         panel = {"pools": pools, "models": {}}
+        gates, groups = {}, []
+        for pool in pools:  # a patient id is only unique within its pool
+            groups += [f"{pool}/{p}" for p in frame_groups(cached_pool(args.cache, pool, None))]
         for path, (model, meta) in loaded.items():
             gate, truth = [], []
             for pool in pools:
@@ -127,9 +209,19 @@ def main(argv=None) -> int:
                    "specificity_at": {str(s): specificity_at(g, y, s) for s in LEVELS},
                    "curve": {k: curve[k].tolist() for k in ("thresholds", "sensitivity", "specificity")}}
             panel["models"][path] = row
+            gates[path] = g
             log(f"{'+'.join(pools)} {Path(path).name}: ceiling {row['ceiling']:.3f}, frame AUC {row['frame_auc']:.3f}, "
                 f"card sens {row['card']['sensitivity']:.3f} spec {row['card']['specificity']:.3f}; "
                 f"spec at {json.dumps(row['specificity_at'])}")
+        if args.bootstrap:
+            first = args.models[0]
+            for path in args.models[1:]:
+                d = paired_bootstrap(gates[first], gates[path], y, groups, args.bootstrap)
+                panel["models"][path]["minus_first"] = d
+                f = d["frame_auc"]
+                log(f"{'+'.join(pools)} {Path(path).name} minus {Path(first).name}: frame AUC "
+                    f"{f['difference']:+.3f} (95 % {f['low']:+.3f}..{f['high']:+.3f}, {f['resamples']} resamples "
+                    f"of {len(set(groups))} patients)")
         out["panels"].append(panel)
     Path(args.out).write_text(json.dumps(out, indent=1, default=float) + "\n")
     if args.png:
