@@ -209,14 +209,14 @@ def main(argv=None) -> int:
                    "specificity_at": {str(s): specificity_at(g, y, s) for s in LEVELS},
                    "curve": {k: curve[k].tolist() for k in ("thresholds", "sensitivity", "specificity")}}
             panel["models"][path] = row
-            gates[path] = g
+            gates[path], truth_of = g, y  # the truth comes from the pools, the same for every model
             log(f"{'+'.join(pools)} {Path(path).name}: ceiling {row['ceiling']:.3f}, frame AUC {row['frame_auc']:.3f}, "
                 f"card sens {row['card']['sensitivity']:.3f} spec {row['card']['specificity']:.3f}; "
                 f"spec at {json.dumps(row['specificity_at'])}")
         if args.bootstrap:
             first = args.models[0]
             for path in args.models[1:]:
-                d = paired_bootstrap(gates[first], gates[path], y, groups, args.bootstrap)
+                d = paired_bootstrap(gates[first], gates[path], truth_of, groups, args.bootstrap)
                 panel["models"][path]["minus_first"] = d
                 f = d["frame_auc"]
                 log(f"{'+'.join(pools)} {Path(path).name} minus {Path(first).name}: frame AUC "
