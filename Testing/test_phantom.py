@@ -477,6 +477,8 @@ def test_phantom_pool_says_once_how_many_cines_were_paired_by_similarity():
     (["--early-onset-prob", "nan"], "--early-onset-prob"),
     (["--table-pan-prob", "inf"], "--table-pan-prob"),
     (["--annotator-min-snr", "nan"], "--annotator-min-snr"),
+    (["--display-processing", "1.5"], "--display-processing"),
+    (["--display-processing", "nan", "--randomize"], "--display-processing"),
     (["--patients", "100000000", "--frames", "20", "--size", "64"], "--patients"),
     (["--acquisitions-per-patient", "100"], "--acquisitions-per-patient"),
     (["--seed", "-1", "--randomize"], "--seed"),
@@ -535,3 +537,41 @@ def test_cli_montage_must_be_a_png_outside_the_dataset(tmp_path, capsys):
     assert (tmp_path / "pm" / "manifest.json").read_bytes() == manifest  # the dataset is untouched
     assert main(args + ["--montage", str(tmp_path / "m.png"), "--overwrite"]) == 0
     assert (tmp_path / "m.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_display_processing_changes_the_pixels_only():
+    """XA display processing (harmonization, edge enhancement) is applied to the stored frames after the
+    display curve; anatomy, motion, noise, calcium and annotators stay those of the unprocessed run."""
+    from CACTrainerLib.phantom_imaging import xa_unsharp
+
+    kw = dict(rows=128, cols=128, n_frames=10, calcium_free_fraction=0.0, metal_prob=1.0)
+    plain = generate_acquisition(PhantomParams(**kw), seed=5, patient=2)
+    done = generate_acquisition(PhantomParams(**kw, display_processing_prob=1.0), seed=5, patient=2)
+    dp = done.truth["display_processing"]
+    assert plain.truth["display_processing"] is None
+    assert plain.truth["metal"] == done.truth["metal"]  # drawn after the metal, which stays
+    # kernels scale with the frame: 128 px is a quarter of the 512-px ranges
+    assert 2.0 <= dp["harmonization_px"] <= 12.0 and 0.175 <= dp["edge_px"] <= 0.75
+    for a, b in ((plain.calcium, done.calcium), (plain.majority, done.majority), (plain.metal, done.metal)):
+        assert np.array_equal(a, b)
+    params = (dp["harmonization_px"], dp["harmonization_gain"], dp["edge_px"], dp["edge_gain"])
+    for k in (0, 9):  # the processed frame is the plain one through the filter, rounded and clipped
+        want = np.clip(np.rint(xa_unsharp(plain.frames[k].astype(np.float32), params)), 0, 255)
+        assert np.array_equal(done.frames[k], want.astype(np.uint8))
+    assert not np.array_equal(plain.frames, done.frames)
+    # never drawn by default, and per acquisition with its probability
+    seen = [generate_acquisition(PhantomParams(rows=64, cols=64, n_frames=8, display_processing_prob=0.5),
+                                 seed=1, patient=i).truth["display_processing"] is not None for i in range(12)]
+    assert 0 < sum(seen) < 12
+
+
+def test_cli_randomize_processes_half_the_runs_unless_told(tmp_path):
+    """--randomize spans processed runs (0.5), --display-processing P sets it, 0 turns it off."""
+    from cac.cli import build_parser
+    from cac.cli_phantom import params_from_args
+
+    def prob(*argv):
+        return params_from_args(build_parser().parse_args(["phantom", str(tmp_path), *argv])).display_processing_prob
+
+    assert prob() == 0.0 and prob("--randomize") == 0.5
+    assert prob("--randomize", "--display-processing", "0") == 0.0 and prob("--display-processing", "1") == 1.0

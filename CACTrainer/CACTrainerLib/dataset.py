@@ -556,8 +556,10 @@ def display_processing(x: np.ndarray, params, background: np.ndarray | None = No
     >>> float(np.ptp(display_processing(np.full((32, 32), 0.5, np.float32), (16.0, 1.0, 2.0, 1.0))))
     0.0
     """
+    from .phantom_imaging import xa_unsharp
+
     x = np.asarray(x, np.float32)
-    y = _unsharp(x, params)
+    y = xa_unsharp(x, params)
     lo_x, hi_x = np.percentile(x, [1.0, 99.0])
     lo_y, hi_y = np.percentile(y, [1.0, 99.0])
     scale = (hi_x - lo_x) / (hi_y - lo_y) if hi_y > lo_y else 1.0
@@ -567,22 +569,7 @@ def display_processing(x: np.ndarray, params, background: np.ndarray | None = No
 
     if background is None:
         return mapped(y)
-    return mapped(y), mapped(_unsharp(np.asarray(background, np.float32), params))
-
-
-def _unsharp(x: np.ndarray, params) -> np.ndarray:
-    """``x + g_L (x - B_L x) + g_S (x - G_S x)`` of :func:`display_processing`, not yet mapped."""
-    from scipy import ndimage
-
-    sigma_l, gain_l, sigma_s, gain_s = (float(v) for v in params)
-    y = x.copy()
-    if gain_l > 0:
-        width = max(int(round(sigma_l * np.sqrt(6.0))), 1)  # two boxes of this width: the Gaussian's variance
-        low = ndimage.uniform_filter(ndimage.uniform_filter(x, width, mode="reflect"), width, mode="reflect")
-        y += gain_l * (x - low)
-    if gain_s > 0:
-        y += gain_s * (x - ndimage.gaussian_filter(x, sigma_s, mode="reflect"))
-    return y
+    return mapped(y), mapped(xa_unsharp(np.asarray(background, np.float32), params))
 
 
 def epoch_indices(labels: np.ndarray, rng: np.random.Generator, *, balanced: bool = True,

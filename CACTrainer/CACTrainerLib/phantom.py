@@ -76,6 +76,7 @@ PARAM_LIMITS = {
     "exposure_drift": ("exposure_drift", 0, 0.5, ""), "vignetting": ("vignetting", 0, 2, ""),
     "collimator_prob": ("collimator_prob", 0, 1, ""), "metal_prob": ("metal_prob", 0, 1, ""),
     "display_gamma_range": ("display_gamma_range", 0.1, 10, ""),
+    "display_processing_prob": ("--display-processing", 0, 1, ""),
     "annotator_bias_px_range": ("annotator_bias_px_range", -5, 5, " px"),
     "annotator_jitter_px": ("annotator_jitter_px", 0, 5, " px"), "faint_attenuation": ("faint_attenuation", 0, 1, ""),
     "annotator_miss_faint_prob": ("annotator_miss_faint_prob", 0, 1, ""),
@@ -138,6 +139,10 @@ class PhantomParams:
       display ("log": stored values are the log of the detected counts, as most XA systems store
         them; "gamma": that log image re-mapped by a power law with an exponent drawn from
         display_gamma_range, as post-processed runs look).
+      display_processing_prob (0.0): probability per acquisition of XA display processing,
+        harmonization (a large unsharp mask, 8-48 px, gain 0-2) and edge enhancement (a small one,
+        0.7-3 px, gain 0-1.5; kernels given for 512 px, scaled with the frame size), which real
+        systems apply before storing a run (:func:`.phantom_imaging.xa_unsharp`).
     Dense metal that is not calcium (domain randomisation; :mod:`.phantom_domain`)
       metal_prob (0.0): probability per acquisition of sternal wires (loops over the sternum, moving
         with respiration), surgical clips (short dense bars beside the vessels, moving with the
@@ -209,6 +214,7 @@ class PhantomParams:
     metal_prob: float = 0.0
     display: str = "log"
     display_gamma_range: tuple[float, float] = (0.6, 1.6)
+    display_processing_prob: float = 0.0
     annotator_bias_px_range: tuple[float, float] = (-0.6, 1.0)
     annotator_jitter_px: float = 0.6
     faint_attenuation: float = 0.07
@@ -444,8 +450,8 @@ def generate_acquisition(params: PhantomParams | None = None, seed: int = 0, pat
     rng_bg = _rng(seed, patient, acquisition, _BACKGROUND)
     rng_noise = _rng(seed, patient, acquisition, _NOISE)
     renderer = _Renderer(params, pat, view, tl, rng_bg)
-    if params.metal_prob > 0 or params.display != "log":
-        # Own stream: adding metal or a display curve leaves every other draw as it was.
+    if params.metal_prob > 0 or params.display != "log" or params.display_processing_prob > 0:
+        # Own stream: adding metal, a display curve or display processing leaves every other draw as it was.
         from .phantom_metal import add_metal_and_display
 
         add_metal_and_display(renderer, _rng(seed, patient, acquisition, _METAL))
@@ -484,6 +490,7 @@ class _Renderer:
         self.metal_heart = []  # (points, radius_mm, weight) of clips and stents moving with the heart
         self.metal_info = None
         self.display_gamma = None  # None: the log display
+        self.display_processing = None  # (sigma_L, gain_L, sigma_S, gain_S) of xa_unsharp, or None: none
         rows, cols, sp = params.rows, params.cols, view.spacing_mm
         self.contrast_mu = params.contrast_mu_per_mm * rng.uniform(*params.contrast_spread)
         self.white = rng.uniform(200, 235)
@@ -651,6 +658,9 @@ class _Renderer:
         gamma = self.display_gamma
         if gamma is not None:
             out = np.rint(self.max_value * (out / self.max_value) ** gamma)
+        if self.display_processing is not None:
+            # After the display curve, as a system processes the image it stores.
+            out = np.clip(np.rint(img.xa_unsharp(out, self.display_processing)), 0, self.max_value)
         return out.astype(np.uint8 if p.bits == 8 else np.uint16)
 
     def _deposit(self, k, j, dep, ms, L, calcium_out):
@@ -731,5 +741,8 @@ class _Renderer:
             # [top, bottom, left, right] blade insets and the shutter's corner radius, px (None: no collimator)
             "collimator": self.collimator,
             "metal": self.metal_info,
+            # harmonization and edge-enhancement kernels (px) and gains, or None: not processed
+            "display_processing": (None if self.display_processing is None else dict(zip(
+                ("harmonization_px", "harmonization_gain", "edge_px", "edge_gain"), self.display_processing))),
             "params": p.to_dict(),
         }

@@ -1,9 +1,10 @@
-"""Dense metal that is not calcium, and the display curve, added to a phantom renderer.
+"""Dense metal that is not calcium, the display curve and display processing, added to a phantom renderer.
 
 Sternal wires, surgical clips and stents are dense like calcium, and a calcium
 detector must learn to ignore them.  :func:`add_metal_and_display` is called by
-:func:`CACTrainerLib.phantom.generate_acquisition` when ``metal_prob > 0`` or
-``display == "gamma"``; the ranges are documented in docs/phantom.md.
+:func:`CACTrainerLib.phantom.generate_acquisition` when ``metal_prob > 0``,
+``display == "gamma"`` or ``display_processing_prob > 0``; the ranges are documented
+in docs/phantom.md.
 """
 
 from __future__ import annotations
@@ -71,7 +72,8 @@ def _stent(rng, vessels) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def add_metal_and_display(renderer, rng: np.random.Generator) -> None:
-    """Add metal objects (with probability ``metal_prob``) and the display curve to a renderer."""
+    """Add metal objects (with probability ``metal_prob``), the display curve and display processing
+    (with probability ``display_processing_prob``) to a renderer."""
     p = renderer.p
     metal = []
     wires = None
@@ -88,3 +90,9 @@ def add_metal_and_display(renderer, rng: np.random.Generator) -> None:
     renderer.metal_info = {"sternal_wires": wires is not None, "heart_metal_objects": len(metal)}
     if p.display == "gamma":
         renderer.display_gamma = float(rng.uniform(*p.display_gamma_range))
+    # Drawn after the metal and the curve, so those stay as they were.  The ranges are the training
+    # augmentation's (dataset.Augment.display_params), given for 512 px and scaled with the frame.
+    if p.display_processing_prob > 0 and rng.random() < p.display_processing_prob:
+        scale = p.rows / 512.0
+        renderer.display_processing = (float(rng.uniform(8.0, 48.0)) * scale, float(rng.uniform(0.0, 2.0)),
+                                       float(rng.uniform(0.7, 3.0)) * scale, float(rng.uniform(0.0, 1.5)))

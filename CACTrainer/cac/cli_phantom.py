@@ -60,6 +60,9 @@ def register(subparsers) -> None:
     p.add_argument("--annotator-min-snr", type=float, default=None, metavar="D",
                    help="annotators draw only deposits whose Rose detectability reaches D (x 0.8-1.25 per "
                         "annotator; about 5 = just visible); default: off, or 5-8 with --randomize")
+    p.add_argument("--display-processing", type=float, default=None, metavar="P",
+                   help="probability per acquisition of XA display processing (harmonization and edge "
+                        "enhancement, as systems store runs; docs/phantom.md); default 0, or 0.5 with --randomize")
     p.add_argument("--randomize", action="store_true",
                    help="draw each patient's domain (dose, display, bits, metal, calcium look...) from wide ranges "
                         "(docs/phantom.md); the other options (heart rate, contrast, side ...) still apply")
@@ -90,6 +93,10 @@ def params_from_args(args):
         "contrast_mu_per_mm": args.contrast, "early_onset_prob": args.early_onset_prob,
         "table_pan_prob": args.table_pan_prob, "photons": args.photons,
         "annotator_min_snr": getattr(args, "annotator_min_snr", None),
+        # --randomize spans processed runs too, unless the user says otherwise
+        "display_processing_prob": (getattr(args, "display_processing", None)
+                                    if getattr(args, "display_processing", None) is not None
+                                    else 0.5 if getattr(args, "randomize", False) else None),
     }
     kw.update({k: v for k, v in pairs.items() if v is not None})
     if args.side != "random":
