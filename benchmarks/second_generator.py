@@ -910,7 +910,7 @@ def main(argv=None) -> int:
     ap.add_argument("--png", help="montage of a few non-contrast frames with ROI and truth")
     ap.add_argument("--edge-enhance", metavar="SIGMA,GAIN",
                     help="unsharp masking of the stored frames (kernel SIGMA pixels at 512, GAIN), as XA display "
-                         "processing does: a domain shift the project's phantom does not draw")
+                         "processing does: a domain shift the project's training pool does not draw")
     ap.add_argument("--detect-onset", action="store_true",
                     help="let the pipeline detect the contrast onset, as a user's run does (default: the true onset)")
     args = ap.parse_args(argv)

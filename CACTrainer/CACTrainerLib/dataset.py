@@ -522,8 +522,8 @@ def display_processing(x: np.ndarray, params, background: np.ndarray | None = No
     Real systems store runs after unsharp masking at two scales: a large kernel flattens
     the background (harmonization) and a small one sharpens edges, which gives dark and
     bright rims along edges and deepens small dark details -- calcium among them.  The
-    project's phantom draws neither; an independent generator's cines with it drew
-    more false positives from the shipped model (docs/learning.md).
+    training pool draws neither (``cac phantom --display-processing`` does); an independent
+    generator's cines with it drew more false positives from the shipped model (docs/learning.md).
 
     ``y = x + g_L (x - B_L x) + g_S (x - G_S x)`` with ``B_L`` two box filters of the
     variance of a Gaussian of ``sigma_L`` and ``G_S`` a Gaussian of ``sigma_S``; then

@@ -77,7 +77,7 @@ class TrainConfig:
     balanced: bool = True
     augment: bool = True
     # Probability that a training patch pair goes through XA display processing (harmonization and edge
-    # enhancement, dataset.display_processing), which the phantom does not draw; 0: never (and with augment off).
+    # enhancement, dataset.display_processing), which the training pool does not draw; 0: never (and with augment off).
     display_augment: float = 0.0
     samples_per_epoch: int | None = None
     roi_iterations: int = targets.DEFAULT_ITERATIONS
