@@ -26,6 +26,8 @@ against FIRST at its card's point (compare_models.item4_verdict); frame AUCs of 
 The ``frame+cine_p`` family is what ``cac calibrate --cine-gate`` chooses and inference applies
 (calibrate.cine_operating_point, temporal.cine_gate).  ``--cache DIR`` keeps the pools and each
 model's predictions, so that later runs (another model, another target) skip the network.
+``--display-processing P`` runs the test patients' cines through XA display processing (1: all of them; the
+same patients otherwise, so a processed panel pairs with the plain one by patient).
 ``--roi-patches 5,2,1`` also scores each card with its ROI drawn from the K most probable positive patches
 (the card option ``roi_patches``, docs/identify.md).
 """
@@ -202,6 +204,9 @@ def main(argv=None) -> int:
     ap.add_argument("--cache", type=Path, help="keep the pools and each model's predictions here for later runs")
     ap.add_argument("--png", type=Path, help="with --roi-patches: a figure of the last model's ROIs from all five "
                                                  "and from the smallest K patches")
+    ap.add_argument("--display-processing", type=float, default=0.0, metavar="P",
+                    help="the test patients' cines through XA display processing with probability P (1: every "
+                         "one; the same patients, anatomy and noise as without; pool named ...-dpP)")
     ap.add_argument("--roi-patches", metavar="K[,K...]",
                     help="also score each model's card with its ROI drawn from the K most probable positive patches "
                          "(the card option roi_patches; 5 = all), against FIRST's card")
@@ -223,9 +228,14 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     kw = dict(n_frames=64, frames_per_acquisition=6, workers=args.workers, calcium_free_fraction=0.4)
     val_name, test_name = f"val{args.val}-{args.val_seed}", f"test{args.test}-{args.test_seed.replace(',', '_')}"
+    dp = args.display_processing
+    if not 0.0 <= dp <= 1.0:
+        ap.error(f"--display-processing is a probability in [0, 1], not {dp}")
+    if dp > 0:
+        test_name += f"-dp{dp:g}"
     val = cached_pool(args.cache, val_name, lambda: phantom_pool(args.val, seed=args.val_seed, **kw))
     test = cached_pool(args.cache, test_name, lambda: FrameSet.concat(
-        [phantom_pool(args.test, seed=int(s), **kw) for s in args.test_seed.split(",")]))
+        [phantom_pool(args.test, seed=int(s), display_processing_prob=dp, **kw) for s in args.test_seed.split(",")]))
     log(f"validation {val.summary()}; test {test.summary()} in {time.perf_counter() - t0:.0f} s")
     out = {"validation": val.summary(), "test": test.summary(), "models": {}}
     cpu = torch.device("cpu")

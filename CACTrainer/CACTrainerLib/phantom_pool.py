@@ -51,11 +51,13 @@ def _background_worker() -> None:
 
 
 def pool_params(seed: int, patient: int, *, n_frames: int = 64, size: int | None = None,
-                calcium_free_fraction: float = 0.3):
+                calcium_free_fraction: float = 0.3, display_processing_prob: float = 0.0):
     """The phantom parameters drawn for pool patient ``patient`` of ``seed`` (what :func:`pool_acquisition` renders).
 
     Analyses that change one parameter and keep every other draw start from these
-    (``benchmarks/dose_bound.py``: the photons).
+    (``benchmarks/dose_bound.py``: the photons).  ``display_processing_prob``: XA display processing
+    (``PhantomParams.display_processing_prob``), drawn from its own stream, so every other draw stays;
+    0 for training, whose augmentation draws it per patch pair (``--display-augment``).
     """
     from .phantom_domain import randomized_params
 
@@ -64,11 +66,13 @@ def pool_params(seed: int, patient: int, *, n_frames: int = 64, size: int | None
     # Onset in the middle third, so both parts hold about two beats.
     params.onset_fraction_range = (0.4, 0.55)
     params.early_onset_prob = 0.0
+    params.display_processing_prob = float(display_processing_prob)
     return params
 
 
 def pool_acquisition(seed: int, patient: int, *, n_frames: int = 64, size: int | None = None,
-                     calcium_free_fraction: float = 0.3, calcium_visible: bool = True):
+                     calcium_free_fraction: float = 0.3, calcium_visible: bool = True,
+                     display_processing_prob: float = 0.0):
     """The cine of pool patient ``patient`` of ``seed``, with its truth (``phantom.Acquisition``).
 
     What :func:`phantom_pool` trains on, before frames are chosen and paired; for analyses that
@@ -80,17 +84,19 @@ def pool_acquisition(seed: int, patient: int, *, n_frames: int = 64, size: int |
     """
     from .phantom import generate_acquisition
 
-    params = pool_params(seed, patient, n_frames=n_frames, size=size, calcium_free_fraction=calcium_free_fraction)
+    params = pool_params(seed, patient, n_frames=n_frames, size=size, calcium_free_fraction=calcium_free_fraction,
+                         display_processing_prob=display_processing_prob)
     if not calcium_visible:
         params.calcium_mu_per_mm = 0.0
     return generate_acquisition(params, seed=seed, patient=patient, acquisition=0)
 
 
 def _one(args) -> object:
-    seed, patient, n_frames, fpa, size, calcium_free_fraction, background, twins = args
+    seed, patient, n_frames, fpa, size, calcium_free_fraction, background, twins, display_processing_prob = args
     from . import dataset
 
-    acq = pool_acquisition(seed, patient, n_frames=n_frames, size=size, calcium_free_fraction=calcium_free_fraction)
+    acq = pool_acquisition(seed, patient, n_frames=n_frames, size=size, calcium_free_fraction=calcium_free_fraction,
+                           display_processing_prob=display_processing_prob)
     # Short phantom cines often lack a clear periodicity; one summary line beats a warning per patient.
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", CacWarning)
@@ -100,7 +106,8 @@ def _one(args) -> object:
         fs = dataset.frames_from_acquisition(acq, acquisition=name, patient=name, frames_per_acquisition=fpa,
                                              background=background, pairs=pairs)
         if twins:
-            fs = _with_twin(fs, pairs, seed, patient, n_frames, size, calcium_free_fraction, background)
+            fs = _with_twin(fs, pairs, seed, patient, n_frames, size, calcium_free_fraction, background,
+                            display_processing_prob)
     # Counted for the summary line only when it is what the line says (other warnings: none in 16 pool cines).
     return fs, any("periodicity" in str(w.message) for w in caught)
 
@@ -108,7 +115,8 @@ def _one(args) -> object:
 TWIN_SUFFIX = "~twin"
 
 
-def _with_twin(fs, pairs, seed, patient, n_frames, size, calcium_free_fraction, background):
+def _with_twin(fs, pairs, seed, patient, n_frames, size, calcium_free_fraction, background,
+               display_processing_prob=0.0):
     """``fs`` and, for its frames with labelled calcium, the same frames of the calcium-free twin (labels 0).
 
     The twin's patches show the same anatomy, metal, motion and noise as the calcified ones: only
@@ -125,7 +133,7 @@ def _with_twin(fs, pairs, seed, patient, n_frames, size, calcium_free_fraction, 
     if rows.size == 0:
         return fs
     twin = pool_acquisition(seed, patient, n_frames=n_frames, size=size, calcium_free_fraction=calcium_free_fraction,
-                            calcium_visible=False)
+                            calcium_visible=False, display_processing_prob=display_processing_prob)
     # No calcium is rendered, so nothing is calcium: the simulated annotators, who judge a deposit by how dark it
     # looks against its ring, can still mark an invisible one that happens to lie on something darker.
     twin.majority = np.zeros_like(twin.majority)
@@ -150,7 +158,7 @@ def patient_name(seed: int, patient: int) -> str:
 
 def _generate(patients, *, seed: int, n_frames: int, frames_per_acquisition: int, size: int | None,
               calcium_free_fraction: float, workers: int | None, progress: ProgressCallback,
-              background: bool = True, twins: bool = False) -> list:
+              background: bool = True, twins: bool = False, display_processing_prob: float = 0.0) -> list:
     """FrameSets of the numbered ``patients`` (in their order), on ``workers`` processes.
 
     In a data-parallel run every rank needs every patient: each rank generates its share
@@ -167,14 +175,15 @@ def _generate(patients, *, seed: int, n_frames: int, frames_per_acquisition: int
             workers = max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", ctx.world)))
         made = _generate_here(mine, seed=seed, n_frames=n_frames, frames_per_acquisition=frames_per_acquisition,
                               size=size, calcium_free_fraction=calcium_free_fraction, workers=workers,
-                              progress=progress, background=background, twins=twins)
+                              progress=progress, background=background, twins=twins,
+                              display_processing_prob=display_processing_prob)
         shared = ctx.exchange({p: _pack(fs, w) for p, (fs, w) in zip(mine, made)}, owners)
         sets = [_unpack(*shared[int(p)]) for p in patients]  # the caller's order (and repeats)
         _warn_periodicity(sum(info["warned"] for _, info in shared.values()), len(sets))
         return [fs for fs, _ in sets]
     made = _generate_here(patients, seed=seed, n_frames=n_frames, frames_per_acquisition=frames_per_acquisition,
                           size=size, calcium_free_fraction=calcium_free_fraction, workers=workers, progress=progress,
-                          background=background, twins=twins)
+                          background=background, twins=twins, display_processing_prob=display_processing_prob)
     _warn_periodicity(sum(w for _, w in made), len(made))
     return [fs for fs, _ in made]
 
@@ -200,17 +209,18 @@ def _warn_periodicity(warned: int, n: int) -> None:
 
 
 def _jobs(patients, seed, n_frames, frames_per_acquisition, size, calcium_free_fraction, background,
-          twins=False) -> list:
+          twins=False, display_processing_prob=0.0) -> list:
     """The arguments of :func:`_one` for each of the numbered ``patients``."""
     return [(seed, int(p), n_frames, frames_per_acquisition, size, calcium_free_fraction, bool(background),
-             bool(twins)) for p in patients]
+             bool(twins), float(display_processing_prob)) for p in patients]
 
 
 def _generate_here(patients, *, seed: int, n_frames: int, frames_per_acquisition: int, size: int | None,
                    calcium_free_fraction: float, workers: int | None, progress: ProgressCallback,
-                   background: bool = True, twins: bool = False) -> list:
+                   background: bool = True, twins: bool = False, display_processing_prob: float = 0.0) -> list:
     """``(FrameSet, warned)`` of each of the numbered ``patients``, generated in this process's workers."""
-    jobs = _jobs(patients, seed, n_frames, frames_per_acquisition, size, calcium_free_fraction, background, twins)
+    jobs = _jobs(patients, seed, n_frames, frames_per_acquisition, size, calcium_free_fraction, background, twins,
+                 display_processing_prob)
     if not jobs:
         return []
     workers = max(1, min(len(jobs), int(workers or os.cpu_count() or 1)))
@@ -232,7 +242,7 @@ def _generate_here(patients, *, seed: int, n_frames: int, frames_per_acquisition
 def phantom_pool(n_patients: int, *, seed: int = 0, first_patient: int = 0, n_frames: int = 64,
                  frames_per_acquisition: int = 6, size: int | None = None, calcium_free_fraction: float = 0.3,
                  workers: int | None = None, progress: ProgressCallback = no_progress, patients=None,
-                 background: bool = True, twins: bool = False):
+                 background: bool = True, twins: bool = False, display_processing_prob: float = 0.0):
     """Training frames of ``n_patients`` new randomised phantom patients (one acquisition each).
 
     Parameters
@@ -257,6 +267,10 @@ def phantom_pool(n_patients: int, *, seed: int = 0, first_patient: int = 0, n_fr
         Add each calcified cine's counterfactual twin: its frames with labelled calcium rendered
         again without the calcium (:func:`pool_acquisition` ``calcium_visible=False``), labelled
         calcium-free, as acquisition ``<name>~twin`` of the same patient.
+    display_processing_prob : float
+        Probability per patient of XA display processing of the cine (:func:`pool_params`): 1 makes
+        a processed copy of the same patients (test pools; ``benchmarks/frame_score.py
+        --display-processing``); 0 (default) for training, which augments instead.
 
     Returns
     -------
@@ -267,7 +281,8 @@ def phantom_pool(n_patients: int, *, seed: int = 0, first_patient: int = 0, n_fr
     ids = list(patients) if patients is not None else [first_patient + i for i in range(int(n_patients))]
     return FrameSet.concat(_generate(ids, seed=seed, n_frames=n_frames, frames_per_acquisition=frames_per_acquisition,
                                      size=size, calcium_free_fraction=calcium_free_fraction, workers=workers,
-                                     progress=progress, background=background, twins=twins), consume=True)
+                                     progress=progress, background=background, twins=twins,
+                                     display_processing_prob=display_processing_prob), consume=True)
 
 
 SURE_FRAMES = 16  # paired non-contrast frames every 64-frame pool cine has at least (its onset: 40-55 % in)
