@@ -49,6 +49,7 @@ MODULES = [
     "CACTrainerLib.checkpoint_io",
     "CACTrainerLib.recipes",
     "CACTrainerLib.phantom_domain",
+    "CACTrainerLib.phantom_imaging",
     "CACTrainerLib.dataset_builder",
     "CACTrainerLib.distributed",
     "CACTrainerLib.losses",
