@@ -578,17 +578,17 @@ def test_cli_randomize_processes_half_the_runs_unless_told(tmp_path):
 
 
 def test_phantom_pool_with_display_processing_keeps_its_patients():
-    """A processed test pool holds the same patients, labels and masks as the plain one (pool_params draws the
-    processing from its own stream); only the pixels differ, and training pools stay unprocessed."""
+    """A processed test pool holds the same patients and non-contrast frames as the plain one (pool_params draws the
+    processing from its own stream); the pixels differ, and training pools stay unprocessed.  (Its labels may
+    differ: the simulated annotators judge a deposit's visibility on the frames they see, processed here.)"""
     from CACTrainerLib.phantom_pool import phantom_pool, pool_params
 
     kw = dict(seed=5, n_frames=32, frames_per_acquisition=2, size=128, workers=1, background=False)
     plain = phantom_pool(2, **kw)
     done = phantom_pool(2, display_processing_prob=1.0, **kw)
     assert plain.patient == done.patient and plain.acquisition == done.acquisition
-    # the same non-contrast frames, masks and labels (the contrast frame paired with each may differ: synchronization
-    # reads the processed pixels)
-    for name in ("frame_index", "calcium", "labels"):
-        assert np.array_equal(getattr(plain, name), getattr(done, name)), name
+    # the same non-contrast frames (the contrast frame paired with each may differ: synchronization reads the
+    # processed pixels)
+    assert np.array_equal(plain.frame_index, done.frame_index)
     assert not np.array_equal(np.asarray(plain.nc), np.asarray(done.nc))
     assert pool_params(5, 0).display_processing_prob == 0.0

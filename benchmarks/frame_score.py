@@ -27,7 +27,8 @@ The ``frame+cine_p`` family is what ``cac calibrate --cine-gate`` chooses and in
 (calibrate.cine_operating_point, temporal.cine_gate).  ``--cache DIR`` keeps the pools and each
 model's predictions, so that later runs (another model, another target) skip the network.
 ``--display-processing P`` runs the test patients' cines through XA display processing (1: all of them; the
-same patients otherwise, so a processed panel pairs with the plain one by patient).
+same patients and non-contrast frames otherwise, so a processed panel pairs with the plain one by patient; the
+simulated annotators judge visibility on the processed frames, so a few labels may differ).
 ``--roi-patches 5,2,1`` also scores each card with its ROI drawn from the K most probable positive patches
 (the card option ``roi_patches``, docs/identify.md).
 """
@@ -206,7 +207,8 @@ def main(argv=None) -> int:
                                                  "and from the smallest K patches")
     ap.add_argument("--display-processing", type=float, default=0.0, metavar="P",
                     help="the test patients' cines through XA display processing with probability P (1: every "
-                         "one; the same patients, anatomy and noise as without; pool named ...-dpP)")
+                         "one; the same patients, anatomy and noise as without, annotated on what they show; "
+                         "pool named ...-dpP)")
     ap.add_argument("--roi-patches", metavar="K[,K...]",
                     help="also score each model's card with its ROI drawn from the K most probable positive patches "
                          "(the card option roi_patches; 5 = all), against FIRST's card")

@@ -269,8 +269,10 @@ def phantom_pool(n_patients: int, *, seed: int = 0, first_patient: int = 0, n_fr
         calcium-free, as acquisition ``<name>~twin`` of the same patient.
     display_processing_prob : float
         Probability per patient of XA display processing of the cine (:func:`pool_params`): 1 makes
-        a processed copy of the same patients (test pools; ``benchmarks/frame_score.py
-        --display-processing``); 0 (default) for training, which augments instead.
+        a processed copy of the same patients and frames (test pools; ``benchmarks/frame_score.py
+        --display-processing``), whose labels may differ where the simulated annotators, who judge
+        visibility on the processed frames, see a deposit differently; 0 (default) for training,
+        which augments instead.
 
     Returns
     -------
