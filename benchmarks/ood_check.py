@@ -74,9 +74,13 @@ def main(argv=None) -> int:
                         # the same patient through XA display processing (harmonization, edge enhancement)
                         ("randomised, processed", replace(drawn, display_processing_prob=1.0))):
             q.onset_fraction_range, q.early_onset_prob = (0.4, 0.55), 0.0
-            rows.append((f"{name} {pt}", identify(generate_acquisition(q, seed=4242, patient=pt).to_cine(), model, meta)))
+            acq = generate_acquisition(q, seed=4242, patient=pt)
+            label, dp = f"{name} {pt}", acq.truth["display_processing"]
+            if dp:  # how strong: the gains of harmonization and edge enhancement
+                label += f" (gains {dp['harmonization_gain']:.2f}, {dp['edge_gain']:.2f})"
+            rows.append((label, identify(acq.to_cine(), model, meta)))
     for name, res in rows:
-        print(f"{name:<32} score {np.median(res.ood_scores):6.3g}  warning {'yes' if res.ood_warning else 'no'}")
+        print(f"{name:<48} score {np.median(res.ood_scores):6.3g}  warning {'yes' if res.ood_warning else 'no'}")
     return 0
 
 
