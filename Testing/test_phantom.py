@@ -541,7 +541,8 @@ def test_cli_montage_must_be_a_png_outside_the_dataset(tmp_path, capsys):
 
 def test_display_processing_changes_the_pixels_only():
     """XA display processing (harmonization, edge enhancement) is applied to the stored frames after the
-    display curve; anatomy, motion, noise, calcium and annotators stay those of the unprocessed run."""
+    display curve; anatomy, motion, noise, calcium and metal stay those of the unprocessed run, and so do the
+    annotators here (annotator_min_snr 0: they do not judge visibility on the pixels)."""
     from CACTrainerLib.phantom_imaging import xa_unsharp
 
     kw = dict(rows=128, cols=128, n_frames=10, calcium_free_fraction=0.0, metal_prob=1.0)
