@@ -64,3 +64,24 @@ def test_paired_bootstrap_resamples_patients_not_frames():
             assert four[key][k] == pytest.approx(one[key][k])
     with pytest.raises(ValueError, match="at least one resample"):
         fc.paired_bootstrap(a, b, y, groups, n=0)
+
+
+def test_display_shift_pairs_only_the_frames_whose_truth_both_panels_share():
+    """display_shift.shift: processed minus plain on the shared-truth frames; refuses panels of other patients."""
+    ds = load("display_shift")
+    fc = load("frame_curves")
+    rng = np.random.default_rng(3)
+    y = np.repeat(rng.random(40) < 0.5, 5)
+    groups = np.repeat(np.arange(40), 5)
+    plain = {"gate": y + rng.normal(0, 0.7, y.size), "truth": y, "groups": groups}
+    y2 = y.copy()
+    y2[[0, 7, 19]] = ~y2[[0, 7, 19]]  # the annotators saw three frames differently
+    processed = {"gate": plain["gate"] - 0.5 * y, "truth": y2, "groups": groups}
+    s = ds.shift(plain, processed, n=50)
+    keep = y == y2
+    want = fc.paired_bootstrap(plain["gate"][keep], processed["gate"][keep], y[keep], groups[keep], 50)
+    assert (s["frames"], s["frames_same_truth"], s["calcified"]) == (200, 197, [int(y.sum()), int(y2.sum())])
+    assert s["processed_minus_plain"]["frame_auc"] == want["frame_auc"]
+    assert s["processed_minus_plain"]["frame_auc"]["difference"] < 0
+    with pytest.raises(ValueError, match="same patients"):
+        ds.shift(plain, dict(processed, groups=groups[::-1]), n=5)
