@@ -24,7 +24,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from frame_curves import paired_bootstrap  # noqa: E402
-from frame_score import cached_pool, cached_predictions, frame_evidence, prediction_folder  # noqa: E402
+from frame_score import cached_pool, cached_predictions, frame_evidence, not_cached  # noqa: E402
 from gpu_protocol import log  # noqa: E402
 
 
@@ -85,10 +85,9 @@ def main(argv=None) -> int:
         ap.error("--bootstrap needs at least one resample")
     pools = (args.pool, f"{args.pool}-dp1")
     for pool in pools:
-        missing = [m for m in args.models if not (prediction_folder(args.cache, m, pool) / "done").exists()]
-        if not (args.cache / pool / "done").exists() or missing:
-            ap.error(f"pool {pool}: no cached pool or pass of {', '.join(missing) or 'the pool'} in {args.cache}; "
-                     "run frame_score.py with --cache (and --display-processing 1 for the processed copy) first")
+        if (lack := not_cached(args.cache, args.models, pool)) is not None:
+            ap.error(f"{lack}; run frame_score.py with --cache (and --display-processing 1 for the processed copy) "
+                     "first")
 
     from CACIdentifierLib.modelio import load_model
     from CACTrainerLib.calibrate import frame_groups

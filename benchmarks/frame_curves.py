@@ -33,7 +33,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from frame_score import cached_pool, cached_predictions, frame_evidence, prediction_folder  # noqa: E402
+from frame_score import cached_pool, cached_predictions, frame_evidence, not_cached  # noqa: E402
 from gpu_protocol import log  # noqa: E402
 
 LEVELS = (0.80, 0.85, 0.90, 0.92, 0.94, 0.95)
@@ -181,10 +181,8 @@ def main(argv=None) -> int:
     panels = [[p for p in spec.split(",") if p] for spec in args.pools]
     for pools in panels:
         for pool in pools:
-            missing = [m for m in args.models if not (prediction_folder(args.cache, m, pool) / "done").exists()]
-            if not (args.cache / pool / "done").exists() or missing:
-                ap.error(f"pool {pool}: no cached pool or pass of {', '.join(missing) or 'the pool'} in "
-                         f"{args.cache}; run frame_score.py with --cache first")
+            if (lack := not_cached(args.cache, args.models, pool)) is not None:
+                ap.error(f"{lack}; run frame_score.py with --cache first")
     loaded = {path: load_model(path) for path in args.models}  # once, for every panel
     out = {"panels": []}
     for pools in panels:

@@ -77,6 +77,14 @@ def prediction_folder(cache: Path, path: str, pool: str) -> Path:
     return cache / f"{Path(path).name}-{stat.st_size}-{int(stat.st_mtime)}-{pool}"
 
 
+def not_cached(cache: Path, models, pool: str) -> str | None:
+    """What ``pool`` lacks in ``cache`` for a run over ``models`` without the network, or None when nothing."""
+    missing = [m for m in models if not (prediction_folder(cache, m, pool) / "done").exists()]
+    if (cache / pool / "done").exists() and not missing:
+        return None
+    return f"pool {pool}: no cached pool or pass of {', '.join(missing) or 'the pool'} in {cache}"
+
+
 def cached_predictions(cache: Path | None, path: str, pool: str, model, fs):
     """The model's uncalibrated patch probabilities and ROI maps on ``fs`` (cached per model file and pool)."""
     import torch

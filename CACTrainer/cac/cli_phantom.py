@@ -93,11 +93,10 @@ def params_from_args(args):
         "contrast_mu_per_mm": args.contrast, "early_onset_prob": args.early_onset_prob,
         "table_pan_prob": args.table_pan_prob, "photons": args.photons,
         "annotator_min_snr": getattr(args, "annotator_min_snr", None),
-        # --randomize spans processed runs too, unless the user says otherwise
-        "display_processing_prob": (getattr(args, "display_processing", None)
-                                    if getattr(args, "display_processing", None) is not None
-                                    else 0.5 if getattr(args, "randomize", False) else None),
+        "display_processing_prob": getattr(args, "display_processing", None),
     }
+    if pairs["display_processing_prob"] is None and getattr(args, "randomize", False):
+        pairs["display_processing_prob"] = 0.5  # --randomize spans processed runs too, unless told otherwise
     kw.update({k: v for k, v in pairs.items() if v is not None})
     if args.side != "random":
         kw["left_prob"] = 1.0 if args.side == "left" else 0.0
