@@ -105,6 +105,10 @@ def main():
         seeds = [int(v) for v in str(args.seed).split(",")]
     except ValueError:
         ap.error(f"--seed: give integers separated by commas, not {args.seed!r}")
+    from CACIdentifierLib.modelio import read_metadata
+
+    for m in models:
+        read_metadata(m)  # a wrong path fails before minutes of pool making
     torch.set_num_threads(2)
     folds = [difficulty.test_fold(args.test, seed, 2) for seed in seeds]
     fs = FrameSet.concat([f[0] for f in folds])
@@ -146,4 +150,6 @@ def main():
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from script_entry import run  # a CacError is one line and exit 2, as in `cac`
+
+    raise SystemExit(run(main))

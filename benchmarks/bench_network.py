@@ -110,4 +110,6 @@ def whole_frame(model) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from script_entry import run  # a CacError is one line and exit 2, as in `cac`
+
+    raise SystemExit(run(main))

@@ -138,10 +138,12 @@ def main(argv=None) -> int:
 
     keep_freed_memory()  # as `cac` does: reuse freed blocks (docs/learning.md, Speed)
     from CACIdentifierLib.metrics import wilcoxon
-    from CACIdentifierLib.modelio import load_model
+    from CACIdentifierLib.modelio import load_model, read_metadata
     from CACTrainerLib import evaluation, training
     from CACTrainerLib.phantom_pool import phantom_pool
 
+    for path in args.models:
+        read_metadata(path)  # a wrong path fails before minutes of pool making
     torch.set_num_threads(2)
     t0 = time.perf_counter()
     kw = dict(n_frames=64, frames_per_acquisition=6, workers=args.workers)
@@ -238,4 +240,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from script_entry import run  # a CacError is one line and exit 2, as in `cac`
+
+    raise SystemExit(run(main))

@@ -238,9 +238,11 @@ def main(argv=None) -> int:
         figure(json.loads(out.read_text())["models"], out.with_suffix(".png"), labels)
         return 0
     import torch
-    from CACIdentifierLib.modelio import load_model
+    from CACIdentifierLib.modelio import load_model, read_metadata
     from CACTrainerLib import evaluation
 
+    for path in args.models:
+        read_metadata(path)  # a wrong path fails before minutes of pool making
     torch.set_num_threads(2)
     t0 = time.perf_counter()
     fs, snr, rendered, metal = test_fold(args.test, args.seed, args.workers)
@@ -282,4 +284,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from script_entry import run  # a CacError is one line and exit 2, as in `cac`
+
+    raise SystemExit(run(main))

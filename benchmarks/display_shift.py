@@ -114,4 +114,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from script_entry import run  # a CacError is one line and exit 2, as in `cac`
+
+    raise SystemExit(run(main))

@@ -73,6 +73,9 @@ def cached_pool(cache: Path | None, name: str, make):
 
 def prediction_folder(cache: Path, path: str, pool: str) -> Path:
     """The cache folder of model file ``path``'s network pass over ``pool`` (its size and time name it)."""
+    from CACIdentifierLib.modelio import read_metadata
+
+    read_metadata(path)  # a wrong path is one line (CacError), not a traceback from stat
     stat = Path(path).stat()
     return cache / f"{Path(path).name}-{stat.st_size}-{int(stat.st_mtime)}-{pool}"
 
@@ -243,6 +246,7 @@ def main(argv=None) -> int:
         ap.error(f"--display-processing is a probability in [0, 1], not {dp}")
     if dp > 0:
         test_name += f"-dp{dp:g}"
+    loaded = [load_model(path) for path in args.models]  # a wrong path fails before minutes of pool making
     val = cached_pool(args.cache, val_name, lambda: phantom_pool(args.val, seed=args.val_seed, **kw))
     test = cached_pool(args.cache, test_name, lambda: FrameSet.concat(
         [phantom_pool(args.test, seed=int(s), display_processing_prob=dp, **kw) for s in args.test_seed.split(",")]))
@@ -250,8 +254,7 @@ def main(argv=None) -> int:
     out = {"validation": val.summary(), "test": test.summary(), "models": {}}
     cpu = torch.device("cpu")
     target, reference = args.sensitivity, None
-    for i, path in enumerate(args.models):
-        model, meta = load_model(path)
+    for i, (path, (model, meta)) in enumerate(zip(args.models, loaded, strict=True)):
         ev_val = frame_evidence(cached_predictions(args.cache, path, val_name, model, val), meta, val)
         ev_test = frame_evidence(cached_predictions(args.cache, path, test_name, model, test), meta, test)
         card = training.card_config(meta)  # the card's own point, its cine gate included
@@ -312,4 +315,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from script_entry import run  # a CacError is one line and exit 2, as in `cac`
+
+    raise SystemExit(run(main))

@@ -824,4 +824,6 @@ def merge_summaries(paths) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from script_entry import run  # a CacError is one line and exit 2, as in `cac`
+
+    raise SystemExit(run(main))

@@ -54,10 +54,13 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
 
+    from CACIdentifierLib.errors import CacError
     from CACIdentifierLib.metrics import roc_auc, within_position_auc
 
     rows = []
     for pool in args.pool:
+        if not (args.cache / pool / "done").exists():
+            raise CacError(f"no pool {pool} in {args.cache}; run benchmarks/frame_score.py --cache first")
         labels = np.load(args.cache / pool / "labels.npy").reshape(-1, 5) > 0.5
         prior = position_prior_auc(labels)
         log(f"{pool}: {len(labels)} frames, positive patches per position {labels.sum(axis=0).tolist()}, "
@@ -81,4 +84,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from script_entry import run  # a CacError is one line and exit 2, as in `cac`
+
+    raise SystemExit(run(main))

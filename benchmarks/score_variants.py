@@ -93,10 +93,12 @@ def main(argv=None) -> int:
     args = fold_parser("variants.json").parse_args(argv)
 
     import torch
-    from CACIdentifierLib.modelio import load_model
+    from CACIdentifierLib.modelio import load_model, read_metadata
     from scipy.special import expit
     from separability import evidence
 
+    for path in args.models:
+        read_metadata(path)  # a wrong path fails before minutes of pool making
     torch.set_num_threads(2)
     t0 = time.perf_counter()
     fs = test_fold(args.test, args.seed, args.workers)[0]
@@ -126,4 +128,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from script_entry import run  # a CacError is one line and exit 2, as in `cac`
+
+    raise SystemExit(run(main))

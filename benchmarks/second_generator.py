@@ -928,9 +928,11 @@ def main(argv=None) -> int:
     from CACIdentifierLib.cine import Cine
     from CACIdentifierLib.errors import CacError
     from CACIdentifierLib.inference import identify
-    from CACIdentifierLib.modelio import load_model
+    from CACIdentifierLib.modelio import load_model, read_metadata
     from CACIdentifierLib.sync import synchronize_cine
 
+    for path in args.models:
+        read_metadata(path)  # a wrong path fails before minutes of cine making
     keep_freed_memory()  # as `cac` does
     torch.set_num_threads(2)
     t0 = time.perf_counter()
@@ -1019,4 +1021,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from script_entry import run  # a CacError is one line and exit 2, as in `cac`
+
+    raise SystemExit(run(main))

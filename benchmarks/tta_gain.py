@@ -33,10 +33,11 @@ def main(argv=None) -> int:
     import torch
     from CACIdentifierLib.background import model_inputs
     from CACIdentifierLib.metrics import roc_auc
-    from CACIdentifierLib.modelio import load_model
+    from CACIdentifierLib.modelio import load_model, read_metadata
     from CACTrainerLib import dataset
     from CACTrainerLib.phantom_pool import phantom_pool
 
+    read_metadata(args.model)  # a wrong path fails before minutes of pool making
     torch.set_num_threads(2)
     t0 = time.perf_counter()
     fs = phantom_pool(args.patients, seed=args.seed, calcium_free_fraction=0.4, n_frames=64,
@@ -63,4 +64,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from script_entry import run  # a CacError is one line and exit 2, as in `cac`
+
+    raise SystemExit(run(main))

@@ -1,0 +1,32 @@
+"""The benchmark scripts end as ``cac`` does on a wrong path: one line, exit 2, nothing made first."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.mark.parametrize("script, extra", [
+    ("frame_score.py", ["--cache", "{cache}"]),  # made 9 minutes of pools before reading the model
+    ("compare_models.py", []),
+    ("frame_curves.py", ["--cache", "{cache}", "--pools", "p"]),  # a traceback from stat
+    ("display_shift.py", ["--cache", "{cache}", "--pool", "p"]),
+    ("difficulty.py", []),
+    ("position_auc.py", ["--cache", "{cache}", "--pool", "p"]),  # here the pool is missing too
+])
+def test_a_missing_model_or_pool_is_one_line_and_exit_2(tmp_path, script, extra):
+    cache = tmp_path / "cache"
+    missing = tmp_path / "no such model.safetensors"
+    args = [a.format(cache=cache) for a in extra]
+    r = subprocess.run([sys.executable, str(BENCHMARKS / script), str(missing), *args],
+                       capture_output=True, text=True, timeout=120)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert len(lines) == 1 and lines[0].startswith(f"{script}: error: "), r.stderr[-2000:]
+    assert "no such model" in lines[0] or "no pool p" in lines[0]
+    assert not cache.exists() or not any(cache.iterdir())  # no pool was generated before the check
