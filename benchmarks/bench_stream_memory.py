@@ -23,7 +23,7 @@ import tracemalloc
 import warnings
 
 from CACTrainerLib.dataset import FrameSet
-from CACTrainerLib.phantom_pool import PatientStream, _generate, phantom_pool
+from CACTrainerLib.phantom_pool import PatientRecipe, PatientStream, _generate, phantom_pool
 
 
 def main(argv=None) -> None:
@@ -57,8 +57,8 @@ def main(argv=None) -> None:
         window = copies = None
         stream._cache.clear()
         gc.collect()
-        parts = _generate(list(range(args.window)), seed=1000, n_frames=64, frames_per_acquisition=6, size=None,
-                          calcium_free_fraction=0.4, workers=1, progress=lambda *a: None, background=True, twins=False)
+        parts = _generate(list(range(args.window)), seed=1000, workers=1,
+                          recipe=PatientRecipe(n_frames=64, frames_per_acquisition=6, calcium_free_fraction=0.4))
         peaks = {}
         for consume in (False, True):
             tracemalloc.start()  # before the inputs, so that freeing them counts

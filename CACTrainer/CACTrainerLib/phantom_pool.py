@@ -24,6 +24,7 @@ import multiprocessing
 import os
 import signal
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 from CACIdentifierLib.allocator import release_freed_memory
@@ -91,23 +92,46 @@ def pool_acquisition(seed: int, patient: int, *, n_frames: int = 64, size: int |
     return generate_acquisition(params, seed=seed, patient=patient, acquisition=0)
 
 
-def _one(args) -> object:
-    seed, patient, n_frames, fpa, size, calcium_free_fraction, background, twins, display_processing_prob = args
+@dataclass(frozen=True)
+class PatientRecipe:
+    """How every patient of a pool is made: all but its seed and number (one value, not eight arguments).
+
+    A job of :func:`_one` is ``(seed, patient, recipe)``: the foreground, the worker processes and
+    :meth:`PatientStream.prefetch` read the same fields, where each call listed them by position
+    and the prefetch's had left the newest (display processing) to its default.
+    """
+
+    n_frames: int = 64
+    frames_per_acquisition: int | None = 6
+    size: int | None = None
+    calcium_free_fraction: float = 0.3
+    background: bool = True
+    twins: bool = False
+    display_processing_prob: float = 0.0
+
+    def acquisition(self, seed: int, patient: int, calcium_visible: bool = True):
+        """The cine of pool patient ``patient`` of ``seed`` (:func:`pool_acquisition`)."""
+        return pool_acquisition(seed, patient, n_frames=self.n_frames, size=self.size,
+                                calcium_free_fraction=self.calcium_free_fraction, calcium_visible=calcium_visible,
+                                display_processing_prob=self.display_processing_prob)
+
+
+def _one(job) -> object:
+    seed, patient, recipe = job
     from . import dataset
 
-    acq = pool_acquisition(seed, patient, n_frames=n_frames, size=size, calcium_free_fraction=calcium_free_fraction,
-                           display_processing_prob=display_processing_prob)
+    acq = recipe.acquisition(seed, patient)
     # Short phantom cines often lack a clear periodicity; one summary line beats a warning per patient.
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", CacWarning)
         name = patient_name(seed, patient)
         # The twin's background needs the cine's pairs: synchronized once, here, and passed to both.
-        pairs = dataset.acquisition_pairs(acq, acquisition=name) if twins else None
-        fs = dataset.frames_from_acquisition(acq, acquisition=name, patient=name, frames_per_acquisition=fpa,
-                                             background=background, pairs=pairs)
-        if twins:
-            fs = _with_twin(fs, pairs, seed, patient, n_frames, size, calcium_free_fraction, background,
-                            display_processing_prob)
+        pairs = dataset.acquisition_pairs(acq, acquisition=name) if recipe.twins else None
+        fs = dataset.frames_from_acquisition(acq, acquisition=name, patient=name,
+                                             frames_per_acquisition=recipe.frames_per_acquisition,
+                                             background=recipe.background, pairs=pairs)
+        if recipe.twins:
+            fs = _with_twin(fs, pairs, seed, patient, recipe)
     # Counted for the summary line only when it is what the line says (other warnings: none in 16 pool cines).
     return fs, any("periodicity" in str(w.message) for w in caught)
 
@@ -115,8 +139,7 @@ def _one(args) -> object:
 TWIN_SUFFIX = "~twin"
 
 
-def _with_twin(fs, pairs, seed, patient, n_frames, size, calcium_free_fraction, background,
-               display_processing_prob=0.0):
+def _with_twin(fs, pairs, seed: int, patient: int, recipe: PatientRecipe):
     """``fs`` and, for its frames with labelled calcium, the same frames of the calcium-free twin (labels 0).
 
     The twin's patches show the same anatomy, metal, motion and noise as the calcified ones: only
@@ -132,8 +155,7 @@ def _with_twin(fs, pairs, seed, patient, n_frames, size, calcium_free_fraction, 
     rows = np.flatnonzero(fs.labels.any(axis=1))
     if rows.size == 0:
         return fs
-    twin = pool_acquisition(seed, patient, n_frames=n_frames, size=size, calcium_free_fraction=calcium_free_fraction,
-                            calcium_visible=False, display_processing_prob=display_processing_prob)
+    twin = recipe.acquisition(seed, patient, calcium_visible=False)
     # No calcium is rendered, so nothing is calcium: the simulated annotators, who judge a deposit by how dark it
     # looks against its ring, can still mark an invisible one that happens to lie on something darker.
     twin.majority = np.zeros_like(twin.majority)
@@ -141,7 +163,7 @@ def _with_twin(fs, pairs, seed, patient, n_frames, size, calcium_free_fraction, 
     chosen = [[int(a), int(b)] for a, b in zip(fs.frame_index[rows], fs.contrast_index[rows])]
     tfs = dataset.frames_from_acquisition(twin, acquisition=name + TWIN_SUFFIX, patient=fs.patient[0], pairs=chosen,
                                           frames_per_acquisition=None, background=False)
-    if background:
+    if recipe.background:
         # The twin's own: the calcified cine's background (a median over its frames) keeps part of a deposit that
         # moves little -- a median 13 % of its contrast where it lies, over 47 % in a tenth of the frames (pool seed
         # 12) -- which the twin's residual would show as a bright spot no calcium-free cine has.
@@ -156,9 +178,8 @@ def patient_name(seed: int, patient: int) -> str:
     return f"S{int(seed)}_P{int(patient):05d}"
 
 
-def _generate(patients, *, seed: int, n_frames: int, frames_per_acquisition: int, size: int | None,
-              calcium_free_fraction: float, workers: int | None, progress: ProgressCallback,
-              background: bool = True, twins: bool = False, display_processing_prob: float = 0.0) -> list:
+def _generate(patients, *, seed: int, recipe: PatientRecipe, workers: int | None,
+              progress: ProgressCallback = no_progress) -> list:
     """FrameSets of the numbered ``patients`` (in their order), on ``workers`` processes.
 
     In a data-parallel run every rank needs every patient: each rank generates its share
@@ -173,17 +194,12 @@ def _generate(patients, *, seed: int, n_frames: int, frames_per_acquisition: int
         mine = [p for p in owners if owners[p] == ctx.rank]
         if workers is None:  # the ranks on this machine share its cores
             workers = max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", ctx.world)))
-        made = _generate_here(mine, seed=seed, n_frames=n_frames, frames_per_acquisition=frames_per_acquisition,
-                              size=size, calcium_free_fraction=calcium_free_fraction, workers=workers,
-                              progress=progress, background=background, twins=twins,
-                              display_processing_prob=display_processing_prob)
+        made = _generate_here(mine, seed=seed, recipe=recipe, workers=workers, progress=progress)
         shared = ctx.exchange({p: _pack(fs, w) for p, (fs, w) in zip(mine, made)}, owners)
         sets = [_unpack(*shared[int(p)]) for p in patients]  # the caller's order (and repeats)
         _warn_periodicity(sum(info["warned"] for _, info in shared.values()), len(sets))
         return [fs for fs, _ in sets]
-    made = _generate_here(patients, seed=seed, n_frames=n_frames, frames_per_acquisition=frames_per_acquisition,
-                          size=size, calcium_free_fraction=calcium_free_fraction, workers=workers, progress=progress,
-                          background=background, twins=twins, display_processing_prob=display_processing_prob)
+    made = _generate_here(patients, seed=seed, recipe=recipe, workers=workers, progress=progress)
     _warn_periodicity(sum(w for _, w in made), len(made))
     return [fs for fs, _ in made]
 
@@ -208,19 +224,15 @@ def _warn_periodicity(warned: int, n: int) -> None:
                       f"frames", CacWarning, stacklevel=4)
 
 
-def _jobs(patients, seed, n_frames, frames_per_acquisition, size, calcium_free_fraction, background,
-          twins=False, display_processing_prob=0.0) -> list:
-    """The arguments of :func:`_one` for each of the numbered ``patients``."""
-    return [(seed, int(p), n_frames, frames_per_acquisition, size, calcium_free_fraction, bool(background),
-             bool(twins), float(display_processing_prob)) for p in patients]
+def _jobs(patients, seed: int, recipe: PatientRecipe) -> list:
+    """The jobs of :func:`_one` for each of the numbered ``patients``."""
+    return [(int(seed), int(p), recipe) for p in patients]
 
 
-def _generate_here(patients, *, seed: int, n_frames: int, frames_per_acquisition: int, size: int | None,
-                   calcium_free_fraction: float, workers: int | None, progress: ProgressCallback,
-                   background: bool = True, twins: bool = False, display_processing_prob: float = 0.0) -> list:
+def _generate_here(patients, *, seed: int, recipe: PatientRecipe, workers: int | None,
+                   progress: ProgressCallback) -> list:
     """``(FrameSet, warned)`` of each of the numbered ``patients``, generated in this process's workers."""
-    jobs = _jobs(patients, seed, n_frames, frames_per_acquisition, size, calcium_free_fraction, background, twins,
-                 display_processing_prob)
+    jobs = _jobs(patients, seed, recipe)
     if not jobs:
         return []
     workers = max(1, min(len(jobs), int(workers or os.cpu_count() or 1)))
@@ -281,10 +293,10 @@ def phantom_pool(n_patients: int, *, seed: int = 0, first_patient: int = 0, n_fr
     from .dataset import FrameSet
 
     ids = list(patients) if patients is not None else [first_patient + i for i in range(int(n_patients))]
-    return FrameSet.concat(_generate(ids, seed=seed, n_frames=n_frames, frames_per_acquisition=frames_per_acquisition,
-                                     size=size, calcium_free_fraction=calcium_free_fraction, workers=workers,
-                                     progress=progress, background=background, twins=twins,
-                                     display_processing_prob=display_processing_prob), consume=True)
+    recipe = PatientRecipe(n_frames=n_frames, frames_per_acquisition=frames_per_acquisition, size=size,
+                           calcium_free_fraction=calcium_free_fraction, background=bool(background), twins=bool(twins),
+                           display_processing_prob=float(display_processing_prob))
+    return FrameSet.concat(_generate(ids, seed=seed, recipe=recipe, workers=workers, progress=progress), consume=True)
 
 
 SURE_FRAMES = 16  # paired non-contrast frames every 64-frame pool cine has at least (its onset: 40-55 % in)
@@ -378,9 +390,10 @@ class PatientStream:
         if any(p >= next_patient for p in self.start):
             raise ValueError("next_patient must follow every starting patient (new patients are never reused ones)")
         self.refresh, self.next_patient, self.seed = int(refresh), int(next_patient), int(seed)
-        self._kw = dict(n_frames=n_frames, frames_per_acquisition=frames_per_acquisition, size=size,
-                        calcium_free_fraction=calcium_free_fraction, workers=workers, background=background,
-                        twins=bool(twins))
+        self.recipe = PatientRecipe(n_frames=n_frames, frames_per_acquisition=frames_per_acquisition, size=size,
+                                    calcium_free_fraction=calcium_free_fraction, background=bool(background),
+                                    twins=bool(twins))
+        self.workers = workers
         self.progress = progress
         self._cache: dict = {}
         self.ahead = bool(ahead)  # False: prefetch() does nothing (every window is generated when asked for)
@@ -403,7 +416,8 @@ class PatientStream:
         self._collect(ids)
         missing = [p for p in ids if p not in self._cache]
         if missing:
-            for p, fs in zip(missing, _generate(missing, seed=self.seed, progress=self.progress, **self._kw)):
+            for p, fs in zip(missing, _generate(missing, seed=self.seed, recipe=self.recipe, workers=self.workers,
+                                                    progress=self.progress)):
                 self._cache[p] = fs
         self._cache = {p: self._cache[p] for p in ids}  # only the window stays in memory
         _check_window_memory([self._cache[p] for p in ids])
@@ -435,10 +449,8 @@ class PatientStream:
         missing = [p for p in self.patients(epoch) if p not in self._cache]
         if not missing:
             return False
-        kw = self._kw
-        jobs = _jobs(missing, self.seed, kw["n_frames"], kw["frames_per_acquisition"], kw["size"],
-                     kw["calcium_free_fraction"], kw["background"], kw["twins"])
-        workers = max(1, min(len(jobs), int(kw["workers"] or os.cpu_count() or 1)))
+        jobs = _jobs(missing, self.seed, self.recipe)
+        workers = max(1, min(len(jobs), int(self.workers or os.cpu_count() or 1)))
         pool = multiprocessing.Pool(workers, initializer=_background_worker)
         self._pending = (missing, pool, pool.map_async(_one, jobs, chunksize=1))
         return True
