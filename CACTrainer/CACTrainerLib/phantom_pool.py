@@ -94,7 +94,7 @@ def pool_acquisition(seed: int, patient: int, *, n_frames: int = 64, size: int |
 
 @dataclass(frozen=True)
 class PatientRecipe:
-    """How every patient of a pool is made: all but its seed and number (one value, not eight arguments).
+    """How every patient of a pool is made: all but its seed and number (one value, not seven arguments).
 
     A job of :func:`_one` is ``(seed, patient, recipe)``: the foreground, the worker processes and
     :meth:`PatientStream.prefetch` read the same fields, where each call listed them by position
