@@ -20,6 +20,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import difficulty  # noqa: E402
+from script_entry import check_models  # noqa: E402
 
 
 def fold_differences(y, scores_a, scores_b, patient, fold, n_boot: int = 1000) -> dict:
@@ -105,10 +106,7 @@ def main():
         seeds = [int(v) for v in str(args.seed).split(",")]
     except ValueError:
         ap.error(f"--seed: give integers separated by commas, not {args.seed!r}")
-    from CACIdentifierLib.modelio import read_metadata
-
-    for m in models:
-        read_metadata(m)  # a wrong path fails before minutes of pool making
+    check_models(models)
     torch.set_num_threads(2)
     folds = [difficulty.test_fold(args.test, seed, 2) for seed in seeds]
     fs = FrameSet.concat([f[0] for f in folds])

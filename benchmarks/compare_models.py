@@ -32,6 +32,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from gpu_protocol import log, per_cine, summarize  # noqa: E402
+from script_entry import check_models  # noqa: E402
 
 REAL = [("xa/rubo-rca-ecg-96f.dcm", {}), ("xa/rubo-biplane-b-ecg-17f.dcm", {}),
         ("frames/lca-clinical-37f", {"spacing_mm": 0.308, "frame_time_ms": 66.7, "onset": 5})]
@@ -138,12 +139,11 @@ def main(argv=None) -> int:
 
     keep_freed_memory()  # as `cac` does: reuse freed blocks (docs/learning.md, Speed)
     from CACIdentifierLib.metrics import wilcoxon
-    from CACIdentifierLib.modelio import load_model, read_metadata
+    from CACIdentifierLib.modelio import load_model
     from CACTrainerLib import evaluation, training
     from CACTrainerLib.phantom_pool import phantom_pool
 
-    for path in args.models:
-        read_metadata(path)  # a wrong path fails before minutes of pool making
+    check_models(args.models)
     torch.set_num_threads(2)
     t0 = time.perf_counter()
     kw = dict(n_frames=64, frames_per_acquisition=6, workers=args.workers)

@@ -35,6 +35,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from gpu_protocol import log  # noqa: E402
+from script_entry import check_models  # noqa: E402
 
 BINS = [(0.0, 8.0), (8.0, 15.0), (15.0, 30.0), (30.0, float("inf"))]
 
@@ -238,11 +239,10 @@ def main(argv=None) -> int:
         figure(json.loads(out.read_text())["models"], out.with_suffix(".png"), labels)
         return 0
     import torch
-    from CACIdentifierLib.modelio import load_model, read_metadata
+    from CACIdentifierLib.modelio import load_model
     from CACTrainerLib import evaluation
 
-    for path in args.models:
-        read_metadata(path)  # a wrong path fails before minutes of pool making
+    check_models(args.models)
     torch.set_num_threads(2)
     t0 = time.perf_counter()
     fs, snr, rendered, metal = test_fold(args.test, args.seed, args.workers)

@@ -32,6 +32,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gpu_protocol import log  # noqa: E402
+from script_entry import check_models  # noqa: E402
 
 EDGE = 8  # px of each patch edge left out of the decoder's maximum (padding effects)
 
@@ -93,12 +94,11 @@ def main(argv=None) -> int:
     args = fold_parser("variants.json").parse_args(argv)
 
     import torch
-    from CACIdentifierLib.modelio import load_model, read_metadata
+    from CACIdentifierLib.modelio import load_model
     from scipy.special import expit
     from separability import evidence
 
-    for path in args.models:
-        read_metadata(path)  # a wrong path fails before minutes of pool making
+    check_models(args.models)
     torch.set_num_threads(2)
     t0 = time.perf_counter()
     fs = test_fold(args.test, args.seed, args.workers)[0]

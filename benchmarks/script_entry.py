@@ -32,3 +32,14 @@ def run(main: Callable[[], int | None]) -> int:
     except CacError as exc:
         print(f"{Path(sys.argv[0]).name}: error: {printable(exc, 2000)}", file=sys.stderr)
         return 2
+
+
+def check_models(paths) -> None:
+    """Read each model file's header (a CacError on a wrong path): call it before minutes of pool making.
+
+    >>> check_models([])
+    """
+    from CACIdentifierLib.modelio import read_metadata
+
+    for path in paths:
+        read_metadata(path)

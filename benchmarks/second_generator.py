@@ -39,6 +39,7 @@ from scipy.special import expit
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "CACIdentifier"))
+from script_entry import check_models  # noqa: E402
 
 # All lengths below are given for a 512-pixel frame and scaled with the frame size; the field of
 # view stays the same (the pixel spacing grows when the frame is smaller).
@@ -928,11 +929,10 @@ def main(argv=None) -> int:
     from CACIdentifierLib.cine import Cine
     from CACIdentifierLib.errors import CacError
     from CACIdentifierLib.inference import identify
-    from CACIdentifierLib.modelio import load_model, read_metadata
+    from CACIdentifierLib.modelio import load_model
     from CACIdentifierLib.sync import synchronize_cine
 
-    for path in args.models:
-        read_metadata(path)  # a wrong path fails before minutes of cine making
+    check_models(args.models)
     keep_freed_memory()  # as `cac` does
     torch.set_num_threads(2)
     t0 = time.perf_counter()

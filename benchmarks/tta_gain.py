@@ -15,6 +15,7 @@ import json
 import time
 
 import numpy as np
+from script_entry import check_models  # noqa: E402
 
 # (quarter turns, flipped first): identity, rot180, rot90, rot270, then the same after a horizontal flip
 TRANSFORMS = [(k, f) for f in (False, True) for k in (0, 2, 1, 3)]
@@ -33,11 +34,11 @@ def main(argv=None) -> int:
     import torch
     from CACIdentifierLib.background import model_inputs
     from CACIdentifierLib.metrics import roc_auc
-    from CACIdentifierLib.modelio import load_model, read_metadata
+    from CACIdentifierLib.modelio import load_model
     from CACTrainerLib import dataset
     from CACTrainerLib.phantom_pool import phantom_pool
 
-    read_metadata(args.model)  # a wrong path fails before minutes of pool making
+    check_models([args.model])
     torch.set_num_threads(2)
     t0 = time.perf_counter()
     fs = phantom_pool(args.patients, seed=args.seed, calcium_free_fraction=0.4, n_frames=64,
