@@ -25,12 +25,12 @@ def run(main: Callable[[], int | None]) -> int:
     >>> run(lambda: None)
     0
     """
-    from CACIdentifierLib.errors import CacError, printable
+    from CACIdentifierLib.errors import MESSAGE_LIMIT, CacError, printable
 
     try:
         return main() or 0
     except CacError as exc:
-        print(f"{Path(sys.argv[0]).name}: error: {printable(exc, 2000)}", file=sys.stderr)
+        print(f"{Path(sys.argv[0]).name}: error: {printable(exc, MESSAGE_LIMIT)}", file=sys.stderr)
         return 2
 
 

@@ -20,6 +20,9 @@ from __future__ import annotations
 
 # Longest piece of file-supplied text shown in a message or by `cac info`.
 PRINTABLE_LIMIT = 200
+# Longest whole error or warning line a command prints (`cac`, the benchmark scripts): a message may
+# quote a long path.
+MESSAGE_LIMIT = 2000
 
 
 class CacError(Exception):

@@ -21,10 +21,7 @@ import sys
 import warnings
 
 from CACIdentifierLib import __version__
-from CACIdentifierLib.errors import CacError, printable
-
-# Longest error or warning line printed (a message may quote a long path).
-MESSAGE_LIMIT = 2000
+from CACIdentifierLib.errors import MESSAGE_LIMIT, CacError, printable
 
 # Order is the order of `cac --help`.
 SUBCOMMAND_MODULES = [
