@@ -495,3 +495,25 @@ def test_cac_calibrate_warns_when_the_data_trained_the_model(setup, capsys):
                  str(setup / "plain_cal.safetensors")])
     err = capsys.readouterr().err
     assert code == 0 and "calibration patients" not in err, err
+
+
+def test_calibrate_on_a_processed_phantom_pool(setup, capsys):
+    """--display-processing: the statistics of a pool whose cines are all processed differ from the same pool plain."""
+    m = str(setup / "m.safetensors")
+    assert main(["calibrate", m, "--dataset", str(setup / "ds"), "--display-processing", "1",
+                 "--out", str(setup / "dp.safetensors")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("cac: error: --display-processing") and "--phantom-pool" in err and err.count("\n") == 1
+    assert main(["calibrate", m, "--phantom-pool", "1", "--display-processing", "1.5",
+                 "--out", str(setup / "dp.safetensors")]) == 2
+    assert "[0, 1]" in capsys.readouterr().err and not (setup / "dp.safetensors").exists()
+    stats = {}
+    for p in ("0", "1"):
+        out = setup / f"dp{p}.safetensors"
+        assert main(["calibrate", m, "--phantom-pool", "1", "--seed", "7", "--method", "none",
+                     "--display-processing", p, "--out", str(out), "--json"]) == 0
+        capsys.readouterr()
+        stats[p] = load_model(out)[1]["feature_statistics"]
+    assert stats["1"]["data"].endswith(", display processing 1") and "display" not in stats["0"]["data"]
+    assert stats["0"]["frames"] == stats["1"]["frames"]  # the same patient and frames ...
+    assert not np.allclose(stats["0"]["mean"], stats["1"]["mean"])  # ... seen through the processing

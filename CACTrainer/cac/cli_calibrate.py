@@ -28,6 +28,11 @@ def register(subparsers) -> None:
     src.add_argument("--phantom-pool", type=int, metavar="N", help="N new randomised phantom patients")
     p.add_argument("--seed", type=int, default=0, metavar="S",
                    help="phantom pool seed (patients of seed 2000+S; training pools use 1000+S)")
+    p.add_argument("--display-processing", type=float, default=0.0, metavar="P",
+                   help="with --phantom-pool: put a share P of its cines through XA display processing "
+                        "(harmonization and edge enhancement, as cac phantom --display-processing), so that the "
+                        "operating point and the activation statistics also see processed runs; for a model trained "
+                        "with display augmentation (default 0: plain cines)")
     p.add_argument("--frames-per-acquisition", type=int, default=6, metavar="K",
                    help="paired non-contrast frames used per acquisition (default 6)")
     p.add_argument("--method", choices=("platt", "temperature", "none"), default="platt",
@@ -75,6 +80,11 @@ def run(args) -> int:
     # Options that would change nothing are refused rather than ignored.
     if args.seed != 0 and args.phantom_pool is None:
         raise CacError("--seed chooses the phantom patients of --phantom-pool; it has no effect with --dataset")
+    if args.display_processing and args.phantom_pool is None:
+        raise CacError("--display-processing applies to the cines of --phantom-pool; a --dataset's cines are used "
+                       "as they were recorded")
+    if not 0.0 <= args.display_processing <= 1.0:
+        raise CacError(f"--display-processing {args.display_processing} must be a share in [0, 1], e.g. 0.5")
     if args.island_sizes is not None and args.sensitivity is None:
         raise CacError("--island-sizes is used while choosing the operating point; give --sensitivity S too")
     if args.cine_gate and args.sensitivity is None:
@@ -92,8 +102,10 @@ def run(args) -> int:
         from CACTrainerLib.phantom_pool import phantom_pool
 
         fs = phantom_pool(args.phantom_pool, seed=2000 + args.seed, frames_per_acquisition=args.frames_per_acquisition,
-                          progress=progress, background=background)
+                          progress=progress, background=background, display_processing_prob=args.display_processing)
         data = f"phantom_pool seed {2000 + args.seed}, {args.phantom_pool} patients x {args.frames_per_acquisition} frames"
+        if args.display_processing:
+            data += f", display processing {args.display_processing:g}"
     else:
         from CACTrainerLib.dataset import build_frameset
 
