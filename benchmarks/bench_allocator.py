@@ -80,6 +80,9 @@ def run(keep: bool) -> dict:
 
 
 def main() -> None:
+    from script_entry import options
+
+    options(__doc__)
     results = {True: [], False: []}
     for _ in range(2):
         for keep in (False, True):

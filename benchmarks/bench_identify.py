@@ -99,6 +99,9 @@ def run_measured(cmd: list[str]) -> tuple[float, float]:
 
 
 def main() -> int:
+    from script_entry import options
+
+    options(__doc__)
     torch.set_num_threads(os.cpu_count() or 2)
     kept = keep_freed_memory()
     print(f"machine: {os.cpu_count()} CPU cores, torch {torch.__version__}, threads {torch.get_num_threads()}, "

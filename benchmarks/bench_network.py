@@ -36,6 +36,9 @@ def timed(fn, repeats: int) -> float:
 
 
 def main() -> int:
+    from script_entry import options
+
+    options(__doc__)
     torch.set_num_threads(2)
     torch.manual_seed(0)
     model = ResUNet18().eval()

@@ -23,6 +23,9 @@ BUDGET_S = 10.0
 
 
 def main() -> int:
+    from script_entry import options
+
+    options(__doc__)
     params = PhantomParams()
     print(f"machine: {os.cpu_count()} CPU cores; cine: {params.n_frames} frames of {params.rows}x{params.cols}, "
           f"{params.fps:g} fps, {params.bits} bits")

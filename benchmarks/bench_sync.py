@@ -5,7 +5,8 @@ cine is the project's phantom at 512x512 (CACTrainerLib.phantom; the
 phantom is installed with the project).  Prints
 best-of-N wall times and their ratios to one plain pass over the same array
 (``frames.astype(np.float32).sum()``) measured in the same run, so the figures
-compare across machines.  Run: ``.venv/bin/python benchmarks/bench_sync.py``.
+compare across machines.  Run: ``.venv/bin/python benchmarks/bench_sync.py`` (``BENCH_REPEATS=N``:
+best of N, default 15).
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ def make_cine():
 
 
 def main() -> None:
+    from script_entry import options
+
+    options(__doc__)
     repeats = int(os.environ.get("BENCH_REPEATS", "15"))
     frames, frame_time, source = make_cine()
     print(f"cine: {frames.shape[0]} frames {frames.shape[1]}x{frames.shape[2]} {frames.dtype} ({source}); "

@@ -124,9 +124,11 @@ def compare_compile(batch: int = 32) -> None:
 
 
 def main() -> None:
-    import sys
+    from script_entry import options
 
-    if "--compile" in sys.argv[1:]:
+    args = options(__doc__, add=lambda ap: ap.add_argument(
+        "--compile", action="store_true", help="eager against torch.compile of the joint step instead"))
+    if args.compile:
         compare_compile()
         return
     torch.set_num_threads(2)

@@ -1,4 +1,4 @@
-"""How a benchmark script ends, as ``cac`` ends a command.
+"""How a benchmark script starts and ends, as ``cac`` does a command.
 
 A :class:`~CACIdentifierLib.errors.CacError` (a model path that does not exist, a cache that lacks a
 pool, a card without calibration) is one line on stderr and exit status 2, not a traceback: the
@@ -7,6 +7,7 @@ scripts are run by hand with paths typed by a person, like the command line.
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -43,3 +44,21 @@ def check_models(paths) -> None:
 
     for path in paths:
         read_metadata(path)
+
+
+def options(doc: str, argv=None, add: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.Namespace:
+    """The arguments of a script that takes few or none: ``--help`` prints ``doc``, anything unknown is refused.
+
+    A benchmark that ignored its arguments ran for minutes on ``--help`` or a mistyped option.
+
+    Examples
+    --------
+    >>> options("Speed of X.", [])
+    Namespace()
+    >>> options("Speed of X.", ["--compile"], lambda ap: ap.add_argument("--compile", action="store_true"))
+    Namespace(compile=True)
+    """
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    if add is not None:
+        add(ap)
+    return ap.parse_args(argv)
