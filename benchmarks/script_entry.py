@@ -38,7 +38,12 @@ def run(main: Callable[[], int | None]) -> int:
 def check_models(paths) -> None:
     """Read each model file's header (a CacError on a wrong path): call it before minutes of pool making.
 
-    >>> check_models([])
+    Examples
+    --------
+    >>> check_models(["no/such/model.safetensors"])
+    Traceback (most recent call last):
+    ...
+    CACIdentifierLib.errors.CacError: model file no/such/model.safetensors not found; give the path of a .safetensors model
     """
     from CACIdentifierLib.modelio import read_metadata
 
