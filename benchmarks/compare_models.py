@@ -12,7 +12,8 @@ pool (``--val`` patients of ``--val-seed``, default 12 of seed 2000), writes the
 reliability figures into a copy of the model (OUT) and OUT's reliability PNG, and compares that copy
 as one more model.  ``--sensitivity S`` also sets that copy's operating point on the validation pool
 (``cac calibrate --sensitivity``); with ``--match-first`` the target is the first model's frame
-sensitivity on the same pool if that is higher (a replacement must not miss more calcium);
+sensitivity on the same pool if that is higher (a replacement must not miss more calcium; measured in fp32,
+the precision of the operating point's own passes);
 ``--island-sizes`` as ``cac calibrate``'s.
 On the real cines of ../shared/data: median ROI area (% of field), ROI pixels outside the field, and the ROIs
 ``identify``'s static filter removed (docs/identify.md "ROIs on structures that do not move").
@@ -87,6 +88,22 @@ def item4_verdict(first: dict, other: dict) -> dict:
         measures[name] = {"first": a, "other": b, "verdict": verdict}
     return {"measures": measures, "beats_every": all(m["verdict"] == "better" for m in measures.values()),
             "worse_on": [k for k, m in measures.items() if m["verdict"] == "worse"]}
+
+
+def match_config(meta: dict):
+    """The first model's card settings for ``--match-first``'s target, in fp32.
+
+    ``calibrate_file`` chooses the candidate's operating point on fp32 network passes; the target it
+    matches must come from the same precision.  ``evaluate`` at the card's own ``amp`` runs bf16 on a
+    CPU with AVX512-BF16 or AMX, where the shipped default found 198 of 212 validation frames against
+    200 in fp32 (docs/learning.md, RULE54): the candidate was matched two frames short.
+
+    >>> match_config({"classifier_threshold": 0.24}).amp
+    False
+    """
+    from CACTrainerLib import training
+
+    return training.card_config(meta, amp=False)
 
 
 def test_seeds(text: str) -> list[int]:
@@ -166,7 +183,7 @@ def main(argv=None) -> int:
         target = args.sensitivity
         if target is not None and args.match_first:
             first, first_meta = load_model(args.models[0])
-            first_cfg = training.card_config(first_meta)
+            first_cfg = match_config(first_meta)  # fp32, as calibrate_file's operating point
             first_val = evaluation.evaluate(first, val, first_cfg, device, calibration=first_meta.get("calibration"))
             results["first_model_validation_detection"] = first_val["detection"]
             log(f"{args.models[0]} on the validation pool: {first_val['detection']}")
