@@ -14,7 +14,7 @@ as one more model.  ``--sensitivity S`` also sets that copy's operating point on
 (``cac calibrate --sensitivity``); with ``--match-first`` the target is the first model's frame
 sensitivity on the same pool if that is higher (a replacement must not miss more calcium; measured in fp32,
 the precision of the operating point's own passes);
-``--island-sizes`` as ``cac calibrate``'s.
+``--island-sizes`` as ``cac calibrate``'s.  ``--cache DIR`` keeps the pools (pool_cache.py), shared with frame_score.py.
 On the real cines of ../shared/data: median ROI area (% of field), ROI pixels outside the field, and the ROIs
 ``identify``'s static filter removed (docs/identify.md "ROIs on structures that do not move").
 Last, issue 12's replacement rule for every later model against the first (:func:`item4_verdict`).
@@ -33,6 +33,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from gpu_protocol import log, per_cine, summarize  # noqa: E402
+from pool_cache import cached_pool, test_pool_name, val_pool_name  # noqa: E402
 from script_entry import check_models  # noqa: E402
 
 REAL = [("xa/rubo-rca-ecg-96f.dcm", {}), ("xa/rubo-biplane-b-ecg-17f.dcm", {}),
@@ -129,6 +130,9 @@ def main(argv=None) -> int:
                          "comma-separated, pool their folds (--test patients each): one fold of 36 moves by "
                          "+-0.04 in patch AUC (docs/learning.md), four pooled are steadier")
     ap.add_argument("--out", default="compare.json")
+    ap.add_argument("--cache", type=Path, metavar="DIR",
+                    help="keep the test and validation pools here, or read them from it (the same pools and names "
+                         "as frame_score.py --cache)")
     ap.add_argument("--calibrate", help="write the last model, calibrated, to this path")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--val", type=int, default=12, help="validation patients for --calibrate")
@@ -166,8 +170,8 @@ def main(argv=None) -> int:
     kw = dict(n_frames=64, frames_per_acquisition=6, workers=args.workers)
     from CACTrainerLib.dataset import FrameSet
 
-    test = FrameSet.concat([phantom_pool(args.test, seed=seed, calcium_free_fraction=0.4, **kw)
-                            for seed in args.test_seed])
+    test = cached_pool(args.cache, test_pool_name(args.test, args.test_seed), lambda: FrameSet.concat(
+        [phantom_pool(args.test, seed=seed, calcium_free_fraction=0.4, **kw) for seed in args.test_seed]))
     log(f"test pool {test.summary()} in {time.perf_counter() - t0:.0f} s")
     results = {"test": test.summary(), "models": {}}
     device = torch.device("cpu")
@@ -178,7 +182,8 @@ def main(argv=None) -> int:
         from cac.cli_calibrate import parse_island_sizes
         from CACTrainerLib.calibrate import calibrate_file
 
-        val = phantom_pool(args.val, seed=args.val_seed, calcium_free_fraction=0.4, **kw)
+        val = cached_pool(args.cache, val_pool_name(args.val, args.val_seed),
+                          lambda: phantom_pool(args.val, seed=args.val_seed, calcium_free_fraction=0.4, **kw))
         log(f"validation pool {val.summary()}")
         target = args.sensitivity
         if target is not None and args.match_first:

@@ -46,29 +46,9 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from gpu_protocol import log, per_cine, summarize  # noqa: E402
+from pool_cache import cached_pool, test_pool_name, val_pool_name  # noqa: E402
 
 FAMILIES = ("frame", "frame+cine_p", "frame+cine_gate")
-
-
-def cached_pool(cache: Path | None, name: str, make):
-    """``make()``'s FrameSet, kept in ``cache/name/`` as one .npy per field (read back memory-mapped)."""
-    import dataclasses
-
-    from CACTrainerLib.dataset import FrameSet
-
-    if cache is None:
-        return make()
-    folder = cache / name
-    names = [f.name for f in dataclasses.fields(FrameSet)]
-    if (folder / "done").exists():
-        return FrameSet(**{n: (np.load(folder / f"{n}.npy", mmap_mode="r") if n not in ("acquisition", "patient")
-                               else np.load(folder / f"{n}.npy").tolist()) for n in names})
-    fs = make()
-    folder.mkdir(parents=True, exist_ok=True)
-    for n in names:
-        np.save(folder / f"{n}.npy", np.asarray(getattr(fs, n)))
-    (folder / "done").write_text("")
-    return fs
 
 
 def prediction_folder(cache: Path, path: str, pool: str) -> Path:
@@ -240,12 +220,10 @@ def main(argv=None) -> int:
     torch.set_num_threads(2)
     t0 = time.perf_counter()
     kw = dict(n_frames=64, frames_per_acquisition=6, workers=args.workers, calcium_free_fraction=0.4)
-    val_name, test_name = f"val{args.val}-{args.val_seed}", f"test{args.test}-{args.test_seed.replace(',', '_')}"
     dp = args.display_processing
     if not 0.0 <= dp <= 1.0:
         ap.error(f"--display-processing is a probability in [0, 1], not {dp}")
-    if dp > 0:
-        test_name += f"-dp{dp:g}"
+    val_name, test_name = val_pool_name(args.val, args.val_seed), test_pool_name(args.test, args.test_seed, dp)
     loaded = [load_model(path) for path in args.models]  # a wrong path fails before minutes of pool making
     val = cached_pool(args.cache, val_name, lambda: phantom_pool(args.val, seed=args.val_seed, **kw))
     test = cached_pool(args.cache, test_name, lambda: FrameSet.concat(
