@@ -1,8 +1,9 @@
 """Phantom pools kept on disk, shared by the benchmark scripts that score models on them.
 
-A 72-patient validation pool takes about 95 s of a 2-core CPU to generate and a test panel of 144 patients
-about three minutes; ``frame_score.py`` and ``compare_models.py`` draw the same ones (the same
-``phantom_pool`` arguments), so with ``--cache DIR`` a pool made by one is read by the other.  The names
+Generating a pool costs minutes (compare_models.py, session 55, a 2-core Intel Xeon: 95 s for the 72
+validation patients, 46 s for a 36-patient test fold); ``frame_score.py`` and ``compare_models.py`` draw the
+same ones (the same ``phantom_pool`` arguments), so with ``--cache DIR`` a pool made by one is read by the
+other, memory-mapped.  The names
 say what a pool is: ``val{N}-{seed}``, ``test{N}-{seed}_{seed}...`` and ``-dp{P}`` for display processing.
 """
 
