@@ -18,6 +18,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
     ("display_shift.py", ["--cache", "{cache}", "--pool", "p"]),
     ("difficulty.py", []),
     ("position_auc.py", ["--cache", "{cache}", "--pool", "p"]),  # here the pool is missing too
+    ("replacement_rule.py", ["--work", "{cache}", "--test-seed", "47000"]),  # nothing made before the check
 ])
 def test_a_missing_model_or_pool_is_one_line_and_exit_2(tmp_path, script, extra):
     cache = tmp_path / "cache"

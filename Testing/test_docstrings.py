@@ -69,7 +69,8 @@ def test_docstring_examples(name):
 @pytest.mark.parametrize("name", ["separability", "score_variants", "compare_models", "residual_contrast",
                                   "ensemble_gain", "pool_spread", "position_auc", "pairing_value",
                                   "vessel_alignment", "second_generator", "ab_patch_auc", "twin_figure",
-                                  "sensitivity_holds", "frame_curves", "display_shift", "script_entry", "pool_cache"])
+                                  "sensitivity_holds", "frame_curves", "display_shift", "script_entry", "pool_cache",
+                                  "replacement_rule"])
 def test_benchmark_docstring_examples(name):
     from benchmark_scripts import load
 
