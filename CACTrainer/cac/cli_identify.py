@@ -47,7 +47,7 @@ def register(subparsers) -> None:
     p.add_argument("--spacing", type=float, help="pixel spacing in mm, for image folders without one")
     p.add_argument("--frame-time", type=float, dest="frame_time_ms", help="frame time in ms, if the file has none")
     p.add_argument("--batch-frames", type=int, default=None, help="frames per forward pass (default: 1 on CPU, 8 on GPU)")
-    p.add_argument("--no-autocast", action="store_true", help="run the network in fp32 on CPU")
+    p.add_argument("--no-autocast", action="store_true", help="run the network in fp32: the same frames on every machine (slower where the CPU has bf16)")
     p.add_argument("--temporal", action="store_true",
                    help="keep only ROIs that recur at the same cardiac phase in another beat")
     p.add_argument("--keep-static", action="store_true",
