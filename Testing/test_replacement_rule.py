@@ -79,3 +79,6 @@ def test_a_missing_candidate_is_refused_before_anything_runs(tmp_path, monkeypat
     with pytest.raises(CacError, match="not found"):
         rule.main([str(tmp_path / "none.safetensors"), "--work", str(tmp_path / "w"), "--test-seed", "1"])
     assert not (tmp_path / "w").exists()
+    with pytest.raises(SystemExit):  # no stage-1 options: the refit would not see the candidate's patients
+        rule.main([DEFAULT, "--work", str(tmp_path / "w"), "--test-seed", "1"])
+    assert not (tmp_path / "w").exists()

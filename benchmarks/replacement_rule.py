@@ -168,6 +168,8 @@ def main(argv=None) -> int:
     from script_entry import check_models
 
     check_models([args.stage1, args.default])
+    if not train_args:  # the refit would fail after the rest was set up, or see other patients
+        ap.error("give the stage-1 command's data and speed options after --, e.g. -- --phantom-pool 260 --seed 0")
     if not args.dry_run:
         args.work.mkdir(parents=True, exist_ok=True)
     for out, cmd in steps(args.stage1, args.work, args.test_seed, train_args, args.default, args.island_sizes,
