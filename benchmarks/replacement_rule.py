@@ -105,15 +105,15 @@ def report(v: dict) -> str:
     A2 (plain panel, frame AUC candidate - default): +0.000 (95 % -0.020..+0.030): met
     A3 (plain panel, item 4): frame_sensitivity 0.942 -> -- worse: not met (worse on frame_sensitivity)
     """
+    def fmt(x):
+        return "--" if x is None else f"{x:.3f}"
+
     lines = ["ADOPT" if v["adopt"] else "KEEP the shipped default"]
     for key, panel in (("A1", "processed"), ("A2", "plain")):
         a = v[key]
         lines.append(f"{key} ({panel} panel, frame AUC candidate - default): {a['difference']:+.3f} "
                      f"(95 % {a['low']:+.3f}..{a['high']:+.3f}): {'met' if a['met'] else 'not met'}")
     m = v["A3"]["measures"]
-    def fmt(x):
-        return "--" if x is None else f"{x:.3f}"
-
     lines.append("A3 (plain panel, item 4): " + "; ".join(
         f"{k} {fmt(x['first'])} -> {fmt(x['other'])} {x['verdict']}" for k, x in m.items())
         + (": met" if v["A3"]["met"] else f": not met (worse on {', '.join(v['A3']['worse_on']) or 'none'})"))
